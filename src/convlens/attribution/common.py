@@ -1,0 +1,114 @@
+"""Steps every attribution method shares: input checks, target resolution, the gradient of
+the target score w.r.t. the input or one layer, upsampling and normalisation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from convlens.errors import ConvlensError, LayerError
+from convlens.layers.capture import capture
+from convlens.layers.find import LayerSpec, default_cam_layer, resolve_layer
+from convlens.models.loading import LoadedModel, as_module
+from convlens.targets import Targets, resolve_targets
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A method's checked inputs: ``images`` ``Tensor[N, 3, H, W]`` already expanded to one
+    row per explained target (detached; the caller's tensor is never modified)."""
+
+    module: nn.Module
+    images: torch.Tensor
+    targets: Targets
+
+
+def prepare(
+    model: nn.Module | LoadedModel, images: torch.Tensor, target: object = None
+) -> Prepared:
+    """Check ``images`` (``Tensor[B, C, H, W]`` floating point) and resolve ``target``."""
+    module = as_module(model)
+    if not isinstance(images, torch.Tensor) or images.dim() != 4:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ConvlensError(
+            f"images must be a Tensor[B, C, H, W], got {shape}; use convlens.load_images or "
+            "model.preprocess(...) to make one (unsqueeze(0) a single image)"
+        )
+    if not images.is_floating_point():
+        raise ConvlensError(
+            f"images must be a floating point tensor, got {images.dtype}; normalise them "
+            "with the model's preprocess"
+        )
+    labels = model.labels if isinstance(model, LoadedModel) else None
+    targets = resolve_targets(target, len(images), labels=labels)
+    return Prepared(module, targets.expand(images.detach()), targets)
+
+
+def resolve_cam_layer(module: nn.Module, images: torch.Tensor, layer: LayerSpec | None) -> str:
+    """The layer name to hook: the given one, or the default CAM layer."""
+    if layer is None:
+        return default_cam_layer(module, images)
+    return resolve_layer(module, layer)[0]
+
+
+def check_spatial(name: str, activation: torch.Tensor) -> None:
+    if activation.dim() != 4:
+        raise LayerError(
+            f"layer {name!r} outputs shape {tuple(activation.shape)}, which has no spatial "
+            "[C, H, W] layout; CAM methods need a convolutional layer (leave layer unset "
+            "for the default, or see 'convlens layers')"
+        )
+
+
+def input_gradient(
+    module: nn.Module, images: torch.Tensor, targets: Targets
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradient of each row's target score w.r.t. its input: ``(Tensor[N, C, H, W], output)``.
+
+    Only the input gradient is computed (no parameter ``.grad``). Rows are independent, so
+    the gradient of the summed scores is each row's own gradient.
+    """
+    inputs = images.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        output = module(inputs)
+        scores = targets.score(output)
+        (gradient,) = torch.autograd.grad(scores.sum(), inputs)
+    return gradient, output.detach()
+
+
+def layer_gradient(
+    module: nn.Module, images: torch.Tensor, targets: Targets, layer: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Activation ``A`` of ``layer`` and ``dscore/dA`` (both ``Tensor[N, C, h, w]``), and the
+    output. The forward pass records autograd only from ``layer`` on; the backward stops
+    there. ``A`` is the last call's output when the layer runs more than once."""
+    with capture(module, layer, gradients=True, graph_from_layer=True) as cap:
+        output = module(images)
+        activation = cap.activation(layer)
+        check_spatial(layer, activation)
+        scores = targets.score(output)
+        (gradient,) = torch.autograd.grad(scores.sum(), activation)
+    return activation.detach(), gradient, output.detach()
+
+
+def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``Tensor[N, h, w]`` to ``Tensor[N, H, W]`` by bilinear interpolation (pixel centres
+    aligned, ``align_corners=False``), so a map cell covers exactly its share of the input."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def normalize_maps(maps: torch.Tensor) -> torch.Tensor:
+    """Scale each map of ``Tensor[N, H, W]`` to [0, 1] by its own min and max; a constant
+    map becomes zeros (never NaN). NaN in the input raises."""
+    if bool(torch.isnan(maps).any()):
+        raise ConvlensError("map contains NaN; check the model output for this input")
+    flat = maps.flatten(1)
+    low = flat.min(dim=1, keepdim=True).values
+    span = flat.max(dim=1, keepdim=True).values - low
+    scaled = torch.where(span > 0, (flat - low) / span.clamp_min(torch.finfo(maps.dtype).tiny), 0)
+    return scaled.view_as(maps)

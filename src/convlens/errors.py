@@ -1,0 +1,27 @@
+"""The few exception types convlens raises. Every message says what was wrong and what to do."""
+
+from __future__ import annotations
+
+
+class ConvlensError(Exception):
+    """Base class of every error convlens raises on bad input."""
+
+
+class ModelLoadError(ConvlensError):
+    """A model name or path could not be turned into a network."""
+
+
+class ImageLoadError(ConvlensError):
+    """A file or object could not be read as an image."""
+
+
+class LayerError(ConvlensError, ValueError):
+    """A layer name or index does not exist, or the layer does not suit the method."""
+
+
+class TargetError(ConvlensError, ValueError):
+    """A target (the score to explain) is malformed or out of range."""
+
+
+class MethodError(ConvlensError, ValueError):
+    """An unknown method name or a bad option for a method."""

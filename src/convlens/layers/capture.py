@@ -1,0 +1,119 @@
+"""Borrow a model: capture layer outputs (and make them differentiable) with hooks that are
+always removed, in eval mode that is always undone.
+
+``capture`` is the one place where methods hook a model. With ``gradients=True`` each
+captured output is part of an autograd graph, so a method asks for exactly the gradient it
+needs with ``torch.autograd.grad(score, cap.activation(name))``; parameter ``.grad`` is
+never touched. With ``graph_from_layer=True`` the forward pass runs without autograd up to
+the first captured layer, so nothing before it is recorded and the backward pass stops
+there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from convlens.errors import LayerError
+from convlens.layers.find import LayerSpec, resolve_layer
+
+
+@contextmanager
+def borrowed_model(model: nn.Module, eval_mode: bool = True) -> Iterator[nn.Module]:
+    """Put every module in eval mode for the duration, then restore each module's own
+    ``training`` flag (also after an exception). Nothing else about the model changes."""
+    flags = [(module, module.training) for module in model.modules()]
+    try:
+        if eval_mode:
+            model.eval()
+        yield model
+    finally:
+        for module, training in flags:
+            module.training = training
+
+
+@dataclass
+class Capture:
+    """What a `capture` block recorded: for each layer name, one output per call."""
+
+    names: list[str]
+    calls: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+
+    def activation(self, name: str | None = None, call: int = -1) -> torch.Tensor:
+        """Output of ``name`` (default: the only/first captured layer) at call ``call``
+        (default the last call, as a module reused in one forward is called more than once)."""
+        name = self.names[0] if name is None else name
+        outputs = self.calls.get(name, [])
+        if not outputs:
+            raise LayerError(
+                f"layer {name!r} was not called during the forward pass; "
+                "choose a layer the forward pass uses (see 'convlens layers')"
+            )
+        return outputs[call]
+
+    def all_calls(self, name: str | None = None) -> list[torch.Tensor]:
+        name = self.names[0] if name is None else name
+        return list(self.calls.get(name, []))
+
+
+@contextmanager
+def capture(
+    model: nn.Module,
+    layers: LayerSpec | Sequence[LayerSpec],
+    *,
+    gradients: bool = False,
+    graph_from_layer: bool = False,
+) -> Iterator[Capture]:
+    """Record the outputs of ``layers`` during forward passes run inside the block.
+
+    Args:
+        model: the network; its hooks are removed on exit, also after an exception.
+        layers: one layer or several (dotted names, indices or module objects).
+        gradients: keep each captured output differentiable (a leaf that requires grad
+            when nothing upstream does), for ``torch.autograd.grad``.
+        graph_from_layer: with ``gradients``, run the forward without autograd up to the
+            first captured layer (cheaper; gradients w.r.t. the input are then unavailable).
+
+    The module's output is replaced by a copy downstream, so an in-place activation right
+    after the layer neither changes the captured tensor nor breaks its gradient.
+    """
+    specs = layers if isinstance(layers, (list, tuple)) else [layers]
+    resolved = [resolve_layer(model, spec) for spec in specs]
+    result = Capture(names=[name for name, _ in resolved])
+    result.calls = {name: [] for name in result.names}
+    handles = []
+    grad_mode = torch.is_grad_enabled()
+
+    def make_hook(name: str):
+        def hook(_module, _inputs, output):
+            if not isinstance(output, torch.Tensor):
+                raise LayerError(
+                    f"layer {name!r} returns a {type(output).__name__}, not a tensor; "
+                    "capture a layer whose output is a single tensor"
+                )
+            if gradients and not output.requires_grad:
+                output = output.detach().requires_grad_(True)
+                torch.set_grad_enabled(True)
+            elif not gradients:
+                output = output.detach()
+            result.calls[name].append(output)
+            return output.clone()
+
+        return hook
+
+    try:
+        for name, module in resolved:
+            handles.append(module.register_forward_hook(make_hook(name)))
+        if gradients and graph_from_layer:
+            torch.set_grad_enabled(False)
+        elif gradients:
+            torch.set_grad_enabled(True)
+        yield result
+    finally:
+        for handle in handles:
+            handle.remove()
+        torch.set_grad_enabled(grad_mode)

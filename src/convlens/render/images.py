@@ -1,0 +1,122 @@
+"""Tensors to pictures: colormaps, overlays, labelled grids, PNG files. Nothing here computes
+an attribution; everything takes plain arrays or tensors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
+
+from convlens.errors import ConvlensError
+
+
+def _as_numpy(array) -> np.ndarray:
+    if isinstance(array, torch.Tensor):
+        return array.detach().cpu().numpy()
+    return np.asarray(array)
+
+
+def colorize(values, cmap: str = "jet", vmin: float = 0.0, vmax: float = 1.0) -> np.ndarray:
+    """A map ``[H, W]`` to ``uint8[H, W, 3]`` with a matplotlib colormap over [vmin, vmax]."""
+    import matplotlib
+
+    values = _as_numpy(values).astype(np.float64)
+    if values.ndim != 2:
+        raise ConvlensError(f"colorize takes a 2-D map, got shape {values.shape}")
+    span = vmax - vmin if vmax > vmin else 1.0
+    scaled = np.clip((values - vmin) / span, 0.0, 1.0)
+    rgba = matplotlib.colormaps[cmap](scaled)
+    return (rgba[..., :3] * 255).round().astype(np.uint8)
+
+
+def resize_map(values, height: int, width: int) -> np.ndarray:
+    """Resize a map ``[h, w]`` to ``[height, width]`` (bilinear, pixel centres aligned)."""
+    tensor = torch.as_tensor(_as_numpy(values), dtype=torch.float32)
+    if tuple(tensor.shape) == (height, width):
+        return tensor.numpy()
+    resized = F.interpolate(
+        tensor[None, None], size=(height, width), mode="bilinear", align_corners=False
+    )
+    return resized[0, 0].numpy()
+
+
+def overlay(image, values, alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
+    """Blend a [0, 1] map over an RGB image ``uint8[H, W, 3]``; a map of another size is
+    resized to the image first (exact for non-square images: rows to rows, columns to
+    columns). Returns ``uint8[H, W, 3]``."""
+    image = _as_numpy(image)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ConvlensError(f"overlay needs an RGB image [H, W, 3], got shape {image.shape}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ConvlensError(f"alpha must be in [0, 1], got {alpha}")
+    heat = colorize(resize_map(values, image.shape[0], image.shape[1]), cmap)
+    blended = (1 - alpha) * image.astype(np.float64) + alpha * heat.astype(np.float64)
+    return blended.round().astype(np.uint8)
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has no sized default font
+        return ImageFont.load_default()
+
+
+def image_grid(
+    images: Sequence,
+    titles: Sequence[str] | None = None,
+    columns: int | None = None,
+    padding: int = 4,
+    title_height: int = 18,
+    background: int = 255,
+) -> np.ndarray:
+    """Tile ``uint8[H, W, 3]`` (or ``[H, W]``) images of one size into a grid with a title
+    above each tile. Returns ``uint8[rows * (H + title + pad), ...]``."""
+    if len(images) == 0:
+        raise ConvlensError("image_grid needs at least one image")
+    tiles = [_as_rgb_tile(_as_numpy(image)) for image in images]
+    height, width = tiles[0].shape[:2]
+    if any(tile.shape[:2] != (height, width) for tile in tiles):
+        raise ConvlensError("image_grid tiles must share one size; resize them first")
+    columns = columns or min(len(tiles), 8)
+    rows = -(-len(tiles) // columns)
+    top = title_height if titles else 0
+    cell_h, cell_w = height + top + padding, width + padding
+    canvas = Image.new("RGB", (columns * cell_w + padding, rows * cell_h + padding), (background,) * 3)
+    draw = ImageDraw.Draw(canvas)
+    font = _font(max(10, title_height - 6))
+    for index, tile in enumerate(tiles):
+        row, col = divmod(index, columns)
+        x, y = padding + col * cell_w, padding + row * cell_h
+        canvas.paste(Image.fromarray(tile), (x, y + top))
+        if titles:
+            draw.text((x, y + 1), _fit(draw, titles[index], font, width), fill=(0, 0, 0), font=font)
+    return np.asarray(canvas)
+
+
+def _fit(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
+    while text and draw.textlength(text, font=font) > width:
+        text = text[:-2] + "…" if len(text) > 2 else ""
+    return text
+
+
+def _as_rgb_tile(image: np.ndarray) -> np.ndarray:
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    if image.dtype != np.uint8:
+        raise ConvlensError("image_grid takes uint8 images; use colorize() for maps")
+    return image
+
+
+def save_png(image, path: str | Path) -> Path:
+    """Write ``uint8[H, W, 3]`` (or ``[H, W]``) as a PNG, creating parent folders."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    array = _as_numpy(image)
+    if array.dtype != np.uint8:
+        raise ConvlensError(f"save_png takes uint8 pixels, got {array.dtype}")
+    Image.fromarray(array).save(path, format="PNG")
+    return path

@@ -1,0 +1,250 @@
+"""What score is explained. One place turns every accepted form into `Targets` and checks it.
+
+Accepted forms (``B`` = number of images):
+
+- ``None`` or ``"top1"``: each image's top class; ``"top3"``: its top 3 classes, giving
+  ``3 * B`` explained rows (image 0 rank 1, image 0 rank 2, ...).
+- an ``int`` or a class name (``"tabby"``): the same class for every image.
+- a list/tuple/1-D tensor of ``B`` ids or names: one class per image.
+- ``contrast(a, b)``: the score of ``a`` minus the score of ``b`` ("why a rather than b");
+  ``a`` and ``b`` take any single-class form, including ``"top1"``/``"top2"``.
+- a callable ``f(output) -> Tensor[B]``: any scalar per image (for non-classifiers,
+  segmentation regions, ...).
+
+Scores are read from the model output inside the method's own forward pass, so resolving
+``"top1"`` costs no extra forward.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from convlens.errors import TargetError
+
+ScoreFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Contrast:
+    """Explain ``positive`` minus ``negative`` (each a single-class target form)."""
+
+    positive: object
+    negative: object
+
+
+def contrast(positive: object, negative: object) -> Contrast:
+    """Target "why ``positive`` rather than ``negative``" (contrastive maps)."""
+    return Contrast(positive, negative)
+
+
+@dataclass(frozen=True)
+class ClassSelector:
+    """Per explained row, a class given by id (``ids[n] >= 0``) or by rank (``ranks[n] >= 0``,
+    0 = top class) in that row's output."""
+
+    ids: torch.Tensor
+    ranks: torch.Tensor
+
+    def resolve(self, output: torch.Tensor) -> torch.Tensor:
+        """Class ids ``Tensor[N]`` for the logits ``Tensor[N, K]``."""
+        num_classes = output.shape[1]
+        too_big = self.ids >= num_classes
+        if bool(too_big.any()):
+            bad = int(self.ids[too_big][0])
+            raise TargetError(
+                f"class id {bad} is out of range: the model has {num_classes} classes "
+                f"(0..{num_classes - 1})"
+            )
+        if int(self.ranks.max()) >= num_classes:
+            raise TargetError(
+                f"top-{int(self.ranks.max()) + 1} asked of a model with {num_classes} classes"
+            )
+        ids = self.ids.to(output.device)
+        if bool((self.ranks >= 0).any()):
+            k = int(self.ranks.max()) + 1
+            ranked = output.detach().topk(k, dim=1).indices
+            by_rank = ranked.gather(1, self.ranks.clamp(min=0).to(output.device)[:, None])[:, 0]
+            ids = torch.where(self.ranks.to(output.device) >= 0, by_rank, ids)
+        return ids
+
+
+@dataclass(frozen=True)
+class Targets:
+    """Resolved targets for ``N`` explained rows, each tied to an input image.
+
+    ``image_index``: ``Tensor[N]`` index of the input image each row explains.
+    """
+
+    image_index: torch.Tensor
+    positive: ClassSelector | None = None
+    negative: ClassSelector | None = None
+    fn: ScoreFn | None = None
+    spec: str = "top1"
+
+    def __len__(self) -> int:
+        return len(self.image_index)
+
+    def expand(self, images: torch.Tensor) -> torch.Tensor:
+        """The input rows to explain: ``images[image_index]`` (no copy when already 1:1)."""
+        if len(self.image_index) == len(images) and bool(
+            (self.image_index == torch.arange(len(images))).all()
+        ):
+            return images
+        return images[self.image_index.to(images.device)]
+
+    def class_ids(self, output: torch.Tensor) -> torch.Tensor | None:
+        """The explained class per row (``None`` for callable targets)."""
+        return None if self.positive is None else self.positive.resolve(_logits(output))
+
+    def score(self, output: torch.Tensor) -> torch.Tensor:
+        """The explained scalar per row, ``Tensor[N]``, differentiable w.r.t. ``output``."""
+        if self.fn is not None:
+            scores = self.fn(output)
+            if not isinstance(scores, torch.Tensor) or scores.shape != (output.shape[0],):
+                shape = getattr(scores, "shape", type(scores).__name__)
+                raise TargetError(
+                    f"a target callable must return one score per image, a Tensor of shape "
+                    f"[{output.shape[0]}], not {shape}"
+                )
+            return scores
+        logits = _logits(output)
+        scores = logits.gather(1, self.positive.resolve(logits)[:, None])[:, 0]
+        if self.negative is not None:
+            scores = scores - logits.gather(1, self.negative.resolve(logits)[:, None])[:, 0]
+        return scores
+
+    def subset(self, rows: slice | torch.Tensor) -> Targets:
+        """The targets of some rows (for chunked computation)."""
+
+        def pick(selector: ClassSelector | None) -> ClassSelector | None:
+            if selector is None:
+                return None
+            return ClassSelector(selector.ids[rows], selector.ranks[rows])
+
+        return Targets(
+            self.image_index[rows], pick(self.positive), pick(self.negative), self.fn, self.spec
+        )
+
+
+def _logits(output: torch.Tensor) -> torch.Tensor:
+    if not isinstance(output, torch.Tensor) or output.dim() != 2:
+        shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+        raise TargetError(
+            f"class targets need a classifier output [B, classes], got {shape}; "
+            "pass target=callable(output) -> Tensor[B] for other models"
+        )
+    return output
+
+
+_TOPK = re.compile(r"^top(\d+)$")
+
+
+def resolve_targets(
+    target: object,
+    batch_size: int,
+    labels: Sequence[str] | None = None,
+    num_classes: int | None = None,
+) -> Targets:
+    """Turn any accepted target form into `Targets` for ``batch_size`` images.
+
+    ``labels`` resolve class names; ``num_classes`` (when known) checks ids up front.
+    Raises `TargetError` (a ValueError) naming the allowed values.
+    """
+    rows = torch.arange(batch_size)
+    if callable(target) and not isinstance(target, (torch.Tensor, Contrast)):
+        return Targets(rows, fn=target, spec=getattr(target, "__name__", "callable"))
+    if isinstance(target, str) and (match := _TOPK.match(target)) and int(match[1]) > 1:
+        k = _top_k(int(match[1]), num_classes)
+        image_index = rows.repeat_interleave(k)
+        ranks = torch.arange(k).repeat(batch_size)
+        selector = ClassSelector(torch.full_like(ranks, -1), ranks)
+        return Targets(image_index, selector, spec=target)
+    if isinstance(target, Contrast):
+        positive = _selector(target.positive, batch_size, labels, num_classes)
+        negative = _selector(target.negative, batch_size, labels, num_classes)
+        return Targets(rows, positive, negative, spec=f"{target.positive}-{target.negative}")
+    selector = _selector(target, batch_size, labels, num_classes)
+    return Targets(rows, selector, spec="top1" if target is None else str(_plain(target)))
+
+
+def _plain(target: object) -> object:
+    return target.tolist() if isinstance(target, torch.Tensor) else target
+
+
+def _top_k(k: int, num_classes: int | None) -> int:
+    if k < 1 or (num_classes is not None and k > num_classes):
+        raise TargetError(f"top-k needs 1 <= k <= {num_classes}, got {k}")
+    return k
+
+
+def _selector(
+    target: object, batch_size: int, labels: Sequence[str] | None, num_classes: int | None
+) -> ClassSelector:
+    if target is None:
+        target = "top1"
+    if isinstance(target, torch.Tensor):
+        if target.dim() == 0:
+            target = int(target)
+        elif target.dim() == 1 and not target.is_floating_point():
+            target = target.tolist()
+        else:
+            raise TargetError(
+                f"a target tensor must hold integer class ids of shape [{batch_size}], "
+                f"got {target.dtype} {tuple(target.shape)}"
+            )
+    if isinstance(target, (list, tuple)):
+        if len(target) != batch_size:
+            raise TargetError(
+                f"got {len(target)} targets for {batch_size} images; pass one target per "
+                "image or a single target for all"
+            )
+        pairs = [_one_class(t, labels, num_classes) for t in target]
+    else:
+        pairs = [_one_class(target, labels, num_classes)] * batch_size
+    ids = torch.tensor([p[0] for p in pairs], dtype=torch.long)
+    ranks = torch.tensor([p[1] for p in pairs], dtype=torch.long)
+    return ClassSelector(ids, ranks)
+
+
+def _one_class(
+    target: object, labels: Sequence[str] | None, num_classes: int | None
+) -> tuple[int, int]:
+    """(class id, -1) for an explicit class, (-1, rank) for ``"topN"``."""
+    if isinstance(target, bool):
+        raise TargetError("a target cannot be a bool; pass a class id, name or 'top1'")
+    if isinstance(target, int):
+        limit = num_classes if num_classes is not None else (len(labels) if labels else None)
+        if target < 0 or (limit is not None and target >= limit):
+            allowed = f"0..{limit - 1}" if limit is not None else "non-negative ids"
+            raise TargetError(f"class id {target} is out of range; allowed: {allowed}")
+        return target, -1
+    if isinstance(target, str):
+        if match := _TOPK.match(target):
+            rank = int(match[1])
+            _top_k(rank, num_classes)
+            return -1, rank - 1
+        if target.isdigit():
+            return _one_class(int(target), labels, num_classes)
+        return _class_by_name(target, labels), -1
+    raise TargetError(
+        f"cannot use a {type(target).__name__} as a target; pass a class id, a class "
+        "name, 'top1'/'topK', a list with one per image, contrast(a, b) or a callable"
+    )
+
+
+def _class_by_name(name: str, labels: Sequence[str] | None) -> int:
+    if not labels:
+        raise TargetError(
+            f"class name {name!r} needs the model's labels; pass a class id instead"
+        )
+    lowered = [label.lower() for label in labels]
+    if name.lower() in lowered:
+        return lowered.index(name.lower())
+    close = difflib.get_close_matches(name.lower(), lowered, n=3)
+    hint = f"; did you mean {', '.join(repr(labels[lowered.index(c)]) for c in close)}?" if close else ""
+    raise TargetError(f"no class named {name!r}{hint}")
