@@ -20,3 +20,62 @@ def default_model():
     from convlens import load_model
 
     return load_model()
+
+
+def model_state(model: torch.nn.Module) -> dict:
+    """Everything a method must leave as it found it: per-module type, training flag,
+    inplace flag, hook counts; per-parameter requires_grad, .grad and value."""
+    modules = {}
+    for name, module in model.named_modules():
+        hooks = tuple(
+            len(getattr(module, attr, {}))
+            for attr in (
+                "_forward_hooks",
+                "_forward_pre_hooks",
+                "_backward_hooks",
+                "_backward_pre_hooks",
+            )
+        )
+        modules[name] = (type(module), module.training, getattr(module, "inplace", None), hooks)
+    params = {
+        name: (p.requires_grad, None if p.grad is None else p.grad.clone(), p.detach().clone())
+        for name, p in model.named_parameters()
+    }
+    buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
+    return {"modules": modules, "params": params, "buffers": buffers}
+
+
+def assert_same_state(before: dict, after: dict) -> None:
+    assert before["modules"] == after["modules"]
+    assert before["params"].keys() == after["params"].keys()
+    for name, (requires_grad, grad, value) in before["params"].items():
+        requires_grad2, grad2, value2 = after["params"][name]
+        assert requires_grad == requires_grad2, name
+        assert (grad is None) == (grad2 is None), f".grad of {name} changed"
+        if grad is not None:
+            assert torch.equal(grad, grad2), name
+        assert torch.equal(value, value2), name
+    for name, value in before["buffers"].items():
+        assert torch.equal(value, after["buffers"][name]), f"buffer {name} changed"
+
+
+@pytest.fixture
+def unchanged():
+    """``with unchanged(model, *tensors): ...`` asserts the model and tensors are left as
+    they were (also checks tensors' requires_grad and .grad)."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def check(model: torch.nn.Module, *tensors: torch.Tensor):
+        before = model_state(model)
+        saved = [(t.detach().clone(), t.requires_grad, t.grad) for t in tensors]
+        try:
+            yield
+        finally:
+            assert_same_state(before, model_state(model))
+            for tensor, (value, requires_grad, grad) in zip(tensors, saved, strict=True):
+                assert torch.equal(tensor.detach(), value), "input tensor values changed"
+                assert tensor.requires_grad == requires_grad, "input requires_grad changed"
+                assert tensor.grad is grad, "input .grad changed"
+
+    return check
