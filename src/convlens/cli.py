@@ -80,7 +80,9 @@ def layers_command(
     if as_json:
         _echo_json([_layer_record(row) for row in rows])
         return
-    typer.echo(f"{'#':>4}  {'name':<36} {'type':<22} {'output':<18} {'rf':>9} {'jump':>5} {'start':>7}")
+    typer.echo(
+        f"{'#':>4}  {'name':<36} {'type':<22} {'output':<18} {'rf':>9} {'jump':>5} {'start':>7}"
+    )
     for row in rows:
         record = _layer_record(row)
         shape = "x".join(str(d) for d in row.output_shape[1:]) if row.output_shape else "-"
@@ -154,9 +156,13 @@ def predict_command(
                 )
                 typer.echo(f"{source}: {text}")
     if as_json:
-        _echo_json({"model": loaded.name, "results": results, "errors": [
-            {"source": s, "error": m} for s, m in errors
-        ]})
+        _echo_json(
+            {
+                "model": loaded.name,
+                "results": results,
+                "errors": [{"source": s, "error": m} for s, m in errors],
+            }
+        )
     if errors:
         raise typer.Exit(1)
 

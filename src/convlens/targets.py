@@ -156,6 +156,8 @@ def resolve_targets(
     Raises `TargetError` (a ValueError) naming the allowed values.
     """
     rows = torch.arange(batch_size)
+    if num_classes is None and labels:
+        num_classes = len(labels)
     if callable(target) and not isinstance(target, (torch.Tensor, Contrast)):
         return Targets(rows, fn=target, spec=getattr(target, "__name__", "callable"))
     if isinstance(target, str) and (match := _TOPK.match(target)) and int(match[1]) > 1:
@@ -218,9 +220,8 @@ def _one_class(
     if isinstance(target, bool):
         raise TargetError("a target cannot be a bool; pass a class id, name or 'top1'")
     if isinstance(target, int):
-        limit = num_classes if num_classes is not None else (len(labels) if labels else None)
-        if target < 0 or (limit is not None and target >= limit):
-            allowed = f"0..{limit - 1}" if limit is not None else "non-negative ids"
+        if target < 0 or (num_classes is not None and target >= num_classes):
+            allowed = f"0..{num_classes - 1}" if num_classes is not None else "ids >= 0"
             raise TargetError(f"class id {target} is out of range; allowed: {allowed}")
         return target, -1
     if isinstance(target, str):
@@ -239,12 +240,14 @@ def _one_class(
 
 def _class_by_name(name: str, labels: Sequence[str] | None) -> int:
     if not labels:
-        raise TargetError(
-            f"class name {name!r} needs the model's labels; pass a class id instead"
-        )
+        raise TargetError(f"class name {name!r} needs the model's labels; pass a class id instead")
     lowered = [label.lower() for label in labels]
     if name.lower() in lowered:
         return lowered.index(name.lower())
     close = difflib.get_close_matches(name.lower(), lowered, n=3)
-    hint = f"; did you mean {', '.join(repr(labels[lowered.index(c)]) for c in close)}?" if close else ""
+    hint = (
+        f"; did you mean {', '.join(repr(labels[lowered.index(c)]) for c in close)}?"
+        if close
+        else ""
+    )
     raise TargetError(f"no class named {name!r}{hint}")

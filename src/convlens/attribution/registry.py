@@ -56,9 +56,7 @@ def get_method(name: str) -> MethodInfo:
         return METHODS[name]
     close = difflib.get_close_matches(name, list(METHODS), n=3)
     hint = f"did you mean {', '.join(close)}? " if close else ""
-    raise MethodError(
-        f"unknown method {name!r}; {hint}available: {', '.join(sorted(METHODS))}"
-    )
+    raise MethodError(f"unknown method {name!r}; {hint}available: {', '.join(sorted(METHODS))}")
 
 
 def list_methods() -> list[MethodInfo]:

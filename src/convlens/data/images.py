@@ -150,7 +150,10 @@ def iter_batches(
         else:
             height, width = preprocess.height_width
             yield ImageBatch(
-                torch.empty(0, 3, height, width), np.empty((0, height, width, 3), np.uint8), [], errors
+                torch.empty(0, 3, height, width),
+                np.empty((0, height, width, 3), np.uint8),
+                [],
+                errors,
             )
 
 
@@ -179,9 +182,7 @@ def _resolve_path(source: str | os.PathLike) -> Path:
         return path
     if str(source) in SAMPLES:
         return sample_path(str(source))
-    raise ImageLoadError(
-        f"{source}: no such file (sample names: {', '.join(sorted(SAMPLES))})"
-    )
+    raise ImageLoadError(f"{source}: no such file (sample names: {', '.join(sorted(SAMPLES))})")
 
 
 def _read_file(path: Path, max_pixels: int) -> Image.Image:

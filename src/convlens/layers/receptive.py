@@ -121,7 +121,8 @@ class _FieldTracer(TorchFunctionMode):
         result = func(*args, **kwargs)
         name = getattr(func, "__name__", "")
         inputs = [
-            t for t in tree_flatten((args, kwargs))[0]
+            t
+            for t in tree_flatten((args, kwargs))[0]
             if isinstance(t, torch.Tensor) and t.dim() == 4 and id(t) in self.fields
         ]
         outputs = [t for t in tree_flatten(result)[0] if isinstance(t, torch.Tensor)]

@@ -85,7 +85,9 @@ def image_grid(
     rows = -(-len(tiles) // columns)
     top = title_height if titles else 0
     cell_h, cell_w = height + top + padding, width + padding
-    canvas = Image.new("RGB", (columns * cell_w + padding, rows * cell_h + padding), (background,) * 3)
+    canvas = Image.new(
+        "RGB", (columns * cell_w + padding, rows * cell_h + padding), (background,) * 3
+    )
     draw = ImageDraw.Draw(canvas)
     font = _font(max(10, title_height - 6))
     for index, tile in enumerate(tiles):

@@ -1,0 +1,143 @@
+"""capture / borrowed_model / resolve_layer / default_cam_layer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from convlens.errors import LayerError
+from convlens.layers import borrowed_model, capture, default_cam_layer, resolve_layer
+
+
+class ReusedRelu(nn.Module):
+    """One ReLU instance called twice, and an in-place ReLU right after conv1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 2, 3, padding=1)
+        self.act_inplace = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(2, 2, 1)
+        self.relu = nn.ReLU()
+        self.head = nn.Linear(2, 3)
+
+    def forward(self, x):
+        x = self.act_inplace(self.conv1(x))
+        x = self.relu(self.conv2(self.relu(x)))
+        return self.head(x.mean((2, 3)))
+
+
+def hook_count(model: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def test_hooks_removed_after_exit_and_after_exception():
+    model = ReusedRelu()
+    with capture(model, ["conv1", "relu"]) as cap:
+        model(torch.randn(1, 1, 5, 5))
+        assert hook_count(model) == 2
+    assert hook_count(model) == 0 and len(cap.all_calls("relu")) == 2
+    with pytest.raises(RuntimeError, match="boom"):
+        with capture(model, "conv1", gradients=True, graph_from_layer=True):
+            raise RuntimeError("boom")
+    assert hook_count(model) == 0
+    assert torch.is_grad_enabled()
+
+
+def test_grad_mode_restored_inside_no_grad():
+    model = ReusedRelu()
+    with torch.no_grad():
+        with capture(model, "conv1", gradients=True):
+            model(torch.randn(1, 1, 5, 5))
+        assert not torch.is_grad_enabled()
+
+
+def test_module_called_twice_records_both_calls_and_defaults_to_last():
+    model = ReusedRelu()
+    x = torch.randn(2, 1, 5, 5)
+    with capture(model, "relu") as cap:
+        model(x)
+    first, last = cap.all_calls("relu")
+    expected_first = torch.relu(torch.relu(model.conv1(x)))
+    assert torch.allclose(first, expected_first)
+    assert torch.allclose(last, torch.relu(model.conv2(expected_first)))
+    assert cap.activation("relu") is last
+    assert cap.activation("relu", call=0) is first
+
+
+def test_inplace_relu_after_captured_layer_keeps_preactivation_and_gradient():
+    model = ReusedRelu()
+    x = torch.randn(1, 1, 5, 5)
+    with capture(model, "conv1", gradients=True, graph_from_layer=True) as cap:
+        out = model(x)
+        activation = cap.activation("conv1")
+        (grad,) = torch.autograd.grad(out[0, 1], activation)
+    with torch.no_grad():
+        pre = model.conv1(x)
+    assert torch.allclose(activation.detach(), pre)
+    assert (activation < 0).any()  # pre-activation values survived the in-place ReLU
+
+    # Reference: the same score as a function of the conv1 output, by hand.
+    leaf = pre.clone().requires_grad_()
+    h = torch.relu(model.conv2(torch.relu(torch.relu(leaf))))
+    score = model.head(h.mean((2, 3)))[0, 1]
+    (expected,) = torch.autograd.grad(score, leaf)
+    assert torch.allclose(grad, expected)
+
+
+def test_graph_from_layer_equals_full_graph_and_leaves_no_param_grad():
+    model = torchvision.models.resnet18(num_classes=5).eval()
+    x = torch.randn(1, 3, 64, 64)
+    grads = []
+    for from_layer in (True, False):
+        with capture(model, "layer3", gradients=True, graph_from_layer=from_layer) as cap:
+            out = model(x)
+            (g,) = torch.autograd.grad(out[0, 2], cap.activation())
+        grads.append(g)
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_borrowed_model_restores_mixed_flags_after_exception():
+    model = ReusedRelu().train()
+    model.conv2.eval()
+    with pytest.raises(ValueError):
+        with borrowed_model(model):
+            assert not any(m.training for m in model.modules())
+            raise ValueError
+    assert model.training and model.conv1.training and not model.conv2.training
+
+
+def test_resolve_layer_by_name_index_module_and_errors():
+    model = ReusedRelu()
+    assert resolve_layer(model, "conv2") == ("conv2", model.conv2)
+    assert resolve_layer(model, 0) == ("conv1", model.conv1)
+    assert resolve_layer(model, -1) == ("head", model.head)
+    assert resolve_layer(model, "2")[0] == "conv2"
+    assert resolve_layer(model, model.relu)[0] == "relu"
+    with pytest.raises(LayerError, match="did you mean conv2"):
+        resolve_layer(model, "conv_2")
+    with pytest.raises(LayerError, match="out of range"):
+        resolve_layer(model, 10)
+    with pytest.raises(LayerError, match="not part of the model"):
+        resolve_layer(model, nn.ReLU())
+
+
+def test_unused_layer_raises_clear_error():
+    model = ReusedRelu()
+    with capture(model, "head") as cap:
+        pass
+    with pytest.raises(LayerError, match="not called"):
+        cap.activation()
+
+
+def test_default_cam_layer():
+    resnet = torchvision.models.resnet18()
+    assert default_cam_layer(resnet, torch.zeros(1, 3, 64, 64)) == "layer4"
+    with pytest.raises(LayerError, match="no layer with a spatial"):
+        default_cam_layer(nn.Sequential(nn.Flatten(), nn.Linear(12, 2)), torch.zeros(1, 3, 2, 2))
+
+
+def test_default_cam_layer_of_default_model(default_model):
+    assert default_cam_layer(default_model.module, torch.zeros(1, 3, 224, 224)) == "bn2"

@@ -1,0 +1,94 @@
+"""load_model: the embedded default, files, modules, library names, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from convlens import load_model
+from convlens.errors import ModelLoadError
+from convlens.models import LoadedModel, Preprocess, as_module, imagenet_labels
+
+
+def test_default_model_classifies_sample_photos(default_model):
+    images = default_model.preprocess(["cat", "coffee"])
+    with torch.no_grad():
+        top = default_model.module(images).argmax(1).tolist()
+    assert 281 <= top[0] <= 285  # the ImageNet cat classes
+    assert top[1] == 967  # espresso
+    assert default_model.preprocess.mean == (0.5, 0.5, 0.5)
+    assert default_model.label(967) == "espresso"
+
+
+def test_labels_ship_with_the_package():
+    labels = imagenet_labels()
+    assert len(labels) == 1000 and labels[281] == "tabby" and labels[0] == "tench"
+
+
+def small_net() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)
+    )
+
+
+def test_module_is_wrapped_not_copied_and_mode_kept():
+    net = small_net().train()
+    loaded = load_model(net, labels=["no", "yes"])
+    assert loaded.module is net and net.training
+    assert loaded.label(1) == "yes" and loaded.label(5) == "class 5"
+    assert load_model(loaded) is loaded
+    assert as_module(loaded) is net
+
+
+def test_torchscript_and_pickle_files(tmp_path):
+    net = small_net().eval()
+    x = torch.randn(1, 3, 8, 8)
+    scripted = tmp_path / "net.ts"
+    torch.jit.save(torch.jit.script(net), scripted)
+    pickled = tmp_path / "net.pt"
+    torch.save(net, pickled)
+    for path in (scripted, pickled):
+        loaded = load_model(path, preprocess=Preprocess(size=8))
+        assert torch.allclose(loaded.module(x), net(x))
+        assert loaded.preprocess.size == 8
+
+
+def test_state_dict_file_is_refused_with_a_hint(tmp_path):
+    path = tmp_path / "weights.pt"
+    torch.save(small_net().state_dict(), path)
+    with pytest.raises(ModelLoadError, match="state_dict"):
+        load_model(path)
+
+
+def test_missing_path_and_bad_type():
+    with pytest.raises(ModelLoadError, match="convlens models"):
+        load_model("no_such_model.pt")
+    with pytest.raises(ModelLoadError, match="pass a name"):
+        load_model(3.5)
+
+
+def test_library_models_without_weights():
+    resnet = load_model("torchvision:resnet18", pretrained=False)
+    assert isinstance(resnet, LoadedModel) and resnet.name == "torchvision:resnet18"
+    assert not resnet.module.training
+    mobile = load_model("timm:mobilenetv3_small_050", pretrained=False)
+    assert mobile.labels is not None and len(mobile.labels) == 1000
+
+
+def test_unknown_library_names():
+    with pytest.raises(ModelLoadError, match="torchvision has no model"):
+        load_model("torchvision:resnet_nope")
+    with pytest.raises(ModelLoadError, match="timm has no model"):
+        load_model("timm:resnet_nope", pretrained=False)
+
+
+def test_offline_weight_download_error_says_what_to_do(monkeypatch):
+    import torch.hub
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(ModelLoadError, match="network access"):
+        load_model("torchvision:resnet18")

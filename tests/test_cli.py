@@ -1,0 +1,48 @@
+"""The CLI skeleton, run in-process."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from PIL import Image
+
+from convlens.cli import main
+from convlens.layers import layer_table
+
+
+def test_predict_cat_prints_a_cat_class(capsys):
+    assert main(["predict", "cat", "--top", "1", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)["results"][0]
+    assert 281 <= result["predictions"][0]["class_id"] <= 285
+
+
+def test_predict_directory_skips_bad_file_and_exits_1(tmp_path, capsys):
+    Image.open(__import__("convlens").sample_path("coffee")).save(tmp_path / "a.png")
+    (tmp_path / "b.jpg").write_text("not a picture")
+    assert main(["predict", str(tmp_path), "--top", "2"]) == 1
+    captured = capsys.readouterr()
+    assert "a.png: espresso (967)" in captured.out
+    assert "skipped" in captured.err and "b.jpg" in captured.err
+
+
+def test_layers_json_matches_layer_table(capsys, default_model):
+    assert main(["layers", "--json"]) == 0
+    rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    table = {r.name: r for r in layer_table(default_model.module, torch.zeros(1, 3, 224, 224))}
+    for name in ("conv_stem", "blocks.2", "bn2"):
+        assert rows[name]["output_shape"] == list(table[name].output_shape)
+        assert rows[name]["receptive_field"] == str(table[name].field.size[0])
+    assert rows["bn2"]["output_shape"] == [1, 1280, 7, 7]
+    assert rows["global_pool.pool"]["receptive_field"] == "global"
+
+
+def test_errors_are_one_line_without_traceback(capsys):
+    assert main(["predict", "cat", "--model", "no-such-model"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_models_lists_default(capsys):
+    assert main(["models"]) == 0
+    assert "efficientnet_lite0" in capsys.readouterr().out

@@ -1,0 +1,93 @@
+"""Every target form resolves to exact scores; bad targets raise ValueError naming the fix."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from convlens.errors import TargetError
+from convlens.targets import contrast, resolve_targets
+
+LOGITS = torch.tensor([[1.0, 5.0, 3.0, 0.0], [4.0, 2.0, 6.0, 1.0]])
+LABELS = ["ant", "bee", "cat", "dog"]
+
+
+def scores(target, **kwargs):
+    targets = resolve_targets(target, 2, labels=LABELS, **kwargs)
+    return targets, targets.score(targets.expand(LOGITS))
+
+
+def test_top1_default_and_explicit():
+    for target in (None, "top1"):
+        targets, value = scores(target)
+        assert value.tolist() == [5.0, 6.0]
+        assert targets.class_ids(LOGITS).tolist() == [1, 2]
+
+
+def test_topk_expands_rows_image_major():
+    targets, value = scores("top2")
+    assert targets.image_index.tolist() == [0, 0, 1, 1]
+    assert targets.class_ids(targets.expand(LOGITS)).tolist() == [1, 2, 2, 0]
+    assert value.tolist() == [5.0, 3.0, 6.0, 4.0]
+
+
+def test_int_name_and_per_image_forms():
+    assert scores(3)[1].tolist() == [0.0, 1.0]
+    assert scores("Cat")[1].tolist() == [3.0, 6.0]
+    assert scores([0, "dog"])[1].tolist() == [1.0, 1.0]
+    assert scores(torch.tensor([2, 1]))[1].tolist() == [3.0, 2.0]
+    assert scores("2")[1].tolist() == [3.0, 6.0]
+
+
+def test_contrast_is_difference_of_scores():
+    assert scores(contrast("bee", 0))[1].tolist() == [4.0, -2.0]
+    assert scores(contrast("top1", "top2"))[1].tolist() == [2.0, 2.0]
+
+
+def test_callable_target():
+    targets, value = scores(lambda out: out[:, 0] * 2)
+    assert value.tolist() == [2.0, 8.0]
+    assert targets.class_ids(LOGITS) is None
+
+
+def test_score_is_differentiable():
+    logits = LOGITS.clone().requires_grad_()
+    targets = resolve_targets(contrast(1, 2), 2)
+    (grad,) = torch.autograd.grad(targets.score(logits).sum(), logits)
+    assert grad.tolist() == [[0, 1, -1, 0], [0, 1, -1, 0]]
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ([1, 2, 3], "got 3 targets for 2 images"),
+        (7, r"out of range; allowed: 0\.\.3"),
+        (-1, "out of range"),
+        ("kat", "did you mean 'cat'"),
+        (torch.tensor([0.5, 1.0]), "integer class ids"),
+        (True, "cannot be a bool"),
+        (2.5, "cannot use a float"),
+        ("top9", "top-k needs"),
+    ],
+)
+def test_validation_errors(target, message):
+    with pytest.raises(ValueError, match=message):
+        resolve_targets(target, 2, labels=LABELS)
+
+
+def test_range_checked_against_output_when_labels_unknown():
+    targets = resolve_targets(9, 2)
+    with pytest.raises(TargetError, match=r"model has 4 classes \(0\.\.3\)"):
+        targets.score(LOGITS)
+
+
+def test_callable_with_wrong_shape_raises():
+    targets = resolve_targets(lambda out: out.sum(), 2)
+    with pytest.raises(TargetError, match=r"one score per image"):
+        targets.score(LOGITS)
+
+
+def test_class_targets_need_classifier_output():
+    targets = resolve_targets(1, 2)
+    with pytest.raises(TargetError, match="callable"):
+        targets.score(torch.zeros(2, 4, 5, 5))
