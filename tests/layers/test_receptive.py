@@ -15,10 +15,10 @@ def measured_box(model: nn.Module, name: str, shape, row: int, col: int, seeds: 
     random input (union over seeds, so ReLU and max-pool zeros do not shrink it)."""
     module = dict(model.named_modules())[name]
     support = None
+    seen: dict[str, torch.Tensor] = {}
     for seed in range(seeds):
         generator = torch.Generator().manual_seed(seed)
         inputs = torch.randn(shape, generator=generator).requires_grad_()
-        seen = {}
         handle = module.register_forward_hook(lambda m, i, o: seen.__setitem__("out", o))
         try:
             model(inputs)

@@ -214,7 +214,8 @@ def load_model(
         loaded = _load_by_name(str(model), pretrained)
     else:
         raise ModelLoadError(
-            f"cannot load a model from a {type(model).__name__}; pass a name, a path or an nn.Module"
+            f"cannot load a model from a {type(model).__name__}; "
+            "pass a name, a path or an nn.Module"
         )
     if preprocess is not None or labels is not None:
         loaded = LoadedModel(
