@@ -46,3 +46,33 @@ def test_errors_are_one_line_without_traceback(capsys):
 def test_models_lists_default(capsys):
     assert main(["models"]) == 0
     assert "efficientnet_lite0" in capsys.readouterr().out
+
+
+def test_predict_text_output_and_top_k(capsys):
+    assert main(["predict", "coffee", "--top", "3"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("coffee: espresso (967)") and line.count("(") == 3
+
+
+def test_predict_empty_folder_is_reported(tmp_path, capsys):
+    assert main(["predict", str(tmp_path)]) == 1
+    assert "no image files" in capsys.readouterr().err
+
+
+def test_unexpected_model_failure_is_one_line(tmp_path, capsys):
+    path = tmp_path / "gray.pt"
+    torch.save(torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3)), path)  # wants 1 channel
+    assert main(["predict", "cat", "--model", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: RuntimeError") and "--debug" in err
+    assert "Traceback" not in err and err.count("\n") == 1
+
+
+def test_layers_json_fields_for_non_square_size_and_resnet(capsys):
+    assert main(["layers", "--model", "efficientnet_lite0", "--size", "96", "--json"]) == 0
+    rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    # TF "same" padding: stem 3x3 stride 2 pads (0, 1), so the first field starts at 0:
+    # size 3, jump 2, centre 1.
+    assert rows["conv_stem"]["output_shape"] == [1, 32, 48, 48]
+    assert (rows["conv_stem"]["receptive_field"], rows["conv_stem"]["jump"]) == ("3", "2")
+    assert rows["conv_stem"]["start"] == "1"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -68,6 +69,12 @@ def test_score_is_differentiable():
         (True, "cannot be a bool"),
         (2.5, "cannot use a float"),
         ("top9", "top-k needs"),
+        ("top0", r"top-k needs 1 <= k <= 4"),
+        (torch.tensor(2.7), "integer class ids"),  # a float scalar is not truncated to 2
+        (torch.tensor(True), "cannot be a bool"),
+        (torch.tensor([True, False]), "cannot be a bool"),
+        (torch.tensor([[0], [1]]), "integer class ids"),
+        (np.array([0.0, 1.0]), "integer class ids"),
     ],
 )
 def test_validation_errors(target, message):
@@ -91,3 +98,26 @@ def test_class_targets_need_classifier_output():
     targets = resolve_targets(1, 2)
     with pytest.raises(TargetError, match="callable"):
         targets.score(torch.zeros(2, 4, 5, 5))
+
+
+def test_numpy_ids_and_scalar_tensors_are_class_ids():
+    assert scores(np.int64(3))[1].tolist() == [0.0, 1.0]
+    assert scores(np.array([2, 1]))[1].tolist() == [3.0, 2.0]
+    assert scores(torch.tensor(1))[1].tolist() == [5.0, 2.0]
+
+
+def test_topk_rows_follow_each_images_own_ranking_and_subset():
+    targets, value = scores("top3")
+    assert targets.class_ids(targets.expand(LOGITS)).tolist() == [1, 2, 0, 2, 0, 1]
+    part = targets.subset(slice(3, 6))
+    assert part.image_index.tolist() == [1, 1, 1]
+    assert part.score(part.expand(LOGITS)).tolist() == [6.0, 4.0, 2.0]
+
+
+def test_per_image_contrast_and_unknown_name_without_labels():
+    targets = resolve_targets(contrast([1, 2], ["top2", 3]), 2, labels=LABELS)
+    assert targets.score(LOGITS).tolist() == [5.0 - 3.0, 6.0 - 1.0]
+    with pytest.raises(TargetError, match="needs the model's labels"):
+        resolve_targets("cat", 2)
+    with pytest.raises(TargetError, match="top-k needs k >= 1"):
+        resolve_targets("top0", 2)

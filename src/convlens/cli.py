@@ -183,6 +183,254 @@ def methods_command(as_json: JsonOption = False) -> None:
         typer.echo(f"{row['name']:<22} {row['family']:<13} {row['summary']}")
 
 
+@app.command("explain")
+def explain_command(
+    images: ImagesArgument,
+    model: ModelOption = "efficientnet_lite0",
+    method: Annotated[
+        str, typer.Option("--method", help="Method name(s), comma separated, or 'all'.")
+    ] = "gradcam",
+    target: Annotated[
+        str, typer.Option("--target", "-t", help="top1, topK, a class id or a class name.")
+    ] = "top1",
+    layer: Annotated[
+        str | None, typer.Option("--layer", help="Layer for CAM methods (default: last conv).")
+    ] = None,
+    out: Annotated[str, typer.Option("--out", "-o", help="Folder for panels and JSON.")] = (
+        "convlens-out"
+    ),
+    as_json: JsonOption = False,
+) -> None:
+    """Explain each image: one PNG panel (input + one overlay per method) and one JSON record."""
+    from pathlib import Path
+
+    from convlens.attribution.explain import method_names
+    from convlens.data.images import iter_batches
+    from convlens.models import load_model
+
+    loaded = load_model(model)
+    names = method_names(method)
+    folder = Path(out)
+    records, errors, used = [], [], set()
+    for batch in iter_batches(images, loaded.preprocess, batch_size=1):
+        errors.extend(batch.errors)
+        _report_skipped(batch.errors)
+        if not len(batch):
+            continue
+        stem = _unique_stem(Path(batch.sources[0]).stem, used)
+        record = _explain_one_image(loaded, batch, names, target, layer, folder / stem)
+        records.append(record)
+        if not as_json:
+            top = record["predictions"][0]
+            typer.echo(
+                f"{record['source']}: {top['label']} ({top['class_id']}) "
+                f"{top['probability']:.3f} -> {record['panel']}"
+            )
+    if as_json:
+        _echo_json({"records": records, "errors": [{"source": s, "error": m} for s, m in errors]})
+    if errors:
+        raise typer.Exit(1)
+
+
+def _explain_one_image(loaded, batch, names, target, layer, stem) -> dict:
+    """Run every method on one image; write ``stem.png`` (panel) and ``stem.json``."""
+    from convlens.attribution.explain import explain_methods, top_predictions
+    from convlens.render import save_png
+    from convlens.render.panel import PanelTile, explanation_panel, tile_title
+
+    predictions = top_predictions(loaded, batch.tensor)[0]
+    explanations = explain_methods(loaded, batch, names, target, layer, progress=True)
+    tiles, methods = [], []
+    for item in explanations:
+        for row, info in enumerate(item.record()["rows"]):
+            title = tile_title(item.method, info["class_name"], info["score"], info["probability"])
+            tiles.append(PanelTile(item.maps[row], title))
+            methods.append(
+                {"method": item.method, "layer": item.layer, "seconds": round(item.seconds, 4)}
+                | {k: v for k, v in info.items() if k != "source"}
+                | {k: _row_extra(v, row) for k, v in item.record()["extras"].items()}
+            )
+    top = predictions[0]
+    panel = explanation_panel(
+        batch.display[0], tiles, input_title=f"input: {top['label']} p={top['probability']:.2f}"
+    )
+    panel_path = save_png(panel, stem.with_suffix(".png"))
+    layers = sorted({m["layer"] for m in methods if m["layer"]})
+    record = {
+        "source": batch.sources[0],
+        "model": loaded.name,
+        "target": target,
+        "layer": layers[0] if len(layers) == 1 else layers or None,
+        "predictions": predictions,
+        "methods": methods,
+        "panel": str(panel_path),
+    }
+    stem.with_suffix(".json").write_text(json.dumps(record, indent=2))
+    return record
+
+
+def _row_extra(value, row: int):
+    return value[row] if isinstance(value, list) else value
+
+
+def _unique_stem(stem: str, used: set[str]) -> str:
+    candidate, count = stem, 1
+    while candidate in used:
+        count += 1
+        candidate = f"{stem}_{count}"
+    used.add(candidate)
+    return candidate
+
+
+@app.command("evaluate")
+def evaluate_command(
+    model: ModelOption = "synthetic-shapes",
+    methods: Annotated[
+        str, typer.Option("--methods", help="Method names, comma separated, or 'all'.")
+    ] = "all",
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="Images to use.")] = 50,
+    data: Annotated[
+        str | None,
+        typer.Option("--data", help="Annotations: simple JSON or COCO instances JSON."),
+    ] = None,
+    images_dir: Annotated[
+        str | None, typer.Option("--images", help="Folder of the annotated images.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Synthetic data stream (1 = held out).")] = 1,
+    out: Annotated[
+        str | None, typer.Option("--out", "-o", help="Folder for leaderboard JSON and curves PNG.")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Score attribution methods against ground truth: localisation, faithfulness, sanity."""
+    from pathlib import Path
+
+    from convlens.evaluate.benchmark import evaluate_on_source
+    from convlens.render.leaderboard import leaderboard_curves, leaderboard_table
+
+    names = None if methods.strip() == "all" else [m.strip() for m in methods.split(",") if m]
+    progress = None if as_json else (lambda line: typer.echo(line, err=True))
+    board = evaluate_on_source(model, names, limit, data, images_dir, seed, progress)
+    if out is not None:
+        from convlens.render import save_png
+
+        folder = Path(out)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "leaderboard.json").write_text(json.dumps(board.scores, indent=2))
+        save_png(leaderboard_curves(board), folder / "curves.png")
+    if as_json:
+        _echo_json(board.scores)
+    else:
+        typer.echo(f"{board.model}: {board.images} images, top-1 accuracy {board.accuracy:.3f}")
+        typer.echo(leaderboard_table(board))
+        if out is not None:
+            typer.echo(f"wrote {Path(out) / 'leaderboard.json'} and {Path(out) / 'curves.png'}")
+    for name, message in board.errors.items():
+        typer.echo(f"{name} failed: {message}", err=True)
+    if board.errors:
+        raise typer.Exit(1)
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
+
+
+OutOption = Annotated[str | None, typer.Option("--out", "-o", help="PNG file to write.")]
+
+
+@app.command("filters")
+def filters_command(
+    model: ModelOption = "efficientnet_lite0",
+    layer: Annotated[
+        str | None, typer.Option("--layer", help="Conv2d layer (default: the first).")
+    ] = None,
+    scaling: Annotated[str, typer.Option(help="per_filter or shared.")] = "per_filter",
+    out: OutOption = None,
+) -> None:
+    """Draw a convolution's filters as a grid of tiles (grey = 0)."""
+    from convlens.features.filters import filter_tiles
+    from convlens.models import load_model
+    from convlens.render.features import filter_grid
+    from convlens.render.images import save_png
+
+    tiles = filter_tiles(load_model(model), layer, scaling=scaling)
+    path = save_png(filter_grid(tiles), out or f"filters-{tiles.layer or 'model'}.png")
+    typer.echo(f"{len(tiles.labels)} {tiles.reduce} tiles of {tiles.layer} ({scaling}) -> {path}")
+
+
+@app.command("features")
+def features_command(
+    image: Annotated[str, typer.Argument(help="Image file or sample name (cat, coffee, ...).")],
+    model: ModelOption = "efficientnet_lite0",
+    layer: Annotated[
+        str | None, typer.Option("--layer", help="Layer (default: last conv before pooling).")
+    ] = None,
+    all_layers: Annotated[
+        bool, typer.Option("--all-layers", help="Channel-mean map of every layer.")
+    ] = False,
+    top: Annotated[int, typer.Option(help="Channels shown, largest mean first.")] = 32,
+    out: OutOption = None,
+) -> None:
+    """Draw one layer's feature maps (or every layer's channel mean) for one image."""
+    from convlens.data.images import load_images
+    from convlens.features.maps import feature_maps, layer_mean_maps
+    from convlens.layers import default_cam_layer
+    from convlens.models import load_model
+    from convlens.render.features import feature_map_grid, layer_means_grid
+    from convlens.render.images import save_png
+
+    loaded = load_model(model)
+    tensor = load_images([image], preprocess=loaded.preprocess).tensor
+    if all_layers:
+        maps = layer_mean_maps(loaded, tensor[0])
+        path = save_png(layer_means_grid(maps), out or "features-all-layers.png")
+        typer.echo(f"{len(maps)} layers -> {path}")
+        return
+    layer = layer or default_cam_layer(loaded.module, tensor)
+    result = feature_maps(loaded, tensor[0], layer, top=top)
+    path = save_png(feature_map_grid(result), out or f"features-{result.layer}.png")
+    typer.echo(f"{len(result.channels)} channels of {result.layer} -> {path}")
+
+
+@app.command("visualize")
+def visualize_command(
+    model: ModelOption = "efficientnet_lite0",
+    class_: Annotated[
+        str | None, typer.Option("--class", help="Class id or name to visualise.")
+    ] = None,
+    channel: Annotated[
+        str | None, typer.Option("--channel", help="LAYER:C, a channel to visualise.")
+    ] = None,
+    steps: Annotated[int, typer.Option(help="Gradient-ascent steps.")] = 256,
+    param: Annotated[str, typer.Option(help="fourier or pixels.")] = "fourier",
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    out: OutOption = None,
+) -> None:
+    """Activation maximisation: the image that most excites a class or a channel."""
+    from convlens.errors import MethodError
+    from convlens.features import optimize
+    from convlens.models import load_model
+    from convlens.render.features import to_uint8
+    from convlens.render.images import save_png
+    from convlens.targets import _class_by_name
+
+    if (class_ is None) == (channel is None):
+        raise MethodError("give exactly one of --class ID|NAME or --channel LAYER:C")
+    loaded = load_model(model)
+    if class_ is not None:
+        class_id = int(class_) if class_.isdigit() else _class_by_name(class_, loaded.labels)
+        objective, stem = optimize.class_logit(class_id), f"class-{class_id}"
+    else:
+        layer, _, index = channel.rpartition(":")
+        if not layer or not index.isdigit():
+            raise MethodError(f"--channel takes LAYER:C (e.g. blocks.4:7), got {channel!r}")
+        objective, stem = optimize.channel(layer, int(index)), f"channel-{layer}-{index}"
+    result = optimize.render(loaded, objective, steps=steps, param=param, seed=seed, progress=True)
+    path = save_png(to_uint8(result.images[0]), out or f"visualize-{stem}.png")
+    score = float(result.history[-1, 0])
+    typer.echo(f"{objective.name}: {score:.3g} after {steps} steps -> {path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``convlens`` console script."""
     import click
@@ -202,10 +450,19 @@ def main(argv: list[str] | None = None) -> int:
     except ConvlensError as error:
         if debug:
             raise
-        typer.echo(f"error: {error}", err=True)
+        typer.echo(f"error: {_one_line(error)}", err=True)
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as error:  # anything else (a model that fails on the input, ...)
+        if debug:
+            raise
+        typer.echo(
+            f"error: {type(error).__name__}: {_one_line(error)} (run with --debug for the "
+            "traceback)",
+            err=True,
+        )
+        return 1
     return code if isinstance(code, int) else 0
 
 

@@ -25,3 +25,7 @@ class TargetError(ConvlensError, ValueError):
 
 class MethodError(ConvlensError, ValueError):
     """An unknown method name or a bad option for a method."""
+
+
+class MetricError(ConvlensError, ValueError):
+    """A map, mask, box or curve given to a metric is malformed (wrong size, NaN, empty)."""

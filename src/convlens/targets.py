@@ -18,10 +18,12 @@ Scores are read from the model output inside the method's own forward pass, so r
 from __future__ import annotations
 
 import difflib
+import numbers
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from convlens.errors import TargetError
@@ -60,12 +62,12 @@ class ClassSelector:
                 f"class id {bad} is out of range: the model has {num_classes} classes "
                 f"(0..{num_classes - 1})"
             )
-        if int(self.ranks.max()) >= num_classes:
+        if self.ranks.numel() and int(self.ranks.max()) >= num_classes:
             raise TargetError(
                 f"top-{int(self.ranks.max()) + 1} asked of a model with {num_classes} classes"
             )
         ids = self.ids.to(output.device)
-        if bool((self.ranks >= 0).any()):
+        if self.ranks.numel() and bool((self.ranks >= 0).any()):
             k = int(self.ranks.max()) + 1
             ranked = output.detach().topk(k, dim=1).indices
             by_rank = ranked.gather(1, self.ranks.clamp(min=0).to(output.device)[:, None])[:, 0]
@@ -180,7 +182,8 @@ def _plain(target: object) -> object:
 
 def _top_k(k: int, num_classes: int | None) -> int:
     if k < 1 or (num_classes is not None and k > num_classes):
-        raise TargetError(f"top-k needs 1 <= k <= {num_classes}, got {k}")
+        allowed = f"1 <= k <= {num_classes}" if num_classes is not None else "k >= 1"
+        raise TargetError(f"top-k needs {allowed}, got {k}")
     return k
 
 
@@ -189,16 +192,15 @@ def _selector(
 ) -> ClassSelector:
     if target is None:
         target = "top1"
+    if isinstance(target, np.ndarray):
+        target = torch.from_numpy(target)
     if isinstance(target, torch.Tensor):
-        if target.dim() == 0:
-            target = int(target)
-        elif target.dim() == 1 and not target.is_floating_point():
-            target = target.tolist()
-        else:
+        if target.is_floating_point() or target.is_complex() or target.dim() > 1:
             raise TargetError(
                 f"a target tensor must hold integer class ids of shape [{batch_size}], "
                 f"got {target.dtype} {tuple(target.shape)}"
             )
+        target = target.tolist()  # 0-d: a Python int or bool, checked below
     if isinstance(target, (list, tuple)):
         if len(target) != batch_size:
             raise TargetError(
@@ -219,7 +221,8 @@ def _one_class(
     """(class id, -1) for an explicit class, (-1, rank) for ``"topN"``."""
     if isinstance(target, bool):
         raise TargetError("a target cannot be a bool; pass a class id, name or 'top1'")
-    if isinstance(target, int):
+    if isinstance(target, numbers.Integral):
+        target = int(target)
         if target < 0 or (num_classes is not None and target >= num_classes):
             allowed = f"0..{num_classes - 1}" if num_classes is not None else "ids >= 0"
             raise TargetError(f"class id {target} is out of range; allowed: {allowed}")

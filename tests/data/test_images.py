@@ -161,3 +161,58 @@ def test_sample_names_resolve():
     assert batch.sources == ["cat", "coffee"]
     with pytest.raises(ImageLoadError, match="sample names"):
         read_rgb("kitten")
+
+
+def test_chw_tensor_is_channels_first_even_when_width_is_four():
+    # [3, 4, 4] fits both layouts; a torch tensor is read channels first.
+    tensor = torch.stack([torch.full((4, 4), v) for v in (10, 20, 30)]).to(torch.uint8)
+    assert np.asarray(read_rgb(tensor)).reshape(-1, 3).tolist() == [[10, 20, 30]] * 16
+    half = torch.full((3, 2, 2), 0.5, dtype=torch.float16)
+    assert np.asarray(read_rgb(half))[0, 0].tolist() == [128, 128, 128]
+
+
+def test_dark_16_bit_png_is_scaled_by_the_16_bit_range(tmp_path):
+    path = tmp_path / "dark.png"
+    Image.fromarray(np.array([[0, 200, 257 * 3]], np.uint16)).save(path)  # max <= 1000
+    assert np.asarray(read_rgb(path))[0, :, 0].tolist() == [0, 1, 3]
+    with pytest.raises(ImageLoadError, match="8- or 16-bit"):
+        read_rgb(np.full((2, 2), 70_000, np.int32))
+    assert np.asarray(read_rgb(np.full((2, 2), 255, np.int64)))[0, 0, 0] == 255
+
+
+def test_empty_directory_is_an_error_not_silence(tmp_path):
+    (tmp_path / "notes.txt").write_text("no images here")
+    with pytest.raises(ImageLoadError, match="no image files"):
+        load_images(tmp_path)
+    good = tmp_path / "sub"
+    good.mkdir()
+    Image.new("RGB", (4, 4)).save(good / "x.png")
+    batch = load_images([good, tmp_path], skip_errors=True)
+    assert len(batch) == 1 and "no image files" in batch.errors[0][1]
+
+
+def test_center_crop_with_scaling_matches_hand_computation():
+    # 150 x 100 (w x h); target 50 with crop_pct 0.5: shorter side 100 -> 100, no scaling,
+    # crop left = (150 - 50) // 2 = 50. With crop_pct 1.0: scale 0.5 -> 75 x 50, left = 12.
+    columns = np.tile(np.arange(150, dtype=np.uint8)[None, :, None], (100, 1, 3))
+    image = Image.fromarray(columns)
+    kept = Preprocess(size=50, crop_pct=0.5, interpolation="nearest").display(image)
+    assert kept[0, :, 0].tolist() == list(range(50, 100))
+    halved = Preprocess(size=50, crop_pct=1.0, interpolation="nearest").display(image)
+    # nearest at scale 1/2: output column j reads source column floor((j + 0.5) * 2) = 2j + 1
+    assert halved.shape == (50, 50, 3)
+    assert halved[0, :, 0].tolist() == [2 * (12 + j) + 1 for j in range(50)]
+    # rows: a portrait image crops rows the same way (100 wide, 150 tall -> top 50)
+    rows = np.ascontiguousarray(columns.transpose(1, 0, 2))
+    tall = Preprocess(size=50, crop_pct=0.5, interpolation="nearest").display(Image.fromarray(rows))
+    assert tall[:, 0, 0].tolist() == list(range(50, 100))
+
+
+def test_every_mode_keeps_display_and_tensor_consistent():
+    pixels = np.random.default_rng(1).integers(0, 256, (30, 45, 3), np.uint8)
+    for mode in ("center_crop", "stretch", "none"):
+        preprocess = Preprocess(size=(20, 24), mode=mode)
+        image = load_image(pixels, preprocess)
+        assert torch.allclose(image.tensor, preprocess.normalize(image.display))
+        expected = {"none": (30, 45, 3)}.get(mode, (20, 24, 3))
+        assert image.display.shape == expected

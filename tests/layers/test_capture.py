@@ -140,4 +140,52 @@ def test_default_cam_layer():
 
 
 def test_default_cam_layer_of_default_model(default_model):
-    assert default_cam_layer(default_model.module, torch.zeros(1, 3, 224, 224)) == "bn2"
+    # 64 px keeps bn2 spatial (2 x 2) and the test fast
+    assert default_cam_layer(default_model.module, torch.zeros(1, 3, 64, 64)) == "bn2"
+
+
+def test_capture_without_gradients_leaves_the_graph_intact():
+    """Recording an activation must not cut autograd through the layer (input gradients
+    stay those of the plain model) and must keep the pre-activation despite in-place ReLU."""
+    model = ReusedRelu()
+    x = torch.randn(1, 1, 5, 5, requires_grad=True)
+    (expected,) = torch.autograd.grad(model(x)[0, 2], x)
+    with capture(model, "conv1") as cap:
+        (grad,) = torch.autograd.grad(model(x)[0, 2], x)
+    assert torch.allclose(grad, expected)
+    recorded = cap.activation()
+    assert not recorded.requires_grad
+    assert torch.allclose(recorded, model.conv1(x).detach()) and (recorded < 0).any()
+
+
+def test_graph_from_layer_holds_for_every_forward_in_the_block():
+    model = ReusedRelu()
+    x = torch.randn(1, 1, 5, 5, requires_grad=True)
+    with capture(model, "conv2", gradients=True, graph_from_layer=True) as cap:
+        for _ in range(2):
+            out = model(x)
+            (to_input,) = torch.autograd.grad(out.sum(), x, allow_unused=True)
+            assert to_input is None  # nothing before conv2 was recorded
+            (to_layer,) = torch.autograd.grad(out[0, 0], cap.activation())
+            assert to_layer.abs().sum() > 0
+    assert len(cap.all_calls()) == 2
+
+
+def test_grad_mode_restored_after_exception_inside_no_grad():
+    model = ReusedRelu()
+    with torch.no_grad():
+        with pytest.raises(RuntimeError, match="boom"):
+            with capture(model, "conv1", gradients=True):
+                model(torch.randn(1, 1, 5, 5))
+                raise RuntimeError("boom")
+        assert not torch.is_grad_enabled()
+    assert hook_count(model) == 0
+
+
+def test_digit_names_of_sequential_children_win_over_indices():
+    inner = nn.Sequential(nn.Conv2d(1, 1, 1), nn.ReLU())
+    model = nn.Sequential(inner, nn.Conv2d(1, 1, 1))
+    # named_layers: "0", "0.0", "0.1", "1" -> index 1 would be "0.0"
+    assert resolve_layer(model, "1") == ("1", model[1])
+    assert resolve_layer(model, 1) == ("0.0", inner[0])
+    assert resolve_layer(model, "3") == ("1", model[1])  # no layer named "3": an index

@@ -10,25 +10,46 @@ from torch import nn
 from convlens.layers import layer_table, receptive_field
 
 
-def measured_box(model: nn.Module, name: str, shape, row: int, col: int, seeds: int = 4):
-    """Input pixels whose gradient w.r.t. unit (row, col) of ``name`` is non-zero for some
-    random input (union over seeds, so ReLU and max-pool zeros do not shrink it)."""
+class _Stop(Exception):
+    """Raised by a hook to end the forward pass once the measured layer has run."""
+
+
+def measured_boxes(model: nn.Module, name: str, shape, units, seeds: int = 3):
+    """For each unit ``(row, col)`` of layer ``name``, the bounding box of the input pixels
+    whose gradient w.r.t. that unit (summed over channels) is non-zero for some random
+    input: the union over ``seeds`` inputs, so ReLU and max-pool zeros do not shrink it.
+
+    One batched forward (stopped at the layer) and one backward: batch item
+    ``seed * len(units) + u`` back-propagates only unit ``u``; in eval mode items are
+    independent, so each item's input gradient is that unit's alone.
+    """
     module = dict(model.named_modules())[name]
-    support = None
+    generator = torch.Generator().manual_seed(0)
+    count = seeds * len(units)
+    inputs = torch.randn((count, *shape[1:]), generator=generator).requires_grad_()
     seen: dict[str, torch.Tensor] = {}
-    for seed in range(seeds):
-        generator = torch.Generator().manual_seed(seed)
-        inputs = torch.randn(shape, generator=generator).requires_grad_()
-        handle = module.register_forward_hook(lambda m, i, o: seen.__setitem__("out", o))
-        try:
-            model(inputs)
-        finally:
-            handle.remove()
-        (grad,) = torch.autograd.grad(seen["out"][0, :, row, col].sum(), inputs)
-        hit = grad[0].abs().sum(0) > 0
-        support = hit if support is None else support | hit
-    rows, cols = torch.nonzero(support, as_tuple=True)
-    return (int(rows.min()), int(cols.min()), int(rows.max()), int(cols.max()))
+
+    def stop(_module, _inputs, output):
+        seen["out"] = output
+        raise _Stop
+
+    handle = module.register_forward_hook(stop)
+    try:
+        model(inputs)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    rows = torch.tensor([r for r, _ in units] * seeds)
+    cols = torch.tensor([c for _, c in units] * seeds)
+    picked = seen["out"][torch.arange(count), :, rows, cols]  # [count, C]
+    (grad,) = torch.autograd.grad(picked.sum(), inputs)
+    support = (grad.abs().sum(1) > 0).view(seeds, len(units), *shape[-2:]).any(0)
+    boxes = []
+    for hit in support:
+        ys, xs = torch.nonzero(hit, as_tuple=True)
+        boxes.append((int(ys.min()), int(xs.min()), int(ys.max()), int(xs.max())))
+    return boxes
 
 
 class PlainStack(nn.Module):
@@ -55,9 +76,9 @@ def _check(model: nn.Module, shape, names) -> None:
     for name in names:
         row = table[name]
         out_h, out_w = row.output_shape[-2:]
-        for unit in [(0, 0), (out_h // 2, out_w // 2), (out_h - 1, out_w - 1), (0, out_w - 1)]:
-            predicted = row.field.box(*unit, height, width)
-            assert predicted == measured_box(model, name, shape, *unit), (name, unit)
+        units = [(0, 0), (out_h // 2, out_w // 2), (out_h - 1, out_w - 1), (0, out_w - 1)]
+        predicted = [row.field.box(*unit, height, width) for unit in units]
+        assert predicted == measured_boxes(model, name, shape, units), name
 
 
 def test_plain_stack_fields_match_gradients():

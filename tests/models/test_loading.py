@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -83,12 +84,64 @@ def test_unknown_library_names():
         load_model("timm:resnet_nope", pretrained=False)
 
 
-def test_offline_weight_download_error_says_what_to_do(monkeypatch):
-    import torch.hub
+def _offline(*args, **kwargs):
+    raise OSError("network is unreachable")
 
-    def offline(*args, **kwargs):
-        raise OSError("network is unreachable")
 
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
-    with pytest.raises(ModelLoadError, match="network access"):
+def test_torchvision_offline_error_says_what_to_do(monkeypatch):
+    import torchvision.models._api as torchvision_api
+
+    # torchvision binds load_state_dict_from_url at import: patch where it is looked up,
+    # so the test never touches the network.
+    monkeypatch.setattr(torchvision_api, "load_state_dict_from_url", _offline)
+    with pytest.raises(ModelLoadError, match="pretrained=False") as raised:
         load_model("torchvision:resnet18")
+    assert "network access" in str(raised.value) and "torchvision:resnet18" in str(raised.value)
+
+
+def test_timm_offline_error_says_what_to_do(monkeypatch):
+    import timm.models._builder as timm_builder
+
+    monkeypatch.setattr(timm_builder, "load_state_dict_from_hf", _offline)
+    monkeypatch.setattr(timm_builder, "download_cached_file", _offline)
+    monkeypatch.setattr(timm_builder, "load_state_dict_from_url", _offline)
+    with pytest.raises(ModelLoadError, match="pretrained=False"):
+        load_model("timm:mobilenetv3_small_050")
+
+
+def test_torchvision_pretrained_brings_its_preprocessing_and_labels(monkeypatch):
+    """With weights (served here from a random network instead of the internet) the
+    LoadedModel carries the weights' own transform: resize 256, crop 224, ImageNet stats."""
+    import torchvision
+    import torchvision.models._api as torchvision_api
+
+    state = torchvision.models.resnet18().state_dict()
+    monkeypatch.setattr(torchvision_api, "load_state_dict_from_url", lambda *a, **k: state)
+    loaded = load_model("torchvision:resnet18")
+    assert torch.equal(loaded.module.fc.weight, state["fc.weight"])
+    assert loaded.preprocess.size == 224 and loaded.preprocess.crop_pct == 224 / 256
+    assert loaded.preprocess.mean == (0.485, 0.456, 0.406)
+    assert loaded.preprocess.interpolation == "bilinear"
+    categories = torchvision.models.ResNet18_Weights.DEFAULT.meta["categories"]
+    assert loaded.labels == tuple(categories) and loaded.label(281) == "tabby"
+
+
+def test_file_that_is_not_a_model(tmp_path):
+    path = tmp_path / "notes.pt"
+    path.write_text("hello")
+    with pytest.raises(ModelLoadError, match="notes.pt"):
+        load_model(path)
+    tensor_file = tmp_path / "tensor.pt"
+    torch.save(torch.zeros(2), tensor_file)
+    with pytest.raises(ModelLoadError, match="not an nn.Module"):
+        load_model(tensor_file)
+
+
+def test_preprocess_and_labels_override():
+    custom = Preprocess(size=(32, 48), mode="stretch", mean=(0.5,) * 3, std=(0.25,) * 3)
+    loaded = load_model(small_net(), preprocess=custom, labels=("a", "b"))
+    assert loaded.preprocess is custom and loaded.labels == ("a", "b")
+    batch = loaded.preprocess([np.full((10, 10, 3), 255, np.uint8)])
+    assert batch.shape == (1, 3, 32, 48) and torch.allclose(batch, torch.full_like(batch, 2.0))
+    default = load_model("efficientnet_lite0", pretrained=False, preprocess=custom)
+    assert default.preprocess is custom and default.labels == imagenet_labels()

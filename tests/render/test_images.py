@@ -8,17 +8,33 @@ from PIL import Image
 
 from convlens.errors import ConvlensError
 from convlens.render import colorize, image_grid, overlay, save_png
+from convlens.render.images import resize_map
 
 
 def test_overlay_aligns_map_cells_on_non_square_image():
-    image = np.zeros((40, 60, 3), np.uint8)  # 3:2, height 40, width 60
-    values = np.zeros((4, 6))
-    values[1, 4] = 1.0  # one hot cell: rows 10..19, columns 40..49
-    out = overlay(image, values, alpha=1.0, cmap="gray")
-    hot = out[..., 0] > 127
-    rows, cols = np.nonzero(hot)
-    assert rows.min() >= 8 and rows.max() <= 21 and cols.min() >= 38 and cols.max() <= 51
-    assert hot[15, 45] and not hot[15, 15] and not hot[35, 45]
+    image = np.zeros((40, 60, 3), np.uint8)  # 3:2, height 40, width 60: cells are 10 x 10
+    # Bilinear with pixel centres aligned: a hot map row is above 0.5 exactly on its own 10
+    # image rows (source coordinate (y + 0.5) / 10 - 0.5 within 0.5 of map row 1).
+    hot_row, hot_col = np.zeros((4, 6)), np.zeros((4, 6))
+    hot_row[1, :] = 1.0
+    hot_col[:, 4] = 1.0
+    rows = overlay(image, hot_row, alpha=1.0, cmap="gray")[..., 0] > 127
+    cols = overlay(image, hot_col, alpha=1.0, cmap="gray")[..., 0] > 127
+    expected_rows, expected_cols = np.zeros((40, 60), bool), np.zeros((40, 60), bool)
+    expected_rows[10:20, :] = True
+    expected_cols[:, 40:50] = True
+    assert np.array_equal(rows, expected_rows) and np.array_equal(cols, expected_cols)
+    # one hot cell: its upsampled mass is centred on the cell's 10 x 10 block
+    cell = np.zeros((4, 6))
+    cell[1, 4] = 1.0
+    up = resize_map(cell, 40, 60)
+    ys, xs = np.mgrid[0:40, 0:60]
+    centre = ((up * ys).sum() / up.sum(), (up * xs).sum() / up.sum())
+    assert np.allclose(centre, (14.5, 44.5))
+    assert np.unravel_index(up.argmax(), up.shape)[0] in (14, 15)
+    # a 2:3 image takes the transposed map onto the transposed block
+    tall = overlay(np.zeros((60, 40, 3), np.uint8), hot_row.T, alpha=1.0, cmap="gray")
+    assert np.array_equal(tall[..., 0] > 127, expected_rows.T)
 
 
 def test_colorize_range_and_alpha_blend():
@@ -44,3 +60,23 @@ def test_save_png_round_trip(tmp_path):
     pixels = np.random.default_rng(0).integers(0, 256, (7, 9, 3), np.uint8)
     path = save_png(pixels, tmp_path / "sub" / "x.png")
     assert np.array_equal(np.asarray(Image.open(path)), pixels)
+
+
+def test_grid_titles_sit_above_their_tiles():
+    tiles = [np.full((10, 12, 3), value, np.uint8) for value in (10, 20)]
+    grid = image_grid(tiles, titles=["a", "b"], columns=1, padding=2, title_height=14)
+    assert grid.shape == (2 * (10 + 14 + 2) + 2, 12 + 2 * 2, 3)
+    assert grid[2 + 14, 2, 0] == 10 and grid[2 + 14 + 9, 2 + 11, 0] == 10
+    assert grid[2 + 26 + 14, 2, 0] == 20
+    assert (grid[2 : 2 + 14, 2:14] != 255).any()  # a title was drawn in the title band
+    with pytest.raises(ConvlensError, match="2 titles for 3 images"):
+        image_grid(tiles + tiles[:1], titles=["a", "b"])
+
+
+def test_colorize_jet_ends_and_save_png_refuses_floats(tmp_path):
+    ends = colorize(np.array([[0.0, 1.0]]), cmap="jet")
+    assert ends[0, 0].tolist() == [0, 0, 128] and ends[0, 1].tolist() == [128, 0, 0]
+    shifted = colorize(np.array([[10.0, 20.0]]), cmap="gray", vmin=10, vmax=20)
+    assert shifted[0, :, 0].tolist() == [0, 255]
+    with pytest.raises(ConvlensError, match="uint8"):
+        save_png(np.zeros((2, 2)), tmp_path / "x.png")

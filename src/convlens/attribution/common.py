@@ -112,3 +112,57 @@ def normalize_maps(maps: torch.Tensor) -> torch.Tensor:
     span = flat.max(dim=1, keepdim=True).values - low
     scaled = torch.where(span > 0, (flat - low) / span.clamp_min(torch.finfo(maps.dtype).tiny), 0)
     return scaled.view_as(maps)
+
+
+def reduce_channels(attribution: torch.Tensor, how: str) -> torch.Tensor:
+    """``Tensor[N, C, H, W]`` to a map ``Tensor[N, H, W]``: ``"max_abs"`` (largest magnitude
+    over channels), ``"square"`` (sum of squares), ``"sum"`` (signed sum) or ``"abs_sum"``."""
+    if how == "max_abs":
+        return attribution.abs().amax(dim=1)
+    if how == "square":
+        return attribution.square().sum(dim=1)
+    if how == "sum":
+        return attribution.sum(dim=1)
+    if how == "abs_sum":
+        return attribution.abs().sum(dim=1)
+    raise ConvlensError(
+        f"unknown channel reduction {how!r}; use 'max_abs', 'square', 'sum' or 'abs_sum'"
+    )
+
+
+def fixed_targets(module: nn.Module, images: torch.Tensor, targets: Targets) -> Targets:
+    """Targets with every ranked class ("top1", "top2", ...) replaced by the class id it has
+    on ``images``, so perturbed or interpolated copies explain the same class. Runs a
+    forward pass only when some target is ranked."""
+    selectors = [s for s in (targets.positive, targets.negative) if s is not None]
+    if not any(bool((s.ranks >= 0).any()) for s in selectors):
+        return targets
+    with torch.no_grad():
+        output = module(images)
+    return fix_ranked_targets(targets, output)
+
+
+def fix_ranked_targets(targets: Targets, output: torch.Tensor) -> Targets:
+    """`fixed_targets` given the output ``Tensor[N, K]`` of the unperturbed images."""
+    from convlens.targets import ClassSelector
+
+    if targets.fn is not None:
+        return targets
+
+    def fix(selector: ClassSelector | None) -> ClassSelector | None:
+        if selector is None:
+            return None
+        ids = selector.resolve(output).cpu()
+        return ClassSelector(ids, torch.full_like(ids, -1))
+
+    return Targets(
+        targets.image_index, fix(targets.positive), fix(targets.negative), None, targets.spec
+    )
+
+
+def in_chunks(total: int, size: int):
+    """Slices ``[start, stop)`` covering ``range(total)`` in steps of ``size`` (>= 1)."""
+    if size < 1:
+        raise ConvlensError(f"batch_size must be at least 1, got {size}")
+    for start in range(0, total, size):
+        yield slice(start, min(start + size, total))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import shutil
 import time
@@ -13,8 +14,8 @@ import torch
 from torch import nn
 
 from convlens.attribution.common import normalize_maps, resolve_cam_layer
-from convlens.attribution.registry import get_method
-from convlens.data.images import load_images
+from convlens.attribution.registry import get_method, list_methods
+from convlens.data.images import ImageBatch, load_images
 from convlens.errors import ConvlensError
 from convlens.layers.capture import borrowed_model
 from convlens.layers.find import LayerSpec
@@ -132,8 +133,9 @@ def explain(
 
     Args:
         model: a LoadedModel or any nn.Module (borrowed: handed back unchanged).
-        images: a preprocessed ``Tensor[B, 3, H, W]``, or with a LoadedModel anything
-            `load_images` takes (paths, sample names, PIL images, arrays).
+        images: a preprocessed ``Tensor[B, 3, H, W]``, an `ImageBatch`, or with a
+            LoadedModel anything `load_images` takes (paths, sample names, PIL images,
+            arrays).
         method: a name from `list_methods()` (``"gradcam"``, ``"saliency"``, ...).
         target: see `convlens.targets` (default: each image's top class).
         layer: for methods that use a layer; default the last spatial layer.
@@ -186,7 +188,61 @@ def explain(
     )
 
 
+def method_names(spec: str) -> list[str]:
+    """``"gradcam,occlusion"`` or ``"all"`` to a list of registered names (checked)."""
+    if spec.strip() == "all":
+        return [info.name for info in list_methods()]
+    names = [name.strip() for name in spec.split(",") if name.strip()]
+    if not names:
+        raise ConvlensError("no method given; pass --method NAME[,NAME...] or 'all'")
+    return [get_method(name).name for name in names]
+
+
+def explain_methods(
+    model: LoadedModel | nn.Module,
+    images,
+    methods: list[str],
+    target: object = None,
+    layer: LayerSpec | None = None,
+    progress: bool = False,
+) -> list[Explanation]:
+    """`explain` with each of ``methods`` on the same images (loaded once); the layer of
+    layer-based methods is resolved once. ``progress`` shows a bar for slow methods."""
+    tensor, display, sources = _as_model_input(model, images)
+    batch = ImageBatch(tensor, display, sources) if display is not None else tensor
+    infos = [get_method(name) for name in methods]
+    if layer is None and any(info.uses_layer for info in infos):
+        layer = resolve_cam_layer(as_module(model), tensor, None)
+    results = []
+    for info in infos:
+        options = {}
+        if progress and info.slow and "progress" in inspect.signature(info.fn).parameters:
+            options["progress"] = True
+        results.append(
+            explain(model, batch, info.name, target, layer if info.uses_layer else None, **options)
+        )
+    return results
+
+
+def top_predictions(model: LoadedModel | nn.Module, images: torch.Tensor, k: int = 5) -> list:
+    """Per image, the ``k`` most probable classes: ``[{"class_id", "label", "probability"}]``."""
+    module = as_module(model)
+    with borrowed_model(module), torch.no_grad():
+        probabilities = module(images).softmax(dim=1)
+    values, indices = probabilities.topk(min(k, probabilities.shape[1]), dim=1)
+    label = model.label if isinstance(model, LoadedModel) else (lambda c: f"class {c}")
+    return [
+        [
+            {"class_id": int(c), "label": label(int(c)), "probability": float(p)}
+            for p, c in zip(row_values, row_ids, strict=True)
+        ]
+        for row_values, row_ids in zip(values, indices, strict=True)
+    ]
+
+
 def _as_model_input(model, images) -> tuple[torch.Tensor, np.ndarray | None, list[str]]:
+    if isinstance(images, ImageBatch):
+        return images.tensor, images.display, list(images.sources)
     if isinstance(images, torch.Tensor) and images.dim() == 4:
         display = None
         if isinstance(model, LoadedModel):

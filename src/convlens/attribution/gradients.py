@@ -1,1 +1,233 @@
-"""(being written)"""
+"""Gradient methods: saliency, input x gradient, SmoothGrad, Integrated Gradients.
+
+Each is a function of the input gradient ``g = d S_t(x) / d x`` of the target score
+``S_t`` (see ``docs/methods.md``). Methods that evaluate the model at points other than
+``x`` (noisy copies, path points) first pin the explained class on the clean input, so
+``"top1"`` means the top class of ``x`` for every evaluation. Internal ``batch_size``
+options only split work into chunks; they never change results.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from convlens.attribution.common import (
+    fixed_targets,
+    input_gradient,
+    prepare,
+    reduce_channels,
+)
+from convlens.attribution.registry import register_method
+from convlens.errors import MethodError
+from convlens.layers.capture import borrowed_model
+from convlens.models.loading import LoadedModel
+
+REDUCTIONS = ("max_abs", "square")
+
+
+def _check_reduce(reduce: str) -> None:
+    if reduce not in REDUCTIONS:
+        raise MethodError(f"unknown reduce {reduce!r}; use one of {', '.join(REDUCTIONS)}")
+
+
+def _check_positive(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise MethodError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+@register_method("saliency", "gradient")
+def saliency(
+    model: nn.Module | LoadedModel,
+    images: torch.Tensor,
+    target: object = None,
+    *,
+    reduce: str = "max_abs",
+) -> torch.Tensor:
+    """Gradient saliency (Simonyan et al. 2014): ``max_c |dS/dx|`` or ``sum_c (dS/dx)^2``.
+
+    Returns ``Tensor[N, H, W]`` (non-negative). ``reduce``: "max_abs" (default) or "square".
+    """
+    _check_reduce(reduce)
+    prepared = prepare(model, images, target)
+    with borrowed_model(prepared.module):
+        gradient, _ = input_gradient(prepared.module, prepared.images, prepared.targets)
+    return reduce_channels(gradient, reduce)
+
+
+@register_method("input_x_gradient", "gradient")
+def input_x_gradient(
+    model: nn.Module | LoadedModel, images: torch.Tensor, target: object = None
+) -> torch.Tensor:
+    """Input times gradient (Shrikumar et al. 2016): ``M = sum_c x_c * dS/dx_c``, signed,
+    ``Tensor[N, H, W]``."""
+    prepared = prepare(model, images, target)
+    with borrowed_model(prepared.module):
+        gradient, _ = input_gradient(prepared.module, prepared.images, prepared.targets)
+    return (prepared.images * gradient).sum(dim=1)
+
+
+def _smoothgrad_noise(
+    images: torch.Tensor, n_samples: int, noise: float, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unit noise ``Tensor[n, C, H, W]`` (the same draws for every row, drawn one sample at
+    a time so chunking cannot change them) and per-row sigma ``Tensor[N]``."""
+    generator = torch.Generator(device=images.device).manual_seed(seed)
+    shape = images.shape[1:]
+    unit = torch.stack(
+        [
+            torch.randn(shape, generator=generator, device=images.device, dtype=images.dtype)
+            for _ in range(n_samples)
+        ]
+    )
+    flat = images.flatten(1)
+    sigma = noise * (flat.amax(dim=1) - flat.amin(dim=1))
+    return unit, sigma
+
+
+@register_method("smoothgrad", "gradient", slow=True)
+def smoothgrad(
+    model: nn.Module | LoadedModel,
+    images: torch.Tensor,
+    target: object = None,
+    *,
+    n_samples: int = 25,
+    noise: float = 0.15,
+    seed: int = 0,
+    reduce: str = "max_abs",
+    batch_size: int = 32,
+    progress: bool = False,
+) -> torch.Tensor:
+    """SmoothGrad (Smilkov et al. 2017): saliency averaged over noisy copies of the input.
+
+    ``M = (1/n) sum_k R(dS/dx (x + sigma * e_k))``, ``e_k ~ N(0, I)``, ``sigma = noise *
+    (max(x) - min(x))`` per image, ``R`` the saliency reduction ("max_abs" or "square").
+    The class is pinned on the clean input. The noise draws ``e_k`` come from ``seed`` and
+    are the same for every image, so a batch equals single-image calls. ``batch_size``:
+    noisy copies per forward pass (does not change results); ``progress``: a tqdm bar.
+    Returns ``Tensor[N, H, W]``.
+    """
+    n_samples = _check_positive("n_samples", n_samples)
+    batch_size = _check_positive("batch_size", batch_size)
+    if not noise >= 0:
+        raise MethodError(f"noise is a fraction of the input range >= 0, got {noise!r}")
+    _check_reduce(reduce)
+    prepared = prepare(model, images, target)
+    rows = len(prepared.images)
+    with borrowed_model(prepared.module):
+        pinned = fixed_targets(prepared.module, prepared.images, prepared.targets)
+        unit, sigma = _smoothgrad_noise(prepared.images, n_samples, noise, seed)
+        # Flat work item k = sample * rows + row.
+        sample_of = torch.arange(n_samples).repeat_interleave(rows)
+        row_of = torch.arange(rows).repeat(n_samples)
+        total = torch.zeros_like(prepared.images[:, 0])
+        starts = range(0, len(row_of), batch_size)
+        for start in tqdm(starts, disable=not progress, desc="smoothgrad", leave=False):
+            row, sample = row_of[start : start + batch_size], sample_of[start : start + batch_size]
+            noisy = prepared.images[row] + sigma[row, None, None, None] * unit[sample]
+            gradient, _ = input_gradient(prepared.module, noisy, pinned.subset(row))
+            total.index_add_(0, row.to(total.device), reduce_channels(gradient, reduce))
+    return total / n_samples
+
+
+def _baseline_rows(baseline: object, images: torch.Tensor, image_index: torch.Tensor):
+    """The baseline per explained row, ``Tensor[N, C, H, W]``."""
+    if baseline is None or (isinstance(baseline, (int, float)) and baseline == 0):
+        return torch.zeros_like(images)
+    if not isinstance(baseline, torch.Tensor):
+        raise MethodError(
+            f"baseline must be None (zeros) or a Tensor, got {type(baseline).__name__}"
+        )
+    base = baseline.detach().to(images.device, images.dtype)
+    if base.dim() == 3:
+        base = base[None]
+    if base.dim() != 4 or base.shape[1:] != images.shape[1:] or len(base) not in (1, len(images)):
+        raise MethodError(
+            f"baseline shape {tuple(baseline.shape)} does not fit images "
+            f"{tuple(images.shape)}; pass [C, H, W], [1, C, H, W] or one per image"
+        )
+    return base.expand_as(images) if len(base) == 1 else base[image_index.to(base.device)]
+
+
+def integrated_gradients_attributions(
+    model: nn.Module | LoadedModel,
+    images: torch.Tensor,
+    target: object = None,
+    *,
+    baseline: torch.Tensor | None = None,
+    n_steps: int = 50,
+    batch_size: int = 32,
+    progress: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-channel IG attributions ``Tensor[N, C, H, W]``, ``f(x)`` and ``f(x')``
+    (``Tensor[N]`` each), with the trapezoid rule of `integrated_gradients`."""
+    n_steps = _check_positive("n_steps", n_steps)
+    batch_size = _check_positive("batch_size", batch_size)
+    if n_steps < 2:
+        raise MethodError("n_steps must be >= 2 (the path's two ends are always evaluated)")
+    prepared = prepare(model, images, target)
+    x = prepared.images
+    rows = len(x)
+    base = _baseline_rows(baseline, x, prepared.targets.image_index)
+    with borrowed_model(prepared.module):
+        pinned = fixed_targets(prepared.module, x, prepared.targets)
+        alphas = torch.linspace(0, 1, n_steps, dtype=torch.float64)
+        weights = torch.full((n_steps,), 1.0 / (n_steps - 1), dtype=torch.float64)
+        weights[[0, -1]] /= 2
+        step_of = torch.arange(n_steps).repeat_interleave(rows)
+        row_of = torch.arange(rows).repeat(n_steps)
+        total = torch.zeros_like(x, dtype=torch.float64)
+        ends = torch.zeros(2, rows, dtype=x.dtype)  # S(x') and S(x), from the path's ends
+        starts = range(0, len(row_of), batch_size)
+        for start in tqdm(starts, disable=not progress, desc="integrated gradients", leave=False):
+            row, step = row_of[start : start + batch_size], step_of[start : start + batch_size]
+            alpha = alphas[step].to(x.dtype)[:, None, None, None].to(x.device)
+            points = base[row] + alpha * (x[row] - base[row])
+            chunk_targets = pinned.subset(row)
+            gradient, output = input_gradient(prepared.module, points, chunk_targets)
+            scores = chunk_targets.score(output)
+            weight = weights[step][:, None, None, None].to(x.device)
+            total.index_add_(0, row.to(x.device), gradient.double() * weight)
+            for end, at_end in enumerate((step == 0, step == n_steps - 1)):
+                ends[end, row[at_end]] = scores[at_end.to(scores.device)].detach().cpu()
+    attributions = (x - base).double() * total
+    return attributions.to(x.dtype), ends[1].to(x.device), ends[0].to(x.device)
+
+
+@register_method("integrated_gradients", "gradient", slow=True)
+def integrated_gradients(
+    model: nn.Module | LoadedModel,
+    images: torch.Tensor,
+    target: object = None,
+    *,
+    baseline: torch.Tensor | None = None,
+    n_steps: int = 50,
+    batch_size: int = 32,
+    progress: bool = False,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Integrated Gradients (Sundararajan et al. 2017), summed over channels (signed).
+
+    ``A_c = (x_c - x'_c) * int_0^1 dS/dx_c(x' + a (x - x')) da``; the integral is the
+    trapezoid rule on ``n_steps`` equally spaced points ``a_k = k / (n_steps - 1)``, both
+    ends included (weights ``1/(n-1)``, halved at the ends), so exactly ``n_steps`` gradient
+    evaluations. ``baseline`` ``x'``: None (zeros) or ``Tensor[C, H, W]``, ``[1, C, H, W]``
+    or ``[B, C, H, W]``. ``batch_size``: path points per forward pass (does not change
+    results); ``progress``: a tqdm bar.
+    Returns ``(Tensor[N, H, W], {"completeness_error": Tensor[N]})`` with
+    ``|sum(A) - (S(x) - S(x'))| / |S(x) - S(x')|`` (denominator floored at 1e-12).
+    """
+    attributions, score_x, score_base = integrated_gradients_attributions(
+        model,
+        images,
+        target,
+        baseline=baseline,
+        n_steps=n_steps,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    delta = (score_x - score_base).double()
+    total = attributions.double().flatten(1).sum(dim=1)
+    error = ((total - delta).abs() / delta.abs().clamp_min(1e-12)).to(attributions.dtype)
+    return attributions.sum(dim=1), {"completeness_error": error}

@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from convlens.data.samples import SAMPLES, sample_path
 from convlens.errors import ImageLoadError
 from convlens.models.preprocess import Preprocess
 
-ImageSource = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
+ImageSource = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
 DEFAULT_MAX_PIXELS = 100_000_000
 
@@ -58,7 +58,10 @@ def read_rgb(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image
     if isinstance(source, Image.Image):
         return _to_rgb(ImageOps.exif_transpose(source))
     if isinstance(source, torch.Tensor):
-        return _array_to_rgb(source.detach().cpu().numpy(), "tensor")
+        tensor = source.detach().cpu()
+        if tensor.dtype in (torch.float16, torch.bfloat16):
+            tensor = tensor.float()
+        return _array_to_rgb(tensor.numpy(), "tensor", channels_first=True)
     if isinstance(source, np.ndarray):
         return _array_to_rgb(source, "array")
     if isinstance(source, (str, os.PathLike)):
@@ -166,11 +169,13 @@ def expand_sources(sources: ImageSource | Iterable[ImageSource]) -> list[ImageSo
     expanded: list[ImageSource] = []
     for source in sources:
         if isinstance(source, (str, os.PathLike)) and Path(source).is_dir():
-            expanded.extend(
+            files = [
                 str(path)
                 for path in sorted(Path(source).iterdir())
                 if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
-            )
+            ]
+            # An empty folder stays as a source, so reading it reports a clear error.
+            expanded.extend(files or [source])
         else:
             expanded.append(source)
     return expanded
@@ -180,6 +185,10 @@ def _resolve_path(source: str | os.PathLike) -> Path:
     path = Path(source)
     if path.is_file():
         return path
+    if path.is_dir():
+        raise ImageLoadError(
+            f"{source}: folder holds no image files (suffixes: {', '.join(sorted(IMAGE_SUFFIXES))})"
+        )
     if str(source) in SAMPLES:
         return sample_path(str(source))
     raise ImageLoadError(f"{source}: no such file (sample names: {', '.join(sorted(SAMPLES))})")
@@ -223,13 +232,17 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _array_to_rgb(array: np.ndarray, kind: str) -> Image.Image:
+def _array_to_rgb(array: np.ndarray, kind: str, channels_first: bool = False) -> Image.Image:
     """``[H, W]``, ``[H, W, 1|3|4]`` or ``[1|3|4, H, W]`` arrays to 8-bit RGB.
 
-    Integer arrays are scaled by their type's range (16-bit: /257); float arrays must hold
+    Where both layouts fit (``[3, 4, 4]``), tensors are read channels first (the torch
+    convention) and numpy arrays channels last. uint16 is scaled by /257; other integer
+    types by 255 when their values fit in 8 bits, else by 65535; float arrays must hold
     values in [0, 1].
     """
-    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
+    first = array.ndim == 3 and array.shape[0] in (1, 3, 4)
+    last = array.ndim == 3 and array.shape[-1] in (1, 3, 4)
+    if first and (channels_first or not last):
         array = np.moveaxis(array, 0, -1)
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
@@ -251,7 +264,16 @@ def _to_uint8(array: np.ndarray, kind: str) -> np.ndarray:
     if np.issubdtype(array.dtype, np.integer):
         if array.min() < 0:
             raise ImageLoadError(f"{kind} has negative integer pixels; expected unsigned values")
-        top = 255 if array.max() <= 255 else 65535 if array.max() <= 65535 else array.max()
+        if array.dtype == np.uint16:
+            top = 65535  # the type's range, also for a dark 16-bit image
+        elif array.max() <= 255:
+            top = 255
+        elif array.max() <= 65535:
+            top = 65535
+        else:
+            raise ImageLoadError(
+                f"{kind} has integer pixels up to {array.max()}; expected 8- or 16-bit values"
+            )
         return np.round(array.astype(np.float64) * (255.0 / top)).astype(np.uint8)
     if np.issubdtype(array.dtype, np.floating):
         if not np.isfinite(array).all():

@@ -1,1 +1,26 @@
-"""(being written)"""
+"""What the network learned: filters, feature maps, activation masks, unit projections,
+activation maximisation and Gram matrices. Nothing here draws; see `convlens.render.features`."""
+
+from convlens.features.filters import FilterTiles, conv_weights, filter_tiles
+from convlens.features.gram import gram_matrix
+from convlens.features.maps import FeatureMaps, feature_maps, layer_mean_maps
+from convlens.features.masks import ActivationMask, activation_mask
+from convlens.features.optimize import Objective, Visualization, render
+from convlens.features.projection import UnitProjection, project_unit
+
+__all__ = [
+    "ActivationMask",
+    "FeatureMaps",
+    "FilterTiles",
+    "Objective",
+    "UnitProjection",
+    "Visualization",
+    "activation_mask",
+    "conv_weights",
+    "feature_maps",
+    "filter_tiles",
+    "gram_matrix",
+    "layer_mean_maps",
+    "project_unit",
+    "render",
+]

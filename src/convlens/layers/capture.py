@@ -78,8 +78,10 @@ def capture(
         graph_from_layer: with ``gradients``, run the forward without autograd up to the
             first captured layer (cheaper; gradients w.r.t. the input are then unavailable).
 
-    The module's output is replaced by a copy downstream, so an in-place activation right
-    after the layer neither changes the captured tensor nor breaks its gradient.
+    With ``gradients`` the module's output is replaced by a copy downstream, so an in-place
+    activation right after the layer neither changes the captured tensor nor breaks its
+    gradient. Without ``gradients`` a detached copy is recorded and the forward pass (and
+    any autograd graph through it) is exactly what it would be without the hook.
     """
     specs = layers if isinstance(layers, (list, tuple)) else [layers]
     resolved = [resolve_layer(model, spec) for spec in specs]
@@ -95,21 +97,28 @@ def capture(
                     f"layer {name!r} returns a {type(output).__name__}, not a tensor; "
                     "capture a layer whose output is a single tensor"
                 )
-            if gradients and not output.requires_grad:
+            if not gradients:
+                # A detached copy; the forward graph itself is left untouched.
+                result.calls[name].append(output.detach().clone())
+                return None
+            if not output.requires_grad:
                 output = output.detach().requires_grad_(True)
                 torch.set_grad_enabled(True)
-            elif not gradients:
-                output = output.detach()
             result.calls[name].append(output)
+            # Downstream gets a copy, so in-place activations cannot overwrite the record.
             return output.clone()
 
         return hook
+
+    def stop_graph(_module, _inputs):
+        torch.set_grad_enabled(False)
 
     try:
         for name, module in resolved:
             handles.append(module.register_forward_hook(make_hook(name)))
         if gradients and graph_from_layer:
-            torch.set_grad_enabled(False)
+            # Every forward in the block starts without autograd, not only the first.
+            handles.append(model.register_forward_pre_hook(stop_graph))
         elif gradients:
             torch.set_grad_enabled(True)
         yield result

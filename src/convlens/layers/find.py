@@ -19,7 +19,8 @@ def named_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 def resolve_layer(model: nn.Module, layer: LayerSpec) -> tuple[str, nn.Module]:
     """A layer given as a dotted name (``"layer4.1.conv2"``), an index into
-    `named_layers` (negative counts from the end) or the module object itself."""
+    `named_layers` (negative counts from the end; a string of digits is an index only when
+    no layer has that name) or the module object itself."""
     layers = named_layers(model)
     if isinstance(layer, nn.Module):
         for name, module in layers:
@@ -36,11 +37,11 @@ def resolve_layer(model: nn.Module, layer: LayerSpec) -> tuple[str, nn.Module]:
             )
         return layers[layer]
     if isinstance(layer, str):
+        modules = dict(layers)
+        if layer in modules:  # before digits: nn.Sequential children are named "0", "1", ...
+            return layer, modules[layer]
         if layer.lstrip("-").isdigit():
             return resolve_layer(model, int(layer))
-        modules = dict(layers)
-        if layer in modules:
-            return layer, modules[layer]
         close = difflib.get_close_matches(layer, list(modules), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise LayerError(

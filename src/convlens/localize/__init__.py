@@ -1,1 +1,51 @@
-"""(being written)"""
+"""Maps to masks and boxes, and how well they localise: box IoU, localisation accuracy,
+MaxBoxAcc (V1/V2), pixel accuracy, mask IoU, the pointing game.
+
+Boxes are float ``(x0, y0, x1, y1)`` in pixels with x1/y1 EXCLUSIVE. Maps are min-max
+normalised before thresholding (see `threshold_maps`). Formulas and citations:
+docs/metrics.md.
+"""
+
+from convlens.localize.boxes import (
+    box_area,
+    box_iou,
+    check_boxes,
+    maps_to_boxes,
+    mask_to_boxes,
+    resize_maps,
+)
+from convlens.localize.masks import (
+    check_maps,
+    check_masks,
+    connected_components,
+    mask_iou,
+    pixel_accuracy,
+    threshold_maps,
+)
+from convlens.localize.metrics import (
+    localization_accuracy,
+    localization_hits,
+    max_box_acc,
+    pointing_game,
+    pointing_points,
+)
+
+__all__ = [
+    "box_area",
+    "box_iou",
+    "check_boxes",
+    "check_maps",
+    "check_masks",
+    "connected_components",
+    "localization_accuracy",
+    "localization_hits",
+    "mask_iou",
+    "mask_to_boxes",
+    "maps_to_boxes",
+    "max_box_acc",
+    "pixel_accuracy",
+    "pointing_game",
+    "pointing_points",
+    "resize_maps",
+    "threshold_maps",
+]

@@ -13,6 +13,7 @@ Names:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,7 +161,9 @@ def _load_file(path: str, _: bool) -> LoadedModel:
             f"run 'convlens models' to list names"
         )
     try:
-        module = torch.jit.load(str(file), map_location="cpu")
+        with warnings.catch_warnings():  # torch >= 2.9 marks TorchScript deprecated
+            warnings.simplefilter("ignore", FutureWarning)
+            module = torch.jit.load(str(file), map_location="cpu")
     except RuntimeError:
         try:
             module = torch.load(file, map_location="cpu", weights_only=False)
@@ -187,6 +190,11 @@ MODEL_SOURCES: dict[str, ModelSource] = {
         "torchvision:NAME", "torchvision; network or cached weights", _load_torchvision
     ),
     "timm": ModelSource("timm:NAME", "timm; network or cached weights", _load_timm),
+    "synthetic-shapes": ModelSource(
+        "synthetic-shapes",
+        "nothing (small GAP CNN for the synthetic shapes benchmark; weights ship in convlens)",
+        lambda _, pretrained: _load_synthetic_shapes(pretrained),
+    ),
     "path": ModelSource(
         "PATH.pt", "a TorchScript file or torch.save(model) pickle (trusted files only)", _load_file
     ),
@@ -230,10 +238,18 @@ def load_model(
 def _load_by_name(spec: str, pretrained: bool) -> LoadedModel:
     if spec in (DEFAULT_MODEL, "default"):
         return _load_default(spec, pretrained)
+    if spec == "synthetic-shapes":
+        return _load_synthetic_shapes(pretrained)
     prefix, _, name = spec.partition(":")
     if name and prefix in ("torchvision", "timm"):
         return MODEL_SOURCES[prefix].load(name, pretrained)
     return _load_file(spec, pretrained)
+
+
+def _load_synthetic_shapes(pretrained: bool) -> LoadedModel:
+    from convlens.train.synthetic import load_shapes_model
+
+    return load_shapes_model(pretrained)
 
 
 def as_module(model: nn.Module | LoadedModel) -> nn.Module:

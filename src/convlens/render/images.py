@@ -77,6 +77,10 @@ def image_grid(
     above each tile. Returns ``uint8[rows * (H + title + pad), ...]``."""
     if len(images) == 0:
         raise ConvlensError("image_grid needs at least one image")
+    if titles is not None and len(titles) != len(images):
+        raise ConvlensError(f"image_grid got {len(titles)} titles for {len(images)} images")
+    if columns is not None and columns < 1:
+        raise ConvlensError(f"image_grid needs columns >= 1, got {columns}")
     tiles = [_as_rgb_tile(_as_numpy(image)) for image in images]
     height, width = tiles[0].shape[:2]
     if any(tile.shape[:2] != (height, width) for tile in tiles):

@@ -1,0 +1,262 @@
+"""The ground-truth benchmark: how well does each method's map localise, and is it faithful?
+
+`evaluate_methods` explains every image's ground-truth class with each method and scores the
+maps (all at input resolution):
+
+- ``maxboxacc``: MaxBoxAcc (V1, IoU 0.5; Choe et al. 2020), best threshold of a sweep.
+- ``loc_acc``: localisation accuracy at the CAM paper's 20% threshold (Zhou et al. 2016):
+  the model's top-1 class is right AND the largest component's box has IoU >= 0.5.
+- ``pointing``: pointing-game hit rate (Zhang et al. 2016), with the 15-pixel tolerance of a
+  224-pixel image scaled to the image side (4.3 pixels at 64).
+- ``mask_iou``: mean IoU of the thresholded map with the object mask at the threshold (of
+  0.1, 0.2, ..., 0.9) that is best over the data set; None without masks.
+- ``deletion_auc`` / ``insertion_auc``: AUC of the deletion (zero baseline) and insertion
+  (blurred start) curves of the target's probability (Petsiuk et al. 2018).
+- ``sanity_spearman``: mean Spearman rank correlation of |map| before and after every
+  parametrised layer is re-drawn at random (the last step of Adebayo et al.'s cascade).
+- ``ms_per_image``: wall-clock milliseconds of the method per image (this machine).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from convlens.data.ground_truth import GroundTruth, as_ground_truth
+from convlens.errors import ConvlensError, MethodError
+from convlens.models.loading import LoadedModel
+
+METRIC_KEYS = (
+    "maxboxacc",
+    "loc_acc",
+    "pointing",
+    "mask_iou",
+    "deletion_auc",
+    "insertion_auc",
+    "sanity_spearman",
+    "ms_per_image",
+)
+MASK_THRESHOLDS = tuple(round(0.1 * k, 1) for k in range(1, 10))
+
+
+@dataclass
+class Leaderboard:
+    """Scores per method (``scores[name]`` has exactly `METRIC_KEYS`), the mean deletion and
+    insertion curves per method (``curves[name] = {"deletion": Tensor[S+1], "insertion": ...}``),
+    methods that failed (``errors[name] = message``) and the run's settings."""
+
+    model: str
+    images: int
+    accuracy: float
+    scores: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    curves: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
+
+    def ranked(self) -> list[tuple[str, dict]]:
+        """Methods sorted by MaxBoxAcc, best first."""
+        return sorted(self.scores.items(), key=lambda item: -item[1]["maxboxacc"])
+
+
+def evaluate_methods(
+    model: LoadedModel,
+    data,
+    methods: Sequence[str] | None = None,
+    limit: int | None = 100,
+    *,
+    batch_size: int = 32,
+    curve_steps: int = 16,
+    sanity_images: int = 16,
+    pointing_tolerance: float | None = None,
+    method_options: dict[str, dict] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Leaderboard:
+    """Run ``methods`` (default: every registered one) on ``data`` and score their maps.
+
+    Args:
+        model: a `LoadedModel` (its preprocess turns the data's pixels into inputs).
+        data: a `GroundTruth`, a `SyntheticShapes` or a `SyntheticBatch`.
+        limit: use the first ``limit`` images (None: all).
+        batch_size: images per `explain` call (results do not depend on it).
+        curve_steps: points of the deletion/insertion curves (``steps + 1`` forward passes
+            per image and curve).
+        sanity_images: images used for the randomisation check (the first ones).
+        pointing_tolerance: pixels; default ``15 * min(H, W) / 224``.
+        method_options: extra keyword arguments per method name, on top of the defaults
+            (occlusion: patch = side / 8, stride = side / 16).
+        progress: called with a line of text as each method finishes.
+
+    Returns a `Leaderboard`. A method that raises a convlens error is recorded in
+    ``errors`` and the others still run.
+    """
+    from convlens.attribution import list_methods
+
+    truth = as_ground_truth(data, model.preprocess, limit)
+    names = [m.name for m in list_methods()] if methods is None else list(methods)
+    _check_methods(names)
+    predictions = _predict(model, truth.tensor, batch_size)
+    side = min(truth.tensor.shape[-2:])
+    tolerance = 15 * side / 224 if pointing_tolerance is None else pointing_tolerance
+    board = Leaderboard(
+        model=model.name,
+        images=len(truth),
+        accuracy=float((predictions == truth.labels).float().mean()),
+        settings={
+            "curve_steps": curve_steps,
+            "sanity_images": min(sanity_images, len(truth)),
+            "pointing_tolerance": tolerance,
+            "batch_size": batch_size,
+        },
+    )
+    for name in names:
+        options = _default_options(name, side) | (method_options or {}).get(name, {})
+        try:
+            scores, curves = _evaluate_one(
+                model,
+                truth,
+                predictions,
+                name,
+                options,
+                batch_size,
+                curve_steps,
+                sanity_images,
+                tolerance,
+            )
+        except ConvlensError as error:
+            board.errors[name] = str(error)
+            if progress is not None:
+                progress(f"{name}: failed: {error}")
+            continue
+        board.scores[name], board.curves[name] = scores, curves
+        if progress is not None:
+            progress(
+                f"{name}: maxboxacc {scores['maxboxacc']:.3f}, "
+                f"{scores['ms_per_image']:.1f} ms/image"
+            )
+    return board
+
+
+def _check_methods(names: list[str]) -> None:
+    from convlens.attribution import get_method
+
+    if not names:
+        raise MethodError("no methods given; pass names from 'convlens methods' or 'all'")
+    for name in names:
+        get_method(name)
+
+
+def _default_options(name: str, side: int) -> dict:
+    if name == "occlusion":
+        return {"patch": max(2, side // 8), "stride": max(1, side // 16)}
+    return {}
+
+
+@torch.no_grad()
+def _predict(model: LoadedModel, tensor: torch.Tensor, batch_size: int) -> torch.Tensor:
+    from convlens.layers.capture import borrowed_model
+
+    with borrowed_model(model.module):
+        return torch.cat([model.module(chunk).argmax(1) for chunk in tensor.split(batch_size)])
+
+
+def explain_all(
+    model: LoadedModel, truth: GroundTruth, method: str, options: dict, batch_size: int
+) -> tuple[torch.Tensor, float]:
+    """Maps ``Tensor[N, H, W]`` of ``method`` for each image's ground-truth class, and the
+    seconds the method itself took (summed over chunks of ``batch_size`` images)."""
+    from convlens.attribution import explain
+
+    maps, seconds = [], 0.0
+    for start in range(0, len(truth), batch_size):
+        rows = slice(start, start + batch_size)
+        result = explain(model, truth.tensor[rows], method, target=truth.labels[rows], **options)
+        maps.append(result.maps.float().cpu())
+        seconds += result.seconds
+    return torch.cat(maps), seconds
+
+
+def _evaluate_one(
+    model, truth, predictions, name, options, batch_size, curve_steps, sanity_images, tolerance
+) -> tuple[dict, dict]:
+    from convlens.evaluate.faithfulness import auc, deletion_curve, insertion_curve
+    from convlens.localize import localization_hits, maps_to_boxes, max_box_acc, pointing_game
+
+    maps, method_seconds = explain_all(model, truth, name, options, batch_size)
+    boxes = maps_to_boxes(maps, fraction=0.2)
+    loc = localization_hits(boxes, predictions, truth.boxes, truth.labels, iou=0.5)
+    deletion = deletion_curve(
+        model, truth.tensor, maps, truth.labels, steps=curve_steps, batch_size=4 * batch_size
+    )
+    insertion = insertion_curve(
+        model, truth.tensor, maps, truth.labels, steps=curve_steps, batch_size=4 * batch_size
+    )
+    scores = {
+        "maxboxacc": max_box_acc(maps, truth.boxes)["maxboxacc"],
+        "loc_acc": float(loc.float().mean()),
+        "pointing": float(pointing_game(maps, truth.point_masks, tolerance).float().mean()),
+        "mask_iou": _best_mask_iou(maps, truth.masks) if truth.masks is not None else None,
+        "deletion_auc": float(auc(deletion).mean()),
+        "insertion_auc": float(auc(insertion).mean()),
+        "sanity_spearman": _sanity_spearman(model, truth, name, options, sanity_images),
+        "ms_per_image": 1000.0 * method_seconds / len(truth),
+    }
+    curves = {"deletion": deletion.mean(0), "insertion": insertion.mean(0)}
+    return scores, curves
+
+
+def _best_mask_iou(maps: torch.Tensor, masks: torch.Tensor) -> float:
+    """Mean mask IoU at the threshold (of `MASK_THRESHOLDS`) best over the data set."""
+    from convlens.localize import mask_iou, threshold_maps
+
+    return max(float(mask_iou(threshold_maps(maps, tau), masks).mean()) for tau in MASK_THRESHOLDS)
+
+
+def _sanity_spearman(model, truth, name, options, count) -> float:
+    """Mean Spearman correlation of |map| after re-drawing every parametrised layer."""
+    from convlens.evaluate.sanity import cascading_randomization, parametrised_layers
+
+    images = truth.tensor[:count]
+    every_layer = [parametrised_layers(model, images)]
+    result = cascading_randomization(
+        model,
+        images,
+        name,
+        target=truth.labels[:count],
+        layers=every_layer,
+        similarity=("spearman",),
+        **options,
+    )
+    return float(result.final("spearman").nan_to_num(0.0).mean())
+
+
+def evaluate_on_source(
+    model: str | LoadedModel = "synthetic-shapes",
+    methods: Sequence[str] | None = None,
+    limit: int | None = 100,
+    data: str | None = None,
+    images_dir: str | None = None,
+    seed: int = 1,
+    progress: Callable[[str], None] | None = None,
+    **options,
+) -> Leaderboard:
+    """`evaluate_methods` on a model name/path and either an annotation file (``data``,
+    images under ``images_dir``) or the synthetic shapes of stream ``seed`` (1: the stream
+    the shipped model never saw in training), at the model's input size."""
+    from convlens.data.ground_truth import load_annotations
+    from convlens.data.synthetic import SyntheticShapes
+    from convlens.models.loading import load_model
+
+    loaded = load_model(model)
+    if data is not None:
+        truth = load_annotations(data, loaded.preprocess, images_dir, loaded.labels, limit)
+    else:
+        height, width = loaded.preprocess.height_width
+        if height != width:
+            raise ConvlensError(
+                f"the synthetic shapes are square but {loaded.name} expects {height}x{width}; "
+                "pass --data with your own annotations"
+            )
+        truth = SyntheticShapes(limit or 100, seed=seed, size=height)
+    return evaluate_methods(loaded, truth, methods, limit, progress=progress, **options)

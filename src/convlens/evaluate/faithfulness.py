@@ -1,0 +1,206 @@
+"""Faithfulness: does the model's score follow the pixels the map calls important?
+
+- Deletion and insertion curves (Petsiuk et al. 2018, RISE): pixels are removed from the
+  image (deletion) or revealed on a blurred copy (insertion) in order of decreasing map
+  value, and the target's score is recorded after each step. A faithful map makes the
+  deletion score fall fast (low AUC) and the insertion score rise fast (high AUC).
+- Average drop / increase in confidence (Chattopadhay et al. 2018, Grad-CAM++): the
+  image multiplied by the normalised map, compared with the image.
+
+The target class is resolved once on the unmodified image and kept fixed (see
+`convlens.evaluate.scoring`). Every function borrows the model (eval mode, no gradients)
+and never modifies it or the inputs; ``batch_size`` only sets how many perturbed images
+go through the model at once and never changes the results.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from convlens.attribution.common import normalize_maps
+from convlens.errors import MetricError
+from convlens.evaluate.scoring import check_score, fixed_targets, target_score
+from convlens.layers.capture import borrowed_model
+from convlens.localize.masks import check_maps
+from convlens.models.loading import LoadedModel, as_module
+
+Baseline = str | torch.Tensor
+
+
+def gaussian_blur(images: torch.Tensor, kernel_size: int = 11, sigma: float = 5.0) -> torch.Tensor:
+    """Each channel of ``Tensor[B, C, H, W]`` convolved with a normalised Gaussian
+    (``kernel_size`` x ``kernel_size``, std ``sigma`` pixels; RISE uses 11 and 5), with
+    reflected borders so the image edge keeps its brightness."""
+    offsets = torch.arange(kernel_size, dtype=torch.float32) - (kernel_size - 1) / 2
+    weights = torch.exp(-(offsets**2) / (2 * sigma**2))
+    weights = (weights / weights.sum()).to(images)
+    channels = images.shape[1]
+    pad = kernel_size // 2
+    mode = "reflect" if min(images.shape[-2:]) > pad else "replicate"
+    padded = F.pad(images, (pad, pad, pad, pad), mode=mode)
+    rows = F.conv2d(padded, weights.view(1, 1, 1, -1).repeat(channels, 1, 1, 1), groups=channels)
+    return F.conv2d(rows, weights.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), groups=channels)
+
+
+def baseline_images(images: torch.Tensor, baseline: Baseline) -> torch.Tensor:
+    """The values that replace removed pixels, ``Tensor[N, C, H, W]``: ``"zero"`` (zeros in
+    the model's input space, i.e. the dataset mean for mean/std-normalised inputs),
+    ``"blur"`` (`gaussian_blur` of the image) or a tensor broadcastable to the images."""
+    if isinstance(baseline, torch.Tensor):
+        try:
+            return torch.broadcast_to(baseline.detach().to(images), images.shape)
+        except RuntimeError as error:
+            raise MetricError(
+                f"a baseline tensor of shape {tuple(baseline.shape)} does not broadcast to "
+                f"the images {tuple(images.shape)}"
+            ) from error
+    if baseline == "zero":
+        return torch.zeros_like(images)
+    if baseline == "blur":
+        return gaussian_blur(images)
+    raise MetricError(f"baseline must be 'blur', 'zero' or a tensor, got {baseline!r}")
+
+
+def pixel_ranks(maps: torch.Tensor) -> torch.Tensor:
+    """``Tensor[N, H, W]`` (int64): each pixel's position when the map's pixels are sorted
+    by decreasing value (0 = most important; ties in raster order)."""
+    flat = maps.flatten(1)
+    order = torch.argsort(flat, dim=1, descending=True, stable=True)
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(flat.shape[1]).expand_as(order).contiguous())
+    return ranks.view_as(maps)
+
+
+def _checked(images: torch.Tensor, maps: torch.Tensor, rows: int) -> torch.Tensor:
+    maps = check_maps(maps)
+    if maps.shape[0] != rows or maps.shape[-2:] != images.shape[-2:]:
+        raise MetricError(
+            f"maps {tuple(maps.shape)} do not match {rows} explained rows of "
+            f"{tuple(images.shape[-2:])} pixels; pass one map per row at input resolution"
+        )
+    return maps.to(images.device)
+
+
+def perturbation_curve(
+    model: nn.Module | LoadedModel,
+    images: torch.Tensor,
+    maps: torch.Tensor,
+    start: Baseline | None,
+    end: Baseline | None,
+    target: object = None,
+    steps: int = 50,
+    batch_size: int = 64,
+    score: str = "probability",
+) -> torch.Tensor:
+    """``Tensor[N, steps + 1]``: the target score of ``x_k``, ``k = 0..steps``, where
+    ``x_k`` takes its ``floor(k * H * W / steps)`` highest-ranked pixels (by map value,
+    all channels) from ``end`` and the rest from ``start`` (``None`` = the image itself).
+    Deletion: start = image, end = baseline; insertion: start = baseline, end = image."""
+    if steps < 1 or batch_size < 1:
+        raise MetricError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
+    targets, rows = fixed_targets(model, images, target)
+    check_score(score, targets)
+    maps = _checked(rows, maps, len(rows))
+    first = rows if start is None else baseline_images(rows, start)
+    last = rows if end is None else baseline_images(rows, end)
+    ranks = pixel_ranks(maps)[:, None]
+    pixels = ranks.shape[-1] * ranks.shape[-2]
+    counts = torch.arange(steps + 1) * pixels // steps
+    pairs = torch.cartesian_prod(torch.arange(len(rows)), torch.arange(steps + 1))
+    curve = torch.zeros(len(rows), steps + 1)
+    module = as_module(model)
+    with borrowed_model(module), torch.no_grad():
+        for chunk in pairs.split(batch_size):
+            n, k = chunk[:, 0], chunk[:, 1]
+            moved = ranks[n] < counts[k].to(ranks.device)[:, None, None, None]
+            batch = torch.where(moved, last[n], first[n])
+            curve[n, k] = target_score(module(batch), targets.subset(n), score).cpu()
+    return curve
+
+
+def deletion_curve(
+    model: nn.Module | LoadedModel,
+    images: torch.Tensor,
+    maps: torch.Tensor,
+    target: object = None,
+    steps: int = 50,
+    baseline: Baseline = "zero",
+    batch_size: int = 64,
+    score: str = "probability",
+) -> torch.Tensor:
+    """Deletion curve (Petsiuk et al. 2018): ``Tensor[N, steps + 1]``, the target score
+    after removing the first ``k / steps`` of the pixels in order of decreasing map value
+    (removed pixels take the ``baseline``: ``"zero"`` as in RISE, ``"blur"`` or a tensor).
+
+    ``images``: ``Tensor[B, C, H, W]``; ``maps``: ``Tensor[N, H, W]``, one per explained
+    row; ``score``: ``"probability"`` (softmax of the target class, RISE) or ``"logit"``.
+    Column 0 is the unmodified image, column ``steps`` the baseline alone.
+    """
+    return perturbation_curve(model, images, maps, None, baseline, target, steps, batch_size, score)
+
+
+def insertion_curve(
+    model: nn.Module | LoadedModel,
+    images: torch.Tensor,
+    maps: torch.Tensor,
+    target: object = None,
+    steps: int = 50,
+    baseline: Baseline = "blur",
+    batch_size: int = 64,
+    score: str = "probability",
+) -> torch.Tensor:
+    """Insertion curve (Petsiuk et al. 2018): ``Tensor[N, steps + 1]``, the target score
+    when the first ``k / steps`` of the pixels (by decreasing map value) are revealed on
+    the ``baseline`` (``"blur"`` as in RISE, ``"zero"`` or a tensor). Column 0 is the
+    baseline alone, column ``steps`` the unmodified image. Arguments as `deletion_curve`.
+    """
+    return perturbation_curve(model, images, maps, baseline, None, target, steps, batch_size, score)
+
+
+def auc(curve: torch.Tensor) -> torch.Tensor:
+    """Area under each curve of ``Tensor[N, S + 1]`` sampled at ``x = 0, 1/S, ..., 1``, by
+    the trapezoid rule: ``sum_k (c_k + c_{k+1}) / (2 S)``. ``Tensor[N]``; for probability
+    curves it lies in [0, 1]."""
+    if not isinstance(curve, torch.Tensor) or curve.dim() != 2 or curve.shape[1] < 2:
+        raise MetricError("auc needs curves Tensor[N, S + 1] with at least two points each")
+    return torch.trapezoid(curve.float(), dx=1.0 / (curve.shape[1] - 1), dim=1)
+
+
+def average_drop_increase(
+    model: nn.Module | LoadedModel,
+    images: torch.Tensor,
+    maps: torch.Tensor,
+    target: object = None,
+    baseline: Baseline = "zero",
+    batch_size: int = 64,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Average drop and increase in confidence (Chattopadhay et al. 2018), per image.
+
+    The explanation map masks the image: ``E = b + m * (x - b)`` with ``m`` the map
+    min-max normalised to [0, 1] and ``b`` the ``baseline`` (``"zero"``: zeros in the
+    model's input space). With ``Y`` the target's softmax probability on ``x`` and ``O``
+    on ``E``, returns ``(drop, increase)``, each ``Tensor[N]``:
+    ``drop = max(0, Y - O) / Y`` in [0, 1] and ``increase = O > Y`` (bool).
+    The paper's Average Drop % is ``100 * drop.mean()`` and Increase in Confidence %
+    is ``100 * increase.float().mean()``.
+    """
+    if batch_size < 1:
+        raise MetricError(f"batch_size must be >= 1, got {batch_size}")
+    targets, rows = fixed_targets(model, images, target)
+    check_score("probability", targets)
+    weights = normalize_maps(_checked(rows, maps, len(rows)))[:, None]
+    base = baseline_images(rows, baseline)
+    module = as_module(model)
+    original, masked = [], []
+    with borrowed_model(module), torch.no_grad():
+        for index in torch.arange(len(rows)).split(batch_size):
+            chunk = targets.subset(index)
+            x = rows[index]
+            explained = base[index] + weights[index] * (x - base[index])
+            original.append(target_score(module(x), chunk, "probability").cpu())
+            masked.append(target_score(module(explained), chunk, "probability").cpu())
+    y, o = torch.cat(original), torch.cat(masked)
+    drop = (y - o).clamp(min=0) / y.clamp(min=torch.finfo(y.dtype).tiny)
+    return drop, o > y

@@ -1,0 +1,61 @@
+"""Scores that evaluation metrics track on perturbed inputs: the target class is resolved
+once, on the unmodified images, and then held fixed (so "top1" keeps meaning the class the
+model predicted for the original image, not whatever wins on a perturbed one)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from convlens.errors import MetricError
+from convlens.layers.capture import borrowed_model
+from convlens.models.loading import LoadedModel, as_module
+from convlens.targets import ClassSelector, Targets, resolve_targets
+
+SCORES = ("probability", "logit")
+
+
+def fixed_targets(
+    model: nn.Module | LoadedModel, images: torch.Tensor, target: object
+) -> tuple[Targets, torch.Tensor]:
+    """``(targets, rows)``: targets whose classes are pinned to ids resolved on ``images``
+    (``Tensor[B, C, H, W]``), and the input row of each explained target
+    (``Tensor[N, C, H, W]``; ``N = B`` except for top-k targets)."""
+    labels = model.labels if isinstance(model, LoadedModel) else None
+    targets = resolve_targets(target, len(images), labels=labels)
+    rows = targets.expand(images.detach())
+    if targets.fn is not None:
+        return targets, rows
+    module = as_module(model)
+    with borrowed_model(module), torch.no_grad():
+        output = module(rows)
+
+    def pin(selector: ClassSelector | None) -> ClassSelector | None:
+        if selector is None:
+            return None
+        ids = selector.resolve(output).cpu()
+        return ClassSelector(ids, torch.full_like(ids, -1))
+
+    pinned = Targets(
+        torch.arange(len(rows)), pin(targets.positive), pin(targets.negative), None, targets.spec
+    )
+    return pinned, rows
+
+
+def check_score(score: str, targets: Targets) -> None:
+    if score not in SCORES:
+        raise MetricError(f"score must be one of {SCORES}, got {score!r}")
+    if score == "probability" and (targets.fn is not None or targets.negative is not None):
+        raise MetricError(
+            "a softmax probability needs a single-class target; use score='logit' with a "
+            "callable or contrast target"
+        )
+
+
+def target_score(output: torch.Tensor, targets: Targets, score: str) -> torch.Tensor:
+    """``Tensor[N]``: the softmax probability of each row's target class
+    (``score="probability"``) or the raw target score (``score="logit"``)."""
+    if score == "logit":
+        return targets.score(output).float()
+    ids = targets.class_ids(output).to(output.device)
+    return output.float().softmax(dim=1).gather(1, ids[:, None])[:, 0]

@@ -1,0 +1,99 @@
+"""Feature maps: one layer's channels for one image, and every layer's channel mean."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from convlens.errors import LayerError, MethodError
+from convlens.layers import borrowed_model, capture, resolve_layer, spatial_outputs
+from convlens.layers.find import LayerSpec
+from convlens.models.loading import LoadedModel, as_module
+
+ORDERS = ("mean", "index")
+
+
+@dataclass(frozen=True)
+class FeatureMaps:
+    """``maps``: ``Tensor[K, h, w]`` raw activations of the chosen channels, in display
+    order; ``channels``: ``Tensor[K]`` their channel indices; ``means``: ``Tensor[K]``."""
+
+    layer: str
+    maps: torch.Tensor
+    channels: torch.Tensor
+    means: torch.Tensor
+
+
+def _batch_of_one(image: torch.Tensor) -> torch.Tensor:
+    if image.dim() == 3:
+        image = image[None]
+    if image.dim() != 4 or image.shape[0] != 1:
+        raise MethodError(
+            f"expected one image Tensor[3, H, W] or Tensor[1, 3, H, W], got {tuple(image.shape)}"
+        )
+    return image
+
+
+def layer_activation(
+    model: nn.Module | LoadedModel, images: torch.Tensor, layer: LayerSpec
+) -> torch.Tensor:
+    """Output ``Tensor[B, C, h, w]`` of ``layer`` for ``images`` (no autograd, model borrowed)."""
+    module = as_module(model)
+    name, _ = resolve_layer(module, layer)
+    with borrowed_model(module), torch.no_grad(), capture(module, name) as cap:
+        module(images)
+    activation = cap.activation(name)
+    if activation.dim() != 4:
+        raise LayerError(
+            f"layer {name!r} outputs shape {tuple(activation.shape)}, not [B, C, h, w]; "
+            "choose a convolutional layer (see 'convlens layers')"
+        )
+    return activation
+
+
+def feature_maps(
+    model: nn.Module | LoadedModel,
+    image: torch.Tensor,
+    layer: LayerSpec,
+    *,
+    order: str = "mean",
+    top: int | None = None,
+) -> FeatureMaps:
+    """The channels of ``layer`` for one image (``Tensor[3, H, W]``, normalised).
+
+    ``order="mean"`` sorts channels by mean activation, largest first; ``"index"`` keeps
+    them in order. ``top`` keeps the first ``top`` channels of that order.
+    """
+    if order not in ORDERS:
+        raise MethodError(f"unknown order {order!r}; use one of {', '.join(ORDERS)}")
+    if top is not None and top < 1:
+        raise MethodError(f"top must be a positive number of channels, got {top}")
+    module = as_module(model)
+    name, _ = resolve_layer(module, layer)
+    activation = layer_activation(module, _batch_of_one(image), name)[0]
+    means = activation.mean((1, 2))
+    channels = (
+        torch.argsort(means, descending=True, stable=True)
+        if order == "mean"
+        else torch.arange(activation.shape[0])
+    )
+    channels = channels[:top] if top is not None else channels
+    return FeatureMaps(name, activation[channels], channels, means[channels])
+
+
+def layer_mean_maps(
+    model: nn.Module | LoadedModel, image: torch.Tensor, layers: list[str] | None = None
+) -> list[tuple[str, torch.Tensor]]:
+    """``(name, Tensor[h, w])`` channel-mean map of every spatial layer (or of ``layers``),
+    in forward order: how the picture of the input changes with depth."""
+    module = as_module(model)
+    image = _batch_of_one(image)
+    if layers is None:
+        layers = list(dict.fromkeys(name for name, _ in spatial_outputs(module, image)))
+    if not layers:
+        raise LayerError("the model has no layer with a [B, C, h, w] output")
+    with borrowed_model(module), torch.no_grad(), capture(module, layers) as cap:
+        module(image)
+    return [(name, cap.activation(name)[0].mean(0)) for name in cap.names]

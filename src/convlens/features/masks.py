@@ -1,0 +1,71 @@
+"""Activation masks: where one channel fires, as a binary mask over the input image."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from convlens.attribution.common import upsample
+from convlens.errors import MethodError
+from convlens.features.maps import _batch_of_one, layer_activation
+from convlens.layers import resolve_layer
+from convlens.layers.find import LayerSpec
+from convlens.models.loading import LoadedModel, as_module
+
+
+@dataclass(frozen=True)
+class ActivationMask:
+    """``values``: the channel's map upsampled to the input, ``Tensor[H, W]`` (raw units);
+    ``mask``: ``values > threshold`` as ``Tensor[H, W]`` bool; ``area``: its fraction."""
+
+    layer: str
+    channel: int
+    threshold: float
+    values: torch.Tensor
+    mask: torch.Tensor
+
+    @property
+    def area(self) -> float:
+        return float(self.mask.float().mean())
+
+
+def threshold_mask(values: torch.Tensor, threshold: float | None, quantile: float | None):
+    """``(mask, t)`` with ``mask = values > t``; ``t`` is ``threshold`` or the
+    ``quantile`` of ``values`` (so about ``1 - quantile`` of the pixels are kept)."""
+    if (threshold is None) == (quantile is None):
+        raise MethodError("give exactly one of threshold (activation value) or quantile (0..1)")
+    if quantile is not None:
+        if not 0.0 <= quantile < 1.0:
+            raise MethodError(f"quantile must be in [0, 1), got {quantile}")
+        threshold = float(torch.quantile(values.flatten().double(), quantile))
+    return values > threshold, float(threshold)
+
+
+def activation_mask(
+    model: nn.Module | LoadedModel,
+    image: torch.Tensor,
+    layer: LayerSpec,
+    channel: int,
+    *,
+    threshold: float | None = None,
+    quantile: float | None = 0.9,
+) -> ActivationMask:
+    """Threshold channel ``channel`` of ``layer`` for one image ``Tensor[3, H, W]``.
+
+    The ``[h, w]`` map is upsampled bilinearly to ``[H, W]`` first, then thresholded at
+    ``threshold`` (an activation value; pass ``quantile=None``) or at its ``quantile``
+    (default 0.9: the strongest 10 % of the image).
+    """
+    module = as_module(model)
+    name, _ = resolve_layer(module, layer)
+    image = _batch_of_one(image)
+    activation = layer_activation(module, image, name)[0]
+    if not 0 <= channel < activation.shape[0]:
+        raise MethodError(
+            f"channel {channel} out of range: layer {name!r} has {activation.shape[0]} channels"
+        )
+    values = upsample(activation[channel][None], tuple(image.shape[-2:]))[0]
+    mask, used = threshold_mask(values, threshold, quantile)
+    return ActivationMask(name, channel, used, values, mask)

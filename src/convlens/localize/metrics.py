@@ -1,0 +1,226 @@
+"""Localisation metrics: localisation accuracy, MaxBoxAcc (V1, V2), the pointing game.
+
+Boxes are ``(x0, y0, x1, y1)`` with x1/y1 exclusive (see `convlens.localize.boxes`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from convlens.attribution.common import normalize_maps
+from convlens.errors import MetricError
+from convlens.localize.boxes import as_box_list, box_iou, check_boxes, component_boxes
+from convlens.localize.masks import check_maps, check_masks, check_same_size
+
+DEFAULT_THRESHOLDS = torch.arange(1, 100, dtype=torch.float64).float() / 100
+
+
+def best_box_iou(pred: torch.Tensor, gt: torch.Tensor) -> float:
+    """Highest IoU between any predicted box and any ground-truth box (0 when ``pred`` is
+    empty): the match used when an image has several objects or several candidate boxes."""
+    if len(pred) == 0:
+        return 0.0
+    return float(box_iou(pred, gt).max())
+
+
+def localization_hits(
+    pred_boxes: torch.Tensor | Sequence[torch.Tensor],
+    pred_classes: torch.Tensor,
+    gt_boxes: torch.Tensor | Sequence[torch.Tensor],
+    gt_classes: torch.Tensor,
+    iou: float = 0.5,
+) -> torch.Tensor:
+    """Per image, ``Tensor[N]`` bool: the predicted class equals the true class AND a
+    predicted box overlaps a ground-truth box with IoU ``>= iou`` (the top-1 localisation
+    criterion of the ILSVRC and CAM papers).
+
+    ``pred_boxes``/``gt_boxes``: a ``Tensor[N, 4]`` or a list of ``N`` ``Tensor[k, 4]``
+    (several ground-truth objects, or several candidate boxes, allowed; an image without a
+    predicted box is a miss). ``pred_classes``/``gt_classes``: ``Tensor[N]`` class ids.
+    """
+    pred_classes = torch.as_tensor(pred_classes).reshape(-1)
+    gt_classes = torch.as_tensor(gt_classes).reshape(-1)
+    count = len(gt_classes)
+    if len(pred_classes) != count:
+        raise MetricError(f"got {len(pred_classes)} predicted classes for {count} images")
+    preds = as_box_list(pred_boxes, count, "pred_boxes")
+    gts = as_box_list(gt_boxes, count, "gt_boxes")
+    hits = torch.zeros(count, dtype=torch.bool)
+    for index, (pred, gt) in enumerate(zip(preds, gts, strict=True)):
+        gt = check_boxes(gt, name="ground-truth boxes")
+        if len(gt) == 0:
+            raise MetricError(f"image {index} has no ground-truth box")
+        pred = check_boxes(pred, name="predicted boxes") if len(pred) else pred
+        same_class = int(pred_classes[index]) == int(gt_classes[index])
+        hits[index] = same_class and best_box_iou(pred, gt) >= iou
+    return hits
+
+
+def localization_accuracy(
+    pred_boxes: torch.Tensor | Sequence[torch.Tensor],
+    pred_classes: torch.Tensor,
+    gt_boxes: torch.Tensor | Sequence[torch.Tensor],
+    gt_classes: torch.Tensor,
+    iou: float = 0.5,
+) -> float:
+    """Fraction of images (in [0, 1]) that `localization_hits`: right class and box IoU
+    ``>= iou`` (default 0.5). Top-1 localisation error is ``1 -`` this."""
+    return float(
+        localization_hits(pred_boxes, pred_classes, gt_boxes, gt_classes, iou).float().mean()
+    )
+
+
+def max_box_acc(
+    maps: torch.Tensor,
+    gt_boxes: torch.Tensor | Sequence[torch.Tensor],
+    thresholds: Sequence[float] | torch.Tensor | None = None,
+    iou_thresholds: Sequence[float] | None = None,
+    version: int = 1,
+    connectivity: int = 8,
+) -> dict:
+    """MaxBoxAcc (Choe et al. 2020, "Evaluating Weakly Supervised Object Localization
+    Methods Right"): box accuracy at the best map threshold.
+
+    For a threshold ``tau`` and IoU threshold ``delta``,
+    ``BoxAcc(tau, delta) = 1/N sum_n [ max_{b in B_n(tau), g in G_n} IoU(b, g) >= delta ]``
+    where ``B_n(tau)`` are the boxes of map ``n`` thresholded at ``tau`` (min-max normalised,
+    ``>= tau``; see `threshold_maps`) and ``G_n`` its ground-truth boxes.
+    ``MaxBoxAcc(delta) = max_tau BoxAcc(tau, delta)``.
+
+    - ``version=1``: ``B_n`` is the largest component's box; ``delta = 0.5`` by default;
+      the result is ``MaxBoxAcc(0.5)``.
+    - ``version=2``: ``B_n`` holds every component's box; ``delta`` in (0.3, 0.5, 0.7) by
+      default; the result is the mean of ``MaxBoxAcc(delta)`` over the deltas, each delta
+      taking its own best threshold.
+
+    Args:
+        maps: finite ``Tensor[N, H, W]`` at image resolution (boxes are in these pixels).
+        gt_boxes: ``Tensor[N, 4]`` or a list of ``N`` ``Tensor[k, 4]`` (several objects).
+        thresholds: the sweep of ``tau`` in (0, 1]; default 0.01, 0.02, ..., 0.99.
+
+    Returns a dict: ``maxboxacc`` (float in [0, 1]), ``per_iou`` ({delta: MaxBoxAcc}),
+    ``best_threshold`` ({delta: tau}), ``box_acc`` (``Tensor[T, D]``: BoxAcc per tau and
+    delta), ``thresholds`` (``Tensor[T]``), ``best_iou`` (``Tensor[N, T]``: per image and
+    tau, the IoU of its best box), ``version``.
+    """
+    if version not in (1, 2):
+        raise MetricError(f"version must be 1 or 2, got {version}")
+    maps = check_maps(maps)
+    deltas = tuple(iou_thresholds or ((0.5,) if version == 1 else (0.3, 0.5, 0.7)))
+    taus = DEFAULT_THRESHOLDS if thresholds is None else torch.as_tensor(thresholds).float()
+    if taus.dim() != 1 or len(taus) == 0 or bool(((taus <= 0) | (taus > 1)).any()):
+        raise MetricError("thresholds must be a non-empty 1-D sequence of values in (0, 1]")
+    size = tuple(maps.shape[-2:])
+    gts = [
+        check_boxes(g, image_size=size, name="ground-truth boxes")
+        for g in as_box_list(gt_boxes, len(maps), "gt_boxes")
+    ]
+    if any(len(g) == 0 for g in gts):
+        raise MetricError("every image needs at least one ground-truth box")
+    mode = "largest" if version == 1 else "all"
+    best_iou = threshold_sweep_iou(maps, gts, taus, mode, connectivity)
+    # A tiny slack so an IoU that is exactly delta in real arithmetic counts as a hit.
+    hits = best_iou[:, :, None] >= torch.tensor(deltas)[None, None, :] - 1e-6
+    box_acc = hits.float().mean(dim=0)
+    best = box_acc.max(dim=0)
+    per_iou = {d: float(best.values[i]) for i, d in enumerate(deltas)}
+    return {
+        "maxboxacc": float(best.values.mean()),
+        "per_iou": per_iou,
+        "best_threshold": {d: float(taus[best.indices[i]]) for i, d in enumerate(deltas)},
+        "box_acc": box_acc,
+        "thresholds": taus,
+        "best_iou": best_iou,
+        "version": version,
+    }
+
+
+def threshold_sweep_iou(
+    maps: torch.Tensor, gts: list[torch.Tensor], taus: torch.Tensor, mode: str, connectivity: int
+) -> torch.Tensor:
+    """``Tensor[N, T]``: per map and threshold, the best IoU between the boxes of the
+    thresholded map (`component_boxes`) and the map's ground-truth boxes; 0 for a constant
+    map or an empty mask. Runs in numpy: one labelling per map and threshold."""
+    normalized = normalize_maps(maps).cpu().numpy()
+    constant = (maps.flatten(1).amax(1) == maps.flatten(1).amin(1)).tolist()
+    structure = ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)
+    best_iou = np.zeros((len(maps), len(taus)))
+    for n in range(len(maps)):
+        if constant[n]:
+            continue
+        gt = gts[n].cpu().numpy().astype(np.float64)
+        for t, tau in enumerate(taus.tolist()):
+            boxes = component_boxes(normalized[n] >= tau, mode, structure)
+            if len(boxes):
+                best_iou[n, t] = pairwise_iou(boxes, gt).max()
+    return torch.from_numpy(best_iou).float()
+
+
+def pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """`box_iou` in numpy, without input checks: ``float64[N, M]``."""
+    top_left = np.maximum(a[:, None, :2], b[None, :, :2])
+    bottom_right = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    overlap = np.clip(bottom_right - top_left, 0, None)
+    intersection = overlap[..., 0] * overlap[..., 1]
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return intersection / (area_a[:, None] + area_b[None, :] - intersection)
+
+
+def pointing_points(maps: torch.Tensor) -> torch.Tensor:
+    """The pixel each map points at, ``Tensor[N, 2]`` as (row, column): its maximum. When
+    several pixels share the maximum, the one nearest the centroid of those pixels (then the
+    first in raster order), so a plateau points at its middle and a constant map at the
+    image centre (Zhang et al.'s centre baseline)."""
+    maps = check_maps(maps)
+    points = torch.zeros(len(maps), 2, dtype=torch.long)
+    for n, single in enumerate(maps):
+        rows, cols = torch.nonzero(single == single.max(), as_tuple=True)
+        if len(rows) > 1:
+            centre_r, centre_c = rows.float().mean(), cols.float().mean()
+            distance = (rows.float() - centre_r) ** 2 + (cols.float() - centre_c) ** 2
+            pick = int(torch.argmin(distance))
+            rows, cols = rows[pick : pick + 1], cols[pick : pick + 1]
+        points[n] = torch.stack([rows[0], cols[0]])
+    return points
+
+
+def pointing_game(
+    maps: torch.Tensor, gt_masks: torch.Tensor, tolerance: float = 15
+) -> torch.Tensor:
+    """Pointing game (Zhang et al. 2016, "Top-down Neural Attention by Excitation
+    Backprop"): per image, ``Tensor[N]`` bool, a hit when the map's maximum (see
+    `pointing_points`) lies within ``tolerance`` pixels (Euclidean distance between pixel
+    centres) of a pixel of the object mask: ``min_{p in G} ||argmax(M) - p||_2 <= tolerance``.
+    Zhang et al. use 15 pixels; ``tolerance=0`` requires the maximum inside the mask.
+
+    ``maps``: finite ``Tensor[N, H, W]``; ``gt_masks``: bool ``Tensor[N, H, W]`` of the
+    same size, none empty. Hit rate = ``hits.float().mean()``.
+    """
+    if tolerance < 0:
+        raise MetricError(f"tolerance must be >= 0 pixels, got {tolerance}")
+    maps = check_maps(maps)
+    masks = check_masks(gt_masks, "ground-truth masks", allow_empty=False)
+    check_same_size(maps, masks, "maps", "ground-truth masks")
+    points = pointing_points(maps)
+    hits = torch.zeros(len(maps), dtype=torch.bool)
+    for n, mask in enumerate(masks.cpu().numpy()):
+        distance = ndimage.distance_transform_edt(~mask)
+        row, col = points[n].tolist()
+        hits[n] = bool(distance[row, col] <= tolerance + 1e-9)
+    return hits
+
+
+__all__ = [
+    "best_box_iou",
+    "localization_accuracy",
+    "localization_hits",
+    "max_box_acc",
+    "pointing_game",
+    "pointing_points",
+    "threshold_sweep_iou",
+]

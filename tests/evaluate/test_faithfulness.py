@@ -1,0 +1,173 @@
+"""Deletion/insertion curves, AUC and average drop/increase: exact values on a linear model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from convlens.errors import MetricError
+from convlens.evaluate import (
+    auc,
+    average_drop_increase,
+    deletion_curve,
+    gaussian_blur,
+    insertion_curve,
+    pixel_ranks,
+)
+from convlens.layers import borrowed_model
+
+WEIGHTS = [4.0, 3.0, 2.0, 1.0]
+
+
+def linear_net(weights=WEIGHTS, bias1: float = 0.0) -> nn.Module:
+    """1x2x2 image -> 2 logits: class 0 = sum_i w_i x_i, class 1 = ``bias1``."""
+    linear = nn.Linear(4, 2)
+    with torch.no_grad():
+        linear.weight.copy_(torch.tensor([weights, [0.0] * 4]))
+        linear.bias.copy_(torch.tensor([0.0, bias1]))
+    return nn.Sequential(nn.Flatten(), linear)
+
+
+ONES = torch.ones(1, 1, 2, 2)
+BEST_MAP = torch.tensor([[[4.0, 3.0], [2.0, 1.0]]])  # removes the heaviest pixel first
+
+
+def test_deletion_curve_golden_values():
+    curve = deletion_curve(linear_net(), ONES, BEST_MAP, target=0, steps=4, score="logit")
+    assert curve.tolist() == [[10.0, 6.0, 3.0, 1.0, 0.0]]
+    assert auc(curve).tolist() == [pytest.approx(3.75)]  # (8 + 4.5 + 2 + 0.5) / 4
+    worst = deletion_curve(linear_net(), ONES, -BEST_MAP, target=0, steps=4, score="logit")
+    assert worst.tolist() == [[10.0, 9.0, 7.0, 4.0, 0.0]]
+    assert float(auc(worst)) > float(auc(curve))
+
+
+def test_deletion_probability_and_uneven_steps():
+    curve = deletion_curve(linear_net(), ONES, BEST_MAP, target=0, steps=4)
+    assert torch.allclose(curve, torch.sigmoid(torch.tensor([[10.0, 6.0, 3.0, 1.0, 0.0]])))
+    # 4 pixels in 3 steps: floor(k * 4 / 3) = 0, 1, 2, 4 pixels removed
+    uneven = deletion_curve(linear_net(), ONES, BEST_MAP, target=0, steps=3, score="logit")
+    assert uneven.tolist() == [[10.0, 6.0, 3.0, 0.0]]
+
+
+def test_insertion_curve_golden_values():
+    curve = insertion_curve(
+        linear_net(), ONES, BEST_MAP, target=0, steps=4, baseline="zero", score="logit"
+    )
+    assert curve.tolist() == [[0.0, 4.0, 7.0, 9.0, 10.0]]
+    assert auc(curve).tolist() == [pytest.approx(6.25)]
+    # a custom baseline tensor: removed pixels take the value 0.5
+    half = deletion_curve(
+        linear_net(), ONES, BEST_MAP, target=0, steps=2, baseline=torch.tensor(0.5), score="logit"
+    )
+    assert half.tolist() == [[10.0, 6.5, 5.0]]
+
+
+def test_top1_class_is_fixed_on_the_original_image():
+    # class 1 has logit 5: it wins once the image is half deleted; the curve keeps class 0
+    curve = deletion_curve(linear_net(bias1=5.0), ONES, BEST_MAP, steps=4, score="logit")
+    assert curve.tolist() == [[10.0, 6.0, 3.0, 1.0, 0.0]]
+
+
+def test_insertion_starts_from_blur():
+    images = torch.arange(16.0).view(1, 1, 4, 4)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
+    maps = torch.rand(1, 4, 4)
+    curve = insertion_curve(net, images, maps, target=1, steps=2, score="logit")
+    with torch.no_grad():
+        assert torch.allclose(curve[0, 0], net(gaussian_blur(images))[0, 1])
+        assert torch.allclose(curve[0, -1], net(images)[0, 1])
+
+
+def test_gaussian_blur_keeps_constants_and_mass():
+    flat = torch.full((1, 3, 9, 9), 0.7)
+    assert torch.allclose(gaussian_blur(flat), flat)
+    spike = torch.zeros(1, 1, 31, 31)
+    spike[0, 0, 15, 15] = 1.0
+    blurred = gaussian_blur(spike)
+    assert blurred.sum() == pytest.approx(1.0, abs=1e-5)
+    assert blurred[0, 0, 15, 15] == blurred.max()
+
+
+def test_pixel_ranks_break_ties_in_raster_order():
+    ranks = pixel_ranks(torch.tensor([[[1.0, 3.0], [3.0, 0.0]]]))
+    assert ranks.tolist() == [[[2, 0], [1, 3]]]
+
+
+def test_average_drop_and_increase_golden_values():
+    mask = torch.tensor([[[1.0, 0.5], [0.0, 0.0]]])
+    drop, increase = average_drop_increase(linear_net(), ONES, mask, target=0)
+    y, o = torch.sigmoid(torch.tensor(10.0)), torch.sigmoid(torch.tensor(5.5))
+    assert torch.allclose(drop, ((y - o) / y)[None])
+    assert increase.tolist() == [False]
+    # masking out a pixel with a negative weight raises the confidence
+    net = linear_net([4.0, 3.0, 2.0, -5.0])
+    drop, increase = average_drop_increase(net, ONES, torch.tensor([[[1.0, 1.0], [1.0, 0.0]]]), 0)
+    assert drop.tolist() == [0.0] and increase.tolist() == [True]
+
+
+def small_convnet() -> nn.Module:
+    torch.manual_seed(1)
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.BatchNorm2d(6),
+        nn.ReLU(inplace=True),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, 4),
+    )
+
+
+def test_chunk_size_and_batch_do_not_change_results(unchanged):
+    net = small_convnet().train()
+    images, maps = torch.randn(3, 3, 8, 8), torch.rand(3, 8, 8)
+    with unchanged(net, images, maps):
+        reference = deletion_curve(net, images, maps, steps=6, batch_size=1000)
+        for size in (1, 5):
+            assert torch.allclose(
+                deletion_curve(net, images, maps, steps=6, batch_size=size), reference, atol=1e-6
+            )
+        single = deletion_curve(net, images[1:2], maps[1:2], steps=6)
+        assert torch.allclose(single, reference[1:2], atol=1e-6)
+        ins = insertion_curve(net, images, maps, steps=6, batch_size=4)
+        assert torch.allclose(
+            ins, insertion_curve(net, images, maps, steps=6, batch_size=100), atol=1e-6
+        )
+        drop, inc = average_drop_increase(net, images, maps, batch_size=1)
+        drop2, inc2 = average_drop_increase(net, images, maps, batch_size=3)
+        assert torch.allclose(drop, drop2, atol=1e-6) and torch.equal(inc, inc2)
+    assert net.training  # the borrowed model is handed back in train mode
+
+
+def test_bad_inputs_raise_and_leave_model_unchanged(unchanged):
+    net = small_convnet()
+    images = torch.randn(2, 3, 8, 8)
+    with unchanged(net, images):
+        with pytest.raises(MetricError, match="input resolution"):
+            deletion_curve(net, images, torch.rand(2, 4, 4))
+        with pytest.raises(MetricError, match="one map per row"):
+            insertion_curve(net, images, torch.rand(3, 8, 8))
+        nan = torch.rand(2, 8, 8)
+        nan[1, 2, 2] = float("nan")
+        with pytest.raises(MetricError, match="NaN"):
+            deletion_curve(net, images, nan)
+        with pytest.raises(MetricError, match="baseline"):
+            deletion_curve(net, images, torch.rand(2, 8, 8), baseline="noise")
+        with pytest.raises(MetricError, match="score='logit'"):
+            deletion_curve(net, images, torch.rand(2, 8, 8), target=lambda out: out[:, 0])
+    with pytest.raises(MetricError, match="at least two points"):
+        auc(torch.ones(2, 1))
+
+
+def test_default_model_curves_start_and_end_where_they_should(default_model, unchanged):
+    images = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    maps = torch.rand(1, 64, 64, generator=torch.Generator().manual_seed(1))
+    module = default_model.module
+    with unchanged(module, images, maps):
+        deletion = deletion_curve(default_model, images, maps, steps=2, batch_size=2)
+        insertion = insertion_curve(default_model, images, maps, steps=2, batch_size=2)
+        with borrowed_model(module), torch.no_grad():
+            probabilities = module(images).softmax(1)
+    top = int(probabilities.argmax())
+    assert deletion[0, 0] == pytest.approx(float(probabilities[0, top]), rel=1e-4)
+    assert insertion[0, -1] == pytest.approx(float(probabilities[0, top]), rel=1e-4)

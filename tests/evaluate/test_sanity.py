@@ -1,0 +1,158 @@
+"""Cascading parameter randomisation: order, cumulativeness, seeding, similarity values,
+and the user's model left untouched."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from convlens.attribution.common import input_gradient
+from convlens.errors import LayerError, MetricError
+from convlens.evaluate import (
+    cascading_randomization,
+    parametrised_layers,
+    randomize_layer,
+    spearman,
+    ssim,
+)
+from convlens.targets import resolve_targets
+
+
+def small_convnet() -> nn.Module:
+    torch.manual_seed(1)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    )
+
+
+def gradient_map(model, images, target):
+    """|d score / d input| summed over channels: ``Tensor[N, H, W]``."""
+    targets = resolve_targets(target, len(images))
+    gradient, _ = input_gradient(model, images, targets)
+    return gradient.abs().sum(1)
+
+
+def image_map(model, images, target):
+    """A "map" that ignores the model (an edge-detector-like failure case)."""
+    return images.sum(1)
+
+
+IMAGES = torch.randn(2, 3, 9, 9, generator=torch.Generator().manual_seed(3))
+
+
+def test_layers_are_ordered_from_the_logits_down():
+    assert parametrised_layers(small_convnet(), IMAGES) == ["7", "3", "1", "0"]
+
+
+def test_steps_are_cumulative_and_top_down():
+    net = small_convnet()
+    original = {name: p.detach().clone() for name, p in net.named_parameters()}
+    changed_per_call = []
+
+    def recording_map(model, images, target):
+        changed = sorted(
+            {
+                name.split(".")[0]
+                for name, p in model.named_parameters()
+                if not torch.equal(p, original[name])
+            }
+        )
+        changed_per_call.append(changed)
+        return gradient_map(model, images, target)
+
+    result = cascading_randomization(net, IMAGES, recording_map)
+    assert result.layers == ["7", "3", "1", "0"]
+    assert changed_per_call == [[], ["7"], ["3", "7"], ["1", "3", "7"], ["0", "1", "3", "7"]]
+
+
+def test_model_independent_map_stays_identical():
+    result = cascading_randomization(small_convnet(), IMAGES, image_map, absolute=False)
+    assert torch.allclose(result.spearman, torch.ones(4, 2))
+    assert torch.allclose(result.ssim, torch.ones(4, 2), atol=1e-6)
+
+
+def test_similarity_matches_a_hand_randomised_copy():
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 9 * 9, 3))
+    result = cascading_randomization(net, IMAGES, gradient_map, target=1, seed=7)
+    # gradient of a linear model w.r.t. the input: the class-1 weight row
+    copy = nn.Sequential(nn.Flatten(), nn.Linear(3 * 9 * 9, 3))
+    copy.load_state_dict(net.state_dict())
+    torch.manual_seed(7)
+    randomize_layer(copy[1])
+    before = net[1].weight[1].detach().view(3, 9, 9).abs().sum(0)
+    after = copy[1].weight[1].detach().view(3, 9, 9).abs().sum(0)
+    expected = spearman(before[None], after[None])
+    assert result.layers == ["1"]
+    assert torch.allclose(result.spearman, expected.expand(1, 2))
+    assert torch.allclose(result.ssim, ssim(before[None], after[None]).expand(1, 2))
+    assert float(result.spearman.abs().max()) < 0.5  # the weights really changed
+
+
+def test_seeded_and_global_rng_untouched():
+    net = small_convnet()  # seeds the global RNG itself, so build it first
+    state = torch.get_rng_state()
+    first = cascading_randomization(net, IMAGES, gradient_map, seed=0)
+    assert torch.equal(torch.get_rng_state(), state)
+    again = cascading_randomization(small_convnet(), IMAGES, gradient_map, seed=0)
+    other = cascading_randomization(small_convnet(), IMAGES, gradient_map, seed=1)
+    assert torch.equal(first.spearman, again.spearman)
+    assert not torch.equal(first.spearman, other.spearman)
+
+
+def test_registered_method_groups_and_keep_maps(unchanged):
+    net = small_convnet().train()
+    with unchanged(net, IMAGES):
+        result = cascading_randomization(
+            net, IMAGES, "saliency", layers=[["7", "3"], "0"], keep_maps=True
+        )
+    assert result.layers == ["7,3", "0"]
+    assert result.maps.shape == (2, 2, 9, 9)
+    assert result.spearman.shape == (2, 2) and result.final().shape == (2,)
+    assert net.training
+
+
+def test_randomize_layer_changes_norm_parameters_keeps_buffers():
+    norm = nn.BatchNorm2d(4)
+    norm.running_mean.fill_(0.3)
+    randomize_layer(norm)
+    assert not torch.equal(norm.weight, torch.ones(4))
+    assert torch.equal(norm.running_mean, torch.full((4,), 0.3))
+
+
+def test_spearman_and_ssim_golden_values():
+    a = torch.tensor([[[1.0, 2.0, 3.0, 4.0]]])
+    assert spearman(a, a).tolist() == [pytest.approx(1.0)]
+    assert spearman(a, -a).tolist() == [pytest.approx(-1.0)]
+    assert spearman(a, a**3).tolist() == [pytest.approx(1.0)]  # ranks only
+    assert spearman(a, torch.zeros_like(a)).tolist() == [0.0]
+    # ties take their average rank: ranks (1.5, 1.5, 3, 4) against (1, 2, 3, 4)
+    tied = torch.tensor([[[1.0, 1.0, 3.0, 4.0]]])
+    assert spearman(a, tied).tolist() == [pytest.approx(4.5 / (4.5 * 5) ** 0.5)]
+    maps = torch.rand(2, 8, 8)
+    assert torch.allclose(ssim(maps, maps), torch.ones(2))
+    assert torch.allclose(ssim(maps, 3 * maps + 1), torch.ones(2), atol=1e-6)  # normalised
+
+
+def test_bad_inputs_raise_and_leave_model_unchanged(unchanged):
+    net = small_convnet()
+    with unchanged(net, IMAGES):
+        with pytest.raises(MetricError, match="similarity"):
+            cascading_randomization(net, IMAGES, gradient_map, similarity=("pearson",))
+        with pytest.raises(LayerError):
+            cascading_randomization(net, IMAGES, gradient_map, layers=["nope"])
+
+        def nan_map(model, images, target):
+            return torch.full(images.shape[:1] + images.shape[2:], float("nan"))
+
+        with pytest.raises(MetricError, match="NaN"):
+            cascading_randomization(net, IMAGES, nan_map)
+    with pytest.raises(MetricError, match="3x3"):
+        ssim(torch.rand(1, 2, 2), torch.rand(1, 2, 2))

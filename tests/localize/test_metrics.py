@@ -1,0 +1,154 @@
+"""Localisation accuracy, MaxBoxAcc (V1/V2) and the pointing game on hand-made cases."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from convlens.errors import MetricError
+from convlens.localize import (
+    localization_accuracy,
+    localization_hits,
+    max_box_acc,
+    pointing_game,
+    pointing_points,
+)
+
+
+def nested_map(outer: float) -> torch.Tensor:
+    """10x10: value 1 on rows/cols 0-3 (box 0,0,4,4), ``outer`` on the rest of rows/cols
+    0-7 (box 0,0,8,8), 0 elsewhere."""
+    m = torch.zeros(10, 10)
+    m[:8, :8] = outer
+    m[:4, :4] = 1.0
+    return m
+
+
+def test_localization_accuracy_needs_class_and_overlap():
+    gt = torch.tensor([[0.0, 0.0, 4.0, 4.0]] * 3)
+    pred = torch.tensor([[0.0, 0.0, 4.0, 4.0], [0.0, 0.0, 4.0, 4.0], [0.0, 0.0, 8.0, 8.0]])
+    hits = localization_hits(pred, torch.tensor([1, 2, 1]), gt, torch.tensor([1, 1, 1]))
+    assert hits.tolist() == [True, False, False]  # wrong class; IoU 16/64 < 0.5
+    assert localization_accuracy(pred, [1, 2, 1], gt, [1, 1, 1]) == pytest.approx(1 / 3)
+    assert localization_accuracy(pred, [1, 1, 1], gt, [1, 1, 1], iou=0.25) == 1.0
+
+
+def test_localization_with_several_boxes_and_no_box():
+    gt = [torch.tensor([[0.0, 0.0, 2.0, 2.0], [5.0, 5.0, 9.0, 9.0]]), torch.tensor([0, 0, 2, 2])]
+    pred = [torch.tensor([[5.0, 5.0, 9.0, 9.0]]), torch.zeros(0, 4)]
+    assert localization_hits(pred, [0, 0], gt, [0, 0]).tolist() == [True, False]
+
+
+def test_max_box_acc_v1_threshold_sweep():
+    maps = torch.stack([nested_map(0.5), nested_map(0.8), nested_map(0.5)])
+    gt = torch.tensor([[0.0, 0.0, 8.0, 8.0], [0.0, 0.0, 4.0, 4.0], [0.0, 0.0, 8.0, 8.0]])
+    result = max_box_acc(maps, gt, thresholds=[0.3, 0.6, 0.9])
+    # IoU per image and threshold: big box = 1 vs the 8x8 box, 16/64 vs the 4x4 box
+    expected_iou = torch.tensor([[1.0, 0.25, 0.25], [0.25, 0.25, 1.0], [1.0, 0.25, 0.25]])
+    assert torch.allclose(result["best_iou"], expected_iou)
+    assert torch.allclose(result["box_acc"][:, 0], torch.tensor([2 / 3, 0.0, 1 / 3]))
+    assert result["maxboxacc"] == pytest.approx(2 / 3)
+    assert result["best_threshold"] == {0.5: pytest.approx(0.3)}
+    assert result["version"] == 1
+
+
+def test_max_box_acc_v2_uses_every_component_and_averages_deltas():
+    two = torch.zeros(12, 12)
+    two[:6, :6] = 1.0  # largest component, far from the object
+    two[9:11, 9:11] = 1.0  # small component, exactly the object
+    partial = torch.zeros(12, 12)
+    partial[:4, :4] = 1.0  # IoU 16/40 = 0.4 with the object box
+    gt = [torch.tensor([[9.0, 9.0, 11.0, 11.0]]), torch.tensor([[0.0, 0.0, 4.0, 10.0]])]
+    v1 = max_box_acc(two[None], gt[:1], thresholds=[0.5])
+    v2 = max_box_acc(two[None], gt[:1], thresholds=[0.5], version=2)
+    assert v1["maxboxacc"] == 0.0 and v2["maxboxacc"] == 1.0
+    v2_partial = max_box_acc(partial[None], gt[1:], thresholds=[0.5], version=2)
+    assert v2_partial["per_iou"] == {0.3: 1.0, 0.5: 0.0, 0.7: 0.0}
+    assert v2_partial["maxboxacc"] == pytest.approx(1 / 3)
+
+
+def test_max_box_acc_default_sweep_and_constant_map():
+    maps = torch.stack([nested_map(0.5), torch.zeros(10, 10)])
+    gt = torch.tensor([[0.0, 0.0, 8.0, 8.0], [0.0, 0.0, 8.0, 8.0]])
+    result = max_box_acc(maps, gt)
+    assert len(result["thresholds"]) == 99
+    assert result["maxboxacc"] == 0.5  # the constant map never localises
+    assert bool((result["best_iou"][1] == 0).all())
+
+
+def test_max_box_acc_bad_inputs():
+    maps = nested_map(0.5)[None]
+    with pytest.raises(MetricError, match="outside"):
+        max_box_acc(maps, torch.tensor([[0.0, 0.0, 12.0, 8.0]]))
+    with pytest.raises(MetricError, match="one Tensor"):
+        max_box_acc(maps, torch.tensor([[0.0, 0.0, 8.0, 8.0]] * 2))
+    with pytest.raises(MetricError, match="thresholds"):
+        max_box_acc(maps, torch.tensor([[0.0, 0.0, 8.0, 8.0]]), thresholds=[0.0, 0.5])
+    with pytest.raises(MetricError, match="version"):
+        max_box_acc(maps, torch.tensor([[0.0, 0.0, 8.0, 8.0]]), version=3)
+
+
+def one_pixel_object() -> torch.Tensor:
+    mask = torch.zeros(1, 7, 7, dtype=torch.bool)
+    mask[0, 3, 3] = True
+    return mask
+
+
+@pytest.mark.parametrize(
+    ("peak", "tolerance", "hit"),
+    [
+        ((3, 3), 0, True),  # on the object
+        ((3, 4), 0, False),  # one pixel off
+        ((3, 4), 1, True),
+        ((4, 4), 1, False),  # diagonal: sqrt(2) pixels away
+        ((4, 4), 1.5, True),
+        ((0, 0), 4, False),  # sqrt(18) = 4.24 pixels away
+    ],
+)
+def test_pointing_game_tolerance(peak, tolerance, hit):
+    maps = torch.zeros(1, 7, 7)
+    maps[0, peak[0], peak[1]] = 1.0
+    assert pointing_game(maps, one_pixel_object(), tolerance=tolerance).tolist() == [hit]
+
+
+def test_pointing_ties_point_at_the_middle():
+    plateau = torch.zeros(7, 7)
+    plateau[0, 0:5] = 2.0
+    constant = torch.full((7, 7), 0.3)
+    points = pointing_points(torch.stack([plateau, constant]))
+    assert points.tolist() == [[0, 2], [3, 3]]
+    corner = torch.zeros(1, 7, 7, dtype=torch.bool)
+    corner[0, 0, 0] = True
+    assert pointing_game(constant[None], one_pixel_object(), 0).tolist() == [True]
+    assert pointing_game(constant[None], corner, 0).tolist() == [False]
+
+
+def test_pointing_game_bad_inputs():
+    maps = torch.rand(1, 7, 7)
+    with pytest.raises(MetricError, match="empty"):
+        pointing_game(maps, torch.zeros(1, 7, 7, dtype=torch.bool))
+    with pytest.raises(MetricError, match="resize"):
+        pointing_game(torch.rand(1, 8, 7), one_pixel_object())
+    nan = maps.clone()
+    nan[0, 0, 0] = float("nan")
+    with pytest.raises(MetricError, match="NaN"):
+        pointing_game(nan, one_pixel_object())
+    with pytest.raises(MetricError, match="tolerance"):
+        pointing_game(maps, one_pixel_object(), tolerance=-1)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_max_box_acc_agrees_with_maps_to_boxes_and_box_iou(version):
+    """The fast numpy sweep equals thresholding with the public functions, per threshold."""
+    from convlens.attribution import upsample
+    from convlens.localize import box_iou, maps_to_boxes
+
+    maps = upsample(torch.rand(4, 5, 5, generator=torch.Generator().manual_seed(2)), (40, 40))
+    gt = [torch.tensor([[5.0, 8.0, 30.0, 36.0]]), torch.tensor([[0.0, 0.0, 12.0, 12.0]])] * 2
+    thresholds = [0.1, 0.35, 0.6, 0.85]
+    result = max_box_acc(maps, gt, thresholds=thresholds, version=version)
+    mode = "largest" if version == 1 else "all"
+    for t, tau in enumerate(thresholds):
+        for n, boxes in enumerate(maps_to_boxes(maps, tau, mode=mode)):
+            expected = float(box_iou(boxes, gt[n]).max()) if len(boxes) else 0.0
+            assert float(result["best_iou"][n, t]) == pytest.approx(expected, abs=1e-6)
