@@ -302,13 +302,83 @@ def test_default_model_cam_is_49_times_gradcam(default_model):
     assert torch.allclose(plain, 49 * grad, atol=1e-4 * float(plain.amax()))
 
 
-def test_default_model_gradcam_lights_the_cat(default_model):
+@pytest.mark.parametrize("corner", [(0, 0), (112, 112)])
+def test_default_model_gradcam_finds_the_cat(default_model, corner):
+    """The cat photo shrunk into one quadrant of a grey (0 after normalisation) canvas: the
+    Grad-CAM of the top class (a cat) puts most of its mass and its peak on that quadrant."""
     from convlens import load_images
 
-    images = load_images(["cat"], preprocess=default_model.preprocess).tensor
-    maps = cams.gradcam(default_model, images)
+    cat = load_images(["cat"], preprocess=default_model.preprocess).tensor
+    small = F.interpolate(cat, size=(112, 112), mode="bilinear", antialias=True)
+    top, left = corner
+    canvas = torch.zeros(1, 3, 224, 224)
+    canvas[:, :, top : top + 112, left : left + 112] = small
+    maps = cams.gradcam(default_model, canvas)
     assert maps.shape == (1, 224, 224)
-    # Chelsea's face is in the centre-left of the crop; the hottest cell lies there,
-    # well inside the picture rather than in a corner.
+    inside = maps[0, top : top + 112, left : left + 112].sum() / maps[0].sum()
+    assert float(inside) > 0.5  # the quadrant is a quarter of the picture
     row, col = divmod(int(maps[0].argmax()), 224)
-    assert 40 < row < 180 and 20 < col < 180
+    assert top <= row < top + 112 and left <= col < left + 112
+
+
+# ---- each variant's formula, on a hand-made activation and gradient ----------------------
+# A and G vary over positions (unlike a GAP head's constant gradient), so the variants differ.
+A_HAND = torch.tensor([[[1.0, 0.0], [1.0, 2.0]], [[0.0, 3.0], [1.0, 0.0]]])[None]
+G_HAND = torch.tensor([[[1.0, -1.0], [2.0, 0.0]], [[0.5, 2.0], [-1.0, 1.0]]])[None]
+
+
+def _gradcam_pp_weight(a_sum: float, gradients: list[float]) -> float:
+    """Grad-CAM++ channel weight by hand: sum_ij alpha_ij relu(g_ij)."""
+    total = 0.0
+    for g in gradients:
+        denominator = 2 * g**2 + a_sum * g**3
+        alpha = g**2 / denominator if denominator != 0 else 0.0
+        total += alpha * max(g, 0.0)
+    return total
+
+
+@pytest.mark.parametrize(
+    "combine, expected",
+    [
+        # w = mean G = (0.5, 0.625): 0.5 A0 + 0.625 A1
+        ("gradcam", [[0.5, 1.875], [1.125, 1.0]]),
+        # sum_k G_k A_k: [[1, 0], [2, 0]] + [[0, 6], [-1, 0]]
+        ("hirescam", [[1.0, 6.0], [1.0, 0.0]]),
+        # sum_k relu(G_k) A_k: the -1 gradient at (1, 0) is dropped
+        ("layercam", [[1.0, 6.0], [2.0, 0.0]]),
+        # w_k = sum(A G) / sum(A) = (3/4, 5/4)
+        ("xgradcam", [[0.75, 3.75], [2.0, 1.5]]),
+    ],
+)
+def test_variant_formulas_exact(combine, expected):
+    got = getattr(cams, f"_combine_{combine}")(A_HAND, G_HAND)
+    assert torch.allclose(got[0], torch.tensor(expected), atol=1e-6)
+
+
+def test_gradcam_pp_formula_exact():
+    w0 = _gradcam_pp_weight(4.0, [1.0, -1.0, 2.0, 0.0])  # 1/6 + 0.1 * 2
+    w1 = _gradcam_pp_weight(4.0, [0.5, 2.0, -1.0, 1.0])  # 0.25 * 0.5 + 0.1 * 2 + 1/6
+    assert w0 == pytest.approx(1 / 6 + 0.2) and w1 == pytest.approx(0.125 + 0.2 + 1 / 6)
+    expected = w0 * A_HAND[0, 0] + w1 * A_HAND[0, 1]
+    got = cams._combine_gradcam_pp(A_HAND, G_HAND)
+    assert torch.allclose(got[0], expected, atol=1e-6)
+
+
+def test_scorecam_exact_on_tiny_net():
+    """Identity 1x1 conv, so A equals the input; one channel is constant (weight 0)."""
+    net = nn.Sequential(
+        nn.Conv2d(2, 2, 1, bias=False),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(2, 2, bias=False),
+    )
+    with torch.no_grad():
+        net[0].weight.copy_(torch.eye(2).view(2, 2, 1, 1))
+        net[3].weight.copy_(torch.tensor([[2.0, 1.0], [-1.0, 1.0]]))
+    x = torch.tensor([[[0.0, 1.0], [2.0, 4.0]], [[3.0, 3.0], [3.0, 3.0]]])[None]
+    got = cams.scorecam(net, x, 0, layer="0")
+    mask = torch.tensor([[0.0, 0.25], [0.5, 1.0]])  # (A0 - 0) / (4 - 0)
+    masked_gap = (x[0] * mask).mean(dim=(1, 2))  # both channels masked by M_0
+    logits = torch.tensor([[2.0, 1.0], [-1.0, 1.0]]) @ masked_gap
+    w0 = torch.softmax(logits, 0)[0]
+    assert torch.allclose(got[0], w0 * x[0, 0], atol=1e-6)  # w1 = 0: channel 1 is flat

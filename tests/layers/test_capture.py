@@ -139,6 +139,21 @@ def test_default_cam_layer():
         default_cam_layer(nn.Sequential(nn.Flatten(), nn.Linear(12, 2)), torch.zeros(1, 3, 2, 2))
 
 
+def test_default_cam_layer_is_found_once_per_model_shape_and_structure():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    calls = []
+    net.register_forward_pre_hook(lambda _m, args: calls.append(tuple(args[0].shape)))
+    assert default_cam_layer(net, torch.zeros(2, 3, 8, 8)) == "1"
+    assert default_cam_layer(net, torch.ones(5, 3, 8, 8)) == "1"
+    assert calls == [(1, 3, 8, 8)]  # one image, once
+    # 3 x 3 input: the conv output is 1 x 1, so no layer is spatial at this size
+    with pytest.raises(LayerError, match="no layer with a spatial"):
+        default_cam_layer(net, torch.zeros(1, 3, 3, 3))
+    net.append(nn.Unflatten(1, (4, 1, 1)))  # a structural change is looked at anew
+    assert default_cam_layer(net, torch.zeros(1, 3, 8, 8)) == "1"
+    assert len(calls) == 3
+
+
 def test_default_cam_layer_of_default_model(default_model):
     # 64 px keeps bn2 spatial (2 x 2) and the test fast
     assert default_cam_layer(default_model.module, torch.zeros(1, 3, 64, 64)) == "bn2"

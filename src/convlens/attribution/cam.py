@@ -21,7 +21,8 @@ from tqdm.auto import tqdm
 from convlens.attribution.common import (
     Prepared,
     check_spatial,
-    fixed_targets,
+    chunk_size,
+    fix_ranked_targets,
     in_chunks,
     layer_gradient,
     normalize_maps,
@@ -258,41 +259,49 @@ def scorecam(
     target: object = None,
     *,
     layer: LayerSpec | None = None,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
     """Score-CAM (Wang et al. 2020): channels weighted by the score of the masked input.
 
-    For each channel ``k`` with a non-zero activation: ``M_k = norm(up(A_k))`` in [0, 1]
-    (min-max, input size), ``w_k = s(f(x * M_k))`` where ``s`` is the target's score on the
-    softmax probabilities (``p_a - p_b`` for contrast; a callable target gets the raw
-    output); ``w_k = 0`` for all-zero channels. ``L = ReLU(sum_k w_k A_k)``.
-    One forward of ``x * M_k`` per non-zero channel, run ``batch_size`` at a time (the
-    chunking never changes results). Returns ``Tensor[N, H, W] >= 0``.
+    For each channel ``k`` whose activation is not constant over positions:
+    ``M_k = (up(A_k) - min) / (max - min)`` in [0, 1] at input size, and
+    ``w_k = s(softmax(f(x * M_k)))``, the target's probability on the masked input
+    (``p_a - p_b`` for contrast; a callable target gets the raw output). This is the
+    weighting of the authors' released code; the paper's Algorithm 1 instead takes a
+    softmax over channels of the logit increase ``f_c(x * M_k) - f_c(x_b)``. A constant
+    channel (all zero, or flat) has no mask to speak of and gets ``w_k = 0``.
+    ``L = ReLU(sum_k w_k A_k)``. Costs one forward pass without autograd (activation,
+    and the class of ranked targets) plus one per non-constant channel, ``batch_size``
+    masked copies at a time (default: see `chunk_size`; never changes results).
+    Returns ``Tensor[N, H, W] >= 0``.
     """
     prepared = prepare(model, images, target)
     with borrowed_model(prepared.module):
-        _, activation, _ = _layer_activation(prepared, layer)
-        targets = fixed_targets(prepared.module, prepared.images, prepared.targets)
+        _, activation, output = _layer_activation(prepared, layer)
+        targets = fix_ranked_targets(prepared.targets, output)
+        size = chunk_size(batch_size, len(prepared.images))
         weights = _masked_scores(
-            prepared.module, prepared.images, targets, activation, batch_size, progress
+            prepared.module, prepared.images, targets, activation, size, progress
         )
     return _to_input_size(_weighted_sum(weights, activation), prepared.images)
 
 
 def _masked_scores(module, images, targets, activation, batch_size, progress) -> torch.Tensor:
-    """``Tensor[N, K]``: the target score of ``images[n] * M_k`` for non-zero channels."""
-    rows, channels = torch.nonzero(activation.flatten(2).ne(0).any(dim=2), as_tuple=True)
+    """``Tensor[N, K]``: the target score of ``images[n] * M_k`` for non-constant channels."""
+    flat = activation.flatten(2)
+    varies = flat.amax(dim=2) > flat.amin(dim=2)
+    rows, channels = (index.cpu() for index in torch.nonzero(varies, as_tuple=True))
     weights = torch.zeros(activation.shape[:2], dtype=activation.dtype)
-    chunks = list(in_chunks(len(rows), batch_size)) if len(rows) else []
+    chunks = list(in_chunks(len(rows), batch_size))
     for chunk in tqdm(chunks, disable=not progress, desc="scorecam", leave=False):
         row, channel = rows[chunk], channels[chunk]
-        masks = normalize_maps(upsample(activation[row, channel], tuple(images.shape[-2:])))
+        on_device = row.to(activation.device), channel.to(activation.device)
+        masks = normalize_maps(upsample(activation[on_device], tuple(images.shape[-2:])))
         with torch.no_grad():
-            output = module(images[row] * masks[:, None])
-            chunk_targets = targets.subset(row)
+            output = module(images[on_device[0]] * masks[:, None])
             probabilities = output if targets.fn is not None else output.softmax(dim=1)
-            weights[row, channel] = chunk_targets.score(probabilities).to(weights.dtype)
+            weights[row, channel] = targets.subset(row).score(probabilities).cpu().to(weights.dtype)
     return weights.to(activation.device)
 
 

@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from convlens.errors import ConvlensError, LayerError
+from convlens.errors import ConvlensError, LayerError, MethodError
 from convlens.layers.capture import capture
 from convlens.layers.find import LayerSpec, default_cam_layer, resolve_layer
 from convlens.models.loading import LoadedModel, as_module
-from convlens.targets import Targets, resolve_targets
+from convlens.targets import ClassSelector, Targets, resolve_targets
 
 
 @dataclass(frozen=True)
@@ -144,8 +144,6 @@ def fixed_targets(module: nn.Module, images: torch.Tensor, targets: Targets) -> 
 
 def fix_ranked_targets(targets: Targets, output: torch.Tensor) -> Targets:
     """`fixed_targets` given the output ``Tensor[N, K]`` of the unperturbed images."""
-    from convlens.targets import ClassSelector
-
     if targets.fn is not None:
         return targets
 
@@ -160,9 +158,32 @@ def fix_ranked_targets(targets: Targets, output: torch.Tensor) -> Targets:
     )
 
 
+def positive_int(name: str, value: object) -> int:
+    """``value`` if it is an int >= 1 (not a bool), else a `MethodError` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise MethodError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+MIN_CHUNK = 8
+
+
+def chunk_size(batch_size: int | None, rows: int) -> int:
+    """Rows per forward pass for methods that evaluate many perturbed copies.
+
+    ``None`` (the default everywhere): as many as the explained batch has rows, but at least
+    ``MIN_CHUNK``, so each internal forward pass has the shape (and memory) of a forward of
+    the caller's own batch, and single images still run in efficient batches. Per-image
+    cost rises with batch size on CPU (memory bound), so larger fixed chunks are slower
+    there. An explicit ``batch_size`` is used as given; it never changes results.
+    """
+    if batch_size is None:
+        return max(rows, MIN_CHUNK)
+    return positive_int("batch_size", batch_size)
+
+
 def in_chunks(total: int, size: int):
     """Slices ``[start, stop)`` covering ``range(total)`` in steps of ``size`` (>= 1)."""
-    if size < 1:
-        raise ConvlensError(f"batch_size must be at least 1, got {size}")
+    positive_int("batch_size", size)
     for start in range(0, total, size):
         yield slice(start, min(start + size, total))

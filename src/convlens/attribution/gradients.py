@@ -14,8 +14,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from convlens.attribution.common import (
+    chunk_size,
     fixed_targets,
+    in_chunks,
     input_gradient,
+    positive_int,
     prepare,
     reduce_channels,
 )
@@ -30,12 +33,6 @@ REDUCTIONS = ("max_abs", "square")
 def _check_reduce(reduce: str) -> None:
     if reduce not in REDUCTIONS:
         raise MethodError(f"unknown reduce {reduce!r}; use one of {', '.join(REDUCTIONS)}")
-
-
-def _check_positive(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise MethodError(f"{name} must be a positive integer, got {value!r}")
-    return value
 
 
 @register_method("saliency", "gradient")
@@ -97,7 +94,7 @@ def smoothgrad(
     noise: float = 0.15,
     seed: int = 0,
     reduce: str = "max_abs",
-    batch_size: int = 32,
+    batch_size: int | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
     """SmoothGrad (Smilkov et al. 2017): saliency averaged over noisy copies of the input.
@@ -106,16 +103,17 @@ def smoothgrad(
     (max(x) - min(x))`` per image, ``R`` the saliency reduction ("max_abs" or "square").
     The class is pinned on the clean input. The noise draws ``e_k`` come from ``seed`` and
     are the same for every image, so a batch equals single-image calls. ``batch_size``:
-    noisy copies per forward pass (does not change results); ``progress``: a tqdm bar.
+    noisy copies per forward pass (default: see `chunk_size`; never changes results);
+    ``progress``: a tqdm bar.
     Returns ``Tensor[N, H, W]``.
     """
-    n_samples = _check_positive("n_samples", n_samples)
-    batch_size = _check_positive("batch_size", batch_size)
+    n_samples = positive_int("n_samples", n_samples)
     if not noise >= 0:
         raise MethodError(f"noise is a fraction of the input range >= 0, got {noise!r}")
     _check_reduce(reduce)
     prepared = prepare(model, images, target)
     rows = len(prepared.images)
+    size = chunk_size(batch_size, rows)
     with borrowed_model(prepared.module):
         pinned = fixed_targets(prepared.module, prepared.images, prepared.targets)
         unit, sigma = _smoothgrad_noise(prepared.images, n_samples, noise, seed)
@@ -123,9 +121,9 @@ def smoothgrad(
         sample_of = torch.arange(n_samples).repeat_interleave(rows)
         row_of = torch.arange(rows).repeat(n_samples)
         total = torch.zeros_like(prepared.images[:, 0])
-        starts = range(0, len(row_of), batch_size)
-        for start in tqdm(starts, disable=not progress, desc="smoothgrad", leave=False):
-            row, sample = row_of[start : start + batch_size], sample_of[start : start + batch_size]
+        chunks = list(in_chunks(len(row_of), size))
+        for chunk in tqdm(chunks, disable=not progress, desc="smoothgrad", leave=False):
+            row, sample = row_of[chunk], sample_of[chunk]
             noisy = prepared.images[row] + sigma[row, None, None, None] * unit[sample]
             gradient, _ = input_gradient(prepared.module, noisy, pinned.subset(row))
             total.index_add_(0, row.to(total.device), reduce_channels(gradient, reduce))
@@ -158,18 +156,18 @@ def integrated_gradients_attributions(
     *,
     baseline: torch.Tensor | None = None,
     n_steps: int = 50,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     progress: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-channel IG attributions ``Tensor[N, C, H, W]``, ``f(x)`` and ``f(x')``
     (``Tensor[N]`` each), with the trapezoid rule of `integrated_gradients`."""
-    n_steps = _check_positive("n_steps", n_steps)
-    batch_size = _check_positive("batch_size", batch_size)
+    n_steps = positive_int("n_steps", n_steps)
     if n_steps < 2:
         raise MethodError("n_steps must be >= 2 (the path's two ends are always evaluated)")
     prepared = prepare(model, images, target)
     x = prepared.images
     rows = len(x)
+    size = chunk_size(batch_size, rows)
     base = _baseline_rows(baseline, x, prepared.targets.image_index)
     with borrowed_model(prepared.module):
         pinned = fixed_targets(prepared.module, x, prepared.targets)
@@ -180,9 +178,9 @@ def integrated_gradients_attributions(
         row_of = torch.arange(rows).repeat(n_steps)
         total = torch.zeros_like(x, dtype=torch.float64)
         ends = torch.zeros(2, rows, dtype=x.dtype)  # S(x') and S(x), from the path's ends
-        starts = range(0, len(row_of), batch_size)
-        for start in tqdm(starts, disable=not progress, desc="integrated gradients", leave=False):
-            row, step = row_of[start : start + batch_size], step_of[start : start + batch_size]
+        chunks = list(in_chunks(len(row_of), size))
+        for chunk in tqdm(chunks, disable=not progress, desc="integrated gradients", leave=False):
+            row, step = row_of[chunk], step_of[chunk]
             alpha = alphas[step].to(x.dtype)[:, None, None, None].to(x.device)
             points = base[row] + alpha * (x[row] - base[row])
             chunk_targets = pinned.subset(row)
@@ -204,7 +202,7 @@ def integrated_gradients(
     *,
     baseline: torch.Tensor | None = None,
     n_steps: int = 50,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     progress: bool = False,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Integrated Gradients (Sundararajan et al. 2017), summed over channels (signed).
@@ -213,8 +211,8 @@ def integrated_gradients(
     trapezoid rule on ``n_steps`` equally spaced points ``a_k = k / (n_steps - 1)``, both
     ends included (weights ``1/(n-1)``, halved at the ends), so exactly ``n_steps`` gradient
     evaluations. ``baseline`` ``x'``: None (zeros) or ``Tensor[C, H, W]``, ``[1, C, H, W]``
-    or ``[B, C, H, W]``. ``batch_size``: path points per forward pass (does not change
-    results); ``progress``: a tqdm bar.
+    or ``[B, C, H, W]``. ``batch_size``: path points per forward pass (default: see
+    `chunk_size`; never changes results); ``progress``: a tqdm bar.
     Returns ``(Tensor[N, H, W], {"completeness_error": Tensor[N]})`` with
     ``|sum(A) - (S(x) - S(x'))| / |S(x) - S(x')|`` (denominator floored at 1e-12).
     """

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from convlens.attribution.common import fix_ranked_targets, prepare
+from convlens.attribution.common import chunk_size, fix_ranked_targets, in_chunks, prepare
 from convlens.attribution.registry import register_method
 from convlens.errors import MethodError
 from convlens.layers.capture import borrowed_model
@@ -57,7 +57,7 @@ def occlusion(
     patch: int | tuple[int, int] = 32,
     stride: int | tuple[int, int] = 16,
     fill: float | str = 0.0,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
     """Occlusion map: the mean drop of the target score over the patches covering a pixel.
@@ -67,12 +67,11 @@ def occlusion(
     Positions step by ``stride`` plus a last one flush with each edge, so every pixel is
     covered. ``fill``: a number (0 is the normalised mid-grey for mean-0.5 inputs) or
     "mean" (each image's per-channel mean). ``batch_size``: occluded copies per forward
-    pass (does not change results). Costs ``N * positions + N`` forward passes without
-    autograd. Returns ``Tensor[N, H, W]`` (positive where occluding hurts the score).
+    pass (default: see `chunk_size`; never changes results). Costs ``N * positions + N``
+    forward passes without autograd. Returns ``Tensor[N, H, W]`` (positive where occluding
+    hurts the score).
     """
     patch_hw, stride_hw = _pair("patch", patch), _pair("stride", stride)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise MethodError(f"batch_size must be a positive integer, got {batch_size!r}")
     prepared = prepare(model, images, target)
     x = prepared.images
     height, width = x.shape[2:]
@@ -81,6 +80,7 @@ def occlusion(
     positions = [(top, left) for top in tops for left in lefts]
     fills = _fill_values(x, fill)
     rows = len(x)
+    size = chunk_size(batch_size, rows)
     # Flat work item k = row * positions + position.
     row_of = torch.arange(rows).repeat_interleave(len(positions))
     position_of = torch.arange(len(positions)).repeat(rows)
@@ -89,10 +89,9 @@ def occlusion(
         output = prepared.module(x)
         pinned = fix_ranked_targets(prepared.targets, output)
         clean = pinned.score(output)
-        starts = range(0, len(row_of), batch_size)
-        for start in tqdm(starts, disable=not progress, desc="occlusion", leave=False):
-            row = row_of[start : start + batch_size]
-            position = position_of[start : start + batch_size]
+        chunks = list(in_chunks(len(row_of), size))
+        for chunk in tqdm(chunks, disable=not progress, desc="occlusion", leave=False):
+            row, position = row_of[chunk], position_of[chunk]
             copies = x[row.to(x.device)]  # advanced indexing copies
             for k, (r, p) in enumerate(zip(row.tolist(), position.tolist(), strict=True)):
                 top, left = positions[p]

@@ -25,15 +25,28 @@ from convlens.layers.find import LayerSpec, resolve_layer
 @contextmanager
 def borrowed_model(model: nn.Module, eval_mode: bool = True) -> Iterator[nn.Module]:
     """Put every module in eval mode for the duration, then restore each module's own
-    ``training`` flag (also after an exception). Nothing else about the model changes."""
+    ``training`` flag (also after an exception). Nothing else about the model changes.
+
+    For the duration, every call of ``model`` gets private copies of its tensor arguments
+    (a forward pre-hook, removed on exit), so a model that edits its input in place
+    (``x.sub_(mean)``) changes neither the caller's tensor nor the tensor a method reuses
+    for its next forward pass. The copy is differentiable: input gradients still reach
+    the caller's leaf.
+    """
     flags = [(module, module.training) for module in model.modules()]
+    handle = model.register_forward_pre_hook(_private_inputs)
     try:
         if eval_mode:
             model.eval()
         yield model
     finally:
+        handle.remove()
         for module, training in flags:
             module.training = training
+
+
+def _private_inputs(_module: nn.Module, args: tuple) -> tuple:
+    return tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
 
 
 @dataclass
@@ -58,6 +71,12 @@ class Capture:
     def all_calls(self, name: str | None = None) -> list[torch.Tensor]:
         name = self.names[0] if name is None else name
         return list(self.calls.get(name, []))
+
+    def clear(self) -> None:
+        """Forget every recorded output and keep capturing: for a loop that runs many
+        forward passes in one block and reads only the latest."""
+        for outputs in self.calls.values():
+            outputs.clear()
 
 
 @contextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import weakref
 
 import torch
 from torch import nn
@@ -77,14 +78,32 @@ def spatial_outputs(model: nn.Module, images: torch.Tensor) -> list[tuple[str, t
     return finished
 
 
+# model -> {(input shape, dtype, module names and types): default layer name}. Weak keys:
+# nothing is stored on the model, and a model that is deleted leaves nothing behind.
+_DEFAULT_LAYERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def default_cam_layer(model: nn.Module, images: torch.Tensor) -> str:
     """The last module with a spatial output (H or W > 1) before global pooling.
 
     Among modules finishing at the same point (a block and its last child) the outermost
-    one is chosen, as it is the one whose output flows on.
+    one is chosen, as it is the one whose output flows on. Finding it costs one forward
+    pass of one image; the answer is remembered per model, input shape and module
+    structure, so repeated calls on the same model cost nothing.
     """
-    candidates = [(name, shape) for name, shape in spatial_outputs(model, images[:1])]
-    spatial = [name for name, shape in candidates if shape[2] * shape[3] > 1]
+    key = (
+        tuple(images.shape[1:]),
+        images.dtype,
+        tuple((name, type(module)) for name, module in model.named_modules()),
+    )
+    known = _DEFAULT_LAYERS.setdefault(model, {})
+    if key not in known:
+        known[key] = _last_spatial_layer(model, images[:1])
+    return known[key]
+
+
+def _last_spatial_layer(model: nn.Module, image: torch.Tensor) -> str:
+    spatial = [name for name, shape in spatial_outputs(model, image) if shape[2] * shape[3] > 1]
     if not spatial:
         raise LayerError(
             "the model has no layer with a spatial [B, C, H, W] output; CAM methods need "
