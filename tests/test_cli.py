@@ -76,3 +76,36 @@ def test_layers_json_fields_for_non_square_size_and_resnet(capsys):
     assert rows["conv_stem"]["output_shape"] == [1, 32, 48, 48]
     assert (rows["conv_stem"]["receptive_field"], rows["conv_stem"]["jump"]) == ("3", "2")
     assert rows["conv_stem"]["start"] == "1"
+
+
+def test_usage_errors_print_usage_and_exit_2(capsys):
+    assert main(["predict", "cat", "--bogus"]) == 2
+    err = capsys.readouterr().err
+    assert "Usage: convlens predict" in err and "No such option: --bogus" in err
+    assert main(["explain"]) == 2  # missing IMAGE argument
+    err = capsys.readouterr().err
+    assert "Usage: convlens explain" in err and "Missing argument" in err
+    assert main(["predict", "cat", "--top", "0"]) == 2  # out-of-range option value
+    assert "Usage: convlens predict" in capsys.readouterr().err
+
+
+def test_debug_anywhere_shows_tracebacks_only_for_real_errors(capsys):
+    assert main(["explain", "cat", "--bogus", "--debug"]) == 2  # a usage error: no traceback
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "No such option: --bogus" in err
+    assert main(["predict", "cat", "--model", "no-such-model", "--debug"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "ModelLoadError" in err
+    assert err.splitlines()[-1].startswith("error: 'no-such-model' is neither")
+
+
+def test_console_script_exit_codes_in_a_real_process():
+    import subprocess
+    import sys
+
+    usage = subprocess.run(
+        [sys.executable, "-m", "convlens.cli", "layers", "--nope"], capture_output=True, text=True
+    )
+    assert usage.returncode == 2 and "Usage: convlens layers" in usage.stderr
+    assert "Traceback" not in usage.stderr
+

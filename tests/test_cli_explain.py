@@ -1,31 +1,38 @@
-"""`convlens explain` end to end on the bundled cat photo (fast methods only)."""
+"""`convlens explain` end to end: the bundled cat photo on the default model (fast methods),
+every method on tiny models saved as files, and failures that skip only what failed."""
 
 from __future__ import annotations
 
 import json
 
 import numpy as np
+import pytest
+import torch
 from PIL import Image
+from torch import nn
 
+from convlens.attribution.explain import method_names
 from convlens.cli import main
 
 
 def test_explain_cat_writes_panel_and_record(tmp_path, capsys):
     out = tmp_path / "out"
-    code = main(["explain", "cat", "--method", "gradcam,cam", "--out", str(out), "--json"])
+    methods = "gradcam,cam,input_x_gradient"
+    code = main(["explain", "cat", "--method", methods, "--out", str(out), "--json"])
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
     record = json.loads((out / "cat.json").read_text())
     assert printed["records"] == [record] and printed["errors"] == []
-    assert [m["method"] for m in record["methods"]] == ["gradcam", "cam"]
+    assert [m["method"] for m in record["methods"]] == ["gradcam", "cam", "input_x_gradient"]
+    assert record["failed_methods"] == []
     assert record["layer"] == "bn2"
     top = record["predictions"][0]
     assert 281 <= top["class_id"] <= 285
     assert all(m["class_id"] == top["class_id"] for m in record["methods"])
     assert all(m["seconds"] > 0 for m in record["methods"])
     panel = np.asarray(Image.open(out / "cat.png"))
-    # input + two overlays side by side, each 224 wide
-    assert panel.shape[1] >= 3 * 224 and panel.shape[0] >= 224
+    # input + three overlays side by side, each 224 wide
+    assert panel.shape[1] >= 4 * 224 and panel.shape[0] >= 224
 
 
 def test_explain_reports_bad_image_processes_the_rest_and_exits_1(tmp_path, capsys):
@@ -47,3 +54,136 @@ def test_explain_unknown_method_is_one_line_error(tmp_path, capsys):
     assert main(["explain", "cat", "--method", "gradcan", "--out", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: unknown method 'gradcan'") and "gradcam" in err
+
+
+def _saved(tmp_path, module: nn.Module, name: str = "tiny.pt") -> str:
+    path = tmp_path / name
+    torch.save(module, path)
+    return str(path)
+
+
+@pytest.fixture
+def gap_model(tmp_path) -> str:
+    """A pickled conv -> global average pool -> linear classifier (every method applies)."""
+    torch.manual_seed(0)
+    module = nn.Sequential(
+        nn.Conv2d(3, 4, 5, stride=4),
+        nn.ReLU(),
+        nn.Conv2d(4, 6, 3, stride=2),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, 5),
+    )
+    return _saved(tmp_path, module, "gap.pt")
+
+
+@pytest.fixture
+def no_gap_model(tmp_path) -> str:
+    """A pickled conv -> max pool -> flatten -> linear classifier: no CAM head."""
+    torch.manual_seed(0)
+    module = nn.Sequential(
+        nn.Conv2d(3, 4, 8, stride=8), nn.ReLU(), nn.MaxPool2d(4), nn.Flatten(), nn.Linear(196, 5)
+    )
+    return _saved(tmp_path, module, "no_gap.pt")
+
+
+def test_all_methods_on_a_tiny_model_file_with_progress_bars(tmp_path, capsys, gap_model):
+    out = tmp_path / "out"
+    assert main(["explain", "cat", "-m", gap_model, "--method", "all", "-o", str(out)]) == 0
+    err = capsys.readouterr().err
+    record = json.loads((out / "cat.json").read_text())
+    assert [m["method"] for m in record["methods"]] == method_names("all")
+    assert record["failed_methods"] == [] and record["layer"] == "3"
+    ig = next(m for m in record["methods"] if m["method"] == "integrated_gradients")
+    assert ig["completeness_error"] >= 0
+    # a progress bar on stderr for each slow method (tqdm: "desc:  40%|####  | 2/5 ...")
+    for desc in ("smoothgrad", "integrated gradients", "scorecam", "occlusion"):
+        assert f"{desc}:" in err and "%|" in err.split(f"{desc}:", 1)[1][:12]
+    assert "error" not in err
+    panel = np.asarray(Image.open(out / "cat.png"))
+    tiles = 1 + len(method_names("all"))  # 6 per row, 224 px + 4 padding, 18 px titles
+    assert panel.shape[:2] == (-(-tiles // 6) * (224 + 18 + 4) + 4, 6 * (224 + 4) + 4)
+
+
+def test_all_on_a_model_without_cam_head_skips_cam_with_the_reason(tmp_path, capsys, no_gap_model):
+    out = tmp_path / "out"
+    code = main(
+        ["explain", "cat", "coffee", "-m", no_gap_model, "--method", "all"]
+        + ["-o", str(out), "--json"]
+    )
+    assert code == 0
+    captured = capsys.readouterr()
+    skipped = [line for line in captured.err.splitlines() if line.startswith("skipped cam")]
+    assert len(skipped) == 1  # reported once, not again for the second image
+    assert "cannot apply to this model" in skipped[0] and "use gradcam" in skipped[0]
+    printed = json.loads(captured.out)
+    assert list(printed["skipped_methods"]) == ["cam"] and printed["errors"] == []
+    expected = [name for name in method_names("all") if name != "cam"]
+    for stem in ("cat", "coffee"):
+        record = json.loads((out / f"{stem}.json").read_text())
+        assert [m["method"] for m in record["methods"]] == expected
+        assert (out / f"{stem}.png").is_file()
+
+
+def test_a_named_method_that_fails_is_reported_per_image_and_the_rest_is_written(
+    tmp_path, capsys, no_gap_model
+):
+    out = tmp_path / "out"
+    args = ["explain", "cat", "coffee", "-m", no_gap_model, "--method", "gradcam,cam"]
+    assert main(args + ["-o", str(out)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    for source in ("cat", "coffee"):
+        line = next(x for x in err if x.startswith(f"error: cam failed on {source}: "))
+        assert "use gradcam" in line  # the fix
+        record = json.loads((out / f"{source}.json").read_text())
+        assert [m["method"] for m in record["methods"]] == ["gradcam"]
+        assert record["failed_methods"][0]["method"] == "cam"
+        assert (out / f"{source}.png").is_file()
+
+
+class _FailsOnBrightImages(nn.Module):
+    def __init__(self, threshold: float) -> None:
+        super().__init__()
+        self.threshold = threshold
+        self.conv = nn.Conv2d(3, 4, 8, stride=8)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool(x.mean() > self.threshold):
+            raise ValueError("this model refuses bright images")
+        return self.head(self.conv(x).mean(dim=(2, 3)))
+
+
+def test_an_image_that_fails_does_not_stop_the_others(tmp_path, capsys):
+    from convlens import load_model
+
+    probe = load_model(_saved(tmp_path, nn.Identity(), "probe.pt"))
+    means = probe.preprocess(["cat", "coffee"]).mean(dim=(1, 2, 3))
+    torch.manual_seed(0)
+    path = _saved(tmp_path, _FailsOnBrightImages(float(means.mean())), "picky.pt")
+    bright, dark = ("cat", "coffee") if means[0] > means[1] else ("coffee", "cat")
+    out = tmp_path / "out"
+    assert (
+        main(["explain", bright, dark, "-m", str(path), "--method", "saliency", "-o", str(out)])
+        == 1
+    )
+    captured = capsys.readouterr()
+    failure = [line for line in captured.err.splitlines() if line.startswith("error:")]
+    assert len(failure) == 1 and failure[0].startswith(f"error: failed on {bright}: ")
+    assert "refuses bright images" in failure[0] and "--debug" in failure[0]
+    assert (out / f"{dark}.png").is_file() and not (out / f"{bright}.png").exists()
+    assert captured.out.startswith(f"{dark}: ")
+
+
+def test_layer_errors_stop_before_any_work(tmp_path, capsys, gap_model):
+    out = tmp_path / "out"
+    assert main(["explain", "cat", "-m", gap_model, "--layer", "9", "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: layer index 9") and "convlens layers" in err
+    assert err.count("\n") == 1
+    args = ["explain", "cat", "-m", gap_model, "--method", "saliency", "--layer", "1"]
+    assert main(args + ["-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "saliency does not use a layer" in err
+    assert not out.exists()

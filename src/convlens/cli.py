@@ -1,7 +1,9 @@
 """The command line: a thin layer over the Python API.
 
-Errors print one line (``error: ...``) and exit 1; ``--debug`` shows the traceback.
-IMAGE arguments take files, directories (every image inside) or sample names (``cat``).
+Usage errors (an unknown option, a missing argument) print the usage line and exit 2;
+other errors print one line (``error: ...``) and exit 1, and ``--debug`` (anywhere on the
+command line) shows their traceback too. IMAGE arguments take files, directories (every
+image inside) or sample names (``cat``).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from convlens.errors import ConvlensError
+from convlens.errors import ConvlensError, TargetError
 
 app = typer.Typer(
     add_completion=False,
@@ -128,10 +130,8 @@ def predict_command(
     as_json: JsonOption = False,
 ) -> None:
     """Classify images and print the top classes with probabilities."""
-    import torch
-
+    from convlens.attribution.explain import top_predictions
     from convlens.data.images import iter_batches
-    from convlens.layers import borrowed_model
     from convlens.models import load_model
 
     loaded = load_model(model)
@@ -141,14 +141,8 @@ def predict_command(
         _report_skipped(batch.errors)
         if not len(batch):
             continue
-        with borrowed_model(loaded.module), torch.no_grad():
-            probabilities = loaded.module(batch.tensor).softmax(dim=1)
-        values, indices = probabilities.topk(min(top, probabilities.shape[1]), dim=1)
-        for source, row_values, row_indices in zip(batch.sources, values, indices, strict=True):
-            predictions = [
-                {"class_id": int(c), "label": loaded.label(int(c)), "probability": float(p)}
-                for p, c in zip(row_values, row_indices, strict=True)
-            ]
+        rows = top_predictions(loaded, batch.tensor, k=top)
+        for source, predictions in zip(batch.sources, rows, strict=True):
             results.append({"source": source, "predictions": predictions})
             if not as_json:
                 text = ", ".join(
@@ -173,7 +167,13 @@ def methods_command(as_json: JsonOption = False) -> None:
     from convlens.attribution import list_methods
 
     rows = [
-        {"name": m.name, "family": m.family, "uses_layer": m.uses_layer, "summary": m.summary}
+        {
+            "name": m.name,
+            "family": m.family,
+            "uses_layer": m.uses_layer,
+            "options": list(m.options),
+            "summary": m.summary,
+        }
         for m in list_methods()
     ]
     if as_json:
@@ -181,10 +181,13 @@ def methods_command(as_json: JsonOption = False) -> None:
         return
     for row in rows:
         typer.echo(f"{row['name']:<22} {row['family']:<13} {row['summary']}")
+        if row["options"]:
+            typer.echo(f"{'':<22} {'':<13} explain() options: {', '.join(row['options'])}")
 
 
 @app.command("explain")
 def explain_command(
+    ctx: typer.Context,
     images: ImagesArgument,
     model: ModelOption = "efficientnet_lite0",
     method: Annotated[
@@ -201,16 +204,25 @@ def explain_command(
     ),
     as_json: JsonOption = False,
 ) -> None:
-    """Explain each image: one PNG panel (input + one overlay per method) and one JSON record."""
+    """Explain each image: one PNG panel (input + one overlay per method) and one JSON record.
+
+    A method or image that fails is reported on stderr and skipped; the rest is still
+    written, and the exit status is 1. With --method all, a method that cannot apply to
+    the model (cam without a global-average-pool + linear head) is skipped with the reason.
+    """
     from pathlib import Path
 
     from convlens.attribution.explain import method_names
     from convlens.data.images import iter_batches
+    from convlens.layers import resolve_layer
     from convlens.models import load_model
 
+    debug = bool(ctx.find_root().params.get("debug"))
     loaded = load_model(model)
     names = method_names(method)
-    folder = Path(out)
+    if layer is not None:
+        resolve_layer(loaded.module, layer)  # an unknown layer stops before any work
+    run = _ExplainRun(names, skip_inapplicable=method.strip() == "all" and layer is None)
     records, errors, used = [], [], set()
     for batch in iter_batches(images, loaded.preprocess, batch_size=1):
         errors.extend(batch.errors)
@@ -218,7 +230,14 @@ def explain_command(
         if not len(batch):
             continue
         stem = _unique_stem(Path(batch.sources[0]).stem, used)
-        record = _explain_one_image(loaded, batch, names, target, layer, folder / stem)
+        try:
+            record = _explain_one_image(loaded, batch, run, target, layer, Path(out) / stem, debug)
+        except TargetError:
+            raise  # the same for every image: stop with one line
+        except Exception as error:  # this image fails; the next ones still run
+            errors.append((batch.sources[0], _error_text(error)))
+            _report_failure(f"failed on {batch.sources[0]}", error, debug)
+            continue
         records.append(record)
         if not as_json:
             top = record["predictions"][0]
@@ -227,19 +246,75 @@ def explain_command(
                 f"{top['probability']:.3f} -> {record['panel']}"
             )
     if as_json:
-        _echo_json({"records": records, "errors": [{"source": s, "error": m} for s, m in errors]})
-    if errors:
+        _echo_json(
+            {
+                "records": records,
+                "errors": [{"source": s, "error": m} for s, m in errors],
+                "skipped_methods": run.skipped,
+            }
+        )
+    if errors or run.failed:
         raise typer.Exit(1)
 
 
-def _explain_one_image(loaded, batch, names, target, layer, stem) -> dict:
+class _ExplainRun:
+    """The methods still to run, those skipped as inapplicable, and whether any failed."""
+
+    def __init__(self, names: list[str], skip_inapplicable: bool) -> None:
+        self.names = list(names)
+        self.skip_inapplicable = skip_inapplicable
+        self.skipped: dict[str, str] = {}
+        self.failed = False
+
+    def settle(self, failures, source: str, debug: bool) -> list[dict]:
+        """Report each failure on stderr; return them as JSON records. A layer error under
+        ``--method all`` (the method cannot use this model) drops the method for good."""
+        from convlens.errors import LayerError
+
+        records = []
+        for failure in failures:
+            text = _error_text(failure.error)
+            if self.skip_inapplicable and isinstance(failure.error, LayerError):
+                self.names.remove(failure.method)
+                self.skipped[failure.method] = text
+                typer.echo(
+                    f"skipped {failure.method} (cannot apply to this model): {text}", err=True
+                )
+                continue
+            self.failed = True
+            _report_failure(f"{failure.method} failed on {source}", failure.error, debug)
+            records.append({"method": failure.method, "error": text})
+        return records
+
+
+def _report_failure(what: str | None, error: BaseException, debug: bool) -> None:
+    """One line on stderr (``error: [WHAT: ]message``); with ``--debug`` the traceback first."""
+    if debug:
+        import traceback
+
+        traceback.print_exception(error, file=sys.stderr)
+    prefix = f"{what}: " if what else ""
+    typer.echo(f"error: {prefix}{_error_text(error)}", err=True)
+
+
+def _error_text(error: BaseException) -> str:
+    """A convlens error's own message (it names the fix); other errors with their type."""
+    if isinstance(error, ConvlensError):
+        return _one_line(error)
+    return f"{type(error).__name__}: {_one_line(error)} (run with --debug for the traceback)"
+
+
+def _explain_one_image(loaded, batch, run: _ExplainRun, target, layer, stem, debug) -> dict:
     """Run every method on one image; write ``stem.png`` (panel) and ``stem.json``."""
     from convlens.attribution.explain import explain_methods, top_predictions
     from convlens.render import save_png
     from convlens.render.panel import PanelTile, explanation_panel, tile_title
 
     predictions = top_predictions(loaded, batch.tensor)[0]
-    explanations = explain_methods(loaded, batch, names, target, layer, progress=True)
+    explanations, failures = explain_methods(
+        loaded, batch, run.names, target, layer, progress=True, keep_going=True
+    )
+    failed = run.settle(failures, batch.sources[0], debug)
     tiles, methods = [], []
     for item in explanations:
         for row, info in enumerate(item.record()["rows"]):
@@ -263,6 +338,7 @@ def _explain_one_image(loaded, batch, names, target, layer, stem) -> dict:
         "layer": layers[0] if len(layers) == 1 else layers or None,
         "predictions": predictions,
         "methods": methods,
+        "failed_methods": failed,
         "panel": str(panel_path),
     }
     stem.with_suffix(".json").write_text(json.dumps(record, indent=2))
@@ -432,38 +508,33 @@ def visualize_command(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``convlens`` console script."""
-    import click
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv
+    """Entry point of the ``convlens`` console script; returns the exit status."""
+    argv, debug = _take_debug_flag(list(sys.argv[1:] if argv is None else argv))
     try:
         code = app(args=argv, prog_name="convlens", standalone_mode=False)
-    except click.exceptions.Exit as done:
+    except typer.Exit as done:
         return done.exit_code
-    except click.ClickException as error:
-        error.show()
-        return error.exit_code
-    except click.exceptions.Abort:
+    except typer.Abort:
         typer.echo("aborted", err=True)
         return 1
-    except ConvlensError as error:
-        if debug:
-            raise
-        typer.echo(f"error: {_one_line(error)}", err=True)
-        return 1
+    except typer.TyperException as error:  # usage errors (exit 2) and other CLI errors
+        error.show()
+        return error.exit_code
     except KeyboardInterrupt:
         return 130
-    except Exception as error:  # anything else (a model that fails on the input, ...)
-        if debug:
-            raise
-        typer.echo(
-            f"error: {type(error).__name__}: {_one_line(error)} (run with --debug for the "
-            "traceback)",
-            err=True,
-        )
+    except Exception as error:  # convlens errors, and anything else (a model that fails...)
+        _report_failure(None, error, debug)
         return 1
     return code if isinstance(code, int) else 0
+
+
+def _take_debug_flag(argv: list[str]) -> tuple[list[str], bool]:
+    """``--debug`` may sit anywhere before a ``--``; it is moved to the front, where the
+    root option is parsed."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    rest = [a for a in argv[:end] if a != "--debug"] + argv[end:]
+    debug = len(rest) != len(argv)
+    return (["--debug"] + rest if debug else rest), debug
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ import torch
 from torch import nn
 
 from convlens.attribution import cam as cams
+from convlens.attribution import gradients
+from convlens.attribution.common import upsample
 from convlens.attribution.explain import (
     Explanation,
     explain,
@@ -17,7 +19,8 @@ from convlens.attribution.explain import (
     method_names,
     top_predictions,
 )
-from convlens.errors import ConvlensError, MethodError
+from convlens.attribution.registry import METHODS, get_method, register_method
+from convlens.errors import ConvlensError, LayerError, MethodError
 from convlens.targets import contrast
 
 
@@ -147,7 +150,8 @@ def test_explain_methods_and_predictions_on_the_cat(default_model):
     from convlens import load_images
 
     batch = load_images(["cat"], preprocess=default_model.preprocess)
-    results = explain_methods(default_model, batch, ["gradcam", "saliency"])
+    results, failures = explain_methods(default_model, batch, ["gradcam", "saliency"])
+    assert failures == []
     assert [r.method for r in results] == ["gradcam", "saliency"]
     assert results[0].layer == "bn2" and results[1].layer is None
     assert results[0].sources == ["cat"] and results[0].display.shape == (1, 224, 224, 3)
@@ -155,3 +159,164 @@ def test_explain_methods_and_predictions_on_the_cat(default_model):
     assert predictions[0]["class_id"] == int(results[0].class_ids[0])
     assert 281 <= predictions[0]["class_id"] <= 285  # a domestic cat class
     assert results[0].overlay(0).shape == (224, 224, 3)
+
+
+def test_options_are_checked_against_the_registry(net, images):
+    with pytest.raises(MethodError, match=r"does not take steps \(did you mean n_steps\?\)"):
+        explain(net, images, "integrated_gradients", steps=8)
+    with pytest.raises(MethodError, match="saliency does not take patch; it accepts: reduce"):
+        explain(net, images, "saliency", patch=3)
+    with pytest.raises(MethodError, match="input_x_gradient does not take progress.*no options"):
+        explain(net, images, "input_x_gradient", progress=True)
+    # a layer only for the methods that use one; the message names them
+    with pytest.raises(MethodError, match="saliency does not use a layer.*gradcam"):
+        explain(net, images, "saliency", layer="1")
+    with pytest.raises(MethodError, match="does not use a layer"):
+        explain_methods(net, images, ["saliency", "occlusion"], layer="1")
+    # accepted options reach the method
+    few = explain(net, images, "integrated_gradients", n_steps=3)
+    reference = gradients.integrated_gradients(net, images, n_steps=3)[0]
+    assert torch.equal(few.maps, reference)
+
+
+def test_registry_records_options_layer_and_progress():
+    saliency, ig, scorecam = (
+        get_method(n) for n in ("saliency", "integrated_gradients", "scorecam")
+    )
+    assert saliency.options == ("reduce",) and not saliency.takes_progress
+    assert {"n_steps", "baseline", "batch_size", "progress"} <= set(ig.options)
+    assert ig.takes_progress and ig.slow and not ig.uses_layer
+    assert scorecam.uses_layer and "layer" not in scorecam.options and scorecam.takes_progress
+
+
+@pytest.mark.parametrize(
+    "define, message",
+    [
+        (lambda: register_method("x_bad", "gradient", uses_layer=True), "uses_layer=True"),
+        (lambda: register_method("x_bad", "gradient", slow=True), "must take a keyword 'progress'"),
+    ],
+)
+def test_registration_refuses_inconsistent_methods(define, message):
+    def plain(model, images, target=None, *, reduce="max_abs"):
+        return images
+
+    with pytest.raises(ValueError, match=message):
+        define()(plain)
+
+    def open_ended(model, images, target=None, **options):
+        return images
+
+    with pytest.raises(ValueError, match="keyword-only"):
+        register_method("x_bad", "gradient")(open_ended)
+    assert "x_bad" not in METHODS
+
+
+@pytest.fixture
+def spy_methods():
+    """Two temporary methods recording the options they get (removed afterwards)."""
+    calls = {}
+
+    def slow_spy(model, images, target=None, *, progress=False):
+        calls["slow_spy"] = {"progress": progress}
+        return images[:, 0]
+
+    def quick_spy(model, images, target=None):
+        calls["quick_spy"] = {}
+        return images[:, 0]
+
+    register_method("slow_spy", "gradient", slow=True)(slow_spy)
+    register_method("quick_spy", "gradient")(quick_spy)
+    yield calls
+    del METHODS["slow_spy"], METHODS["quick_spy"]
+
+
+def test_explain_methods_passes_progress_only_to_methods_with_a_bar(net, images, spy_methods):
+    explain_methods(net, images, ["slow_spy", "quick_spy"], progress=True)
+    assert spy_methods == {"slow_spy": {"progress": True}, "quick_spy": {}}
+    explain_methods(net, images, ["slow_spy"])
+    assert spy_methods["slow_spy"] == {"progress": False}
+
+
+def test_one_scoring_forward_shared_by_methods_and_top_k_rows(net, images):
+    sizes = []
+    handle = net.register_forward_pre_hook(lambda module, args: sizes.append(len(args[0])))
+    try:
+        explain_methods(net, images, ["saliency", "input_x_gradient"])
+        shared = list(sizes)
+        sizes.clear()
+        explain(net, images, "saliency", target="top2")
+    finally:
+        handle.remove()
+    assert shared == [2, 2, 2]  # one scoring pass, then one forward per method
+    assert sizes == [2, 4]  # scoring on the 2 images; the method on the 4 top-2 rows
+
+
+def test_keep_going_returns_failures_and_runs_the_rest(images):
+    torch.manual_seed(3)
+    no_gap = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(144, 3)
+    )
+    results, failures = explain_methods(no_gap, images, ["cam", "gradcam"], keep_going=True)
+    assert [r.method for r in results] == ["gradcam"]
+    assert [f.method for f in failures] == ["cam"] and isinstance(failures[0].error, LayerError)
+    with pytest.raises(LayerError, match="use gradcam"):
+        explain_methods(no_gap, images, ["cam", "gradcam"])
+
+
+def _blob_net() -> nn.Module:
+    """sum of channels -> ReLU -> 2x2 average pool -> GAP -> class 0: +mean, class 1: -mean."""
+    sum_channels = nn.Conv2d(3, 1, 1, bias=False)
+    head = nn.Linear(1, 2, bias=False)
+    with torch.no_grad():
+        sum_channels.weight.fill_(1.0)
+        head.weight.copy_(torch.tensor([[1.0], [-1.0]]))
+    return nn.Sequential(
+        sum_channels, nn.ReLU(), nn.AvgPool2d(2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), head
+    ).eval()
+
+
+@pytest.mark.parametrize("method", ["saliency", "occlusion", "gradcam"])
+def test_non_square_input_gives_maps_at_input_resolution(method):
+    """A 6 x 10 image, zero but for a 2 x 2 blob of ones at rows 2-3, columns 6-7."""
+    image = torch.zeros(1, 3, 6, 10)
+    image[:, :, 2:4, 6:8] = 1.0
+    options = {"patch": 2, "stride": 2} if method == "occlusion" else {}
+    result = explain(_blob_net(), image, method, target=0, **options)
+    assert result.maps.shape == (1, 6, 10)
+    blob = torch.zeros(6, 10, dtype=torch.bool)
+    blob[2:4, 6:8] = True
+    if method == "saliency":  # d mean(ReLU(sum_c x_c)) / dx = 1/60 where the ReLU is on
+        assert torch.allclose(result.maps[0], blob / 60.0)
+    elif method == "occlusion":  # occluding the blob drops the score by 4 * 3 / 60
+        assert torch.allclose(result.maps[0], blob * 0.2)
+    else:  # one hot cell (1, 3) of the 3 x 5 pooled map, upsampled: peak on the blob
+        coarse = torch.zeros(1, 3, 5)
+        coarse[0, 1, 3] = 0.2  # ReLU(mean gradient 1/15 * activation 3)
+        assert torch.allclose(result.maps, upsample(coarse, (6, 10)))
+        assert torch.equal(result.maps[0] == result.maps[0].max(), blob)
+
+
+@pytest.mark.parametrize("method", ["saliency", "input_x_gradient"])
+def test_batch_with_per_image_targets_equals_single_calls(net, images, method):
+    targets = [4, 1]
+    batch = explain(net, images, method, target=targets)
+    for i, target in enumerate(targets):
+        single = explain(net, images[i : i + 1], method, target=target)
+        assert torch.allclose(batch.maps[i], single.maps[0], atol=1e-5)
+        assert torch.allclose(batch.scores[i], single.scores[0])
+    assert batch.class_ids.tolist() == targets
+
+
+def test_overlay_draws_a_map_exactly_as_the_cli_panel_does():
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    from convlens.render.panel import PanelTile, explanation_panel
+
+    base = _explanation(np.random.default_rng(1).integers(0, 256, (2, 4, 4, 3), np.uint8))
+    signed = torch.linspace(-1, 3, 16).view(4, 4)
+    result = Explanation(**{**base.__dict__, "maps": torch.stack([signed, signed.abs()])})
+    for row in (0, 1):
+        panel = explanation_panel(result.display[row], [PanelTile(result.maps[row], "t")])
+        windows = sliding_window_view(panel, (4, 4, 3))[..., 0, :, :, :]
+        assert (windows == result.overlay(row)).all(axis=(-3, -2, -1)).any()
+    assert not np.array_equal(result.overlay(0), result.overlay(1))  # the sign is drawn

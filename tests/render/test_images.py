@@ -1,4 +1,5 @@
-"""Render basics: exact map alignment, colour range, grid layout, PNG round trip."""
+"""Render basics: exact map alignment, colour range, the map display rule, grid layout, PNG
+round trip."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from PIL import Image
 
 from convlens.errors import ConvlensError
 from convlens.render import colorize, image_grid, overlay, save_png
-from convlens.render.images import resize_map
+from convlens.render.images import map_display, overlay_map, resize_map
 
 
 def test_overlay_aligns_map_cells_on_non_square_image():
@@ -80,3 +81,39 @@ def test_colorize_jet_ends_and_save_png_refuses_floats(tmp_path):
     assert shifted[0, :, 0].tolist() == [0, 255]
     with pytest.raises(ConvlensError, match="uint8"):
         save_png(np.zeros((2, 2)), tmp_path / "x.png")
+
+
+def test_map_display_min_max_for_non_negative_and_centred_for_signed_maps():
+    unit, signed = map_display(np.array([[0.0, 1.0], [2.0, 4.0]]))
+    assert not signed and unit.tolist() == [[0.0, 0.25], [0.5, 1.0]]
+    unit, signed = map_display(np.array([[-1.0, 0.0], [4.0, 2.0]]))  # symmetric about 0
+    assert signed and unit.tolist() == [[0.375, 0.5], [1.0, 0.75]]
+    unit, _ = map_display(np.full((3, 5), 7.0))
+    assert unit.tolist() == np.zeros((3, 5)).tolist()  # constant: zeros, never NaN
+    with pytest.raises(ConvlensError, match="NaN"):
+        map_display(np.array([[0.0, np.nan]]))
+    with pytest.raises(ConvlensError, match="2-D"):
+        map_display(np.zeros((1, 2, 2)))
+
+
+def test_map_display_saturates_outliers_but_keeps_sparse_maps():
+    ramp = np.linspace(0.0, 1.0, 199)
+    unit, _ = map_display(np.append(ramp, 1000.0)[None])  # one extreme pixel in 200
+    assert np.allclose(unit[0, :199].numpy(), ramp) and float(unit[0, 199]) == 1.0
+    unit, _ = map_display(-np.append(ramp, 1000.0)[None])  # the same, signed
+    assert np.allclose(unit[0, :199].numpy(), 0.5 - ramp / 2) and float(unit[0, 199]) == 0.0
+    hot = np.zeros((20, 20))
+    hot[3, 4] = 0.1  # one pixel in 400: its 99th percentile is 0, so the max scales
+    unit, signed = map_display(hot)
+    assert not signed and float(unit[3, 4]) == 1.0 and float(unit.sum()) == 1.0
+
+
+def test_overlay_map_colours_signed_maps_with_a_diverging_colormap():
+    image = np.zeros((1, 3, 3), np.uint8)
+    signed = overlay_map(image, np.array([[-2.0, 0.0, 2.0]]), alpha=1.0)
+    assert signed.tolist() == colorize(np.array([[0.0, 0.5, 1.0]]), cmap="bwr").tolist()
+    assert signed[0, 0, 2] > signed[0, 0, 0] and signed[0, 2, 0] > signed[0, 2, 2]  # blue, red
+    plain = overlay_map(image, np.array([[1.0, 2.0, 3.0]]), alpha=1.0)
+    assert plain.tolist() == colorize(np.array([[0.0, 0.5, 1.0]]), cmap="jet").tolist()
+    gray = overlay_map(image, np.array([[-2.0, 0.0, 2.0]]), alpha=1.0, cmap="gray")
+    assert gray[0, :, 0].tolist() == [0, 128, 255]  # cmap overrides the colours only

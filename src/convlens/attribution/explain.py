@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import inspect
+import difflib
 import json
 import shutil
 import time
@@ -13,14 +13,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from convlens.attribution.common import normalize_maps, resolve_cam_layer
-from convlens.attribution.registry import get_method, list_methods
+from convlens.attribution.common import normalize_maps, prepare, resolve_cam_layer
+from convlens.attribution.registry import MethodInfo, get_method, list_methods
 from convlens.data.images import ImageBatch, load_images
-from convlens.errors import ConvlensError
+from convlens.errors import ConvlensError, MethodError
 from convlens.layers.capture import borrowed_model
 from convlens.layers.find import LayerSpec
 from convlens.models.loading import LoadedModel, as_module
-from convlens.targets import resolve_targets
+from convlens.targets import Targets
 
 SCHEMA_VERSION = 1
 
@@ -50,19 +50,22 @@ class Explanation:
     extras: dict = field(default_factory=dict)
 
     def normalized(self) -> torch.Tensor:
-        """Each map scaled to [0, 1] (constant maps become zeros)."""
+        """Each map min-max scaled to [0, 1] (constant maps become zeros), for numeric use;
+        `overlay` draws signed maps centred at 0 instead."""
         return normalize_maps(self.maps)
 
-    def overlay(self, row: int = 0, alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
-        """``uint8[H, W, 3]``: row ``row``'s normalised map over the image the model saw."""
-        from convlens.render import overlay
+    def overlay(self, row: int = 0, alpha: float = 0.5, cmap: str | None = None) -> np.ndarray:
+        """``uint8[H, W, 3]``: row ``row``'s map over the image the model saw, drawn like the
+        CLI panel (`convlens.render.images.overlay_map`: non-negative maps min-max in jet,
+        signed maps centred at 0 in blue-white-red; ``cmap`` overrides the colormap)."""
+        from convlens.render.images import overlay_map
 
         if self.display is None:
             raise ConvlensError(
                 "no display image is known for this explanation; pass images through a "
                 "LoadedModel (or use convlens.render.overlay with your own image)"
             )
-        return overlay(self.display[row], self.normalized()[row], alpha=alpha, cmap=cmap)
+        return overlay_map(self.display[row], self.maps[row], alpha=alpha, cmap=cmap)
 
     def record(self) -> dict:
         """JSON-ready summary (no arrays)."""
@@ -138,16 +141,79 @@ def explain(
             arrays).
         method: a name from `list_methods()` (``"gradcam"``, ``"saliency"``, ...).
         target: see `convlens.targets` (default: each image's top class).
-        layer: for methods that use a layer; default the last spatial layer.
-        options: passed to the method (``steps=``, ``patch=``, ...).
+        layer: only for methods that use a layer (``get_method(method).uses_layer``: the
+            CAM family); default the last spatial layer. Giving a layer to any other
+            method raises MethodError.
+        options: the method's keyword options, listed in ``get_method(method).options``
+            (``n_steps=`` for integrated_gradients, ``patch=``/``stride=`` for occlusion,
+            ``progress=True`` for a bar on slow methods). Any other name raises MethodError
+            before anything runs.
+
+    Cost: the method, plus one forward pass without autograd on the ``B`` images that reads
+    the explained scores, classes and probabilities (`explain_methods` shares that pass
+    between methods). ``Explanation.seconds`` times the method alone.
     """
     info = get_method(method)
+    check_method_options(info, options, layer)
     tensor, display, sources = _as_model_input(model, images)
-    module = as_module(model)
+    scored = _score_targets(model, tensor, target)
     if info.uses_layer:
-        layer = resolve_cam_layer(module, tensor, layer)
-    elif layer is not None:
-        options["layer"] = layer
+        layer = resolve_cam_layer(as_module(model), tensor, layer)
+    return _run_method(info, model, tensor, target, layer, options, scored, display, sources)
+
+
+def check_method_options(info: MethodInfo, options: dict, layer: LayerSpec | None) -> None:
+    """MethodError unless ``info``'s method takes every name in ``options`` (and a layer,
+    when ``layer`` is given); the message lists what the method does accept."""
+    unknown = sorted(set(options) - set(info.options))
+    if unknown:
+        close = {m for name in unknown for m in difflib.get_close_matches(name, info.options)}
+        hint = f" (did you mean {', '.join(sorted(close))}?)" if close else ""
+        accepted = ", ".join(info.options) if info.options else "no options"
+        raise MethodError(
+            f"{info.name} does not take {', '.join(unknown)}{hint}; it accepts: {accepted}"
+        )
+    if layer is not None and not info.uses_layer:
+        users = ", ".join(m.name for m in list_methods() if m.uses_layer)
+        raise MethodError(
+            f"{info.name} does not use a layer; leave layer unset for it (methods that take "
+            f"one: {users})"
+        )
+
+
+@dataclass(frozen=True)
+class _Scored:
+    """What every method's Explanation reports about its rows: the targets and, per row,
+    the target score, class id, probability and class name on the unmodified input."""
+
+    targets: Targets
+    scores: torch.Tensor
+    class_ids: torch.Tensor | None
+    probabilities: torch.Tensor | None
+    names: list[str] | None
+
+
+def _score_targets(model: nn.Module | LoadedModel, tensor: torch.Tensor, target) -> _Scored:
+    """Checks ``tensor`` and ``target`` (as every method does), then one forward pass without
+    autograd on the ``B`` images; the rows of top-k targets are picked from its output."""
+    module = as_module(model)
+    targets = prepare(model, tensor, target).targets
+    with borrowed_model(module), torch.no_grad():
+        output = module(tensor)[targets.image_index.to(tensor.device)]
+    scores = targets.score(output).detach()
+    class_ids = targets.class_ids(output) if targets.fn is None else None
+    probabilities, names = None, None
+    if class_ids is not None:
+        probabilities = output.softmax(1).gather(1, class_ids[:, None].to(output.device))[:, 0]
+        label = model.label if isinstance(model, LoadedModel) else (lambda c: f"class {c}")
+        names = [label(int(c)) for c in class_ids]
+    return _Scored(targets, scores, class_ids, probabilities, names)
+
+
+def _run_method(
+    info: MethodInfo, model, tensor, target, layer, options, scored: _Scored, display, sources
+) -> Explanation:
+    """Run one method (layer already resolved when it uses one) and wrap its maps."""
     start = time.perf_counter()
     if info.uses_layer:
         result = info.fn(model, tensor, target, layer=layer, **options)
@@ -155,35 +221,20 @@ def explain(
         result = info.fn(model, tensor, target, **options)
     seconds = time.perf_counter() - start
     maps, extras = result if isinstance(result, tuple) else (result, {})
-    labels = model.labels if isinstance(model, LoadedModel) else None
-    targets = resolve_targets(target, len(tensor), labels=labels)
-    with borrowed_model(module), torch.no_grad():
-        output = module(targets.expand(tensor))
-    scores = targets.score(output)
-    class_ids = targets.class_ids(output) if targets.fn is None else None
-    probabilities = None
-    if class_ids is not None:
-        probabilities = output.softmax(1).gather(1, class_ids[:, None])[:, 0]
-    names = None
-    if class_ids is not None:
-        names = [
-            model.label(int(c)) if isinstance(model, LoadedModel) else f"class {int(c)}"
-            for c in class_ids
-        ]
-    rows = targets.image_index
+    rows = scored.targets.image_index
     return Explanation(
         maps=maps.detach(),
-        method=method,
+        method=info.name,
         layer=layer if info.uses_layer else None,
         image_index=rows,
-        class_ids=class_ids,
-        scores=scores.detach(),
-        probabilities=probabilities,
-        class_names=names,
+        class_ids=scored.class_ids,
+        scores=scored.scores,
+        probabilities=scored.probabilities,
+        class_names=scored.names,
         sources=[sources[i] for i in rows.tolist()] if sources else [],
         display=None if display is None else display[rows.numpy()],
         seconds=seconds,
-        target=targets.spec,
+        target=scored.targets.spec,
         extras=extras,
     )
 
@@ -198,6 +249,14 @@ def method_names(spec: str) -> list[str]:
     return [get_method(name).name for name in names]
 
 
+@dataclass(frozen=True)
+class MethodFailure:
+    """A method that raised in `explain_methods` with ``keep_going=True``."""
+
+    method: str
+    error: Exception
+
+
 def explain_methods(
     model: LoadedModel | nn.Module,
     images,
@@ -205,27 +264,47 @@ def explain_methods(
     target: object = None,
     layer: LayerSpec | None = None,
     progress: bool = False,
-) -> list[Explanation]:
-    """`explain` with each of ``methods`` on the same images (loaded once); the layer of
-    layer-based methods is resolved once. ``progress`` shows a bar for slow methods."""
-    tensor, display, sources = _as_model_input(model, images)
-    batch = ImageBatch(tensor, display, sources) if display is not None else tensor
+    keep_going: bool = False,
+) -> tuple[list[Explanation], list[MethodFailure]]:
+    """`explain` with each of ``methods`` on the same images: loaded once, scored by one
+    forward pass, the layer of layer-based methods resolved once (``layer`` applies to those
+    only). ``progress``: a bar for methods that take one. ``keep_going``: a method that
+    raises is returned as a `MethodFailure` and the others still run (otherwise the first
+    error propagates). Returns ``(explanations in method order, failures)``.
+    """
     infos = [get_method(name) for name in methods]
-    if layer is None and any(info.uses_layer for info in infos):
-        layer = resolve_cam_layer(as_module(model), tensor, None)
-    results = []
+    if layer is not None and not any(info.uses_layer for info in infos):
+        check_method_options(infos[0], {}, layer)
+    tensor, display, sources = _as_model_input(model, images)
+    scored = _score_targets(model, tensor, target)
+    layer_name, layer_error = None, None
+    if any(info.uses_layer for info in infos):
+        try:
+            layer_name = resolve_cam_layer(as_module(model), tensor, layer)
+        except Exception as error:  # fails every layer method; the others still run
+            if not keep_going:
+                raise
+            layer_error = error
+    results, failures = [], []
     for info in infos:
-        options = {}
-        if progress and info.slow and "progress" in inspect.signature(info.fn).parameters:
-            options["progress"] = True
-        results.append(
-            explain(model, batch, info.name, target, layer if info.uses_layer else None, **options)
-        )
-    return results
+        options = {"progress": True} if progress and info.takes_progress else {}
+        try:
+            if info.uses_layer and layer_error is not None:
+                raise layer_error
+            name = layer_name if info.uses_layer else None
+            results.append(
+                _run_method(info, model, tensor, target, name, options, scored, display, sources)
+            )
+        except Exception as error:  # a model may fail with any exception type
+            if not keep_going:
+                raise
+            failures.append(MethodFailure(info.name, error))
+    return results, failures
 
 
 def top_predictions(model: LoadedModel | nn.Module, images: torch.Tensor, k: int = 5) -> list:
-    """Per image, the ``k`` most probable classes: ``[{"class_id", "label", "probability"}]``."""
+    """Per image of ``Tensor[B, 3, H, W]``, the ``k`` most probable classes (softmax of the
+    output): ``[[{"class_id", "label", "probability"}, ...], ...]``."""
     module = as_module(model)
     with borrowed_model(module), torch.no_grad():
         probabilities = module(images).softmax(dim=1)

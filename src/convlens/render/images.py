@@ -58,6 +58,52 @@ def overlay(image, values, alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
     return blended.round().astype(np.uint8)
 
 
+SEQUENTIAL_CMAP = "jet"
+DIVERGING_CMAP = "bwr"
+DISPLAY_QUANTILE = 0.99
+
+
+def map_display(values) -> tuple[torch.Tensor, bool]:
+    """The one rule for drawing a raw map ``[H, W]`` (any range): ``([0, 1] values, signed)``.
+
+    Magnitudes above the map's 99th percentile (a value of the map; the maximum for maps of
+    up to 100 pixels) saturate: a few extreme pixels, as in guided backprop, would otherwise
+    leave the rest near 0. When that percentile is 0 or the map's minimum (a sparse map),
+    the maximum is used instead. A map with a negative value
+    is *signed*: it is then scaled symmetrically about 0 (``-s -> 0``, ``0 -> 0.5``,
+    ``s -> 1``) for a diverging colormap, so the sign stays visible (occlusion, input x
+    gradient, Integrated Gradients). Any other map is min-max scaled (a constant map
+    becomes zeros). The scaling is `normalize_maps` in both cases.
+    """
+    from convlens.attribution.common import normalize_maps
+
+    maps = torch.as_tensor(_as_numpy(values)).detach().double()
+    if maps.dim() != 2:
+        raise ConvlensError(f"a map to draw must be 2-D [H, W], got shape {tuple(maps.shape)}")
+    signed = bool((maps < 0).any())
+    magnitude = maps.abs() if signed else maps
+    floor = 0.0 if signed else float(maps.min())
+    top = float(np.quantile(magnitude.numpy(), DISPLAY_QUANTILE, method="higher"))
+    if top <= floor:
+        top = float(magnitude.max())
+    if not signed:
+        return normalize_maps(maps.clamp(max=top)[None])[0], False
+    # Min-max of the map beside its mirror image spans [-top, top], putting 0 at 0.5.
+    clipped = maps.clamp(-top, top)
+    mirrored = torch.cat([clipped, -clipped], dim=1)[None]
+    return normalize_maps(mirrored)[0, :, : maps.shape[1]], True
+
+
+def overlay_map(image, values, alpha: float = 0.5, cmap: str | None = None) -> np.ndarray:
+    """Blend a raw map (any range, any size) over ``uint8[H, W, 3]`` by the rule of
+    `map_display`: non-negative maps in ``"jet"`` (min-max), signed maps in ``"bwr"``
+    (blue < 0 < red, white at 0). ``cmap`` overrides the colormap, not the scaling.
+    Returns ``uint8[H, W, 3]``."""
+    unit, signed = map_display(values)
+    chosen = cmap or (DIVERGING_CMAP if signed else SEQUENTIAL_CMAP)
+    return overlay(image, unit, alpha=alpha, cmap=chosen)
+
+
 def _font(size: int) -> ImageFont.ImageFont:
     try:
         return ImageFont.load_default(size=size)

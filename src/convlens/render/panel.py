@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from convlens.render.images import image_grid, overlay
+from convlens.render.images import image_grid, overlay_map
 
 
 @dataclass(frozen=True)
@@ -27,18 +27,6 @@ def tile_title(method: str, class_name: str | None, score: float, probability: f
     return f"{method}:{what} {value}"
 
 
-def display_values(values: torch.Tensor) -> torch.Tensor:
-    """A map made ready to colour: signed maps (with negative values) are shown by
-    magnitude, then scaled to [0, 1] by min and max (a constant map becomes zeros)."""
-    values = values.detach().double()
-    if bool((values < 0).any()):
-        values = values.abs()
-    low, high = values.min(), values.max()
-    if float(high - low) <= 0:
-        return torch.zeros_like(values)
-    return (values - low) / (high - low)
-
-
 def explanation_panel(
     image: np.ndarray,
     tiles: Sequence[PanelTile],
@@ -47,7 +35,8 @@ def explanation_panel(
     alpha: float = 0.5,
 ) -> np.ndarray:
     """``uint8`` grid: ``image`` (``uint8[H, W, 3]``) first, then each tile's map overlaid on
-    it (jet colormap, ``alpha`` opacity). At most ``columns`` tiles per row."""
-    pictures = [image] + [overlay(image, display_values(t.values), alpha=alpha) for t in tiles]
+    it with ``alpha`` opacity by the rule of `overlay_map` (non-negative maps min-max in jet,
+    signed maps centred at 0 in blue-white-red). At most ``columns`` tiles per row."""
+    pictures = [image] + [overlay_map(image, t.values, alpha=alpha) for t in tiles]
     titles = [input_title] + [t.title for t in tiles]
     return image_grid(pictures, titles, columns=min(columns, len(pictures)))
