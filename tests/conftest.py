@@ -14,6 +14,35 @@ def _seed():
     yield
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test (restored after): small tensors run faster on one,
+    and far faster on a busy machine. Use with ``pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def small_convnet() -> torch.nn.Module:
+    """A seeded 3-class conv net on 3-channel images of any size: conv(3->4) BatchNorm
+    ReLU(inplace) conv(4->4) ReLU GAP linear(4->3); parametrised layers, top-down, are
+    "7", "3", "1", "0"."""
+    from torch import nn
+
+    torch.manual_seed(1)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    )
+
+
 @pytest.fixture(scope="session")
 def default_model():
     """The embedded EfficientNet-Lite0 (LoadedModel). Tests must not modify it."""

@@ -374,33 +374,49 @@ def evaluate_command(
     ] = None,
     seed: Annotated[int, typer.Option(help="Synthetic data stream (1 = held out).")] = 1,
     out: Annotated[
-        str | None, typer.Option("--out", "-o", help="Folder for leaderboard JSON and curves PNG.")
+        str | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Folder for leaderboard.json, curves.png and sanity.png (layer-by-layer "
+            "randomisation of Grad-CAM, saliency and guided backprop on 8 images).",
+        ),
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Score attribution methods against ground truth: localisation, faithfulness, sanity."""
     from pathlib import Path
 
-    from convlens.evaluate.benchmark import evaluate_on_source
-    from convlens.render.leaderboard import leaderboard_curves, leaderboard_table
+    from convlens.evaluate.benchmark import evaluate_on_source, method_names
+    from convlens.render.leaderboard import LEADERBOARD_NOTE, leaderboard_curves, leaderboard_table
 
-    names = None if methods.strip() == "all" else [m.strip() for m in methods.split(",") if m]
+    names = method_names(methods)
     progress = None if as_json else (lambda line: typer.echo(line, err=True))
-    board = evaluate_on_source(model, names, limit, data, images_dir, seed, progress)
+    cascade = 8 if out is not None else 0
+    board = evaluate_on_source(
+        model, names, limit, data, images_dir, seed, progress, cascade_images=cascade
+    )
+    written = []
     if out is not None:
         from convlens.render import save_png
+        from convlens.render.plots import similarity_plot
 
         folder = Path(out)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "leaderboard.json").write_text(json.dumps(board.scores, indent=2))
-        save_png(leaderboard_curves(board), folder / "curves.png")
+        written.append(folder / "leaderboard.json")
+        if board.curves:
+            written.append(save_png(leaderboard_curves(board), folder / "curves.png"))
+        if board.cascades:
+            written.append(save_png(similarity_plot(board.cascades), folder / "sanity.png"))
     if as_json:
         _echo_json(board.scores)
     else:
         typer.echo(f"{board.model}: {board.images} images, top-1 accuracy {board.accuracy:.3f}")
         typer.echo(leaderboard_table(board))
-        if out is not None:
-            typer.echo(f"wrote {Path(out) / 'leaderboard.json'} and {Path(out) / 'curves.png'}")
+        typer.echo(LEADERBOARD_NOTE)
+        if written:
+            typer.echo("wrote " + ", ".join(str(path) for path in written))
     for name, message in board.errors.items():
         typer.echo(f"{name} failed: {message}", err=True)
     if board.errors:

@@ -29,3 +29,7 @@ class MethodError(ConvlensError, ValueError):
 
 class MetricError(ConvlensError, ValueError):
     """A map, mask, box or curve given to a metric is malformed (wrong size, NaN, empty)."""
+
+
+class DataError(ConvlensError, ValueError):
+    """A data set's settings, an annotation file or a training input is malformed."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests.conftest import small_convnet
 from torch import nn
 
 from convlens.errors import MetricError
@@ -104,18 +105,6 @@ def test_average_drop_and_increase_golden_values():
     net = linear_net([4.0, 3.0, 2.0, -5.0])
     drop, increase = average_drop_increase(net, ONES, torch.tensor([[[1.0, 1.0], [1.0, 0.0]]]), 0)
     assert drop.tolist() == [0.0] and increase.tolist() == [True]
-
-
-def small_convnet() -> nn.Module:
-    torch.manual_seed(1)
-    return nn.Sequential(
-        nn.Conv2d(3, 6, 3, padding=1),
-        nn.BatchNorm2d(6),
-        nn.ReLU(inplace=True),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(6, 4),
-    )
 
 
 def test_chunk_size_and_batch_do_not_change_results(unchanged):

@@ -5,32 +5,20 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests.conftest import small_convnet
 from torch import nn
 
 from convlens.attribution.common import input_gradient
 from convlens.errors import LayerError, MetricError
 from convlens.evaluate import (
     cascading_randomization,
+    mean_defined,
     parametrised_layers,
     randomize_layer,
     spearman,
     ssim,
 )
 from convlens.targets import resolve_targets
-
-
-def small_convnet() -> nn.Module:
-    torch.manual_seed(1)
-    return nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1),
-        nn.BatchNorm2d(4),
-        nn.ReLU(),
-        nn.Conv2d(4, 4, 3, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(4, 3),
-    )
 
 
 def gradient_map(model, images, target):
@@ -132,7 +120,6 @@ def test_spearman_and_ssim_golden_values():
     assert spearman(a, a).tolist() == [pytest.approx(1.0)]
     assert spearman(a, -a).tolist() == [pytest.approx(-1.0)]
     assert spearman(a, a**3).tolist() == [pytest.approx(1.0)]  # ranks only
-    assert spearman(a, torch.zeros_like(a)).tolist() == [0.0]
     # ties take their average rank: ranks (1.5, 1.5, 3, 4) against (1, 2, 3, 4)
     tied = torch.tensor([[[1.0, 1.0, 3.0, 4.0]]])
     assert spearman(a, tied).tolist() == [pytest.approx(4.5 / (4.5 * 5) ** 0.5)]
@@ -156,3 +143,50 @@ def test_bad_inputs_raise_and_leave_model_unchanged(unchanged):
             cascading_randomization(net, IMAGES, nan_map)
     with pytest.raises(MetricError, match="3x3"):
         ssim(torch.rand(1, 2, 2), torch.rand(1, 2, 2))
+
+
+def test_a_constant_map_has_no_similarity():
+    """An all-zero (or any constant) map has no ranking and no structure: NaN, not a score
+    that would pass for "changed completely"."""
+    maps = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(4))
+    other = maps.clone()
+    other[1] = 0.0  # all zeros (a dead Grad-CAM)
+    other[2] = 0.7  # constant, not zero
+    for values in (spearman(maps, other), ssim(maps, other), spearman(other, maps)):
+        assert values[0] == pytest.approx(1.0, abs=1e-6)
+        assert bool(torch.isnan(values[1:]).all())
+
+
+def test_cascade_reports_nan_where_the_map_goes_flat():
+    def dies_with_the_logits(model, images, target):
+        """The gradient map while the last layer is the trained one, zeros afterwards."""
+        trained = torch.equal(model[7].weight, reference[7].weight)
+        maps = gradient_map(model, images, target)
+        return maps if trained else torch.zeros_like(maps)
+
+    reference = small_convnet()
+    result = cascading_randomization(small_convnet(), IMAGES, dies_with_the_logits)
+    assert bool(torch.isnan(result.spearman).all()) and bool(torch.isnan(result.ssim).all())
+    assert bool(torch.isnan(result.final()).all())
+
+
+def test_similarities_check_shapes_and_values():
+    maps = torch.rand(2, 8, 8)
+    for similarity in (spearman, ssim):
+        with pytest.raises(MetricError, match="differ in shape"):
+            similarity(maps, torch.rand(2, 8, 9))
+        with pytest.raises(MetricError, match="differ in shape"):
+            similarity(maps, torch.rand(3, 8, 8))
+        nan = maps.clone()
+        nan[1, 0, 0] = float("nan")
+        with pytest.raises(MetricError, match="NaN"):
+            similarity(maps, nan)
+        with pytest.raises(MetricError, match=r"Tensor\[N, H, W\]"):
+            similarity(maps.flatten(), maps.flatten())
+
+
+def test_mean_defined_leaves_out_nan_and_counts_it():
+    nan = float("nan")
+    assert mean_defined(torch.tensor([0.2, nan, 0.4, nan])) == (pytest.approx(0.3), 2)
+    assert mean_defined(torch.tensor([nan, nan])) == (None, 2)
+    assert mean_defined(torch.tensor([-0.5, 0.5])) == (0.0, 0)

@@ -11,6 +11,7 @@ from convlens.localize import (
     check_boxes,
     connected_components,
     maps_to_boxes,
+    mask_box,
     mask_to_boxes,
     resize_maps,
     threshold_maps,
@@ -133,3 +134,39 @@ def test_input_map_not_modified():
     before = m.clone()
     maps_to_boxes(m, upsample_to=(20, 24))
     assert torch.equal(m, before)
+
+
+def test_mask_box_is_tight_around_every_pixel_exclusive_corners():
+    mask = torch.zeros(8, 10, dtype=torch.bool)
+    mask[2:5, 3:7] = True
+    assert mask_box(mask).tolist() == [3.0, 2.0, 7.0, 5.0]
+    mask[7, 0] = True  # a second, separate component: the box covers both
+    assert mask_box(mask).tolist() == [0.0, 2.0, 7.0, 8.0]
+    assert mask_to_boxes(mask, "largest").tolist() == [[3.0, 2.0, 7.0, 5.0]]
+    with pytest.raises(MetricError, match="empty"):
+        mask_box(torch.zeros(4, 4, dtype=torch.bool))
+    with pytest.raises(MetricError, match="one mask"):
+        mask_box(torch.ones(2, 4, 4, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("connectivity", [0, 5, 6, "8"])
+def test_connectivity_other_than_4_or_8_raises_everywhere(connectivity):
+    mask = torch.ones(4, 4, dtype=torch.bool)
+    for call in (
+        lambda: maps_to_boxes(torch.rand(1, 4, 4), connectivity=connectivity),
+        lambda: mask_to_boxes(mask, connectivity=connectivity),
+        lambda: connected_components(mask, connectivity),
+    ):
+        with pytest.raises(MetricError, match="connectivity must be 4"):
+            call()
+
+
+def test_maps_to_boxes_connectivity_four_splits_diagonal_neighbours():
+    m = torch.zeros(1, 6, 6)
+    m[0, 0:2, 0:2] = 1.0
+    m[0, 2:4, 2:4] = 1.0
+    assert maps_to_boxes(m, 0.5, "all", connectivity=8)[0].tolist() == [[0.0, 0.0, 4.0, 4.0]]
+    assert maps_to_boxes(m, 0.5, "all", connectivity=4)[0].tolist() == [
+        [0.0, 0.0, 2.0, 2.0],
+        [2.0, 2.0, 4.0, 4.0],
+    ]

@@ -27,22 +27,41 @@ def nested_map(outer: float) -> torch.Tensor:
 def test_localization_accuracy_needs_class_and_overlap():
     gt = torch.tensor([[0.0, 0.0, 4.0, 4.0]] * 3)
     pred = torch.tensor([[0.0, 0.0, 4.0, 4.0], [0.0, 0.0, 4.0, 4.0], [0.0, 0.0, 8.0, 8.0]])
-    hits = localization_hits(pred, torch.tensor([1, 2, 1]), gt, torch.tensor([1, 1, 1]))
+    size = (10, 10)
+    hits = localization_hits(
+        pred, torch.tensor([1, 2, 1]), gt, torch.tensor([1, 1, 1]), image_size=size
+    )
     assert hits.tolist() == [True, False, False]  # wrong class; IoU 16/64 < 0.5
-    assert localization_accuracy(pred, [1, 2, 1], gt, [1, 1, 1]) == pytest.approx(1 / 3)
-    assert localization_accuracy(pred, [1, 1, 1], gt, [1, 1, 1], iou=0.25) == 1.0
+    accuracy = localization_accuracy(pred, [1, 2, 1], gt, [1, 1, 1], image_size=size)
+    assert accuracy == pytest.approx(1 / 3)
+    assert localization_accuracy(pred, [1, 1, 1], gt, [1, 1, 1], 0.25, image_size=size) == 1.0
 
 
 def test_localization_with_several_boxes_and_no_box():
     gt = [torch.tensor([[0.0, 0.0, 2.0, 2.0], [5.0, 5.0, 9.0, 9.0]]), torch.tensor([0, 0, 2, 2])]
     pred = [torch.tensor([[5.0, 5.0, 9.0, 9.0]]), torch.zeros(0, 4)]
-    assert localization_hits(pred, [0, 0], gt, [0, 0]).tolist() == [True, False]
+    assert localization_hits(pred, [0, 0], gt, [0, 0], image_size=(9, 9)).tolist() == [
+        True,
+        False,
+    ]
+
+
+def test_localization_rejects_boxes_outside_the_image():
+    inside = torch.tensor([[0.0, 0.0, 4.0, 4.0]])
+    far = torch.tensor([[500.0, 500.0, 600.0, 600.0]])
+    with pytest.raises(MetricError, match="ground-truth boxes of image 0.*outside the 10x10"):
+        localization_hits(inside, [0], far, [0], image_size=(10, 10))
+    with pytest.raises(MetricError, match="predicted boxes of image 0.*outside the 10x10"):
+        localization_accuracy(far, [0], inside, [0], image_size=(10, 10))
+    # a box may end exactly at the border (x1, y1 exclusive)
+    edge = torch.tensor([[6.0, 6.0, 10.0, 10.0]])
+    assert localization_hits(edge, [0], edge, [0], image_size=(10, 10)).tolist() == [True]
 
 
 def test_max_box_acc_v1_threshold_sweep():
     maps = torch.stack([nested_map(0.5), nested_map(0.8), nested_map(0.5)])
     gt = torch.tensor([[0.0, 0.0, 8.0, 8.0], [0.0, 0.0, 4.0, 4.0], [0.0, 0.0, 8.0, 8.0]])
-    result = max_box_acc(maps, gt, thresholds=[0.3, 0.6, 0.9])
+    result = max_box_acc(maps, gt, thresholds=[0.3, 0.6, 0.9], image_size=(10, 10))
     # IoU per image and threshold: big box = 1 vs the 8x8 box, 16/64 vs the 4x4 box
     expected_iou = torch.tensor([[1.0, 0.25, 0.25], [0.25, 0.25, 1.0], [1.0, 0.25, 0.25]])
     assert torch.allclose(result["best_iou"], expected_iou)
@@ -59,10 +78,11 @@ def test_max_box_acc_v2_uses_every_component_and_averages_deltas():
     partial = torch.zeros(12, 12)
     partial[:4, :4] = 1.0  # IoU 16/40 = 0.4 with the object box
     gt = [torch.tensor([[9.0, 9.0, 11.0, 11.0]]), torch.tensor([[0.0, 0.0, 4.0, 10.0]])]
-    v1 = max_box_acc(two[None], gt[:1], thresholds=[0.5])
-    v2 = max_box_acc(two[None], gt[:1], thresholds=[0.5], version=2)
+    size = (12, 12)
+    v1 = max_box_acc(two[None], gt[:1], thresholds=[0.5], image_size=size)
+    v2 = max_box_acc(two[None], gt[:1], thresholds=[0.5], version=2, image_size=size)
     assert v1["maxboxacc"] == 0.0 and v2["maxboxacc"] == 1.0
-    v2_partial = max_box_acc(partial[None], gt[1:], thresholds=[0.5], version=2)
+    v2_partial = max_box_acc(partial[None], gt[1:], thresholds=[0.5], version=2, image_size=size)
     assert v2_partial["per_iou"] == {0.3: 1.0, 0.5: 0.0, 0.7: 0.0}
     assert v2_partial["maxboxacc"] == pytest.approx(1 / 3)
 
@@ -70,7 +90,7 @@ def test_max_box_acc_v2_uses_every_component_and_averages_deltas():
 def test_max_box_acc_default_sweep_and_constant_map():
     maps = torch.stack([nested_map(0.5), torch.zeros(10, 10)])
     gt = torch.tensor([[0.0, 0.0, 8.0, 8.0], [0.0, 0.0, 8.0, 8.0]])
-    result = max_box_acc(maps, gt)
+    result = max_box_acc(maps, gt, image_size=(10, 10))
     assert len(result["thresholds"]) == 99
     assert result["maxboxacc"] == 0.5  # the constant map never localises
     assert bool((result["best_iou"][1] == 0).all())
@@ -78,14 +98,60 @@ def test_max_box_acc_default_sweep_and_constant_map():
 
 def test_max_box_acc_bad_inputs():
     maps = nested_map(0.5)[None]
+    box = torch.tensor([[0.0, 0.0, 8.0, 8.0]])
+    size = (10, 10)
     with pytest.raises(MetricError, match="outside"):
-        max_box_acc(maps, torch.tensor([[0.0, 0.0, 12.0, 8.0]]))
+        max_box_acc(maps, torch.tensor([[0.0, 0.0, 12.0, 8.0]]), image_size=size)
     with pytest.raises(MetricError, match="one Tensor"):
-        max_box_acc(maps, torch.tensor([[0.0, 0.0, 8.0, 8.0]] * 2))
+        max_box_acc(maps, torch.tensor([[0.0, 0.0, 8.0, 8.0]] * 2), image_size=size)
     with pytest.raises(MetricError, match="thresholds"):
-        max_box_acc(maps, torch.tensor([[0.0, 0.0, 8.0, 8.0]]), thresholds=[0.0, 0.5])
+        max_box_acc(maps, box, thresholds=[0.0, 0.5], image_size=size)
     with pytest.raises(MetricError, match="version"):
-        max_box_acc(maps, torch.tensor([[0.0, 0.0, 8.0, 8.0]]), version=3)
+        max_box_acc(maps, box, version=3, image_size=size)
+    with pytest.raises(MetricError, match="connectivity must be 4"):
+        max_box_acc(maps, box, connectivity=5, image_size=size)
+
+
+def test_max_box_acc_rejects_a_map_at_feature_resolution():
+    """Boxes are in image pixels: a 10x10 map for a 40x40 image would be scored in the wrong
+    coordinates (this box lies inside 10x10 too, so only the size check can catch it)."""
+    with pytest.raises(MetricError, match=r"maps are \(10, 10\) pixels .* 40x40 image.*upsample"):
+        max_box_acc(
+            nested_map(0.5)[None], torch.tensor([[0.0, 0.0, 8.0, 8.0]]), image_size=(40, 40)
+        )
+
+
+def test_max_box_acc_connectivity_changes_the_components():
+    """Two 2x2 blocks touching at a corner: one component with 8-connectivity (box 4x4,
+    IoU 1 with the object) and two with 4-connectivity (largest box 2x2, IoU 4/16)."""
+    m = torch.zeros(1, 6, 6)
+    m[0, 0:2, 0:2] = 1.0
+    m[0, 2:4, 2:4] = 1.0
+    gt = torch.tensor([[0.0, 0.0, 4.0, 4.0]])
+    eight = max_box_acc(m, gt, thresholds=[0.5], connectivity=8, image_size=(6, 6))
+    four = max_box_acc(m, gt, thresholds=[0.5], connectivity=4, image_size=(6, 6))
+    assert eight["best_iou"].tolist() == [[1.0]]
+    assert four["best_iou"].tolist() == [[0.25]]
+
+
+def test_max_box_acc_v2_with_several_ground_truth_boxes():
+    """Two objects per image; every component is matched against every object.
+
+    Image 0: components exactly on both objects: best IoU 1.
+    Image 1: one component covering object A (4x4 box) plus one column: IoU 16/20 = 0.8,
+    and one 2x2 component inside object B (4x4): IoU 4/16 = 0.25; best 0.8.
+    Image 2: one component half on object A: IoU 8/24 = 1/3; best 1/3."""
+    objects = torch.tensor([[0.0, 0.0, 4.0, 4.0], [8.0, 8.0, 12.0, 12.0]])
+    maps = torch.zeros(3, 12, 12)
+    maps[0, 0:4, 0:4] = 1.0
+    maps[0, 8:12, 8:12] = 1.0
+    maps[1, 0:4, 0:5] = 1.0
+    maps[1, 9:11, 9:11] = 1.0
+    maps[2, 0:4, 2:6] = 1.0
+    result = max_box_acc(maps, [objects] * 3, thresholds=[0.5], version=2, image_size=(12, 12))
+    assert result["best_iou"][:, 0].tolist() == pytest.approx([1.0, 0.8, 1 / 3])
+    assert result["per_iou"] == {0.3: 1.0, 0.5: pytest.approx(2 / 3), 0.7: pytest.approx(2 / 3)}
+    assert result["maxboxacc"] == pytest.approx((1.0 + 2 / 3 + 2 / 3) / 3)
 
 
 def one_pixel_object() -> torch.Tensor:
@@ -146,7 +212,7 @@ def test_max_box_acc_agrees_with_maps_to_boxes_and_box_iou(version):
     maps = upsample(torch.rand(4, 5, 5, generator=torch.Generator().manual_seed(2)), (40, 40))
     gt = [torch.tensor([[5.0, 8.0, 30.0, 36.0]]), torch.tensor([[0.0, 0.0, 12.0, 12.0]])] * 2
     thresholds = [0.1, 0.35, 0.6, 0.85]
-    result = max_box_acc(maps, gt, thresholds=thresholds, version=version)
+    result = max_box_acc(maps, gt, thresholds=thresholds, version=version, image_size=(40, 40))
     mode = "largest" if version == 1 else "all"
     for t, tau in enumerate(thresholds):
         for n, boxes in enumerate(maps_to_boxes(maps, tau, mode=mode)):

@@ -6,18 +6,12 @@ import pytest
 import torch
 
 from convlens.data.synthetic import SHAPES, make_batch
+from convlens.errors import DataError, ModelLoadError
 from convlens.models import load_model
 from convlens.train import ShapesNet, accuracy, train_classifier
-from convlens.train.synthetic import WEIGHTS_FILE, normalize
+from convlens.train.synthetic import WEIGHTS_FILE, load_shapes_model, save_shapes_model
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Small tensors: one intra-op thread is faster, and far faster on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_logits_are_the_spatial_mean_of_the_class_activation_maps():
@@ -57,12 +51,46 @@ def test_shipped_weights_are_small_and_classify_held_out_shapes():
     assert loaded.labels == SHAPES
     assert loaded.preprocess.height_width == (64, 64)
     batch = make_batch(64, seed=1, start=5000)  # held-out stream, never used in training
-    assert accuracy(loaded.module, normalize(batch.images), batch.labels) >= 0.9
-    # the preprocess that travels with the model gives the same inputs as `normalize`
-    display = (batch.images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    torch.testing.assert_close(loaded.preprocess.normalize(display), normalize(batch.images))
+    inputs = loaded.preprocess.normalize(batch.display)
+    assert accuracy(loaded.module, inputs, batch.labels) >= 0.9
+    # mean = std = 0.5: the inputs are (x - 0.5) / 0.5 of the pixels in [0, 1]
+    torch.testing.assert_close(inputs, batch.images * 2 - 1)
 
 
 def test_random_weights_option_gives_the_same_architecture():
     untrained = load_model("synthetic-shapes", pretrained=False)
     assert isinstance(untrained.module, ShapesNet)
+
+
+def test_loader_takes_classes_size_and_normalisation_from_the_weights_file(tmp_path):
+    net = ShapesNet(num_classes=3)
+    file = save_shapes_model(net, {"note": "test"}, tmp_path / "w.pt")
+    saved = torch.load(file, weights_only=True)
+    saved |= {"classes": ["a", "b", "c"], "size": 32, "mean": [0.1, 0.2, 0.3]}
+    torch.save(saved, file)
+    loaded = load_shapes_model(path=file)
+    assert loaded.labels == ("a", "b", "c")
+    assert loaded.preprocess.height_width == (32, 32)
+    assert loaded.preprocess.mean == (0.1, 0.2, 0.3)
+    assert loaded.module.classifier.out_features == 3
+    torch.save({"state_dict": net.state_dict()}, file)
+    with pytest.raises(ModelLoadError, match="lacks"):
+        load_shapes_model(path=file)
+
+
+def test_training_loop_rejects_mismatched_inputs():
+    net = ShapesNet(num_classes=2, width=4)
+    with pytest.raises(DataError, match="one class id per image"):
+        train_classifier(net, torch.randn(4, 3, 8, 8), torch.zeros(3, dtype=torch.long))
+    with pytest.raises(DataError, match="epochs"):
+        train_classifier(net, torch.randn(4, 3, 8, 8), torch.zeros(4, dtype=torch.long), epochs=0)
+
+
+def test_test_only_command_measures_the_shipped_weights(capsys):
+    from convlens.train.synthetic import held_out_accuracy, main
+
+    main(["--test-only", "--test", "30"])
+    out = capsys.readouterr().out
+    measured = held_out_accuracy(test=30)
+    assert f"test accuracy {measured:.4f} ({round(measured * 30)} / 30 held-out" in out
+    assert measured >= 0.9

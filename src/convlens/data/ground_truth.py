@@ -3,15 +3,20 @@
 Sources: the synthetic shapes (`convlens.data.synthetic`), or a user's annotation file:
 
 - simple JSON: ``{"images": [{"file": "a.jpg", "class": 3, "boxes": [[x0, y0, x1, y1]],
-  "mask": "a_mask.png"}]}`` (``mask`` optional: a PNG whose non-zero pixels are the object;
-  boxes in pixels of the original image, x1/y1 exclusive);
+  "mask": "a_mask.png"}]}`` (boxes in pixels of the original image, x1/y1 exclusive, each
+  inside the image; ``mask`` optional, an image of the same size whose pixels with any
+  non-zero value are the object, see `mask_pixels`; give a mask for every image or for
+  none);
 - COCO instances JSON (``images``, ``annotations`` with ``bbox = [x, y, w, h]``,
   ``categories``). Category ids map to model classes by name when every category name is a
   model label, else to ``0..K-1`` in increasing id order. Each image gets the class of its
   largest annotation and the boxes of that class; COCO segmentations are not read.
 
 Boxes and masks go through the same resize/crop as the pixels (the model's `Preprocess`), so
-they line up with maps at input resolution.
+they line up with maps at input resolution. Problems in the file (a missing field, a box
+outside its image, an empty mask, masks for only some images) raise `DataError` naming the
+record and the fix; nothing is clipped or dropped silently (the one cut made on purpose: a
+centre crop cuts the boxes with the image, see `_transform_boxes`).
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from convlens.errors import ConvlensError, ImageLoadError
+from convlens.errors import DataError, ImageLoadError, MetricError
+from convlens.localize.boxes import check_boxes
 from convlens.models.preprocess import Preprocess
 
 
@@ -69,7 +75,7 @@ def as_ground_truth(data, preprocess: Preprocess, limit: int | None = None) -> G
         data = data.batch(range(len(data) if limit is None else min(limit, len(data))))
     if isinstance(data, SyntheticBatch):
         return _first(synthetic_ground_truth(data, preprocess), limit or len(data))
-    raise ConvlensError(
+    raise DataError(
         f"cannot evaluate on a {type(data).__name__}; pass a SyntheticShapes, a SyntheticBatch "
         "or a GroundTruth (see convlens.data.ground_truth.load_annotations)"
     )
@@ -78,11 +84,11 @@ def as_ground_truth(data, preprocess: Preprocess, limit: int | None = None) -> G
 def synthetic_ground_truth(batch, preprocess: Preprocess) -> GroundTruth:
     """A `SyntheticBatch` as a GroundTruth; its pixels must already have the model's size."""
     if tuple(batch.images.shape[-2:]) != preprocess.height_width and preprocess.mode != "none":
-        raise ConvlensError(
+        raise DataError(
             f"synthetic images are {tuple(batch.images.shape[-2:])} but the model expects "
             f"{preprocess.height_width}; make the dataset with size={preprocess.height_width[0]}"
         )
-    display = (batch.images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    display = batch.display
     return GroundTruth(
         tensor=preprocess.normalize(display),
         display=display,
@@ -95,7 +101,7 @@ def synthetic_ground_truth(batch, preprocess: Preprocess) -> GroundTruth:
 
 def _first(truth: GroundTruth, limit: int) -> GroundTruth:
     if limit < 1:
-        raise ConvlensError(f"limit must be at least 1, got {limit}")
+        raise DataError(f"limit must be at least 1, got {limit}")
     return GroundTruth(
         truth.tensor[:limit],
         truth.display[:limit],
@@ -114,87 +120,131 @@ def load_annotations(
     limit: int | None = None,
 ) -> GroundTruth:
     """Read a simple or COCO annotation JSON (see module docstring). Image files are looked
-    up relative to ``images_dir`` (default: the JSON's folder)."""
+    up relative to ``images_dir`` (default: the JSON's folder). A malformed file, a box
+    outside its image, an empty mask or masks given for only some images raise `DataError`
+    naming the record and the fix."""
     path = Path(path)
     try:
         document = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as error:
-        raise ConvlensError(f"could not read annotations {path}: {error}") from error
+        raise DataError(f"could not read annotations {path}: {error}") from error
     folder = Path(images_dir) if images_dir is not None else path.parent
     if isinstance(document, dict) and "annotations" in document and "categories" in document:
-        records = _coco_records(document, labels)
+        records = _coco_records(document, labels, path.name)
     elif isinstance(document, dict) and isinstance(document.get("images"), list):
-        records = [_simple_record(entry, index) for index, entry in enumerate(document["images"])]
+        records = [
+            _simple_record(entry, f"{path.name}: image entry {index}")
+            for index, entry in enumerate(document["images"])
+        ]
     else:
-        raise ConvlensError(
+        raise DataError(
             f"{path} is neither a COCO instances file nor {{'images': [{{'file', 'class', "
             "'boxes'}]}}; see docs/evaluation.md for the format"
         )
     if limit is not None:
         records = records[:limit]
     if not records:
-        raise ConvlensError(f"{path} lists no annotated images")
+        raise DataError(f"{path} lists no annotated images")
     return _load_records(records, folder, preprocess)
 
 
-def _simple_record(entry: dict, index: int) -> dict:
+def _simple_record(entry: dict, where: str) -> dict:
     try:
         boxes = [[float(v) for v in box] for box in entry["boxes"]]
         record = {"file": str(entry["file"]), "class": int(entry["class"]), "boxes": boxes}
     except (KeyError, TypeError, ValueError) as error:
-        raise ConvlensError(
-            f"image entry {index} needs 'file', 'class' (int) and 'boxes' ([[x0, y0, x1, y1]]): "
-            f"{error!r}"
+        raise DataError(
+            f"{where} needs 'file', 'class' (int) and 'boxes' ([[x0, y0, x1, y1]]): {error!r}"
         ) from error
     if any(len(box) != 4 for box in boxes) or not boxes:
-        raise ConvlensError(f"image entry {index}: every box needs 4 numbers, and one box at least")
-    record["mask"] = entry.get("mask")
+        raise DataError(f"{where}: every box needs 4 numbers, and one box at least")
+    mask = entry.get("mask")
+    record["mask"] = None if mask is None else str(mask)
+    record["where"] = f"{where} ({record['file']})"
     return record
 
 
-def _coco_records(document: dict, labels: tuple[str, ...] | None) -> list[dict]:
-    categories = sorted(document["categories"], key=lambda c: c["id"])
+COCO_FIELDS = (
+    "a COCO instances file needs 'images' [{'id', 'file_name'}], 'annotations' "
+    "[{'image_id', 'category_id', 'bbox': [x, y, width, height]}] and 'categories' [{'id'}]"
+)
+
+
+def _need(entry, key: str, where: str):
+    """``entry[key]``, or a `DataError` naming the record and the COCO fields."""
+    if not isinstance(entry, dict) or key not in entry:
+        raise DataError(f"{where} has no {key!r}; {COCO_FIELDS}")
+    return entry[key]
+
+
+def _coco_bbox(annotation: dict, where: str) -> list[float]:
+    """``[x, y, w, h]`` as the corner box ``[x, y, x + w, y + h]``."""
+    bbox = _need(annotation, "bbox", where)
+    try:
+        x, y, w, h = (float(v) for v in bbox)
+    except (TypeError, ValueError) as error:
+        raise DataError(f"{where}: 'bbox' must be [x, y, width, height], got {bbox!r}") from error
+    return [x, y, x + w, y + h]
+
+
+def _coco_records(document: dict, labels: tuple[str, ...] | None, source: str) -> list[dict]:
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(document.get(key), list):
+            raise DataError(f"{source}: {key!r} must be a list; {COCO_FIELDS}")
+    categories = document["categories"]
+    ids = [_need(c, "id", f"{source}: category {k}") for k, c in enumerate(categories)]
     names = [c.get("name") for c in categories]
     if labels is not None and names and all(name in labels for name in names):
-        class_of = {c["id"]: labels.index(c["name"]) for c in categories}
+        class_of = {i: labels.index(name) for i, name in zip(ids, names, strict=True)}
     else:
-        class_of = {c["id"]: index for index, c in enumerate(categories)}
+        class_of = {i: index for index, i in enumerate(sorted(ids))}
     by_image: dict = {}
-    for annotation in document["annotations"]:
-        by_image.setdefault(annotation["image_id"], []).append(annotation)
+    for k, annotation in enumerate(document["annotations"]):
+        where = f"{source}: annotation {k}"
+        category = _need(annotation, "category_id", where)
+        if category not in class_of:
+            raise DataError(f"{where}: category_id {category!r} is not in 'categories'")
+        box = _coco_bbox(annotation, where)
+        by_image.setdefault(_need(annotation, "image_id", where), []).append((category, box))
     records = []
-    for image in document["images"]:
-        annotations = by_image.get(image["id"], [])
+    for k, image in enumerate(document["images"]):
+        where = f"{source}: image {k}"
+        annotations = by_image.get(_need(image, "id", where), [])
+        file = str(_need(image, "file_name", where))
         if not annotations:
             continue
-        largest = max(annotations, key=lambda a: a["bbox"][2] * a["bbox"][3])
-        same = [
-            [x, y, x + w, y + h]
-            for x, y, w, h in (
-                a["bbox"] for a in annotations if a["category_id"] == largest["category_id"]
-            )
-        ]
+        largest, _ = max(annotations, key=lambda a: (a[1][2] - a[1][0]) * (a[1][3] - a[1][1]))
         records.append(
             {
-                "file": image["file_name"],
-                "class": class_of[largest["category_id"]],
-                "boxes": same,
+                "file": file,
+                "class": class_of[largest],
+                "boxes": [box for category, box in annotations if category == largest],
                 "mask": None,
+                "where": f"{where} ({file})",
             }
         )
     return records
 
 
 def _load_records(records: list[dict], folder: Path, preprocess: Preprocess) -> GroundTruth:
+    with_mask = [bool(record.get("mask")) for record in records]
+    if any(with_mask) and not all(with_mask):
+        missing = [r["where"] for r, has in zip(records, with_mask, strict=True) if not has]
+        raise DataError(
+            f"{len(missing)} of {len(records)} images have no 'mask' ({', '.join(missing[:3])}"
+            f"{', ...' if len(missing) > 3 else ''}) while the others do; give every image a "
+            "mask, or none (then mask_iou is not scored and the pointing game uses the boxes)"
+        )
     displays, labels, boxes, masks, sources = [], [], [], [], []
-    have_masks = all(record.get("mask") for record in records)
     for record in records:
         image = _open(folder / record["file"])
         displays.append(preprocess.display(image))
         labels.append(record["class"])
-        boxes.append(_transform_boxes(record["boxes"], image.size, preprocess, record["file"]))
-        if have_masks:
-            masks.append(_transform_mask(folder / record["mask"], image.size, preprocess))
+        boxes.append(_transform_boxes(record["boxes"], image.size, preprocess, record["where"]))
+        if record.get("mask"):
+            masks.append(
+                _read_mask(folder / record["mask"], image.size, preprocess, record["where"])
+            )
         sources.append(record["file"])
     display = np.stack(displays)
     return GroundTruth(
@@ -202,53 +252,82 @@ def _load_records(records: list[dict], folder: Path, preprocess: Preprocess) -> 
         display=display,
         labels=torch.tensor(labels),
         boxes=boxes,
-        masks=torch.stack(masks) if have_masks else None,
+        masks=torch.stack(masks) if masks else None,
         sources=sources,
     )
 
 
-def _open(path: Path) -> Image.Image:
+def _open(path: Path, mode: str | None = "RGB") -> Image.Image:
+    """The image at ``path``, loaded, converted to ``mode`` (None: its own mode)."""
     try:
         with Image.open(path) as image:
             image.load()
-            return image.convert("RGB")
+            return image.convert(mode) if mode else image.copy()
     except OSError as error:
         raise ImageLoadError(f"could not read image {path}: {error}") from error
 
 
-def _geometry(size: tuple[int, int], preprocess: Preprocess) -> tuple[float, float, int, int]:
-    """Scale (x, y) and crop offset (left, top) that `Preprocess.display` applies to an
-    image of ``size = (width, height)``; mirrors its arithmetic."""
+def _transform_boxes(boxes, size, preprocess: Preprocess, where: str) -> torch.Tensor:
+    """Boxes in the original image's pixels (``size = (width, height)``; each must lie
+    inside it) to boxes in the model's input pixels, through `Preprocess.resize_crop`. With
+    ``center_crop`` the part of a box the crop cuts away is cut from the box too, and a box
+    wholly outside the crop (an object the model never sees) is left out."""
     width, height = size
-    out_h, out_w = preprocess.height_width
-    if preprocess.mode == "none":
-        return 1.0, 1.0, 0, 0
-    if preprocess.mode == "stretch":
-        return out_w / width, out_h / height, 0, 0
-    scale = max(out_h, out_w) / preprocess.crop_pct / min(size)
-    scaled_w, scaled_h = max(out_w, round(width * scale)), max(out_h, round(height * scale))
-    return scaled_w / width, scaled_h / height, (scaled_w - out_w) // 2, (scaled_h - out_h) // 2
-
-
-def _transform_boxes(boxes, size, preprocess: Preprocess, source: str) -> torch.Tensor:
-    sx, sy, left, top = _geometry(size, preprocess)
-    out_h, out_w = preprocess.height_width if preprocess.mode != "none" else size[::-1]
-    result = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+    try:
+        result = check_boxes(torch.tensor(boxes), image_size=(height, width), name="box")
+    except MetricError as error:
+        raise DataError(
+            f"{where}: {error}; boxes are (x0, y0, x1, y1) in the original image's pixels, "
+            "x1/y1 exclusive: fix the annotation"
+        ) from error
+    (scaled_w, scaled_h), (left, top) = preprocess.resize_crop(size)
+    out_h, out_w = (height, width) if preprocess.mode == "none" else preprocess.height_width
+    sx, sy = scaled_w / width, scaled_h / height
     result = result * torch.tensor([sx, sy, sx, sy]) - torch.tensor([left, top, left, top])
     result[:, 0::2] = result[:, 0::2].clamp(0, out_w)
     result[:, 1::2] = result[:, 1::2].clamp(0, out_h)
     result = result[(result[:, 2] > result[:, 0]) & (result[:, 3] > result[:, 1])]
     if len(result) == 0:
-        raise ConvlensError(
-            f"{source}: no box is left inside the image after the model's resize/crop; check "
-            "the boxes are (x0, y0, x1, y1) in the original image's pixels"
+        raise DataError(
+            f"{where}: every box lies outside the model's centre crop, so the model never "
+            "sees the object; drop this image or use a model preprocess without cropping"
         )
     return result
 
 
-def _transform_mask(path: Path, size, preprocess: Preprocess) -> torch.Tensor:
-    mask = _open(path)
+def mask_pixels(image: Image.Image) -> np.ndarray:
+    """bool ``[H, W]``: the object pixels of a mask image, those with any non-zero value in
+    any band, alpha ignored. Works in every mode: ``1``, ``L``, ``I;16``, ``I``, ``F``,
+    ``P`` (by palette index, 0 = background), ``RGB``, ``RGBA``, ``LA``; colour spaces whose
+    zero is not black (``YCbCr``, ``LAB``, ``HSV``, ``CMYK``) are read as RGB."""
+    if image.mode in ("YCbCr", "LAB", "HSV", "CMYK"):
+        image = image.convert("RGB")
+    values = np.asarray(image)
+    if values.ndim == 3:
+        colour = [i for i, band in enumerate(image.getbands()) if band not in ("A", "a")]
+        return (values[..., colour] != 0).any(axis=-1)
+    return values != 0
+
+
+def _read_mask(path: Path, size, preprocess: Preprocess, where: str) -> torch.Tensor:
+    """The object mask of ``path`` (see `mask_pixels`) through the model's resize/crop
+    (nearest neighbour): bool ``Tensor[H, W]``."""
+    mask = _open(path, mode=None)
     if mask.size != size:
-        raise ConvlensError(f"mask {path} is {mask.size}, its image is {size}; they must match")
+        raise DataError(
+            f"{where}: mask {path} is {mask.size} pixels, its image is {size}; they must match"
+        )
+    pixels = mask_pixels(mask)
+    if not pixels.any():
+        raise DataError(
+            f"{where}: mask {path} has no non-zero pixel; mark the object with non-zero values "
+            "(alpha is ignored)"
+        )
     nearest = dataclasses.replace(preprocess, interpolation="nearest")
-    return torch.from_numpy(nearest.display(mask)[..., 0] > 0)
+    seen = nearest.display(Image.fromarray(pixels.astype(np.uint8) * 255))[..., 0] > 0
+    if not seen.any():
+        raise DataError(
+            f"{where}: the mask's object lies outside the model's centre crop, so the model "
+            "never sees it; drop this image or use a model preprocess without cropping"
+        )
+    return torch.from_numpy(seen)

@@ -9,10 +9,15 @@ shape class (``SHAPES``) at a random position, scale, rotation and colour, whose
 differs clearly from the background. The class is ``i % len(SHAPES)``, so every run of
 ``len(SHAPES)`` consecutive items holds each class once.
 
+The object lies fully inside the image with a background border of at least one pixel: its
+centre keeps a margin of ``extent * radius + 1`` from every edge, where ``extent`` is the
+shape's farthest point from its centre in units of the radius (1 for every shape but the
+square, whose corners reach ``0.8 * sqrt(2)``).
+
 Distractors keep the task well posed: they are thin line segments, a kind of mark that is
-never one of the classes, and they never touch the object (a placement that would overlap the
-object's mask dilated by one pixel is rejected), so the object's mask stays exact and the
-class is decided by the object alone.
+never one of the classes, and they never touch the object nor its one-pixel border (a
+placement that meets the object's mask dilated by one pixel in all 8 directions is
+rejected), so the object's mask stays exact and the class is decided by the object alone.
 
 The mask marks the pixels whose centre lies inside the shape; the object is painted with hard
 edges on exactly those pixels. The box is ``(x0, y0, x1, y1)`` in pixels with ``x1``/``y1``
@@ -27,11 +32,18 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy import ndimage
+
+from convlens.errors import DataError
+from convlens.localize.boxes import mask_box
 
 SHAPES = ("circle", "square", "triangle", "star", "cross", "ring")
 BACKGROUNDS = ("noise", "stripes", "gradient")
 _MIN_COLOUR_DISTANCE = 0.45
 _SEGMENT_HALF_WIDTH = 0.75
+_SQUARE_HALF_SIDE = 0.8
+# Farthest point of each shape from its centre, in units of the radius (see `_inside`).
+_EXTENT = dict.fromkeys(SHAPES, 1.0) | {"square": _SQUARE_HALF_SIDE * np.sqrt(2)}
 
 
 @dataclass(frozen=True)
@@ -65,6 +77,12 @@ class SyntheticBatch:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def display(self) -> np.ndarray:
+        """The images as ``uint8[B, H, W, 3]`` pixels (exact: pixels are multiples of 1/255),
+        the form `convlens.models.Preprocess.normalize` takes."""
+        return (self.images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
 
 class SyntheticShapes(Sequence):
     """Indexable dataset of ``length`` items ``start .. start + length - 1`` of stream ``seed``.
@@ -87,11 +105,13 @@ class SyntheticShapes(Sequence):
         start: int = 0,
     ) -> None:
         if length < 0 or start < 0:
-            raise ValueError("length and start must be >= 0")
+            raise DataError(f"length and start must be >= 0, got {length} and {start}")
         if size < 24:
-            raise ValueError("size must be at least 24 pixels so shapes stay recognisable")
+            raise DataError(
+                f"size must be at least 24 pixels so shapes stay recognisable, got {size}"
+            )
         if not 0.0 <= distractor_rate <= 1.0:
-            raise ValueError("distractor_rate must lie in [0, 1]")
+            raise DataError(f"distractor_rate must lie in [0, 1], got {distractor_rate}")
         self.length, self.seed, self.size = length, seed, size
         self.distractor_rate, self.start = distractor_rate, start
 
@@ -141,9 +161,9 @@ def render_sample(seed: int, index: int, size: int, distractor_rate: float) -> S
     image = np.where(mask[..., None], colour, background)
     distractor_mask = np.zeros_like(mask)
     attempts = int(rng.integers(1, 4)) if rng.random() < distractor_rate else 0
-    count = 0
+    count, keep_out = 0, _dilate(mask)
     for _ in range(attempts):
-        segment = _segment_clear_of(rng, size, _dilate(mask))
+        segment = _segment_clear_of(rng, size, keep_out)
         if segment is not None:
             image = np.where(segment[..., None], rng.uniform(0.0, 1.0, 3), image)
             distractor_mask |= segment
@@ -158,15 +178,6 @@ def render_sample(seed: int, index: int, size: int, distractor_rate: float) -> S
         distractors=count,
         distractor_mask=torch.from_numpy(distractor_mask),
     )
-
-
-def mask_box(mask: torch.Tensor) -> torch.Tensor:
-    """Tight box ``(x0, y0, x1, y1)`` (x1/y1 exclusive) of a non-empty bool Tensor[H, W]."""
-    rows = torch.nonzero(mask.any(dim=1))[:, 0]
-    cols = torch.nonzero(mask.any(dim=0))[:, 0]
-    if len(rows) == 0:
-        raise ValueError("mask is empty; a box needs at least one pixel")
-    return torch.tensor([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1], dtype=torch.float32)
 
 
 def _pixel_centres(size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -210,9 +221,12 @@ def _object_colour(rng: np.random.Generator, background: np.ndarray) -> np.ndarr
 
 def _object_mask(rng: np.random.Generator, shape: str, size: int) -> np.ndarray:
     """bool[H, W]: pixel centres inside ``shape`` of radius ``r`` in [0.14, 0.3] * size,
-    rotated by a random angle and placed fully inside the image."""
+    rotated by a random angle and placed fully inside the image: the centre keeps
+    ``extent * r + 1`` from every edge, so no pixel of the first or last row or column
+    (centres 0.5 from the edge) is inside the shape at any rotation."""
     radius = rng.uniform(0.14, 0.30) * size
-    cx, cy = rng.uniform(radius + 1, size - radius - 1, 2)
+    margin = _EXTENT[shape] * radius + 1
+    cx, cy = rng.uniform(margin, size - margin, 2)
     angle = rng.uniform(0, 2 * np.pi)
     x, y = _pixel_centres(size)
     dx, dy = (x - cx) / radius, (y - cy) / radius
@@ -230,7 +244,7 @@ def _inside(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     if shape == "circle":
         return r <= 1.0
     if shape == "square":
-        return np.maximum(np.abs(u), np.abs(v)) <= 0.8
+        return np.maximum(np.abs(u), np.abs(v)) <= _SQUARE_HALF_SIDE
     if shape == "triangle":  # equilateral, circumradius 1: three half-planes
         normals = [(np.cos(a), np.sin(a)) for a in (np.pi / 2, np.pi * 7 / 6, np.pi * 11 / 6)]
         return np.all([u * nx + v * ny <= 0.5 for nx, ny in normals], axis=0)
@@ -242,16 +256,12 @@ def _inside(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         return arm | ((np.abs(v) <= 0.3) & (np.abs(u) <= 0.95))
     if shape == "ring":
         return (r <= 1.0) & (r >= 0.6)
-    raise ValueError(f"unknown shape {shape!r}; use one of {SHAPES}")
+    raise DataError(f"unknown shape {shape!r}; use one of {SHAPES}")
 
 
 def _dilate(mask: np.ndarray) -> np.ndarray:
-    grown = mask.copy()
-    grown[1:] |= mask[:-1]
-    grown[:-1] |= mask[1:]
-    grown[:, 1:] |= mask[:, :-1]
-    grown[:, :-1] |= mask[:, 1:]
-    return grown
+    """The mask grown by one pixel in all 8 directions (edges and corners)."""
+    return ndimage.binary_dilation(mask, structure=np.ones((3, 3), dtype=bool))
 
 
 def _segment_clear_of(

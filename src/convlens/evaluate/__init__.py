@@ -13,6 +13,7 @@ from convlens.evaluate.faithfulness import (
 from convlens.evaluate.sanity import (
     SanityResult,
     cascading_randomization,
+    mean_defined,
     parametrised_layers,
     randomize_layer,
     spearman,
@@ -22,6 +23,7 @@ from convlens.evaluate.sanity import (
 __all__ = [
     "SanityResult",
     "cascading_randomization",
+    "mean_defined",
     "parametrised_layers",
     "randomize_layer",
     "spearman",

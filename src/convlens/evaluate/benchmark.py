@@ -13,8 +13,14 @@ maps (all at input resolution):
 - ``deletion_auc`` / ``insertion_auc``: AUC of the deletion (zero baseline) and insertion
   (blurred start) curves of the target's probability (Petsiuk et al. 2018).
 - ``sanity_spearman``: mean Spearman rank correlation of |map| before and after every
-  parametrised layer is re-drawn at random (the last step of Adebayo et al.'s cascade).
+  parametrised layer is re-drawn at random (the last step of Adebayo et al.'s cascade), over
+  the images where it is defined: a map that is constant before or after (an all-zero
+  Grad-CAM, say) has no ranking and is left out; `Leaderboard.sanity_constant` counts those
+  (None when every map was constant).
 - ``ms_per_image``: wall-clock milliseconds of the method per image (this machine).
+
+With ``cascade_images > 0`` the full layer-by-layer cascade is also run on a few images for
+a few methods (`Leaderboard.cascades`, drawn by `convlens.render.plots.similarity_plot`).
 """
 
 from __future__ import annotations
@@ -39,13 +45,19 @@ METRIC_KEYS = (
     "ms_per_image",
 )
 MASK_THRESHOLDS = tuple(round(0.1 * k, 1) for k in range(1, 10))
+CASCADE_METHODS = ("gradcam", "saliency", "guided_backprop")
 
 
 @dataclass
 class Leaderboard:
     """Scores per method (``scores[name]`` has exactly `METRIC_KEYS`), the mean deletion and
     insertion curves per method (``curves[name] = {"deletion": Tensor[S+1], "insertion": ...}``),
-    methods that failed (``errors[name] = message``) and the run's settings."""
+    methods that failed (``errors[name] = message``) and the run's settings.
+
+    ``sanity_constant[name]``: of the ``settings["sanity_images"]`` maps of the sanity check,
+    how many were constant before or after randomisation (no Spearman correlation; left out
+    of ``sanity_spearman``). ``cascades[name]``: the layer-by-layer `SanityResult` when
+    asked for (``cascade_images``)."""
 
     model: str
     images: int
@@ -54,6 +66,8 @@ class Leaderboard:
     curves: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
+    sanity_constant: dict[str, int] = field(default_factory=dict)
+    cascades: dict = field(default_factory=dict)
 
     def ranked(self) -> list[tuple[str, dict]]:
         """Methods sorted by MaxBoxAcc, best first."""
@@ -72,6 +86,8 @@ def evaluate_methods(
     pointing_tolerance: float | None = None,
     method_options: dict[str, dict] | None = None,
     progress: Callable[[str], None] | None = None,
+    cascade_images: int = 0,
+    cascade_methods: Sequence[str] | None = None,
 ) -> Leaderboard:
     """Run ``methods`` (default: every registered one) on ``data`` and score their maps.
 
@@ -87,6 +103,12 @@ def evaluate_methods(
         method_options: extra keyword arguments per method name, on top of the defaults
             (occlusion: patch = side / 8, stride = side / 16).
         progress: called with a line of text as each method finishes.
+        cascade_images: when > 0, also run the layer-by-layer cascading randomisation
+            (Spearman and SSIM per step) on that many images (the first ones) for
+            ``cascade_methods``; results in ``Leaderboard.cascades``.
+        cascade_methods: default: those of `CASCADE_METHODS` (Grad-CAM, saliency, guided
+            backprop: the methods Adebayo et al.'s expectations are about) that ran, else
+            the first method that ran.
 
     Returns a `Leaderboard`. A method that raises a convlens error is recorded in
     ``errors`` and the others still run.
@@ -113,7 +135,7 @@ def evaluate_methods(
     for name in names:
         options = _default_options(name, side) | (method_options or {}).get(name, {})
         try:
-            scores, curves = _evaluate_one(
+            scores, curves, constant = _evaluate_one(
                 model,
                 truth,
                 predictions,
@@ -130,12 +152,65 @@ def evaluate_methods(
                 progress(f"{name}: failed: {error}")
             continue
         board.scores[name], board.curves[name] = scores, curves
+        board.sanity_constant[name] = constant
         if progress is not None:
             progress(
                 f"{name}: maxboxacc {scores['maxboxacc']:.3f}, "
                 f"{scores['ms_per_image']:.1f} ms/image"
             )
+    if cascade_images > 0 and board.scores:
+        board.cascades = sanity_cascades(
+            model, truth, _cascade_names(board, cascade_methods), cascade_images, method_options
+        )
+        board.settings["cascade_images"] = min(cascade_images, len(truth))
     return board
+
+
+def _cascade_names(board: Leaderboard, methods: Sequence[str] | None) -> list[str]:
+    if methods is not None:
+        return [name for name in methods if name in board.scores]
+    chosen = [name for name in CASCADE_METHODS if name in board.scores]
+    return chosen or list(board.scores)[:1]
+
+
+def sanity_cascades(
+    model: LoadedModel,
+    truth: GroundTruth,
+    methods: Sequence[str],
+    count: int = 8,
+    method_options: dict[str, dict] | None = None,
+) -> dict:
+    """Layer-by-layer cascading randomisation (logits first; Spearman and SSIM of |map|)
+    on the first ``count`` images, explaining their ground-truth classes: one
+    `convlens.evaluate.SanityResult` per method name."""
+    from convlens.evaluate.sanity import cascading_randomization
+
+    side = min(truth.tensor.shape[-2:])
+    return {
+        name: cascading_randomization(
+            model,
+            truth.tensor[:count],
+            name,
+            target=truth.labels[:count],
+            **(_default_options(name, side) | (method_options or {}).get(name, {})),
+        )
+        for name in methods
+    }
+
+
+def method_names(text: str) -> list[str] | None:
+    """Method names from a comma-separated list (``"cam, gradcam,"``: spaces and empty
+    entries ignored); ``"all"`` gives None (every registered method). A list with no name
+    raises `MethodError`."""
+    if text.strip() == "all":
+        return None
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise MethodError(
+            f"--methods {text!r} names no method; pass names from 'convlens methods', "
+            "comma separated, or 'all'"
+        )
+    return names
 
 
 def _check_methods(names: list[str]) -> None:
@@ -179,31 +254,33 @@ def explain_all(
 
 def _evaluate_one(
     model, truth, predictions, name, options, batch_size, curve_steps, sanity_images, tolerance
-) -> tuple[dict, dict]:
+) -> tuple[dict, dict, int]:
     from convlens.evaluate.faithfulness import auc, deletion_curve, insertion_curve
     from convlens.localize import localization_hits, maps_to_boxes, max_box_acc, pointing_game
 
     maps, method_seconds = explain_all(model, truth, name, options, batch_size)
+    size = tuple(truth.tensor.shape[-2:])
     boxes = maps_to_boxes(maps, fraction=0.2)
-    loc = localization_hits(boxes, predictions, truth.boxes, truth.labels, iou=0.5)
+    loc = localization_hits(boxes, predictions, truth.boxes, truth.labels, iou=0.5, image_size=size)
     deletion = deletion_curve(
         model, truth.tensor, maps, truth.labels, steps=curve_steps, batch_size=4 * batch_size
     )
     insertion = insertion_curve(
         model, truth.tensor, maps, truth.labels, steps=curve_steps, batch_size=4 * batch_size
     )
+    sanity, constant = _sanity_spearman(model, truth, name, options, sanity_images)
     scores = {
-        "maxboxacc": max_box_acc(maps, truth.boxes)["maxboxacc"],
+        "maxboxacc": max_box_acc(maps, truth.boxes, image_size=size)["maxboxacc"],
         "loc_acc": float(loc.float().mean()),
         "pointing": float(pointing_game(maps, truth.point_masks, tolerance).float().mean()),
         "mask_iou": _best_mask_iou(maps, truth.masks) if truth.masks is not None else None,
         "deletion_auc": float(auc(deletion).mean()),
         "insertion_auc": float(auc(insertion).mean()),
-        "sanity_spearman": _sanity_spearman(model, truth, name, options, sanity_images),
+        "sanity_spearman": sanity,
         "ms_per_image": 1000.0 * method_seconds / len(truth),
     }
     curves = {"deletion": deletion.mean(0), "insertion": insertion.mean(0)}
-    return scores, curves
+    return scores, curves, constant
 
 
 def _best_mask_iou(maps: torch.Tensor, masks: torch.Tensor) -> float:
@@ -213,9 +290,14 @@ def _best_mask_iou(maps: torch.Tensor, masks: torch.Tensor) -> float:
     return max(float(mask_iou(threshold_maps(maps, tau), masks).mean()) for tau in MASK_THRESHOLDS)
 
 
-def _sanity_spearman(model, truth, name, options, count) -> float:
-    """Mean Spearman correlation of |map| after re-drawing every parametrised layer."""
-    from convlens.evaluate.sanity import cascading_randomization, parametrised_layers
+def _sanity_spearman(model, truth, name, options, count) -> tuple[float | None, int]:
+    """Mean Spearman correlation of |map| after re-drawing every parametrised layer, over the
+    images where it is defined (None if nowhere), and how many maps were constant."""
+    from convlens.evaluate.sanity import (
+        cascading_randomization,
+        mean_defined,
+        parametrised_layers,
+    )
 
     images = truth.tensor[:count]
     every_layer = [parametrised_layers(model, images)]
@@ -228,7 +310,7 @@ def _sanity_spearman(model, truth, name, options, count) -> float:
         similarity=("spearman",),
         **options,
     )
-    return float(result.final("spearman").nan_to_num(0.0).mean())
+    return mean_defined(result.final("spearman"))
 
 
 def evaluate_on_source(

@@ -7,7 +7,9 @@ and the map is recomputed each step. A map that stays similar to the original af
 weights are gone cannot be explaining what the network learned. Similarity is measured on
 absolute values by default (``absolute=True``; the sign of gradient maps flips freely under
 randomisation): Spearman rank correlation of the pixel values, and SSIM of the maps
-min-max normalised to [0, 1].
+min-max normalised to [0, 1]. A pair with a constant map (e.g. a Grad-CAM that is zero
+everywhere once the weights are random) has no similarity: NaN, never a number that could
+pass for "changed completely".
 
 All work happens on a deep copy of the model: the caller's model is never modified.
 """
@@ -30,7 +32,7 @@ from convlens.errors import LayerError, MetricError
 from convlens.evaluate.scoring import fixed_targets
 from convlens.layers.capture import borrowed_model
 from convlens.layers.find import LayerSpec, resolve_layer
-from convlens.localize.masks import check_maps
+from convlens.localize.masks import check_maps, constant_maps
 from convlens.models.loading import LoadedModel, as_module
 from convlens.targets import Contrast, Targets
 
@@ -44,8 +46,9 @@ class SanityResult:
 
     ``layers[s]``: the layer (or comma-joined group) randomised at step ``s`` (steps are
     cumulative, top-down). ``spearman``/``ssim``: ``Tensor[S, N]`` (NaN for a similarity
-    not asked for). ``original``: ``Tensor[N, H, W]``; ``maps``: ``Tensor[S, N, H, W]``
-    when ``keep_maps=True``, else None. ``absolute``: whether ``|map|`` was compared.
+    not asked for, and where the original or the step's map is constant). ``original``:
+    ``Tensor[N, H, W]``; ``maps``: ``Tensor[S, N, H, W]`` when ``keep_maps=True``, else
+    None. ``absolute``: whether ``|map|`` was compared.
     """
 
     layers: list[str]
@@ -56,7 +59,10 @@ class SanityResult:
     absolute: bool
 
     def final(self, similarity: str = "spearman") -> torch.Tensor:
-        """``Tensor[N]``: similarity after the last (fullest) randomisation step."""
+        """``Tensor[N]``: similarity after the last (fullest) randomisation step (NaN where
+        a map is constant)."""
+        if similarity not in SIMILARITIES:
+            raise MetricError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
         values = self.spearman if similarity == "spearman" else self.ssim
         return values[-1]
 
@@ -114,31 +120,63 @@ def randomize_layer(layer: nn.Module) -> None:
                 p.copy_(mean + spread * torch.randn_like(p))
 
 
+def _check_pair(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both map stacks checked (`check_maps`: finite ``Tensor[N, H, W]``) and of one shape."""
+    a, b = check_maps(a, "maps a"), check_maps(b, "maps b")
+    if a.shape != b.shape:
+        raise MetricError(
+            f"maps a {tuple(a.shape)} and maps b {tuple(b.shape)} differ in shape; compare "
+            "the maps of the same images at the same resolution, one pair per image"
+        )
+    return a.cpu(), b.cpu()
+
+
 def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Spearman rank correlation of each pair of maps ``Tensor[N, H, W]``: ``Tensor[N]`` in
-    [-1, 1], the Pearson correlation of the pixel ranks (ties get their average rank). A
-    constant map has no ranking: its correlation is reported as 0."""
+    [-1, 1], the Pearson correlation of the pixel ranks (ties get their average rank).
+
+    A constant map (every pixel equal, e.g. an all-zero Grad-CAM) has no ranking, so a pair
+    with a constant map has no correlation: NaN (use ``nanmean`` and count the NaN).
+    Maps of different shapes, NaN or infinite values raise `MetricError`."""
+    a, b = _check_pair(a, b)
+    undefined = (constant_maps(a) | constant_maps(b)).tolist()
     values = []
-    for x, y in zip(a.flatten(1).double().numpy(), b.flatten(1).double().numpy(), strict=True):
+    pairs = zip(a.flatten(1).double().numpy(), b.flatten(1).double().numpy(), strict=True)
+    for (x, y), skip in zip(pairs, undefined, strict=True):
+        if skip:
+            values.append(float("nan"))
+            continue
         rx, ry = rankdata(x), rankdata(y)
         rx, ry = rx - rx.mean(), ry - ry.mean()
-        denominator = np.sqrt((rx**2).sum() * (ry**2).sum())
-        values.append(float((rx * ry).sum() / denominator) if denominator > 0 else 0.0)
+        values.append(float((rx * ry).sum() / np.sqrt((rx**2).sum() * (ry**2).sum())))
     return torch.tensor(values, dtype=torch.float32)
+
+
+def mean_defined(values: torch.Tensor) -> tuple[float | None, int]:
+    """``(mean, undefined)``: the mean of the similarities that are defined (not NaN; None
+    when none is) and how many are NaN (pairs with a constant map)."""
+    undefined = torch.isnan(values)
+    mean = float(values[~undefined].mean()) if bool((~undefined).any()) else None
+    return mean, int(undefined.sum())
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Structural similarity (``skimage.metrics.structural_similarity``, uniform 7x7
     window or the largest odd window that fits) of each pair of maps ``Tensor[N, H, W]``,
-    each min-max normalised to [0, 1] first (``data_range=1``): ``Tensor[N]`` in [-1, 1]."""
+    each min-max normalised to [0, 1] first (``data_range=1``): ``Tensor[N]`` in [-1, 1].
+
+    As for `spearman`, a pair with a constant map (no structure once normalised) is NaN;
+    maps of different shapes, NaN or infinite values raise `MetricError`."""
+    a, b = _check_pair(a, b)
     size = min(a.shape[-2:])
     window = min(7, size if size % 2 else size - 1)
     if window < 3:
         raise MetricError(f"SSIM needs maps of at least 3x3 pixels, got {tuple(a.shape[-2:])}")
+    undefined = (constant_maps(a) | constant_maps(b)).tolist()
     a, b = normalize_maps(a).double().numpy(), normalize_maps(b).double().numpy()
     values = [
-        structural_similarity(x, y, data_range=1.0, win_size=window)
-        for x, y in zip(a, b, strict=True)
+        float("nan") if skip else structural_similarity(x, y, data_range=1.0, win_size=window)
+        for x, y, skip in zip(a, b, undefined, strict=True)
     ]
     return torch.tensor(values, dtype=torch.float32)
 

@@ -18,7 +18,13 @@ from scipy import ndimage
 
 from convlens.attribution.common import upsample
 from convlens.errors import MetricError
-from convlens.localize.masks import check_maps, connected_components, threshold_maps
+from convlens.localize.masks import (
+    check_maps,
+    check_masks,
+    connected_components,
+    connectivity_structure,
+    threshold_maps,
+)
 
 BOX_MODES = ("largest", "all")
 INTERPOLATIONS = ("bilinear", "nearest")
@@ -60,45 +66,55 @@ def check_boxes(
     return boxes
 
 
+def check_box_mode(mode: str) -> str:
+    if mode not in BOX_MODES:
+        raise MetricError(f"mode must be one of {BOX_MODES}, got {mode!r}")
+    return mode
+
+
 def mask_to_boxes(mask: torch.Tensor, mode: str = "largest", connectivity: int = 8) -> torch.Tensor:
     """Boxes ``Tensor[k, 4]`` of the connected components of a bool ``Tensor[H, W]``.
 
     ``mode="largest"``: the box of the component with the most pixels (ties: the first in
     raster order), k = 1, or k = 0 for an empty mask. ``mode="all"``: one box per component,
     largest first (ties in raster order). Coordinates ``(x0, y0, x1, y1)``, x1/y1 exclusive.
+    ``connectivity``: 4 or 8.
     """
-    if mode not in BOX_MODES:
-        raise MetricError(f"mode must be one of {BOX_MODES}, got {mode!r}")
+    check_box_mode(mode)
     labels = connected_components(mask, connectivity).numpy()
     return torch.from_numpy(labelled_boxes(labels, mode)).float()
 
 
+def mask_box(mask: torch.Tensor) -> torch.Tensor:
+    """Tight box ``Tensor[4]`` ``(x0, y0, x1, y1)`` (x1/y1 exclusive) around every True pixel
+    of a bool ``Tensor[H, W]``, connected or not; an empty mask raises `MetricError`."""
+    masks = check_masks(mask, "mask", allow_empty=False)
+    if len(masks) != 1:
+        raise MetricError(f"mask_box takes one mask [H, W], got {tuple(mask.shape)}")
+    whole = masks[0].cpu().numpy().astype(np.int32)  # one label: every True pixel
+    return torch.from_numpy(labelled_boxes(whole, "largest")[0]).float()
+
+
 def component_boxes(mask: np.ndarray, mode: str, structure: np.ndarray) -> np.ndarray:
-    """`mask_to_boxes` on a numpy bool ``[H, W]`` mask with a scipy ``structure`` (the fast
-    path for threshold sweeps): ``float64[k, 4]``."""
+    """`mask_to_boxes` on a numpy bool ``[H, W]`` mask with a scipy ``structure`` (from
+    `connectivity_structure`; the fast path for threshold sweeps): ``float64[k, 4]``."""
     labels, _ = ndimage.label(mask, structure=structure)
     return labelled_boxes(labels, mode)
 
 
 def labelled_boxes(labels: np.ndarray, mode: str) -> np.ndarray:
-    """Boxes ``float64[k, 4]`` of the components of a label image (0 = background),
-    largest first; only the largest with ``mode="largest"``."""
+    """Tight boxes ``float64[k, 4]`` of the components of a label image (0 = background,
+    components 1..k in raster order), largest first (ties in raster order); only the largest
+    with ``mode="largest"``."""
     count = int(labels.max())
     if count == 0:
         return np.zeros((0, 4))
     areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
-    if mode == "largest":
-        component = labels == int(np.argmax(areas)) + 1
-        rows = np.flatnonzero(component.any(axis=1))
-        cols = np.flatnonzero(component.any(axis=0))
-        return np.array([[cols[0], rows[0], cols[-1] + 1, rows[-1] + 1]], dtype=np.float64)
-    slices = ndimage.find_objects(labels)
-    order = np.argsort(-areas, kind="stable")
+    order = [int(np.argmax(areas))] if mode == "largest" else np.argsort(-areas, kind="stable")
+    objects = ndimage.find_objects(labels)
+    slices = [objects[i] for i in order]
     return np.array(
-        [
-            [slices[i][1].start, slices[i][0].start, slices[i][1].stop, slices[i][0].stop]
-            for i in order
-        ],
+        [[cols.start, rows.start, cols.stop, rows.stop] for rows, cols in slices],
         dtype=np.float64,
     )
 
@@ -143,10 +159,12 @@ def maps_to_boxes(
     ``k = 0`` when the mask is empty (a constant map).
     """
     maps = check_maps(maps)
+    structure = connectivity_structure(connectivity)
+    check_box_mode(mode)
     if upsample_to is not None:
         maps = resize_maps(maps, upsample_to, interpolation)
-    masks = threshold_maps(maps, fraction)
-    return [mask_to_boxes(mask, mode, connectivity) for mask in masks]
+    masks = threshold_maps(maps, fraction).cpu().numpy()
+    return [torch.from_numpy(component_boxes(mask, mode, structure)).float() for mask in masks]
 
 
 def box_area(boxes: torch.Tensor) -> torch.Tensor:
@@ -158,8 +176,12 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Pairwise intersection over union ``Tensor[N, M]`` in [0, 1] of boxes ``a``
     (``Tensor[N, 4]``) and ``b`` (``Tensor[M, 4]``), ``(x0, y0, x1, y1)`` with x1/y1
     exclusive: ``IoU = |A & B| / (|A| + |B| - |A & B|)``."""
-    a = check_boxes(a, name="boxes a")
-    b = check_boxes(b, name="boxes b")
+    return iou_matrix(check_boxes(a, name="boxes a"), check_boxes(b, name="boxes b"))
+
+
+def iou_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """`box_iou` without its input checks, for boxes already validated (any float dtype,
+    e.g. float64 in the MaxBoxAcc sweep): ``Tensor[N, M]``."""
     top_left = torch.maximum(a[:, None, :2], b[None, :, :2])
     bottom_right = torch.minimum(a[:, None, 2:], b[None, :, 2:])
     overlap = (bottom_right - top_left).clamp(min=0)

@@ -78,6 +78,24 @@ def check_same_size(a: torch.Tensor, b: torch.Tensor, a_name: str, b_name: str) 
         )
 
 
+def check_image_size(
+    maps: torch.Tensor, image_size: tuple[int, int], what: str = "the ground-truth boxes"
+) -> tuple[int, int]:
+    """``image_size`` as ``(H, W)``; raises `MetricError` unless the maps ``Tensor[N, h, w]``
+    are at that resolution (``h, w == H, W``). Boxes are in image pixels, so a map at feature
+    resolution would be scored in the wrong coordinates."""
+    size = tuple(int(v) for v in image_size)
+    if len(size) != 2 or min(size) < 1:
+        raise MetricError(f"image_size must be (H, W) in pixels, got {image_size!r}")
+    if tuple(maps.shape[-2:]) != size:
+        raise MetricError(
+            f"maps are {tuple(maps.shape[-2:])} pixels but {what} refer to a "
+            f"{size[0]}x{size[1]} image; resize the maps to the image size first "
+            "(convlens.attribution.upsample, or maps_to_boxes(..., upsample_to=))"
+        )
+    return size
+
+
 def check_fraction(fraction: float) -> float:
     if not 0.0 < float(fraction) <= 1.0:
         raise MetricError(
@@ -92,9 +110,26 @@ def threshold_maps(maps: torch.Tensor, fraction: float = 0.2) -> torch.Tensor:
     ``fraction`` in (0, 1]. A constant map (e.g. all zeros) gives an empty mask."""
     maps = check_maps(maps)
     fraction = check_fraction(fraction)
-    normalized = normalize_maps(maps)
-    constant = (maps.flatten(1).amax(1) == maps.flatten(1).amin(1))[:, None, None]
-    return (normalized >= fraction) & ~constant
+    return (normalize_maps(maps) >= fraction) & ~constant_maps(maps)[:, None, None]
+
+
+def constant_maps(maps: torch.Tensor) -> torch.Tensor:
+    """``Tensor[N]`` bool: which maps of ``Tensor[N, H, W]`` have one value everywhere (all
+    zeros included). Such a map points nowhere: it thresholds to an empty mask and has no
+    ranking of its pixels."""
+    flat = maps.flatten(1)
+    return flat.amax(dim=1) == flat.amin(dim=1)
+
+
+def connectivity_structure(connectivity: int) -> np.ndarray:
+    """The ``scipy.ndimage`` 3x3 structuring element of 4- or 8-connectivity; any other
+    value raises `MetricError` (the one place connectivity is validated)."""
+    if connectivity not in (4, 8):
+        raise MetricError(
+            f"connectivity must be 4 (edge neighbours) or 8 (edges and corners), got "
+            f"{connectivity!r}"
+        )
+    return ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)
 
 
 def connected_components(mask: torch.Tensor, connectivity: int = 8) -> torch.Tensor:
@@ -104,9 +139,7 @@ def connected_components(mask: torch.Tensor, connectivity: int = 8) -> torch.Ten
     if not isinstance(mask, torch.Tensor) or mask.dim() != 2:
         shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
         raise MetricError(f"connected_components needs one bool mask [H, W], got {shape}")
-    if connectivity not in (4, 8):
-        raise MetricError(f"connectivity must be 4 or 8, got {connectivity}")
-    structure = ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)
+    structure = connectivity_structure(connectivity)
     labels, _ = ndimage.label(mask.detach().cpu().numpy().astype(bool), structure=structure)
     return torch.from_numpy(labels.astype(np.int64))
 

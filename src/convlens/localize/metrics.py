@@ -13,8 +13,21 @@ from scipy import ndimage
 
 from convlens.attribution.common import normalize_maps
 from convlens.errors import MetricError
-from convlens.localize.boxes import as_box_list, box_iou, check_boxes, component_boxes
-from convlens.localize.masks import check_maps, check_masks, check_same_size
+from convlens.localize.boxes import (
+    as_box_list,
+    box_iou,
+    check_boxes,
+    component_boxes,
+    iou_matrix,
+)
+from convlens.localize.masks import (
+    check_image_size,
+    check_maps,
+    check_masks,
+    check_same_size,
+    connectivity_structure,
+    constant_maps,
+)
 
 DEFAULT_THRESHOLDS = torch.arange(1, 100, dtype=torch.float64).float() / 100
 
@@ -33,6 +46,8 @@ def localization_hits(
     gt_boxes: torch.Tensor | Sequence[torch.Tensor],
     gt_classes: torch.Tensor,
     iou: float = 0.5,
+    *,
+    image_size: tuple[int, int],
 ) -> torch.Tensor:
     """Per image, ``Tensor[N]`` bool: the predicted class equals the true class AND a
     predicted box overlaps a ground-truth box with IoU ``>= iou`` (the top-1 localisation
@@ -40,7 +55,9 @@ def localization_hits(
 
     ``pred_boxes``/``gt_boxes``: a ``Tensor[N, 4]`` or a list of ``N`` ``Tensor[k, 4]``
     (several ground-truth objects, or several candidate boxes, allowed; an image without a
-    predicted box is a miss). ``pred_classes``/``gt_classes``: ``Tensor[N]`` class ids.
+    predicted box is a miss), in pixels of the ``image_size = (H, W)`` image: every box must
+    lie inside it (`MetricError` otherwise). ``pred_classes``/``gt_classes``: ``Tensor[N]``
+    class ids.
     """
     pred_classes = torch.as_tensor(pred_classes).reshape(-1)
     gt_classes = torch.as_tensor(gt_classes).reshape(-1)
@@ -51,10 +68,11 @@ def localization_hits(
     gts = as_box_list(gt_boxes, count, "gt_boxes")
     hits = torch.zeros(count, dtype=torch.bool)
     for index, (pred, gt) in enumerate(zip(preds, gts, strict=True)):
-        gt = check_boxes(gt, name="ground-truth boxes")
+        gt = check_boxes(gt, image_size, name=f"ground-truth boxes of image {index}")
         if len(gt) == 0:
             raise MetricError(f"image {index} has no ground-truth box")
-        pred = check_boxes(pred, name="predicted boxes") if len(pred) else pred
+        if len(pred):
+            pred = check_boxes(pred, image_size, name=f"predicted boxes of image {index}")
         same_class = int(pred_classes[index]) == int(gt_classes[index])
         hits[index] = same_class and best_box_iou(pred, gt) >= iou
     return hits
@@ -66,12 +84,16 @@ def localization_accuracy(
     gt_boxes: torch.Tensor | Sequence[torch.Tensor],
     gt_classes: torch.Tensor,
     iou: float = 0.5,
+    *,
+    image_size: tuple[int, int],
 ) -> float:
     """Fraction of images (in [0, 1]) that `localization_hits`: right class and box IoU
-    ``>= iou`` (default 0.5). Top-1 localisation error is ``1 -`` this."""
-    return float(
-        localization_hits(pred_boxes, pred_classes, gt_boxes, gt_classes, iou).float().mean()
+    ``>= iou`` (default 0.5), boxes in pixels of the ``image_size = (H, W)`` image. Top-1
+    localisation error is ``1 -`` this."""
+    hits = localization_hits(
+        pred_boxes, pred_classes, gt_boxes, gt_classes, iou, image_size=image_size
     )
+    return float(hits.float().mean())
 
 
 def max_box_acc(
@@ -81,6 +103,8 @@ def max_box_acc(
     iou_thresholds: Sequence[float] | None = None,
     version: int = 1,
     connectivity: int = 8,
+    *,
+    image_size: tuple[int, int],
 ) -> dict:
     """MaxBoxAcc (Choe et al. 2020, "Evaluating Weakly Supervised Object Localization
     Methods Right"): box accuracy at the best map threshold.
@@ -98,9 +122,13 @@ def max_box_acc(
       taking its own best threshold.
 
     Args:
-        maps: finite ``Tensor[N, H, W]`` at image resolution (boxes are in these pixels).
-        gt_boxes: ``Tensor[N, 4]`` or a list of ``N`` ``Tensor[k, 4]`` (several objects).
+        maps: finite ``Tensor[N, H, W]`` at image resolution.
+        gt_boxes: ``Tensor[N, 4]`` or a list of ``N`` ``Tensor[k, 4]`` (several objects), in
+            pixels of the image, each inside it.
         thresholds: the sweep of ``tau`` in (0, 1]; default 0.01, 0.02, ..., 0.99.
+        connectivity: 4 or 8 (components of the thresholded maps).
+        image_size: ``(H, W)`` of the images the boxes refer to; the maps must have exactly
+            this size (a map at feature resolution raises `MetricError`: upsample it first).
 
     Returns a dict: ``maxboxacc`` (float in [0, 1]), ``per_iou`` ({delta: MaxBoxAcc}),
     ``best_threshold`` ({delta: tau}), ``box_acc`` (``Tensor[T, D]``: BoxAcc per tau and
@@ -110,19 +138,20 @@ def max_box_acc(
     if version not in (1, 2):
         raise MetricError(f"version must be 1 or 2, got {version}")
     maps = check_maps(maps)
+    size = check_image_size(maps, image_size)
+    structure = connectivity_structure(connectivity)
     deltas = tuple(iou_thresholds or ((0.5,) if version == 1 else (0.3, 0.5, 0.7)))
     taus = DEFAULT_THRESHOLDS if thresholds is None else torch.as_tensor(thresholds).float()
     if taus.dim() != 1 or len(taus) == 0 or bool(((taus <= 0) | (taus > 1)).any()):
         raise MetricError("thresholds must be a non-empty 1-D sequence of values in (0, 1]")
-    size = tuple(maps.shape[-2:])
     gts = [
-        check_boxes(g, image_size=size, name="ground-truth boxes")
-        for g in as_box_list(gt_boxes, len(maps), "gt_boxes")
+        check_boxes(g, image_size=size, name=f"ground-truth boxes of image {n}")
+        for n, g in enumerate(as_box_list(gt_boxes, len(maps), "gt_boxes"))
     ]
     if any(len(g) == 0 for g in gts):
         raise MetricError("every image needs at least one ground-truth box")
     mode = "largest" if version == 1 else "all"
-    best_iou = threshold_sweep_iou(maps, gts, taus, mode, connectivity)
+    best_iou = threshold_sweep_iou(maps, gts, taus, mode, structure)
     # A tiny slack so an IoU that is exactly delta in real arithmetic counts as a hit.
     hits = best_iou[:, :, None] >= torch.tensor(deltas)[None, None, :] - 1e-6
     box_acc = hits.float().mean(dim=0)
@@ -140,35 +169,28 @@ def max_box_acc(
 
 
 def threshold_sweep_iou(
-    maps: torch.Tensor, gts: list[torch.Tensor], taus: torch.Tensor, mode: str, connectivity: int
+    maps: torch.Tensor,
+    gts: list[torch.Tensor],
+    taus: torch.Tensor,
+    mode: str,
+    structure: np.ndarray,
 ) -> torch.Tensor:
     """``Tensor[N, T]``: per map and threshold, the best IoU between the boxes of the
-    thresholded map (`component_boxes`) and the map's ground-truth boxes; 0 for a constant
-    map or an empty mask. Runs in numpy: one labelling per map and threshold."""
+    thresholded map (`component_boxes` with the scipy ``structure`` of
+    `connectivity_structure`) and the map's ground-truth boxes (validated); 0 for a constant
+    map or an empty mask. One labelling per map and threshold, in numpy."""
     normalized = normalize_maps(maps).cpu().numpy()
-    constant = (maps.flatten(1).amax(1) == maps.flatten(1).amin(1)).tolist()
-    structure = ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)
-    best_iou = np.zeros((len(maps), len(taus)))
+    constant = constant_maps(maps).tolist()
+    best_iou = torch.zeros(len(maps), len(taus), dtype=torch.float64)
     for n in range(len(maps)):
         if constant[n]:
             continue
-        gt = gts[n].cpu().numpy().astype(np.float64)
+        gt = gts[n].cpu().double()
         for t, tau in enumerate(taus.tolist()):
             boxes = component_boxes(normalized[n] >= tau, mode, structure)
             if len(boxes):
-                best_iou[n, t] = pairwise_iou(boxes, gt).max()
-    return torch.from_numpy(best_iou).float()
-
-
-def pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """`box_iou` in numpy, without input checks: ``float64[N, M]``."""
-    top_left = np.maximum(a[:, None, :2], b[None, :, :2])
-    bottom_right = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    overlap = np.clip(bottom_right - top_left, 0, None)
-    intersection = overlap[..., 0] * overlap[..., 1]
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return intersection / (area_a[:, None] + area_b[None, :] - intersection)
+                best_iou[n, t] = iou_matrix(torch.from_numpy(boxes), gt).max()
+    return best_iou.float()
 
 
 def pointing_points(maps: torch.Tensor) -> torch.Tensor:

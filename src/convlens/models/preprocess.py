@@ -57,22 +57,29 @@ class Preprocess:
     def height_width(self) -> tuple[int, int]:
         return (self.size, self.size) if isinstance(self.size, int) else tuple(self.size)
 
+    def resize_crop(self, size: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+        """The geometry `display` applies to an image of ``size = (width, height)``: the
+        size it is resized to, ``(width', height')``, and the ``(left, top)`` corner of the
+        crop taken from the resized image (the crop has the model's size; ``mode="none"``
+        keeps the image as it is). A point ``(x, y)`` of the original image lands at
+        ``(x * width' / width - left, y * height' / height - top)``."""
+        width, height = size
+        if self.mode == "none":
+            return (width, height), (0, 0)
+        out_h, out_w = self.height_width
+        if self.mode == "stretch":
+            return (out_w, out_h), (0, 0)
+        scale = max(out_h, out_w) / self.crop_pct / min(size)
+        scaled = (max(out_w, round(width * scale)), max(out_h, round(height * scale)))
+        return scaled, ((scaled[0] - out_w) // 2, (scaled[1] - out_h) // 2)
+
     def display(self, image: Image.Image) -> np.ndarray:
         """The pixels the model sees: ``uint8[H, W, 3]`` after resize and crop."""
         image = image.convert("RGB")
-        resample = _INTERPOLATION[self.interpolation]
-        height, width = self.height_width
-        if self.mode == "stretch":
-            image = image.resize((width, height), resample)
-        elif self.mode == "center_crop":
-            scale = max(height, width) / self.crop_pct / min(image.size)
-            scaled = (
-                max(width, round(image.size[0] * scale)),
-                max(height, round(image.size[1] * scale)),
-            )
-            image = image.resize(scaled, resample)
-            left = (scaled[0] - width) // 2
-            top = (scaled[1] - height) // 2
+        if self.mode != "none":
+            scaled, (left, top) = self.resize_crop(image.size)
+            height, width = self.height_width
+            image = image.resize(scaled, _INTERPOLATION[self.interpolation])
             image = image.crop((left, top, left + width, top + height))
         return np.asarray(image, dtype=np.uint8).copy()
 

@@ -16,15 +16,35 @@ COLUMNS = (
 )
 
 
+CONSTANT_TITLE = "Rand.const"
+LEADERBOARD_NOTE = (
+    "Rand.Spearman: mean rank correlation of |map| with the original once every layer is\n"
+    "re-drawn at random (near 0: the map depends on the weights), over the maps where it is\n"
+    "defined. Rand.const: maps constant before or after (no ranking; left out of the mean)."
+)
+
+
 def _cell(value, pattern: str) -> str:
     return "-" if value is None else pattern.format(value)
 
 
+def _constant_cell(board, name: str) -> str:
+    """``k/n``: k of the n sanity-check maps were constant (left out of Rand.Spearman)."""
+    count = board.sanity_constant.get(name)
+    total = board.settings.get("sanity_images")
+    return "-" if count is None or total is None else f"{count}/{total}"
+
+
 def leaderboard_table(board, markdown: bool = False) -> str:
-    """Rows of `Leaderboard.ranked()` (best MaxBoxAcc first) with the `COLUMNS`."""
-    header = ["method"] + [title for _, title, _ in COLUMNS]
+    """Rows of `Leaderboard.ranked()` (best MaxBoxAcc first) with the `COLUMNS`, then
+    ``Rand.const``: how many of the sanity check's maps were constant before or after the
+    randomisation (``k/n``; their Spearman correlation is undefined and left out of
+    ``Rand.Spearman``)."""
+    header = ["method"] + [title for _, title, _ in COLUMNS] + [CONSTANT_TITLE]
     rows = [
-        [name] + [_cell(scores[key], pattern) for key, _, pattern in COLUMNS]
+        [name]
+        + [_cell(scores[key], pattern) for key, _, pattern in COLUMNS]
+        + [_constant_cell(board, name)]
         for name, scores in board.ranked()
     ]
     if markdown:

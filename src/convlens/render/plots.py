@@ -7,6 +7,7 @@ import it eagerly.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 
 import numpy as np
@@ -22,38 +23,72 @@ def _to_array(figure: Figure) -> np.ndarray:
 
 
 def _mean_and_spread(values: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and standard deviation over the last axis, ignoring NaN."""
+    """Mean and standard deviation over the last axis, ignoring NaN (NaN where every value
+    is NaN, e.g. a step where every map was constant)."""
     array = values.detach().double().cpu().numpy()
     if array.ndim == 1:
         return array, np.zeros_like(array)
-    mean = np.nanmean(array, axis=-1)
-    spread = np.nanstd(array, axis=-1)
-    return mean, spread
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: NaN, not a warning
+        return np.nanmean(array, axis=-1), np.nanstd(array, axis=-1)
 
 
-def similarity_plot(result, title: str | None = None, dpi: int = 100) -> np.ndarray:
-    """Similarity to the original maps against randomisation depth, for a
-    `convlens.evaluate.SanityResult`: one line per similarity measure (mean over images,
-    band = one standard deviation), x = the layer randomised at each cumulative step
-    (logits on the left), y in [-1, 1]. Returns ``uint8[H, W, 3]``."""
-    steps = len(result.layers)
-    figure = Figure(figsize=(max(5.0, 0.35 * steps + 3), 4.0), dpi=dpi)
-    axes = figure.add_subplot()
-    x = np.arange(steps)
-    for name, values in (("Spearman", result.spearman), ("SSIM", result.ssim)):
-        if bool(torch.isnan(values).all()):
-            continue
+def _similarity_axes(axes, lines: Mapping[str, torch.Tensor], layers: list[str], ylabel: str):
+    """One line per entry of ``lines`` (``Tensor[S, N]``: mean over N, band = one std)."""
+    x = np.arange(len(layers))
+    for label, values in lines.items():
         mean, spread = _mean_and_spread(values)
-        axes.plot(x, mean, marker="o", label=name)
-        axes.fill_between(x, mean - spread, mean + spread, alpha=0.2)
+        axes.plot(x, mean, marker="o", label=label)
+        axes.fill_between(x, mean - spread, mean + spread, alpha=0.15)
     axes.axhline(0.0, color="grey", linewidth=0.8)
     axes.set_ylim(-1.05, 1.05)
     axes.set_xticks(x)
-    axes.set_xticklabels(result.layers, rotation=90, fontsize=7)
+    axes.set_xticklabels(layers, rotation=90, fontsize=7)
     axes.set_xlabel("randomised down to layer (cumulative, logits first)")
-    axes.set_ylabel("similarity to original map" + (" (|map|)" if result.absolute else ""))
-    axes.set_title(title or "Cascading parameter randomisation")
-    axes.legend(loc="upper right")
+    axes.set_ylabel(ylabel)
+    if lines:
+        axes.legend(loc="upper right", fontsize=8)
+
+
+def similarity_plot(result, title: str | None = None, dpi: int = 100) -> np.ndarray:
+    """Similarity to the original maps against randomisation depth (x = the layer randomised
+    at each cumulative step, logits on the left; y in [-1, 1]; mean over images ignoring the
+    NaN of constant maps, band = one standard deviation). Returns ``uint8[H, W, 3]``.
+
+    ``result``: a `convlens.evaluate.SanityResult` (one panel, a line per similarity
+    measure), or a mapping ``{method name: SanityResult}`` over the same layers (one panel
+    per similarity measure, a line per method)."""
+    from convlens.errors import ConvlensError
+
+    results = dict(result) if isinstance(result, Mapping) else {"": result}
+    if not results:
+        raise ConvlensError("similarity_plot needs at least one SanityResult")
+    first = next(iter(results.values()))
+    if any(r.layers != first.layers for r in results.values()):
+        raise ConvlensError(
+            "the SanityResults randomise different layers; plot one model's results together"
+        )
+    measures = {"Spearman": "spearman", "SSIM": "ssim"}
+    asked = {
+        label: attr
+        for label, attr in measures.items()
+        if any(not bool(torch.isnan(getattr(r, attr)).all()) for r in results.values())
+    }
+    suffix = " (|map|)" if first.absolute else ""
+    width = max(5.0, 0.35 * len(first.layers) + 3)
+    if not isinstance(result, Mapping):
+        figure = Figure(figsize=(width, 4.0), dpi=dpi)
+        lines = {name: getattr(first, attr) for name, attr in asked.items()}
+        axes = figure.add_subplot()
+        _similarity_axes(axes, lines, first.layers, "similarity to original map" + suffix)
+        axes.set_title(title or "Cascading parameter randomisation")
+    else:
+        figure = Figure(figsize=(width * max(1, len(asked)), 4.0), dpi=dpi)
+        for column, (name, attr) in enumerate(asked.items()):
+            axes = figure.add_subplot(1, len(asked), column + 1)
+            lines = {method: getattr(r, attr) for method, r in results.items()}
+            _similarity_axes(axes, lines, first.layers, f"{name} to original map{suffix}")
+            axes.set_title(f"{title or 'Cascading parameter randomisation'}: {name}")
     figure.tight_layout()
     return _to_array(figure)
 
@@ -67,15 +102,17 @@ def curve_plot(
 ) -> np.ndarray:
     """Mean curves, one line per name: ``curves[name]`` is ``Tensor[N, S + 1]`` (averaged
     over the N images) or ``Tensor[S + 1]``, sampled at ``x = 0, 1/S, ..., 1`` (deletion or
-    insertion curves). The legend shows each mean curve's trapezoid AUC. Returns
+    insertion curves). The legend shows each mean curve's AUC (`convlens.evaluate.auc`). Returns
     ``uint8[H, W, 3]``."""
+    from convlens.evaluate.faithfulness import auc
+
     figure = Figure(figsize=(5.5, 4.0), dpi=dpi)
     axes = figure.add_subplot()
     for name, values in curves.items():
         values = values.detach().double().cpu()
         mean = values.mean(dim=0) if values.dim() == 2 else values
         x = torch.linspace(0, 1, len(mean), dtype=torch.float64)
-        area = float(torch.trapezoid(mean, x))
+        area = float(auc(mean[None])[0])
         axes.plot(x.numpy(), mean.numpy(), label=f"{name} (AUC {area:.3f})")
     axes.set_xlim(0, 1)
     axes.set_xlabel(xlabel)

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from convlens.errors import DataError
+
 
 @dataclass
 class TrainingLog:
@@ -42,7 +44,11 @@ def train_classifier(
     Leaves the model in eval mode. Returns a `TrainingLog`.
     """
     if len(images) != len(labels):
-        raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        raise DataError(
+            f"{len(images)} images but {len(labels)} labels; pass one class id per image"
+        )
+    if epochs < 1 or batch_size < 1:
+        raise DataError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
     generator = torch.Generator().manual_seed(seed)
     steps_per_epoch = (len(images) + batch_size - 1) // batch_size
     optimizer = torch.optim.AdamW(model.parameters(), learning_rate, weight_decay=weight_decay)

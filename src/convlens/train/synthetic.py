@@ -4,10 +4,13 @@ Command (writes ``src/convlens/data/weights/synthetic_shapes.pt``)::
 
     python -m convlens.train.synthetic [--train 9000] [--epochs 4] [--out FILE]
 
+``--test-only`` measures the test accuracy of the weights in ``--out`` (default: the
+shipped file) without training.
+
 Training data: items ``0 .. train-1`` of ``SyntheticShapes(seed=0)``; test data: items
 ``0 .. test-1`` of ``seed=1`` (never seen in training). The weights are stored as float16
-(about 100 kB) together with the class names, input size, normalisation and the measured
-test accuracy.
+(about 100 kB) together with the class names, input size and normalisation (which the loader
+uses: the file is the one source of truth for a trained model) and the training record.
 """
 
 from __future__ import annotations
@@ -30,39 +33,51 @@ TRAIN_SEED, TEST_SEED = 0, 1
 WEIGHTS_FILE = Path(__file__).resolve().parents[1] / "data" / "weights" / "synthetic_shapes.pt"
 
 
-def normalize(images: torch.Tensor) -> torch.Tensor:
-    """Pixels in [0, 1] ``Tensor[B, 3, H, W]`` to the model's input, ``(x - 0.5) / 0.5``."""
-    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(STD).view(1, 3, 1, 1)
-    return (images - mean) / std
-
-
-def shapes_preprocess():
-    """The `Preprocess` the shipped model was trained with (64x64 stretch, mean/std 0.5)."""
+def shapes_preprocess(size: int = SIZE, mean=MEAN, std=STD):
+    """The `Preprocess` of the shapes model: ``size x size`` stretch, ``mean``/``std``
+    (defaults: the training settings, 64 px and 0.5/0.5)."""
     from convlens.models.preprocess import Preprocess
 
-    return Preprocess(size=SIZE, mode="stretch", mean=MEAN, std=STD, interpolation="bilinear")
+    return Preprocess(
+        size=int(size),
+        mode="stretch",
+        mean=tuple(float(v) for v in mean),
+        std=tuple(float(v) for v in std),
+        interpolation="bilinear",
+    )
 
 
 def load_shapes_model(pretrained: bool = True, path: str | Path | None = None):
-    """The shipped `ShapesNet` as a `LoadedModel` named ``synthetic-shapes`` (eval mode).
+    """The shipped `ShapesNet` as a `LoadedModel` named ``synthetic-shapes`` (eval mode),
+    with the class names, input size and normalisation saved in the weights file.
 
-    ``pretrained=False`` gives the same architecture with random weights.
+    ``pretrained=False`` gives the same architecture with random weights and the training
+    settings (`SHAPES`, `SIZE`, `MEAN`, `STD`).
     """
     from convlens.errors import ModelLoadError
     from convlens.models.loading import LoadedModel
 
-    module = ShapesNet(num_classes=len(SHAPES))
-    if pretrained:
-        file = Path(path) if path is not None else WEIGHTS_FILE
-        if not file.is_file():
-            raise ModelLoadError(
-                f"the synthetic-shapes weights are missing ({file}); train them with "
-                "'python -m convlens.train.synthetic'"
-            )
-        saved = torch.load(file, map_location="cpu", weights_only=True)
-        module.load_state_dict({k: v.float() for k, v in saved["state_dict"].items()})
-    return LoadedModel(module.eval(), MODEL_NAME, shapes_preprocess(), SHAPES)
+    if not pretrained:
+        module = ShapesNet(num_classes=len(SHAPES))
+        return LoadedModel(module.eval(), MODEL_NAME, shapes_preprocess(), SHAPES)
+    file = Path(path) if path is not None else WEIGHTS_FILE
+    if not file.is_file():
+        raise ModelLoadError(
+            f"the synthetic-shapes weights are missing ({file}); train them with "
+            "'python -m convlens.train.synthetic'"
+        )
+    saved = torch.load(file, map_location="cpu", weights_only=True)
+    missing = [k for k in ("state_dict", "classes", "size", "mean", "std") if k not in saved]
+    if missing:
+        raise ModelLoadError(
+            f"{file} lacks {missing}; write the weights with "
+            "convlens.train.synthetic.save_shapes_model (or 'python -m convlens.train.synthetic')"
+        )
+    classes = tuple(str(name) for name in saved["classes"])
+    module = ShapesNet(num_classes=len(classes))
+    module.load_state_dict({k: v.float() for k, v in saved["state_dict"].items()})
+    preprocess = shapes_preprocess(saved["size"], saved["mean"], saved["std"])
+    return LoadedModel(module.eval(), MODEL_NAME, preprocess, classes)
 
 
 def train_shapes_model(
@@ -72,9 +87,9 @@ def train_shapes_model(
     torch.manual_seed(seed)
     start = time.perf_counter()
     train_set = SyntheticShapes(train, seed=TRAIN_SEED, size=SIZE).batch()
-    test_set = SyntheticShapes(test, seed=TEST_SEED, size=SIZE).batch()
     generate_seconds = time.perf_counter() - start
     model = ShapesNet(num_classes=len(SHAPES))
+    preprocess = shapes_preprocess()
 
     def report(epoch: int, loss: float, acc: float) -> None:
         if verbose:
@@ -82,13 +97,13 @@ def train_shapes_model(
 
     log = train_classifier(
         model,
-        normalize(train_set.images),
+        preprocess.normalize(train_set.display),
         train_set.labels,
         epochs=epochs,
         seed=seed,
         on_epoch=report,
     )
-    test_accuracy = accuracy(model, normalize(test_set.images), test_set.labels)
+    test_accuracy = _held_out_accuracy(model, preprocess, test)
     record = {
         "train_items": train,
         "epochs": epochs,
@@ -100,6 +115,20 @@ def train_shapes_model(
         "threads": torch.get_num_threads(),
     }
     return model, record
+
+
+def held_out_accuracy(path: str | Path | None = None, test: int = 1200) -> float:
+    """Top-1 accuracy in [0, 1] of the weights at ``path`` (default: the shipped file) on
+    items ``0 .. test-1`` of the held-out stream (``seed=1``), through the model's own
+    preprocess."""
+    loaded = load_shapes_model(path=path)
+    return _held_out_accuracy(loaded.module, loaded.preprocess, test)
+
+
+def _held_out_accuracy(model: ShapesNet, preprocess, test: int) -> float:
+    size = preprocess.height_width[0]
+    held_out = SyntheticShapes(test, seed=TEST_SEED, size=size).batch()
+    return accuracy(model, preprocess.normalize(held_out.display), held_out.labels)
 
 
 def save_shapes_model(model: ShapesNet, record: dict, path: str | Path = WEIGHTS_FILE) -> Path:
@@ -131,7 +160,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--test", type=int, default=1200, help="held-out images (seed 1)")
     parser.add_argument("--seed", type=int, default=0, help="initialisation/shuffle seed")
     parser.add_argument("--out", type=Path, default=WEIGHTS_FILE)
+    parser.add_argument(
+        "--test-only", action="store_true", help="measure the weights in --out, do not train"
+    )
     args = parser.parse_args(argv)
+    if args.test_only:
+        measured = held_out_accuracy(args.out, args.test)
+        print(
+            f"test accuracy {measured:.4f} ({round(measured * args.test)} / {args.test} "
+            f"held-out images, seed {TEST_SEED}) of {args.out}"
+        )
+        return
     model, record = train_shapes_model(args.train, args.epochs, args.test, args.seed)
     path = save_shapes_model(model, record, args.out)
     print(
