@@ -436,16 +436,25 @@ def filters_command(
     layer: Annotated[
         str | None, typer.Option("--layer", help="Conv2d layer (default: the first).")
     ] = None,
-    scaling: Annotated[str, typer.Option(help="per_filter or shared.")] = "per_filter",
+    reduce: Annotated[
+        str,
+        typer.Option(
+            help="auto (rgb for the first layer, else mean), rgb, mean, norm, or slices "
+            "(one tile per filter and input channel)."
+        ),
+    ] = "auto",
+    scaling: Annotated[
+        str, typer.Option(help="per_filter (each tile by its own max |w|) or shared.")
+    ] = "per_filter",
     out: OutOption = None,
 ) -> None:
-    """Draw a convolution's filters as a grid of tiles (grey = 0)."""
+    """Draw a convolution's filters as a grid of tiles (grey = 0), scaling stated on it."""
     from convlens.features.filters import filter_tiles
     from convlens.models import load_model
     from convlens.render.features import filter_grid
     from convlens.render.images import save_png
 
-    tiles = filter_tiles(load_model(model), layer, scaling=scaling)
+    tiles = filter_tiles(load_model(model), layer, reduce=reduce, scaling=scaling)
     path = save_png(filter_grid(tiles), out or f"filters-{tiles.layer or 'model'}.png")
     typer.echo(f"{len(tiles.labels)} {tiles.reduce} tiles of {tiles.layer} ({scaling}) -> {path}")
 
@@ -458,7 +467,8 @@ def features_command(
         str | None, typer.Option("--layer", help="Layer (default: last conv before pooling).")
     ] = None,
     all_layers: Annotated[
-        bool, typer.Option("--all-layers", help="Channel-mean map of every layer.")
+        bool,
+        typer.Option("--all-layers", help="Channel-mean map of each stage's output, in order."),
     ] = False,
     top: Annotated[int, typer.Option(help="Channels shown, largest mean first.")] = 32,
     out: OutOption = None,
@@ -476,7 +486,7 @@ def features_command(
     if all_layers:
         maps = layer_mean_maps(loaded, tensor[0])
         path = save_png(layer_means_grid(maps), out or "features-all-layers.png")
-        typer.echo(f"{len(maps)} layers -> {path}")
+        typer.echo(f"{len(maps)} stages ({', '.join(name for name, _ in maps)}) -> {path}")
         return
     layer = layer or default_cam_layer(loaded.module, tensor)
     result = feature_maps(loaded, tensor[0], layer, top=top)
@@ -504,23 +514,24 @@ def visualize_command(
     from convlens.models import load_model
     from convlens.render.features import to_uint8
     from convlens.render.images import save_png
-    from convlens.targets import _class_by_name
 
     if (class_ is None) == (channel is None):
         raise MethodError("give exactly one of --class ID|NAME or --channel LAYER:C")
     loaded = load_model(model)
     if class_ is not None:
-        class_id = int(class_) if class_.isdigit() else _class_by_name(class_, loaded.labels)
-        objective, stem = optimize.class_logit(class_id), f"class-{class_id}"
+        objective, stem = optimize.class_logit(class_), f"class-{class_}"
     else:
         layer, _, index = channel.rpartition(":")
         if not layer or not index.isdigit():
             raise MethodError(f"--channel takes LAYER:C (e.g. blocks.4:7), got {channel!r}")
         objective, stem = optimize.channel(layer, int(index)), f"channel-{layer}-{index}"
     result = optimize.render(loaded, objective, steps=steps, param=param, seed=seed, progress=True)
+    stem = "-".join(stem.split())
     path = save_png(to_uint8(result.images[0]), out or f"visualize-{stem}.png")
-    score = float(result.history[-1, 0])
-    typer.echo(f"{objective.name}: {score:.3g} after {steps} steps -> {path}")
+    typer.echo(
+        f"{objective.name}: {float(result.history[0, 0]):.3g} at the start, "
+        f"{float(result.final[0]):.3g} for the result after {steps} steps -> {path}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,24 +1,102 @@
-"""The filters / features / visualize commands, run in-process on the default model."""
+"""The filters / features / visualize commands, run in-process on the default model: each
+PNG is exactly the picture the Python API draws with the same options."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
+import pytest
+import torch
 from PIL import Image
 
 from convlens.cli import main
+from convlens.data.images import load_images
+from convlens.features.filters import filter_tiles
+from convlens.features.maps import feature_maps, layer_activation, layer_mean_maps
+from convlens.render.features import feature_map_grid, filter_grid, layer_means_grid
 
 
-def test_filters_writes_one_tile_per_stem_filter(tmp_path, capsys, default_model):
+def read_png(path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+@pytest.fixture(scope="module")
+def cat(default_model):
+    return load_images(["cat"], preprocess=default_model.preprocess).tensor[0]
+
+
+def test_filters_draws_the_api_picture(tmp_path, capsys, default_model):
     out = tmp_path / "f.png"
     assert main(["filters", "--out", str(out)]) == 0
-    assert "32 rgb tiles of conv_stem" in capsys.readouterr().out
-    assert np.asarray(Image.open(out)).ndim == 3
+    assert "32 rgb tiles of conv_stem (per_filter)" in capsys.readouterr().out
+    np.testing.assert_array_equal(read_png(out), filter_grid(filter_tiles(default_model)))
+    layer = "blocks.1.0.conv_pwl"
+    options = ["--layer", layer, "--reduce", "norm", "--scaling", "shared"]
+    assert main(["filters", *options, "--out", str(out)]) == 0
+    assert f"24 norm tiles of {layer} (shared)" in capsys.readouterr().out
+    expected = filter_grid(filter_tiles(default_model, layer, reduce="norm", scaling="shared"))
+    np.testing.assert_array_equal(read_png(out), expected)
+    assert main(["filters", "--reduce", "mean-ish"]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: unknown reduce 'mean-ish'; use one of auto, rgb, mean, norm, slices"
+    ]
 
 
-def test_visualize_writes_224_png_and_rejects_bad_options(tmp_path, capsys, default_model):
+def test_features_draws_one_layer(tmp_path, capsys, default_model, cat):
+    out = tmp_path / "maps.png"
+    assert main(["features", "cat", "--layer", "blocks.4", "--top", "6", "--out", str(out)]) == 0
+    assert "6 channels of blocks.4" in capsys.readouterr().out
+    maps = feature_maps(default_model, cat, "blocks.4", top=6)
+    assert torch.allclose(
+        maps.maps, layer_activation(default_model, cat[None], "blocks.4")[0][maps.channels]
+    )
+    np.testing.assert_array_equal(read_png(out), feature_map_grid(maps))
+
+
+def test_features_all_layers_draws_one_tile_per_stage(tmp_path, capsys, default_model, cat):
+    out = tmp_path / "stages.png"
+    assert main(["features", "cat", "--all-layers", "--out", str(out)]) == 0
+    stages = "bn1, blocks.0, blocks.1, blocks.2, blocks.3, blocks.4, blocks.5, blocks.6, bn2"
+    assert f"9 stages ({stages})" in capsys.readouterr().out
+    means = layer_mean_maps(default_model, cat)
+    assert [name for name, _ in means] == stages.split(", ")
+    np.testing.assert_array_equal(read_png(out), layer_means_grid(means))
+
+
+def test_visualize_reports_the_score_of_the_saved_image(tmp_path, capsys, default_model):
     out = tmp_path / "v.png"
-    assert main(["visualize", "--channel", "blocks.1:3", "--steps", "1", "--out", str(out)]) == 0
+    argv = ["visualize", "--channel", "blocks.1:3", "--steps", "4", "--out", str(out)]
+    assert main(argv) == 0
+    line = capsys.readouterr().out.strip()
+    match = re.fullmatch(
+        r"blocks\.1:3: (\S+) at the start, (\S+) for the result after 4 steps -> (.+)", line
+    )
+    assert match and match[3] == str(out)
     assert Image.open(out).size == (224, 224)
-    assert main(["visualize", "--class", "espreso"]) == 1
-    assert "did you mean 'espresso'" in capsys.readouterr().err
-    assert main(["visualize", "--class", "1", "--channel", "blocks.1:3"]) == 1
+    pixels = torch.from_numpy(read_png(out).copy()).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        seen = layer_activation(default_model, (pixels - 0.5) / 0.5, "blocks.1")[0, 3].mean()
+    assert float(match[2]) == pytest.approx(float(seen), rel=0.02, abs=1e-3)  # 8-bit PNG
+    assert float(match[2]) > float(match[1])  # (Adam's first step can overshoot: not 2)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--class", "5000"], "error: class id 5000 is out of range; allowed: 0..999"),
+        (
+            ["--channel", "blocks.1:999"],
+            "error: channel 999 out of range: layer 'blocks.1' has 24 channels (0..23)",
+        ),
+        (["--class", "espreso"], "error: no class named 'espreso'; did you mean 'espresso'"),
+        (["--class", "1", "--channel", "blocks.1:3"], "error: give exactly one of"),
+        (["--channel", "blocks.1"], "error: --channel takes LAYER:C"),
+    ],
+)
+def test_visualize_bad_options_print_one_line(capsys, default_model, argv, message):
+    assert main(["visualize", *argv, "--steps", "1"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), captured.err

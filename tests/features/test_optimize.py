@@ -1,4 +1,5 @@
-"""Activation maximisation: objectives rise, the model is borrowed, Fourier round-trips."""
+"""Activation maximisation: objectives rise, the model is borrowed, Fourier round-trips,
+objective values are hand-computed, bad input is refused before any update."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import torch
 from torch import nn
 
 from convlens import load_model
-from convlens.errors import MethodError
+from convlens.errors import LayerError, MethodError, TargetError
 from convlens.features.optimize import (
     FourierImage,
     PixelImage,
@@ -17,11 +18,14 @@ from convlens.features.optimize import (
     class_logit,
     deepdream,
     gaussian_blur,
+    l2_decay,
     neuron,
     render,
     total_variation,
 )
-from convlens.models.preprocess import Preprocess
+from convlens.models.preprocess import IMAGENET_PREPROCESS, Preprocess
+
+NO_TRANSFORM = dict(transforms=None, param="pixels")
 
 
 def tiny_classifier() -> nn.Sequential:
@@ -38,6 +42,12 @@ def tiny_classifier() -> nn.Sequential:
     )
 
 
+def normalised(images: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(IMAGENET_PREPROCESS.mean).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_PREPROCESS.std).view(1, 3, 1, 1)
+    return (images - mean) / std
+
+
 @pytest.mark.parametrize("param", ["fourier", "pixels"])
 def test_fourier_and_pixels_round_trip(param):
     images = torch.rand(2, 3, 12, 10) * 0.98 + 0.01
@@ -46,21 +56,31 @@ def test_fourier_and_pixels_round_trip(param):
     assert torch.allclose(image_param.image(), images, atol=1e-5)
 
 
-def test_objective_rises_tenfold_and_model_is_unchanged(unchanged):
+def test_objective_rises_tenfold_from_a_blank_start_and_model_is_unchanged(unchanged):
     net = tiny_classifier()
-    with torch.no_grad():  # grey (0 after normalisation) gives exactly 0.01 on channel 2
-        net[0].bias.zero_()
-        net[3].bias.fill_(0.01)
     net.train()
-    grey_is_zero = Preprocess(size=32, mean=(0.5,) * 3, std=(0.5,) * 3)
-    loaded = load_model(net, preprocess=grey_is_zero)
     with unchanged(net):
-        result = render(loaded, channel("3", 2), steps=30, lr=0.1, seed=3)
-    start, end = float(result.history[0, 0]), float(result.history[-1, 0])
-    assert start == pytest.approx(0.01) and end >= 10 * start
+        # A normal render: grey start, default lr, Fourier, jitter/scale/rotation.
+        result = render(net, channel("4", 5), steps=30, size=32, seed=3)
+    grey = normalised(torch.full((1, 3, 32, 32), 0.5))
+    with torch.no_grad():
+        start = float(net[:5](grey)[0, 5].mean())
+    assert start > 0
+    # history[0] is the real starting value (a transformed grey image is still grey).
+    assert float(result.history[0, 0]) == pytest.approx(start, rel=1e-5)
+    assert float(result.final[0]) >= 10 * start
     assert net.training and not any(p.grad is not None for p in net.parameters())
     assert result.images.shape == (1, 3, 32, 32)
     assert 0 <= float(result.images.min()) and float(result.images.max()) <= 1
+
+
+def test_final_score_is_the_objective_of_the_returned_image():
+    net = tiny_classifier()
+    result = render(net, channel("4", 2), steps=3, size=16, seed=0)
+    with torch.no_grad():
+        direct = net[:5](normalised(result.images))[0, 2].mean()
+    assert float(result.final[0]) == pytest.approx(float(direct), rel=1e-5)
+    assert result.history.shape == (3, 1)
 
 
 def test_batch_of_objectives_equals_each_alone_and_is_reproducible():
@@ -76,25 +96,127 @@ def test_batch_of_objectives_equals_each_alone_and_is_reproducible():
     assert together.objectives[1].startswith("1:0")
 
 
-def test_composition_arithmetic():
+def test_seeds_change_noise_start_and_transforms():
+    net = tiny_classifier()
+    settings = dict(steps=3, size=16, start="noise")
+    first, same = (render(net, channel("3", 1), **settings, seed=1) for _ in range(2))
+    other = render(net, channel("3", 1), **settings, seed=2)
+    assert torch.equal(first.images, same.images)
+    assert float((first.images - other.images).abs().max()) > 1e-3
+
+
+def test_composition_arithmetic_and_bad_operands():
     seen = Seen(torch.full((2, 3, 4, 4), 0.5), {}, torch.tensor([[1.0, 2.0], [3.0, 5.0]]))
     combined = 2 * class_logit(1) - class_logit(0) + (-class_logit(1))
     assert torch.equal(combined(seen), torch.tensor([1.0, 2.0]))  # c1 - c0
     assert torch.equal(total_variation()(seen), torch.zeros(2))
+    for bad in (
+        lambda: class_logit(1) + 2.0,
+        lambda: class_logit(1) - "x",
+        lambda: class_logit(1) * torch.ones(3),
+        lambda: True * class_logit(1),
+    ):
+        with pytest.raises(MethodError):
+            bad()
+
+
+def test_objective_values_hand_computed():
+    images = torch.zeros(2, 3, 2, 2)
+    images[0, 0, 0, 0] = 1.0  # image 0: one white red pixel on black
+    acts = torch.arange(2 * 3 * 3 * 4, dtype=torch.float32).view(2, 3, 3, 4)
+    seen = Seen(images, {"a": acts}, torch.zeros(2, 5))
+    # l2 decay: -w mean (x - 0.5)^2 = -w * 0.25 (every pixel is 0.5 away from grey)
+    assert torch.allclose(l2_decay(2.0)(seen), torch.tensor([-0.5, -0.5]))
+    # neuron: default centre (3 // 2, 4 // 2) = (1, 2); explicit (2, 3)
+    assert torch.equal(neuron("a", 1)(seen), acts[:, 1, 1, 2])
+    assert torch.equal(neuron("a", 2, 2, 3)(seen), acts[:, 2, 2, 3])
+    assert torch.equal(neuron("a", 2, 2, 3)(seen), torch.tensor([35.0, 71.0]))
+    # deepdream: mean of squares over channels and positions
+    expected = torch.tensor(
+        [sum(v * v for v in range(36)) / 36, sum(v * v for v in range(36, 72)) / 36]
+    )
+    assert torch.allclose(deepdream("a")(seen), expected)
+    assert torch.allclose(channel("a", 0)(seen), acts[:, 0].mean((1, 2)))
+    # total variation: |row diff| mean + |col diff| mean; image 0 has one edge each way
+    assert torch.allclose(total_variation()(seen), torch.tensor([-(1 / 6 + 1 / 6), 0.0]))
+
+
+def test_periodic_blur_runs_inside_render():
+    net = tiny_classifier()
+    torch.manual_seed(0)
+    start = torch.rand(3, 16, 16) * 0.8 + 0.1
+    settings = dict(steps=2, start=start, lr=1e-9, **NO_TRANSFORM)
+    plain = render(net, class_logit(0), **settings)
+    blurred = render(net, class_logit(0), blur_every=1, blur_sigma=1.0, **settings)
+    # Blur after step 0 only (never after the last step); the updates are ~0.
+    assert torch.allclose(plain.images[0], start, atol=1e-4)
+    assert torch.allclose(blurred.images[0], gaussian_blur(start[None], 1.0)[0], atol=1e-4)
+    assert float((blurred.images - plain.images).abs().max()) > 0.05
 
 
 def test_blur_keeps_constant_images_and_start_from_image():
     flat = torch.full((1, 3, 9, 9), 0.3)
     assert torch.allclose(gaussian_blur(flat, 1.0), flat)
     net = tiny_classifier()
-    start = torch.rand(3, 16, 16) * 0.8 + 0.1
-    result = render(net, class_logit(0), steps=1, size=16, start=start, lr=1e-8, transforms=None)
+    start = torch.rand(3, 16, 20) * 0.8 + 0.1
+    result = render(net, class_logit(0), steps=1, start=start, lr=1e-8, transforms=None)
+    assert result.images.shape == (1, 3, 16, 20)  # size defaults to the start image's
     assert torch.allclose(result.images[0], start, atol=1e-4)
+
+
+def test_layers_resolve_once_whatever_their_spelling():
+    net = tiny_classifier()
+    settings = dict(steps=2, size=16, seed=0)
+    by_name = render(net, channel("3", 1), **settings)
+    for spelling in ("-5", -5, 3, net[3]):  # 8 layers: index -5 is "3"
+        other = render(net, channel(spelling, 1), **settings)
+        assert torch.equal(other.images, by_name.images), spelling
+
+
+@pytest.mark.parametrize(
+    ("objective", "error", "message"),
+    [
+        (lambda: class_logit(50), TargetError, r"0\.\.4"),
+        (lambda: class_logit("goldfish"), TargetError, "labels"),
+        (lambda: channel("3", 99), MethodError, r"8 channels \(0\.\.7\)"),
+        (lambda: neuron("3", 1, 40, 40), MethodError, r"8x8 map: row 0\.\.7"),
+        (lambda: neuron("3", 1, -1, 0), MethodError, "outside"),
+        (lambda: channel("7", 0), LayerError, r"not \[B, C, h, w\]"),
+        (lambda: channel("nope", 0), LayerError, "no layer named"),
+    ],
+)
+def test_out_of_range_objectives_raise_before_any_update(unchanged, objective, error, message):
+    net = tiny_classifier()
+    with unchanged(net), pytest.raises(error, match=message):
+        render(net, objective(), steps=2, size=16)
+
+
+def test_class_names_resolve_through_the_model_labels():
+    net = tiny_classifier()
+    labels = ("tench", "goldfish", "shark", "hen", "ostrich")
+    loaded = load_model(net, preprocess=Preprocess(size=16), labels=labels)
+    by_name = render(loaded, class_logit("Goldfish"), steps=2, seed=0)
+    by_id = render(loaded, class_logit(1), steps=2, seed=0)
+    assert torch.equal(by_name.images, by_id.images)
+    with pytest.raises(TargetError, match="did you mean 'goldfish'"):
+        render(loaded, class_logit("goldfsh"), steps=1)
 
 
 def test_bad_options_raise():
     net = tiny_classifier()
     with pytest.raises(MethodError):
-        render(net, class_logit(0), param="wavelet", steps=1, size=8)
+        render(net, class_logit(0), param="wavelet", steps=1, size=16)
     with pytest.raises(MethodError):
-        render(net, "class 0", steps=1, size=8)
+        render(net, "class 0", steps=1, size=16)
+    with pytest.raises(MethodError, match="10x10 but size is 16x16"):
+        render(net, class_logit(0), steps=1, size=16, start=torch.rand(3, 10, 10))
+    with pytest.raises(MethodError, match=r"\[0, 1\]"):
+        render(net, class_logit(0), steps=1, start=torch.randn(3, 16, 16))
+    with pytest.raises(MethodError, match="too small for jitter 8"):
+        render(net, class_logit(0), steps=1, size=8)
+    with pytest.raises(MethodError, match="too small for blur radius"):
+        render(net, class_logit(0), steps=2, size=2, transforms=None, blur_every=1, blur_sigma=1)
+    with pytest.raises(MethodError, match="one fixed class"):
+        class_logit("top1")
+    with pytest.raises(TargetError):
+        class_logit(-3)

@@ -19,6 +19,7 @@ popped on exit, also after an exception. The forward values are exactly the usua
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -132,6 +133,17 @@ class RuleSession:
     rule: str
     calls: int = 0
 
+    def unmatched(self) -> str | None:
+        """Why the rule changed nothing, when the block evaluated no rectifier (else None)."""
+        if self.calls:
+            return None
+        return (
+            f"the {self.rule} rule matched no rectifier (ReLU, ReLU6, hardtanh(0, t), "
+            "clamp(min=0)) in the model's forward pass, so the result is a plain gradient; "
+            "activations such as SiLU, GELU or tanh have no such rule: use a ReLU network, "
+            "or the plain gradient ('saliency') knowingly"
+        )
+
 
 class _RuleMode(TorchFunctionMode):
     def __init__(self, session: RuleSession) -> None:
@@ -190,8 +202,10 @@ def rule_gradient(
 ) -> torch.Tensor:
     """Input gradient ``Tensor[N, C, H, W]`` of each row's target score under ``rule``."""
     prepared = prepare(model, images, target)
-    with borrowed_model(prepared.module), backward_rule(prepared.module, rule):
+    with borrowed_model(prepared.module), backward_rule(prepared.module, rule) as session:
         gradient, _ = input_gradient(prepared.module, prepared.images, prepared.targets)
+    if message := session.unmatched():
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
     return gradient
 
 

@@ -3,7 +3,7 @@ activation maximisation and Gram matrices. Nothing here draws; see `convlens.ren
 
 from convlens.features.filters import FilterTiles, conv_weights, filter_tiles
 from convlens.features.gram import gram_matrix
-from convlens.features.maps import FeatureMaps, feature_maps, layer_mean_maps
+from convlens.features.maps import FeatureMaps, feature_maps, layer_mean_maps, stage_layers
 from convlens.features.masks import ActivationMask, activation_mask
 from convlens.features.optimize import Objective, Visualization, render
 from convlens.features.projection import UnitProjection, project_unit
@@ -23,4 +23,5 @@ __all__ = [
     "layer_mean_maps",
     "project_unit",
     "render",
+    "stage_layers",
 ]

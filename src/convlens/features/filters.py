@@ -54,25 +54,31 @@ def conv_weights(model: nn.Module | LoadedModel, layer: LayerSpec | None = None)
     return conv.weight.detach().clone()
 
 
-def _reduce(weights: torch.Tensor, reduce: str) -> tuple[torch.Tensor, list[str]]:
-    out, inputs = weights.shape[:2]
-    if reduce == "auto":
-        reduce = "rgb" if inputs == 3 else "mean"
+def _input_channels(conv: nn.Conv2d) -> torch.Tensor:
+    """``Tensor[out, in / groups]``: the input channel each weight slice reads (filter ``o``
+    of a grouped conv reads channels ``g * in / groups + i`` of its group ``g``)."""
+    out, per_group = conv.out_channels, conv.in_channels // conv.groups
+    group = torch.arange(out) // (out // conv.groups)
+    return group[:, None] * per_group + torch.arange(per_group)[None, :]
+
+
+def _sees_the_image(module: nn.Module, name: str, conv: nn.Conv2d) -> bool:
+    """The first convolution, ungrouped, with 3 input channels: its slices are colours."""
+    return conv.in_channels == 3 and conv.groups == 1 and name == first_conv(module)
+
+
+def _reduce(
+    weights: torch.Tensor, reduce: str, channels: torch.Tensor
+) -> tuple[torch.Tensor, list[str]]:
+    out = weights.shape[0]
     if reduce == "rgb":
-        if inputs != 3:
-            raise MethodError(
-                f"reduce='rgb' needs 3 input channels per filter, this layer has {inputs}; "
-                "use 'mean', 'norm' or 'slices'"
-            )
         return weights, [f"f{o}" for o in range(out)]
     if reduce == "mean":
         return weights.mean(1, keepdim=True), [f"f{o}" for o in range(out)]
     if reduce == "norm":
         return weights.norm(dim=1, keepdim=True), [f"f{o}" for o in range(out)]
-    if reduce == "slices":
-        labels = [f"f{o}/c{i}" for o in range(out) for i in range(inputs)]
-        return weights.reshape(out * inputs, 1, *weights.shape[2:]), labels
-    raise MethodError(f"unknown reduce {reduce!r}; use one of {', '.join(REDUCTIONS)}")
+    labels = [f"f{o}/c{int(c)}" for o in range(out) for c in channels[o]]
+    return weights.reshape(-1, 1, *weights.shape[2:]), labels
 
 
 def scale_tiles(tiles: torch.Tensor, scaling: str) -> torch.Tensor:
@@ -93,18 +99,29 @@ def filter_tiles(
     reduce: str = "auto",
     scaling: str = "per_filter",
 ) -> FilterTiles:
-    """Filters of a Conv2d as tiles in [0, 1].
+    """Filters of a Conv2d (default: the first) as tiles ``Tensor[N, C, kh, kw]`` in [0, 1].
 
-    ``reduce``: ``"rgb"`` one colour tile per filter (first layers, 3 input channels);
-    ``"mean"``/``"norm"`` one grey tile per filter (mean or L2 norm over its input
-    channels); ``"slices"`` one grey tile per (filter, input channel); ``"auto"`` is
-    ``"rgb"`` for 3 input channels per group, else ``"mean"``. Grouped and depthwise
-    convolutions have ``in / groups`` channels per filter (1 for depthwise).
-    ``"norm"`` tiles are non-negative, so they occupy [0.5, 1].
+    ``reduce``: ``"rgb"`` one colour tile per filter, only for the layer that sees the
+    image (the first convolution, 3 input channels, no groups); ``"mean"``/``"norm"`` one
+    grey tile per filter (mean or L2 norm over its input channels; ``"norm"`` tiles are
+    non-negative, so they occupy [0.5, 1]); ``"slices"`` one grey tile per (filter, input
+    channel), labelled ``f{o}/c{i}`` with ``i`` the real input channel (grouped and
+    depthwise convs read ``in / groups`` channels per filter, 1 for depthwise);
+    ``"auto"`` is ``"rgb"`` for the image layer, else ``"mean"``. ``scaling``:
+    ``"per_filter"`` or ``"shared"`` (see the module docstring).
     """
+    if reduce not in REDUCTIONS:
+        raise MethodError(f"unknown reduce {reduce!r}; use one of {', '.join(REDUCTIONS)}")
     module = as_module(model)
-    name = resolve_layer(module, first_conv(module) if layer is None else layer)[0]
+    name, conv = resolve_layer(module, first_conv(module) if layer is None else layer)
     weights = conv_weights(module, name)
-    used = ("rgb" if weights.shape[1] == 3 else "mean") if reduce == "auto" else reduce
-    tiles, labels = _reduce(weights, used)
+    colours = _sees_the_image(module, name, conv)
+    used = ("rgb" if colours else "mean") if reduce == "auto" else reduce
+    if used == "rgb" and not colours:
+        raise MethodError(
+            f"reduce='rgb' draws colour filters of the layer that sees the image (the first "
+            f"convolution, 3 input channels, no groups); {name!r} is not that layer, use "
+            "'mean', 'norm' or 'slices'"
+        )
+    tiles, labels = _reduce(weights, used, _input_channels(conv))
     return FilterTiles(scale_tiles(tiles.float(), scaling), labels, name, used, scaling)

@@ -83,17 +83,58 @@ def feature_maps(
     return FeatureMaps(name, activation[channels], channels, means[channels])
 
 
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
+
+def _stage_candidates(model: nn.Module) -> list[str]:
+    """Children of the outermost module with more than one child; a child that is a plain
+    container (``nn.Sequential``, ``ModuleList``, ``ModuleDict``) stands for its children."""
+    prefix, module = "", model
+    while len(children := list(module.named_children())) == 1:
+        prefix, module = f"{prefix}{children[0][0]}.", children[0][1]
+    names = []
+    for name, child in children:
+        inner = list(child.named_children()) if isinstance(child, _CONTAINERS) else []
+        names += [f"{prefix}{name}.{sub}" for sub, _ in inner] or [f"{prefix}{name}"]
+    return names
+
+
+def stage_layers(model: nn.Module | LoadedModel, image: torch.Tensor) -> list[str]:
+    """One layer per stage of the network, in forward order: the stem, each block of the
+    feature extractor, the head (`_stage_candidates`), keeping those with a ``[B, C, h, w]``
+    output larger than 1x1. Consecutive candidates with the same output shape are one stage
+    (``conv_stem`` then ``bn1``; a conv then its ReLU): only the last of them is kept.
+    Costs one forward pass of ``image`` ``Tensor[3, H, W]``."""
+    module = as_module(model)
+    candidates = set(_stage_candidates(module))
+    shapes = dict(spatial_outputs(module, _batch_of_one(image)))  # first call per layer
+    stages: list[tuple[str, tuple[int, ...]]] = []
+    for name, shape in shapes.items():
+        if name not in candidates or shape[-2] * shape[-1] == 1:
+            continue
+        if stages and stages[-1][1] == shape:
+            stages.pop()
+        stages.append((name, shape))
+    if not stages:
+        raise LayerError(
+            "found no stage with a [B, C, h, w] output among the model's top-level blocks; "
+            "pass the layers to draw (see 'convlens layers')"
+        )
+    return [name for name, _ in stages]
+
+
 def layer_mean_maps(
     model: nn.Module | LoadedModel, image: torch.Tensor, layers: list[str] | None = None
 ) -> list[tuple[str, torch.Tensor]]:
-    """``(name, Tensor[h, w])`` channel-mean map of every spatial layer (or of ``layers``),
-    in forward order: how the picture of the input changes with depth."""
+    """``(name, Tensor[h, w])``: the channel mean of each stage's output (`stage_layers`)
+    or of each of ``layers``, in forward order, for one image ``Tensor[3, H, W]``
+    (normalised): how the picture of the input changes with depth."""
     module = as_module(model)
     image = _batch_of_one(image)
     if layers is None:
-        layers = list(dict.fromkeys(name for name, _ in spatial_outputs(module, image)))
+        layers = stage_layers(module, image)
     if not layers:
-        raise LayerError("the model has no layer with a [B, C, h, w] output")
+        raise LayerError("pass at least one layer, or layers=None for every stage")
     with borrowed_model(module), torch.no_grad(), capture(module, layers) as cap:
         module(image)
     return [(name, cap.activation(name)[0].mean(0)) for name in cap.names]

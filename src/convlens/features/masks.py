@@ -31,12 +31,21 @@ class ActivationMask:
         return float(self.mask.float().mean())
 
 
-def threshold_mask(values: torch.Tensor, threshold: float | None, quantile: float | None):
-    """``(mask, t)`` with ``mask = values > t``; ``t`` is ``threshold`` or the
-    ``quantile`` of ``values`` (so about ``1 - quantile`` of the pixels are kept)."""
-    if (threshold is None) == (quantile is None):
-        raise MethodError("give exactly one of threshold (activation value) or quantile (0..1)")
-    if quantile is not None:
+DEFAULT_QUANTILE = 0.9
+
+
+def threshold_mask(
+    values: torch.Tensor, threshold: float | None = None, quantile: float | None = None
+) -> tuple[torch.Tensor, float]:
+    """``(mask, t)`` with ``mask = values > t``: ``t`` is ``threshold`` (an activation
+    value) or the ``quantile`` (in [0, 1)) of ``values``, so about ``1 - quantile`` of the
+    pixels are kept. Give at most one of them; with neither, ``quantile`` is 0.9."""
+    if threshold is not None and quantile is not None:
+        raise MethodError(
+            "give either threshold (an activation value) or quantile (0..1), not both"
+        )
+    if threshold is None:
+        quantile = DEFAULT_QUANTILE if quantile is None else quantile
         if not 0.0 <= quantile < 1.0:
             raise MethodError(f"quantile must be in [0, 1), got {quantile}")
         threshold = float(torch.quantile(values.flatten().double(), quantile))
@@ -50,13 +59,13 @@ def activation_mask(
     channel: int,
     *,
     threshold: float | None = None,
-    quantile: float | None = 0.9,
+    quantile: float | None = None,
 ) -> ActivationMask:
     """Threshold channel ``channel`` of ``layer`` for one image ``Tensor[3, H, W]``.
 
     The ``[h, w]`` map is upsampled bilinearly to ``[H, W]`` first, then thresholded at
-    ``threshold`` (an activation value; pass ``quantile=None``) or at its ``quantile``
-    (default 0.9: the strongest 10 % of the image).
+    ``threshold`` (an activation value) or at its ``quantile`` (in [0, 1)); with neither,
+    at the 0.9 quantile (the strongest 10 % of the image). Giving both is an error.
     """
     module = as_module(model)
     name, _ = resolve_layer(module, layer)
@@ -64,7 +73,8 @@ def activation_mask(
     activation = layer_activation(module, image, name)[0]
     if not 0 <= channel < activation.shape[0]:
         raise MethodError(
-            f"channel {channel} out of range: layer {name!r} has {activation.shape[0]} channels"
+            f"channel {channel} out of range: layer {name!r} has {activation.shape[0]} channels "
+            f"(0..{activation.shape[0] - 1})"
         )
     values = upsample(activation[channel][None], tuple(image.shape[-2:]))[0]
     mask, used = threshold_mask(values, threshold, quantile)

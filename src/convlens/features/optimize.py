@@ -13,6 +13,8 @@ taking ``torch.autograd.grad`` w.r.t. the parametrisation only.
 from __future__ import annotations
 
 import math
+import numbers
+import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,44 +23,70 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from convlens.errors import MethodError
+from convlens.errors import LayerError, MethodError
 from convlens.layers import borrowed_model, capture, resolve_layer
+from convlens.layers.find import LayerSpec
 from convlens.models.loading import LoadedModel, as_module
 from convlens.models.preprocess import IMAGENET_PREPROCESS, Preprocess
+from convlens.targets import resolve_targets
 
 
 @dataclass
 class Seen:
     """What one forward pass saw: ``images`` ``Tensor[B, 3, H, W]`` in [0, 1] (before the
-    transforms), ``activations`` by layer name, and the model ``output``."""
+    transforms), ``activations`` keyed by each layer as the objectives name it, the model
+    ``output`` and the model's class ``labels`` (``None`` when unknown)."""
 
     images: torch.Tensor
-    activations: dict[str, torch.Tensor]
+    activations: dict[LayerSpec, torch.Tensor]
     output: torch.Tensor
+    labels: Sequence[str] | None = None
 
 
 class Objective:
     """A score per image, ``fn(seen) -> Tensor[B]``, to be maximised; ``layers`` are the
-    layers it reads. Compose with ``a + b``, ``a - b``, ``k * a``, ``-a``."""
+    layers it reads. Compose with ``a + b``, ``a - b``, ``k * a``, ``-a`` (``k`` a real
+    number); any other operand raises `MethodError` when the expression is built."""
 
-    def __init__(self, fn: Callable[[Seen], torch.Tensor], layers=(), name: str = "objective"):
+    def __init__(
+        self,
+        fn: Callable[[Seen], torch.Tensor],
+        layers: Sequence[LayerSpec] = (),
+        name: str = "objective",
+    ) -> None:
         self.fn, self.layers, self.name = fn, tuple(layers), name
 
     def __call__(self, seen: Seen) -> torch.Tensor:
         return self.fn(seen)
 
     def __add__(self, other: Objective) -> Objective:
+        if not isinstance(other, Objective):
+            raise MethodError(
+                f"cannot add a {type(other).__name__} to an Objective; add another Objective "
+                "(class_logit, channel, total_variation, ...)"
+            )
         return Objective(
             lambda s: self(s) + other(s), self.layers + other.layers, f"{self.name} + {other.name}"
         )
 
     def __sub__(self, other: Objective) -> Objective:
+        if not isinstance(other, Objective):
+            raise MethodError(
+                f"cannot subtract a {type(other).__name__} from an Objective; subtract "
+                "another Objective"
+            )
         return self + (-1.0) * other
 
     def __neg__(self) -> Objective:
         return (-1.0) * self
 
     def __mul__(self, weight: float) -> Objective:
+        if isinstance(weight, bool) or not isinstance(weight, numbers.Real):
+            raise MethodError(
+                f"an Objective can be multiplied by a real number only, not a "
+                f"{type(weight).__name__}"
+            )
+        weight = float(weight)
         return Objective(lambda s: weight * self(s), self.layers, f"{weight:g} * {self.name}")
 
     __rmul__ = __mul__
@@ -67,31 +95,83 @@ class Objective:
         return f"Objective({self.name})"
 
 
-def class_logit(class_id: int) -> Objective:
-    """``output[b, class_id]``: the class's logit (pre-softmax score)."""
-    return Objective(lambda s: s.output[:, class_id], (), f"class {class_id}")
+_TOPK = re.compile(r"^top\d+$", re.IGNORECASE)
 
 
-def channel(layer: str, index: int) -> Objective:
+def class_logit(target: int | str) -> Objective:
+    """``output[b, k]``: the logit (pre-softmax score) of class ``target``, an id or a class
+    name (``"goldfish"``). Checked by `convlens.targets` against the model's classes and
+    labels on the first step (`TargetError` naming the allowed range)."""
+    if isinstance(target, str) and _TOPK.match(target):
+        raise MethodError(
+            f"class_logit takes one fixed class (an id or a name), not {target!r}; "
+            "pick the class to visualise"
+        )
+    if not isinstance(target, str):
+        resolve_targets(target, 1)  # the form and the sign now; the range on the first step
+
+    def score(s: Seen) -> torch.Tensor:
+        classes = s.output.shape[1] if s.output.dim() == 2 else None
+        return resolve_targets(target, s.output.shape[0], s.labels, classes).score(s.output)
+
+    return Objective(score, (), f"class {target}")
+
+
+def _channel_maps(s: Seen, layer: LayerSpec, index: int) -> torch.Tensor:
+    """``A[:, index]`` ``Tensor[B, h, w]`` of ``layer``, with the layer and index checked."""
+    activation = s.activations[layer]
+    if activation.dim() != 4:
+        raise LayerError(
+            f"layer {layer!r} outputs shape {tuple(activation.shape)}, not [B, C, h, w]; "
+            "choose a convolutional layer (see 'convlens layers')"
+        )
+    channels = activation.shape[1]
+    if not 0 <= index < channels:
+        raise MethodError(
+            f"channel {index} out of range: layer {layer!r} has {channels} channels "
+            f"(0..{channels - 1})"
+        )
+    return activation[:, index]
+
+
+def _check_index(index: int, what: str) -> int:
+    if isinstance(index, bool) or not isinstance(index, numbers.Integral):
+        raise MethodError(f"{what} must be an integer, got {index!r}")
+    return int(index)
+
+
+def channel(layer: LayerSpec, index: int) -> Objective:
     """Mean of channel ``index`` of ``layer`` over positions: ``mean_{i,j} A[b, c, i, j]``."""
+    index = _check_index(index, "a channel index")
     return Objective(
-        lambda s: s.activations[layer][:, index].mean((1, 2)), (layer,), f"{layer}:{index}"
+        lambda s: _channel_maps(s, layer, index).mean((1, 2)), (layer,), f"{layer}:{index}"
     )
 
 
-def neuron(layer: str, index: int, row: int | None = None, col: int | None = None) -> Objective:
+def neuron(
+    layer: LayerSpec, index: int, row: int | None = None, col: int | None = None
+) -> Objective:
     """One unit ``A[b, c, row, col]`` (default: the centre position)."""
+    index = _check_index(index, "a channel index")
+    row = None if row is None else _check_index(row, "row")
+    col = None if col is None else _check_index(col, "col")
 
     def score(s: Seen) -> torch.Tensor:
-        maps = s.activations[layer][:, index]
-        i = maps.shape[1] // 2 if row is None else row
-        j = maps.shape[2] // 2 if col is None else col
+        maps = _channel_maps(s, layer, index)
+        height, width = maps.shape[1:]
+        i = height // 2 if row is None else row
+        j = width // 2 if col is None else col
+        if not (0 <= i < height and 0 <= j < width):
+            raise MethodError(
+                f"position ({i}, {j}) is outside layer {layer!r}'s {height}x{width} map: "
+                f"row 0..{height - 1}, col 0..{width - 1}"
+            )
         return maps[:, i, j]
 
     return Objective(score, (layer,), f"{layer}:{index}@{row},{col}")
 
 
-def deepdream(layer: str) -> Objective:
+def deepdream(layer: LayerSpec) -> Objective:
     """Layer L2 (DeepDream, Mordvintsev et al. 2015): ``mean A[b]^2`` over channels and
     positions."""
     return Objective(
@@ -190,9 +270,14 @@ def random_transform(x: torch.Tensor, t: Transforms, gen: torch.Generator) -> to
     return x
 
 
+def _blur_radius(sigma: float) -> int:
+    return max(1, math.ceil(2 * sigma))
+
+
 def gaussian_blur(x: torch.Tensor, sigma: float = 0.5) -> torch.Tensor:
-    """Separable Gaussian blur of ``Tensor[B, 3, H, W]`` (kernel radius ``ceil(2 sigma)``)."""
-    radius = max(1, math.ceil(2 * sigma))
+    """Separable Gaussian blur of ``Tensor[B, 3, H, W]`` (kernel radius ``ceil(2 sigma)``,
+    reflect padding, so each side must be longer than the radius)."""
+    radius = _blur_radius(sigma)
     taps = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
     kernel = torch.exp(-(taps**2) / (2 * sigma**2))
     kernel = (kernel / kernel.sum()).repeat(3, 1)
@@ -203,11 +288,15 @@ def gaussian_blur(x: torch.Tensor, sigma: float = 0.5) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Visualization:
-    """``images``: ``Tensor[B, 3, H, W]`` in [0, 1]; ``history``: ``Tensor[steps, B]`` of
-    each image's objective at every step; ``objectives``: one name per image."""
+    """``images``: ``Tensor[B, 3, H, W]`` in [0, 1], the result; ``history``:
+    ``Tensor[steps, B]``, row ``k`` each image's objective in step ``k``'s forward pass
+    (its random transform applied), before that step's update, so ``history[0]`` is the
+    starting score; ``final``: ``Tensor[B]``, the objective of ``images`` themselves (no
+    transform, after the last update); ``objectives``: one name per image."""
 
     images: torch.Tensor
     history: torch.Tensor
+    final: torch.Tensor
     objectives: list[str]
 
 
@@ -222,16 +311,70 @@ def _preprocess(model) -> Preprocess:
     return model.preprocess if isinstance(model, LoadedModel) else IMAGENET_PREPROCESS
 
 
-def _start(param, start, batch, height, width, gen) -> None:
-    if isinstance(start, torch.Tensor):
-        images = start.detach().clone().reshape(-1, 3, height, width).expand(batch, -1, -1, -1)
-    elif start == "noise":
-        images = 0.5 + 0.1 * torch.randn(batch, 3, height, width, generator=gen)
-    elif start == "blank":
-        images = torch.full((batch, 3, height, width), 0.5)
-    else:
-        raise MethodError(f"unknown start {start!r}; use 'blank', 'noise' or an image tensor")
-    param.set_image(images.to(param.params[0].device).clamp(0, 1))
+def _start_images(start, batch: int) -> torch.Tensor | None:
+    """A start tensor as ``Tensor[batch, 3, H, W]`` in [0, 1], checked; ``None`` for names."""
+    if not isinstance(start, torch.Tensor):
+        if start not in ("blank", "noise"):
+            raise MethodError(f"unknown start {start!r}; use 'blank', 'noise' or an image tensor")
+        return None
+    images = start.detach()
+    if images.dim() == 3:
+        images = images[None]
+    if images.dim() != 4 or images.shape[1] != 3 or images.shape[0] not in (1, batch):
+        raise MethodError(
+            f"a start image is Tensor[3, H, W] (or [1 or {batch}, 3, H, W] for {batch} "
+            f"objectives), got {tuple(start.shape)}"
+        )
+    if not images.is_floating_point() or images.numel() == 0:
+        raise MethodError(f"a start image holds float pixels in [0, 1], got {images.dtype}")
+    low, high = float(images.min()), float(images.max())
+    if low < 0 or high > 1:
+        raise MethodError(
+            f"a start image holds pixels in [0, 1] (not normalised), got [{low:.3g}, {high:.3g}]"
+        )
+    return images.expand(batch, -1, -1, -1).float()
+
+
+def _render_size(size, prep: Preprocess, start: torch.Tensor | None) -> tuple[int, int]:
+    """``(H, W)``: ``size``, else the start image's size, else the model's input size."""
+    if size is None:
+        return tuple(start.shape[-2:]) if start is not None else prep.height_width
+    pair = (size, size) if isinstance(size, numbers.Integral) else tuple(size)
+    if len(pair) != 2 or not all(
+        isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1 for v in pair
+    ):
+        raise MethodError(f"size is a positive int or (height, width), got {size!r}")
+    pair = (int(pair[0]), int(pair[1]))
+    if start is not None and tuple(start.shape[-2:]) != pair:
+        raise MethodError(
+            f"the start image is {start.shape[-2]}x{start.shape[-1]} but size is "
+            f"{pair[0]}x{pair[1]}; resize the image or leave size=None to use its size"
+        )
+    return pair
+
+
+def _check_fits(height: int, width: int, transforms, blur_every: int, blur_sigma: float):
+    """Reflect padding needs a side longer than the pad: check before the loop."""
+    needs = [(transforms.jitter, f"jitter {transforms.jitter}")] if transforms else []
+    if blur_every:
+        if blur_sigma <= 0:
+            raise MethodError(f"blur_sigma must be positive, got {blur_sigma}")
+        radius = _blur_radius(blur_sigma)
+        needs.append((radius, f"blur radius {radius} (sigma {blur_sigma:g})"))
+    for pad, what in needs:
+        if min(height, width) <= pad:
+            raise MethodError(
+                f"a render size of {height}x{width} pixels is too small for {what}: each side "
+                f"needs more than {pad} pixels; render larger, or lower the jitter / blur"
+            )
+
+
+def _initial_images(start, images, batch, height, width, gen) -> torch.Tensor:
+    if images is not None:
+        return images
+    if start == "noise":
+        return (0.5 + 0.1 * torch.randn(batch, 3, height, width, generator=gen)).clamp(0, 1)
+    return torch.full((batch, 3, height, width), 0.5)
 
 
 def render(
@@ -251,10 +394,12 @@ def render(
 ) -> Visualization:
     """Maximise each objective on its own image (one batch, image ``b`` for objective ``b``).
 
-    ``start`` is ``"blank"`` (grey), ``"noise"`` or ``Tensor[3, H, W]`` in [0, 1];
-    ``size`` defaults to the model's input size. Images go through the model's
-    normalisation (``(x - mean) / std``). ``blur_every`` > 0 blurs the image every that
-    many steps (periodic blur; works through `set_image` for both parametrisations).
+    ``start`` is ``"blank"`` (grey 0.5), ``"noise"`` (grey plus N(0, 0.1) noise) or an
+    image ``Tensor[3, H, W]`` in [0, 1]; ``size`` defaults to the start image's size, else
+    the model's input size. Images go through the model's normalisation
+    (``(x - mean) / std``). ``blur_every`` > 0 blurs the image every that many steps
+    (periodic blur; works through `set_image` for both parametrisations). Layers are
+    resolved once; a class, channel or position out of range raises before any update.
     Reproducible for a given ``seed``. The model is borrowed: eval mode for the run, no
     hooks left, parameters and their ``.grad`` untouched.
     """
@@ -265,34 +410,41 @@ def render(
         raise MethodError(f"steps must be at least 1, got {steps}")
     module = as_module(model)
     prep = _preprocess(model)
-    height, width = (
-        prep.height_width if size is None else ((size, size) if isinstance(size, int) else size)
-    )
-    layers = sorted({resolve_layer(module, name)[0] for o in items for name in o.layers})
+    start_images = _start_images(start, len(items))
+    height, width = _render_size(size, prep, start_images)
+    _check_fits(height, width, transforms, blur_every, blur_sigma)
+    names = {spec: resolve_layer(module, spec)[0] for o in items for spec in o.layers}
+    layers = sorted(set(names.values()))
+    labels = model.labels if isinstance(model, LoadedModel) else None
     device = next(module.parameters(), torch.empty(0)).device
     gen = torch.Generator().manual_seed(seed)
     image_param = PARAMETRISATIONS[param](len(items), height, width, device=device)
-    _start(image_param, start, len(items), height, width, gen)
+    initial = _initial_images(start, start_images, len(items), height, width, gen)
+    image_param.set_image(initial.to(device))
     for tensor in image_param.params:
         tensor.requires_grad_(True)
     optimizer = torch.optim.Adam(image_param.params, lr=lr)
     mean = torch.tensor(prep.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(prep.std, device=device).view(1, 3, 1, 1)
+
+    def scores_of(images: torch.Tensor, seen_images: torch.Tensor, cap) -> torch.Tensor:
+        cap.clear()
+        output = module((seen_images - mean) / std)
+        activations = {spec: cap.activation(name) for spec, name in names.items()}
+        seen = Seen(images, activations, output, labels)
+        return torch.stack([o(seen)[b] for b, o in enumerate(items)])
+
     history = torch.zeros(steps, len(items))
-    bar = _progress(steps, progress)
     with (
         borrowed_model(module),
         torch.enable_grad(),
         capture(module, layers, gradients=True) as cap,
+        _Progress(steps, progress) as bar,
     ):
         for step in range(steps):
             images = image_param.image()
             seen_images = random_transform(images, transforms, gen) if transforms else images
-            for calls in cap.calls.values():
-                calls.clear()
-            output = module((seen_images - mean) / std)
-            seen = Seen(images, {name: cap.activation(name) for name in layers}, output)
-            scores = torch.stack([o(seen)[b] for b, o in enumerate(items)])
+            scores = scores_of(images, seen_images, cap)
             history[step] = scores.detach().cpu()
             grads = torch.autograd.grad(scores.sum(), image_param.params)
             for tensor, grad in zip(image_param.params, grads, strict=True):
@@ -301,23 +453,34 @@ def render(
             if blur_every and (step + 1) % blur_every == 0 and step + 1 < steps:
                 with torch.no_grad():
                     image_param.set_image(gaussian_blur(image_param.image(), blur_sigma))
-            bar(step, scores.detach())
-    with torch.no_grad():
-        final = image_param.image().detach().cpu()
-    return Visualization(final, history, [o.name for o in items])
+            bar.update(scores.detach())
+        with torch.no_grad():
+            final_images = image_param.image().detach()
+        final = scores_of(final_images, final_images, cap).detach().cpu()
+        cap.clear()
+    return Visualization(final_images.cpu(), history, final, [o.name for o in items])
 
 
-def _progress(steps: int, enabled: bool) -> Callable[[int, torch.Tensor], None]:
-    if not enabled:
-        return lambda step, scores: None
-    from tqdm import tqdm
+class _Progress:
+    """A tqdm bar on stderr, opened after the first step (so an error raised by the first
+    step prints no bar) and always closed."""
 
-    bar = tqdm(total=steps, file=sys.stderr, desc="visualize", leave=False)
+    def __init__(self, steps: int, enabled: bool) -> None:
+        self.steps, self.enabled, self.bar = steps, enabled, None
 
-    def update(step: int, scores: torch.Tensor) -> None:
-        bar.set_postfix(objective=f"{float(scores.mean()):.3g}", refresh=False)
-        bar.update(1)
-        if step == steps - 1:
-            bar.close()
+    def __enter__(self) -> _Progress:
+        return self
 
-    return update
+    def update(self, scores: torch.Tensor) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.steps, file=sys.stderr, desc="visualize", leave=False)
+        self.bar.set_postfix(objective=f"{float(scores.mean()):.3g}", refresh=False)
+        self.bar.update(1)
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -6,8 +6,11 @@ rectifiers' backward replaced by a rule from `convlens.attribution.rules`:
 ``"deconvnet"`` (pass positive signals only) or ``"guided"`` (positive signals where the
 forward unit was active). Max-pool switches come from autograd of ``max_pool2d`` (the
 gradient goes to the recorded argmax), and convolutions are undone by their transposed
-filters, which is what autograd of ``conv2d`` computes. Everything outside the unit's
-receptive field is set to zero.
+filters, which is what autograd of ``conv2d`` computes. A unit cannot see outside its
+receptive field, so the projection is already zero there; the result is cropped to the
+field's box all the same (``crop=False`` keeps the raw gradient). A model in which the
+rule meets no rectifier (SiLU, GELU, tanh networks) is refused: the "projection" would be
+a plain gradient.
 """
 
 from __future__ import annotations
@@ -66,14 +69,17 @@ def project_unit(
     position: tuple[int, int] | None = None,
     *,
     rule: str = "deconvnet",
+    crop: bool = True,
 ) -> UnitProjection:
     """Project unit ``(channel, position)`` of ``layer`` (default position: the channel's
-    maximum) for one normalised image ``Tensor[3, H, W]`` to ``Tensor[3, H, W]``."""
+    maximum) for one normalised image ``Tensor[3, H, W]`` to ``Tensor[3, H, W]``, set to
+    zero outside the unit's receptive field when ``crop``. Raises `MethodError` when the
+    rule matched no rectifier in the model's forward pass."""
     module = as_module(model)
     name, _ = resolve_layer(module, layer)
     image = _batch_of_one(image).detach()
     inputs = image.clone().requires_grad_(True)
-    with borrowed_model(module), backward_rule(module, rule):
+    with borrowed_model(module), backward_rule(module, rule) as session:
         with capture(module, name, gradients=True) as cap:
             module(inputs)
             activation = cap.activation(name)
@@ -85,7 +91,9 @@ def project_unit(
             row, col = _unit_position(activation[0, channel].detach(), position)
             unit = activation[0, channel, row, col]
             (gradient,) = torch.autograd.grad(unit, inputs)
+    if message := session.unmatched():
+        raise MethodError(f"cannot project with {rule}: {message}")
     field = receptive_field(module, name, image)
     box = field.box(row, col, image.shape[-2], image.shape[-1])
-    projection = crop_to_box(gradient[0], box)
+    projection = crop_to_box(gradient[0], box) if crop else gradient[0]
     return UnitProjection(name, channel, (row, col), float(unit.detach()), rule, box, projection)

@@ -6,8 +6,20 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageDraw
 
-from convlens.render.images import colorize, image_grid
+from convlens.render.images import _font, colorize, image_grid
+
+SCALING_TEXT = {
+    "per_filter": "per-filter scaling (each tile by its own max |w|)",
+    "shared": "shared scaling (every tile by the layer's max |w|)",
+}
+KIND_TEXT = {
+    "rgb": "RGB filters",
+    "mean": "filters (mean over input channels)",
+    "norm": "filters (L2 norm over input channels)",
+    "slices": "filter slices (one per input channel)",
+}
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -19,37 +31,92 @@ def _enlarge(tiles: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(tiles, size=(size, size), mode="nearest")
 
 
+def captioned(grid: np.ndarray, text: str, size: int = 13) -> np.ndarray:
+    """``grid`` ``uint8[H, W, 3]`` with ``text`` written above it on white, wrapped to the
+    grid's width; returns ``uint8[H + caption, W, 3]``."""
+    font = _font(size)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    lines, line = [], ""
+    for word in text.split():
+        trial = f"{line} {word}".strip()
+        if line and measure.textlength(trial, font=font) > grid.shape[1] - 8:
+            lines.append(line)
+            trial = word
+        line = trial
+    lines.append(line)
+    strip = Image.new("RGB", (grid.shape[1], 6 + (size + 4) * len(lines)), (255, 255, 255))
+    draw = ImageDraw.Draw(strip)
+    for row, words in enumerate(lines):
+        draw.text((4, 4 + row * (size + 4)), words, fill=(0, 0, 0), font=font)
+    return np.concatenate([np.asarray(strip), grid], axis=0)
+
+
+def filter_caption(result) -> str:
+    """What a filter figure shows: layer, tile count and kind, and its scaling."""
+    return (
+        f"{result.layer}: {len(result.labels)} {KIND_TEXT[result.reduce]}; "
+        f"{SCALING_TEXT[result.scaling]}; grey = 0, bright > 0, dark < 0"
+    )
+
+
 def filter_grid(result, tile: int = 44, columns: int | None = None) -> np.ndarray:
-    """`FilterTiles` as a grid of enlarged tiles (nearest neighbour: every weight visible)."""
+    """`FilterTiles` as a grid of enlarged tiles (nearest neighbour: every weight visible),
+    under a caption that names the layer and states the scaling (`filter_caption`)."""
     tiles = _enlarge(result.tiles, tile)
     if tiles.shape[1] == 1:
         tiles = tiles.expand(-1, 3, -1, -1)
-    titles = [f"{label}" for label in result.labels]
-    columns = columns or min(len(titles), 16)
-    grid = image_grid(list(to_uint8(tiles)), titles, columns, title_height=14)
-    return grid
+    columns = columns or min(len(result.labels), 16)
+    grid = image_grid(list(to_uint8(tiles)), list(result.labels), columns, title_height=14)
+    return captioned(grid, filter_caption(result))
+
+
+def feature_map_tiles(maps: torch.Tensor, tile: int = 64) -> tuple[list[np.ndarray], bool]:
+    """Feature maps ``Tensor[K, h, w]`` as colour tiles ``uint8[tile, tile, 3]`` (nearest
+    neighbour enlargement), each scaled by its own largest magnitude ``m``.
+
+    Non-negative maps (after a rectifier): viridis over ``[0, m]`` (0 -> dark). When any
+    map has a negative value (a layer before its activation, a linear bottleneck), every
+    tile is signed instead: RdBu_r over ``[-m, m]``, white at 0, so negative responses stay
+    visible rather than being clipped. Returns ``(tiles, signed)``."""
+    maps = maps.detach().cpu().float()
+    signed = bool((maps < 0).any())
+    peak = maps.abs().flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1)
+    scaled = _enlarge((maps / peak)[:, None], tile)[:, 0]
+    if signed:
+        return [colorize(m, "RdBu_r", vmin=-1.0, vmax=1.0) for m in scaled], True
+    return [colorize(m, "viridis") for m in scaled], False
 
 
 def feature_map_grid(result, tile: int = 64, columns: int | None = None) -> np.ndarray:
-    """`FeatureMaps` as colour-mapped tiles, each scaled by its own maximum (0 -> dark)."""
-    maps = result.maps.detach().cpu()
-    peak = maps.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1)
-    scaled = _enlarge((maps.clamp_min(0) / peak)[:, None], tile)[:, 0]
-    tiles = [colorize(m, "viridis") for m in scaled]
+    """`FeatureMaps` as colour tiles (`feature_map_tiles`), titled ``c{channel} {mean}``,
+    under a caption that names the layer and states the scaling."""
+    tiles, signed = feature_map_tiles(result.maps, tile)
     titles = [
         f"c{int(c)} {float(m):.2g}" for c, m in zip(result.channels, result.means, strict=True)
     ]
-    return image_grid(tiles, titles, columns or min(len(tiles), 8), title_height=14)
+    grid = image_grid(tiles, titles, columns or min(len(tiles), 8), title_height=14)
+    colours = "blue < 0 < red, white = 0" if signed else "dark = 0, yellow = max"
+    return captioned(
+        grid,
+        f"{result.layer}: {len(tiles)} channels (title: channel, mean activation); each "
+        f"tile scaled by its own max |a|; {colours}",
+    )
 
 
-def layer_means_grid(maps: list[tuple[str, torch.Tensor]], tile: int = 64) -> np.ndarray:
-    """Channel-mean maps of many layers, each min-max scaled, titled by layer name."""
-    tiles = []
-    for _, values in maps:
+def layer_means_grid(maps: list[tuple[str, torch.Tensor]], tile: int = 96) -> np.ndarray:
+    """Channel-mean maps ``(name, Tensor[h, w])`` of many layers, each min-max scaled to
+    jet (blue = its min, red = its max) and enlarged to ``tile`` pixels (nearest),
+    titled ``name hxw``, under a caption saying so."""
+    tiles, titles = [], []
+    for name, values in maps:
         values = values.detach().cpu().float()
         span = (values.max() - values.min()).clamp_min(1e-12)
         tiles.append(colorize(_enlarge(((values - values.min()) / span)[None, None], tile)[0, 0]))
-    return image_grid(tiles, [name for name, _ in maps], 10, title_height=14)
+        titles.append(f"{name} {values.shape[0]}x{values.shape[1]}")
+    grid = image_grid(tiles, titles, min(len(tiles), 10), title_height=14)
+    return captioned(
+        grid, "channel mean of each layer's output, each map min-max scaled (blue = min, red = max)"
+    )
 
 
 def mask_overlay(display: np.ndarray, mask, alpha: float = 0.6) -> np.ndarray:
