@@ -11,8 +11,9 @@ Accepted forms (``B`` = number of images):
 - a callable ``f(output) -> Tensor[B]``: any scalar per image (for non-classifiers,
   segmentation regions, ...).
 
-Scores are read from the model output inside the method's own forward pass, so resolving
-``"top1"`` costs no extra forward.
+Ranked targets are resolved on the model output inside a method's own forward pass, so
+``"top1"`` costs a method no extra forward (`explain` adds one scoring pass to report the
+explained classes and scores).
 """
 
 from __future__ import annotations

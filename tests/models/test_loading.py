@@ -145,3 +145,14 @@ def test_preprocess_and_labels_override():
     assert batch.shape == (1, 3, 32, 48) and torch.allclose(batch, torch.full_like(batch, 2.0))
     default = load_model("efficientnet_lite0", pretrained=False, preprocess=custom)
     assert default.preprocess is custom and default.labels == imagenet_labels()
+
+
+def test_torchscript_model_is_explained(tmp_path):
+    """TorchScript modules take no hooks: borrowing one must still work."""
+    from convlens.attribution.gradients import saliency
+
+    net = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(), nn.Linear(32, 3))
+    scripted = torch.jit.script(net.eval())
+    images = torch.rand(2, 3, 6, 6)
+    expected = saliency(net, images, [0, 2])
+    assert torch.allclose(saliency(scripted, images, [0, 2]), expected, atol=1e-6)

@@ -31,16 +31,19 @@ def borrowed_model(model: nn.Module, eval_mode: bool = True) -> Iterator[nn.Modu
     (a forward pre-hook, removed on exit), so a model that edits its input in place
     (``x.sub_(mean)``) changes neither the caller's tensor nor the tensor a method reuses
     for its next forward pass. The copy is differentiable: input gradients still reach
-    the caller's leaf.
+    the caller's leaf. (Not for TorchScript modules, which cannot be hooked.)
     """
     flags = [(module, module.training) for module in model.modules()]
-    handle = model.register_forward_pre_hook(_private_inputs)
+    # TorchScript modules take no hooks; they run on the tensor as given.
+    scripted = isinstance(model, torch.jit.ScriptModule)
+    handle = None if scripted else model.register_forward_pre_hook(_private_inputs)
     try:
         if eval_mode:
             model.eval()
         yield model
     finally:
-        handle.remove()
+        if handle is not None:
+            handle.remove()
         for module, training in flags:
             module.training = training
 
