@@ -108,4 +108,3 @@ def test_console_script_exit_codes_in_a_real_process():
     )
     assert usage.returncode == 2 and "Usage: convlens layers" in usage.stderr
     assert "Traceback" not in usage.stderr
-

@@ -61,7 +61,7 @@ def test_objective_rises_tenfold_from_a_blank_start_and_model_is_unchanged(uncha
     net.train()
     with unchanged(net):
         # A normal render: grey start, default lr, Fourier, jitter/scale/rotation.
-        result = render(net, channel("4", 5), steps=30, size=32, seed=3)
+        result = render(net, channel("4", 5), steps=100, size=32, seed=3)
     grey = normalised(torch.full((1, 3, 32, 32), 0.5))
     with torch.no_grad():
         start = float(net[:5](grey)[0, 5].mean())

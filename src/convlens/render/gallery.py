@@ -16,15 +16,22 @@ from convlens.errors import ConvlensError
 
 LAYER = "blocks.4"  # 14x14 x 112 channels: deep enough to be specific, still spatial
 CLASS_NAME = "goldfish"
+CLASS_STEPS = (128, 512)  # the top-5 check (128) and the picture to look at (512)
 
 
-def command_pictures(steps: int) -> list[tuple[str, list[str]]]:
+def class_picture(steps: int) -> str:
+    return f"class_{CLASS_NAME}_{steps}.png"
+
+
+def command_pictures() -> list[tuple[str, list[str]]]:
     """``(file, argv)`` of each picture a `convlens` command makes, as documented."""
     return [
         ("filters.png", ["filters"]),
         ("feature_maps.png", ["features", "cat", "--layer", LAYER, "--top", "24"]),
         ("layer_means.png", ["features", "cat", "--all-layers"]),
-        (f"class_{CLASS_NAME}.png", ["visualize", "--class", CLASS_NAME, "--steps", str(steps)]),
+    ] + [
+        (class_picture(steps), ["visualize", "--class", CLASS_NAME, "--steps", str(steps)])
+        for steps in CLASS_STEPS
     ]
 
 
@@ -63,24 +70,24 @@ def api_pictures(folder: Path) -> list[Path]:
     return written
 
 
-def make_gallery(folder: Path, steps: int = 128) -> list[Path]:
-    """Write every gallery PNG into ``folder`` and classify the class visualisation;
+def make_gallery(folder: Path) -> list[Path]:
+    """Write every gallery PNG into ``folder`` and classify the class visualisations;
     returns the paths."""
     written = []
-    for name, argv in command_pictures(steps):
+    for name, argv in command_pictures():
         _run([*argv, "--out", str(folder / name)])
         written.append(folder / name)
     written += api_pictures(folder)
-    _run(["predict", str(folder / f"class_{CLASS_NAME}.png")])
+    for steps in CLASS_STEPS:
+        _run(["predict", str(folder / class_picture(steps))])
     return written
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("folder", type=Path)
-    parser.add_argument("--steps", type=int, default=128, help="class visualisation steps")
     args = parser.parse_args()
-    for path in make_gallery(args.folder, args.steps):
+    for path in make_gallery(args.folder):
         print(path)
 
 
