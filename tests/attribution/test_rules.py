@@ -138,8 +138,11 @@ def test_saliency_deconvnet_guided_agree_without_rectifiers(unchanged):
     images = torch.randn(3, 3, 8, 8)
     with unchanged(model, images):
         plain = saliency(model, images, [1, 4, 0])
-        torch.testing.assert_close(deconvnet(model, images, [1, 4, 0]), plain)
-        torch.testing.assert_close(guided_backprop(model, images, [1, 4, 0]), plain)
+        # ... and the user is told that the rule had nothing to act on
+        with pytest.warns(RuntimeWarning, match="deconvnet rule matched no rectifier"):
+            torch.testing.assert_close(deconvnet(model, images, [1, 4, 0]), plain)
+        with pytest.warns(RuntimeWarning, match="guided rule matched no rectifier"):
+            torch.testing.assert_close(guided_backprop(model, images, [1, 4, 0]), plain)
     assert plain.shape == (3, 8, 8) and bool((plain > 0).any())
 
 
