@@ -4,13 +4,16 @@ model predicted for the original image, not whatever wins on a perturbed one).""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import nn
 
+from convlens.attribution.common import fixed_targets as pin_ranked_targets
 from convlens.errors import MetricError
 from convlens.layers.capture import borrowed_model
 from convlens.models.loading import LoadedModel, as_module
-from convlens.targets import ClassSelector, Targets, resolve_targets
+from convlens.targets import Targets, resolve_targets
 
 SCORES = ("probability", "logit")
 
@@ -20,26 +23,15 @@ def fixed_targets(
 ) -> tuple[Targets, torch.Tensor]:
     """``(targets, rows)``: targets whose classes are pinned to ids resolved on ``images``
     (``Tensor[B, C, H, W]``), and the input row of each explained target
-    (``Tensor[N, C, H, W]``; ``N = B`` except for top-k targets)."""
+    (``Tensor[N, C, H, W]``; ``N = B`` except for top-k targets). Target ``n`` belongs to
+    row ``n``."""
     labels = model.labels if isinstance(model, LoadedModel) else None
     targets = resolve_targets(target, len(images), labels=labels)
     rows = targets.expand(images.detach())
-    if targets.fn is not None:
-        return targets, rows
     module = as_module(model)
-    with borrowed_model(module), torch.no_grad():
-        output = module(rows)
-
-    def pin(selector: ClassSelector | None) -> ClassSelector | None:
-        if selector is None:
-            return None
-        ids = selector.resolve(output).cpu()
-        return ClassSelector(ids, torch.full_like(ids, -1))
-
-    pinned = Targets(
-        torch.arange(len(rows)), pin(targets.positive), pin(targets.negative), None, targets.spec
-    )
-    return pinned, rows
+    with borrowed_model(module):
+        pinned = pin_ranked_targets(module, rows, targets)
+    return replace(pinned, image_index=torch.arange(len(rows))), rows
 
 
 def check_score(score: str, targets: Targets) -> None:
