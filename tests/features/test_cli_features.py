@@ -3,6 +3,7 @@ PNG is exactly the picture the Python API draws with the same options."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -79,6 +80,18 @@ def test_visualize_reports_the_score_of_the_saved_image(tmp_path, capsys, defaul
         seen = layer_activation(default_model, (pixels - 0.5) / 0.5, "blocks.1")[0, 3].mean()
     assert float(match[2]) == pytest.approx(float(seen), rel=0.02, abs=1e-3)  # 8-bit PNG
     assert float(match[2]) > float(match[1])  # (Adam's first step can overshoot: not 2)
+
+
+@pytest.mark.parametrize("class_name", ["goldfish", "espresso"])
+def test_class_visualisation_survives_an_8_bit_round_trip(tmp_path, capsys, class_name):
+    """Issue 4's check: 128 steps from grey, saved as an 8-bit PNG, re-read through the
+    model's own preprocessing: the class is in the top 5 (it is first in practice)."""
+    out = tmp_path / f"{class_name}.png"
+    assert main(["visualize", "--class", class_name, "--steps", "128", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["predict", str(out), "--top", "5", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)["results"][0]
+    assert class_name in [p["label"] for p in record["predictions"]]
 
 
 @pytest.mark.parametrize(
