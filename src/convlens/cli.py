@@ -212,7 +212,8 @@ def explain_command(
     """
     from pathlib import Path
 
-    from convlens.attribution.explain import method_names
+    from convlens.attribution.explain import check_layer_use, method_names
+    from convlens.attribution.registry import get_method
     from convlens.data.images import iter_batches
     from convlens.layers import resolve_layer
     from convlens.models import load_model
@@ -220,8 +221,9 @@ def explain_command(
     debug = bool(ctx.find_root().params.get("debug"))
     loaded = load_model(model)
     names = method_names(method)
-    if layer is not None:
-        resolve_layer(loaded.module, layer)  # an unknown layer stops before any work
+    if layer is not None:  # an unknown or unused layer stops before any work
+        check_layer_use([get_method(name) for name in names], layer)
+        resolve_layer(loaded.module, layer)
     run = _ExplainRun(names, skip_inapplicable=method.strip() == "all" and layer is None)
     records, errors, used = [], [], set()
     for batch in iter_batches(images, loaded.preprocess, batch_size=1):

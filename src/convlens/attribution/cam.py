@@ -290,19 +290,18 @@ def scorecam(
 def _masked_scores(module, images, targets, activation, batch_size, progress) -> torch.Tensor:
     """``Tensor[N, K]``: the target score of ``images[n] * M_k`` for non-constant channels."""
     flat = activation.flatten(2)
-    varies = flat.amax(dim=2) > flat.amin(dim=2)
-    rows, channels = (index.cpu() for index in torch.nonzero(varies, as_tuple=True))
-    weights = torch.zeros(activation.shape[:2], dtype=activation.dtype)
+    rows, channels = torch.nonzero(flat.amax(dim=2) > flat.amin(dim=2), as_tuple=True)
+    weights = torch.zeros_like(activation[:, :, 0, 0])
     chunks = list(in_chunks(len(rows), batch_size))
     for chunk in tqdm(chunks, disable=not progress, desc="scorecam", leave=False):
         row, channel = rows[chunk], channels[chunk]
-        on_device = row.to(activation.device), channel.to(activation.device)
-        masks = normalize_maps(upsample(activation[on_device], tuple(images.shape[-2:])))
+        masks = normalize_maps(upsample(activation[row, channel], tuple(images.shape[-2:])))
         with torch.no_grad():
-            output = module(images[on_device[0]] * masks[:, None])
+            output = module(images[row] * masks[:, None])
             probabilities = output if targets.fn is not None else output.softmax(dim=1)
-            weights[row, channel] = targets.subset(row).score(probabilities).cpu().to(weights.dtype)
-    return weights.to(activation.device)
+            scores = targets.subset(row.cpu()).score(probabilities)  # targets live on the CPU
+            weights[row, channel] = scores.to(weights)
+    return weights
 
 
 @register_method("guided_gradcam", "cam", uses_layer=True)

@@ -63,7 +63,7 @@ class Explanation:
         if self.display is None:
             raise ConvlensError(
                 "no display image is known for this explanation; pass images through a "
-                "LoadedModel (or use convlens.render.overlay with your own image)"
+                "LoadedModel (or use convlens.render.images.overlay_map with your own image)"
             )
         return overlay_map(self.display[row], self.maps[row], alpha=alpha, cmap=cmap)
 
@@ -160,6 +160,12 @@ def explain(
     if info.uses_layer:
         layer = resolve_cam_layer(as_module(model), tensor, layer)
     return _run_method(info, model, tensor, target, layer, options, scored, display, sources)
+
+
+def check_layer_use(infos: list[MethodInfo], layer: LayerSpec | None) -> None:
+    """MethodError when ``layer`` is given but none of the methods ``infos`` uses one."""
+    if layer is not None and not any(info.uses_layer for info in infos):
+        check_method_options(infos[0], {}, layer)
 
 
 def check_method_options(info: MethodInfo, options: dict, layer: LayerSpec | None) -> None:
@@ -273,8 +279,7 @@ def explain_methods(
     error propagates). Returns ``(explanations in method order, failures)``.
     """
     infos = [get_method(name) for name in methods]
-    if layer is not None and not any(info.uses_layer for info in infos):
-        check_method_options(infos[0], {}, layer)
+    check_layer_use(infos, layer)
     tensor, display, sources = _as_model_input(model, images)
     scored = _score_targets(model, tensor, target)
     layer_name, layer_error = None, None
@@ -287,10 +292,11 @@ def explain_methods(
             layer_error = error
     results, failures = [], []
     for info in infos:
+        if info.uses_layer and layer_error is not None:
+            failures.append(MethodFailure(info.name, layer_error))
+            continue
         options = {"progress": True} if progress and info.takes_progress else {}
         try:
-            if info.uses_layer and layer_error is not None:
-                raise layer_error
             name = layer_name if info.uses_layer else None
             results.append(
                 _run_method(info, model, tensor, target, name, options, scored, display, sources)

@@ -88,10 +88,8 @@ def map_display(values) -> tuple[torch.Tensor, bool]:
         top = float(magnitude.max())
     if not signed:
         return normalize_maps(maps.clamp(max=top)[None])[0], False
-    # Min-max of the map beside its mirror image spans [-top, top], putting 0 at 0.5.
-    clipped = maps.clamp(-top, top)
-    mirrored = torch.cat([clipped, -clipped], dim=1)[None]
-    return normalize_maps(mirrored)[0, :, : maps.shape[1]], True
+    # [-top, top] -> [0, 1] with 0 at 0.5 (top > 0: a signed map has a non-zero value).
+    return (maps.clamp(-top, top) / top + 1) / 2, True
 
 
 def overlay_map(image, values, alpha: float = 0.5, cmap: str | None = None) -> np.ndarray:
