@@ -24,6 +24,7 @@ from convlens.features.optimize import (
     total_variation,
 )
 from convlens.models.preprocess import IMAGENET_PREPROCESS, Preprocess
+from convlens.targets import contrast
 
 NO_TRANSFORM = dict(transforms=None, param="pixels")
 
@@ -216,7 +217,62 @@ def test_bad_options_raise():
         render(net, class_logit(0), steps=1, size=8)
     with pytest.raises(MethodError, match="too small for blur radius"):
         render(net, class_logit(0), steps=2, size=2, transforms=None, blur_every=1, blur_sigma=1)
-    with pytest.raises(MethodError, match="one fixed class"):
+    with pytest.raises(TargetError, match="one fixed class"):
         class_logit("top1")
     with pytest.raises(TargetError):
         class_logit(-3)
+
+
+@pytest.mark.parametrize(
+    "target",
+    [None, "top1", "top3", contrast("top1", 2), contrast(1, "top2"), lambda out: out[:, 0]],
+)
+def test_class_logit_refuses_ranked_and_callable_targets(target):
+    # Each would chase whichever class is on top at each step instead of one class.
+    with pytest.raises(TargetError, match="give a class id or name"):
+        class_logit(target)
+
+
+def test_class_logit_refuses_a_ranked_side_next_to_a_name_before_any_update(unchanged):
+    net = tiny_classifier()
+    labels = ("tench", "goldfish", "shark", "hen", "ostrich")
+    loaded = load_model(net, preprocess=Preprocess(size=16), labels=labels)
+    objective = class_logit(contrast("top1", "goldfish"))  # the name needs the labels
+    with unchanged(net), pytest.raises(TargetError, match="give a class id or name"):
+        render(loaded, objective, steps=2)
+
+
+def test_class_logit_ids_names_and_contrasts_score_fixed_classes():
+    output = torch.tensor([[1.0, 2.0, 7.0], [3.0, 5.0, -1.0]])
+    seen = Seen(torch.full((2, 3, 4, 4), 0.5), {}, output, ["tench", "goldfish", "shark"])
+    assert torch.equal(class_logit(1)(seen), output[:, 1])
+    assert torch.equal(class_logit("Goldfish")(seen), output[:, 1])
+    assert torch.equal(class_logit(contrast(1, 2))(seen), output[:, 1] - output[:, 2])
+    assert torch.equal(class_logit(contrast("shark", 0))(seen), output[:, 2] - output[:, 0])
+
+
+def test_class_logit_resolves_once_per_run_and_again_for_other_labels(monkeypatch):
+    import convlens.features.optimize as optimize
+
+    net = tiny_classifier()
+    size = Preprocess(size=16)
+    first = load_model(net, preprocess=size, labels=("a", "goldfish", "c", "d", "e"))
+    other = load_model(net, preprocess=size, labels=("a", "b", "c", "goldfish", "e"))
+    by_name, one, three = class_logit("goldfish"), class_logit(1), class_logit(3)
+    resolve, calls = optimize.resolve_targets, []
+
+    def counted(*args, **kwargs):
+        calls.append(args)
+        return resolve(*args, **kwargs)
+
+    monkeypatch.setattr(optimize, "resolve_targets", counted)
+    settings = dict(steps=4, seed=0, **NO_TRANSFORM)
+    assert torch.equal(
+        render(first, by_name, **settings).images, render(first, one, **settings).images
+    )
+    assert len(calls) == 2  # once per run, not once per step (4 steps + final score)
+    # The same objective on a model whose labels differ is resolved again, to class 3.
+    assert torch.equal(
+        render(other, by_name, **settings).images, render(other, three, **settings).images
+    )
+    assert len(calls) == 4

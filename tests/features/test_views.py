@@ -150,6 +150,60 @@ def test_stage_layers_are_the_blocks_of_the_feature_extractor():
         stage_layers(nn.Sequential(nn.Flatten(), nn.Linear(192, 2)), image)
 
 
+class ReusedPoolNet(nn.Module):
+    """conv1 (4x8x8), pool (first call 4x4x4), conv2 (4x4x4), pool again (4x2x2), head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.pool = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(self.conv2(self.pool(self.conv1(x)))).amax((2, 3)))
+
+
+def test_stage_means_take_one_forward_pass_and_a_reused_module_counts_once():
+    net, image = ReusedPoolNet(), torch.randn(3, 8, 8)
+    forwards = []
+    handle = net.register_forward_pre_hook(lambda _module, _inputs: forwards.append(1))
+    try:
+        maps = layer_mean_maps(net, image)
+    finally:
+        handle.remove()
+    assert len(forwards) == 1
+    # pool counts with its first call (4x4x4, at its first position), which conv2 shares:
+    # one stage, drawn at conv2. (Its last call's 4x2x2 would have made it a stage.)
+    assert [name for name, _ in maps] == stage_layers(net, image) == ["conv1", "conv2"]
+    with torch.no_grad():
+        conv1 = net.conv1(image[None])
+        conv2 = net.conv2(net.pool(conv1))
+    assert torch.allclose(maps[0][1], conv1[0].mean(0))
+    assert torch.allclose(maps[1][1], conv2[0].mean(0))
+    assert not net._forward_hooks and not net.pool._forward_hooks
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda n, x: activation_mask(n, x, "3", 2), MethodError, "has 2 channels"),
+        (lambda n, x: project_unit(n, x, "3", 2), MethodError, "has 2 channels"),
+        (lambda n, x: activation_mask(n, x, "1", 1.0), MethodError, "integer in 0..3"),
+        (lambda n, x: project_unit(n, x, "1", True), MethodError, "integer in 0..3"),
+        (lambda n, x: activation_mask(n, x, "5", 0), LayerError, r"not \[B, C, h, w\]"),
+        (lambda n, x: project_unit(n, x, "5", 0), LayerError, r"not \[B, C, h, w\]"),
+    ],
+)
+def test_masks_and_projections_check_layer_and_channel_alike(unchanged, call, error, message):
+    net = nn.Sequential(*tiny_net(), nn.Flatten())  # "5": a [B, 32] output
+    image = torch.randn(3, 8, 8)
+    with unchanged(net, image), pytest.raises(error, match=message) as raised:
+        call(net, image)
+    if "range" in str(raised.value):
+        assert str(raised.value) == "channel 2 out of range: layer '3' has 2 channels (0..1)"
+
+
 def test_mask_area_is_thresholded_fraction():
     net, image = tiny_net(), torch.randn(3, 16, 16)
     result = activation_mask(net, image, "1", 2, quantile=0.75)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from convlens.errors import LayerError, MethodError
-from convlens.layers import borrowed_model, capture, resolve_layer, spatial_outputs
+from convlens.layers import borrowed_model, capture, resolve_layer
 from convlens.layers.find import LayerSpec
 from convlens.models.loading import LoadedModel, as_module
 
@@ -44,13 +45,33 @@ def layer_activation(
     name, _ = resolve_layer(module, layer)
     with borrowed_model(module), torch.no_grad(), capture(module, name) as cap:
         module(images)
-    activation = cap.activation(name)
+    return spatial_activation(cap.activation(name), name)
+
+
+def spatial_activation(activation: torch.Tensor, layer: LayerSpec) -> torch.Tensor:
+    """``activation`` itself when it is a ``Tensor[B, C, h, w]`` layer output; `LayerError`
+    (naming the fix) otherwise."""
     if activation.dim() != 4:
         raise LayerError(
-            f"layer {name!r} outputs shape {tuple(activation.shape)}, not [B, C, h, w]; "
+            f"layer {layer!r} outputs shape {tuple(activation.shape)}, not [B, C, h, w]; "
             "choose a convolutional layer (see 'convlens layers')"
         )
     return activation
+
+
+def channel_maps(activation: torch.Tensor, layer: LayerSpec, channel: int) -> torch.Tensor:
+    """``activation[:, channel]`` ``Tensor[B, h, w]`` of a ``Tensor[B, C, h, w]`` output of
+    ``layer``: `LayerError` for another shape, `MethodError` unless ``channel`` is an
+    integer in ``0..C-1`` (the message names the range)."""
+    channels = spatial_activation(activation, layer).shape[1]
+    if isinstance(channel, bool) or not isinstance(channel, numbers.Integral):
+        raise MethodError(f"a channel index is an integer in 0..{channels - 1}, got {channel!r}")
+    if not 0 <= channel < channels:
+        raise MethodError(
+            f"channel {channel} out of range: layer {layer!r} has {channels} channels "
+            f"(0..{channels - 1})"
+        )
+    return activation[:, int(channel)]
 
 
 def feature_maps(
@@ -99,28 +120,55 @@ def _stage_candidates(model: nn.Module) -> list[str]:
     return names
 
 
-def stage_layers(model: nn.Module | LoadedModel, image: torch.Tensor) -> list[str]:
-    """One layer per stage of the network, in forward order: the stem, each block of the
-    feature extractor, the head (`_stage_candidates`), keeping those with a ``[B, C, h, w]``
-    output larger than 1x1. Consecutive candidates with the same output shape are one stage
-    (``conv_stem`` then ``bn1``; a conv then its ReLU): only the last of them is kept.
-    Costs one forward pass of ``image`` ``Tensor[3, H, W]``."""
-    module = as_module(model)
-    candidates = set(_stage_candidates(module))
-    shapes = dict(spatial_outputs(module, _batch_of_one(image)))  # first call per layer
-    stages: list[tuple[str, tuple[int, ...]]] = []
-    for name, shape in shapes.items():
-        if name not in candidates or shape[-2] * shape[-1] == 1:
+def _stage_means(
+    module: nn.Module, image: torch.Tensor
+) -> list[tuple[str, tuple[int, ...], torch.Tensor]]:
+    """``(name, output shape, channel mean Tensor[h, w])`` of each stage (`stage_layers`)
+    for a batch of one ``image``, from one forward pass. A module called more than once
+    counts with its first call."""
+    candidates = _stage_candidates(module)
+    modules = dict(module.named_modules())
+    finished: dict[str, tuple[tuple[int, ...], torch.Tensor]] = {}  # forward finish order
+
+    def record(name: str):
+        def hook(_module, _inputs, output):
+            if isinstance(output, torch.Tensor) and output.dim() == 4:
+                finished.setdefault(name, (tuple(output.shape), output.detach()[0].mean(0)))
+
+        return hook
+
+    handles = []
+    with borrowed_model(module), torch.no_grad():
+        try:
+            for name in candidates:
+                handles.append(modules[name].register_forward_hook(record(name)))
+            module(image)
+        finally:
+            for handle in handles:
+                handle.remove()
+    stages: list[tuple[str, tuple[int, ...], torch.Tensor]] = []
+    for name, (shape, mean) in finished.items():
+        if shape[-2] * shape[-1] == 1:
             continue
         if stages and stages[-1][1] == shape:
             stages.pop()
-        stages.append((name, shape))
+        stages.append((name, shape, mean))
     if not stages:
         raise LayerError(
             "found no stage with a [B, C, h, w] output among the model's top-level blocks; "
             "pass the layers to draw (see 'convlens layers')"
         )
-    return [name for name, _ in stages]
+    return stages
+
+
+def stage_layers(model: nn.Module | LoadedModel, image: torch.Tensor) -> list[str]:
+    """One layer per stage of the network, in forward order: the stem, each block of the
+    feature extractor, the head (`_stage_candidates`), keeping those with a ``[B, C, h, w]``
+    output larger than 1x1 (a module called more than once counts with its first call).
+    Consecutive candidates with the same output shape are one stage (``conv_stem`` then
+    ``bn1``; a conv then its ReLU): only the last of them is kept. Costs one forward pass
+    of ``image`` ``Tensor[3, H, W]``."""
+    return [name for name, _, _ in _stage_means(as_module(model), _batch_of_one(image))]
 
 
 def layer_mean_maps(
@@ -128,11 +176,11 @@ def layer_mean_maps(
 ) -> list[tuple[str, torch.Tensor]]:
     """``(name, Tensor[h, w])``: the channel mean of each stage's output (`stage_layers`)
     or of each of ``layers``, in forward order, for one image ``Tensor[3, H, W]``
-    (normalised): how the picture of the input changes with depth."""
+    (normalised): how the picture of the input changes with depth. One forward pass."""
     module = as_module(model)
     image = _batch_of_one(image)
     if layers is None:
-        layers = stage_layers(module, image)
+        return [(name, mean) for name, _, mean in _stage_means(module, image)]
     if not layers:
         raise LayerError("pass at least one layer, or layers=None for every stage")
     with borrowed_model(module), torch.no_grad(), capture(module, layers) as cap:

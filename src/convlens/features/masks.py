@@ -9,7 +9,7 @@ from torch import nn
 
 from convlens.attribution.common import upsample
 from convlens.errors import MethodError
-from convlens.features.maps import _batch_of_one, layer_activation
+from convlens.features.maps import _batch_of_one, channel_maps, layer_activation
 from convlens.layers import resolve_layer
 from convlens.layers.find import LayerSpec
 from convlens.models.loading import LoadedModel, as_module
@@ -70,12 +70,7 @@ def activation_mask(
     module = as_module(model)
     name, _ = resolve_layer(module, layer)
     image = _batch_of_one(image)
-    activation = layer_activation(module, image, name)[0]
-    if not 0 <= channel < activation.shape[0]:
-        raise MethodError(
-            f"channel {channel} out of range: layer {name!r} has {activation.shape[0]} channels "
-            f"(0..{activation.shape[0] - 1})"
-        )
-    values = upsample(activation[channel][None], tuple(image.shape[-2:]))[0]
+    channel_map = channel_maps(layer_activation(module, image, name), name, channel)
+    values = upsample(channel_map, tuple(image.shape[-2:]))[0]
     mask, used = threshold_mask(values, threshold, quantile)
     return ActivationMask(name, channel, used, values, mask)

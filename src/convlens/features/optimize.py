@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,12 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from convlens.errors import LayerError, MethodError
+from convlens.errors import MethodError, TargetError
+from convlens.features.maps import channel_maps
 from convlens.layers import borrowed_model, capture, resolve_layer
 from convlens.layers.find import LayerSpec
 from convlens.models.loading import LoadedModel, as_module
 from convlens.models.preprocess import IMAGENET_PREPROCESS, Preprocess
-from convlens.targets import resolve_targets
+from convlens.targets import Contrast, Targets, resolve_targets
 
 
 @dataclass
@@ -95,43 +95,51 @@ class Objective:
         return f"Objective({self.name})"
 
 
-_TOPK = re.compile(r"^top\d+$", re.IGNORECASE)
-
-
-def class_logit(target: int | str) -> Objective:
+def class_logit(target: int | str | Contrast) -> Objective:
     """``output[b, k]``: the logit (pre-softmax score) of class ``target``, an id or a class
-    name (``"goldfish"``). Checked by `convlens.targets` against the model's classes and
-    labels on the first step (`TargetError` naming the allowed range)."""
-    if isinstance(target, str) and _TOPK.match(target):
-        raise MethodError(
-            f"class_logit takes one fixed class (an id or a name), not {target!r}; "
-            "pick the class to visualise"
-        )
-    if not isinstance(target, str):
-        resolve_targets(target, 1)  # the form and the sign now; the range on the first step
+    name (``"goldfish"``), or ``contrast(i, j)`` for ``output[b, i] - output[b, j]``.
+    Resolved by `convlens.targets` once per run (against the model's classes and labels,
+    on the first step; `TargetError` naming the allowed range). Ranked targets (``None``,
+    ``"top1"``, ``"top3"``, ``contrast("top1", k)``) and callables are refused with
+    `TargetError`: they would follow whichever class is on top at each step."""
+    try:  # the form now; class names wait for the model's labels
+        early = resolve_targets(target, 1)
+    except TargetError:
+        if not _holds_a_string(target):
+            raise
+        early = None
+    if early is not None:
+        _fixed_classes(target, early)
+    resolved: dict = {}
 
     def score(s: Seen) -> torch.Tensor:
         classes = s.output.shape[1] if s.output.dim() == 2 else None
-        return resolve_targets(target, s.output.shape[0], s.labels, classes).score(s.output)
+        key = (s.output.shape[0], classes)
+        if resolved.get("key") != key or resolved.get("labels") is not s.labels:
+            targets = resolve_targets(target, key[0], s.labels, classes)
+            resolved.update(key=key, labels=s.labels, targets=_fixed_classes(target, targets))
+        return resolved["targets"].score(s.output)
 
     return Objective(score, (), f"class {target}")
 
 
-def _channel_maps(s: Seen, layer: LayerSpec, index: int) -> torch.Tensor:
-    """``A[:, index]`` ``Tensor[B, h, w]`` of ``layer``, with the layer and index checked."""
-    activation = s.activations[layer]
-    if activation.dim() != 4:
-        raise LayerError(
-            f"layer {layer!r} outputs shape {tuple(activation.shape)}, not [B, C, h, w]; "
-            "choose a convolutional layer (see 'convlens layers')"
+def _holds_a_string(target: object) -> bool:
+    """Whether ``target`` (or a side of a contrast) is a string, which may be a class name
+    that only the model's labels resolve (on the first step, before any update)."""
+    parts = (target.positive, target.negative) if isinstance(target, Contrast) else (target,)
+    return any(isinstance(part, str) for part in parts)
+
+
+def _fixed_classes(target: object, targets: Targets) -> Targets:
+    """``targets`` unless they are ranked (``"topK"``, ``None``) or a callable."""
+    selectors = [s for s in (targets.positive, targets.negative) if s is not None]
+    if targets.fn is not None or any(bool((s.ranks >= 0).any()) for s in selectors):
+        raise TargetError(
+            f"class_logit takes one fixed class, not {target!r}: a ranked target or a "
+            "callable would chase whichever class is on top at each step; give a class id "
+            "or name (or contrast(a, b) of two)"
         )
-    channels = activation.shape[1]
-    if not 0 <= index < channels:
-        raise MethodError(
-            f"channel {index} out of range: layer {layer!r} has {channels} channels "
-            f"(0..{channels - 1})"
-        )
-    return activation[:, index]
+    return targets
 
 
 def _check_index(index: int, what: str) -> int:
@@ -144,7 +152,9 @@ def channel(layer: LayerSpec, index: int) -> Objective:
     """Mean of channel ``index`` of ``layer`` over positions: ``mean_{i,j} A[b, c, i, j]``."""
     index = _check_index(index, "a channel index")
     return Objective(
-        lambda s: _channel_maps(s, layer, index).mean((1, 2)), (layer,), f"{layer}:{index}"
+        lambda s: channel_maps(s.activations[layer], layer, index).mean((1, 2)),
+        (layer,),
+        f"{layer}:{index}",
     )
 
 
@@ -157,7 +167,7 @@ def neuron(
     col = None if col is None else _check_index(col, "col")
 
     def score(s: Seen) -> torch.Tensor:
-        maps = _channel_maps(s, layer, index)
+        maps = channel_maps(s.activations[layer], layer, index)
         height, width = maps.shape[1:]
         i = height // 2 if row is None else row
         j = width // 2 if col is None else col

@@ -22,7 +22,7 @@ from torch import nn
 
 from convlens.attribution.rules import backward_rule
 from convlens.errors import MethodError
-from convlens.features.maps import _batch_of_one
+from convlens.features.maps import _batch_of_one, channel_maps
 from convlens.layers import borrowed_model, capture, receptive_field, resolve_layer
 from convlens.layers.find import LayerSpec
 from convlens.models.loading import LoadedModel, as_module
@@ -82,14 +82,9 @@ def project_unit(
     with borrowed_model(module), backward_rule(module, rule) as session:
         with capture(module, name, gradients=True) as cap:
             module(inputs)
-            activation = cap.activation(name)
-            if activation.dim() != 4 or not 0 <= channel < activation.shape[1]:
-                raise MethodError(
-                    f"layer {name!r} output {tuple(activation.shape)} has no channel {channel}; "
-                    "choose a convolutional layer and a channel in range"
-                )
-            row, col = _unit_position(activation[0, channel].detach(), position)
-            unit = activation[0, channel, row, col]
+            unit_map = channel_maps(cap.activation(name), name, channel)[0]
+            row, col = _unit_position(unit_map.detach(), position)
+            unit = unit_map[row, col]
             (gradient,) = torch.autograd.grad(unit, inputs)
     if message := session.unmatched():
         raise MethodError(f"cannot project with {rule}: {message}")
