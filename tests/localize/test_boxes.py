@@ -170,3 +170,17 @@ def test_maps_to_boxes_connectivity_four_splits_diagonal_neighbours():
         [0.0, 0.0, 2.0, 2.0],
         [2.0, 2.0, 4.0, 4.0],
     ]
+
+
+@pytest.mark.parametrize("connectivity", [4, 8])
+def test_mask_to_boxes_equals_maps_to_boxes_on_the_same_mask(connectivity):
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(5):
+        mask = torch.rand(12, 15, generator=gen) > 0.6
+        for mode in ("largest", "all"):
+            from_mask = mask_to_boxes(mask, mode, connectivity)
+            from_map = maps_to_boxes(mask.float()[None], 1.0, mode, connectivity=connectivity)[0]
+            assert torch.equal(from_mask, from_map)
+    assert mask_to_boxes(torch.zeros(4, 4, dtype=torch.bool)).shape == (0, 4)
+    with pytest.raises(MetricError, match="one mask"):
+        mask_to_boxes(torch.ones(2, 4, 4, dtype=torch.bool))

@@ -133,7 +133,7 @@ def evaluate_methods(
         },
     )
     for name in names:
-        options = _default_options(name, side) | (method_options or {}).get(name, {})
+        options = _method_options(name, side, method_options)
         try:
             scores, curves, constant = _evaluate_one(
                 model,
@@ -192,7 +192,7 @@ def sanity_cascades(
             truth.tensor[:count],
             name,
             target=truth.labels[:count],
-            **(_default_options(name, side) | (method_options or {}).get(name, {})),
+            **_method_options(name, side, method_options),
         )
         for name in methods
     }
@@ -222,10 +222,13 @@ def _check_methods(names: list[str]) -> None:
         get_method(name)
 
 
-def _default_options(name: str, side: int) -> dict:
-    if name == "occlusion":
-        return {"patch": max(2, side // 8), "stride": max(1, side // 16)}
-    return {}
+def _method_options(name: str, side: int, method_options: dict[str, dict] | None) -> dict:
+    """Keyword arguments of method ``name`` on images of ``side`` pixels: the defaults
+    (occlusion: patch = side / 8, stride = side / 16), updated by ``method_options[name]``."""
+    defaults = (
+        {"patch": max(2, side // 8), "stride": max(1, side // 16)} if name == "occlusion" else {}
+    )
+    return defaults | (method_options or {}).get(name, {})
 
 
 @torch.no_grad()

@@ -120,15 +120,17 @@ def randomize_layer(layer: nn.Module) -> None:
                 p.copy_(mean + spread * torch.randn_like(p))
 
 
-def _check_pair(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Both map stacks checked (`check_maps`: finite ``Tensor[N, H, W]``) and of one shape."""
+def _check_pair(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[bool]]:
+    """Both map stacks checked (`check_maps`: finite ``Tensor[N, H, W]``) and of one shape,
+    on the CPU, and per pair whether a similarity is undefined (either map is constant)."""
     a, b = check_maps(a, "maps a"), check_maps(b, "maps b")
     if a.shape != b.shape:
         raise MetricError(
             f"maps a {tuple(a.shape)} and maps b {tuple(b.shape)} differ in shape; compare "
             "the maps of the same images at the same resolution, one pair per image"
         )
-    return a.cpu(), b.cpu()
+    a, b = a.cpu(), b.cpu()
+    return a, b, (constant_maps(a) | constant_maps(b)).tolist()
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -138,8 +140,7 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     A constant map (every pixel equal, e.g. an all-zero Grad-CAM) has no ranking, so a pair
     with a constant map has no correlation: NaN (use ``nanmean`` and count the NaN).
     Maps of different shapes, NaN or infinite values raise `MetricError`."""
-    a, b = _check_pair(a, b)
-    undefined = (constant_maps(a) | constant_maps(b)).tolist()
+    a, b, undefined = _check_pair(a, b)
     values = []
     pairs = zip(a.flatten(1).double().numpy(), b.flatten(1).double().numpy(), strict=True)
     for (x, y), skip in zip(pairs, undefined, strict=True):
@@ -167,12 +168,11 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
     As for `spearman`, a pair with a constant map (no structure once normalised) is NaN;
     maps of different shapes, NaN or infinite values raise `MetricError`."""
-    a, b = _check_pair(a, b)
+    a, b, undefined = _check_pair(a, b)
     size = min(a.shape[-2:])
     window = min(7, size if size % 2 else size - 1)
     if window < 3:
         raise MetricError(f"SSIM needs maps of at least 3x3 pixels, got {tuple(a.shape[-2:])}")
-    undefined = (constant_maps(a) | constant_maps(b)).tolist()
     a, b = normalize_maps(a).double().numpy(), normalize_maps(b).double().numpy()
     values = [
         float("nan") if skip else structural_similarity(x, y, data_range=1.0, win_size=window)

@@ -21,7 +21,6 @@ from convlens.errors import MetricError
 from convlens.localize.masks import (
     check_maps,
     check_masks,
-    connected_components,
     connectivity_structure,
     threshold_maps,
 )
@@ -81,18 +80,26 @@ def mask_to_boxes(mask: torch.Tensor, mode: str = "largest", connectivity: int =
     ``connectivity``: 4 or 8.
     """
     check_box_mode(mode)
-    labels = connected_components(mask, connectivity).numpy()
-    return torch.from_numpy(labelled_boxes(labels, mode)).float()
+    structure = connectivity_structure(connectivity)
+    return torch.from_numpy(
+        component_boxes(_one_mask(mask, "mask_to_boxes"), mode, structure)
+    ).float()
 
 
 def mask_box(mask: torch.Tensor) -> torch.Tensor:
     """Tight box ``Tensor[4]`` ``(x0, y0, x1, y1)`` (x1/y1 exclusive) around every True pixel
     of a bool ``Tensor[H, W]``, connected or not; an empty mask raises `MetricError`."""
-    masks = check_masks(mask, "mask", allow_empty=False)
-    if len(masks) != 1:
-        raise MetricError(f"mask_box takes one mask [H, W], got {tuple(mask.shape)}")
-    whole = masks[0].cpu().numpy().astype(np.int32)  # one label: every True pixel
+    whole = _one_mask(mask, "mask_box", allow_empty=False).astype(np.int32)  # one label
     return torch.from_numpy(labelled_boxes(whole, "largest")[0]).float()
+
+
+def _one_mask(mask: torch.Tensor, what: str, allow_empty: bool = True) -> np.ndarray:
+    """One mask (`check_masks`: bool or 0/1 ``[H, W]`` or ``[1, H, W]``) as numpy bool
+    ``[H, W]``; `MetricError` for a stack of several."""
+    masks = check_masks(mask, "mask", allow_empty=allow_empty)
+    if len(masks) != 1:
+        raise MetricError(f"{what} takes one mask [H, W], got {tuple(mask.shape)}")
+    return masks[0].cpu().numpy()
 
 
 def component_boxes(mask: np.ndarray, mode: str, structure: np.ndarray) -> np.ndarray:

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
+from convlens.attribution.common import normalize_maps
 from convlens.render.images import _font, colorize, image_grid
 
 SCALING_TEXT = {
@@ -109,9 +110,8 @@ def layer_means_grid(maps: list[tuple[str, torch.Tensor]], tile: int = 96) -> np
     titled ``name hxw``, under a caption saying so."""
     tiles, titles = [], []
     for name, values in maps:
-        values = values.detach().cpu().float()
-        span = (values.max() - values.min()).clamp_min(1e-12)
-        tiles.append(colorize(_enlarge(((values - values.min()) / span)[None, None], tile)[0, 0]))
+        scaled = normalize_maps(values.detach().cpu().float()[None])
+        tiles.append(colorize(_enlarge(scaled[None], tile)[0, 0]))
         titles.append(f"{name} {values.shape[0]}x{values.shape[1]}")
     grid = image_grid(tiles, titles, min(len(tiles), 10), title_height=14)
     return captioned(
