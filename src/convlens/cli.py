@@ -389,7 +389,8 @@ def evaluate_command(
     """Score attribution methods against ground truth: localisation, faithfulness, sanity."""
     from pathlib import Path
 
-    from convlens.evaluate.benchmark import evaluate_on_source, method_names
+    from convlens.attribution.explain import method_names
+    from convlens.evaluate.benchmark import evaluate_on_source
     from convlens.render.leaderboard import LEADERBOARD_NOTE, leaderboard_curves, leaderboard_table
 
     names = method_names(methods)

@@ -10,12 +10,14 @@ import torch
 from PIL import Image
 from tests.conftest import assert_same_state, model_state
 
+from convlens.attribution.explain import method_names
+from convlens.attribution.registry import list_methods
 from convlens.cli import main
 from convlens.data.ground_truth import load_annotations, mask_pixels
 from convlens.data.synthetic import SyntheticShapes, make_batch
 from convlens.errors import DataError, MethodError
 from convlens.evaluate import cascading_randomization, parametrised_layers
-from convlens.evaluate.benchmark import METRIC_KEYS, evaluate_methods, method_names
+from convlens.evaluate.benchmark import METRIC_KEYS, evaluate_methods
 from convlens.models import Preprocess, load_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -119,7 +121,7 @@ def test_sanity_score_leaves_out_constant_maps_and_counts_them(shapes_model):
 
 def test_method_names_ignore_spaces_and_empty_entries():
     assert method_names(" cam, ,gradcam,, saliency ") == ["cam", "gradcam", "saliency"]
-    assert method_names(" all ") is None
+    assert method_names(" all ") == [info.name for info in list_methods()]
     for empty in ("", " , ,", ","):
         with pytest.raises(MethodError, match="names no method"):
             method_names(empty)

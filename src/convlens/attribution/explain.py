@@ -246,12 +246,16 @@ def _run_method(
 
 
 def method_names(spec: str) -> list[str]:
-    """``"gradcam,occlusion"`` or ``"all"`` to a list of registered names (checked)."""
+    """``"gradcam, occlusion"`` (spaces and empty entries ignored) or ``"all"`` to a list of
+    registered names (checked: an unknown name raises `MethodError` with close matches)."""
     if spec.strip() == "all":
         return [info.name for info in list_methods()]
     names = [name.strip() for name in spec.split(",") if name.strip()]
     if not names:
-        raise ConvlensError("no method given; pass --method NAME[,NAME...] or 'all'")
+        raise MethodError(
+            f"{spec!r} names no method; pass names from 'convlens methods', comma separated, "
+            "or 'all'"
+        )
     return [get_method(name).name for name in names]
 
 

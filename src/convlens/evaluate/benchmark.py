@@ -198,21 +198,6 @@ def sanity_cascades(
     }
 
 
-def method_names(text: str) -> list[str] | None:
-    """Method names from a comma-separated list (``"cam, gradcam,"``: spaces and empty
-    entries ignored); ``"all"`` gives None (every registered method). A list with no name
-    raises `MethodError`."""
-    if text.strip() == "all":
-        return None
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    if not names:
-        raise MethodError(
-            f"--methods {text!r} names no method; pass names from 'convlens methods', "
-            "comma separated, or 'all'"
-        )
-    return names
-
-
 def _check_methods(names: list[str]) -> None:
     from convlens.attribution import get_method
 
