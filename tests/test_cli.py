@@ -104,7 +104,7 @@ def test_console_script_exit_codes_in_a_real_process():
     import sys
 
     usage = subprocess.run(
-        [sys.executable, "-m", "convlens.cli", "layers", "--nope"], capture_output=True, text=True
+        [sys.executable, "-m", "convlens", "layers", "--nope"], capture_output=True, text=True
     )
     assert usage.returncode == 2 and "Usage: convlens layers" in usage.stderr
     assert "Traceback" not in usage.stderr

@@ -1,48 +1,88 @@
-"""convlens: see what a convolutional network learned and why it made a decision."""
+"""convlens: see what a convolutional network learned and why it made a decision.
 
-from convlens.attribution import Explanation, explain, list_methods, normalize_maps
-from convlens.data.images import ImageBatch, LoadedImage, load_image, load_images
-from convlens.data.samples import sample_names, sample_path
-from convlens.errors import (
-    ConvlensError,
-    ImageLoadError,
-    LayerError,
-    MethodError,
-    ModelLoadError,
-    TargetError,
-)
-from convlens.layers import capture, default_cam_layer, layer_table, receptive_field, resolve_layer
-from convlens.models import LoadedModel, Preprocess, load_model
-from convlens.targets import Targets, contrast, resolve_targets
+The public names below are loaded on first use (PEP 562), so ``import convlens.localize``
+or ``convlens --help`` does not pay for torch models, image I/O or attribution code it
+does not touch.
+"""
+
+# ruff: noqa: F401  (the TYPE_CHECKING block names the public API for type checkers)
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ConvlensError",
-    "Explanation",
-    "ImageBatch",
-    "ImageLoadError",
-    "LayerError",
-    "LoadedImage",
-    "LoadedModel",
-    "MethodError",
-    "ModelLoadError",
-    "Preprocess",
-    "TargetError",
-    "Targets",
-    "capture",
-    "contrast",
-    "default_cam_layer",
-    "explain",
-    "layer_table",
-    "list_methods",
-    "load_image",
-    "load_images",
-    "load_model",
-    "normalize_maps",
-    "receptive_field",
-    "resolve_layer",
-    "resolve_targets",
-    "sample_names",
-    "sample_path",
-]
+# public name -> the module that defines it
+_PUBLIC = {
+    "ConvlensError": "convlens.errors",
+    "DataError": "convlens.errors",
+    "ImageLoadError": "convlens.errors",
+    "LayerError": "convlens.errors",
+    "MethodError": "convlens.errors",
+    "MetricError": "convlens.errors",
+    "ModelLoadError": "convlens.errors",
+    "TargetError": "convlens.errors",
+    "Explanation": "convlens.attribution.explain",
+    "explain": "convlens.attribution.explain",
+    "list_methods": "convlens.attribution.methods",
+    "normalize_maps": "convlens.maps",
+    "ImageBatch": "convlens.data.images",
+    "LoadedImage": "convlens.data.images",
+    "load_image": "convlens.data.images",
+    "load_images": "convlens.data.images",
+    "Preprocess": "convlens.data.preprocess",
+    "sample_names": "convlens.data.samples",
+    "sample_path": "convlens.data.samples",
+    "capture": "convlens.layers.capture",
+    "default_cam_layer": "convlens.layers.find",
+    "resolve_layer": "convlens.layers.find",
+    "layer_table": "convlens.layers.receptive",
+    "receptive_field": "convlens.layers.receptive",
+    "LoadedModel": "convlens.models.loading",
+    "load_model": "convlens.models",
+    "Targets": "convlens.targets",
+    "contrast": "convlens.targets",
+    "resolve_targets": "convlens.targets",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str) -> Any:
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'convlens' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_PUBLIC])
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time `__getattr__` loads these
+    from convlens.attribution.explain import Explanation, explain
+    from convlens.attribution.methods import list_methods
+    from convlens.data.images import ImageBatch, LoadedImage, load_image, load_images
+    from convlens.data.preprocess import Preprocess
+    from convlens.data.samples import sample_names, sample_path
+    from convlens.errors import (
+        ConvlensError,
+        DataError,
+        ImageLoadError,
+        LayerError,
+        MethodError,
+        MetricError,
+        ModelLoadError,
+        TargetError,
+    )
+    from convlens.layers.capture import capture
+    from convlens.layers.find import default_cam_layer, resolve_layer
+    from convlens.layers.receptive import layer_table, receptive_field
+    from convlens.maps import normalize_maps
+    from convlens.models import load_model
+    from convlens.models.loading import LoadedModel
+    from convlens.targets import Targets, contrast, resolve_targets

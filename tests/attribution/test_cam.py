@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from convlens.attribution import cam as cams
-from convlens.attribution.common import normalize_maps
 from convlens.errors import LayerError, TargetError
+from convlens.maps import normalize_maps
 from convlens.targets import contrast
 
 ALL_CAMS = [

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from convlens.attribution.common import MIN_CHUNK, chunk_size, positive_int
-from convlens.attribution.registry import list_methods
+from convlens.attribution.methods import list_methods
 from convlens.errors import MethodError
 
 # Options that keep the slow methods small on 8x8 inputs.

@@ -11,7 +11,6 @@ from torch import nn
 
 from convlens.attribution import cam as cams
 from convlens.attribution import gradients
-from convlens.attribution.common import upsample
 from convlens.attribution.explain import (
     Explanation,
     explain,
@@ -19,8 +18,10 @@ from convlens.attribution.explain import (
     method_names,
     top_predictions,
 )
-from convlens.attribution.registry import METHODS, get_method, register_method
+from convlens.attribution.methods import get_method
+from convlens.attribution.registry import METHODS, register_method
 from convlens.errors import ConvlensError, LayerError, MethodError
+from convlens.maps import upsample
 from convlens.targets import contrast
 
 

@@ -9,9 +9,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from convlens.attribution.gradients import saliency
-from convlens.attribution.rules import backward_rule, deconvnet, guided_backprop, rule_gradient
+from convlens.attribution.rules import deconvnet, guided_backprop, rule_gradient
 from convlens.errors import MethodError, TargetError
 from convlens.layers import borrowed_model
+from convlens.layers.rules import backward_rule
 
 
 class ReusedReluNet(nn.Module):

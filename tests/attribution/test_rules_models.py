@@ -18,8 +18,9 @@ import pytest
 import torch
 from torch import nn
 
-from convlens.attribution.rules import backward_rule, deconvnet, guided_backprop, rule_gradient
+from convlens.attribution.rules import deconvnet, guided_backprop, rule_gradient
 from convlens.layers import borrowed_model, capture, receptive_field
+from convlens.layers.rules import backward_rule
 
 
 def rule_hook(rule: str):

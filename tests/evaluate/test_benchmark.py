@@ -11,13 +11,13 @@ from PIL import Image
 from tests.conftest import assert_same_state, model_state
 
 from convlens.attribution.explain import method_names
-from convlens.attribution.registry import list_methods
+from convlens.attribution.methods import list_methods
 from convlens.cli import main
-from convlens.data.ground_truth import load_annotations, mask_pixels
 from convlens.data.synthetic import SyntheticShapes, make_batch
 from convlens.errors import DataError, MethodError
 from convlens.evaluate import cascading_randomization, parametrised_layers
 from convlens.evaluate.benchmark import METRIC_KEYS, evaluate_methods
+from convlens.evaluate.ground_truth import load_annotations, mask_pixels
 from convlens.models import Preprocess, load_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -8,15 +8,9 @@ from tests.conftest import small_convnet
 from torch import nn
 
 from convlens.errors import MetricError
-from convlens.evaluate import (
-    auc,
-    average_drop_increase,
-    deletion_curve,
-    gaussian_blur,
-    insertion_curve,
-    pixel_ranks,
-)
+from convlens.evaluate import average_drop_increase, deletion_curve, insertion_curve, pixel_ranks
 from convlens.layers import borrowed_model
+from convlens.maps import auc, gaussian_blur
 
 WEIGHTS = [4.0, 3.0, 2.0, 1.0]
 

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from convlens import load_model
+from convlens.data.preprocess import IMAGENET_PREPROCESS, Preprocess
 from convlens.errors import LayerError, MethodError, TargetError
 from convlens.features.optimize import (
     FourierImage,
@@ -23,7 +24,6 @@ from convlens.features.optimize import (
     render,
     total_variation,
 )
-from convlens.models.preprocess import IMAGENET_PREPROCESS, Preprocess
 from convlens.targets import contrast
 
 NO_TRANSFORM = dict(transforms=None, param="pixels")

@@ -11,11 +11,11 @@ from convlens.localize import (
     check_boxes,
     connected_components,
     maps_to_boxes,
-    mask_box,
     mask_to_boxes,
     resize_maps,
     threshold_maps,
 )
+from convlens.maps import mask_box
 
 
 def two_blobs() -> torch.Tensor:

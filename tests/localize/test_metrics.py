@@ -206,8 +206,8 @@ def test_pointing_game_bad_inputs():
 @pytest.mark.parametrize("version", [1, 2])
 def test_max_box_acc_agrees_with_maps_to_boxes_and_box_iou(version):
     """The fast numpy sweep equals thresholding with the public functions, per threshold."""
-    from convlens.attribution import upsample
     from convlens.localize import box_iou, maps_to_boxes
+    from convlens.maps import upsample
 
     maps = upsample(torch.rand(4, 5, 5, generator=torch.Generator().manual_seed(2)), (40, 40))
     gt = [torch.tensor([[5.0, 8.0, 30.0, 36.0]]), torch.tensor([[0.0, 0.0, 12.0, 12.0]])] * 2

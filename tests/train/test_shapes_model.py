@@ -8,8 +8,9 @@ import torch
 from convlens.data.synthetic import SHAPES, make_batch
 from convlens.errors import DataError, ModelLoadError
 from convlens.models import load_model
-from convlens.train import ShapesNet, accuracy, train_classifier
-from convlens.train.synthetic import WEIGHTS_FILE, load_shapes_model, save_shapes_model
+from convlens.models.shapes import WEIGHTS_FILE, ShapesNet, load_shapes_model
+from convlens.train import accuracy, train_classifier
+from convlens.train.synthetic import save_shapes_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

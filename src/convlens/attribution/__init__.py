@@ -1,8 +1,8 @@
 """Why this decision: attribution methods, one registry, one `explain` entry point."""
 
-from convlens.attribution.common import normalize_maps, upsample
 from convlens.attribution.explain import Explanation, explain
-from convlens.attribution.registry import MethodInfo, get_method, list_methods, register_method
+from convlens.attribution.methods import get_method, list_methods
+from convlens.attribution.registry import MethodInfo, register_method
 
 __all__ = [
     "Explanation",
@@ -10,7 +10,5 @@ __all__ = [
     "explain",
     "get_method",
     "list_methods",
-    "normalize_maps",
     "register_method",
-    "upsample",
 ]

@@ -25,15 +25,15 @@ from convlens.attribution.common import (
     fix_ranked_targets,
     in_chunks,
     layer_gradient,
-    normalize_maps,
     prepare,
     resolve_cam_layer,
-    upsample,
 )
 from convlens.attribution.registry import register_method
 from convlens.errors import LayerError, TargetError
-from convlens.layers.capture import borrowed_model, capture
+from convlens.layers.borrow import borrowed_model
+from convlens.layers.capture import capture
 from convlens.layers.find import LayerSpec
+from convlens.maps import normalize_maps, upsample
 from convlens.models.loading import LoadedModel
 
 Model = nn.Module | LoadedModel

@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from convlens.errors import ConvlensError, LayerError, MethodError
@@ -92,26 +91,6 @@ def layer_gradient(
         scores = targets.score(output)
         (gradient,) = torch.autograd.grad(scores.sum(), activation)
     return activation.detach(), gradient, output.detach()
-
-
-def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """``Tensor[N, h, w]`` to ``Tensor[N, H, W]`` by bilinear interpolation (pixel centres
-    aligned, ``align_corners=False``), so a map cell covers exactly its share of the input."""
-    if tuple(maps.shape[-2:]) == tuple(size):
-        return maps
-    return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-
-
-def normalize_maps(maps: torch.Tensor) -> torch.Tensor:
-    """Scale each map of ``Tensor[N, H, W]`` to [0, 1] by its own min and max; a constant
-    map becomes zeros (never NaN). NaN in the input raises."""
-    if bool(torch.isnan(maps).any()):
-        raise ConvlensError("map contains NaN; check the model output for this input")
-    flat = maps.flatten(1)
-    low = flat.min(dim=1, keepdim=True).values
-    span = flat.max(dim=1, keepdim=True).values - low
-    scaled = torch.where(span > 0, (flat - low) / span.clamp_min(torch.finfo(maps.dtype).tiny), 0)
-    return scaled.view_as(maps)
 
 
 def reduce_channels(attribution: torch.Tensor, how: str) -> torch.Tensor:

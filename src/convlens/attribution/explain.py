@@ -13,12 +13,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from convlens.attribution.common import normalize_maps, prepare, resolve_cam_layer
-from convlens.attribution.registry import MethodInfo, get_method, list_methods
+from convlens.attribution.common import prepare, resolve_cam_layer
+from convlens.attribution.methods import get_method, list_methods
+from convlens.attribution.registry import MethodInfo
 from convlens.data.images import ImageBatch, load_images
 from convlens.errors import ConvlensError, MethodError
-from convlens.layers.capture import borrowed_model
+from convlens.layers.borrow import borrowed_model
 from convlens.layers.find import LayerSpec
+from convlens.maps import normalize_maps
 from convlens.models.loading import LoadedModel, as_module
 from convlens.targets import Targets
 

@@ -24,7 +24,7 @@ from convlens.attribution.common import (
 )
 from convlens.attribution.registry import register_method
 from convlens.errors import MethodError
-from convlens.layers.capture import borrowed_model
+from convlens.layers.borrow import borrowed_model
 from convlens.models.loading import LoadedModel
 
 REDUCTIONS = ("max_abs", "square")

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from convlens.attribution.common import chunk_size, fix_ranked_targets, in_chunks, prepare
 from convlens.attribution.registry import register_method
 from convlens.errors import MethodError
-from convlens.layers.capture import borrowed_model
+from convlens.layers.borrow import borrowed_model
 from convlens.models.loading import LoadedModel
 
 

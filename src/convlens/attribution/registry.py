@@ -12,12 +12,9 @@ by-products (Integrated Gradients' completeness error) returns
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
-
-from convlens.errors import MethodError
 
 MethodFn = Callable[..., "object"]
 FAMILIES = ("gradient", "rule", "cam", "perturbation")
@@ -92,24 +89,3 @@ def _keyword_options(name: str, fn: MethodFn) -> tuple[str, ...]:
             "(no **kwargs), so that explain can check options"
         )
     return tuple(p.name for p in rest)
-
-
-def get_method(name: str) -> MethodInfo:
-    """The registered method called ``name``; a clear error listing close names otherwise."""
-    _load_builtin_methods()
-    if name in METHODS:
-        return METHODS[name]
-    close = difflib.get_close_matches(name, list(METHODS), n=3)
-    hint = f"did you mean {', '.join(close)}? " if close else ""
-    raise MethodError(f"unknown method {name!r}; {hint}available: {', '.join(sorted(METHODS))}")
-
-
-def list_methods() -> list[MethodInfo]:
-    """Every registered method, grouped by family."""
-    _load_builtin_methods()
-    return sorted(METHODS.values(), key=lambda m: (FAMILIES.index(m.family), m.name))
-
-
-def _load_builtin_methods() -> None:
-    # Importing the method modules registers them; done lazily to keep import light.
-    from convlens.attribution import cam, gradients, perturbation, rules  # noqa: F401

@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -19,7 +19,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from convlens.data.samples import SAMPLES, sample_path
 from convlens.errors import ImageLoadError
-from convlens.models.preprocess import Preprocess
+
+if TYPE_CHECKING:  # images only call a Preprocess's methods; preprocess.py imports this module
+    from convlens.data.preprocess import Preprocess
 
 ImageSource = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}

@@ -35,7 +35,7 @@ import torch
 from scipy import ndimage
 
 from convlens.errors import DataError
-from convlens.localize.boxes import mask_box
+from convlens.maps import mask_box
 
 SHAPES = ("circle", "square", "triangle", "star", "cross", "ring")
 BACKGROUNDS = ("noise", "stripes", "gradient")

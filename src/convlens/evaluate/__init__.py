@@ -2,11 +2,9 @@
 checks (cascading parameter randomisation). Formulas and citations: docs/metrics.md."""
 
 from convlens.evaluate.faithfulness import (
-    auc,
     average_drop_increase,
     baseline_images,
     deletion_curve,
-    gaussian_blur,
     insertion_curve,
     pixel_ranks,
 )
@@ -28,11 +26,9 @@ __all__ = [
     "randomize_layer",
     "spearman",
     "ssim",
-    "auc",
     "average_drop_increase",
     "baseline_images",
     "deletion_curve",
-    "gaussian_blur",
     "insertion_curve",
     "pixel_ranks",
 ]

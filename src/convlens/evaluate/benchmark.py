@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from convlens.data.ground_truth import GroundTruth, as_ground_truth
 from convlens.errors import ConvlensError, MethodError
+from convlens.evaluate.ground_truth import GroundTruth, as_ground_truth
 from convlens.models.loading import LoadedModel
 
 METRIC_KEYS = (
@@ -218,7 +218,7 @@ def _method_options(name: str, side: int, method_options: dict[str, dict] | None
 
 @torch.no_grad()
 def _predict(model: LoadedModel, tensor: torch.Tensor, batch_size: int) -> torch.Tensor:
-    from convlens.layers.capture import borrowed_model
+    from convlens.layers.borrow import borrowed_model
 
     with borrowed_model(model.module):
         return torch.cat([model.module(chunk).argmax(1) for chunk in tensor.split(batch_size)])
@@ -243,8 +243,9 @@ def explain_all(
 def _evaluate_one(
     model, truth, predictions, name, options, batch_size, curve_steps, sanity_images, tolerance
 ) -> tuple[dict, dict, int]:
-    from convlens.evaluate.faithfulness import auc, deletion_curve, insertion_curve
+    from convlens.evaluate.faithfulness import deletion_curve, insertion_curve
     from convlens.localize import localization_hits, maps_to_boxes, max_box_acc, pointing_game
+    from convlens.maps import auc
 
     maps, method_seconds = explain_all(model, truth, name, options, batch_size)
     size = tuple(truth.tensor.shape[-2:])
@@ -314,8 +315,8 @@ def evaluate_on_source(
     """`evaluate_methods` on a model name/path and either an annotation file (``data``,
     images under ``images_dir``) or the synthetic shapes of stream ``seed`` (1: the stream
     the shipped model never saw in training), at the model's input size."""
-    from convlens.data.ground_truth import load_annotations
     from convlens.data.synthetic import SyntheticShapes
+    from convlens.evaluate.ground_truth import load_annotations
     from convlens.models.loading import load_model
 
     loaded = load_model(model)

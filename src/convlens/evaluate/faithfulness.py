@@ -16,32 +16,16 @@ go through the model at once and never changes the results.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from convlens.attribution.common import normalize_maps
 from convlens.errors import MetricError
 from convlens.evaluate.scoring import check_score, fixed_targets, target_score
-from convlens.layers.capture import borrowed_model
+from convlens.layers.borrow import borrowed_model
 from convlens.localize.masks import check_maps
+from convlens.maps import gaussian_blur, normalize_maps
 from convlens.models.loading import LoadedModel, as_module
 
 Baseline = str | torch.Tensor
-
-
-def gaussian_blur(images: torch.Tensor, kernel_size: int = 11, sigma: float = 5.0) -> torch.Tensor:
-    """Each channel of ``Tensor[B, C, H, W]`` convolved with a normalised Gaussian
-    (``kernel_size`` x ``kernel_size``, std ``sigma`` pixels; RISE uses 11 and 5), with
-    reflected borders so the image edge keeps its brightness."""
-    offsets = torch.arange(kernel_size, dtype=torch.float32) - (kernel_size - 1) / 2
-    weights = torch.exp(-(offsets**2) / (2 * sigma**2))
-    weights = (weights / weights.sum()).to(images)
-    channels = images.shape[1]
-    pad = kernel_size // 2
-    mode = "reflect" if min(images.shape[-2:]) > pad else "replicate"
-    padded = F.pad(images, (pad, pad, pad, pad), mode=mode)
-    rows = F.conv2d(padded, weights.view(1, 1, 1, -1).repeat(channels, 1, 1, 1), groups=channels)
-    return F.conv2d(rows, weights.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), groups=channels)
 
 
 def baseline_images(images: torch.Tensor, baseline: Baseline) -> torch.Tensor:
@@ -157,15 +141,6 @@ def insertion_curve(
     baseline alone, column ``steps`` the unmodified image. Arguments as `deletion_curve`.
     """
     return perturbation_curve(model, images, maps, baseline, None, target, steps, batch_size, score)
-
-
-def auc(curve: torch.Tensor) -> torch.Tensor:
-    """Area under each curve of ``Tensor[N, S + 1]`` sampled at ``x = 0, 1/S, ..., 1``, by
-    the trapezoid rule: ``sum_k (c_k + c_{k+1}) / (2 S)``. ``Tensor[N]``; for probability
-    curves it lies in [0, 1]."""
-    if not isinstance(curve, torch.Tensor) or curve.dim() != 2 or curve.shape[1] < 2:
-        raise MetricError("auc needs curves Tensor[N, S + 1] with at least two points each")
-    return torch.trapezoid(curve.float(), dx=1.0 / (curve.shape[1] - 1), dim=1)
 
 
 def average_drop_increase(

@@ -27,12 +27,12 @@ from scipy.stats import rankdata
 from skimage.metrics import structural_similarity
 from torch import nn
 
-from convlens.attribution.common import normalize_maps
 from convlens.errors import LayerError, MetricError
 from convlens.evaluate.scoring import fixed_targets
-from convlens.layers.capture import borrowed_model
+from convlens.layers.borrow import borrowed_model
 from convlens.layers.find import LayerSpec, resolve_layer
 from convlens.localize.masks import check_maps, constant_maps
+from convlens.maps import normalize_maps
 from convlens.models.loading import LoadedModel, as_module
 from convlens.targets import Contrast, Targets
 

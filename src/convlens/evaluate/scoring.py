@@ -11,7 +11,7 @@ from torch import nn
 
 from convlens.attribution.common import fixed_targets as pin_ranked_targets
 from convlens.errors import MetricError
-from convlens.layers.capture import borrowed_model
+from convlens.layers.borrow import borrowed_model
 from convlens.models.loading import LoadedModel, as_module
 from convlens.targets import Targets, resolve_targets
 

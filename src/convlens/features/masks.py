@@ -7,11 +7,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from convlens.attribution.common import upsample
 from convlens.errors import MethodError
 from convlens.features.maps import _batch_of_one, channel_maps, layer_activation
 from convlens.layers import resolve_layer
 from convlens.layers.find import LayerSpec
+from convlens.maps import upsample
 from convlens.models.loading import LoadedModel, as_module
 
 

@@ -22,12 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from convlens.data.preprocess import IMAGENET_PREPROCESS, Preprocess
 from convlens.errors import MethodError, TargetError
 from convlens.features.maps import channel_maps
 from convlens.layers import borrowed_model, capture, resolve_layer
 from convlens.layers.find import LayerSpec
 from convlens.models.loading import LoadedModel, as_module
-from convlens.models.preprocess import IMAGENET_PREPROCESS, Preprocess
 from convlens.targets import Contrast, Targets, resolve_targets
 
 

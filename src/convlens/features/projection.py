@@ -20,11 +20,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from convlens.attribution.rules import backward_rule
 from convlens.errors import MethodError
 from convlens.features.maps import _batch_of_one, channel_maps
 from convlens.layers import borrowed_model, capture, receptive_field, resolve_layer
 from convlens.layers.find import LayerSpec
+from convlens.layers.rules import backward_rule
 from convlens.models.loading import LoadedModel, as_module
 
 

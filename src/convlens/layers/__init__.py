@@ -1,6 +1,7 @@
 """Find layers, list them with shapes and receptive fields, capture their outputs."""
 
-from convlens.layers.capture import Capture, borrowed_model, capture
+from convlens.layers.borrow import borrowed_model
+from convlens.layers.capture import Capture, capture
 from convlens.layers.find import default_cam_layer, named_layers, resolve_layer, spatial_outputs
 from convlens.layers.receptive import Field, LayerInfo, layer_table, receptive_field
 

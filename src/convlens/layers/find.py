@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from convlens.errors import LayerError
+from convlens.layers.borrow import borrowed_model
 
 LayerSpec = str | int | nn.Module
 
@@ -54,7 +55,6 @@ def resolve_layer(model: nn.Module, layer: LayerSpec) -> tuple[str, nn.Module]:
 def spatial_outputs(model: nn.Module, images: torch.Tensor) -> list[tuple[str, tuple[int, ...]]]:
     """(name, output shape) of every module whose output is a ``[B, C, H, W]`` tensor, in the
     order the forward pass finishes them (a container after its children)."""
-    from convlens.layers.capture import borrowed_model
 
     finished: list[tuple[str, tuple[int, ...]]] = []
     handles = []

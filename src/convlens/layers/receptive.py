@@ -18,6 +18,10 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
+from convlens.errors import LayerError
+from convlens.layers.borrow import borrowed_model
+from convlens.layers.find import named_layers, resolve_layer
+
 _SPATIAL_OPS = {"conv2d", "max_pool2d", "max_pool2d_with_indices", "avg_pool2d"}
 
 
@@ -175,8 +179,6 @@ def layer_table(model: nn.Module, images: torch.Tensor) -> list[LayerInfo]:
     ``images``: ``Tensor[B, 3, H, W]`` (one image is enough). ``field`` is None where the
     output is not spatial or cannot be traced back to input pixels (e.g. interpolation).
     """
-    from convlens.layers.capture import borrowed_model
-    from convlens.layers.find import named_layers
 
     tracer = _FieldTracer()
     seen: dict[str, tuple[tuple[int, ...] | None, Field | None, int]] = {}
@@ -211,8 +213,6 @@ def layer_table(model: nn.Module, images: torch.Tensor) -> list[LayerInfo]:
 
 def receptive_field(model: nn.Module, layer, images: torch.Tensor) -> Field:
     """The receptive field of one layer (name, index or module) for inputs like ``images``."""
-    from convlens.errors import LayerError
-    from convlens.layers.find import resolve_layer
 
     name, _ = resolve_layer(model, layer)
     info = next(row for row in layer_table(model, images) if row.name == name)

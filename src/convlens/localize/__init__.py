@@ -11,7 +11,6 @@ from convlens.localize.boxes import (
     box_iou,
     check_boxes,
     maps_to_boxes,
-    mask_box,
     mask_to_boxes,
     resize_maps,
 )
@@ -42,7 +41,6 @@ __all__ = [
     "constant_maps",
     "localization_accuracy",
     "localization_hits",
-    "mask_box",
     "mask_iou",
     "mask_to_boxes",
     "maps_to_boxes",

@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from convlens.attribution.common import upsample
 from convlens.errors import MetricError
 from convlens.localize.masks import (
     check_maps,
@@ -24,6 +23,7 @@ from convlens.localize.masks import (
     connectivity_structure,
     threshold_maps,
 )
+from convlens.maps import upsample
 
 BOX_MODES = ("largest", "all")
 INTERPOLATIONS = ("bilinear", "nearest")
@@ -84,13 +84,6 @@ def mask_to_boxes(mask: torch.Tensor, mode: str = "largest", connectivity: int =
     return torch.from_numpy(
         component_boxes(_one_mask(mask, "mask_to_boxes"), mode, structure)
     ).float()
-
-
-def mask_box(mask: torch.Tensor) -> torch.Tensor:
-    """Tight box ``Tensor[4]`` ``(x0, y0, x1, y1)`` (x1/y1 exclusive) around every True pixel
-    of a bool ``Tensor[H, W]``, connected or not; an empty mask raises `MetricError`."""
-    whole = _one_mask(mask, "mask_box", allow_empty=False).astype(np.int32)  # one label
-    return torch.from_numpy(labelled_boxes(whole, "largest")[0]).float()
 
 
 def _one_mask(mask: torch.Tensor, what: str, allow_empty: bool = True) -> np.ndarray:

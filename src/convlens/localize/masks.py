@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from convlens.attribution.common import normalize_maps
 from convlens.errors import MetricError
+from convlens.maps import normalize_maps
 
 
 def check_maps(maps: torch.Tensor, name: str = "maps") -> torch.Tensor:

@@ -11,7 +11,6 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from convlens.attribution.common import normalize_maps
 from convlens.errors import MetricError
 from convlens.localize.boxes import (
     as_box_list,
@@ -28,6 +27,7 @@ from convlens.localize.masks import (
     connectivity_structure,
     constant_maps,
 )
+from convlens.maps import normalize_maps
 
 DEFAULT_THRESHOLDS = torch.arange(1, 100, dtype=torch.float64).float() / 100
 

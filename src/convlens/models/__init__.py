@@ -1,22 +1,31 @@
-"""Load models by name or path; the embedded default; preprocessing; labels."""
+"""Load models by name or path (a registry of named sources), labels, the embedded models.
 
+Each named model registers itself with `register_model_source` when its module is
+imported; this package imports every built-in one, so a name works as soon as
+``convlens.models`` is imported."""
+
+from convlens.data.preprocess import IMAGENET_PREPROCESS, Preprocess
+from convlens.models import efficientnet_lite, shapes  # noqa: F401  (register their names)
 from convlens.models.labels import imagenet_labels
 from convlens.models.loading import (
     DEFAULT_MODEL,
-    MODEL_SOURCES,
     LoadedModel,
+    ModelSource,
     as_module,
     load_model,
+    model_sources,
+    register_model_source,
 )
-from convlens.models.preprocess import IMAGENET_PREPROCESS, Preprocess
 
 __all__ = [
     "DEFAULT_MODEL",
     "IMAGENET_PREPROCESS",
-    "MODEL_SOURCES",
     "LoadedModel",
+    "ModelSource",
     "Preprocess",
     "as_module",
     "imagenet_labels",
     "load_model",
+    "model_sources",
+    "register_model_source",
 ]

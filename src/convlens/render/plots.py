@@ -104,7 +104,7 @@ def curve_plot(
     over the N images) or ``Tensor[S + 1]``, sampled at ``x = 0, 1/S, ..., 1`` (deletion or
     insertion curves). The legend shows each mean curve's AUC (`convlens.evaluate.auc`). Returns
     ``uint8[H, W, 3]``."""
-    from convlens.evaluate.faithfulness import auc
+    from convlens.maps import auc
 
     figure = Figure(figsize=(5.5, 4.0), dpi=dpi)
     axes = figure.add_subplot()

@@ -1,6 +1,5 @@
-"""Training: a small loop, the GAP + linear benchmark CNN, the shipped synthetic-shapes model."""
+"""Training: a small loop and the run that trains the shipped synthetic-shapes model."""
 
 from convlens.train.loop import TrainingLog, accuracy, train_classifier
-from convlens.train.models import ShapesNet
 
-__all__ = ["ShapesNet", "TrainingLog", "accuracy", "train_classifier"]
+__all__ = ["TrainingLog", "accuracy", "train_classifier"]

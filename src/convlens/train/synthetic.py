@@ -1,6 +1,6 @@
 """Train the benchmark model on the synthetic shapes, and load the shipped weights.
 
-Command (writes ``src/convlens/data/weights/synthetic_shapes.pt``)::
+Command (writes ``src/convlens/models/weights/synthetic_shapes.pt``)::
 
     python -m convlens.train.synthetic [--train 9000] [--epochs 4] [--out FILE]
 
@@ -22,62 +22,18 @@ from pathlib import Path
 import torch
 
 from convlens.data.synthetic import SHAPES, SyntheticShapes
+from convlens.models.shapes import (
+    MEAN,
+    SIZE,
+    STD,
+    WEIGHTS_FILE,
+    ShapesNet,
+    load_shapes_model,
+    shapes_preprocess,
+)
 from convlens.train.loop import accuracy, train_classifier
-from convlens.train.models import ShapesNet
 
-MODEL_NAME = "synthetic-shapes"
-SIZE = 64
-MEAN = (0.5, 0.5, 0.5)
-STD = (0.5, 0.5, 0.5)
 TRAIN_SEED, TEST_SEED = 0, 1
-WEIGHTS_FILE = Path(__file__).resolve().parents[1] / "data" / "weights" / "synthetic_shapes.pt"
-
-
-def shapes_preprocess(size: int = SIZE, mean=MEAN, std=STD):
-    """The `Preprocess` of the shapes model: ``size x size`` stretch, ``mean``/``std``
-    (defaults: the training settings, 64 px and 0.5/0.5)."""
-    from convlens.models.preprocess import Preprocess
-
-    return Preprocess(
-        size=int(size),
-        mode="stretch",
-        mean=tuple(float(v) for v in mean),
-        std=tuple(float(v) for v in std),
-        interpolation="bilinear",
-    )
-
-
-def load_shapes_model(pretrained: bool = True, path: str | Path | None = None):
-    """The shipped `ShapesNet` as a `LoadedModel` named ``synthetic-shapes`` (eval mode),
-    with the class names, input size and normalisation saved in the weights file.
-
-    ``pretrained=False`` gives the same architecture with random weights and the training
-    settings (`SHAPES`, `SIZE`, `MEAN`, `STD`).
-    """
-    from convlens.errors import ModelLoadError
-    from convlens.models.loading import LoadedModel
-
-    if not pretrained:
-        module = ShapesNet(num_classes=len(SHAPES))
-        return LoadedModel(module.eval(), MODEL_NAME, shapes_preprocess(), SHAPES)
-    file = Path(path) if path is not None else WEIGHTS_FILE
-    if not file.is_file():
-        raise ModelLoadError(
-            f"the synthetic-shapes weights are missing ({file}); train them with "
-            "'python -m convlens.train.synthetic'"
-        )
-    saved = torch.load(file, map_location="cpu", weights_only=True)
-    missing = [k for k in ("state_dict", "classes", "size", "mean", "std") if k not in saved]
-    if missing:
-        raise ModelLoadError(
-            f"{file} lacks {missing}; write the weights with "
-            "convlens.train.synthetic.save_shapes_model (or 'python -m convlens.train.synthetic')"
-        )
-    classes = tuple(str(name) for name in saved["classes"])
-    module = ShapesNet(num_classes=len(classes))
-    module.load_state_dict({k: v.float() for k, v in saved["state_dict"].items()})
-    preprocess = shapes_preprocess(saved["size"], saved["mean"], saved["std"])
-    return LoadedModel(module.eval(), MODEL_NAME, preprocess, classes)
 
 
 def train_shapes_model(

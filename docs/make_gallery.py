@@ -1,4 +1,4 @@
-"""Make the pictures of docs/gallery.md: ``python -m convlens.render.gallery FOLDER``.
+"""Make the pictures of docs/gallery.md: ``python docs/make_gallery.py FOLDER``.
 
 Every view on the default model and the ``cat`` sample. The pictures that have a command
 are made by running that very command (the one in the gallery's section header), so the

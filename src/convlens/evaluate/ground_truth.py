@@ -30,9 +30,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from convlens.data.preprocess import Preprocess
 from convlens.errors import DataError, ImageLoadError, MetricError
 from convlens.localize.boxes import check_boxes
-from convlens.models.preprocess import Preprocess
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ def as_ground_truth(data, preprocess: Preprocess, limit: int | None = None) -> G
         return _first(synthetic_ground_truth(data, preprocess), limit or len(data))
     raise DataError(
         f"cannot evaluate on a {type(data).__name__}; pass a SyntheticShapes, a SyntheticBatch "
-        "or a GroundTruth (see convlens.data.ground_truth.load_annotations)"
+        "or a GroundTruth (see convlens.evaluate.ground_truth.load_annotations)"
     )
 
 

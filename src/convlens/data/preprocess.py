@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from convlens.data.images import load_images
 from convlens.errors import ConvlensError
 
 ResizeMode = Literal["center_crop", "stretch", "none"]
@@ -99,8 +100,6 @@ class Preprocess:
 
     def __call__(self, images) -> torch.Tensor:
         """Anything `load_images` takes to the normalised ``Tensor[B, 3, H, W]``."""
-        from convlens.data.images import load_images
-
         return load_images(images, preprocess=self).tensor
 
 

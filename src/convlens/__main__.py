@@ -1,0 +1,7 @@
+"""``python -m convlens ...`` runs the command line (also under ``torchrun``)."""
+
+import sys
+
+from convlens.cli import main
+
+sys.exit(main())

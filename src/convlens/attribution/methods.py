@@ -1,0 +1,24 @@
+"""The registered methods: importing this module imports every built-in method module
+(each registers its functions with `register_method`), so lookups see them all."""
+
+from __future__ import annotations
+
+import difflib
+
+from convlens.attribution import cam, gradients, perturbation, rules  # noqa: F401  (register)
+from convlens.attribution.registry import FAMILIES, METHODS, MethodInfo
+from convlens.errors import MethodError
+
+
+def get_method(name: str) -> MethodInfo:
+    """The registered method called ``name``; a clear error listing close names otherwise."""
+    if name in METHODS:
+        return METHODS[name]
+    close = difflib.get_close_matches(name, list(METHODS), n=3)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    raise MethodError(f"unknown method {name!r}; {hint}available: {', '.join(sorted(METHODS))}")
+
+
+def list_methods() -> list[MethodInfo]:
+    """Every registered method, grouped by family."""
+    return sorted(METHODS.values(), key=lambda m: (FAMILIES.index(m.family), m.name))

@@ -1,0 +1,11 @@
+"""The command line: a thin layer over the Python API, one module per command group.
+
+Usage errors (an unknown option, a missing argument) print the usage line and exit 2;
+other errors print one line (``error: ...``) and exit 1, and ``--debug`` (anywhere on the
+command line) shows their traceback too.
+"""
+
+from convlens.cli import evaluate, explain, features, models  # noqa: F401  (registers commands)
+from convlens.cli.app import app, main
+
+__all__ = ["app", "main"]

@@ -1,0 +1,100 @@
+"""The ``convlens`` Typer app, the options every command shares, error reporting and `main`.
+
+Usage errors (an unknown option, a missing argument) print the usage line and exit 2;
+other errors print one line (``error: ...``) and exit 1, and ``--debug`` (anywhere on the
+command line) shows their traceback too. IMAGE arguments take files, directories (every
+image inside) or sample names (``cat``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated
+
+import typer
+
+from convlens.errors import ConvlensError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="See what a convolutional network learned and why it decided.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+ModelOption = Annotated[
+    str, typer.Option("--model", "-m", help="Model name or path (see 'convlens models').")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+ImagesArgument = Annotated[
+    list[str],
+    typer.Argument(help="Image files, directories, or sample names (" + "cat, coffee, ...)."),
+]
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+) -> None:
+    """convlens: filters, feature maps, saliency, CAMs, boxes and metrics for CNNs."""
+
+
+def _echo_json(value) -> None:
+    typer.echo(json.dumps(value, indent=2))
+
+
+def _report_skipped(errors: list[tuple[str, str]]) -> None:
+    for source, message in errors:
+        typer.echo(f"skipped {source}: {message}", err=True)
+
+
+def _report_failure(what: str | None, error: BaseException, debug: bool) -> None:
+    """One line on stderr (``error: [WHAT: ]message``); with ``--debug`` the traceback first."""
+    if debug:
+        import traceback
+
+        traceback.print_exception(error, file=sys.stderr)
+    prefix = f"{what}: " if what else ""
+    typer.echo(f"error: {prefix}{_error_text(error)}", err=True)
+
+
+def _error_text(error: BaseException) -> str:
+    """A convlens error's own message (it names the fix); other errors with their type."""
+    if isinstance(error, ConvlensError):
+        return _one_line(error)
+    return f"{type(error).__name__}: {_one_line(error)} (run with --debug for the traceback)"
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``convlens`` console script; returns the exit status."""
+    argv, debug = _take_debug_flag(list(sys.argv[1:] if argv is None else argv))
+    try:
+        code = app(args=argv, prog_name="convlens", standalone_mode=False)
+    except typer.Exit as done:
+        return done.exit_code
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        return 1
+    except typer.TyperException as error:  # usage errors (exit 2) and other CLI errors
+        error.show()
+        return error.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except Exception as error:  # convlens errors, and anything else (a model that fails...)
+        _report_failure(None, error, debug)
+        return 1
+    return code if isinstance(code, int) else 0
+
+
+def _take_debug_flag(argv: list[str]) -> tuple[list[str], bool]:
+    """``--debug`` may sit anywhere before a ``--``; it is moved to the front, where the
+    root option is parsed."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    rest = [a for a in argv[:end] if a != "--debug"] + argv[end:]
+    debug = len(rest) != len(argv)
+    return (["--debug"] + rest if debug else rest), debug

@@ -1,0 +1,193 @@
+"""Backward rules for rectifiers: deconvnet and guided backpropagation.
+
+Both methods are the input gradient of the target score with one change: the backward pass
+through every rectifier (ReLU, ReLU6, ``hardtanh(0, t)``, ``clamp(min=0)``) is replaced.
+For an upstream gradient ``g`` at a rectifier with input ``x``:
+
+- plain gradient: ``g * 1[0 < x < t]`` (``t = inf`` for ReLU)
+- deconvnet (Zeiler & Fergus 2014): ``g * 1[g > 0]`` (the forward input is ignored)
+- guided backprop (Springenberg et al. 2015): ``g * 1[0 < x < t] * 1[g > 0]``
+
+`backward_rule` applies a rule for the duration of a ``with`` block through a
+``TorchFunctionMode``: every rectifier evaluated inside the block, whether it comes from an
+``nn.ReLU``/``nn.ReLU6`` module (which call ``F.relu``/``F.hardtanh``) or a functional call
+(``F.relu``, ``torch.relu``, ``relu_``, ``F.relu6``, ``F.hardtanh``, ``Tensor.relu``,
+``clamp(min=0)``), runs through a custom autograd function. The user's modules are never
+replaced or edited (``inplace`` flags stay), in-place calls stay in-place, and the mode is
+popped on exit, also after an exception. The forward values are exactly the usual ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from numbers import Real
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from convlens.errors import MethodError
+from convlens.models.loading import LoadedModel, as_module
+
+RULES = ("guided", "deconvnet")
+
+
+class _RectifierWithRule(torch.autograd.Function):
+    """``clamp(x, lower=0, upper)`` forward; the rule's backward."""
+
+    @staticmethod
+    def forward(ctx, x, upper, rule, inplace):  # noqa: ANN001
+        out = x.clamp_(min=0, max=upper) if inplace else x.clamp(min=0, max=upper)
+        if inplace:
+            ctx.mark_dirty(x)
+        ctx.rule, ctx.upper = rule, upper
+        if rule == "guided":
+            # The output, as the native backward keeps it (in-place calls overwrote x).
+            ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001
+        positive = grad.clamp(min=0)
+        if ctx.rule == "deconvnet":
+            return positive, None, None, None
+        (out,) = ctx.saved_tensors
+        # The native rectifier backward (mask 0 < out < upper) of the positive part: two
+        # fused kernels, so guided backprop costs what a plain input gradient costs.
+        if ctx.upper is None:
+            masked = torch.ops.aten.threshold_backward(positive, out, 0)
+        else:
+            masked = torch.ops.aten.hardtanh_backward(positive, out, 0, ctx.upper)
+        return masked, None, None, None
+
+
+def _relu_args(args: tuple, kwargs: dict, inplace_default: bool) -> tuple | None:
+    inplace = kwargs.get("inplace", args[1] if len(args) > 1 else inplace_default)
+    return args[0], None, bool(inplace)
+
+
+def _relu6_args(args: tuple, kwargs: dict, inplace_default: bool) -> tuple | None:
+    inplace = kwargs.get("inplace", args[1] if len(args) > 1 else inplace_default)
+    return args[0], 6.0, bool(inplace)
+
+
+def _hardtanh_args(args: tuple, kwargs: dict, inplace_default: bool) -> tuple | None:
+    names = ("min_val", "max_val", "inplace")
+    given = dict(zip(names, args[1:], strict=False)) | kwargs
+    low, high = given.get("min_val", -1.0), given.get("max_val", 1.0)
+    if low != 0 or not isinstance(high, Real) or high <= 0:
+        return None
+    return args[0], float(high), bool(given.get("inplace", inplace_default))
+
+
+def _clamp_args(args: tuple, kwargs: dict, inplace_default: bool) -> tuple | None:
+    given = dict(zip(("min", "max"), args[1:], strict=False)) | kwargs
+    low, high = given.get("min"), given.get("max")
+    if not isinstance(low, Real) or low != 0:
+        return None
+    if high is not None and (not isinstance(high, Real) or high <= 0):
+        return None
+    return args[0], None if high is None else float(high), inplace_default
+
+
+def _clamp_min_args(args: tuple, kwargs: dict, inplace_default: bool) -> tuple | None:
+    low = kwargs.get("min", args[1] if len(args) > 1 else None)
+    if not isinstance(low, Real) or low != 0:
+        return None
+    return args[0], None, inplace_default
+
+
+# Each rectifier entry point -> (argument parser, whether it is in-place by default).
+_RECTIFIERS = {
+    F.relu: (_relu_args, False),
+    torch.relu: (_relu_args, False),
+    torch.Tensor.relu: (_relu_args, False),
+    torch.relu_: (_relu_args, True),
+    torch.Tensor.relu_: (_relu_args, True),
+    F.relu6: (_relu6_args, False),
+    F.hardtanh: (_hardtanh_args, False),
+    torch._C._nn.hardtanh_: (_hardtanh_args, True),
+    torch.clamp: (_clamp_args, False),
+    torch.clip: (_clamp_args, False),
+    torch.Tensor.clamp: (_clamp_args, False),
+    torch.Tensor.clip: (_clamp_args, False),
+    torch.clamp_: (_clamp_args, True),
+    torch.Tensor.clamp_: (_clamp_args, True),
+    torch.clamp_min: (_clamp_min_args, False),
+    torch.Tensor.clamp_min: (_clamp_min_args, False),
+    torch.Tensor.clamp_min_: (_clamp_min_args, True),
+}
+
+
+@dataclass
+class RuleSession:
+    """What a `backward_rule` block did: ``calls`` counts rectifier calls that got the rule."""
+
+    rule: str
+    calls: int = 0
+
+    def unmatched(self) -> str | None:
+        """Why the rule changed nothing, when the block evaluated no rectifier (else None)."""
+        if self.calls:
+            return None
+        return (
+            f"the {self.rule} rule matched no rectifier (ReLU, ReLU6, hardtanh(0, t), "
+            "clamp(min=0)) in the model's forward pass, so the result is a plain gradient; "
+            "activations such as SiLU, GELU or tanh have no such rule: use a ReLU network, "
+            "or the plain gradient ('saliency') knowingly"
+        )
+
+
+class _RuleMode(TorchFunctionMode):
+    def __init__(self, session: RuleSession) -> None:
+        super().__init__()
+        self.session = session
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        kwargs = kwargs or {}
+        entry = _RECTIFIERS.get(func)
+        if entry is not None and torch.is_grad_enabled():
+            parsed = entry[0](args, kwargs, entry[1])
+            if parsed is not None:
+                x, upper, inplace = parsed
+                if isinstance(x, torch.Tensor) and x.requires_grad and x.is_floating_point():
+                    self.session.calls += 1
+                    return _RectifierWithRule.apply(x, upper, self.session.rule, inplace)
+        return func(*args, **kwargs)
+
+
+def _check_rule(rule: str) -> None:
+    if rule not in RULES:
+        raise MethodError(f"unknown backward rule {rule!r}; use one of {', '.join(RULES)}")
+
+
+def _check_not_scripted(module: nn.Module) -> None:
+    for name, sub in module.named_modules():
+        if isinstance(sub, torch.jit.ScriptModule):
+            where = f"module {name!r}" if name else "the model"
+            raise MethodError(
+                f"{where} is TorchScript, whose rectifiers backward rules cannot reach; "
+                "explain the eager (Python) model instead"
+            )
+
+
+@contextmanager
+def backward_rule(model: nn.Module | LoadedModel, rule: str) -> Iterator[RuleSession]:
+    """Apply ``rule`` ("guided" or "deconvnet") to the backward pass of every rectifier
+    evaluated inside the block (modules and functional calls alike).
+
+    The model is not touched: no hooks, no replaced modules; ``model`` is checked (no
+    TorchScript parts, whose internals the rule cannot see). The rule is bound when the
+    forward pass runs inside the block: ``torch.autograd.grad`` through that graph follows
+    it, also after the block; a graph recorded outside stays plain. Yields a `RuleSession` whose
+    ``calls`` counts the rectifier calls that got the rule. Reusable for any gradient
+    (a class score, or one unit's activation for deconvnet projections).
+    """
+    _check_rule(rule)
+    _check_not_scripted(as_module(model))
+    session = RuleSession(rule)
+    with _RuleMode(session):
+        yield session
