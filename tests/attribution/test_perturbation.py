@@ -135,4 +135,19 @@ def test_hygiene_train_mode_and_exception(unchanged):
 )
 def test_bad_options_raise_method_errors(options, message):
     with pytest.raises(MethodError, match=message):
-        occlusion(SumModel(), torch.randn(1, 3, 8, 8), 0, **({"patch": 4} | options))
+        occlusion(SumModel(), torch.randn(1, 3, 8, 8), 0, **({"patch": 4, "stride": 2} | options))
+
+
+@pytest.mark.parametrize(("patch", "stride"), [(3, 5), ((4, 3), (4, 5)), ((2, 8), (3, 8))])
+def test_stride_larger_than_patch_is_refused(patch, stride):
+    # Window 3, stride 5 on 8x8 used to leave 28 of 64 pixels uncovered (NaN in the map).
+    with pytest.raises(MethodError, match=r"stride 5 is larger than the patch|stride 3 is"):
+        occlusion(SumModel(), torch.randn(1, 3, 8, 8), 0, patch=patch, stride=stride)
+
+
+def test_every_allowed_stride_covers_every_pixel():
+    images = torch.randn(1, 3, 8, 8)
+    for patch in range(1, 9):
+        for stride in range(1, patch + 1):
+            maps = occlusion(SumModel(), images, 0, patch=patch, stride=stride)
+            assert torch.isfinite(maps).all(), (patch, stride)

@@ -30,9 +30,16 @@ def _pair(name: str, value: object) -> tuple[int, int]:
 def patch_starts(size: int, patch: int, stride: int) -> list[int]:
     """Top (or left) edges of the patches along one axis: ``0, stride, 2 stride, ...`` and,
     when the stride does not land on it, a last patch flush with the far edge, so that every
-    pixel is covered."""
+    pixel is covered. A stride larger than the patch would skip the pixels between patches
+    (their map would be undefined), so it raises `MethodError`."""
     if patch > size:
         raise MethodError(f"patch size {patch} is larger than the image ({size} pixels)")
+    if stride > patch:
+        raise MethodError(
+            f"stride {stride} is larger than the patch ({patch} pixels), so the pixels between "
+            f"patches would never be occluded; use a stride of at most the patch size "
+            f"(stride <= {patch}) or a patch of at least the stride (patch >= {stride})"
+        )
     starts = list(range(0, size - patch + 1, stride))
     if starts[-1] != size - patch:
         starts.append(size - patch)
@@ -65,7 +72,8 @@ def occlusion(
     For patch positions ``p`` with region ``P_p`` and occluded input ``x_p`` (``x`` with
     ``P_p`` set to ``fill``): ``M(i, j) = mean_{p : (i, j) in P_p} (S(x) - S(x_p))``.
     Positions step by ``stride`` plus a last one flush with each edge, so every pixel is
-    covered. ``fill``: a number (0 is the normalised mid-grey for mean-0.5 inputs) or
+    covered; a ``stride`` larger than ``patch`` (on either axis) would leave pixels between
+    patches uncovered and raises `MethodError`. ``fill``: a number (0 is the normalised mid-grey for mean-0.5 inputs) or
     "mean" (each image's per-channel mean). ``batch_size``: occluded copies per forward
     pass (default: see `chunk_size`; never changes results). Costs ``N * positions + N``
     forward passes without autograd. Returns ``Tensor[N, H, W]`` (positive where occluding
