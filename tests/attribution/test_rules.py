@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from convlens.attribution.gradients import saliency
 from convlens.attribution.rules import deconvnet, guided_backprop, rule_gradient
 from convlens.errors import MethodError, TargetError
 from convlens.layers import borrowed_model
@@ -92,10 +91,11 @@ def test_every_relu_call_of_torchvision_resnet_gets_the_rule():
         lambda t: torch.relu(t),
         lambda t: t.relu(),
         lambda t: torch.relu_(t * 1),
-        lambda t: t.clamp(min=0),
+        lambda t: F.relu(t * 1, inplace=True),
         lambda t: F.relu6(t),
         lambda t: nn.ReLU6(inplace=True)(t * 1),
         lambda t: F.hardtanh(t, 0.0, 6.0),
+        lambda t: nn.Hardtanh(0.0, 6.0)(t),
     ],
 )
 @pytest.mark.parametrize("rule", ["guided", "deconvnet"])
@@ -134,17 +134,61 @@ class NoRectifierNet(nn.Module):
         return self.head(self.pool(torch.tanh(self.conv(x))).flatten(1))
 
 
-def test_saliency_deconvnet_guided_agree_without_rectifiers(unchanged):
+def test_rules_without_rectifiers_are_refused(unchanged):
     model = NoRectifierNet()
     images = torch.randn(3, 3, 8, 8)
     with unchanged(model, images):
-        plain = saliency(model, images, [1, 4, 0])
-        # ... and the user is told that the rule had nothing to act on
-        with pytest.warns(RuntimeWarning, match="deconvnet rule matched no rectifier"):
-            torch.testing.assert_close(deconvnet(model, images, [1, 4, 0]), plain)
-        with pytest.warns(RuntimeWarning, match="guided rule matched no rectifier"):
-            torch.testing.assert_close(guided_backprop(model, images, [1, 4, 0]), plain)
-    assert plain.shape == (3, 8, 8) and bool((plain > 0).any())
+        # The rules would change nothing: each would silently be the saliency map.
+        with pytest.raises(MethodError, match="deconvnet rule matched no rectifier"):
+            deconvnet(model, images, [1, 4, 0])
+        with pytest.raises(MethodError, match="'saliency'"):
+            guided_backprop(model, images, [1, 4, 0])
+
+
+class ClampGuard(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.clamp(0, 1)
+
+
+class ClampGuardNet(NoRectifierNet):
+    """`NoRectifierNet` behind an input guard ``x.clamp(0, 1)`` (and a ``clamp_min(0)``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(torch.clamp_min(x.clamp(0, 1), 0))
+
+
+@pytest.mark.parametrize(
+    "clamp",
+    [
+        lambda t: t.clamp(0, 1),
+        lambda t: t.clamp(min=0),
+        lambda t: torch.clamp(t, 0.0),
+        lambda t: t.clip(0, 6),
+        lambda t: torch.clamp_min(t, 0),
+        lambda t: (t * 1).clamp_(min=0),
+    ],
+)
+def test_clamps_are_not_rectifiers(clamp):
+    x = torch.tensor([-1.0, 0.5, 2.0, 0.2], requires_grad=True)
+    upstream = torch.tensor([-1.0, -1.0, 1.0, 2.0])
+    with backward_rule(nn.Identity(), "guided") as session:
+        (grad,) = torch.autograd.grad(clamp(x), x, upstream)
+    (plain,) = torch.autograd.grad(clamp(x), x, upstream)
+    assert session.calls == 0
+    torch.testing.assert_close(grad, plain)
+
+
+def test_input_guard_clamp_does_not_make_a_rule_method(unchanged):
+    # A ReLU-free model with x.clamp(0, 1) on its input: the guard used to count as a
+    # rectifier, so guided backprop silently became the positive part of the gradient.
+    model, images = ClampGuardNet(), torch.rand(2, 3, 8, 8) * 1.5 - 0.25
+    with unchanged(model, images), pytest.raises(MethodError, match="clamp/clip do not count"):
+        guided_backprop(model, images, [1, 3])
+    # Behind ReLUs the guard keeps its plain gradient and only the ReLUs get the rule.
+    relu_model = nn.Sequential(ClampGuard(), nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten())
+    with backward_rule(relu_model, "guided") as session:
+        relu_model(images.requires_grad_(True))
+    assert session.calls == 1
 
 
 def test_maps_are_max_abs_over_channels_and_batch_equals_single_calls(net):

@@ -300,11 +300,16 @@ def test_uncropped_projection_is_already_zero_outside_the_receptive_field(unchan
     assert torch.equal(cropped.projection, raw.projection)
 
 
-def test_rules_without_rectifiers_are_refused_or_warned():
-    silu_net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.SiLU(), nn.MaxPool2d(2), nn.Conv2d(4, 2, 1))
-    image = torch.randn(3, 8, 8)
-    with pytest.raises(MethodError, match="matched no rectifier"):
+def test_rules_without_rectifiers_are_refused_alike_in_projection_and_attribution():
+    guard = nn.Hardtanh(-1.0, 1.0)  # not a rectifier (lower bound -1), nor is the clamp below
+    silu_net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.SiLU(), guard, nn.MaxPool2d(2))
+    image = torch.randn(3, 8, 8).clamp(0, 1)
+    with pytest.raises(MethodError, match="matched no rectifier") as projected:
         project_unit(silu_net, image, "3", 0, rule="deconvnet")
-    classifier = nn.Sequential(silu_net, nn.Flatten(), nn.Linear(2 * 3 * 3, 4))
-    with pytest.warns(RuntimeWarning, match="guided rule matched no rectifier"):
+    classifier = nn.Sequential(silu_net, nn.Flatten(), nn.Linear(4 * 3 * 3, 4))
+    with pytest.raises(MethodError, match="matched no rectifier") as attributed:
         guided_backprop(classifier, image[None], 1)
+    # One shared check: the same explanation after each caller's own prefix.
+    assert str(projected.value).split(": ", 1)[1].replace("deconvnet", "RULE") == str(
+        attributed.value
+    ).split(": ", 1)[1].replace("guided", "RULE")

@@ -3,8 +3,6 @@ rectifier (see `convlens.layers.rules` for the rules and how they borrow the mod
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 from torch import nn
 
@@ -14,16 +12,18 @@ from convlens.layers.borrow import borrowed_model
 from convlens.layers.rules import backward_rule
 from convlens.models.loading import LoadedModel
 
+_RULE_METHODS = {"guided": "guided backprop", "deconvnet": "deconvnet"}
+
 
 def rule_gradient(
     model: nn.Module | LoadedModel, images: torch.Tensor, target: object, rule: str
 ) -> torch.Tensor:
-    """Input gradient ``Tensor[N, C, H, W]`` of each row's target score under ``rule``."""
+    """Input gradient ``Tensor[N, C, H, W]`` of each row's target score under ``rule``.
+    Raises `MethodError` when the model evaluated no rectifier (the rule changed nothing)."""
     prepared = prepare(model, images, target)
     with borrowed_model(prepared.module), backward_rule(prepared.module, rule) as session:
         gradient, _ = input_gradient(prepared.module, prepared.images, prepared.targets)
-    if message := session.unmatched():
-        warnings.warn(message, RuntimeWarning, stacklevel=3)
+    session.require_rectifiers(_RULE_METHODS[rule])
     return gradient
 
 

@@ -86,8 +86,7 @@ def project_unit(
             row, col = _unit_position(unit_map.detach(), position)
             unit = unit_map[row, col]
             (gradient,) = torch.autograd.grad(unit, inputs)
-    if message := session.unmatched():
-        raise MethodError(f"cannot project with {rule}: {message}")
+    session.require_rectifiers(f"cannot project a unit with {rule}")
     field = receptive_field(module, name, image)
     box = field.box(row, col, image.shape[-2], image.shape[-1])
     projection = crop_to_box(gradient[0], box) if crop else gradient[0]

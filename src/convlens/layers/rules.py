@@ -1,18 +1,24 @@
 """Backward rules for rectifiers: deconvnet and guided backpropagation.
 
 Both methods are the input gradient of the target score with one change: the backward pass
-through every rectifier (ReLU, ReLU6, ``hardtanh(0, t)``, ``clamp(min=0)``) is replaced.
-For an upstream gradient ``g`` at a rectifier with input ``x``:
+through every rectifier is replaced. For an upstream gradient ``g`` at a rectifier with
+input ``x``:
 
 - plain gradient: ``g * 1[0 < x < t]`` (``t = inf`` for ReLU)
 - deconvnet (Zeiler & Fergus 2014): ``g * 1[g > 0]`` (the forward input is ignored)
 - guided backprop (Springenberg et al. 2015): ``g * 1[0 < x < t] * 1[g > 0]``
 
+Rectifiers are the activation functions of the ReLU family, and only those: ``F.relu``,
+``torch.relu``, ``Tensor.relu``, ``relu_`` (torch and Tensor), ``F.relu6`` and
+``F.hardtanh(x, 0, t)`` with ``t > 0`` (a clipped ReLU such as ReLU6), and the modules that
+call them (``nn.ReLU``, ``nn.ReLU6``, ``nn.Hardtanh(0, t)``). Tensor arithmetic such as
+``clamp``/``clip``/``clamp_min`` never counts, whatever its bounds: ``x.clamp(0, 1)`` is an
+input guard or a range check, not an activation, and treating it as one turned guided
+backprop of a ReLU-free model into the positive part of its plain gradient.
+
 `backward_rule` applies a rule for the duration of a ``with`` block through a
-``TorchFunctionMode``: every rectifier evaluated inside the block, whether it comes from an
-``nn.ReLU``/``nn.ReLU6`` module (which call ``F.relu``/``F.hardtanh``) or a functional call
-(``F.relu``, ``torch.relu``, ``relu_``, ``F.relu6``, ``F.hardtanh``, ``Tensor.relu``,
-``clamp(min=0)``), runs through a custom autograd function. The user's modules are never
+``TorchFunctionMode``: every rectifier evaluated inside the block, whether it comes from a
+module or a functional call, runs through a custom autograd function. The user's modules are never
 replaced or edited (``inplace`` flags stay), in-place calls stay in-place, and the mode is
 popped on exit, also after an exception. The forward values are exactly the usual ones.
 """
@@ -83,24 +89,8 @@ def _hardtanh_args(args: tuple, kwargs: dict, inplace_default: bool) -> tuple | 
     return args[0], float(high), bool(given.get("inplace", inplace_default))
 
 
-def _clamp_args(args: tuple, kwargs: dict, inplace_default: bool) -> tuple | None:
-    given = dict(zip(("min", "max"), args[1:], strict=False)) | kwargs
-    low, high = given.get("min"), given.get("max")
-    if not isinstance(low, Real) or low != 0:
-        return None
-    if high is not None and (not isinstance(high, Real) or high <= 0):
-        return None
-    return args[0], None if high is None else float(high), inplace_default
-
-
-def _clamp_min_args(args: tuple, kwargs: dict, inplace_default: bool) -> tuple | None:
-    low = kwargs.get("min", args[1] if len(args) > 1 else None)
-    if not isinstance(low, Real) or low != 0:
-        return None
-    return args[0], None, inplace_default
-
-
-# Each rectifier entry point -> (argument parser, whether it is in-place by default).
+# Each rectifier entry point -> (argument parser, whether it is in-place by default). Only
+# activation functions: clamp/clip are tensor arithmetic (input guards), never rectifiers.
 _RECTIFIERS = {
     F.relu: (_relu_args, False),
     torch.relu: (_relu_args, False),
@@ -110,15 +100,6 @@ _RECTIFIERS = {
     F.relu6: (_relu6_args, False),
     F.hardtanh: (_hardtanh_args, False),
     torch._C._nn.hardtanh_: (_hardtanh_args, True),
-    torch.clamp: (_clamp_args, False),
-    torch.clip: (_clamp_args, False),
-    torch.Tensor.clamp: (_clamp_args, False),
-    torch.Tensor.clip: (_clamp_args, False),
-    torch.clamp_: (_clamp_args, True),
-    torch.Tensor.clamp_: (_clamp_args, True),
-    torch.clamp_min: (_clamp_min_args, False),
-    torch.Tensor.clamp_min: (_clamp_min_args, False),
-    torch.Tensor.clamp_min_: (_clamp_min_args, True),
 }
 
 
@@ -129,15 +110,17 @@ class RuleSession:
     rule: str
     calls: int = 0
 
-    def unmatched(self) -> str | None:
-        """Why the rule changed nothing, when the block evaluated no rectifier (else None)."""
+    def require_rectifiers(self, what: str) -> None:
+        """`MethodError` when the block evaluated no rectifier: the rule changed nothing and
+        ``what`` (a method's name) would silently be a plain gradient. The one check that
+        attribution (deconvnet, guided backprop) and unit projection share."""
         if self.calls:
-            return None
-        return (
-            f"the {self.rule} rule matched no rectifier (ReLU, ReLU6, hardtanh(0, t), "
-            "clamp(min=0)) in the model's forward pass, so the result is a plain gradient; "
-            "activations such as SiLU, GELU or tanh have no such rule: use a ReLU network, "
-            "or the plain gradient ('saliency') knowingly"
+            return
+        raise MethodError(
+            f"{what}: the {self.rule} rule matched no rectifier (ReLU, ReLU6 or hardtanh(0, t) "
+            "activations; clamp/clip do not count) in the model's forward pass, so the result "
+            "would be a plain gradient; activations such as SiLU, GELU or tanh have no such "
+            "rule: use a ReLU network, or the plain gradient ('saliency') instead"
         )
 
 
