@@ -83,7 +83,7 @@ def test_no_colour_statistic_separates_objects_from_background():
     difference = inside - outside  # [N, 3] paired per image
     standard_error = difference.std(0) / len(batch) ** 0.5
     assert bool((difference.mean(0).abs() < 3 * standard_error).all())
-    assert bool((difference.mean(0).abs() < 0.05).all())
+    assert bool((difference.mean(0).abs() < 0.1).all())
     spread_in = torch.stack([img[:, m].std(1) for img, m in pairs])
     spread_out = torch.stack([img[:, ~m].std(1) for img, m in pairs])
     assert float((spread_in.mean() - spread_out.mean()).abs()) < 0.05
