@@ -1,0 +1,107 @@
+"""Pictures of dataset scans: Zeiler & Fergus's top-9 panel (projections beside patches),
+a 2-D map of thumbnails coloured by label, and a strip of nearest neighbours. Takes arrays
+and tensors; computes nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from convlens.errors import ConvlensError
+from convlens.render.features import captioned, projection_image
+from convlens.render.images import _font, image_grid
+
+
+def _resized(tile: np.ndarray, size: int) -> np.ndarray:
+    """``uint8[h, w, 3]`` scaled to ``size`` x ``size`` (nearest when enlarging, so small
+    receptive fields keep their pixels; area average when shrinking)."""
+    image = Image.fromarray(tile)
+    enlarge = size >= max(tile.shape[:2])
+    method = Image.Resampling.NEAREST if enlarge else Image.Resampling.BOX
+    return np.asarray(image.resize((size, size), method))
+
+
+def _square_grid(tiles: list[np.ndarray], columns: int, size: int) -> np.ndarray:
+    blank = np.full((size, size, 3), 255, np.uint8)
+    padded = [_resized(t, size) for t in tiles] + [blank] * (columns * columns - len(tiles))
+    return image_grid(padded, columns=columns, padding=2)
+
+
+def top_units_panel(
+    patches: Sequence[np.ndarray],
+    projections: Sequence[torch.Tensor] | None,
+    title: str,
+    tile: int = 64,
+) -> np.ndarray:
+    """Zeiler & Fergus's layout for one channel: a square grid of projections (each shown as
+    ``0.5 + p / (2 max|p|)``, grey = 0) beside the grid of the same units' patches
+    ``uint8[h, w, 3]``, best first, row by row, with ``title`` above. ``uint8[H, W, 3]``."""
+    if not patches:
+        raise ConvlensError("top_units_panel needs at least one patch")
+    columns = max(1, int(np.ceil(np.sqrt(len(patches)))))
+    parts = [_square_grid(list(patches), columns, tile)]
+    if projections:
+        shown = [projection_image(p) for p in projections]
+        parts.insert(0, _square_grid(shown, columns, tile))
+    gap = np.full((parts[0].shape[0], 8, 3), 255, np.uint8)
+    joined = parts[0] if len(parts) == 1 else np.concatenate([parts[0], gap, parts[1]], axis=1)
+    return captioned(joined, title)
+
+
+def label_colours(count: int) -> np.ndarray:
+    """``uint8[count, 3]``: one distinct colour per label (tab10/tab20)."""
+    cmap = matplotlib.colormaps["tab10" if count <= 10 else "tab20"]
+    return (np.array([cmap(i % cmap.N)[:3] for i in range(count)]) * 255).round().astype(np.uint8)
+
+
+def thumbnail_map(
+    points: np.ndarray,
+    thumbnails: Sequence[np.ndarray],
+    labels: Sequence[int] | None = None,
+    classes: Sequence[str] | None = None,
+    size: int = 1200,
+    thumb: int = 32,
+) -> np.ndarray:
+    """A 2-D map ``float[N, 2]`` drawn as thumbnails ``uint8[h, w, 3]`` at their points,
+    each framed in its label's colour (grey without labels), with a legend of ``classes``.
+    Later points are drawn over earlier ones. Returns ``uint8[size + legend, size, 3]``."""
+    points = np.asarray(points, dtype=np.float64)
+    if points.ndim != 2 or points.shape[1] != 2 or len(points) != len(thumbnails):
+        raise ConvlensError("thumbnail_map needs points float[N, 2] and N thumbnails")
+    low, high = points.min(axis=0), points.max(axis=0)
+    span = np.where(high > low, high - low, 1.0)
+    where = ((points - low) / span * (size - thumb - 8) + 4).round().astype(int)
+    labelled = labels is not None and any(label >= 0 for label in labels)
+    count = max(len(classes or ()), (max(labels) + 1) if labelled else 0)
+    colours = label_colours(max(count, 1))
+    canvas = Image.new("RGB", (size, size), (255, 255, 255))
+    for (x, y), tile, label in zip(where, thumbnails, labels or [-1] * len(where), strict=True):
+        frame = tuple(int(v) for v in colours[label]) if label >= 0 else (128, 128, 128)
+        canvas.paste(frame, (x, y, x + thumb, y + thumb))
+        canvas.paste(Image.fromarray(_resized(tile, thumb - 4)), (x + 2, y + 2))
+    legend = _legend(classes, colours, size) if labelled else None
+    picture = np.asarray(canvas)
+    return picture if legend is None else np.concatenate([legend, picture], axis=0)
+
+
+def _legend(classes, colours: np.ndarray, width: int) -> np.ndarray:
+    names = list(classes) if classes else [f"class {i}" for i in range(len(colours))]
+    strip = Image.new("RGB", (width, 24), (255, 255, 255))
+    draw, font, x = ImageDraw.Draw(strip), _font(13), 6
+    for name, colour in zip(names, colours, strict=False):
+        draw.rectangle((x, 6, x + 12, 18), fill=tuple(int(v) for v in colour))
+        draw.text((x + 16, 5), name, fill=(0, 0, 0), font=font)
+        x += 28 + int(draw.textlength(name, font=font))
+    return np.asarray(strip)
+
+
+def neighbours_strip(
+    query: np.ndarray, images: Sequence[np.ndarray], captions: Sequence[str], tile: int = 128
+) -> np.ndarray:
+    """The query image then its nearest images, left to right, each with a caption."""
+    tiles = [_resized(image, tile) for image in [query, *images]]
+    return image_grid(tiles, titles=["query", *captions], columns=len(tiles))

@@ -1,0 +1,119 @@
+"""Files of a scan: per layer ``DIR/<layer>/topk.json`` and one PNG per channel in Zeiler &
+Fergus's layout, and ``DIR/scan.json`` (layers, images scanned, files skipped).
+
+``topk.json``: ``{"layer", "k", "by", "channels": [{"channel": c, "top": [{"source",
+"value", "y", "x", "box": [x0, y0, x1, y1]}, ...]}, ...]}``; ``box`` is the unit's receptive
+field in the preprocessed input, x1/y1 exclusive (it may reach outside the image, where
+the patch is grey).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from convlens.data.datasets import ScanDataset
+from convlens.errors import ImageLoadError
+from convlens.render.images import save_png
+from convlens.render.scans import thumbnail_map, top_units_panel
+from convlens.scan.embed import Embeddings
+from convlens.scan.knn import map_2d
+from convlens.scan.topk import LayerTop, TopActivations
+
+SCAN_FILE = "scan.json"
+
+
+def layer_json(top: LayerTop) -> dict:
+    """The ``topk.json`` document of one layer."""
+    return {
+        "layer": top.layer,
+        "k": top.k,
+        "by": top.by,
+        "channels": [
+            {
+                "channel": c,
+                "top": [
+                    {"source": u.source, "value": u.value, "y": u.y, "x": u.x, "box": list(u.box)}
+                    for u in units
+                ],
+            }
+            for c, units in enumerate(top.channels)
+        ],
+    }
+
+
+def channel_png_name(channel: int) -> str:
+    return f"channel-{channel:04d}.png"
+
+
+def write_scan(result: TopActivations, out: str | Path, rule: str | None = "deconvnet") -> Path:
+    """Write every layer's ``topk.json`` and channel panels (projections by ``rule`` beside
+    the patches; patches alone when ``rule`` is None or was not computed) and
+    ``scan.json`` under ``out``. Returns ``out``."""
+    out = Path(out)
+    for name, top in result.layers.items():
+        folder = out / name
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "topk.json").write_text(json.dumps(layer_json(top), indent=1))
+        for c, units in enumerate(top.channels):
+            if not units:
+                continue
+            projections = [u.projections[rule] for u in units if rule in u.projections]
+            title = f"{name} channel {c}: top {len(units)} by {top.by}"
+            panel = top_units_panel(
+                [u.patch for u in units],
+                projections if len(projections) == len(units) else None,
+                title,
+            )
+            save_png(panel, folder / channel_png_name(c))
+    summary = {
+        "layers": list(result.layers),
+        "scanned": result.scanned,
+        "skipped": [{"source": s, "message": m} for s, m in result.errors],
+        "projection": rule,
+    }
+    (out / SCAN_FILE).write_text(json.dumps(summary, indent=1))
+    return out
+
+
+def thumbnails(dataset: ScanDataset, sources: list[str], size: int = 48) -> list[np.ndarray]:
+    """``uint8[size, size, 3]`` thumbnails of the items named ``sources`` (grey when an
+    item cannot be read any more)."""
+    position = {source: i for i, source in enumerate(dataset.sources)}
+    tiles = []
+    for source in sources:
+        try:
+            display = dataset.display(position[source])
+            tiles.append(np.asarray(Image.fromarray(display).resize((size, size))))
+        except (ImageLoadError, KeyError):
+            tiles.append(np.full((size, size, 3), 128, np.uint8))
+    return tiles
+
+
+def write_embedding(
+    embeddings: Embeddings,
+    dataset: ScanDataset,
+    out: str | Path,
+    method: str | None = "auto",
+    max_points: int = 3000,
+) -> Path | None:
+    """Save ``embeddings`` under ``out`` and, unless ``method`` is None, its 2-D map drawn as
+    thumbnails coloured by label (``map.png``; at most ``max_points`` items, evenly spaced
+    rows). Returns the map's path (None without one)."""
+    embeddings.save(out)
+    if method is None:
+        return None
+    rows = np.linspace(0, len(embeddings.sources) - 1, min(max_points, len(embeddings.sources)))
+    rows = np.unique(rows.round().astype(int))
+    points = map_2d(embeddings.vectors[torch.from_numpy(rows)], method)
+    picture = thumbnail_map(
+        points,
+        thumbnails(dataset, [embeddings.sources[r] for r in rows]),
+        [embeddings.labels[r] for r in rows],
+        embeddings.classes,
+    )
+    return save_png(picture, Path(out) / "map.png")

@@ -1,0 +1,229 @@
+"""The dataset patches that excite each channel most (Zeiler & Fergus 2014, figure 2).
+
+`top_activating` makes one streaming pass over a dataset for every channel of every
+requested layer at once. Per channel it keeps k ``(value, image, position)`` triples, one
+per image: an image's value is its largest activation of the channel (``by="max"``, at the
+first position in row-major order that reaches it) or its mean over positions
+(``by="mean"``; the position of its maximum is kept for the patch). Ranking is by value,
+larger first, ties to the lower image index; memory is O(layers x channels x k).
+
+At the end each kept unit's patch is cut from the exact receptive field
+(`convlens.layers.receptive`) of the preprocessed image, padded with grey (`PAD_VALUE`)
+where the field leaves the image, and a second pass over only the kept images computes
+each unit's deconvnet and guided-backprop projection (`convlens.layers.rules`), cut the
+same way (zero outside the image).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from torch import nn
+
+from convlens.data.datasets import ScanDataset, open_dataset
+from convlens.errors import DataError, LayerError, MethodError
+from convlens.features.maps import stage_layers
+from convlens.layers import Field, capture, resolve_layer
+from convlens.layers.rules import RULES
+from convlens.models.loading import LoadedModel, load_model
+from convlens.scan.patches import TopUnit, attach_patches, field_box, first_readable, layer_fields
+from convlens.scan.stream import RunOptions, placed_on, stream_pass
+
+BY = ("max", "mean")
+
+
+@dataclass(frozen=True)
+class LayerTop:
+    """A layer's result: ``channels[c]`` lists channel c's top units, best first (fewer
+    than k when the dataset has fewer readable images)."""
+
+    layer: str
+    k: int
+    by: str
+    field: Field
+    channels: list[list[TopUnit]]
+
+
+@dataclass(frozen=True)
+class TopActivations:
+    """``layers`` by name, in the order asked; ``scanned`` images; ``errors``: (source,
+    message) of every item that could not be read and was skipped."""
+
+    layers: dict[str, LayerTop]
+    scanned: int
+    errors: list[tuple[str, str]]
+
+
+def merge_top(
+    values: torch.Tensor, images: torch.Tensor, positions: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per row of ``Tensor[C, M]`` candidates, the k best: larger value first, ties to the
+    lower image index (NaN counts as -inf). Returns three ``Tensor[C, min(k, M)]``."""
+    values = torch.nan_to_num(values, nan=-torch.inf)
+    order = torch.argsort(images, dim=1, stable=True)
+    values, images, positions = (t.gather(1, order) for t in (values, images, positions))
+    order = torch.argsort(values, dim=1, descending=True, stable=True)[:, :k]
+    return tuple(t.gather(1, order) for t in (values, images, positions))
+
+
+class TopUnitsReducer:
+    """Streaming top-k per channel of each layer (see `stream_pass` for the protocol)."""
+
+    def __init__(self, k: int, by: str) -> None:
+        self.k, self.by = k, by
+        self.tops: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def update(self, indices: torch.Tensor, outputs: dict[str, torch.Tensor]) -> None:
+        for name, output in outputs.items():
+            flat = output.detach().flatten(2).float()  # [B, C, h * w]
+            peak, where = flat.max(dim=2)
+            value = peak if self.by == "max" else flat.mean(dim=2)
+            images = indices.view(-1, 1).expand_as(value)
+            self._add(name, value.T.cpu(), images.T.contiguous(), where.T.cpu())
+
+    def _add(self, name: str, values, images, positions) -> None:
+        if name in self.tops:
+            old = self.tops[name]
+            values, images, positions = (
+                torch.cat([a, b], dim=1)
+                for a, b in zip(old, (values, images, positions), strict=True)
+            )
+        self.tops[name] = merge_top(values, images, positions, self.k)
+
+    def state_dict(self) -> dict:
+        return {"tops": {name: tuple(t.clone() for t in top) for name, top in self.tops.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.tops = {name: tuple(top) for name, top in state["tops"].items()}
+
+    def merge(self, states: list[dict]) -> None:
+        for state in states:
+            for name, top in state["tops"].items():
+                self._add(name, *top)
+
+
+def check_settings(k: int, by: str, rules: Sequence[str]) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise DataError(f"k (patches per channel) must be an integer >= 1, got {k!r}")
+    if by not in BY:
+        raise DataError(f"by must be one of {', '.join(BY)}, got {by!r}")
+    unknown = [rule for rule in rules if rule not in RULES]
+    if unknown:
+        raise MethodError(f"unknown projection rule(s) {unknown}; use {', '.join(RULES)} or none")
+
+
+def resolve_layers(module: nn.Module, layers) -> list[str]:
+    specs = layers if isinstance(layers, (list, tuple)) else [layers]
+    if not specs:
+        raise LayerError("pass at least one layer (or layers=None for every stage)")
+    names = [resolve_layer(module, spec)[0] for spec in specs]
+    return list(dict.fromkeys(names))
+
+
+def capture_layers(names: list[str]):
+    """``open_capture`` for `stream_pass`: the outputs of ``names``."""
+    return partial(_capture_outputs, names=names)
+
+
+def _capture_outputs(module: nn.Module, names: list[str]):
+    return capture(module, names)
+
+
+def units_of(tops: dict, geometry: dict, sources: list[str]) -> dict[str, list[list[TopUnit]]]:
+    """The merged top-k tensors as `TopUnit` lists (no patches yet), per layer and channel."""
+    result = {}
+    for name, (values, images, positions) in tops.items():
+        field, (_, width) = geometry[name]
+        channels = []
+        for c in range(values.shape[0]):
+            units = []
+            for value, image, flat in zip(
+                values[c].tolist(), images[c].tolist(), positions[c].tolist(), strict=True
+            ):
+                y, x = divmod(flat, width)
+                box = field_box(field, y, x)
+                units.append(TopUnit(image, sources[image], value, y, x, box))
+            channels.append(units)
+        result[name] = channels
+    return result
+
+
+def top_activating(
+    model: nn.Module | LoadedModel | str,
+    data,
+    layers=None,
+    k: int = 9,
+    by: str = "max",
+    *,
+    projections: Sequence[str] = ("deconvnet", "guided"),
+    device: str | torch.device | None = None,
+    batch_size: int = 32,
+    workers: int = 0,
+    checkpoint=None,
+    save_every: int = 50,
+    resume: bool = False,
+    progress: bool = False,
+    on_batch=None,
+) -> TopActivations:
+    """The k images that excite each channel of each of ``layers`` most, with patches.
+
+    Args:
+        model: a network (module, `LoadedModel` or name); its preprocessing reads ``data``.
+        data: anything `convlens.data.datasets.open_dataset` takes (folder, ImageFolder
+            tree, ``.txt`` list, ``"shapes:N"``, a ``Dataset``).
+        layers: layer names/indices/modules with ``[B, C, h, w]`` outputs (default: every
+            stage, `convlens.features.stage_layers`).
+        k: patches per channel, each from a different image. by: ``"max"`` or ``"mean"``.
+        projections: rules for the second pass (``"deconvnet"``, ``"guided"``; ``()`` none).
+        device: where to run (default: where the model is); the model is moved there for
+            the call and back after it.
+        batch_size, workers: the ``DataLoader``'s. checkpoint, save_every, resume: save the
+            state every ``save_every`` batches under ``checkpoint`` and continue from it.
+        progress: a tqdm bar with images/s (rank 0). on_batch: called after each batch.
+
+    Under ``torchrun`` (process group open) each rank scans every N-th item and the results
+    merge exactly. Returns `TopActivations`; unreadable items are in ``errors``.
+
+    Example:
+        >>> top = top_activating("synthetic-shapes", "shapes:60", ["features.5"], k=4)
+        >>> [u.source for u in top.layers["features.5"].channels[0]]  # doctest: +SKIP
+    """
+    check_settings(k, by, projections)
+    loaded = load_model(model)
+    module = loaded.module
+    dataset = open_dataset(data, loaded.preprocess)
+    with placed_on(module, device) as run_device:
+        sample = first_readable(dataset).to(run_device)
+        names = (
+            stage_layers(module, sample[0]) if layers is None else resolve_layers(module, layers)
+        )
+        geometry = layer_fields(module, names, sample)
+        reducer = TopUnitsReducer(k, by)
+        options = RunOptions(
+            run_device, batch_size, workers, checkpoint, save_every, resume, progress, on_batch
+        )
+        fingerprint = _fingerprint(loaded, dataset, names, k, by, batch_size)
+        run = stream_pass(module, dataset, capture_layers(names), reducer, options, fingerprint)
+        units = units_of(reducer.tops, geometry, dataset.sources)
+        units = attach_patches(module, dataset, units, projections, run_device, batch_size)
+    return TopActivations(
+        {name: LayerTop(name, k, by, geometry[name][0], units[name]) for name in names},
+        run.scanned,
+        [(dataset.sources[index], message) for index, message in run.errors],
+    )
+
+
+def _fingerprint(loaded: LoadedModel, dataset: ScanDataset, names, k, by, batch_size) -> dict:
+    return {
+        "kind": "top_activating",
+        "model": loaded.name,
+        "items": len(dataset),
+        "first": dataset.sources[:1],
+        "layers": list(names),
+        "k": k,
+        "by": by,
+        "batch_size": batch_size,
+    }
