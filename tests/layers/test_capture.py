@@ -114,7 +114,8 @@ def test_resolve_layer_by_name_index_module_and_errors():
     assert resolve_layer(model, "conv2") == ("conv2", model.conv2)
     assert resolve_layer(model, 0) == ("conv1", model.conv1)
     assert resolve_layer(model, -1) == ("head", model.head)
-    assert resolve_layer(model, "2")[0] == "conv2"
+    assert resolve_layer(model, "#2")[0] == "conv2"
+    assert resolve_layer(model, "#-1")[0] == "head"
     assert resolve_layer(model, model.relu)[0] == "relu"
     with pytest.raises(LayerError, match="did you mean conv2"):
         resolve_layer(model, "conv_2")
@@ -203,4 +204,14 @@ def test_digit_names_of_sequential_children_win_over_indices():
     # named_layers: "0", "0.0", "0.1", "1" -> index 1 would be "0.0"
     assert resolve_layer(model, "1") == ("1", model[1])
     assert resolve_layer(model, 1) == ("0.0", inner[0])
-    assert resolve_layer(model, "3") == ("1", model[1])  # no layer named "3": an index
+    assert resolve_layer(model, "#3") == ("1", model[1])  # the explicit index form
+    # A digit string is a name only: no layer named "3" is an error, not a silent index.
+    with pytest.raises(LayerError, match=r"no layer named '3'.*write '#3'.*int 3"):
+        resolve_layer(model, "3")
+    with pytest.raises(LayerError, match="out of range"):
+        resolve_layer(model, "#4")
+    for bad in ("#", "#x", "#1.5", "#--1", "# 1"):
+        with pytest.raises(LayerError, match="not a layer index"):
+            resolve_layer(model, bad)
+    with pytest.raises(LayerError, match="not a float"):
+        resolve_layer(model, 1.0)

@@ -1,4 +1,5 @@
-"""Find layers by dotted name, index or object; pick a default layer for CAM methods."""
+"""Find layers by dotted name, index (an int or "#3") or object; pick a default layer for
+CAM methods."""
 
 from __future__ import annotations
 
@@ -20,9 +21,11 @@ def named_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def resolve_layer(model: nn.Module, layer: LayerSpec) -> tuple[str, nn.Module]:
-    """A layer given as a dotted name (``"layer4.1.conv2"``), an index into
-    `named_layers` (negative counts from the end; a string of digits is an index only when
-    no layer has that name) or the module object itself."""
+    """A layer given as a dotted name (``"layer4.1.conv2"``; ``nn.Sequential`` children are
+    named ``"0"``, ``"1"``, ...), an index into `named_layers` as an ``int`` or as a string
+    ``"#3"`` (the ``#`` column of ``convlens layers``; negative counts from the end: ``-1``,
+    ``"#-1"``), or the module object itself. A string is a name unless it starts with ``#``:
+    a digit string that names no layer is a `LayerError`, never an index."""
     layers = named_layers(model)
     if isinstance(layer, nn.Module):
         for name, module in layers:
@@ -32,24 +35,51 @@ def resolve_layer(model: nn.Module, layer: LayerSpec) -> tuple[str, nn.Module]:
             return "", model
         raise LayerError("the given module is not part of the model; pass one of its submodules")
     if isinstance(layer, int) and not isinstance(layer, bool):
-        if not -len(layers) <= layer < len(layers):
-            raise LayerError(
-                f"layer index {layer} is out of range: the model has {len(layers)} layers "
-                f"(0..{len(layers) - 1}); run 'convlens layers' to list them"
-            )
-        return layers[layer]
+        return _layer_at(layers, layer)
     if isinstance(layer, str):
+        if layer.startswith("#"):
+            return _layer_at(layers, _index_text(layer))
         modules = dict(layers)
-        if layer in modules:  # before digits: nn.Sequential children are named "0", "1", ...
+        if layer in modules:
             return layer, modules[layer]
-        if layer.lstrip("-").isdigit():
-            return resolve_layer(model, int(layer))
-        close = difflib.get_close_matches(layer, list(modules), n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise LayerError(f"no layer named {layer!r}{_name_hint(layer, list(modules))}")
+    raise LayerError(
+        f"a layer is a name, an index (an int, or a string like '#3') or a module, not a "
+        f"{type(layer).__name__}"
+    )
+
+
+def _layer_at(layers: list[tuple[str, nn.Module]], index: int) -> tuple[str, nn.Module]:
+    if not -len(layers) <= index < len(layers):
         raise LayerError(
-            f"no layer named {layer!r}{hint} Run 'convlens layers' to list layer names"
+            f"layer index {index} is out of range: the model has {len(layers)} layers "
+            f"(0..{len(layers) - 1}); run 'convlens layers' to list them"
         )
-    raise LayerError(f"a layer is a name, an index or a module, not a {type(layer).__name__}")
+    return layers[index]
+
+
+def _index_text(text: str) -> int:
+    digits = text[1:]
+    if not digits.lstrip("-").isdigit() or digits.count("-") > 1:
+        raise LayerError(
+            f"{text!r} is not a layer index: write '#' and an integer, such as '#3' or '#-1' "
+            "(the '#' column of 'convlens layers'), or give the layer's name"
+        )
+    return int(digits)
+
+
+def _name_hint(layer: str, names: list[str]) -> str:
+    """What to try instead of an unknown name: close names, the index form for digits."""
+    hints = []
+    if close := difflib.get_close_matches(layer, names, n=3):
+        hints.append(f"did you mean {' or '.join(close)}")
+    if layer.lstrip("-").isdigit():
+        hints.append(
+            f"a string is a layer name (to pick row {layer} of 'convlens layers' write "
+            f"'#{layer}', or pass the int {layer} from Python)"
+        )
+    hints.append("run 'convlens layers' to list layer names")
+    return "; " + "; ".join(hints)
 
 
 def spatial_outputs(model: nn.Module, images: torch.Tensor) -> list[tuple[str, tuple[int, ...]]]:
