@@ -9,6 +9,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from convlens.errors import LayerError
+
 
 @contextmanager
 def borrowed_model(model: nn.Module, eval_mode: bool = True) -> Iterator[nn.Module]:
@@ -44,3 +46,17 @@ def _private_inputs(_module: nn.Module, args: tuple, kwargs: dict) -> tuple[tupl
 
 def _private(value: object) -> object:
     return value.clone() if isinstance(value, torch.Tensor) else value
+
+
+def refuse_scripted(model: nn.Module, what: str) -> None:
+    """`LayerError` when ``model`` (or a part of it) is TorchScript: its layers take no
+    hooks, so nothing can ``what``. The message names the ways out."""
+    for name, module in model.named_modules():
+        if isinstance(module, torch.jit.ScriptModule):
+            where = f"module {name!r} is" if name else "the model is"
+            raise LayerError(
+                f"{where} TorchScript, whose layers take no hooks, so convlens cannot {what}. "
+                "Load the eager model instead (a torch.save(model) pickle, a torchvision:/timm: "
+                "name, or --arch NAME --weights FILE for a state_dict), or use a method that "
+                "needs no layer (saliency, integrated_gradients, smoothgrad, occlusion)"
+            )

@@ -19,7 +19,9 @@ import torch
 from torch import nn
 
 from convlens.errors import LayerError
+from convlens.layers.borrow import refuse_scripted
 from convlens.layers.find import LayerSpec, resolve_layer
+from convlens.layers.tokens import Reshape, auto_reshape, grid_output, is_grid_model
 
 
 @dataclass
@@ -59,6 +61,7 @@ def capture(
     *,
     gradients: bool = False,
     graph_from_layer: bool = False,
+    reshape: Reshape | str | None = "auto",
 ) -> Iterator[Capture]:
     """Record the outputs of ``layers`` during forward passes run inside the block.
 
@@ -69,6 +72,12 @@ def capture(
             when nothing upstream does), for ``torch.autograd.grad``.
         graph_from_layer: with ``gradients``, run the forward without autograd up to the
             first captured layer (cheaper; gradients w.r.t. the input are then unavailable).
+        reshape: how an output that is an image in another layout is recorded as
+            ``Tensor[B, C, h, w]`` (`convlens.layers.tokens`): ``"auto"`` (token grids of
+            ViT/DeiT, channels-last maps of Swin, reshapes registered with
+            `register_reshape`; plain CNN outputs as they are), ``None`` (every output as
+            it is) or a callable ``output -> Tensor[B, C, h, w]`` that selects or permutes
+            elements. With ``gradients`` the gradient w.r.t. the recorded grid is exact.
 
     With ``gradients`` the module's output is replaced by a copy downstream, so an in-place
     activation right after the layer neither changes the captured tensor nor breaks its
@@ -76,19 +85,28 @@ def capture(
     any autograd graph through it) is exactly what it would be without the hook.
     """
     specs = layers if isinstance(layers, (list, tuple)) else [layers]
+    refuse_scripted(model, "capture a layer's output (CAM methods, feature maps)")
     resolved = [resolve_layer(model, spec) for spec in specs]
     result = Capture(names=[name for name, _ in resolved])
     result.calls = {name: [] for name in result.names}
     handles = []
     grad_mode = torch.is_grad_enabled()
+    batch: list[int] = []
 
     def make_hook(name: str):
-        def hook(_module, _inputs, output):
+        def hook(module, _inputs, output):
             if not isinstance(output, torch.Tensor):
                 raise LayerError(
                     f"layer {name!r} returns a {type(output).__name__}, not a tensor; "
                     "capture a layer whose output is a single tensor"
                 )
+            rule = _reshape_rule(reshape, model, module, output, batch[-1] if batch else None)
+            if rule is not None:
+                recorded, downstream = grid_output(output, rule, gradients)
+                result.calls[name].append(recorded)
+                if downstream is not None:
+                    torch.set_grad_enabled(True)
+                return downstream
             if not gradients:
                 # A detached copy; the forward graph itself is left untouched.
                 result.calls[name].append(output.detach().clone())
@@ -105,7 +123,13 @@ def capture(
     def stop_graph(_module, _inputs):
         torch.set_grad_enabled(False)
 
+    def note_batch(_module, inputs):
+        if inputs and isinstance(inputs[0], torch.Tensor) and inputs[0].dim() > 0:
+            batch.append(inputs[0].shape[0])
+
     try:
+        if reshape == "auto" and is_grid_model(model):  # batch size: see auto_reshape
+            handles.append(model.register_forward_pre_hook(note_batch))
         for name, module in resolved:
             handles.append(module.register_forward_hook(make_hook(name)))
         if gradients and graph_from_layer:
@@ -118,3 +142,15 @@ def capture(
         for handle in handles:
             handle.remove()
         torch.set_grad_enabled(grad_mode)
+
+
+def _reshape_rule(
+    reshape: Reshape | str | None, model: nn.Module, module: nn.Module, output, batch
+) -> Reshape | None:
+    if reshape is None:
+        return None
+    if reshape == "auto":
+        return auto_reshape(model, module, output, batch)
+    if not callable(reshape):
+        raise LayerError(f"reshape must be 'auto', None or a callable, got {reshape!r}")
+    return reshape

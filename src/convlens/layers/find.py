@@ -10,7 +10,9 @@ import torch
 from torch import nn
 
 from convlens.errors import LayerError
-from convlens.layers.borrow import borrowed_model
+from convlens.layers.borrow import borrowed_model, refuse_scripted
+from convlens.layers.tokens import is_grid_model, last_grid_layer
+from convlens.models.devices import model_input
 
 LayerSpec = str | int | nn.Module
 
@@ -86,6 +88,7 @@ def spatial_outputs(model: nn.Module, images: torch.Tensor) -> list[tuple[str, t
     """(name, output shape) of every module whose output is a ``[B, C, H, W]`` tensor, in the
     order the forward pass finishes them (a container after its children)."""
 
+    refuse_scripted(model, "find the layers a forward pass uses")
     finished: list[tuple[str, tuple[int, ...]]] = []
     handles = []
 
@@ -101,7 +104,7 @@ def spatial_outputs(model: nn.Module, images: torch.Tensor) -> list[tuple[str, t
             for name, module in named_layers(model):
                 handles.append(module.register_forward_hook(record(name)))
             with torch.no_grad():
-                model(images)
+                model(model_input(model, images))  # inputs follow the model's device
         finally:
             for handle in handles:
                 handle.remove()
@@ -119,8 +122,13 @@ def default_cam_layer(model: nn.Module, images: torch.Tensor) -> str:
     Among modules finishing at the same point (a block and its last child) the outermost
     one is chosen, as it is the one whose output flows on. Finding it costs one forward
     pass of one image; the answer is remembered per model, input shape and module
-    structure, so repeated calls on the same model cost nothing.
+    structure, so repeated calls on the same model cost nothing. A model that names its
+    own CAM layer in a string attribute ``cam_layer`` (the segmentation network names its
+    decoder, as the last spatial layer there is the per-class logit map) gets that layer.
     """
+    declared = getattr(model, "cam_layer", None)
+    if isinstance(declared, str):
+        return resolve_layer(model, declared)[0]
     key = (
         tuple(images.shape[1:]),
         images.dtype,
@@ -133,6 +141,16 @@ def default_cam_layer(model: nn.Module, images: torch.Tensor) -> str:
 
 
 def _last_spatial_layer(model: nn.Module, image: torch.Tensor) -> str:
+    if is_grid_model(model):  # ViT/DeiT tokens, Swin channels-last: see layers/tokens.py
+        with borrowed_model(model):
+            found = last_grid_layer(model, image)
+        if found is None:
+            raise LayerError(
+                "no layer of this token/channels-last model has an output that reshapes to "
+                "its patch grid; pass layer=... and describe its layout with "
+                "convlens.layers.tokens.register_reshape(layer, fn)"
+            )
+        return found
     spatial = [name for name, shape in spatial_outputs(model, image) if shape[2] * shape[3] > 1]
     if not spatial:
         raise LayerError(
