@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import json
-import shutil
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +16,7 @@ from torch import nn
 from convlens.attribution.common import prepare, resolve_cam_layer
 from convlens.attribution.methods import get_method, list_methods
 from convlens.attribution.registry import MethodInfo
+from convlens.data.folders import replaced_folder
 from convlens.data.images import ImageBatch, load_images
 from convlens.errors import ConvlensError, MethodError
 from convlens.layers.borrow import borrowed_model
@@ -97,27 +98,33 @@ class Explanation:
 
     def save(self, folder: str | Path) -> Path:
         """Write ``maps.npy`` (raw), one overlay PNG per row (when the display image is
-        known) and ``manifest.json``. A folder left half-written by an error is removed."""
+        known) and ``manifest.json`` into ``folder``, as one unit: everything is written to
+        a temporary sibling folder that then replaces ``folder`` by rename, so an error
+        halfway leaves an existing folder as it was (and no new folder). An existing folder
+        is replaced only if it holds nothing but files a save writes (`_saved_file`);
+        otherwise `ConvlensError`, before anything is written."""
         from convlens.render import save_png
 
         folder = Path(folder)
-        existed = folder.exists()
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            np.save(folder / "maps.npy", self.maps.cpu().numpy())
+        with replaced_folder(folder, _saved_file) as staging:
+            np.save(staging / "maps.npy", self.maps.cpu().numpy())
             files = []
             if self.display is not None:
                 for row in range(len(self.maps)):
                     name = f"{row:03d}_{self.method}.png"
-                    save_png(self.overlay(row), folder / name)
+                    save_png(self.overlay(row), staging / name)
                     files.append(name)
             manifest = self.record() | {"maps": "maps.npy", "overlays": files}
-            (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
-        except BaseException:
-            if not existed:
-                shutil.rmtree(folder, ignore_errors=True)
-            raise
+            (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
         return folder
+
+
+def _saved_file(name: str) -> bool:
+    """Whether ``name`` is a file `Explanation.save` writes (any method's)."""
+    return name in ("maps.npy", "manifest.json") or bool(_OVERLAY_NAME.fullmatch(name))
+
+
+_OVERLAY_NAME = re.compile(r"\d{3,}_\w+\.png")
 
 
 def _jsonable(value):
