@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import difflib
 import weakref
+from collections import OrderedDict
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -111,33 +113,63 @@ def spatial_outputs(model: nn.Module, images: torch.Tensor) -> list[tuple[str, t
     return finished
 
 
-# model -> {(input shape, dtype, module names and types): default layer name}. Weak keys:
-# nothing is stored on the model, and a model that is deleted leaves nothing behind.
+@dataclass
+class _KnownLayers:
+    """The default layers found for one model: its module structure (names and types) and,
+    for the last few input (shape, dtype), the layer name, least recently used first."""
+
+    structure: tuple
+    by_input: OrderedDict = field(default_factory=OrderedDict)
+
+
+# model -> _KnownLayers. Weak keys: nothing is stored on the model, and a model that is
+# deleted leaves nothing behind. At most DEFAULT_LAYERS_KEPT input shapes per model, so a
+# long-lived model explained at many sizes does not grow the cache without bound.
 _DEFAULT_LAYERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+DEFAULT_LAYERS_KEPT = 8
+
+# Pooling modules only shrink or resample the grid of the layer before them.
+_POOLING = (
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+    nn.LPPool2d,
+    nn.FractionalMaxPool2d,
+)
 
 
 def default_cam_layer(model: nn.Module, images: torch.Tensor) -> str:
-    """The last module with a spatial output (H or W > 1) before global pooling.
+    """The output of the network's last convolution stage: the last module with a spatial
+    output (H or W > 1), not counting pooling layers at the end of the spatial part (max,
+    average or adaptive pooling, and blocks that end in one), which only shrink or resample
+    that grid. VGG-16 at 200x320 gets ``features.29`` (the ReLU after conv5_3, 12x20), not
+    its max pool (6x10) nor ``avgpool`` (an adaptive pool resampling 6x10 to 7x7); networks
+    that end in global pooling (ResNet: ``layer4``) keep the layer before it.
 
     Among modules finishing at the same point (a block and its last child) the outermost
     one is chosen, as it is the one whose output flows on. Finding it costs one forward
-    pass of one image; the answer is remembered per model, input shape and module
-    structure, so repeated calls on the same model cost nothing. A model that names its
+    pass of one image; the answer is remembered per model and module structure for the
+    last `DEFAULT_LAYERS_KEPT` input shapes, so repeated calls on the same model cost
+    nothing. A model that names its
     own CAM layer in a string attribute ``cam_layer`` (the segmentation network names its
     decoder, as the last spatial layer there is the per-class logit map) gets that layer.
     """
     declared = getattr(model, "cam_layer", None)
     if isinstance(declared, str):
         return resolve_layer(model, declared)[0]
-    key = (
-        tuple(images.shape[1:]),
-        images.dtype,
-        tuple((name, type(module)) for name, module in model.named_modules()),
-    )
-    known = _DEFAULT_LAYERS.setdefault(model, {})
-    if key not in known:
-        known[key] = _last_spatial_layer(model, images[:1])
-    return known[key]
+    structure = tuple((name, type(module)) for name, module in model.named_modules())
+    known = _DEFAULT_LAYERS.get(model)
+    if known is None or known.structure != structure:  # new, or its modules changed
+        known = _DEFAULT_LAYERS[model] = _KnownLayers(structure)
+    key = (tuple(images.shape[1:]), images.dtype)
+    if key in known.by_input:
+        known.by_input.move_to_end(key)
+    else:
+        known.by_input[key] = _last_spatial_layer(model, images[:1])
+        while len(known.by_input) > DEFAULT_LAYERS_KEPT:
+            known.by_input.popitem(last=False)
+    return known.by_input[key]
 
 
 def _last_spatial_layer(model: nn.Module, image: torch.Tensor) -> str:
@@ -152,9 +184,28 @@ def _last_spatial_layer(model: nn.Module, image: torch.Tensor) -> str:
             )
         return found
     spatial = [name for name, shape in spatial_outputs(model, image) if shape[2] * shape[3] > 1]
+    spatial = _without_trailing_pooling(model, spatial)
     if not spatial:
         raise LayerError(
             "the model has no layer with a spatial [B, C, H, W] output; CAM methods need "
             "a convolutional layer: pass layer=... or use a gradient method such as saliency"
         )
     return spatial[-1]
+
+
+def _without_trailing_pooling(model: nn.Module, finished: list[str]) -> list[str]:
+    """``finished`` (module names in the order they finish) less the pooling layers at its
+    end, and the blocks whose output is one of theirs (a block finishing right after a
+    pooling layer inside it)."""
+    modules = dict(named_layers(model))
+
+    def pooled(i: int) -> bool:
+        if isinstance(modules[finished[i]], _POOLING):
+            return True
+        inner = i > 0 and finished[i - 1].startswith(finished[i] + ".")
+        return inner and pooled(i - 1)
+
+    end = len(finished)
+    while end and pooled(end - 1):
+        end -= 1
+    return finished[:end]
