@@ -92,21 +92,33 @@ def test_merge_breaks_ties_by_lower_image_index():
 def test_patches_are_receptive_field_crops_and_projections_match_project_unit():
     model = _model()
     dataset = open_dataset(Pictures(6), PREPROCESS)
-    result = top_activating(model, dataset, "4", k=3, projections=("deconvnet", "guided"))
-    for c, units in enumerate(result.layers["4"].channels):
-        for unit in units:
+    result = top_activating(
+        model, dataset, "4", k=3, projections=("deconvnet", "guided"), batch_size=5
+    )
+    views = list(result.channel_views("4"))
+    assert [view.channel for view in views] == [0, 1, 2, 3]
+    for view in views:
+        c = view.channel
+        assert view.units == result.layers["4"].channels[c]
+        for rule in ("deconvnet", "guided"):
+            alone = result.projections("4", c, rule)  # this channel's units in a batch alone
+            assert all(
+                torch.allclose(a, b, atol=1e-6)
+                for a, b in zip(view.projections[rule], alone, strict=True)
+            )
+        for unit, patch, position in zip(view.units, view.patches, range(3), strict=True):
             # two 3x3 convolutions with padding 1: a 5x5 field centred on the unit
             assert unit.box == (unit.x - 2, unit.y - 2, unit.x + 3, unit.y + 3)
             padded = np.pad(
                 dataset.display(unit.index), ((2, 2), (2, 2), (0, 0)), constant_values=PAD_VALUE
             )
-            assert np.array_equal(unit.patch, padded[unit.y : unit.y + 5, unit.x : unit.x + 5])
+            assert np.array_equal(patch, padded[unit.y : unit.y + 5, unit.x : unit.x + 5])
             for rule in ("deconvnet", "guided"):
                 whole = project_unit(
                     model, dataset[unit.index][1], "4", c, (unit.y, unit.x), rule=rule, crop=False
                 ).projection
                 want = torch.nn.functional.pad(whole, (2, 2, 2, 2))
-                got = unit.projections[rule]
+                got = view.projections[rule][position]
                 assert torch.allclose(
                     got, want[:, unit.y : unit.y + 5, unit.x : unit.x + 5], atol=1e-6
                 )

@@ -118,7 +118,8 @@ def _faiss_nearest(vectors, queries, k, metric, exclude):
     dist = 1.0 - found if metric == "cosine" else found.clamp_min(0).sqrt()
     if exclude is not None:
         dist = dist.masked_fill(rows == exclude[:, None], torch.inf)
-    return _smallest(dist, rows, keep)
+    dist, rows = _smallest(dist, rows, keep)
+    return rows, dist
 
 
 def map_2d(vectors: torch.Tensor, method: str = "auto", seed: int = 0) -> np.ndarray:

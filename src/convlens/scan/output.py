@@ -20,6 +20,7 @@ from convlens.data.datasets import ScanDataset
 from convlens.errors import ImageLoadError
 from convlens.render.images import save_png
 from convlens.render.scans import thumbnail_map, top_units_panel
+from convlens.scan.distributed import barrier, rank_and_world
 from convlens.scan.embed import Embeddings
 from convlens.scan.knn import map_2d
 from convlens.scan.topk import LayerTop, TopActivations
@@ -53,30 +54,31 @@ def channel_png_name(channel: int) -> str:
 def write_scan(result: TopActivations, out: str | Path, rule: str | None = "deconvnet") -> Path:
     """Write every layer's ``topk.json`` and channel panels (projections by ``rule`` beside
     the patches; patches alone when ``rule`` is None or was not computed) and
-    ``scan.json`` under ``out``. Returns ``out``."""
+    ``scan.json`` under ``out``. Under torchrun every rank calls this: each draws every
+    N-th channel and rank 0 writes the JSON files. Returns ``out``."""
     out = Path(out)
+    rank, world = rank_and_world()
+    rules = (rule,) if rule in result.views.rules else ()
     for name, top in result.layers.items():
         folder = out / name
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "topk.json").write_text(json.dumps(layer_json(top), indent=1))
-        for c, units in enumerate(top.channels):
-            if not units:
-                continue
-            projections = [u.projections[rule] for u in units if rule in u.projections]
-            title = f"{name} channel {c}: top {len(units)} by {top.by}"
-            panel = top_units_panel(
-                [u.patch for u in units],
-                projections if len(projections) == len(units) else None,
-                title,
-            )
-            save_png(panel, folder / channel_png_name(c))
-    summary = {
-        "layers": list(result.layers),
-        "scanned": result.scanned,
-        "skipped": [{"source": s, "message": m} for s, m in result.errors],
-        "projection": rule,
-    }
-    (out / SCAN_FILE).write_text(json.dumps(summary, indent=1))
+        if rank == 0:
+            (folder / "topk.json").write_text(json.dumps(layer_json(top), indent=1))
+        mine = [c for c, units in enumerate(top.channels) if units][rank::world]
+        for view in result.channel_views(name, mine):
+            title = f"{name} channel {view.channel}: top {len(view.units)} by {top.by}"
+            shown = view.projections[rules[0]] if rules else None
+            panel = top_units_panel(view.patches, shown, title)
+            save_png(panel, folder / channel_png_name(view.channel))
+    if rank == 0:
+        summary = {
+            "layers": list(result.layers),
+            "scanned": result.scanned,
+            "skipped": [{"source": s, "message": m} for s, m in result.errors],
+            "projection": rules[0] if rules else None,
+        }
+        (out / SCAN_FILE).write_text(json.dumps(summary, indent=1))
+    barrier()
     return out
 
 

@@ -5,8 +5,8 @@ guided-backprop projection (`convlens.layers.rules`), cut the same way (zero out
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -16,7 +16,7 @@ from convlens.data.datasets import ScanDataset
 from convlens.errors import DataError, ImageLoadError, LayerError
 from convlens.layers import Field, borrowed_model, capture, layer_table
 from convlens.layers.rules import backward_rule
-from convlens.scan.distributed import gather_objects, rank_and_world
+from convlens.scan.stream import placed_on
 
 PAD_VALUE = 128  # grey display pixels where a receptive field reaches outside the image
 
@@ -24,10 +24,8 @@ PAD_VALUE = 128  # grey display pixels where a receptive field reaches outside t
 @dataclass(frozen=True)
 class TopUnit:
     """One of a channel's top k: item ``index`` (named ``source``), its ``value``, the
-    unit's position ``(y, x)`` in the layer's output, ``box`` ``(x0, y0, x1, y1)`` (x1/y1
-    exclusive) its receptive field in the preprocessed input (may reach outside it),
-    ``patch`` ``uint8[y1 - y0, x1 - x0, 3]`` and ``projections`` (rule -> ``Tensor[3,
-    y1 - y0, x1 - x0]``)."""
+    unit's position ``(y, x)`` in the layer's output and ``box`` ``(x0, y0, x1, y1)`` (x1/y1
+    exclusive): its receptive field in the preprocessed input (it may reach outside)."""
 
     index: int
     source: str
@@ -35,8 +33,6 @@ class TopUnit:
     y: int
     x: int
     box: tuple[int, int, int, int]
-    patch: np.ndarray | None = None
-    projections: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def padded_crop(values: torch.Tensor, box: tuple[int, int, int, int], fill: float = 0.0):
@@ -116,73 +112,82 @@ def first_readable(dataset: ScanDataset, tries: int = 1000) -> torch.Tensor:
     )
 
 
-def attach_patches(
-    module: nn.Module,
-    dataset: ScanDataset,
-    units: dict[str, list[list[TopUnit]]],
-    rules: Sequence[str],
-    device: torch.device,
-    batch_size: int,
-) -> dict[str, list[list[TopUnit]]]:
-    """Every unit with its patch and projections; under torchrun each rank computes every
-    N-th unit and the pieces are gathered."""
-    rank, world = rank_and_world()
-    flat = [
-        (name, c, j)
-        for name, chans in units.items()
-        for c, us in enumerate(chans)
-        for j in range(len(us))
-    ]
-    mine = flat[rank::world]
-    cache = DisplayCache(dataset)
-    pieces: dict[tuple[str, int, int], tuple[np.ndarray, dict]] = {}
-    for key in mine:
-        name, c, j = key
-        unit = units[name][c][j]
-        display, _ = cache(unit.index)
+@dataclass(frozen=True)
+class ChannelView:
+    """One channel's pictures: ``patches`` ``uint8[h, w, 3]`` and, per rule, projections
+    ``Tensor[3, h, w]``, in the order of the channel's top units."""
+
+    layer: str
+    channel: int
+    units: list[TopUnit]
+    patches: list[np.ndarray]
+    projections: dict[str, list[torch.Tensor]]
+
+
+class UnitViews:
+    """The second pass, on demand: patches cut from the kept images and projections computed
+    a batch of units at a time, so memory stays at one batch however many channels and
+    however large the fields (a late layer's field can be several times the image)."""
+
+    def __init__(self, module, dataset: ScanDataset, rules, device, batch_size: int) -> None:
+        self.module, self.dataset, self.rules = module, dataset, tuple(rules)
+        self.device, self.batch_size = device, batch_size
+        self.cache = DisplayCache(dataset)
+
+    def patch(self, unit: TopUnit) -> np.ndarray:
+        """``uint8[y1 - y0, x1 - x0, 3]``: the unit's field in its preprocessed image, grey
+        (`PAD_VALUE`) outside the image."""
+        display, _ = self.cache(unit.index)
         patch = padded_crop(torch.from_numpy(display).permute(2, 0, 1), unit.box, PAD_VALUE)
-        pieces[key] = (patch.permute(1, 2, 0).numpy(), {})
-    for rule in rules:
-        for start in range(0, len(mine), batch_size):
-            chunk = mine[start : start + batch_size]
-            _project_chunk(module, units, chunk, rule, cache, device, pieces)
-    merged = {}
-    for part in gather_objects(pieces):
-        merged.update(part)
-    return {
-        name: [
-            [_with_pieces(unit, merged[(name, c, j)]) for j, unit in enumerate(us)]
-            for c, us in enumerate(chans)
-        ]
-        for name, chans in units.items()
-    }
+        return patch.permute(1, 2, 0).numpy()
 
+    def channels(self, layer: str, tops: list[list[TopUnit]], channels) -> Iterator[ChannelView]:
+        """A `ChannelView` of each of ``channels`` (indices into ``tops``), in order; the
+        projections of about ``batch_size`` units share one forward and backward pass."""
+        group: list[int] = []
+        for c in channels:
+            group.append(c)
+            if sum(len(tops[g]) for g in group) >= self.batch_size:
+                yield from self._views(layer, tops, group)
+                group = []
+        if group:
+            yield from self._views(layer, tops, group)
 
-def _with_pieces(unit: TopUnit, piece: tuple[np.ndarray, dict]) -> TopUnit:
-    patch, projections = piece
-    return TopUnit(
-        unit.index, unit.source, unit.value, unit.y, unit.x, unit.box, patch, projections
-    )
+    def _views(self, layer: str, tops, group: list[int]) -> Iterator[ChannelView]:
+        keys = [(c, unit) for c in group for unit in tops[c]]
+        projected = {rule: self.project(layer, keys, rule) for rule in self.rules}
+        start = 0
+        for c in group:
+            count = len(tops[c])
+            yield ChannelView(
+                layer,
+                c,
+                tops[c],
+                [self.patch(unit) for unit in tops[c]],
+                {rule: found[start : start + count] for rule, found in projected.items()},
+            )
+            start += count
 
-
-def _project_chunk(module, units, chunk, rule, cache, device, pieces) -> None:
-    """Projections of the units in ``chunk`` (one image copy each, one backward pass)."""
-    by_layer: dict[str, list] = {}
-    for key in chunk:
-        by_layer.setdefault(key[0], []).append(key)
-    for name, keys in by_layer.items():
-        chosen = [units[name][c][j] for name, c, j in keys]
-        images = torch.stack([cache(unit.index)[1] for unit in chosen]).to(device)
-        inputs = images.requires_grad_(True)
-        rows = torch.arange(len(keys), device=device)
-        channels = torch.tensor([c for _, c, _ in keys], device=device)
-        ys = torch.tensor([unit.y for unit in chosen], device=device)
-        xs = torch.tensor([unit.x for unit in chosen], device=device)
-        with borrowed_model(module), backward_rule(module, rule) as session:
-            with capture(module, name, gradients=True) as cap:
-                module(inputs)
-                picked = cap.activation(name)[rows, channels, ys, xs]
-                (gradient,) = torch.autograd.grad(picked.sum(), inputs)
+    def project(self, layer: str, keys: list[tuple[int, TopUnit]], rule: str):
+        """Projection ``Tensor[3, h, w]`` of each ``(channel, unit)`` by ``rule``, cut to its
+        field (zero outside the image): the input gradient of the unit's activation with
+        the rule at every rectifier; one image copy per unit, all in one backward pass."""
+        if not keys:
+            return []
+        with placed_on(self.module, self.device) as device:
+            images = torch.stack([self.cache(unit.index)[1] for _, unit in keys]).to(device)
+            inputs = images.requires_grad_(True)
+            rows = torch.arange(len(keys), device=device)
+            channels = torch.tensor([c for c, _ in keys], device=device)
+            ys = torch.tensor([unit.y for _, unit in keys], device=device)
+            xs = torch.tensor([unit.x for _, unit in keys], device=device)
+            with borrowed_model(self.module), backward_rule(self.module, rule) as session:
+                with capture(self.module, layer, gradients=True) as cap:
+                    self.module(inputs)
+                    picked = cap.activation(layer)[rows, channels, ys, xs]
+                    (gradient,) = torch.autograd.grad(picked.sum(), inputs)
         session.require_rectifiers(f"cannot project top units with {rule}")
-        for key, unit, grad in zip(keys, chosen, gradient.detach().cpu(), strict=True):
-            pieces[key][1][rule] = padded_crop(grad, unit.box, 0.0)
+        return [
+            padded_crop(grad, unit.box, 0.0)
+            for (_, unit), grad in zip(keys, gradient.detach().cpu(), strict=True)
+        ]

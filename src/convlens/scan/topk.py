@@ -7,19 +7,23 @@ first position in row-major order that reaches it) or its mean over positions
 (``by="mean"``; the position of its maximum is kept for the patch). Ranking is by value,
 larger first, ties to the lower image index; memory is O(layers x channels x k).
 
-At the end each kept unit's patch is cut from the exact receptive field
-(`convlens.layers.receptive`) of the preprocessed image, padded with grey (`PAD_VALUE`)
-where the field leaves the image, and a second pass over only the kept images computes
-each unit's deconvnet and guided-backprop projection (`convlens.layers.rules`), cut the
-same way (zero outside the image).
+Then each kept unit's patch is cut from the exact receptive field
+(`convlens.layers.receptive`) of the preprocessed image, padded with grey
+(`convlens.scan.patches.PAD_VALUE`) where the field leaves the image, and a second pass
+over only the kept images computes each unit's deconvnet and guided-backprop projection
+(`convlens.layers.rules`), cut the same way (zero outside the image). The second pass runs
+on demand, a batch of units at a time (`TopActivations.channel_views`): a late layer's
+field can be several times the image, and k patches of every channel would not fit in
+memory at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -29,7 +33,14 @@ from convlens.features.maps import stage_layers
 from convlens.layers import Field, capture, resolve_layer
 from convlens.layers.rules import RULES
 from convlens.models.loading import LoadedModel, load_model
-from convlens.scan.patches import TopUnit, attach_patches, field_box, first_readable, layer_fields
+from convlens.scan.patches import (
+    ChannelView,
+    TopUnit,
+    UnitViews,
+    field_box,
+    first_readable,
+    layer_fields,
+)
 from convlens.scan.stream import RunOptions, placed_on, stream_pass
 
 BY = ("max", "mean")
@@ -50,11 +61,32 @@ class LayerTop:
 @dataclass(frozen=True)
 class TopActivations:
     """``layers`` by name, in the order asked; ``scanned`` images; ``errors``: (source,
-    message) of every item that could not be read and was skipped."""
+    message) of every item that could not be read and was skipped; ``views``: the second
+    pass (patches and projections), run on demand by `patches`, `projections` and
+    `channel_views` so that memory stays at one batch of units."""
 
     layers: dict[str, LayerTop]
     scanned: int
     errors: list[tuple[str, str]]
+    views: UnitViews
+
+    def patches(self, layer: str, channel: int) -> list[np.ndarray]:
+        """``uint8[y1 - y0, x1 - x0, 3]`` receptive-field patch of each of the channel's top
+        units (grey where the field leaves the image)."""
+        return [self.views.patch(unit) for unit in self.layers[layer].channels[channel]]
+
+    def projections(self, layer: str, channel: int, rule: str = "deconvnet"):
+        """``Tensor[3, y1 - y0, x1 - x0]`` projection (``"deconvnet"`` or ``"guided"``) of
+        each of the channel's top units, cut like its patch (zero outside the image)."""
+        units = self.layers[layer].channels[channel]
+        return self.views.project(layer, [(channel, unit) for unit in units], rule)
+
+    def channel_views(self, layer: str, channels=None) -> Iterator[ChannelView]:
+        """Patches and projections (the rules given to `top_activating`) of ``channels``
+        (default: all) of ``layer``, one `ChannelView` at a time."""
+        tops = self.layers[layer].channels
+        chosen = range(len(tops)) if channels is None else channels
+        return self.views.channels(layer, tops, chosen)
 
 
 def merge_top(
@@ -208,11 +240,11 @@ def top_activating(
         fingerprint = _fingerprint(loaded, dataset, names, k, by, batch_size)
         run = stream_pass(module, dataset, capture_layers(names), reducer, options, fingerprint)
         units = units_of(reducer.tops, geometry, dataset.sources)
-        units = attach_patches(module, dataset, units, projections, run_device, batch_size)
     return TopActivations(
         {name: LayerTop(name, k, by, geometry[name][0], units[name]) for name in names},
         run.scanned,
         [(dataset.sources[index], message) for index, message in run.errors],
+        UnitViews(module, dataset, projections, device, batch_size),
     )
 
 

@@ -1,0 +1,148 @@
+"""Speed and memory of dataset scans, through the public call `convlens.scan.top_activating`.
+
+Run: ``python benchmarks/scan_speed.py`` (``--help`` for options).
+
+1. Speed: images/s of ``top_activating`` (top-9 of every channel of every block of the
+   default model, EfficientNet-Lite0, patches cut at the end, projections off) against
+   plain inference of the same model over the same ``DataLoader`` (same dataset, batch
+   size and workers) in the same run: ``for batch in loader: model(batch.images)`` under
+   ``no_grad``. The data are the sample photos (scikit-image) repeated to ``--images``
+   items. The two alternate, ``--repeats`` times each after a warm-up; medians compared
+   (target: scan >= 0.9x plain). The second pass (patches, deconvnet and guided
+   projections: one backward per kept unit, on demand through
+   ``TopActivations.channel_views``) does not grow with the dataset; it is timed once for
+   the layer ``--second-pass-layer``.
+2. Memory: peak RSS of a fresh process scanning ``shapes:1000`` and ``shapes:10000`` (the
+   synthetic shapes set through the shapes model, every stage, projections off); target:
+   the two differ by less than 10%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+from convlens.data.datasets import FileDataset, batch_loader
+from convlens.data.samples import SAMPLES, sample_path
+from convlens.layers import borrowed_model
+from convlens.models import load_model
+from convlens.scan.topk import top_activating
+
+
+def block_layers(module: torch.nn.Module) -> list[str]:
+    """Every block of the default model: ``blocks.0`` ... ``blocks.6``."""
+    return [f"blocks.{name}" for name, _ in module.blocks.named_children()]
+
+
+def plain_inference(module, dataset, batch_size: int, workers: int) -> float:
+    """Seconds for the same loader and model without convlens."""
+    start = time.perf_counter()
+    with borrowed_model(module), torch.no_grad():
+        for batch in batch_loader(dataset, range(len(dataset)), batch_size, workers):
+            module(batch.images)
+    return time.perf_counter() - start
+
+
+def scan_seconds(loaded, dataset, layers, batch_size: int, workers: int, rules=()):
+    """Seconds of one `top_activating` call, and its result."""
+    start = time.perf_counter()
+    result = top_activating(
+        loaded, dataset, layers, k=9, projections=rules, batch_size=batch_size, workers=workers
+    )
+    return time.perf_counter() - start, result
+
+
+def speed(images: int, batch_size: int, workers: int, repeats: int, second_pass_layer) -> dict:
+    loaded = load_model()
+    photos = [str(sample_path(name)) for name in sorted(SAMPLES)]
+    dataset = FileDataset([photos[i % len(photos)] for i in range(images)], loaded.preprocess)
+    layers = block_layers(loaded.module)
+    plain_inference(loaded.module, dataset, batch_size, workers)  # warm-up
+    scan_seconds(loaded, dataset, layers, batch_size, workers)
+    plain, scan = [], []
+    for turn in range(repeats):
+        runs = [("plain", plain), ("scan", scan)]
+        for name, times in runs if turn % 2 == 0 else runs[::-1]:
+            if name == "plain":
+                times.append(plain_inference(loaded.module, dataset, batch_size, workers))
+            else:
+                times.append(scan_seconds(loaded, dataset, layers, batch_size, workers)[0])
+    second = [second_pass_layer]
+    _, result = scan_seconds(loaded, dataset, second, batch_size, workers, ("deconvnet", "guided"))
+    start = time.perf_counter()
+    units = sum(len(view.units) for view in result.channel_views(second_pass_layer))
+    seconds = time.perf_counter() - start
+    return {
+        "images": images,
+        "layers": layers,
+        "plain_img_s": images / statistics.median(plain),
+        "scan_img_s": images / statistics.median(scan),
+        "ratio": statistics.median(plain) / statistics.median(scan),
+        "second_pass_layer": second_pass_layer,
+        "second_pass_s": seconds,
+        "kept_units": units,
+    }
+
+
+def peak_rss_mb(count: int, batch_size: int) -> float:
+    """Peak RSS (MiB) of a fresh process that scans ``shapes:count`` with the shapes model."""
+    code = (
+        "import resource, torch; torch.set_num_threads(1)\n"
+        "from convlens.scan.topk import top_activating\n"
+        f"top_activating('synthetic-shapes', 'shapes:{count}', None, k=9, projections=(), "
+        f"batch_size={batch_size})\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True
+    ).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+def _verdict(holds: bool) -> str:
+    return "holds" if holds else "MISSED"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=256, help="items in the speed run")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--memory", nargs=2, type=int, default=[1000, 10000], metavar="N")
+    parser.add_argument("--second-pass-layer", default="blocks.2")
+    parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--skip-memory", action="store_true")
+    args = parser.parse_args()
+    results = {}
+    if not args.skip_speed:
+        results["speed"] = found = speed(
+            args.images, args.batch_size, args.workers, args.repeats, args.second_pass_layer
+        )
+        print(
+            f"plain inference {found['plain_img_s']:.1f} img/s, top_activating over "
+            f"{len(found['layers'])} blocks {found['scan_img_s']:.1f} img/s: "
+            f"{found['ratio']:.2f}x (target >= 0.9x: {_verdict(found['ratio'] >= 0.9)}); "
+            f"second pass of {found['second_pass_layer']} (patches, deconvnet and guided "
+            f"projections of {found['kept_units']} units): {found['second_pass_s']:.1f} s"
+        )
+    if not args.skip_memory:
+        small, large = (peak_rss_mb(n, args.batch_size) for n in args.memory)
+        change = (large - small) / small
+        results["memory"] = {"counts": args.memory, "rss_mb": [small, large], "change": change}
+        print(
+            f"peak RSS: {small:.0f} MiB at {args.memory[0]} images, {large:.0f} MiB at "
+            f"{args.memory[1]}: {100 * change:+.1f}% (target < 10%: "
+            f"{_verdict(abs(change) < 0.1)})"
+        )
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
