@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from convlens.errors import ConvlensError, LayerError, MethodError
+from convlens.layers.borrow import require_autograd
 from convlens.layers.capture import capture
 from convlens.layers.find import LayerSpec, default_cam_layer, resolve_layer
 from convlens.models.loading import LoadedModel, as_module
@@ -62,6 +63,11 @@ def check_spatial(name: str, activation: torch.Tensor) -> None:
         )
 
 
+_GRADIENT_METHOD = (
+    "this method (cam, eigencam, scorecam and occlusion need no gradient; the others do)"
+)
+
+
 def input_gradient(
     module: nn.Module, images: torch.Tensor, targets: Targets
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,6 +76,7 @@ def input_gradient(
     Only the input gradient is computed (no parameter ``.grad``). Rows are independent, so
     the gradient of the summed scores is each row's own gradient.
     """
+    require_autograd(_GRADIENT_METHOD)
     inputs = images.detach().clone().requires_grad_(True)
     with torch.enable_grad():
         output = module(inputs)
@@ -84,6 +91,7 @@ def layer_gradient(
     """Activation ``A`` of ``layer`` and ``dscore/dA`` (both ``Tensor[N, C, h, w]``), and the
     output. The forward pass records autograd only from ``layer`` on; the backward stops
     there. ``A`` is the last call's output when the layer runs more than once."""
+    require_autograd(_GRADIENT_METHOD)
     with capture(module, layer, gradients=True, graph_from_layer=True) as cap:
         output = module(images)
         activation = cap.activation(layer)

@@ -26,6 +26,7 @@ from convlens.data.preprocess import IMAGENET_PREPROCESS, Preprocess
 from convlens.errors import MethodError, TargetError
 from convlens.features.maps import channel_maps
 from convlens.layers import borrowed_model, capture, resolve_layer
+from convlens.layers.borrow import require_autograd
 from convlens.layers.find import LayerSpec
 from convlens.models.loading import LoadedModel, as_module
 from convlens.targets import Contrast, Targets, resolve_targets
@@ -417,6 +418,7 @@ def render(
     Reproducible for a given ``seed``. The model is borrowed: eval mode for the run, no
     hooks left, parameters and their ``.grad`` untouched.
     """
+    require_autograd("render")
     items = _as_objectives(objectives)
     if param not in PARAMETRISATIONS:
         raise MethodError(f"unknown param {param!r}; use one of {', '.join(PARAMETRISATIONS)}")

@@ -23,6 +23,7 @@ from torch import nn
 from convlens.errors import MethodError
 from convlens.features.maps import _batch_of_one, channel_maps
 from convlens.layers import borrowed_model, capture, receptive_field, resolve_layer
+from convlens.layers.borrow import require_autograd
 from convlens.layers.find import LayerSpec
 from convlens.layers.rules import backward_rule
 from convlens.models.loading import LoadedModel, as_module
@@ -75,6 +76,7 @@ def project_unit(
     maximum) for one normalised image ``Tensor[3, H, W]`` to ``Tensor[3, H, W]``, set to
     zero outside the unit's receptive field when ``crop``. Raises `MethodError` when the
     rule matched no rectifier in the model's forward pass."""
+    require_autograd("project_unit")
     module = as_module(model)
     name, _ = resolve_layer(module, layer)
     image = _batch_of_one(image).detach()

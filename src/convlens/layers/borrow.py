@@ -9,7 +9,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from convlens.errors import LayerError
+from convlens.errors import LayerError, MethodError
 
 
 @contextmanager
@@ -38,6 +38,18 @@ def borrowed_model(model: nn.Module, eval_mode: bool = True) -> Iterator[nn.Modu
             handle.remove()
         for module, training in flags:
             module.training = training
+
+
+def require_autograd(what: str) -> None:
+    """`MethodError` when autograd is off for good: inside ``torch.inference_mode()`` no
+    gradient can be taken (``torch.enable_grad()`` cannot lift it), so a gradient method
+    would fail with a bare RuntimeError. ``what`` names the call in the message."""
+    if torch.is_inference_mode_enabled():
+        raise MethodError(
+            f"{what} needs gradients, which torch.inference_mode() turns off; call it "
+            "outside the inference_mode block, or leave it for the call with "
+            "'with torch.inference_mode(False): ...'"
+        )
 
 
 def _private_inputs(_module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
