@@ -1,42 +1,188 @@
-"""The explain panel: the input picture beside one overlay per explained map, each titled
-with the method, the class and its probability (or score). Draws only; computes nothing."""
+"""The explain panel: the input picture beside one tile per explained map, each titled with
+the method, the layer and the explained class (``A rather than B`` for a contrast) and
+carrying a colourbar in the map's own units. Draws only; computes nothing.
+
+Colour scale (``scale``) of overlay tiles:
+
+- ``"per-map"``: each map by the rule of `convlens.render.images.map_display` (its minimum
+  to its 99th percentile, or symmetric about 0 for signed maps);
+- ``"shared"``: one such range for every tile of the same method (``PanelTile.group``), the
+  widest of theirs, so the rows of one method (top-k classes, a contrast) compare;
+- ``"absolute"``: one range per method from 0 (or symmetric about 0) to the largest
+  magnitude, nothing clipped: colours are raw values measured from zero.
+
+Tiles with ``rgb`` pixels (guided backprop and deconvnet drawn as gradient images, as in
+their papers) are shown as they are, with the gradient's range written under them.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from convlens.render.images import image_grid, overlay_map
+from convlens.errors import ConvlensError
+from convlens.render.images import (
+    DIVERGING_CMAP,
+    SEQUENTIAL_CMAP,
+    _as_numpy,
+    display_range,
+    overlay,
+)
+
+SCALES = ("per-map", "shared", "absolute")
 
 
 @dataclass(frozen=True)
 class PanelTile:
-    """One overlay tile: a raw map ``Tensor[H, W]`` (any range) and its title."""
+    """One tile: a raw map ``Tensor[H, W]`` (any range), its title, the group whose tiles
+    share a colour scale (the method), and optional ``rgb`` pixels ``uint8[H, W, 3]`` drawn
+    instead of an overlay (with ``note`` under them)."""
 
     values: torch.Tensor
     title: str
+    group: str = ""
+    rgb: np.ndarray | None = None
+    note: str = ""
 
 
-def tile_title(method: str, class_name: str | None, score: float, probability: float | None) -> str:
-    """``"gradcam: tabby p=0.62"`` (``score=`` when there is no probability)."""
-    what = f" {class_name}" if class_name else ""
+def tile_title(
+    method: str,
+    class_name: str | None,
+    score: float,
+    probability: float | None,
+    layer: str | None = None,
+    rather_than: str | None = None,
+) -> str:
+    """``"gradcam @ blocks.6\\ntabby p=0.62"``, ``"... tabby rather than espresso"`` for a
+    contrast (then the score, the logit difference, instead of a probability)."""
+    head = f"{method} @ {layer}" if layer else method
+    what = class_name or "target"
+    if rather_than is not None:
+        return f"{head}\n{what} rather than {rather_than}, logit diff {score:.3g}"
     value = f"p={probability:.2f}" if probability is not None else f"score={score:.3g}"
-    return f"{method}:{what} {value}"
+    return f"{head}\n{what} {value}"
+
+
+def tile_limits(tiles: Sequence[PanelTile], scale: str = "per-map") -> list[tuple[float, float]]:
+    """The ``(low, high)`` raw values drawn at the colormap's two ends, per tile."""
+    if scale not in SCALES:
+        raise ConvlensError(f"unknown scale {scale!r}; use one of {', '.join(SCALES)}")
+    own = [display_range(t.values) for t in tiles]
+    if scale == "per-map":
+        return [(low, high) for low, high, _ in own]
+    limits = []
+    for tile, (_, _, signed) in zip(tiles, own, strict=True):
+        group = [i for i, other in enumerate(tiles) if other.group == tile.group]
+        any_signed = any(own[i][2] for i in group) or signed
+        if scale == "shared":
+            high = max(own[i][1] for i in group)
+            low = -high if any_signed else min(own[i][0] for i in group)
+        else:
+            high = max(float(_as_numpy(tiles[i].values).__abs__().max()) for i in group)
+            low = -high if any_signed else 0.0
+        limits.append((low, high))
+    return limits
+
+
+def tile_pixels(image: np.ndarray, values, limits: tuple[float, float], alpha: float = 0.5):
+    """``uint8[H, W, 3]``: ``values`` over ``image`` with ``limits`` at the colormap's ends
+    (signed limits, ``low < 0``, in blue-white-red; else jet). With `map_display`'s limits
+    this is exactly `convlens.render.images.overlay_map`."""
+    low, high = limits
+    array = _as_numpy(values).astype(np.float64)
+    span = high - low
+    unit = np.clip((array - low) / span, 0, 1) if span > 0 else np.zeros_like(array)
+    return overlay(image, unit, alpha=alpha, cmap=DIVERGING_CMAP if low < 0 else SEQUENTIAL_CMAP)
+
+
+def gradient_image(gradient) -> np.ndarray:
+    """An input gradient ``Tensor[3, H, W]`` as an RGB picture ``uint8[H, W, 3]``: grey at 0,
+    ``0.5 + g / (2 s)`` with ``s`` the 99th percentile of ``|g|`` (clipped beyond), the
+    normalised gradient image of the deconvnet and guided-backprop papers."""
+    values = torch.as_tensor(_as_numpy(gradient)).double()
+    if values.dim() != 3 or values.shape[0] != 3:
+        raise ConvlensError(f"a gradient image is Tensor[3, H, W], got {tuple(values.shape)}")
+    top = float(torch.quantile(values.abs().flatten(), 0.99)) if values.numel() else 0.0
+    top = top if top > 0 else float(values.abs().max())
+    shown = 0.5 + values / (2 * top) if top > 0 else torch.full_like(values, 0.5)
+    return (shown.clamp(0, 1).permute(1, 2, 0) * 255).round().byte().numpy()
+
+
+def explanation_figure(
+    image: np.ndarray,
+    tiles: Sequence[PanelTile],
+    input_title: str = "input",
+    scale: str = "per-map",
+    columns: int = 4,
+    width: float | None = None,
+    alpha: float = 0.5,
+):
+    """A matplotlib Figure: ``image`` (``uint8[H, W, 3]``) first, then each tile (an overlay
+    with a colourbar in the map's units, or its ``rgb`` pixels), ``columns`` per row,
+    ``width`` inches wide (default 2.4 per column)."""
+    from matplotlib import colors
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.figure import Figure
+
+    limits = tile_limits(tiles, scale)
+    count = len(tiles) + 1
+    columns = max(1, min(columns, count))
+    rows = math.ceil(count / columns)
+    width = width or 2.4 * columns
+    cell = width / columns
+    height_ratio = image.shape[0] / image.shape[1]
+    figure = Figure(
+        figsize=(width, rows * (cell * height_ratio * 0.86 + 0.62)), layout="constrained"
+    )
+    grid = figure.add_gridspec(rows, columns)
+    size = max(5.0, min(8.0, cell * 3.2))
+    axes = figure.add_subplot(grid[0, 0])
+    axes.imshow(image)
+    axes.set_title(input_title, fontsize=size)
+    axes.set_axis_off()
+    for index, (tile, (low, high)) in enumerate(zip(tiles, limits, strict=True), start=1):
+        axes = figure.add_subplot(grid[index // columns, index % columns])
+        axes.set_axis_off()
+        axes.set_title(tile.title, fontsize=size)
+        if tile.rgb is not None:
+            axes.imshow(tile.rgb)
+            axes.text(
+                0.5,
+                -0.04,
+                tile.note,
+                transform=axes.transAxes,
+                ha="center",
+                va="top",
+                fontsize=size * 0.9,
+            )
+            continue
+        axes.imshow(tile_pixels(image, tile.values, (low, high), alpha))
+        cmap = DIVERGING_CMAP if low < 0 else SEQUENTIAL_CMAP
+        norm = colors.Normalize(vmin=low, vmax=high if high > low else low + 1e-12)
+        bar = figure.colorbar(
+            ScalarMappable(norm=norm, cmap=cmap), ax=axes, fraction=0.046, pad=0.02
+        )
+        bar.ax.tick_params(labelsize=size * 0.8)
+        bar.formatter.set_powerlimits((-2, 3))
+        bar.ax.yaxis.get_offset_text().set_fontsize(size * 0.8)
+    return figure
 
 
 def explanation_panel(
     image: np.ndarray,
     tiles: Sequence[PanelTile],
     input_title: str = "input",
-    columns: int = 6,
+    columns: int = 4,
     alpha: float = 0.5,
+    scale: str = "per-map",
 ) -> np.ndarray:
-    """``uint8`` grid: ``image`` (``uint8[H, W, 3]``) first, then each tile's map overlaid on
-    it with ``alpha`` opacity by the rule of `overlay_map` (non-negative maps min-max in jet,
-    signed maps centred at 0 in blue-white-red). At most ``columns`` tiles per row."""
-    pictures = [image] + [overlay_map(image, t.values, alpha=alpha) for t in tiles]
-    titles = [input_title] + [t.title for t in tiles]
-    return image_grid(pictures, titles, columns=min(columns, len(pictures)))
+    """`explanation_figure` rendered to ``uint8[H, W, 3]`` at 100 dpi."""
+    from convlens.render.figures import to_array
+
+    figure = explanation_figure(image, tiles, input_title, scale, columns, alpha=alpha)
+    figure.set_dpi(100)
+    return to_array(figure)

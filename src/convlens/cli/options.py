@@ -1,0 +1,165 @@
+"""Options several commands share: how the model is loaded (``--arch/--weights``,
+``--random-weights``, ``--preprocess``, ``--labels``), method options (``--option``), and
+how pictures are written (``--scale``, ``--dpi``, ``--width``, ``--force``).
+
+Nothing heavy is imported at module level: ``convlens --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+PREPROCESS_MODES = {"crop": "center_crop", "resize": "stretch", "pad": "pad"}
+
+ArchOption = Annotated[
+    str | None,
+    typer.Option(
+        "--arch",
+        help="Architecture for --weights: torchvision:NAME or timm:NAME (random init).",
+    ),
+]
+WeightsOption = Annotated[
+    str | None,
+    typer.Option("--weights", help="A state_dict file to load into --arch (replaces --model)."),
+]
+RandomWeightsOption = Annotated[
+    bool,
+    typer.Option(
+        "--random-weights", help="torchvision:/timm: models with random weights (no download)."
+    ),
+]
+PreprocessOption = Annotated[
+    str | None,
+    typer.Option(
+        "--preprocess",
+        help="crop (centre crop, the ImageNet protocol), resize (stretch to the input "
+        "size) or pad (whole image, letterboxed). Default: the model's own.",
+    ),
+]
+LabelsOption = Annotated[
+    str | None, typer.Option("--labels", help="Class names file, one per line, in id order.")
+]
+MethodOptionOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--option",
+        help="KEY=VALUE method option, repeatable (e.g. patch=32, n_steps=64; "
+        "'convlens methods' lists each method's).",
+    ),
+]
+ScaleOption = Annotated[
+    str,
+    typer.Option(
+        "--scale",
+        help="Colour scale of the maps: per-map, shared (one per method) or absolute "
+        "(one per method, from 0, unclipped).",
+    ),
+]
+DpiOption = Annotated[int | None, typer.Option("--dpi", min=20, help="Raster resolution.")]
+WidthOption = Annotated[
+    float | None,
+    typer.Option("--width", min=1.0, help="Figure width in inches (3.3 = one paper column)."),
+]
+ForceOption = Annotated[
+    bool, typer.Option("--force", help="Overwrite an existing file convlens did not write.")
+]
+
+
+def load_cli_model(
+    model: str,
+    *,
+    arch: str | None = None,
+    weights: str | None = None,
+    random_weights: bool = False,
+    preprocess: str | None = None,
+    labels: str | None = None,
+    device: str | None = None,
+):
+    """The `LoadedModel` a command's options describe (checked: ``--arch`` and ``--weights``
+    come together, ``--preprocess`` is one of crop|resize|pad, the labels file exists)."""
+    import dataclasses
+
+    from convlens.errors import ModelLoadError
+    from convlens.models import load_model
+
+    if (arch is None) != (weights is None):
+        raise ModelLoadError("--arch and --weights go together: --arch NAME --weights FILE")
+    mode = None
+    if preprocess is not None:
+        if preprocess not in PREPROCESS_MODES:
+            raise typer.BadParameter(
+                f"{preprocess!r} is not a mode; use crop, resize or pad", param_hint="--preprocess"
+            )
+        mode = PREPROCESS_MODES[preprocess]
+    names = read_labels(labels) if labels is not None else None
+    if weights is not None:
+        from convlens.models.weights import load_weights
+
+        loaded = load_weights(arch, weights)
+    else:
+        loaded = load_model(model, pretrained=not random_weights)
+    changed = (
+        loaded.preprocess if mode is None else dataclasses.replace(loaded.preprocess, mode=mode)
+    )
+    loaded = load_model(loaded, preprocess=changed, labels=names)
+    if device is not None and device != "cpu":
+        loaded = load_model(loaded, device=device)
+    return loaded
+
+
+def read_labels(path: str) -> tuple[str, ...]:
+    """Class names from a text file, one per line (blank lines ignored)."""
+    from pathlib import Path
+
+    from convlens.errors import ModelLoadError
+
+    file = Path(path)
+    if not file.is_file():
+        raise ModelLoadError(f"--labels {path}: no such file (one class name per line)")
+    names = tuple(line.strip() for line in file.read_text().splitlines() if line.strip())
+    if not names:
+        raise ModelLoadError(f"--labels {path} holds no names (one class name per line)")
+    return names
+
+
+def parse_method_options(pairs: list[str] | None, methods: list[str]) -> dict[str, dict]:
+    """``["patch=32", "n_steps=64"]`` to ``{method: {option: value}}`` for the ``methods``
+    that take each option (values: int, float, true/false, none, else text). An option no
+    chosen method takes is a `MethodError` naming those that the methods accept."""
+    from convlens.attribution.methods import get_method
+    from convlens.errors import MethodError
+
+    infos = [get_method(name) for name in methods]
+    chosen: dict[str, dict] = {info.name: {} for info in infos}
+    for pair in pairs or []:
+        key, sep, text = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise MethodError(f"--option takes KEY=VALUE (such as patch=32), got {pair!r}")
+        takers = [info for info in infos if key in info.options and key != "progress"]
+        if not takers:
+            accepted = sorted({o for info in infos for o in info.options if o != "progress"})
+            listed = ", ".join(accepted) if accepted else "none"
+            raise MethodError(
+                f"no chosen method takes the option {key!r}; they accept: {listed} "
+                "(see 'convlens methods')"
+            )
+        for info in takers:
+            chosen[info.name][key] = _value(text.strip())
+    return {name: options for name, options in chosen.items() if options}
+
+
+def _value(text: str):
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered == "none":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text

@@ -1,0 +1,141 @@
+"""Where pictures go: PNG, PDF or SVG by the file's extension, and the checks made once before
+a command writes anything.
+
+Figures are matplotlib `Figure` objects (object API, no pyplot state) saved through the
+backend the extension names (Agg for PNG, matplotlib's PDF and SVG backends), so PDF and SVG
+are real vector files (text stays text; images inside are embedded rasters). Raster arrays
+(``uint8[H, W, 3]``) are written pixel for pixel as PNG, or placed on a page of exactly their
+size at ``dpi`` for PDF/SVG. Every file written carries ``convlens`` in its metadata, which is
+how `output_path` tells a picture convlens wrote (overwritten freely) from someone else's
+file (refused unless ``force``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from convlens.errors import ConvlensError
+
+FORMATS = {".png": "png", ".pdf": "pdf", ".svg": "svg"}
+MARK = "convlens"
+DEFAULT_DPI = 150
+
+
+def output_path(out: str | None, default_name: str, force: bool = False) -> Path:
+    """The file a command writes: ``out`` as given, or ``default_name`` inside ``out`` when
+    ``out`` ends with ``/`` or is an existing folder (``default_name`` alone when ``out`` is
+    None). Checked before any work: the extension must be .png, .pdf or .svg, and an existing
+    file that convlens did not write is refused unless ``force``."""
+    if out is None:
+        path = Path(default_name)
+    elif out.endswith(("/", "\\")) or Path(out).is_dir():
+        path = Path(out) / default_name
+    else:
+        path = Path(out)
+    check_writable(path, force)
+    return path
+
+
+def output_folder(out: str) -> Path:
+    """A folder a command fills (``explain --out``), checked once up front: it may exist as a
+    folder or not yet, but must not be a file."""
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise ConvlensError(
+            f"--out {out} is an existing file, not a folder; pass a folder name (it is created)"
+        )
+    return folder
+
+
+def check_writable(path: Path, force: bool = False) -> None:
+    """ConvlensError unless ``path`` has a picture extension and may be (over)written."""
+    if path.suffix.lower() not in FORMATS:
+        raise ConvlensError(
+            f"cannot write {path}: the extension decides the format, use .png, .pdf or .svg "
+            "(or end the path with / for a folder)"
+        )
+    if path.is_dir():
+        raise ConvlensError(f"{path} is a folder; end --out with / to write inside it")
+    if path.exists() and not force and not written_by_convlens(path):
+        raise ConvlensError(
+            f"{path} exists and was not written by convlens; choose another name, or pass "
+            "--force to overwrite it"
+        )
+
+
+def written_by_convlens(path: Path) -> bool:
+    """Whether ``path`` carries the metadata mark every convlens picture is written with."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(1 << 16)
+            handle.seek(max(0, path.stat().st_size - (1 << 16)))
+            tail = handle.read()
+    except OSError:
+        return False
+    return MARK.encode() in head or MARK.encode() in tail
+
+
+def _format(path: Path) -> str:
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ConvlensError(f"cannot write {path}: use a .png, .pdf or .svg file name")
+    return fmt
+
+
+def _metadata(fmt: str) -> dict:
+    return {"Software": MARK} if fmt == "png" else {"Creator": MARK}
+
+
+def save_figure(figure, path: str | Path, dpi: int | None = None) -> Path:
+    """Save a matplotlib ``figure`` as PNG, PDF or SVG by ``path``'s extension (parent
+    folders created); ``dpi`` for raster output (default 150)."""
+    path = Path(path)
+    fmt = _format(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "png":
+        from matplotlib.backends.backend_agg import FigureCanvasAgg as Canvas
+    elif fmt == "pdf":
+        from matplotlib.backends.backend_pdf import FigureCanvasPdf as Canvas
+    else:
+        from matplotlib.backends.backend_svg import FigureCanvasSVG as Canvas
+    Canvas(figure)
+    figure.savefig(path, format=fmt, dpi=dpi or DEFAULT_DPI, metadata=_metadata(fmt))
+    return path
+
+
+def save_image(image, path: str | Path, dpi: int | None = None) -> Path:
+    """Write ``uint8[H, W, 3]`` (or ``[H, W]``): PNG pixel for pixel, or a PDF/SVG page of
+    ``W / dpi x H / dpi`` inches holding the image (default dpi 150)."""
+    from PIL import Image, PngImagePlugin
+
+    path = Path(path)
+    fmt = _format(path)
+    array = np.asarray(image)
+    if array.dtype != np.uint8 or array.ndim not in (2, 3):
+        raise ConvlensError(f"save_image takes uint8[H, W(, 3)] pixels, got {array.dtype}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "png":
+        info = PngImagePlugin.PngInfo()
+        info.add_text("Software", MARK)
+        Image.fromarray(array).save(path, format="PNG", pnginfo=info)
+        return path
+    from matplotlib.figure import Figure
+
+    dpi = dpi or DEFAULT_DPI
+    height, width = array.shape[:2]
+    figure = Figure(figsize=(width / dpi, height / dpi), dpi=dpi)
+    axes = figure.add_axes((0, 0, 1, 1))
+    axes.imshow(array, cmap="gray" if array.ndim == 2 else None, interpolation="nearest")
+    axes.set_axis_off()
+    return save_figure(figure, path, dpi)
+
+
+def to_array(figure) -> np.ndarray:
+    """A matplotlib figure rendered to ``uint8[H, W, 3]`` (Agg)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
