@@ -15,6 +15,11 @@ class ImageLoadError(ConvlensError):
     """A file or object could not be read as an image."""
 
 
+class ImageTooLargeError(ImageLoadError):
+    """An image has more pixels than the reader allows (``max_pixels``): a decompression
+    bomb, or a file to shrink before use."""
+
+
 class LayerError(ConvlensError, ValueError):
     """A layer name or index does not exist, or the layer does not suit the method."""
 

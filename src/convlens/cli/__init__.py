@@ -5,7 +5,14 @@ other errors print one line (``error: ...``) and exit 1, and ``--debug`` (anywhe
 command line) shows their traceback too.
 """
 
-from convlens.cli import evaluate, explain, features, models  # noqa: F401  (registers commands)
+from convlens.cli import (  # noqa: F401  (registers commands)
+    evaluate,
+    explain,
+    features,
+    models,
+    report,
+    serve,
+)
 from convlens.cli.app import app, main
 
 __all__ = ["app", "main"]

@@ -7,6 +7,7 @@ and the normalised tensor. Both are kept, so maps overlay exactly what the model
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -18,12 +19,16 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from convlens.data.samples import SAMPLES, sample_path
-from convlens.errors import ImageLoadError
+from convlens.errors import ImageLoadError, ImageTooLargeError
 
 if TYPE_CHECKING:  # images only call a Preprocess's methods; preprocess.py imports this module
     from convlens.data.preprocess import Preprocess
 
-ImageSource = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
+ImageSource = str | os.PathLike | bytes | Image.Image | np.ndarray | torch.Tensor
+TOO_LARGE_HINT = (
+    "downscale the file, or if you trust it load it from Python with "
+    "convlens.load_images(..., max_pixels=N) for a larger N"
+)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
 DEFAULT_MAX_PIXELS = 100_000_000
 
@@ -56,7 +61,13 @@ class ImageBatch:
 
 
 def read_rgb(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Any supported source as an 8-bit RGB PIL image (EXIF orientation applied)."""
+    """Any supported source as an 8-bit RGB PIL image (EXIF orientation applied).
+
+    Files and ``bytes`` (an encoded PNG, JPEG, ... as uploaded) are checked against
+    ``max_pixels`` from their header, before any pixel is decoded: a larger image raises
+    `ImageTooLargeError` (a decompression bomb costs nothing to refuse)."""
+    if isinstance(source, bytes):
+        return _read_file(io.BytesIO(source), max_pixels, "<bytes>")
     if isinstance(source, Image.Image):
         return _to_rgb(ImageOps.exif_transpose(source))
     if isinstance(source, torch.Tensor):
@@ -67,7 +78,8 @@ def read_rgb(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image
     if isinstance(source, np.ndarray):
         return _array_to_rgb(source, "array")
     if isinstance(source, (str, os.PathLike)):
-        return _read_file(_resolve_path(source), max_pixels)
+        path = _resolve_path(source)
+        return _read_file(path, max_pixels, str(path))
     raise ImageLoadError(
         f"cannot read an image from a {type(source).__name__}; "
         "pass a path, a sample name, a PIL image, a numpy array or a tensor"
@@ -164,7 +176,7 @@ def iter_batches(
 
 def expand_sources(sources: ImageSource | Iterable[ImageSource]) -> list[ImageSource]:
     """Flatten sources: a directory becomes its image files (sorted by name)."""
-    if isinstance(sources, (str, os.PathLike, Image.Image, np.ndarray)):
+    if isinstance(sources, (str, os.PathLike, bytes, Image.Image, np.ndarray)):
         sources = [sources]
     elif isinstance(sources, torch.Tensor):
         sources = list(sources) if sources.dim() == 4 else [sources]
@@ -196,22 +208,24 @@ def _resolve_path(source: str | os.PathLike) -> Path:
     raise ImageLoadError(f"{source}: no such file (sample names: {', '.join(sorted(SAMPLES))})")
 
 
-def _read_file(path: Path, max_pixels: int) -> Image.Image:
+def _read_file(file: Path | io.BytesIO, max_pixels: int, path: str) -> Image.Image:
+    """Decode ``file`` (named ``path`` in messages) after checking its size against
+    ``max_pixels`` (`ImageTooLargeError`)."""
     try:
-        with Image.open(path) as image:
+        with Image.open(file) as image:
             width, height = image.size
             if width * height > max_pixels:
-                raise ImageLoadError(
+                raise ImageTooLargeError(
                     f"{path}: {width}x{height} pixels is above the limit of {max_pixels}; "
-                    "pass a larger max_pixels if you trust this file"
+                    f"{TOO_LARGE_HINT}"
                 )
             image.load()
             return _to_rgb(ImageOps.exif_transpose(image))
     except ImageLoadError:
         raise
     except Image.DecompressionBombError as error:
-        raise ImageLoadError(
-            f"{path}: {error}; pass a larger max_pixels if you trust this file"
+        raise ImageTooLargeError(
+            f"{path}: {error}; {TOO_LARGE_HINT}"
         ) from error
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
         raise ImageLoadError(
@@ -292,4 +306,6 @@ def _to_uint8(array: np.ndarray, kind: str) -> np.ndarray:
 def _source_name(source: Any) -> str:
     if isinstance(source, (str, os.PathLike)):
         return str(source)
+    if isinstance(source, bytes):
+        return "<bytes>"
     return f"<{type(source).__name__}>"

@@ -3,6 +3,8 @@ an attribution; everything takes plain arrays or tensors."""
 
 from __future__ import annotations
 
+import base64
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -77,19 +79,32 @@ def map_display(values) -> tuple[torch.Tensor, bool]:
     """
     from convlens.maps import normalize_maps
 
-    maps = torch.as_tensor(_as_numpy(values)).detach().double()
-    if maps.dim() != 2:
-        raise ConvlensError(f"a map to draw must be 2-D [H, W], got shape {tuple(maps.shape)}")
+    maps = _map_to_draw(values)
+    low, top, signed = display_range(maps)
+    if not signed:
+        return normalize_maps(maps.clamp(max=top)[None])[0], False
+    # [-top, top] -> [0, 1] with 0 at 0.5 (top > 0: a signed map has a non-zero value).
+    return (maps.clamp(-top, top) / top + 1) / 2, True
+
+
+def display_range(values) -> tuple[float, float, bool]:
+    """``(low, high, signed)``: the raw values that `map_display` draws at the two ends of
+    the colormap (``low = -high`` for a signed map; for a constant map ``low == high``)."""
+    maps = _map_to_draw(values)
     signed = bool((maps < 0).any())
     magnitude = maps.abs() if signed else maps
     floor = 0.0 if signed else float(maps.min())
     top = float(np.quantile(magnitude.numpy(), DISPLAY_QUANTILE, method="higher"))
     if top <= floor:
         top = float(magnitude.max())
-    if not signed:
-        return normalize_maps(maps.clamp(max=top)[None])[0], False
-    # [-top, top] -> [0, 1] with 0 at 0.5 (top > 0: a signed map has a non-zero value).
-    return (maps.clamp(-top, top) / top + 1) / 2, True
+    return (-top if signed else floor), top, signed
+
+
+def _map_to_draw(values) -> torch.Tensor:
+    maps = torch.as_tensor(_as_numpy(values)).detach().double()
+    if maps.dim() != 2:
+        raise ConvlensError(f"a map to draw must be 2-D [H, W], got shape {tuple(maps.shape)}")
+    return maps
 
 
 def overlay_map(image, values, alpha: float = 0.5, cmap: str | None = None) -> np.ndarray:
@@ -159,6 +174,21 @@ def _as_rgb_tile(image: np.ndarray) -> np.ndarray:
     if image.dtype != np.uint8:
         raise ConvlensError("image_grid takes uint8 images; use colorize() for maps")
     return image
+
+
+def png_bytes(image) -> bytes:
+    """``uint8[H, W, 3]`` (or ``[H, W]``) encoded as PNG."""
+    array = _as_numpy(image)
+    if array.dtype != np.uint8:
+        raise ConvlensError(f"PNG encoding takes uint8 pixels, got {array.dtype}")
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def png_data_uri(image) -> str:
+    """``uint8[H, W, 3]`` as a ``data:image/png;base64,...`` URI (for self-contained pages)."""
+    return "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode("ascii")
 
 
 def save_png(image, path: str | Path) -> Path:

@@ -1,0 +1,49 @@
+"""``convlens report``: one self-contained HTML page for some images."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from convlens.cli.app import ImagesArgument, ModelOption, _report_skipped, app
+
+
+@app.command("report")
+def report_command(
+    images: ImagesArgument,
+    model: ModelOption = "efficientnet_lite0",
+    methods: Annotated[
+        str | None,
+        typer.Option(
+            "--methods",
+            help="Methods shown side by side, comma separated, or 'all' (default: "
+            "gradcam, gradcam_pp, layercam, saliency, guided_backprop).",
+        ),
+    ] = None,
+    top: Annotated[int, typer.Option("--top", help="Classes explained per image.", min=1)] = 3,
+    visualize: Annotated[
+        bool, typer.Option("--visualize", help="Add the class visualisation of the top class.")
+    ] = False,
+    out: Annotated[str, typer.Option("--out", "-o", help="HTML file to write.")] = "report.html",
+) -> None:
+    """Write one HTML page (pictures inlined, no network) with a section per image:
+    top-5, methods for the top classes, CAM box, contrast, occlusion, stages, feature maps,
+    and the first-layer filters. Unreadable inputs are skipped with a message (exit 1)."""
+    from convlens.models import load_model
+    from convlens.report import DEFAULT_METHODS, build_report, write_report
+
+    loaded = load_model(model)
+    page, skipped = build_report(
+        loaded,
+        images,
+        methods or DEFAULT_METHODS,
+        top=top,
+        visualize=visualize,
+        progress=lambda message: typer.echo(message, err=True),
+    )
+    _report_skipped(skipped)
+    path = write_report(out, page)
+    typer.echo(f"{path} ({len(page) / 1e6:.1f} MB)")
+    if skipped:
+        raise typer.Exit(1)

@@ -1,0 +1,217 @@
+"""What the web API answers (pydantic models, so /openapi.json describes them) and the
+library calls behind each answer. Each function here runs with the model lent to it."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from convlens.attribution.explain import explain, top_predictions
+from convlens.attribution.methods import get_method, list_methods
+from convlens.data.images import ImageBatch
+from convlens.errors import LayerError
+from convlens.features import feature_maps, filter_tiles
+from convlens.layers import default_cam_layer, layer_table, resolve_layer
+from convlens.models.loading import LoadedModel
+from convlens.render.features import feature_map_grid, filter_grid
+from convlens.render.images import png_data_uri
+from convlens.report.views import map_view
+from convlens.serve.desk import ModelDesk
+from convlens.targets import contrast as contrast_target
+
+
+class Health(BaseModel):
+    status: str
+    model: str
+    version: str
+
+
+class Method(BaseModel):
+    name: str
+    family: str
+    uses_layer: bool
+    slow: bool
+    summary: str
+
+
+class ClassName(BaseModel):
+    class_id: int
+    name: str
+
+
+class Layer(BaseModel):
+    index: int
+    name: str
+    type: str
+    output_shape: list[int] | None
+    receptive_field: list[int] | None = Field(
+        description="Field size (rows, columns) in input pixels; null when not traceable."
+    )
+    spatial: bool = Field(description="Output is [B, C, h, w] with h * w > 1 (CAM layers).")
+
+
+class Layers(BaseModel):
+    default: str | None = Field(description="The layer CAM methods use when none is given.")
+    layers: list[Layer]
+
+
+class Predicted(BaseModel):
+    class_id: int
+    label: str
+    probability: float
+
+
+class Prediction(BaseModel):
+    source: str
+    predictions: list[Predicted]
+    image: str = Field(description="The image the model saw, as a PNG data URI.")
+
+
+class Scale(BaseModel):
+    cmap: str
+    low: float = Field(description="Raw map value drawn at the colormap's start.")
+    high: float = Field(description="Raw map value drawn at the colormap's end.")
+    signed: bool
+    bar: str = Field(description="The colour bar as a PNG data URI.")
+
+
+class ExplainResult(BaseModel):
+    class_id: int | None
+    class_name: str | None
+    score: float = Field(description="The explained score (logit, or difference for contrast).")
+    probability: float | None
+    method: str
+    layer: str | None
+    target: str
+    seconds: float = Field(description="The method's own time.")
+    total_seconds: float = Field(0.0, description="The request's time in the server.")
+    overlay: str = Field(description="The map over the image, a data:image/png;base64 URI.")
+    box: list[float] | None = Field(description="(x0, y0, x1, y1) pixels, x1/y1 exclusive.")
+    size: list[int] = Field(description="(height, width) of the overlay in pixels.")
+    scale: Scale
+    predictions: list[Predicted]
+
+
+class Features(BaseModel):
+    layer: str
+    channels: list[int]
+    means: list[float]
+    grid: str = Field(description="Captioned grid of the channels, a PNG data URI.")
+
+
+class Filters(BaseModel):
+    layer: str
+    count: int
+    grid: str = Field(description="Captioned grid of the filters, a PNG data URI.")
+
+
+class Cancelled(BaseModel):
+    job: str
+    cancelled: bool
+
+
+def method_list() -> list[Method]:
+    return [
+        Method(name=m.name, family=m.family, uses_layer=m.uses_layer, slow=m.slow,
+               summary=m.summary)
+        for m in list_methods()
+    ]  # fmt: skip
+
+
+def class_list(desk: ModelDesk) -> list[ClassName]:
+    labels = desk.model.labels
+    if labels is None:
+        return []
+    return [ClassName(class_id=i, name=name) for i, name in enumerate(labels)]
+
+
+def layer_list(desk: ModelDesk) -> Layers:
+    """The layer table on a blank image of the model's input size (computed once)."""
+    return desk.cached("layers", lambda: _layer_rows(desk.model))
+
+
+def _layer_rows(model: LoadedModel) -> Layers:
+    import torch
+
+    height, width = model.preprocess.height_width
+    blank = torch.zeros(1, 3, height, width)
+    rows = []
+    for info in layer_table(model.module, blank):
+        shape = list(info.output_shape) if info.output_shape else None
+        spatial = shape is not None and len(shape) == 4 and shape[2] * shape[3] > 1
+        field = list(info.field.size) if info.field is not None else None
+        rows.append(Layer(index=info.index, name=info.name, type=info.type, output_shape=shape,
+                          receptive_field=field, spatial=spatial))  # fmt: skip
+    try:
+        default = default_cam_layer(model.module, blank)
+    except LayerError:
+        default = None
+    return Layers(default=default, layers=rows)
+
+
+def predict(model: LoadedModel, batch: ImageBatch, top: int) -> Prediction:
+    predictions = top_predictions(model, batch.tensor, k=top)[0]
+    return Prediction(
+        source=batch.sources[0],
+        predictions=[Predicted(**p) for p in predictions],
+        image=png_data_uri(batch.display[0]),
+    )
+
+
+def explain_one(
+    model: LoadedModel,
+    batch: ImageBatch,
+    method: str,
+    target: str,
+    contrast: str | None,
+    layer: str | None,
+) -> ExplainResult:
+    """`explain` with one method and one target for a batch of one, as the API answers it."""
+    info = get_method(method)
+    if layer is not None and info.uses_layer:
+        resolve_layer(model.module, layer)
+    item = explain(model, batch, method, target=_one_row_target(target, contrast), layer=layer)
+    view = map_view(item)
+    predictions = top_predictions(model, batch.tensor, k=5)[0]
+    height, width = view.overlay.shape[:2]
+    return ExplainResult(
+        class_id=view.class_id,
+        class_name=view.class_name,
+        score=view.score,
+        probability=view.probability,
+        method=item.method,
+        layer=item.layer,
+        target=f"{target} - {contrast}" if contrast else target,
+        seconds=item.seconds,
+        overlay=png_data_uri(view.overlay),
+        box=list(view.box) if view.box is not None else None,
+        size=[height, width],
+        scale=Scale(**view.scale.record()),
+        predictions=[Predicted(**p) for p in predictions],
+    )
+
+
+def _one_row_target(target: str, contrast: str | None) -> object:
+    """The form's ``target`` (``top1``, ``topK``: the K-th most probable class, an id or a
+    name) and optional ``contrast`` class as one target for a batch of one image. A list of
+    one makes ``topK`` a single ranked class rather than K rows."""
+    target = target.strip() or "top1"
+    if contrast and contrast.strip():
+        return contrast_target(target, contrast.strip())
+    return [target]
+
+
+def features(model: LoadedModel, batch: ImageBatch, layer: str | None, top: int) -> Features:
+    name = layer or default_cam_layer(model.module, batch.tensor)
+    result = feature_maps(model, batch.tensor[0], name, top=top)
+    return Features(
+        layer=result.layer,
+        channels=[int(c) for c in result.channels],
+        means=[float(m) for m in result.means],
+        grid=png_data_uri(feature_map_grid(result)),
+    )
+
+
+def filters(model: LoadedModel, layer: str | None) -> Filters:
+    tiles = filter_tiles(model, layer)
+    grid = png_data_uri(filter_grid(tiles))
+    return Filters(layer=tiles.layer, count=len(tiles.labels), grid=grid)

@@ -1,0 +1,241 @@
+"""The FastAPI app of the web view: a JSON API over `explain`, the feature views and the layer
+table, and the static page that uses it. Every error is ``{"error": message}`` with a 4xx
+status (413 for an upload or image over the limits, 409 for a cancelled job); the server
+keeps serving after any of them. The API is described at ``/openapi.json`` (no docs page:
+the usual ones load their scripts from a CDN)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+
+from convlens.errors import ConvlensError, ImageTooLargeError
+from convlens.layers.interrupt import Interrupted
+from convlens.models.loading import LoadedModel
+from convlens.serve import api
+from convlens.serve.desk import JobConflict, ModelDesk
+from convlens.serve.inputs import (
+    FORM_OVERHEAD,
+    BodyLimit,
+    ServeSettings,
+    UploadTooLarge,
+    request_image,
+)
+
+STATIC = Path(__file__).resolve().parent / "static"
+DISCONNECT_POLL_SECONDS = 0.1
+T = TypeVar("T")
+
+ImageField = Annotated[UploadFile | None, File(description="An image file (PNG, JPEG, ...).")]
+SampleField = Annotated[str | None, Form(description="A sample name (see /api/samples).")]
+JobField = Annotated[
+    str | None,
+    Form(description="Optional id (letters, digits, - and _) that POST /api/cancel/{job} stops."),
+]
+
+
+def create_app(model: LoadedModel, settings: ServeSettings | None = None) -> FastAPI:
+    """The app serving ``model`` (lent to one request at a time, see `ModelDesk`)."""
+    settings = settings or ServeSettings()
+    desk = ModelDesk(model)
+    app = FastAPI(
+        title="convlens",
+        summary="What a CNN learned and why it decided, over HTTP.",
+        version=_version(),
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.desk = desk
+    app.state.settings = settings
+    _add_error_handlers(app)
+    _add_routes(app, desk, settings)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.add_middleware(BodyLimit, limit=settings.max_upload_bytes + FORM_OVERHEAD)
+    return app
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("convlens")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "unknown"
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    def one_line(error: BaseException) -> str:
+        return " ".join(str(error).split())
+
+    @app.exception_handler(ImageTooLargeError)
+    async def too_large(_request, error):
+        return _error(413, one_line(error))
+
+    @app.exception_handler(Interrupted)
+    async def interrupted(_request, error):
+        return _error(409, f"cancelled: {one_line(error)}")
+
+    @app.exception_handler(JobConflict)
+    async def conflict(_request, error):
+        return _error(409, one_line(error))
+
+    @app.exception_handler(ConvlensError)
+    async def bad_input(_request, error):
+        return _error(400, one_line(error))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request, error):
+        return _error(error.status_code, str(error.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request, error):
+        parts = [
+            f"{'.'.join(str(p) for p in item.get('loc', ()))}: {item.get('msg')}"
+            for item in error.errors()
+        ]
+        return _error(422, "invalid request: " + "; ".join(parts))
+
+    @app.exception_handler(Exception)
+    async def failed(_request, error):  # a model that fails: say so, keep serving
+        return _error(500, f"{type(error).__name__}: {one_line(error)}")
+
+
+async def _read_upload(image: UploadFile | None, settings: ServeSettings) -> bytes | None:
+    if image is None:
+        return None
+    data = await image.read(settings.max_upload_bytes + 1)
+    if len(data) > settings.max_upload_bytes:
+        raise UploadTooLarge(settings.max_upload_bytes)
+    return data
+
+
+async def _lend(request: Request, desk: ModelDesk, job: str | None, work: Callable[[], T]) -> T:
+    """Run ``work`` on a worker thread with the model lent (`ModelDesk.run`); cancel it
+    when the client disconnects or job ``job`` is cancelled."""
+    with desk.job(job) as cancel:
+        task = asyncio.ensure_future(run_in_threadpool(desk.run, work, cancel))
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_SECONDS)
+            if done:
+                return task.result()
+            if not cancel.is_set() and await request.is_disconnected():
+                cancel.set()
+
+
+def _add_routes(app: FastAPI, desk: ModelDesk, settings: ServeSettings) -> None:
+    model = desk.model
+
+    @app.get("/", include_in_schema=False)
+    async def index():
+        return FileResponse(STATIC / "index.html")
+
+    @app.get("/api/health", response_model=api.Health)
+    async def health() -> api.Health:
+        """The server is up; which model it serves."""
+        return api.Health(status="ok", model=model.name, version=_version())
+
+    @app.get("/api/methods", response_model=list[api.Method])
+    async def methods() -> list[api.Method]:
+        """The attribution methods `method` may name."""
+        return api.method_list()
+
+    @app.get("/api/samples", response_model=list[str])
+    async def samples() -> list[str]:
+        """The sample names `sample` may name."""
+        from convlens.data.samples import sample_names
+
+        return sample_names()
+
+    @app.get("/api/classes", response_model=list[api.ClassName])
+    async def classes() -> list[api.ClassName]:
+        """The model's classes (id and name), for `target` and `contrast`."""
+        return api.class_list(desk)
+
+    @app.get("/api/layers", response_model=api.Layers)
+    async def layers() -> api.Layers:
+        """The model's layer table: name, type, output shape, receptive field; `spatial`
+        layers suit the CAM methods, `default` is theirs."""
+        return await run_in_threadpool(api.layer_list, desk)
+
+    @app.post("/api/predict", response_model=api.Prediction)
+    async def predict(
+        request: Request,
+        image: ImageField = None,
+        sample: SampleField = None,
+        top: Annotated[int, Form(ge=1, le=100, description="How many classes.")] = 5,
+    ) -> api.Prediction:
+        """The most probable classes of an uploaded image or a sample."""
+        data = await _read_upload(image, settings)
+        return await _lend(
+            request, desk, None,
+            lambda: api.predict(model, request_image(model, data, sample, settings), top),
+        )  # fmt: skip
+
+    @app.post("/api/explain", response_model=api.ExplainResult)
+    async def explain(
+        request: Request,
+        image: ImageField = None,
+        sample: SampleField = None,
+        method: Annotated[str, Form(description="A name from /api/methods.")] = "gradcam",
+        target: Annotated[str, Form(description="top1, topK, a class id or name.")] = "top1",
+        contrast: Annotated[
+            str | None, Form(description="Optional class (id or name): explain target - it.")
+        ] = None,
+        layer: Annotated[
+            str | None, Form(description="Layer for CAM methods (default: theirs).")
+        ] = None,
+        job: JobField = None,
+    ) -> api.ExplainResult:
+        """One method's map for one image: the class explained, its score, the overlay as a
+        PNG data URI, the box and the colour scale of the raw map."""
+        data = await _read_upload(image, settings)
+        start = time.perf_counter()
+
+        def work():
+            batch = request_image(model, data, sample, settings)
+            return api.explain_one(model, batch, method, target, contrast, layer or None)
+
+        result = await _lend(request, desk, job, work)
+        return result.model_copy(update={"total_seconds": time.perf_counter() - start})
+
+    @app.post("/api/features", response_model=api.Features)
+    async def features(
+        request: Request,
+        image: ImageField = None,
+        sample: SampleField = None,
+        layer: Annotated[str | None, Form(description="Layer (default: the CAM layer).")] = None,
+        top: Annotated[int, Form(ge=1, le=256, description="Channels shown.")] = 16,
+        job: JobField = None,
+    ) -> api.Features:
+        """The strongest channels of one layer for one image, as a captioned grid."""
+        data = await _read_upload(image, settings)
+        return await _lend(
+            request, desk, job,
+            lambda: api.features(model, request_image(model, data, sample, settings), layer, top),
+        )  # fmt: skip
+
+    @app.get("/api/filters", response_model=api.Filters)
+    async def filters(layer: str | None = None) -> api.Filters:
+        """A convolution's filters (default: the first) as a captioned grid."""
+        return await run_in_threadpool(desk.run, lambda: api.filters(model, layer))
+
+    @app.post("/api/cancel/{job}", response_model=api.Cancelled)
+    async def cancel(job: str) -> api.Cancelled:
+        """Stop job ``job`` (a request sent with that `job` field): it answers 409 and the
+        model is free for the next request. 404 when no such job is running."""
+        if not desk.cancel(job):
+            raise HTTPException(404, f"no running job {job[:80]!r}")
+        return api.Cancelled(job=job, cancelled=True)

@@ -1,0 +1,100 @@
+"""The server's one model, lent to one request at a time, and the jobs that can be cancelled.
+
+Every method borrows the model (eval flags, hooks, backward rules) and gives it back; two
+requests borrowing it at once would see each other's hooks and restore each other's flags.
+`ModelDesk.run` therefore holds a lock for the whole computation, so hooks are never shared
+and never outlive their request. A request waiting for the lock, or one whose method is
+running, stops when its job is cancelled: while waiting it gives up at once; while running,
+`stop_between_passes` raises before the next forward pass, and the method's ``finally``
+blocks hand the model back before the lock is released.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+from convlens.errors import ConvlensError
+from convlens.layers.interrupt import Interrupted, stop_between_passes
+from convlens.models.loading import LoadedModel
+
+T = TypeVar("T")
+JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+LOCK_POLL_SECONDS = 0.05
+
+
+class JobConflict(ConvlensError):
+    """A job id already in use by a running request."""
+
+
+class ModelDesk:
+    """``model`` with a lock (`run`), a registry of running jobs (`job`, `cancel`) and a
+    cache for things computed once per model (`cached`)."""
+
+    def __init__(self, model: LoadedModel) -> None:
+        self.model = model
+        self._lock = threading.Lock()
+        self._jobs: dict[str, threading.Event] = {}
+        self._jobs_lock = threading.Lock()
+        self._cache: dict[str, object] = {}
+
+    def run(self, work: Callable[[], T], cancel: threading.Event | None = None) -> T:
+        """``work()`` with the model to itself. With ``cancel``: `Interrupted` as soon as it
+        is set, while waiting for the model or before any further forward pass."""
+        cancel = cancel or threading.Event()
+        while not self._lock.acquire(timeout=LOCK_POLL_SECONDS):
+            if cancel.is_set():
+                raise Interrupted("cancelled while waiting for the model")
+        try:
+            if cancel.is_set():
+                raise Interrupted("cancelled before it started")
+            with stop_between_passes(self.model.module, cancel.is_set):
+                return work()
+        finally:
+            self._lock.release()
+
+    def cached(self, key: str, compute: Callable[[], T]) -> T:
+        """``compute()`` once (with the model lent, as in `run`), then the stored value."""
+        if key not in self._cache:
+            self._cache[key] = self.run(compute)
+        return self._cache[key]  # type: ignore[return-value]
+
+    @contextmanager
+    def job(self, job_id: str | None) -> Iterator[threading.Event]:
+        """A cancel event for one request, registered under ``job_id`` (when given) so that
+        `cancel` can reach it; unregistered on exit. `ConvlensError` for a malformed id,
+        `JobConflict` for one already running."""
+        event = threading.Event()
+        if job_id is None:
+            yield event
+            return
+        if not JOB_ID.match(job_id):
+            raise ConvlensError(
+                f"job id {job_id[:80]!r} is malformed; use 1 to 64 letters, digits, '-' or '_'"
+            )
+        with self._jobs_lock:
+            if job_id in self._jobs:
+                raise JobConflict(f"job {job_id!r} is already running; choose another id")
+            self._jobs[job_id] = event
+        try:
+            yield event
+        finally:
+            with self._jobs_lock:
+                self._jobs.pop(job_id, None)
+
+    def cancel(self, job_id: str) -> bool:
+        """Ask job ``job_id`` to stop; False when no such job is running."""
+        with self._jobs_lock:
+            event = self._jobs.get(job_id)
+        if event is None:
+            return False
+        event.set()
+        return True
+
+    def running_jobs(self) -> list[str]:
+        """Ids of the jobs now registered (waiting or running)."""
+        with self._jobs_lock:
+            return sorted(self._jobs)

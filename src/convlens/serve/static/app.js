@@ -1,0 +1,198 @@
+// convlens web view: plain JavaScript over the JSON API (see /openapi.json).
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = { file: null, sample: "", methods: {}, running: null };
+
+async function getJson(url, options) {
+  const response = await fetch(url, options);
+  const body = await response.json().catch(() => ({ error: `HTTP ${response.status}` }));
+  if (!response.ok) throw new Error(body.error || `HTTP ${response.status}`);
+  return body;
+}
+
+function option(select, value, text, selected) {
+  const item = document.createElement("option");
+  item.value = value;
+  item.textContent = text;
+  item.selected = Boolean(selected);
+  select.appendChild(item);
+}
+
+function setStatus(element, text, isError) {
+  element.textContent = text;
+  element.classList.toggle("error", Boolean(isError));
+}
+
+function imageForm() {
+  const form = new FormData();
+  if (state.file) form.append("image", state.file, state.file.name);
+  else if (state.sample) form.append("sample", state.sample);
+  else return null;
+  return form;
+}
+
+async function init() {
+  const [health, methods, layers, samples, classes] = await Promise.all([
+    getJson("/api/health"), getJson("/api/methods"), getJson("/api/layers"),
+    getJson("/api/samples"), getJson("/api/classes"),
+  ]);
+  $("model-name").textContent = `model: ${health.model}`;
+  for (const m of methods) {
+    state.methods[m.name] = m;
+    option($("method"), m.name, `${m.name} (${m.family}${m.slow ? ", slow" : ""})`,
+      m.name === "gradcam");
+  }
+  for (const layer of layers.layers.filter((l) => l.spatial)) {
+    const text = `${layer.name} ${layer.output_shape.slice(1).join("x")}`;
+    option($("layer"), layer.name, text, layer.name === layers.default);
+    option($("browse-layer"), layer.name, text, layer.name === layers.default);
+  }
+  for (const name of samples) option($("sample"), name, name);
+  const list = $("class-list");
+  for (const c of classes) option(list, c.name, `${c.class_id}`);
+  updateLayerChoice();
+  setStatus($("status"), "Upload an image or pick a sample.");
+}
+
+function updateLayerChoice() {
+  const method = state.methods[$("method").value];
+  $("layer").disabled = !(method && method.uses_layer);
+}
+
+function newJobId() {
+  return "job-" + Date.now().toString(36) + "-" + Math.random().toString(36).slice(2, 10);
+}
+
+async function explain() {
+  const form = imageForm();
+  if (!form) { setStatus($("status"), "Choose an image first.", true); return; }
+  if (state.running) await cancel();
+  const method = $("method").value;
+  form.append("method", method);
+  form.append("target", $("target").value.trim() || "top1");
+  if ($("contrast").value.trim()) form.append("contrast", $("contrast").value.trim());
+  if (state.methods[method].uses_layer) form.append("layer", $("layer").value);
+  const job = newJobId();
+  form.append("job", job);
+  const controller = new AbortController();
+  const running = { job, controller };
+  state.running = running;
+  $("cancel-button").disabled = false;
+  setStatus($("status"), `Running ${method}...`);
+  try {
+    const result = await getJson("/api/explain", { method: "POST", body: form,
+      signal: controller.signal });
+    if (state.running === running) show(result);
+  } catch (error) {
+    if (state.running === running) {
+      setStatus($("status"), controller.signal.aborted ? "Cancelled." : error.message, true);
+    }
+  } finally {
+    if (state.running === running) {
+      state.running = null;
+      $("cancel-button").disabled = true;
+    }
+  }
+}
+
+async function cancel() {
+  const running = state.running;
+  if (!running) return;
+  state.running = null;
+  $("cancel-button").disabled = true;
+  await fetch(`/api/cancel/${running.job}`, { method: "POST" }).catch(() => null);
+  running.controller.abort();
+  setStatus($("status"), "Cancelled.", true);
+}
+
+function show(result) {
+  const overlay = $("overlay");
+  overlay.src = result.overlay;
+  overlay.hidden = false;
+  $("class-name").textContent = result.class_name ?? "(no class)";
+  const probability = result.probability == null ? "" : `, p=${result.probability.toFixed(3)}`;
+  $("explained").textContent =
+    `${result.method}${result.layer ? " at " + result.layer : ""}: score ` +
+    `${result.score.toPrecision(4)}${probability}; ${result.seconds.toFixed(2)} s ` +
+    `(${result.total_seconds.toFixed(2)} s in the server)`;
+  $("colour-bar").src = result.scale.bar;
+  $("colour-bar").hidden = false;
+  $("scale-text").textContent = result.scale.signed
+    ? `${result.scale.cmap}: blue < 0 < red, raw values ${fmt(result.scale.low)} .. ${fmt(result.scale.high)}`
+    : `${result.scale.cmap}: raw values ${fmt(result.scale.low)} (blue) .. ${fmt(result.scale.high)} (red)`;
+  placeBox(result.box, result.size);
+  const list = $("predictions");
+  list.replaceChildren();
+  for (const p of result.predictions) {
+    const item = document.createElement("li");
+    item.textContent = `${p.label} (${p.class_id}) ${p.probability.toFixed(3)}`;
+    list.appendChild(item);
+  }
+  setStatus($("status"), `Done: ${result.class_name ?? result.method}.`);
+}
+
+function fmt(value) { return Number(value).toPrecision(3); }
+
+function placeBox(box, size) {
+  const element = $("box");
+  if (!box || !$("show-box").checked) { element.hidden = true; return; }
+  const [height, width] = size;
+  element.style.left = `${(100 * box[0]) / width}%`;
+  element.style.top = `${(100 * box[1]) / height}%`;
+  element.style.width = `${(100 * (box[2] - box[0])) / width}%`;
+  element.style.height = `${(100 * (box[3] - box[1])) / height}%`;
+  element.hidden = false;
+  element.dataset.box = box.map((v) => Math.round(v)).join(",");
+}
+
+async function browse(kind) {
+  const layer = $("browse-layer").value;
+  setStatus($("browse-status"), `Loading ${kind}...`);
+  try {
+    let result;
+    if (kind === "features") {
+      const form = imageForm();
+      if (!form) throw new Error("Choose an image first.");
+      form.append("layer", layer);
+      result = await getJson("/api/features", { method: "POST", body: form });
+    } else {
+      result = await getJson(`/api/filters?layer=${encodeURIComponent(layer)}`);
+    }
+    $("browse-image").src = result.grid;
+    $("browse-image").hidden = false;
+    setStatus($("browse-status"), `${kind} of ${result.layer}`);
+  } catch (error) {
+    setStatus($("browse-status"), error.message, true);
+  }
+}
+
+function wire() {
+  $("image-file").addEventListener("change", (event) => {
+    state.file = event.target.files[0] || null;
+    if (state.file) { state.sample = ""; $("sample").value = ""; explain(); }
+  });
+  $("sample").addEventListener("change", (event) => {
+    state.sample = event.target.value;
+    if (state.sample) { state.file = null; $("image-file").value = ""; explain(); }
+  });
+  $("method").addEventListener("change", () => { updateLayerChoice(); if (imageForm()) explain(); });
+  $("layer").addEventListener("change", () => { if (imageForm()) explain(); });
+  for (const id of ["target", "contrast"]) {
+    $(id).addEventListener("change", () => { if (imageForm()) explain(); });
+  }
+  $("explain-button").addEventListener("click", explain);
+  $("cancel-button").addEventListener("click", cancel);
+  $("show-box").addEventListener("change", () => {
+    const box = $("box").dataset.box;
+    if (!$("show-box").checked) $("box").hidden = true;
+    else if (box) $("box").hidden = false;
+  });
+  $("features-button").addEventListener("click", () => browse("features"));
+  $("filters-button").addEventListener("click", () => browse("filters"));
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  wire();
+  init().catch((error) => setStatus($("status"), error.message, true));
+});

@@ -1,0 +1,276 @@
+"""The web API through FastAPI's TestClient, on the shipped synthetic-shapes model (64 px)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import struct
+import threading
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from tests.conftest import assert_same_state, model_state, small_convnet
+
+fastapi = pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from convlens import explain, load_model  # noqa: E402
+from convlens.data.samples import sample_path  # noqa: E402
+from convlens.report.views import map_view  # noqa: E402
+from convlens.serve import ServeSettings, create_app  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def shapes():
+    return load_model("synthetic-shapes")
+
+
+@pytest.fixture(scope="module")
+def client(shapes):
+    with TestClient(create_app(shapes)) as test_client:
+        yield test_client
+
+
+def decode_png(uri: str) -> np.ndarray:
+    assert uri.startswith("data:image/png;base64,")
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))))
+
+
+def png_file(size=(40, 30), colour=(200, 30, 30)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
+    """A valid PNG header declaring ``width x height`` 1-bit pixels, with almost no data:
+    decoding it would need ~1.25 GB; reading its header costs nothing."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 1024))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_health_methods_samples_classes(client, shapes):
+    assert client.get("/api/health").json() == {
+        "status": "ok",
+        "model": "synthetic-shapes",
+        "version": client.get("/api/health").json()["version"],
+    }
+    names = {m["name"] for m in client.get("/api/methods").json()}
+    assert {"gradcam", "occlusion", "saliency"} <= names
+    assert "cat" in client.get("/api/samples").json()
+    classes = client.get("/api/classes").json()
+    assert [c["name"] for c in classes] == list(shapes.labels)
+
+
+def test_layers_lists_the_cam_layer(client):
+    table = client.get("/api/layers").json()
+    spatial = [row["name"] for row in table["layers"] if row["spatial"]]
+    assert table["default"] in spatial
+    conv = next(row for row in table["layers"] if row["name"] == "features.0")
+    assert conv["type"] == "Conv2d" and conv["receptive_field"] == [3, 3]
+
+
+def test_openapi_documents_the_api_and_no_cdn_page_is_served(client):
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/api/health", "/api/layers", "/api/predict", "/api/explain"} <= set(paths)
+    assert "multipart/form-data" in paths["/api/explain"]["post"]["requestBody"]["content"]
+    assert client.get("/docs").status_code == 404
+    page = client.get("/").text
+    assert "http://" not in page and "https://" not in page
+
+
+def test_explain_answers_what_the_library_computes(client, shapes):
+    answer = client.post("/api/explain", data={"sample": "cat", "method": "gradcam"}).json()
+    library = explain(shapes, "cat", "gradcam")
+    assert answer["class_id"] == int(library.class_ids[0])
+    assert answer["class_name"] == library.class_names[0]
+    assert answer["score"] == pytest.approx(float(library.scores[0]), rel=1e-5)
+    assert answer["layer"] == library.layer and answer["method"] == "gradcam"
+    assert answer["seconds"] >= 0 and answer["total_seconds"] >= answer["seconds"]
+    assert np.array_equal(decode_png(answer["overlay"]), map_view(library).overlay)
+    assert answer["predictions"][0]["class_id"] == answer["class_id"]
+    x0, y0, x1, y1 = answer["box"]
+    assert 0 <= x0 < x1 <= 64 and 0 <= y0 < y1 <= 64
+
+
+def test_upload_equals_sample(client):
+    data = sample_path("cat").read_bytes()
+    uploaded = client.post("/api/explain", files={"image": ("c.png", data, "image/png")}).json()
+    named = client.post("/api/explain", data={"sample": "cat"}).json()
+    assert uploaded["overlay"] == named["overlay"] and uploaded["class_id"] == named["class_id"]
+
+
+def test_target_rank_id_and_contrast(client, shapes):
+    ranked = client.post("/api/predict", data={"sample": "cat", "top": 3}).json()["predictions"]
+    second = client.post("/api/explain", data={"sample": "cat", "target": "top2"}).json()
+    assert second["class_id"] == ranked[1]["class_id"]
+    by_name = client.post("/api/explain", data={"sample": "cat", "target": ranked[2]["label"]})
+    assert by_name.json()["class_id"] == ranked[2]["class_id"]
+    both = client.post(
+        "/api/explain", data={"sample": "cat", "target": "top1", "contrast": "top2"}
+    ).json()
+    image = explain(shapes, "cat", "saliency").display  # the pixels the model saw
+    tensor = shapes.preprocess.normalize(image[0])[None]
+    with torch.no_grad():
+        logits = shapes.module(tensor)[0]
+    first, runner_up = ranked[0]["class_id"], ranked[1]["class_id"]
+    assert both["score"] == pytest.approx(float(logits[first] - logits[runner_up]), abs=1e-4)
+
+
+def test_layer_choice_and_non_layer_method(client):
+    layers = [r["name"] for r in client.get("/api/layers").json()["layers"] if r["spatial"]]
+    answer = client.post("/api/explain", data={"sample": "cat", "layer": layers[0]}).json()
+    assert answer["layer"] == layers[0]
+    plain = client.post("/api/explain", data={"sample": "cat", "method": "saliency"}).json()
+    assert plain["layer"] is None and plain["method"] == "saliency"
+
+
+def test_predict_returns_top_k_and_the_image(client):
+    answer = client.post("/api/predict", data={"sample": "coffee", "top": 3}).json()
+    probabilities = [p["probability"] for p in answer["predictions"]]
+    assert len(probabilities) == 3 and probabilities == sorted(probabilities, reverse=True)
+    assert decode_png(answer["image"]).shape == (64, 64, 3)
+
+
+@pytest.mark.parametrize(
+    ("form", "files", "status", "words"),
+    [
+        ({}, {"image": ("x.png", b"not an image", "image/png")}, 400, "not a readable image"),
+        ({"sample": "cat", "method": "nope"}, None, 400, "unknown method"),
+        ({"sample": "cat", "layer": "nope"}, None, 400, "no layer named"),
+        ({"sample": "cat", "target": "zebra"}, None, 400, "no class named"),
+        ({"sample": "cat", "target": "99"}, None, 400, "out of range"),
+        ({"sample": "cat", "method": "saliency", "layer": "features"}, None, 400, "layer"),
+        ({"sample": "/etc/passwd"}, None, 400, "paths on the server are never read"),
+        ({"sample": str(sample_path("cat"))}, None, 400, "not a sample name"),
+        ({"sample": "../cat"}, None, 400, "not a sample name"),
+        ({}, None, 400, "exactly one of"),
+        ({"sample": "cat"}, {"image": ("x.png", png_file(), "image/png")}, 400, "exactly one"),
+        ({"sample": "cat", "job": "bad id!"}, None, 400, "malformed"),
+        ({}, {"image": ("b.png", bomb_png(), "image/png")}, 413, "decompression bomb"),
+    ],
+)
+def test_errors_are_json_and_the_server_keeps_serving(client, form, files, status, words):
+    response = client.post("/api/explain", data=form, files=files)
+    assert response.status_code == status, response.text
+    assert words in response.json()["error"]
+    assert client.post("/api/explain", data={"sample": "cat"}).status_code == 200
+
+
+def test_feature_and_filter_errors(client):
+    assert client.post("/api/features", data={"sample": "cat", "layer": "x"}).status_code == 400
+    assert client.get("/api/filters", params={"layer": "pool"}).status_code == 400
+    features = client.post("/api/features", data={"sample": "cat", "top": 4}).json()
+    assert len(features["channels"]) == 4 and decode_png(features["grid"]).ndim == 3
+    filters = client.get("/api/filters").json()
+    assert filters["layer"] == "features.0" and filters["count"] == 16
+
+
+def test_upload_and_pixel_limits(shapes):
+    settings = ServeSettings(max_upload_bytes=2_000, max_pixels=50 * 50)
+    with TestClient(create_app(shapes, settings)) as small:
+        big = bytes(np.random.default_rng(0).integers(0, 255, 5_000, dtype=np.uint8))
+        oversized = small.post("/api/explain", files={"image": ("x.png", big, "image/png")})
+        assert oversized.status_code == 413 and "limit" in oversized.json()["error"]
+        wide = small.post("/api/predict", files={"image": ("w.png", png_file((60, 60)))})
+        assert wide.status_code == 413 and "60x60 pixels" in wide.json()["error"]
+        fits = small.post("/api/predict", files={"image": ("w.png", png_file((40, 40)))})
+        assert fits.status_code == 200
+
+
+def test_concurrent_requests_match_sequential_ones_and_leave_the_model(shapes, client):
+    forms = [
+        {"sample": "cat", "method": "gradcam"},
+        {"sample": "coffee", "method": "guided_backprop"},
+        {"sample": "cat", "method": "layercam", "layer": "features.8"},
+        {"sample": "horse", "method": "saliency"},
+    ] * 2
+    sequential = [client.post("/api/explain", data=form).json()["overlay"] for form in forms]
+    before = model_state(shapes.module)
+    with ThreadPoolExecutor(len(forms)) as pool:
+        answers = list(pool.map(lambda f: client.post("/api/explain", data=f), forms))
+    assert [a.status_code for a in answers] == [200] * len(forms)
+    assert [a.json()["overlay"] for a in answers] == sequential
+    assert_same_state(before, model_state(shapes.module))
+    assert client.app.state.desk.running_jobs() == []
+
+
+class CountingNet(torch.nn.Module):
+    """small_convnet that counts its forward passes, waits ``delay`` s in each, and sets
+    ``reached`` once ``after`` passes have started."""
+
+    def __init__(self, after: int, delay: float) -> None:
+        super().__init__()
+        self.net, self.after, self.delay = small_convnet(), after, delay
+        self.calls, self.reached = 0, threading.Event()
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls >= self.after:
+            self.reached.set()
+        time.sleep(self.delay)
+        return self.net(x)
+
+
+def test_cancel_stops_a_slow_method_between_passes_and_frees_the_model():
+    net = CountingNet(after=3, delay=0.02)
+    loaded = load_model(net, labels=["a", "b", "c"])
+    settings = ServeSettings()
+    with TestClient(create_app(loaded, settings)) as slow:
+        before = model_state(net)
+        form = {"sample": "cat", "method": "occlusion", "job": "slow-1"}
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(slow.post, "/api/explain", data=form)
+            assert net.reached.wait(30)
+            assert slow.post("/api/cancel/slow-1").json() == {"job": "slow-1", "cancelled": True}
+            answer = pending.result(30)
+        assert answer.status_code == 409 and "cancelled" in answer.json()["error"]
+        # occlusion at 224 px (patch 32, stride 16) needs 2 + 169 / 8 = 24 passes
+        assert net.calls < 10
+        assert_same_state(before, model_state(net))
+        assert slow.app.state.desk.running_jobs() == []
+        assert slow.post("/api/cancel/slow-1").status_code == 404
+        net.reached.clear()
+        done = slow.post("/api/explain", data={"sample": "cat", "method": "gradcam"})
+        assert done.status_code == 200
+
+
+def test_a_waiting_request_is_cancelled_without_running():
+    from convlens.layers.interrupt import Interrupted
+    from convlens.serve.desk import ModelDesk
+
+    desk = ModelDesk(load_model(small_convnet()))
+    started, release, ran = threading.Event(), threading.Event(), []
+
+    def hold():
+        started.set()
+        release.wait(10)
+
+    with ThreadPoolExecutor(2) as pool:
+        holder = pool.submit(desk.run, hold)
+        assert started.wait(10)
+        cancel = threading.Event()
+        waiter = pool.submit(desk.run, lambda: ran.append(1), cancel)
+        cancel.set()
+        with pytest.raises(Interrupted, match="waiting"):
+            waiter.result(10)
+        release.set()
+        holder.result(10)
+    assert ran == []
