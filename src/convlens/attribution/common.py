@@ -117,7 +117,7 @@ def reduce_channels(attribution: torch.Tensor, how: str) -> torch.Tensor:
     )
 
 
-def fixed_targets(module: nn.Module, images: torch.Tensor, targets: Targets) -> Targets:
+def pin_ranked_targets(module: nn.Module, images: torch.Tensor, targets: Targets) -> Targets:
     """Targets with every ranked class ("top1", "top2", ...) replaced by the class id it has
     on ``images``, so perturbed or interpolated copies explain the same class. Runs a
     forward pass only when some target is ranked."""
@@ -130,7 +130,7 @@ def fixed_targets(module: nn.Module, images: torch.Tensor, targets: Targets) -> 
 
 
 def fix_ranked_targets(targets: Targets, output: torch.Tensor) -> Targets:
-    """`fixed_targets` given the output ``Tensor[N, K]`` of the unperturbed images."""
+    """`pin_ranked_targets` given the output ``Tensor[N, K]`` of the unperturbed images."""
     if targets.fn is not None:
         return targets
 

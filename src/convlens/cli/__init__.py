@@ -13,6 +13,8 @@ from convlens.cli import (  # noqa: F401  (registers commands)
     report,
     serve,
 )
-from convlens.cli.app import app, main
+from convlens.cli.app import app, main, reflow_help
+
+reflow_help(app)  # docstring paragraphs on one line: the terminal wraps them once
 
 __all__ = ["app", "main"]

@@ -8,6 +8,7 @@ image inside) or sample names (``cat``).
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from typing import Annotated
@@ -38,6 +39,27 @@ def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
 ) -> None:
     """convlens: filters, feature maps, saliency, CAMs, boxes and metrics for CNNs."""
+
+
+def reflow_help(typer_app: typer.Typer) -> None:
+    """Give every command of ``typer_app`` (and of its sub-apps) its docstring with each
+    paragraph on one line, as its help. Typer's rich help keeps the single line breaks of
+    a docstring, so a paragraph wrapped at 90 columns in the source was wrapped a second
+    time by the terminal, breaking lines mid-sentence; now the terminal wraps it once.
+    Paragraphs starting with ``\\b`` (click's "keep as is" mark) are left alone."""
+    for info in typer_app.registered_commands:
+        text = info.help or (info.callback.__doc__ if info.callback else None)
+        if text:
+            info.help = _one_line_paragraphs(text)
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            reflow_help(group.typer_instance)
+
+
+def _one_line_paragraphs(text: str) -> str:
+    help_text = inspect.cleandoc(text).partition("\f")[0]  # after \f: not help
+    paragraphs = help_text.split("\n\n")
+    return "\n\n".join(p if p.startswith("\b") else " ".join(p.split()) for p in paragraphs)
 
 
 def _echo_json(value) -> None:

@@ -32,7 +32,12 @@ def explain_command(
         str, typer.Option("--target", "-t", help="top1, topK, a class id or a class name.")
     ] = "top1",
     layer: Annotated[
-        str | None, typer.Option("--layer", help="Layer for CAM methods (default: last conv).")
+        str | None,
+        typer.Option(
+            "--layer",
+            help="Layer for CAM methods: a name, or #N for row N of 'convlens layers' "
+            "(default: the last convolution stage).",
+        ),
     ] = None,
     out: Annotated[str, typer.Option("--out", "-o", help="Folder for panels and JSON.")] = (
         "convlens-out"

@@ -15,7 +15,11 @@ OutOption = Annotated[str | None, typer.Option("--out", "-o", help="PNG file to 
 def filters_command(
     model: ModelOption = "efficientnet_lite0",
     layer: Annotated[
-        str | None, typer.Option("--layer", help="Conv2d layer (default: the first).")
+        str | None,
+        typer.Option(
+            "--layer",
+            help="Conv2d layer: a name, or #N for row N of 'convlens layers' (default: the first).",
+        ),
     ] = None,
     reduce: Annotated[
         str,
@@ -45,7 +49,12 @@ def features_command(
     image: Annotated[str, typer.Argument(help="Image file or sample name (cat, coffee, ...).")],
     model: ModelOption = "efficientnet_lite0",
     layer: Annotated[
-        str | None, typer.Option("--layer", help="Layer (default: last conv before pooling).")
+        str | None,
+        typer.Option(
+            "--layer",
+            help="Layer: a name, or #N for row N of 'convlens layers' (default: the last "
+            "convolution stage).",
+        ),
     ] = None,
     all_layers: Annotated[
         bool,
@@ -82,7 +91,8 @@ def visualize_command(
         str | None, typer.Option("--class", help="Class id or name to visualise.")
     ] = None,
     channel: Annotated[
-        str | None, typer.Option("--channel", help="LAYER:C, a channel to visualise.")
+        str | None,
+        typer.Option("--channel", help="LAYER:C, a channel to visualise (LAYER: a name, or #N)."),
     ] = None,
     steps: Annotated[int, typer.Option(help="Gradient-ascent steps.")] = 256,
     param: Annotated[str, typer.Option(help="fourier or pixels.")] = "fourier",

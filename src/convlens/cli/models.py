@@ -37,7 +37,8 @@ def layers_command(
     size: Annotated[int | None, typer.Option(help="Input side in pixels.")] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Table of every layer: type, output shape, receptive field, jump and start."""
+    """Table of every layer: type, output shape, receptive field, jump and start. The #
+    column is the index that --layer takes as #N (a bare number is a layer name)."""
     import torch
 
     from convlens.layers import layer_table

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from convlens.errors import MetricError
-from convlens.evaluate.scoring import check_score, fixed_targets, target_score
+from convlens.evaluate.scoring import check_score, pinned_targets_and_rows, target_score
 from convlens.layers.borrow import borrowed_model
 from convlens.localize.masks import check_maps
 from convlens.maps import gaussian_blur, normalize_maps
@@ -84,7 +84,7 @@ def perturbation_curve(
     Deletion: start = image, end = baseline; insertion: start = baseline, end = image."""
     if steps < 1 or batch_size < 1:
         raise MetricError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
-    targets, rows = fixed_targets(model, images, target)
+    targets, rows = pinned_targets_and_rows(model, images, target)
     check_score(score, targets)
     maps = _checked(rows, maps, len(rows))
     first = rows if start is None else baseline_images(rows, start)
@@ -163,7 +163,7 @@ def average_drop_increase(
     """
     if batch_size < 1:
         raise MetricError(f"batch_size must be >= 1, got {batch_size}")
-    targets, rows = fixed_targets(model, images, target)
+    targets, rows = pinned_targets_and_rows(model, images, target)
     check_score("probability", targets)
     weights = normalize_maps(_checked(rows, maps, len(rows)))[:, None]
     base = baseline_images(rows, baseline)

@@ -28,7 +28,7 @@ from skimage.metrics import structural_similarity
 from torch import nn
 
 from convlens.errors import LayerError, MetricError
-from convlens.evaluate.scoring import fixed_targets
+from convlens.evaluate.scoring import pinned_targets_and_rows
 from convlens.layers.borrow import borrowed_model
 from convlens.layers.find import LayerSpec, resolve_layer
 from convlens.localize.masks import check_maps, constant_maps
@@ -252,7 +252,7 @@ def cascading_randomization(
         raise MetricError(f"unknown similarity {sorted(unknown)}; choose from {SIMILARITIES}")
     module = as_module(model)
     steps = _steps(module, images, layers)
-    targets, rows = fixed_targets(model, images, target)
+    targets, rows = pinned_targets_and_rows(model, images, target)
     target_form = _target_form(targets)
     compute = _map_function(method, layer, options)
     work = copy.deepcopy(module)

@@ -9,7 +9,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from convlens.attribution.common import fixed_targets as pin_ranked_targets
+from convlens.attribution.common import pin_ranked_targets
 from convlens.errors import MetricError
 from convlens.layers.borrow import borrowed_model
 from convlens.models.loading import LoadedModel, as_module
@@ -18,7 +18,7 @@ from convlens.targets import Targets, resolve_targets
 SCORES = ("probability", "logit")
 
 
-def fixed_targets(
+def pinned_targets_and_rows(
     model: nn.Module | LoadedModel, images: torch.Tensor, target: object
 ) -> tuple[Targets, torch.Tensor]:
     """``(targets, rows)``: targets whose classes are pinned to ids resolved on ``images``

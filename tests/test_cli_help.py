@@ -1,0 +1,52 @@
+"""Command help is wrapped once, by the terminal: no docstring line break survives into it."""
+
+from __future__ import annotations
+
+import inspect
+import re
+
+import pytest
+
+from convlens.cli import app, main
+
+WIDTH = 72
+COMMANDS = sorted(info.name for info in app.registered_commands if info.name)
+
+
+def _help_paragraphs(command: str, capsys, monkeypatch) -> list[list[str]]:
+    """The lines of each paragraph of the command's description (before the option boxes),
+    without the one-space margin."""
+    monkeypatch.setenv("COLUMNS", str(WIDTH))
+    assert main([command, "--help"]) == 0
+    text = capsys.readouterr().out.split("╭", 1)[0]
+    body = text.split("Usage:", 1)[1].split("\n", 1)[1]
+    paragraphs = [p.splitlines() for p in re.split(r"\n\s*\n", body)]
+    return [[line.strip() for line in p if line.strip()] for p in paragraphs if any(p)]
+
+
+def _docstring(command: str) -> str:
+    info = next(info for info in app.registered_commands if info.name == command)
+    return inspect.cleandoc(info.callback.__doc__)
+
+
+def test_explain_help_paragraphs_are_wrapped_once(capsys, monkeypatch):
+    paragraphs = _help_paragraphs("explain", capsys, monkeypatch)
+    docstring = _docstring("explain").split("\n\n")
+    assert len(paragraphs) == len(docstring) >= 2  # the explain docstring has two paragraphs
+    for lines, source in zip(paragraphs, docstring, strict=True):
+        assert " ".join(lines).split() == source.split()  # the same words, in order
+        _assert_filled(lines)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_help_is_wrapped_once(command, capsys, monkeypatch):
+    for lines in _help_paragraphs(command, capsys, monkeypatch):
+        _assert_filled(lines)
+
+
+def _assert_filled(lines: list[str]) -> None:
+    """Greedy wrapping at the terminal width: each line but the last ends only because its
+    next word would not fit (a line broken in the source would end earlier)."""
+    room = WIDTH - 2  # one column of margin on each side
+    for line, following in zip(lines, lines[1:], strict=False):
+        assert len(line) + 1 + len(following.split()[0]) > room, (line, following)
