@@ -93,11 +93,14 @@ def speed(images: int, batch_size: int, workers: int, repeats: int, second_pass_
 def peak_rss_mb(count: int, batch_size: int) -> float:
     """Peak RSS (MiB) of a fresh process that scans ``shapes:count`` with the shapes model."""
     code = (
-        "import resource, torch; torch.set_num_threads(1)\n"
+        "import torch; torch.set_num_threads(1)\n"
         "from convlens.scan.topk import top_activating\n"
         f"top_activating('synthetic-shapes', 'shapes:{count}', None, k=9, projections=(), "
         f"batch_size={batch_size})\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
+        # VmHWM: this process's own peak (ru_maxrss would keep the parent's across exec)
+        "status = open('/proc/self/status').read().split('VmHWM:')[1]\n"
+        "peak = int(status.split()[0]) / 1024\n"
+        "print(peak)\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], check=True, capture_output=True, text=True

@@ -15,6 +15,7 @@ from torch import nn
 from convlens.data.datasets import ScanDataset
 from convlens.errors import DataError, ImageLoadError, LayerError
 from convlens.layers import Field, borrowed_model, capture, layer_table
+from convlens.layers.early_stop import run_until
 from convlens.layers.rules import backward_rule
 from convlens.scan.stream import placed_on
 
@@ -183,7 +184,7 @@ class UnitViews:
             xs = torch.tensor([unit.x for _, unit in keys], device=device)
             with borrowed_model(self.module), backward_rule(self.module, rule) as session:
                 with capture(self.module, layer, gradients=True) as cap:
-                    self.module(inputs)
+                    run_until(self.module, [layer], inputs)
                     picked = cap.activation(layer)[rows, channels, ys, xs]
                     (gradient,) = torch.autograd.grad(picked.sum(), inputs)
         session.require_rectifiers(f"cannot project top units with {rule}")

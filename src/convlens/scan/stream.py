@@ -25,6 +25,7 @@ from convlens.data.datasets import ScanDataset, batch_loader
 from convlens.errors import DataError
 from convlens.layers import borrowed_model
 from convlens.layers.capture import Capture
+from convlens.layers.early_stop import run_until
 from convlens.scan.distributed import gather_objects, local_device, rank_and_world, shard
 
 
@@ -70,8 +71,9 @@ def stream_pass(
     options: RunOptions,
     fingerprint: dict[str, Any],
 ) -> PassResult:
-    """Run ``dataset`` (this rank's shard) through ``module`` in eval mode without autograd;
-    after each batch, ``reducer.update(indices, {layer: output})`` with the outputs that
+    """Run ``dataset`` (this rank's shard) through ``module`` in eval mode without autograd,
+    as far as the captured layers (`convlens.layers.early_stop.run_until`); after each
+    batch, ``reducer.update(indices, {layer: output})`` with the outputs that
     ``open_capture(module)`` recorded. Returns when every rank is done and merged."""
     if options.save_every < 1:
         raise DataError(f"save_every must be >= 1 batch, got {options.save_every}")
@@ -94,7 +96,7 @@ def stream_pass(
             errors.extend(batch.errors)
             if len(batch.indices):
                 cap.clear()
-                module(batch.images.to(options.device))
+                run_until(module, cap.names, batch.images.to(options.device))
                 reducer.update(batch.indices, {name: cap.activation(name) for name in cap.names})
                 scanned += len(batch.indices)
             done += 1
