@@ -100,8 +100,12 @@ def save_figure(figure, path: str | Path, dpi: int | None = None) -> Path:
         from matplotlib.backends.backend_pdf import FigureCanvasPdf as Canvas
     else:
         from matplotlib.backends.backend_svg import FigureCanvasSVG as Canvas
+    import matplotlib
+
     Canvas(figure)
-    figure.savefig(path, format=fmt, dpi=dpi or DEFAULT_DPI, metadata=_metadata(fmt))
+    # Text stays text (editable, searchable): SVG <text>, TrueType fonts in the PDF.
+    with matplotlib.rc_context({"svg.fonttype": "none", "pdf.fonttype": 42}):
+        figure.savefig(path, format=fmt, dpi=dpi or DEFAULT_DPI, metadata=_metadata(fmt))
     return path
 
 
@@ -139,3 +143,14 @@ def to_array(figure) -> np.ndarray:
     canvas = FigureCanvasAgg(figure)
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def check_output(out: str | None, force: bool = False) -> None:
+    """The up-front part of `output_path`, before a command does any work: a file ``out`` is
+    checked now; a folder ``out`` (trailing ``/`` or existing) must not be a file."""
+    if out is None:
+        return
+    if out.endswith(("/", "\\")):
+        output_folder(out.rstrip("/\\") or out)
+    elif not Path(out).is_dir():
+        check_writable(Path(out), force)
