@@ -274,3 +274,46 @@ def test_a_waiting_request_is_cancelled_without_running():
         release.set()
         holder.result(10)
     assert ran == []
+
+
+def test_a_client_that_disconnects_stops_its_method():
+    """Through a real uvicorn server: closing the connection mid-request stops the work."""
+    import socket
+
+    import uvicorn
+
+    net = CountingNet(after=3, delay=0.02)
+    loaded = load_model(net, labels=["a", "b", "c"])
+    app = create_app(loaded)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        boundary = "xyz"
+        body = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="sample"\r\n\r\ncat\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="method"\r\n\r\nocclusion\r\n'
+            f"--{boundary}--\r\n"
+        ).encode()
+        head = (
+            f"POST /api/explain HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n"
+            f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n"
+        ).encode()
+        before = model_state(net)
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            client.sendall(head + body)
+            assert net.reached.wait(30)
+        start = time.monotonic()
+        app.state.desk.run(lambda: None)  # waits until the cancelled request lets go
+        assert time.monotonic() - start < 5
+        assert net.calls < 10  # occlusion would need 24 passes
+        assert_same_state(before, model_state(net))
+    finally:
+        server.should_exit = True
+        thread.join(10)

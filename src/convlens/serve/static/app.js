@@ -48,6 +48,9 @@ async function init() {
     option($("layer"), layer.name, text, layer.name === layers.default);
     option($("browse-layer"), layer.name, text, layer.name === layers.default);
   }
+  for (const layer of layers.layers.filter((l) => l.type.includes("Conv2d"))) {
+    option($("filter-layer"), layer.name, `${layer.name} (${layer.output_shape[1]} filters)`);
+  }
   for (const name of samples) option($("sample"), name, name);
   const list = $("class-list");
   for (const c of classes) option(list, c.name, `${c.class_id}`);
@@ -147,7 +150,7 @@ function placeBox(box, size) {
 }
 
 async function browse(kind) {
-  const layer = $("browse-layer").value;
+  const layer = $(kind === "features" ? "browse-layer" : "filter-layer").value;
   setStatus($("browse-status"), `Loading ${kind}...`);
   try {
     let result;

@@ -1,0 +1,162 @@
+"""Load on the web view: Grad-CAM requests from concurrent clients against `convlens serve`.
+
+Starts ``convlens serve`` on 127.0.0.1 (a free port; nothing leaves the machine), waits for
+/api/health (the start-up time), then:
+
+1. the bare library call, ``convlens.explain(model, image, "gradcam")`` on the same image
+   file, timed ``--bare`` times in this process (the server is idle meanwhile);
+2. one client sending ``--single`` requests one after another (the web layer's overhead:
+   upload, decode, PNG encoding, JSON);
+3. ``--clients`` concurrent clients sending ``--requests`` requests in all (the load).
+
+It reports p50/p95 latency, requests/s, errors, the ratio of p50 to the bare call's median,
+and the server's resident memory (RSS) after a warm-up and after the load. The server lends
+its model to one request at a time, so under N clients a request's latency includes waiting
+for the others: the load's p50 is compared with the bare call both directly and per served
+request (wall time * clients / requests). Bounded: a fixed number of requests, a timeout on
+each, and the server is stopped at the end.
+
+    python benchmarks/serve_load.py            # 200 requests, 8 clients, the default model
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of process ``pid`` in MB (Linux /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def start_server(model: str, port: int) -> tuple[subprocess.Popen, float]:
+    """``convlens serve`` in a child process; returns it and the seconds until healthy."""
+    start = time.perf_counter()
+    command = [sys.executable, "-m", "convlens", "serve", "--model", model, "--port", str(port)]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}/api/health"
+    while time.perf_counter() - start < 120:
+        if server.poll() is not None:
+            raise RuntimeError(f"server exited: {server.stderr.read().decode()}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return server, time.perf_counter() - start
+        except httpx.TransportError:
+            time.sleep(0.05)
+    server.kill()
+    raise RuntimeError("server did not answer /api/health within 120 s")
+
+
+def post_explain(client: httpx.Client, url: str, image: bytes) -> tuple[float, int]:
+    start = time.perf_counter()
+    response = client.post(
+        url, files={"image": ("image.png", image, "image/png")}, data={"method": "gradcam"}
+    )
+    return time.perf_counter() - start, response.status_code
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def bare_library_seconds(model: str, image: Path, runs: int) -> list[float]:
+    from convlens import explain, load_model
+
+    loaded = load_model(model)
+    explain(loaded, str(image), "gradcam")  # warm-up
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        explain(loaded, str(image), "gradcam")
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="efficientnet_lite0")
+    parser.add_argument("--image", default="cat", help="a sample name or an image file")
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--single", type=int, default=20)
+    parser.add_argument("--bare", type=int, default=20)
+    parser.add_argument("--json", help="also write the figures to this JSON file")
+    args = parser.parse_args()
+
+    from convlens.data.samples import SAMPLES, sample_path
+
+    image = sample_path(args.image) if args.image in SAMPLES else Path(args.image)
+    data = image.read_bytes()
+    port = free_port()
+    server, startup = start_server(args.model, port)
+    url = f"http://127.0.0.1:{port}/api/explain"
+    try:
+        with httpx.Client(timeout=120) as client:
+            post_explain(client, url, data)  # warm-up: first request, layer cache
+            rss_before = rss_mb(server.pid)
+            bare = bare_library_seconds(args.model, image, args.bare)
+            single = [post_explain(client, url, data) for _ in range(args.single)]
+        wall_start = time.perf_counter()
+        with ThreadPoolExecutor(args.clients) as pool, httpx.Client(timeout=120) as client:
+            load = list(pool.map(lambda _: post_explain(client, url, data), range(args.requests)))
+        wall = time.perf_counter() - wall_start
+        rss_after = rss_mb(server.pid)
+    finally:
+        server.terminate()
+        server.wait(30)
+
+    bare_p50 = statistics.median(bare)
+    single_times = [t for t, _ in single]
+    load_times = [t for t, _ in load]
+    errors = sum(status != 200 for _, status in single + load)
+    figures = {
+        "model": args.model,
+        "image": str(image),
+        "cpu_count": os.cpu_count(),
+        "startup_s": round(startup, 2),
+        "bare_p50_s": round(bare_p50, 4),
+        "single_p50_s": round(statistics.median(single_times), 4),
+        "single_p50_over_bare": round(statistics.median(single_times) / bare_p50, 2),
+        "requests": args.requests,
+        "clients": args.clients,
+        "load_p50_s": round(percentile(load_times, 0.5), 4),
+        "load_p95_s": round(percentile(load_times, 0.95), 4),
+        "requests_per_s": round(args.requests / wall, 2),
+        "load_p50_over_bare": round(percentile(load_times, 0.5) / bare_p50, 2),
+        "served_s_per_request": round(wall / args.requests, 4),
+        "served_over_bare": round(wall / args.requests / bare_p50, 2),
+        "errors": errors,
+        "rss_before_mb": round(rss_before, 1),
+        "rss_after_mb": round(rss_after, 1),
+        "rss_change": round(rss_after / rss_before - 1, 3),
+    }
+    print(json.dumps(figures, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2))
+    if errors:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""The HTML report (on the 64-px synthetic-shapes model) and the map views it shares with the
+web view."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from convlens import load_model
+from convlens.render.boxes import draw_boxes
+from convlens.render.images import display_range, map_display
+from convlens.report import build_report, map_box, write_report
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def shapes():
+    return load_model("synthetic-shapes")
+
+
+@pytest.fixture(scope="module")
+def page(shapes):
+    html, skipped = build_report(shapes, ["cat", "no-such-file.png"], "gradcam,saliency", top=2)
+    return html, skipped
+
+
+def test_report_is_self_contained(page):
+    html, _ = page
+    sources = re.findall(r'(?:src|href)="([^"]*)"', html)
+    assert sources and all(s.startswith(("data:image/png;base64,", "#")) for s in sources)
+    assert "<script" not in html and "http://" not in html and "https://" not in html
+    for uri in (s for s in sources if s.startswith("data:")):
+        image = Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
+        assert image.format == "PNG" and min(image.size) > 0
+
+
+def test_every_toc_link_has_its_anchor_and_every_figure_a_caption(page):
+    html, _ = page
+    ids = re.findall(r'id="([^"]+)"', html)
+    assert len(ids) == len(set(ids))
+    toc = html[html.index('<nav class="toc"') : html.index("</nav>")]
+    links = re.findall(r'href="#([^"]+)"', toc)
+    assert set(links) <= set(ids)
+    assert {"cat", "cat-methods", "cat-box", "cat-contrast", "cat-occlusion", "cat-stages",
+            "cat-features", "model-filters"} <= set(links)  # fmt: skip
+    figures = re.findall(r"<figure.*?</figure>", html, flags=re.S)
+    assert figures and all(re.search(r"<figcaption>[^<]{10,}</figcaption>", f) for f in figures)
+    assert "@media print" in html
+
+
+def test_methods_for_each_top_class_and_skipped_inputs(page, shapes):
+    from convlens.attribution.explain import top_predictions
+    from convlens.data.images import load_images
+
+    html, skipped = page
+    ranked = top_predictions(shapes, load_images(["cat"], shapes.preprocess).tensor)[0]
+    for rank in (1, 2):
+        label = ranked[rank - 1]["label"]
+        assert f"gradcam for {label} (rank {rank}" in html
+        assert f"saliency for {label} (rank {rank}" in html
+    assert f"Why {ranked[0]['label']} rather than {ranked[1]['label']}" in html
+    assert [source for source, _ in skipped] == ["no-such-file.png"]
+
+
+def test_report_cli_writes_the_page(tmp_path):
+    from convlens.cli import main
+
+    out = tmp_path / "r.html"
+    args = ["report", "coffee", "--model", "synthetic-shapes", "--methods", "gradcam"]
+    assert main([*args, "--top", "1", "--out", str(out)]) == 0
+    assert out.read_text().startswith("<!DOCTYPE html>")
+    assert main(["report", "coffee", "--methods", "nope", "--out", str(out)]) == 1
+
+
+def test_write_report_creates_folders(tmp_path):
+    path = write_report(tmp_path / "a" / "b.html", "<p>x</p>")
+    assert path.read_text() == "<p>x</p>"
+
+
+def test_map_box_is_the_largest_region_above_a_fifth():
+    values = torch.zeros(20, 30)
+    values[4:9, 10:25] = 1.0  # the largest region
+    values[15:17, 2:4] = 0.5  # a smaller one
+    assert map_box(values) == (10.0, 4.0, 25.0, 9.0)
+    assert map_box(torch.ones(5, 5)) is None  # a constant map has no region
+    signed = -values.clone()
+    signed[0:2, 0:3] = 0.3  # the only positive evidence
+    assert map_box(signed) == (0.0, 0.0, 3.0, 2.0)
+
+
+def test_display_range_is_what_map_display_draws_at_the_ends():
+    rng = torch.Generator().manual_seed(0)
+    for values in (torch.rand(12, 12, generator=rng), torch.randn(12, 12, generator=rng)):
+        low, high, signed = display_range(values)
+        unit, signed_again = map_display(values)
+        assert signed == signed_again
+        at_low, at_high = (values <= low), (values >= high)
+        assert torch.all(unit[at_low] == 0) and torch.all(unit[at_high] == 1)
+
+
+def test_draw_boxes_outlines_without_touching_the_input():
+    image = np.full((10, 12, 3), 7, np.uint8)
+    drawn = draw_boxes(image, torch.tensor([[2.0, 3.0, 8.0, 7.0]]), colour=(0, 255, 0), width=1)
+    assert (image == 7).all()
+    green = (drawn == (0, 255, 0)).all(axis=2)
+    assert green[3, 2:8].all() and green[6, 2:8].all() and green[3:7, 2].all()
+    assert green[3:7, 7].all() and not green[4:6, 3:7].any() and not green[0].any()

@@ -1,0 +1,173 @@
+"""End to end in headless Chromium (Debian's ``chromium`` package, driven by Playwright; never
+a browser download): the web view with the default model, and a report page.
+
+Set ``CONVLENS_SCREENSHOTS=docs/images/web`` to also write the screenshots used in
+docs/web.md.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium "
+        "chromium-driver; .ci/run installs it)",
+    ),
+]
+sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright package")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server_url(default_model):
+    import uvicorn
+
+    from convlens.serve import create_app
+
+    port = _free_port()
+    config = uvicorn.Config(
+        create_app(default_model), host="127.0.0.1", port=port, log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started, "uvicorn did not start"
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+class PageWatch:
+    """Console errors, failed requests, 4xx/5xx answers and off-site requests of a page."""
+
+    def __init__(self, page, allowed_prefix: str) -> None:
+        self.errors: list[str] = []
+        page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
+        page.on("pageerror", lambda e: self.errors.append(str(e)))
+        page.on("requestfailed", lambda r: self.errors.append(f"failed: {r.url}"))
+        page.on("response", lambda r: r.status >= 400 and self.errors.append(f"{r.status} {r.url}"))
+
+        def check_host(request):
+            if not request.url.startswith((allowed_prefix, "data:")):
+                self.errors.append(f"off-site request: {request.url}")
+
+        page.on("request", check_host)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+        )
+        yield chromium
+        chromium.close()
+
+
+def _screenshot(page, name: str) -> None:
+    folder = os.environ.get("CONVLENS_SCREENSHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(folder) / name), full_page=True)
+
+
+def test_upload_explain_switch_method_and_layer(browser, server_url, default_model):
+    from convlens.attribution.explain import top_predictions
+    from convlens.data.images import load_images
+    from convlens.data.samples import sample_path
+
+    cat = sample_path("cat")
+    expected = top_predictions(default_model, load_images([cat], default_model.preprocess).tensor)
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    watch = PageWatch(page, server_url)
+    page.goto(server_url + "/")
+    page.wait_for_function("document.querySelectorAll('#method option').length > 3")
+    page.select_option("#method", "saliency")
+    page.set_input_files("#image-file", str(cat))
+    page.wait_for_function(
+        "document.querySelector('#explained').textContent.startsWith('saliency')"
+    )
+    page.select_option("#method", "gradcam")  # pick Grad-CAM
+    page.wait_for_function("document.querySelector('#explained').textContent.startsWith('gradcam')")
+    overlay = page.locator("#overlay")
+    assert overlay.is_visible()
+    assert overlay.get_attribute("src").startswith("data:image/png;base64,")
+    assert page.evaluate("document.querySelector('#overlay').naturalWidth") > 0
+    assert page.text_content("#class-name") == expected[0][0]["label"]
+    assert page.locator("#box").is_visible() and page.locator("#colour-bar").is_visible()
+    page.click("#features-button")
+    page.wait_for_function(
+        "document.querySelector('#browse-status').textContent.startsWith('features')"
+    )
+    assert page.evaluate("document.querySelector('#browse-image').naturalWidth") > 0
+    _screenshot(page, "app.png")
+
+    layers = page.eval_on_selector_all("#layer option", "items => items.map(o => o.value)")
+    chosen = layers[len(layers) // 2]
+    before = overlay.get_attribute("src")
+    page.select_option("#layer", chosen)  # switch layer
+    page.wait_for_function(
+        f"document.querySelector('#explained').textContent.startsWith('gradcam at {chosen}:')"
+    )
+    assert overlay.get_attribute("src") != before
+    page.select_option("#method", "guided_backprop")  # switch method: the layer is unused
+    page.wait_for_function(
+        "document.querySelector('#explained').textContent.startsWith('guided_backprop')"
+    )
+    assert page.locator("#layer").is_disabled()
+    page.click("#filters-button")
+    page.wait_for_function(
+        "document.querySelector('#browse-status').textContent.startsWith('filters')"
+    )
+    assert watch.errors == []
+    page.close()
+
+
+def test_report_page_opens_without_failed_requests(browser, tmp_path):
+    from convlens import load_model
+    from convlens.report import build_report, write_report
+
+    page_html, _ = build_report(load_model("synthetic-shapes"), ["cat"], "gradcam,saliency", top=2)
+    path = write_report(tmp_path / "report.html", page_html)
+    page = browser.new_page(viewport={"width": 1100, "height": 900})
+    watch = PageWatch(page, path.as_uri())
+    page.goto(path.as_uri())
+    page.wait_for_load_state("load")
+    broken = page.evaluate(
+        "[...document.images].filter(i => !(i.complete && i.naturalWidth > 0)).length"
+    )
+    assert broken == 0
+    targets = page.evaluate(
+        "[...document.querySelectorAll('nav.toc a')].map(a => a.getAttribute('href').slice(1))"
+    )
+    assert targets and all(page.locator(f"[id='{t}']").count() == 1 for t in targets)
+    assert watch.errors == []
+    page.close()
