@@ -9,11 +9,16 @@ Accepted forms (``B`` = number of images):
 - ``contrast(a, b)``: the score of ``a`` minus the score of ``b`` ("why a rather than b");
   ``a`` and ``b`` take any single-class form, including ``"top1"``/``"top2"``.
 - a callable ``f(output) -> Tensor[B]``: any scalar per image (for non-classifiers,
-  segmentation regions, ...).
+  segmentation regions, ...). It is always called as on the user's batch: ``output`` has
+  one row per input image, row ``i`` belonging to image ``i``. Methods that evaluate
+  copies of the input (occluded, masked, noisy, interpolated) call it on the clean output
+  with the rows of the copies being scored (at most one per image) put in their image's
+  place, and read those rows of its result (`CopyTargets`); so ``f`` may index per image
+  (``out.gather(1, ids[:, None])[:, 0]``), and each row's score must depend on that row only.
 
 Ranked targets are resolved on the model output inside a method's own forward pass, so
-``"top1"`` costs a method no extra forward (`explain` adds one scoring pass to report the
-explained classes and scores).
+``"top1"`` costs a method no extra forward (and `explain` reports the explained classes and
+scores from that same pass).
 """
 
 from __future__ import annotations
@@ -121,6 +126,11 @@ class Targets:
             scores = scores - logits.gather(1, self.negative.resolve(logits)[:, None])[:, 0]
         return scores
 
+    def copies(self, rows: torch.Tensor, clean: torch.Tensor) -> CopyTargets:
+        """Targets for copies of explained rows: ``rows`` ``Tensor[M]`` (CPU) is the row each
+        copy belongs to, ``clean`` the output ``Tensor[N, ...]`` on the unmodified rows."""
+        return CopyTargets(self, rows, clean)
+
     def subset(self, rows: slice | torch.Tensor) -> Targets:
         """The targets of some rows (for chunked computation)."""
 
@@ -132,6 +142,52 @@ class Targets:
         return Targets(
             self.image_index[rows], pick(self.positive), pick(self.negative), self.fn, self.spec
         )
+
+
+@dataclass(frozen=True)
+class CopyTargets:
+    """`Targets` for ``M`` copies (occluded, masked, noisy, ...) of explained rows.
+
+    ``score(output)`` gives each copy's target score, ``Tensor[M]``, differentiable w.r.t.
+    ``output`` (``Tensor[M, ...]``, the model output on the copies). Class targets score
+    each copy with its row's class. A callable target is called with ``clean``
+    (``Tensor[N, ...]``) in which the rows of some copies, at most one copy per row, are
+    replaced by those copies' outputs; each copy's score is its row of the result. So the
+    callable sees one row per image, whatever the chunking, and a copy's score does not
+    depend on which other copies share its forward pass.
+    """
+
+    targets: Targets
+    rows: torch.Tensor
+    clean: torch.Tensor
+
+    def score(self, output: torch.Tensor) -> torch.Tensor:
+        if self.targets.fn is None:
+            return self.targets.subset(self.rows).score(output)
+        picked, scores = [], []
+        for rows_once in _rounds(self.rows):
+            own = self.rows[rows_once].to(self.clean.device)
+            batch = self.clean.index_copy(0, own, output[rows_once.to(output.device)])
+            scores.append(self.targets.score(batch)[own])
+            picked.append(rows_once)
+        if not picked:
+            return output.new_zeros(0)
+        order = torch.cat(picked).argsort()
+        return torch.cat(scores)[order.to(scores[0].device)]
+
+
+def _rounds(rows: torch.Tensor) -> list[torch.Tensor]:
+    """Positions of ``rows`` split into rounds in which each row value occurs at most once:
+    round ``t`` holds each value's ``t``-th occurrence."""
+    rounds: list[list[int]] = []
+    seen: dict[int, int] = {}
+    for position, row in enumerate(rows.tolist()):
+        occurrence = seen.get(row, 0)
+        seen[row] = occurrence + 1
+        if occurrence == len(rounds):
+            rounds.append([])
+        rounds[occurrence].append(position)
+    return [torch.tensor(positions, dtype=torch.long) for positions in rounds]
 
 
 def _logits(output: torch.Tensor) -> torch.Tensor:

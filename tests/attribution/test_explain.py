@@ -19,7 +19,7 @@ from convlens.attribution.explain import (
     top_predictions,
 )
 from convlens.attribution.methods import get_method
-from convlens.attribution.registry import METHODS, register_method
+from convlens.attribution.registry import METHODS, MethodResult, register_method
 from convlens.errors import ConvlensError, LayerError, MethodError
 from convlens.maps import upsample
 from convlens.targets import contrast
@@ -219,11 +219,11 @@ def spy_methods():
 
     def slow_spy(model, images, target=None, *, progress=False):
         calls["slow_spy"] = {"progress": progress}
-        return images[:, 0]
+        return MethodResult(images[:, 0], model(images).detach())
 
     def quick_spy(model, images, target=None):
         calls["quick_spy"] = {}
-        return images[:, 0]
+        return MethodResult(images[:, 0], model(images).detach())
 
     register_method("slow_spy", "gradient", slow=True)(slow_spy)
     register_method("quick_spy", "gradient")(quick_spy)
@@ -238,18 +238,27 @@ def test_explain_methods_passes_progress_only_to_methods_with_a_bar(net, images,
     assert spy_methods["slow_spy"] == {"progress": False}
 
 
-def test_one_scoring_forward_shared_by_methods_and_top_k_rows(net, images):
+def test_explain_adds_no_forward_pass_to_the_method(net, images):
+    """Scores, classes and probabilities come from the method's own forward pass."""
     sizes = []
     handle = net.register_forward_pre_hook(lambda module, args: sizes.append(len(args[0])))
     try:
-        explain_methods(net, images, ["saliency", "input_x_gradient"])
+        explained = explain_methods(net, images, ["saliency", "input_x_gradient"])[0]
         shared = list(sizes)
         sizes.clear()
-        explain(net, images, "saliency", target="top2")
+        top2 = explain(net, images, "saliency", target="top2")
     finally:
         handle.remove()
-    assert shared == [2, 2, 2]  # one scoring pass, then one forward per method
-    assert sizes == [2, 4]  # scoring on the 2 images; the method on the 4 top-2 rows
+    assert shared == [2, 2]  # one forward per method, nothing else
+    assert sizes == [4]  # the method's own pass on the 4 top-2 rows
+    logits = net(images).detach()
+    assert torch.allclose(top2.output, logits.repeat_interleave(2, dim=0))
+    assert torch.allclose(top2.scores, logits.topk(2, dim=1).values.flatten())
+    probabilities = logits.softmax(1).topk(2, dim=1).values.flatten()
+    assert torch.allclose(top2.probabilities, probabilities)
+    for item in explained:
+        assert torch.allclose(item.output, logits)
+        assert torch.allclose(item.scores, logits.max(1).values)
 
 
 def test_keep_going_returns_failures_and_runs_the_rest(images):

@@ -7,7 +7,9 @@ backward pass stops there), combine them into a map ``Tensor[N, h, w]``, keep it
 part and upsample it bilinearly to the input size. A variant only says how it combines
 ``A`` and ``G`` (the ``_combine_*`` functions below). Maps are raw (not normalised); use
 `normalize_maps` for [0, 1]. All variants take any target form, including
-``contrast(a, b)`` (contrastive Grad-CAM: ``Y = y_a - y_b``).
+``contrast(a, b)`` (contrastive Grad-CAM: ``Y = y_a - y_b``). Each computes a
+`MethodResult` (maps and the output of its own forward pass on the clean input);
+`register_method` publishes it returning the maps.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from convlens.attribution.common import (
     prepare,
     resolve_cam_layer,
 )
-from convlens.attribution.registry import register_method
+from convlens.attribution.registry import MethodResult, register_method
 from convlens.errors import LayerError, TargetError
 from convlens.layers.borrow import borrowed_model
 from convlens.layers.capture import capture
@@ -45,15 +47,15 @@ Combine = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 def _layer_cam(
     model: Model, images: torch.Tensor, target: object, layer: LayerSpec | None, combine: Combine
-) -> torch.Tensor:
-    """``ReLU(combine(A, G))`` upsampled to ``Tensor[N, H, W]``."""
+) -> MethodResult:
+    """``ReLU(combine(A, G))`` upsampled to ``Tensor[N, H, W]``, and the output."""
     prepared = prepare(model, images, target)
     with borrowed_model(prepared.module):
         name = resolve_cam_layer(prepared.module, prepared.images, layer)
-        activation, gradient, _ = layer_gradient(
+        activation, gradient, output = layer_gradient(
             prepared.module, prepared.images, prepared.targets, name
         )
-    return _to_input_size(combine(activation, gradient), prepared.images)
+    return MethodResult(_to_input_size(combine(activation, gradient), prepared.images), output)
 
 
 def _to_input_size(maps: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
@@ -111,7 +113,7 @@ def _combine_gradcam_pp(activation: torch.Tensor, gradient: torch.Tensor) -> tor
 @register_method("gradcam", "cam", uses_layer=True)
 def gradcam(
     model: Model, images: torch.Tensor, target: object = None, *, layer: LayerSpec | None = None
-) -> torch.Tensor:
+) -> MethodResult:
     """Grad-CAM (Selvaraju et al. 2017): gradient-weighted sum of a layer's feature maps.
 
     ``L = ReLU(sum_k w_k A_k)``, ``w_k = (1 / hw) sum_ij dY/dA_k[i, j]``; with
@@ -124,7 +126,7 @@ def gradcam(
 @register_method("gradcam_pp", "cam", uses_layer=True)
 def gradcam_pp(
     model: Model, images: torch.Tensor, target: object = None, *, layer: LayerSpec | None = None
-) -> torch.Tensor:
+) -> MethodResult:
     """Grad-CAM++ (Chattopadhay et al. 2018), closed form with the ``exp(Y)`` score.
 
     With ``g = dY/dA``: ``alpha_k[i, j] = g^2 / (2 g^2 + sum_ab A_k[a, b] g^3)`` (0 where the
@@ -138,7 +140,7 @@ def gradcam_pp(
 @register_method("xgradcam", "cam", uses_layer=True)
 def xgradcam(
     model: Model, images: torch.Tensor, target: object = None, *, layer: LayerSpec | None = None
-) -> torch.Tensor:
+) -> MethodResult:
     """XGrad-CAM (Fu et al. 2020): channel weights normalised by the channel's activation.
 
     ``w_k = sum_ij A_k[i, j] dY/dA_k[i, j] / sum_ij A_k[i, j]`` (0 for an all-zero
@@ -150,7 +152,7 @@ def xgradcam(
 @register_method("layercam", "cam", uses_layer=True)
 def layercam(
     model: Model, images: torch.Tensor, target: object = None, *, layer: LayerSpec | None = None
-) -> torch.Tensor:
+) -> MethodResult:
     """LayerCAM (Jiang et al. 2021): positive gradients as per-position weights.
 
     ``L[i, j] = ReLU(sum_k ReLU(dY/dA_k[i, j]) A_k[i, j])``. Returns ``Tensor[N, H, W] >= 0``.
@@ -161,7 +163,7 @@ def layercam(
 @register_method("hirescam", "cam", uses_layer=True)
 def hirescam(
     model: Model, images: torch.Tensor, target: object = None, *, layer: LayerSpec | None = None
-) -> torch.Tensor:
+) -> MethodResult:
     """HiResCAM (Draelos & Carin 2020): element-wise gradient times activation.
 
     ``L[i, j] = ReLU(sum_k dY/dA_k[i, j] A_k[i, j])`` (Grad-CAM without spatial averaging of
@@ -173,7 +175,7 @@ def hirescam(
 @register_method("cam", "cam", uses_layer=True)
 def cam(
     model: Model, images: torch.Tensor, target: object = None, *, layer: LayerSpec | None = None
-) -> torch.Tensor:
+) -> MethodResult:
     """CAM (Zhou et al. 2016): the target class's head weights times the feature maps.
 
     For a model ``A -> global average pool -> Linear(W, b)``: ``L = ReLU(sum_k W[c, k] A_k)``
@@ -194,7 +196,8 @@ def cam(
     weights = head.weight.detach()[targets.positive.resolve(output)]
     if targets.negative is not None:
         weights = weights - head.weight.detach()[targets.negative.resolve(output)]
-    return _to_input_size(_weighted_sum(weights.to(activation.dtype), activation), prepared.images)
+    maps = _to_input_size(_weighted_sum(weights.to(activation.dtype), activation), prepared.images)
+    return MethodResult(maps, output)
 
 
 def _linear_head_after_pooling(
@@ -222,7 +225,7 @@ def _linear_head_after_pooling(
 @register_method("eigencam", "cam", uses_layer=True)
 def eigencam(
     model: Model, images: torch.Tensor, target: object = None, *, layer: LayerSpec | None = None
-) -> torch.Tensor:
+) -> MethodResult:
     """Eigen-CAM (Muhammad & Yeasin 2020): the layer's first principal component.
 
     With ``X = A`` as ``[hw, K]`` (positions x channels), centred over positions, and ``v``
@@ -236,7 +239,8 @@ def eigencam(
         _, activation, output = _layer_activation(prepared, layer)
     if prepared.targets.fn is None:
         prepared.targets.class_ids(output)  # checks the classes exist, as every method does
-    return _to_input_size(_first_component_map(activation), prepared.images)
+    maps = _to_input_size(_first_component_map(activation), prepared.images)
+    return MethodResult(maps, output)
 
 
 def _first_component_map(activation: torch.Tensor) -> torch.Tensor:
@@ -261,7 +265,7 @@ def scorecam(
     layer: LayerSpec | None = None,
     batch_size: int | None = None,
     progress: bool = False,
-) -> torch.Tensor:
+) -> MethodResult:
     """Score-CAM (Wang et al. 2020): channels weighted by the score of the masked input.
 
     For each channel ``k`` whose activation is not constant over positions:
@@ -282,13 +286,17 @@ def scorecam(
         targets = fix_ranked_targets(prepared.targets, output)
         size = chunk_size(batch_size, len(prepared.images))
         weights = _masked_scores(
-            prepared.module, prepared.images, targets, activation, size, progress
+            prepared.module, prepared.images, targets, activation, output, size, progress
         )
-    return _to_input_size(_weighted_sum(weights, activation), prepared.images)
+    maps = _to_input_size(_weighted_sum(weights, activation), prepared.images)
+    return MethodResult(maps, output)
 
 
-def _masked_scores(module, images, targets, activation, batch_size, progress) -> torch.Tensor:
-    """``Tensor[N, K]``: the target score of ``images[n] * M_k`` for non-constant channels."""
+def _masked_scores(
+    module, images, targets, activation, clean, batch_size, progress
+) -> torch.Tensor:
+    """``Tensor[N, K]``: the target score of ``images[n] * M_k`` for non-constant channels
+    (``clean``: the output on ``images``, what a callable target sees for other images)."""
     flat = activation.flatten(2)
     rows, channels = torch.nonzero(flat.amax(dim=2) > flat.amin(dim=2), as_tuple=True)
     weights = torch.zeros_like(activation[:, :, 0, 0])
@@ -299,7 +307,7 @@ def _masked_scores(module, images, targets, activation, batch_size, progress) ->
         with torch.no_grad():
             output = module(images[row] * masks[:, None])
             probabilities = output if targets.fn is not None else output.softmax(dim=1)
-            scores = targets.subset(row.cpu()).score(probabilities)  # targets live on the CPU
+            scores = targets.copies(row.cpu(), clean).score(probabilities)  # targets: on CPU
             weights[row, channel] = scores.to(weights)
     return weights
 
@@ -307,7 +315,7 @@ def _masked_scores(module, images, targets, activation, batch_size, progress) ->
 @register_method("guided_gradcam", "cam", uses_layer=True)
 def guided_gradcam(
     model: Model, images: torch.Tensor, target: object = None, *, layer: LayerSpec | None = None
-) -> torch.Tensor:
+) -> MethodResult:
     """Guided Grad-CAM (Selvaraju et al. 2017): guided backprop times upsampled Grad-CAM.
 
     ``L[i, j] = GB[i, j] * GradCAM[i, j]`` with ``GB = max_c |guided gradient_c|``; as
@@ -316,5 +324,6 @@ def guided_gradcam(
     """
     from convlens.attribution.rules import guided_backprop
 
-    coarse = gradcam(model, images, target, layer=layer)
-    return guided_backprop(model, images, target) * coarse
+    coarse = _layer_cam(model, images, target, layer, _combine_gradcam)
+    guided = guided_backprop(model, images, target)
+    return MethodResult(guided * coarse.maps, coarse.output)

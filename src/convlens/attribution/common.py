@@ -13,7 +13,7 @@ from convlens.layers.borrow import require_autograd
 from convlens.layers.capture import capture
 from convlens.layers.find import LayerSpec, default_cam_layer, resolve_layer
 from convlens.models.loading import LoadedModel, as_module
-from convlens.targets import ClassSelector, Targets, resolve_targets
+from convlens.targets import ClassSelector, CopyTargets, Targets, resolve_targets
 
 
 @dataclass(frozen=True)
@@ -69,12 +69,13 @@ _GRADIENT_METHOD = (
 
 
 def input_gradient(
-    module: nn.Module, images: torch.Tensor, targets: Targets
+    module: nn.Module, images: torch.Tensor, targets: Targets | CopyTargets
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradient of each row's target score w.r.t. its input: ``(Tensor[N, C, H, W], output)``.
 
     Only the input gradient is computed (no parameter ``.grad``). Rows are independent, so
-    the gradient of the summed scores is each row's own gradient.
+    the gradient of the summed scores is each row's own gradient. ``targets``: `Targets`
+    for the explained rows themselves, `CopyTargets` for copies of them (noisy, path points).
     """
     require_autograd(_GRADIENT_METHOD)
     inputs = images.detach().clone().requires_grad_(True)

@@ -15,7 +15,7 @@ from torch import nn
 
 from convlens.attribution.common import prepare, resolve_cam_layer
 from convlens.attribution.methods import get_method, list_methods
-from convlens.attribution.registry import MethodInfo
+from convlens.attribution.registry import MethodInfo, MethodResult
 from convlens.data.folders import replaced_folder
 from convlens.data.images import ImageBatch, load_images
 from convlens.errors import ConvlensError, MethodError
@@ -35,7 +35,8 @@ class Explanation:
     ``maps``: raw ``Tensor[N, H, W]`` at input resolution. ``image_index``: the input image
     of each row. ``class_ids``/``scores``: the explained class (None for callable targets)
     and the target score on the unmodified input. ``display``: ``uint8[N, H, W, 3]`` pixels
-    the model saw (when known), for overlays.
+    the model saw (when known), for overlays. ``output``: the model output on the
+    unmodified rows (``Tensor[N, K]`` for a classifier), from the method's own forward pass.
     """
 
     maps: torch.Tensor
@@ -51,6 +52,7 @@ class Explanation:
     seconds: float
     target: str
     extras: dict = field(default_factory=dict)
+    output: torch.Tensor | None = None
 
     def normalized(self) -> torch.Tensor:
         """Each map min-max scaled to [0, 1] (constant maps become zeros), for numeric use;
@@ -158,17 +160,18 @@ def explain(
             ``progress=True`` for a bar on slow methods). Any other name raises MethodError
             before anything runs.
 
-    Cost: the method, plus one forward pass without autograd on the ``B`` images that reads
-    the explained scores, classes and probabilities (`explain_methods` shares that pass
-    between methods). ``Explanation.seconds`` times the method alone.
+    Cost: the method alone. The explained scores, classes and probabilities are read from
+    the output of the method's own forward pass on the unmodified images
+    (`MethodResult.output`), so no other forward pass runs. ``Explanation.seconds`` times
+    the method.
     """
     info = get_method(method)
     check_method_options(info, options, layer)
     tensor, display, sources = _as_model_input(model, images)
-    scored = _score_targets(model, tensor, target)
+    targets = prepare(model, tensor, target).targets  # checked before anything runs
     if info.uses_layer:
         layer = resolve_cam_layer(as_module(model), tensor, layer)
-    return _run_method(info, model, tensor, target, layer, options, scored, display, sources)
+    return _run_method(info, model, tensor, target, layer, options, targets, display, sources)
 
 
 def check_layer_use(infos: list[MethodInfo], layer: LayerSpec | None) -> None:
@@ -208,13 +211,9 @@ class _Scored:
     names: list[str] | None
 
 
-def _score_targets(model: nn.Module | LoadedModel, tensor: torch.Tensor, target) -> _Scored:
-    """Checks ``tensor`` and ``target`` (as every method does), then one forward pass without
-    autograd on the ``B`` images; the rows of top-k targets are picked from its output."""
-    module = as_module(model)
-    targets = prepare(model, tensor, target).targets
-    with borrowed_model(module), torch.no_grad():
-        output = module(tensor)[targets.image_index.to(tensor.device)]
+def _score_output(model: nn.Module | LoadedModel, targets: Targets, output) -> _Scored:
+    """Scores, classes and probabilities of the explained rows, read from a method's output
+    on the unmodified rows (``Tensor[N, ...]``, one row per explained row)."""
     scores = targets.score(output).detach()
     class_ids = targets.class_ids(output) if targets.fn is None else None
     probabilities, names = None, None
@@ -226,19 +225,20 @@ def _score_targets(model: nn.Module | LoadedModel, tensor: torch.Tensor, target)
 
 
 def _run_method(
-    info: MethodInfo, model, tensor, target, layer, options, scored: _Scored, display, sources
+    info: MethodInfo, model, tensor, target, layer, options, targets: Targets, display, sources
 ) -> Explanation:
-    """Run one method (layer already resolved when it uses one) and wrap its maps."""
+    """Run one method (layer already resolved when it uses one) and wrap its maps, scored
+    from the method's own output on the unmodified rows."""
     start = time.perf_counter()
     if info.uses_layer:
-        result = info.fn(model, tensor, target, layer=layer, **options)
+        result: MethodResult = info.run(model, tensor, target, layer=layer, **options)
     else:
-        result = info.fn(model, tensor, target, **options)
+        result = info.run(model, tensor, target, **options)
     seconds = time.perf_counter() - start
-    maps, extras = result if isinstance(result, tuple) else (result, {})
-    rows = scored.targets.image_index
+    scored = _score_output(model, targets, result.output)
+    rows = targets.image_index
     return Explanation(
-        maps=maps.detach(),
+        maps=result.maps.detach(),
         method=info.name,
         layer=layer if info.uses_layer else None,
         image_index=rows,
@@ -249,8 +249,9 @@ def _run_method(
         sources=[sources[i] for i in rows.tolist()] if sources else [],
         display=None if display is None else display[rows.numpy()],
         seconds=seconds,
-        target=scored.targets.spec,
-        extras=extras,
+        target=targets.spec,
+        extras=result.extras,
+        output=result.output.detach(),
     )
 
 
@@ -285,16 +286,17 @@ def explain_methods(
     progress: bool = False,
     keep_going: bool = False,
 ) -> tuple[list[Explanation], list[MethodFailure]]:
-    """`explain` with each of ``methods`` on the same images: loaded once, scored by one
-    forward pass, the layer of layer-based methods resolved once (``layer`` applies to those
-    only). ``progress``: a bar for methods that take one. ``keep_going``: a method that
-    raises is returned as a `MethodFailure` and the others still run (otherwise the first
-    error propagates). Returns ``(explanations in method order, failures)``.
+    """`explain` with each of ``methods`` on the same images: loaded and checked once, the
+    layer of layer-based methods resolved once (``layer`` applies to those only), each
+    scored from its own forward pass. ``progress``: a bar for methods that take one.
+    ``keep_going``: a method that raises is returned as a `MethodFailure` and the others
+    still run (otherwise the first error propagates). Returns ``(explanations in method
+    order, failures)``.
     """
     infos = [get_method(name) for name in methods]
     check_layer_use(infos, layer)
     tensor, display, sources = _as_model_input(model, images)
-    scored = _score_targets(model, tensor, target)
+    targets = prepare(model, tensor, target).targets  # a bad target stops every method
     layer_name, layer_error = None, None
     if any(info.uses_layer for info in infos):
         try:
@@ -312,7 +314,7 @@ def explain_methods(
         try:
             name = layer_name if info.uses_layer else None
             results.append(
-                _run_method(info, model, tensor, target, name, options, scored, display, sources)
+                _run_method(info, model, tensor, target, name, options, targets, display, sources)
             )
         except Exception as error:  # a model may fail with any exception type
             if not keep_going:
@@ -326,7 +328,16 @@ def top_predictions(model: LoadedModel | nn.Module, images: torch.Tensor, k: int
     output): ``[[{"class_id", "label", "probability"}, ...], ...]``."""
     module = as_module(model)
     with borrowed_model(module), torch.no_grad():
-        probabilities = module(images).softmax(dim=1)
+        output = module(images)
+    return predictions_from_output(model, output, k)
+
+
+def predictions_from_output(
+    model: LoadedModel | nn.Module, output: torch.Tensor, k: int = 5
+) -> list:
+    """`top_predictions` from a model output ``Tensor[B, K]`` already computed (for
+    instance ``Explanation.output``), without a forward pass."""
+    probabilities = output.detach().float().softmax(dim=1)
     values, indices = probabilities.topk(min(k, probabilities.shape[1]), dim=1)
     label = model.label if isinstance(model, LoadedModel) else (lambda c: f"class {c}")
     return [
@@ -344,8 +355,10 @@ def _as_model_input(model, images) -> tuple[torch.Tensor, np.ndarray | None, lis
     if isinstance(images, torch.Tensor) and images.dim() == 4:
         display = None
         if isinstance(model, LoadedModel):
-            pixels = model.preprocess.denormalize(images)
-            display = (pixels.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+            # uint8 in torch, then a strided numpy view: a few % of a forward pass less
+            # than rounding in numpy (the pixels are the same).
+            pixels = model.preprocess.denormalize(images).float().mul_(255).round_()
+            display = pixels.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         return images, display, [f"<tensor {i}>" for i in range(len(images))]
     if not isinstance(model, LoadedModel):
         raise ConvlensError(

@@ -2,9 +2,12 @@
 
 Each is a function of the input gradient ``g = d S_t(x) / d x`` of the target score
 ``S_t`` (see ``docs/methods.md``). Methods that evaluate the model at points other than
-``x`` (noisy copies, path points) first pin the explained class on the clean input, so
-``"top1"`` means the top class of ``x`` for every evaluation. Internal ``batch_size``
-options only split work into chunks; they never change results.
+``x`` (noisy copies, path points) first run the clean input once without autograd: it pins
+the explained class (``"top1"`` means the top class of ``x`` for every evaluation), is the
+output they hand back (`MethodResult`), and is what a callable target sees for the images
+not being evaluated (`convlens.targets.CopyTargets`). Internal ``batch_size`` options only
+split work into chunks; they never change results. Each function computes a
+`MethodResult`; `register_method` publishes it returning the maps (see its docstring).
 """
 
 from __future__ import annotations
@@ -15,14 +18,14 @@ from tqdm.auto import tqdm
 
 from convlens.attribution.common import (
     chunk_size,
-    fixed_targets,
+    fix_ranked_targets,
     in_chunks,
     input_gradient,
     positive_int,
     prepare,
     reduce_channels,
 )
-from convlens.attribution.registry import register_method
+from convlens.attribution.registry import MethodResult, register_method
 from convlens.errors import MethodError
 from convlens.layers.borrow import borrowed_model
 from convlens.models.loading import LoadedModel
@@ -42,7 +45,7 @@ def saliency(
     target: object = None,
     *,
     reduce: str = "max_abs",
-) -> torch.Tensor:
+) -> MethodResult:
     """Gradient saliency (Simonyan et al. 2014): ``max_c |dS/dx|`` or ``sum_c (dS/dx)^2``.
 
     Returns ``Tensor[N, H, W]`` (non-negative). ``reduce``: "max_abs" (default) or "square".
@@ -50,35 +53,37 @@ def saliency(
     _check_reduce(reduce)
     prepared = prepare(model, images, target)
     with borrowed_model(prepared.module):
-        gradient, _ = input_gradient(prepared.module, prepared.images, prepared.targets)
-    return reduce_channels(gradient, reduce)
+        gradient, output = input_gradient(prepared.module, prepared.images, prepared.targets)
+    return MethodResult(reduce_channels(gradient, reduce), output)
 
 
 @register_method("input_x_gradient", "gradient")
 def input_x_gradient(
     model: nn.Module | LoadedModel, images: torch.Tensor, target: object = None
-) -> torch.Tensor:
+) -> MethodResult:
     """Input times gradient (Shrikumar et al. 2016): ``M = sum_c x_c * dS/dx_c``, signed,
     ``Tensor[N, H, W]``."""
     prepared = prepare(model, images, target)
     with borrowed_model(prepared.module):
-        gradient, _ = input_gradient(prepared.module, prepared.images, prepared.targets)
-    return (prepared.images * gradient).sum(dim=1)
+        gradient, output = input_gradient(prepared.module, prepared.images, prepared.targets)
+    return MethodResult((prepared.images * gradient).sum(dim=1), output)
 
 
 def _smoothgrad_noise(
     images: torch.Tensor, n_samples: int, noise: float, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Unit noise ``Tensor[n, C, H, W]`` (the same draws for every row, drawn one sample at
-    a time so chunking cannot change them) and per-row sigma ``Tensor[N]``."""
+    a time so chunking cannot change them) and per-row sigma ``Tensor[N]``. The draws are
+    made in float32 whatever the input dtype, then cast, so a seed gives the same noise
+    for float64, float32 and half inputs."""
     generator = torch.Generator(device=images.device).manual_seed(seed)
     shape = images.shape[1:]
     unit = torch.stack(
         [
-            torch.randn(shape, generator=generator, device=images.device, dtype=images.dtype)
+            torch.randn(shape, generator=generator, device=images.device, dtype=torch.float32)
             for _ in range(n_samples)
         ]
-    )
+    ).to(images.dtype)
     flat = images.flatten(1)
     sigma = noise * (flat.amax(dim=1) - flat.amin(dim=1))
     return unit, sigma
@@ -96,7 +101,7 @@ def smoothgrad(
     reduce: str = "max_abs",
     batch_size: int | None = None,
     progress: bool = False,
-) -> torch.Tensor:
+) -> MethodResult:
     """SmoothGrad (Smilkov et al. 2017): saliency averaged over noisy copies of the input.
 
     ``M = (1/n) sum_k R(dS/dx (x + sigma * e_k))``, ``e_k ~ N(0, I)``, ``sigma = noise *
@@ -115,7 +120,9 @@ def smoothgrad(
     rows = len(prepared.images)
     size = chunk_size(batch_size, rows)
     with borrowed_model(prepared.module):
-        pinned = fixed_targets(prepared.module, prepared.images, prepared.targets)
+        with torch.no_grad():
+            clean = prepared.module(prepared.images)
+        pinned = fix_ranked_targets(prepared.targets, clean)
         unit, sigma = _smoothgrad_noise(prepared.images, n_samples, noise, seed)
         # Flat work item k = sample * rows + row.
         sample_of = torch.arange(n_samples).repeat_interleave(rows)
@@ -125,9 +132,9 @@ def smoothgrad(
         for chunk in tqdm(chunks, disable=not progress, desc="smoothgrad", leave=False):
             row, sample = row_of[chunk], sample_of[chunk]
             noisy = prepared.images[row] + sigma[row, None, None, None] * unit[sample]
-            gradient, _ = input_gradient(prepared.module, noisy, pinned.subset(row))
+            gradient, _ = input_gradient(prepared.module, noisy, pinned.copies(row, clean))
             total.index_add_(0, row.to(total.device), reduce_channels(gradient, reduce))
-    return total / n_samples
+    return MethodResult(total / n_samples, clean)
 
 
 def _baseline_rows(baseline: object, images: torch.Tensor, image_index: torch.Tensor):
@@ -158,9 +165,10 @@ def integrated_gradients_attributions(
     n_steps: int = 50,
     batch_size: int | None = None,
     progress: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-channel IG attributions ``Tensor[N, C, H, W]``, ``f(x)`` and ``f(x')``
-    (``Tensor[N]`` each), with the trapezoid rule of `integrated_gradients`."""
+    (``Tensor[N]`` each), with the trapezoid rule of `integrated_gradients`, and the model
+    output on the clean rows ``Tensor[N, ...]``."""
     n_steps = positive_int("n_steps", n_steps)
     if n_steps < 2:
         raise MethodError("n_steps must be >= 2 (the path's two ends are always evaluated)")
@@ -170,7 +178,9 @@ def integrated_gradients_attributions(
     size = chunk_size(batch_size, rows)
     base = _baseline_rows(baseline, x, prepared.targets.image_index)
     with borrowed_model(prepared.module):
-        pinned = fixed_targets(prepared.module, x, prepared.targets)
+        with torch.no_grad():
+            clean = prepared.module(x)
+        pinned = fix_ranked_targets(prepared.targets, clean)
         alphas = torch.linspace(0, 1, n_steps, dtype=torch.float64)
         weights = torch.full((n_steps,), 1.0 / (n_steps - 1), dtype=torch.float64)
         weights[[0, -1]] /= 2
@@ -183,7 +193,7 @@ def integrated_gradients_attributions(
             row, step = row_of[chunk], step_of[chunk]
             alpha = alphas[step].to(x.dtype)[:, None, None, None].to(x.device)
             points = base[row] + alpha * (x[row] - base[row])
-            chunk_targets = pinned.subset(row)
+            chunk_targets = pinned.copies(row, clean)
             gradient, output = input_gradient(prepared.module, points, chunk_targets)
             scores = chunk_targets.score(output)
             weight = weights[step][:, None, None, None].to(x.device)
@@ -191,7 +201,7 @@ def integrated_gradients_attributions(
             for end, at_end in enumerate((step == 0, step == n_steps - 1)):
                 ends[end, row[at_end]] = scores[at_end.to(scores.device)].detach().cpu()
     attributions = (x - base).double() * total
-    return attributions.to(x.dtype), ends[1].to(x.device), ends[0].to(x.device)
+    return attributions.to(x.dtype), ends[1].to(x.device), ends[0].to(x.device), clean
 
 
 @register_method("integrated_gradients", "gradient", slow=True)
@@ -204,7 +214,7 @@ def integrated_gradients(
     n_steps: int = 50,
     batch_size: int | None = None,
     progress: bool = False,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+) -> MethodResult:
     """Integrated Gradients (Sundararajan et al. 2017), summed over channels (signed).
 
     ``A_c = (x_c - x'_c) * int_0^1 dS/dx_c(x' + a (x - x')) da``; the integral is the
@@ -216,7 +226,7 @@ def integrated_gradients(
     Returns ``(Tensor[N, H, W], {"completeness_error": Tensor[N]})`` with
     ``|sum(A) - (S(x) - S(x'))| / |S(x) - S(x')|`` (denominator floored at 1e-12).
     """
-    attributions, score_x, score_base = integrated_gradients_attributions(
+    attributions, score_x, score_base, clean = integrated_gradients_attributions(
         model,
         images,
         target,
@@ -228,4 +238,4 @@ def integrated_gradients(
     delta = (score_x - score_base).double()
     total = attributions.double().flatten(1).sum(dim=1)
     error = ((total - delta).abs() / delta.abs().clamp_min(1e-12)).to(attributions.dtype)
-    return attributions.sum(dim=1), {"completeness_error": error}
+    return MethodResult(attributions.sum(dim=1), clean, {"completeness_error": error})

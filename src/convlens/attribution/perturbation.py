@@ -2,7 +2,9 @@
 
 Slide a patch over the input, replace the pixels under it with a fill value, and record how
 much the target score drops. The occluded copies are evaluated in batches without autograd;
-the clean input costs one more forward pass (which also pins the explained class).
+the clean input costs one more forward pass (which also pins the explained class and is the
+output the method hands back, `MethodResult`). A callable target sees one row per image
+(`convlens.targets.CopyTargets`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from convlens.attribution.common import chunk_size, fix_ranked_targets, in_chunks, prepare
-from convlens.attribution.registry import register_method
+from convlens.attribution.registry import MethodResult, register_method
 from convlens.errors import MethodError
 from convlens.layers.borrow import borrowed_model
 from convlens.models.loading import LoadedModel
@@ -66,7 +68,7 @@ def occlusion(
     fill: float | str = 0.0,
     batch_size: int | None = None,
     progress: bool = False,
-) -> torch.Tensor:
+) -> MethodResult:
     """Occlusion map: the mean drop of the target score over the patches covering a pixel.
 
     For patch positions ``p`` with region ``P_p`` and occluded input ``x_p`` (``x`` with
@@ -104,9 +106,10 @@ def occlusion(
             for k, (r, p) in enumerate(zip(row.tolist(), position.tolist(), strict=True)):
                 top, left = positions[p]
                 copies[k, :, top : top + patch_hw[0], left : left + patch_hw[1]] = fills[r]
-            scores = pinned.subset(row).score(prepared.module(copies))
+            scores = pinned.copies(row, output).score(prepared.module(copies))
             drops[row.to(x.device), position.to(x.device)] = clean[row.to(x.device)] - scores
-    return _average_over_patches(drops, positions, patch_hw, (height, width))
+    maps = _average_over_patches(drops, positions, patch_hw, (height, width))
+    return MethodResult(maps, output)
 
 
 def _average_over_patches(

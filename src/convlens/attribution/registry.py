@@ -1,20 +1,34 @@
 """One registry maps method names to functions; `explain`, the CLI and the web view use it.
 
-A registered function has the signature
-``fn(model, images: Tensor[B, 3, H, W], target=None, *, OPTION=default, ...) -> Tensor[N, H, W]``
-(``N = B`` except for top-k targets) and returns raw maps at input resolution. Methods that
-use a layer (the CAM family) also take ``layer=None``; slow methods take ``progress=False``
-(a tqdm bar). Everything after ``target`` is keyword-only, and each keyword is recorded at
-registration, so `explain` can check options before running anything. A method with
-by-products (Integrated Gradients' completeness error) returns
-``(maps, extras: dict[str, Tensor | float])``; `explain` keeps the extras.
+A method is written as ``compute(model, images: Tensor[B, 3, H, W], target=None, *,
+OPTION=default, ...) -> MethodResult`` and registered with `register_method`. A
+`MethodResult` is the ONE way a method hands back what it computed:
+
+- ``maps``: raw maps ``Tensor[N, H, W]`` at input resolution (``N = B`` except for top-k
+  targets);
+- ``output``: the model output on the unmodified explained rows (``Tensor[N, K]`` for a
+  classifier, row ``n`` from image ``targets.image_index[n]``), detached, taken from the
+  method's own forward pass on the clean input, so `explain` reads the explained scores,
+  classes and probabilities (and the CLI its top-5 line) without another forward;
+- ``extras``: by-products, ``dict[str, Tensor | float]`` (Integrated Gradients'
+  completeness error); `explain` keeps them.
+
+`register_method` records ``compute`` as ``MethodInfo.run`` and returns the public function
+(``MethodInfo.fn``: same name, signature and docstring) that returns only the maps, or
+``(maps, extras)`` for a method with extras. Methods that use a layer (the CAM family) also
+take ``layer=None``; slow methods take ``progress=False`` (a tqdm bar). Everything after
+``target`` is keyword-only, and each keyword is recorded at registration, so `explain` can
+check options before running anything.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import torch
 
 MethodFn = Callable[..., "object"]
 FAMILIES = ("gradient", "rule", "cam", "perturbation")
@@ -22,16 +36,34 @@ _POSITIONAL = ("model", "images", "target")
 
 
 @dataclass(frozen=True)
-class MethodInfo:
-    """A registered method: its function, family, one-line summary and what it accepts.
+class MethodResult:
+    """What a registered method computed (see the module docstring): ``maps``
+    ``Tensor[N, H, W]``, ``output`` the model output on the clean explained rows
+    ``Tensor[N, ...]`` (detached), ``extras`` its by-products."""
 
-    ``options``: the keyword options `explain` may pass on (``progress`` included when the
-    method has a bar; ``layer`` never, see ``uses_layer``). ``slow``: the CLI shows a
-    progress bar for it (``takes_progress`` is then true).
+    maps: torch.Tensor
+    output: torch.Tensor
+    extras: dict = field(default_factory=dict)
+
+    def public(self) -> torch.Tensor | tuple[torch.Tensor, dict]:
+        """What the public method function returns: ``maps``, or ``(maps, extras)``."""
+        return (self.maps, self.extras) if self.extras else self.maps
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """A registered method: its functions, family, one-line summary and what it accepts.
+
+    ``fn``: the public function (maps, or ``(maps, extras)``); ``run``: the same call
+    returning the full `MethodResult` (what `explain` uses). ``options``: the keyword
+    options `explain` may pass on (``progress`` included when the method has a bar;
+    ``layer`` never, see ``uses_layer``). ``slow``: the CLI shows a progress bar for it
+    (``takes_progress`` is then true).
     """
 
     name: str
     fn: MethodFn
+    run: MethodFn
     family: str
     uses_layer: bool
     summary: str
@@ -50,17 +82,19 @@ METHODS: dict[str, MethodInfo] = {}
 def register_method(
     name: str, family: str, *, uses_layer: bool = False, slow: bool = False
 ) -> Callable[[MethodFn], MethodFn]:
-    """Decorator: register ``fn`` under ``name``; the summary is its docstring's first line.
+    """Decorator: register ``compute`` (returning a `MethodResult`) under ``name`` and return
+    the public function returning ``MethodResult.public()``; the summary is the docstring's
+    first line.
 
-    The signature is read once here: ``fn`` must take ``(model, images, target=None)`` and
+    The signature is read once here: ``compute`` must take ``(model, images, target=None)`` and
     then keyword-only options; ``uses_layer`` must match whether it takes ``layer``, and a
     ``slow`` method must take ``progress``. A mismatch raises ValueError at import time.
     """
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}")
 
-    def decorate(fn: MethodFn) -> MethodFn:
-        keywords = _keyword_options(name, fn)
+    def decorate(compute: MethodFn) -> MethodFn:
+        keywords = _keyword_options(name, compute)
         if uses_layer != ("layer" in keywords):
             raise ValueError(
                 f"method {name!r}: uses_layer={uses_layer} but its function "
@@ -68,12 +102,37 @@ def register_method(
             )
         if slow and "progress" not in keywords:
             raise ValueError(f"slow method {name!r} must take a keyword 'progress' (a tqdm bar)")
-        summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
+        summary = (compute.__doc__ or "").strip().splitlines()[0] if compute.__doc__ else ""
         options = tuple(k for k in keywords if k != "layer")
-        METHODS[name] = MethodInfo(name, fn, family, uses_layer, summary, slow, options)
-        return fn
+        run = _checked_result(name, compute)
+
+        @functools.wraps(compute)
+        def public(*args, **kwargs):
+            return run(*args, **kwargs).public()
+
+        public.__signature__ = inspect.signature(compute).replace(
+            return_annotation="Tensor | tuple[Tensor, dict]"
+        )
+        METHODS[name] = MethodInfo(name, public, run, family, uses_layer, summary, slow, options)
+        return public
 
     return decorate
+
+
+def _checked_result(name: str, compute: MethodFn) -> MethodFn:
+    """``compute``, checked to return a `MethodResult` (a TypeError naming ``name`` if not)."""
+
+    @functools.wraps(compute)
+    def run(*args, **kwargs) -> MethodResult:
+        result = compute(*args, **kwargs)
+        if not isinstance(result, MethodResult):
+            raise TypeError(
+                f"method {name!r} returned {type(result).__name__}; a registered method "
+                "returns MethodResult(maps, output, extras) (see convlens.attribution.registry)"
+            )
+        return result
+
+    return run
 
 
 def _keyword_options(name: str, fn: MethodFn) -> tuple[str, ...]:

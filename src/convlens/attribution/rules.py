@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from convlens.attribution.common import input_gradient, prepare, reduce_channels
-from convlens.attribution.registry import register_method
+from convlens.attribution.registry import MethodResult, register_method
 from convlens.layers.borrow import borrowed_model
 from convlens.layers.rules import backward_rule
 from convlens.models.loading import LoadedModel
@@ -20,26 +20,36 @@ def rule_gradient(
 ) -> torch.Tensor:
     """Input gradient ``Tensor[N, C, H, W]`` of each row's target score under ``rule``.
     Raises `MethodError` when the model evaluated no rectifier (the rule changed nothing)."""
+    return _rule_pass(model, images, target, rule)[0]
+
+
+def _rule_pass(
+    model: nn.Module | LoadedModel, images: torch.Tensor, target: object, rule: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`rule_gradient` and the model output of its forward pass (the rules change only the
+    backward pass, so it is the plain output on the clean rows)."""
     prepared = prepare(model, images, target)
     with borrowed_model(prepared.module), backward_rule(prepared.module, rule) as session:
-        gradient, _ = input_gradient(prepared.module, prepared.images, prepared.targets)
+        gradient, output = input_gradient(prepared.module, prepared.images, prepared.targets)
     session.require_rectifiers(_RULE_METHODS[rule])
-    return gradient
+    return gradient, output
 
 
 @register_method("guided_backprop", "rule")
 def guided_backprop(
     model: nn.Module | LoadedModel, images: torch.Tensor, target: object = None
-) -> torch.Tensor:
+) -> MethodResult:
     """Guided backpropagation: input gradient passing only positive gradients through
     active rectifiers; map ``M[n, i, j] = max_c |R[n, c, i, j]|`` as ``Tensor[N, H, W]``."""
-    return reduce_channels(rule_gradient(model, images, target, "guided"), "max_abs")
+    gradient, output = _rule_pass(model, images, target, "guided")
+    return MethodResult(reduce_channels(gradient, "max_abs"), output)
 
 
 @register_method("deconvnet", "rule")
 def deconvnet(
     model: nn.Module | LoadedModel, images: torch.Tensor, target: object = None
-) -> torch.Tensor:
+) -> MethodResult:
     """Deconvnet: input gradient with every rectifier passing only positive gradients
     (its forward input ignored); map ``M[n, i, j] = max_c |R[n, c, i, j]|``, ``Tensor[N, H, W]``."""
-    return reduce_channels(rule_gradient(model, images, target, "deconvnet"), "max_abs")
+    gradient, output = _rule_pass(model, images, target, "deconvnet")
+    return MethodResult(reduce_channels(gradient, "max_abs"), output)

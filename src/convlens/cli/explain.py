@@ -131,14 +131,24 @@ class _ExplainRun:
 
 def _explain_one_image(loaded, batch, run: _ExplainRun, target, layer, stem, debug) -> dict:
     """Run every method on one image; write ``stem.png`` (panel) and ``stem.json``."""
-    from convlens.attribution.explain import explain_methods, top_predictions
+    from convlens.attribution.explain import (
+        explain_methods,
+        predictions_from_output,
+        top_predictions,
+    )
     from convlens.render import save_png
     from convlens.render.panel import PanelTile, explanation_panel, tile_title
 
-    predictions = top_predictions(loaded, batch.tensor)[0]
     explanations, failures = explain_methods(
         loaded, batch, run.names, target, layer, progress=True, keep_going=True
     )
+    # The top-5 line reads the output of a method's own pass (any row: one image here);
+    # a forward pass of its own only when every method failed.
+    outputs = [item.output[:1] for item in explanations if item.output is not None]
+    if outputs:
+        predictions = predictions_from_output(loaded, outputs[0])[0]
+    else:
+        predictions = top_predictions(loaded, batch.tensor)[0]
     failed = run.settle(failures, batch.sources[0], debug)
     tiles, methods = [], []
     for item in explanations:
