@@ -84,9 +84,47 @@ def test_gaussian_blur_keeps_constants_and_mass():
     assert blurred[0, 0, 15, 15] == blurred.max()
 
 
-def test_pixel_ranks_break_ties_in_raster_order():
+def test_pixel_ranks_order_by_value_and_break_ties_by_a_seeded_shuffle():
     ranks = pixel_ranks(torch.tensor([[[1.0, 3.0], [3.0, 0.0]]]))
-    assert ranks.tolist() == [[[2, 0], [1, 3]]]
+    assert ranks[0, 0, 0] == 2 and ranks[0, 1, 1] == 3  # distinct values keep their order
+    assert sorted([int(ranks[0, 0, 1]), int(ranks[0, 1, 0])]) == [0, 1]
+    flat = torch.zeros(1, 16, 16)  # every pixel tied
+    a, b, c = pixel_ranks(flat, seed=0), pixel_ranks(flat, seed=0), pixel_ranks(flat, seed=1)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert sorted(a.flatten().tolist()) == list(range(256))
+    # the first quarter removed is scattered over the image, not the top four rows
+    first = a[0] < 64
+    assert 0 < int(first[:4].sum()) < 64 and int(first[8:].sum()) > 16
+
+
+def test_curve_steps_default_to_the_image_side():
+    net = small_convnet()
+    images, maps = torch.randn(1, 3, 8, 8), torch.rand(1, 8, 8)
+    assert deletion_curve(net, images, maps).shape == (1, 9)
+    assert insertion_curve(net, images, maps, steps=4).shape == (1, 5)
+
+
+def test_average_drop_masks_pixels_towards_black_for_a_loaded_model():
+    """With a LoadedModel (mean = std = 0.5) an all-zero map turns the input into black
+    pixels, (0 - 0.5) / 0.5 = -1 in input space, not the dataset mean (0 in input space)."""
+    from convlens.models import LoadedModel, Preprocess
+
+    seen = []
+
+    class Recorder(nn.Module):
+        def forward(self, x):
+            seen.append(x.clone())
+            return torch.stack([x.mean((1, 2, 3)), -x.mean((1, 2, 3))], 1)
+
+    preprocess = Preprocess(size=4, mode="stretch", mean=(0.5,) * 3, std=(0.5,) * 3)
+    loaded = LoadedModel(Recorder(), "recorder", preprocess)
+    images = torch.rand(1, 3, 4, 4)
+    maps = torch.zeros(1, 4, 4)
+    maps[0, 0, 0] = 1.0
+    average_drop_increase(loaded, images, maps, target=0)
+    explained = seen[-1]
+    assert torch.allclose(explained[0, :, 1:, :], torch.full((3, 3, 4), -1.0))
+    assert torch.allclose(explained[0, :, 0, 0], images[0, :, 0, 0])
 
 
 def test_average_drop_and_increase_golden_values():

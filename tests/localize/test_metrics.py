@@ -105,11 +105,23 @@ def test_max_box_acc_bad_inputs():
     with pytest.raises(MetricError, match="one Tensor"):
         max_box_acc(maps, torch.tensor([[0.0, 0.0, 8.0, 8.0]] * 2), image_size=size)
     with pytest.raises(MetricError, match="thresholds"):
-        max_box_acc(maps, box, thresholds=[0.0, 0.5], image_size=size)
+        max_box_acc(maps, box, thresholds=[-0.1, 0.5], image_size=size)
     with pytest.raises(MetricError, match="version"):
         max_box_acc(maps, box, version=3, image_size=size)
     with pytest.raises(MetricError, match="connectivity must be 4"):
         max_box_acc(maps, box, connectivity=5, image_size=size)
+
+
+def test_max_box_acc_v2_sweep_includes_zero_the_whole_image():
+    """At tau = 0 every pixel is kept, so V2's default sweep (0, 0.01, ...) finds a box equal
+    to the whole image; V1's (from 0.01) does not."""
+    maps = nested_map(0.5)[None]  # a blob inside a 10 x 10 image, zero elsewhere
+    whole = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
+    v2 = max_box_acc(maps, whole, version=2, image_size=(10, 10))
+    assert v2["maxboxacc"] == 1.0 and float(v2["thresholds"][0]) == 0.0
+    assert set(v2["best_threshold"].values()) == {0.0}
+    v1 = max_box_acc(maps, whole, version=1, image_size=(10, 10))
+    assert v1["maxboxacc"] < 1.0
 
 
 def test_max_box_acc_rejects_a_map_at_feature_resolution():

@@ -47,11 +47,16 @@ def baseline_images(images: torch.Tensor, baseline: Baseline) -> torch.Tensor:
     raise MetricError(f"baseline must be 'blur', 'zero' or a tensor, got {baseline!r}")
 
 
-def pixel_ranks(maps: torch.Tensor) -> torch.Tensor:
+def pixel_ranks(maps: torch.Tensor, seed: int = 0) -> torch.Tensor:
     """``Tensor[N, H, W]`` (int64): each pixel's position when the map's pixels are sorted
-    by decreasing value (0 = most important; ties in raster order)."""
+    by decreasing value (0 = most important). Pixels of equal value are ordered by one random
+    permutation of the pixel positions drawn from ``seed`` (so a flat or coarse map removes
+    its tied pixels scattered over the image, not row by row from the top; the same seed
+    gives the same order)."""
     flat = maps.flatten(1)
-    order = torch.argsort(flat, dim=1, descending=True, stable=True)
+    generator = torch.Generator().manual_seed(seed)
+    shuffle = torch.randperm(flat.shape[1], generator=generator).to(flat.device)
+    order = shuffle[torch.argsort(flat[:, shuffle], dim=1, descending=True, stable=True)]
     ranks = torch.empty_like(order)
     ranks.scatter_(1, order, torch.arange(flat.shape[1]).expand_as(order).contiguous())
     return ranks.view_as(maps)
@@ -74,14 +79,19 @@ def perturbation_curve(
     start: Baseline | None,
     end: Baseline | None,
     target: object = None,
-    steps: int = 50,
+    steps: int | None = None,
     batch_size: int = 64,
     score: str = "probability",
+    seed: int = 0,
 ) -> torch.Tensor:
     """``Tensor[N, steps + 1]``: the target score of ``x_k``, ``k = 0..steps``, where
     ``x_k`` takes its ``floor(k * H * W / steps)`` highest-ranked pixels (by map value,
-    all channels) from ``end`` and the rest from ``start`` (``None`` = the image itself).
-    Deletion: start = image, end = baseline; insertion: start = baseline, end = image."""
+    all channels; ties in the random order of ``seed``, see `pixel_ranks`) from ``end`` and
+    the rest from ``start`` (``None`` = the image itself). ``steps`` defaults to the image
+    side ``min(H, W)`` (64 for 64-pixel images, 224 for 224 as in RISE: one row's worth of
+    pixels per step). Deletion: start = image, end = baseline; insertion: start = baseline,
+    end = image."""
+    steps = min(images.shape[-2:]) if steps is None else steps
     if steps < 1 or batch_size < 1:
         raise MetricError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
     targets, rows = pinned_targets_and_rows(model, images, target)
@@ -89,7 +99,7 @@ def perturbation_curve(
     maps = _checked(rows, maps, len(rows))
     first = rows if start is None else baseline_images(rows, start)
     last = rows if end is None else baseline_images(rows, end)
-    ranks = pixel_ranks(maps)[:, None]
+    ranks = pixel_ranks(maps, seed)[:, None]
     pixels = ranks.shape[-1] * ranks.shape[-2]
     counts = torch.arange(steps + 1) * pixels // steps
     pairs = torch.cartesian_prod(torch.arange(len(rows)), torch.arange(steps + 1))
@@ -109,20 +119,25 @@ def deletion_curve(
     images: torch.Tensor,
     maps: torch.Tensor,
     target: object = None,
-    steps: int = 50,
+    steps: int | None = None,
     baseline: Baseline = "zero",
     batch_size: int = 64,
     score: str = "probability",
+    seed: int = 0,
 ) -> torch.Tensor:
     """Deletion curve (Petsiuk et al. 2018): ``Tensor[N, steps + 1]``, the target score
     after removing the first ``k / steps`` of the pixels in order of decreasing map value
     (removed pixels take the ``baseline``: ``"zero"`` as in RISE, ``"blur"`` or a tensor).
 
     ``images``: ``Tensor[B, C, H, W]``; ``maps``: ``Tensor[N, H, W]``, one per explained
-    row; ``score``: ``"probability"`` (softmax of the target class, RISE) or ``"logit"``.
+    row; ``score``: ``"probability"`` (softmax of the target class, RISE), ``"sigmoid"``
+    (multi-label models) or ``"logit"``. ``steps``: default the image side (see
+    `perturbation_curve`); ``seed``: the order of tied pixels (`pixel_ranks`).
     Column 0 is the unmodified image, column ``steps`` the baseline alone.
     """
-    return perturbation_curve(model, images, maps, None, baseline, target, steps, batch_size, score)
+    return perturbation_curve(
+        model, images, maps, None, baseline, target, steps, batch_size, score, seed
+    )
 
 
 def insertion_curve(
@@ -130,17 +145,31 @@ def insertion_curve(
     images: torch.Tensor,
     maps: torch.Tensor,
     target: object = None,
-    steps: int = 50,
+    steps: int | None = None,
     baseline: Baseline = "blur",
     batch_size: int = 64,
     score: str = "probability",
+    seed: int = 0,
 ) -> torch.Tensor:
     """Insertion curve (Petsiuk et al. 2018): ``Tensor[N, steps + 1]``, the target score
     when the first ``k / steps`` of the pixels (by decreasing map value) are revealed on
     the ``baseline`` (``"blur"`` as in RISE, ``"zero"`` or a tensor). Column 0 is the
     baseline alone, column ``steps`` the unmodified image. Arguments as `deletion_curve`.
     """
-    return perturbation_curve(model, images, maps, baseline, None, target, steps, batch_size, score)
+    return perturbation_curve(
+        model, images, maps, baseline, None, target, steps, batch_size, score, seed
+    )
+
+
+def black_pixels(model: nn.Module | LoadedModel, images: torch.Tensor) -> torch.Tensor:
+    """``Tensor[1, C, 1, 1]``: black (pixel value 0) in the model's input space: ``(0 - mean)
+    / std`` of a `LoadedModel`'s `Preprocess`; zeros for a bare module (its inputs are taken
+    to be the pixels themselves)."""
+    if not isinstance(model, LoadedModel):
+        return torch.zeros(1, images.shape[1], 1, 1, dtype=images.dtype, device=images.device)
+    mean = torch.as_tensor(model.preprocess.mean, dtype=images.dtype, device=images.device)
+    std = torch.as_tensor(model.preprocess.std, dtype=images.dtype, device=images.device)
+    return (-mean / std).view(1, -1, 1, 1)
 
 
 def average_drop_increase(
@@ -148,25 +177,38 @@ def average_drop_increase(
     images: torch.Tensor,
     maps: torch.Tensor,
     target: object = None,
-    baseline: Baseline = "zero",
+    baseline: Baseline | None = None,
     batch_size: int = 64,
+    score: str = "probability",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Average drop and increase in confidence (Chattopadhay et al. 2018), per image.
 
-    The explanation map masks the image: ``E = b + m * (x - b)`` with ``m`` the map
-    min-max normalised to [0, 1] and ``b`` the ``baseline`` (``"zero"``: zeros in the
-    model's input space). With ``Y`` the target's softmax probability on ``x`` and ``O``
-    on ``E``, returns ``(drop, increase)``, each ``Tensor[N]``:
-    ``drop = max(0, Y - O) / Y`` in [0, 1] and ``increase = O > Y`` (bool).
+    As the paper defines it, the explanation map masks the image in PIXEL space:
+    ``E = M * I``, the map ``M`` min-max normalised to [0, 1] times the pixels ``I``, so
+    unimportant pixels go to black. In the model's input space ``x = (I - mean) / std``
+    this is ``E = b + M * (x - b)`` with ``b`` = black, ``-mean / std`` (`black_pixels`:
+    a `LoadedModel` brings its normalisation; a bare module is taken to see pixels).
+    ``baseline`` (``"zero"``, ``"blur"`` or a tensor, as `baseline_images`) replaces black
+    with another value.
+    With ``Y`` the target's score (``"probability"``: softmax, ``"sigmoid"`` for
+    multi-label models) on ``x`` and ``O`` on ``E``, returns ``(drop, increase)``, each
+    ``Tensor[N]``: ``drop = max(0, Y - O) / Y`` in [0, 1] and ``increase = O > Y`` (bool).
     The paper's Average Drop % is ``100 * drop.mean()`` and Increase in Confidence %
     is ``100 * increase.float().mean()``.
     """
     if batch_size < 1:
         raise MetricError(f"batch_size must be >= 1, got {batch_size}")
+    if score == "logit":
+        raise MetricError(
+            "average drop is a relative drop of a probability; use 'probability' or 'sigmoid'"
+        )
     targets, rows = pinned_targets_and_rows(model, images, target)
-    check_score("probability", targets)
+    check_score(score, targets)
     weights = normalize_maps(_checked(rows, maps, len(rows)))[:, None]
-    base = baseline_images(rows, baseline)
+    if baseline is None:
+        base = torch.broadcast_to(black_pixels(model, rows), rows.shape)
+    else:
+        base = baseline_images(rows, baseline)
     module = as_module(model)
     original, masked = [], []
     with borrowed_model(module), torch.no_grad():
@@ -174,8 +216,8 @@ def average_drop_increase(
             chunk = targets.subset(index)
             x = rows[index]
             explained = base[index] + weights[index] * (x - base[index])
-            original.append(target_score(module(x), chunk, "probability").cpu())
-            masked.append(target_score(module(explained), chunk, "probability").cpu())
+            original.append(target_score(module(x), chunk, score).cpu())
+            masked.append(target_score(module(explained), chunk, score).cpu())
     y, o = torch.cat(original), torch.cat(masked)
     drop = (y - o).clamp(min=0) / y.clamp(min=torch.finfo(y.dtype).tiny)
     return drop, o > y

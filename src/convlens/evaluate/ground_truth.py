@@ -1,6 +1,8 @@
 """Images with known classes, boxes and (optionally) masks, ready for a model.
 
-Sources: the synthetic shapes (`convlens.data.synthetic`), or a user's annotation file:
+Sources: the synthetic shapes (`convlens.data.synthetic`), the multi-object scenes
+(`convlens.data.scenes`: one row per present class, see `scene_ground_truth`), or a user's
+annotation file:
 
 - simple JSON: ``{"images": [{"file": "a.jpg", "class": 3, "boxes": [[x0, y0, x1, y1]],
   "mask": "a_mask.png"}]}`` (boxes in pixels of the original image, x1/y1 exclusive, each
@@ -39,7 +41,9 @@ from convlens.localize.boxes import check_boxes
 class GroundTruth:
     """``tensor``: model inputs Tensor[N, 3, H, W]; ``display``: uint8[N, H, W, 3] pixels the
     model sees; ``labels``: Tensor[N]; ``boxes``: N float Tensor[k, 4] (x0, y0, x1, y1,
-    x1/y1 exclusive, input pixels); ``masks``: bool Tensor[N, H, W] or None; ``sources``."""
+    x1/y1 exclusive, input pixels); ``masks``: bool Tensor[N, H, W] or None; ``sources``;
+    ``multilabel``: rows are (image, present class) pairs of a multi-label set (an image
+    appears once per class it holds; the model decides each class by its own sigmoid)."""
 
     tensor: torch.Tensor
     display: np.ndarray
@@ -47,6 +51,7 @@ class GroundTruth:
     boxes: list[torch.Tensor]
     masks: torch.Tensor | None
     sources: list[str]
+    multilabel: bool = False
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -66,9 +71,16 @@ class GroundTruth:
 
 def as_ground_truth(data, preprocess: Preprocess, limit: int | None = None) -> GroundTruth:
     """A `GroundTruth` from a GroundTruth, `SyntheticShapes` or `SyntheticBatch` (first
-    ``limit`` items)."""
+    ``limit`` items), or from `SyntheticScenes` / `SceneBatch` (first ``limit`` images, one
+    row per present class)."""
+    from convlens.data.scenes import SceneBatch, SyntheticScenes
     from convlens.data.synthetic import SyntheticBatch, SyntheticShapes
 
+    if isinstance(data, SyntheticScenes):
+        data = data.batch(range(len(data) if limit is None else min(limit, len(data))))
+    if isinstance(data, SceneBatch):
+        count = len(data) if limit is None else min(limit, len(data))
+        return scene_ground_truth(data, preprocess, count)
     if isinstance(data, GroundTruth):
         return data if limit is None else _first(data, limit)
     if isinstance(data, SyntheticShapes):
@@ -76,8 +88,9 @@ def as_ground_truth(data, preprocess: Preprocess, limit: int | None = None) -> G
     if isinstance(data, SyntheticBatch):
         return _first(synthetic_ground_truth(data, preprocess), limit or len(data))
     raise DataError(
-        f"cannot evaluate on a {type(data).__name__}; pass a SyntheticShapes, a SyntheticBatch "
-        "or a GroundTruth (see convlens.evaluate.ground_truth.load_annotations)"
+        f"cannot evaluate on a {type(data).__name__}; pass a SyntheticShapes, a "
+        "SyntheticBatch, a SyntheticScenes, a SceneBatch or a GroundTruth (see "
+        "convlens.evaluate.ground_truth.load_annotations)"
     )
 
 
@@ -99,6 +112,38 @@ def synthetic_ground_truth(batch, preprocess: Preprocess) -> GroundTruth:
     )
 
 
+def scene_ground_truth(batch, preprocess: Preprocess, count: int | None = None) -> GroundTruth:
+    """The first ``count`` scenes of a `SceneBatch` as a multi-label GroundTruth: one row per
+    (scene, present class), in scene order then class id, with that class's mask only (the
+    pixels the class owns in the label map) and one box per 8-connected fragment of it (an
+    object cut in two by an occluder has two boxes; a box metric takes the best match, so a
+    map equal to the mask scores 1)."""
+    from convlens.localize.boxes import mask_to_boxes
+
+    if tuple(batch.images.shape[-2:]) != preprocess.height_width and preprocess.mode != "none":
+        raise DataError(
+            f"scenes are {tuple(batch.images.shape[-2:])} but the model expects "
+            f"{preprocess.height_width}; make them with size={preprocess.height_width[0]}"
+        )
+    count = len(batch) if count is None else count
+    if count < 1:
+        raise DataError(f"limit must be at least 1, got {count}")
+    scene, label = torch.nonzero(batch.present[:count], as_tuple=True)
+    display = batch.display[scene.numpy()]
+    masks = batch.masks[scene, label].clone()
+    return GroundTruth(
+        tensor=preprocess.normalize(display),
+        display=display,
+        labels=label.clone(),
+        boxes=[mask_to_boxes(mask, mode="all") for mask in masks],
+        masks=masks,
+        sources=[
+            f"scene:{int(batch.indices[s])}:{int(k)}" for s, k in zip(scene, label, strict=True)
+        ],
+        multilabel=True,
+    )
+
+
 def _first(truth: GroundTruth, limit: int) -> GroundTruth:
     if limit < 1:
         raise DataError(f"limit must be at least 1, got {limit}")
@@ -109,6 +154,7 @@ def _first(truth: GroundTruth, limit: int) -> GroundTruth:
         truth.boxes[:limit],
         None if truth.masks is None else truth.masks[:limit],
         truth.sources[:limit],
+        truth.multilabel,
     )
 
 

@@ -15,7 +15,7 @@ from convlens.layers.borrow import borrowed_model
 from convlens.models.loading import LoadedModel, as_module
 from convlens.targets import Targets, resolve_targets
 
-SCORES = ("probability", "logit")
+SCORES = ("probability", "sigmoid", "logit")
 
 
 def pinned_targets_and_rows(
@@ -37,17 +37,22 @@ def pinned_targets_and_rows(
 def check_score(score: str, targets: Targets) -> None:
     if score not in SCORES:
         raise MetricError(f"score must be one of {SCORES}, got {score!r}")
-    if score == "probability" and (targets.fn is not None or targets.negative is not None):
+    if score in ("probability", "sigmoid") and (
+        targets.fn is not None or targets.negative is not None
+    ):
         raise MetricError(
-            "a softmax probability needs a single-class target; use score='logit' with a "
+            f"score={score!r} needs a single-class target; use score='logit' with a "
             "callable or contrast target"
         )
 
 
 def target_score(output: torch.Tensor, targets: Targets, score: str) -> torch.Tensor:
     """``Tensor[N]``: the softmax probability of each row's target class
-    (``score="probability"``) or the raw target score (``score="logit"``)."""
+    (``score="probability"``), its own sigmoid (``"sigmoid"``: multi-label models, one
+    independent probability per class) or the raw target score (``score="logit"``)."""
     if score == "logit":
         return targets.score(output).float()
+    if score == "sigmoid":
+        return targets.score(output).float().sigmoid()
     ids = targets.class_ids(output).to(output.device)
     return output.float().softmax(dim=1).gather(1, ids[:, None])[:, 0]

@@ -30,6 +30,8 @@ from convlens.localize.masks import (
 from convlens.maps import normalize_maps
 
 DEFAULT_THRESHOLDS = torch.arange(1, 100, dtype=torch.float64).float() / 100
+# Choe et al.'s V2 sweep starts at 0 (the whole image is one box there).
+DEFAULT_THRESHOLDS_V2 = torch.arange(0, 100, dtype=torch.float64).float() / 100
 
 
 def best_box_iou(pred: torch.Tensor, gt: torch.Tensor) -> float:
@@ -113,19 +115,22 @@ def max_box_acc(
     ``BoxAcc(tau, delta) = 1/N sum_n [ max_{b in B_n(tau), g in G_n} IoU(b, g) >= delta ]``
     where ``B_n(tau)`` are the boxes of map ``n`` thresholded at ``tau`` (min-max normalised,
     ``>= tau``; see `threshold_maps`) and ``G_n`` its ground-truth boxes.
-    ``MaxBoxAcc(delta) = max_tau BoxAcc(tau, delta)``.
+    ``MaxBoxAcc(delta) = max_tau BoxAcc(tau, delta)``. At ``tau = 0`` every pixel is kept:
+    one box, the whole image.
 
     - ``version=1``: ``B_n`` is the largest component's box; ``delta = 0.5`` by default;
       the result is ``MaxBoxAcc(0.5)``.
     - ``version=2``: ``B_n`` holds every component's box; ``delta`` in (0.3, 0.5, 0.7) by
       default; the result is the mean of ``MaxBoxAcc(delta)`` over the deltas, each delta
-      taking its own best threshold.
+      taking its own best threshold; the default sweep is 0, 0.01, ..., 0.99 (it includes
+      0, as Choe et al.'s).
 
     Args:
         maps: finite ``Tensor[N, H, W]`` at image resolution.
         gt_boxes: ``Tensor[N, 4]`` or a list of ``N`` ``Tensor[k, 4]`` (several objects), in
             pixels of the image, each inside it.
-        thresholds: the sweep of ``tau`` in (0, 1]; default 0.01, 0.02, ..., 0.99.
+        thresholds: the sweep of ``tau`` in [0, 1]; default 0.01, 0.02, ..., 0.99 for V1 and
+            0, 0.01, ..., 0.99 for V2.
         connectivity: 4 or 8 (components of the thresholded maps).
         image_size: ``(H, W)`` of the images the boxes refer to; the maps must have exactly
             this size (a map at feature resolution raises `MetricError`: upsample it first).
@@ -141,9 +146,10 @@ def max_box_acc(
     size = check_image_size(maps, image_size)
     structure = connectivity_structure(connectivity)
     deltas = tuple(iou_thresholds or ((0.5,) if version == 1 else (0.3, 0.5, 0.7)))
-    taus = DEFAULT_THRESHOLDS if thresholds is None else torch.as_tensor(thresholds).float()
-    if taus.dim() != 1 or len(taus) == 0 or bool(((taus <= 0) | (taus > 1)).any()):
-        raise MetricError("thresholds must be a non-empty 1-D sequence of values in (0, 1]")
+    default = DEFAULT_THRESHOLDS if version == 1 else DEFAULT_THRESHOLDS_V2
+    taus = default if thresholds is None else torch.as_tensor(thresholds).float()
+    if taus.dim() != 1 or len(taus) == 0 or bool(((taus < 0) | (taus > 1)).any()):
+        raise MetricError("thresholds must be a non-empty 1-D sequence of values in [0, 1]")
     gts = [
         check_boxes(g, image_size=size, name=f"ground-truth boxes of image {n}")
         for n, g in enumerate(as_box_list(gt_boxes, len(maps), "gt_boxes"))

@@ -1,10 +1,16 @@
-"""The benchmark leaderboard as text (plain or Markdown) and as a PNG of its curves."""
+"""The benchmark leaderboard as text (plain or Markdown) and as a PNG of its curves.
+
+Rows are methods and the model-free floors (``floor:...``), best headline score first; the
+``margin`` column is a method's headline score minus the best floor's (`Leaderboard.margins`).
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
 COLUMNS = (
+    ("maxboxacc_v2", "MaxBoxAccV2", "{:.3f}"),
+    ("margin", "margin", "{:+.3f}"),
     ("maxboxacc", "MaxBoxAcc", "{:.3f}"),
     ("loc_acc", "Loc@20%", "{:.3f}"),
     ("pointing", "Pointing", "{:.3f}"),
@@ -14,13 +20,27 @@ COLUMNS = (
     ("sanity_spearman", "Rand.Spearman", "{:+.3f}"),
     ("ms_per_image", "ms/img", "{:.1f}"),
 )
+GRIDPG_COLUMNS = (
+    ("gridpg", "GridPG", "{:.3f}"),
+    ("margin", "margin", "{:+.3f}"),
+    ("pointing", "Pointing", "{:.3f}"),
+    ("gridpg_2x2", "GridPG 2x2", "{:.3f}"),
+    ("gridpg_3x3", "GridPG 3x3", "{:.3f}"),
+    ("ms_per_image", "ms/cell", "{:.1f}"),
+)
 
 
 CONSTANT_TITLE = "Rand.const"
 LEADERBOARD_NOTE = (
+    "margin: the method's headline score minus the best model-free floor's (floor:*).\n"
     "Rand.Spearman: mean rank correlation of |map| with the original once every layer is\n"
     "re-drawn at random (near 0: the map depends on the weights), over the maps where it is\n"
     "defined. Rand.const: maps constant before or after (no ranking; left out of the mean)."
+)
+GRIDPG_NOTE = (
+    "GridPG: share of the map's positive mass in the explained photo's cell (chance 1/4 on\n"
+    "2x2, 1/9 on 3x3); Pointing: the map's maximum lies in that cell; margin: GridPG minus\n"
+    "the best model-free floor's (floor:*)."
 )
 
 
@@ -35,18 +55,25 @@ def _constant_cell(board, name: str) -> str:
     return "-" if count is None or total is None else f"{count}/{total}"
 
 
+def leaderboard_note(board) -> str:
+    """The legend printed under `leaderboard_table` for this kind of board."""
+    return GRIDPG_NOTE if board.headline == "gridpg" else LEADERBOARD_NOTE
+
+
 def leaderboard_table(board, markdown: bool = False) -> str:
-    """Rows of `Leaderboard.ranked()` (best MaxBoxAcc first) with the `COLUMNS`, then
-    ``Rand.const``: how many of the sanity check's maps were constant before or after the
-    randomisation (``k/n``; their Spearman correlation is undefined and left out of
-    ``Rand.Spearman``)."""
-    header = ["method"] + [title for _, title, _ in COLUMNS] + [CONSTANT_TITLE]
-    rows = [
-        [name]
-        + [_cell(scores[key], pattern) for key, _, pattern in COLUMNS]
-        + [_constant_cell(board, name)]
-        for name, scores in board.ranked()
-    ]
+    """Rows of `Leaderboard.ranked()` (best headline score first: MaxBoxAccV2, or GridPG on
+    the grid benchmark) with the `COLUMNS` (`GRIDPG_COLUMNS`), the ``margin`` over the best
+    floor, and on box benchmarks ``Rand.const``: how many of the sanity check's maps were
+    constant before or after the randomisation (``k/n``; left out of ``Rand.Spearman``)."""
+    gridpg = board.headline == "gridpg"
+    columns = GRIDPG_COLUMNS if gridpg else COLUMNS
+    margins = board.margins()
+    header = ["method"] + [title for _, title, _ in columns] + ([] if gridpg else [CONSTANT_TITLE])
+    rows = []
+    for name, scores in board.ranked():
+        values = scores | {"margin": margins.get(name)}
+        row = [name] + [_cell(values.get(key), pattern) for key, _, pattern in columns]
+        rows.append(row if gridpg else row + [_constant_cell(board, name)])
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -63,17 +90,10 @@ def leaderboard_table(board, markdown: bool = False) -> str:
 
 
 def leaderboard_curves(board, dpi: int = 100) -> np.ndarray:
-    """``uint8[H, W, 3]``: mean deletion curves (left) and insertion curves (right), one line
-    per method, drawn with `convlens.render.plots.curve_plot`."""
-    from convlens.render.plots import curve_plot
+    """``uint8[H, W, 3]``: small multiples, one panel per method or floor, each with its mean
+    deletion (solid) and insertion (dashed) curve, drawn by
+    `convlens.render.plots.curve_panels`; the random floor's pair in grey on every panel."""
+    from convlens.render.plots import curve_panels
 
-    deletion = {name: c["deletion"] for name, c in board.curves.items()}
-    insertion = {name: c["insertion"] for name, c in board.curves.items()}
-    left = curve_plot(deletion, title="Deletion (lower AUC is better)", dpi=dpi)
-    right = curve_plot(insertion, title="Insertion (higher AUC is better)", dpi=dpi)
-    height = max(left.shape[0], right.shape[0])
-    pad = [
-        np.pad(a, ((0, height - a.shape[0]), (0, 0), (0, 0)), constant_values=255)
-        for a in (left, right)
-    ]
-    return np.concatenate(pad, axis=1)
+    reference = board.curves.get("floor:random")
+    return curve_panels(board.curves, reference=reference, reference_label="floor:random", dpi=dpi)

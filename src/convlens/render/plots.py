@@ -123,3 +123,52 @@ def curve_plot(
         axes.legend(fontsize=8)
     figure.tight_layout()
     return _to_array(figure)
+
+
+def curve_panels(
+    curves: Mapping[str, Mapping[str, torch.Tensor]],
+    reference: Mapping[str, torch.Tensor] | None = None,
+    reference_label: str = "reference",
+    columns: int = 4,
+    dpi: int = 100,
+) -> np.ndarray:
+    """Small multiples of deletion/insertion curves: one panel per name of ``curves``
+    (``{"deletion": Tensor[S + 1], "insertion": Tensor[S + 1]}``, mean curves sampled at
+    ``x = 0, 1/S, ..., 1``), deletion solid, insertion dashed, their AUCs in the panel title;
+    ``reference`` (the same pair, e.g. a random map's) is drawn in grey on every panel.
+    Shared axes; ``columns`` panels per row. Returns ``uint8[H, W, 3]``."""
+    from convlens.maps import auc
+
+    names = list(curves)
+    rows = max(1, -(-len(names) // columns))
+    figure = Figure(figsize=(2.6 * columns, 2.2 * rows + 0.4), dpi=dpi)
+    axes_list = figure.subplots(rows, columns, sharex=True, sharey=True, squeeze=False).ravel()
+
+    def draw(axes, pair, colour, label=None):
+        for kind, style in (("deletion", "-"), ("insertion", "--")):
+            values = pair[kind].detach().double().cpu()
+            x = np.linspace(0, 1, len(values))
+            axes.plot(x, values.numpy(), style, color=colour, linewidth=1.4, label=label)
+            label = None
+
+    for axes, name in zip(axes_list, names, strict=False):
+        if reference is not None and name != reference_label:
+            draw(axes, reference, "0.7", reference_label)
+        draw(axes, curves[name], "tab:blue" if not name.startswith("floor:") else "tab:orange")
+        deletion = float(auc(curves[name]["deletion"].double()[None])[0])
+        insertion = float(auc(curves[name]["insertion"].double()[None])[0])
+        axes.set_title(f"{name}\ndel {deletion:.3f} / ins {insertion:.3f}", fontsize=8)
+        axes.tick_params(labelsize=7)
+    for axes in axes_list[len(names) :]:
+        axes.axis("off")
+    figure.suptitle(
+        "Deletion (solid, lower AUC better) and insertion (dashed, higher better); "
+        f"grey: {reference_label}"
+        if reference is not None
+        else "Deletion (solid, lower AUC better) and insertion (dashed, higher better)",
+        fontsize=9,
+    )
+    figure.supxlabel("fraction of pixels", fontsize=8)
+    figure.supylabel("target score", fontsize=8)
+    figure.tight_layout()
+    return _to_array(figure)

@@ -1,13 +1,17 @@
-"""A small, seeded supervised training loop for classifiers that fit in memory."""
+"""A small, seeded supervised training loop for data that fits in memory: `train_epochs`
+(any loss; resumable checkpoints, progress bar) and `train_classifier` on top of it."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from convlens.errors import DataError
 
@@ -21,6 +25,155 @@ class TrainingLog:
     seconds: float = 0.0
 
 
+def train_epochs(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    hits: Callable[[torch.Tensor, torch.Tensor], tuple[int, int]],
+    epochs: int = 4,
+    batch_size: int = 64,
+    learning_rate: float = 4e-3,
+    weight_decay: float = 1e-4,
+    seed: int = 0,
+    on_epoch: Callable[[int, float, float], None] | None = None,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = False,
+) -> TrainingLog:
+    """Train ``model`` in place on ``(inputs, targets)`` with AdamW and a one-cycle schedule.
+
+    Args:
+        inputs: ``Tensor[N, ...]`` as the model takes them; ``targets``: ``Tensor[N, ...]``.
+        loss: ``loss(output, targets_of_batch)`` -> scalar tensor.
+        hits: ``hits(output, targets_of_batch)`` -> ``(right, counted)``; the epoch's
+            accuracy is ``sum right / sum counted`` (images for a classifier, pixels for a
+            segmentation model).
+        seed: seeds the shuffling order (and nothing else: initialise the model yourself).
+        on_epoch: called as ``on_epoch(epoch, mean_loss, accuracy)`` after each epoch.
+        checkpoint: a file rewritten after every epoch with the model, optimizer, schedule
+            and shuffling state and the log so far. With ``resume=True`` and an existing
+            file, training continues after its last epoch and ends with exactly the weights
+            an uninterrupted run gets (settings must match the file's: `DataError` if not).
+        progress: a tqdm bar over the steps (with the running loss).
+
+    Leaves the model in eval mode. Returns a `TrainingLog` (all epochs, resumed ones too).
+    """
+    if len(inputs) != len(targets):
+        raise DataError(
+            f"{len(inputs)} inputs but {len(targets)} targets; pass one target per input"
+        )
+    if epochs < 1 or batch_size < 1:
+        raise DataError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
+    generator = torch.Generator().manual_seed(seed)
+    steps_per_epoch = (len(inputs) + batch_size - 1) // batch_size
+    optimizer = torch.optim.AdamW(model.parameters(), learning_rate, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, learning_rate, total_steps=epochs * steps_per_epoch
+    )
+    settings = {
+        "items": len(inputs),
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "weight_decay": weight_decay,
+        "seed": seed,
+    }
+    log, first = TrainingLog(), 0
+    if checkpoint is not None and resume and Path(checkpoint).is_file():
+        first = _restore(Path(checkpoint), settings, model, optimizer, schedule, generator, log)
+    begun = time.perf_counter() - log.seconds
+    bar = tqdm(
+        total=epochs * steps_per_epoch,
+        initial=first * steps_per_epoch,
+        disable=not progress,
+        desc="train",
+        unit="step",
+        leave=False,
+    )
+    model.train()
+    try:
+        for epoch in range(first, epochs):
+            order = torch.randperm(len(inputs), generator=generator)
+            total_loss, right, counted = 0.0, 0, 0
+            for batch in order.split(batch_size):
+                output = model(inputs[batch])
+                value = loss(output, targets[batch])
+                optimizer.zero_grad(set_to_none=True)
+                value.backward()
+                optimizer.step()
+                schedule.step()
+                total_loss += float(value.detach()) * len(batch)
+                batch_right, batch_counted = hits(output.detach(), targets[batch])
+                right, counted = right + batch_right, counted + batch_counted
+                bar.update(1)
+                bar.set_postfix(loss=f"{float(value.detach()):.4f}", refresh=False)
+            log.losses.append(total_loss / len(inputs))
+            log.accuracies.append(right / max(1, counted))
+            log.seconds = time.perf_counter() - begun
+            if checkpoint is not None:
+                _save_checkpoint(
+                    Path(checkpoint),
+                    settings,
+                    epoch + 1,
+                    model,
+                    optimizer,
+                    schedule,
+                    generator,
+                    log,
+                )
+            if on_epoch is not None:
+                on_epoch(epoch, log.losses[-1], log.accuracies[-1])
+    finally:
+        bar.close()
+        model.eval()
+    log.seconds = time.perf_counter() - begun
+    return log
+
+
+def _save_checkpoint(
+    path: Path, settings, epochs_done, model, optimizer, schedule, generator, log
+) -> None:
+    """Write the training state to ``path`` atomically (a partial file never replaces it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "settings": settings,
+        "epochs_done": epochs_done,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "schedule": schedule.state_dict(),
+        "generator": generator.get_state(),
+        "log": {"losses": log.losses, "accuracies": log.accuracies, "seconds": log.seconds},
+    }
+    partial = path.with_name(path.name + ".partial")
+    torch.save(state, partial)
+    os.replace(partial, path)
+
+
+def _restore(path: Path, settings, model, optimizer, schedule, generator, log) -> int:
+    """Load a checkpoint into the training objects; returns the epochs it had done."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # any unreadable file: say which and what to do
+        raise DataError(
+            f"cannot read the checkpoint {path} ({error}); delete it to start afresh"
+        ) from error
+    if state.get("settings") != settings:
+        raise DataError(
+            f"the checkpoint {path} was written with {state.get('settings')}, not {settings}; "
+            "resume with the same settings, or delete it (or leave out --resume) to start afresh"
+        )
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    generator.set_state(state["generator"])
+    log.losses[:] = state["log"]["losses"]
+    log.accuracies[:] = state["log"]["accuracies"]
+    log.seconds = state["log"]["seconds"]
+    return int(state["epochs_done"])
+
+
 def train_classifier(
     model: nn.Module,
     images: torch.Tensor,
@@ -32,12 +185,16 @@ def train_classifier(
     weight_decay: float = 1e-4,
     seed: int = 0,
     on_epoch: Callable[[int, float, float], None] | None = None,
+    multilabel: bool = False,
 ) -> TrainingLog:
     """Train ``model`` in place with AdamW, cross-entropy and a one-cycle learning-rate schedule.
 
     Args:
         images: inputs as the model takes them, ``Tensor[N, 3, H, W]``.
-        labels: class ids ``Tensor[N]``.
+        labels: class ids ``Tensor[N]``; with ``multilabel=True`` multi-hot float
+            ``Tensor[N, C]`` instead, trained with per-class sigmoid cross-entropy
+            (``binary_cross_entropy_with_logits``), and the accuracy an image counts
+            towards is exact match of ``logits > 0`` with the labels.
         seed: seeds the shuffling order (and nothing else: initialise the model yourself).
         on_epoch: called as ``on_epoch(epoch, mean_loss, accuracy)`` after each epoch.
 
@@ -47,35 +204,31 @@ def train_classifier(
         raise DataError(
             f"{len(images)} images but {len(labels)} labels; pass one class id per image"
         )
-    if epochs < 1 or batch_size < 1:
-        raise DataError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
-    generator = torch.Generator().manual_seed(seed)
-    steps_per_epoch = (len(images) + batch_size - 1) // batch_size
-    optimizer = torch.optim.AdamW(model.parameters(), learning_rate, weight_decay=weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, learning_rate, total_steps=epochs * steps_per_epoch
+    return train_epochs(
+        model,
+        images,
+        labels,
+        loss=lambda logits, batch: _loss(logits, batch, multilabel),
+        hits=lambda logits, batch: (_hits(logits, batch, multilabel), len(batch)),
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        weight_decay=weight_decay,
+        seed=seed,
+        on_epoch=on_epoch,
     )
-    log, start = TrainingLog(), time.perf_counter()
-    model.train()
-    for epoch in range(epochs):
-        order = torch.randperm(len(images), generator=generator)
-        total_loss, correct = 0.0, 0
-        for batch in order.split(batch_size):
-            logits = model(images[batch])
-            loss = nn.functional.cross_entropy(logits, labels[batch])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            total_loss += float(loss.detach()) * len(batch)
-            correct += int((logits.argmax(1) == labels[batch]).sum())
-        log.losses.append(total_loss / len(images))
-        log.accuracies.append(correct / len(images))
-        if on_epoch is not None:
-            on_epoch(epoch, log.losses[-1], log.accuracies[-1])
-    model.eval()
-    log.seconds = time.perf_counter() - start
-    return log
+
+
+def _loss(logits: torch.Tensor, labels: torch.Tensor, multilabel: bool) -> torch.Tensor:
+    if multilabel:
+        return nn.functional.binary_cross_entropy_with_logits(logits, labels.float())
+    return nn.functional.cross_entropy(logits, labels)
+
+
+def _hits(logits: torch.Tensor, labels: torch.Tensor, multilabel: bool) -> int:
+    if multilabel:
+        return int(((logits > 0) == (labels > 0.5)).all(1).sum())
+    return int((logits.argmax(1) == labels).sum())
 
 
 @torch.no_grad()

@@ -1,0 +1,66 @@
+"""The multi-object benchmark model ("synthetic-scenes"): `ShapesNet` trained multi-label
+(one sigmoid per class) on `convlens.data.scenes`, with shipped float16 weights (trained by
+`convlens.train.scenes`).
+
+Its outputs are LOGITS ``Tensor[B, 6]``; ``sigmoid(logit_c)`` is the probability that class
+``c`` is present, independently of the other classes (several shapes share an image). Explain
+a present class by its logit, as for any model; faithfulness curves on this model track
+``sigmoid(logit_c)`` (score ``"sigmoid"``), not a softmax across classes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from convlens.data.scenes import SCENE_CLASSES
+from convlens.errors import ModelLoadError
+from convlens.models.loading import LoadedModel, register_model_source
+from convlens.models.shapes import ShapesNet, shapes_preprocess
+
+MODEL_NAME = "synthetic-scenes"
+SIZE = 64
+WIDTH = 16
+WEIGHTS_FILE = Path(__file__).resolve().parent / "weights" / "synthetic_scenes.pt"
+
+
+def load_scenes_model(pretrained: bool = True, path: str | Path | None = None) -> LoadedModel:
+    """The shipped multi-label `ShapesNet` as a `LoadedModel` named ``synthetic-scenes``
+    (eval mode), with the classes, width, input size and normalisation of the weights file.
+    ``pretrained=False``: the same architecture, random weights."""
+    if not pretrained:
+        module = ShapesNet(num_classes=len(SCENE_CLASSES), width=WIDTH)
+        return LoadedModel(module.eval(), MODEL_NAME, shapes_preprocess(SIZE), SCENE_CLASSES)
+    file = Path(path) if path is not None else WEIGHTS_FILE
+    if not file.is_file():
+        raise ModelLoadError(
+            f"the synthetic-scenes weights are missing ({file}); train them with "
+            "'python -m convlens.train.scenes'"
+        )
+    saved = torch.load(file, map_location="cpu", weights_only=True)
+    missing = [
+        k for k in ("state_dict", "classes", "width", "size", "mean", "std") if k not in saved
+    ]
+    if missing:
+        raise ModelLoadError(
+            f"{file} lacks {missing}; write it with convlens.train.scenes.save_scenes_model"
+        )
+    classes = tuple(str(name) for name in saved["classes"])
+    module = ShapesNet(num_classes=len(classes), width=int(saved["width"]))
+    module.load_state_dict({k: v.float() for k, v in saved["state_dict"].items()})
+    preprocess = shapes_preprocess(saved["size"], saved["mean"], saved["std"])
+    return LoadedModel(module.eval(), MODEL_NAME, preprocess, classes)
+
+
+def scenes_record(path: str | Path | None = None) -> dict:
+    """The training record stored in the weights file (held-out mAP, accuracy, settings)."""
+    file = Path(path) if path is not None else WEIGHTS_FILE
+    return dict(torch.load(file, map_location="cpu", weights_only=True).get("record", {}))
+
+
+register_model_source(
+    MODEL_NAME,
+    "nothing (multi-label GAP CNN for the multi-object shapes benchmark; weights ship in convlens)",
+    lambda _, pretrained: load_scenes_model(pretrained),
+)
