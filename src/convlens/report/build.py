@@ -21,7 +21,7 @@ from convlens.report.views import BOX_FRACTION, map_view
 from convlens.targets import contrast
 
 DEFAULT_METHODS = "gradcam,gradcam_pp,layercam,saliency,guided_backprop"
-OCCLUSION = {"patch": 32, "stride": 24}  # 81 positions at 224 px (stride 16 would need 169)
+OCCLUSION = {"patch": 56, "stride": 28}  # 49 positions at 224 px (patch 32, stride 16: 169)
 FEATURE_CHANNELS = 16
 
 
