@@ -1,0 +1,158 @@
+"""CLI options of issue 11: --option, contrasts, --preprocess, --labels, --arch/--weights,
+--version, evaluate's --method, hints that name real options, offline hub loads, progress
+lines off a terminal."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from convlens.cli import main
+from convlens.cli.explain_tiles import contrast_parts
+from convlens.cli.options import parse_method_options
+from convlens.data.preprocess import Preprocess
+from convlens.data.progress import progress_bar
+from convlens.errors import MethodError, ModelLoadError
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 5, stride=4),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    ).eval()
+
+
+def test_method_options_are_parsed_typed_and_checked_against_the_registry():
+    chosen = parse_method_options(
+        ["patch=32", "stride=16", "n_steps=8"], ["occlusion", "integrated_gradients"]
+    )
+    assert chosen == {
+        "occlusion": {"patch": 32, "stride": 16},
+        "integrated_gradients": {"n_steps": 8},
+    }
+    with pytest.raises(MethodError, match="no chosen method takes the option 'patch'"):
+        parse_method_options(["patch=3"], ["gradcam"])
+    with pytest.raises(MethodError, match="KEY=VALUE"):
+        parse_method_options(["patch"], ["occlusion"])
+
+
+def test_contrast_targets_split_only_between_classes():
+    labels = ("tabby", "black-and-tan coonhound", "espresso")
+    assert contrast_parts("tabby-espresso", labels) == ("tabby", "espresso")
+    assert contrast_parts("281-967", None) == (281, 967)
+    assert contrast_parts("top1-top2", None) == ("top1", "top2")
+    assert contrast_parts("black-and-tan coonhound", labels) is None  # one class
+    assert contrast_parts("black-and-tan coonhound-tabby", labels) == (
+        "black-and-tan coonhound",
+        "tabby",
+    )
+
+
+def test_explain_options_contrast_and_labels_reach_the_record(tmp_path, capsys):
+    torch.save(_net(), tmp_path / "net.pt")
+    (tmp_path / "names.txt").write_text("ant\nbee\ncow\n")
+    args = [
+        "explain",
+        "cat",
+        "-m",
+        str(tmp_path / "net.pt"),
+        "--labels",
+        str(tmp_path / "names.txt"),
+    ]
+    args += ["--method", "occlusion", "--option", "patch=56", "--option", "stride=56"]
+    args += ["--target", "bee-cow", "--preprocess", "pad", "-o", str(tmp_path / "o"), "--json"]
+    assert main(args) == 0
+    record = json.loads(capsys.readouterr().out)["records"][0]
+    entry = record["methods"][0]
+    assert record["target"] == "bee-cow" and record["explained"] == "bee rather than cow"
+    assert entry["class_name"] == "bee" and entry["contrast"]["rather_than"] == "cow"
+    # The score is the logit difference of the two classes on the padded image.
+    from convlens import load_model
+    from convlens.data.images import load_images
+
+    loaded = load_model(str(tmp_path / "net.pt"), preprocess=Preprocess(mode="pad"))
+    with torch.no_grad():
+        logits = loaded.module(load_images(["cat"], preprocess=loaded.preprocess).tensor)[0]
+    assert entry["score"] == pytest.approx(float(logits[1] - logits[2]), rel=1e-4, abs=1e-5)
+    bad = main(args[:-1] + ["--option", "n_steps=3"])
+    assert bad == 1 and "no chosen method takes the option 'n_steps'" in capsys.readouterr().err
+
+
+def test_pad_preprocessing_keeps_the_whole_image():
+    from PIL import Image
+
+    wide = Image.new("RGB", (40, 10), (255, 0, 0))
+    pixels = Preprocess(size=20, mode="pad", mean=(0.5, 0.5, 0.5)).display(wide)
+    assert pixels.shape == (20, 20, 3)
+    assert (pixels[7:12, :, 0] == 255).all()  # the image, whole, in the middle rows
+    assert (pixels[:5] == 128).all() and (pixels[-5:] == 128).all()  # mean-grey bands
+
+
+@pytest.mark.slow
+def test_arch_weights_load_a_state_dict_and_explain_mismatches(tmp_path, capsys):
+    torchvision = pytest.importorskip("torchvision")
+    net = torchvision.models.squeezenet1_1(weights=None, num_classes=1000).eval()
+    torch.save(net.state_dict(), tmp_path / "sq.pth")
+    from convlens.models.weights import load_weights
+
+    loaded = load_weights("torchvision:squeezenet1_1", tmp_path / "sq.pth")
+    x = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(loaded.module(x), net(x))
+    state = net.state_dict()
+    state.pop("classifier.1.bias")
+    torch.save({"state_dict": state}, tmp_path / "broken.pth")
+    with pytest.raises(ModelLoadError, match=r"1 missing keys \(classifier.1.bias\)"):
+        load_weights("torchvision:squeezenet1_1", tmp_path / "broken.pth")
+    code = main(
+        [
+            "predict",
+            "cat",
+            "--arch",
+            "torchvision:squeezenet1_1",
+            "--weights",
+            str(tmp_path / "sq.pth"),
+        ]
+    )
+    assert code == 0 and capsys.readouterr().out.startswith("cat: ")
+    assert main(["predict", "cat", "--weights", str(tmp_path / "sq.pth")]) == 1
+    assert "--arch and --weights go together" in capsys.readouterr().err
+
+
+def test_version_and_evaluate_method_spelling(capsys):
+    from convlens import __version__
+
+    assert main(["--version"]) == 0 and capsys.readouterr().out.strip() == f"convlens {__version__}"
+    assert main(["evaluate", "--method", "nope", "--limit", "1"]) == 1
+    assert "unknown method 'nope'" in capsys.readouterr().err
+    assert main(["evaluate", "--data", "gt.json"]) == 2
+    assert "--data needs --model" in capsys.readouterr().err
+
+
+def test_offline_hub_load_fails_in_seconds_with_one_line(monkeypatch, capsys):
+    pytest.importorskip("timm")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the user says: no network
+    start = time.perf_counter()
+    code = main(["predict", "cat", "-m", "timm:convnext_atto_ols"])
+    err = capsys.readouterr().err
+    if code == 0:
+        pytest.skip("these weights are in the local cache")
+    assert time.perf_counter() - start < 20
+    assert code == 1 and err.count("\n") == 1 and "--random-weights" in err and "--weights" in err
+
+
+def test_progress_lines_off_a_terminal():
+    stream = io.StringIO()
+    assert list(progress_bar(range(3), desc="occlusion", stream=stream)) == [0, 1, 2]
+    assert stream.getvalue() == "occlusion: 1/3\nocclusion: 2/3\nocclusion: 3/3\n"
+    silent = io.StringIO()
+    assert list(progress_bar([5], desc="x", disable=True, stream=silent)) == [5]
+    assert silent.getvalue() == ""
