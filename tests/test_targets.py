@@ -97,7 +97,7 @@ def test_callable_with_wrong_shape_raises():
 def test_class_targets_need_classifier_output():
     targets = resolve_targets(1, 2)
     with pytest.raises(TargetError, match="callable"):
-        targets.score(torch.zeros(2, 4, 5, 5))
+        targets.score(torch.zeros(2, 4, 5))  # [B, K, H, W] is a segmentation output instead
 
 
 def test_numpy_ids_and_scalar_tensors_are_class_ids():

@@ -44,6 +44,7 @@ _PUBLIC = {
     "load_model": "convlens.models",
     "Targets": "convlens.targets",
     "contrast": "convlens.targets",
+    "region": "convlens.targets",
     "resolve_targets": "convlens.targets",
 }
 
@@ -85,4 +86,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time `__getattr__` loads
     from convlens.maps import normalize_maps
     from convlens.models import load_model
     from convlens.models.loading import LoadedModel
-    from convlens.targets import Targets, contrast, resolve_targets
+    from convlens.targets import Targets, contrast, region, resolve_targets

@@ -23,6 +23,7 @@ scores from that same pass).
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import numbers
 import re
@@ -82,6 +83,142 @@ class ClassSelector:
 
 
 @dataclass(frozen=True)
+class Region:
+    """Explain a class's logits summed over a region of a segmentation output (see `region`)."""
+
+    target: object = None
+    box: object = None
+    mask: object = None
+
+    def __str__(self) -> str:
+        where = "predicted mask" if self.box is None and self.mask is None else "mask"
+        if self.box is not None:
+            where = f"box {torch.as_tensor(self.box).tolist()}"
+        return f"{'top1' if self.target is None else self.target} over {where}"
+
+
+def region(target: object = None, box: object = None, mask: object = None) -> Region:
+    """Target for segmentation models (output ``Tensor[B, K, H, W]``; Vinogradova et al.
+    2020, "Towards Interpretable Semantic Segmentation via Gradient-weighted Class
+    Activation Mapping"): the score is ``sum_{(i, j) in M} y_c(i, j)``, class ``c``'s logits
+    summed over a region ``M`` of the output.
+
+    Args:
+        target: the class ``c``: any single-class form or ``contrast(a, b)`` (each class then
+            summed over its own region). A ranked form (``"top1"``) ranks classes by that sum.
+        box: ``(x0, y0, x1, y1)`` output pixels (x1/y1 exclusive), one for all images or a
+            ``Tensor[B, 4]``; the same region for every class.
+        mask: ``Tensor[H, W]`` or ``Tensor[B, H, W]`` (bool or 0/1) at output resolution.
+
+    Neither box nor mask: ``M`` is the predicted mask of ``c`` (pixels whose top class is
+    ``c``), read from the unmodified input: methods that run copies of the input (occlusion,
+    SmoothGrad, Integrated Gradients, Score-CAM) keep that mask for every copy. A plain class
+    target on a segmentation output means the same (each of those methods pins the mask on
+    its own clean forward pass).
+    """
+    if box is not None and mask is not None:
+        raise TargetError("region takes a box or a mask, not both")
+    return Region(target, box, mask)
+
+
+@dataclass(frozen=True)
+class RegionSelector:
+    """Per explained row, the output pixels whose logits are summed: ``masks`` (bool
+    ``Tensor[N, H, W]``) or ``boxes`` (``Tensor[N, 4]``), one region for every class; or
+    ``labels`` (``LongTensor[N, H, W]``): class ``k``'s region is where ``labels == k`` (a
+    predicted mask pinned on the clean output); or none of them: class ``k``'s region is where
+    the scored output itself predicts ``k``."""
+
+    masks: torch.Tensor | None = None
+    boxes: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+
+    @property
+    def predicted(self) -> bool:
+        return self.masks is None and self.boxes is None
+
+    def weights(self, output: torch.Tensor) -> torch.Tensor:
+        """``Tensor[N, K or 1, H, W]`` 0/1: the region of each class (or of all classes)."""
+        if not isinstance(output, torch.Tensor) or output.dim() != 4:
+            shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output)
+            raise TargetError(
+                f"region targets need a segmentation output [B, classes, H, W], got {shape}"
+            )
+        height, width = output.shape[-2:]
+        if self.boxes is not None:
+            return _box_masks(self.boxes, height, width)[:, None].to(output)
+        if self.masks is not None:
+            if tuple(self.masks.shape[-2:]) != (height, width):
+                raise TargetError(
+                    f"the region mask is {tuple(self.masks.shape[-2:])} but the model output is "
+                    f"{height}x{width}; pass a mask at the output's resolution"
+                )
+            return self.masks[:, None].to(output)
+        labels = output.detach().argmax(1) if self.labels is None else self.labels
+        classes = torch.arange(output.shape[1], device=output.device)[None, :, None, None]
+        return (labels.to(output.device)[:, None] == classes).to(output)
+
+    def pool(self, output: torch.Tensor) -> torch.Tensor:
+        """``Tensor[N, K]``: each class's output summed over its region."""
+        return (output * self.weights(output)).sum((2, 3))
+
+    def pin(self, output: torch.Tensor) -> RegionSelector:
+        """A predicted region fixed to the prediction of ``output`` (the clean rows)."""
+        if not self.predicted or self.labels is not None:
+            return self
+        return RegionSelector(labels=output.detach().argmax(1).cpu())
+
+    def subset(self, rows) -> RegionSelector:
+        return RegionSelector(
+            *(None if t is None else t[rows] for t in (self.masks, self.boxes, self.labels))
+        )
+
+
+def _box_masks(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    x0, y0, x1, y1 = boxes.T
+    if bool(((x0 < 0) | (y0 < 0) | (x1 > width) | (y1 > height) | (x1 <= x0) | (y1 <= y0)).any()):
+        raise TargetError(
+            f"region box {boxes[0].tolist()} must satisfy 0 <= x0 < x1 <= {width} and "
+            f"0 <= y0 < y1 <= {height} (output pixels, x1/y1 exclusive)"
+        )
+    ys, xs = torch.arange(height)[None, :, None], torch.arange(width)[None, None, :]
+    return (
+        (xs >= x0[:, None, None])
+        & (xs < x1[:, None, None])
+        & (ys >= y0[:, None, None])
+        & (ys < y1[:, None, None])
+    )
+
+
+def _region_selector(spec: Region, batch_size: int) -> RegionSelector:
+    """Check a `Region`'s box or mask and give one per image."""
+    if spec.box is not None:
+        boxes = torch.as_tensor(spec.box).long().reshape(-1, 4)
+        if len(boxes) == 1:
+            boxes = boxes.expand(batch_size, 4)
+        if len(boxes) != batch_size:
+            raise TargetError(f"got {len(boxes)} region boxes for {batch_size} images")
+        return RegionSelector(boxes=boxes.clone())
+    if spec.mask is not None:
+        mask = torch.as_tensor(spec.mask)
+        if mask.dim() == 2:
+            mask = mask.expand(batch_size, *mask.shape)
+        if mask.dim() != 3 or len(mask) != batch_size:
+            raise TargetError(
+                f"a region mask is Tensor[H, W] or Tensor[{batch_size}, H, W], got "
+                f"{tuple(mask.shape)}"
+            )
+        if mask.dtype != torch.bool:
+            if bool(((mask != 0) & (mask != 1)).any()):
+                raise TargetError("a region mask must be bool or 0/1")
+            mask = mask != 0
+        if not bool(mask.flatten(1).any(1).all()):
+            raise TargetError("a region mask selects no pixel; give at least one pixel")
+        return RegionSelector(masks=mask.detach().cpu().clone())
+    return RegionSelector()
+
+
+@dataclass(frozen=True)
 class Targets:
     """Resolved targets for ``N`` explained rows, each tied to an input image.
 
@@ -93,6 +230,7 @@ class Targets:
     negative: ClassSelector | None = None
     fn: ScoreFn | None = None
     spec: str = "top1"
+    region: RegionSelector | None = None
 
     def __len__(self) -> int:
         return len(self.image_index)
@@ -107,7 +245,27 @@ class Targets:
 
     def class_ids(self, output: torch.Tensor) -> torch.Tensor | None:
         """The explained class per row (``None`` for callable targets)."""
-        return None if self.positive is None else self.positive.resolve(_logits(output))
+        return None if self.positive is None else self.positive.resolve(self.class_scores(output))
+
+    def class_scores(self, output: torch.Tensor) -> torch.Tensor:
+        """``Tensor[N, K]`` the targets pick from: the logits of a classifier, or each
+        class's logits summed over its region for a segmentation output ``[N, K, H, W]``."""
+        if self.region is not None:
+            return self.region.pool(output)
+        if isinstance(output, torch.Tensor) and output.dim() == 4:
+            return RegionSelector().pool(output)
+        return _logits(output)
+
+    def probabilities(self, output: torch.Tensor, class_ids: torch.Tensor) -> torch.Tensor:
+        """``Tensor[N]`` softmax probability of each row's class; for a segmentation output,
+        its mean over the class's region (0 for an empty region)."""
+        probabilities = output.softmax(1)
+        if probabilities.dim() == 2:
+            return probabilities.gather(1, class_ids[:, None].to(output.device))[:, 0]
+        region = self.region or RegionSelector()
+        weights = region.weights(output).expand_as(probabilities)
+        mean = (probabilities * weights).sum((2, 3)) / weights.sum((2, 3)).clamp_min(1)
+        return mean.gather(1, class_ids[:, None].to(output.device))[:, 0]
 
     def score(self, output: torch.Tensor) -> torch.Tensor:
         """The explained scalar per row, ``Tensor[N]``, differentiable w.r.t. ``output``."""
@@ -120,7 +278,7 @@ class Targets:
                     f"[{output.shape[0]}], not {shape}"
                 )
             return scores
-        logits = _logits(output)
+        logits = self.class_scores(output)
         scores = logits.gather(1, self.positive.resolve(logits)[:, None])[:, 0]
         if self.negative is not None:
             scores = scores - logits.gather(1, self.negative.resolve(logits)[:, None])[:, 0]
@@ -140,7 +298,12 @@ class Targets:
             return ClassSelector(selector.ids[rows], selector.ranks[rows])
 
         return Targets(
-            self.image_index[rows], pick(self.positive), pick(self.negative), self.fn, self.spec
+            self.image_index[rows],
+            pick(self.positive),
+            pick(self.negative),
+            self.fn,
+            self.spec,
+            None if self.region is None else self.region.subset(rows),
         )
 
 
@@ -194,7 +357,8 @@ def _logits(output: torch.Tensor) -> torch.Tensor:
     if not isinstance(output, torch.Tensor) or output.dim() != 2:
         shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
         raise TargetError(
-            f"class targets need a classifier output [B, classes], got {shape}; "
+            f"class targets need a classifier output [B, classes] (or a segmentation output "
+            f"[B, classes, H, W]), got {shape}; "
             "pass target=callable(output) -> Tensor[B] for other models"
         )
     return output
@@ -217,6 +381,13 @@ def resolve_targets(
     rows = torch.arange(batch_size)
     if num_classes is None and labels:
         num_classes = len(labels)
+    if isinstance(target, Region):
+        inner = resolve_targets(target.target, batch_size, labels, num_classes)
+        if inner.fn is not None or isinstance(target.target, Region):
+            raise TargetError("region(target, ...) takes a class target or contrast(a, b)")
+        kind = "box" if target.box is not None else "mask" if target.mask is not None else "pred"
+        selector = _region_selector(target, batch_size).subset(inner.image_index)
+        return dataclasses.replace(inner, region=selector, spec=f"{inner.spec}@{kind}")
     if callable(target) and not isinstance(target, (torch.Tensor, Contrast)):
         return Targets(rows, fn=target, spec=getattr(target, "__name__", "callable"))
     if isinstance(target, str) and (match := _TOPK.match(target)) and int(match[1]) > 1:

@@ -3,6 +3,7 @@ the target score w.r.t. the input or one layer, upsampling and normalisation."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -13,7 +14,13 @@ from convlens.layers.borrow import require_autograd
 from convlens.layers.capture import capture
 from convlens.layers.find import LayerSpec, default_cam_layer, resolve_layer
 from convlens.models.loading import LoadedModel, as_module
-from convlens.targets import ClassSelector, CopyTargets, Targets, resolve_targets
+from convlens.targets import (
+    ClassSelector,
+    CopyTargets,
+    RegionSelector,
+    Targets,
+    resolve_targets,
+)
 
 
 @dataclass(frozen=True)
@@ -123,7 +130,8 @@ def pin_ranked_targets(module: nn.Module, images: torch.Tensor, targets: Targets
     on ``images``, so perturbed or interpolated copies explain the same class. Runs a
     forward pass only when some target is ranked."""
     selectors = [s for s in (targets.positive, targets.negative) if s is not None]
-    if not any(bool((s.ranks >= 0).any()) for s in selectors):
+    unpinned = targets.region is not None and targets.region.predicted
+    if not unpinned and not any(bool((s.ranks >= 0).any()) for s in selectors):
         return targets
     with torch.no_grad():
         output = module(images)
@@ -131,18 +139,26 @@ def pin_ranked_targets(module: nn.Module, images: torch.Tensor, targets: Targets
 
 
 def fix_ranked_targets(targets: Targets, output: torch.Tensor) -> Targets:
-    """`pin_ranked_targets` given the output ``Tensor[N, K]`` of the unperturbed images."""
+    """`pin_ranked_targets` given the output ``Tensor[N, K]`` of the unperturbed images (or
+    ``Tensor[N, K, H, W]`` of a segmentation model, whose predicted-mask region is pinned
+    too: copies then sum each class over the clean prediction's mask)."""
     if targets.fn is not None:
         return targets
+    region = targets.region
+    if region is None and isinstance(output, torch.Tensor) and output.dim() == 4:
+        region = RegionSelector()
+    region = None if region is None else region.pin(output)
+    pinned = dataclasses.replace(targets, region=region)
+    scores = pinned.class_scores(output)
 
     def fix(selector: ClassSelector | None) -> ClassSelector | None:
         if selector is None:
             return None
-        ids = selector.resolve(output).cpu()
+        ids = selector.resolve(scores).cpu()
         return ClassSelector(ids, torch.full_like(ids, -1))
 
-    return Targets(
-        targets.image_index, fix(targets.positive), fix(targets.negative), None, targets.spec
+    return dataclasses.replace(
+        pinned, positive=fix(targets.positive), negative=fix(targets.negative)
     )
 
 

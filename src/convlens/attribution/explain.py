@@ -218,7 +218,7 @@ def _score_output(model: nn.Module | LoadedModel, targets: Targets, output) -> _
     class_ids = targets.class_ids(output) if targets.fn is None else None
     probabilities, names = None, None
     if class_ids is not None:
-        probabilities = output.softmax(1).gather(1, class_ids[:, None].to(output.device))[:, 0]
+        probabilities = targets.probabilities(output, class_ids)
         label = model.label if isinstance(model, LoadedModel) else (lambda c: f"class {c}")
         names = [label(int(c)) for c in class_ids]
     return _Scored(targets, scores, class_ids, probabilities, names)
@@ -335,9 +335,12 @@ def top_predictions(model: LoadedModel | nn.Module, images: torch.Tensor, k: int
 def predictions_from_output(
     model: LoadedModel | nn.Module, output: torch.Tensor, k: int = 5
 ) -> list:
-    """`top_predictions` from a model output ``Tensor[B, K]`` already computed (for
-    instance ``Explanation.output``), without a forward pass."""
+    """`top_predictions` from a model output already computed (``Tensor[B, K]``, or
+    ``[B, K, H, W]`` for segmentation; for instance ``Explanation.output``), without a
+    forward pass."""
     probabilities = output.detach().float().softmax(dim=1)
+    if probabilities.dim() == 4:  # a segmentation output: each class's mean over the pixels
+        probabilities = probabilities.mean((2, 3))
     values, indices = probabilities.topk(min(k, probabilities.shape[1]), dim=1)
     label = model.label if isinstance(model, LoadedModel) else (lambda c: f"class {c}")
     return [

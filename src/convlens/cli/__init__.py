@@ -12,6 +12,7 @@ from convlens.cli import (  # noqa: F401  (registers commands)
     models,
     report,
     serve,
+    train,
 )
 from convlens.cli.app import app, main, reflow_help
 

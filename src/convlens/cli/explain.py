@@ -43,6 +43,14 @@ def explain_command(
         "convlens-out"
     ),
     as_json: JsonOption = False,
+    region_box: Annotated[
+        str | None,
+        typer.Option(
+            "--region",
+            help="x0,y0,x1,y1 (pixels, x1/y1 exclusive): for a segmentation model, explain "
+            "the target class's logits summed over this box (default: over its predicted mask).",
+        ),
+    ] = None,
 ) -> None:
     """Explain each image: one PNG panel (input + one overlay per method) and one JSON record.
 
@@ -61,6 +69,7 @@ def explain_command(
     debug = bool(ctx.find_root().params.get("debug"))
     loaded = load_model(model)
     names = method_names(method)
+    explained = _with_region(target, region_box)
     if layer is not None:  # an unknown or unused layer stops before any work
         check_layer_use([get_method(name) for name in names], layer)
         resolve_layer(loaded.module, layer)
@@ -73,7 +82,9 @@ def explain_command(
             continue
         stem = _unique_stem(Path(batch.sources[0]).stem, used)
         try:
-            record = _explain_one_image(loaded, batch, run, target, layer, Path(out) / stem, debug)
+            record = _explain_one_image(
+                loaded, batch, run, explained, layer, Path(out) / stem, debug
+            )
         except TargetError:
             raise  # the same for every image: stop with one line
         except Exception as error:  # this image fails; the next ones still run
@@ -169,7 +180,7 @@ def _explain_one_image(loaded, batch, run: _ExplainRun, target, layer, stem, deb
     record = {
         "source": batch.sources[0],
         "model": loaded.name,
-        "target": target,
+        "target": str(target),
         "layer": layers[0] if len(layers) == 1 else layers or None,
         "predictions": predictions,
         "methods": methods,
@@ -191,3 +202,21 @@ def _unique_stem(stem: str, used: set[str]) -> str:
         candidate = f"{stem}_{count}"
     used.add(candidate)
     return candidate
+
+
+def _with_region(target: str, region_box: str | None):
+    """``target``, or ``region(target, box=...)`` for ``--region x0,y0,x1,y1``."""
+    if region_box is None:
+        return target
+    from convlens.targets import region
+
+    try:
+        box = tuple(int(v) for v in region_box.split(","))
+    except ValueError:
+        box = ()
+    if len(box) != 4:
+        raise typer.BadParameter(
+            f"{region_box!r} is not a box; write four integers x0,y0,x1,y1 such as 8,8,40,40",
+            param_hint="--region",
+        )
+    return region(target, box=box)

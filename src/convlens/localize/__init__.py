@@ -1,5 +1,6 @@
 """Maps to masks and boxes, and how well they localise: box IoU, localisation accuracy,
-MaxBoxAcc (V1/V2), pixel accuracy, mask IoU, the pointing game.
+MaxBoxAcc (V1/V2), pixel accuracy, mask IoU, the pointing game; segmentation scores
+(pixel accuracy, mean/frequency-weighted/per-class IoU, boundary F1) of label maps.
 
 Boxes are float ``(x0, y0, x1, y1)`` in pixels with x1/y1 EXCLUSIVE. Maps are min-max
 normalised before thresholding (see `threshold_maps`). Formulas and citations:
@@ -30,8 +31,10 @@ from convlens.localize.metrics import (
     pointing_game,
     pointing_points,
 )
+from convlens.localize.segmentation import ConfusionMatrix, segmentation_scores
 
 __all__ = [
+    "ConfusionMatrix",
     "box_area",
     "box_iou",
     "check_boxes",
@@ -49,5 +52,6 @@ __all__ = [
     "pointing_game",
     "pointing_points",
     "resize_maps",
+    "segmentation_scores",
     "threshold_maps",
 ]

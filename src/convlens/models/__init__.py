@@ -5,7 +5,11 @@ imported; this package imports every built-in one, so a name works as soon as
 ``convlens.models`` is imported."""
 
 from convlens.data.preprocess import IMAGENET_PREPROCESS, Preprocess
-from convlens.models import efficientnet_lite, shapes  # noqa: F401  (register their names)
+from convlens.models import (  # noqa: F401  (register their names and file formats)
+    efficientnet_lite,
+    segmentation,
+    shapes,
+)
 from convlens.models.labels import imagenet_labels
 from convlens.models.loading import (
     DEFAULT_MODEL,

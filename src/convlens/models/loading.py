@@ -77,6 +77,16 @@ def register_model_source(
     return source
 
 
+_FILE_FORMATS: dict[str, Callable[[dict, Path], LoadedModel]] = {}
+
+
+def register_file_format(name: str, load: Callable[[dict, Path], LoadedModel]) -> None:
+    """Make a model file that holds a dict with ``"format": name`` (weights plus metadata,
+    written by a convlens saver) load through ``load(saved_dict, path)``, so
+    ``load_model(path)`` and ``--model PATH`` read it with its labels and preprocessing."""
+    _FILE_FORMATS[name] = load
+
+
 def model_sources() -> list[ModelSource]:
     """Every registered way to name a model, in registration order (then file paths)."""
     return [*_SOURCES.values(), _FILE_SOURCE]
@@ -162,6 +172,8 @@ def _load_file(path: str, _: bool) -> LoadedModel:
                 f"could not read {path}: {error}. Save a whole model with "
                 "torch.save(model, path) or torch.jit.save(torch.jit.script(model), path)"
             ) from error
+    if isinstance(module, dict) and module.get("format") in _FILE_FORMATS:
+        return _FILE_FORMATS[module["format"]](module, file)
     if isinstance(module, dict):
         raise ModelLoadError(
             f"{path} holds a state_dict, not a model: build the network in Python, "

@@ -1,0 +1,192 @@
+"""``convlens train``: train a model and write ``OUT/model.pt`` (loadable with ``--model``),
+``OUT/checkpoint.pt`` (for ``--resume``) and ``OUT/record.json``.
+
+Each task is one function in `_TASKS`; ``--task segmentation`` trains the DeepLabv3+-style
+`SegmentationNet` on the multi-object scenes, from true masks or CAM pseudo-masks. A task
+reads the options it needs from `TrainOptions` (add fields there for new tasks' options).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+import typer
+
+from convlens.cli.app import JsonOption, _echo_json, app
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Everything ``convlens train`` was given (each task reads what it needs)."""
+
+    out: str
+    train: int
+    test: int
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    seed: int
+    resume: bool
+    threads: int
+    width: int
+    output_stride: int
+    upsample: str
+    labels: str
+    classifier: str
+    threshold: float
+    refine_steps: int
+
+
+@app.command("train")
+def train_command(
+    task: Annotated[str, typer.Option("--task", help="What to train: segmentation.")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Folder for model.pt and records.")],
+    train: Annotated[int, typer.Option("--train", help="Training images (seed 0).")] = 2000,
+    test: Annotated[int, typer.Option("--test", help="Held-out images (seed 1).")] = 300,
+    epochs: Annotated[int, typer.Option("--epochs")] = 8,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
+    learning_rate: Annotated[float, typer.Option("--lr", help="Peak learning rate.")] = 4e-3,
+    seed: Annotated[int, typer.Option("--seed", help="Initialisation/shuffle seed.")] = 0,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from OUT/checkpoint.pt if present.")
+    ] = False,
+    threads: Annotated[int, typer.Option("--threads", help="torch CPU threads.")] = 2,
+    width: Annotated[int, typer.Option("--width", help="Backbone width.")] = 16,
+    output_stride: Annotated[int, typer.Option("--output-stride", help="8 (atrous) or 16.")] = 16,
+    upsample: Annotated[
+        str, typer.Option("--upsample", help="nearest, bilinear or transposed.")
+    ] = "bilinear",
+    labels: Annotated[
+        str, typer.Option("--labels", help="masks (true masks) or cam (CAM pseudo-masks).")
+    ] = "masks",
+    classifier: Annotated[
+        str, typer.Option("--classifier", help="GAP classifier for --labels cam.")
+    ] = "synthetic-scenes",
+    threshold: Annotated[
+        float, typer.Option("--threshold", help="CAM fraction of its max that is object.")
+    ] = 0.3,
+    refine_steps: Annotated[
+        int, typer.Option("--refine-steps", help="Colour-affinity refinement rounds (0: off).")
+    ] = 10,
+    as_json: JsonOption = False,
+) -> None:
+    """Train a model; print its held-out scores and where it was written.
+
+    Example: convlens train --task segmentation --out seg --upsample bilinear
+    """
+    if task not in _TASKS:
+        raise typer.BadParameter(
+            f"unknown task {task!r}; use one of: {', '.join(_TASKS)}", param_hint="--task"
+        )
+    options = TrainOptions(
+        out,
+        train,
+        test,
+        epochs,
+        batch_size,
+        learning_rate,
+        seed,
+        resume,
+        threads,
+        width,
+        output_stride,
+        upsample,
+        labels,
+        classifier,
+        threshold,
+        refine_steps,
+    )
+    record = _TASKS[task](options)
+    if as_json:
+        _echo_json(record)
+
+
+def _train_segmentation(options: TrainOptions) -> dict:
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from convlens.errors import DataError
+    from convlens.models import load_model
+    from convlens.models.segmentation import UPSAMPLING, save_segmentation_model
+    from convlens.train import segmentation as seg
+
+    if options.labels not in ("masks", "cam"):
+        raise DataError(f"--labels must be 'masks' or 'cam', got {options.labels!r}")
+    if options.upsample not in UPSAMPLING:
+        raise DataError(f"--upsample must be one of {', '.join(UPSAMPLING)}")
+    if min(options.train, options.test, options.threads) < 1:
+        raise DataError("--train, --test and --threads must be >= 1")
+    torch.set_num_threads(options.threads)
+    out = Path(options.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = seg.scene_tensors(options.train, seg.TRAIN_SEED)
+    truth = data.label_maps
+    settings = {"labels": options.labels}
+    if options.labels == "cam":
+        classifier = load_model(options.classifier)
+        truth = seg.cam_pseudo_masks(
+            classifier.module,
+            classifier.preprocess.normalize(data.display),
+            data.labels,
+            data.images,
+            threshold=options.threshold,
+            refine_steps=options.refine_steps,
+        )
+        quality = seg.ConfusionMatrix(len(seg.SEGMENTATION_CLASSES)).update(truth, data.label_maps)
+        settings |= {
+            "classifier": options.classifier,
+            "threshold": options.threshold,
+            "refine_steps": options.refine_steps,
+            "pseudo_mask_scores": quality.scores(),
+        }
+    model = seg.new_segmentation_model(
+        options.width, options.output_stride, options.upsample, options.seed
+    )
+    log = seg.train_segmentation(
+        model,
+        data.inputs,
+        truth,
+        epochs=options.epochs,
+        batch_size=options.batch_size,
+        learning_rate=options.learning_rate,
+        seed=options.seed,
+        checkpoint=out / "checkpoint.pt",
+        resume=options.resume,
+        progress=True,
+        on_epoch=lambda e, loss, acc: typer.echo(
+            f"epoch {e + 1}/{options.epochs}: loss {loss:.4f}, train pixel accuracy {acc:.4f}",
+            err=True,
+        ),
+    )
+    held_out = seg.scene_tensors(options.test, seg.TEST_SEED)
+    scores = seg.segmentation_report(
+        model, held_out.inputs, held_out.label_maps, len(seg.SEGMENTATION_CLASSES)
+    )
+    record = seg.run_record(
+        log,
+        task="segmentation",
+        train_items=options.train,
+        test_items=options.test,
+        epochs=options.epochs,
+        batch_size=options.batch_size,
+        seed=options.seed,
+        **model.config,
+        **settings,
+    ) | {"test_scores": scores}
+    path = save_segmentation_model(
+        model, out / "model.pt", seg.SEGMENTATION_CLASSES, seg.segmentation_preprocess(), record
+    )
+    (out / "record.json").write_text(json.dumps(record, indent=2))
+    typer.echo(
+        f"held-out mIoU {scores['mean_iou']:.3f}, pixel accuracy {scores['pixel_accuracy']:.3f} "
+        f"({options.test} scenes, seed {seg.TEST_SEED}); trained in {log.seconds:.0f} s; "
+        f"wrote {path}",
+        err=True,
+    )
+    return record
+
+
+_TASKS = {"segmentation": _train_segmentation}
