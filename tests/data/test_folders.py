@@ -8,6 +8,7 @@ import pytest
 
 from convlens.data import folders
 from convlens.data.folders import replaced_folder
+from convlens.errors import ConvlensError
 
 
 def test_a_failing_final_rename_puts_the_old_folder_back(tmp_path, monkeypatch):
@@ -36,3 +37,18 @@ def test_permissions_of_the_replaced_folder_are_kept(tmp_path):
         (staging / "b.txt").write_text("new")
     assert folder.stat().st_mode & 0o777 == 0o750
     assert [p.name for p in folder.iterdir()] == ["b.txt"]
+
+
+def test_the_current_folder_and_its_parents_are_refused(tmp_path, monkeypatch):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "old.txt").write_text("old")
+    monkeypatch.chdir(folder)
+    for target in (".", "..", str(folder)):
+        with pytest.raises(ConvlensError, match="current folder"):
+            with replaced_folder(target, lambda name: True):
+                pass
+    assert [p.name for p in folder.iterdir()] == ["old.txt"]
+    with replaced_folder("sub", lambda name: True) as staging:  # a subfolder is fine
+        (staging / "new.txt").write_text("new")
+    assert (folder / "sub" / "new.txt").read_text() == "new"

@@ -24,7 +24,12 @@ def replaced_folder(folder: str | Path, replaceable: Callable[[str], bool]) -> I
     ``replaceable(name)`` (files an earlier save wrote); anything else raises
     `ConvlensError` before anything is written, so no other file is ever deleted.
     """
-    folder = Path(folder)
+    folder = Path(folder).resolve()
+    if folder == Path.cwd() or folder in Path.cwd().parents:
+        raise ConvlensError(
+            f"{folder} is the current folder or holds it, and cannot be replaced; save into a "
+            "subfolder (e.g. out/)"
+        )
     _check_replaceable(folder, replaceable)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.new-", dir=folder.parent))
