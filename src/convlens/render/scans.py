@@ -64,14 +64,17 @@ def thumbnail_map(
     labels: Sequence[int] | None = None,
     classes: Sequence[str] | None = None,
     size: int = 1200,
-    thumb: int = 32,
+    thumb: int | None = None,
 ) -> np.ndarray:
     """A 2-D map ``float[N, 2]`` drawn as thumbnails ``uint8[h, w, 3]`` at their points,
     each framed in its label's colour (grey without labels), with a legend of ``classes``.
-    Later points are drawn over earlier ones. Returns ``uint8[size + legend, size, 3]``."""
+    Later points are drawn over earlier ones. ``thumb`` (pixels) defaults to
+    ``0.6 * size / sqrt(N)`` within [24, 96]. Returns ``uint8[size + legend, size, 3]``."""
     points = np.asarray(points, dtype=np.float64)
     if points.ndim != 2 or points.shape[1] != 2 or len(points) != len(thumbnails):
         raise ConvlensError("thumbnail_map needs points float[N, 2] and N thumbnails")
+    if thumb is None:
+        thumb = int(np.clip(0.6 * size / np.sqrt(len(points)), 24, 96))
     low, high = points.min(axis=0), points.max(axis=0)
     span = np.where(high > low, high - low, 1.0)
     where = ((points - low) / span * (size - thumb - 8) + 4).round().astype(int)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
 from convlens.data.datasets import ScanDataset
 from convlens.errors import ImageLoadError
@@ -51,11 +52,14 @@ def channel_png_name(channel: int) -> str:
     return f"channel-{channel:04d}.png"
 
 
-def write_scan(result: TopActivations, out: str | Path, rule: str | None = "deconvnet") -> Path:
+def write_scan(
+    result: TopActivations, out: str | Path, rule: str | None = "deconvnet", progress=False
+) -> Path:
     """Write every layer's ``topk.json`` and channel panels (projections by ``rule`` beside
     the patches; patches alone when ``rule`` is None or was not computed) and
     ``scan.json`` under ``out``. Under torchrun every rank calls this: each draws every
-    N-th channel and rank 0 writes the JSON files. Returns ``out``."""
+    N-th channel and rank 0 writes the JSON files. ``progress``: a tqdm bar of channels
+    per layer (rank 0). Returns ``out``."""
     out = Path(out)
     rank, world = rank_and_world()
     rules = (rule,) if rule in result.views.rules else ()
@@ -65,7 +69,8 @@ def write_scan(result: TopActivations, out: str | Path, rule: str | None = "deco
         if rank == 0:
             (folder / "topk.json").write_text(json.dumps(layer_json(top), indent=1))
         mine = [c for c, units in enumerate(top.channels) if units][rank::world]
-        for view in result.channel_views(name, mine):
+        views = result.channel_views(name, mine)
+        for view in tqdm(views, total=len(mine), disable=not progress or rank > 0, desc=name):
             title = f"{name} channel {view.channel}: top {len(view.units)} by {top.by}"
             shown = view.projections[rules[0]] if rules else None
             panel = top_units_panel(view.patches, shown, title)

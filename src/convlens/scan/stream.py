@@ -115,12 +115,15 @@ def stream_pass(
 def placed_on(module: nn.Module, device: str | torch.device | None) -> Iterator[torch.device]:
     """Run the block with ``module`` on ``device`` (CUDA ranks under torchrun: their local
     GPU) and yield that device; the module goes back where it was afterwards. ``None``:
-    where the module is (its first parameter's device, else the CPU)."""
+    where the module is (its first parameter's device, else the CPU); ``"auto"``: CUDA
+    when present, else the CPU."""
     first = next(iter([*module.parameters(), *module.buffers()]), None)
     home = first.device if first is not None else torch.device("cpu")
     if device is None:
         yield home
         return
+    if str(device) == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         target = local_device(torch.device(device))
     except (RuntimeError, ValueError) as error:
