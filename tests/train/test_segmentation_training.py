@@ -156,3 +156,30 @@ def test_train_and_explain_a_segmentation_model_from_the_command_line(tmp_path, 
 def test_an_unknown_task_is_a_usage_error(tmp_path, capsys):
     assert main(["train", "--task", "detection", "--out", str(tmp_path)]) == 2
     assert "segmentation" in capsys.readouterr().err
+
+
+def _identity_cam_classifier() -> nn.Module:
+    """CAM of class c = input channel c (1x1 identity conv, GAP, identity linear)."""
+    conv, linear = nn.Conv2d(3, 2, 1, bias=False), nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[0, 0] = conv.weight[1, 1] = 1.0
+        linear.weight.copy_(torch.eye(2))
+    return nn.Sequential(conv, nn.AdaptiveAvgPool2d(1), nn.Flatten(), linear).eval()
+
+
+def test_pseudo_masks_label_each_present_class_where_its_cam_is_high():
+    from convlens.train.segmentation import cam_pseudo_masks
+
+    inputs = torch.zeros(2, 3, 8, 8)
+    inputs[:, 0, 1:3, 1:3] = 1.0  # class 0's CAM: a blob top left
+    inputs[:, 0, 6, 6] = 0.5  # and a weaker speck, a second component
+    inputs[:, 1, 5:8, 4:7] = 2.0  # class 1's CAM: a blob bottom right
+    labels = torch.tensor([[1.0, 1.0], [1.0, 0.0]])  # image 1 holds class 0 only
+    masks = cam_pseudo_masks(_identity_cam_classifier(), inputs, labels, threshold=0.4, chunk=1)
+    expected = torch.zeros(2, 8, 8, dtype=torch.long)
+    expected[:, 1:3, 1:3] = 1
+    expected[0, 5:8, 4:7] = 2
+    assert torch.equal(masks, expected)  # the speck (a smaller component) is dropped
+    two = cam_pseudo_masks(_identity_cam_classifier(), inputs, labels, threshold=0.4, components=2)
+    assert two[1, 6, 6] == 1

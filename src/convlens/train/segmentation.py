@@ -140,27 +140,36 @@ def cam_pseudo_masks(
     refine_steps: int = 0,
     radius: int = 2,
     sigma: float = 0.1,
+    chunk: int = 64,
 ) -> torch.Tensor:
     """Label maps ``LongTensor[N, H, W]`` (0 background, ``k + 1`` class ``k``) from the CAMs
     of ``classifier`` (a GAP + linear model) for the classes marked in ``labels`` (multi-hot
     ``Tensor[N, C]``); steps in the module docstring. ``images`` (``Tensor[N, 3, H, W]`` in
-    [0, 1]) are needed for ``refine_steps > 0``."""
+    [0, 1]) are needed for ``refine_steps > 0``. Runs ``chunk`` images at a time (the
+    refinement holds ``C * (2 radius + 1)^2`` values per pixel)."""
     if refine_steps and images is None:
         raise DataError("colour refinement needs the images in [0, 1]; pass images=")
-    present = labels > 0.5
-    scores = torch.zeros(len(inputs), labels.shape[1], *inputs.shape[-2:])
-    for cls in range(labels.shape[1]):
+    parts = []
+    for rows in torch.arange(len(inputs)).split(chunk):
+        scores = _class_cams(classifier, inputs[rows], labels[rows] > 0.5)
+        if refine_steps:
+            scores = colour_affinity_refine(images[rows], scores, refine_steps, radius, sigma)
+        best, label = (scores * (labels[rows] > 0.5)[:, :, None, None]).max(1)
+        parts.append(torch.where(best >= threshold, label + 1, 0))
+    return keep_largest_components(torch.cat(parts), components)
+
+
+def _class_cams(classifier: nn.Module, inputs: torch.Tensor, present: torch.Tensor):
+    """``Tensor[N, C, H, W]``: each present class's CAM, rectified, divided by its maximum
+    (0 for absent classes)."""
+    scores = torch.zeros(len(inputs), present.shape[1], *inputs.shape[-2:])
+    for cls in range(present.shape[1]):
         rows = present[:, cls].nonzero()[:, 0]
         if len(rows):
             maps = explain(classifier, inputs[rows], method="cam", target=cls).maps.clamp_min(0)
             peak = maps.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]
             scores[rows, cls] = maps / peak
-    if refine_steps:
-        scores = colour_affinity_refine(images, scores, refine_steps, radius, sigma)
-    scores = scores * present[:, :, None, None]
-    best, label = scores.max(1)
-    label_maps = torch.where(best >= threshold, label + 1, 0)
-    return keep_largest_components(label_maps, components)
+    return scores
 
 
 def colour_affinity_refine(
