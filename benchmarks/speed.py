@@ -10,7 +10,8 @@ convlens: one forward of the batch under ``no_grad``, and for gradient and rule 
 forward plus the gradient of each image's top-1 logit w.r.t. the input only
 (``torch.autograd.grad``). Layer methods get the layer explicitly (``bn2``, the default CAM
 layer); one extra row times Grad-CAM with ``layer=None`` as users call it. ``--clock cpu``
-times CPU seconds instead of wall time (steadier on a machine shared with other jobs).
+times CPU seconds instead of wall time (steadier on a machine shared with other jobs, the
+more so with ``--threads 1``).
 Slow methods (occlusion, Integrated Gradients, SmoothGrad, Score-CAM) run once each; the
 images they push through the model are counted with a hook, and they are compared with the
 medians of the baselines taken in the same run. The script ends with one row per registered
@@ -150,6 +151,13 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--only", default="", help="comma list of method names to run")
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="intra-op threads (default: torch's own); 1 with --clock cpu is the steadiest "
+        "on a loaded machine (no thread waits for a descheduled sibling)",
+    )
     return parser.parse_args()
 
 
@@ -157,6 +165,8 @@ def main() -> None:
     args = parse_args()
     global clock
     clock = CLOCKS[args.clock]
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
     loaded = convlens.load_model()
