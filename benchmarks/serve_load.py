@@ -10,7 +10,12 @@ Starts ``convlens serve`` on 127.0.0.1 (a free port; nothing leaves the machine)
 3. ``--clients`` concurrent clients sending ``--requests`` requests in all (the load).
 
 It reports p50/p95 latency, requests/s, errors, the ratio of p50 to the bare call's median,
-and the server's resident memory (RSS) after a warm-up and after the load. The server lends
+and the server's resident memory (RSS) after a warm-up and after the load. Because wall
+times on a shared machine say more about the neighbours than about the code, it also reports
+CPU seconds: the server process's CPU time per request (from /proc) against the bare call's
+CPU time (``time.process_time``), and the CPU time the server needed to start. ``--threads``
+sets torch's threads in both processes (1 keeps CPU times honest on a busy machine, where
+idle OpenMP threads spin). The server lends
 its model to one request at a time, so under N clients a request's latency includes waiting
 for the others: the load's p50 is compared with the bare call both directly and per served
 request (wall time * clients / requests). Bounded: a fixed number of requests, a timeout on
@@ -49,11 +54,18 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError("no VmRSS")
 
 
-def start_server(model: str, port: int) -> tuple[subprocess.Popen, float]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start_server(model: str, port: int, threads: int) -> tuple[subprocess.Popen, float]:
     """``convlens serve`` in a child process; returns it and the seconds until healthy."""
     start = time.perf_counter()
     command = [sys.executable, "-m", "convlens", "serve", "--model", model, "--port", str(port)]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    env = os.environ | {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     url = f"http://127.0.0.1:{port}/api/health"
     while time.perf_counter() - start < 120:
         if server.poll() is not None:
@@ -80,17 +92,19 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def bare_library_seconds(model: str, image: Path, runs: int) -> list[float]:
+def bare_library_seconds(model: str, image: Path, runs: int) -> tuple[list[float], list[float]]:
+    """Wall and CPU seconds of ``runs`` calls of ``convlens.explain`` on ``image``."""
     from convlens import explain, load_model
 
     loaded = load_model(model)
     explain(loaded, str(image), "gradcam")  # warm-up
-    times = []
+    wall, cpu = [], []
     for _ in range(runs):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         explain(loaded, str(image), "gradcam")
-        times.append(time.perf_counter() - start)
-    return times
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return wall, cpu
 
 
 def main() -> None:
@@ -101,26 +115,34 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--single", type=int, default=20)
     parser.add_argument("--bare", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads, both processes")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
 
     from convlens.data.samples import SAMPLES, sample_path
 
     image = sample_path(args.image) if args.image in SAMPLES else Path(args.image)
     data = image.read_bytes()
     port = free_port()
-    server, startup = start_server(args.model, port)
+    server, startup = start_server(args.model, port, args.threads)
+    startup_cpu = cpu_seconds(server.pid)
     url = f"http://127.0.0.1:{port}/api/explain"
     try:
         with httpx.Client(timeout=120) as client:
             post_explain(client, url, data)  # warm-up: first request, layer cache
             rss_before = rss_mb(server.pid)
-            bare = bare_library_seconds(args.model, image, args.bare)
+            bare, bare_cpu = bare_library_seconds(args.model, image, args.bare)
+            cpu_start = cpu_seconds(server.pid)
             single = [post_explain(client, url, data) for _ in range(args.single)]
-        wall_start = time.perf_counter()
+            single_cpu = (cpu_seconds(server.pid) - cpu_start) / args.single
+        wall_start, cpu_start = time.perf_counter(), cpu_seconds(server.pid)
         with ThreadPoolExecutor(args.clients) as pool, httpx.Client(timeout=120) as client:
             load = list(pool.map(lambda _: post_explain(client, url, data), range(args.requests)))
         wall = time.perf_counter() - wall_start
+        load_cpu = (cpu_seconds(server.pid) - cpu_start) / args.requests
         rss_after = rss_mb(server.pid)
     finally:
         server.terminate()
@@ -134,7 +156,14 @@ def main() -> None:
         "model": args.model,
         "image": str(image),
         "cpu_count": os.cpu_count(),
+        "threads": args.threads,
+        "load_average_1min": round(os.getloadavg()[0], 1),
         "startup_s": round(startup, 2),
+        "startup_cpu_s": round(startup_cpu, 2),
+        "bare_cpu_p50_s": round(statistics.median(bare_cpu), 4),
+        "server_cpu_per_request_single_s": round(single_cpu, 4),
+        "server_cpu_per_request_load_s": round(load_cpu, 4),
+        "cpu_per_request_over_bare": round(load_cpu / statistics.median(bare_cpu), 2),
         "bare_p50_s": round(bare_p50, 4),
         "single_p50_s": round(statistics.median(single_times), 4),
         "single_p50_over_bare": round(statistics.median(single_times) / bare_p50, 2),

@@ -122,6 +122,8 @@ def test_upload_explain_switch_method_and_layer(browser, server_url, default_mod
     assert overlay.get_attribute("src").startswith("data:image/png;base64,")
     assert page.evaluate("document.querySelector('#overlay').naturalWidth") > 0
     assert page.text_content("#class-name") == expected[0][0]["label"]
+    page.wait_for_function("document.querySelectorAll('#predictions li').length === 5")
+    assert page.text_content("#predictions li").startswith(expected[0][0]["label"])
     assert page.locator("#box").is_visible() and page.locator("#colour-bar").is_visible()
     page.click("#features-button")
     page.wait_for_function(

@@ -36,10 +36,9 @@ def colour_bar(
     canvas.paste(Image.fromarray(ramp), (0, 0))
     draw = ImageDraw.Draw(canvas)
     font = _font(11)
-    draw.text((1, height + 1), low, fill=(0, 0, 0), font=font)
+    labels = [(low, 1.0), (high, width - 1.0 - draw.textlength(high, font=font))]
     if middle is not None:
-        draw.text(((width - draw.textlength(middle, font=font)) / 2, height + 1), middle,
-                  fill=(0, 0, 0), font=font)  # fmt: skip
-    draw.text((width - draw.textlength(high, font=font) - 1, height + 1), high, fill=(0, 0, 0),
-              font=font)  # fmt: skip
+        labels.append((middle, (width - draw.textlength(middle, font=font)) / 2))
+    for text, left in labels:
+        draw.text((left, height + 1), text, fill=(0, 0, 0), font=font)
     return np.asarray(canvas)

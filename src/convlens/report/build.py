@@ -5,12 +5,14 @@ strongest feature maps), plus the model's first-layer filters."""
 
 from __future__ import annotations
 
+import html
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from convlens.attribution.explain import explain, explain_methods, method_names, top_predictions
 from convlens.data.images import ImageBatch, iter_batches
+from convlens.errors import ImageLoadError
 from convlens.features import feature_maps, filter_tiles, layer_mean_maps, optimize
 from convlens.layers import default_cam_layer
 from convlens.models.loading import LoadedModel
@@ -56,8 +58,6 @@ def build_report(
             progress(f"{batch.sources[0]}: done after {time.perf_counter() - start:.1f} s")
     if not sections:
         reasons = "; ".join(f"{source}: {reason}" for source, reason in skipped)
-        from convlens.errors import ImageLoadError
-
         raise ImageLoadError(f"no readable image among the inputs ({reasons})")
     sections += model_sections(model)
     meta = (
@@ -136,7 +136,7 @@ def _methods_section(model, batch, methods, top, predictions, anchor) -> Section
                     f"p={view.probability:.3f})",
                 )
             )
-        section.blocks.append(f"<h4>rank {rank + 1}: {_escape(label)}</h4>" + "".join(figures))
+        section.blocks.append(f"<h4>rank {rank + 1}: {html.escape(label)}</h4>" + "".join(figures))
     timing = [[item.method, item.layer or "-", round(item.seconds, 3)] for item in results]
     section.blocks.append(table(["method", "layer", "seconds"], timing, "time per method"))
     for failure in failures:
@@ -251,12 +251,6 @@ def model_sections(model: LoadedModel) -> list[Section]:
 def _box_text(box) -> str:
     x0, y0, x1, y1 = (round(v) for v in box)
     return f"x {x0}..{x1}, y {y0}..{y1} (pixels of the model's input)"
-
-
-def _escape(text: str) -> str:
-    import html
-
-    return html.escape(text)
 
 
 def _unique(anchor: str, used: set[str]) -> str:

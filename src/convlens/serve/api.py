@@ -88,7 +88,6 @@ class ExplainResult(BaseModel):
     box: list[float] | None = Field(description="(x0, y0, x1, y1) pixels, x1/y1 exclusive.")
     size: list[int] = Field(description="(height, width) of the overlay in pixels.")
     scale: Scale
-    predictions: list[Predicted]
 
 
 class Features(BaseModel):
@@ -110,11 +109,8 @@ class Cancelled(BaseModel):
 
 
 def method_list() -> list[Method]:
-    return [
-        Method(name=m.name, family=m.family, uses_layer=m.uses_layer, slow=m.slow,
-               summary=m.summary)
-        for m in list_methods()
-    ]  # fmt: skip
+    fields = ("name", "family", "uses_layer", "slow", "summary")
+    return [Method(**{key: getattr(m, key) for key in fields}) for m in list_methods()]
 
 
 def class_list(desk: ModelDesk) -> list[ClassName]:
@@ -139,8 +135,16 @@ def _layer_rows(model: LoadedModel) -> Layers:
         shape = list(info.output_shape) if info.output_shape else None
         spatial = shape is not None and len(shape) == 4 and shape[2] * shape[3] > 1
         field = list(info.field.size) if info.field is not None else None
-        rows.append(Layer(index=info.index, name=info.name, type=info.type, output_shape=shape,
-                          receptive_field=field, spatial=spatial))  # fmt: skip
+        rows.append(
+            Layer(
+                index=info.index,
+                name=info.name,
+                type=info.type,
+                output_shape=shape,
+                receptive_field=field,
+                spatial=spatial,
+            )
+        )
     try:
         default = default_cam_layer(model.module, blank)
     except LayerError:
@@ -171,7 +175,6 @@ def explain_one(
         resolve_layer(model.module, layer)
     item = explain(model, batch, method, target=_one_row_target(target, contrast), layer=layer)
     view = map_view(item)
-    predictions = top_predictions(model, batch.tensor, k=5)[0]
     height, width = view.overlay.shape[:2]
     return ExplainResult(
         class_id=view.class_id,
@@ -186,7 +189,6 @@ def explain_one(
         box=list(view.box) if view.box is not None else None,
         size=[height, width],
         scale=Scale(**view.scale.record()),
-        predictions=[Predicted(**p) for p in predictions],
     )
 
 

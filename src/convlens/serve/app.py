@@ -179,10 +179,11 @@ def _add_routes(app: FastAPI, desk: ModelDesk, settings: ServeSettings) -> None:
     ) -> api.Prediction:
         """The most probable classes of an uploaded image or a sample."""
         data = await _read_upload(image, settings)
-        return await _lend(
-            request, desk, None,
-            lambda: api.predict(model, request_image(model, data, sample, settings), top),
-        )  # fmt: skip
+
+        def work():
+            return api.predict(model, request_image(model, data, sample, settings), top)
+
+        return await _lend(request, desk, None, work)
 
     @app.post("/api/explain", response_model=api.ExplainResult)
     async def explain(
@@ -222,10 +223,12 @@ def _add_routes(app: FastAPI, desk: ModelDesk, settings: ServeSettings) -> None:
     ) -> api.Features:
         """The strongest channels of one layer for one image, as a captioned grid."""
         data = await _read_upload(image, settings)
-        return await _lend(
-            request, desk, job,
-            lambda: api.features(model, request_image(model, data, sample, settings), layer, top),
-        )  # fmt: skip
+
+        def work():
+            batch = request_image(model, data, sample, settings)
+            return api.features(model, batch, layer, top)
+
+        return await _lend(request, desk, job, work)
 
     @app.get("/api/filters", response_model=api.Filters)
     async def filters(layer: str | None = None) -> api.Filters:

@@ -67,6 +67,24 @@ function newJobId() {
   return "job-" + Date.now().toString(36) + "-" + Math.random().toString(36).slice(2, 10);
 }
 
+async function predict() {
+  const form = imageForm();
+  if (!form) return;
+  form.append("top", "5");
+  const list = $("predictions");
+  list.replaceChildren();
+  try {
+    const result = await getJson("/api/predict", { method: "POST", body: form });
+    for (const p of result.predictions) {
+      const item = document.createElement("li");
+      item.textContent = `${p.label} (${p.class_id}) ${p.probability.toFixed(3)}`;
+      list.appendChild(item);
+    }
+  } catch (error) {
+    setStatus($("status"), error.message, true);
+  }
+}
+
 async function explain() {
   const form = imageForm();
   if (!form) { setStatus($("status"), "Choose an image first.", true); return; }
@@ -125,13 +143,6 @@ function show(result) {
     ? `${result.scale.cmap}: blue < 0 < red, raw values ${fmt(result.scale.low)} .. ${fmt(result.scale.high)}`
     : `${result.scale.cmap}: raw values ${fmt(result.scale.low)} (blue) .. ${fmt(result.scale.high)} (red)`;
   placeBox(result.box, result.size);
-  const list = $("predictions");
-  list.replaceChildren();
-  for (const p of result.predictions) {
-    const item = document.createElement("li");
-    item.textContent = `${p.label} (${p.class_id}) ${p.probability.toFixed(3)}`;
-    list.appendChild(item);
-  }
   setStatus($("status"), `Done: ${result.class_name ?? result.method}.`);
 }
 
@@ -170,14 +181,19 @@ async function browse(kind) {
   }
 }
 
+async function imageChanged() {
+  await predict();
+  await explain();
+}
+
 function wire() {
   $("image-file").addEventListener("change", (event) => {
     state.file = event.target.files[0] || null;
-    if (state.file) { state.sample = ""; $("sample").value = ""; explain(); }
+    if (state.file) { state.sample = ""; $("sample").value = ""; imageChanged(); }
   });
   $("sample").addEventListener("change", (event) => {
     state.sample = event.target.value;
-    if (state.sample) { state.file = null; $("image-file").value = ""; explain(); }
+    if (state.sample) { state.file = null; $("image-file").value = ""; imageChanged(); }
   });
   $("method").addEventListener("change", () => { updateLayerChoice(); if (imageForm()) explain(); });
   $("layer").addEventListener("change", () => { if (imageForm()) explain(); });
