@@ -176,19 +176,22 @@ def _as_rgb_tile(image: np.ndarray) -> np.ndarray:
     return image
 
 
-def png_bytes(image) -> bytes:
-    """``uint8[H, W, 3]`` (or ``[H, W]``) encoded as PNG."""
+def png_bytes(image, compress_level: int = 6) -> bytes:
+    """``uint8[H, W, 3]`` (or ``[H, W]``) encoded as PNG (zlib ``compress_level`` 0-9)."""
     array = _as_numpy(image)
     if array.dtype != np.uint8:
         raise ConvlensError(f"PNG encoding takes uint8 pixels, got {array.dtype}")
     buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
+    Image.fromarray(array).save(buffer, format="PNG", compress_level=compress_level)
     return buffer.getvalue()
 
 
-def png_data_uri(image) -> str:
-    """``uint8[H, W, 3]`` as a ``data:image/png;base64,...`` URI (for self-contained pages)."""
-    return "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode("ascii")
+def png_data_uri(image, compress_level: int = 1) -> str:
+    """``uint8[H, W, 3]`` as a ``data:image/png;base64,...`` URI (for self-contained pages
+    and web answers). Level 1 by default: for a 224-pixel overlay about 4x faster to encode
+    than level 6, for about 10% more bytes."""
+    data = png_bytes(image, compress_level)
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
 def save_png(image, path: str | Path) -> Path:
@@ -198,5 +201,9 @@ def save_png(image, path: str | Path) -> Path:
     array = _as_numpy(image)
     if array.dtype != np.uint8:
         raise ConvlensError(f"save_png takes uint8 pixels, got {array.dtype}")
-    Image.fromarray(array).save(path, format="PNG")
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", "convlens")  # how --out tells our pictures from the user's files
+    Image.fromarray(array).save(path, format="PNG", pnginfo=info)
     return path

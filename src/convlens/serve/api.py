@@ -15,7 +15,6 @@ from convlens.models.loading import LoadedModel
 from convlens.render.features import feature_map_grid, filter_grid
 from convlens.render.images import png_data_uri
 from convlens.report.views import map_view
-from convlens.serve.desk import ModelDesk
 from convlens.targets import contrast as contrast_target
 
 
@@ -113,19 +112,16 @@ def method_list() -> list[Method]:
     return [Method(**{key: getattr(m, key) for key in fields}) for m in list_methods()]
 
 
-def class_list(desk: ModelDesk) -> list[ClassName]:
-    labels = desk.model.labels
+def class_list(model: LoadedModel) -> list[ClassName]:
+    labels = model.labels
     if labels is None:
         return []
     return [ClassName(class_id=i, name=name) for i, name in enumerate(labels)]
 
 
-def layer_list(desk: ModelDesk) -> Layers:
-    """The layer table on a blank image of the model's input size (computed once)."""
-    return desk.cached("layers", lambda: _layer_rows(desk.model))
-
-
-def _layer_rows(model: LoadedModel) -> Layers:
+def layer_rows(model: LoadedModel) -> Layers:
+    """The layer table on a blank image of the model's input size (run it with the model
+    lent, through `ModelDesk`)."""
     import torch
 
     height, width = model.preprocess.height_width

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, TypeVar
 
@@ -16,7 +17,6 @@ from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from starlette.concurrency import run_in_threadpool
 
 from convlens.errors import ConvlensError, ImageTooLargeError
 from convlens.layers.interrupt import Interrupted
@@ -47,7 +47,14 @@ def create_app(model: LoadedModel, settings: ServeSettings | None = None) -> Fas
     """The app serving ``model`` (lent to one request at a time, see `ModelDesk`)."""
     settings = settings or ServeSettings()
     desk = ModelDesk(model)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        yield
+        desk.close()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="convlens",
         summary="What a CNN learned and why it decided, over HTTP.",
         version=_version(),
@@ -126,7 +133,7 @@ async def _lend(request: Request, desk: ModelDesk, job: str | None, work: Callab
     """Run ``work`` on a worker thread with the model lent (`ModelDesk.run`); cancel it
     when the client disconnects or job ``job`` is cancelled."""
     with desk.job(job) as cancel:
-        task = asyncio.ensure_future(run_in_threadpool(desk.run, work, cancel))
+        task = asyncio.wrap_future(desk.submit(work, cancel))
         while True:
             done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_SECONDS)
             if done:
@@ -137,6 +144,7 @@ async def _lend(request: Request, desk: ModelDesk, job: str | None, work: Callab
 
 def _add_routes(app: FastAPI, desk: ModelDesk, settings: ServeSettings) -> None:
     model = desk.model
+    cache: dict[str, api.Layers] = {}  # the layer table, computed on first request
 
     @app.get("/", include_in_schema=False)
     async def index():
@@ -162,13 +170,15 @@ def _add_routes(app: FastAPI, desk: ModelDesk, settings: ServeSettings) -> None:
     @app.get("/api/classes", response_model=list[api.ClassName])
     async def classes() -> list[api.ClassName]:
         """The model's classes (id and name), for `target` and `contrast`."""
-        return api.class_list(desk)
+        return api.class_list(model)
 
     @app.get("/api/layers", response_model=api.Layers)
     async def layers() -> api.Layers:
         """The model's layer table: name, type, output shape, receptive field; `spatial`
         layers suit the CAM methods, `default` is theirs."""
-        return await run_in_threadpool(api.layer_list, desk)
+        if "layers" not in cache:
+            cache["layers"] = await asyncio.wrap_future(desk.submit(lambda: api.layer_rows(model)))
+        return cache["layers"]
 
     @app.post("/api/predict", response_model=api.Prediction)
     async def predict(
@@ -233,7 +243,7 @@ def _add_routes(app: FastAPI, desk: ModelDesk, settings: ServeSettings) -> None:
     @app.get("/api/filters", response_model=api.Filters)
     async def filters(layer: str | None = None) -> api.Filters:
         """A convolution's filters (default: the first) as a captioned grid."""
-        return await run_in_threadpool(desk.run, lambda: api.filters(model, layer))
+        return await asyncio.wrap_future(desk.submit(lambda: api.filters(model, layer)))
 
     @app.post("/api/cancel/{job}", response_model=api.Cancelled)
     async def cancel(job: str) -> api.Cancelled:

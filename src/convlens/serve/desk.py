@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import TypeVar
 
@@ -31,15 +32,17 @@ class JobConflict(ConvlensError):
 
 
 class ModelDesk:
-    """``model`` with a lock (`run`), a registry of running jobs (`job`, `cancel`) and a
-    cache for things computed once per model (`cached`)."""
+    """``model`` with a lock (`run`), one worker thread (`submit`) and a registry of running
+    jobs (`job`, `cancel`)."""
 
     def __init__(self, model: LoadedModel) -> None:
         self.model = model
         self._lock = threading.Lock()
+        # One thread does the model's work: the lock serialises it anyway, and one thread
+        # keeps the allocator's memory in one arena instead of one per web worker thread.
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="convlens-model")
         self._jobs: dict[str, threading.Event] = {}
         self._jobs_lock = threading.Lock()
-        self._cache: dict[str, object] = {}
 
     def run(self, work: Callable[[], T], cancel: threading.Event | None = None) -> T:
         """``work()`` with the model to itself. With ``cancel``: `Interrupted` as soon as it
@@ -56,11 +59,14 @@ class ModelDesk:
         finally:
             self._lock.release()
 
-    def cached(self, key: str, compute: Callable[[], T]) -> T:
-        """``compute()`` once (with the model lent, as in `run`), then the stored value."""
-        if key not in self._cache:
-            self._cache[key] = self.run(compute)
-        return self._cache[key]  # type: ignore[return-value]
+    def submit(self, work: Callable[[], T], cancel: threading.Event | None = None) -> Future:
+        """`run` on the desk's own worker thread; a queued job that is cancelled before its
+        turn raises `Interrupted` without running."""
+        return self._worker.submit(self.run, work, cancel)
+
+    def close(self) -> None:
+        """Stop the worker thread (after the jobs already queued)."""
+        self._worker.shutdown(wait=True)
 
     @contextmanager
     def job(self, job_id: str | None) -> Iterator[threading.Event]:
