@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 _PUBLIC = {
     "ConvlensError": "convlens.errors",
     "DataError": "convlens.errors",
+    "DeviceError": "convlens.errors",
     "ImageLoadError": "convlens.errors",
     "LayerError": "convlens.errors",
     "MethodError": "convlens.errors",
@@ -42,6 +43,7 @@ _PUBLIC = {
     "receptive_field": "convlens.layers.receptive",
     "LoadedModel": "convlens.models.loading",
     "load_model": "convlens.models",
+    "resolve_device": "convlens.models.devices",
     "Targets": "convlens.targets",
     "contrast": "convlens.targets",
     "region": "convlens.targets",
@@ -73,6 +75,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time `__getattr__` loads
     from convlens.errors import (
         ConvlensError,
         DataError,
+        DeviceError,
         ImageLoadError,
         LayerError,
         MethodError,
@@ -85,5 +88,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time `__getattr__` loads
     from convlens.layers.receptive import layer_table, receptive_field
     from convlens.maps import normalize_maps
     from convlens.models import load_model
+    from convlens.models.devices import resolve_device
     from convlens.models.loading import LoadedModel
     from convlens.targets import Targets, contrast, region, resolve_targets

@@ -38,3 +38,7 @@ class MetricError(ConvlensError, ValueError):
 
 class DataError(ConvlensError, ValueError):
     """A data set's settings, an annotation file or a training input is malformed."""
+
+
+class DeviceError(ConvlensError, ValueError):
+    """A device name is unknown, or names a device this machine does not have."""

@@ -13,6 +13,15 @@ import torch.nn.functional as F
 from convlens.errors import ConvlensError, MetricError
 
 
+def full_precision(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` widened to float32 when it is float16 or bfloat16 (their few mantissa bits
+    and, for float16, narrow range lose small map values and differences of close
+    scores); any other tensor is returned as it is."""
+    if tensor.dtype in (torch.float16, torch.bfloat16):
+        return tensor.float()
+    return tensor
+
+
 def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """``Tensor[N, h, w]`` to ``Tensor[N, H, W]`` by bilinear interpolation (pixel centres
     aligned, ``align_corners=False``), so a map cell covers exactly its share of the input."""

@@ -35,7 +35,7 @@ from convlens.errors import LayerError, TargetError
 from convlens.layers.borrow import borrowed_model
 from convlens.layers.capture import capture
 from convlens.layers.find import LayerSpec
-from convlens.maps import normalize_maps, upsample
+from convlens.maps import full_precision, normalize_maps, upsample
 from convlens.models.loading import LoadedModel
 
 Model = nn.Module | LoadedModel
@@ -55,7 +55,8 @@ def _layer_cam(
         activation, gradient, output = layer_gradient(
             prepared.module, prepared.images, prepared.targets, name
         )
-    return MethodResult(_to_input_size(combine(activation, gradient), prepared.images), output)
+    combined = combine(full_precision(activation), full_precision(gradient))  # no underflow
+    return MethodResult(_to_input_size(combined, prepared.images), output)
 
 
 def _to_input_size(maps: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
@@ -326,4 +327,4 @@ def guided_gradcam(
 
     coarse = _layer_cam(model, images, target, layer, _combine_gradcam)
     guided = guided_backprop(model, images, target)
-    return MethodResult(guided * coarse.maps, coarse.output)
+    return MethodResult(full_precision(guided) * full_precision(coarse.maps), coarse.output)

@@ -13,6 +13,7 @@ from convlens.errors import ConvlensError, LayerError, MethodError
 from convlens.layers.borrow import require_autograd
 from convlens.layers.capture import capture
 from convlens.layers.find import LayerSpec, default_cam_layer, resolve_layer
+from convlens.models.devices import model_input
 from convlens.models.loading import LoadedModel, as_module
 from convlens.targets import (
     ClassSelector,
@@ -36,7 +37,8 @@ class Prepared:
 def prepare(
     model: nn.Module | LoadedModel, images: torch.Tensor, target: object = None
 ) -> Prepared:
-    """Check ``images`` (``Tensor[B, C, H, W]`` floating point) and resolve ``target``."""
+    """Check ``images`` (``Tensor[B, C, H, W]`` floating point) and resolve ``target``.
+    The images follow the model: a copy on its device and in its dtype when they differ."""
     module = as_module(model)
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
@@ -51,7 +53,7 @@ def prepare(
         )
     labels = model.labels if isinstance(model, LoadedModel) else None
     targets = resolve_targets(target, len(images), labels=labels)
-    return Prepared(module, targets.expand(images.detach()), targets)
+    return Prepared(module, targets.expand(model_input(module, images.detach())), targets)
 
 
 def resolve_cam_layer(module: nn.Module, images: torch.Tensor, layer: LayerSpec | None) -> str:

@@ -22,6 +22,7 @@ from convlens.errors import ConvlensError, MethodError
 from convlens.layers.borrow import borrowed_model
 from convlens.layers.find import LayerSpec
 from convlens.maps import normalize_maps
+from convlens.models.devices import DeviceSpec, model_input, placed_on, to_cpu
 from convlens.models.loading import LoadedModel, as_module
 from convlens.targets import Targets
 
@@ -53,6 +54,13 @@ class Explanation:
     target: str
     extras: dict = field(default_factory=dict)
     output: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        """Every tensor on the CPU for drawing and saving, whatever device the model ran on
+        (half and bfloat16 maps widened to float32)."""
+        for name in ("maps", "image_index", "class_ids", "scores", "probabilities", "output"):
+            object.__setattr__(self, name, to_cpu(getattr(self, name)))
+        object.__setattr__(self, "extras", {k: to_cpu(v) for k, v in self.extras.items()})
 
     def normalized(self) -> torch.Tensor:
         """Each map min-max scaled to [0, 1] (constant maps become zeros), for numeric use;
@@ -141,6 +149,8 @@ def explain(
     method: str = "gradcam",
     target: object = None,
     layer: LayerSpec | None = None,
+    *,
+    device: DeviceSpec | None = None,
     **options,
 ) -> Explanation:
     """Explain ``target`` for ``images`` with a registered ``method``.
@@ -159,12 +169,19 @@ def explain(
             (``n_steps=`` for integrated_gradients, ``patch=``/``stride=`` for occlusion,
             ``progress=True`` for a bar on slow methods). Any other name raises MethodError
             before anything runs.
+        device: run this call on ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` or
+            ``"auto"`` (`convlens.resolve_device`); the model is moved there for the call
+            and back afterwards. None (default): run where the model is. The images always
+            follow the model; every tensor of the result is on the CPU.
 
     Cost: the method alone. The explained scores, classes and probabilities are read from
     the output of the method's own forward pass on the unmodified images
     (`MethodResult.output`), so no other forward pass runs. ``Explanation.seconds`` times
     the method.
     """
+    if device is not None:
+        with placed_on(as_module(model), device):
+            return explain(model, images, method, target, layer, **options)
     info = get_method(method)
     check_method_options(info, options, layer)
     tensor, display, sources = _as_model_input(model, images)
@@ -285,14 +302,18 @@ def explain_methods(
     layer: LayerSpec | None = None,
     progress: bool = False,
     keep_going: bool = False,
+    device: DeviceSpec | None = None,
 ) -> tuple[list[Explanation], list[MethodFailure]]:
     """`explain` with each of ``methods`` on the same images: loaded and checked once, the
     layer of layer-based methods resolved once (``layer`` applies to those only), each
     scored from its own forward pass. ``progress``: a bar for methods that take one.
     ``keep_going``: a method that raises is returned as a `MethodFailure` and the others
-    still run (otherwise the first error propagates). Returns ``(explanations in method
-    order, failures)``.
+    still run (otherwise the first error propagates). ``device``: as for `explain` (the
+    model is moved back afterwards). Returns ``(explanations in method order, failures)``.
     """
+    if device is not None:
+        with placed_on(as_module(model), device):
+            return explain_methods(model, images, methods, target, layer, progress, keep_going)
     infos = [get_method(name) for name in methods]
     check_layer_use(infos, layer)
     tensor, display, sources = _as_model_input(model, images)
@@ -325,10 +346,11 @@ def explain_methods(
 
 def top_predictions(model: LoadedModel | nn.Module, images: torch.Tensor, k: int = 5) -> list:
     """Per image of ``Tensor[B, 3, H, W]``, the ``k`` most probable classes (softmax of the
-    output): ``[[{"class_id", "label", "probability"}, ...], ...]``."""
+    output): ``[[{"class_id", "label", "probability"}, ...], ...]``. The images follow
+    the model (`convlens.models.model_input`)."""
     module = as_module(model)
     with borrowed_model(module), torch.no_grad():
-        output = module(images)
+        output = module(model_input(module, images))
     return predictions_from_output(model, output, k)
 
 
@@ -353,6 +375,12 @@ def predictions_from_output(
 
 
 def _as_model_input(model, images) -> tuple[torch.Tensor, np.ndarray | None, list[str]]:
+    """``(Tensor[B, 3, H, W] on the model's device and in its dtype, display, sources)``."""
+    tensor, display, sources = _unpack_images(model, images)
+    return model_input(as_module(model), tensor), display, sources
+
+
+def _unpack_images(model, images) -> tuple[torch.Tensor, np.ndarray | None, list[str]]:
     if isinstance(images, ImageBatch):
         return images.tensor, images.display, list(images.sources)
     if isinstance(images, torch.Tensor) and images.dim() == 4:

@@ -17,6 +17,7 @@ from convlens.attribution.common import chunk_size, fix_ranked_targets, in_chunk
 from convlens.attribution.registry import MethodResult, register_method
 from convlens.errors import MethodError
 from convlens.layers.borrow import borrowed_model
+from convlens.maps import full_precision
 from convlens.models.loading import LoadedModel
 
 
@@ -94,11 +95,12 @@ def occlusion(
     # Flat work item k = row * positions + position.
     row_of = torch.arange(rows).repeat_interleave(len(positions))
     position_of = torch.arange(len(positions)).repeat(rows)
-    drops = torch.empty(rows, len(positions), dtype=x.dtype, device=x.device)
+    # Score drops in at least float32: a half-precision difference of close scores is noise.
+    drops = torch.empty(rows, len(positions), dtype=full_precision(x[:0]).dtype, device=x.device)
     with borrowed_model(prepared.module), torch.no_grad():
         output = prepared.module(x)
         pinned = fix_ranked_targets(prepared.targets, output)
-        clean = pinned.score(output)
+        clean = full_precision(pinned.score(output))
         chunks = list(in_chunks(len(row_of), size))
         for chunk in tqdm(chunks, disable=not progress, desc="occlusion", leave=False):
             row, position = row_of[chunk], position_of[chunk]
@@ -106,7 +108,7 @@ def occlusion(
             for k, (r, p) in enumerate(zip(row.tolist(), position.tolist(), strict=True)):
                 top, left = positions[p]
                 copies[k, :, top : top + patch_hw[0], left : left + patch_hw[1]] = fills[r]
-            scores = pinned.copies(row, output).score(prepared.module(copies))
+            scores = full_precision(pinned.copies(row, output).score(prepared.module(copies)))
             drops[row.to(x.device), position.to(x.device)] = clean[row.to(x.device)] - scores
     maps = _average_over_patches(drops, positions, patch_hw, (height, width))
     return MethodResult(maps, output)

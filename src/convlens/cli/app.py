@@ -1,7 +1,8 @@
 """The ``convlens`` Typer app, the options every command shares, error reporting and `main`.
 
 Usage errors (an unknown option, a missing argument) print the usage line and exit 2;
-other errors print one line (``error: ...``) and exit 1, and ``--debug`` (anywhere on the
+a ``--device`` this machine lacks prints one line and exits 2; other errors print one
+line (``error: ...``) and exit 1, and ``--debug`` (anywhere on the
 command line) shows their traceback too. IMAGE arguments take files, directories (every
 image inside) or sample names (``cat``).
 """
@@ -15,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from convlens.errors import ConvlensError
+from convlens.errors import ConvlensError, DeviceError
 
 app = typer.Typer(
     add_completion=False,
@@ -28,6 +29,27 @@ ModelOption = Annotated[
     str, typer.Option("--model", "-m", help="Model name or path (see 'convlens models').")
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+
+
+def _check_device(value: str | None) -> str | None:
+    """Validate ``--device`` before the command runs (a missing device: `DeviceError`,
+    which `main` reports in one line with exit status 2)."""
+    if value is None or value.strip().lower() == "cpu":  # nothing to check, no torch import
+        return value
+    from convlens.models.devices import resolve_device
+
+    resolve_device(value)
+    return value
+
+
+DeviceOption = Annotated[
+    str,
+    typer.Option(
+        "--device",
+        help="Where to run: cpu, cuda, cuda:N, mps, or auto (CUDA, else MPS, else CPU).",
+        callback=_check_device,
+    ),
+]
 ImagesArgument = Annotated[
     list[str],
     typer.Argument(help="Image files, directories, or sample names (" + "cat, coffee, ...)."),
@@ -107,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         return error.exit_code
     except KeyboardInterrupt:
         return 130
+    except DeviceError as error:  # a --device this machine lacks: a usage error, one line
+        _report_failure(None, error, debug)
+        return 2
     except Exception as error:  # convlens errors, and anything else (a model that fails...)
         _report_failure(None, error, debug)
         return 1

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from convlens.cli.app import JsonOption, ModelOption, _echo_json, app
+from convlens.cli.app import DeviceOption, JsonOption, ModelOption, _echo_json, app
 
 
 @app.command("evaluate")
@@ -35,6 +35,7 @@ def evaluate_command(
         ),
     ] = None,
     as_json: JsonOption = False,
+    device: DeviceOption = "cpu",
 ) -> None:
     """Score attribution methods against ground truth: localisation, faithfulness, sanity."""
     from pathlib import Path
@@ -47,7 +48,7 @@ def evaluate_command(
     progress = None if as_json else (lambda line: typer.echo(line, err=True))
     cascade = 8 if out is not None else 0
     board = evaluate_on_source(
-        model, names, limit, data, images_dir, seed, progress, cascade_images=cascade
+        model, names, limit, data, images_dir, seed, progress, device=device, cascade_images=cascade
     )
     written = []
     if out is not None:

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from convlens.cli.app import (
+    DeviceOption,
     ImagesArgument,
     JsonOption,
     ModelOption,
@@ -51,6 +52,7 @@ def explain_command(
             "the target class's logits summed over this box (default: over its predicted mask).",
         ),
     ] = None,
+    device: DeviceOption = "cpu",
 ) -> None:
     """Explain each image: one PNG panel (input + one overlay per method) and one JSON record.
 
@@ -67,7 +69,7 @@ def explain_command(
     from convlens.models import load_model
 
     debug = bool(ctx.find_root().params.get("debug"))
-    loaded = load_model(model)
+    loaded = load_model(model, device=device)
     names = method_names(method)
     explained = _with_region(target, region_box)
     if layer is not None:  # an unknown or unused layer stops before any work

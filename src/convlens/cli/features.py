@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from convlens.cli.app import ModelOption, app
+from convlens.cli.app import DeviceOption, ModelOption, app
 
 OutOption = Annotated[str | None, typer.Option("--out", "-o", help="PNG file to write.")]
 
@@ -32,6 +32,7 @@ def filters_command(
         str, typer.Option(help="per_filter (each tile by its own max |w|) or shared.")
     ] = "per_filter",
     out: OutOption = None,
+    device: DeviceOption = "cpu",
 ) -> None:
     """Draw a convolution's filters as a grid of tiles (grey = 0), scaling stated on it."""
     from convlens.features.filters import filter_tiles
@@ -39,7 +40,7 @@ def filters_command(
     from convlens.render.features import filter_grid
     from convlens.render.images import save_png
 
-    tiles = filter_tiles(load_model(model), layer, reduce=reduce, scaling=scaling)
+    tiles = filter_tiles(load_model(model, device=device), layer, reduce=reduce, scaling=scaling)
     path = save_png(filter_grid(tiles), out or f"filters-{tiles.layer or 'model'}.png")
     typer.echo(f"{len(tiles.labels)} {tiles.reduce} tiles of {tiles.layer} ({scaling}) -> {path}")
 
@@ -62,6 +63,7 @@ def features_command(
     ] = False,
     top: Annotated[int, typer.Option(help="Channels shown, largest mean first.")] = 32,
     out: OutOption = None,
+    device: DeviceOption = "cpu",
 ) -> None:
     """Draw one layer's feature maps (or every layer's channel mean) for one image."""
     from convlens.data.images import load_images
@@ -71,7 +73,7 @@ def features_command(
     from convlens.render.features import feature_map_grid, layer_means_grid
     from convlens.render.images import save_png
 
-    loaded = load_model(model)
+    loaded = load_model(model, device=device)
     tensor = load_images([image], preprocess=loaded.preprocess).tensor
     if all_layers:
         maps = layer_mean_maps(loaded, tensor[0])
@@ -98,6 +100,7 @@ def visualize_command(
     param: Annotated[str, typer.Option(help="fourier or pixels.")] = "fourier",
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     out: OutOption = None,
+    device: DeviceOption = "cpu",
 ) -> None:
     """Activation maximisation: the image that most excites a class or a channel."""
     from convlens.errors import MethodError
@@ -108,7 +111,7 @@ def visualize_command(
 
     if (class_ is None) == (channel is None):
         raise MethodError("give exactly one of --class ID|NAME or --channel LAYER:C")
-    loaded = load_model(model)
+    loaded = load_model(model, device=device)
     if class_ is not None:
         objective, stem = optimize.class_logit(class_), f"class-{class_}"
     else:

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from convlens.cli.app import (
+    DeviceOption,
     ImagesArgument,
     JsonOption,
     ModelOption,
@@ -17,8 +18,8 @@ from convlens.cli.app import (
 
 
 @app.command("models")
-def models_command(as_json: JsonOption = False) -> None:
-    """List the ways to name a model and what each needs."""
+def models_command(as_json: JsonOption = False, device: DeviceOption = "cpu") -> None:
+    """List the ways to name a model and what each needs (--device is only checked)."""
     from convlens.models import model_sources
 
     rows = [{"name": s.usage, "needs": s.needs} for s in model_sources()]
@@ -36,6 +37,7 @@ def layers_command(
     model: ModelOption = "efficientnet_lite0",
     size: Annotated[int | None, typer.Option(help="Input side in pixels.")] = None,
     as_json: JsonOption = False,
+    device: DeviceOption = "cpu",
 ) -> None:
     """Table of every layer: type, output shape, receptive field, jump and start. The #
     column is the index that --layer takes as #N (a bare number is a layer name)."""
@@ -44,7 +46,7 @@ def layers_command(
     from convlens.layers import layer_table
     from convlens.models import load_model
 
-    loaded = load_model(model)
+    loaded = load_model(model, device=device)
     height, width = (size, size) if size else loaded.preprocess.height_width
     rows = layer_table(loaded.module, torch.zeros(1, 3, height, width))
     if as_json:
@@ -96,13 +98,14 @@ def predict_command(
     top: Annotated[int, typer.Option("--top", "-k", min=1, help="Classes per image.")] = 5,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 16,
     as_json: JsonOption = False,
+    device: DeviceOption = "cpu",
 ) -> None:
     """Classify images and print the top classes with probabilities."""
     from convlens.attribution.explain import top_predictions
     from convlens.data.images import iter_batches
     from convlens.models import load_model
 
-    loaded = load_model(model)
+    loaded = load_model(model, device=device)
     results, errors = [], []
     for batch in iter_batches(images, loaded.preprocess, batch_size):
         errors.extend(batch.errors)
@@ -130,8 +133,8 @@ def predict_command(
 
 
 @app.command("methods")
-def methods_command(as_json: JsonOption = False) -> None:
-    """List the registered attribution methods."""
+def methods_command(as_json: JsonOption = False, device: DeviceOption = "cpu") -> None:
+    """List the registered attribution methods (--device is only checked)."""
     from convlens.attribution import list_methods
 
     rows = [

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from convlens.cli.app import ImagesArgument, ModelOption, _report_skipped, app
+from convlens.cli.app import DeviceOption, ImagesArgument, ModelOption, _report_skipped, app
 
 
 @app.command("report")
@@ -26,6 +26,7 @@ def report_command(
         bool, typer.Option("--visualize", help="Add the class visualisation of the top class.")
     ] = False,
     out: Annotated[str, typer.Option("--out", "-o", help="HTML file to write.")] = "report.html",
+    device: DeviceOption = "cpu",
 ) -> None:
     """Write one HTML page (pictures inlined, no network) with a section per image:
     top-5, methods for the top classes, CAM box, contrast, occlusion, stages, feature maps,
@@ -33,7 +34,7 @@ def report_command(
     from convlens.models import load_model
     from convlens.report import DEFAULT_METHODS, build_report, write_report
 
-    loaded = load_model(model)
+    loaded = load_model(model, device=device)
     page, skipped = build_report(
         loaded,
         images,

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from convlens.cli.app import ModelOption, app
+from convlens.cli.app import DeviceOption, ModelOption, app
 
 
 @app.command("serve")
@@ -16,9 +16,7 @@ def serve_command(
         str, typer.Option("--host", help="Address to bind (default: this machine only).")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="TCP port.", min=0, max=65535)] = 8000,
-    device: Annotated[
-        str | None, typer.Option("--device", help="cpu, cuda, cuda:N, mps or auto.")
-    ] = None,
+    device: DeviceOption = None,
     max_upload_mb: Annotated[
         float, typer.Option("--max-upload-mb", help="Largest accepted upload, in MB.")
     ] = 20.0,

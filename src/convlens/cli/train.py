@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from convlens.cli.app import JsonOption, _echo_json, app
+from convlens.cli.app import DeviceOption, JsonOption, _echo_json, app
 
 
 @dataclass(frozen=True)
@@ -70,11 +70,21 @@ def train_command(
         int, typer.Option("--refine-steps", help="Colour-affinity refinement rounds (0: off).")
     ] = 10,
     as_json: JsonOption = False,
+    device: DeviceOption = "cpu",
 ) -> None:
-    """Train a model; print its held-out scores and where it was written.
+    """Train a model; print its held-out scores and where it was written (on the CPU:
+    --device takes cpu only for now).
 
     Example: convlens train --task segmentation --out seg --upsample bilinear
     """
+    if device.strip().lower() != "cpu":  # the option checked it exists; training is CPU-only
+        from convlens.errors import DeviceError
+        from convlens.models.devices import resolve_device
+
+        if resolve_device(device).type != "cpu":
+            raise DeviceError(
+                f"convlens train runs on the CPU only for now; use --device cpu, not {device!r}"
+            )
     if task not in _TASKS:
         raise typer.BadParameter(
             f"unknown task {task!r}; use one of: {', '.join(_TASKS)}", param_hint="--task"

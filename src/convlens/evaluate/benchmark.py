@@ -25,6 +25,7 @@ a few methods (`Leaderboard.cascades`, drawn by `convlens.render.plots.similarit
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -32,6 +33,7 @@ import torch
 
 from convlens.errors import ConvlensError, MethodError
 from convlens.evaluate.ground_truth import GroundTruth, as_ground_truth
+from convlens.models.devices import DeviceSpec, model_input, placed_on, resolve_device
 from convlens.models.loading import LoadedModel
 
 METRIC_KEYS = (
@@ -116,6 +118,7 @@ def evaluate_methods(
     from convlens.attribution import list_methods
 
     truth = as_ground_truth(data, model.preprocess, limit)
+    truth = dataclasses.replace(truth, tensor=model_input(model.module, truth.tensor))
     names = [m.name for m in list_methods()] if methods is None else list(methods)
     _check_methods(names)
     predictions = _predict(model, truth.tensor, batch_size)
@@ -310,15 +313,19 @@ def evaluate_on_source(
     images_dir: str | None = None,
     seed: int = 1,
     progress: Callable[[str], None] | None = None,
+    device: DeviceSpec | None = None,
     **options,
 ) -> Leaderboard:
     """`evaluate_methods` on a model name/path and either an annotation file (``data``,
     images under ``images_dir``) or the synthetic shapes of stream ``seed`` (1: the stream
-    the shipped model never saw in training), at the model's input size."""
+    the shipped model never saw in training), at the model's input size. ``device``: run
+    there (`convlens.resolve_device`), moving the model back afterwards."""
     from convlens.data.synthetic import SyntheticShapes
     from convlens.evaluate.ground_truth import load_annotations
     from convlens.models.loading import load_model
 
+    if device is not None:
+        resolve_device(device)  # a missing device fails before any data is read
     loaded = load_model(model)
     if data is not None:
         truth = load_annotations(data, loaded.preprocess, images_dir, loaded.labels, limit)
@@ -330,4 +337,5 @@ def evaluate_on_source(
                 "pass --data with your own annotations"
             )
         truth = SyntheticShapes(limit or 100, seed=seed, size=height)
-    return evaluate_methods(loaded, truth, methods, limit, progress=progress, **options)
+    with placed_on(loaded.module, device):
+        return evaluate_methods(loaded, truth, methods, limit, progress=progress, **options)

@@ -43,7 +43,8 @@ def first_conv(model: nn.Module | LoadedModel) -> str:
 
 
 def conv_weights(model: nn.Module | LoadedModel, layer: LayerSpec | None = None) -> torch.Tensor:
-    """The weights ``Tensor[out, in / groups, kh, kw]`` of a Conv2d (default: the first)."""
+    """A CPU copy of the weights ``Tensor[out, in / groups, kh, kw]`` of a Conv2d (default:
+    the first), wherever the model is."""
     module = as_module(model)
     name, conv = resolve_layer(module, first_conv(module) if layer is None else layer)
     if not isinstance(conv, nn.Conv2d):
@@ -51,7 +52,7 @@ def conv_weights(model: nn.Module | LoadedModel, layer: LayerSpec | None = None)
             f"layer {name!r} is a {type(conv).__name__}, not an nn.Conv2d; "
             "choose a convolution (see 'convlens layers')"
         )
-    return conv.weight.detach().clone()
+    return conv.weight.detach().to("cpu", copy=True)
 
 
 def _input_channels(conv: nn.Conv2d) -> torch.Tensor:

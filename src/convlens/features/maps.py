@@ -11,6 +11,7 @@ from torch import nn
 from convlens.errors import LayerError, MethodError
 from convlens.layers import borrowed_model, capture, resolve_layer
 from convlens.layers.find import LayerSpec
+from convlens.models.devices import DeviceSpec, model_input, placed_on, to_cpu
 from convlens.models.loading import LoadedModel, as_module
 
 ORDERS = ("mean", "index")
@@ -40,11 +41,12 @@ def _batch_of_one(image: torch.Tensor) -> torch.Tensor:
 def layer_activation(
     model: nn.Module | LoadedModel, images: torch.Tensor, layer: LayerSpec
 ) -> torch.Tensor:
-    """Output ``Tensor[B, C, h, w]`` of ``layer`` for ``images`` (no autograd, model borrowed)."""
+    """Output ``Tensor[B, C, h, w]`` of ``layer`` for ``images`` (no autograd, model borrowed;
+    on the model's device: the images follow the model)."""
     module = as_module(model)
     name, _ = resolve_layer(module, layer)
     with borrowed_model(module), torch.no_grad(), capture(module, name) as cap:
-        module(images)
+        module(model_input(module, images))
     return spatial_activation(cap.activation(name), name)
 
 
@@ -81,11 +83,13 @@ def feature_maps(
     *,
     order: str = "mean",
     top: int | None = None,
+    device: DeviceSpec | None = None,
 ) -> FeatureMaps:
     """The channels of ``layer`` for one image (``Tensor[3, H, W]``, normalised).
 
     ``order="mean"`` sorts channels by mean activation, largest first; ``"index"`` keeps
-    them in order. ``top`` keeps the first ``top`` channels of that order.
+    them in order. ``top`` keeps the first ``top`` channels of that order. ``device``: run
+    there and move the model back afterwards (None: where it is). Results are on the CPU.
     """
     if order not in ORDERS:
         raise MethodError(f"unknown order {order!r}; use one of {', '.join(ORDERS)}")
@@ -93,7 +97,8 @@ def feature_maps(
         raise MethodError(f"top must be a positive number of channels, got {top}")
     module = as_module(model)
     name, _ = resolve_layer(module, layer)
-    activation = layer_activation(module, _batch_of_one(image), name)[0]
+    with placed_on(module, device):
+        activation = to_cpu(layer_activation(module, _batch_of_one(image), name)[0])
     means = activation.mean((1, 2))
     channels = (
         torch.argsort(means, descending=True, stable=True)
@@ -133,7 +138,8 @@ def _stage_means(
     def record(name: str):
         def hook(_module, _inputs, output):
             if isinstance(output, torch.Tensor) and output.dim() == 4:
-                finished.setdefault(name, (tuple(output.shape), output.detach()[0].mean(0)))
+                mean = to_cpu(output[0].mean(0))
+                finished.setdefault(name, (tuple(output.shape), mean))
 
         return hook
 
@@ -142,7 +148,7 @@ def _stage_means(
         try:
             for name in candidates:
                 handles.append(modules[name].register_forward_hook(record(name)))
-            module(image)
+            module(model_input(module, image))
         finally:
             for handle in handles:
                 handle.remove()
@@ -172,17 +178,25 @@ def stage_layers(model: nn.Module | LoadedModel, image: torch.Tensor) -> list[st
 
 
 def layer_mean_maps(
-    model: nn.Module | LoadedModel, image: torch.Tensor, layers: list[str] | None = None
+    model: nn.Module | LoadedModel,
+    image: torch.Tensor,
+    layers: list[str] | None = None,
+    *,
+    device: DeviceSpec | None = None,
 ) -> list[tuple[str, torch.Tensor]]:
     """``(name, Tensor[h, w])``: the channel mean of each stage's output (`stage_layers`)
     or of each of ``layers``, in forward order, for one image ``Tensor[3, H, W]``
-    (normalised): how the picture of the input changes with depth. One forward pass."""
+    (normalised): how the picture of the input changes with depth. One forward pass.
+    ``device``: run there and move the model back afterwards (None: where it is). The
+    maps are on the CPU."""
     module = as_module(model)
     image = _batch_of_one(image)
     if layers is None:
-        return [(name, mean) for name, _, mean in _stage_means(module, image)]
+        with placed_on(module, device):
+            return [(name, mean) for name, _, mean in _stage_means(module, image)]
     if not layers:
         raise LayerError("pass at least one layer, or layers=None for every stage")
-    with borrowed_model(module), torch.no_grad(), capture(module, layers) as cap:
-        module(image)
-    return [(name, cap.activation(name)[0].mean(0)) for name in cap.names]
+    with placed_on(module, device), borrowed_model(module), torch.no_grad():
+        with capture(module, layers) as cap:
+            module(model_input(module, image))
+    return [(name, to_cpu(cap.activation(name)[0].mean(0))) for name in cap.names]

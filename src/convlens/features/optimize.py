@@ -28,6 +28,7 @@ from convlens.features.maps import channel_maps
 from convlens.layers import borrowed_model, capture, resolve_layer
 from convlens.layers.borrow import require_autograd
 from convlens.layers.find import LayerSpec
+from convlens.models.devices import DeviceSpec, model_device, model_input, placed_on, resolve_device
 from convlens.models.loading import LoadedModel, as_module
 from convlens.targets import Contrast, Targets, resolve_targets
 
@@ -406,6 +407,7 @@ def render(
     blur_sigma: float = 0.5,
     seed: int = 0,
     progress: bool = False,
+    device: DeviceSpec | None = None,
 ) -> Visualization:
     """Maximise each objective on its own image (one batch, image ``b`` for objective ``b``).
 
@@ -416,7 +418,8 @@ def render(
     (periodic blur; works through `set_image` for both parametrisations). Layers are
     resolved once; a class, channel or position out of range raises before any update.
     Reproducible for a given ``seed``. The model is borrowed: eval mode for the run, no
-    hooks left, parameters and their ``.grad`` untouched.
+    hooks left, parameters and their ``.grad`` untouched. ``device``: run there and move the
+    model back afterwards (None: where the model is); the results are on the CPU.
     """
     require_autograd("render")
     items = _as_objectives(objectives)
@@ -432,7 +435,7 @@ def render(
     names = {spec: resolve_layer(module, spec)[0] for o in items for spec in o.layers}
     layers = sorted(set(names.values()))
     labels = model.labels if isinstance(model, LoadedModel) else None
-    device = next(module.parameters(), torch.empty(0)).device
+    device = model_device(module) if device is None else resolve_device(device)
     gen = torch.Generator().manual_seed(seed)
     image_param = PARAMETRISATIONS[param](len(items), height, width, device=device)
     initial = _initial_images(start, start_images, len(items), height, width, gen)
@@ -445,13 +448,14 @@ def render(
 
     def scores_of(images: torch.Tensor, seen_images: torch.Tensor, cap) -> torch.Tensor:
         cap.clear()
-        output = module((seen_images - mean) / std)
+        output = module(model_input(module, (seen_images - mean) / std))
         activations = {spec: cap.activation(name) for spec, name in names.items()}
         seen = Seen(images, activations, output, labels)
         return torch.stack([o(seen)[b] for b, o in enumerate(items)])
 
     history = torch.zeros(steps, len(items))
     with (
+        placed_on(module, device),
         borrowed_model(module),
         torch.enable_grad(),
         capture(module, layers, gradients=True) as cap,

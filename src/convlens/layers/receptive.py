@@ -21,6 +21,7 @@ from torch.utils._pytree import tree_flatten
 from convlens.errors import LayerError
 from convlens.layers.borrow import borrowed_model
 from convlens.layers.find import named_layers, resolve_layer
+from convlens.models.devices import model_input
 
 _SPATIAL_OPS = {"conv2d", "max_pool2d", "max_pool2d_with_indices", "avg_pool2d"}
 
@@ -194,7 +195,7 @@ def layer_table(model: nn.Module, images: torch.Tensor) -> list[LayerInfo]:
         return hook
 
     layers = named_layers(model)
-    images = images.detach().clone()
+    images = model_input(model, images.detach()).clone()  # on the model's device
     with borrowed_model(model):
         try:
             for name, module in layers:

@@ -10,6 +10,7 @@ from convlens.models import (  # noqa: F401  (register their names and file form
     segmentation,
     shapes,
 )
+from convlens.models.devices import model_device, model_input, resolve_device
 from convlens.models.labels import imagenet_labels
 from convlens.models.loading import (
     DEFAULT_MODEL,
@@ -30,6 +31,9 @@ __all__ = [
     "as_module",
     "imagenet_labels",
     "load_model",
+    "model_device",
+    "model_input",
     "model_sources",
     "register_model_source",
+    "resolve_device",
 ]

@@ -23,6 +23,7 @@ from torch import nn
 
 from convlens.data.preprocess import IMAGENET_PREPROCESS, Preprocess
 from convlens.errors import ModelLoadError
+from convlens.models.devices import DeviceSpec, model_device, resolve_device
 from convlens.models.labels import imagenet_labels
 
 DEFAULT_MODEL = "efficientnet_lite0"
@@ -39,6 +40,11 @@ class LoadedModel:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return self.module(images)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the module's first parameter lives (the CPU for a module without any)."""
+        return model_device(self.module)
 
     def label(self, class_id: int) -> str:
         """Human name of a class id (``'class 7'`` when the model has no label list)."""
@@ -199,13 +205,20 @@ def load_model(
     pretrained: bool = True,
     preprocess: Preprocess | None = None,
     labels: tuple[str, ...] | list[str] | None = None,
+    device: DeviceSpec | None = None,
 ) -> LoadedModel:
     """Load a model by name, path or object (see the module docstring for the names).
 
     ``preprocess`` and ``labels`` override what the source provides. A bare ``nn.Module``
     gets ImageNet normalisation at 224x224 unless told otherwise; it is not copied, and
     its mode is left as it is (methods borrow it in eval mode and give it back).
+    ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``, ``"auto"`` or a
+    ``torch.device``; see `convlens.models.devices`) moves the module there with
+    ``nn.Module.to``, in place, also a module you pass in; None leaves it where it is
+    (names and files load on the CPU). An unavailable device raises `DeviceError` before
+    anything is loaded.
     """
+    target = None if device is None else resolve_device(device)
     if isinstance(model, LoadedModel):
         loaded = model
     elif isinstance(model, nn.Module):
@@ -224,6 +237,8 @@ def load_model(
             preprocess or loaded.preprocess,
             tuple(labels) if labels is not None else loaded.labels,
         )
+    if target is not None:
+        loaded.module.to(target)
     return loaded
 
 
