@@ -82,12 +82,15 @@ def test_visualize_reports_the_score_of_the_saved_image(tmp_path, capsys, defaul
     assert float(match[2]) > float(match[1])  # (Adam's first step can overshoot: not 2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("class_name", ["goldfish", "espresso"])
 def test_class_visualisation_survives_an_8_bit_round_trip(tmp_path, capsys, class_name):
-    """Issue 4's check: 128 steps from grey, saved as an 8-bit PNG, re-read through the
-    model's own preprocessing: the class is in the top 5 (it is first in practice)."""
+    """Issue 4's check: 24 steps from grey, saved as an 8-bit PNG, re-read through the
+    model's own preprocessing: the class is in the top 5. (Measured on CPU, seed 0: both
+    classes are first from 16 steps on, to 48; espresso is not in the top 5 at 8 steps,
+    so 24 keeps a margin and the check can fail. It was 128 steps.)"""
     out = tmp_path / f"{class_name}.png"
-    assert main(["visualize", "--class", class_name, "--steps", "128", "--out", str(out)]) == 0
+    assert main(["visualize", "--class", class_name, "--steps", "24", "--out", str(out)]) == 0
     capsys.readouterr()
     assert main(["predict", str(out), "--top", "5", "--json"]) == 0
     record = json.loads(capsys.readouterr().out)["results"][0]
