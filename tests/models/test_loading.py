@@ -117,6 +117,7 @@ def test_torchvision_pretrained_brings_its_preprocessing_and_labels(monkeypatch)
 
     state = torchvision.models.resnet18().state_dict()
     monkeypatch.setattr(torchvision_api, "load_state_dict_from_url", lambda *a, **k: state)
+    monkeypatch.setattr("convlens.models.hub.torchvision_weights_cached", lambda weights: True)
     loaded = load_model("torchvision:resnet18")
     assert torch.equal(loaded.module.fc.weight, state["fc.weight"])
     assert loaded.preprocess.size == 224 and loaded.preprocess.crop_pct == 224 / 256

@@ -18,7 +18,6 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from convlens.attribution.common import (
     Prepared,
@@ -31,6 +30,7 @@ from convlens.attribution.common import (
     resolve_cam_layer,
 )
 from convlens.attribution.registry import MethodResult, register_method
+from convlens.data.progress import progress_bar
 from convlens.errors import LayerError, TargetError
 from convlens.layers.borrow import borrowed_model
 from convlens.layers.capture import capture
@@ -302,7 +302,7 @@ def _masked_scores(
     rows, channels = torch.nonzero(flat.amax(dim=2) > flat.amin(dim=2), as_tuple=True)
     weights = torch.zeros_like(activation[:, :, 0, 0])
     chunks = list(in_chunks(len(rows), batch_size))
-    for chunk in tqdm(chunks, disable=not progress, desc="scorecam", leave=False):
+    for chunk in progress_bar(chunks, disable=not progress, desc="scorecam", leave=False):
         row, channel = rows[chunk], channels[chunk]
         masks = normalize_maps(upsample(activation[row, channel], tuple(images.shape[-2:])))
         with torch.no_grad():

@@ -303,19 +303,27 @@ def explain_methods(
     progress: bool = False,
     keep_going: bool = False,
     device: DeviceSpec | None = None,
+    method_options: dict[str, dict] | None = None,
 ) -> tuple[list[Explanation], list[MethodFailure]]:
     """`explain` with each of ``methods`` on the same images: loaded and checked once, the
     layer of layer-based methods resolved once (``layer`` applies to those only), each
     scored from its own forward pass. ``progress``: a bar for methods that take one.
     ``keep_going``: a method that raises is returned as a `MethodFailure` and the others
     still run (otherwise the first error propagates). ``device``: as for `explain` (the
-    model is moved back afterwards). Returns ``(explanations in method order, failures)``.
+    model is moved back afterwards). ``method_options``: ``{method name: {option: value}}``,
+    checked (`check_method_options`) before anything runs. Returns ``(explanations in
+    method order, failures)``.
     """
     if device is not None:
         with placed_on(as_module(model), device):
-            return explain_methods(model, images, methods, target, layer, progress, keep_going)
+            return explain_methods(
+                model, images, methods, target, layer, progress, keep_going, None, method_options
+            )
     infos = [get_method(name) for name in methods]
     check_layer_use(infos, layer)
+    method_options = method_options or {}
+    for info in infos:
+        check_method_options(info, method_options.get(info.name, {}), None)
     tensor, display, sources = _as_model_input(model, images)
     targets = prepare(model, tensor, target).targets  # a bad target stops every method
     layer_name, layer_error = None, None
@@ -332,6 +340,7 @@ def explain_methods(
             failures.append(MethodFailure(info.name, layer_error))
             continue
         options = {"progress": True} if progress and info.takes_progress else {}
+        options |= method_options.get(info.name, {})
         try:
             name = layer_name if info.uses_layer else None
             results.append(
@@ -346,7 +355,8 @@ def explain_methods(
 
 def top_predictions(model: LoadedModel | nn.Module, images: torch.Tensor, k: int = 5) -> list:
     """Per image of ``Tensor[B, 3, H, W]``, the ``k`` most probable classes (softmax of the
-    output): ``[[{"class_id", "label", "probability"}, ...], ...]``. The images follow
+    output; for a segmentation model, its mean over the pixels):
+    ``[[{"class_id", "label", "probability"}, ...], ...]``. The images follow
     the model (`convlens.models.model_input`)."""
     module = as_module(model)
     with borrowed_model(module), torch.no_grad():

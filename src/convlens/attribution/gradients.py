@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from convlens.attribution.common import (
     chunk_size,
@@ -26,6 +25,7 @@ from convlens.attribution.common import (
     reduce_channels,
 )
 from convlens.attribution.registry import MethodResult, register_method
+from convlens.data.progress import progress_bar
 from convlens.errors import MethodError
 from convlens.layers.borrow import borrowed_model
 from convlens.models.loading import LoadedModel
@@ -129,7 +129,7 @@ def smoothgrad(
         row_of = torch.arange(rows).repeat(n_samples)
         total = torch.zeros_like(prepared.images[:, 0])
         chunks = list(in_chunks(len(row_of), size))
-        for chunk in tqdm(chunks, disable=not progress, desc="smoothgrad", leave=False):
+        for chunk in progress_bar(chunks, disable=not progress, desc="smoothgrad", leave=False):
             row, sample = row_of[chunk], sample_of[chunk]
             noisy = prepared.images[row] + sigma[row, None, None, None] * unit[sample]
             gradient, _ = input_gradient(prepared.module, noisy, pinned.copies(row, clean))
@@ -189,7 +189,8 @@ def integrated_gradients_attributions(
         total = torch.zeros_like(x, dtype=torch.float64)
         ends = torch.zeros(2, rows, dtype=x.dtype)  # S(x') and S(x), from the path's ends
         chunks = list(in_chunks(len(row_of), size))
-        for chunk in tqdm(chunks, disable=not progress, desc="integrated gradients", leave=False):
+        bar = progress_bar(chunks, disable=not progress, desc="integrated gradients")
+        for chunk in bar:
             row, step = row_of[chunk], step_of[chunk]
             alpha = alphas[step].to(x.dtype)[:, None, None, None].to(x.device)
             points = base[row] + alpha * (x[row] - base[row])

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from convlens.attribution.common import chunk_size, fix_ranked_targets, in_chunks, prepare
 from convlens.attribution.registry import MethodResult, register_method
+from convlens.data.progress import progress_bar
 from convlens.errors import MethodError
 from convlens.layers.borrow import borrowed_model
 from convlens.maps import full_precision
@@ -102,7 +102,7 @@ def occlusion(
         pinned = fix_ranked_targets(prepared.targets, output)
         clean = full_precision(pinned.score(output))
         chunks = list(in_chunks(len(row_of), size))
-        for chunk in tqdm(chunks, disable=not progress, desc="occlusion", leave=False):
+        for chunk in progress_bar(chunks, disable=not progress, desc="occlusion", leave=False):
             row, position = row_of[chunk], position_of[chunk]
             copies = x[row.to(x.device)]  # advanced indexing copies
             for k, (r, p) in enumerate(zip(row.tolist(), position.tolist(), strict=True)):

@@ -56,9 +56,26 @@ ImagesArgument = Annotated[
 ]
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version  # the installed distribution's version
+
+        typer.echo(f"convlens {version('convlens')}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            help="Print the version and exit.",
+            callback=_print_version,
+            is_eager=True,
+        ),
+    ] = False,
 ) -> None:
     """convlens: filters, feature maps, saliency, CAMs, boxes and metrics for CNNs."""
 

@@ -18,6 +18,19 @@ from convlens.cli.app import (
     _report_skipped,
     app,
 )
+from convlens.cli.options import (
+    ArchOption,
+    DpiOption,
+    LabelsOption,
+    MethodOptionOption,
+    PreprocessOption,
+    RandomWeightsOption,
+    ScaleOption,
+    WeightsOption,
+    WidthOption,
+    load_cli_model,
+    parse_method_options,
+)
 from convlens.errors import TargetError
 
 
@@ -30,8 +43,18 @@ def explain_command(
         str, typer.Option("--method", help="Method name(s), comma separated, or 'all'.")
     ] = "gradcam",
     target: Annotated[
-        str, typer.Option("--target", "-t", help="top1, topK, a class id or a class name.")
+        str,
+        typer.Option(
+            "--target",
+            "-t",
+            help="top1, topK, a class id or name, or A-B: why A rather than B.",
+        ),
     ] = "top1",
+    contrast_with: Annotated[
+        str | None,
+        typer.Option("--contrast", help="Explain why --target rather than this class."),
+    ] = None,
+    option: MethodOptionOption = None,
     layer: Annotated[
         str | None,
         typer.Option(
@@ -43,7 +66,19 @@ def explain_command(
     out: Annotated[str, typer.Option("--out", "-o", help="Folder for panels and JSON.")] = (
         "convlens-out"
     ),
+    fmt: Annotated[
+        str, typer.Option("--format", help="Panel file format: png, pdf or svg.")
+    ] = "png",
+    scale: ScaleOption = "per-map",
+    dpi: DpiOption = None,
+    width: WidthOption = None,
+    preprocess: PreprocessOption = None,
+    labels: LabelsOption = None,
+    arch: ArchOption = None,
+    weights: WeightsOption = None,
+    random_weights: RandomWeightsOption = False,
     as_json: JsonOption = False,
+    device: DeviceOption = "cpu",
     region_box: Annotated[
         str | None,
         typer.Option(
@@ -52,13 +87,14 @@ def explain_command(
             "the target class's logits summed over this box (default: over its predicted mask).",
         ),
     ] = None,
-    device: DeviceOption = "cpu",
 ) -> None:
-    """Explain each image: one PNG panel (input + one overlay per method) and one JSON record.
+    """Explain each image: one panel (input + one tile per method, each with a colourbar)
+    and one JSON record.
 
     A method or image that fails is reported on stderr and skipped; the rest is still
     written, and the exit status is 1. With --method all, a method that cannot apply to
-    the model (cam without a global-average-pool + linear head) is skipped with the reason.
+    the model (cam without a global-average-pool + linear head, layer methods on a
+    TorchScript model) is skipped with the reason.
     """
     from pathlib import Path
 
@@ -66,16 +102,34 @@ def explain_command(
     from convlens.attribution.methods import get_method
     from convlens.data.images import iter_batches
     from convlens.layers import resolve_layer
-    from convlens.models import load_model
+    from convlens.render.figures import FORMATS, output_folder
+    from convlens.render.panel import SCALES
 
     debug = bool(ctx.find_root().params.get("debug"))
-    loaded = load_model(model, device=device)
+    if f".{fmt}" not in FORMATS or scale not in SCALES:  # usage errors, before any work
+        bad = ("--format", fmt, "png, pdf, svg") if f".{fmt}" not in FORMATS else None
+        bad = bad or ("--scale", scale, ", ".join(SCALES))
+        raise typer.BadParameter(f"{bad[1]!r}; use one of {bad[2]}", param_hint=bad[0])
+    folder = output_folder(out)
+    loaded = load_cli_model(
+        model,
+        arch=arch,
+        weights=weights,
+        random_weights=random_weights,
+        preprocess=preprocess,
+        labels=labels,
+        device=device,
+    )
     names = method_names(method)
-    explained = _with_region(target, region_box)
+    method_options = parse_method_options(option, names)
+    explained = _with_region(_target_spec(target, contrast_with, loaded.labels), region_box)
     if layer is not None:  # an unknown or unused layer stops before any work
         check_layer_use([get_method(name) for name in names], layer)
         resolve_layer(loaded.module, layer)
-    run = _ExplainRun(names, skip_inapplicable=method.strip() == "all" and layer is None)
+    skip_inapplicable = method.strip() == "all" and layer is None
+    run = _ExplainRun(names, skip_inapplicable=skip_inapplicable)
+    run.refuse_scripted(loaded.module)
+    picture = _Picture(fmt, scale, dpi, width)
     records, errors, used = [], [], set()
     for batch in iter_batches(images, loaded.preprocess, batch_size=1):
         errors.extend(batch.errors)
@@ -85,7 +139,15 @@ def explain_command(
         stem = _unique_stem(Path(batch.sources[0]).stem, used)
         try:
             record = _explain_one_image(
-                loaded, batch, run, explained, layer, Path(out) / stem, debug
+                loaded,
+                batch,
+                run,
+                explained,
+                layer,
+                folder / stem,
+                debug,
+                method_options,
+                picture,
             )
         except TargetError:
             raise  # the same for every image: stop with one line
@@ -94,11 +156,11 @@ def explain_command(
             _report_failure(f"failed on {batch.sources[0]}", error, debug)
             continue
         records.append(record)
-        if not as_json:
+        if not as_json and record["panel"] is not None:
             top = record["predictions"][0]
             typer.echo(
-                f"{record['source']}: {top['label']} ({top['class_id']}) "
-                f"{top['probability']:.3f} -> {record['panel']}"
+                f"{record['source']}: explained {record['explained']} "
+                f"(top: {top['label']} {top['probability']:.3f}) -> {record['panel']}"
             )
     if as_json:
         _echo_json(
@@ -141,19 +203,56 @@ class _ExplainRun:
             records.append({"method": failure.method, "error": text})
         return records
 
+    def refuse_scripted(self, module) -> None:
+        """Before any image: layer methods on a TorchScript model are skipped with the
+        reason under ``--method all``, else refused (nothing is written)."""
+        from convlens.attribution.methods import get_method
+        from convlens.errors import LayerError
+        from convlens.layers.borrow import refuse_scripted
 
-def _explain_one_image(loaded, batch, run: _ExplainRun, target, layer, stem, debug) -> dict:
-    """Run every method on one image; write ``stem.png`` (panel) and ``stem.json``."""
+        layered = [  # methods that hook layers or rectifiers, which TorchScript hides
+            name
+            for name in self.names
+            if get_method(name).uses_layer or get_method(name).family == "rule"
+        ]
+        try:
+            if layered:
+                refuse_scripted(module, "run " + ", ".join(layered))
+        except LayerError as error:
+            if not self.skip_inapplicable:
+                raise
+            for name in layered:
+                self.names.remove(name)
+                self.skipped[name] = _error_text(error)
+            typer.echo(f"skipped {', '.join(layered)}: {_error_text(error)}", err=True)
+
+
+def _explain_one_image(
+    loaded, batch, run: _ExplainRun, target, layer, stem, debug, method_options, picture
+) -> dict:
+    """Run every method on one image; write the panel (``stem.png``/.pdf/.svg, only when a
+    method succeeded) and ``stem.json``."""
     from convlens.attribution.explain import (
         explain_methods,
         predictions_from_output,
         top_predictions,
     )
-    from convlens.render import save_png
-    from convlens.render.panel import PanelTile, explanation_panel, tile_title
+    from convlens.cli.explain_tiles import (
+        explained_text,
+        method_tiles,
+        target_text,
+        write_panel,
+    )
 
     explanations, failures = explain_methods(
-        loaded, batch, run.names, target, layer, progress=True, keep_going=True
+        loaded,
+        batch,
+        run.names,
+        target,
+        layer,
+        progress=True,
+        keep_going=True,
+        method_options=method_options,
     )
     # The top-5 line reads the output of a method's own pass (any row: one image here);
     # a forward pass of its own only when every method failed.
@@ -163,32 +262,23 @@ def _explain_one_image(loaded, batch, run: _ExplainRun, target, layer, stem, deb
     else:
         predictions = top_predictions(loaded, batch.tensor)[0]
     failed = run.settle(failures, batch.sources[0], debug)
-    tiles, methods = [], []
-    for item in explanations:
-        for row, info in enumerate(item.record()["rows"]):
-            title = tile_title(item.method, info["class_name"], info["score"], info["probability"])
-            tiles.append(PanelTile(item.maps[row], title))
-            methods.append(
-                {"method": item.method, "layer": item.layer, "seconds": round(item.seconds, 4)}
-                | {k: v for k, v in info.items() if k != "source"}
-                | {k: _row_extra(v, row) for k, v in item.record()["extras"].items()}
-            )
-    top = predictions[0]
-    panel = explanation_panel(
-        batch.display[0], tiles, input_title=f"input: {top['label']} p={top['probability']:.2f}"
-    )
-    panel_path = save_png(panel, stem.with_suffix(".png"))
+    tiles, methods = method_tiles(loaded, batch, explanations, target)
+    panel_path = None
+    if tiles:
+        panel_path = write_panel(batch.display[0], tiles, predictions[0], stem, picture)
     layers = sorted({m["layer"] for m in methods if m["layer"]})
     record = {
         "source": batch.sources[0],
         "model": loaded.name,
-        "target": str(target),
+        "target": target_text(target),
+        "explained": explained_text(methods),
         "layer": layers[0] if len(layers) == 1 else layers or None,
         "predictions": predictions,
         "methods": methods,
         "failed_methods": failed,
-        "panel": str(panel_path),
+        "panel": None if panel_path is None else str(panel_path),
     }
+    stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(record, indent=2))
     return record
 
@@ -204,6 +294,26 @@ def _unique_stem(stem: str, used: set[str]) -> str:
         candidate = f"{stem}_{count}"
     used.add(candidate)
     return candidate
+
+
+class _Picture:
+    """How panels are written: file format, colour scale, dpi and width in inches."""
+
+    def __init__(self, fmt: str, scale: str, dpi: int | None, width: float | None) -> None:
+        self.fmt, self.scale, self.dpi, self.width = fmt, scale, dpi, width
+
+
+def _target_spec(target: str, contrast_with: str | None, labels):
+    """The target `explain` gets: ``--target`` as given, or ``contrast(A, B)`` for
+    ``--contrast B`` or a ``--target A-B`` whose parts are classes (a class name with a
+    hyphen in it stays one class)."""
+    from convlens.cli.explain_tiles import contrast_parts, single_target
+    from convlens.targets import contrast
+
+    if contrast_with is not None:
+        return contrast(single_target(target), single_target(contrast_with))
+    parts = contrast_parts(target, labels)
+    return target if parts is None else contrast(*parts)
 
 
 def _with_region(target: str, region_box: str | None):

@@ -7,8 +7,16 @@ from typing import Annotated
 import typer
 
 from convlens.cli.app import DeviceOption, ModelOption, app
+from convlens.cli.options import DpiOption, ForceOption, WidthOption
 
-OutOption = Annotated[str | None, typer.Option("--out", "-o", help="PNG file to write.")]
+OutOption = Annotated[
+    str | None,
+    typer.Option(
+        "--out",
+        "-o",
+        help="File to write: .png, .pdf or .svg (a folder if it ends with / or exists).",
+    ),
+]
 
 
 @app.command("filters")
@@ -24,24 +32,73 @@ def filters_command(
     reduce: Annotated[
         str,
         typer.Option(
-            help="auto (rgb for the first layer, else mean), rgb, mean, norm, or slices "
+            help="auto (rgb for the first layer, a weight matrix for 1x1 layers, else mean), rgb, "
+            "mean, norm, or slices "
             "(one tile per filter and input channel)."
         ),
     ] = "auto",
     scaling: Annotated[
         str, typer.Option(help="per_filter (each tile by its own max |w|) or shared.")
     ] = "per_filter",
+    max_filters: Annotated[
+        int, typer.Option("--max-filters", min=1, help="Most filters (tiles or rows) drawn.")
+    ] = 256,
     out: OutOption = None,
+    force: ForceOption = False,
+    dpi: DpiOption = None,
+    width: WidthOption = None,
     device: DeviceOption = "cpu",
 ) -> None:
-    """Draw a convolution's filters as a grid of tiles (grey = 0), scaling stated on it."""
-    from convlens.features.filters import filter_tiles
-    from convlens.models import load_model
-    from convlens.render.features import filter_grid
-    from convlens.render.images import save_png
+    """Draw a convolution's filters as a grid of tiles (grey = 0), scaling stated on it;
+    1x1 convolutions as a filters x input-channels matrix (bars for depthwise 1x1)."""
+    from convlens.render.figures import check_output
 
-    tiles = filter_tiles(load_model(model, device=device), layer, reduce=reduce, scaling=scaling)
-    path = save_png(filter_grid(tiles), out or f"filters-{tiles.layer or 'model'}.png")
+    check_output(out, force)
+    loaded = _loaded_model(model, device)
+    from convlens.features.pointwise import filter_matrix, is_pointwise
+
+    if reduce == "auto" and is_pointwise(loaded, layer):  # an explicit --reduce gets tiles
+        from convlens.render.figures import output_path, save_figure
+        from convlens.render.weights import filter_matrix_figure
+
+        matrix = filter_matrix(loaded, layer, max_rows=max_filters)
+        path = output_path(out, f"filters-{matrix.layer}.png", force)
+        save_figure(filter_matrix_figure(matrix, width), path, dpi)
+        if matrix.note():
+            typer.echo(f"{matrix.layer}: {matrix.note()}", err=True)
+        rows, columns = matrix.values.shape
+        typer.echo(f"{rows}x{columns} weight matrix of 1x1 layer {matrix.layer} -> {path}")
+        return
+    _filter_tiles(loaded, layer, reduce, scaling, max_filters, out, force, dpi)
+
+
+def _loaded_model(model: str, device: str):
+    """The model a features command draws (loaded on ``device``)."""
+    from convlens.models import load_model
+
+    return load_model(model, device=device)
+
+
+def _filter_tiles(loaded, layer, reduce, scaling, max_filters, out, force, dpi) -> None:
+    import dataclasses
+
+    from convlens.features.filters import filter_tiles
+    from convlens.render.features import filter_grid
+    from convlens.render.figures import output_path, save_image
+
+    tiles = filter_tiles(loaded, layer, reduce=reduce, scaling=scaling)
+    total = len(tiles.labels)
+    if total > max_filters:
+        tiles = dataclasses.replace(
+            tiles, tiles=tiles.tiles[:max_filters], labels=tiles.labels[:max_filters]
+        )
+        typer.echo(
+            f"{tiles.layer}: showing the first {max_filters} of {total} tiles "
+            "(pass --max-filters to see more)",
+            err=True,
+        )
+    path = output_path(out, f"filters-{tiles.layer or 'model'}.png", force)
+    save_image(filter_grid(tiles), path, dpi)
     typer.echo(f"{len(tiles.labels)} {tiles.reduce} tiles of {tiles.layer} ({scaling}) -> {path}")
 
 
@@ -63,26 +120,38 @@ def features_command(
     ] = False,
     top: Annotated[int, typer.Option(help="Channels shown, largest mean first.")] = 32,
     out: OutOption = None,
+    force: ForceOption = False,
+    dpi: DpiOption = None,
     device: DeviceOption = "cpu",
 ) -> None:
     """Draw one layer's feature maps (or every layer's channel mean) for one image."""
+    from pathlib import Path
+
     from convlens.data.images import load_images
+    from convlens.errors import ImageLoadError
     from convlens.features.maps import feature_maps, layer_mean_maps
     from convlens.layers import default_cam_layer
-    from convlens.models import load_model
     from convlens.render.features import feature_map_grid, layer_means_grid
-    from convlens.render.images import save_png
+    from convlens.render.figures import check_output, output_path, save_image
 
-    loaded = load_model(model, device=device)
+    if Path(image).is_dir():
+        raise ImageLoadError(
+            f"{image} is a folder; features draws one image: give one file or sample name "
+            "(for a folder, run it per file, or use 'convlens explain DIR' for every image)"
+        )
+    check_output(out, force)
+    loaded = _loaded_model(model, device)
     tensor = load_images([image], preprocess=loaded.preprocess).tensor
     if all_layers:
         maps = layer_mean_maps(loaded, tensor[0])
-        path = save_png(layer_means_grid(maps), out or "features-all-layers.png")
+        path = output_path(out, "features-all-layers.png", force)
+        save_image(layer_means_grid(maps), path, dpi)
         typer.echo(f"{len(maps)} stages ({', '.join(name for name, _ in maps)}) -> {path}")
         return
     layer = layer or default_cam_layer(loaded.module, tensor)
     result = feature_maps(loaded, tensor[0], layer, top=top)
-    path = save_png(feature_map_grid(result), out or f"features-{result.layer}.png")
+    path = output_path(out, f"features-{result.layer}.png", force)
+    save_image(feature_map_grid(result), path, dpi)
     typer.echo(f"{len(result.channels)} channels of {result.layer} -> {path}")
 
 
@@ -100,6 +169,8 @@ def visualize_command(
     param: Annotated[str, typer.Option(help="fourier or pixels.")] = "fourier",
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     out: OutOption = None,
+    force: ForceOption = False,
+    dpi: DpiOption = None,
     device: DeviceOption = "cpu",
 ) -> None:
     """Activation maximisation: the image that most excites a class or a channel."""
@@ -107,10 +178,11 @@ def visualize_command(
     from convlens.features import optimize
     from convlens.models import load_model
     from convlens.render.features import to_uint8
-    from convlens.render.images import save_png
+    from convlens.render.figures import check_output, output_path, save_image
 
     if (class_ is None) == (channel is None):
         raise MethodError("give exactly one of --class ID|NAME or --channel LAYER:C")
+    check_output(out, force)
     loaded = load_model(model, device=device)
     if class_ is not None:
         objective, stem = optimize.class_logit(class_), f"class-{class_}"
@@ -121,7 +193,8 @@ def visualize_command(
         objective, stem = optimize.channel(layer, int(index)), f"channel-{layer}-{index}"
     result = optimize.render(loaded, objective, steps=steps, param=param, seed=seed, progress=True)
     stem = "-".join(stem.split())
-    path = save_png(to_uint8(result.images[0]), out or f"visualize-{stem}.png")
+    path = output_path(out, f"visualize-{stem}.png", force)
+    save_image(to_uint8(result.images[0]), path, dpi)
     typer.echo(
         f"{objective.name}: {float(result.history[0, 0]):.3g} at the start, "
         f"{float(result.final[0]):.3g} for the result after {steps} steps -> {path}"

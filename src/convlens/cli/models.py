@@ -15,6 +15,14 @@ from convlens.cli.app import (
     _report_skipped,
     app,
 )
+from convlens.cli.options import (
+    ArchOption,
+    LabelsOption,
+    PreprocessOption,
+    RandomWeightsOption,
+    WeightsOption,
+    load_cli_model,
+)
 
 
 @app.command("models")
@@ -97,15 +105,27 @@ def predict_command(
     model: ModelOption = "efficientnet_lite0",
     top: Annotated[int, typer.Option("--top", "-k", min=1, help="Classes per image.")] = 5,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 16,
+    preprocess: PreprocessOption = None,
+    labels: LabelsOption = None,
+    arch: ArchOption = None,
+    weights: WeightsOption = None,
+    random_weights: RandomWeightsOption = False,
     as_json: JsonOption = False,
     device: DeviceOption = "cpu",
 ) -> None:
     """Classify images and print the top classes with probabilities."""
     from convlens.attribution.explain import top_predictions
     from convlens.data.images import iter_batches
-    from convlens.models import load_model
 
-    loaded = load_model(model, device=device)
+    loaded = load_cli_model(
+        model,
+        arch=arch,
+        weights=weights,
+        random_weights=random_weights,
+        preprocess=preprocess,
+        labels=labels,
+        device=device,
+    )
     results, errors = [], []
     for batch in iter_batches(images, loaded.preprocess, batch_size):
         errors.extend(batch.errors)
@@ -143,7 +163,7 @@ def methods_command(as_json: JsonOption = False, device: DeviceOption = "cpu") -
             "family": m.family,
             "uses_layer": m.uses_layer,
             "options": list(m.options),
-            "summary": m.summary,
+            "summary": method_summary(m),
         }
         for m in list_methods()
     ]
@@ -153,4 +173,18 @@ def methods_command(as_json: JsonOption = False, device: DeviceOption = "cpu") -
     for row in rows:
         typer.echo(f"{row['name']:<22} {row['family']:<13} {row['summary']}")
         if row["options"]:
-            typer.echo(f"{'':<22} {'':<13} explain() options: {', '.join(row['options'])}")
+            options = [o for o in row["options"] if o != "progress"]
+            if options:
+                typer.echo(f"{'':<22} {'':<13} --option KEY=VALUE for: {', '.join(options)}")
+
+
+def method_summary(info) -> str:
+    """The first sentence of a method's docstring (its first paragraph joined, markup
+    backticks dropped), so a summary never stops mid-sentence."""
+    import inspect
+    import re
+
+    doc = inspect.getdoc(info.fn) or info.summary or ""
+    paragraph = " ".join(doc.split("\n\n")[0].split()).replace("``", "").replace("`", "")
+    match = re.search(r"(?<!\bet al)(?<!\be\.g)(?<!\bi\.e)\.(\s|$)", paragraph)
+    return paragraph[: match.start() + 1] if match else paragraph

@@ -18,7 +18,8 @@ from PIL import Image
 from convlens.data.images import load_images
 from convlens.errors import ConvlensError
 
-ResizeMode = Literal["center_crop", "stretch", "none"]
+ResizeMode = Literal["center_crop", "stretch", "pad", "none"]
+RESIZE_MODES = ("center_crop", "stretch", "pad", "none")
 _INTERPOLATION = {
     "nearest": Image.Resampling.NEAREST,
     "bilinear": Image.Resampling.BILINEAR,
@@ -34,6 +35,8 @@ class Preprocess:
     - ``center_crop``: scale the shorter side to ``size / crop_pct``, then crop the centre
       ``size x size`` (the ImageNet evaluation protocol).
     - ``stretch``: resize to ``size x size`` without keeping the aspect ratio.
+    - ``pad``: scale the longer side to ``size`` (aspect ratio kept, nothing cut off) and
+      pad the rest equally on both sides with the mean colour (about 0 after normalisation).
     - ``none``: keep the image's own size (fully convolutional use, non-square inputs).
     """
 
@@ -45,9 +48,9 @@ class Preprocess:
     interpolation: str = "bicubic"
 
     def __post_init__(self) -> None:
-        if self.mode not in ("center_crop", "stretch", "none"):
+        if self.mode not in RESIZE_MODES:
             raise ConvlensError(
-                f"unknown resize mode {self.mode!r}; use 'center_crop', 'stretch' or 'none'"
+                f"unknown resize mode {self.mode!r}; use one of {', '.join(RESIZE_MODES)}"
             )
         if self.interpolation not in _INTERPOLATION:
             raise ConvlensError(
@@ -70,6 +73,13 @@ class Preprocess:
         out_h, out_w = self.height_width
         if self.mode == "stretch":
             return (out_w, out_h), (0, 0)
+        if self.mode == "pad":  # the corner is negative: the image sits inside the frame
+            scale = min(out_w / width, out_h / height)
+            scaled = (
+                min(out_w, max(1, round(width * scale))),
+                min(out_h, max(1, round(height * scale))),
+            )
+            return scaled, (-((out_w - scaled[0]) // 2), -((out_h - scaled[1]) // 2))
         scale = max(out_h, out_w) / self.crop_pct / min(size)
         scaled = (max(out_w, round(width * scale)), max(out_h, round(height * scale)))
         return scaled, ((scaled[0] - out_w) // 2, (scaled[1] - out_h) // 2)
@@ -81,8 +91,18 @@ class Preprocess:
             scaled, (left, top) = self.resize_crop(image.size)
             height, width = self.height_width
             image = image.resize(scaled, _INTERPOLATION[self.interpolation])
-            image = image.crop((left, top, left + width, top + height))
+            if self.mode == "pad":
+                frame = Image.new("RGB", (width, height), self.mean_colour)
+                frame.paste(image, (-left, -top))
+                image = frame
+            else:
+                image = image.crop((left, top, left + width, top + height))
         return np.asarray(image, dtype=np.uint8).copy()
+
+    @property
+    def mean_colour(self) -> tuple[int, int, int]:
+        """The mean as 8-bit RGB: the padding colour of ``mode="pad"``."""
+        return tuple(round(255 * m) for m in self.mean)
 
     def normalize(self, display: np.ndarray | torch.Tensor) -> torch.Tensor:
         """``uint8[..., H, W, 3]`` display pixels to the normalised ``Tensor[..., 3, H, W]``."""

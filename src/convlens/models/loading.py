@@ -24,6 +24,7 @@ from torch import nn
 from convlens.data.preprocess import IMAGENET_PREPROCESS, Preprocess
 from convlens.errors import ModelLoadError
 from convlens.models.devices import DeviceSpec, model_device, resolve_device
+from convlens.models.hub import create_timm, create_torchvision
 from convlens.models.labels import imagenet_labels
 
 DEFAULT_MODEL = "efficientnet_lite0"
@@ -102,7 +103,8 @@ def _offline_hint(library: str, name: str, error: Exception) -> ModelLoadError:
     return ModelLoadError(
         f"could not get pretrained weights for {library}:{name} ({type(error).__name__}: "
         f"{error}). Weights are downloaded on first use: run once with network access to fill "
-        "the cache, pass pretrained=False for random weights, or save the model with "
+        "the cache, use random weights (--random-weights; pretrained=False in Python), or "
+        "load a state_dict with --arch NAME --weights FILE, or save the model with "
         "torch.save(model, 'model.pt') and load that path"
     )
 
@@ -117,7 +119,7 @@ def _load_torchvision(name: str, pretrained: bool) -> LoadedModel:
             f"torchvision has no model {name!r}; see torchvision.models.list_models()"
         ) from error
     try:
-        module = torchvision.models.get_model(name, weights=weights)
+        module = create_torchvision(name, weights)
     except (OSError, RuntimeError) as error:
         raise _offline_hint("torchvision", name, error) from error
     preprocess, labels = IMAGENET_PREPROCESS, imagenet_labels()
@@ -136,10 +138,8 @@ def _load_torchvision(name: str, pretrained: bool) -> LoadedModel:
 
 
 def _load_timm(name: str, pretrained: bool) -> LoadedModel:
-    import timm
-
     try:
-        module = timm.create_model(name, pretrained=pretrained)
+        module = create_timm(name, pretrained)
     except RuntimeError as error:
         if "Unknown model" in str(error):
             raise ModelLoadError(f"timm has no model {name!r}; see timm.list_models()") from error
