@@ -156,3 +156,13 @@ def test_progress_lines_off_a_terminal():
     silent = io.StringIO()
     assert list(progress_bar([5], desc="x", disable=True, stream=silent)) == [5]
     assert silent.getvalue() == ""
+
+
+def test_method_summaries_are_whole_sentences_without_markup(capsys):
+    assert main(["methods", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    for row in rows:
+        assert row["summary"].endswith((".", ")")) and "`" not in row["summary"], row
+    assert main(["methods"]) == 0
+    text = capsys.readouterr().out
+    assert "explain() options" not in text and "--option KEY=VALUE for: patch, stride" in text
