@@ -115,7 +115,8 @@ def test_max_box_acc_bad_inputs():
 def test_max_box_acc_v2_sweep_includes_zero_the_whole_image():
     """At tau = 0 every pixel is kept, so V2's default sweep (0, 0.01, ...) finds a box equal
     to the whole image; V1's (from 0.01) does not."""
-    maps = nested_map(0.5)[None]  # a blob inside a 10 x 10 image, zero elsewhere
+    maps = torch.zeros(1, 10, 10)
+    maps[0, 3:6, 3:6] = 1.0  # a blob inside a 10 x 10 image, zero elsewhere
     whole = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
     v2 = max_box_acc(maps, whole, version=2, image_size=(10, 10))
     assert v2["maxboxacc"] == 1.0 and float(v2["thresholds"][0]) == 0.0

@@ -1,22 +1,30 @@
 """The ground-truth benchmark: how well does each method's map localise, and is it faithful?
 
 `evaluate_methods` explains every image's ground-truth class with each method and scores the
-maps (all at input resolution):
+maps (all at input resolution); the model-free floors of `convlens.evaluate.floors`
+(``floor:center``, ``floor:edges``, ``floor:contrast``, ``floor:random``) are scored the same
+way and listed as rows. On the multi-object scenes every present class of an image is a row,
+scored against that class's box and mask only (`convlens.evaluate.map_scores`).
 
-- ``maxboxacc``: MaxBoxAcc (V1, IoU 0.5; Choe et al. 2020), best threshold of a sweep.
+- ``maxboxacc_v2``: MaxBoxAccV2 (Choe et al. 2020), the headline box metric: boxes of every
+  component, mean over IoU 0.3/0.5/0.7 of the accuracy at the best threshold of 0..0.99.
+- ``maxboxacc``: MaxBoxAcc (V1, IoU 0.5, largest component), best threshold of a sweep.
 - ``loc_acc``: localisation accuracy at the CAM paper's 20% threshold (Zhou et al. 2016):
   the model's top-1 class is right AND the largest component's box has IoU >= 0.5.
-- ``pointing``: pointing-game hit rate (Zhang et al. 2016), with the 15-pixel tolerance of a
-  224-pixel image scaled to the image side (4.3 pixels at 64).
+- ``pointing``: pointing-game accuracy (Zhang et al. 2016): the mean over classes of each
+  class's hit rate, with the 15-pixel tolerance of a 224-pixel image scaled to the image
+  side (4.3 pixels at 64).
 - ``mask_iou``: mean IoU of the thresholded map with the object mask at the threshold (of
   0.1, 0.2, ..., 0.9) that is best over the data set; None without masks.
 - ``deletion_auc`` / ``insertion_auc``: AUC of the deletion (zero baseline) and insertion
-  (blurred start) curves of the target's probability (Petsiuk et al. 2018).
+  (blurred start) curves of the target's probability (softmax; sigmoid for the multi-label
+  model) (Petsiuk et al. 2018), ``curve_steps`` steps (default: the image side, as RISE),
+  tied pixels in a seeded random order.
 - ``sanity_spearman``: mean Spearman rank correlation of |map| before and after every
   parametrised layer is re-drawn at random (the last step of Adebayo et al.'s cascade), over
   the images where it is defined: a map that is constant before or after (an all-zero
   Grad-CAM, say) has no ranking and is left out; `Leaderboard.sanity_constant` counts those
-  (None when every map was constant).
+  (None when every map was constant); None for floors (they use no model).
 - ``ms_per_image``: wall-clock milliseconds of the method per image (this machine).
 
 With ``cascade_images > 0`` the full layer-by-layer cascade is also run on a few images for
@@ -27,16 +35,22 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 import torch
 
-from convlens.errors import ConvlensError, MethodError
+from convlens.errors import ConvlensError
 from convlens.evaluate.ground_truth import GroundTruth, as_ground_truth
+from convlens.evaluate.leaderboard import (  # noqa: F401  (Leaderboard re-exported)
+    Leaderboard,
+    _check_methods,
+    _method_options,
+    explain_all,
+)
 from convlens.models.devices import DeviceSpec, model_input, placed_on, resolve_device
 from convlens.models.loading import LoadedModel
 
 METRIC_KEYS = (
+    "maxboxacc_v2",
     "maxboxacc",
     "loc_acc",
     "pointing",
@@ -46,34 +60,7 @@ METRIC_KEYS = (
     "sanity_spearman",
     "ms_per_image",
 )
-MASK_THRESHOLDS = tuple(round(0.1 * k, 1) for k in range(1, 10))
 CASCADE_METHODS = ("gradcam", "saliency", "guided_backprop")
-
-
-@dataclass
-class Leaderboard:
-    """Scores per method (``scores[name]`` has exactly `METRIC_KEYS`), the mean deletion and
-    insertion curves per method (``curves[name] = {"deletion": Tensor[S+1], "insertion": ...}``),
-    methods that failed (``errors[name] = message``) and the run's settings.
-
-    ``sanity_constant[name]``: of the ``settings["sanity_images"]`` maps of the sanity check,
-    how many were constant before or after randomisation (no Spearman correlation; left out
-    of ``sanity_spearman``). ``cascades[name]``: the layer-by-layer `SanityResult` when
-    asked for (``cascade_images``)."""
-
-    model: str
-    images: int
-    accuracy: float
-    scores: dict[str, dict[str, float | None]] = field(default_factory=dict)
-    curves: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
-    errors: dict[str, str] = field(default_factory=dict)
-    settings: dict = field(default_factory=dict)
-    sanity_constant: dict[str, int] = field(default_factory=dict)
-    cascades: dict = field(default_factory=dict)
-
-    def ranked(self) -> list[tuple[str, dict]]:
-        """Methods sorted by MaxBoxAcc, best first."""
-        return sorted(self.scores.items(), key=lambda item: -item[1]["maxboxacc"])
 
 
 def evaluate_methods(
@@ -83,23 +70,25 @@ def evaluate_methods(
     limit: int | None = 100,
     *,
     batch_size: int = 32,
-    curve_steps: int = 16,
+    curve_steps: int | None = None,
     sanity_images: int = 16,
     pointing_tolerance: float | None = None,
     method_options: dict[str, dict] | None = None,
     progress: Callable[[str], None] | None = None,
     cascade_images: int = 0,
     cascade_methods: Sequence[str] | None = None,
+    floors: bool = True,
 ) -> Leaderboard:
     """Run ``methods`` (default: every registered one) on ``data`` and score their maps.
 
     Args:
         model: a `LoadedModel` (its preprocess turns the data's pixels into inputs).
-        data: a `GroundTruth`, a `SyntheticShapes` or a `SyntheticBatch`.
+        data: a `GroundTruth`, `SyntheticShapes`, `SyntheticBatch`, `SyntheticScenes` or
+            `SceneBatch` (one row per present class).
         limit: use the first ``limit`` images (None: all).
         batch_size: images per `explain` call (results do not depend on it).
-        curve_steps: points of the deletion/insertion curves (``steps + 1`` forward passes
-            per image and curve).
+        curve_steps: steps of the deletion/insertion curves (``steps + 1`` forward passes
+            per row and curve); default the image side (64 or 224, as RISE).
         sanity_images: images used for the randomisation check (the first ones).
         pointing_tolerance: pixels; default ``15 * min(H, W) / 224``.
         method_options: extra keyword arguments per method name, on top of the defaults
@@ -111,9 +100,11 @@ def evaluate_methods(
         cascade_methods: default: those of `CASCADE_METHODS` (Grad-CAM, saliency, guided
             backprop: the methods Adebayo et al.'s expectations are about) that ran, else
             the first method that ran.
+        floors: also score the model-free floors (`convlens.evaluate.floors`) as rows.
 
     Returns a `Leaderboard`. A method that raises a convlens error is recorded in
-    ``errors`` and the others still run.
+    ``errors`` and the others still run. The data's images follow the model (its device
+    and dtype); the maps come back to the CPU, where the metrics are computed.
     """
     from convlens.attribution import list_methods
 
@@ -121,14 +112,16 @@ def evaluate_methods(
     truth = dataclasses.replace(truth, tensor=model_input(model.module, truth.tensor))
     names = [m.name for m in list_methods()] if methods is None else list(methods)
     _check_methods(names)
-    predictions = _predict(model, truth.tensor, batch_size)
+    predictions = _predict(model, truth, batch_size)
     side = min(truth.tensor.shape[-2:])
     tolerance = 15 * side / 224 if pointing_tolerance is None else pointing_tolerance
+    curve_steps = side if curve_steps is None else curve_steps
     board = Leaderboard(
         model=model.name,
         images=len(truth),
         accuracy=float((predictions == truth.labels).float().mean()),
         settings={
+            "rows": "image-class pairs" if truth.multilabel else "images",
             "curve_steps": curve_steps,
             "sanity_images": min(sanity_images, len(truth)),
             "pointing_tolerance": tolerance,
@@ -156,17 +149,49 @@ def evaluate_methods(
             continue
         board.scores[name], board.curves[name] = scores, curves
         board.sanity_constant[name] = constant
-        if progress is not None:
-            progress(
-                f"{name}: maxboxacc {scores['maxboxacc']:.3f}, "
-                f"{scores['ms_per_image']:.1f} ms/image"
-            )
+        _report(progress, name, scores)
+    if floors:
+        _score_floors(board, model, truth, predictions, tolerance, batch_size, progress)
     if cascade_images > 0 and board.scores:
         board.cascades = sanity_cascades(
             model, truth, _cascade_names(board, cascade_methods), cascade_images, method_options
         )
         board.settings["cascade_images"] = min(cascade_images, len(truth))
     return board
+
+
+def _report(progress, name: str, scores: dict) -> None:
+    if progress is not None:
+        progress(
+            f"{name}: maxboxacc_v2 {scores['maxboxacc_v2']:.3f}, "
+            f"{scores['ms_per_image']:.1f} ms/image"
+        )
+
+
+def _score_floors(board, model, truth, predictions, tolerance, batch_size, progress) -> None:
+    """Score every floor of `FLOORS` on the displayed pixels, as rows of ``board``."""
+    import time
+
+    from convlens.evaluate.floors import FLOORS, floor_maps
+    from convlens.evaluate.map_scores import score_maps
+
+    pixels = torch.from_numpy(truth.display).permute(0, 3, 1, 2).float() / 255
+    for name in FLOORS:
+        start = time.perf_counter()
+        maps = floor_maps(name, pixels)
+        seconds = time.perf_counter() - start
+        scores, curves = score_maps(
+            model,
+            truth,
+            maps,
+            predictions,
+            tolerance=tolerance,
+            curve_steps=board.settings["curve_steps"],
+            batch_size=batch_size,
+        )
+        scores |= {"sanity_spearman": None, "ms_per_image": 1000.0 * seconds / len(truth)}
+        board.scores[name], board.curves[name] = scores, curves
+        _report(progress, name, scores)
 
 
 def _cascade_names(board: Leaderboard, methods: Sequence[str] | None) -> list[str]:
@@ -201,85 +226,39 @@ def sanity_cascades(
     }
 
 
-def _check_methods(names: list[str]) -> None:
-    from convlens.attribution import get_method
-
-    if not names:
-        raise MethodError("no methods given; pass names from 'convlens methods' or 'all'")
-    for name in names:
-        get_method(name)
-
-
-def _method_options(name: str, side: int, method_options: dict[str, dict] | None) -> dict:
-    """Keyword arguments of method ``name`` on images of ``side`` pixels: the defaults
-    (occlusion: patch = side / 8, stride = side / 16), updated by ``method_options[name]``."""
-    defaults = (
-        {"patch": max(2, side // 8), "stride": max(1, side // 16)} if name == "occlusion" else {}
-    )
-    return defaults | (method_options or {}).get(name, {})
-
-
 @torch.no_grad()
-def _predict(model: LoadedModel, tensor: torch.Tensor, batch_size: int) -> torch.Tensor:
+def _predict(model: LoadedModel, truth: GroundTruth, batch_size: int) -> torch.Tensor:
+    """``Tensor[N]``: the model's decision per row: its top-1 class, or for a multi-label
+    set the row's class when its logit is > 0 (sigmoid > 0.5) and -1 otherwise."""
     from convlens.layers.borrow import borrowed_model
 
     with borrowed_model(model.module):
-        return torch.cat([model.module(chunk).argmax(1) for chunk in tensor.split(batch_size)])
-
-
-def explain_all(
-    model: LoadedModel, truth: GroundTruth, method: str, options: dict, batch_size: int
-) -> tuple[torch.Tensor, float]:
-    """Maps ``Tensor[N, H, W]`` of ``method`` for each image's ground-truth class, and the
-    seconds the method itself took (summed over chunks of ``batch_size`` images)."""
-    from convlens.attribution import explain
-
-    maps, seconds = [], 0.0
-    for start in range(0, len(truth), batch_size):
-        rows = slice(start, start + batch_size)
-        result = explain(model, truth.tensor[rows], method, target=truth.labels[rows], **options)
-        maps.append(result.maps.float().cpu())
-        seconds += result.seconds
-    return torch.cat(maps), seconds
+        logits = torch.cat([model.module(chunk) for chunk in truth.tensor.split(batch_size)])
+    logits = logits.float().cpu()
+    if not truth.multilabel:
+        return logits.argmax(1)
+    present = logits.gather(1, truth.labels[:, None])[:, 0] > 0
+    return torch.where(present, truth.labels, torch.full_like(truth.labels, -1))
 
 
 def _evaluate_one(
     model, truth, predictions, name, options, batch_size, curve_steps, sanity_images, tolerance
 ) -> tuple[dict, dict, int]:
-    from convlens.evaluate.faithfulness import deletion_curve, insertion_curve
-    from convlens.localize import localization_hits, maps_to_boxes, max_box_acc, pointing_game
-    from convlens.maps import auc
+    from convlens.evaluate.map_scores import score_maps
 
     maps, method_seconds = explain_all(model, truth, name, options, batch_size)
-    size = tuple(truth.tensor.shape[-2:])
-    boxes = maps_to_boxes(maps, fraction=0.2)
-    loc = localization_hits(boxes, predictions, truth.boxes, truth.labels, iou=0.5, image_size=size)
-    deletion = deletion_curve(
-        model, truth.tensor, maps, truth.labels, steps=curve_steps, batch_size=4 * batch_size
-    )
-    insertion = insertion_curve(
-        model, truth.tensor, maps, truth.labels, steps=curve_steps, batch_size=4 * batch_size
+    scores, curves = score_maps(
+        model,
+        truth,
+        maps,
+        predictions,
+        tolerance=tolerance,
+        curve_steps=curve_steps,
+        batch_size=batch_size,
     )
     sanity, constant = _sanity_spearman(model, truth, name, options, sanity_images)
-    scores = {
-        "maxboxacc": max_box_acc(maps, truth.boxes, image_size=size)["maxboxacc"],
-        "loc_acc": float(loc.float().mean()),
-        "pointing": float(pointing_game(maps, truth.point_masks, tolerance).float().mean()),
-        "mask_iou": _best_mask_iou(maps, truth.masks) if truth.masks is not None else None,
-        "deletion_auc": float(auc(deletion).mean()),
-        "insertion_auc": float(auc(insertion).mean()),
-        "sanity_spearman": sanity,
-        "ms_per_image": 1000.0 * method_seconds / len(truth),
-    }
-    curves = {"deletion": deletion.mean(0), "insertion": insertion.mean(0)}
+    scores |= {"sanity_spearman": sanity, "ms_per_image": 1000.0 * method_seconds / len(truth)}
     return scores, curves, constant
-
-
-def _best_mask_iou(maps: torch.Tensor, masks: torch.Tensor) -> float:
-    """Mean mask IoU at the threshold (of `MASK_THRESHOLDS`) best over the data set."""
-    from convlens.localize import mask_iou, threshold_maps
-
-    return max(float(mask_iou(threshold_maps(maps, tau), masks).mean()) for tau in MASK_THRESHOLDS)
 
 
 def _sanity_spearman(model, truth, name, options, count) -> tuple[float | None, int]:
@@ -305,37 +284,74 @@ def _sanity_spearman(model, truth, name, options, count) -> tuple[float | None, 
     return mean_defined(result.final("spearman"))
 
 
+BENCHMARKS = {"shapes": "synthetic-shapes", "shapes-multi": "synthetic-scenes", "gridpg": None}
+DEFAULT_LIMITS = {"shapes": 50, "shapes-multi": 60, "gridpg": 2}
+
+
 def evaluate_on_source(
-    model: str | LoadedModel = "synthetic-shapes",
+    model: str | LoadedModel | None = None,
     methods: Sequence[str] | None = None,
-    limit: int | None = 100,
+    limit: int | None = None,
     data: str | None = None,
     images_dir: str | None = None,
     seed: int = 1,
     progress: Callable[[str], None] | None = None,
     device: DeviceSpec | None = None,
+    benchmark: str = "shapes",
     **options,
 ) -> Leaderboard:
-    """`evaluate_methods` on a model name/path and either an annotation file (``data``,
-    images under ``images_dir``) or the synthetic shapes of stream ``seed`` (1: the stream
-    the shipped model never saw in training), at the model's input size. ``device``: run
-    there (`convlens.resolve_device`), moving the model back afterwards."""
+    """Run ``benchmark`` on a model name/path (default: the benchmark's own model).
+
+    - ``"shapes"``: `evaluate_methods` on the single-object shapes of stream ``seed`` (1: the
+      stream the shipped model never saw in training), or on an annotation file (``data``,
+      images under ``images_dir``); model ``synthetic-shapes``.
+    - ``"shapes-multi"``: the multi-object scenes of stream ``seed``, one row per present
+      class; model ``synthetic-scenes`` (multi-label).
+    - ``"gridpg"``: the grid pointing game (`convlens.evaluate.gridpg`) on the installed
+      packages' photos, or on the folder ``images_dir``; ``limit`` grids of each size
+      (2x2, 3x3); the embedded model by default.
+
+    ``limit`` defaults to `DEFAULT_LIMITS`. ``device``: run there (`convlens.resolve_device`),
+    moving the model back afterwards."""
+    from convlens.data.scenes import SyntheticScenes
     from convlens.data.synthetic import SyntheticShapes
     from convlens.evaluate.ground_truth import load_annotations
-    from convlens.models.loading import load_model
+    from convlens.models.loading import DEFAULT_MODEL, load_model
 
+    if benchmark not in BENCHMARKS:
+        raise ConvlensError(f"unknown benchmark {benchmark!r}; use one of {', '.join(BENCHMARKS)}")
     if device is not None:
         resolve_device(device)  # a missing device fails before any data is read
-    loaded = load_model(model)
-    if data is not None:
+    limit = DEFAULT_LIMITS[benchmark] if limit is None else limit
+    loaded = load_model(model or BENCHMARKS[benchmark] or DEFAULT_MODEL)
+    if benchmark == "gridpg":
+        return _gridpg_on_source(
+            loaded, methods, limit, images_dir, seed, progress, device, options
+        )
+    height, width = loaded.preprocess.height_width
+    if data is not None and benchmark == "shapes":
         truth = load_annotations(data, loaded.preprocess, images_dir, loaded.labels, limit)
+    elif height != width:
+        raise ConvlensError(
+            f"the synthetic sets are square but {loaded.name} expects {height}x{width}; "
+            "pass --data with your own annotations"
+        )
+    elif benchmark == "shapes-multi":
+        truth = SyntheticScenes(limit, seed=seed, size=height)
     else:
-        height, width = loaded.preprocess.height_width
-        if height != width:
-            raise ConvlensError(
-                f"the synthetic shapes are square but {loaded.name} expects {height}x{width}; "
-                "pass --data with your own annotations"
-            )
-        truth = SyntheticShapes(limit or 100, seed=seed, size=height)
+        truth = SyntheticShapes(limit, seed=seed, size=height)
     with placed_on(loaded.module, device):
         return evaluate_methods(loaded, truth, methods, limit, progress=progress, **options)
+
+
+def _gridpg_on_source(loaded, methods, limit, folder, seed, progress, device, options):
+    from convlens.attribution import list_methods
+    from convlens.evaluate.gridpg import build_grid_set, evaluate_gridpg, grid_photos
+
+    names = [m.name for m in list_methods()] if methods is None else list(methods)
+    _check_methods(names)
+    grids = build_grid_set(loaded, grid_photos(folder), grids_per_size=limit, seed=seed)
+    keep = {k: options[k] for k in ("batch_size", "method_options", "floors") if k in options}
+    with placed_on(loaded.module, device):
+        grids = dataclasses.replace(grids, tensor=model_input(loaded.module, grids.tensor))
+        return evaluate_gridpg(loaded, names, grids, progress=progress, **keep)

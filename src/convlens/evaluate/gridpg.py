@@ -185,11 +185,11 @@ def evaluate_gridpg(
     progress: Callable[[str], None] | None = None,
 ):
     """Explain every cell's class on its grid with each method (and the floors); returns a
-    `convlens.evaluate.benchmark.Leaderboard` whose scores have `GRIDPG_KEYS`.
+    `convlens.evaluate.leaderboard.Leaderboard` whose scores have `GRIDPG_KEYS`.
     ``accuracy``: the share of cells whose class is among the model's top ``n^2`` on the grid."""
-    from convlens.evaluate.benchmark import Leaderboard, _method_options, explain_all
     from convlens.evaluate.floors import FLOORS, floor_maps
     from convlens.evaluate.ground_truth import GroundTruth
+    from convlens.evaluate.leaderboard import Leaderboard, _method_options, explain_all
 
     truth = GroundTruth(grids.tensor, grids.display, grids.labels, [], None, grids.photos)
     side = grids.tensor.shape[-1]
