@@ -1,4 +1,4 @@
-"""``convlens evaluate``: the ground-truth leaderboard."""
+"""``convlens evaluate``: the leaderboards (``--benchmark shapes|shapes-multi|gridpg``)."""
 
 from __future__ import annotations
 
@@ -7,22 +7,56 @@ from typing import Annotated
 
 import typer
 
-from convlens.cli.app import DeviceOption, JsonOption, ModelOption, _echo_json, app
+from convlens.cli.app import DeviceOption, JsonOption, _echo_json, app
 
 
 @app.command("evaluate")
 def evaluate_command(
-    model: ModelOption = "synthetic-shapes",
-    methods: Annotated[
-        str, typer.Option("--methods", help="Method names, comma separated, or 'all'.")
+    benchmark: Annotated[
+        str,
+        typer.Option(
+            "--benchmark",
+            "-b",
+            help="shapes (one object per image), shapes-multi (1-4 objects, each class "
+            "scored against its own mask) or gridpg (grids of real photos).",
+        ),
+    ] = "shapes",
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Model name or path (default: synthetic-shapes, synthetic-scenes, or the "
+            "embedded efficientnet_lite0 for gridpg).",
+        ),
+    ] = None,
+    method: Annotated[
+        str, typer.Option("--method", help="Method names, comma separated, or 'all'.")
     ] = "all",
-    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="Images to use.")] = 50,
+    methods_alias: Annotated[
+        str | None, typer.Option("--methods", hidden=True, help="Old spelling of --method.")
+    ] = None,
+    limit: Annotated[
+        int | None,
+        typer.Option(
+            "--limit",
+            "-n",
+            min=1,
+            help="Images to use (default 50 shapes, 60 shapes-multi); gridpg: grids per size "
+            "(default 2).",
+        ),
+    ] = None,
     data: Annotated[
         str | None,
         typer.Option("--data", help="Annotations: simple JSON or COCO instances JSON."),
     ] = None,
     images_dir: Annotated[
-        str | None, typer.Option("--images", help="Folder of the annotated images.")
+        str | None,
+        typer.Option(
+            "--images",
+            help="Folder of the annotated images; for gridpg a folder of photos or an "
+            "ImageFolder (default: photos that installed packages ship).",
+        ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Synthetic data stream (1 = held out).")] = 1,
     out: Annotated[
@@ -42,13 +76,28 @@ def evaluate_command(
 
     from convlens.attribution.explain import method_names
     from convlens.evaluate.benchmark import evaluate_on_source
-    from convlens.render.leaderboard import LEADERBOARD_NOTE, leaderboard_curves, leaderboard_table
+    from convlens.render.leaderboard import leaderboard_curves, leaderboard_note, leaderboard_table
 
-    names = method_names(methods)
-    progress = None if as_json else (lambda line: typer.echo(line, err=True))
-    cascade = 8 if out is not None else 0
+    if data is not None and model in (None, "synthetic-shapes"):
+        raise typer.BadParameter(
+            "--data needs --model: the model whose classes the annotations name "
+            "(synthetic-shapes only knows its own synthetic classes)",
+            param_hint="--model",
+        )
+    names = method_names(methods_alias or method)
+    progress = None if as_json else _counted_progress(names, limit)
+    cascade = {"cascade_images": 8} if out is not None and benchmark != "gridpg" else {}
     board = evaluate_on_source(
-        model, names, limit, data, images_dir, seed, progress, device=device, cascade_images=cascade
+        model,
+        names,
+        limit,
+        data,
+        images_dir,
+        seed,
+        progress,
+        device=device,
+        benchmark=benchmark,
+        **cascade,
     )
     written = []
     if out is not None:
@@ -66,12 +115,45 @@ def evaluate_command(
     if as_json:
         _echo_json(board.scores)
     else:
-        typer.echo(f"{board.model}: {board.images} images, top-1 accuracy {board.accuracy:.3f}")
+        typer.echo(
+            f"{benchmark} on {board.model}: {board.images} {_rows(board)}, {_accuracy(board)}"
+        )
         typer.echo(leaderboard_table(board))
-        typer.echo(LEADERBOARD_NOTE)
+        typer.echo(leaderboard_note(board))
         if written:
             typer.echo("wrote " + ", ".join(str(path) for path in written))
     for name, message in board.errors.items():
         typer.echo(f"{name} failed: {message}", err=True)
     if board.errors:
         raise typer.Exit(1)
+
+
+def _counted_progress(names: list[str], limit: int | None):
+    """Progress lines on stderr: a header (methods x images), then ``[i/M] method: ...`` as
+    each method finishes (other lines, such as the floors, as they come)."""
+    images = f"up to {limit} images" if limit is not None else "the benchmark's images"
+    typer.echo(f"evaluating {len(names)} methods x {images}", err=True)
+    done: list[str] = []
+
+    def report(line: str) -> None:
+        name = line.split(":", 1)[0]
+        if name in names and name not in done:
+            done.append(name)
+            line = f"[{len(done)}/{len(names)}] {line}"
+        typer.echo(line, err=True)
+
+    return report
+
+
+def _rows(board) -> str:
+    return board.settings.get("rows", "images")
+
+
+def _accuracy(board) -> str:
+    """What the model got right, in the words of the benchmark."""
+    rows = _rows(board)
+    if rows == "grid cells":
+        return f"cell class in the grid's top n^2: {board.accuracy:.3f}"
+    if rows == "image-class pairs":
+        return f"present classes detected (sigmoid > 0.5): {board.accuracy:.3f}"
+    return f"top-1 accuracy {board.accuracy:.3f}"
