@@ -291,6 +291,8 @@ def test_non_square_input_gives_maps_at_input_resolution(method):
     image = torch.zeros(1, 3, 6, 10)
     image[:, :, 2:4, 6:8] = 1.0
     options = {"patch": 2, "stride": 2} if method == "occlusion" else {}
+    if method == "gradcam":  # the pooled 3 x 5 grid (the default layer is the 6 x 10 ReLU)
+        options = {"layer": "2"}
     result = explain(_blob_net(), image, method, target=0, **options)
     assert result.maps.shape == (1, 6, 10)
     blob = torch.zeros(6, 10, dtype=torch.bool)
