@@ -180,10 +180,13 @@ def test_an_image_that_fails_does_not_stop_the_others(tmp_path, capsys):
 
 def test_layer_errors_stop_before_any_work(tmp_path, capsys, gap_model):
     out = tmp_path / "out"
-    assert main(["explain", "cat", "-m", gap_model, "--layer", "9", "-o", str(out)]) == 1
+    assert main(["explain", "cat", "-m", gap_model, "--layer", "#9", "-o", str(out)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: layer index 9") and "convlens layers" in err
     assert err.count("\n") == 1
+    assert main(["explain", "cat", "-m", gap_model, "--layer", "9", "-o", str(out)]) == 1
+    err = capsys.readouterr().err  # a bare number is a name, and no layer has it
+    assert err.startswith("error: no layer named '9'") and "write '#9'" in err
     args = ["explain", "cat", "coffee", "-m", gap_model, "--method", "saliency", "--layer", "1"]
     assert main(args + ["-o", str(out)]) == 1
     err = capsys.readouterr().err  # once for the run, not once per image

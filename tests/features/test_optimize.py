@@ -169,7 +169,7 @@ def test_layers_resolve_once_whatever_their_spelling():
     net = tiny_classifier()
     settings = dict(steps=2, size=16, seed=0)
     by_name = render(net, channel("3", 1), **settings)
-    for spelling in ("-5", -5, 3, net[3]):  # 8 layers: index -5 is "3"
+    for spelling in ("#-5", -5, "#3", 3, net[3]):  # 8 layers: index -5 is "3"
         other = render(net, channel(spelling, 1), **settings)
         assert torch.equal(other.images, by_name.images), spelling
 
