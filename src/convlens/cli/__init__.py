@@ -11,6 +11,7 @@ from convlens.cli import (  # noqa: F401  (registers commands)
     features,
     models,
     report,
+    scan,
     serve,
     train,
 )

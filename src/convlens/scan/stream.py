@@ -26,6 +26,8 @@ from convlens.errors import DataError
 from convlens.layers import borrowed_model
 from convlens.layers.capture import Capture
 from convlens.layers.early_stop import run_until
+from convlens.models.devices import placed_on as moved_to
+from convlens.models.devices import resolve_device
 from convlens.scan.distributed import gather_objects, local_device, rank_and_world, shard
 
 
@@ -113,28 +115,12 @@ def stream_pass(
 
 @contextmanager
 def placed_on(module: nn.Module, device: str | torch.device | None) -> Iterator[torch.device]:
-    """Run the block with ``module`` on ``device`` (CUDA ranks under torchrun: their local
-    GPU) and yield that device; the module goes back where it was afterwards. ``None``:
-    where the module is (its first parameter's device, else the CPU); ``"auto"``: CUDA
-    when present, else the CPU."""
-    first = next(iter([*module.parameters(), *module.buffers()]), None)
-    home = first.device if first is not None else torch.device("cpu")
-    if device is None:
-        yield home
-        return
-    if str(device) == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        target = local_device(torch.device(device))
-    except (RuntimeError, ValueError) as error:
-        raise DataError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from error
-    if target.type == "cuda" and not torch.cuda.is_available():
-        raise DataError("no CUDA device on this machine; use --device cpu")
-    module.to(target)
-    try:
-        yield target
-    finally:
-        module.to(home)
+    """Run the block with ``module`` on ``device`` (`convlens.models.devices`; CUDA ranks
+    under torchrun: their local GPU) and yield the device it runs on; the module goes back
+    where it was afterwards. ``None``: where the module is."""
+    target = None if device is None else local_device(resolve_device(device))
+    with moved_to(module, target) as run_device:
+        yield run_device
 
 
 def _state_file(checkpoint, rank: int, world: int) -> Path | None:

@@ -1,0 +1,227 @@
+"""``convlens scan``, ``embed`` and ``neighbors`` end to end on tiny data, and the same scan
+under ``torchrun --nproc_per_node 2`` (gloo) equal to one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from convlens.cli import main
+from convlens.data.synthetic import SyntheticShapes
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+TOP_KEYS = {"source", "value", "y", "x", "box"}
+
+
+def _shape_files(folder: Path, count: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    images = SyntheticShapes(count).batch().display
+    for i, pixels in enumerate(images):
+        Image.fromarray(pixels).save(folder / f"shape{i:02d}.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG not really")
+
+
+def test_scan_writes_topk_json_panels_and_a_self_contained_atlas(tmp_path, capsys):
+    _shape_files(tmp_path / "data", 8)
+    out = tmp_path / "out"
+    args = [
+        "scan",
+        str(tmp_path / "data"),
+        "--model",
+        "synthetic-shapes",
+        "--layers",
+        "features.2",
+        "--k",
+        "2",
+        "--out",
+        str(out),
+        "--batch-size",
+        "4",
+        "--projections",
+        "deconvnet",
+    ]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "skipped 1 unreadable file(s)" in captured.err and "broken.png" in captured.err
+    doc = json.loads((out / "features.2" / "topk.json").read_text())
+    assert set(doc) == {"layer", "k", "by", "channels"}
+    assert (doc["layer"], doc["k"], doc["by"]) == ("features.2", 2, "max")
+    assert [c["channel"] for c in doc["channels"]] == list(range(16))
+    for channel in doc["channels"]:
+        assert len(channel["top"]) == 2 and len({u["source"] for u in channel["top"]}) == 2
+        for unit in channel["top"]:
+            assert set(unit) == TOP_KEYS and Path(unit["source"]).parent == tmp_path / "data"
+            # the first 3x3 convolution (padding 1): a 3x3 field centred on the unit
+            assert unit["box"] == [unit["x"] - 1, unit["y"] - 1, unit["x"] + 2, unit["y"] + 2]
+        assert (out / "features.2" / f"channel-{channel['channel']:04d}.png").is_file()
+    page = (out / "index.html").read_text()
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+    sources = re.findall(r'src="([^"]+)"', page)
+    assert len(sources) == 16 and all((out / src).is_file() for src in sources)
+
+
+def test_embed_then_neighbors_finds_the_image_itself(tmp_path, capsys):
+    out = tmp_path / "emb"
+    assert (
+        main(
+            [
+                "embed",
+                "shapes:12",
+                "--model",
+                "synthetic-shapes",
+                "--out",
+                str(out),
+                "--map",
+                "none",
+                "--batch-size",
+                "5",
+            ]
+        )
+        == 0
+    )
+    index = json.loads((out / "index.json").read_text())
+    assert index["sources"] == [f"shapes:{i}" for i in range(12)]
+    assert np.load(out / "embeddings.npy").dtype == np.float16
+    assert (out / "index.html").is_file()
+    query = tmp_path / "query.png"
+    Image.fromarray(SyntheticShapes(12).batch([4]).display[0]).save(query)
+    capsys.readouterr()
+    strip = tmp_path / "near.png"
+    assert (
+        main(
+            [
+                "neighbors",
+                str(query),
+                "--index",
+                str(out),
+                "--k",
+                "3",
+                "--json",
+                "--out",
+                str(strip),
+            ]
+        )
+        == 0
+    )
+    found = json.loads(capsys.readouterr().out)
+    assert [set(f) for f in found] == [{"source", "distance"}] * 3
+    assert found[0]["source"] == "shapes:4" and found[0]["distance"] < 1e-3
+    assert strip.is_file()
+
+
+def _torchrun(args: list[str], cwd: Path) -> None:
+    launcher = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    command = [launcher] if launcher else [sys.executable, "-m", "torch.distributed.run"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    subprocess.run(
+        [*command, "--standalone", "--nproc_per_node", "2", "-m", "convlens", *args],
+        cwd=cwd,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+
+
+def _without_values(doc: dict) -> dict:
+    return {
+        **doc,
+        "channels": [
+            [{**unit, "value": None} for unit in channel["top"]] for channel in doc["channels"]
+        ],
+    }
+
+
+def _values(doc: dict) -> list[float]:
+    return [unit["value"] for channel in doc["channels"] for unit in channel["top"]]
+
+
+@pytest.mark.slow
+def test_two_process_torchrun_equals_one_process(tmp_path):
+    scan = [
+        "scan",
+        "shapes:18",
+        "--model",
+        "synthetic-shapes",
+        "--layers",
+        "features.5,features.15",
+        "--k",
+        "3",
+        "--batch-size",
+        "4",
+        "--projections",
+        "deconvnet",
+    ]
+    _torchrun([*scan, "--out", "two"], tmp_path)
+    assert main([*scan, "--out", str(tmp_path / "one")]) == 0
+    for layer in ("features.5", "features.15"):
+        one = json.loads((tmp_path / "one" / layer / "topk.json").read_text())
+        two = json.loads((tmp_path / "two" / layer / "topk.json").read_text())
+        assert _without_values(one) == _without_values(two)
+        # a batch of other images sums the convolution in another order: float rounding
+        assert _values(one) == pytest.approx(_values(two), rel=1e-5)
+        for png in (tmp_path / "one" / layer).glob("*.png"):
+            a = np.asarray(Image.open(png), dtype=int)
+            b = np.asarray(Image.open(tmp_path / "two" / layer / png.name), dtype=int)
+            assert np.abs(a - b).max() <= 1
+    embed = ["embed", "shapes:18", "--model", "synthetic-shapes", "--map", "none"]
+    _torchrun([*embed, "--out", "two-emb", "--batch-size", "4"], tmp_path)
+    assert main([*embed, "--out", str(tmp_path / "one-emb"), "--batch-size", "7"]) == 0
+    one = np.load(tmp_path / "one-emb" / "embeddings.npy").astype(np.float32)
+    two = np.load(tmp_path / "two-emb" / "embeddings.npy").astype(np.float32)
+    assert np.allclose(one, two, rtol=2e-3, atol=1e-4)  # float16 storage
+    index = json.loads((tmp_path / "two-emb" / "index.json").read_text())
+    assert index["sources"] == [f"shapes:{i}" for i in range(18)]
+
+
+def test_cli_resume_continues_a_stopped_scan(tmp_path):
+    from convlens.scan.topk import top_activating
+
+    args = [
+        "shapes:12",
+        "--model",
+        "synthetic-shapes",
+        "--layers",
+        "features.2",
+        "--k",
+        "2",
+        "--projections",
+        "none",
+        "--batch-size",
+        "3",
+        "--save-every",
+        "1",
+    ]
+    assert main(["scan", *args, "--out", str(tmp_path / "whole")]) == 0
+
+    class Stop(Exception):
+        pass
+
+    def stop(done: int) -> None:
+        if done == 2:
+            raise Stop
+
+    with pytest.raises(Stop):  # the same scan as the CLI's, stopped after 2 of 4 batches
+        top_activating(
+            "synthetic-shapes",
+            "shapes:12",
+            ["features.2"],
+            k=2,
+            projections=(),
+            batch_size=3,
+            checkpoint=tmp_path / "part" / ".state" / "scan",
+            save_every=1,
+            on_batch=stop,
+        )
+    assert main(["scan", *args, "--out", str(tmp_path / "part"), "--resume"]) == 0
+    whole = (tmp_path / "whole" / "features.2" / "topk.json").read_text()
+    assert (tmp_path / "part" / "features.2" / "topk.json").read_text() == whole
