@@ -10,7 +10,8 @@ with three kinds of features, and the share of those neighbours whose class equa
 query's is reported (target for the model's features: >= 90%):
 
 - the shapes model's pooled features (the classifier's input, `convlens.scan.embed`);
-- raw pixels (the 64 x 64 image, normalised), a model-free floor;
+- raw pixels (the 64 x 64 image, normalised; index: the first ``--pixel-items`` training
+  images), a model-free floor;
 - chance: the share of the most frequent class (1/6 with six balanced classes).
 """
 
@@ -24,7 +25,7 @@ import torch
 from convlens.data.datasets import ShapesDataset
 from convlens.data.synthetic import SyntheticShapes
 from convlens.models import load_model
-from convlens.scan.embed import embed
+from convlens.scan.embed import embed, load_embeddings
 from convlens.scan.knn import nearest
 
 
@@ -35,8 +36,9 @@ def shared_class(index_vectors, index_labels, queries, query_labels, k: int) -> 
     return float((neighbour_labels == torch.as_tensor(query_labels)[:, None]).float().mean())
 
 
-def pixels(dataset: ShapesDataset) -> torch.Tensor:
-    return torch.stack([dataset[i][1].flatten() for i in range(len(dataset))])
+def pixels(dataset: ShapesDataset, count: int) -> torch.Tensor:
+    """The first ``count`` items' normalised pixels, one row each."""
+    return torch.stack([dataset[i][1].flatten() for i in range(min(count, len(dataset)))])
 
 
 def main() -> None:
@@ -44,22 +46,40 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=3000)
     parser.add_argument("--test", type=int, default=600)
     parser.add_argument("--k", type=int, default=5)
+    parser.add_argument("--pixel-items", type=int, default=2000, help="index size, pixel floor")
+    parser.add_argument(
+        "--index",
+        help="reuse a folder written by 'convlens embed shapes:N --model synthetic-shapes' "
+        "(its N items replace --train)",
+    )
     args = parser.parse_args()
     model = load_model("synthetic-shapes")
-    index = ShapesDataset(SyntheticShapes(args.train, seed=0), model.preprocess)
     queries = ShapesDataset(SyntheticShapes(args.test, seed=1), model.preprocess, "shapes-test")
-    stored, asked = embed(model, index, batch_size=64), embed(model, queries, batch_size=64)
+    if args.index:
+        stored = load_embeddings(args.index)
+        args.train = len(stored.sources)
+    else:
+        stored = embed(model, SyntheticShapes(args.train, seed=0), batch_size=64)
+    index = ShapesDataset(SyntheticShapes(args.train, seed=0), model.preprocess)
+    asked = embed(model, queries, batch_size=64)
     rows = {
         "shapes model pooled features": shared_class(
             stored.vectors, stored.labels, asked.vectors, asked.labels, args.k
         ),
         "raw pixels (floor)": shared_class(
-            pixels(index), index.labels, pixels(queries), queries.labels, args.k
+            pixels(index, args.pixel_items),
+            index.labels[: args.pixel_items],
+            pixels(queries, args.test),
+            queries.labels,
+            args.k,
         ),
         "chance (floor)": max(queries.labels.count(c) for c in set(queries.labels))
         / len(queries.labels),
     }
-    print(f"{args.k} nearest of {args.test} test images among {args.train} training images:")
+    print(
+        f"{args.k} nearest of {args.test} test images among {args.train} training images "
+        f"({min(args.pixel_items, args.train)} for the pixel floor):"
+    )
     for name, share in rows.items():
         print(f"  {name:32s} {100 * share:5.1f}% share the query's class")
     print(json.dumps(rows))

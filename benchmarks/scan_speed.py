@@ -6,8 +6,10 @@ Run: ``python benchmarks/scan_speed.py`` (``--help`` for options).
    default model, EfficientNet-Lite0, patches cut at the end, projections off) against
    plain inference of the same model over the same ``DataLoader`` (same dataset, batch
    size and workers) in the same run: ``for batch in loader: model(batch.images)`` under
-   ``no_grad``. The data are the sample photos (scikit-image) repeated to ``--images``
-   items. The two alternate, ``--repeats`` times each after a warm-up; medians compared
+   ``no_grad``, with ``--threads`` intra-op threads (default 1: on a shared machine more
+   threads than free cores make OpenMP spin). The data are the sample photos
+   (scikit-image) repeated to ``--images`` items. The two alternate, ``--repeats`` times
+   each after a warm-up; medians compared
    (target: scan >= 0.9x plain). The second pass (patches, deconvnet and guided
    projections: one backward per kept unit, on demand through
    ``TopActivations.channel_views``) does not grow with the dataset; it is timed once for
@@ -143,10 +145,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--memory", nargs=2, type=int, default=[1000, 10000], metavar="N")
     parser.add_argument("--second-pass-layer", default="blocks.2")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--rss-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     if args.rss_child is not None:
         rss_child(args.rss_child, args.batch_size)
         return
