@@ -75,8 +75,12 @@ def scan_command(
     ] = "max",
     out: Annotated[str, typer.Option("--out", "-o", help="Output folder.")] = "scan",
     projections: Annotated[
-        str, typer.Option(help="deconvnet, guided, both as 'deconvnet,guided', or none.")
-    ] = "deconvnet,guided",
+        str,
+        typer.Option(
+            help="Projection drawn beside the patches: guided, deconvnet (image-independent "
+            "in networks without max pooling, such as the default model) or none."
+        ),
+    ] = "guided",
     device: DeviceOption = "cpu",
     batch_size: BatchOption = 32,
     workers: WorkersOption = 0,
