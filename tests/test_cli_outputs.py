@@ -40,16 +40,16 @@ def _tiny(tmp_path, scripted: bool = False) -> str:
 @pytest.mark.slow
 def test_explain_writes_pdf_and_svg_panels(tmp_path, capsys):
     model = _tiny(tmp_path)
-    for fmt, magic in (("pdf", b"%PDF"), ("svg", b"<?xml")):
-        out = tmp_path / fmt
-        args = ["explain", "cat", "-m", model, "--method", "gradcam,guided_backprop"]
-        assert main(args + ["--format", fmt, "-o", str(out), "--width", "3.3"]) == 0
-        data = (out / f"cat.{fmt}").read_bytes()
-        assert data.startswith(magic)
-        if fmt == "svg":  # text stays text: the titles name method and layer
-            assert b"<svg" in data and b"gradcam @ 3" in data
+    args = ["explain", "cat", "-m", model, "--method", "gradcam,guided_backprop", "--width", "3.3"]
+    assert main(args + ["--format", "pdf", "-o", str(tmp_path / "pdf")]) == 0
+    assert (tmp_path / "pdf" / "cat.pdf").read_bytes().startswith(b"%PDF")
+    assert main(args + ["-o", str(tmp_path / "x.svg")]) == 0  # a file name: its format
+    data = (tmp_path / "x.svg").read_bytes()
+    assert data.startswith(b"<?xml") and b"<svg" in data
+    assert b"gradcam @ 3" in data  # text stays text: the title names method and layer
+    assert json.loads((tmp_path / "x.json").read_text())["panel"] == str(tmp_path / "x.svg")
     line = capsys.readouterr().out.strip().splitlines()[-1]
-    assert line.startswith("cat: explained class") and line.endswith("cat.svg")
+    assert line.startswith("cat: explained class") and line.endswith("x.svg")
 
 
 def test_explain_out_that_is_a_file_fails_once_before_any_work(tmp_path, capsys):

@@ -63,9 +63,12 @@ def explain_command(
             "(default: the last convolution stage).",
         ),
     ] = None,
-    out: Annotated[str, typer.Option("--out", "-o", help="Folder for panels and JSON.")] = (
-        "convlens-out"
-    ),
+    out: Annotated[
+        str,
+        typer.Option(
+            "--out", "-o", help="Folder for panels and JSON, or a panel file NAME.png|.pdf|.svg."
+        ),
+    ] = "convlens-out",
     fmt: Annotated[
         str, typer.Option("--format", help="Panel file format: png, pdf or svg.")
     ] = "png",
@@ -102,7 +105,7 @@ def explain_command(
     from convlens.attribution.methods import get_method
     from convlens.data.images import iter_batches
     from convlens.layers import resolve_layer
-    from convlens.render.figures import FORMATS, output_folder
+    from convlens.render.figures import FORMATS
     from convlens.render.panel import SCALES
 
     debug = bool(ctx.find_root().params.get("debug"))
@@ -110,7 +113,7 @@ def explain_command(
         bad = ("--format", fmt, "png, pdf, svg") if f".{fmt}" not in FORMATS else None
         bad = bad or ("--scale", scale, ", ".join(SCALES))
         raise typer.BadParameter(f"{bad[1]!r}; use one of {bad[2]}", param_hint=bad[0])
-    folder = output_folder(out)
+    folder, fmt, named = _panel_destination(out, fmt)
     loaded = load_cli_model(
         model,
         arch=arch,
@@ -136,7 +139,7 @@ def explain_command(
         _report_skipped(batch.errors)
         if not len(batch):
             continue
-        stem = _unique_stem(Path(batch.sources[0]).stem, used)
+        stem = _unique_stem(named or Path(batch.sources[0]).stem, used)
         try:
             record = _explain_one_image(
                 loaded,
@@ -294,6 +297,21 @@ def _unique_stem(stem: str, used: set[str]) -> str:
         candidate = f"{stem}_{count}"
     used.add(candidate)
     return candidate
+
+
+def _panel_destination(out: str, fmt: str) -> tuple:
+    """``(folder, format, file stem or None)``: ``--out DIR`` (panels named after their
+    images), or ``--out NAME.png|.pdf|.svg`` (the panel of the first image written there,
+    its JSON beside it, further images as ``NAME_2`` ...; the extension sets the format)."""
+    from pathlib import Path
+
+    from convlens.render.figures import FORMATS, check_writable, output_folder
+
+    path = Path(out)
+    if path.suffix.lower() in FORMATS and not path.is_dir() and not out.endswith("/"):
+        check_writable(path)
+        return output_folder(str(path.parent)), path.suffix.lower()[1:], path.stem
+    return output_folder(out), fmt, None
 
 
 class _Picture:
