@@ -21,6 +21,7 @@ CAM pseudo-masks (`cam_pseudo_masks`), from a classifier and each image's class 
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -234,8 +235,6 @@ def run_record(log: TrainingLog, **settings) -> dict:
 
 def _load_average() -> float | None:
     try:
-        import os
-
         return round(os.getloadavg()[0], 2)
     except OSError:
         return None
