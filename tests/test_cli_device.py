@@ -48,6 +48,7 @@ def test_unknown_device_names_the_choices(capsys):
     assert "use cpu, cuda, cuda:N, mps or auto" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # end to end on the default model (loads it, draws the panel)
 def test_explain_cat_on_the_cpu(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["explain", "cat", "--device", "cpu", "--method", "gradcam", "-o", str(out)]) == 0
