@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import difflib
 
-from convlens.attribution import cam, gradients, perturbation, rules  # noqa: F401  (register)
+from convlens.attribution import (  # noqa: F401  (register)
+    cam,
+    gradients,
+    heads,
+    perturbation,
+    rules,
+)
 from convlens.attribution.registry import FAMILIES, METHODS, MethodInfo
 from convlens.errors import MethodError
 
@@ -19,6 +25,9 @@ def get_method(name: str) -> MethodInfo:
     raise MethodError(f"unknown method {name!r}; {hint}available: {', '.join(sorted(METHODS))}")
 
 
-def list_methods() -> list[MethodInfo]:
-    """Every registered method, grouped by family."""
-    return sorted(METHODS.values(), key=lambda m: (FAMILIES.index(m.family), m.name))
+def list_methods(include_head_methods: bool = False) -> list[MethodInfo]:
+    """Every registered method, grouped by family; the methods that read a trained head's
+    own maps (``nin``, ``acol``, ``scouter``: they work on such models only) just with
+    ``include_head_methods=True``."""
+    chosen = [m for m in METHODS.values() if include_head_methods or m.head is None]
+    return sorted(chosen, key=lambda m: (FAMILIES.index(m.family), m.name))

@@ -69,6 +69,7 @@ class MethodInfo:
     summary: str
     slow: bool = False
     options: tuple[str, ...] = ()
+    head: str | None = None
 
     @property
     def takes_progress(self) -> bool:
@@ -80,7 +81,12 @@ METHODS: dict[str, MethodInfo] = {}
 
 
 def register_method(
-    name: str, family: str, *, uses_layer: bool = False, slow: bool = False
+    name: str,
+    family: str,
+    *,
+    uses_layer: bool = False,
+    slow: bool = False,
+    head: str | None = None,
 ) -> Callable[[MethodFn], MethodFn]:
     """Decorator: register ``compute`` (returning a `MethodResult`) under ``name`` and return
     the public function returning ``MethodResult.public()``; the summary is the docstring's
@@ -89,6 +95,9 @@ def register_method(
     The signature is read once here: ``compute`` must take ``(model, images, target=None)`` and
     then keyword-only options; ``uses_layer`` must match whether it takes ``layer``, and a
     ``slow`` method must take ``progress``. A mismatch raises ValueError at import time.
+    ``head`` (``"nin"``, ``"acol"``, ...): the method reads the maps of a model with that
+    trained head (`convlens.models.heads`) and works on no other model, so ``list_methods``
+    (``--method all``) leaves it out; it is still found by name.
     """
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}")
@@ -113,7 +122,9 @@ def register_method(
         public.__signature__ = inspect.signature(compute).replace(
             return_annotation="Tensor | tuple[Tensor, dict]"
         )
-        METHODS[name] = MethodInfo(name, public, run, family, uses_layer, summary, slow, options)
+        METHODS[name] = MethodInfo(
+            name, public, run, family, uses_layer, summary, slow, options, head=head
+        )
         return public
 
     return decorate

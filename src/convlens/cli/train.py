@@ -36,12 +36,43 @@ class TrainOptions:
     classifier: str
     threshold: float
     refine_steps: int
+    head: str | None = None
+    data: str = "synthetic"
+    backbone: str = "synthetic-shapes"
+    layer: str = "features"
+    freeze_backbone: bool = False
+    limit: int | None = None
+    checkpoint_every: int = 1
 
 
 @app.command("train")
 def train_command(
-    task: Annotated[str, typer.Option("--task", help="What to train: segmentation.")],
     out: Annotated[str, typer.Option("--out", "-o", help="Folder for model.pt and records.")],
+    task: Annotated[
+        str | None, typer.Option("--task", help="segmentation (or give --head).")
+    ] = None,
+    head: Annotated[
+        str | None,
+        typer.Option("--head", help="Train a classifier head: cam, nin, acol or scouter."),
+    ] = None,
+    data: Annotated[
+        str, typer.Option("--data", help="--head data: synthetic or an ImageFolder tree.")
+    ] = "synthetic",
+    backbone: Annotated[
+        str, typer.Option("--backbone", help="--head backbone: a model name or file.")
+    ] = "synthetic-shapes",
+    layer: Annotated[
+        str, typer.Option("--layer", help="--head: the backbone layer the head sits on.")
+    ] = "features",
+    freeze_backbone: Annotated[
+        bool, typer.Option("--freeze-backbone", help="--head: train the head only.")
+    ] = False,
+    limit: Annotated[
+        int | None, typer.Option("--limit", help="--head: train on the first N items.")
+    ] = None,
+    checkpoint_every: Annotated[
+        int, typer.Option("--checkpoint-every", help="Write the checkpoint every E epochs.")
+    ] = 1,
     train: Annotated[int, typer.Option("--train", help="Training images (seed 0).")] = 2000,
     test: Annotated[int, typer.Option("--test", help="Held-out images (seed 1).")] = 300,
     epochs: Annotated[int, typer.Option("--epochs")] = 8,
@@ -75,7 +106,8 @@ def train_command(
     """Train a model; print its held-out scores and where it was written (on the CPU:
     --device takes cpu only for now).
 
-    Example: convlens train --task segmentation --out seg --upsample bilinear
+    Examples: convlens train --task segmentation --out seg --upsample bilinear;
+    convlens train --head acol --data synthetic --epochs 4 --out acol
     """
     if device.strip().lower() != "cpu":  # the option checked it exists; training is CPU-only
         from convlens.errors import DeviceError
@@ -85,7 +117,12 @@ def train_command(
             raise DeviceError(
                 f"convlens train runs on the CPU only for now; use --device cpu, not {device!r}"
             )
-    if task not in _TASKS:
+    if (task is None) == (head is None):
+        raise typer.BadParameter(
+            "give --task segmentation or --head cam|nin|acol|scouter (one of them)",
+            param_hint="--task/--head",
+        )
+    if task is not None and task not in _TASKS:
         raise typer.BadParameter(
             f"unknown task {task!r}; use one of: {', '.join(_TASKS)}", param_hint="--task"
         )
@@ -106,8 +143,15 @@ def train_command(
         classifier,
         threshold,
         refine_steps,
+        head=head,
+        data=data,
+        backbone=backbone,
+        layer=layer,
+        freeze_backbone=freeze_backbone,
+        limit=limit,
+        checkpoint_every=checkpoint_every,
     )
-    record = _TASKS[task](options)
+    record = _train_head(options) if head is not None else _TASKS[task](options)
     if as_json:
         _echo_json(record)
 
@@ -166,6 +210,7 @@ def _train_segmentation(options: TrainOptions) -> dict:
         checkpoint=out / "checkpoint.pt",
         resume=options.resume,
         progress=True,
+        checkpoint_every=options.checkpoint_every,
         on_epoch=lambda e, loss, acc: typer.echo(
             f"epoch {e + 1}/{options.epochs}: loss {loss:.4f}, train pixel accuracy {acc:.4f}",
             err=True,
@@ -194,6 +239,90 @@ def _train_segmentation(options: TrainOptions) -> dict:
         f"held-out mIoU {scores['mean_iou']:.3f}, pixel accuracy {scores['pixel_accuracy']:.3f} "
         f"({options.test} scenes, seed {seg.TEST_SEED}); trained in {log.seconds:.0f} s; "
         f"wrote {path}",
+        err=True,
+    )
+    return record
+
+
+def _train_head(options: TrainOptions) -> dict:
+    """``--head``: a localising head on a backbone, trained on the synthetic shapes
+    (``--limit`` items, default --train; --test held out) or an ImageFolder tree."""
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from convlens.errors import DataError
+    from convlens.models import load_model
+    from convlens.models.heads import HEADS, save_head_model
+    from convlens.train import heads
+
+    if options.head not in HEADS:
+        raise DataError(f"unknown head {options.head!r}; use one of: {', '.join(HEADS)}")
+    if options.limit is not None and options.limit < 1:
+        raise DataError(f"--limit must be >= 1, got {options.limit}")
+    if min(options.test, options.threads) < 1:
+        raise DataError("--test and --threads must be >= 1")
+    torch.set_num_threads(options.threads)
+    backbone = load_model(options.backbone)
+    if options.data == "synthetic":
+        data = heads.synthetic_data(
+            backbone.preprocess, options.limit or options.train, options.test
+        )
+    else:
+        data = heads.folder_data(options.data, backbone.preprocess, options.limit, options.seed)
+    model = heads.build_head_model(
+        options.head,
+        backbone,
+        options.layer,
+        len(data.classes),
+        freeze_backbone=options.freeze_backbone,
+        seed=options.seed,
+    )
+    out = Path(options.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = heads.train_head(
+        model,
+        data,
+        epochs=options.epochs,
+        batch_size=options.batch_size,
+        learning_rate=options.learning_rate,
+        seed=options.seed,
+        checkpoint=out / "checkpoint.pt",
+        resume=options.resume,
+        progress=True,
+        checkpoint_every=options.checkpoint_every,
+        on_epoch=lambda e, loss, acc: typer.echo(
+            f"epoch {e + 1}/{options.epochs}: loss {loss:.4f}, train accuracy {acc:.4f}",
+            err=True,
+        ),
+    )
+    record = heads.head_record(
+        log,
+        model,
+        data,
+        data=options.data,
+        backbone=options.backbone,
+        layer=options.layer,
+        freeze_backbone=options.freeze_backbone,
+        epochs=options.epochs,
+        batch_size=options.batch_size,
+        learning_rate=options.learning_rate,
+        seed=options.seed,
+    )
+    path = save_head_model(
+        model,
+        out / "model.pt",
+        backbone=options.backbone,
+        layer=options.layer,
+        classes=data.classes,
+        preprocess=backbone.preprocess,
+        record=record,
+    )
+    (out / "record.json").write_text(json.dumps(record, indent=2))
+    typer.echo(
+        f"held-out accuracy {record['test_accuracy']:.3f} ({record['test_items']} images); "
+        f"trained in {log.seconds:.0f} s; wrote {path}",
         err=True,
     )
     return record

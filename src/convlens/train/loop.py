@@ -41,6 +41,7 @@ def train_epochs(
     checkpoint: str | Path | None = None,
     resume: bool = False,
     progress: bool = False,
+    checkpoint_every: int = 1,
 ) -> TrainingLog:
     """Train ``model`` in place on ``(inputs, targets)`` with AdamW and a one-cycle schedule.
 
@@ -56,6 +57,8 @@ def train_epochs(
             and shuffling state and the log so far. With ``resume=True`` and an existing
             file, training continues after its last epoch and ends with exactly the weights
             an uninterrupted run gets (settings must match the file's: `DataError` if not).
+        checkpoint_every: write the checkpoint after every this many epochs (and after the
+            last one); a resumed run still ends with the uninterrupted run's weights.
         progress: a tqdm bar over the steps (with the running loss).
 
     Leaves the model in eval mode. Returns a `TrainingLog` (all epochs, resumed ones too).
@@ -64,8 +67,11 @@ def train_epochs(
         raise DataError(
             f"{len(inputs)} inputs but {len(targets)} targets; pass one target per input"
         )
-    if epochs < 1 or batch_size < 1:
-        raise DataError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
+    if epochs < 1 or batch_size < 1 or checkpoint_every < 1:
+        raise DataError(
+            "epochs, batch_size and checkpoint_every must be >= 1, got "
+            f"{epochs}, {batch_size} and {checkpoint_every}"
+        )
     generator = torch.Generator().manual_seed(seed)
     steps_per_epoch = (len(inputs) + batch_size - 1) // batch_size
     optimizer = torch.optim.AdamW(model.parameters(), learning_rate, weight_decay=weight_decay)
@@ -112,7 +118,9 @@ def train_epochs(
             log.losses.append(total_loss / len(inputs))
             log.accuracies.append(right / max(1, counted))
             log.seconds = time.perf_counter() - begun
-            if checkpoint is not None:
+            if checkpoint is not None and (
+                (epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs
+            ):
                 _save_checkpoint(
                     Path(checkpoint),
                     settings,
