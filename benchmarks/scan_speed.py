@@ -44,22 +44,26 @@ def block_layers(module: torch.nn.Module) -> list[str]:
     return [f"blocks.{name}" for name, _ in module.blocks.named_children()]
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+clock = CLOCKS["wall"]
+
+
 def plain_inference(module, dataset, batch_size: int, workers: int) -> float:
     """Seconds for the same loader and model without convlens."""
-    start = time.perf_counter()
+    start = clock()
     with borrowed_model(module), torch.no_grad():
         for batch in batch_loader(dataset, range(len(dataset)), batch_size, workers):
             module(batch.images)
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def scan_seconds(loaded, dataset, layers, batch_size: int, workers: int, rules=()):
     """Seconds of one `top_activating` call, and its result."""
-    start = time.perf_counter()
+    start = clock()
     result = top_activating(
         loaded, dataset, layers, k=9, projections=rules, batch_size=batch_size, workers=workers
     )
-    return time.perf_counter() - start, result
+    return clock() - start, result
 
 
 def speed(images: int, batch_size: int, workers: int, repeats: int, second_pass_layer) -> dict:
@@ -79,9 +83,9 @@ def speed(images: int, batch_size: int, workers: int, repeats: int, second_pass_
                 times.append(scan_seconds(loaded, dataset, layers, batch_size, workers)[0])
     second = [second_pass_layer]
     _, result = scan_seconds(loaded, dataset, second, batch_size, workers, ("deconvnet", "guided"))
-    start = time.perf_counter()
+    start = clock()
     units = sum(len(view.units) for view in result.channel_views(second_pass_layer))
-    seconds = time.perf_counter() - start
+    seconds = clock() - start
     return {
         "images": images,
         "layers": layers,
@@ -146,11 +150,20 @@ def main() -> None:
     parser.add_argument("--memory", nargs=2, type=int, default=[1000, 10000], metavar="N")
     parser.add_argument("--second-pass-layer", default="blocks.2")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="wall",
+        help="wall time, or CPU seconds of this process (steadier on a shared machine; "
+        "counts the data loading only with --workers 0)",
+    )
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--rss-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    global clock
+    clock = CLOCKS[args.clock]
     if args.rss_child is not None:
         rss_child(args.rss_child, args.batch_size)
         return
