@@ -3,6 +3,8 @@ exact formulas on hand-built inputs, refusal on other models, one epoch, checkpo
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -195,3 +197,27 @@ def test_checkpoint_every_must_be_positive(shapes32):
     _, data = shapes32
     with pytest.raises(DataError, match="checkpoint_every"):
         train_head(new_model("cam"), data, epochs=1, checkpoint_every=0)
+
+
+@pytest.mark.slow
+def test_cli_trains_a_head_and_every_command_loads_it(tmp_path, capsys):
+    from PIL import Image
+
+    from convlens.cli import main
+    from convlens.data.synthetic import SyntheticShapes
+
+    out = tmp_path / "nin"
+    args = ["train", "--head", "nin", "--limit", "16", "--test", "8", "--epochs", "1"]
+    assert main([*args, "--out", str(out), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["head"] == "nin" and len(record["losses"]) == 1
+    assert {"seed", "versions", "train_accuracy", "test_accuracy"} <= record.keys()
+    image = tmp_path / "shape.png"
+    Image.fromarray(SyntheticShapes(1, seed=1).batch().display[0]).save(image)
+    model = str(out / "model.pt")
+    assert main(["explain", str(image), "--model", model, "--method", "nin", "--json"]) == 0
+    capsys.readouterr()
+    evaluate = ["evaluate", "--model", model, "--method", "nin,gradcam", "--limit", "4"]
+    assert main([*evaluate, "--json"]) == 0
+    board = json.loads(capsys.readouterr().out)
+    assert {"nin", "gradcam"} <= board.keys()
