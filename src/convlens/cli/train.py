@@ -43,6 +43,7 @@ class TrainOptions:
     freeze_backbone: bool = False
     limit: int | None = None
     checkpoint_every: int = 1
+    head_options: tuple[str, ...] = ()
 
 
 @app.command("train")
@@ -73,6 +74,14 @@ def train_command(
     checkpoint_every: Annotated[
         int, typer.Option("--checkpoint-every", help="Write the checkpoint every E epochs.")
     ] = 1,
+    head_option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--head-option",
+            help="KEY=VALUE for the head (repeatable): acol delta=0.6; scouter sign=-1 "
+            "(SCOUTER-), area_weight=1, dim=32, iterations=3.",
+        ),
+    ] = None,
     train: Annotated[int, typer.Option("--train", help="Training images (seed 0).")] = 2000,
     test: Annotated[int, typer.Option("--test", help="Held-out images (seed 1).")] = 300,
     epochs: Annotated[int, typer.Option("--epochs")] = 8,
@@ -150,6 +159,7 @@ def train_command(
         freeze_backbone=freeze_backbone,
         limit=limit,
         checkpoint_every=checkpoint_every,
+        head_options=tuple(head_option or ()),
     )
     record = _train_head(options) if head is not None else _TASKS[task](options)
     if as_json:
@@ -278,6 +288,7 @@ def _train_head(options: TrainOptions) -> dict:
         len(data.classes),
         freeze_backbone=options.freeze_backbone,
         seed=options.seed,
+        **_head_options(options.head_options),
     )
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -326,6 +337,22 @@ def _train_head(options: TrainOptions) -> dict:
         err=True,
     )
     return record
+
+
+def _head_options(pairs: tuple[str, ...]) -> dict:
+    """``("sign=-1", "delta=0.5")`` -> ``{"sign": -1, "delta": 0.5}`` (numbers only)."""
+    from convlens.errors import DataError
+
+    options = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        try:
+            options[key.strip()] = float(text) if "." in text or "e" in text else int(text)
+        except ValueError:
+            sep = ""
+        if not sep or not key.strip():
+            raise DataError(f"--head-option takes KEY=NUMBER (e.g. sign=-1), got {pair!r}")
+    return options
 
 
 _TASKS = {"segmentation": _train_segmentation}

@@ -23,6 +23,7 @@ Formulas and papers: docs/methods.md ("Heads that explain themselves").
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from pathlib import Path
 
@@ -286,6 +287,13 @@ def new_head(kind: str, channels: int, num_classes: int, **options) -> nn.Module
     """A fresh head of ``kind`` (one of `HEADS`) for ``channels`` input channels."""
     if kind not in HEAD_CLASSES:
         raise ModelLoadError(f"unknown head {kind!r}; use one of: {', '.join(HEADS)}")
+    allowed = list(inspect.signature(HEAD_CLASSES[kind]).parameters)[2:]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ModelLoadError(
+            f"the {kind} head has no option {', '.join(unknown)}; it takes: "
+            f"{', '.join(allowed) or 'none'}"
+        )
     return HEAD_CLASSES[kind](channels, num_classes, **options)
 
 
