@@ -44,6 +44,8 @@ _PUBLIC = {
     "LoadedModel": "convlens.models.loading",
     "load_model": "convlens.models",
     "resolve_device": "convlens.models.devices",
+    "top_activating": "convlens.scan.topk",
+    "embed": "convlens.scan.embed",
     "Targets": "convlens.targets",
     "contrast": "convlens.targets",
     "region": "convlens.targets",
@@ -90,4 +92,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time `__getattr__` loads
     from convlens.models import load_model
     from convlens.models.devices import resolve_device
     from convlens.models.loading import LoadedModel
+    from convlens.scan.embed import embed
+    from convlens.scan.topk import top_activating
     from convlens.targets import Targets, contrast, region, resolve_targets
