@@ -78,6 +78,7 @@ def train_segmentation(
     resume: bool = False,
     progress: bool = False,
     on_epoch=None,
+    checkpoint_every: int = 1,
 ) -> TrainingLog:
     """Train ``model`` in place with per-pixel cross-entropy (pixels labelled
     `IGNORE_INDEX` count nowhere) through `train_epochs` (checkpoints, resume, progress bar).
@@ -110,6 +111,7 @@ def train_segmentation(
         checkpoint=checkpoint,
         resume=resume,
         progress=progress,
+        checkpoint_every=checkpoint_every,
     )
 
 
