@@ -353,11 +353,12 @@ def test_cli_runs_a_user_model_on_a_user_annotation_file(tmp_path, capsys):
             {"file": f"{i}.png", "class": int(batch.labels[i]), "boxes": [batch.boxes[i].tolist()]}
         )
     (tmp_path / "gt.json").write_text(json.dumps({"images": records}))
+    torch.save(load_model("synthetic-shapes").module, tmp_path / "user_model.pt")
     code = main(
         [
             "evaluate",
             "--model",
-            "synthetic-shapes",
+            str(tmp_path / "user_model.pt"),
             "--methods",
             "gradcam",
             "--data",
