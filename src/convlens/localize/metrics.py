@@ -187,16 +187,28 @@ def threshold_sweep_iou(
     map or an empty mask. One labelling per map and threshold, in numpy."""
     normalized = normalize_maps(maps).cpu().numpy()
     constant = constant_maps(maps).tolist()
-    best_iou = torch.zeros(len(maps), len(taus), dtype=torch.float64)
+    best_iou = np.zeros((len(maps), len(taus)))
     for n in range(len(maps)):
         if constant[n]:
             continue
-        gt = gts[n].cpu().double()
+        gt = gts[n].cpu().double().numpy()
         for t, tau in enumerate(taus.tolist()):
             boxes = component_boxes(normalized[n] >= tau, mode, structure)
             if len(boxes):
-                best_iou[n, t] = iou_matrix(torch.from_numpy(boxes), gt).max()
-    return best_iou.float()
+                best_iou[n, t] = _max_iou(boxes, gt)
+    return torch.from_numpy(best_iou).float()
+
+
+def _max_iou(boxes: np.ndarray, gt: np.ndarray) -> float:
+    """Highest IoU between any row of ``boxes`` ``float64[k, 4]`` and of ``gt`` ``[m, 4]``
+    (the arithmetic of `iou_matrix`, in numpy: the sweep's inner loop)."""
+    top_left = np.maximum(boxes[:, None, :2], gt[None, :, :2])
+    bottom_right = np.minimum(boxes[:, None, 2:], gt[None, :, 2:])
+    overlap = np.clip(bottom_right - top_left, 0, None)
+    intersection = overlap[..., 0] * overlap[..., 1]
+    area_a = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    area_b = (gt[:, 2] - gt[:, 0]) * (gt[:, 3] - gt[:, 1])
+    return float((intersection / (area_a[:, None] + area_b[None, :] - intersection)).max())
 
 
 def pointing_points(maps: torch.Tensor) -> torch.Tensor:
