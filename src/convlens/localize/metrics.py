@@ -17,7 +17,6 @@ from convlens.localize.boxes import (
     box_iou,
     check_boxes,
     component_boxes,
-    iou_matrix,
 )
 from convlens.localize.masks import (
     check_image_size,
