@@ -23,7 +23,7 @@ from convlens.data.preprocess import Preprocess
 from convlens.data.synthetic import SHAPES, SyntheticShapes
 from convlens.errors import DataError
 from convlens.models.heads import BackboneCut, HeadModel, new_head
-from convlens.models.loading import LoadedModel
+from convlens.models.loading import LoadedModel, load_model
 from convlens.train.loop import TrainingLog, accuracy, train_epochs
 
 TRAIN_SEED, TEST_SEED = 0, 1
@@ -110,7 +110,7 @@ def feature_channels(backbone: nn.Module, preprocess: Preprocess) -> int:
 
 def build_head_model(
     kind: str,
-    backbone: LoadedModel,
+    backbone: LoadedModel | nn.Module,
     layer: str,
     num_classes: int,
     *,
@@ -118,8 +118,10 @@ def build_head_model(
     seed: int = 0,
     **head_options,
 ) -> HeadModel:
-    """A `HeadModel`: ``backbone`` (loaded for this model alone: it is trained in place)
-    cut at ``layer``, with a fresh ``kind`` head initialised from ``seed``."""
+    """A `HeadModel`: ``backbone`` (loaded for this model alone: it is trained in place;
+    a bare module is probed at its `load_model` preprocess size, 224 px unless told) cut at
+    ``layer``, with a fresh ``kind`` head initialised from ``seed``."""
+    backbone = load_model(backbone)
     cut = BackboneCut(backbone.module, layer)
     channels = feature_channels(cut, backbone.preprocess)
     torch.manual_seed(seed)
