@@ -363,6 +363,8 @@ def test_cli_runs_a_user_model_on_a_user_annotation_file(tmp_path, capsys):
             "gradcam",
             "--data",
             str(tmp_path / "gt.json"),
+            "--curve-steps",
+            "8",
             "--json",
         ]
     )

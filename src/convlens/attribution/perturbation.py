@@ -76,9 +76,10 @@ def occlusion(
     ``P_p`` set to ``fill``): ``M(i, j) = mean_{p : (i, j) in P_p} (S(x) - S(x_p))``.
     Positions step by ``stride`` plus a last one flush with each edge, so every pixel is
     covered; a ``stride`` larger than ``patch`` (on either axis) would leave pixels between
-    patches uncovered and raises `MethodError`. ``fill``: a number (0 is the normalised mid-grey for mean-0.5 inputs) or
-    "mean" (each image's per-channel mean). ``batch_size``: occluded copies per forward
-    pass (default: see `chunk_size`; never changes results). Costs ``N * positions + N``
+    patches uncovered and raises `MethodError`. ``fill``: a number (0 is the normalised
+    mid-grey for mean-0.5 inputs) or "mean" (each image's per-channel mean).
+    ``batch_size``: occluded copies per forward pass (default: see `chunk_size`; never
+    changes results). Costs ``N * positions + N``
     forward passes without autograd. Returns ``Tensor[N, H, W]`` (positive where occluding
     hurts the score).
     """

@@ -59,6 +59,15 @@ def evaluate_command(
         ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Synthetic data stream (1 = held out).")] = 1,
+    curve_steps: Annotated[
+        int | None,
+        typer.Option(
+            "--curve-steps",
+            min=1,
+            help="Steps of the deletion/insertion curves (default: the image side, as RISE); "
+            "fewer steps make large images faster to score.",
+        ),
+    ] = None,
     out: Annotated[
         str | None,
         typer.Option(
@@ -87,6 +96,8 @@ def evaluate_command(
     names = method_names(methods_alias or method)
     progress = None if as_json else _counted_progress(names, limit)
     cascade = {"cascade_images": 8} if out is not None and benchmark != "gridpg" else {}
+    if curve_steps is not None:
+        cascade["curve_steps"] = curve_steps
     board = evaluate_on_source(
         model,
         names,

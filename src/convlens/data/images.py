@@ -224,9 +224,7 @@ def _read_file(file: Path | io.BytesIO, max_pixels: int, path: str) -> Image.Ima
     except ImageLoadError:
         raise
     except Image.DecompressionBombError as error:
-        raise ImageTooLargeError(
-            f"{path}: {error}; {TOO_LARGE_HINT}"
-        ) from error
+        raise ImageTooLargeError(f"{path}: {error}; {TOO_LARGE_HINT}") from error
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
         raise ImageLoadError(
             f"{path}: not a readable image ({error}); check the file or remove it"
