@@ -255,3 +255,13 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
     finally:
         model.train(was_training)
     return hits / max(1, len(labels))
+
+
+def save_weights(model: nn.Module, path: str | Path, **metadata) -> Path:
+    """Write ``model``'s weights (floating-point tensors as float16) to ``path`` as
+    ``{"state_dict": ..., **metadata}`` (parent folders made); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    torch.save({"state_dict": state, **metadata}, path)
+    return path

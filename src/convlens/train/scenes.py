@@ -30,7 +30,7 @@ import torch
 from convlens.data.scenes import SCENE_CLASSES, SyntheticScenes
 from convlens.models.scenes import SIZE, WEIGHTS_FILE, WIDTH, load_scenes_model
 from convlens.models.shapes import MEAN, STD, ShapesNet, shapes_preprocess
-from convlens.train.loop import train_classifier
+from convlens.train.loop import save_weights, train_classifier
 
 TRAIN_SEED, TEST_SEED = 0, 1
 
@@ -108,22 +108,16 @@ def train_scenes_model(
 
 def save_scenes_model(model: ShapesNet, record: dict, path: str | Path = WEIGHTS_FILE) -> Path:
     """Write float16 weights plus classes, width, size, mean, std and the training record."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
-    torch.save(
-        {
-            "state_dict": state,
-            "classes": list(SCENE_CLASSES),
-            "width": WIDTH,
-            "size": SIZE,
-            "mean": list(MEAN),
-            "std": list(STD),
-            "record": record,
-        },
+    return save_weights(
+        model,
         path,
+        classes=list(SCENE_CLASSES),
+        width=WIDTH,
+        size=SIZE,
+        mean=list(MEAN),
+        std=list(STD),
+        record=record,
     )
-    return path
 
 
 def main(argv: list[str] | None = None) -> None:

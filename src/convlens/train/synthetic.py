@@ -31,7 +31,7 @@ from convlens.models.shapes import (
     load_shapes_model,
     shapes_preprocess,
 )
-from convlens.train.loop import accuracy, train_classifier
+from convlens.train.loop import accuracy, save_weights, train_classifier
 
 TRAIN_SEED, TEST_SEED = 0, 1
 
@@ -89,21 +89,15 @@ def _held_out_accuracy(model: ShapesNet, preprocess, test: int) -> float:
 
 def save_shapes_model(model: ShapesNet, record: dict, path: str | Path = WEIGHTS_FILE) -> Path:
     """Write float16 weights plus metadata (classes, size, mean, std, training record)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
-    torch.save(
-        {
-            "state_dict": state,
-            "classes": list(SHAPES),
-            "size": SIZE,
-            "mean": list(MEAN),
-            "std": list(STD),
-            "record": record,
-        },
+    return save_weights(
+        model,
         path,
+        classes=list(SHAPES),
+        size=SIZE,
+        mean=list(MEAN),
+        std=list(STD),
+        record=record,
     )
-    return path
 
 
 def main(argv: list[str] | None = None) -> None:
