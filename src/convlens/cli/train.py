@@ -213,18 +213,7 @@ def _train_segmentation(options: TrainOptions) -> dict:
         model,
         data.inputs,
         truth,
-        epochs=options.epochs,
-        batch_size=options.batch_size,
-        learning_rate=options.learning_rate,
-        seed=options.seed,
-        checkpoint=out / "checkpoint.pt",
-        resume=options.resume,
-        progress=True,
-        checkpoint_every=options.checkpoint_every,
-        on_epoch=lambda e, loss, acc: typer.echo(
-            f"epoch {e + 1}/{options.epochs}: loss {loss:.4f}, train pixel accuracy {acc:.4f}",
-            err=True,
-        ),
+        **_loop_settings(options, out, "train pixel accuracy"),
     )
     held_out = seg.scene_tensors(options.test, seg.TEST_SEED)
     scores = seg.segmentation_report(
@@ -295,18 +284,7 @@ def _train_head(options: TrainOptions) -> dict:
     log = heads.train_head(
         model,
         data,
-        epochs=options.epochs,
-        batch_size=options.batch_size,
-        learning_rate=options.learning_rate,
-        seed=options.seed,
-        checkpoint=out / "checkpoint.pt",
-        resume=options.resume,
-        progress=True,
-        checkpoint_every=options.checkpoint_every,
-        on_epoch=lambda e, loss, acc: typer.echo(
-            f"epoch {e + 1}/{options.epochs}: loss {loss:.4f}, train accuracy {acc:.4f}",
-            err=True,
-        ),
+        **_loop_settings(options, out, "train accuracy"),
     )
     record = heads.head_record(
         log,
@@ -337,6 +315,26 @@ def _train_head(options: TrainOptions) -> dict:
         err=True,
     )
     return record
+
+
+def _loop_settings(options: TrainOptions, out, measure: str) -> dict:
+    """The training-loop keywords of ``--segmentation`` and ``--head``: ``options``' epochs,
+    batch size, learning rate, seed, resume and checkpoint interval, ``out/checkpoint.pt``, a
+    progress bar and a per-epoch line ``loss ..., <measure> ...`` on stderr."""
+    return {
+        "epochs": options.epochs,
+        "batch_size": options.batch_size,
+        "learning_rate": options.learning_rate,
+        "seed": options.seed,
+        "checkpoint": out / "checkpoint.pt",
+        "resume": options.resume,
+        "progress": True,
+        "checkpoint_every": options.checkpoint_every,
+        "on_epoch": lambda e, loss, acc: typer.echo(
+            f"epoch {e + 1}/{options.epochs}: loss {loss:.4f}, {measure} {acc:.4f}",
+            err=True,
+        ),
+    }
 
 
 def _head_options(pairs: tuple[str, ...]) -> dict:
