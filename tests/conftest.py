@@ -53,6 +53,24 @@ def small_convnet() -> torch.nn.Module:
     )
 
 
+def tiny_gap_classifier() -> torch.nn.Module:
+    """A seeded 5-class conv -> ReLU -> conv -> ReLU -> global average pool -> linear net
+    (strides 4 and 2), small enough for CLI tests that save it to a file; every method
+    applies to it."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 5, stride=4),
+        nn.ReLU(),
+        nn.Conv2d(4, 6, 3, stride=2),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, 5),
+    )
+
+
 @pytest.fixture(scope="session")
 def default_model():
     """The embedded EfficientNet-Lite0 (LoadedModel). Tests must not modify it."""

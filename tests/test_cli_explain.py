@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tests.conftest import tiny_gap_classifier
 from torch import nn
 
 from convlens.attribution.explain import method_names
@@ -65,17 +66,7 @@ def _saved(tmp_path, module: nn.Module, name: str = "tiny.pt") -> str:
 @pytest.fixture
 def gap_model(tmp_path) -> str:
     """A pickled conv -> global average pool -> linear classifier (every method applies)."""
-    torch.manual_seed(0)
-    module = nn.Sequential(
-        nn.Conv2d(3, 4, 5, stride=4),
-        nn.ReLU(),
-        nn.Conv2d(4, 6, 3, stride=2),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(6, 5),
-    )
-    return _saved(tmp_path, module, "gap.pt")
+    return _saved(tmp_path, tiny_gap_classifier(), "gap.pt")
 
 
 @pytest.fixture

@@ -11,22 +11,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch import nn
+from tests.conftest import tiny_gap_classifier
 
 from convlens.cli import main
 
 
 def _tiny(tmp_path, scripted: bool = False) -> str:
-    torch.manual_seed(0)
-    module = nn.Sequential(
-        nn.Conv2d(3, 4, 5, stride=4),
-        nn.ReLU(),
-        nn.Conv2d(4, 6, 3, stride=2),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(6, 5),
-    ).eval()
+    module = tiny_gap_classifier().eval()
     path = tmp_path / ("tiny.ts" if scripted else "tiny.pt")
     if scripted:
         with warnings.catch_warnings():
