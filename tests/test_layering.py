@@ -20,7 +20,7 @@ LEVELS: list[tuple[str, ...]] = [
     ("cli",),
     ("serve",),
     ("report",),
-    ("evaluate",),
+    ("evaluate", "analysis"),
     ("scan", "train"),
     ("attribution",),
     ("features",),

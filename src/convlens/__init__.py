@@ -46,6 +46,11 @@ _PUBLIC = {
     "resolve_device": "convlens.models.devices",
     "top_activating": "convlens.scan.topk",
     "embed": "convlens.scan.embed",
+    "ablate_layers": "convlens.analysis.ablation",
+    "cam_crops": "convlens.analysis.camcrop",
+    "epoch_files": "convlens.analysis.evolution",
+    "feature_evolution": "convlens.analysis.evolution",
+    "invariance_curves": "convlens.analysis.invariance",
     "Targets": "convlens.targets",
     "contrast": "convlens.targets",
     "region": "convlens.targets",
@@ -69,6 +74,10 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time `__getattr__` loads these
+    from convlens.analysis.ablation import ablate_layers
+    from convlens.analysis.camcrop import cam_crops
+    from convlens.analysis.evolution import epoch_files, feature_evolution
+    from convlens.analysis.invariance import invariance_curves
     from convlens.attribution.explain import Explanation, explain
     from convlens.attribution.methods import list_methods
     from convlens.data.images import ImageBatch, LoadedImage, load_image, load_images

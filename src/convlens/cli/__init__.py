@@ -14,6 +14,7 @@ from convlens.cli import (  # noqa: F401  (registers commands)
     scan,
     serve,
     train,
+    training_analysis,
 )
 from convlens.cli.app import app, main, reflow_help
 

@@ -44,6 +44,8 @@ class TrainOptions:
     limit: int | None = None
     checkpoint_every: int = 1
     head_options: tuple[str, ...] = ()
+    random_backbone: bool = False
+    keep_epochs: bool = False
 
 
 @app.command("train")
@@ -74,6 +76,18 @@ def train_command(
     checkpoint_every: Annotated[
         int, typer.Option("--checkpoint-every", help="Write the checkpoint every E epochs.")
     ] = 1,
+    keep_epochs: Annotated[
+        bool,
+        typer.Option(
+            "--keep-epochs",
+            help="--head: also keep OUT/epochs/epoch-NNN.pt (a loadable model) at the start "
+            "and at every checkpoint, for 'convlens evolution'.",
+        ),
+    ] = False,
+    random_backbone: Annotated[
+        bool,
+        typer.Option("--random-backbone", help="--head: start the backbone from random weights."),
+    ] = False,
     head_option: Annotated[
         list[str] | None,
         typer.Option(
@@ -160,6 +174,8 @@ def train_command(
         limit=limit,
         checkpoint_every=checkpoint_every,
         head_options=tuple(head_option or ()),
+        random_backbone=random_backbone,
+        keep_epochs=keep_epochs,
     )
     record = _train_head(options) if head is not None else _TASKS[task](options)
     if as_json:
@@ -263,7 +279,7 @@ def _train_head(options: TrainOptions) -> dict:
     if min(options.test, options.threads) < 1:
         raise DataError("--test and --threads must be >= 1")
     torch.set_num_threads(options.threads)
-    backbone = load_model(options.backbone)
+    backbone = load_model(options.backbone, pretrained=not options.random_backbone)
     if options.data == "synthetic":
         data = heads.synthetic_data(
             backbone.preprocess, options.limit or options.train, options.test
@@ -281,33 +297,35 @@ def _train_head(options: TrainOptions) -> dict:
     )
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
-    log = heads.train_head(
-        model,
-        data,
-        **_loop_settings(options, out, "train accuracy"),
-    )
-    record = heads.head_record(
-        log,
-        model,
-        data,
-        data=options.data,
-        backbone=options.backbone,
-        layer=options.layer,
-        freeze_backbone=options.freeze_backbone,
-        epochs=options.epochs,
-        batch_size=options.batch_size,
-        learning_rate=options.learning_rate,
-        seed=options.seed,
-    )
-    path = save_head_model(
-        model,
-        out / "model.pt",
-        backbone=options.backbone,
-        layer=options.layer,
-        classes=data.classes,
-        preprocess=backbone.preprocess,
-        record=record,
-    )
+    settings = {
+        "data": options.data,
+        "backbone": options.backbone,
+        "random_backbone": options.random_backbone,
+        "layer": options.layer,
+        "freeze_backbone": options.freeze_backbone,
+        "epochs": options.epochs,
+        "batch_size": options.batch_size,
+        "learning_rate": options.learning_rate,
+        "seed": options.seed,
+    }
+
+    def save(path: Path, record: dict) -> Path:
+        return save_head_model(
+            model,
+            path,
+            backbone=options.backbone,
+            layer=options.layer,
+            classes=data.classes,
+            preprocess=backbone.preprocess,
+            record=record,
+        )
+
+    loop = _loop_settings(options, out, "train accuracy")
+    if options.keep_epochs:
+        loop["on_epoch"] = _keeping_epochs(options, out, save, settings, loop["on_epoch"])
+    log = heads.train_head(model, data, **loop)
+    record = heads.head_record(log, model, data, **settings)
+    path = save(out / "model.pt", record)
     (out / "record.json").write_text(json.dumps(record, indent=2))
     typer.echo(
         f"held-out accuracy {record['test_accuracy']:.3f} ({record['test_items']} images); "
@@ -335,6 +353,24 @@ def _loop_settings(options: TrainOptions, out, measure: str) -> dict:
             err=True,
         ),
     }
+
+
+def _keeping_epochs(options: TrainOptions, out, save, settings: dict, report):
+    """``--keep-epochs``: write ``out/epochs/epoch-000.pt`` now (the initial weights, unless
+    resuming over it) and an ``on_epoch`` that writes ``epoch-NNN.pt`` whenever the loop
+    writes its checkpoint (every ``--checkpoint-every`` epochs and after the last), each a
+    model file with ``settings`` and ``epochs_done`` in its record."""
+    first = out / "epochs" / "epoch-000.pt"
+    if not (options.resume and first.is_file()):
+        save(first, settings | {"epochs_done": 0})
+
+    def on_epoch(epoch: int, loss: float, accuracy: float) -> None:
+        done = epoch + 1
+        if done % options.checkpoint_every == 0 or done == options.epochs:
+            save(out / "epochs" / f"epoch-{done:03d}.pt", settings | {"epochs_done": done})
+        report(epoch, loss, accuracy)
+
+    return on_epoch
 
 
 def _head_options(pairs: tuple[str, ...]) -> dict:

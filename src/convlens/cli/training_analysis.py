@@ -1,0 +1,309 @@
+"""The training analysis of Zeiler & Fergus (2014) and the CAM paper's crops:
+``evolution``, ``ablate``, ``invariance``, ``camcrop`` (over `convlens.analysis`).
+
+``--data`` takes ``photos`` (the package photos with a known ImageNet class), ``shapes:N``
+(the held-out synthetic shapes) or an ImageFolder tree labelled with the model's classes.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from convlens.cli.app import DeviceOption, JsonOption, ModelOption, _echo_json, app
+from convlens.cli.options import DpiOption, ForceOption
+
+DataOption = Annotated[
+    str,
+    typer.Option(
+        "--data", help="photos (package photos, ImageNet ids), shapes:N, or an ImageFolder tree."
+    ),
+]
+LimitOption = Annotated[
+    int | None, typer.Option("--limit", min=1, help="Use the first N images only.")
+]
+LayersOption = Annotated[
+    list[str] | None,
+    typer.Option("--layer", help="Layer name (repeatable; ablate takes patterns: 'blocks.*.*')."),
+]
+
+
+def _figure_out(out: str | None, default: str, force: bool):
+    """The path a command's figure goes to (``--out``, a folder, or ``default``)."""
+    from convlens.render.figures import output_path
+
+    return output_path(out, default, force)
+
+
+def _load(model: str, device: str):
+    from convlens.models import load_model
+
+    return load_model(model, device=device)
+
+
+def _images(loaded, data: str, limit: int | None, shapes_seed: int | None = None):
+    from convlens.analysis.data import labelled_images
+
+    if shapes_seed is None:
+        return labelled_images(data, loaded.preprocess, limit)
+    return labelled_images(data, loaded.preprocess, limit, shapes_seed)
+
+
+@app.command("evolution")
+def evolution_command(
+    model: Annotated[
+        list[str],
+        typer.Option(
+            "--model",
+            "-m",
+            help="A 'convlens train --keep-epochs' folder, or model files (repeat), in order.",
+        ),
+    ],
+    layer: LayersOption = None,
+    data: DataOption = "shapes:200",
+    channels: Annotated[
+        str | None, typer.Option("--channels", help="Channels to follow, e.g. 0,5,9.")
+    ] = None,
+    count: Annotated[
+        int, typer.Option("--count", min=1, help="Channels per layer (strongest at the end).")
+    ] = 4,
+    rule: Annotated[
+        str, typer.Option("--rule", help="Projection: deconvnet, guided or none.")
+    ] = "deconvnet",
+    limit: LimitOption = None,
+    out: Annotated[str | None, typer.Option("--out", "-o", help="Figure file.")] = None,
+    force: ForceOption = False,
+    dpi: DpiOption = None,
+    as_json: JsonOption = False,
+    device: DeviceOption = "cpu",
+) -> None:
+    """Feature evolution during training: each channel's strongest unit over a fixed image
+    set, projected to pixels, one column per epoch (Zeiler & Fergus 2014, fig. 4).
+
+    Example: convlens train --head cam --random-backbone --keep-epochs --out run; convlens
+    evolution --model run --layer backbone.module.features.2 --data shapes:200
+    """
+    from pathlib import Path
+
+    from convlens.analysis.evolution import epoch_files, feature_evolution
+    from convlens.errors import DataError
+    from convlens.models import load_model
+    from convlens.render.analysis import evolution_figure
+    from convlens.render.figures import save_figure
+
+    path = _figure_out(out, "evolution.png", force)
+    files = epoch_files(model[0]) if len(model) == 1 and Path(model[0]).is_dir() else model
+    if not layer:
+        raise DataError("pass --layer NAME (repeatable): the layers whose channels to follow")
+    models = [load_model(str(f), device=device) for f in files]
+    if limit is not None and ":" not in data and data.startswith("shapes"):
+        data = f"shapes:{limit}"
+    evolution = feature_evolution(
+        models,
+        data,
+        layer,
+        channels=_channel_list(channels),
+        count=count,
+        rule=None if rule == "none" else rule,
+        columns=[_column(f) for f in files],
+    )
+    save_figure(evolution_figure(evolution), path, dpi)
+    typer.echo(
+        f"{len(evolution.rows)} channels x {len(evolution.columns)} epochs -> {path}", err=True
+    )
+    if as_json:
+        _echo_json(evolution.record())
+
+
+def _column(source) -> str:
+    from convlens.analysis.evolution import epoch_label
+
+    return epoch_label(source)
+
+
+def _channel_list(text: str | None) -> list[int] | None:
+    from convlens.errors import DataError
+
+    if text is None:
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as error:
+        raise DataError(f"--channels takes numbers separated by commas, got {text!r}") from error
+
+
+@app.command("ablate")
+def ablate_command(
+    model: ModelOption = "efficientnet_lite0",
+    layer: LayersOption = None,
+    data: DataOption = "photos",
+    mode: Annotated[
+        str,
+        typer.Option("--mode", help="auto (skip where shapes allow, else zero), identity, zero."),
+    ] = "auto",
+    tune_epochs: Annotated[
+        int, typer.Option("--tune-epochs", min=0, help="Fine-tune each ablated copy (0: off).")
+    ] = 0,
+    tune_data: Annotated[
+        str | None,
+        typer.Option("--tune-data", help="Fine-tuning images (shapes:N = training stream)."),
+    ] = None,
+    tune_lr: Annotated[float, typer.Option("--tune-lr", help="Fine-tuning peak rate.")] = 1e-3,
+    limit: LimitOption = None,
+    out: Annotated[str | None, typer.Option("--out", "-o", help="Bar chart file.")] = None,
+    force: ForceOption = False,
+    dpi: DpiOption = None,
+    as_json: JsonOption = False,
+    device: DeviceOption = "cpu",
+) -> None:
+    """Ablate each layer in turn (skip it, or zero its output) and report the change in
+    accuracy and true-class probability as a table and a bar chart (Zeiler & Fergus
+    2014, sec. 5.1). The model itself is not changed.
+
+    Example: convlens ablate --data photos --layer 'blocks.*.*' --out ablation.png
+    """
+    from convlens.analysis.ablation import FineTune, ablate_layers
+    from convlens.errors import DataError
+    from convlens.render.analysis import ablation_figure
+    from convlens.render.figures import save_figure
+    from convlens.train.heads import TRAIN_SEED
+
+    path = _figure_out(out, "ablation.png", force)
+    loaded = _load(model, device)
+    images = _images(loaded, data, limit)
+    tune = None
+    if tune_epochs:
+        if tune_data is None:
+            raise DataError("--tune-epochs needs --tune-data (e.g. shapes:2000 or a folder)")
+        train = _images(loaded, tune_data, None, TRAIN_SEED)
+        tune = FineTune(train.inputs, train.labels, tune_epochs, tune_lr)
+    result = ablate_layers(loaded, images.inputs, images.labels, layer, mode, fine_tune=tune)
+    save_figure(ablation_figure(result), path, dpi)
+    if as_json:
+        _echo_json(result.record())
+    else:
+        typer.echo(ablation_table(result))
+    typer.echo(f"{len(result.rows)} layers ablated on {result.images} images -> {path}", err=True)
+
+
+def ablation_table(result) -> str:
+    """The ablation result as a markdown table (one row per layer, the intact model first)."""
+    tuned = any(row.tuned_accuracy is not None for row in result.rows)
+    head = "| layer | mode | accuracy | change | probability | change |"
+    rule = "|---|---|---|---|---|---|"
+    if tuned:
+        head, rule = head + " fine-tuned accuracy |", rule + "---|"
+    lines = [head, rule]
+    lines.append(f"| (intact) | | {result.accuracy:.3f} | | {result.probability:.3f} | |")
+    for row in result.rows:
+        line = (
+            f"| {row.layer} | {row.mode} | {row.accuracy:.3f} | "
+            f"{row.accuracy - result.accuracy:+.3f} | {row.probability:.3f} | "
+            f"{row.probability - result.probability:+.3f} |"
+        )
+        if tuned:
+            line += f" {row.tuned_accuracy:.3f} |" if row.tuned_accuracy is not None else " |"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+@app.command("invariance")
+def invariance_command(
+    model: ModelOption = "efficientnet_lite0",
+    layer: LayersOption = None,
+    data: DataOption = "photos",
+    transforms: Annotated[
+        str, typer.Option("--transform", help="Comma-separated: translate, scale, rotate.")
+    ] = "translate,scale,rotate",
+    limit: LimitOption = None,
+    out: Annotated[str | None, typer.Option("--out", "-o", help="Figure file.")] = None,
+    force: ForceOption = False,
+    dpi: DpiOption = None,
+    as_json: JsonOption = False,
+    device: DeviceOption = "cpu",
+) -> None:
+    """Invariance curves: relative feature distance at each --layer (default: the first and
+    last stage) and the true-class probability as images are shifted, scaled and rotated
+    (Zeiler & Fergus 2014, fig. 5).
+
+    Example: convlens invariance --data photos --limit 8 --out invariance.png
+    """
+    from convlens.analysis.invariance import invariance_curves
+    from convlens.render.analysis import invariance_figure
+    from convlens.render.figures import save_figure
+
+    path = _figure_out(out, "invariance.png", force)
+    loaded = _load(model, device)
+    images = _images(loaded, data, limit)
+    kinds = [kind.strip() for kind in transforms.split(",") if kind.strip()]
+    curves = [
+        invariance_curves(loaded, images.inputs, images.labels, layer, kind, sources=images.sources)
+        for kind in kinds
+    ]
+    save_figure(invariance_figure(curves), path, dpi)
+    if as_json:
+        _echo_json([curve.record() for curve in curves])
+    typer.echo(f"{', '.join(kinds)} on {len(images.sources)} images -> {path}", err=True)
+
+
+@app.command("camcrop")
+def camcrop_command(
+    model: ModelOption = "efficientnet_lite0",
+    data: DataOption = "photos",
+    method: Annotated[str, typer.Option("--method", help="The map that gives the box.")] = "cam",
+    fraction: Annotated[
+        float, typer.Option("--fraction", help="Threshold, a fraction of the map's range.")
+    ] = 0.2,
+    box_class: Annotated[
+        str, typer.Option("--box-class", help="predicted (top-1 class map) or true.")
+    ] = "predicted",
+    limit: LimitOption = None,
+    as_json: JsonOption = False,
+    device: DeviceOption = "cpu",
+) -> None:
+    """Crop each image to the box of its class activation map and report the true-class
+    probability and top-1 before and after (the CAM paper's fine-grained use).
+
+    Example: convlens camcrop --data photos
+    """
+    from convlens.analysis.camcrop import cam_crops
+
+    loaded = _load(model, device)
+    images = _images(loaded, data, limit)
+    crops = cam_crops(
+        loaded,
+        images.inputs,
+        images.labels,
+        method=method,
+        fraction=fraction,
+        box_class=box_class,
+        sources=images.sources,
+    )
+    if as_json:
+        _echo_json(crops.record())
+        return
+    typer.echo(camcrop_table(crops.record(), loaded.label))
+
+
+def camcrop_table(record: dict, label) -> str:
+    """A CAM-crop record as a markdown table, one row per image, then the means."""
+    from pathlib import Path
+
+    lines = [
+        "| image | class | box (x0 y0 x1 y1) | p before | p after | top-1 before | top-1 after |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in record["images"]:
+        box = " ".join(f"{v:.0f}" for v in row["box"])
+        lines.append(
+            f"| {Path(row['source']).name} | {label(row['label'])} | {box} | "
+            f"{row['probability_before']:.3f} | {row['probability_after']:.3f} | "
+            f"{label(row['predicted_before'])} | {label(row['predicted_after'])} |"
+        )
+    lines.append(
+        f"| mean ({len(record['images'])} images) | | | {record['mean_probability_before']:.3f} "
+        f"| {record['mean_probability_after']:.3f} | accuracy {record['accuracy_before']:.3f} "
+        f"| accuracy {record['accuracy_after']:.3f} |"
+    )
+    return "\n".join(lines)
