@@ -5,11 +5,16 @@ Starts ``convlens serve`` on 127.0.0.1 (a free port; nothing leaves the machine)
 
 1. the bare library call, ``convlens.explain(model, image, "gradcam")`` on the same image
    file, timed ``--bare`` times in this process (the server is idle meanwhile);
-2. one client sending ``--single`` requests one after another (the web layer's overhead:
+2. the bare library call under load: ``--clients`` threads of this process making
+   ``--requests`` calls in all on one shared model, serialised the way the server
+   serialises (`convlens.serve.desk.ModelDesk`: one lock, one worker thread);
+3. one client sending ``--single`` requests one after another (the web layer's overhead:
    upload, decode, PNG encoding, JSON);
-3. ``--clients`` concurrent clients sending ``--requests`` requests in all (the load).
+4. ``--clients`` concurrent clients sending ``--requests`` requests in all (the load).
 
 It reports p50/p95 latency, requests/s, errors, the ratio of p50 to the bare call's median,
+the ratio of the loaded p50 to the bare call's p50 under the same load (step 2: what the
+web layer adds when both queue for one model),
 and the server's resident memory (RSS) after a warm-up and after the load. Because wall
 times on a shared machine say more about the neighbours than about the code, it also reports
 CPU seconds: the server process's CPU time per request (from /proc) against the bare call's
@@ -92,11 +97,10 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def bare_library_seconds(model: str, image: Path, runs: int) -> tuple[list[float], list[float]]:
+def bare_library_seconds(loaded, image: Path, runs: int) -> tuple[list[float], list[float]]:
     """Wall and CPU seconds of ``runs`` calls of ``convlens.explain`` on ``image``."""
-    from convlens import explain, load_model
+    from convlens import explain
 
-    loaded = load_model(model)
     explain(loaded, str(image), "gradcam")  # warm-up
     wall, cpu = [], []
     for _ in range(runs):
@@ -105,6 +109,29 @@ def bare_library_seconds(model: str, image: Path, runs: int) -> tuple[list[float
         wall.append(time.perf_counter() - start)
         cpu.append(time.process_time() - start_cpu)
     return wall, cpu
+
+
+def bare_library_under_load(loaded, image: Path, calls: int, clients: int) -> tuple[list, float]:
+    """Latencies of ``calls`` calls of ``convlens.explain`` on ``image`` made from
+    ``clients`` threads on one model lent one call at a time by a `ModelDesk` (the server's
+    lock and single worker thread), and the wall seconds of them all."""
+    from convlens import explain
+    from convlens.serve.desk import ModelDesk
+
+    desk = ModelDesk(loaded)
+
+    def call(_) -> float:
+        start = time.perf_counter()
+        desk.submit(lambda: explain(loaded, str(image), "gradcam")).result()
+        return time.perf_counter() - start
+
+    try:
+        start = time.perf_counter()
+        with ThreadPoolExecutor(clients) as pool:
+            latencies = list(pool.map(call, range(calls)))
+        return latencies, time.perf_counter() - start
+    finally:
+        desk.close()
 
 
 def main() -> None:
@@ -122,10 +149,12 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
 
+    from convlens import load_model
     from convlens.data.samples import SAMPLES, sample_path
 
     image = sample_path(args.image) if args.image in SAMPLES else Path(args.image)
     data = image.read_bytes()
+    load_at_start = os.getloadavg()[0]
     port = free_port()
     server, startup = start_server(args.model, port, args.threads)
     startup_cpu = cpu_seconds(server.pid)
@@ -134,7 +163,11 @@ def main() -> None:
         with httpx.Client(timeout=120) as client:
             post_explain(client, url, data)  # warm-up: first request, layer cache
             rss_before = rss_mb(server.pid)
-            bare, bare_cpu = bare_library_seconds(args.model, image, args.bare)
+            loaded = load_model(args.model)
+            bare, bare_cpu = bare_library_seconds(loaded, image, args.bare)
+            bare_load, bare_wall = bare_library_under_load(
+                loaded, image, args.requests, args.clients
+            )
             cpu_start = cpu_seconds(server.pid)
             single = [post_explain(client, url, data) for _ in range(args.single)]
             single_cpu = (cpu_seconds(server.pid) - cpu_start) / args.single
@@ -157,6 +190,7 @@ def main() -> None:
         "image": str(image),
         "cpu_count": os.cpu_count(),
         "threads": args.threads,
+        "load_average_1min_start": round(load_at_start, 1),
         "load_average_1min": round(os.getloadavg()[0], 1),
         "startup_s": round(startup, 2),
         "startup_cpu_s": round(startup_cpu, 2),
@@ -173,6 +207,13 @@ def main() -> None:
         "load_p95_s": round(percentile(load_times, 0.95), 4),
         "requests_per_s": round(args.requests / wall, 2),
         "load_p50_over_bare": round(percentile(load_times, 0.5) / bare_p50, 2),
+        "bare_load_p50_s": round(percentile(bare_load, 0.5), 4),
+        "bare_load_p95_s": round(percentile(bare_load, 0.95), 4),
+        "bare_load_calls_per_s": round(args.requests / bare_wall, 2),
+        "load_p50_over_bare_load_p50": round(
+            percentile(load_times, 0.5) / percentile(bare_load, 0.5), 2
+        ),
+        "requests_per_s_over_bare_load": round(bare_wall / wall, 2),
         "served_s_per_request": round(wall / args.requests, 4),
         "served_over_bare": round(wall / args.requests / bare_p50, 2),
         "errors": errors,

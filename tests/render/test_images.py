@@ -117,3 +117,31 @@ def test_overlay_map_colours_signed_maps_with_a_diverging_colormap():
     assert plain.tolist() == colorize(np.array([[0.0, 0.5, 1.0]]), cmap="jet").tolist()
     gray = overlay_map(image, np.array([[-2.0, 0.0, 2.0]]), alpha=1.0, cmap="gray")
     assert gray[0, :, 0].tolist() == [0, 128, 255]  # cmap overrides the colours only
+
+
+@pytest.mark.parametrize("shape", [(5, 7), (5, 7, 3), (5, 7, 4), (1, 1, 3), (3, 200, 3)])
+def test_png_bytes_decode_to_the_same_pixels(shape):
+    import io
+
+    from convlens.render.images import png_bytes
+
+    pixels = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    pixels[-1] = pixels[0]  # a repeated row (Up filters it to zeros) when H > 1
+    for level in (0, 1):
+        decoded = np.asarray(Image.open(io.BytesIO(png_bytes(pixels, level))))
+        assert decoded.shape == pixels.shape and np.array_equal(decoded, pixels)
+    with pytest.raises(ConvlensError, match="uint8"):
+        png_bytes(pixels.astype(np.float32))
+    with pytest.raises(ConvlensError, match=r"\[H, W, 3\]"):
+        png_bytes(np.zeros((4, 4, 2), np.uint8))
+
+
+@pytest.mark.parametrize("cmap", ["jet", "bwr", "gray", "tab10"])
+def test_colorize_gives_matplotlibs_pixels(cmap):
+    import matplotlib
+
+    edges = np.arange(257) / 256  # every bin boundary, 0 and 1 included
+    values = np.concatenate([np.random.default_rng(1).random(2000), edges, [np.nan, -2.0, 3.0]])
+    reference = matplotlib.colormaps[cmap](np.clip(values, 0, 1))[:, :3]
+    expected = (reference * 255).round().astype(np.uint8)
+    assert np.array_equal(colorize(values[None], cmap)[0], expected)

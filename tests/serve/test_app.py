@@ -211,6 +211,31 @@ def test_concurrent_requests_match_sequential_ones_and_leave_the_model(shapes, c
     assert client.app.state.desk.running_jobs() == []
 
 
+def test_explain_runs_one_forward_pass():
+    """Grad-CAM through the API: one forward pass; the class, score and probability come
+    from it (no separate prediction pass)."""
+    net = CountingNet(after=10**6, delay=0.0)
+    loaded = load_model(net, labels=["a", "b", "c"])
+    with TestClient(create_app(loaded)) as counted:
+        counted.post("/api/explain", data={"sample": "cat"})  # finds the default layer
+        net.calls = 0
+        answer = counted.post("/api/explain", data={"sample": "cat", "method": "gradcam"})
+    assert answer.status_code == 200 and net.calls == 1
+
+
+def test_pixel_work_cancelled_before_its_turn_never_runs():
+    from convlens.layers.interrupt import Interrupted
+    from convlens.serve.desk import ModelDesk
+
+    desk = ModelDesk(load_model(small_convnet()))
+    cancel, ran = threading.Event(), []
+    cancel.set()
+    with pytest.raises(Interrupted):
+        desk.submit_pixels(lambda: ran.append(1), cancel).result(10)
+    assert desk.submit_pixels(lambda: "drawn").result(10) == "drawn" and ran == []
+    desk.close()
+
+
 class CountingNet(torch.nn.Module):
     """small_convnet that counts its forward passes, waits ``delay`` s in each, and sets
     ``reached`` once ``after`` passes have started."""

@@ -4,7 +4,9 @@ an attribution; everything takes plain arrays or tensors."""
 from __future__ import annotations
 
 import base64
-import io
+import functools
+import struct
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,15 +26,36 @@ def _as_numpy(array) -> np.ndarray:
 
 def colorize(values, cmap: str = "jet", vmin: float = 0.0, vmax: float = 1.0) -> np.ndarray:
     """A map ``[H, W]`` to ``uint8[H, W, 3]`` with a matplotlib colormap over [vmin, vmax]."""
-    import matplotlib
-
     values = _as_numpy(values).astype(np.float64)
     if values.ndim != 2:
         raise ConvlensError(f"colorize takes a 2-D map, got shape {values.shape}")
     span = vmax - vmin if vmax > vmin else 1.0
     scaled = np.clip((values - vmin) / span, 0.0, 1.0)
-    rgba = matplotlib.colormaps[cmap](scaled)
-    return (rgba[..., :3] * 255).round().astype(np.uint8)
+    table, bad = _colour_table(cmap)
+    # matplotlib's own lookup: index floor(x * N), with x == 1 in the last entry, NaN "bad".
+    index = np.minimum(scaled * len(table), len(table) - 1)
+    nan = np.isnan(index)
+    has_nan = bool(nan.any())
+    if has_nan:
+        index[nan] = 0
+    pixels = np.take(table, index.astype(np.intp), axis=0)
+    if has_nan:
+        pixels[nan] = bad
+    return pixels
+
+
+@functools.lru_cache(maxsize=32)
+def _colour_table(cmap: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(uint8[N, 3], uint8[3])``: the ``N`` entries of matplotlib colormap ``cmap`` and
+    its "bad" (NaN) colour, each rounded to 8 bits; `colorize` looks values up in it, which
+    gives the pixels matplotlib's float lookup gives, without its float RGBA array."""
+    import matplotlib
+
+    colormap = matplotlib.colormaps[cmap]
+    table = (colormap(np.arange(colormap.N))[:, :3] * 255).round().astype(np.uint8)
+    bad = (np.asarray(colormap.get_bad())[:3] * 255).round().astype(np.uint8)
+    table.flags.writeable = False
+    return table, bad
 
 
 def resize_map(values, height: int, width: int) -> np.ndarray:
@@ -176,21 +199,49 @@ def _as_rgb_tile(image: np.ndarray) -> np.ndarray:
     return image
 
 
-def png_bytes(image, compress_level: int = 6) -> bytes:
-    """``uint8[H, W, 3]`` (or ``[H, W]``) encoded as PNG (zlib ``compress_level`` 0-9)."""
-    array = _as_numpy(image)
+_PNG_COLOUR_TYPES = {1: 0, 3: 2, 4: 6}  # channels -> PNG colour type (grey, RGB, RGBA)
+
+
+def png_bytes(image, compress_level: int = 1) -> bytes:
+    """``uint8[H, W, 3]`` (or ``[H, W]``, ``[H, W, 4]``) encoded as PNG, lossless.
+
+    Every row uses PNG's "Up" filter (the byte-wise difference from the row above, computed
+    in numpy) and is deflated with zlib's run-length strategy (``compress_level`` 0 stores
+    the rows uncompressed; 1 to 9 give the same bytes, as that strategy has no levels). For
+    a 224-pixel map over a photo this takes about a third of the time of Pillow's encoder
+    at level 1 (which tries five filters on every row), for a file of about the same size."""
+    array = np.ascontiguousarray(_as_numpy(image))
     if array.dtype != np.uint8:
         raise ConvlensError(f"PNG encoding takes uint8 pixels, got {array.dtype}")
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG", compress_level=compress_level)
-    return buffer.getvalue()
+    channels = 1 if array.ndim == 2 else (array.shape[2] if array.ndim == 3 else 0)
+    if channels not in _PNG_COLOUR_TYPES or array.shape[0] == 0 or array.shape[1] == 0:
+        raise ConvlensError(
+            f"PNG encoding takes a non-empty [H, W], [H, W, 3] or [H, W, 4] image, got "
+            f"shape {array.shape}"
+        )
+    height, width = array.shape[:2]
+    rows = array.reshape(height, width * channels)
+    filtered = np.empty((height, width * channels + 1), np.uint8)
+    filtered[:, 0] = 2  # filter type Up; the row above the first counts as zeros
+    filtered[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])  # modulo 256, as PNG defines
+    packer = zlib.compressobj(compress_level, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
+    data = packer.compress(filtered.data) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, _PNG_COLOUR_TYPES[channels], 0, 0, 0)
+    return b"".join(
+        (b"\x89PNG\r\n\x1a\n", _chunk(b"IHDR", header), _chunk(b"IDAT", data), _chunk(b"IEND", b""))
+    )
 
 
-def png_data_uri(image, compress_level: int = 1) -> str:
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    """One PNG chunk: length, type, data, CRC-32 of type and data."""
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_data_uri(image) -> str:
     """``uint8[H, W, 3]`` as a ``data:image/png;base64,...`` URI (for self-contained pages
-    and web answers). Level 1 by default: for a 224-pixel overlay about 4x faster to encode
-    than level 6, for about 10% more bytes."""
-    data = png_bytes(image, compress_level)
+    and web answers), encoded by `png_bytes`."""
+    data = png_bytes(image)
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from convlens.attribution.explain import explain, top_predictions
+from convlens.attribution.explain import Explanation, explain, top_predictions
 from convlens.attribution.methods import get_method, list_methods
 from convlens.data.images import ImageBatch
 from convlens.errors import LayerError
@@ -157,19 +157,26 @@ def predict(model: LoadedModel, batch: ImageBatch, top: int) -> Prediction:
     )
 
 
-def explain_one(
+def explain_map(
     model: LoadedModel,
     batch: ImageBatch,
     method: str,
     target: str,
     contrast: str | None,
     layer: str | None,
-) -> ExplainResult:
-    """`explain` with one method and one target for a batch of one, as the API answers it."""
+) -> Explanation:
+    """`explain` with one method and one target for a batch of one (run it with the model
+    lent): one forward and whatever passes the method needs; the class, score and
+    probability come from that forward pass."""
     info = get_method(method)
     if layer is not None and info.uses_layer:
         resolve_layer(model.module, layer)
-    item = explain(model, batch, method, target=_one_row_target(target, contrast), layer=layer)
+    return explain(model, batch, method, target=_one_row_target(target, contrast), layer=layer)
+
+
+def explain_answer(item: Explanation, target: str, contrast: str | None) -> ExplainResult:
+    """The API's answer for `explain_map`'s result: overlay, box and colour scale drawn from
+    the map alone (no model needed, so this runs while the model serves the next request)."""
     view = map_view(item)
     height, width = view.overlay.shape[:2]
     return ExplainResult(

@@ -7,8 +7,10 @@ the usual ones load their scripts from a CDN)."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, TypeVar
@@ -18,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
+from convlens.data.images import ImageBatch
 from convlens.errors import ConvlensError, ImageTooLargeError
 from convlens.layers.interrupt import Interrupted
 from convlens.models.loading import LoadedModel
@@ -34,6 +37,7 @@ from convlens.serve.inputs import (
 STATIC = Path(__file__).resolve().parent / "static"
 DISCONNECT_POLL_SECONDS = 0.1
 T = TypeVar("T")
+R = TypeVar("R")
 
 ImageField = Annotated[UploadFile | None, File(description="An image file (PNG, JPEG, ...).")]
 SampleField = Annotated[str | None, Form(description="A sample name (see /api/samples).")]
@@ -129,17 +133,37 @@ async def _read_upload(image: UploadFile | None, settings: ServeSettings) -> byt
     return data
 
 
-async def _lend(request: Request, desk: ModelDesk, job: str | None, work: Callable[[], T]) -> T:
-    """Run ``work`` on a worker thread with the model lent (`ModelDesk.run`); cancel it
-    when the client disconnects or job ``job`` is cancelled."""
+async def _served(
+    request: Request,
+    desk: ModelDesk,
+    job: str | None,
+    decode: Callable[[], ImageBatch],
+    compute: Callable[[ImageBatch], T],
+    draw: Callable[[T], R] | None = None,
+) -> T | R:
+    """One request in three steps: ``decode()`` on the desk's pixel thread, ``compute`` of
+    its result with the model lent (`ModelDesk.run`), then ``draw`` of that (when given) on
+    the pixel thread again, so decoding and drawing overlap other requests' model work.
+    Cancelled when the client disconnects or job ``job`` is cancelled: a running step
+    finishes (the model's step stops before its next forward pass), the next never starts."""
     with desk.job(job) as cancel:
-        task = asyncio.wrap_future(desk.submit(work, cancel))
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_SECONDS)
-            if done:
-                return task.result()
-            if not cancel.is_set() and await request.is_disconnected():
-                cancel.set()
+        batch = await _until_done(request, cancel, desk.submit_pixels(decode, cancel))
+        computed = await _until_done(request, cancel, desk.submit(lambda: compute(batch), cancel))
+        if draw is None:
+            return computed
+        drawn = desk.submit_pixels(lambda: draw(computed), cancel)
+        return await _until_done(request, cancel, drawn)
+
+
+async def _until_done(request: Request, cancel: threading.Event, future: Future) -> T:
+    """``future``'s result; sets ``cancel`` meanwhile if the client disconnects."""
+    task = asyncio.wrap_future(future)
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_SECONDS)
+        if done:
+            return task.result()
+        if not cancel.is_set() and await request.is_disconnected():
+            cancel.set()
 
 
 def _add_routes(app: FastAPI, desk: ModelDesk, settings: ServeSettings) -> None:
@@ -190,10 +214,10 @@ def _add_routes(app: FastAPI, desk: ModelDesk, settings: ServeSettings) -> None:
         """The most probable classes of an uploaded image or a sample."""
         data = await _read_upload(image, settings)
 
-        def work():
-            return api.predict(model, request_image(model, data, sample, settings), top)
+        def decode():
+            return request_image(model, data, sample, settings)
 
-        return await _lend(request, desk, None, work)
+        return await _served(request, desk, None, decode, lambda b: api.predict(model, b, top))
 
     @app.post("/api/explain", response_model=api.ExplainResult)
     async def explain(
@@ -215,11 +239,16 @@ def _add_routes(app: FastAPI, desk: ModelDesk, settings: ServeSettings) -> None:
         data = await _read_upload(image, settings)
         start = time.perf_counter()
 
-        def work():
-            batch = request_image(model, data, sample, settings)
-            return api.explain_one(model, batch, method, target, contrast, layer or None)
+        def decode():
+            return request_image(model, data, sample, settings)
 
-        result = await _lend(request, desk, job, work)
+        def compute(batch):
+            return api.explain_map(model, batch, method, target, contrast, layer or None)
+
+        def draw(item):
+            return api.explain_answer(item, target, contrast)
+
+        result = await _served(request, desk, job, decode, compute, draw)
         return result.model_copy(update={"total_seconds": time.perf_counter() - start})
 
     @app.post("/api/features", response_model=api.Features)
@@ -234,11 +263,13 @@ def _add_routes(app: FastAPI, desk: ModelDesk, settings: ServeSettings) -> None:
         """The strongest channels of one layer for one image, as a captioned grid."""
         data = await _read_upload(image, settings)
 
-        def work():
-            batch = request_image(model, data, sample, settings)
+        def decode():
+            return request_image(model, data, sample, settings)
+
+        def compute(batch):
             return api.features(model, batch, layer, top)
 
-        return await _lend(request, desk, job, work)
+        return await _served(request, desk, job, decode, compute)
 
     @app.get("/api/filters", response_model=api.Filters)
     async def filters(layer: str | None = None) -> api.Filters:

@@ -32,8 +32,9 @@ class JobConflict(ConvlensError):
 
 
 class ModelDesk:
-    """``model`` with a lock (`run`), one worker thread (`submit`) and a registry of running
-    jobs (`job`, `cancel`)."""
+    """``model`` with a lock (`run`), one worker thread (`submit`), a second thread for work
+    that never touches the model (`submit_pixels`) and a registry of running jobs (`job`,
+    `cancel`)."""
 
     def __init__(self, model: LoadedModel) -> None:
         self.model = model
@@ -41,6 +42,9 @@ class ModelDesk:
         # One thread does the model's work: the lock serialises it anyway, and one thread
         # keeps the allocator's memory in one arena instead of one per web worker thread.
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="convlens-model")
+        # Decoding uploads and drawing answers need no model: on their own thread they
+        # overlap the model's work for the next request instead of queueing behind it.
+        self._pixels = ThreadPoolExecutor(1, thread_name_prefix="convlens-pixels")
         self._jobs: dict[str, threading.Event] = {}
         self._jobs_lock = threading.Lock()
 
@@ -64,9 +68,15 @@ class ModelDesk:
         turn raises `Interrupted` without running."""
         return self._worker.submit(self.run, work, cancel)
 
+    def submit_pixels(self, work: Callable[[], T], cancel: threading.Event | None = None) -> Future:
+        """``work()`` on the desk's second thread, without the model (it must not touch
+        ``model.module``); one cancelled before its turn raises `Interrupted` unrun."""
+        return self._pixels.submit(_unless_cancelled, work, cancel or threading.Event())
+
     def close(self) -> None:
-        """Stop the worker thread (after the jobs already queued)."""
+        """Stop both threads (after the jobs already queued)."""
         self._worker.shutdown(wait=True)
+        self._pixels.shutdown(wait=True)
 
     @contextmanager
     def job(self, job_id: str | None) -> Iterator[threading.Event]:
@@ -104,3 +114,9 @@ class ModelDesk:
         """Ids of the jobs now registered (waiting or running)."""
         with self._jobs_lock:
             return sorted(self._jobs)
+
+
+def _unless_cancelled(work: Callable[[], T], cancel: threading.Event) -> T:
+    if cancel.is_set():
+        raise Interrupted("cancelled before it started")
+    return work()
