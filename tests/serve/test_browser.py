@@ -44,14 +44,16 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server_url(default_model):
+def server_url(default_model, tmp_path_factory):
     import uvicorn
+    from tests.serve.test_atlas import atlas_folder
 
     from convlens.serve import create_app
 
     port = _free_port()
+    atlas = atlas_folder(tmp_path_factory.mktemp("atlas"))
     config = uvicorn.Config(
-        create_app(default_model), host="127.0.0.1", port=port, log_level="warning"
+        create_app(default_model, atlas=atlas), host="127.0.0.1", port=port, log_level="warning"
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -149,6 +151,33 @@ def test_upload_explain_switch_method_and_layer(browser, server_url, default_mod
     page.wait_for_function(
         "document.querySelector('#browse-status').textContent.startsWith('filters')"
     )
+    assert watch.errors == []
+    page.close()
+
+
+def test_atlas_pictures_and_page_are_shown(browser, server_url):
+    from tests.serve.test_atlas import LAYERS
+
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    watch = PageWatch(page, server_url)
+    page.goto(server_url + "/")
+    page.wait_for_function("document.querySelectorAll('#atlas-thumbs img').length === 2")
+    assert page.locator("#atlas").is_visible()
+    groups = page.eval_on_selector_all("#atlas-group option", "items => items.map(o => o.value)")
+    assert groups == LAYERS
+    page.select_option("#atlas-group", LAYERS[1])
+    page.locator("#atlas-thumbs button").nth(1).click()
+    page.wait_for_function(
+        "(() => { const i = document.querySelector('#atlas-image');"
+        " return !i.hidden && i.complete && i.naturalWidth > 0; })()"
+    )
+    assert page.text_content("#atlas-status") == f"{LAYERS[1]}/channel-0001.png"
+    page.goto(server_url + "/atlas/")  # the atlas page itself, with its pictures
+    page.wait_for_load_state("load")
+    broken = page.evaluate(
+        "[...document.images].filter(i => !(i.complete && i.naturalWidth > 0)).length"
+    )
+    assert broken == 0 and page.evaluate("document.images.length") == 4
     assert watch.errors == []
     page.close()
 

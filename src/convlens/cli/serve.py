@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -23,6 +24,13 @@ def serve_command(
     max_megapixels: Annotated[
         float, typer.Option("--max-megapixels", help="Largest accepted image, in megapixels.")
     ] = 40.0,
+    atlas: Annotated[
+        Path | None,
+        typer.Option(
+            "--atlas",
+            help="Also show this scan's atlas folder (convlens scan/embed --out DIR), read-only.",
+        ),
+    ] = None,
 ) -> None:
     """Serve a local web app: upload an image or pick a sample, choose method, layer and
     class, see the map; the JSON API behind it is described at /openapi.json."""
@@ -31,4 +39,12 @@ def serve_command(
     settings = ServeSettings(
         max_upload_bytes=int(max_upload_mb * 1e6), max_pixels=int(max_megapixels * 1e6)
     )
-    run_server(model, host=host, port=port, device=device, settings=settings, echo=typer.echo)
+    run_server(
+        model,
+        host=host,
+        port=port,
+        device=device,
+        settings=settings,
+        echo=typer.echo,
+        atlas=atlas,
+    )

@@ -17,14 +17,16 @@ from typing import Annotated, TypeVar
 
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from convlens.data.images import ImageBatch
 from convlens.errors import ConvlensError, ImageTooLargeError
 from convlens.layers.interrupt import Interrupted
 from convlens.models.loading import LoadedModel
 from convlens.serve import api
+from convlens.serve.atlas import PAGE_POLICY, AtlasFolder, AtlasListing, AtlasPathError, no_atlas
 from convlens.serve.desk import JobConflict, ModelDesk
 from convlens.serve.inputs import (
     FORM_OVERHEAD,
@@ -47,9 +49,16 @@ JobField = Annotated[
 ]
 
 
-def create_app(model: LoadedModel, settings: ServeSettings | None = None) -> FastAPI:
-    """The app serving ``model`` (lent to one request at a time, see `ModelDesk`)."""
+def create_app(
+    model: LoadedModel,
+    settings: ServeSettings | None = None,
+    atlas: str | Path | AtlasFolder | None = None,
+) -> FastAPI:
+    """The app serving ``model`` (lent to one request at a time, see `ModelDesk`) and, when
+    ``atlas`` names a scan's atlas folder, that folder read-only (`AtlasFolder`)."""
     settings = settings or ServeSettings()
+    if atlas is not None and not isinstance(atlas, AtlasFolder):
+        atlas = AtlasFolder.open(atlas)
     desk = ModelDesk(model)
 
     @asynccontextmanager
@@ -69,6 +78,7 @@ def create_app(model: LoadedModel, settings: ServeSettings | None = None) -> Fas
     app.state.settings = settings
     _add_error_handlers(app)
     _add_routes(app, desk, settings)
+    _add_atlas_routes(app, atlas)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes + FORM_OVERHEAD)
     return app
@@ -95,6 +105,10 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def too_large(_request, error):
         return _error(413, one_line(error))
 
+    @app.exception_handler(AtlasPathError)
+    async def not_in_atlas(_request, error):
+        return _error(404, one_line(error))
+
     @app.exception_handler(Interrupted)
     async def interrupted(_request, error):
         return _error(409, f"cancelled: {one_line(error)}")
@@ -107,7 +121,7 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def bad_input(_request, error):
         return _error(400, one_line(error))
 
-    @app.exception_handler(HTTPException)
+    @app.exception_handler(StarletteHTTPException)  # FastAPI's and the router's own 404
     async def http_error(_request, error):
         return _error(error.status_code, str(error.detail))
 
@@ -173,6 +187,10 @@ def _add_routes(app: FastAPI, desk: ModelDesk, settings: ServeSettings) -> None:
     @app.get("/", include_in_schema=False)
     async def index():
         return FileResponse(STATIC / "index.html")
+
+    @app.get("/favicon.ico", include_in_schema=False, status_code=204)
+    async def no_icon() -> Response:  # pages without an icon link (the atlas) ask for one
+        return Response(status_code=204)
 
     @app.get("/api/health", response_model=api.Health)
     async def health() -> api.Health:
@@ -283,3 +301,22 @@ def _add_routes(app: FastAPI, desk: ModelDesk, settings: ServeSettings) -> None:
         if not desk.cancel(job):
             raise HTTPException(404, f"no running job {job[:80]!r}")
         return api.Cancelled(job=job, cancelled=True)
+
+
+def _add_atlas_routes(app: FastAPI, atlas: AtlasFolder | None) -> None:
+    @app.get("/api/atlas", response_model=AtlasListing)
+    def atlas_listing() -> AtlasListing:
+        """The pages and pictures of the atlas folder given with ``--atlas`` (``enabled``
+        false and empty lists without one)."""
+        return atlas.listing() if atlas is not None else no_atlas()
+
+    @app.get("/atlas/{name:path}")
+    def atlas_file(name: str) -> FileResponse:
+        """One page, picture or JSON file of the atlas folder, by its path inside it
+        (``/atlas/`` alone: ``index.html``). Anything else, a path leading out of the
+        folder included, answers 404."""
+        if atlas is None:
+            raise HTTPException(404, "this server was started without --atlas DIR")
+        path = atlas.file(name or "index.html")
+        headers = {"Content-Security-Policy": PAGE_POLICY, "X-Content-Type-Options": "nosniff"}
+        return FileResponse(path, headers=headers)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from convlens.models.loading import LoadedModel
 from convlens.serve.inputs import ServeSettings
@@ -41,20 +42,24 @@ def run_server(
     device: str | None = None,
     settings: ServeSettings | None = None,
     echo: Callable[[str], None] = print,
+    atlas: str | Path | None = None,
 ) -> None:
-    """Load ``model`` (moved to ``device`` when given), then serve it until interrupted."""
+    """Load ``model`` (moved to ``device`` when given), then serve it until interrupted;
+    with ``atlas``, also that scan's atlas folder, read-only, under ``/atlas/``."""
     import uvicorn
 
     from convlens.models import load_model
     from convlens.serve.app import create_app
+    from convlens.serve.atlas import AtlasFolder
 
     start = time.perf_counter()
+    folder = AtlasFolder.open(atlas) if atlas is not None else None  # before the model loads
     loaded = load_model(model)
     if device is not None:
         from convlens.models.devices import resolve_device
 
         loaded.module.to(resolve_device(device))
-    app = create_app(loaded, settings)
+    app = create_app(loaded, settings, folder)
     warning = exposure_warning(host)
     if warning:
         echo(warning)
@@ -63,4 +68,6 @@ def run_server(
         f"convlens serve: {loaded.name} ready in {time.perf_counter() - start:.1f} s; "
         f"open http://{shown}:{port}/ (API: /openapi.json); Ctrl+C stops"
     )
+    if folder is not None:
+        echo(f"atlas: {folder.root} at http://{shown}:{port}/atlas/ (read-only)")
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -181,6 +181,53 @@ async function browse(kind) {
   }
 }
 
+const ATLAS_THUMBS = 60;  // pictures shown per folder at once
+
+function showAtlasGroup(atlas, group) {
+  const thumbs = $("atlas-thumbs");
+  thumbs.replaceChildren();
+  const images = atlas.images.filter((image) => image.group === group);
+  for (const image of images.slice(0, ATLAS_THUMBS)) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.title = image.path;
+    const thumb = document.createElement("img");
+    thumb.src = image.url;
+    thumb.alt = image.path;
+    thumb.loading = "lazy";
+    button.appendChild(thumb);
+    button.addEventListener("click", () => {
+      $("atlas-image").src = image.url;
+      $("atlas-image").alt = image.path;
+      $("atlas-image").hidden = false;
+      setStatus($("atlas-status"), image.path);
+    });
+    thumbs.appendChild(button);
+  }
+  const more = images.length > ATLAS_THUMBS ? ` (first ${ATLAS_THUMBS} shown)` : "";
+  setStatus($("atlas-status"), `${images.length} pictures in ${group || "the top folder"}${more}`);
+}
+
+async function initAtlas() {
+  const atlas = await getJson("/api/atlas");
+  if (!atlas.enabled) return;
+  $("atlas").hidden = false;
+  $("atlas-name").textContent = `${atlas.name} (${atlas.kind})`;
+  const pages = $("atlas-pages");
+  for (const page of atlas.pages) {
+    const link = document.createElement("a");
+    link.href = page.url;
+    link.target = "_blank";
+    link.rel = "noopener";
+    link.textContent = page.path;
+    pages.appendChild(link);
+  }
+  for (const group of atlas.groups) option($("atlas-group"), group, group || "(top folder)");
+  $("atlas-group").addEventListener("change", (e) => showAtlasGroup(atlas, e.target.value));
+  if (atlas.groups.length) showAtlasGroup(atlas, atlas.groups[0]);
+  else setStatus($("atlas-status"), "no pictures in this folder");
+}
+
 async function imageChanged() {
   await predict();
   await explain();
@@ -214,4 +261,5 @@ function wire() {
 document.addEventListener("DOMContentLoaded", () => {
   wire();
   init().catch((error) => setStatus($("status"), error.message, true));
+  initAtlas().catch((error) => setStatus($("atlas-status"), error.message, true));
 });
