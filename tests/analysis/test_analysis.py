@@ -19,6 +19,7 @@ from convlens.analysis import (
     invariance_curves,
     transform,
 )
+from convlens.analysis.ablation import matching_layers
 from convlens.data.preprocess import Preprocess
 from convlens.errors import DataError, LayerError
 from convlens.models.loading import LoadedModel
@@ -140,9 +141,10 @@ class _WithUnusedLayer(nn.Module):
 def test_ablation_patterns_default_stages_and_an_unused_layer():
     net = _WithUnusedLayer()
     images, labels = _images()
-    result = ablate_layers(net, images, labels, ["unused", "net.[03]"])
+    result = ablate_layers(net, images, labels, ["unused", "net.?"])
     rows = result.rows
-    assert [row.layer for row in rows] == ["unused", "net.0", "net.3"]
+    assert [row.layer for row in rows] == ["unused"] + [f"net.{i}" for i in range(8)]
+    assert matching_layers(net, ["*"]) == ["net", "unused"]  # a star stops at dots
     assert (rows[0].accuracy, rows[0].probability) == (result.accuracy, result.probability)
     assert rows[0].mode == "not run"
     assert len(ablate_layers(net, images, labels).rows) >= 1  # the stages

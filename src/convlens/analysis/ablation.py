@@ -11,7 +11,7 @@ skips where the shapes match and zeroes otherwise. The hook is removed on exit.
 from __future__ import annotations
 
 import copy
-import fnmatch
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -117,13 +117,15 @@ def ablated(model: nn.Module | LoadedModel, layer: LayerSpec, mode: str = "auto"
 
 
 def matching_layers(module: nn.Module, specs: Sequence[LayerSpec]) -> list[str]:
-    """Layer names for ``specs``: a name, an index (see `resolve_layer`) or a shell pattern
-    (``"blocks.*.*"``: every module whose dotted name matches, in model order)."""
+    """Layer names for ``specs``: a name, an index (see `resolve_layer`) or a pattern whose
+    ``*`` stands for any characters but a dot and ``?`` for one (``"blocks.*.*"``: every
+    module two levels below ``blocks``), matched in model order."""
     names: list[str] = []
     all_names = [name for name, _ in module.named_modules() if name]
     for spec in specs:
-        if isinstance(spec, str) and any(char in spec for char in "*?["):
-            found = [name for name in all_names if fnmatch.fnmatchcase(name, spec)]
+        if isinstance(spec, str) and ("*" in spec or "?" in spec):
+            pattern = _dotted_pattern(spec)
+            found = [name for name in all_names if pattern.fullmatch(name)]
             if not found:
                 raise LayerError(
                     f"no layer name matches {spec!r}; see 'convlens layers' for the names"
@@ -132,6 +134,11 @@ def matching_layers(module: nn.Module, specs: Sequence[LayerSpec]) -> list[str]:
         else:
             names.append(resolve_layer(module, spec)[0])
     return list(dict.fromkeys(names))
+
+
+def _dotted_pattern(spec: str) -> re.Pattern:
+    parts = (re.escape(part) for part in re.split(r"([*?])", spec) if part)
+    return re.compile("".join({"\\*": "[^.]*", "\\?": "[^.]"}.get(p, p) for p in parts))
 
 
 @dataclass(frozen=True)
