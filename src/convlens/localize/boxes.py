@@ -97,26 +97,83 @@ def _one_mask(mask: torch.Tensor, what: str, allow_empty: bool = True) -> np.nda
 
 def component_boxes(mask: np.ndarray, mode: str, structure: np.ndarray) -> np.ndarray:
     """`mask_to_boxes` on a numpy bool ``[H, W]`` mask with a scipy ``structure`` (from
-    `connectivity_structure`; the fast path for threshold sweeps): ``float64[k, 4]``."""
-    labels, _ = ndimage.label(mask, structure=structure)
-    return labelled_boxes(labels, mode)
+    `connectivity_structure`): ``float64[k, 4]``, largest first (ties in raster order)."""
+    boxes, areas, _ = stacked_component_boxes(mask[None], structure)
+    return ordered_boxes(boxes, areas, mode)
 
 
-def labelled_boxes(labels: np.ndarray, mode: str) -> np.ndarray:
-    """Tight boxes ``float64[k, 4]`` of the components of a label image (0 = background,
-    components 1..k in raster order), largest first (ties in raster order); only the largest
-    with ``mode="largest"``."""
-    count = int(labels.max())
-    if count == 0:
-        return np.zeros((0, 4))
-    areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+def ordered_boxes(boxes: np.ndarray, areas: np.ndarray, mode: str) -> np.ndarray:
+    """The boxes ``float64[k, 4]`` of one mask's components (in label order, as
+    `stacked_component_boxes` gives them), largest first (ties in label order, i.e. raster
+    order); only the largest with ``mode="largest"``."""
+    if len(boxes) == 0:
+        return boxes
     order = [int(np.argmax(areas))] if mode == "largest" else np.argsort(-areas, kind="stable")
-    objects = ndimage.find_objects(labels)
-    slices = [objects[i] for i in order]
-    return np.array(
-        [[cols.start, rows.start, cols.stop, rows.stop] for rows, cols in slices],
-        dtype=np.float64,
-    )
+    return boxes[order]
+
+
+def stacked_component_boxes(
+    masks: np.ndarray, structure: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every connected component of every mask of a stack, labelled in one scipy call.
+
+    ``masks``: numpy bool ``[S, H, W]``; ``structure``: the 2-D scipy element of
+    `connectivity_structure` (components never cross from one mask to the next). Returns
+    ``(boxes, areas, mask_index)``: tight boxes ``float64[K, 4]`` (x1/y1 exclusive), pixel
+    counts ``int64[K]`` and the mask each component belongs to ``intp[K]``, in label order:
+    by mask, then by the raster order of each component's first pixel (the numbering of
+    `scipy.ndimage.label` on one mask).
+
+    The boxes come from the runs of each image row (adjacent pixels of a row are in one
+    component), so the reductions run over runs rather than pixels.
+    """
+    masks = np.asarray(masks, dtype=bool)
+    count_masks, height, width = masks.shape
+    labels, count = ndimage.label(masks, structure=_planar(structure))
+    if count == 0:
+        return np.zeros((0, 4)), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.intp)
+    rows = masks.reshape(count_masks * height, width)
+    starts, ends = rows.copy(), rows.copy()
+    starts[:, 1:] &= ~rows[:, :-1]
+    ends[:, :-1] &= ~rows[:, 1:]
+    start_at, end_at = np.flatnonzero(starts), np.flatnonzero(ends)  # the same runs, in order
+    run_row = start_at // width
+    first_col, last_col = start_at - run_row * width, end_at - run_row * width
+    run_label = labels.ravel()[start_at] - 1
+    mask_of_run = run_row // height
+    row_of_run = run_row - mask_of_run * height
+    boxes = np.empty((count, 4), dtype=np.int64)
+    boxes[:, :2] = (width, height)
+    boxes[:, 2:] = 0
+    np.minimum.at(boxes[:, 0], run_label, first_col)
+    np.minimum.at(boxes[:, 1], run_label, row_of_run)
+    np.maximum.at(boxes[:, 2], run_label, last_col + 1)
+    np.maximum.at(boxes[:, 3], run_label, row_of_run + 1)
+    areas = np.bincount(run_label, weights=last_col + 1 - first_col, minlength=count)
+    mask_index = np.empty(count, dtype=np.intp)
+    mask_index[run_label] = mask_of_run  # every run of a component lies in one mask
+    return boxes.astype(np.float64), areas.astype(np.int64), mask_index
+
+
+def largest_per_mask(areas: np.ndarray, mask_index: np.ndarray) -> np.ndarray:
+    """Indices into the components of `stacked_component_boxes` of each mask's largest
+    component (ties: the first in label order, as `ordered_boxes`), one per non-empty mask,
+    in mask order."""
+    most = np.zeros(int(mask_index.max()) + 1 if len(mask_index) else 0, dtype=areas.dtype)
+    np.maximum.at(most, mask_index, areas)
+    candidates = np.flatnonzero(areas == most[mask_index])
+    owners = mask_index[candidates]
+    first = np.ones(len(candidates), dtype=bool)
+    first[1:] = owners[1:] != owners[:-1]  # components are grouped by mask, in label order
+    return candidates[first]
+
+
+def _planar(structure: np.ndarray) -> np.ndarray:
+    """The 3-D scipy element that connects like ``structure`` within each ``[H, W]`` plane
+    of a stack and never across planes."""
+    planar = np.zeros((3, *structure.shape), dtype=bool)
+    planar[1] = structure
+    return planar
 
 
 def resize_maps(
@@ -164,7 +221,12 @@ def maps_to_boxes(
     if upsample_to is not None:
         maps = resize_maps(maps, upsample_to, interpolation)
     masks = threshold_maps(maps, fraction).cpu().numpy()
-    return [torch.from_numpy(component_boxes(mask, mode, structure)).float() for mask in masks]
+    boxes, areas, owner = stacked_component_boxes(masks, structure)
+    bounds = np.searchsorted(owner, np.arange(len(masks) + 1))
+    return [
+        torch.from_numpy(ordered_boxes(boxes[a:b], areas[a:b], mode)).float()
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+    ]
 
 
 def box_area(boxes: torch.Tensor) -> torch.Tensor:

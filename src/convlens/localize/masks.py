@@ -11,6 +11,8 @@ included) gives an empty mask.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from scipy import ndimage
@@ -111,6 +113,27 @@ def threshold_maps(maps: torch.Tensor, fraction: float = 0.2) -> torch.Tensor:
     maps = check_maps(maps)
     fraction = check_fraction(fraction)
     return (normalize_maps(maps) >= fraction) & ~constant_maps(maps)[:, None, None]
+
+
+def mask_iou_sweep(
+    maps: torch.Tensor, masks: torch.Tensor, fractions: Sequence[float]
+) -> torch.Tensor:
+    """``Tensor[T, N]``: `mask_iou` of ``threshold_maps(maps, fraction)`` with ``masks``
+    (bool ``Tensor[N, H, W]``, none empty) for each of the ``T`` ``fractions``, the maps
+    checked and normalised once."""
+    maps = check_maps(maps)
+    gt = check_masks(masks, "ground-truth masks", allow_empty=False)
+    check_same_size(maps, gt, "maps", "ground-truth masks")
+    normalized = normalize_maps(maps).flatten(1)
+    varying = ~constant_maps(maps)[:, None]
+    gt = gt.flatten(1)
+    rows = []
+    for fraction in fractions:
+        pred = (normalized >= check_fraction(fraction)) & varying
+        # int32 counts (exact below 2**31 pixels): summing bools to int64 is far slower
+        intersection = (pred & gt).sum(1, dtype=torch.int32).float()
+        rows.append(intersection / (pred | gt).sum(1, dtype=torch.int32).float())
+    return torch.stack(rows)
 
 
 def constant_maps(maps: torch.Tensor) -> torch.Tensor:
