@@ -17,6 +17,7 @@ from convlens.data.synthetic import SyntheticShapes, make_batch
 from convlens.errors import DataError, MethodError
 from convlens.evaluate import cascading_randomization, parametrised_layers
 from convlens.evaluate.benchmark import METRIC_KEYS, evaluate_methods
+from convlens.evaluate.floors import FLOORS
 from convlens.evaluate.ground_truth import load_annotations, mask_pixels
 from convlens.models import Preprocess, load_model
 
@@ -74,6 +75,32 @@ def test_results_do_not_depend_on_batch_size(shapes_model):
         assert runs[0][key] == pytest.approx(runs[1][key], abs=1e-6), key
 
 
+def test_without_faithfulness_the_curve_columns_are_none_and_the_rest_identical(shapes_model):
+    data = SyntheticShapes(3, seed=1)
+    full, quick = (
+        evaluate_methods(
+            shapes_model,
+            data,
+            ["gradcam"],
+            limit=3,
+            curve_steps=2,
+            sanity_images=2,
+            faithfulness=faithfulness,
+        )
+        for faithfulness in (True, False)
+    )
+    assert list(quick.scores) == list(full.scores) == ["gradcam", *FLOORS]
+    assert quick.curves == {} and set(full.curves) == set(full.scores)
+    assert quick.settings["curve_steps"] is None and full.settings["curve_steps"] == 2
+    assert quick.sanity_constant == full.sanity_constant
+    for name, scores in quick.scores.items():
+        assert tuple(scores) == METRIC_KEYS
+        assert scores["deletion_auc"] is None and scores["insertion_auc"] is None
+        assert 0 <= full.scores[name]["deletion_auc"] <= 1, name  # a number when run
+        for key in set(METRIC_KEYS) - {"deletion_auc", "insertion_auc", "ms_per_image"}:
+            assert scores[key] == full.scores[name][key], (name, key)
+
+
 def test_unknown_method_is_a_clear_error(shapes_model):
     with pytest.raises(MethodError, match="unknown method"):
         evaluate_methods(shapes_model, SyntheticShapes(2, seed=1), ["gradcamm"], limit=2)
@@ -89,9 +116,9 @@ def test_shipped_model_keeps_the_documented_pattern(shapes_model):
         SyntheticShapes(20, seed=1),
         ["cam", "input_x_gradient", "saliency"],
         limit=20,
-        curve_steps=1,
         sanity_images=1,
         floors=False,
+        faithfulness=False,
     )
     s = {name: scores for name, scores in board.scores.items()}
     assert s["cam"]["maxboxacc"] >= s["input_x_gradient"]["maxboxacc"] + 0.3
@@ -106,7 +133,13 @@ def test_sanity_score_leaves_out_constant_maps_and_counts_them(shapes_model):
     mean that counts them as a perfect 0), and the count is reported."""
     data = SyntheticShapes(16, seed=1)
     board = evaluate_methods(
-        shapes_model, data, ["gradcam"], limit=16, curve_steps=1, sanity_images=16, floors=False
+        shapes_model,
+        data,
+        ["gradcam"],
+        limit=16,
+        sanity_images=16,
+        floors=False,
+        faithfulness=False,
     )
     batch = data.batch()
     inputs = shapes_model.preprocess.normalize(batch.display)
@@ -336,6 +369,21 @@ def test_cli_json_has_exactly_the_documented_keys_and_writes_the_figures(tmp_pat
     # the default cascade methods that ran), one line each
     assert _colour_columns(tmp_path / "sanity.png", (31, 119, 180)) == [True, True]
     assert _colour_columns(tmp_path / "sanity.png", (255, 127, 14)) == [False, False]
+
+
+def test_cli_no_faithfulness_leaves_the_curve_columns_null(tmp_path, capsys):
+    code = main(
+        ["evaluate", "--method", "cam", "--limit", "1", "--no-faithfulness", "--json"]
+        + ["--out", str(tmp_path)]
+    )
+    assert code == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert list(scores) == ["cam", *FLOORS]
+    for name, row in scores.items():
+        assert row["deletion_auc"] is None and row["insertion_auc"] is None, name
+        assert 0.0 <= row["maxboxacc_v2"] <= 1.0 and 0.0 <= row["pointing"] <= 1.0
+    assert not (tmp_path / "curves.png").exists()  # no curves to draw
+    assert (tmp_path / "leaderboard.json").exists()
 
 
 def test_cli_rejects_a_method_list_without_names(capsys):

@@ -68,6 +68,14 @@ def evaluate_command(
             "fewer steps make large images faster to score.",
         ),
     ] = None,
+    no_faithfulness: Annotated[
+        bool,
+        typer.Option(
+            "--no-faithfulness",
+            help="Skip the deletion/insertion curves (most of a box benchmark's forward "
+            "passes): those two columns are left empty (null in JSON), the others do not change.",
+        ),
+    ] = False,
     out: Annotated[
         str | None,
         typer.Option(
@@ -98,6 +106,8 @@ def evaluate_command(
     cascade = {"cascade_images": 8} if out is not None and benchmark != "gridpg" else {}
     if curve_steps is not None:
         cascade["curve_steps"] = curve_steps
+    if no_faithfulness:
+        cascade["faithfulness"] = False
     board = evaluate_on_source(
         model,
         names,

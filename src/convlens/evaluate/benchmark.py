@@ -19,7 +19,8 @@ scored against that class's box and mask only (`convlens.evaluate.map_scores`).
 - ``deletion_auc`` / ``insertion_auc``: AUC of the deletion (zero baseline) and insertion
   (blurred start) curves of the target's probability (softmax; sigmoid for the multi-label
   model) (Petsiuk et al. 2018), ``curve_steps`` steps (default: the image side, as RISE),
-  tied pixels in a seeded random order.
+  tied pixels in a seeded random order. None with ``faithfulness=False`` (no curve is run:
+  the localisation columns cost a fraction of the time and do not change).
 - ``sanity_spearman``: mean Spearman rank correlation of |map| before and after every
   parametrised layer is re-drawn at random (the last step of Adebayo et al.'s cascade), over
   the images where it is defined: a map that is constant before or after (an all-zero
@@ -78,6 +79,7 @@ def evaluate_methods(
     cascade_images: int = 0,
     cascade_methods: Sequence[str] | None = None,
     floors: bool = True,
+    faithfulness: bool = True,
 ) -> Leaderboard:
     """Run ``methods`` (default: every registered one) on ``data`` and score their maps.
 
@@ -101,6 +103,9 @@ def evaluate_methods(
             backprop: the methods Adebayo et al.'s expectations are about) that ran, else
             the first method that ran.
         floors: also score the model-free floors (`convlens.evaluate.floors`) as rows.
+        faithfulness: run the deletion/insertion curves (most of a run's forward passes).
+            False: ``deletion_auc`` and ``insertion_auc`` are None, ``curves`` stays empty,
+            ``settings["curve_steps"]`` is None, and every other score is the same.
 
     Returns a `Leaderboard`. A method that raises a convlens error is recorded in
     ``errors`` and the others still run. The data's images follow the model (its device
@@ -115,7 +120,10 @@ def evaluate_methods(
     predictions = _predict(model, truth, batch_size)
     side = min(truth.tensor.shape[-2:])
     tolerance = 15 * side / 224 if pointing_tolerance is None else pointing_tolerance
-    curve_steps = side if curve_steps is None else curve_steps
+    if not faithfulness:
+        curve_steps = None  # no curves: the deletion/insertion columns are None
+    elif curve_steps is None:
+        curve_steps = side
     board = Leaderboard(
         model=model.name,
         images=len(truth),
@@ -147,7 +155,7 @@ def evaluate_methods(
             if progress is not None:
                 progress(f"{name}: failed: {error}")
             continue
-        board.scores[name], board.curves[name] = scores, curves
+        _record(board, name, scores, curves)
         board.sanity_constant[name] = constant
         _report(progress, name, scores)
     if floors:
@@ -158,6 +166,12 @@ def evaluate_methods(
         )
         board.settings["cascade_images"] = min(cascade_images, len(truth))
     return board
+
+
+def _record(board: Leaderboard, name: str, scores: dict, curves: dict) -> None:
+    board.scores[name] = scores
+    if curves:
+        board.curves[name] = curves
 
 
 def _report(progress, name: str, scores: dict) -> None:
@@ -188,9 +202,10 @@ def _score_floors(board, model, truth, predictions, tolerance, batch_size, progr
             tolerance=tolerance,
             curve_steps=board.settings["curve_steps"],
             batch_size=batch_size,
+            faithfulness=board.settings["curve_steps"] is not None,
         )
         scores |= {"sanity_spearman": None, "ms_per_image": 1000.0 * seconds / len(truth)}
-        board.scores[name], board.curves[name] = scores, curves
+        _record(board, name, scores, curves)
         _report(progress, name, scores)
 
 
@@ -255,6 +270,7 @@ def _evaluate_one(
         tolerance=tolerance,
         curve_steps=curve_steps,
         batch_size=batch_size,
+        faithfulness=curve_steps is not None,
     )
     sanity, constant = _sanity_spearman(model, truth, name, options, sanity_images)
     scores |= {"sanity_spearman": sanity, "ms_per_image": 1000.0 * method_seconds / len(truth)}

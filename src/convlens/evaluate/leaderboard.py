@@ -17,7 +17,8 @@ from convlens.models.loading import LoadedModel
 class Leaderboard:
     """Scores per method or floor (``scores[name]``: `benchmark.METRIC_KEYS`, or
     `gridpg.GRIDPG_KEYS`), the mean deletion and
-    insertion curves per method (``curves[name] = {"deletion": Tensor[S+1], "insertion": ...}``),
+    insertion curves per method (``curves[name] = {"deletion": Tensor[S+1], "insertion": ...}``;
+    empty when the run skipped faithfulness),
     methods that failed (``errors[name] = message``) and the run's settings.
 
     ``sanity_constant[name]``: of the ``settings["sanity_images"]`` maps of the sanity check,

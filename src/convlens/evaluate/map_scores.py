@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from convlens.evaluate.ground_truth import GroundTruth
+from convlens.maps import auc
 
 MASK_THRESHOLDS = tuple(round(0.1 * k, 1) for k in range(1, 10))
 
@@ -25,9 +26,9 @@ def class_mean(hits: torch.Tensor, classes: torch.Tensor) -> float:
 
 def best_mask_iou(maps: torch.Tensor, masks: torch.Tensor) -> float:
     """Mean mask IoU at the threshold (of `MASK_THRESHOLDS`) best over the data set."""
-    from convlens.localize import mask_iou, threshold_maps
+    from convlens.localize.masks import mask_iou_sweep
 
-    return max(float(mask_iou(threshold_maps(maps, tau), masks).mean()) for tau in MASK_THRESHOLDS)
+    return max(float(ious.mean()) for ious in mask_iou_sweep(maps, masks, MASK_THRESHOLDS))
 
 
 def score_maps(
@@ -40,6 +41,7 @@ def score_maps(
     curve_steps: int | None,
     batch_size: int,
     seed: int = 0,
+    faithfulness: bool = True,
 ) -> tuple[dict, dict]:
     """Localisation and faithfulness scores of ``maps`` ``Tensor[N, H, W]`` (one per row of
     ``truth``, input resolution), and the mean deletion/insertion curves.
@@ -48,29 +50,46 @@ def score_maps(
     the row's class; see `GroundTruth.multilabel`). Returns ``(scores, curves)`` with scores
     ``maxboxacc_v2``, ``maxboxacc``, ``loc_acc``, ``pointing``, ``mask_iou``,
     ``deletion_auc``, ``insertion_auc``; curves ``{"deletion": Tensor[S+1], "insertion"}``.
+    With ``faithfulness=False`` no curve is run: ``deletion_auc`` and ``insertion_auc`` are
+    None, curves ``{}``, and every other score is the same.
     """
-    from convlens.evaluate.faithfulness import deletion_curve, insertion_curve
-    from convlens.localize import localization_hits, maps_to_boxes, max_box_acc, pointing_game
-    from convlens.maps import auc
+    from convlens.localize import localization_hits, maps_to_boxes, pointing_game
+    from convlens.localize.metrics import max_box_acc_v1_v2
 
     size = tuple(truth.tensor.shape[-2:])
     boxes = maps_to_boxes(maps, fraction=0.2)
     loc = localization_hits(boxes, predicted, truth.boxes, truth.labels, iou=0.5, image_size=size)
-    score = "sigmoid" if truth.multilabel else "probability"
-    curve_args = dict(steps=curve_steps, batch_size=4 * batch_size, score=score, seed=seed)
-    deletion = deletion_curve(model, truth.tensor, maps, truth.labels, **curve_args)
-    insertion = insertion_curve(model, truth.tensor, maps, truth.labels, **curve_args)
     hits = pointing_game(maps, truth.point_masks, tolerance)
+    box_acc = max_box_acc_v1_v2(maps, truth.boxes, image_size=size)
     scores = {
-        "maxboxacc_v2": max_box_acc(maps, truth.boxes, version=2, image_size=size)["maxboxacc"],
-        "maxboxacc": max_box_acc(maps, truth.boxes, image_size=size)["maxboxacc"],
+        "maxboxacc_v2": box_acc[2]["maxboxacc"],
+        "maxboxacc": box_acc[1]["maxboxacc"],
         "loc_acc": float(loc.float().mean()),
         "pointing": class_mean(hits, truth.labels),
         "mask_iou": best_mask_iou(maps, truth.masks) if truth.masks is not None else None,
-        "deletion_auc": float(auc(deletion).mean()),
-        "insertion_auc": float(auc(insertion).mean()),
+        "deletion_auc": None,
+        "insertion_auc": None,
     }
-    return scores, {"deletion": deletion.mean(0), "insertion": insertion.mean(0)}
+    if not faithfulness:
+        return scores, {}
+    curves = faithfulness_curves(model, truth, maps, curve_steps, batch_size, seed)
+    scores |= {f"{kind}_auc": float(auc(curve).mean()) for kind, curve in curves.items()}
+    return scores, {kind: curve.mean(0) for kind, curve in curves.items()}
+
+
+def faithfulness_curves(
+    model, truth: GroundTruth, maps: torch.Tensor, steps: int | None, batch_size: int, seed: int
+) -> dict[str, torch.Tensor]:
+    """``{"deletion": Tensor[N, S+1], "insertion": Tensor[N, S+1]}``: each row's curves of
+    the target's probability (sigmoid on a multi-label set), ties in the order of ``seed``."""
+    from convlens.evaluate.faithfulness import deletion_curve, insertion_curve
+
+    score = "sigmoid" if truth.multilabel else "probability"
+    args = dict(steps=steps, batch_size=4 * batch_size, score=score, seed=seed)
+    return {
+        "deletion": deletion_curve(model, truth.tensor, maps, truth.labels, **args),
+        "insertion": insertion_curve(model, truth.tensor, maps, truth.labels, **args),
+    }
 
 
 def margins(scores: dict[str, dict], key: str) -> dict[str, float | None]:
