@@ -3,14 +3,13 @@
 Starts ``convlens serve`` on 127.0.0.1 (a free port; nothing leaves the machine), waits for
 /api/health (the start-up time), then:
 
-1. the bare library call, ``convlens.explain(model, image, "gradcam")`` on the same image
-   file, timed ``--bare`` times in this process (the server is idle meanwhile);
-2. the bare library call under load: ``--clients`` threads of this process making
-   ``--requests`` calls in all on one shared model, serialised the way the server
-   serialises (`convlens.serve.desk.ModelDesk`: one lock, one worker thread);
-3. one client sending ``--single`` requests one after another (the web layer's overhead:
-   upload, decode, PNG encoding, JSON);
-4. ``--clients`` concurrent clients sending ``--requests`` requests in all (the load).
+1. ``--single`` pairs of (the bare library call ``convlens.explain(model, image,
+   "gradcam")`` on the same image file, in this process, with the server idle; then one
+   request to the server): the web layer's overhead, each pair under the same neighbours;
+2. ``--rounds`` alternations of two loads of ``--requests / --rounds`` calls each: the bare
+   library call from ``--clients`` threads of this process on one shared model, serialised
+   the way the server serialises (`convlens.serve.desk.ModelDesk`: one lock, one worker
+   thread), then ``--clients`` concurrent clients sending Grad-CAM requests to the server.
 
 It reports p50/p95 latency, requests/s, errors, the ratio of p50 to the bare call's median,
 the ratio of the loaded p50 to the bare call's p50 under the same load (step 2: what the
@@ -97,18 +96,38 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def bare_library_seconds(loaded, image: Path, runs: int) -> tuple[list[float], list[float]]:
-    """Wall and CPU seconds of ``runs`` calls of ``convlens.explain`` on ``image``."""
+def bare_call(loaded, image: Path) -> tuple[float, float]:
+    """Wall and CPU seconds of one ``convlens.explain(loaded, image, "gradcam")``."""
     from convlens import explain
 
-    explain(loaded, str(image), "gradcam")  # warm-up
-    wall, cpu = [], []
-    for _ in range(runs):
-        start, start_cpu = time.perf_counter(), time.process_time()
-        explain(loaded, str(image), "gradcam")
-        wall.append(time.perf_counter() - start)
-        cpu.append(time.process_time() - start_cpu)
-    return wall, cpu
+    start, start_cpu = time.perf_counter(), time.process_time()
+    explain(loaded, str(image), "gradcam")
+    return time.perf_counter() - start, time.process_time() - start_cpu
+
+
+def paired_single(loaded, image: Path, client, url: str, data: bytes, pid: int, pairs: int):
+    """``pairs`` times: one bare call, then one request to the idle server (so both see
+    the same neighbours on a shared machine). Returns the bare calls' wall and CPU seconds,
+    the requests' ``(seconds, status)`` and the server's CPU seconds per request."""
+    bare, bare_cpu, single = [], [], []
+    server_cpu = 0.0
+    for _ in range(pairs):
+        wall, cpu = bare_call(loaded, image)
+        bare.append(wall)
+        bare_cpu.append(cpu)
+        start = cpu_seconds(pid)
+        single.append(post_explain(client, url, data))
+        server_cpu += cpu_seconds(pid) - start
+    return bare, bare_cpu, single, server_cpu / pairs
+
+
+def server_under_load(url: str, data: bytes, requests: int, clients: int) -> tuple[list, float]:
+    """``(seconds, status)`` of ``requests`` requests from ``clients`` concurrent clients,
+    and the wall seconds of them all."""
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool, httpx.Client(timeout=120) as client:
+        answers = list(pool.map(lambda _: post_explain(client, url, data), range(requests)))
+    return answers, time.perf_counter() - start
 
 
 def bare_library_under_load(loaded, image: Path, calls: int, clients: int) -> tuple[list, float]:
@@ -140,8 +159,8 @@ def main() -> None:
     parser.add_argument("--image", default="cat", help="a sample name or an image file")
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--single", type=int, default=20)
-    parser.add_argument("--bare", type=int, default=20)
+    parser.add_argument("--single", type=int, default=30, help="bare call / request pairs")
+    parser.add_argument("--rounds", type=int, default=4, help="alternations of the two loads")
     parser.add_argument("--threads", type=int, default=2, help="torch threads, both processes")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
@@ -159,23 +178,27 @@ def main() -> None:
     server, startup = start_server(args.model, port, args.threads)
     startup_cpu = cpu_seconds(server.pid)
     url = f"http://127.0.0.1:{port}/api/explain"
+    load, bare_load, wall, bare_wall, load_cpu = [], [], 0.0, 0.0, 0.0
     try:
         with httpx.Client(timeout=120) as client:
             post_explain(client, url, data)  # warm-up: first request, layer cache
             rss_before = rss_mb(server.pid)
             loaded = load_model(args.model)
-            bare, bare_cpu = bare_library_seconds(loaded, image, args.bare)
-            bare_load, bare_wall = bare_library_under_load(
-                loaded, image, args.requests, args.clients
+            bare_call(loaded, image)  # warm-up: the default layer, first pass
+            bare, bare_cpu, single, single_cpu = paired_single(
+                loaded, image, client, url, data, server.pid, args.single
             )
+        share = args.requests // args.rounds
+        for _ in range(args.rounds):  # alternating, so both loads meet the same neighbours
+            latencies, seconds = bare_library_under_load(loaded, image, share, args.clients)
+            bare_load += latencies
+            bare_wall += seconds
             cpu_start = cpu_seconds(server.pid)
-            single = [post_explain(client, url, data) for _ in range(args.single)]
-            single_cpu = (cpu_seconds(server.pid) - cpu_start) / args.single
-        wall_start, cpu_start = time.perf_counter(), cpu_seconds(server.pid)
-        with ThreadPoolExecutor(args.clients) as pool, httpx.Client(timeout=120) as client:
-            load = list(pool.map(lambda _: post_explain(client, url, data), range(args.requests)))
-        wall = time.perf_counter() - wall_start
-        load_cpu = (cpu_seconds(server.pid) - cpu_start) / args.requests
+            answers, seconds = server_under_load(url, data, share, args.clients)
+            load_cpu += cpu_seconds(server.pid) - cpu_start
+            load += answers
+            wall += seconds
+        load_cpu /= len(load)
         rss_after = rss_mb(server.pid)
     finally:
         server.terminate()
@@ -201,21 +224,21 @@ def main() -> None:
         "bare_p50_s": round(bare_p50, 4),
         "single_p50_s": round(statistics.median(single_times), 4),
         "single_p50_over_bare": round(statistics.median(single_times) / bare_p50, 2),
-        "requests": args.requests,
+        "requests": len(load),
         "clients": args.clients,
         "load_p50_s": round(percentile(load_times, 0.5), 4),
         "load_p95_s": round(percentile(load_times, 0.95), 4),
-        "requests_per_s": round(args.requests / wall, 2),
+        "requests_per_s": round(len(load) / wall, 2),
         "load_p50_over_bare": round(percentile(load_times, 0.5) / bare_p50, 2),
         "bare_load_p50_s": round(percentile(bare_load, 0.5), 4),
         "bare_load_p95_s": round(percentile(bare_load, 0.95), 4),
-        "bare_load_calls_per_s": round(args.requests / bare_wall, 2),
+        "bare_load_calls_per_s": round(len(bare_load) / bare_wall, 2),
         "load_p50_over_bare_load_p50": round(
             percentile(load_times, 0.5) / percentile(bare_load, 0.5), 2
         ),
         "requests_per_s_over_bare_load": round(bare_wall / wall, 2),
-        "served_s_per_request": round(wall / args.requests, 4),
-        "served_over_bare": round(wall / args.requests / bare_p50, 2),
+        "served_s_per_request": round(wall / len(load), 4),
+        "served_over_bare": round(wall / len(load) / bare_p50, 2),
         "errors": errors,
         "rss_before_mb": round(rss_before, 1),
         "rss_after_mb": round(rss_after, 1),
