@@ -43,18 +43,12 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server_url(default_model, tmp_path_factory):
+def _serve(app):
+    """Run ``app`` with uvicorn on a free loopback port in a thread; yields its URL."""
     import uvicorn
-    from tests.serve.test_atlas import atlas_folder
-
-    from convlens.serve import create_app
 
     port = _free_port()
-    atlas = atlas_folder(tmp_path_factory.mktemp("atlas"))
-    config = uvicorn.Config(
-        create_app(default_model, atlas=atlas), host="127.0.0.1", port=port, log_level="warning"
-    )
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -65,6 +59,25 @@ def server_url(default_model, tmp_path_factory):
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def server_url(default_model):
+    from convlens.serve import create_app
+
+    yield from _serve(create_app(default_model))
+
+
+@pytest.fixture(scope="module")
+def atlas_server_url(tmp_path_factory):
+    """The shapes model, with a small scan folder given as its atlas."""
+    from tests.serve.test_atlas import atlas_folder
+
+    from convlens import load_model
+    from convlens.serve import create_app
+
+    atlas = atlas_folder(tmp_path_factory.mktemp("atlas"))
+    yield from _serve(create_app(load_model("synthetic-shapes"), atlas=atlas))
 
 
 class PageWatch:
@@ -155,7 +168,8 @@ def test_upload_explain_switch_method_and_layer(browser, server_url, default_mod
     page.close()
 
 
-def test_atlas_pictures_and_page_are_shown(browser, server_url):
+def test_atlas_pictures_and_page_are_shown(browser, atlas_server_url):
+    server_url = atlas_server_url
     from tests.serve.test_atlas import LAYERS
 
     page = browser.new_page(viewport={"width": 1200, "height": 900})
