@@ -170,6 +170,7 @@ def test_fine_tuning_trains_a_copy_and_gives_the_model_back(unchanged):
     row = result.rows[0]
     assert row.tuned_accuracy is not None and 0 <= row.tuned_probability <= 1
     assert row.tuned_probability != row.probability  # the copy was trained
+    assert result.tuned_probability != result.probability  # and so was the intact control
 
 
 # --- CAM crops ---------------------------------------------------------------------------

@@ -55,6 +55,9 @@ def test_ablate_invariance_and_camcrop_commands(tiny, tmp_path, capsys):
     table = capsys.readouterr().out
     assert "| (intact) |" in table and "| 1 | identity |" in table and "| 3 | identity |" in table
     assert (tmp_path / "a.png").is_file()
+    tune = ["--layer", "3", "--tune-epochs", "1", "--tune-data", "shapes:4", "--force"]
+    assert main(["ablate", *data, *tune, "-o", str(tmp_path / "a.png")]) == 0
+    assert "fine-tuned accuracy |" in capsys.readouterr().out
     args = ["invariance", *data, "--layer", "1", "--transform", "rotate", "--json"]
     assert main(args + ["-o", str(tmp_path / "i.png")]) == 0
     (curve,) = json.loads(capsys.readouterr().out)
@@ -69,6 +72,8 @@ def test_ablate_invariance_and_camcrop_commands(tiny, tmp_path, capsys):
 def test_bad_input_is_one_clear_line(tiny, capsys):
     assert main(["ablate", "-m", tiny, "--data", "shapes:2", "--mode", "drop"]) == 1
     assert "ablation mode must be one of auto, identity, zero" in capsys.readouterr().err
+    assert main(["ablate", "-m", tiny, "--data", "shapes:2", "--tune-epochs", "1"]) == 1
+    assert "--tune-epochs needs --tune-data" in capsys.readouterr().err
     assert main(["invariance", "-m", tiny, "--data", "shapes:2", "--transform", "shear"]) == 1
     assert "unknown transform 'shear'" in capsys.readouterr().err
     assert main(["camcrop", "-m", tiny, "--data", "shapes:7"]) == 1  # label 5 of 5 classes

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -46,12 +46,15 @@ class AblationRow:
 @dataclass(frozen=True)
 class AblationResult:
     """The intact model's ``accuracy`` and mean true-class ``probability`` on ``images``
-    items, and one `AblationRow` per layer in the order asked."""
+    items, one `AblationRow` per layer in the order asked, and with fine-tuning the intact
+    model's scores after the same fine-tuning (the control: what tuning alone changes)."""
 
     accuracy: float
     probability: float
     images: int
     rows: list[AblationRow]
+    tuned_accuracy: float | None = None
+    tuned_probability: float | None = None
 
     def record(self) -> dict:
         """JSON-ready: the baseline and, per layer, the scores and their changes."""
@@ -59,6 +62,8 @@ class AblationResult:
             "images": self.images,
             "accuracy": self.accuracy,
             "probability": self.probability,
+            "tuned_accuracy": self.tuned_accuracy,
+            "tuned_probability": self.tuned_probability,
             "layers": [
                 row.__dict__
                 | {
@@ -168,7 +173,8 @@ def ablate_layers(
     the classifier on ``inputs`` ``Tensor[N, 3, H, W]`` (normalised) with class ids
     ``labels`` ``LongTensor[N]``: accuracy and mean softmax probability of the true class,
     intact and per ablated layer. With ``fine_tune``, each ablated network is also trained
-    briefly (a deep copy with the layer's hook left on) and scored again.
+    briefly (a deep copy with the layer's hook left on) and scored again, and so is an
+    intact copy (the control).
 
     The model comes back exactly as it was: hooks removed, modes restored, weights
     untouched (fine-tuning works on a copy).
@@ -189,7 +195,8 @@ def ablate_layers(
             ablated_scores = _scores(module, inputs, labels, batch_size)
         tuned = _fine_tuned(module, name, mode, fine_tune, inputs, labels, batch_size)
         rows.append(AblationRow(name, _mode_used(used), *ablated_scores, *tuned))
-    return AblationResult(accuracy, probability, len(inputs), rows)
+    control = _fine_tuned(module, None, mode, fine_tune, inputs, labels, batch_size)
+    return AblationResult(accuracy, probability, len(inputs), rows, *control)
 
 
 def _scores(module, inputs, labels, batch_size) -> tuple[float, float]:
@@ -207,7 +214,7 @@ def _fine_tuned(module, name, mode, fine_tune: FineTune | None, inputs, labels, 
     if fine_tune is None:
         return None, None
     twin = copy.deepcopy(module)  # trained in place of the user's model
-    with ablated(twin, name, mode):
+    with nullcontext() if name is None else ablated(twin, name, mode):
         train_classifier(
             twin,
             fine_tune.inputs,

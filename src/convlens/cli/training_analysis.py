@@ -195,7 +195,10 @@ def ablation_table(result) -> str:
     if tuned:
         head, rule = head + " fine-tuned accuracy |", rule + "---|"
     lines = [head, rule]
-    lines.append(f"| (intact) | | {result.accuracy:.3f} | | {result.probability:.3f} | |")
+    intact = f"| (intact) | | {result.accuracy:.3f} | | {result.probability:.3f} | |"
+    if tuned:
+        intact += f" {result.tuned_accuracy:.3f} |"
+    lines.append(intact)
     for row in result.rows:
         line = (
             f"| {row.layer} | {row.mode} | {row.accuracy:.3f} | "

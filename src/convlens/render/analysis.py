@@ -48,7 +48,8 @@ def evolution_figure(evolution, tile: int = 48):
 
 def ablation_figure(result, width: float | None = None):
     """Horizontal bars: change in accuracy and in mean true-class probability when each
-    layer is ablated (and after fine-tuning, when done). ``result``: an
+    layer is ablated (and the fine-tuned ablated accuracy, when tuned; all against the
+    untuned intact model, whose tuned accuracy is stated). ``result``: an
     `convlens.analysis.AblationResult`."""
     from matplotlib.figure import Figure
 
@@ -72,9 +73,13 @@ def ablation_figure(result, width: float | None = None):
     axes.set_yticklabels(names, fontsize=7)
     axes.invert_yaxis()
     axes.axvline(0, color="black", linewidth=0.6)
+    control = ""
+    if result.tuned_accuracy is not None:
+        control = f", {result.tuned_accuracy:.3f} after the same fine-tuning"
     axes.set_xlabel(
-        f"change when ablated (intact: accuracy {result.accuracy:.3f}, "
-        f"probability {result.probability:.3f}; {result.images} images)"
+        f"change when ablated (intact: accuracy {result.accuracy:.3f}{control}, "
+        f"probability {result.probability:.3f}; {result.images} images)",
+        fontsize=8,
     )
     axes.legend(fontsize=7, loc="lower left")
     figure.set_layout_engine("constrained")
