@@ -71,7 +71,6 @@ def evolution_command(
     rule: Annotated[
         str, typer.Option("--rule", help="Projection: deconvnet, guided or none.")
     ] = "deconvnet",
-    limit: LimitOption = None,
     out: Annotated[str | None, typer.Option("--out", "-o", help="Figure file.")] = None,
     force: ForceOption = False,
     dpi: DpiOption = None,
@@ -97,8 +96,6 @@ def evolution_command(
     if not layer:
         raise DataError("pass --layer NAME (repeatable): the layers whose channels to follow")
     models = [load_model(str(f), device=device) for f in files]
-    if limit is not None and ":" not in data and data.startswith("shapes"):
-        data = f"shapes:{limit}"
     evolution = feature_evolution(
         models,
         data,
