@@ -23,6 +23,7 @@ from convlens.analysis.ablation import matching_layers
 from convlens.data.preprocess import Preprocess
 from convlens.errors import DataError, LayerError
 from convlens.models.loading import LoadedModel
+from convlens.render.analysis import evolution_figure
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -220,6 +221,9 @@ def test_evolution_follows_the_strongest_unit_per_epoch():
         peaks = [_peak(loaded.module, images, int(layer), channel) for loaded in (first, second)]
         assert torch.allclose(evolution.values[:, r], torch.tensor(peaks), atol=1e-5)
         assert evolution.projections[0][r].shape[0] == 3
+    figure = evolution_figure(evolution)
+    titles = [axes.get_title() for axes in figure.axes]
+    assert len(figure.axes) == 2 * 2 and titles[:2] == ["epoch 1", "epoch 2"]  # one per epoch
 
 
 def _shapes_display(count: int):
