@@ -77,7 +77,7 @@ def ablation_figure(result, width: float | None = None):
     if result.tuned_accuracy is not None:
         control = f", {result.tuned_accuracy:.3f} after the same fine-tuning"
     axes.set_xlabel(
-        f"change when ablated (intact: accuracy {result.accuracy:.3f}{control}, "
+        f"change when ablated\n(intact: accuracy {result.accuracy:.3f}{control}; "
         f"probability {result.probability:.3f}; {result.images} images)",
         fontsize=8,
     )
