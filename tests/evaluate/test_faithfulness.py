@@ -160,6 +160,41 @@ def test_chunk_size_and_batch_do_not_change_results(unchanged):
     assert net.training  # the borrowed model is handed back in train mode
 
 
+class CountingNet(nn.Module):
+    """Wraps a net and counts the images it is given."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net, self.seen = net, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen += len(x)
+        return self.net(x)
+
+
+@pytest.mark.parametrize("curve", [deletion_curve, insertion_curve])
+def test_rows_with_the_same_input_share_forward_passes_and_keep_their_targets(curve):
+    """Rows 0, 1 and 3 are one image and one map explained for three classes (as a
+    class-agnostic map on a multi-object image): their perturbed inputs go through the model
+    once per step, and each row still gets its own class's score."""
+    gen = torch.Generator().manual_seed(4)
+    images, maps = torch.randn(2, 3, 8, 8, generator=gen), torch.rand(2, 8, 8, generator=gen)
+    rows, row_maps = images[[0, 0, 1, 0]], maps[[0, 0, 1, 0]]
+    targets = torch.tensor([0, 1, 1, 2])
+    shared = CountingNet(small_convnet())
+    together = curve(shared, rows, row_maps, target=targets, steps=4, batch_size=3)
+    distinct = CountingNet(shared.net)
+    other_maps = row_maps.clone()
+    other_maps[1] = 1 - other_maps[1]  # row 1 now has its own order
+    curve(distinct, rows, other_maps, target=targets, steps=4, batch_size=3)
+    assert distinct.seen - shared.seen == 5  # one row of 5 inputs fewer
+    for n in range(4):
+        one = slice(n, n + 1)
+        alone = curve(shared.net, rows[one], row_maps[one], target=targets[one], steps=4)
+        assert torch.allclose(together[n], alone[0], atol=1e-6), n
+    assert not torch.allclose(together[0], together[1])  # same inputs, other class
+
+
 def test_bad_inputs_raise_and_leave_model_unchanged(unchanged):
     net = small_convnet()
     images = torch.randn(2, 3, 8, 8)

@@ -15,6 +15,8 @@ go through the model at once and never changes the results.
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 from torch import nn
 
@@ -90,7 +92,11 @@ def perturbation_curve(
     the rest from ``start`` (``None`` = the image itself). ``steps`` defaults to the image
     side ``min(H, W)`` (64 for 64-pixel images, 224 for 224 as in RISE: one row's worth of
     pixels per step). Deletion: start = image, end = baseline; insertion: start = baseline,
-    end = image."""
+    end = image.
+
+    Rows with the same image, baseline and pixel order (several classes of one image
+    explained by a class-agnostic map, say) see the same perturbed inputs: each such input
+    goes through the model once and every row reads its own target's score from it."""
     steps = min(images.shape[-2:]) if steps is None else steps
     if steps < 1 or batch_size < 1:
         raise MetricError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
@@ -102,16 +108,53 @@ def perturbation_curve(
     ranks = pixel_ranks(maps, seed)[:, None]
     pixels = ranks.shape[-1] * ranks.shape[-2]
     counts = torch.arange(steps + 1) * pixels // steps
-    pairs = torch.cartesian_prod(torch.arange(len(rows)), torch.arange(steps + 1))
+    lead, members = _distinct_rows(first, last, ranks)
+    pairs = torch.cartesian_prod(torch.arange(len(lead)), torch.arange(steps + 1))
     curve = torch.zeros(len(rows), steps + 1)
     module = as_module(model)
     with borrowed_model(module), torch.no_grad():
         for chunk in pairs.split(batch_size):
-            n, k = chunk[:, 0], chunk[:, 1]
+            u, k = chunk[:, 0], chunk[:, 1]
+            n = lead[u]
             moved = ranks[n] < counts[k].to(ranks.device)[:, None, None, None]
-            batch = torch.where(moved, last[n], first[n])
-            curve[n, k] = target_score(module(batch), targets.subset(n), score).cpu()
+            output = module(torch.where(moved, last[n], first[n]))
+            at, row = members(u)
+            scores = target_score(output[at.to(output.device)], targets.subset(row), score)
+            curve[row, k[at]] = scores.cpu()
     return curve
+
+
+def _distinct_rows(first: torch.Tensor, last: torch.Tensor, ranks: torch.Tensor):
+    """Group the rows whose ``first``, ``last`` and ``ranks`` are all equal (so are their
+    perturbed inputs). Returns ``lead`` (``Tensor[U]``: the first row of each group, in
+    order) and ``members(u)``: for group ids ``u`` (``Tensor[b]``), the pairs ``(at, row)``
+    (``Tensor[M]`` each) of a position in ``u`` and a row of that position's group. Without
+    repeated rows, ``lead`` is ``arange(N)`` and ``members(u)`` is ``(arange(b), u)``."""
+    leaders: dict[bytes, list[int]] = {}  # digest of a row's tensors -> rows that lead
+    owner = []
+    for n in range(len(ranks)):
+        digest = hashlib.blake2b(digest_size=16)
+        for tensor in (first[n], last[n], ranks[n]):
+            raw = tensor.detach().cpu().contiguous().view(torch.uint8)  # any dtype's bytes
+            digest.update(raw.numpy().tobytes())
+        rivals = leaders.setdefault(digest.digest(), [])
+        same = [g for g in rivals if all(torch.equal(t[g], t[n]) for t in (first, last, ranks))]
+        if not same:
+            rivals.append(n)
+        owner.append(same[0] if same else n)
+    lead = torch.tensor(sorted(set(owner)), dtype=torch.long)
+    group = torch.searchsorted(lead, torch.tensor(owner, dtype=torch.long))
+    order = torch.argsort(group, stable=True)
+    sizes = torch.bincount(group, minlength=len(lead))
+    offsets = torch.cumsum(sizes, 0) - sizes
+
+    def members(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        count = sizes[u]
+        at = torch.repeat_interleave(torch.arange(len(u)), count)
+        starts = torch.repeat_interleave(torch.cumsum(count, 0) - count, count)
+        return at, order[offsets[u][at] + torch.arange(len(at)) - starts]
+
+    return lead, members
 
 
 def deletion_curve(
