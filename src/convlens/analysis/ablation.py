@@ -24,6 +24,7 @@ from convlens.errors import DataError, LayerError
 from convlens.features.maps import stage_layers
 from convlens.layers import resolve_layer
 from convlens.layers.find import LayerSpec
+from convlens.models.devices import model_device
 from convlens.models.loading import LoadedModel, as_module
 from convlens.train.loop import train_classifier
 
@@ -215,10 +216,11 @@ def _fine_tuned(module, name, mode, fine_tune: FineTune | None, inputs, labels, 
         return None, None
     twin = copy.deepcopy(module)  # trained in place of the user's model
     with nullcontext() if name is None else ablated(twin, name, mode):
+        device = model_device(twin)  # the tuning data follows the model (--device)
         train_classifier(
             twin,
-            fine_tune.inputs,
-            fine_tune.labels,
+            fine_tune.inputs.to(device),
+            fine_tune.labels.to(device),
             epochs=fine_tune.epochs,
             batch_size=fine_tune.batch_size,
             learning_rate=fine_tune.learning_rate,
