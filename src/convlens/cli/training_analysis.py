@@ -237,6 +237,10 @@ def invariance_command(
     loaded = _load(model, device)
     images = _images(loaded, data, limit)
     kinds = [kind.strip() for kind in transforms.split(",") if kind.strip()]
+    if not kinds:
+        from convlens.errors import DataError
+
+        raise DataError("--transform names no transform; use translate, scale and/or rotate")
     curves = [
         invariance_curves(loaded, images.inputs, images.labels, layer, kind, sources=images.sources)
         for kind in kinds
