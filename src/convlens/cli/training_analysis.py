@@ -25,7 +25,11 @@ LimitOption = Annotated[
 ]
 LayersOption = Annotated[
     list[str] | None,
-    typer.Option("--layer", help="Layer name (repeatable; ablate takes patterns: 'blocks.*.*')."),
+    typer.Option(
+        "--layer",
+        help="Layer name, repeatable (ablate: also patterns like 'blocks.*.*'; default every "
+        "stage; invariance: default the first and last stage).",
+    ),
 ]
 
 
