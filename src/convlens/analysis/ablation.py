@@ -24,7 +24,7 @@ from convlens.errors import DataError, LayerError
 from convlens.features.maps import stage_layers
 from convlens.layers import resolve_layer
 from convlens.layers.find import LayerSpec
-from convlens.models.devices import model_device
+from convlens.models.devices import model_device, model_input
 from convlens.models.loading import LoadedModel, as_module
 from convlens.train.loop import train_classifier
 
@@ -188,7 +188,11 @@ def ablate_layers(
     if len(inputs) != len(labels) or len(inputs) == 0:
         raise DataError(f"{len(inputs)} images but {len(labels)} labels; pass one label each")
     module = as_module(model)
-    names = stage_layers(module, inputs[0]) if layers is None else matching_layers(module, layers)
+    names = (
+        stage_layers(module, model_input(module, inputs[:1])[0])
+        if layers is None
+        else matching_layers(module, layers)
+    )
     accuracy, probability = _scores(module, inputs, labels, batch_size)
     rows = []
     for name in names:

@@ -145,7 +145,7 @@ def invariance_curves(
     amounts = default_amounts(kind, inputs.shape[-2]) if amounts is None else list(amounts)
     module = as_module(model)
     if layers is None:
-        stages = stage_layers(module, inputs[0])
+        stages = stage_layers(module, model_input(module, inputs[:1])[0])
         layers = list(dict.fromkeys([stages[0], stages[-1]]))
     reference, original, names = _features(module, inputs, labels, layers, batch_size)
     distances = {name: [] for name in names}
