@@ -101,6 +101,39 @@ def test_without_faithfulness_the_curve_columns_are_none_and_the_rest_identical(
             assert scores[key] == full.scores[name][key], (name, key)
 
 
+def test_maps_with_the_same_pixel_order_share_their_curves(shapes_model):
+    from convlens.evaluate.ground_truth import as_ground_truth
+    from convlens.evaluate.map_scores import faithfulness_curves
+
+    truth = as_ground_truth(SyntheticShapes(3, seed=1), shapes_model.preprocess, None)
+    maps = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0))
+    cache: dict = {}
+    first = faithfulness_curves(shapes_model, truth, maps, 2, 4, 0, cache)
+    assert faithfulness_curves(shapes_model, truth, 2 * maps, 2, 4, 0, cache) is first
+    assert faithfulness_curves(shapes_model, truth, maps.flip(-1), 2, 4, 0, cache) is not first
+    assert len(cache) == 2
+    fresh = faithfulness_curves(shapes_model, truth, 2 * maps, 2, 4, 0)  # no cache
+    assert all(torch.equal(fresh[kind], first[kind]) for kind in first)
+
+
+def test_a_method_scores_the_same_alone_and_after_one_whose_curves_it_shares(shapes_model):
+    """CAM and Grad-CAM order these images' pixels alike (GAP model, positive maps), so
+    Grad-CAM reuses CAM's curves in a joint run: its scores are those of a run alone."""
+    from convlens.evaluate import pixel_ranks
+    from convlens.evaluate.ground_truth import as_ground_truth
+    from convlens.evaluate.leaderboard import explain_all
+
+    data = SyntheticShapes(3, seed=1)
+    truth = as_ground_truth(data, shapes_model.preprocess, None)
+    cam, gradcam = (explain_all(shapes_model, truth, m, {}, 8)[0] for m in ("cam", "gradcam"))
+    assert torch.equal(pixel_ranks(cam), pixel_ranks(gradcam))  # what makes them share
+    settings = dict(limit=3, curve_steps=2, sanity_images=1, floors=False)
+    joint = evaluate_methods(shapes_model, data, ["cam", "gradcam"], **settings)
+    alone = evaluate_methods(shapes_model, data, ["gradcam"], **settings)
+    for key in METRIC_KEYS[:-1]:
+        assert joint.scores["gradcam"][key] == alone.scores["gradcam"][key], key
+
+
 def test_unknown_method_is_a_clear_error(shapes_model):
     with pytest.raises(MethodError, match="unknown method"):
         evaluate_methods(shapes_model, SyntheticShapes(2, seed=1), ["gradcamm"], limit=2)

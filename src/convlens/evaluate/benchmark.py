@@ -136,6 +136,7 @@ def evaluate_methods(
             "batch_size": batch_size,
         },
     )
+    curve_cache: dict = {}  # maps that order pixels alike share their curves (same inputs)
     for name in names:
         options = _method_options(name, side, method_options)
         try:
@@ -149,6 +150,7 @@ def evaluate_methods(
                 curve_steps,
                 sanity_images,
                 tolerance,
+                curve_cache,
             )
         except ConvlensError as error:
             board.errors[name] = str(error)
@@ -159,7 +161,9 @@ def evaluate_methods(
         board.sanity_constant[name] = constant
         _report(progress, name, scores)
     if floors:
-        _score_floors(board, model, truth, predictions, tolerance, batch_size, progress)
+        _score_floors(
+            board, model, truth, predictions, tolerance, batch_size, progress, curve_cache
+        )
     if cascade_images > 0 and board.scores:
         board.cascades = sanity_cascades(
             model, truth, _cascade_names(board, cascade_methods), cascade_images, method_options
@@ -182,7 +186,9 @@ def _report(progress, name: str, scores: dict) -> None:
         )
 
 
-def _score_floors(board, model, truth, predictions, tolerance, batch_size, progress) -> None:
+def _score_floors(
+    board, model, truth, predictions, tolerance, batch_size, progress, curve_cache
+) -> None:
     """Score every floor of `FLOORS` on the displayed pixels, as rows of ``board``."""
     import time
 
@@ -203,6 +209,7 @@ def _score_floors(board, model, truth, predictions, tolerance, batch_size, progr
             curve_steps=board.settings["curve_steps"],
             batch_size=batch_size,
             faithfulness=board.settings["curve_steps"] is not None,
+            curve_cache=curve_cache,
         )
         scores |= {"sanity_spearman": None, "ms_per_image": 1000.0 * seconds / len(truth)}
         _record(board, name, scores, curves)
@@ -257,7 +264,16 @@ def _predict(model: LoadedModel, truth: GroundTruth, batch_size: int) -> torch.T
 
 
 def _evaluate_one(
-    model, truth, predictions, name, options, batch_size, curve_steps, sanity_images, tolerance
+    model,
+    truth,
+    predictions,
+    name,
+    options,
+    batch_size,
+    curve_steps,
+    sanity_images,
+    tolerance,
+    curve_cache,
 ) -> tuple[dict, dict, int]:
     from convlens.evaluate.map_scores import score_maps
 
@@ -271,6 +287,7 @@ def _evaluate_one(
         curve_steps=curve_steps,
         batch_size=batch_size,
         faithfulness=curve_steps is not None,
+        curve_cache=curve_cache,
     )
     sanity, constant = _sanity_spearman(model, truth, name, options, sanity_images)
     scores |= {"sanity_spearman": sanity, "ms_per_image": 1000.0 * method_seconds / len(truth)}

@@ -8,6 +8,8 @@ only, so a class-agnostic map can be right for at most one of them.
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 
 from convlens.evaluate.ground_truth import GroundTruth
@@ -42,6 +44,7 @@ def score_maps(
     batch_size: int,
     seed: int = 0,
     faithfulness: bool = True,
+    curve_cache: dict | None = None,
 ) -> tuple[dict, dict]:
     """Localisation and faithfulness scores of ``maps`` ``Tensor[N, H, W]`` (one per row of
     ``truth``, input resolution), and the mean deletion/insertion curves.
@@ -51,7 +54,10 @@ def score_maps(
     ``maxboxacc_v2``, ``maxboxacc``, ``loc_acc``, ``pointing``, ``mask_iou``,
     ``deletion_auc``, ``insertion_auc``; curves ``{"deletion": Tensor[S+1], "insertion"}``.
     With ``faithfulness=False`` no curve is run: ``deletion_auc`` and ``insertion_auc`` are
-    None, curves ``{}``, and every other score is the same.
+    None, curves ``{}``, and every other score is the same. ``curve_cache``: a dict shared
+    by the maps scored on one ``truth`` with the same settings (one leaderboard run): maps
+    that order every row's pixels exactly as earlier maps did (CAM and Grad-CAM on a GAP
+    model, say) reuse those curves instead of running the same inputs again.
     """
     from convlens.localize import localization_hits, maps_to_boxes, pointing_game
     from convlens.localize.metrics import max_box_acc_v1_v2
@@ -72,24 +78,41 @@ def score_maps(
     }
     if not faithfulness:
         return scores, {}
-    curves = faithfulness_curves(model, truth, maps, curve_steps, batch_size, seed)
+    curves = faithfulness_curves(model, truth, maps, curve_steps, batch_size, seed, curve_cache)
     scores |= {f"{kind}_auc": float(auc(curve).mean()) for kind, curve in curves.items()}
     return scores, {kind: curve.mean(0) for kind, curve in curves.items()}
 
 
 def faithfulness_curves(
-    model, truth: GroundTruth, maps: torch.Tensor, steps: int | None, batch_size: int, seed: int
+    model,
+    truth: GroundTruth,
+    maps: torch.Tensor,
+    steps: int | None,
+    batch_size: int,
+    seed: int,
+    cache: dict | None = None,
 ) -> dict[str, torch.Tensor]:
     """``{"deletion": Tensor[N, S+1], "insertion": Tensor[N, S+1]}``: each row's curves of
-    the target's probability (sigmoid on a multi-label set), ties in the order of ``seed``."""
-    from convlens.evaluate.faithfulness import deletion_curve, insertion_curve
+    the target's probability (sigmoid on a multi-label set), ties in the order of ``seed``.
+    The curves depend on the maps only through `pixel_ranks`: with a ``cache`` (see
+    `score_maps`), maps whose ranks equal earlier ones' get those curves."""
+    from convlens.evaluate.faithfulness import deletion_curve, insertion_curve, pixel_ranks
 
+    key = None
+    if cache is not None:  # keyed by a 128-bit digest of every row's pixel order
+        ranks = pixel_ranks(maps.float().cpu(), seed).numpy()
+        key = hashlib.blake2b(ranks.tobytes(), digest_size=16).digest()
+        if key in cache:
+            return cache[key]
     score = "sigmoid" if truth.multilabel else "probability"
     args = dict(steps=steps, batch_size=4 * batch_size, score=score, seed=seed)
-    return {
+    curves = {
         "deletion": deletion_curve(model, truth.tensor, maps, truth.labels, **args),
         "insertion": insertion_curve(model, truth.tensor, maps, truth.labels, **args),
     }
+    if key is not None:
+        cache[key] = curves
+    return curves
 
 
 def margins(scores: dict[str, dict], key: str) -> dict[str, float | None]:
