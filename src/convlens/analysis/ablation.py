@@ -181,8 +181,13 @@ def ablate_layers(
     untouched (fine-tuning works on a copy).
 
     Example:
-        >>> result = ablate_layers(model, images, labels, ["features.3", "features.6"])
-        >>> [(row.layer, row.accuracy - result.accuracy) for row in result.rows]
+        >>> from convlens import load_model
+        >>> from convlens.analysis import labelled_images
+        >>> model = load_model("synthetic-shapes")
+        >>> data = labelled_images("shapes:100", model.preprocess)
+        >>> x, y = data.inputs, data.labels
+        >>> result = ablate_layers(model, x, y, ["features.*"])  # doctest: +SKIP
+        >>> [(row.layer, row.accuracy - result.accuracy) for row in result.rows]  # doctest: +SKIP
     """
     check_mode(mode)
     if len(inputs) != len(labels) or len(inputs) == 0:

@@ -113,8 +113,12 @@ def cam_crops(
     borrowed and handed back unchanged.
 
     Example:
-        >>> crops = cam_crops(model, images, labels)
-        >>> crops.before.mean(), crops.after.mean()
+        >>> from convlens import load_model
+        >>> from convlens.analysis import labelled_images
+        >>> model = load_model("synthetic-shapes")
+        >>> data = labelled_images("shapes:100", model.preprocess)
+        >>> crops = cam_crops(model, data.inputs, data.labels)  # doctest: +SKIP
+        >>> crops.before.mean(), crops.after.mean()  # doctest: +SKIP
     """
     if box_class not in BOX_CLASSES:
         raise DataError(f"box_class must be one of {', '.join(BOX_CLASSES)}, got {box_class!r}")

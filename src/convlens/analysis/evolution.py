@@ -109,8 +109,9 @@ def feature_evolution(
         columns: a label per model (default: ``"epoch N"`` from ``epoch-NNN.pt`` names).
 
     Example:
-        >>> evo = feature_evolution(epoch_files("run"), "shapes:200", ["features.2"])
-        >>> evo.values.shape  # [epochs, rows]
+        >>> layers = ["backbone.module.features.2"]  # of a `convlens train --head` model
+        >>> evo = feature_evolution(epoch_files("run"), "shapes:200", layers)  # doctest: +SKIP
+        >>> evo.values.shape  # [epochs, rows]  # doctest: +SKIP
     """
     if not models:
         raise DataError("pass at least one model (the epochs to compare)")

@@ -132,8 +132,13 @@ def invariance_curves(
     borrowed (eval mode, hooks removed).
 
     Example:
-        >>> curves = invariance_curves(model, images, labels, ["features.2"], "rotate")
-        >>> curves.distances["features.2"].shape  # [amounts, images]
+        >>> from convlens import load_model
+        >>> from convlens.analysis import labelled_images
+        >>> model = load_model("synthetic-shapes")
+        >>> data = labelled_images("shapes:100", model.preprocess)
+        >>> x, y = data.inputs, data.labels
+        >>> curves = invariance_curves(model, x, y, None, "rotate")  # doctest: +SKIP
+        >>> curves.probabilities.shape  # [amounts, images]  # doctest: +SKIP
     """
     if len(inputs) != len(labels) or len(inputs) == 0:
         raise DataError(f"{len(inputs)} images but {len(labels)} labels; pass one label each")
