@@ -250,3 +250,23 @@ def test_epoch_files_are_in_epoch_order_and_missing_ones_are_named(tmp_path):
     ]
     with pytest.raises(DataError, match="--keep-epochs"):
         epoch_files(tmp_path / "epochs" / "nothing")
+
+
+# --- data ---------------------------------------------------------------------------------
+
+
+def test_photos_carry_their_known_class_and_shapes_are_the_held_out_stream():
+    from convlens.analysis import labelled_images
+    from convlens.data.photos import package_photos
+    from convlens.data.synthetic import SyntheticShapes
+
+    small = Preprocess(16, mode="stretch")
+    known = [photo for photo in package_photos() if photo.class_id is not None][:1]
+    if known:
+        photos = labelled_images("photos", small, limit=1)
+        assert photos.labels.tolist() == [photo.class_id for photo in known]
+        assert photos.inputs.shape == (len(known), 3, 16, 16)
+    shapes = labelled_images("shapes:4", small)
+    assert torch.equal(shapes.labels, SyntheticShapes(4, seed=1).batch().labels)
+    with pytest.raises(DataError, match="shapes:N"):
+        labelled_images("shapes:x", small)
