@@ -98,11 +98,5 @@ def test_gradcam_points_better_than_every_floor_on_the_multi_object_set(gradcam_
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="the shipped synthetic-scenes weights are under-trained (held-out mAP 0.56): "
-    "Grad-CAM's MaxBoxAccV2 (0.197) is below floor:contrast (0.327); retrain with "
-    "'python -m convlens.train.scenes' (docs/evaluation.md)",
-)
 def test_gradcam_boxes_beat_every_floor_on_the_multi_object_set(gradcam_board):
     assert gradcam_board.margins("maxboxacc_v2")["gradcam"] > 0

@@ -21,7 +21,7 @@ from convlens.models.shapes import ShapesNet, shapes_preprocess
 
 MODEL_NAME = "synthetic-scenes"
 SIZE = 64
-WIDTH = 24
+WIDTH = 16
 WEIGHTS_FILE = Path(__file__).resolve().parent / "weights" / "synthetic_scenes.pt"
 
 

@@ -2,10 +2,17 @@
 
 Command (writes ``src/convlens/models/weights/synthetic_scenes.pt``)::
 
-    python -m convlens.train.scenes [--train 12000] [--epochs 8] [--out FILE]
+    python -m convlens.train.scenes [--train 12000] [--epochs 6] [--init synthetic-shapes]
+                                    [--out FILE]
 
 ``--test-only`` measures the weights in ``--out`` (default: the shipped file) without
 training.
+
+Initialisation: the shipped single-object model (``synthetic-shapes``: same architecture,
+width 16, the same six classes in the same order), fine-tuned on the scenes with per-class
+sigmoid outputs (``--init scratch``: random weights). Starting from shapes it already knows
+on flat backgrounds matters on these scenes: on 2000 training scenes and 4 epochs the
+held-out mAP was 0.74 from ``synthetic-shapes`` and 0.54 from scratch (width 24).
 
 Training data: scenes ``0 .. train-1`` of ``SyntheticScenes(seed=0)``; test data: scenes
 ``0 .. test-1`` of ``seed=1`` (never seen in training). Reported on the test scenes:
@@ -22,6 +29,7 @@ this record (the loader reads them from the file).
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 from pathlib import Path
 
@@ -29,7 +37,7 @@ import torch
 
 from convlens.data.scenes import SCENE_CLASSES, SyntheticScenes
 from convlens.models.scenes import SIZE, WEIGHTS_FILE, WIDTH, load_scenes_model
-from convlens.models.shapes import MEAN, STD, ShapesNet, shapes_preprocess
+from convlens.models.shapes import MEAN, STD, ShapesNet, load_shapes_model, shapes_preprocess
 from convlens.train.loop import save_weights, train_classifier
 
 TRAIN_SEED, TEST_SEED = 0, 1
@@ -70,15 +78,38 @@ def multilabel_scores(model: torch.nn.Module, preprocess, test: int = 1000) -> d
     }
 
 
+INITS = ("synthetic-shapes", "scratch")
+
+
+def initial_model(init: str = "synthetic-shapes") -> ShapesNet:
+    """The network training starts from: a copy of the shipped ``synthetic-shapes`` model
+    (its classes are `SCENE_CLASSES` in the same order) or, for ``"scratch"``, a random
+    `ShapesNet` of width `WIDTH` (seed it first)."""
+    if init == "scratch":
+        return ShapesNet(num_classes=len(SCENE_CLASSES), width=WIDTH)
+    if init != "synthetic-shapes":
+        raise ValueError(f"unknown init {init!r}; use one of {', '.join(INITS)}")
+    shapes = load_shapes_model()
+    if tuple(shapes.labels) != tuple(SCENE_CLASSES):
+        raise ValueError("the synthetic-shapes classes differ from the scene classes")
+    return copy.deepcopy(shapes.module).float()
+
+
 def train_scenes_model(
-    train: int = 12000, epochs: int = 8, test: int = 1000, seed: int = 0, verbose: bool = True
+    train: int = 12000,
+    epochs: int = 6,
+    test: int = 1000,
+    seed: int = 0,
+    verbose: bool = True,
+    init: str = "synthetic-shapes",
 ) -> tuple[ShapesNet, dict]:
-    """Train a fresh multi-label `ShapesNet`; returns it (eval mode) and a record of the run."""
+    """Train a multi-label `ShapesNet` from `initial_model` (``init``); returns it (eval
+    mode) and a record of the run."""
     torch.manual_seed(seed)
     start = time.perf_counter()
     train_set = SyntheticScenes(train, seed=TRAIN_SEED, size=SIZE).batch()
     generate_seconds = time.perf_counter() - start
-    model = ShapesNet(num_classes=len(SCENE_CLASSES), width=WIDTH)
+    model = initial_model(init)
     preprocess = shapes_preprocess(SIZE)
 
     def report(epoch: int, loss: float, exact: float) -> None:
@@ -97,6 +128,7 @@ def train_scenes_model(
     record = multilabel_scores(model, preprocess, test) | {
         "train_items": train,
         "epochs": epochs,
+        "init": init,
         "test_items": test,
         "test_seed": TEST_SEED,
         "train_seconds": log.seconds,
@@ -112,7 +144,7 @@ def save_scenes_model(model: ShapesNet, record: dict, path: str | Path = WEIGHTS
         model,
         path,
         classes=list(SCENE_CLASSES),
-        width=WIDTH,
+        width=model.classifier.in_features // 3,
         size=SIZE,
         mean=list(MEAN),
         std=list(STD),
@@ -126,7 +158,10 @@ def main(argv: list[str] | None = None) -> None:
         description="Train the multi-label synthetic-scenes benchmark model, write its weights.",
     )
     parser.add_argument("--train", type=int, default=12000, help="training scenes (seed 0)")
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument(
+        "--init", choices=INITS, default="synthetic-shapes", help="starting weights"
+    )
     parser.add_argument("--test", type=int, default=1000, help="held-out scenes (seed 1)")
     parser.add_argument("--seed", type=int, default=0, help="initialisation/shuffle seed")
     parser.add_argument("--out", type=Path, default=WEIGHTS_FILE)
@@ -138,7 +173,9 @@ def main(argv: list[str] | None = None) -> None:
         loaded = load_scenes_model(path=args.out)
         scores = multilabel_scores(loaded.module, loaded.preprocess, args.test)
     else:
-        model, scores = train_scenes_model(args.train, args.epochs, args.test, args.seed)
+        model, scores = train_scenes_model(
+            args.train, args.epochs, args.test, args.seed, init=args.init
+        )
         path = save_scenes_model(model, scores, args.out)
         print(
             f"generated in {scores['generate_seconds']:.0f} s, trained in "
