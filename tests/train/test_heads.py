@@ -215,7 +215,9 @@ def test_cli_trains_a_head_and_every_command_loads_it(tmp_path, capsys):
     image = tmp_path / "shape.png"
     Image.fromarray(SyntheticShapes(1, seed=1).batch().display[0]).save(image)
     model = str(out / "model.pt")
-    assert main(["explain", str(image), "--model", model, "--method", "nin", "--json"]) == 0
+    explained = ["explain", str(image), "--model", model, "--method", "nin"]
+    assert main([*explained, "--out", str(tmp_path / "explained"), "--json"]) == 0
+    assert (tmp_path / "explained" / "shape.png").is_file()
     capsys.readouterr()
     evaluate = ["evaluate", "--model", model, "--method", "nin,gradcam", "--limit", "4"]
     assert main([*evaluate, "--json"]) == 0
