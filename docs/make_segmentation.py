@@ -5,8 +5,9 @@
 
 ``train`` writes, under RUNS: ``supervised-{nearest,bilinear,transposed}/model.pt`` (true
 masks), ``classifier.pt`` (a multi-label `ShapesNet` for the CAMs, trained on the same
-scenes' class labels only) and ``cam-bilinear/model.pt`` (CAM pseudo-masks), each with its
-training record (seconds, threads, load average). It uses the library functions behind
+scenes' class labels only), ``cam-bilinear/model.pt`` (its CAM pseudo-masks) and, with
+``--only cam-scenes-bilinear``, ``cam-scenes-bilinear/model.pt`` (CAM pseudo-masks of the
+shipped ``synthetic-scenes`` model), each with its training record (seconds, threads, load average). It uses the library functions behind
 ``convlens train --task segmentation`` with the same defaults. ``figures`` scores every
 model on held-out scenes, times inference, writes docs/images/segmentation/*.png and prints
 the tables of docs/segmentation.md as JSON.
@@ -24,6 +25,7 @@ import torch
 
 from convlens.data.scenes import SCENE_CLASSES
 from convlens.localize import ConfusionMatrix
+from convlens.models.scenes import scenes_record
 from convlens.models.segmentation import save_segmentation_model
 from convlens.models.shapes import ShapesNet
 from convlens.render.images import colorize, image_grid, overlay_map, save_png
@@ -43,8 +45,10 @@ def train_all(runs: Path, only: list[str]) -> None:
     names = only or [f"supervised-{u}" for u in ("bilinear", "nearest", "transposed")]
     names += [] if only else ["cam-bilinear"]
     for name in names:
-        if name == "cam-bilinear":
-            classifier, classifier_record = _classifier(runs, data)
+        if name in ("cam-bilinear", "cam-scenes-bilinear"):
+            classifier, classifier_record = (
+                _classifier(runs, data) if name == "cam-bilinear" else _scenes_classifier()
+            )
             pseudo, pseudo_record = _pseudo_masks(classifier, data)
             settings = {"labels": "cam", **PSEUDO, **pseudo_record, "classifier": classifier_record}
             _train_one(runs / name, data.inputs, pseudo, "bilinear", settings)
@@ -99,6 +103,16 @@ def _classifier(runs: Path, data) -> tuple[ShapesNet, dict]:
     return model, record
 
 
+def _scenes_classifier() -> tuple[ShapesNet, dict]:
+    """The shipped multi-label benchmark model (``synthetic-scenes``, trained on 12000 scenes'
+    class labels) as the CAM source instead of the small classifier above."""
+    from convlens.models import load_model
+
+    loaded = load_model("synthetic-scenes")
+    record = {k: v for k, v in scenes_record().items() if k != "per_class_ap"}
+    return loaded.module, {"model": "synthetic-scenes", **record}
+
+
 def _pseudo_masks(classifier, data) -> tuple[torch.Tensor, dict]:
     start = time.perf_counter()
     masks = seg.cam_pseudo_masks(classifier, data.inputs, data.labels, data.images, **PSEUDO)
@@ -125,7 +139,13 @@ def _short(scores: dict) -> dict:
     }
 
 
-MODELS = ["supervised-nearest", "supervised-bilinear", "supervised-transposed", "cam-bilinear"]
+MODELS = [
+    "supervised-nearest",
+    "supervised-bilinear",
+    "supervised-transposed",
+    "cam-bilinear",
+    "cam-scenes-bilinear",
+]
 SCALE = 3  # 64 px tiles drawn at 192 px (nearest, so pixels stay visible)
 
 
