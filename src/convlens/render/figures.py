@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from convlens.errors import ConvlensError
+from convlens.render.images import MARK, save_png
 
 FORMATS = {".png": "png", ".pdf": "pdf", ".svg": "svg"}
-MARK = "convlens"
 DEFAULT_DPI = 150
 
 
@@ -112,8 +112,6 @@ def save_figure(figure, path: str | Path, dpi: int | None = None) -> Path:
 def save_image(image, path: str | Path, dpi: int | None = None) -> Path:
     """Write ``uint8[H, W, 3]`` (or ``[H, W]``): PNG pixel for pixel, or a PDF/SVG page of
     ``W / dpi x H / dpi`` inches holding the image (default dpi 150)."""
-    from PIL import Image, PngImagePlugin
-
     path = Path(path)
     fmt = _format(path)
     array = np.asarray(image)
@@ -121,10 +119,7 @@ def save_image(image, path: str | Path, dpi: int | None = None) -> Path:
         raise ConvlensError(f"save_image takes uint8[H, W(, 3)] pixels, got {array.dtype}")
     path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "png":
-        info = PngImagePlugin.PngInfo()
-        info.add_text("Software", MARK)
-        Image.fromarray(array).save(path, format="PNG", pnginfo=info)
-        return path
+        return save_png(array, path)
     from matplotlib.figure import Figure
 
     dpi = dpi or DEFAULT_DPI

@@ -199,6 +199,7 @@ def _as_rgb_tile(image: np.ndarray) -> np.ndarray:
     return image
 
 
+MARK = "convlens"  # the metadata every picture convlens writes carries (`figures.MARK`)
 _PNG_COLOUR_TYPES = {1: 0, 3: 2, 4: 6}  # channels -> PNG colour type (grey, RGB, RGBA)
 
 
@@ -255,6 +256,6 @@ def save_png(image, path: str | Path) -> Path:
     from PIL import PngImagePlugin
 
     info = PngImagePlugin.PngInfo()
-    info.add_text("Software", "convlens")  # how --out tells our pictures from the user's files
+    info.add_text("Software", MARK)  # how --out tells our pictures from the user's files
     Image.fromarray(array).save(path, format="PNG", pnginfo=info)
     return path
