@@ -29,7 +29,6 @@ this record (the loader reads them from the file).
 from __future__ import annotations
 
 import argparse
-import copy
 import time
 from pathlib import Path
 
@@ -89,10 +88,10 @@ def initial_model(init: str = "synthetic-shapes") -> ShapesNet:
         return ShapesNet(num_classes=len(SCENE_CLASSES), width=WIDTH)
     if init != "synthetic-shapes":
         raise ValueError(f"unknown init {init!r}; use one of {', '.join(INITS)}")
-    shapes = load_shapes_model()
+    shapes = load_shapes_model()  # a fresh module: training it leaves the shipped file alone
     if tuple(shapes.labels) != tuple(SCENE_CLASSES):
         raise ValueError("the synthetic-shapes classes differ from the scene classes")
-    return copy.deepcopy(shapes.module).float()
+    return shapes.module
 
 
 def train_scenes_model(
