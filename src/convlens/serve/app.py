@@ -295,6 +295,7 @@ def _add_routes(app: FastAPI, desk: ModelDesk, settings: ServeSettings) -> None:
         """The model's layer table: name, type, output shape, receptive field; `spatial`
         layers suit the CAM methods, `default` is theirs."""
         if "layers" not in cache:
+
             def table(_nothing):
                 return api.layer_rows(model)
 
@@ -385,6 +386,7 @@ def _add_routes(app: FastAPI, desk: ModelDesk, settings: ServeSettings) -> None:
         request: Request, layer: Annotated[str | None, Query(max_length=INPUT_CHARS)] = None
     ) -> api.Filters:
         """A convolution's filters (default: the first) as a captioned grid."""
+
         def grid(_nothing):
             return api.filters(model, layer)
 

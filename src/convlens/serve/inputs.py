@@ -63,9 +63,7 @@ class ServeSettings:
 def _check_range(key: str, value: float) -> None:
     option, unit, low, high = OPTION_RANGES[key]
     if not (isinstance(value, int | float) and math.isfinite(value) and low <= value <= high):
-        raise ConvlensError(
-            f"{option} {value!r} is out of range; give {low:g} to {high:g} {unit}"
-        )
+        raise ConvlensError(f"{option} {value!r} is out of range; give {low:g} to {high:g} {unit}")
 
 
 class UploadTooLarge(HTTPException):
