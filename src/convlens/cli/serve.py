@@ -28,12 +28,15 @@ def serve_command(
     time_limit: Annotated[
         float,
         typer.Option(
-            "--time-limit", help="Seconds a request may take in the server; then it stops (503)."
+            "--time-limit",
+            help="Seconds a request may take in the server (0.01 to 3600); then it stops (503).",
         ),
     ] = 60.0,
     queue: Annotated[
         int,
-        typer.Option("--queue", help="Requests waiting or running at once; more answer 429."),
+        typer.Option(
+            "--queue", help="Requests waiting or running at once (1 to 1000); more answer 429."
+        ),
     ] = 8,
     atlas: Annotated[
         Path | None,
