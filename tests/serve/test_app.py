@@ -25,6 +25,7 @@ from convlens.report.views import map_view  # noqa: E402
 from convlens.serve import ServeSettings, create_app  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+LOCAL = "http://127.0.0.1"  # an address the app answers (TestClient's own is refused)
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,7 @@ def shapes():
 
 @pytest.fixture(scope="module")
 def client(shapes):
-    with TestClient(create_app(shapes)) as test_client:
+    with TestClient(create_app(shapes), base_url=LOCAL) as test_client:
         yield test_client
 
 
@@ -162,7 +163,7 @@ def test_predict_returns_top_k_and_the_image(client):
         ({"sample": "../cat"}, None, 400, "not a sample name"),
         ({}, None, 400, "exactly one of"),
         ({"sample": "cat"}, {"image": ("x.png", png_file(), "image/png")}, 400, "exactly one"),
-        ({"sample": "cat", "job": "bad id!"}, None, 400, "malformed"),
+        ({"sample": "cat", "job": "bad id!"}, None, 400, "POST /api/jobs"),
         ({}, {"image": ("b.png", bomb_png(), "image/png")}, 413, "decompression bomb"),
     ],
 )
@@ -184,7 +185,7 @@ def test_feature_and_filter_errors(client):
 
 def test_upload_and_pixel_limits(shapes):
     settings = ServeSettings(max_upload_bytes=2_000, max_pixels=50 * 50)
-    with TestClient(create_app(shapes, settings)) as small:
+    with TestClient(create_app(shapes, settings), base_url=LOCAL) as small:
         big = bytes(np.random.default_rng(0).integers(0, 255, 5_000, dtype=np.uint8))
         oversized = small.post("/api/explain", files={"image": ("x.png", big, "image/png")})
         assert oversized.status_code == 413 and "limit" in oversized.json()["error"]
@@ -216,7 +217,7 @@ def test_explain_runs_one_forward_pass():
     from it (no separate prediction pass)."""
     net = CountingNet(after=10**6, delay=0.0)
     loaded = load_model(net, labels=["a", "b", "c"])
-    with TestClient(create_app(loaded)) as counted:
+    with TestClient(create_app(loaded), base_url=LOCAL) as counted:
         counted.post("/api/explain", data={"sample": "cat"})  # finds the default layer
         net.calls = 0
         answer = counted.post("/api/explain", data={"sample": "cat", "method": "gradcam"})
@@ -225,13 +226,13 @@ def test_explain_runs_one_forward_pass():
 
 def test_pixel_work_cancelled_before_its_turn_never_runs():
     from convlens.layers.interrupt import Interrupted
-    from convlens.serve.desk import ModelDesk
+    from convlens.serve.desk import CANCELLED, ModelDesk, Ticket
 
     desk = ModelDesk(load_model(small_convnet()))
-    cancel, ran = threading.Event(), []
-    cancel.set()
+    ticket, ran = Ticket(), []
+    ticket.stop(CANCELLED)
     with pytest.raises(Interrupted):
-        desk.submit_pixels(lambda: ran.append(1), cancel).result(10)
+        desk.submit_pixels(lambda: ran.append(1), ticket).result(10)
     assert desk.submit_pixels(lambda: "drawn").result(10) == "drawn" and ran == []
     desk.close()
 
@@ -253,24 +254,33 @@ class CountingNet(torch.nn.Module):
         return self.net(x)
 
 
-def test_cancel_stops_a_slow_method_between_passes_and_frees_the_model():
-    net = CountingNet(after=3, delay=0.02)
+def test_cancel_needs_the_token_and_stops_a_slow_method_between_passes():
+    net = CountingNet(after=3, delay=0.1)
     loaded = load_model(net, labels=["a", "b", "c"])
     settings = ServeSettings()
-    with TestClient(create_app(loaded, settings)) as slow:
+    with TestClient(create_app(loaded, settings), base_url=LOCAL) as slow:
         before = model_state(net)
-        form = {"sample": "cat", "method": "occlusion", "job": "slow-1"}
+        job = slow.post("/api/jobs").json()
+        other = slow.post("/api/jobs").json()
+        assert job["job"] != other["job"] and len(job["token"]) >= 32
+        form = {"sample": "cat", "method": "occlusion", "job": job["job"]}
+        cancel_url = f"/api/cancel/{job['job']}"
         with ThreadPoolExecutor(1) as pool:
             pending = pool.submit(slow.post, "/api/explain", data=form)
             assert net.reached.wait(30)
-            assert slow.post("/api/cancel/slow-1").json() == {"job": "slow-1", "cancelled": True}
+            for token in ({}, {"token": other["token"]}, {"token": job["token"][:-1]}):
+                refused = slow.post(cancel_url, data=token)
+                assert refused.status_code == 403 and "token" in refused.json()["error"]
+            assert not pending.done() and slow.app.state.desk.running_jobs() == [job["job"]]
+            cancelled = slow.post(cancel_url, data={"token": job["token"]})
+            assert cancelled.json() == {"job": job["job"], "cancelled": True}
             answer = pending.result(30)
         assert answer.status_code == 409 and "cancelled" in answer.json()["error"]
         # occlusion at 224 px (patch 32, stride 16) needs 2 + 169 / 8 = 24 passes
         assert net.calls < 10
         assert_same_state(before, model_state(net))
         assert slow.app.state.desk.running_jobs() == []
-        assert slow.post("/api/cancel/slow-1").status_code == 404
+        assert slow.post(cancel_url, data={"token": job["token"]}).status_code == 404
         net.reached.clear()
         done = slow.post("/api/explain", data={"sample": "cat", "method": "gradcam"})
         assert done.status_code == 200
@@ -278,7 +288,7 @@ def test_cancel_stops_a_slow_method_between_passes_and_frees_the_model():
 
 def test_a_waiting_request_is_cancelled_without_running():
     from convlens.layers.interrupt import Interrupted
-    from convlens.serve.desk import ModelDesk
+    from convlens.serve.desk import CANCELLED, ModelDesk, Ticket
 
     desk = ModelDesk(load_model(small_convnet()))
     started, release, ran = threading.Event(), threading.Event(), []
@@ -290,9 +300,9 @@ def test_a_waiting_request_is_cancelled_without_running():
     with ThreadPoolExecutor(2) as pool:
         holder = pool.submit(desk.run, hold)
         assert started.wait(10)
-        cancel = threading.Event()
-        waiter = pool.submit(desk.run, lambda: ran.append(1), cancel)
-        cancel.set()
+        ticket = Ticket()
+        waiter = pool.submit(desk.run, lambda: ran.append(1), ticket)
+        ticket.stop(CANCELLED)
         with pytest.raises(Interrupted, match="waiting"):
             waiter.result(10)
         release.set()

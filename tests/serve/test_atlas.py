@@ -20,6 +20,8 @@ from convlens.report.atlas import write_scan_atlas  # noqa: E402
 from convlens.serve import create_app  # noqa: E402
 from convlens.serve.atlas import AtlasFolder, AtlasPathError  # noqa: E402
 
+LOCAL = "http://127.0.0.1"  # an address the app answers (TestClient's own is refused)
+
 LAYERS = ["features.8", "features.2"]  # scan order, not sorted order
 
 
@@ -57,7 +59,8 @@ def atlas(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(atlas):
-    with TestClient(create_app(load_model(small_convnet()), atlas=atlas)) as test_client:
+    app = create_app(load_model(small_convnet()), atlas=atlas)
+    with TestClient(app, base_url=LOCAL) as test_client:
         yield test_client
 
 
@@ -127,7 +130,7 @@ def test_atlas_folder_refuses_traversal_and_non_folders(atlas):
 
 
 def test_without_atlas_the_listing_is_empty_and_nothing_is_served():
-    with TestClient(create_app(load_model(small_convnet()))) as plain:
+    with TestClient(create_app(load_model(small_convnet())), base_url=LOCAL) as plain:
         listing = plain.get("/api/atlas").json()
         assert listing["enabled"] is False and listing["images"] == []
         answer = plain.get("/atlas/index.html")

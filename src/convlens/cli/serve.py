@@ -19,11 +19,25 @@ def serve_command(
     port: Annotated[int, typer.Option("--port", help="TCP port.", min=0, max=65535)] = 8000,
     device: DeviceOption = None,
     max_upload_mb: Annotated[
-        float, typer.Option("--max-upload-mb", help="Largest accepted upload, in MB.")
+        float, typer.Option("--max-upload-mb", help="Largest accepted upload, in MB (to 1000).")
     ] = 20.0,
     max_megapixels: Annotated[
-        float, typer.Option("--max-megapixels", help="Largest accepted image, in megapixels.")
+        float,
+        typer.Option("--max-megapixels", help="Largest accepted image, in megapixels (to 1000)."),
     ] = 40.0,
+    time_limit: Annotated[
+        float,
+        typer.Option(
+            "--time-limit",
+            help="Seconds a request may take in the server (0.01 to 3600); then it stops (503).",
+        ),
+    ] = 60.0,
+    queue: Annotated[
+        int,
+        typer.Option(
+            "--queue", help="Requests waiting or running at once (1 to 1000); more answer 429."
+        ),
+    ] = 8,
     atlas: Annotated[
         Path | None,
         typer.Option(
@@ -34,11 +48,14 @@ def serve_command(
 ) -> None:
     """Serve a local web app: upload an image or pick a sample, choose method, layer and
     class, see the map; the JSON API behind it is described at /openapi.json."""
+    from convlens.errors import ConvlensError
     from convlens.serve import ServeSettings, run_server
 
-    settings = ServeSettings(
-        max_upload_bytes=int(max_upload_mb * 1e6), max_pixels=int(max_megapixels * 1e6)
-    )
+    try:
+        settings = ServeSettings.from_options(max_upload_mb, max_megapixels, time_limit, queue)
+    except ConvlensError as error:  # a limit out of range: a usage error, one line
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from error
     run_server(
         model,
         host=host,

@@ -102,6 +102,11 @@ class Filters(BaseModel):
     grid: str = Field(description="Captioned grid of the filters, a PNG data URI.")
 
 
+class NewJob(BaseModel):
+    job: str = Field(description="Send as the request's `job` field.")
+    token: str = Field(description="Send as `token` to POST /api/cancel/{job}.")
+
+
 class Cancelled(BaseModel):
     job: str
     cancelled: bool

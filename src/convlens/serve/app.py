@@ -1,13 +1,14 @@
 """The FastAPI app of the web view: a JSON API over `explain`, the feature views and the layer
-table, and the static page that uses it. Every error is ``{"error": message}`` with a 4xx
-status (413 for an upload or image over the limits, 409 for a cancelled job); the server
-keeps serving after any of them. The API is described at ``/openapi.json`` (no docs page:
+table, and the static page that uses it. Every error is ``{"error": message}`` quoting at
+most `INPUT_CHARS` characters of any input, with a 4xx or 5xx status (403 for a foreign
+``Host`` or a cross-site post, 413 for an upload or image over the limits, 409 for a
+cancelled job, 429 with ``Retry-After`` when the queue is full, 503 past the time limit);
+the server keeps serving after any of them. The API is described at ``/openapi.json`` (no docs page:
 the usual ones load their scripts from a CDN)."""
 
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -15,7 +16,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, TypeVar
 
-from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi import Path as FastApiPath
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -27,7 +29,19 @@ from convlens.layers.interrupt import Interrupted
 from convlens.models.loading import LoadedModel
 from convlens.serve import api
 from convlens.serve.atlas import PAGE_POLICY, AtlasFolder, AtlasListing, AtlasPathError, no_atlas
-from convlens.serve.desk import JobConflict, ModelDesk
+from convlens.serve.desk import (
+    CANCELLED,
+    SHUTDOWN,
+    TIME_LIMIT,
+    CancelRefused,
+    JobConflict,
+    ModelDesk,
+    QueueFull,
+    ServerClosing,
+    Ticket,
+    TimeLimitExceeded,
+)
+from convlens.serve.guard import AllowedHosts, RequestGuard
 from convlens.serve.inputs import (
     FORM_OVERHEAD,
     BodyLimit,
@@ -38,14 +52,22 @@ from convlens.serve.inputs import (
 
 STATIC = Path(__file__).resolve().parent / "static"
 DISCONNECT_POLL_SECONDS = 0.1
+INPUT_CHARS = 200  # the longest text field accepted, so the most of it an error can quote
+MAX_ERROR_CHARS = 1000  # and no error message is longer than this
 T = TypeVar("T")
 R = TypeVar("R")
 
 ImageField = Annotated[UploadFile | None, File(description="An image file (PNG, JPEG, ...).")]
-SampleField = Annotated[str | None, Form(description="A sample name (see /api/samples).")]
+SampleField = Annotated[
+    str | None, Form(max_length=INPUT_CHARS, description="A sample name (see /api/samples).")
+]
 JobField = Annotated[
     str | None,
-    Form(description="Optional id (letters, digits, - and _) that POST /api/cancel/{job} stops."),
+    Form(
+        max_length=INPUT_CHARS,
+        description="Optional id from POST /api/jobs; POST /api/cancel/{job} with its token "
+        "stops the request.",
+    ),
 ]
 
 
@@ -53,13 +75,18 @@ def create_app(
     model: LoadedModel,
     settings: ServeSettings | None = None,
     atlas: str | Path | AtlasFolder | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int | None = None,
 ) -> FastAPI:
     """The app serving ``model`` (lent to one request at a time, see `ModelDesk`) and, when
-    ``atlas`` names a scan's atlas folder, that folder read-only (`AtlasFolder`)."""
+    ``atlas`` names a scan's atlas folder, that folder read-only (`AtlasFolder`). It
+    answers only requests addressed to ``host`` (the address it is bound to) or localhost,
+    on ``port`` (None: any port), and no cross-site post (`convlens.serve.guard`)."""
     settings = settings or ServeSettings()
     if atlas is not None and not isinstance(atlas, AtlasFolder):
         atlas = AtlasFolder.open(atlas)
-    desk = ModelDesk(model)
+    desk = ModelDesk(model, settings.max_queue)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -81,6 +108,7 @@ def create_app(
     _add_atlas_routes(app, atlas)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes + FORM_OVERHEAD)
+    app.add_middleware(RequestGuard, allowed=AllowedHosts(host, port))  # runs first
     return app
 
 
@@ -93,8 +121,10 @@ def _version() -> str:
         return "unknown"
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    if len(message) > MAX_ERROR_CHARS:
+        message = message[: MAX_ERROR_CHARS - 3] + "..."
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -116,6 +146,19 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(JobConflict)
     async def conflict(_request, error):
         return _error(409, one_line(error))
+
+    @app.exception_handler(CancelRefused)
+    async def refused(_request, error):
+        return _error(403, one_line(error))
+
+    @app.exception_handler(QueueFull)
+    async def busy(_request, error):
+        return _error(429, one_line(error), {"Retry-After": str(error.retry_after)})
+
+    @app.exception_handler(TimeLimitExceeded)
+    @app.exception_handler(ServerClosing)
+    async def unavailable(_request, error):
+        return _error(503, one_line(error))
 
     @app.exception_handler(ConvlensError)
     async def bad_input(_request, error):
@@ -150,34 +193,67 @@ async def _read_upload(image: UploadFile | None, settings: ServeSettings) -> byt
 async def _served(
     request: Request,
     desk: ModelDesk,
+    settings: ServeSettings,
     job: str | None,
-    decode: Callable[[], ImageBatch],
-    compute: Callable[[ImageBatch], T],
+    decode: Callable[[], ImageBatch] | None,
+    compute: Callable[[ImageBatch | None], T],
     draw: Callable[[T], R] | None = None,
 ) -> T | R:
     """One request in three steps: ``decode()`` on the desk's pixel thread, ``compute`` of
     its result with the model lent (`ModelDesk.run`), then ``draw`` of that (when given) on
     the pixel thread again, so decoding and drawing overlap other requests' model work.
-    Cancelled when the client disconnects or job ``job`` is cancelled: a running step
-    finishes (the model's step stops before its next forward pass), the next never starts."""
-    with desk.job(job) as cancel:
-        batch = await _until_done(request, cancel, desk.submit_pixels(decode, cancel))
-        computed = await _until_done(request, cancel, desk.submit(lambda: compute(batch), cancel))
-        if draw is None:
-            return computed
-        drawn = desk.submit_pixels(lambda: draw(computed), cancel)
-        return await _until_done(request, cancel, drawn)
+    Admitted to the desk's queue first (`QueueFull` when it is full). Stopped when the
+    client disconnects, job ``job`` is cancelled, the time limit passes or the server shuts
+    down: a running step finishes (the model's step stops before its next forward pass),
+    the next never starts, and the answer says which of them stopped it."""
+    with desk.admit() as ticket, desk.job(job, ticket):
+        deadline = time.monotonic() + settings.time_limit_s
+        try:
+            batch = None
+            if decode is not None:
+                decoding = desk.submit_pixels(decode, ticket)
+                batch = await _until_done(request, ticket, decoding, deadline)
+            computing = desk.submit(lambda: compute(batch), ticket)
+            computed = await _until_done(request, ticket, computing, deadline)
+            if draw is None:
+                return computed
+            drawing = desk.submit_pixels(lambda: draw(computed), ticket)
+            return await _until_done(request, ticket, drawing, deadline)
+        except Interrupted as stopped:
+            error = _stopped_error(ticket, settings)
+            if error is None:
+                raise
+            raise error from stopped
 
 
-async def _until_done(request: Request, cancel: threading.Event, future: Future) -> T:
-    """``future``'s result; sets ``cancel`` meanwhile if the client disconnects."""
+def _stopped_error(ticket: Ticket, settings: ServeSettings) -> Exception | None:
+    """The error a request stopped by its time limit or shutdown answers (None: it was
+    cancelled, which answers 409)."""
+    if ticket.reason == TIME_LIMIT:
+        return TimeLimitExceeded(
+            f"the request was stopped at this server's time limit of {settings.time_limit_s:g} "
+            "s; try a faster method or smaller image, or start the server with a larger "
+            "--time-limit"
+        )
+    if ticket.reason == SHUTDOWN:
+        return ServerClosing("the server is shutting down; the request was stopped")
+    return None
+
+
+async def _until_done(request: Request, ticket: Ticket, future: Future, deadline: float) -> T:
+    """``future``'s result; meanwhile stops ``ticket`` when the client disconnects or
+    ``deadline`` (`time.monotonic`) passes."""
     task = asyncio.wrap_future(future)
     while True:
         done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_SECONDS)
         if done:
             return task.result()
-        if not cancel.is_set() and await request.is_disconnected():
-            cancel.set()
+        if ticket.stopped:
+            continue
+        if time.monotonic() > deadline:
+            ticket.stop(TIME_LIMIT)
+        elif await request.is_disconnected():
+            ticket.stop(CANCELLED)
 
 
 def _add_routes(app: FastAPI, desk: ModelDesk, settings: ServeSettings) -> None:
@@ -215,11 +291,15 @@ def _add_routes(app: FastAPI, desk: ModelDesk, settings: ServeSettings) -> None:
         return api.class_list(model)
 
     @app.get("/api/layers", response_model=api.Layers)
-    async def layers() -> api.Layers:
+    async def layers(request: Request) -> api.Layers:
         """The model's layer table: name, type, output shape, receptive field; `spatial`
         layers suit the CAM methods, `default` is theirs."""
         if "layers" not in cache:
-            cache["layers"] = await asyncio.wrap_future(desk.submit(lambda: api.layer_rows(model)))
+
+            def table(_nothing):
+                return api.layer_rows(model)
+
+            cache["layers"] = await _served(request, desk, settings, None, None, table)
         return cache["layers"]
 
     @app.post("/api/predict", response_model=api.Prediction)
@@ -235,20 +315,29 @@ def _add_routes(app: FastAPI, desk: ModelDesk, settings: ServeSettings) -> None:
         def decode():
             return request_image(model, data, sample, settings)
 
-        return await _served(request, desk, None, decode, lambda b: api.predict(model, b, top))
+        def compute(batch):
+            return api.predict(model, batch, top)
+
+        return await _served(request, desk, settings, None, decode, compute)
 
     @app.post("/api/explain", response_model=api.ExplainResult)
     async def explain(
         request: Request,
         image: ImageField = None,
         sample: SampleField = None,
-        method: Annotated[str, Form(description="A name from /api/methods.")] = "gradcam",
-        target: Annotated[str, Form(description="top1, topK, a class id or name.")] = "top1",
+        method: Annotated[
+            str, Form(max_length=INPUT_CHARS, description="A name from /api/methods.")
+        ] = "gradcam",
+        target: Annotated[
+            str, Form(max_length=INPUT_CHARS, description="top1, topK, a class id or name.")
+        ] = "top1",
         contrast: Annotated[
-            str | None, Form(description="Optional class (id or name): explain target - it.")
+            str | None,
+            Form(max_length=INPUT_CHARS, description="Optional class: explain target - it."),
         ] = None,
         layer: Annotated[
-            str | None, Form(description="Layer for CAM methods (default: theirs).")
+            str | None,
+            Form(max_length=INPUT_CHARS, description="Layer for CAM methods (default: theirs)."),
         ] = None,
         job: JobField = None,
     ) -> api.ExplainResult:
@@ -266,7 +355,7 @@ def _add_routes(app: FastAPI, desk: ModelDesk, settings: ServeSettings) -> None:
         def draw(item):
             return api.explain_answer(item, target, contrast)
 
-        result = await _served(request, desk, job, decode, compute, draw)
+        result = await _served(request, desk, settings, job, decode, compute, draw)
         return result.model_copy(update={"total_seconds": time.perf_counter() - start})
 
     @app.post("/api/features", response_model=api.Features)
@@ -274,7 +363,10 @@ def _add_routes(app: FastAPI, desk: ModelDesk, settings: ServeSettings) -> None:
         request: Request,
         image: ImageField = None,
         sample: SampleField = None,
-        layer: Annotated[str | None, Form(description="Layer (default: the CAM layer).")] = None,
+        layer: Annotated[
+            str | None,
+            Form(max_length=INPUT_CHARS, description="Layer (default: the CAM layer)."),
+        ] = None,
         top: Annotated[int, Form(ge=1, le=256, description="Channels shown.")] = 16,
         job: JobField = None,
     ) -> api.Features:
@@ -287,18 +379,37 @@ def _add_routes(app: FastAPI, desk: ModelDesk, settings: ServeSettings) -> None:
         def compute(batch):
             return api.features(model, batch, layer, top)
 
-        return await _served(request, desk, job, decode, compute)
+        return await _served(request, desk, settings, job, decode, compute)
 
     @app.get("/api/filters", response_model=api.Filters)
-    async def filters(layer: str | None = None) -> api.Filters:
+    async def filters(
+        request: Request, layer: Annotated[str | None, Query(max_length=INPUT_CHARS)] = None
+    ) -> api.Filters:
         """A convolution's filters (default: the first) as a captioned grid."""
-        return await asyncio.wrap_future(desk.submit(lambda: api.filters(model, layer)))
+
+        def grid(_nothing):
+            return api.filters(model, layer)
+
+        return await _served(request, desk, settings, None, None, grid)
+
+    @app.post("/api/jobs", response_model=api.NewJob)
+    async def new_job() -> api.NewJob:
+        """A job id for one request's ``job`` field, and the token that cancels it (keep
+        the token; an id unused for 10 minutes is forgotten)."""
+        job, token = desk.reserve_job()
+        return api.NewJob(job=job, token=token)
 
     @app.post("/api/cancel/{job}", response_model=api.Cancelled)
-    async def cancel(job: str) -> api.Cancelled:
-        """Stop job ``job`` (a request sent with that `job` field): it answers 409 and the
-        model is free for the next request. 404 when no such job is running."""
-        if not desk.cancel(job):
+    async def cancel(
+        job: Annotated[str, FastApiPath(max_length=INPUT_CHARS)],
+        token: Annotated[
+            str, Form(max_length=INPUT_CHARS, description="The token POST /api/jobs returned.")
+        ] = "",
+    ) -> api.Cancelled:
+        """Stop job ``job`` (a request sent with that `job` field, or about to be): it
+        answers 409 and the model is free for the next request. 403 without the job's
+        token, 404 when no such job is waiting or running."""
+        if not desk.cancel(job, token):
             raise HTTPException(404, f"no running job {job[:80]!r}")
         return api.Cancelled(job=job, cancelled=True)
 

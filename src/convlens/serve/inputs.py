@@ -3,25 +3,67 @@ server; and a cap on the bytes of any request body, enforced while it is receive
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from fastapi import HTTPException
 
 from convlens.data.images import ImageBatch, load_images
 from convlens.data.samples import SAMPLES, sample_names, sample_path
-from convlens.errors import ImageLoadError, ImageTooLargeError
+from convlens.errors import ConvlensError, ImageLoadError, ImageTooLargeError
 from convlens.models.loading import LoadedModel
+from convlens.serve.guard import send_json_error
 
 FORM_OVERHEAD = 64 * 1024  # multipart boundaries and the small text fields
+
+
+# (option, unit, smallest, largest) of each limit `ServeSettings.from_options` accepts.
+OPTION_RANGES = {
+    "max_upload_mb": ("--max-upload-mb", "MB", 0.001, 1000.0),
+    "max_megapixels": ("--max-megapixels", "megapixels", 0.001, 1000.0),
+    "time_limit_s": ("--time-limit", "seconds", 0.01, 3600.0),
+    "max_queue": ("--queue", "requests", 1, 1000),
+}
 
 
 @dataclass(frozen=True)
 class ServeSettings:
     """Limits of the web view: ``max_upload_bytes`` per request body, ``max_pixels`` per
-    decoded image (checked from the file header, before decoding)."""
+    decoded image (checked from the file header, before decoding), ``time_limit_s`` per
+    request in the server (then it is stopped and answers 503), ``max_queue`` requests
+    waiting or running at once (one more answers 429). Values outside the ranges of
+    `OPTION_RANGES` raise `ConvlensError`."""
 
     max_upload_bytes: int = 20_000_000
     max_pixels: int = 40_000_000
+    time_limit_s: float = 60.0
+    max_queue: int = 8
+
+    def __post_init__(self) -> None:
+        _check_range("max_upload_mb", self.max_upload_bytes / 1e6)
+        _check_range("max_megapixels", self.max_pixels / 1e6)
+        _check_range("time_limit_s", self.time_limit_s)
+        _check_range("max_queue", self.max_queue)
+
+    @classmethod
+    def from_options(
+        cls, max_upload_mb: float, max_megapixels: float, time_limit_s: float, max_queue: int
+    ) -> ServeSettings:
+        """The settings of ``convlens serve``'s options (sizes in MB and megapixels)."""
+        _check_range("max_upload_mb", max_upload_mb)
+        _check_range("max_megapixels", max_megapixels)
+        return cls(
+            max_upload_bytes=int(max_upload_mb * 1e6),
+            max_pixels=int(max_megapixels * 1e6),
+            time_limit_s=float(time_limit_s),
+            max_queue=int(max_queue),
+        )
+
+
+def _check_range(key: str, value: float) -> None:
+    option, unit, low, high = OPTION_RANGES[key]
+    if not (isinstance(value, int | float) and math.isfinite(value) and low <= value <= high):
+        raise ConvlensError(f"{option} {value!r} is out of range; give {low:g} to {high:g} {unit}")
 
 
 class UploadTooLarge(HTTPException):
@@ -49,7 +91,7 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await _json_413(send, UploadTooLarge(self.limit).detail)
+            return await send_json_error(send, 413, UploadTooLarge(self.limit).detail)
         seen = 0
 
         async def limited_receive():
@@ -62,15 +104,6 @@ class BodyLimit:
             return message
 
         return await self.app(scope, limited_receive, send)
-
-
-async def _json_413(send, message: str) -> None:
-    import json
-
-    body = json.dumps({"error": message}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": 413, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
 
 
 def check_sample_name(name: str) -> str:

@@ -4,8 +4,9 @@
 const $ = (id) => document.getElementById(id);
 const state = { file: null, sample: "", methods: {}, running: null };
 
-async function getJson(url, options) {
+async function getJson(url, options, answered) {
   const response = await fetch(url, options);
+  if (answered) answered();
   const body = await response.json().catch(() => ({ error: `HTTP ${response.status}` }));
   if (!response.ok) throw new Error(body.error || `HTTP ${response.status}`);
   return body;
@@ -63,10 +64,6 @@ function updateLayerChoice() {
   $("layer").disabled = !(method && method.uses_layer);
 }
 
-function newJobId() {
-  return "job-" + Date.now().toString(36) + "-" + Math.random().toString(36).slice(2, 10);
-}
-
 async function predict() {
   const form = imageForm();
   if (!form) return;
@@ -94,16 +91,22 @@ async function explain() {
   form.append("target", $("target").value.trim() || "top1");
   if ($("contrast").value.trim()) form.append("contrast", $("contrast").value.trim());
   if (state.methods[method].uses_layer) form.append("layer", $("layer").value);
-  const job = newJobId();
-  form.append("job", job);
+  let job;
+  try {
+    job = await getJson("/api/jobs", { method: "POST" });  // its id, and the token cancelling it
+  } catch (error) {
+    setStatus($("status"), error.message, true);
+    return;
+  }
+  form.append("job", job.job);
   const controller = new AbortController();
-  const running = { job, controller };
+  const running = { job: job.job, token: job.token, controller, answered: false };
   state.running = running;
   $("cancel-button").disabled = false;
   setStatus($("status"), `Running ${method}...`);
   try {
     const result = await getJson("/api/explain", { method: "POST", body: form,
-      signal: controller.signal });
+      signal: controller.signal }, () => { running.answered = true; });
     if (state.running === running) show(result);
   } catch (error) {
     if (state.running === running) {
@@ -122,7 +125,12 @@ async function cancel() {
   if (!running) return;
   state.running = null;
   $("cancel-button").disabled = true;
-  await fetch(`/api/cancel/${running.job}`, { method: "POST" }).catch(() => null);
+  if (!running.answered) {  // the server still holds the job: stop it there first
+    const body = new FormData();
+    body.append("token", running.token);
+    await fetch(`/api/cancel/${encodeURIComponent(running.job)}`, { method: "POST", body })
+      .catch(() => null);
+  }
   running.controller.abort();
   setStatus($("status"), "Cancelled.", true);
 }
