@@ -190,6 +190,16 @@ def write_json(path: str | Path, value, *, indent: int = 2, force: bool | None =
     return write_text(path, json.dumps(value, indent=indent), force=force)
 
 
+def torch_save(value, path: str | Path, *, force: bool | None = None) -> Path:
+    """``torch.save(value)`` to ``path`` all or nothing (`atomic_file`: a full disk is
+    `DiskFullError`, not torch's ``enforce fail``); returns ``path``."""
+    import torch
+
+    with atomic_file(path, "wb", force=force) as handle:
+        torch.save(value, handle)
+    return Path(path)
+
+
 def _translated(error: BaseException, path: Path, existed: bool) -> BaseException:
     """`DiskFullError` when ``error`` (or what it wraps: torch.save turns a failed write
     into a RuntimeError) is a full disk or quota; else ``error`` itself."""
@@ -237,6 +247,14 @@ def _record(path: Path, entry: dict) -> None:
     run.written.add(path.resolve())
     run.pending.setdefault(path.parent, {})[path.name] = entry
     if time.monotonic() - run.flushed > _FLUSH_SECONDS:
+        _flush(run)
+
+
+def flush_ledgers() -> None:
+    """Record the running job's files written so far in their folders' ledgers now (before
+    a folder they sit in is renamed); nothing outside `writing`."""
+    run = _RUN.get()
+    if run is not None:
         _flush(run)
 
 

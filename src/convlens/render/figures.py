@@ -74,7 +74,9 @@ def _metadata(fmt: str) -> dict:
     return {"Software": MARK} if fmt == "png" else {"Creator": MARK}
 
 
-def save_figure(figure, path: str | Path, dpi: int | None = None, force: bool | None = None) -> Path:
+def save_figure(
+    figure, path: str | Path, dpi: int | None = None, force: bool | None = None
+) -> Path:
     """Save a matplotlib ``figure`` as PNG, PDF or SVG by ``path``'s extension (parent
     folders created, all or nothing, a foreign file only with ``force``: `files.atomic_file`);
     ``dpi`` for raster output (default 150)."""
@@ -98,7 +100,9 @@ def save_figure(figure, path: str | Path, dpi: int | None = None, force: bool | 
     return path
 
 
-def save_image(image, path: str | Path, dpi: int | None = None, force: bool | None = None) -> Path:
+def save_image(
+    image, path: str | Path, dpi: int | None = None, force: bool | None = None
+) -> Path:
     """Write ``uint8[H, W, 3]`` (or ``[H, W]``): PNG pixel for pixel, or a PDF/SVG page of
     ``W / dpi x H / dpi`` inches holding the image (default dpi 150)."""
     path = Path(path)
