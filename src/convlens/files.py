@@ -89,6 +89,20 @@ def check_writable(path: str | Path, force: bool | None = None) -> Path:
     return path
 
 
+def check_folder(folder: str | Path, names=(), force: bool | None = None) -> Path:
+    """The up-front check of a command that fills ``folder``: `OutputExistsError` when
+    ``folder`` is an existing file, or one of the files ``names`` it will write there may
+    not be replaced (`check_writable`). Returns ``folder``."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputExistsError(
+            f"{folder} is an existing file, not a folder; pass a folder name (it is created)"
+        )
+    for name in names:
+        check_writable(folder / name, force)
+    return folder
+
+
 def _pending_entry(path: Path) -> dict | None:
     """The running job's own record of ``path`` not yet in the ledger (written this run)."""
     run = _RUN.get()

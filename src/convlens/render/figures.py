@@ -51,8 +51,9 @@ def output_folder(out: str) -> Path:
     return folder
 
 
-def check_writable(path: Path, force: bool = False) -> None:
-    """ConvlensError unless ``path`` has a picture extension and may be (over)written."""
+def check_writable(path: Path, force: bool | None = None) -> None:
+    """ConvlensError unless ``path`` has a picture extension and may be (over)written
+    (``force`` None: the running command's ``--force``, `convlens.files.writing`)."""
     if path.suffix.lower() not in FORMATS:
         raise ConvlensError(
             f"cannot write {path}: the extension decides the format, use .png, .pdf or .svg "
