@@ -111,3 +111,16 @@ def test_report_out_keeps_a_file_it_did_not_write(tmp_path, capsys, monkeypatch)
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "notes.txt exists" in err and "--force" in err
     assert notes.read_text() == "my notes"
+
+
+def test_force_replaces_a_picture_convlens_did_not_write(tmp_path, capsys):
+    from convlens.files import owned
+
+    theirs = tmp_path / "photo.png"
+    Image.new("RGB", (4, 4), (1, 2, 3)).save(theirs)
+    before = theirs.read_bytes()
+    args = ["filters", "--model", "synthetic-shapes", "--out", str(theirs)]
+    assert main(args) == 1 and theirs.read_bytes() == before
+    assert "--force" in capsys.readouterr().err
+    assert main([*args, "--force"]) == 0
+    assert theirs.read_bytes() != before and owned(theirs)
