@@ -290,7 +290,10 @@ def _ledger_entries(folder: Path) -> dict[str, dict]:
 
 def _update_ledger(folder: Path, entries: dict[str, dict | None]) -> None:
     """Merge ``entries`` (None: forget that name) into ``folder``'s ledger, under a lock
-    on the folder so that processes writing into one folder keep each other's entries."""
+    on the folder so that processes writing into one folder keep each other's entries.
+    A folder that is gone (a temporary folder discarded after a failure) is left alone."""
+    if not folder.is_dir():
+        return
     with _locked(folder):
         files = _ledger_entries(folder)
         for name, entry in entries.items():
