@@ -124,3 +124,25 @@ def test_force_replaces_a_picture_convlens_did_not_write(tmp_path, capsys):
     assert "--force" in capsys.readouterr().err
     assert main([*args, "--force"]) == 0
     assert theirs.read_bytes() != before and owned(theirs)
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_keeps_the_earlier_one(
+    tmp_path, capsys, monkeypatch
+):
+    import os
+
+    from tests.test_files import _Limited
+
+    picture = tmp_path / "filters.png"
+    args = ["filters", "--model", "synthetic-shapes", "--out", str(picture)]
+    assert main(args) == 0
+    before = picture.read_bytes()
+    capsys.readouterr()
+    real = os.fdopen
+    monkeypatch.setattr(os, "fdopen", lambda *a, **k: _Limited(real(*a, **k), 100))
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: no space left")
+    assert f"{picture}; the earlier file was kept" in err
+    assert picture.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".convlens-files.json", "filters.png"]
