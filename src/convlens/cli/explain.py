@@ -139,7 +139,7 @@ def explain_command(
     run.refuse_scripted(loaded.module)
     picture = _Picture(fmt, scale, dpi, width)
     records, errors, used = [], [], set()
-    # --out DIR: what an earlier explain left there and this run does not write goes
+    # --out DIR: files an earlier explain wrote there and this run does not are removed
     with writing(folder, "explain", force=force, remove_stale=named is None):
         for batch in iter_batches(images, loaded.preprocess, batch_size=1):
             errors.extend(batch.errors)
