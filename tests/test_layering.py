@@ -31,6 +31,7 @@ LEVELS: list[tuple[str, ...]] = [
     ("models",),
     ("data",),
     ("maps",),
+    ("files",),
     ("errors",),
 ]
 RANK = {name: level for level, names in enumerate(LEVELS) for name in names}

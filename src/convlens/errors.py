@@ -42,3 +42,12 @@ class DataError(ConvlensError, ValueError):
 
 class DeviceError(ConvlensError, ValueError):
     """A device name is unknown, or names a device this machine does not have."""
+
+
+class OutputExistsError(ConvlensError):
+    """A file convlens would write exists and is not one convlens wrote (or it was changed
+    since): it is replaced only with ``--force`` (``force=True``)."""
+
+
+class DiskFullError(ConvlensError):
+    """The disk (or quota) filled up while convlens wrote a file; the earlier file stays."""

@@ -11,6 +11,7 @@ import torch
 import convlens.render
 from convlens.attribution.explain import Explanation
 from convlens.errors import ConvlensError
+from convlens.files import LEDGER
 
 
 def _explanation(rows: int, method: str = "gradcam", display: bool = True) -> Explanation:
@@ -68,7 +69,7 @@ def test_saving_again_replaces_the_whole_folder(tmp_path):
     _explanation(1, "saliency").save(folder)
     manifest = json.loads((folder / "manifest.json").read_text())
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        ["maps.npy", "manifest.json", *manifest["overlays"]]
+        [LEDGER, "maps.npy", "manifest.json", *manifest["overlays"]]
     )  # no stale overlays of the three-row save
     assert manifest["overlays"] == ["000_saliency.png"]
     assert np.load(folder / "maps.npy").shape == (1, 4, 4)

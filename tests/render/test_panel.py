@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from convlens.errors import ConvlensError
-from convlens.render.figures import check_writable, output_path, save_image, written_by_convlens
+from convlens.files import owned
+from convlens.render.figures import check_writable, output_path, save_image
 from convlens.render.images import overlay_map
 from convlens.render.panel import (
     PanelTile,
@@ -86,7 +87,7 @@ def test_panel_has_a_colourbar_beside_each_overlay_tile():
 def test_pictures_are_written_in_the_format_their_extension_names(tmp_path, suffix, magic):
     path = save_image(np.zeros((6, 8, 3), np.uint8), tmp_path / f"x{suffix}")
     data = path.read_bytes()
-    assert data.startswith(magic) and written_by_convlens(path)
+    assert data.startswith(magic) and owned(path)
     if suffix == ".svg":
         assert b"<svg" in data[:2000]
     check_writable(path)  # ours: may be overwritten
@@ -98,7 +99,7 @@ def test_output_path_folders_and_refusals(tmp_path):
     assert output_path(str(tmp_path / "new") + "/", "f.png") == tmp_path / "new" / "f.png"
     theirs = tmp_path / "photo.png"
     theirs.write_bytes(b"\x89PNG not ours")
-    with pytest.raises(ConvlensError, match="not written by convlens.*--force"):
+    with pytest.raises(ConvlensError, match="convlens did not write it.*--force"):
         output_path(str(theirs), "f.png")
     assert output_path(str(theirs), "f.png", force=True) == theirs
     with pytest.raises(ConvlensError, match=r"\.png, \.pdf or \.svg"):

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import difflib
-import json
 import re
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ from convlens.attribution.registry import MethodInfo, MethodResult
 from convlens.data.folders import replaced_folder
 from convlens.data.images import ImageBatch, load_images
 from convlens.errors import ConvlensError, MethodError
+from convlens.files import LEDGER, atomic_file, owned, write_json
 from convlens.layers.borrow import borrowed_model
 from convlens.layers.find import LayerSpec
 from convlens.maps import normalize_maps
@@ -111,13 +112,15 @@ class Explanation:
         known) and ``manifest.json`` into ``folder``, as one unit: everything is written to
         a temporary sibling folder that then replaces ``folder`` by rename, so an error
         halfway leaves an existing folder as it was (and no new folder). An existing folder
-        is replaced only if it holds nothing but files a save writes (`_saved_file`);
-        otherwise `ConvlensError`, before anything is written."""
+        is replaced only if it holds nothing but files an earlier save wrote and nobody
+        changed since (`convlens.files.owned`); otherwise `ConvlensError`, before anything
+        is written."""
         from convlens.render import save_png
 
         folder = Path(folder)
-        with replaced_folder(folder, _saved_file) as staging:
-            np.save(staging / "maps.npy", self.maps.cpu().numpy())
+        with replaced_folder(folder, partial(_saved_file, folder)) as staging:
+            with atomic_file(staging / "maps.npy") as handle:
+                np.save(handle, self.maps.cpu().numpy())
             files = []
             if self.display is not None:
                 for row in range(len(self.maps)):
@@ -125,13 +128,17 @@ class Explanation:
                     save_png(self.overlay(row), staging / name)
                     files.append(name)
             manifest = self.record() | {"maps": "maps.npy", "overlays": files}
-            (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
+            write_json(staging / "manifest.json", manifest)
         return folder
 
 
-def _saved_file(name: str) -> bool:
-    """Whether ``name`` is a file `Explanation.save` writes (any method's)."""
-    return name in ("maps.npy", "manifest.json") or bool(_OVERLAY_NAME.fullmatch(name))
+def _saved_file(folder: Path, name: str) -> bool:
+    """Whether ``folder/name`` is a file `Explanation.save` writes (any method's), unchanged
+    since it wrote it, or the folder's ledger of them."""
+    if name == LEDGER:
+        return True
+    saved_name = name in ("maps.npy", "manifest.json") or bool(_OVERLAY_NAME.fullmatch(name))
+    return saved_name and owned(folder / name)
 
 
 _OVERLAY_NAME = re.compile(r"\d{3,}_\w+\.png")

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 import typer
 
 from convlens.cli.app import DeviceOption, JsonOption, _echo_json, app
+from convlens.cli.options import ForceOption
 
 
 @app.command("evaluate")
@@ -87,12 +87,14 @@ def evaluate_command(
     ] = None,
     as_json: JsonOption = False,
     device: DeviceOption = "cpu",
+    force: ForceOption = False,
 ) -> None:
     """Score attribution methods against ground truth: localisation, faithfulness, sanity."""
     from pathlib import Path
 
     from convlens.attribution.explain import method_names
     from convlens.evaluate.benchmark import evaluate_on_source
+    from convlens.files import check_folder
     from convlens.render.leaderboard import leaderboard_curves, leaderboard_note, leaderboard_table
 
     if data is not None and model in (None, "synthetic-shapes"):
@@ -102,6 +104,8 @@ def evaluate_command(
             param_hint="--model",
         )
     names = method_names(methods_alias or method)
+    if out is not None:  # before any work
+        check_folder(out, ("leaderboard.json", "curves.png", "sanity.png"), force)
     progress = None if as_json else _counted_progress(names, limit)
     cascade = {"cascade_images": 8} if out is not None and benchmark != "gridpg" else {}
     if curve_steps is not None:
@@ -122,17 +126,17 @@ def evaluate_command(
     )
     written = []
     if out is not None:
+        from convlens.files import write_json, writing
         from convlens.render import save_png
         from convlens.render.plots import similarity_plot
 
         folder = Path(out)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "leaderboard.json").write_text(json.dumps(board.scores, indent=2))
-        written.append(folder / "leaderboard.json")
-        if board.curves:
-            written.append(save_png(leaderboard_curves(board), folder / "curves.png"))
-        if board.cascades:
-            written.append(save_png(similarity_plot(board.cascades), folder / "sanity.png"))
+        with writing(folder, "evaluate", force=force):
+            written.append(write_json(folder / "leaderboard.json", board.scores))
+            if board.curves:
+                written.append(save_png(leaderboard_curves(board), folder / "curves.png"))
+            if board.cascades:
+                written.append(save_png(similarity_plot(board.cascades), folder / "sanity.png"))
     if as_json:
         _echo_json(board.scores)
     else:

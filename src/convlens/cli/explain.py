@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 import typer
@@ -21,6 +20,7 @@ from convlens.cli.app import (
 from convlens.cli.options import (
     ArchOption,
     DpiOption,
+    ForceOption,
     LabelsOption,
     MethodOptionOption,
     PreprocessOption,
@@ -31,7 +31,7 @@ from convlens.cli.options import (
     load_cli_model,
     parse_method_options,
 )
-from convlens.errors import TargetError
+from convlens.errors import DiskFullError, TargetError
 
 
 @app.command("explain")
@@ -75,6 +75,7 @@ def explain_command(
     scale: ScaleOption = "per-map",
     dpi: DpiOption = None,
     width: WidthOption = None,
+    force: ForceOption = False,
     preprocess: PreprocessOption = None,
     labels: LabelsOption = None,
     arch: ArchOption = None,
@@ -97,13 +98,17 @@ def explain_command(
     A method or image that fails is reported on stderr and skipped; the rest is still
     written, and the exit status is 1. With --method all, a method that cannot apply to
     the model (cam without a global-average-pool + linear head, layer methods on a
-    TorchScript model) is skipped with the reason.
+    TorchScript model) is skipped with the reason. An existing panel or JSON that convlens
+    did not write (say an annotation beside the image) is kept and its image skipped,
+    unless --force; a run into a folder removes what an earlier run left there and this
+    one did not write (files convlens wrote and nobody changed since).
     """
     from pathlib import Path
 
     from convlens.attribution.explain import check_layer_use, method_names
     from convlens.attribution.methods import get_method
     from convlens.data.images import iter_batches
+    from convlens.files import writing
     from convlens.layers import resolve_layer
     from convlens.render.figures import FORMATS
     from convlens.render.panel import SCALES
@@ -113,7 +118,7 @@ def explain_command(
         bad = ("--format", fmt, "png, pdf, svg") if f".{fmt}" not in FORMATS else None
         bad = bad or ("--scale", scale, ", ".join(SCALES))
         raise typer.BadParameter(f"{bad[1]!r}; use one of {bad[2]}", param_hint=bad[0])
-    folder, fmt, named = _panel_destination(out, fmt)
+    folder, fmt, named = _panel_destination(out, fmt, force)
     loaded = load_cli_model(
         model,
         arch=arch,
@@ -134,47 +139,50 @@ def explain_command(
     run.refuse_scripted(loaded.module)
     picture = _Picture(fmt, scale, dpi, width)
     records, errors, used = [], [], set()
-    for batch in iter_batches(images, loaded.preprocess, batch_size=1):
-        errors.extend(batch.errors)
-        _report_skipped(batch.errors)
-        if not len(batch):
-            continue
-        stem = _unique_stem(named or Path(batch.sources[0]).stem, used)
-        try:
-            record = _explain_one_image(
-                loaded,
-                batch,
-                run,
-                explained,
-                layer,
-                folder / stem,
-                debug,
-                method_options,
-                picture,
+    # --out DIR: files an earlier explain wrote there and this run does not are removed
+    with writing(folder, "explain", force=force, remove_stale=named is None):
+        for batch in iter_batches(images, loaded.preprocess, batch_size=1):
+            errors.extend(batch.errors)
+            _report_skipped(batch.errors)
+            if not len(batch):
+                continue
+            stem = _unique_stem(named or Path(batch.sources[0]).stem, used)
+            try:
+                _check_outputs(folder / stem, picture.fmt)  # before any work on this image
+                record = _explain_one_image(
+                    loaded,
+                    batch,
+                    run,
+                    explained,
+                    layer,
+                    folder / stem,
+                    debug,
+                    method_options,
+                    picture,
+                )
+            except (TargetError, DiskFullError):
+                raise  # the same for every image: stop with one line
+            except Exception as error:  # this image fails; the next ones still run
+                errors.append((batch.sources[0], _error_text(error)))
+                _report_failure(f"failed on {batch.sources[0]}", error, debug)
+                continue
+            records.append(record)
+            if not as_json and record["panel"] is not None:
+                top = record["predictions"][0]
+                typer.echo(
+                    f"{record['source']}: explained {record['explained']} "
+                    f"(top: {top['label']} {top['probability']:.3f}) -> {record['panel']}"
+                )
+        if as_json:
+            _echo_json(
+                {
+                    "records": records,
+                    "errors": [{"source": s, "error": m} for s, m in errors],
+                    "skipped_methods": run.skipped,
+                }
             )
-        except TargetError:
-            raise  # the same for every image: stop with one line
-        except Exception as error:  # this image fails; the next ones still run
-            errors.append((batch.sources[0], _error_text(error)))
-            _report_failure(f"failed on {batch.sources[0]}", error, debug)
-            continue
-        records.append(record)
-        if not as_json and record["panel"] is not None:
-            top = record["predictions"][0]
-            typer.echo(
-                f"{record['source']}: explained {record['explained']} "
-                f"(top: {top['label']} {top['probability']:.3f}) -> {record['panel']}"
-            )
-    if as_json:
-        _echo_json(
-            {
-                "records": records,
-                "errors": [{"source": s, "error": m} for s, m in errors],
-                "skipped_methods": run.skipped,
-            }
-        )
-    if errors or run.failed:
-        raise typer.Exit(1)
+        if errors or run.failed:
+            raise typer.Exit(1)
 
 
 class _ExplainRun:
@@ -246,6 +254,7 @@ def _explain_one_image(
         target_text,
         write_panel,
     )
+    from convlens.files import write_json
 
     explanations, failures = explain_methods(
         loaded,
@@ -281,8 +290,7 @@ def _explain_one_image(
         "failed_methods": failed,
         "panel": None if panel_path is None else str(panel_path),
     }
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(record, indent=2))
+    write_json(stem.with_suffix(".json"), record)
     return record
 
 
@@ -299,7 +307,16 @@ def _unique_stem(stem: str, used: set[str]) -> str:
     return candidate
 
 
-def _panel_destination(out: str, fmt: str) -> tuple:
+def _check_outputs(stem, fmt: str) -> None:
+    """`OutputExistsError` (naming --force) when this image's panel or JSON exists and is
+    not convlens's (`convlens.files.check_writable`)."""
+    from convlens.files import check_writable
+
+    check_writable(stem.with_suffix(f".{fmt}"))
+    check_writable(stem.with_suffix(".json"))
+
+
+def _panel_destination(out: str, fmt: str, force: bool = False) -> tuple:
     """``(folder, format, file stem or None)``: ``--out DIR`` (panels named after their
     images), or ``--out NAME.png|.pdf|.svg`` (the panel of the first image written there,
     its JSON beside it, further images as ``NAME_2`` ...; the extension sets the format)."""
@@ -309,7 +326,7 @@ def _panel_destination(out: str, fmt: str) -> tuple:
 
     path = Path(out)
     if path.suffix.lower() in FORMATS and not path.is_dir() and not out.endswith("/"):
-        check_writable(path)
+        check_writable(path, force)
         return output_folder(str(path.parent)), path.suffix.lower()[1:], path.stem
     return output_folder(out), fmt, None
 

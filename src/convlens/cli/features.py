@@ -63,7 +63,7 @@ def filters_command(
 
         matrix = filter_matrix(loaded, layer, max_rows=max_filters)
         path = output_path(out, f"filters-{matrix.layer}.png", force)
-        save_figure(filter_matrix_figure(matrix, width), path, dpi)
+        save_figure(filter_matrix_figure(matrix, width), path, dpi, force)
         if matrix.note():
             typer.echo(f"{matrix.layer}: {matrix.note()}", err=True)
         rows, columns = matrix.values.shape
@@ -98,7 +98,7 @@ def _filter_tiles(loaded, layer, reduce, scaling, max_filters, out, force, dpi) 
             err=True,
         )
     path = output_path(out, f"filters-{tiles.layer or 'model'}.png", force)
-    save_image(filter_grid(tiles), path, dpi)
+    save_image(filter_grid(tiles), path, dpi, force)
     typer.echo(f"{len(tiles.labels)} {tiles.reduce} tiles of {tiles.layer} ({scaling}) -> {path}")
 
 
@@ -145,13 +145,13 @@ def features_command(
     if all_layers:
         maps = layer_mean_maps(loaded, tensor[0])
         path = output_path(out, "features-all-layers.png", force)
-        save_image(layer_means_grid(maps), path, dpi)
+        save_image(layer_means_grid(maps), path, dpi, force)
         typer.echo(f"{len(maps)} stages ({', '.join(name for name, _ in maps)}) -> {path}")
         return
     layer = layer or default_cam_layer(loaded.module, tensor)
     result = feature_maps(loaded, tensor[0], layer, top=top)
     path = output_path(out, f"features-{result.layer}.png", force)
-    save_image(feature_map_grid(result), path, dpi)
+    save_image(feature_map_grid(result), path, dpi, force)
     typer.echo(f"{len(result.channels)} channels of {result.layer} -> {path}")
 
 
@@ -194,7 +194,7 @@ def visualize_command(
     result = optimize.render(loaded, objective, steps=steps, param=param, seed=seed, progress=True)
     stem = "-".join(stem.split())
     path = output_path(out, f"visualize-{stem}.png", force)
-    save_image(to_uint8(result.images[0]), path, dpi)
+    save_image(to_uint8(result.images[0]), path, dpi, force)
     typer.echo(
         f"{objective.name}: {float(result.history[0, 0]):.3g} at the start, "
         f"{float(result.final[0]):.3g} for the result after {steps} steps -> {path}"

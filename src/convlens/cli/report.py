@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from convlens.cli.app import DeviceOption, ImagesArgument, ModelOption, _report_skipped, app
+from convlens.cli.options import ForceOption
 
 
 @app.command("report")
@@ -27,13 +28,17 @@ def report_command(
     ] = False,
     out: Annotated[str, typer.Option("--out", "-o", help="HTML file to write.")] = "report.html",
     device: DeviceOption = "cpu",
+    force: ForceOption = False,
 ) -> None:
     """Write one HTML page (pictures inlined, no network) with a section per image:
     top-5, methods for the top classes, CAM box, contrast, occlusion, stages, feature maps,
-    and the first-layer filters. Unreadable inputs are skipped with a message (exit 1)."""
+    and the first-layer filters. Unreadable inputs are skipped with a message (exit 1). An
+    existing --out file that convlens did not write is refused unless --force."""
+    from convlens.files import check_writable
     from convlens.models import load_model
     from convlens.report import DEFAULT_METHODS, build_report, write_report
 
+    check_writable(out, force)  # before any work
     loaded = load_model(model, device=device)
     page, skipped = build_report(
         loaded,
@@ -44,7 +49,7 @@ def report_command(
         progress=lambda message: typer.echo(message, err=True),
     )
     _report_skipped(skipped)
-    path = write_report(out, page)
+    path = write_report(out, page, force)
     typer.echo(f"{path} ({len(page) / 1e6:.1f} MB)")
     if skipped:
         raise typer.Exit(1)

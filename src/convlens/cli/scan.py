@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from convlens.cli.app import DeviceOption, JsonOption, ModelOption, _echo_json, app
+from convlens.cli.options import ForceOption
 
 DataArgument = Annotated[
     str,
@@ -86,41 +87,47 @@ def scan_command(
     workers: WorkersOption = 0,
     save_every: SaveEveryOption = 50,
     resume: ResumeOption = False,
+    force: ForceOption = False,
 ) -> None:
     """Top-k dataset patches of every channel with projections: DIR/<layer>/topk.json,
-    one PNG per channel (projections beside patches) and DIR/index.html."""
+    one PNG per channel (projections beside patches) and DIR/index.html. Files in DIR that
+    convlens did not write are kept (refused unless --force); what an earlier scan wrote
+    there and this one does not (layers no longer scanned) is removed."""
+    from convlens.files import check_folder, writing
     from convlens.models import load_model
     from convlens.report.atlas import write_scan_atlas
     from convlens.scan.output import write_scan
     from convlens.scan.topk import top_activating
 
+    check_folder(out, ("scan.json", "index.html"), force)
     opened, rank = _start_group(device)
     try:
-        rules = _rules(projections)
-        result = top_activating(
-            load_model(model),
-            data,
-            layers.split(",") if layers else None,
-            k=k,
-            by=by,
-            projections=rules,
-            device=device,
-            batch_size=batch_size,
-            workers=workers,
-            checkpoint=Path(out) / ".state" / "scan",
-            save_every=save_every,
-            resume=resume,
-            progress=True,
-        )
-        write_scan(result, out, rules[0] if rules else None, progress=True)  # ranks share
-        if rank == 0:
-            page = write_scan_atlas(out, f"convlens scan of {data}")
-            _report_skipped(result.errors)
-            channels = sum(len(top.channels) for top in result.layers.values())
-            typer.echo(
-                f"{result.scanned} images, {len(result.layers)} layers, {channels} channels "
-                f"-> {page}"
+        with writing(out, "scan", force=force, remove_stale=rank == 0):
+            rules = _rules(projections)
+            result = top_activating(
+                load_model(model),
+                data,
+                layers.split(",") if layers else None,
+                k=k,
+                by=by,
+                projections=rules,
+                device=device,
+                batch_size=batch_size,
+                workers=workers,
+                checkpoint=Path(out) / ".state" / "scan",
+                save_every=save_every,
+                resume=resume,
+                progress=True,
             )
+            write_scan(result, out, rules[0] if rules else None, progress=True)  # ranks share
+            if rank == 0:
+                page = write_scan_atlas(out, f"convlens scan of {data}")
+                _report_skipped(result.errors)
+                channels = sum(len(top.channels) for top in result.layers.values())
+                typer.echo(
+                    f"{result.scanned} images, {len(result.layers)} layers, {channels} channels "
+                    f"-> {page}"
+                )
     finally:
         _end_group(opened)
 
@@ -142,40 +149,45 @@ def embed_command(
     workers: WorkersOption = 0,
     save_every: SaveEveryOption = 50,
     resume: ResumeOption = False,
+    force: ForceOption = False,
 ) -> None:
     """Pooled features of every image: DIR/embeddings.npy (float16), DIR/index.json,
-    DIR/map.png and DIR/index.html."""
+    DIR/map.png and DIR/index.html (files convlens did not write are refused unless
+    --force)."""
     from convlens.data.datasets import open_dataset
+    from convlens.files import check_folder, writing
     from convlens.models import load_model
     from convlens.report.atlas import write_embedding_atlas
     from convlens.scan.embed import embed
     from convlens.scan.output import write_embedding
 
+    check_folder(out, ("embeddings.npy", "index.json", "map.png", "index.html"), force)
     opened, rank = _start_group(device)
     try:
-        loaded = load_model(model)
-        dataset = open_dataset(data, loaded.preprocess)
-        result = embed(
-            loaded,
-            dataset,
-            layer,
-            device=device,
-            batch_size=batch_size,
-            workers=workers,
-            checkpoint=Path(out) / ".state" / "embed",
-            save_every=save_every,
-            resume=resume,
-            progress=True,
-        )
-        if rank == 0:
-            result = _with_data(result, data, model)
-            method = None if map_method == "none" else map_method
-            picture = write_embedding(result, dataset, out, method)
-            page = write_embedding_atlas(
-                out, picture.name if picture else None, f"convlens embedding of {data}"
+        with writing(out, "embed", force=force, remove_stale=rank == 0):
+            loaded = load_model(model)
+            dataset = open_dataset(data, loaded.preprocess)
+            result = embed(
+                loaded,
+                dataset,
+                layer,
+                device=device,
+                batch_size=batch_size,
+                workers=workers,
+                checkpoint=Path(out) / ".state" / "embed",
+                save_every=save_every,
+                resume=resume,
+                progress=True,
             )
-            _report_skipped(list(result.errors))
-            typer.echo(f"{len(result.sources)} x {result.vectors.shape[1]} features -> {page}")
+            if rank == 0:
+                result = _with_data(result, data, model)
+                method = None if map_method == "none" else map_method
+                picture = write_embedding(result, dataset, out, method)
+                page = write_embedding_atlas(
+                    out, picture.name if picture else None, f"convlens embedding of {data}"
+                )
+                _report_skipped(list(result.errors))
+                typer.echo(f"{len(result.sources)} x {result.vectors.shape[1]} features -> {page}")
     finally:
         _end_group(opened)
 
@@ -201,11 +213,13 @@ def neighbors_command(
         typer.Option("--model", "-m", help="Model (default: the one the index was made with)."),
     ] = None,
     device: DeviceOption = "cpu",
+    force: ForceOption = False,
 ) -> None:
     """The k nearest images of IMAGE in an embedding: printed (or JSON: a list of
     {"source", "distance"}) and drawn as a strip."""
     from convlens.data.datasets import open_dataset
     from convlens.data.images import load_images
+    from convlens.files import check_writable
     from convlens.models import load_model
     from convlens.render.images import save_png
     from convlens.render.scans import neighbours_strip
@@ -214,6 +228,8 @@ def neighbors_command(
     from convlens.scan.output import thumbnails
     from convlens.scan.stream import placed_on
 
+    picture = out or f"neighbors-{Path(image).stem}.png"
+    check_writable(picture, force)
     stored = load_embeddings(index)
     loaded = load_model(model or stored.model)
     batch = load_images([image], preprocess=loaded.preprocess)
@@ -231,12 +247,11 @@ def neighbors_command(
         {"source": stored.sources[r], "distance": float(d)}
         for r, d in zip(rows[0].tolist(), distances[0].tolist(), strict=True)
     ]
-    picture = out or f"neighbors-{Path(image).stem}.png"
     if stored.data is not None:
         dataset = open_dataset(stored.data, loaded.preprocess)
         tiles = thumbnails(dataset, [f["source"] for f in found], size=128)
         captions = [f"{Path(f['source']).name} {f['distance']:.3f}" for f in found]
-        save_png(neighbours_strip(batch.display[0], tiles, captions), picture)
+        save_png(neighbours_strip(batch.display[0], tiles, captions), picture, force)
     if json_:
         _echo_json(found)
         return

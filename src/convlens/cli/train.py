@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from convlens.cli.app import DeviceOption, JsonOption, _echo_json, app
+from convlens.cli.options import ForceOption
 
 
 @dataclass(frozen=True)
@@ -125,9 +126,12 @@ def train_command(
     ] = 10,
     as_json: JsonOption = False,
     device: DeviceOption = "cpu",
+    force: ForceOption = False,
 ) -> None:
     """Train a model; print its held-out scores and where it was written (on the CPU:
-    --device takes cpu only for now).
+    --device takes cpu only for now). Files in --out that convlens did not write are kept
+    (refused unless --force); what an earlier training run left there and this one does
+    not write is removed.
 
     Examples: convlens train --task segmentation --out seg --upsample bilinear;
     convlens train --head acol --data synthetic --epochs 4 --out acol
@@ -177,18 +181,22 @@ def train_command(
         random_backbone=random_backbone,
         keep_epochs=keep_epochs,
     )
-    record = _train_head(options) if head is not None else _TASKS[task](options)
+    from convlens.files import check_folder, writing
+
+    check_folder(out, ("model.pt", "record.json", "checkpoint.pt"), force)
+    with writing(out, "train", force=force):
+        record = _train_head(options) if head is not None else _TASKS[task](options)
     if as_json:
         _echo_json(record)
 
 
 def _train_segmentation(options: TrainOptions) -> dict:
-    import json
     from pathlib import Path
 
     import torch
 
     from convlens.errors import DataError
+    from convlens.files import write_json
     from convlens.models import load_model
     from convlens.models.segmentation import UPSAMPLING, save_segmentation_model
     from convlens.train import segmentation as seg
@@ -249,7 +257,7 @@ def _train_segmentation(options: TrainOptions) -> dict:
     path = save_segmentation_model(
         model, out / "model.pt", seg.SEGMENTATION_CLASSES, seg.segmentation_preprocess(), record
     )
-    (out / "record.json").write_text(json.dumps(record, indent=2))
+    write_json(out / "record.json", record)
     typer.echo(
         f"held-out mIoU {scores['mean_iou']:.3f}, pixel accuracy {scores['pixel_accuracy']:.3f} "
         f"({options.test} scenes, seed {seg.TEST_SEED}); trained in {log.seconds:.0f} s; "
@@ -262,12 +270,12 @@ def _train_segmentation(options: TrainOptions) -> dict:
 def _train_head(options: TrainOptions) -> dict:
     """``--head``: a localising head on a backbone, trained on the synthetic shapes
     (``--limit`` items, default --train; --test held out) or an ImageFolder tree."""
-    import json
     from pathlib import Path
 
     import torch
 
     from convlens.errors import DataError
+    from convlens.files import write_json
     from convlens.models import load_model
     from convlens.models.heads import HEADS, save_head_model
     from convlens.train import heads
@@ -326,7 +334,7 @@ def _train_head(options: TrainOptions) -> dict:
     log = heads.train_head(model, data, **loop)
     record = heads.head_record(log, model, data, **settings)
     path = save(out / "model.pt", record)
-    (out / "record.json").write_text(json.dumps(record, indent=2))
+    write_json(out / "record.json", record)
     typer.echo(
         f"held-out accuracy {record['test_accuracy']:.3f} ({record['test_items']} images); "
         f"trained in {log.seconds:.0f} s; wrote {path}",

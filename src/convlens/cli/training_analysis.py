@@ -109,7 +109,7 @@ def evolution_command(
         rule=None if rule == "none" else rule,
         columns=[_column(f) for f in files],
     )
-    save_figure(evolution_figure(evolution), path, dpi)
+    save_figure(evolution_figure(evolution), path, dpi, force)
     typer.echo(
         f"{len(evolution.rows)} channels x {len(evolution.columns)} epochs -> {path}", err=True
     )
@@ -180,7 +180,7 @@ def ablate_command(
         train = _images(loaded, tune_data, None, TRAIN_SEED)
         tune = FineTune(train.inputs, train.labels, tune_epochs, tune_lr)
     result = ablate_layers(loaded, images.inputs, images.labels, layer, mode, fine_tune=tune)
-    save_figure(ablation_figure(result), path, dpi)
+    save_figure(ablation_figure(result), path, dpi, force)
     if as_json:
         _echo_json(result.record())
     else:
@@ -249,7 +249,7 @@ def invariance_command(
         invariance_curves(loaded, images.inputs, images.labels, layer, kind, sources=images.sources)
         for kind in kinds
     ]
-    save_figure(invariance_figure(curves), path, dpi)
+    save_figure(invariance_figure(curves), path, dpi, force)
     if as_json:
         _echo_json([curve.record() for curve in curves])
     typer.echo(f"{', '.join(kinds)} on {len(images.sources)} images -> {path}", err=True)

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from convlens.errors import ConvlensError
+from convlens.files import flush_ledgers
 
 
 @contextmanager
@@ -35,6 +36,7 @@ def replaced_folder(folder: str | Path, replaceable: Callable[[str], bool]) -> I
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.new-", dir=folder.parent))
     try:
         yield staging
+        flush_ledgers()  # the files' ledger entries move with the folder
         _swap_in(staging, folder)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -33,6 +33,7 @@ from torch import nn
 
 from convlens.data.preprocess import Preprocess
 from convlens.errors import ModelLoadError
+from convlens.files import torch_save
 from convlens.models.loading import LoadedModel, load_model, register_file_format
 
 HEADS = ("cam", "nin", "acol", "scouter")
@@ -349,8 +350,7 @@ def save_head_model(
     settings, class names, preprocessing, training record) to ``path``; `load_model(path)`
     (``--model PATH``) reads it back."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(
+    torch_save(
         {
             "format": FILE_FORMAT,
             "backbone": backbone,

@@ -39,6 +39,7 @@ from torch import nn
 
 from convlens.data.preprocess import Preprocess
 from convlens.errors import ModelLoadError
+from convlens.files import torch_save
 from convlens.models.loading import LoadedModel, register_file_format
 
 UPSAMPLING = ("nearest", "bilinear", "transposed")
@@ -222,8 +223,7 @@ def save_segmentation_model(
     normalisation, training record) to ``path``; `convlens.load_model(path)` reads it back
     as a `LoadedModel` (``--model PATH`` on the command line)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(
+    torch_save(
         {
             "format": FILE_FORMAT,
             "config": dict(model.config),

@@ -5,9 +5,9 @@ Figures are matplotlib `Figure` objects (object API, no pyplot state) saved thro
 backend the extension names (Agg for PNG, matplotlib's PDF and SVG backends), so PDF and SVG
 are real vector files (text stays text; images inside are embedded rasters). Raster arrays
 (``uint8[H, W, 3]``) are written pixel for pixel as PNG, or placed on a page of exactly their
-size at ``dpi`` for PDF/SVG. Every file written carries ``convlens`` in its metadata, which is
-how `output_path` tells a picture convlens wrote (overwritten freely) from someone else's
-file (refused unless ``force``).
+size at ``dpi`` for PDF/SVG. Every file is written through `convlens.files` (all or nothing;
+a file convlens did not write is refused unless ``force``) and carries ``convlens`` in its
+metadata.
 """
 
 from __future__ import annotations
@@ -16,8 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from convlens import files
 from convlens.errors import ConvlensError
-from convlens.render.images import MARK, save_png
+from convlens.files import MARK
+from convlens.render.images import save_png
 
 FORMATS = {".png": "png", ".pdf": "pdf", ".svg": "svg"}
 DEFAULT_DPI = 150
@@ -49,8 +51,9 @@ def output_folder(out: str) -> Path:
     return folder
 
 
-def check_writable(path: Path, force: bool = False) -> None:
-    """ConvlensError unless ``path`` has a picture extension and may be (over)written."""
+def check_writable(path: Path, force: bool | None = None) -> None:
+    """ConvlensError unless ``path`` has a picture extension and may be (over)written
+    (``force`` None: the running command's ``--force``, `convlens.files.writing`)."""
     if path.suffix.lower() not in FORMATS:
         raise ConvlensError(
             f"cannot write {path}: the extension decides the format, use .png, .pdf or .svg "
@@ -58,23 +61,7 @@ def check_writable(path: Path, force: bool = False) -> None:
         )
     if path.is_dir():
         raise ConvlensError(f"{path} is a folder; end --out with / to write inside it")
-    if path.exists() and not force and not written_by_convlens(path):
-        raise ConvlensError(
-            f"{path} exists and was not written by convlens; choose another name, or pass "
-            "--force to overwrite it"
-        )
-
-
-def written_by_convlens(path: Path) -> bool:
-    """Whether ``path`` carries the metadata mark every convlens picture is written with."""
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(1 << 16)
-            handle.seek(max(0, path.stat().st_size - (1 << 16)))
-            tail = handle.read()
-    except OSError:
-        return False
-    return MARK.encode() in head or MARK.encode() in tail
+    files.check_writable(path, force)
 
 
 def _format(path: Path) -> str:
@@ -88,12 +75,14 @@ def _metadata(fmt: str) -> dict:
     return {"Software": MARK} if fmt == "png" else {"Creator": MARK}
 
 
-def save_figure(figure, path: str | Path, dpi: int | None = None) -> Path:
+def save_figure(
+    figure, path: str | Path, dpi: int | None = None, force: bool | None = None
+) -> Path:
     """Save a matplotlib ``figure`` as PNG, PDF or SVG by ``path``'s extension (parent
-    folders created); ``dpi`` for raster output (default 150)."""
+    folders created, all or nothing, a foreign file only with ``force``: `files.atomic_file`);
+    ``dpi`` for raster output (default 150)."""
     path = Path(path)
     fmt = _format(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "png":
         from matplotlib.backends.backend_agg import FigureCanvasAgg as Canvas
     elif fmt == "pdf":
@@ -104,12 +93,17 @@ def save_figure(figure, path: str | Path, dpi: int | None = None) -> Path:
 
     Canvas(figure)
     # Text stays text (editable, searchable): SVG <text>, TrueType fonts in the PDF.
-    with matplotlib.rc_context({"svg.fonttype": "none", "pdf.fonttype": 42}):
-        figure.savefig(path, format=fmt, dpi=dpi or DEFAULT_DPI, metadata=_metadata(fmt))
+    with (
+        matplotlib.rc_context({"svg.fonttype": "none", "pdf.fonttype": 42}),
+        files.atomic_file(path, force=force) as handle,
+    ):
+        figure.savefig(handle, format=fmt, dpi=dpi or DEFAULT_DPI, metadata=_metadata(fmt))
     return path
 
 
-def save_image(image, path: str | Path, dpi: int | None = None) -> Path:
+def save_image(
+    image, path: str | Path, dpi: int | None = None, force: bool | None = None
+) -> Path:
     """Write ``uint8[H, W, 3]`` (or ``[H, W]``): PNG pixel for pixel, or a PDF/SVG page of
     ``W / dpi x H / dpi`` inches holding the image (default dpi 150)."""
     path = Path(path)
@@ -117,9 +111,8 @@ def save_image(image, path: str | Path, dpi: int | None = None) -> Path:
     array = np.asarray(image)
     if array.dtype != np.uint8 or array.ndim not in (2, 3):
         raise ConvlensError(f"save_image takes uint8[H, W(, 3)] pixels, got {array.dtype}")
-    path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "png":
-        return save_png(array, path)
+        return save_png(array, path, force)
     from matplotlib.figure import Figure
 
     dpi = dpi or DEFAULT_DPI
@@ -128,7 +121,7 @@ def save_image(image, path: str | Path, dpi: int | None = None) -> Path:
     axes = figure.add_axes((0, 0, 1, 1))
     axes.imshow(array, cmap="gray" if array.ndim == 2 else None, interpolation="nearest")
     axes.set_axis_off()
-    return save_figure(figure, path, dpi)
+    return save_figure(figure, path, dpi, force)
 
 
 def to_array(figure) -> np.ndarray:

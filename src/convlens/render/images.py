@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 from convlens.errors import ConvlensError
+from convlens.files import MARK, atomic_file
 
 
 def _as_numpy(array) -> np.ndarray:
@@ -199,7 +200,6 @@ def _as_rgb_tile(image: np.ndarray) -> np.ndarray:
     return image
 
 
-MARK = "convlens"  # the metadata every picture convlens writes carries (`figures.MARK`)
 _PNG_COLOUR_TYPES = {1: 0, 3: 2, 4: 6}  # channels -> PNG colour type (grey, RGB, RGBA)
 
 
@@ -246,10 +246,11 @@ def png_data_uri(image) -> str:
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
-def save_png(image, path: str | Path) -> Path:
-    """Write ``uint8[H, W, 3]`` (or ``[H, W]``) as a PNG, creating parent folders."""
+def save_png(image, path: str | Path, force: bool | None = None) -> Path:
+    """Write ``uint8[H, W, 3]`` (or ``[H, W]``) as a PNG, creating parent folders, all or
+    nothing and never over a file convlens did not write unless ``force``
+    (`convlens.files.atomic_file`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     array = _as_numpy(image)
     if array.dtype != np.uint8:
         raise ConvlensError(f"save_png takes uint8 pixels, got {array.dtype}")
@@ -257,5 +258,6 @@ def save_png(image, path: str | Path) -> Path:
 
     info = PngImagePlugin.PngInfo()
     info.add_text("Software", MARK)  # how --out tells our pictures from the user's files
-    Image.fromarray(array).save(path, format="PNG", pnginfo=info)
+    with atomic_file(path, force=force) as handle:
+        Image.fromarray(array).save(handle, format="PNG", pnginfo=info)
     return path

@@ -13,6 +13,8 @@ import html
 import json
 from pathlib import Path
 
+from convlens.files import write_text
+
 STYLE = """
 body { font: 14px/1.4 system-ui, sans-serif; color: #222; margin: 0; display: flex; }
 nav { position: sticky; top: 0; height: 100vh; overflow-y: auto; min-width: 12rem;
@@ -86,9 +88,7 @@ def write_scan_atlas(folder: str | Path, title: str = "convlens scan") -> Path:
             for s in skipped[:50]
         )
         intro += f"<table><tr><th>skipped</th><th>why</th></tr>{rows}</table>"
-    path = folder / "index.html"
-    path.write_text(_page(title, menu, intro + "\n".join(sections)), encoding="utf-8")
-    return path
+    return write_text(folder / "index.html", _page(title, menu, intro + "\n".join(sections)))
 
 
 def write_embedding_atlas(folder: str | Path, map_png: str | None, title: str) -> Path:
@@ -115,10 +115,8 @@ def write_embedding_atlas(folder: str | Path, map_png: str | None, title: str) -
         '<section id="items"><h2>Items</h2><table><tr><th>row</th><th>source</th>'
         f"<th>label</th></tr>{rows}</table></section>"
     )
-    path = folder / "index.html"
     menu = [("map", "Map"), ("items", "Items")] if map_png else [("items", "Items")]
-    path.write_text(_page(title, menu, "\n".join(body)), encoding="utf-8")
-    return path
+    return write_text(folder / "index.html", _page(title, menu, "\n".join(body)))
 
 
 def _label(label: int, classes: list[str]) -> str:

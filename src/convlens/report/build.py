@@ -14,6 +14,7 @@ from convlens.attribution.explain import explain, explain_methods, method_names,
 from convlens.data.images import ImageBatch, iter_batches
 from convlens.errors import ImageLoadError
 from convlens.features import feature_maps, filter_tiles, layer_mean_maps, optimize
+from convlens.files import write_text
 from convlens.layers import default_cam_layer
 from convlens.models.loading import LoadedModel
 from convlens.render.boxes import draw_boxes
@@ -67,12 +68,10 @@ def build_report(
     return page_html(f"convlens report: {model.name}", meta, sections), skipped
 
 
-def write_report(path: str | Path, page: str) -> Path:
-    """Write ``page`` to ``path`` (parent folders created); returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page, encoding="utf-8")
-    return path
+def write_report(path: str | Path, page: str, force: bool | None = None) -> Path:
+    """Write ``page`` to ``path`` (parent folders created; all or nothing, and a file
+    convlens did not write only with ``force``: `convlens.files`); returns the path."""
+    return write_text(path, page, force=force)
 
 
 def image_sections(

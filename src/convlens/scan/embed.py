@@ -20,6 +20,7 @@ from torch import nn
 
 from convlens.data.datasets import open_dataset
 from convlens.errors import DataError
+from convlens.files import atomic_file, write_json
 from convlens.layers import capture, resolve_layer
 from convlens.layers.inputs import capture_inputs, classifier_layer
 from convlens.models.loading import LoadedModel, load_model
@@ -49,8 +50,8 @@ class Embeddings:
     def save(self, folder: str | Path) -> Path:
         """Write ``embeddings.npy`` (float16 ``[N, D]``) and ``index.json`` under ``folder``."""
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        np.save(folder / VECTORS_FILE, self.vectors.numpy().astype(np.float16))
+        with atomic_file(folder / VECTORS_FILE) as handle:
+            np.save(handle, self.vectors.numpy().astype(np.float16))
         index = {
             "sources": self.sources,
             "labels": self.labels,
@@ -62,7 +63,7 @@ class Embeddings:
             "dim": int(self.vectors.shape[1]),
             "skipped": [{"source": s, "message": m} for s, m in self.errors],
         }
-        (folder / INDEX_FILE).write_text(json.dumps(index, indent=1))
+        write_json(folder / INDEX_FILE, index, indent=1)
         return folder
 
 

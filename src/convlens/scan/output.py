@@ -9,7 +9,6 @@ the patch is grey).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from tqdm.auto import tqdm
 
 from convlens.data.datasets import ScanDataset
 from convlens.errors import ImageLoadError
+from convlens.files import write_json
 from convlens.render.images import save_png
 from convlens.render.scans import thumbnail_map, top_units_panel
 from convlens.scan.distributed import barrier, rank_and_world
@@ -65,9 +65,8 @@ def write_scan(
     rules = (rule,) if rule in result.views.rules else ()
     for name, top in result.layers.items():
         folder = out / name
-        folder.mkdir(parents=True, exist_ok=True)
         if rank == 0:
-            (folder / "topk.json").write_text(json.dumps(layer_json(top), indent=1))
+            write_json(folder / "topk.json", layer_json(top), indent=1)
         mine = [c for c, units in enumerate(top.channels) if units][rank::world]
         views = result.channel_views(name, mine)
         for view in tqdm(views, total=len(mine), disable=not progress or rank > 0, desc=name):
@@ -82,7 +81,7 @@ def write_scan(
             "skipped": [{"source": s, "message": m} for s, m in result.errors],
             "projection": rules[0] if rules else None,
         }
-        (out / SCAN_FILE).write_text(json.dumps(summary, indent=1))
+        write_json(out / SCAN_FILE, summary, indent=1)
     barrier()
     return out
 

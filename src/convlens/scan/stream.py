@@ -23,6 +23,7 @@ from torch import nn
 
 from convlens.data.datasets import ScanDataset, batch_loader
 from convlens.errors import DataError
+from convlens.files import torch_save
 from convlens.layers import borrowed_model
 from convlens.layers.capture import Capture
 from convlens.layers.early_stop import run_until
@@ -131,8 +132,7 @@ def _state_file(checkpoint, rank: int, world: int) -> Path | None:
 
 
 def _save(path: Path, reducer: Reducer, fingerprint, done, scanned, errors) -> None:
-    """Write the state atomically (a temporary file renamed over the old state)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write the state all or nothing (`convlens.files.atomic_file`)."""
     state = {
         "fingerprint": fingerprint,
         "batches": done,
@@ -140,9 +140,7 @@ def _save(path: Path, reducer: Reducer, fingerprint, done, scanned, errors) -> N
         "errors": errors,
         "reducer": reducer.state_dict(),
     }
-    temporary = path.with_name(path.name + ".tmp")
-    torch.save(state, temporary)
-    os.replace(temporary, path)
+    torch_save(state, path)
 
 
 def _restore(path: Path, reducer: Reducer, fingerprint) -> tuple[int, int, list]:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from convlens.errors import DataError
+from convlens.files import torch_save
 
 
 @dataclass
@@ -143,8 +143,8 @@ def train_epochs(
 def _save_checkpoint(
     path: Path, settings, epochs_done, model, optimizer, schedule, generator, log
 ) -> None:
-    """Write the training state to ``path`` atomically (a partial file never replaces it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write the training state to ``path`` all or nothing (`convlens.files.torch_save`: a
+    partial file never replaces it, and a full disk is `DiskFullError`)."""
     state = {
         "settings": settings,
         "epochs_done": epochs_done,
@@ -154,9 +154,7 @@ def _save_checkpoint(
         "generator": generator.get_state(),
         "log": {"losses": log.losses, "accuracies": log.accuracies, "seconds": log.seconds},
     }
-    partial = path.with_name(path.name + ".partial")
-    torch.save(state, partial)
-    os.replace(partial, path)
+    torch_save(state, path)
 
 
 def _restore(path: Path, settings, model, optimizer, schedule, generator, log) -> int:
@@ -260,8 +258,5 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
 def save_weights(model: nn.Module, path: str | Path, **metadata) -> Path:
     """Write ``model``'s weights (floating-point tensors as float16) to ``path`` as
     ``{"state_dict": ..., **metadata}`` (parent folders made); returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
-    torch.save({"state_dict": state, **metadata}, path)
-    return path
+    return torch_save({"state_dict": state, **metadata}, path)

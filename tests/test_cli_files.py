@@ -1,0 +1,148 @@
+"""What the commands write (issue 19): ``--force`` on every command that writes, files
+convlens did not write kept (explain into the data set's own folder included), and a
+re-run into the same folder removing only its own stale outputs."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+import typer
+from PIL import Image
+from tests.conftest import tiny_gap_classifier
+
+from convlens.cli import app, main
+from convlens.data.synthetic import SyntheticShapes
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+OUTPUT_OPTIONS = {"--out", "-o"}
+
+
+def test_every_command_that_writes_a_file_has_force():
+    commands = typer.main.get_command(app).commands
+    writing = []
+    for name, command in commands.items():
+        options = {opt for param in command.params for opt in param.opts}
+        if options & OUTPUT_OPTIONS:
+            writing.append(name)
+            assert "--force" in options, (
+                f"convlens {name} writes files (--out) but has no --force: add "
+                "`force: ForceOption = False` (convlens.cli.options) and pass it to the writer"
+            )
+    assert {"explain", "scan", "embed", "report", "train", "evaluate"} <= set(writing)
+
+
+def _shape_folder(folder, count: int) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i, pixels in enumerate(SyntheticShapes(count).batch().display):
+        Image.fromarray(pixels).save(folder / f"shape{i}.png")
+        names.append(f"shape{i}")
+    return names
+
+
+def test_explain_into_the_data_set_keeps_the_annotations_beside_the_images(tmp_path, capsys):
+    data = tmp_path / "data"
+    _shape_folder(data, 2)
+    annotation = '{"shapes": [{"label": "circle", "points": [[1, 2]]}]}'
+    (data / "shape0.json").write_text(annotation)  # labelme-style, beside its image
+    model = tmp_path / "tiny.pt"
+    torch.save(tiny_gap_classifier().eval(), model)
+    args = ["explain", str(data), "-m", str(model), "--format", "svg", "-o", f"{data}/"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert (data / "shape0.json").read_text() == annotation
+    assert not (data / "shape0.svg").exists()  # checked before any work on that image
+    assert (data / "shape1.svg").is_file() and (data / "shape1.json").is_file()
+    (line,) = [line for line in err.splitlines() if "shape0.json" in line]
+    assert "convlens did not write it" in line and "--force" in line
+    assert main([*args, "--force"]) == 0
+    assert json.loads((data / "shape0.json").read_text())["source"] == str(data / "shape0.png")
+
+
+def _scan(data, out, layers: str, *extra: str) -> int:
+    return main(
+        ["scan", str(data), "--model", "synthetic-shapes", "--layers", layers, "--k", "2"]
+        + ["--out", str(out), "--batch-size", "4", "--projections", "none", *extra]
+    )
+
+
+def test_scan_keeps_foreign_files_and_removes_its_own_stale_layers(tmp_path, capsys):
+    _shape_folder(tmp_path / "data", 4)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "scan.json").write_text("not convlens's")
+    assert _scan(tmp_path / "data", out, "features.0") == 1  # refused before any work
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "scan.json exists" in err and "--force" in err
+    assert (out / "scan.json").read_text() == "not convlens's"
+
+    assert _scan(tmp_path / "data", out, "features.0,features.2", "--force") == 0
+    (out / "notes.txt").write_text("mine")
+    (out / "features.0" / "mine.txt").write_text("mine too")
+    assert _scan(tmp_path / "data", out, "features.2") == 0  # no --force: all files its own
+    assert json.loads((out / "scan.json").read_text())["layers"] == ["features.2"]
+    assert (out / "notes.txt").read_text() == "mine"
+    assert [p.name for p in (out / "features.0").iterdir()] == ["mine.txt"]
+    page = (out / "index.html").read_text()
+    assert "features.0" not in page
+    assert all((out / src).is_file() for src in re.findall(r'src="([^"]+)"', page))
+
+
+def test_embed_refuses_to_replace_a_file_it_did_not_write(tmp_path, capsys):
+    out = tmp_path / "emb"
+    out.mkdir()
+    (out / "index.json").write_text("{}")
+    args = ["embed", "shapes:6", "--model", "synthetic-shapes", "--out", str(out)]
+    assert main([*args, "--map", "none"]) == 1
+    assert "index.json exists" in capsys.readouterr().err
+    assert (out / "index.json").read_text() == "{}" and not (out / "embeddings.npy").exists()
+
+
+def test_report_out_keeps_a_file_it_did_not_write(tmp_path, capsys, monkeypatch):
+    import convlens.models as models
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes")
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("work was done"))
+    assert main(["report", "cat", "--out", str(notes)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "notes.txt exists" in err and "--force" in err
+    assert notes.read_text() == "my notes"
+
+
+def test_force_replaces_a_picture_convlens_did_not_write(tmp_path, capsys):
+    from convlens.files import owned
+
+    theirs = tmp_path / "photo.png"
+    Image.new("RGB", (4, 4), (1, 2, 3)).save(theirs)
+    before = theirs.read_bytes()
+    args = ["filters", "--model", "synthetic-shapes", "--out", str(theirs)]
+    assert main(args) == 1 and theirs.read_bytes() == before
+    assert "--force" in capsys.readouterr().err
+    assert main([*args, "--force"]) == 0
+    assert theirs.read_bytes() != before and owned(theirs)
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_keeps_the_earlier_one(
+    tmp_path, capsys, monkeypatch
+):
+    import os
+
+    from tests.test_files import _Limited
+
+    picture = tmp_path / "filters.png"
+    args = ["filters", "--model", "synthetic-shapes", "--out", str(picture)]
+    assert main(args) == 0
+    before = picture.read_bytes()
+    capsys.readouterr()
+    real = os.fdopen
+    monkeypatch.setattr(os, "fdopen", lambda *a, **k: _Limited(real(*a, **k), 100))
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: no space left")
+    assert f"{picture}; the earlier file was kept" in err
+    assert picture.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".convlens-files.json", "filters.png"]
