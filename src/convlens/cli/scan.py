@@ -26,6 +26,13 @@ WorkersOption = Annotated[int, typer.Option("--workers", help="DataLoader worker
 ResumeOption = Annotated[
     bool, typer.Option("--resume", help="Continue a stopped run from its saved state in --out.")
 ]
+RestartOption = Annotated[
+    bool,
+    typer.Option(
+        "--restart",
+        help="Start over, ignoring the saved state of an earlier run (even with --resume).",
+    ),
+]
 SaveEveryOption = Annotated[int, typer.Option("--save-every", help="Save state every N batches.")]
 SHOWN_SKIPPED = 5
 
@@ -86,6 +93,7 @@ def scan_command(
     workers: WorkersOption = 0,
     save_every: SaveEveryOption = 50,
     resume: ResumeOption = False,
+    restart: RestartOption = False,
 ) -> None:
     """Top-k dataset patches of every channel with projections: DIR/<layer>/topk.json,
     one PNG per channel (projections beside patches) and DIR/index.html."""
@@ -109,7 +117,7 @@ def scan_command(
             workers=workers,
             checkpoint=Path(out) / ".state" / "scan",
             save_every=save_every,
-            resume=resume,
+            resume=resume and not restart,
             progress=True,
         )
         write_scan(result, out, rules[0] if rules else None, progress=True)  # ranks share
@@ -142,6 +150,7 @@ def embed_command(
     workers: WorkersOption = 0,
     save_every: SaveEveryOption = 50,
     resume: ResumeOption = False,
+    restart: RestartOption = False,
 ) -> None:
     """Pooled features of every image: DIR/embeddings.npy (float16), DIR/index.json,
     DIR/map.png and DIR/index.html."""
@@ -164,7 +173,7 @@ def embed_command(
             workers=workers,
             checkpoint=Path(out) / ".state" / "embed",
             save_every=save_every,
-            resume=resume,
+            resume=resume and not restart,
             progress=True,
         )
         if rank == 0:

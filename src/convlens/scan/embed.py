@@ -182,11 +182,8 @@ def embed(
     dataset = open_dataset(data, loaded.preprocess)
     name, inputs, open_capture = feature_capture(loaded.module, layer)
     reducer = PooledReducer()
-    fingerprint = {
+    settings = {
         "kind": "embed",
-        "model": loaded.name,
-        "items": len(dataset),
-        "first": dataset.sources[:1],
         "layer": name,
         "inputs": inputs,
         "batch_size": batch_size,
@@ -195,7 +192,7 @@ def embed(
         options = RunOptions(
             run_device, batch_size, workers, checkpoint, save_every, resume, progress, on_batch
         )
-        run = stream_pass(loaded.module, dataset, open_capture, reducer, options, fingerprint)
+        run = stream_pass(loaded.module, dataset, open_capture, reducer, options, settings)
     indices, vectors = reducer.rows()
     labels = [dataset.label(i) for i in indices.tolist()]
     return Embeddings(
