@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from convlens.cli.app import DeviceOption, JsonOption, _echo_json, app
+from convlens.cli.options import TrustPickleOption
 
 
 @app.command("evaluate")
@@ -87,6 +88,7 @@ def evaluate_command(
     ] = None,
     as_json: JsonOption = False,
     device: DeviceOption = "cpu",
+    trust_pickle: TrustPickleOption = False,
 ) -> None:
     """Score attribution methods against ground truth: localisation, faithfulness, sanity."""
     from pathlib import Path
@@ -118,6 +120,7 @@ def evaluate_command(
         progress,
         device=device,
         benchmark=benchmark,
+        trust_pickle=trust_pickle,
         **cascade,
     )
     written = []

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from convlens.cli.app import DeviceOption, ImagesArgument, ModelOption, _report_skipped, app
+from convlens.cli.options import TrustPickleOption
 
 
 @app.command("report")
@@ -27,6 +28,7 @@ def report_command(
     ] = False,
     out: Annotated[str, typer.Option("--out", "-o", help="HTML file to write.")] = "report.html",
     device: DeviceOption = "cpu",
+    trust_pickle: TrustPickleOption = False,
 ) -> None:
     """Write one HTML page (pictures inlined, no network) with a section per image:
     top-5, methods for the top classes, CAM box, contrast, occlusion, stages, feature maps,
@@ -34,7 +36,7 @@ def report_command(
     from convlens.models import load_model
     from convlens.report import DEFAULT_METHODS, build_report, write_report
 
-    loaded = load_model(model, device=device)
+    loaded = load_model(model, device=device, trust_pickle=trust_pickle)
     page, skipped = build_report(
         loaded,
         images,

@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from convlens.cli.app import DeviceOption, JsonOption, ModelOption, _echo_json, app
+from convlens.cli.options import TrustPickleOption
 
 DataArgument = Annotated[
     str,
@@ -89,6 +90,7 @@ def scan_command(
         ),
     ] = "guided",
     device: DeviceOption = "cpu",
+    trust_pickle: TrustPickleOption = False,
     batch_size: BatchOption = 32,
     workers: WorkersOption = 0,
     save_every: SaveEveryOption = 50,
@@ -106,7 +108,7 @@ def scan_command(
     try:
         rules = _rules(projections)
         result = top_activating(
-            load_model(model),
+            load_model(model, trust_pickle=trust_pickle),
             data,
             layers.split(",") if layers else None,
             k=k,
@@ -146,6 +148,7 @@ def embed_command(
         str, typer.Option("--map", help="2-D map: auto (UMAP if installed, else t-SNE), none.")
     ] = "auto",
     device: DeviceOption = "cpu",
+    trust_pickle: TrustPickleOption = False,
     batch_size: BatchOption = 32,
     workers: WorkersOption = 0,
     save_every: SaveEveryOption = 50,
@@ -157,12 +160,12 @@ def embed_command(
     from convlens.data.datasets import open_dataset
     from convlens.models import load_model
     from convlens.report.atlas import write_embedding_atlas
-    from convlens.scan.embed import embed
+    from convlens.scan.embed import embed, model_file_sha256
     from convlens.scan.output import write_embedding
 
     opened, rank = _start_group(device)
     try:
-        loaded = load_model(model)
+        loaded = load_model(model, trust_pickle=trust_pickle)
         dataset = open_dataset(data, loaded.preprocess)
         result = embed(
             loaded,
@@ -177,7 +180,7 @@ def embed_command(
             progress=True,
         )
         if rank == 0:
-            result = _with_data(result, data, model)
+            result = _with_data(result, data, model, model_file_sha256(model))
             method = None if map_method == "none" else map_method
             picture = write_embedding(result, dataset, out, method)
             page = write_embedding_atlas(
@@ -189,12 +192,12 @@ def embed_command(
         _end_group(opened)
 
 
-def _with_data(result, data: str, model: str):
-    """The embedding with the dataset and model named as the user wrote them (so
-    ``neighbors`` can reload both)."""
+def _with_data(result, data: str, model: str, model_sha256: str | None):
+    """The embedding with the dataset and model named as the user wrote them, and the
+    model file's SHA-256 (so ``neighbors`` can reload both, the model only unchanged)."""
     from dataclasses import replace
 
-    return replace(result, data=data, model=model)
+    return replace(result, data=data, model=model, model_sha256=model_sha256)
 
 
 @app.command("neighbors")
@@ -207,9 +210,14 @@ def neighbors_command(
     json_: JsonOption = False,
     model: Annotated[
         str | None,
-        typer.Option("--model", "-m", help="Model (default: the one the index was made with)."),
+        typer.Option(
+            "--model",
+            "-m",
+            help="Model (default: the one the index was made with; a file only if unchanged).",
+        ),
     ] = None,
     device: DeviceOption = "cpu",
+    trust_pickle: TrustPickleOption = False,
 ) -> None:
     """The k nearest images of IMAGE in an embedding: printed (or JSON: a list of
     {"source", "distance"}) and drawn as a strip."""
@@ -218,13 +226,13 @@ def neighbors_command(
     from convlens.models import load_model
     from convlens.render.images import save_png
     from convlens.render.scans import neighbours_strip
-    from convlens.scan.embed import feature_capture, load_embeddings, pooled
+    from convlens.scan.embed import feature_capture, load_embeddings, model_spec, pooled
     from convlens.scan.knn import nearest
     from convlens.scan.output import thumbnails
     from convlens.scan.stream import placed_on
 
     stored = load_embeddings(index)
-    loaded = load_model(model or stored.model)
+    loaded = load_model(model or model_spec(stored, index), trust_pickle=trust_pickle)
     batch = load_images([image], preprocess=loaded.preprocess)
     _, _, open_capture = feature_capture(loaded.module, None if stored.inputs else stored.layer)
     import torch

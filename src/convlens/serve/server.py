@@ -43,9 +43,11 @@ def run_server(
     settings: ServeSettings | None = None,
     echo: Callable[[str], None] = print,
     atlas: str | Path | None = None,
+    trust_pickle: bool = False,
 ) -> None:
-    """Load ``model`` (moved to ``device`` when given), then serve it until interrupted;
-    with ``atlas``, also that scan's atlas folder, read-only, under ``/atlas/``."""
+    """Load ``model`` (moved to ``device`` when given; ``trust_pickle``: see `load_model`),
+    then serve it until interrupted; with ``atlas``, also that scan's atlas folder,
+    read-only, under ``/atlas/``."""
     import uvicorn
 
     from convlens.models import load_model
@@ -54,7 +56,7 @@ def run_server(
 
     start = time.perf_counter()
     folder = AtlasFolder.open(atlas) if atlas is not None else None  # before the model loads
-    loaded = load_model(model)
+    loaded = load_model(model, trust_pickle=trust_pickle)
     if device is not None:
         from convlens.models.devices import resolve_device
 
