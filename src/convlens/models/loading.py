@@ -196,15 +196,13 @@ def _unpickled(file: Path, trust_pickle: bool):
     try:
         with torch.serialization.safe_globals([TorchVersion]):
             return torch.load(file, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        if "Weights only load failed" not in str(error):
-            raise _unreadable(file, error) from error
+    except pickle.UnpicklingError as error:  # what weights_only=True refuses
         if not trust_pickle:
             raise ModelLoadError(
-                f"{file} is a pickle that runs code when loaded ({_needed_global(error)}); "
-                "load it only if you trust where it came from, with --trust-pickle "
-                "(trust_pickle=True in Python), or save the model as TorchScript or a "
-                "state_dict (--arch NAME --weights FILE), which need no trust"
+                f"{file} needs full unpickling, which runs code from the file "
+                f"({_needed_global(error)}); load it only if you trust where it came from, "
+                "with --trust-pickle (trust_pickle=True in Python), or save the model as "
+                "TorchScript or a state_dict (--arch NAME --weights FILE), which need no trust"
             ) from None
     except Exception as error:  # any other failure means: not a model file
         raise _unreadable(file, error) from error
@@ -217,7 +215,7 @@ def _unpickled(file: Path, trust_pickle: bool):
 def _needed_global(error: Exception) -> str:
     """What a weights-only load refused, from torch's message (``GLOBAL module.Name``)."""
     found = re.search(r"GLOBAL (\S+)", str(error))
-    return f"it imports {found.group(1)}" if found else "it needs full unpickling"
+    return f"it imports {found.group(1)}" if found else "not tensors and plain values only"
 
 
 def _unreadable(file: Path, error: Exception) -> ModelLoadError:
