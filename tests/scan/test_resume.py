@@ -137,6 +137,11 @@ def _corrupt(path: Path, how: str) -> None:
         data[len(data) // 2] ^= 0x10
     elif how == "truncated":
         data = data[: len(data) - 100]
+    elif how == "foreign":  # a valid checksum over something that is no scan state
+        buffer = io.BytesIO()
+        torch.save({"batches": 2}, buffer)
+        payload = buffer.getvalue()
+        data = STATE_MAGIC + hashlib.sha256(payload).digest() + payload
     else:
         data = bytearray()
     path.write_bytes(bytes(data))
@@ -144,7 +149,12 @@ def _corrupt(path: Path, how: str) -> None:
 
 @pytest.mark.parametrize(
     ("how", "says"),
-    [("flipped bit", "is damaged"), ("truncated", "is damaged"), ("empty", "is empty")],
+    [
+        ("flipped bit", "is damaged"),
+        ("truncated", "is damaged"),
+        ("empty", "is empty"),
+        ("foreign", "is not a convlens scan state"),
+    ],
 )
 def test_a_damaged_state_is_one_clear_error(tmp_path, how, says):
     model = _model()
@@ -234,3 +244,8 @@ def test_cli_names_the_change_in_one_line_and_restart_starts_over(tmp_path, caps
     assert main(["scan", *args, "--k", "3", "--out", str(tmp_path / "whole")]) == 0
     whole = (tmp_path / "whole" / "features.2" / "topk.json").read_text()
     assert (out / "features.2" / "topk.json").read_text() == whole
+    _state_file(out / ".state" / "scan").write_bytes(b"")
+    capsys.readouterr()
+    assert main(["scan", *args, "--k", "3", "--out", str(out), "--resume"]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "is empty" in error and "aborted" not in error

@@ -37,6 +37,7 @@ from convlens.scan.distributed import gather_objects, local_device, rank_and_wor
 STATE_MAGIC = b"convlens scan state 2\n"
 DIGEST_BYTES = 32
 RESTART_HINT = "start over with --restart (resume=False in Python)"
+STATE_KEYS = {"fingerprint", "batches", "scanned", "errors", "reducer"}
 
 
 class Reducer(Protocol):
@@ -188,10 +189,13 @@ def read_state(path: str | os.PathLike) -> dict:
     ):
         problem = "is damaged (its checksum does not match: the file was cut short or altered)"
     else:
+        problem = "is not a convlens scan state"
         try:
-            return torch.load(io.BytesIO(data[header:]), map_location="cpu", weights_only=True)
+            state = torch.load(io.BytesIO(data[header:]), map_location="cpu", weights_only=True)
         except Exception as error:  # a checksummed payload that still does not load
-            problem = f"cannot be read ({type(error).__name__})"
+            state, problem = None, f"cannot be read ({type(error).__name__})"
+        if isinstance(state, dict) and STATE_KEYS <= state.keys():
+            return state
     raise DataError(f"the saved scan state {path} {problem}; {RESTART_HINT}")
 
 
