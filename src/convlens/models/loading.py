@@ -14,6 +14,7 @@ Names (each registered with `register_model_source`):
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import re
 import warnings
@@ -194,7 +195,7 @@ def _unpickled(file: Path, trust_pickle: bool):
     plain containers, no code runs; `TorchVersion` allowed for head files of convlens
     0.1), and fully unpickled only with ``trust_pickle``."""
     try:
-        with torch.serialization.safe_globals([TorchVersion]):
+        with _older_convlens_globals():
             return torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:  # what weights_only=True refuses
         if not trust_pickle:
@@ -212,10 +213,19 @@ def _unpickled(file: Path, trust_pickle: bool):
         raise _unreadable(file, error) from error
 
 
+def _older_convlens_globals():
+    """Allow `TorchVersion` (a ``str``) in a weights-only load, as head files written by
+    convlens 0.1 hold one (torch >= 2.5; older torch asks for trust for those files)."""
+    allow = getattr(torch.serialization, "safe_globals", None)
+    return contextlib.nullcontext() if allow is None else allow([TorchVersion])
+
+
 def _needed_global(error: Exception) -> str:
     """What a weights-only load refused, from torch's message (``GLOBAL module.Name``)."""
     found = re.search(r"GLOBAL (\S+)", str(error))
-    return f"it imports {found.group(1)}" if found else "not tensors and plain values only"
+    return (
+        f"it imports {found.group(1)}" if found else "it holds more than tensors and plain values"
+    )
 
 
 def _unreadable(file: Path, error: Exception) -> ModelLoadError:
