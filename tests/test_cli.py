@@ -62,7 +62,7 @@ def test_predict_empty_folder_is_reported(tmp_path, capsys):
 def test_unexpected_model_failure_is_one_line(tmp_path, capsys):
     path = tmp_path / "gray.pt"
     torch.save(torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3)), path)  # wants 1 channel
-    assert main(["predict", "cat", "--model", str(path)]) == 1
+    assert main(["predict", "cat", "--model", str(path), "--trust-pickle"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: RuntimeError") and "--debug" in err
     assert "Traceback" not in err and err.count("\n") == 1

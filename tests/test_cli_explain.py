@@ -81,7 +81,12 @@ def no_gap_model(tmp_path) -> str:
 
 def test_all_methods_on_a_tiny_model_file_with_progress_bars(tmp_path, capsys, gap_model):
     out = tmp_path / "out"
-    assert main(["explain", "cat", "-m", gap_model, "--method", "all", "-o", str(out)]) == 0
+    assert (
+        main(
+            ["explain", "cat", "-m", gap_model, "--trust-pickle", "--method", "all", "-o", str(out)]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     record = json.loads((out / "cat.json").read_text())
     assert [m["method"] for m in record["methods"]] == method_names("all")
@@ -102,7 +107,7 @@ def test_all_methods_on_a_tiny_model_file_with_progress_bars(tmp_path, capsys, g
 def test_all_on_a_model_without_cam_head_skips_cam_with_the_reason(tmp_path, capsys, no_gap_model):
     out = tmp_path / "out"
     code = main(
-        ["explain", "cat", "coffee", "-m", no_gap_model, "--method", "all"]
+        ["explain", "cat", "coffee", "-m", no_gap_model, "--trust-pickle", "--method", "all"]
         + ["-o", str(out), "--json"]
     )
     assert code == 0
@@ -123,7 +128,16 @@ def test_a_named_method_that_fails_is_reported_per_image_and_the_rest_is_written
     tmp_path, capsys, no_gap_model
 ):
     out = tmp_path / "out"
-    args = ["explain", "cat", "coffee", "-m", no_gap_model, "--method", "gradcam,cam"]
+    args = [
+        "explain",
+        "cat",
+        "coffee",
+        "-m",
+        no_gap_model,
+        "--trust-pickle",
+        "--method",
+        "gradcam,cam",
+    ]
     assert main(args + ["-o", str(out)]) == 1
     err = capsys.readouterr().err.splitlines()
     for source in ("cat", "coffee"):
@@ -151,14 +165,27 @@ class _FailsOnBrightImages(nn.Module):
 def test_an_image_that_fails_does_not_stop_the_others(tmp_path, capsys):
     from convlens import load_model
 
-    probe = load_model(_saved(tmp_path, nn.Identity(), "probe.pt"))
+    probe = load_model(_saved(tmp_path, nn.Identity(), "probe.pt"), trust_pickle=True)
     means = probe.preprocess(["cat", "coffee"]).mean(dim=(1, 2, 3))
     torch.manual_seed(0)
     path = _saved(tmp_path, _FailsOnBrightImages(float(means.mean())), "picky.pt")
     bright, dark = ("cat", "coffee") if means[0] > means[1] else ("coffee", "cat")
     out = tmp_path / "out"
     assert (
-        main(["explain", bright, dark, "-m", str(path), "--method", "saliency", "-o", str(out)])
+        main(
+            [
+                "explain",
+                bright,
+                dark,
+                "-m",
+                str(path),
+                "--trust-pickle",
+                "--method",
+                "saliency",
+                "-o",
+                str(out),
+            ]
+        )
         == 1
     )
     captured = capsys.readouterr()
@@ -171,14 +198,31 @@ def test_an_image_that_fails_does_not_stop_the_others(tmp_path, capsys):
 
 def test_layer_errors_stop_before_any_work(tmp_path, capsys, gap_model):
     out = tmp_path / "out"
-    assert main(["explain", "cat", "-m", gap_model, "--layer", "#9", "-o", str(out)]) == 1
+    assert (
+        main(["explain", "cat", "-m", gap_model, "--trust-pickle", "--layer", "#9", "-o", str(out)])
+        == 1
+    )
     err = capsys.readouterr().err
     assert err.startswith("error: layer index 9") and "convlens layers" in err
     assert err.count("\n") == 1
-    assert main(["explain", "cat", "-m", gap_model, "--layer", "9", "-o", str(out)]) == 1
+    assert (
+        main(["explain", "cat", "-m", gap_model, "--trust-pickle", "--layer", "9", "-o", str(out)])
+        == 1
+    )
     err = capsys.readouterr().err  # a bare number is a name, and no layer has it
     assert err.startswith("error: no layer named '9'") and "write '#9'" in err
-    args = ["explain", "cat", "coffee", "-m", gap_model, "--method", "saliency", "--layer", "1"]
+    args = [
+        "explain",
+        "cat",
+        "coffee",
+        "-m",
+        gap_model,
+        "--trust-pickle",
+        "--method",
+        "saliency",
+        "--layer",
+        "1",
+    ]
     assert main(args + ["-o", str(out)]) == 1
     err = capsys.readouterr().err  # once for the run, not once per image
     assert err.startswith("error: saliency does not use a layer") and err.count("\n") == 1

@@ -65,6 +65,7 @@ def test_explain_options_contrast_and_labels_reach_the_record(tmp_path, capsys):
         "cat",
         "-m",
         str(tmp_path / "net.pt"),
+        "--trust-pickle",
         "--labels",
         str(tmp_path / "names.txt"),
     ]
@@ -79,7 +80,7 @@ def test_explain_options_contrast_and_labels_reach_the_record(tmp_path, capsys):
     from convlens import load_model
     from convlens.data.images import load_images
 
-    loaded = load_model(str(tmp_path / "net.pt"), preprocess=Preprocess(mode="pad"))
+    loaded = load_model(tmp_path / "net.pt", preprocess=Preprocess(mode="pad"), trust_pickle=True)
     with torch.no_grad():
         logits = loaded.module(load_images(["cat"], preprocess=loaded.preprocess).tensor)[0]
     assert entry["score"] == pytest.approx(float(logits[1] - logits[2]), rel=1e-4, abs=1e-5)

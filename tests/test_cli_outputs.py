@@ -31,7 +31,8 @@ def _tiny(tmp_path, scripted: bool = False) -> str:
 @pytest.mark.slow
 def test_explain_writes_pdf_and_svg_panels(tmp_path, capsys):
     model = _tiny(tmp_path)
-    args = ["explain", "cat", "-m", model, "--method", "gradcam,guided_backprop", "--width", "3.3"]
+    args = ["explain", "cat", "-m", model, "--trust-pickle", "--method", "gradcam,guided_backprop"]
+    args += ["--width", "3.3"]
     assert main(args + ["--format", "pdf", "-o", str(tmp_path / "pdf")]) == 0
     assert (tmp_path / "pdf" / "cat.pdf").read_bytes().startswith(b"%PDF")
     assert main(args + ["-o", str(tmp_path / "x.svg")]) == 0  # a file name: its format
@@ -46,7 +47,9 @@ def test_explain_writes_pdf_and_svg_panels(tmp_path, capsys):
 def test_explain_out_that_is_a_file_fails_once_before_any_work(tmp_path, capsys):
     target = tmp_path / "taken"
     target.write_text("mine")
-    code = main(["explain", "cat", "coffee", "-m", _tiny(tmp_path), "-o", str(target)])
+    code = main(
+        ["explain", "cat", "coffee", "-m", _tiny(tmp_path), "--trust-pickle", "-o", str(target)]
+    )
     err = capsys.readouterr().err
     assert code == 1 and err.count("error:") == 1 and "not a folder" in err
     assert target.read_text() == "mine"

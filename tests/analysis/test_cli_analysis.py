@@ -48,7 +48,14 @@ def tiny(tmp_path) -> str:
 
 
 def test_ablate_invariance_and_camcrop_commands(tiny, tmp_path, capsys):
-    data = ["--data", "shapes:4", "-m", tiny]  # shapes 0..3: class ids below the 5 outputs
+    data = [
+        "--data",
+        "shapes:4",
+        "-m",
+        tiny,
+        "--trust-pickle",
+        "--trust-pickle",
+    ]  # shapes 0..3: class ids below the 5 outputs
     assert (
         main(["ablate", *data, "--layer", "1", "--layer", "3", "-o", str(tmp_path / "a.png")]) == 0
     )
@@ -70,13 +77,34 @@ def test_ablate_invariance_and_camcrop_commands(tiny, tmp_path, capsys):
 
 
 def test_bad_input_is_one_clear_line(tiny, capsys):
-    assert main(["ablate", "-m", tiny, "--data", "shapes:2", "--mode", "drop"]) == 1
+    assert (
+        main(["ablate", "-m", tiny, "--trust-pickle", "--data", "shapes:2", "--mode", "drop"]) == 1
+    )
     assert "ablation mode must be one of auto, identity, zero" in capsys.readouterr().err
-    assert main(["ablate", "-m", tiny, "--data", "shapes:2", "--tune-epochs", "1"]) == 1
+    assert (
+        main(["ablate", "-m", tiny, "--trust-pickle", "--data", "shapes:2", "--tune-epochs", "1"])
+        == 1
+    )
     assert "--tune-epochs needs --tune-data" in capsys.readouterr().err
-    assert main(["invariance", "-m", tiny, "--data", "shapes:2", "--transform", "shear"]) == 1
+    assert (
+        main(
+            [
+                "invariance",
+                "-m",
+                tiny,
+                "--trust-pickle",
+                "--data",
+                "shapes:2",
+                "--transform",
+                "shear",
+            ]
+        )
+        == 1
+    )
     assert "unknown transform 'shear'" in capsys.readouterr().err
-    assert main(["camcrop", "-m", tiny, "--data", "shapes:7"]) == 1  # label 5 of 5 classes
+    assert (
+        main(["camcrop", "-m", tiny, "--trust-pickle", "--data", "shapes:7"]) == 1
+    )  # label 5 of 5 classes
     assert "pass images labelled with the model's classes" in capsys.readouterr().err
-    assert main(["evolution", "--model", str(tiny), "--data", "shapes:2"]) == 1
+    assert main(["evolution", "--model", str(tiny), "--trust-pickle", "--data", "shapes:2"]) == 1
     assert "pass --layer" in capsys.readouterr().err

@@ -440,6 +440,7 @@ def test_cli_runs_a_user_model_on_a_user_annotation_file(tmp_path, capsys):
             "evaluate",
             "--model",
             str(tmp_path / "user_model.pt"),
+            "--trust-pickle",
             "--methods",
             "gradcam",
             "--data",

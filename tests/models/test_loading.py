@@ -42,23 +42,51 @@ def test_module_is_wrapped_not_copied_and_mode_kept():
     assert as_module(loaded) is net
 
 
-def test_torchscript_and_pickle_files(tmp_path):
+def test_torchscript_and_trusted_pickle_files(tmp_path):
     net = small_net().eval()
     x = torch.randn(1, 3, 8, 8)
     scripted = tmp_path / "net.ts"
     torch.jit.save(torch.jit.script(net), scripted)
     pickled = tmp_path / "net.pt"
     torch.save(net, pickled)
-    for path in (scripted, pickled):
-        loaded = load_model(path, preprocess=Preprocess(size=8))
+    for path, trust in ((scripted, False), (pickled, True)):
+        loaded = load_model(path, preprocess=Preprocess(size=8), trust_pickle=trust)
         assert torch.allclose(loaded.module(x), net(x))
         assert loaded.preprocess.size == 8
+
+
+def test_a_pickle_is_refused_without_trust_and_names_the_option(tmp_path):
+    pickled = tmp_path / "net.pt"
+    torch.save(small_net(), pickled)
+    with pytest.raises(ModelLoadError, match="trust_pickle=True") as caught:
+        load_model(pickled)
+    assert "--trust-pickle" in str(caught.value) and "torch.nn" in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+class Planted:
+    """Unpickling this creates ``marker``, as an attacker's code would run."""
+
+    def __init__(self, marker) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_planted_pickle_never_runs_without_trust(tmp_path):
+    marker = tmp_path / "ran"
+    path = tmp_path / "model.pt"
+    torch.save({"format": "convlens-head", "state_dict": Planted(marker)}, path)
+    with pytest.raises(ModelLoadError, match="--trust-pickle"):
+        load_model(path)
+    assert not marker.exists()
 
 
 def test_state_dict_file_is_refused_with_a_hint(tmp_path):
     path = tmp_path / "weights.pt"
     torch.save(small_net().state_dict(), path)
-    with pytest.raises(ModelLoadError, match="state_dict"):
+    with pytest.raises(ModelLoadError, match="state_dict.*--arch NAME --weights FILE"):
         load_model(path)
 
 

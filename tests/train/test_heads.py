@@ -164,6 +164,30 @@ def test_checkpoint_round_trip_gives_identical_outputs(kind, shapes32, tmp_path)
         torch.testing.assert_close(loaded(images), model(images), rtol=0, atol=0)
 
 
+def test_head_files_load_with_weights_only_and_older_ones_still_load(shapes32, tmp_path):
+    import pickle
+
+    from convlens.train.heads import head_record
+    from convlens.train.loop import TrainingLog
+
+    preprocess, data = shapes32
+    model = new_model("cam", seed=3).eval()
+    record = head_record(TrainingLog([1.0], [0.5], 2.0), model, data, seed=0)
+    settings = dict(backbone="synthetic-shapes", layer="features", classes="abcdef")
+    path = save_head_model(
+        model, tmp_path / "new.pt", preprocess=preprocess, **settings, record=record
+    )
+    saved = torch.load(path, map_location="cpu", weights_only=True)  # plain values only
+    assert type(saved["record"]["versions"]["torch"]) is str
+    older = {"versions": {"torch": torch.__version__}}  # a TorchVersion, as convlens 0.1 wrote
+    old = save_head_model(
+        model, tmp_path / "old.pt", preprocess=preprocess, **settings, record=older
+    )
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(old, map_location="cpu", weights_only=True)
+    assert load_model(str(old)).labels == tuple("abcdef")  # no trust_pickle needed
+
+
 def test_resume_equals_uninterrupted_training(shapes32, tmp_path):
     _, data = shapes32
     small = LabelledImages(

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from convlens.cli.app import DeviceOption, JsonOption, _echo_json, app
-from convlens.cli.options import ForceOption
+from convlens.cli.options import ForceOption, TrustPickleOption
 
 
 @app.command("evaluate")
@@ -88,6 +88,7 @@ def evaluate_command(
     as_json: JsonOption = False,
     device: DeviceOption = "cpu",
     force: ForceOption = False,
+    trust_pickle: TrustPickleOption = False,
 ) -> None:
     """Score attribution methods against ground truth: localisation, faithfulness, sanity."""
     from pathlib import Path
@@ -122,6 +123,7 @@ def evaluate_command(
         progress,
         device=device,
         benchmark=benchmark,
+        trust_pickle=trust_pickle,
         **cascade,
     )
     written = []

@@ -26,6 +26,7 @@ from convlens.cli.options import (
     PreprocessOption,
     RandomWeightsOption,
     ScaleOption,
+    TrustPickleOption,
     WeightsOption,
     WidthOption,
     load_cli_model,
@@ -81,6 +82,7 @@ def explain_command(
     arch: ArchOption = None,
     weights: WeightsOption = None,
     random_weights: RandomWeightsOption = False,
+    trust_pickle: TrustPickleOption = False,
     as_json: JsonOption = False,
     device: DeviceOption = "cpu",
     region_box: Annotated[
@@ -124,6 +126,7 @@ def explain_command(
         arch=arch,
         weights=weights,
         random_weights=random_weights,
+        trust_pickle=trust_pickle,
         preprocess=preprocess,
         labels=labels,
         device=device,

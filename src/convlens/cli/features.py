@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from convlens.cli.app import DeviceOption, ModelOption, app
-from convlens.cli.options import DpiOption, ForceOption, WidthOption
+from convlens.cli.options import DpiOption, ForceOption, TrustPickleOption, WidthOption
 
 OutOption = Annotated[
     str | None,
@@ -48,13 +48,14 @@ def filters_command(
     dpi: DpiOption = None,
     width: WidthOption = None,
     device: DeviceOption = "cpu",
+    trust_pickle: TrustPickleOption = False,
 ) -> None:
     """Draw a convolution's filters as a grid of tiles (grey = 0), scaling stated on it;
     1x1 convolutions as a filters x input-channels matrix (bars for depthwise 1x1)."""
     from convlens.render.figures import check_output
 
     check_output(out, force)
-    loaded = _loaded_model(model, device)
+    loaded = _loaded_model(model, device, trust_pickle)
     from convlens.features.pointwise import filter_matrix, is_pointwise
 
     if reduce == "auto" and is_pointwise(loaded, layer):  # an explicit --reduce gets tiles
@@ -72,11 +73,11 @@ def filters_command(
     _filter_tiles(loaded, layer, reduce, scaling, max_filters, out, force, dpi)
 
 
-def _loaded_model(model: str, device: str):
+def _loaded_model(model: str, device: str, trust_pickle: bool):
     """The model a features command draws (loaded on ``device``)."""
     from convlens.models import load_model
 
-    return load_model(model, device=device)
+    return load_model(model, device=device, trust_pickle=trust_pickle)
 
 
 def _filter_tiles(loaded, layer, reduce, scaling, max_filters, out, force, dpi) -> None:
@@ -123,6 +124,7 @@ def features_command(
     force: ForceOption = False,
     dpi: DpiOption = None,
     device: DeviceOption = "cpu",
+    trust_pickle: TrustPickleOption = False,
 ) -> None:
     """Draw one layer's feature maps (or every layer's channel mean) for one image."""
     from pathlib import Path
@@ -140,7 +142,7 @@ def features_command(
             "(for a folder, run it per file, or use 'convlens explain DIR' for every image)"
         )
     check_output(out, force)
-    loaded = _loaded_model(model, device)
+    loaded = _loaded_model(model, device, trust_pickle)
     tensor = load_images([image], preprocess=loaded.preprocess).tensor
     if all_layers:
         maps = layer_mean_maps(loaded, tensor[0])
@@ -172,6 +174,7 @@ def visualize_command(
     force: ForceOption = False,
     dpi: DpiOption = None,
     device: DeviceOption = "cpu",
+    trust_pickle: TrustPickleOption = False,
 ) -> None:
     """Activation maximisation: the image that most excites a class or a channel."""
     from convlens.errors import MethodError
@@ -183,7 +186,7 @@ def visualize_command(
     if (class_ is None) == (channel is None):
         raise MethodError("give exactly one of --class ID|NAME or --channel LAYER:C")
     check_output(out, force)
-    loaded = load_model(model, device=device)
+    loaded = load_model(model, device=device, trust_pickle=trust_pickle)
     if class_ is not None:
         objective, stem = optimize.class_logit(class_), f"class-{class_}"
     else:

@@ -20,6 +20,7 @@ from convlens.cli.options import (
     LabelsOption,
     PreprocessOption,
     RandomWeightsOption,
+    TrustPickleOption,
     WeightsOption,
     load_cli_model,
 )
@@ -46,6 +47,7 @@ def layers_command(
     size: Annotated[int | None, typer.Option(help="Input side in pixels.")] = None,
     as_json: JsonOption = False,
     device: DeviceOption = "cpu",
+    trust_pickle: TrustPickleOption = False,
 ) -> None:
     """Table of every layer: type, output shape, receptive field, jump and start. The #
     column is the index that --layer takes as #N (a bare number is a layer name)."""
@@ -54,7 +56,7 @@ def layers_command(
     from convlens.layers import layer_table
     from convlens.models import load_model
 
-    loaded = load_model(model, device=device)
+    loaded = load_model(model, device=device, trust_pickle=trust_pickle)
     height, width = (size, size) if size else loaded.preprocess.height_width
     rows = layer_table(loaded.module, torch.zeros(1, 3, height, width))
     if as_json:
@@ -110,6 +112,7 @@ def predict_command(
     arch: ArchOption = None,
     weights: WeightsOption = None,
     random_weights: RandomWeightsOption = False,
+    trust_pickle: TrustPickleOption = False,
     as_json: JsonOption = False,
     device: DeviceOption = "cpu",
 ) -> None:
@@ -122,6 +125,7 @@ def predict_command(
         arch=arch,
         weights=weights,
         random_weights=random_weights,
+        trust_pickle=trust_pickle,
         preprocess=preprocess,
         labels=labels,
         device=device,

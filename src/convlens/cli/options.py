@@ -1,6 +1,7 @@
 """Options several commands share: how the model is loaded (``--arch/--weights``,
-``--random-weights``, ``--preprocess``, ``--labels``), method options (``--option``), and
-how pictures are written (``--scale``, ``--dpi``, ``--width``, ``--force``).
+``--random-weights``, ``--trust-pickle``, ``--preprocess``, ``--labels``), method options
+(``--option``), and how pictures are written (``--scale``, ``--dpi``, ``--width``,
+``--force``).
 
 Nothing heavy is imported at module level: ``convlens --help`` stays fast.
 """
@@ -36,6 +37,14 @@ PreprocessOption = Annotated[
         "--preprocess",
         help="crop (centre crop, the ImageNet protocol), resize (stretch to the input "
         "size) or pad (whole image, letterboxed). Default: the model's own.",
+    ),
+]
+TrustPickleOption = Annotated[
+    bool,
+    typer.Option(
+        "--trust-pickle",
+        help="Load a --model file that needs full unpickling (torch.save(model)): this runs "
+        "code from the file, so only for files you trust.",
     ),
 ]
 LabelsOption = Annotated[
@@ -76,6 +85,7 @@ def load_cli_model(
     preprocess: str | None = None,
     labels: str | None = None,
     device: str | None = None,
+    trust_pickle: bool = False,
 ):
     """The `LoadedModel` a command's options describe (checked: ``--arch`` and ``--weights``
     come together, ``--preprocess`` is one of crop|resize|pad, the labels file exists)."""
@@ -99,7 +109,7 @@ def load_cli_model(
 
         loaded = load_weights(arch, weights)
     else:
-        loaded = load_model(model, pretrained=not random_weights)
+        loaded = load_model(model, pretrained=not random_weights, trust_pickle=trust_pickle)
     changed = (
         loaded.preprocess if mode is None else dataclasses.replace(loaded.preprocess, mode=mode)
     )

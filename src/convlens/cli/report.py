@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from convlens.cli.app import DeviceOption, ImagesArgument, ModelOption, _report_skipped, app
-from convlens.cli.options import ForceOption
+from convlens.cli.options import ForceOption, TrustPickleOption
 
 
 @app.command("report")
@@ -29,6 +29,7 @@ def report_command(
     out: Annotated[str, typer.Option("--out", "-o", help="HTML file to write.")] = "report.html",
     device: DeviceOption = "cpu",
     force: ForceOption = False,
+    trust_pickle: TrustPickleOption = False,
 ) -> None:
     """Write one HTML page (pictures inlined, no network) with a section per image:
     top-5, methods for the top classes, CAM box, contrast, occlusion, stages, feature maps,
@@ -39,7 +40,7 @@ def report_command(
     from convlens.report import DEFAULT_METHODS, build_report, write_report
 
     check_writable(out, force)  # before any work
-    loaded = load_model(model, device=device)
+    loaded = load_model(model, device=device, trust_pickle=trust_pickle)
     page, skipped = build_report(
         loaded,
         images,

@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from convlens.cli.app import DeviceOption, JsonOption, ModelOption, _echo_json, app
-from convlens.cli.options import ForceOption
+from convlens.cli.options import ForceOption, TrustPickleOption
 
 DataArgument = Annotated[
     str,
@@ -26,6 +26,13 @@ BatchOption = Annotated[int, typer.Option("--batch-size", help="Images per batch
 WorkersOption = Annotated[int, typer.Option("--workers", help="DataLoader worker processes.")]
 ResumeOption = Annotated[
     bool, typer.Option("--resume", help="Continue a stopped run from its saved state in --out.")
+]
+RestartOption = Annotated[
+    bool,
+    typer.Option(
+        "--restart",
+        help="Start over, ignoring the saved state of an earlier run (even with --resume).",
+    ),
 ]
 SaveEveryOption = Annotated[int, typer.Option("--save-every", help="Save state every N batches.")]
 SHOWN_SKIPPED = 5
@@ -83,11 +90,13 @@ def scan_command(
         ),
     ] = "guided",
     device: DeviceOption = "cpu",
+    trust_pickle: TrustPickleOption = False,
     batch_size: BatchOption = 32,
     workers: WorkersOption = 0,
     save_every: SaveEveryOption = 50,
     resume: ResumeOption = False,
     force: ForceOption = False,
+    restart: RestartOption = False,
 ) -> None:
     """Top-k dataset patches of every channel with projections: DIR/<layer>/topk.json,
     one PNG per channel (projections beside patches) and DIR/index.html. Files in DIR that
@@ -105,7 +114,7 @@ def scan_command(
         with writing(out, "scan", force=force, remove_stale=rank == 0):
             rules = _rules(projections)
             result = top_activating(
-                load_model(model),
+                load_model(model, trust_pickle=trust_pickle),
                 data,
                 layers.split(",") if layers else None,
                 k=k,
@@ -116,7 +125,7 @@ def scan_command(
                 workers=workers,
                 checkpoint=Path(out) / ".state" / "scan",
                 save_every=save_every,
-                resume=resume,
+                resume=resume and not restart,
                 progress=True,
             )
             write_scan(result, out, rules[0] if rules else None, progress=True)  # ranks share
@@ -145,11 +154,13 @@ def embed_command(
         str, typer.Option("--map", help="2-D map: auto (UMAP if installed, else t-SNE), none.")
     ] = "auto",
     device: DeviceOption = "cpu",
+    trust_pickle: TrustPickleOption = False,
     batch_size: BatchOption = 32,
     workers: WorkersOption = 0,
     save_every: SaveEveryOption = 50,
     resume: ResumeOption = False,
     force: ForceOption = False,
+    restart: RestartOption = False,
 ) -> None:
     """Pooled features of every image: DIR/embeddings.npy (float16), DIR/index.json,
     DIR/map.png and DIR/index.html (files convlens did not write are refused unless
@@ -158,14 +169,14 @@ def embed_command(
     from convlens.files import check_folder, writing
     from convlens.models import load_model
     from convlens.report.atlas import write_embedding_atlas
-    from convlens.scan.embed import embed
+    from convlens.scan.embed import embed, model_file_sha256
     from convlens.scan.output import write_embedding
 
     check_folder(out, ("embeddings.npy", "index.json", "map.png", "index.html"), force)
     opened, rank = _start_group(device)
     try:
         with writing(out, "embed", force=force, remove_stale=rank == 0):
-            loaded = load_model(model)
+            loaded = load_model(model, trust_pickle=trust_pickle)
             dataset = open_dataset(data, loaded.preprocess)
             result = embed(
                 loaded,
@@ -176,11 +187,11 @@ def embed_command(
                 workers=workers,
                 checkpoint=Path(out) / ".state" / "embed",
                 save_every=save_every,
-                resume=resume,
+                resume=resume and not restart,
                 progress=True,
             )
             if rank == 0:
-                result = _with_data(result, data, model)
+                result = _with_data(result, data, model, model_file_sha256(model))
                 method = None if map_method == "none" else map_method
                 picture = write_embedding(result, dataset, out, method)
                 page = write_embedding_atlas(
@@ -192,12 +203,12 @@ def embed_command(
         _end_group(opened)
 
 
-def _with_data(result, data: str, model: str):
-    """The embedding with the dataset and model named as the user wrote them (so
-    ``neighbors`` can reload both)."""
+def _with_data(result, data: str, model: str, model_sha256: str | None):
+    """The embedding with the dataset and model named as the user wrote them, and the
+    model file's SHA-256 (so ``neighbors`` can reload both, the model only unchanged)."""
     from dataclasses import replace
 
-    return replace(result, data=data, model=model)
+    return replace(result, data=data, model=model, model_sha256=model_sha256)
 
 
 @app.command("neighbors")
@@ -210,10 +221,15 @@ def neighbors_command(
     json_: JsonOption = False,
     model: Annotated[
         str | None,
-        typer.Option("--model", "-m", help="Model (default: the one the index was made with)."),
+        typer.Option(
+            "--model",
+            "-m",
+            help="Model (default: the one the index was made with; a file only if unchanged).",
+        ),
     ] = None,
     device: DeviceOption = "cpu",
     force: ForceOption = False,
+    trust_pickle: TrustPickleOption = False,
 ) -> None:
     """The k nearest images of IMAGE in an embedding: printed (or JSON: a list of
     {"source", "distance"}) and drawn as a strip."""
@@ -223,7 +239,7 @@ def neighbors_command(
     from convlens.models import load_model
     from convlens.render.images import save_png
     from convlens.render.scans import neighbours_strip
-    from convlens.scan.embed import feature_capture, load_embeddings, pooled
+    from convlens.scan.embed import feature_capture, load_embeddings, model_spec, pooled
     from convlens.scan.knn import nearest
     from convlens.scan.output import thumbnails
     from convlens.scan.stream import placed_on
@@ -231,7 +247,7 @@ def neighbors_command(
     picture = out or f"neighbors-{Path(image).stem}.png"
     check_writable(picture, force)
     stored = load_embeddings(index)
-    loaded = load_model(model or stored.model)
+    loaded = load_model(model or model_spec(stored, index), trust_pickle=trust_pickle)
     batch = load_images([image], preprocess=loaded.preprocess)
     _, _, open_capture = feature_capture(loaded.module, None if stored.inputs else stored.layer)
     import torch

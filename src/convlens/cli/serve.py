@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from convlens.cli.app import DeviceOption, ModelOption, app
+from convlens.cli.options import TrustPickleOption
 
 
 @app.command("serve")
@@ -18,6 +19,7 @@ def serve_command(
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="TCP port.", min=0, max=65535)] = 8000,
     device: DeviceOption = None,
+    trust_pickle: TrustPickleOption = False,
     max_upload_mb: Annotated[
         float, typer.Option("--max-upload-mb", help="Largest accepted upload, in MB (to 1000).")
     ] = 20.0,
@@ -64,4 +66,5 @@ def serve_command(
         settings=settings,
         echo=typer.echo,
         atlas=atlas,
+        trust_pickle=trust_pickle,
     )

@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from convlens.cli.app import DeviceOption, JsonOption, _echo_json, app
-from convlens.cli.options import ForceOption
+from convlens.cli.options import ForceOption, TrustPickleOption
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,7 @@ class TrainOptions:
     head_options: tuple[str, ...] = ()
     random_backbone: bool = False
     keep_epochs: bool = False
+    trust_pickle: bool = False
 
 
 @app.command("train")
@@ -127,6 +128,7 @@ def train_command(
     as_json: JsonOption = False,
     device: DeviceOption = "cpu",
     force: ForceOption = False,
+    trust_pickle: TrustPickleOption = False,
 ) -> None:
     """Train a model; print its held-out scores and where it was written (on the CPU:
     --device takes cpu only for now). Files in --out that convlens did not write are kept
@@ -180,6 +182,7 @@ def train_command(
         head_options=tuple(head_option or ()),
         random_backbone=random_backbone,
         keep_epochs=keep_epochs,
+        trust_pickle=trust_pickle,
     )
     from convlens.files import check_folder, writing
 
@@ -214,7 +217,7 @@ def _train_segmentation(options: TrainOptions) -> dict:
     truth = data.label_maps
     settings = {"labels": options.labels}
     if options.labels == "cam":
-        classifier = load_model(options.classifier)
+        classifier = load_model(options.classifier, trust_pickle=options.trust_pickle)
         truth = seg.cam_pseudo_masks(
             classifier.module,
             classifier.preprocess.normalize(data.display),
@@ -287,7 +290,11 @@ def _train_head(options: TrainOptions) -> dict:
     if min(options.test, options.threads) < 1:
         raise DataError("--test and --threads must be >= 1")
     torch.set_num_threads(options.threads)
-    backbone = load_model(options.backbone, pretrained=not options.random_backbone)
+    backbone = load_model(
+        options.backbone,
+        pretrained=not options.random_backbone,
+        trust_pickle=options.trust_pickle,
+    )
     if options.data == "synthetic":
         data = heads.synthetic_data(
             backbone.preprocess, options.limit or options.train, options.test

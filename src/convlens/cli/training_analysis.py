@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from convlens.cli.app import DeviceOption, JsonOption, ModelOption, _echo_json, app
-from convlens.cli.options import DpiOption, ForceOption
+from convlens.cli.options import DpiOption, ForceOption, TrustPickleOption
 
 DataOption = Annotated[
     str,
@@ -40,10 +40,10 @@ def _figure_out(out: str | None, default: str, force: bool):
     return output_path(out, default, force)
 
 
-def _load(model: str, device: str):
+def _load(model: str, device: str, trust_pickle: bool):
     from convlens.models import load_model
 
-    return load_model(model, device=device)
+    return load_model(model, device=device, trust_pickle=trust_pickle)
 
 
 def _images(loaded, data: str, limit: int | None, shapes_seed: int | None = None):
@@ -80,6 +80,7 @@ def evolution_command(
     dpi: DpiOption = None,
     as_json: JsonOption = False,
     device: DeviceOption = "cpu",
+    trust_pickle: TrustPickleOption = False,
 ) -> None:
     """Feature evolution during training: each channel's strongest unit over a fixed image
     set, projected to pixels, one column per epoch (Zeiler & Fergus 2014, fig. 4).
@@ -99,7 +100,7 @@ def evolution_command(
     files = epoch_files(model[0]) if len(model) == 1 and Path(model[0]).is_dir() else model
     if not layer:
         raise DataError("pass --layer NAME (repeatable): the layers whose channels to follow")
-    models = [load_model(str(f), device=device) for f in files]
+    models = [load_model(str(f), device=device, trust_pickle=trust_pickle) for f in files]
     evolution = feature_evolution(
         models,
         data,
@@ -157,6 +158,7 @@ def ablate_command(
     dpi: DpiOption = None,
     as_json: JsonOption = False,
     device: DeviceOption = "cpu",
+    trust_pickle: TrustPickleOption = False,
 ) -> None:
     """Ablate each layer in turn (skip it, or zero its output) and report the change in
     accuracy and true-class probability as a table and a bar chart (Zeiler & Fergus
@@ -171,7 +173,7 @@ def ablate_command(
     from convlens.train.heads import TRAIN_SEED
 
     path = _figure_out(out, "ablation.png", force)
-    loaded = _load(model, device)
+    loaded = _load(model, device, trust_pickle)
     images = _images(loaded, data, limit)
     tune = None
     if tune_epochs:
@@ -226,6 +228,7 @@ def invariance_command(
     dpi: DpiOption = None,
     as_json: JsonOption = False,
     device: DeviceOption = "cpu",
+    trust_pickle: TrustPickleOption = False,
 ) -> None:
     """Invariance curves: relative feature distance at each --layer (default: the first and
     last stage) and the true-class probability as images are shifted, scaled and rotated
@@ -238,7 +241,7 @@ def invariance_command(
     from convlens.render.figures import save_figure
 
     path = _figure_out(out, "invariance.png", force)
-    loaded = _load(model, device)
+    loaded = _load(model, device, trust_pickle)
     images = _images(loaded, data, limit)
     kinds = [kind.strip() for kind in transforms.split(",") if kind.strip()]
     if not kinds:
@@ -269,6 +272,7 @@ def camcrop_command(
     limit: LimitOption = None,
     as_json: JsonOption = False,
     device: DeviceOption = "cpu",
+    trust_pickle: TrustPickleOption = False,
 ) -> None:
     """Crop each image to the box of its class activation map and report the true-class
     probability and top-1 before and after (the CAM paper's fine-grained use).
@@ -277,7 +281,7 @@ def camcrop_command(
     """
     from convlens.analysis.camcrop import cam_crops
 
-    loaded = _load(model, device)
+    loaded = _load(model, device, trust_pickle)
     images = _images(loaded, data, limit)
     crops = cam_crops(
         loaded,

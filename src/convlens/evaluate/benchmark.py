@@ -331,6 +331,7 @@ def evaluate_on_source(
     progress: Callable[[str], None] | None = None,
     device: DeviceSpec | None = None,
     benchmark: str = "shapes",
+    trust_pickle: bool = False,
     **options,
 ) -> Leaderboard:
     """Run ``benchmark`` on a model name/path (default: the benchmark's own model).
@@ -345,7 +346,7 @@ def evaluate_on_source(
       (2x2, 3x3); the embedded model by default.
 
     ``limit`` defaults to `DEFAULT_LIMITS`. ``device``: run there (`convlens.resolve_device`),
-    moving the model back afterwards."""
+    moving the model back afterwards. ``trust_pickle``: see `convlens.load_model`."""
     from convlens.data.scenes import SyntheticScenes
     from convlens.data.synthetic import SyntheticShapes
     from convlens.evaluate.ground_truth import load_annotations
@@ -356,7 +357,7 @@ def evaluate_on_source(
     if device is not None:
         resolve_device(device)  # a missing device fails before any data is read
     limit = DEFAULT_LIMITS[benchmark] if limit is None else limit
-    loaded = load_model(model or BENCHMARKS[benchmark] or DEFAULT_MODEL)
+    loaded = load_model(model or BENCHMARKS[benchmark] or DEFAULT_MODEL, trust_pickle=trust_pickle)
     if benchmark == "gridpg":
         return _gridpg_on_source(
             loaded, methods, limit, images_dir, seed, progress, device, options

@@ -6,13 +6,17 @@ Names (each registered with `register_model_source`):
 - ``synthetic-shapes``: the benchmark model whose weights ship in convlens.
 - ``torchvision:NAME`` and ``timm:NAME``: those libraries' own builders and weight loading
   (needs network access or a warm cache for pretrained weights).
-- a path to a TorchScript file or a pickled ``nn.Module`` (``torch.save(model, path)``).
-  Loading a pickle runs code from the file: only load files you trust.
+- a path to a TorchScript file, a file saved by convlens (read with ``weights_only=True``),
+  or a pickled ``nn.Module`` (``torch.save(model, path)``). Loading a pickle runs code from
+  the file, so it is refused unless ``trust_pickle=True`` (``--trust-pickle``).
 - any ``nn.Module`` passed in Python.
 """
 
 from __future__ import annotations
 
+import contextlib
+import pickle
+import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +24,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.torch_version import TorchVersion
 
 from convlens.data.preprocess import IMAGENET_PREPROCESS, Preprocess
 from convlens.errors import ModelLoadError
@@ -159,7 +164,7 @@ def _load_timm(name: str, pretrained: bool) -> LoadedModel:
     return LoadedModel(module.eval(), f"timm:{name}", preprocess, labels)
 
 
-def _load_file(path: str, _: bool) -> LoadedModel:
+def _load_file(path: str, _: bool = True, *, trust_pickle: bool = False) -> LoadedModel:
     file = Path(path)
     if not file.is_file():
         raise ModelLoadError(
@@ -171,27 +176,70 @@ def _load_file(path: str, _: bool) -> LoadedModel:
             warnings.simplefilter("ignore", FutureWarning)
             module = torch.jit.load(str(file), map_location="cpu")
     except RuntimeError:
-        try:
-            module = torch.load(file, map_location="cpu", weights_only=False)
-        except Exception as error:  # any unpickling failure means: not a model file
-            raise ModelLoadError(
-                f"could not read {path}: {error}. Save a whole model with "
-                "torch.save(model, path) or torch.jit.save(torch.jit.script(model), path)"
-            ) from error
+        module = _unpickled(file, trust_pickle)
     if isinstance(module, dict) and module.get("format") in _FILE_FORMATS:
         return _FILE_FORMATS[module["format"]](module, file)
     if isinstance(module, dict):
         raise ModelLoadError(
-            f"{path} holds a state_dict, not a model: build the network in Python, "
-            "call load_state_dict, and pass the module to convlens"
+            f"{path} holds a state_dict, not a model: load it into its architecture with "
+            "--arch NAME --weights FILE, or build the network in Python, call "
+            "load_state_dict, and pass the module to convlens"
         )
     if not isinstance(module, nn.Module):
         raise ModelLoadError(f"{path} holds a {type(module).__name__}, not an nn.Module")
     return LoadedModel(module.eval(), file.name)
 
 
+def _unpickled(file: Path, trust_pickle: bool):
+    """The object in a ``torch.save`` file: read with ``weights_only=True`` (tensors and
+    plain containers, no code runs; `TorchVersion` allowed for head files of convlens
+    0.1), and fully unpickled only with ``trust_pickle``."""
+    try:
+        with _older_convlens_globals():
+            return torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:  # what weights_only=True refuses
+        if not trust_pickle:
+            raise ModelLoadError(
+                f"{file} needs full unpickling, which runs code from the file "
+                f"({_needed_global(error)}); load it only if you trust where it came from, "
+                "with --trust-pickle (trust_pickle=True in Python), or save the model as "
+                "TorchScript or a state_dict (--arch NAME --weights FILE), which need no trust"
+            ) from None
+    except Exception as error:  # any other failure means: not a model file
+        raise _unreadable(file, error) from error
+    try:
+        return torch.load(file, map_location="cpu", weights_only=False)
+    except Exception as error:
+        raise _unreadable(file, error) from error
+
+
+def _older_convlens_globals():
+    """Allow `TorchVersion` (a ``str``) in a weights-only load, as head files written by
+    convlens 0.1 hold one (torch >= 2.5; older torch asks for trust for those files)."""
+    allow = getattr(torch.serialization, "safe_globals", None)
+    return contextlib.nullcontext() if allow is None else allow([TorchVersion])
+
+
+def _needed_global(error: Exception) -> str:
+    """What a weights-only load refused, from torch's message (``GLOBAL module.Name``)."""
+    found = re.search(r"GLOBAL (\S+)", str(error))
+    return (
+        f"it imports {found.group(1)}" if found else "it holds more than tensors and plain values"
+    )
+
+
+def _unreadable(file: Path, error: Exception) -> ModelLoadError:
+    return ModelLoadError(
+        f"could not read {file}: {type(error).__name__}: {str(error)[:200]}. Save a whole "
+        "model with torch.jit.save(torch.jit.script(model), path) or torch.save(model, path)"
+    )
+
+
 _FILE_SOURCE = ModelSource(
-    "PATH.pt", "a TorchScript file or torch.save(model) pickle (trusted files only)", _load_file
+    "PATH.pt",
+    "a TorchScript file, a convlens model file, or a torch.save(model) pickle "
+    "(with --trust-pickle)",
+    _load_file,
 )
 register_model_source(
     "torchvision", "torchvision; network or cached weights", _load_torchvision, prefix=True
@@ -206,8 +254,13 @@ def load_model(
     preprocess: Preprocess | None = None,
     labels: tuple[str, ...] | list[str] | None = None,
     device: DeviceSpec | None = None,
+    trust_pickle: bool = False,
 ) -> LoadedModel:
     """Load a model by name, path or object (see the module docstring for the names).
+
+    A file that needs full unpickling (a ``torch.save(model)`` pickle) runs code from the
+    file, so it is a `ModelLoadError` unless ``trust_pickle=True``; TorchScript files,
+    files saved by convlens and other weights-only files load without it.
 
     ``preprocess`` and ``labels`` override what the source provides. A bare ``nn.Module``
     gets ImageNet normalisation at 224x224 unless told otherwise; it is not copied, and
@@ -224,7 +277,7 @@ def load_model(
     elif isinstance(model, nn.Module):
         loaded = LoadedModel(model, type(model).__name__)
     elif isinstance(model, (str, Path)):
-        loaded = _load_by_name(str(model), pretrained)
+        loaded = _load_by_name(str(model), pretrained, trust_pickle)
     else:
         raise ModelLoadError(
             f"cannot load a model from a {type(model).__name__}; "
@@ -242,15 +295,31 @@ def load_model(
     return loaded
 
 
-def _load_by_name(spec: str, pretrained: bool) -> LoadedModel:
+def _load_by_name(spec: str, pretrained: bool, trust_pickle: bool) -> LoadedModel:
+    source, name = _named_source(spec)
+    if source is not None:
+        return source.load(name, pretrained)
+    return _load_file(spec, pretrained, trust_pickle=trust_pickle)
+
+
+def _named_source(spec: str) -> tuple[ModelSource | None, str]:
+    """The registered source ``spec`` names and the name it passes on (None: a path)."""
     if spec == "default":
         spec = DEFAULT_MODEL
     if spec in _SOURCES and not _SOURCES[spec].prefix:
-        return _SOURCES[spec].load(spec, pretrained)
+        return _SOURCES[spec], spec
     prefix, _, name = spec.partition(":")
     if name and prefix in _SOURCES and _SOURCES[prefix].prefix:
-        return _SOURCES[prefix].load(name, pretrained)
-    return _load_file(spec, pretrained)
+        return _SOURCES[prefix], name
+    return None, spec
+
+
+def model_file(spec: str | Path) -> Path | None:
+    """The file ``load_model(spec)`` would read, or None when ``spec`` is a registered name
+    (or names no existing file)."""
+    if _named_source(str(spec))[0] is not None or not Path(spec).is_file():
+        return None
+    return Path(spec)
 
 
 def as_module(model: nn.Module | LoadedModel) -> nn.Module:

@@ -19,11 +19,12 @@ import torch
 from torch import nn
 
 from convlens.data.datasets import open_dataset
-from convlens.errors import DataError
+from convlens.errors import DataError, ModelLoadError
 from convlens.files import atomic_file, write_json
 from convlens.layers import capture, resolve_layer
 from convlens.layers.inputs import capture_inputs, classifier_layer
-from convlens.models.loading import LoadedModel, load_model
+from convlens.models.digest import file_sha256
+from convlens.models.loading import LoadedModel, load_model, model_file
 from convlens.scan.stream import RunOptions, placed_on, stream_pass
 
 VECTORS_FILE = "embeddings.npy"
@@ -35,7 +36,9 @@ class Embeddings:
     """``vectors`` ``Tensor[N, D]`` float16 (row i is item ``sources[i]``), ``labels``
     (-1 where unknown), ``classes`` (label names or None), ``layer`` and ``inputs`` (True:
     the layer's input, else its pooled output), ``model`` name, ``data`` (the dataset as
-    given, when it was a name or path), ``errors``: (source, message) of skipped items."""
+    given, when it was a name or path), ``errors``: (source, message) of skipped items,
+    ``model_sha256``: the SHA-256 of the model file when the model was one (`model_spec`
+    loads it again only if it is the same file)."""
 
     vectors: torch.Tensor
     sources: list[str]
@@ -46,6 +49,7 @@ class Embeddings:
     model: str
     data: str | None = None
     errors: tuple[tuple[str, str], ...] = ()
+    model_sha256: str | None = None
 
     def save(self, folder: str | Path) -> Path:
         """Write ``embeddings.npy`` (float16 ``[N, D]``) and ``index.json`` under ``folder``."""
@@ -59,6 +63,7 @@ class Embeddings:
             "layer": self.layer,
             "inputs": self.inputs,
             "model": self.model,
+            "model_sha256": self.model_sha256,
             "data": self.data,
             "dim": int(self.vectors.shape[1]),
             "skipped": [{"source": s, "message": m} for s, m in self.errors],
@@ -89,7 +94,38 @@ def load_embeddings(folder: str | Path) -> Embeddings:
         index["model"],
         index.get("data"),
         tuple((e["source"], e["message"]) for e in index.get("skipped", [])),
+        index.get("model_sha256"),
     )
+
+
+def model_file_sha256(model) -> str | None:
+    """The SHA-256 of the file ``model`` names when `load_model` would read it from a file
+    (None for a registered name, a module or a `LoadedModel`)."""
+    if not isinstance(model, (str, Path)):
+        return None
+    path = model_file(model)
+    return None if path is None else file_sha256(path)
+
+
+def model_spec(stored: Embeddings, folder: str | Path) -> str:
+    """The model an embedding names, to load again: a registered name as it is; a file only
+    when it is the file the embedding was made with (the same SHA-256), else a
+    `ModelLoadError` saying to pass the model (``--model``)."""
+    path = model_file(stored.model)
+    if path is None:
+        return stored.model
+    index = Path(folder) / INDEX_FILE
+    if stored.model_sha256 is None:
+        raise ModelLoadError(
+            f"{index} names the model file {path} but records no SHA-256 of it, so it may not "
+            "be the file the embedding was made with; pass the model with --model"
+        )
+    if file_sha256(path) != stored.model_sha256:
+        raise ModelLoadError(
+            f"{path} is not the model file {index} was made with (its SHA-256 differs); "
+            "pass the model with --model"
+        )
+    return stored.model
 
 
 def pooled(features: torch.Tensor) -> torch.Tensor:
@@ -183,11 +219,8 @@ def embed(
     dataset = open_dataset(data, loaded.preprocess)
     name, inputs, open_capture = feature_capture(loaded.module, layer)
     reducer = PooledReducer()
-    fingerprint = {
+    settings = {
         "kind": "embed",
-        "model": loaded.name,
-        "items": len(dataset),
-        "first": dataset.sources[:1],
         "layer": name,
         "inputs": inputs,
         "batch_size": batch_size,
@@ -196,7 +229,7 @@ def embed(
         options = RunOptions(
             run_device, batch_size, workers, checkpoint, save_every, resume, progress, on_batch
         )
-        run = stream_pass(loaded.module, dataset, open_capture, reducer, options, fingerprint)
+        run = stream_pass(loaded.module, dataset, open_capture, reducer, options, settings)
     indices, vectors = reducer.rows()
     labels = [dataset.label(i) for i in indices.tolist()]
     return Embeddings(
@@ -209,4 +242,5 @@ def embed(
         loaded.name,
         str(data) if isinstance(data, (str, Path)) else None,
         tuple((dataset.sources[i], message) for i, message in run.errors),
+        model_file_sha256(model),
     )

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from convlens.data.datasets import ScanDataset, open_dataset
+from convlens.data.datasets import open_dataset
 from convlens.errors import DataError, LayerError, MethodError
 from convlens.features.maps import stage_layers
 from convlens.layers import Field, capture, resolve_layer
@@ -237,8 +237,8 @@ def top_activating(
         options = RunOptions(
             run_device, batch_size, workers, checkpoint, save_every, resume, progress, on_batch
         )
-        fingerprint = _fingerprint(loaded, dataset, names, k, by, batch_size)
-        run = stream_pass(module, dataset, capture_layers(names), reducer, options, fingerprint)
+        settings = _settings(names, k, by, batch_size)
+        run = stream_pass(module, dataset, capture_layers(names), reducer, options, settings)
         units = units_of(reducer.tops, geometry, dataset.sources)
     return TopActivations(
         {name: LayerTop(name, k, by, geometry[name][0], units[name]) for name in names},
@@ -248,12 +248,10 @@ def top_activating(
     )
 
 
-def _fingerprint(loaded: LoadedModel, dataset: ScanDataset, names, k, by, batch_size) -> dict:
+def _settings(names, k, by, batch_size) -> dict:
+    """The options that change a top-k pass's results (its resume fingerprint)."""
     return {
         "kind": "top_activating",
-        "model": loaded.name,
-        "items": len(dataset),
-        "first": dataset.sources[:1],
         "layers": list(names),
         "k": k,
         "by": by,

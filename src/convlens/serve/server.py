@@ -104,6 +104,7 @@ def prepare_server(
     settings: ServeSettings | None = None,
     echo: Callable[[str], None] = print,
     atlas: str | Path | None = None,
+    trust_pickle: bool = False,
 ) -> WebServer:
     """Bind ``host``:``port``, load ``model`` (moved to ``device`` when given) and build
     the server; it prints that it is ready (with the port, also when ``port`` is 0) once
@@ -117,7 +118,7 @@ def prepare_server(
     folder = AtlasFolder.open(atlas) if atlas is not None else None  # before the model loads
     sock = bind_socket(host, port)
     try:
-        loaded = load_model(model)
+        loaded = load_model(model, trust_pickle=trust_pickle)
         if device is not None:
             from convlens.models.devices import resolve_device
 
@@ -151,6 +152,10 @@ def run_server(
     settings: ServeSettings | None = None,
     echo: Callable[[str], None] = print,
     atlas: str | Path | None = None,
+    trust_pickle: bool = False,
 ) -> None:
-    """`prepare_server` with these arguments, then serve until interrupted (Ctrl+C)."""
-    prepare_server(model, host, port, device, settings, echo, atlas).serve_forever()
+    """`prepare_server` with these arguments (``trust_pickle``: see `load_model`), then
+    serve until interrupted (Ctrl+C)."""
+    prepare_server(
+        model, host, port, device, settings, echo, atlas, trust_pickle=trust_pickle
+    ).serve_forever()

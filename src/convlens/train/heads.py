@@ -179,7 +179,7 @@ def head_record(log: TrainingLog, model: HeadModel, images: LabelledImages, **se
         "threads": torch.get_num_threads(),
         "versions": {
             "convlens": getattr(convlens, "__version__", "unknown"),
-            "torch": torch.__version__,
+            "torch": str(torch.__version__),
             "python": platform.python_version(),
         },
         "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
