@@ -207,7 +207,7 @@ def test_cli_trains_a_head_and_every_command_loads_it(tmp_path, capsys):
     from convlens.data.synthetic import SyntheticShapes
 
     out = tmp_path / "nin"
-    args = ["train", "--head", "nin", "--limit", "16", "--test", "8", "--epochs", "1"]
+    args = ["train", "head", "nin", "--limit", "16", "--test", "8", "--epochs", "1"]
     assert main([*args, "--out", str(out), "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["head"] == "nin" and len(record["losses"]) == 1

@@ -7,7 +7,7 @@ deconvnet (or guided-backprop) rule, cut to its receptive field. The channels sh
 same at every epoch: by default the ``count`` channels whose strongest activation is largest
 in the last epoch.
 
-``convlens train --head ... --keep-epochs`` writes the per-epoch files
+``convlens train head ... --keep-epochs`` writes the per-epoch files
 (``OUT/epochs/epoch-NNN.pt``, epoch 0 = the initial weights) that `epoch_files` lists.
 """
 
@@ -43,7 +43,7 @@ def epoch_files(folder: str | Path) -> list[Path]:
         if files:
             return files
     raise DataError(
-        f"{root} holds no epoch-NNN.pt files; train with 'convlens train --head ... "
+        f"{root} holds no epoch-NNN.pt files; train with 'convlens train head ... "
         "--keep-epochs --out DIR' and pass DIR (or pass model files one by one)"
     )
 
@@ -109,7 +109,7 @@ def feature_evolution(
         columns: a label per model (default: ``"epoch N"`` from ``epoch-NNN.pt`` names).
 
     Example:
-        >>> layers = ["backbone.module.features.2"]  # of a `convlens train --head` model
+        >>> layers = ["backbone.module.features.2"]  # of a `convlens train head` model
         >>> evo = feature_evolution(epoch_files("run"), "shapes:200", layers)  # doctest: +SKIP
         >>> evo.values.shape  # [epochs, rows]  # doctest: +SKIP
     """
