@@ -4,24 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-import typer
+from tests.helpers.cli import command_paths
 
-from convlens.cli import app, main
+from convlens.cli import main
 
-
-def command_paths(group, prefix: tuple[str, ...] = ()) -> dict:
-    """Every runnable command under ``group``, hidden ones included, by its words
-    (``"explain"``, ``"train head"``): sub-groups are walked, not listed themselves."""
-    found = {}
-    for name, command in group.commands.items():
-        if hasattr(command, "commands"):  # a group (typer's own click copy)
-            found |= command_paths(command, (*prefix, name))
-        else:
-            found[" ".join((*prefix, name))] = command
-    return found
-
-
-ALL = command_paths(typer.main.get_command(app))
+ALL = command_paths()
 COMMANDS = sorted(ALL)  # every registered command, sub-commands by their full words
 
 

@@ -69,7 +69,10 @@ def scan_command(
     layers: Annotated[
         str | None, typer.Option("--layers", help="Comma-separated layers (default: every stage).")
     ] = None,
-    k: Annotated[int, typer.Option("--k", help="Images per channel.")] = 9,
+    top: Annotated[int, typer.Option("--top", min=1, help="Images per channel.")] = 9,
+    k_alias: Annotated[
+        int | None, typer.Option("--k", hidden=True, min=1, help="Old spelling of --top.")
+    ] = None,
     by: Annotated[
         str, typer.Option("--by", help="Rank images by a channel's max or mean.")
     ] = "max",
@@ -101,7 +104,7 @@ def scan_command(
             load_model(model),
             data,
             layers.split(",") if layers else None,
-            k=k,
+            k=top if k_alias is None else k_alias,
             by=by,
             projections=rules,
             device=device,
@@ -192,7 +195,10 @@ def _with_data(result, data: str, model: str):
 def neighbors_command(
     image: Annotated[str, typer.Argument(help="Query image file or sample name.")],
     index: Annotated[str, typer.Option("--index", help="Folder written by 'convlens embed'.")],
-    k: Annotated[int, typer.Option("--k", help="Neighbours to show.")] = 5,
+    top: Annotated[int, typer.Option("--top", min=1, help="Neighbours to show.")] = 5,
+    k_alias: Annotated[
+        int | None, typer.Option("--k", hidden=True, min=1, help="Old spelling of --top.")
+    ] = None,
     metric: Annotated[str, typer.Option(help="cosine or l2.")] = "cosine",
     out: Annotated[str | None, typer.Option("--out", "-o", help="PNG of the neighbours.")] = None,
     json_: JsonOption = False,
@@ -202,7 +208,7 @@ def neighbors_command(
     ] = None,
     device: DeviceOption = "cpu",
 ) -> None:
-    """The k nearest images of IMAGE in an embedding: printed (or JSON: a list of
+    """The --top nearest images of IMAGE in an embedding: printed (or JSON: a list of
     {"source", "distance"}) and drawn as a strip."""
     from convlens.data.datasets import open_dataset
     from convlens.data.images import load_images
@@ -226,7 +232,8 @@ def neighbors_command(
         with torch.no_grad(), open_capture(loaded.module) as cap:
             loaded.module(batch.tensor.to(run_device))
         query = pooled(cap.activation()).cpu().half()
-    rows, distances = nearest(stored.vectors, query, k, metric, backend="auto")
+    count = top if k_alias is None else k_alias
+    rows, distances = nearest(stored.vectors, query, count, metric, backend="auto")
     found = [
         {"source": stored.sources[r], "distance": float(d)}
         for r, d in zip(rows[0].tolist(), distances[0].tolist(), strict=True)
