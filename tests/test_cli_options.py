@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from torch import nn
+from tests.helpers.networks import small_convnet
 
 from convlens.cli import main
 from convlens.cli.explain_tiles import contrast_parts
@@ -18,17 +18,6 @@ from convlens.cli.options import parse_method_options
 from convlens.data.preprocess import Preprocess
 from convlens.data.progress import progress_bar
 from convlens.errors import MethodError, ModelLoadError
-
-
-def _net() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 4, 5, stride=4),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(4, 3),
-    ).eval()
 
 
 def test_method_options_are_parsed_typed_and_checked_against_the_registry():
@@ -58,7 +47,7 @@ def test_contrast_targets_split_only_between_classes():
 
 
 def test_explain_options_contrast_and_labels_reach_the_record(tmp_path, capsys):
-    torch.save(_net(), tmp_path / "net.pt")
+    torch.save(small_convnet().eval(), tmp_path / "net.pt")
     (tmp_path / "names.txt").write_text("ant\nbee\ncow\n")
     args = [
         "explain",

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from tests.conftest import tiny_gap_classifier
+from tests.helpers.networks import tiny_gap_classifier
 
 from convlens.cli import main
 from convlens.models import load_model

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tests.conftest import assert_same_state, model_state, small_convnet
+from tests.conftest import assert_same_state, model_state
+from tests.helpers.networks import small_convnet
 
 fastapi = pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402

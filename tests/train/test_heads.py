@@ -8,7 +8,8 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from tests.conftest import assert_same_state, model_state, small_convnet
+from tests.conftest import assert_same_state, model_state
+from tests.helpers.networks import small_convnet
 from torch import nn
 
 import convlens
