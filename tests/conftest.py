@@ -35,6 +35,23 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def no_network(monkeypatch) -> list:
+    """Offline (``CONVLENS_OFFLINE=1``, the documented switch) with every TCP connection
+    refused and recorded: the list of attempted addresses, which tests expect empty."""
+    import socket
+
+    attempts: list = []
+
+    def refuse(address, *args, **kwargs):
+        attempts.append(address)
+        raise OSError("network is unreachable")
+
+    monkeypatch.setenv("CONVLENS_OFFLINE", "1")
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    return attempts
+
+
 @pytest.fixture(scope="session")
 def default_model():
     """The embedded EfficientNet-Lite0 (LoadedModel). Tests must not modify it."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 
 import pytest
 import torch
@@ -126,15 +125,16 @@ def test_version_and_evaluate_method_spelling(capsys):
     assert "--data needs --model" in capsys.readouterr().err
 
 
-def test_offline_hub_load_fails_in_seconds_with_one_line(monkeypatch, capsys):
+def test_offline_hub_load_fails_at_once_with_one_line(no_network, monkeypatch, capsys):
+    """Offline, the load gives up without trying a connection (timm and Hugging Face would
+    retry for a minute): zero connection attempts, one line."""
     pytest.importorskip("timm")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the user says: no network
-    start = time.perf_counter()
     code = main(["predict", "cat", "-m", "timm:convnext_atto_ols"])
     err = capsys.readouterr().err
     if code == 0:
         pytest.skip("these weights are in the local cache")
-    assert time.perf_counter() - start < 20
+    assert no_network == []
     assert code == 1 and err.count("\n") == 1 and "--random-weights" in err and "--weights" in err
 
 
