@@ -109,9 +109,11 @@ def feature_evolution(
         columns: a label per model (default: ``"epoch N"`` from ``epoch-NNN.pt`` names).
 
     Example:
-        >>> layers = ["backbone.module.features.2"]  # of a `convlens train head` model
-        >>> evo = feature_evolution(epoch_files("run"), "shapes:200", layers)  # doctest: +SKIP
-        >>> evo.values.shape  # [epochs, rows]  # doctest: +SKIP
+        >>> # epoch_files("run") of a `convlens train head --keep-epochs` run; here the
+        >>> # shipped model twice, as two "epochs" of one network:
+        >>> evo = feature_evolution(["synthetic-shapes"] * 2, "shapes:8", ["features.2"], count=2)
+        >>> evo.values.shape  # [epochs, rows]
+        torch.Size([2, 2])
     """
     if not models:
         raise DataError("pass at least one model (the epochs to compare)")
