@@ -103,7 +103,7 @@ def test_scouter_attention_shapes_area_loss_and_the_negative_sign_flip():
 
 def test_head_methods_refuse_other_models_and_stay_out_of_method_all():
     images = torch.randn(1, 3, 8, 8)
-    with pytest.raises(MethodError, match="--head acol"):
+    with pytest.raises(MethodError, match="convlens train head acol"):
         convlens.explain(tiny_head_model(NinHead(4, 3)), images, method="acol")
     with pytest.raises(MethodError, match="no convlens head"):
         convlens.explain(small_convnet(), images, method="scouter")

@@ -1,5 +1,6 @@
 """The hidden maintainer commands that replaced ``python -m convlens.train.synthetic`` and
-``python -m convlens.train.scenes``: measured on a few held-out items, the shipped file kept."""
+``python -m convlens.train.scenes``: measured on a few held-out items, the shipped file kept
+(shapes-model: tests/train/test_shapes_model.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from tests.helpers.cli import command_paths
 
 from convlens.cli import main
 from convlens.models.scenes import WEIGHTS_FILE as SCENES_WEIGHTS
-from convlens.models.shapes import WEIGHTS_FILE as SHAPES_WEIGHTS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -21,15 +21,6 @@ def test_they_are_train_sub_commands_hidden_from_help(capsys):
     assert main(["train", "--help"]) == 0
     shown = capsys.readouterr().out
     assert "head" in shown and "segmentation" in shown and "shapes-model" not in shown
-
-
-def test_shapes_model_test_only_measures_the_shipped_weights(capsys):
-    before = SHAPES_WEIGHTS.read_bytes()
-    assert main(["train", "shapes-model", "--test-only", "--test", "20"]) == 0
-    line = capsys.readouterr().out
-    right, total = map(int, re.search(r"\((\d+) / (\d+) held-out", line).groups())
-    assert total == 20 and 17 <= right <= 20  # 96.8% on the first 1200
-    assert SHAPES_WEIGHTS.read_bytes() == before
 
 
 def test_scenes_model_test_only_prints_its_held_out_scores(capsys):
