@@ -39,7 +39,7 @@ LITE0_OPTIONS = {
 
 def _test_net():
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from tests.conftest import small_convnet
+    from tests.helpers.networks import small_convnet
 
     torch.manual_seed(0)
     images = torch.randn(2, 3, 32, 32)

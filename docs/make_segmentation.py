@@ -8,7 +8,7 @@ masks), ``classifier.pt`` (a multi-label `ShapesNet` for the CAMs, trained on th
 scenes' class labels only), ``cam-bilinear/model.pt`` (its CAM pseudo-masks) and, with
 ``--only cam-scenes-bilinear``, ``cam-scenes-bilinear/model.pt`` (CAM pseudo-masks of the
 shipped ``synthetic-scenes`` model), each with its training record (seconds, threads, load
-average). It uses the library functions behind ``convlens train --task segmentation`` with
+average). It uses the library functions behind ``convlens train segmentation`` with
 the same defaults. ``figures`` scores every
 model on held-out scenes, times inference, writes docs/images/segmentation/*.png and prints
 the tables of docs/segmentation.md as JSON.

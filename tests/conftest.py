@@ -1,4 +1,5 @@
-"""Shared fixtures: deterministic seeds, tiny networks, the default model (loaded once)."""
+"""Shared fixtures: deterministic seeds, the default model (loaded once), model state checks.
+The tiny networks tests share are in `tests.helpers.networks`."""
 
 from __future__ import annotations
 
@@ -34,41 +35,21 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def small_convnet() -> torch.nn.Module:
-    """A seeded 3-class conv net on 3-channel images of any size: conv(3->4) BatchNorm
-    ReLU(inplace) conv(4->4) ReLU GAP linear(4->3); parametrised layers, top-down, are
-    "7", "3", "1", "0"."""
-    from torch import nn
+@pytest.fixture
+def no_network(monkeypatch) -> list:
+    """Offline (``CONVLENS_OFFLINE=1``, the documented switch) with every TCP connection
+    refused and recorded: the list of attempted addresses, which tests expect empty."""
+    import socket
 
-    torch.manual_seed(1)
-    return nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1),
-        nn.BatchNorm2d(4),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(4, 4, 3, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(4, 3),
-    )
+    attempts: list = []
 
+    def refuse(address, *args, **kwargs):
+        attempts.append(address)
+        raise OSError("network is unreachable")
 
-def tiny_gap_classifier() -> torch.nn.Module:
-    """A seeded 5-class conv -> ReLU -> conv -> ReLU -> global average pool -> linear net
-    (strides 4 and 2), small enough for CLI tests that save it to a file; every method
-    applies to it."""
-    from torch import nn
-
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 4, 5, stride=4),
-        nn.ReLU(),
-        nn.Conv2d(4, 6, 3, stride=2),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(6, 5),
-    )
+    monkeypatch.setenv("CONVLENS_OFFLINE", "1")
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    return attempts
 
 
 @pytest.fixture(scope="session")

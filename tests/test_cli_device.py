@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-import typer
+from tests.helpers.cli import command_paths
 
-from convlens.cli import app, main
+from convlens.cli import main
 
-COMMANDS = sorted(typer.main.get_command(app).commands)  # every registered command
+ALL = command_paths()
+COMMANDS = sorted(ALL)  # every registered command, sub-commands by their full words
 
 
 @pytest.fixture
@@ -19,7 +20,8 @@ def no_gpu(monkeypatch):
 
 def test_every_command_has_the_device_option():
     assert {"models", "layers", "predict", "explain", "evaluate", "filters"} <= set(COMMANDS)
-    for name, command in typer.main.get_command(app).commands.items():
+    assert {"train head", "train segmentation", "train shapes-model"} <= set(COMMANDS)
+    for name, command in ALL.items():
         options = {opt for param in command.params for opt in param.opts}
         assert "--device" in options, (
             f'convlens {name} has no --device: add `device: DeviceOption = "cpu"` '
@@ -35,7 +37,7 @@ def test_device_cuda_without_cuda_is_one_line_and_exit_2(name, capsys, monkeypat
     import convlens.models.loading as loading
 
     monkeypatch.setattr(loading, "_load_by_name", lambda *a: pytest.fail("model was loaded"))
-    assert main([name, "--device", "cuda"]) == 2
+    assert main([*name.split(), "--device", "cuda"]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.count("\n") == 1

@@ -9,11 +9,11 @@ import re
 
 import pytest
 import torch
-import typer
 from PIL import Image
-from tests.conftest import tiny_gap_classifier
+from tests.helpers.cli import command_paths, options_of
+from tests.helpers.networks import tiny_gap_classifier
 
-from convlens.cli import app, main
+from convlens.cli import main
 from convlens.data.synthetic import SyntheticShapes
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -21,17 +21,17 @@ OUTPUT_OPTIONS = {"--out", "-o"}
 
 
 def test_every_command_that_writes_a_file_has_force():
-    commands = typer.main.get_command(app).commands
     writing = []
-    for name, command in commands.items():
-        options = {opt for param in command.params for opt in param.opts}
+    for name, command in command_paths().items():  # sub-commands too ("train head")
+        options = set(options_of(command))
         if options & OUTPUT_OPTIONS:
             writing.append(name)
             assert "--force" in options, (
                 f"convlens {name} writes files (--out) but has no --force: add "
                 "`force: ForceOption = False` (convlens.cli.options) and pass it to the writer"
             )
-    assert {"explain", "scan", "embed", "report", "train", "evaluate"} <= set(writing)
+    expected = {"explain", "scan", "embed", "report", "train head", "train segmentation"}
+    assert expected | {"evaluate", "train shapes-model"} <= set(writing)
 
 
 def _shape_folder(folder, count: int) -> list[str]:

@@ -10,14 +10,27 @@ import pytest
 from convlens.cli import app, main
 
 WIDTH = 72
-COMMANDS = sorted(info.name for info in app.registered_commands if info.name)
+
+
+def _callbacks(typer_app, prefix: str = "") -> dict:
+    """The function of every command of ``typer_app`` and its sub-apps, by its words."""
+    found = {
+        f"{prefix}{info.name}": info.callback for info in typer_app.registered_commands if info.name
+    }
+    for group in typer_app.registered_groups:
+        found |= _callbacks(group.typer_instance, f"{prefix}{group.name} ")
+    return found
+
+
+CALLBACKS = _callbacks(app)
+COMMANDS = sorted(CALLBACKS)
 
 
 def _help_paragraphs(command: str, capsys, monkeypatch) -> list[list[str]]:
     """The lines of each paragraph of the command's description (before the option boxes),
     without the one-space margin."""
     monkeypatch.setenv("COLUMNS", str(WIDTH))
-    assert main([command, "--help"]) == 0
+    assert main([*command.split(), "--help"]) == 0
     text = capsys.readouterr().out.split("╭", 1)[0]
     body = text.split("Usage:", 1)[1].split("\n", 1)[1]
     paragraphs = [p.splitlines() for p in re.split(r"\n\s*\n", body)]
@@ -25,8 +38,7 @@ def _help_paragraphs(command: str, capsys, monkeypatch) -> list[list[str]]:
 
 
 def _docstring(command: str) -> str:
-    info = next(info for info in app.registered_commands if info.name == command)
-    return inspect.cleandoc(info.callback.__doc__)
+    return inspect.cleandoc(CALLBACKS[command].__doc__)
 
 
 def test_explain_help_paragraphs_are_wrapped_once(capsys, monkeypatch):

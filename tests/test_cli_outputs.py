@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tests.conftest import tiny_gap_classifier
+from tests.helpers.networks import tiny_gap_classifier
 
 from convlens.cli import main
 

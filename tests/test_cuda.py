@@ -11,7 +11,8 @@ import warnings
 
 import pytest
 import torch
-from tests.conftest import assert_same_state, model_state, small_convnet
+from tests.conftest import assert_same_state, model_state
+from tests.helpers.networks import small_convnet
 
 from convlens import TargetError, explain, load_model
 from convlens.attribution.methods import list_methods

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.conftest import assert_same_state, model_state, small_convnet, tiny_gap_classifier
+from tests.conftest import assert_same_state, model_state
+from tests.helpers.networks import small_convnet, tiny_gap_classifier
 from torch import nn
 
 from convlens.analysis import (

@@ -1,4 +1,4 @@
-"""``convlens train --keep-epochs``, ``evolution``, ``ablate``, ``invariance``, ``camcrop``."""
+"""``convlens train head --keep-epochs``, ``evolution``, ``ablate``, ``invariance``, ``camcrop``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from tests.conftest import tiny_gap_classifier
+from tests.helpers.networks import tiny_gap_classifier
 
 from convlens.cli import main
 from convlens.models import load_model
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.mark.slow  # end to end: trains 2 epochs, then scans 3 epoch files
 def test_keep_epochs_then_evolution_shows_one_column_per_epoch(tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["train", "--head", "cam", "--random-backbone", "--keep-epochs", "--limit", "8"]
+    args = ["train", "head", "cam", "--random-backbone", "--keep-epochs", "--limit", "8"]
     args += ["--test", "4", "--epochs", "2", "--batch-size", "8", "--out", str(out)]
     assert main(args) == 0
     files = sorted(p.name for p in (out / "epochs").iterdir())

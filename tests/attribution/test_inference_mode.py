@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.conftest import small_convnet
+from tests.helpers.networks import small_convnet
 
 from convlens.attribution.explain import explain
 from convlens.attribution.methods import list_methods

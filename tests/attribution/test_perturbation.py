@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests.helpers.networks import CountingNet
 from torch import nn
 
 from convlens.attribution.perturbation import occlusion, patch_starts
@@ -18,20 +19,14 @@ class SumModel(nn.Module):
         return torch.stack([total, -total], dim=1)
 
 
-class CountingNet(nn.Module):
-    """A small conv net that records the rows of every forward pass and the grad mode."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Dropout(0.5), nn.AdaptiveAvgPool2d(2)
-        )
-        self.head = nn.Linear(16, 3)
-        self.calls: list[tuple[int, bool]] = []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls.append((len(x), torch.is_grad_enabled()))
-        return self.head(self.body(x).flatten(1))
+def counting_net() -> CountingNet:
+    """A small conv net with dropout (which the methods must switch off) whose forward
+    passes are recorded as ``(rows, grad enabled)``."""
+    torch.manual_seed(0)
+    body = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Dropout(0.5), nn.AdaptiveAvgPool2d(2)
+    )
+    return CountingNet(nn.Sequential(body, nn.Flatten(), nn.Linear(16, 3)))
 
 
 def ramp() -> torch.Tensor:
@@ -80,7 +75,7 @@ def test_fill_values():
 
 
 def test_chunk_size_and_batch_invariant_and_cost():
-    model = CountingNet().eval()
+    model = counting_net().eval()
     images = torch.randn(3, 3, 8, 8)
     targets = [2, 0, 1]
     reference = occlusion(model, images, targets, patch=3, stride=2, batch_size=1000)
@@ -99,7 +94,7 @@ def test_chunk_size_and_batch_invariant_and_cost():
 
 
 def test_top_k_rows_and_progress_bar():
-    model = CountingNet().eval()
+    model = counting_net().eval()
     images = torch.randn(2, 3, 8, 8)
     maps = occlusion(model, images, "top2", patch=4, stride=4, progress=True)
     ids = model(images).topk(2, dim=1).indices.flatten()
@@ -109,12 +104,12 @@ def test_top_k_rows_and_progress_bar():
 
 
 def test_hygiene_train_mode_and_exception(unchanged):
-    model = CountingNet()
+    model = counting_net()
     images = torch.randn(2, 3, 8, 8, requires_grad=True)
     model.eval()
     reference = occlusion(model, images, 1, patch=4, stride=2)
     model.train()
-    for parameter in model.head.parameters():
+    for parameter in model.net[-1].parameters():
         parameter.requires_grad_(False)
     with unchanged(model, images):
         torch.testing.assert_close(occlusion(model, images, 1, patch=4, stride=2), reference)

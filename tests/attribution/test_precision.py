@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from tests.conftest import small_convnet
+from tests.helpers.networks import small_convnet
 
 from convlens import explain, load_model
 from convlens.attribution.methods import list_methods

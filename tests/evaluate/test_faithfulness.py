@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.conftest import small_convnet
+from tests.helpers.networks import CountingNet, small_convnet
 from torch import nn
 
 from convlens.errors import MetricError
@@ -158,18 +158,6 @@ def test_chunk_size_and_batch_do_not_change_results(unchanged):
         drop2, inc2 = average_drop_increase(net, images, maps, batch_size=3)
         assert torch.allclose(drop, drop2, atol=1e-6) and torch.equal(inc, inc2)
     assert net.training  # the borrowed model is handed back in train mode
-
-
-class CountingNet(nn.Module):
-    """Wraps a net and counts the images it is given."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net, self.seen = net, 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.seen += len(x)
-        return self.net(x)
 
 
 @pytest.mark.parametrize("curve", [deletion_curve, insertion_curve])

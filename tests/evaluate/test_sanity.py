@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.conftest import small_convnet
+from tests.helpers.networks import small_convnet
 from torch import nn
 
 from convlens.attribution.common import input_gradient

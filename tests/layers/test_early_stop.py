@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import torch
-from tests.conftest import model_state, small_convnet
+from tests.conftest import model_state
+from tests.helpers.networks import small_convnet
 
 from convlens.layers import capture
 from convlens.layers.early_stop import run_until

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.conftest import assert_same_state, model_state, small_convnet
+from tests.conftest import assert_same_state, model_state
+from tests.helpers.networks import small_convnet
 
 from convlens.layers.interrupt import Interrupted, stop_between_passes
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.conftest import assert_same_state, model_state, small_convnet
+from tests.conftest import assert_same_state, model_state
+from tests.helpers.networks import small_convnet
 from torch import nn
 
 from convlens import DeviceError, load_model, resolve_device

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -112,47 +114,49 @@ def test_unknown_library_names():
         load_model("timm:resnet_nope", pretrained=False)
 
 
-def _offline(*args, **kwargs):
-    raise OSError("network is unreachable")
+@pytest.fixture
+def hub_folder(tmp_path):
+    """An empty torch.hub folder for the test (torch's own setting, restored after)."""
+    previous = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    yield tmp_path / "hub"
+    torch.hub.set_dir(previous)
 
 
-def test_torchvision_offline_error_says_what_to_do(monkeypatch):
-    import torchvision.models._api as torchvision_api
-
-    # torchvision binds load_state_dict_from_url at import: patch where it is looked up,
-    # so the test never touches the network.
-    monkeypatch.setattr(torchvision_api, "load_state_dict_from_url", _offline)
+def test_torchvision_offline_error_says_what_to_do(no_network, hub_folder):
     with pytest.raises(ModelLoadError, match="pretrained=False") as raised:
         load_model("torchvision:resnet18")
     assert "network access" in str(raised.value) and "torchvision:resnet18" in str(raised.value)
+    assert no_network == []  # refused before any connection was tried
 
 
-def test_timm_offline_error_says_what_to_do(monkeypatch):
-    import timm.models._builder as timm_builder
+def test_timm_offline_error_says_what_to_do(no_network, monkeypatch, tmp_path):
+    pytest.importorskip("timm")
+    from huggingface_hub import constants
 
-    monkeypatch.setattr(timm_builder, "load_state_dict_from_hf", _offline)
-    monkeypatch.setattr(timm_builder, "download_cached_file", _offline)
-    monkeypatch.setattr(timm_builder, "load_state_dict_from_url", _offline)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))  # an empty cache
     with pytest.raises(ModelLoadError, match="pretrained=False"):
         load_model("timm:mobilenetv3_small_050")
+    assert no_network == []
 
 
-def test_torchvision_pretrained_brings_its_preprocessing_and_labels(monkeypatch):
-    """With weights (served here from a random network instead of the internet) the
-    LoadedModel carries the weights' own transform: resize 256, crop 224, ImageNet stats."""
+def test_torchvision_pretrained_brings_its_preprocessing_and_labels(no_network, hub_folder):
+    """With weights (a random network's, put in torch.hub's cache folder where torchvision
+    looks first) the LoadedModel carries the weights' own transform: resize 256, crop 224,
+    ImageNet stats."""
     import torchvision
-    import torchvision.models._api as torchvision_api
 
-    state = torchvision.models.resnet18().state_dict()
-    monkeypatch.setattr(torchvision_api, "load_state_dict_from_url", lambda *a, **k: state)
-    monkeypatch.setattr("convlens.models.hub.torchvision_weights_cached", lambda weights: True)
-    loaded = load_model("torchvision:resnet18")
-    assert torch.equal(loaded.module.fc.weight, state["fc.weight"])
+    weights = torchvision.models.SqueezeNet1_1_Weights.DEFAULT
+    state = torchvision.models.squeezenet1_1().state_dict()
+    (hub_folder / "checkpoints").mkdir(parents=True)
+    torch.save(state, hub_folder / "checkpoints" / Path(weights.url).name)
+    loaded = load_model("torchvision:squeezenet1_1")
+    assert torch.equal(loaded.module.features[0].weight, state["features.0.weight"])
     assert loaded.preprocess.size == 224 and loaded.preprocess.crop_pct == 224 / 256
     assert loaded.preprocess.mean == (0.485, 0.456, 0.406)
     assert loaded.preprocess.interpolation == "bilinear"
-    categories = torchvision.models.ResNet18_Weights.DEFAULT.meta["categories"]
-    assert loaded.labels == tuple(categories) and loaded.label(281) == "tabby"
+    assert loaded.labels == tuple(weights.meta["categories"]) and loaded.label(281) == "tabby"
+    assert no_network == []
 
 
 def test_file_that_is_not_a_model(tmp_path):

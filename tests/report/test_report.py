@@ -73,10 +73,22 @@ def test_report_cli_writes_the_page(tmp_path):
     from convlens.cli import main
 
     out = tmp_path / "r.html"
-    args = ["report", "coffee", "--model", "synthetic-shapes", "--methods", "gradcam"]
+    args = ["report", "coffee", "--model", "synthetic-shapes", "--method", "gradcam"]
     assert main([*args, "--top", "1", "--out", str(out)]) == 0
-    assert out.read_text().startswith("<!DOCTYPE html>")
+    page = out.read_text()
+    assert page.startswith("<!DOCTYPE html>")
+    assert "gradcam for" in page and "saliency for" not in page  # only the chosen method
     assert main([*args[:-1], "nope", "--out", str(out)]) == 1
+
+
+def test_report_takes_the_old_methods_spelling(tmp_path):
+    from convlens.cli import main
+
+    out = tmp_path / "r.html"
+    args = ["report", "coffee", "--model", "synthetic-shapes", "--methods", "saliency"]
+    assert main([*args, "--top", "1", "--out", str(out)]) == 0
+    page = out.read_text()
+    assert "saliency for" in page and "gradcam for" not in page
 
 
 def test_write_report_creates_folders(tmp_path):

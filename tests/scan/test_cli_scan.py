@@ -40,7 +40,7 @@ def test_scan_writes_topk_json_panels_and_a_self_contained_atlas(tmp_path, capsy
         "synthetic-shapes",
         "--layers",
         "features.2",
-        "--k",
+        "--top",
         "2",
         "--out",
         str(out),
@@ -103,7 +103,7 @@ def test_embed_then_neighbors_finds_the_image_itself(tmp_path, capsys):
                 str(query),
                 "--index",
                 str(out),
-                "--k",
+                "--top",
                 "3",
                 "--json",
                 "--out",
@@ -116,6 +116,9 @@ def test_embed_then_neighbors_finds_the_image_itself(tmp_path, capsys):
     assert [set(f) for f in found] == [{"source", "distance"}] * 3
     assert found[0]["source"] == "shapes:4" and found[0]["distance"] < 1e-3
     assert strip.is_file()
+    old_spelling = ["neighbors", str(query), "--index", str(out), "--k", "2", "--json"]
+    assert main([*old_spelling, "--out", str(strip)]) == 0  # --k: the hidden old name
+    assert json.loads(capsys.readouterr().out) == found[:2]
 
 
 def _torchrun(args: list[str], cwd: Path) -> None:
@@ -154,7 +157,7 @@ def test_two_process_torchrun_equals_one_process(tmp_path):
         "synthetic-shapes",
         "--layers",
         "features.5,features.15",
-        "--k",
+        "--top",
         "3",
         "--batch-size",
         "4",
@@ -192,7 +195,7 @@ def test_cli_resume_continues_a_stopped_scan(tmp_path):
         "synthetic-shapes",
         "--layers",
         "features.2",
-        "--k",
+        "--top",
         "2",
         "--projections",
         "none",

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from tests.conftest import tiny_gap_classifier
+from tests.helpers.networks import tiny_gap_classifier
 
 from convlens.cli import main
 from convlens.data.synthetic import SyntheticShapes

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tests.conftest import small_convnet
+from tests.helpers.networks import small_convnet
 
 from convlens.data.datasets import ScanDataset, open_dataset
 from convlens.data.preprocess import Preprocess

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tests.conftest import assert_same_state, model_state, small_convnet
+from tests.conftest import assert_same_state, model_state
+from tests.helpers.networks import small_convnet
 
 fastapi = pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
@@ -343,10 +344,8 @@ def test_a_client_that_disconnects_stops_its_method():
         with socket.create_connection(("127.0.0.1", port)) as client:
             client.sendall(head + body)
             assert net.reached.wait(30)
-        start = time.monotonic()
         app.state.desk.run(lambda: None)  # waits until the cancelled request lets go
-        assert time.monotonic() - start < 5
-        assert net.calls < 10  # occlusion would need 24 passes
+        assert net.calls < 10  # stopped: occlusion would need 24 passes
         assert_same_state(before, model_state(net))
     finally:
         server.should_exit = True

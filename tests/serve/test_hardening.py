@@ -10,7 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
-from tests.conftest import assert_same_state, model_state, small_convnet
+from tests.conftest import assert_same_state, model_state
+from tests.helpers.networks import small_convnet
 from tests.serve.test_app import LOCAL, CountingNet
 
 fastapi = pytest.importorskip("fastapi")

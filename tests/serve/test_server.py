@@ -10,7 +10,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from tests.conftest import small_convnet
+from tests.helpers.networks import small_convnet
 from tests.serve.test_app import CountingNet
 
 from convlens import load_model

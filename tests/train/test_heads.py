@@ -8,7 +8,8 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from tests.conftest import assert_same_state, model_state, small_convnet
+from tests.conftest import assert_same_state, model_state
+from tests.helpers.networks import small_convnet
 from torch import nn
 
 import convlens
@@ -102,7 +103,7 @@ def test_scouter_attention_shapes_area_loss_and_the_negative_sign_flip():
 
 def test_head_methods_refuse_other_models_and_stay_out_of_method_all():
     images = torch.randn(1, 3, 8, 8)
-    with pytest.raises(MethodError, match="--head acol"):
+    with pytest.raises(MethodError, match="convlens train head acol"):
         convlens.explain(tiny_head_model(NinHead(4, 3)), images, method="acol")
     with pytest.raises(MethodError, match="no convlens head"):
         convlens.explain(small_convnet(), images, method="scouter")
@@ -231,7 +232,7 @@ def test_cli_trains_a_head_and_every_command_loads_it(tmp_path, capsys):
     from convlens.data.synthetic import SyntheticShapes
 
     out = tmp_path / "nin"
-    args = ["train", "--head", "nin", "--limit", "16", "--test", "8", "--epochs", "1"]
+    args = ["train", "head", "nin", "--limit", "16", "--test", "8", "--epochs", "1"]
     assert main([*args, "--out", str(out), "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["head"] == "nin" and len(record["losses"]) == 1

@@ -1,5 +1,5 @@
 """The training loop's checkpoints, segmentation training, CAM pseudo-masks, and the
-`convlens train --task segmentation` / `convlens explain --region` commands."""
+`convlens train segmentation` / `convlens explain --region` commands."""
 
 from __future__ import annotations
 
@@ -109,7 +109,6 @@ def test_train_and_explain_a_segmentation_model_from_the_command_line(tmp_path, 
     out = tmp_path / "seg"
     args = [
         "train",
-        "--task",
         "segmentation",
         "--out",
         str(out),
@@ -119,7 +118,7 @@ def test_train_and_explain_a_segmentation_model_from_the_command_line(tmp_path, 
         "3",
         "--epochs",
         "1",
-        "--width",
+        "--backbone-width",
         "4",
         "--threads",
         "1",
@@ -153,9 +152,9 @@ def test_train_and_explain_a_segmentation_model_from_the_command_line(tmp_path, 
     assert "four integers" in capsys.readouterr().err
 
 
-def test_an_unknown_task_is_a_usage_error(tmp_path, capsys):
-    assert main(["train", "--task", "detection", "--out", str(tmp_path)]) == 2
-    assert "segmentation" in capsys.readouterr().err
+def test_an_unknown_training_command_is_a_usage_error(tmp_path, capsys):
+    assert main(["train", "detection", "--out", str(tmp_path)]) == 2
+    assert "No such command 'detection'" in capsys.readouterr().err
 
 
 def _identity_cam_classifier() -> nn.Module:

@@ -88,9 +88,13 @@ def test_training_loop_rejects_mismatched_inputs():
 
 
 def test_test_only_command_measures_the_shipped_weights(capsys):
-    from convlens.train.synthetic import held_out_accuracy, main
+    from convlens.cli import main
+    from convlens.models.shapes import WEIGHTS_FILE
+    from convlens.train.synthetic import held_out_accuracy
 
-    main(["--test-only", "--test", "30"])
+    shipped = WEIGHTS_FILE.read_bytes()
+    assert main(["train", "shapes-model", "--test-only", "--test", "30"]) == 0
+    assert WEIGHTS_FILE.read_bytes() == shipped
     out = capsys.readouterr().out
     measured = held_out_accuracy(test=30)
     assert f"test accuracy {measured:.4f} ({round(measured * 30)} / 30 held-out" in out

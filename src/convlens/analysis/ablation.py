@@ -184,10 +184,10 @@ def ablate_layers(
         >>> from convlens import load_model
         >>> from convlens.analysis import labelled_images
         >>> model = load_model("synthetic-shapes")
-        >>> data = labelled_images("shapes:100", model.preprocess)
-        >>> x, y = data.inputs, data.labels
-        >>> result = ablate_layers(model, x, y, ["features.*"])  # doctest: +SKIP
-        >>> [(row.layer, row.accuracy - result.accuracy) for row in result.rows]  # doctest: +SKIP
+        >>> data = labelled_images("shapes:20", model.preprocess)
+        >>> result = ablate_layers(model, data.inputs, data.labels, ["features.3"])
+        >>> [(row.layer, row.mode) for row in result.rows]  # "auto" zeroes this layer
+        [('features.3', 'zero')]
     """
     check_mode(mode)
     if len(inputs) != len(labels) or len(inputs) == 0:

@@ -7,7 +7,7 @@ deconvnet (or guided-backprop) rule, cut to its receptive field. The channels sh
 same at every epoch: by default the ``count`` channels whose strongest activation is largest
 in the last epoch.
 
-``convlens train --head ... --keep-epochs`` writes the per-epoch files
+``convlens train head ... --keep-epochs`` writes the per-epoch files
 (``OUT/epochs/epoch-NNN.pt``, epoch 0 = the initial weights) that `epoch_files` lists.
 """
 
@@ -43,7 +43,7 @@ def epoch_files(folder: str | Path) -> list[Path]:
         if files:
             return files
     raise DataError(
-        f"{root} holds no epoch-NNN.pt files; train with 'convlens train --head ... "
+        f"{root} holds no epoch-NNN.pt files; train with 'convlens train head ... "
         "--keep-epochs --out DIR' and pass DIR (or pass model files one by one)"
     )
 
@@ -109,9 +109,11 @@ def feature_evolution(
         columns: a label per model (default: ``"epoch N"`` from ``epoch-NNN.pt`` names).
 
     Example:
-        >>> layers = ["backbone.module.features.2"]  # of a `convlens train --head` model
-        >>> evo = feature_evolution(epoch_files("run"), "shapes:200", layers)  # doctest: +SKIP
-        >>> evo.values.shape  # [epochs, rows]  # doctest: +SKIP
+        >>> # epoch_files("run") of a `convlens train head --keep-epochs` run; here the
+        >>> # shipped model twice, as two "epochs" of one network:
+        >>> evo = feature_evolution(["synthetic-shapes"] * 2, "shapes:8", ["features.2"], count=2)
+        >>> evo.values.shape  # [epochs, rows]
+        torch.Size([2, 2])
     """
     if not models:
         raise DataError("pass at least one model (the epochs to compare)")

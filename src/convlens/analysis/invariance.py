@@ -135,10 +135,10 @@ def invariance_curves(
         >>> from convlens import load_model
         >>> from convlens.analysis import labelled_images
         >>> model = load_model("synthetic-shapes")
-        >>> data = labelled_images("shapes:100", model.preprocess)
-        >>> x, y = data.inputs, data.labels
-        >>> curves = invariance_curves(model, x, y, None, "rotate")  # doctest: +SKIP
-        >>> curves.probabilities.shape  # [amounts, images]  # doctest: +SKIP
+        >>> data = labelled_images("shapes:20", model.preprocess)
+        >>> curves = invariance_curves(model, data.inputs, data.labels, None, "rotate")
+        >>> curves.probabilities.shape  # [amounts, images]
+        torch.Size([9, 20])
     """
     if len(inputs) != len(labels) or len(inputs) == 0:
         raise DataError(f"{len(inputs)} images but {len(labels)} labels; pass one label each")

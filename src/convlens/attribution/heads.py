@@ -1,7 +1,7 @@
 """Maps that a localising head computes itself (`convlens.models.heads`), as attribution
 methods: ``nin`` (the NIN head's class map), ``acol`` (ACoL's fused map), ``scouter``
 (SCOUTER's slot attention). Each applies only to a `HeadModel` with that head; any other
-model gets a `MethodError` that says how to make one (``convlens train --head``).
+model gets a `MethodError` that says how to make one (``convlens train head``).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def _head_maps(model: Model, images: torch.Tensor, target: object, kind: str) ->
         has = f"a {module.kind} head" if isinstance(module, HeadModel) else "no convlens head"
         raise MethodError(
             f"the {kind} method reads the maps of a model with the {kind} head, and this model "
-            f"has {has}; train one with 'convlens train --head {kind} --out DIR' and pass "
+            f"has {has}; train one with 'convlens train head {kind} --out DIR' and pass "
             "--model DIR/model.pt"
         )
     targets = prepared.targets

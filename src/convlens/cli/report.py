@@ -14,13 +14,16 @@ from convlens.cli.options import ForceOption, TrustPickleOption
 def report_command(
     images: ImagesArgument,
     model: ModelOption = "efficientnet_lite0",
-    methods: Annotated[
+    method: Annotated[
         str | None,
         typer.Option(
-            "--methods",
+            "--method",
             help="Methods shown side by side, comma separated, or 'all' (default: "
             "gradcam, gradcam_pp, layercam, saliency, guided_backprop).",
         ),
+    ] = None,
+    methods_alias: Annotated[
+        str | None, typer.Option("--methods", hidden=True, help="Old spelling of --method.")
     ] = None,
     top: Annotated[int, typer.Option("--top", help="Classes explained per image.", min=1)] = 3,
     visualize: Annotated[
@@ -44,7 +47,7 @@ def report_command(
     page, skipped = build_report(
         loaded,
         images,
-        methods or DEFAULT_METHODS,
+        methods_alias or method or DEFAULT_METHODS,
         top=top,
         visualize=visualize,
         progress=lambda message: typer.echo(message, err=True),

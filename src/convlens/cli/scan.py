@@ -77,7 +77,10 @@ def scan_command(
     layers: Annotated[
         str | None, typer.Option("--layers", help="Comma-separated layers (default: every stage).")
     ] = None,
-    k: Annotated[int, typer.Option("--k", help="Images per channel.")] = 9,
+    top: Annotated[int, typer.Option("--top", min=1, help="Images per channel.")] = 9,
+    k_alias: Annotated[
+        int | None, typer.Option("--k", hidden=True, min=1, help="Old spelling of --top.")
+    ] = None,
     by: Annotated[
         str, typer.Option("--by", help="Rank images by a channel's max or mean.")
     ] = "max",
@@ -117,7 +120,7 @@ def scan_command(
                 load_model(model, trust_pickle=trust_pickle),
                 data,
                 layers.split(",") if layers else None,
-                k=k,
+                k=top if k_alias is None else k_alias,
                 by=by,
                 projections=rules,
                 device=device,
@@ -132,7 +135,7 @@ def scan_command(
             if rank == 0:
                 page = write_scan_atlas(out, f"convlens scan of {data}")
                 _report_skipped(result.errors)
-                channels = sum(len(top.channels) for top in result.layers.values())
+                channels = sum(len(found.channels) for found in result.layers.values())
                 typer.echo(
                     f"{result.scanned} images, {len(result.layers)} layers, {channels} channels "
                     f"-> {page}"
@@ -215,7 +218,10 @@ def _with_data(result, data: str, model: str, model_sha256: str | None):
 def neighbors_command(
     image: Annotated[str, typer.Argument(help="Query image file or sample name.")],
     index: Annotated[str, typer.Option("--index", help="Folder written by 'convlens embed'.")],
-    k: Annotated[int, typer.Option("--k", help="Neighbours to show.")] = 5,
+    top: Annotated[int, typer.Option("--top", min=1, help="Neighbours to show.")] = 5,
+    k_alias: Annotated[
+        int | None, typer.Option("--k", hidden=True, min=1, help="Old spelling of --top.")
+    ] = None,
     metric: Annotated[str, typer.Option(help="cosine or l2.")] = "cosine",
     out: Annotated[str | None, typer.Option("--out", "-o", help="PNG of the neighbours.")] = None,
     json_: JsonOption = False,
@@ -231,7 +237,7 @@ def neighbors_command(
     force: ForceOption = False,
     trust_pickle: TrustPickleOption = False,
 ) -> None:
-    """The k nearest images of IMAGE in an embedding: printed (or JSON: a list of
+    """The --top nearest images of IMAGE in an embedding: printed (or JSON: a list of
     {"source", "distance"}) and drawn as a strip."""
     from convlens.data.datasets import open_dataset
     from convlens.data.images import load_images
@@ -258,7 +264,8 @@ def neighbors_command(
         with torch.no_grad(), open_capture(loaded.module) as cap:
             loaded.module(batch.tensor.to(run_device))
         query = pooled(cap.activation()).cpu().half()
-    rows, distances = nearest(stored.vectors, query, k, metric, backend="auto")
+    count = top if k_alias is None else k_alias
+    rows, distances = nearest(stored.vectors, query, count, metric, backend="auto")
     found = [
         {"source": stored.sources[r], "distance": float(d)}
         for r, d in zip(rows[0].tolist(), distances[0].tolist(), strict=True)

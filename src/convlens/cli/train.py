@@ -1,95 +1,73 @@
-"""``convlens train``: train a model and write ``OUT/model.pt`` (loadable with ``--model``),
-``OUT/checkpoint.pt`` (for ``--resume``) and ``OUT/record.json``.
+"""``convlens train head`` and ``convlens train segmentation``: train a model and write
+``OUT/model.pt`` (loadable with ``--model``), ``OUT/checkpoint.pt`` (for ``--resume``) and
+``OUT/record.json``. Each command turns its options into a settings object
+(`convlens.train.settings`) and runs it.
 
-Each task is one function in `_TASKS`; ``--task segmentation`` trains the DeepLabv3+-style
-`SegmentationNet` on the multi-object scenes, from true masks or CAM pseudo-masks. A task
-reads the options it needs from `TrainOptions` (add fields there for new tasks' options).
+``convlens train shapes-model`` and ``scenes-model`` (hidden: maintainer tools) retrain the
+shipped synthetic benchmark models and write their weights files.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from convlens.cli.app import DeviceOption, JsonOption, _echo_json, app
 from convlens.cli.options import ForceOption, TrustPickleOption
+from convlens.train.settings import HeadTraining, SegmentationTraining, Training
+
+train_app = typer.Typer(
+    no_args_is_help=True,
+    help="Train a model: a localising head on a backbone, or the segmentation model.",
+)
+app.add_typer(train_app, name="train")
+
+OutOption = Annotated[
+    Path, typer.Option("--out", "-o", help="Folder for model.pt, checkpoint.pt and record.json.")
+]
+TestOption = Annotated[int, typer.Option("--test", help="Held-out images (seed 1).")]
+EpochsOption = Annotated[int, typer.Option("--epochs")]
+BatchSizeOption = Annotated[int, typer.Option("--batch-size")]
+LearningRateOption = Annotated[float, typer.Option("--lr", help="Peak learning rate.")]
+SeedOption = Annotated[int, typer.Option("--seed", help="Initialisation/shuffle seed.")]
+ResumeOption = Annotated[
+    bool, typer.Option("--resume", help="Continue from OUT/checkpoint.pt if present.")
+]
+CheckpointEveryOption = Annotated[
+    int, typer.Option("--checkpoint-every", help="Write the checkpoint every E epochs.")
+]
+ThreadsOption = Annotated[int, typer.Option("--threads", help="torch CPU threads.")]
 
 
-@dataclass(frozen=True)
-class TrainOptions:
-    """Everything ``convlens train`` was given (each task reads what it needs)."""
-
-    out: str
-    train: int
-    test: int
-    epochs: int
-    batch_size: int
-    learning_rate: float
-    seed: int
-    resume: bool
-    threads: int
-    width: int
-    output_stride: int
-    upsample: str
-    labels: str
-    classifier: str
-    threshold: float
-    refine_steps: int
-    head: str | None = None
-    data: str = "synthetic"
-    backbone: str = "synthetic-shapes"
-    layer: str = "features"
-    freeze_backbone: bool = False
-    limit: int | None = None
-    checkpoint_every: int = 1
-    head_options: tuple[str, ...] = ()
-    random_backbone: bool = False
-    keep_epochs: bool = False
-    trust_pickle: bool = False
-
-
-@app.command("train")
-def train_command(
-    out: Annotated[str, typer.Option("--out", "-o", help="Folder for model.pt and records.")],
-    task: Annotated[
-        str | None, typer.Option("--task", help="segmentation (or give --head).")
-    ] = None,
+@train_app.command("head")
+def train_head_command(
     head: Annotated[
-        str | None,
-        typer.Option("--head", help="Train a classifier head: cam, nin, acol or scouter."),
-    ] = None,
+        str, typer.Argument(metavar="HEAD", help="The head: cam, nin, acol or scouter.")
+    ],
+    out: OutOption,
     data: Annotated[
-        str, typer.Option("--data", help="--head data: synthetic or an ImageFolder tree.")
-    ] = "synthetic",
+        str, typer.Option("--data", help="synthetic (the shapes) or an ImageFolder tree.")
+    ] = HeadTraining.data,
     backbone: Annotated[
-        str, typer.Option("--backbone", help="--head backbone: a model name or file.")
-    ] = "synthetic-shapes",
+        str, typer.Option("--backbone", help="A model name or file.")
+    ] = HeadTraining.backbone,
     layer: Annotated[
-        str, typer.Option("--layer", help="--head: the backbone layer the head sits on.")
-    ] = "features",
+        str, typer.Option("--layer", help="The backbone layer the head sits on.")
+    ] = HeadTraining.layer,
     freeze_backbone: Annotated[
-        bool, typer.Option("--freeze-backbone", help="--head: train the head only.")
-    ] = False,
-    limit: Annotated[
-        int | None, typer.Option("--limit", help="--head: train on the first N items.")
-    ] = None,
-    checkpoint_every: Annotated[
-        int, typer.Option("--checkpoint-every", help="Write the checkpoint every E epochs.")
-    ] = 1,
-    keep_epochs: Annotated[
-        bool,
-        typer.Option(
-            "--keep-epochs",
-            help="--head: also keep OUT/epochs/epoch-NNN.pt (a loadable model) at the start "
-            "and at every checkpoint, for 'convlens evolution'.",
-        ),
+        bool, typer.Option("--freeze-backbone", help="Train the head only.")
     ] = False,
     random_backbone: Annotated[
-        bool,
-        typer.Option("--random-backbone", help="--head: start the backbone from random weights."),
+        bool, typer.Option("--random-backbone", help="Start the backbone from random weights.")
     ] = False,
+    limit: Annotated[
+        int | None,
+        typer.Option(
+            "--limit", help="Train on the first N items (synthetic: default 2000; a folder: all)."
+        ),
+    ] = None,
     head_option: Annotated[
         list[str] | None,
         typer.Option(
@@ -98,125 +76,180 @@ def train_command(
             "(SCOUTER-), area_weight=1, dim=32, iterations=3.",
         ),
     ] = None,
-    train: Annotated[int, typer.Option("--train", help="Training images (seed 0).")] = 2000,
-    test: Annotated[int, typer.Option("--test", help="Held-out images (seed 1).")] = 300,
-    epochs: Annotated[int, typer.Option("--epochs")] = 8,
-    batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
-    learning_rate: Annotated[float, typer.Option("--lr", help="Peak learning rate.")] = 4e-3,
-    seed: Annotated[int, typer.Option("--seed", help="Initialisation/shuffle seed.")] = 0,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue from OUT/checkpoint.pt if present.")
+    keep_epochs: Annotated[
+        bool,
+        typer.Option(
+            "--keep-epochs",
+            help="Also keep OUT/epochs/epoch-NNN.pt (a loadable model) at the start and at "
+            "every checkpoint, for 'convlens evolution'.",
+        ),
     ] = False,
-    threads: Annotated[int, typer.Option("--threads", help="torch CPU threads.")] = 2,
-    width: Annotated[int, typer.Option("--width", help="Backbone width.")] = 16,
-    output_stride: Annotated[int, typer.Option("--output-stride", help="8 (atrous) or 16.")] = 16,
-    upsample: Annotated[
-        str, typer.Option("--upsample", help="nearest, bilinear or transposed.")
-    ] = "bilinear",
-    labels: Annotated[
-        str, typer.Option("--labels", help="masks (true masks) or cam (CAM pseudo-masks).")
-    ] = "masks",
-    classifier: Annotated[
-        str, typer.Option("--classifier", help="GAP classifier for --labels cam.")
-    ] = "synthetic-scenes",
-    threshold: Annotated[
-        float, typer.Option("--threshold", help="CAM fraction of its max that is object.")
-    ] = 0.3,
-    refine_steps: Annotated[
-        int, typer.Option("--refine-steps", help="Colour-affinity refinement rounds (0: off).")
-    ] = 10,
+    test: TestOption = Training.test,
+    epochs: EpochsOption = Training.epochs,
+    batch_size: BatchSizeOption = Training.batch_size,
+    learning_rate: LearningRateOption = Training.learning_rate,
+    seed: SeedOption = Training.seed,
+    resume: ResumeOption = False,
+    checkpoint_every: CheckpointEveryOption = Training.checkpoint_every,
+    threads: ThreadsOption = Training.threads,
     as_json: JsonOption = False,
     device: DeviceOption = "cpu",
     force: ForceOption = False,
     trust_pickle: TrustPickleOption = False,
 ) -> None:
-    """Train a model; print its held-out scores and where it was written (on the CPU:
-    --device takes cpu only for now). Files in --out that convlens did not write are kept
-    (refused unless --force); what an earlier training run left there and this one does
-    not write is removed.
+    """Train a localising head (cam, nin, acol or scouter) on a backbone cut at a layer;
+    print its held-out accuracy and where it was written (on the CPU: --device takes cpu
+    only for now).
 
-    Examples: convlens train --task segmentation --out seg --upsample bilinear;
-    convlens train --head acol --data synthetic --epochs 4 --out acol
+    Example: convlens train head acol --data synthetic --epochs 4 --out acol
     """
-    if device.strip().lower() != "cpu":  # the option checked it exists; training is CPU-only
-        from convlens.errors import DeviceError
-        from convlens.models.devices import resolve_device
-
-        if resolve_device(device).type != "cpu":
-            raise DeviceError(
-                f"convlens train runs on the CPU only for now; use --device cpu, not {device!r}"
-            )
-    if (task is None) == (head is None):
-        raise typer.BadParameter(
-            "give --task segmentation or --head cam|nin|acol|scouter (one of them)",
-            param_hint="--task/--head",
-        )
-    if task is not None and task not in _TASKS:
-        raise typer.BadParameter(
-            f"unknown task {task!r}; use one of: {', '.join(_TASKS)}", param_hint="--task"
-        )
-    options = TrainOptions(
-        out,
-        train,
-        test,
-        epochs,
-        batch_size,
-        learning_rate,
-        seed,
-        resume,
-        threads,
-        width,
-        output_stride,
-        upsample,
-        labels,
-        classifier,
-        threshold,
-        refine_steps,
+    _check_cpu_only(device)
+    settings = HeadTraining(
+        out=out,
         head=head,
         data=data,
         backbone=backbone,
         layer=layer,
         freeze_backbone=freeze_backbone,
-        limit=limit,
-        checkpoint_every=checkpoint_every,
-        head_options=tuple(head_option or ()),
         random_backbone=random_backbone,
+        limit=limit,
+        head_options=_head_options(tuple(head_option or ())),
         keep_epochs=keep_epochs,
+        test=test,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        seed=seed,
+        resume=resume,
+        checkpoint_every=checkpoint_every,
+        threads=threads,
         trust_pickle=trust_pickle,
     )
-    from convlens.files import check_folder, writing
-
-    check_folder(out, ("model.pt", "record.json", "checkpoint.pt"), force)
-    with writing(out, "train", force=force):
-        record = _train_head(options) if head is not None else _TASKS[task](options)
+    record = _written_into(settings.out, force, _train_head, settings)
     if as_json:
         _echo_json(record)
 
 
-def _train_segmentation(options: TrainOptions) -> dict:
-    from pathlib import Path
+@train_app.command("segmentation")
+def train_segmentation_command(
+    out: OutOption,
+    train: Annotated[
+        int, typer.Option("--train", help="Training scenes (seed 0).")
+    ] = SegmentationTraining.train,
+    backbone_width: Annotated[
+        int, typer.Option("--backbone-width", help="Channels of the backbone's first stage.")
+    ] = SegmentationTraining.backbone_width,
+    output_stride: Annotated[
+        int, typer.Option("--output-stride", help="8 (atrous) or 16.")
+    ] = SegmentationTraining.output_stride,
+    upsample: Annotated[
+        str, typer.Option("--upsample", help="nearest, bilinear or transposed.")
+    ] = SegmentationTraining.upsample,
+    masks: Annotated[
+        str,
+        typer.Option("--masks", help="Training masks: true (the scenes') or cam (pseudo-masks)."),
+    ] = SegmentationTraining.masks,
+    classifier: Annotated[
+        str, typer.Option("--classifier", help="GAP classifier for --masks cam.")
+    ] = SegmentationTraining.classifier,
+    threshold: Annotated[
+        float, typer.Option("--threshold", help="CAM fraction of its max that is object.")
+    ] = SegmentationTraining.threshold,
+    refine_steps: Annotated[
+        int, typer.Option("--refine-steps", help="Colour-affinity refinement rounds (0: off).")
+    ] = SegmentationTraining.refine_steps,
+    test: TestOption = Training.test,
+    epochs: EpochsOption = Training.epochs,
+    batch_size: BatchSizeOption = Training.batch_size,
+    learning_rate: LearningRateOption = Training.learning_rate,
+    seed: SeedOption = Training.seed,
+    resume: ResumeOption = False,
+    checkpoint_every: CheckpointEveryOption = Training.checkpoint_every,
+    threads: ThreadsOption = Training.threads,
+    as_json: JsonOption = False,
+    device: DeviceOption = "cpu",
+    force: ForceOption = False,
+    trust_pickle: TrustPickleOption = False,
+) -> None:
+    """Train the DeepLabv3+-style segmentation model on the multi-object scenes, from their
+    true masks or from CAM pseudo-masks; print its held-out scores and where it was written
+    (on the CPU: --device takes cpu only for now).
 
+    Example: convlens train segmentation --out seg --masks cam --upsample bilinear
+    """
+    _check_cpu_only(device)
+    settings = SegmentationTraining(
+        out=out,
+        train=train,
+        backbone_width=backbone_width,
+        output_stride=output_stride,
+        upsample=upsample,
+        masks=masks,
+        classifier=classifier,
+        threshold=threshold,
+        refine_steps=refine_steps,
+        test=test,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        seed=seed,
+        resume=resume,
+        checkpoint_every=checkpoint_every,
+        threads=threads,
+        trust_pickle=trust_pickle,
+    )
+    record = _written_into(settings.out, force, _train_segmentation, settings)
+    if as_json:
+        _echo_json(record)
+
+
+def _written_into(out: Path, force: bool, train, settings: Training) -> dict:
+    """``train(settings)`` writing into ``out``: files there that convlens did not write are
+    refused before any work (unless ``force``); what an earlier training run left there
+    and this one does not write is removed when it ends."""
+    from convlens.files import check_folder, writing
+
+    check_folder(out, ("model.pt", "record.json", "checkpoint.pt"), force)
+    with writing(out, "train", force=force):
+        return train(settings)
+
+
+def _replacing(path: Path, force: bool):
+    """A block in which ``path`` (a weights file) may be replaced only if convlens wrote it,
+    or with ``force``; nothing else in its folder is removed."""
+    from convlens.files import writing
+
+    return writing(path.parent, "train-weights", force=force, remove_stale=False)
+
+
+def _check_cpu_only(device: str) -> None:
+    """Training runs on the CPU: any other ``--device`` is one line (`DeviceError`)."""
+    if device.strip().lower() == "cpu":  # the option checked it exists
+        return
+    from convlens.errors import DeviceError
+    from convlens.models.devices import resolve_device
+
+    if resolve_device(device).type != "cpu":
+        raise DeviceError(
+            f"convlens train runs on the CPU only for now; use --device cpu, not {device!r}"
+        )
+
+
+def _train_segmentation(options: SegmentationTraining) -> dict:
     import torch
 
-    from convlens.errors import DataError
     from convlens.files import write_json
     from convlens.models import load_model
-    from convlens.models.segmentation import UPSAMPLING, save_segmentation_model
+    from convlens.models.segmentation import save_segmentation_model
     from convlens.train import segmentation as seg
 
-    if options.labels not in ("masks", "cam"):
-        raise DataError(f"--labels must be 'masks' or 'cam', got {options.labels!r}")
-    if options.upsample not in UPSAMPLING:
-        raise DataError(f"--upsample must be one of {', '.join(UPSAMPLING)}")
-    if min(options.train, options.test, options.threads) < 1:
-        raise DataError("--train, --test and --threads must be >= 1")
     torch.set_num_threads(options.threads)
-    out = Path(options.out)
+    out = options.out
     out.mkdir(parents=True, exist_ok=True)
     data = seg.scene_tensors(options.train, seg.TRAIN_SEED)
     truth = data.label_maps
-    settings = {"labels": options.labels}
-    if options.labels == "cam":
+    settings = {"masks": options.masks}
+    if options.masks == "cam":
         classifier = load_model(options.classifier, trust_pickle=options.trust_pickle)
         truth = seg.cam_pseudo_masks(
             classifier.module,
@@ -234,13 +267,13 @@ def _train_segmentation(options: TrainOptions) -> dict:
             "pseudo_mask_scores": quality.scores(),
         }
     model = seg.new_segmentation_model(
-        options.width, options.output_stride, options.upsample, options.seed
+        options.backbone_width, options.output_stride, options.upsample, options.seed
     )
     log = seg.train_segmentation(
         model,
         data.inputs,
         truth,
-        **_loop_settings(options, out, "train pixel accuracy"),
+        **_loop_settings(options, "train pixel accuracy"),
     )
     held_out = seg.scene_tensors(options.test, seg.TEST_SEED)
     scores = seg.segmentation_report(
@@ -270,11 +303,9 @@ def _train_segmentation(options: TrainOptions) -> dict:
     return record
 
 
-def _train_head(options: TrainOptions) -> dict:
-    """``--head``: a localising head on a backbone, trained on the synthetic shapes
-    (``--limit`` items, default --train; --test held out) or an ImageFolder tree."""
-    from pathlib import Path
-
+def _train_head(options: HeadTraining) -> dict:
+    """A localising head on a backbone, trained on the synthetic shapes (``--limit`` items,
+    default 2000; --test held out) or an ImageFolder tree."""
     import torch
 
     from convlens.errors import DataError
@@ -285,10 +316,6 @@ def _train_head(options: TrainOptions) -> dict:
 
     if options.head not in HEADS:
         raise DataError(f"unknown head {options.head!r}; use one of: {', '.join(HEADS)}")
-    if options.limit is not None and options.limit < 1:
-        raise DataError(f"--limit must be >= 1, got {options.limit}")
-    if min(options.test, options.threads) < 1:
-        raise DataError("--test and --threads must be >= 1")
     torch.set_num_threads(options.threads)
     backbone = load_model(
         options.backbone,
@@ -296,9 +323,7 @@ def _train_head(options: TrainOptions) -> dict:
         trust_pickle=options.trust_pickle,
     )
     if options.data == "synthetic":
-        data = heads.synthetic_data(
-            backbone.preprocess, options.limit or options.train, options.test
-        )
+        data = heads.synthetic_data(backbone.preprocess, options.train_items, options.test)
     else:
         data = heads.folder_data(options.data, backbone.preprocess, options.limit, options.seed)
     model = heads.build_head_model(
@@ -308,9 +333,9 @@ def _train_head(options: TrainOptions) -> dict:
         len(data.classes),
         freeze_backbone=options.freeze_backbone,
         seed=options.seed,
-        **_head_options(options.head_options),
+        **options.head_options,
     )
-    out = Path(options.out)
+    out = options.out
     out.mkdir(parents=True, exist_ok=True)
     settings = {
         "data": options.data,
@@ -335,7 +360,7 @@ def _train_head(options: TrainOptions) -> dict:
             record=record,
         )
 
-    loop = _loop_settings(options, out, "train accuracy")
+    loop = _loop_settings(options, "train accuracy")
     if options.keep_epochs:
         loop["on_epoch"] = _keeping_epochs(options, out, save, settings, loop["on_epoch"])
     log = heads.train_head(model, data, **loop)
@@ -350,19 +375,11 @@ def _train_head(options: TrainOptions) -> dict:
     return record
 
 
-def _loop_settings(options: TrainOptions, out, measure: str) -> dict:
-    """The training-loop keywords of ``--segmentation`` and ``--head``: ``options``' epochs,
-    batch size, learning rate, seed, resume and checkpoint interval, ``out/checkpoint.pt``, a
-    progress bar and a per-epoch line ``loss ..., <measure> ...`` on stderr."""
-    return {
-        "epochs": options.epochs,
-        "batch_size": options.batch_size,
-        "learning_rate": options.learning_rate,
-        "seed": options.seed,
-        "checkpoint": out / "checkpoint.pt",
-        "resume": options.resume,
+def _loop_settings(options: Training, measure: str) -> dict:
+    """The training-loop keywords of both commands: ``options.loop_keywords()``, a progress
+    bar and a per-epoch line ``loss ..., <measure> ...`` on stderr."""
+    return options.loop_keywords() | {
         "progress": True,
-        "checkpoint_every": options.checkpoint_every,
         "on_epoch": lambda e, loss, acc: typer.echo(
             f"epoch {e + 1}/{options.epochs}: loss {loss:.4f}, {measure} {acc:.4f}",
             err=True,
@@ -370,7 +387,7 @@ def _loop_settings(options: TrainOptions, out, measure: str) -> dict:
     }
 
 
-def _keeping_epochs(options: TrainOptions, out, save, settings: dict, report):
+def _keeping_epochs(options: HeadTraining, out, save, settings: dict, report):
     """``--keep-epochs``: write ``out/epochs/epoch-000.pt`` now (the initial weights, unless
     resuming over it) and an ``on_epoch`` that writes ``epoch-NNN.pt`` whenever the loop
     writes its checkpoint (every ``--checkpoint-every`` epochs and after the last), each a
@@ -404,4 +421,102 @@ def _head_options(pairs: tuple[str, ...]) -> dict:
     return options
 
 
-_TASKS = {"segmentation": _train_segmentation}
+@train_app.command("shapes-model", hidden=True)
+def train_shapes_model_command(
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Weights file (default: the shipped one).")
+    ] = None,
+    train: Annotated[int, typer.Option("--train", help="Training images (seed 0).")] = 9000,
+    epochs: Annotated[int, typer.Option("--epochs")] = 4,
+    test: Annotated[int, typer.Option("--test", help="Held-out images (seed 1).")] = 1200,
+    seed: SeedOption = 0,
+    test_only: Annotated[
+        bool, typer.Option("--test-only", help="Measure the weights in --out, do not train.")
+    ] = False,
+    device: DeviceOption = "cpu",
+    force: ForceOption = False,
+) -> None:
+    """Maintainer tool: train the synthetic-shapes benchmark model and write its weights
+    (default: the file shipped in convlens/models/weights); --test-only measures them."""
+    from convlens.files import check_writable
+    from convlens.models.shapes import WEIGHTS_FILE
+    from convlens.train.synthetic import (
+        TEST_SEED,
+        held_out_accuracy,
+        save_shapes_model,
+        train_shapes_model,
+    )
+
+    _check_cpu_only(device)
+    out = out or WEIGHTS_FILE
+    if test_only:
+        measured = held_out_accuracy(out, test)
+        typer.echo(
+            f"test accuracy {measured:.4f} ({round(measured * test)} / {test} held-out "
+            f"images, seed {TEST_SEED}) of {out}"
+        )
+        return
+    check_writable(out, force)  # before the minutes of training
+    model, record = train_shapes_model(train, epochs, test, seed)
+    with _replacing(out, force):
+        path = save_shapes_model(model, record, out)
+    typer.echo(
+        f"test accuracy {record['test_accuracy']:.4f} on {test} held-out images "
+        f"(seed {TEST_SEED}); generated in {record['generate_seconds']:.0f} s, trained in "
+        f"{record['train_seconds']:.0f} s; wrote {path} ({path.stat().st_size // 1024} kB)"
+    )
+
+
+@train_app.command("scenes-model", hidden=True)
+def train_scenes_model_command(
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Weights file (default: the shipped one).")
+    ] = None,
+    train: Annotated[int, typer.Option("--train", help="Training scenes (seed 0).")] = 12000,
+    epochs: Annotated[int, typer.Option("--epochs")] = 6,
+    init: Annotated[
+        str, typer.Option("--init", help="Starting weights: synthetic-shapes or scratch.")
+    ] = "synthetic-shapes",
+    test: Annotated[int, typer.Option("--test", help="Held-out scenes (seed 1).")] = 1000,
+    seed: SeedOption = 0,
+    test_only: Annotated[
+        bool, typer.Option("--test-only", help="Measure the weights in --out, do not train.")
+    ] = False,
+    device: DeviceOption = "cpu",
+    force: ForceOption = False,
+) -> None:
+    """Maintainer tool: train the multi-label synthetic-scenes benchmark model and write its
+    weights (default: the file shipped in convlens/models/weights); --test-only measures
+    them."""
+    from convlens.errors import DataError
+    from convlens.files import check_writable
+    from convlens.models.scenes import WEIGHTS_FILE, load_scenes_model
+    from convlens.train.scenes import (
+        INITS,
+        TEST_SEED,
+        multilabel_scores,
+        save_scenes_model,
+        train_scenes_model,
+    )
+
+    _check_cpu_only(device)
+    if init not in INITS:
+        raise DataError(f"--init must be one of {', '.join(INITS)}, got {init!r}")
+    out = out or WEIGHTS_FILE
+    if test_only:
+        loaded = load_scenes_model(path=out)
+        scores = multilabel_scores(loaded.module, loaded.preprocess, test)
+    else:
+        check_writable(out, force)  # before the minutes of training
+        model, scores = train_scenes_model(train, epochs, test, seed, init=init)
+        with _replacing(out, force):
+            path = save_scenes_model(model, scores, out)
+        typer.echo(
+            f"generated in {scores['generate_seconds']:.0f} s, trained in "
+            f"{scores['train_seconds']:.0f} s; wrote {path} ({path.stat().st_size // 1024} kB)"
+        )
+    typer.echo(
+        f"held-out ({test} scenes, seed {TEST_SEED}): mAP {scores['test_map']:.4f}, "
+        f"per-class accuracy {scores['test_accuracy']:.4f}, "
+        f"exact match {scores['test_exact_match']:.4f}"
+    )

@@ -61,7 +61,7 @@ def evolution_command(
         typer.Option(
             "--model",
             "-m",
-            help="A 'convlens train --keep-epochs' folder, or model files (repeat), in order.",
+            help="A 'convlens train head --keep-epochs' folder, or model files (repeat), in order.",
         ),
     ],
     layer: LayersOption = None,
@@ -85,7 +85,7 @@ def evolution_command(
     """Feature evolution during training: each channel's strongest unit over a fixed image
     set, projected to pixels, one column per epoch (Zeiler & Fergus 2014, fig. 4).
 
-    Example: convlens train --head cam --random-backbone --keep-epochs --out run; convlens
+    Example: convlens train head cam --random-backbone --keep-epochs --out run; convlens
     evolution --model run --layer backbone.module.features.2 --data shapes:200
     """
     from pathlib import Path

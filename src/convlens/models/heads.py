@@ -374,7 +374,7 @@ def load_head_file(saved: dict, path: Path) -> LoadedModel:
     if missing:
         raise ModelLoadError(
             f"{path} lacks {missing}; write head models with "
-            "convlens.models.heads.save_head_model (convlens train --head does)"
+            "convlens.models.heads.save_head_model (convlens train head does)"
         )
     backbone = BackboneCut(load_model(saved["backbone"], pretrained=False).module, saved["layer"])
     config = dict(saved["head_config"])

@@ -1,6 +1,6 @@
 """The multi-object benchmark model ("synthetic-scenes"): `ShapesNet` trained multi-label
 (one sigmoid per class) on `convlens.data.scenes`, with shipped float16 weights (trained by
-`convlens.train.scenes`).
+`convlens.train.scenes`, run as ``convlens train scenes-model``).
 
 Its outputs are LOGITS ``Tensor[B, 6]``; ``sigmoid(logit_c)`` is the probability that class
 ``c`` is present, independently of the other classes (several shapes share an image). Explain
@@ -36,7 +36,7 @@ def load_scenes_model(pretrained: bool = True, path: str | Path | None = None) -
     if not file.is_file():
         raise ModelLoadError(
             f"the synthetic-scenes weights are missing ({file}); train them with "
-            "'python -m convlens.train.scenes'"
+            "'convlens train scenes-model'"
         )
     saved = torch.load(file, map_location="cpu", weights_only=True)
     missing = [

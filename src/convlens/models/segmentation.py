@@ -247,7 +247,7 @@ def load_segmentation_file(saved: dict, path: Path) -> LoadedModel:
     if missing:
         raise ModelLoadError(
             f"{path} lacks {missing}; write segmentation models with "
-            "convlens.models.segmentation.save_segmentation_model (convlens train --task "
+            "convlens.models.segmentation.save_segmentation_model (convlens train "
             "segmentation does)"
         )
     config = dict(saved["config"])

@@ -1,5 +1,5 @@
 """The synthetic-shapes benchmark model: its architecture and the shipped weights (trained by
-`convlens.train.synthetic`).
+`convlens.train.synthetic`, run as ``convlens train shapes-model``).
 
 `ShapesNet` is the benchmark model of `convlens evaluate`: a plain conv stack, global average
 pooling (GAP) and one linear layer, the architecture the CAM paper (Zhou et al., 2016,
@@ -89,14 +89,14 @@ def load_shapes_model(pretrained: bool = True, path: str | Path | None = None):
     if not file.is_file():
         raise ModelLoadError(
             f"the synthetic-shapes weights are missing ({file}); train them with "
-            "'python -m convlens.train.synthetic'"
+            "'convlens train shapes-model'"
         )
     saved = torch.load(file, map_location="cpu", weights_only=True)
     missing = [k for k in ("state_dict", "classes", "size", "mean", "std") if k not in saved]
     if missing:
         raise ModelLoadError(
             f"{file} lacks {missing}; write the weights with "
-            "convlens.train.synthetic.save_shapes_model (or 'python -m convlens.train.synthetic')"
+            "convlens.train.synthetic.save_shapes_model (or 'convlens train shapes-model')"
         )
     classes = tuple(str(name) for name in saved["classes"])
     module = ShapesNet(num_classes=len(classes))

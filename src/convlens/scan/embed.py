@@ -211,9 +211,9 @@ def embed(
     are those of `convlens.scan.top_activating` (torchrun shards merge exactly).
 
     Example:
-        >>> emb = embed("synthetic-shapes", "shapes:60")
-        >>> emb.vectors.shape  # doctest: +SKIP
-        torch.Size([60, 48])
+        >>> emb = embed("synthetic-shapes", "shapes:6")
+        >>> emb.vectors.shape
+        torch.Size([6, 48])
     """
     loaded = load_model(model)
     dataset = open_dataset(data, loaded.preprocess)

@@ -220,8 +220,9 @@ def top_activating(
     merge exactly. Returns `TopActivations`; unreadable items are in ``errors``.
 
     Example:
-        >>> top = top_activating("synthetic-shapes", "shapes:60", ["features.5"], k=4)
-        >>> [u.source for u in top.layers["features.5"].channels[0]]  # doctest: +SKIP
+        >>> top = top_activating("synthetic-shapes", "shapes:8", ["features.5"], k=2)
+        >>> len(top.layers["features.5"].channels), len(top.layers["features.5"].channels[0])
+        (32, 2)
     """
     check_settings(k, by, projections)
     loaded = load_model(model)

@@ -1,9 +1,9 @@
 """Train the multi-label benchmark model on the multi-object scenes.
 
-Command (writes ``src/convlens/models/weights/synthetic_scenes.pt``)::
+Command (a maintainer tool; writes ``src/convlens/models/weights/synthetic_scenes.pt``)::
 
-    python -m convlens.train.scenes [--train 12000] [--epochs 6] [--init synthetic-shapes]
-                                    [--out FILE]
+    convlens train scenes-model [--train 12000] [--epochs 6] [--init synthetic-shapes]
+                                [--out FILE]
 
 ``--test-only`` measures the weights in ``--out`` (default: the shipped file) without
 training.
@@ -28,14 +28,13 @@ this record (the loader reads them from the file).
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
 import torch
 
 from convlens.data.scenes import SCENE_CLASSES, SyntheticScenes
-from convlens.models.scenes import SIZE, WEIGHTS_FILE, WIDTH, load_scenes_model
+from convlens.models.scenes import SIZE, WEIGHTS_FILE, WIDTH
 from convlens.models.shapes import MEAN, STD, ShapesNet, load_shapes_model, shapes_preprocess
 from convlens.train.loop import save_weights, train_classifier
 
@@ -149,43 +148,3 @@ def save_scenes_model(model: ShapesNet, record: dict, path: str | Path = WEIGHTS
         std=list(STD),
         record=record,
     )
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m convlens.train.scenes",
-        description="Train the multi-label synthetic-scenes benchmark model, write its weights.",
-    )
-    parser.add_argument("--train", type=int, default=12000, help="training scenes (seed 0)")
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument(
-        "--init", choices=INITS, default="synthetic-shapes", help="starting weights"
-    )
-    parser.add_argument("--test", type=int, default=1000, help="held-out scenes (seed 1)")
-    parser.add_argument("--seed", type=int, default=0, help="initialisation/shuffle seed")
-    parser.add_argument("--out", type=Path, default=WEIGHTS_FILE)
-    parser.add_argument(
-        "--test-only", action="store_true", help="measure the weights in --out, do not train"
-    )
-    args = parser.parse_args(argv)
-    if args.test_only:
-        loaded = load_scenes_model(path=args.out)
-        scores = multilabel_scores(loaded.module, loaded.preprocess, args.test)
-    else:
-        model, scores = train_scenes_model(
-            args.train, args.epochs, args.test, args.seed, init=args.init
-        )
-        path = save_scenes_model(model, scores, args.out)
-        print(
-            f"generated in {scores['generate_seconds']:.0f} s, trained in "
-            f"{scores['train_seconds']:.0f} s; wrote {path} ({path.stat().st_size // 1024} kB)"
-        )
-    print(
-        f"held-out ({args.test} scenes, seed {TEST_SEED}): mAP {scores['test_map']:.4f}, "
-        f"per-class accuracy {scores['test_accuracy']:.4f}, "
-        f"exact match {scores['test_exact_match']:.4f}"
-    )
-
-
-if __name__ == "__main__":
-    main()

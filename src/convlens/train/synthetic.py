@@ -1,8 +1,8 @@
 """Train the benchmark model on the synthetic shapes, and load the shipped weights.
 
-Command (writes ``src/convlens/models/weights/synthetic_shapes.pt``)::
+Command (a maintainer tool; writes ``src/convlens/models/weights/synthetic_shapes.pt``)::
 
-    python -m convlens.train.synthetic [--train 9000] [--epochs 4] [--out FILE]
+    convlens train shapes-model [--train 9000] [--epochs 4] [--out FILE]
 
 ``--test-only`` measures the test accuracy of the weights in ``--out`` (default: the
 shipped file) without training.
@@ -15,7 +15,6 @@ uses: the file is the one source of truth for a trained model) and the training 
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
@@ -98,37 +97,3 @@ def save_shapes_model(model: ShapesNet, record: dict, path: str | Path = WEIGHTS
         std=list(STD),
         record=record,
     )
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m convlens.train.synthetic",
-        description="Train the synthetic-shapes benchmark model and write its weights.",
-    )
-    parser.add_argument("--train", type=int, default=9000, help="training images (seed 0)")
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--test", type=int, default=1200, help="held-out images (seed 1)")
-    parser.add_argument("--seed", type=int, default=0, help="initialisation/shuffle seed")
-    parser.add_argument("--out", type=Path, default=WEIGHTS_FILE)
-    parser.add_argument(
-        "--test-only", action="store_true", help="measure the weights in --out, do not train"
-    )
-    args = parser.parse_args(argv)
-    if args.test_only:
-        measured = held_out_accuracy(args.out, args.test)
-        print(
-            f"test accuracy {measured:.4f} ({round(measured * args.test)} / {args.test} "
-            f"held-out images, seed {TEST_SEED}) of {args.out}"
-        )
-        return
-    model, record = train_shapes_model(args.train, args.epochs, args.test, args.seed)
-    path = save_shapes_model(model, record, args.out)
-    print(
-        f"test accuracy {record['test_accuracy']:.4f} on {args.test} held-out images "
-        f"(seed {TEST_SEED}); generated in {record['generate_seconds']:.0f} s, trained in "
-        f"{record['train_seconds']:.0f} s; wrote {path} ({path.stat().st_size // 1024} kB)"
-    )
-
-
-if __name__ == "__main__":
-    main()

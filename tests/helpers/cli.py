@@ -1,0 +1,26 @@
+"""The commands of the ``convlens`` CLI, walked (sub-commands included)."""
+
+from __future__ import annotations
+
+import typer
+
+from convlens.cli import app
+
+
+def command_paths(group=None, prefix: tuple[str, ...] = ()) -> dict:
+    """Every runnable command under ``group`` (default: the ``convlens`` app), hidden ones
+    included, by its words (``"explain"``, ``"train head"``): sub-groups are walked, not
+    listed themselves."""
+    group = typer.main.get_command(app) if group is None else group
+    found = {}
+    for name, command in group.commands.items():
+        if hasattr(command, "commands"):  # a group (typer's own copy of click's Group)
+            found |= command_paths(command, (*prefix, name))
+        else:
+            found[" ".join((*prefix, name))] = command
+    return found
+
+
+def options_of(command) -> dict[str, object]:
+    """``{"--flag": parameter}`` for every option spelling of ``command``."""
+    return {opt: param for param in command.params for opt in param.opts if opt.startswith("-")}

@@ -1,0 +1,58 @@
+"""Tiny hand-built networks the tests share (seeded: the same weights on every call)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def small_convnet() -> nn.Module:
+    """A seeded 3-class conv net on 3-channel images of any size: conv(3->4) BatchNorm
+    ReLU(inplace) conv(4->4) ReLU GAP linear(4->3); parametrised layers, top-down, are
+    "7", "3", "1", "0"."""
+    torch.manual_seed(1)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    )
+
+
+def tiny_gap_classifier() -> nn.Module:
+    """A seeded 5-class conv -> ReLU -> conv -> ReLU -> global average pool -> linear net
+    (strides 4 and 2: inputs of at least 16 px), small enough for CLI tests that save it to
+    a file; every method applies to it."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 5, stride=4),
+        nn.ReLU(),
+        nn.Conv2d(4, 6, 3, stride=2),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, 5),
+    )
+
+
+class CountingNet(nn.Module):
+    """Runs ``net`` (default: `small_convnet`) and records each forward pass in ``calls`` as
+    ``(rows, grad enabled)``; ``seen`` is the number of rows in all passes. Tests count
+    passes with it instead of timing them."""
+
+    def __init__(self, net: nn.Module | None = None) -> None:
+        super().__init__()
+        self.net = small_convnet() if net is None else net
+        self.calls: list[tuple[int, bool]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls.append((len(x), torch.is_grad_enabled()))
+        return self.net(x)
+
+    @property
+    def seen(self) -> int:
+        return sum(rows for rows, _ in self.calls)
