@@ -33,6 +33,7 @@ from torch import nn
 
 from convlens.data.preprocess import Preprocess
 from convlens.errors import ModelLoadError
+from convlens.maps import normalize_maps
 from convlens.models.loading import LoadedModel, load_model, register_file_format
 
 HEADS = ("cam", "nin", "acol", "scouter")
@@ -80,14 +81,6 @@ class BackboneCut(nn.Module):
         if not found:
             raise ModelLoadError(f"the backbone's layer {self.layer!r} did not run in forward")
         return found[0]
-
-
-def min_max_normalize(maps: torch.Tensor) -> torch.Tensor:
-    """Each ``Tensor[B, h, w]`` map scaled to [0, 1] by its own min and max (0 if flat)."""
-    flat = maps.flatten(1)
-    low = flat.amin(1)[:, None, None]
-    span = (flat.amax(1) - flat.amin(1))[:, None, None]
-    return torch.where(span > 0, (maps - low) / torch.where(span > 0, span, 1), 0)
 
 
 def pick(maps: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
@@ -146,7 +139,7 @@ class NinHead(nn.Module):
 def erase_above(features: torch.Tensor, class_map: torch.Tensor, delta: float) -> torch.Tensor:
     """ACoL's erasing: ``F * [norm(M) <= delta]`` with ``norm`` the per-image min-max
     scaling; ``features`` ``Tensor[B, K, h, w]``, ``class_map`` ``Tensor[B, h, w]``."""
-    keep = (min_max_normalize(class_map) <= delta).to(features.dtype)
+    keep = (normalize_maps(class_map) <= delta).to(features.dtype)
     return features * keep[:, None]
 
 
@@ -189,7 +182,7 @@ class AcolHead(nn.Module):
         """The fused map ``max(norm M^A_c, norm M^B_c)`` in [0, 1]: ``Tensor[B, h, w]``."""
         maps_a, maps_b = self.both_maps(features, classes)
         return torch.maximum(
-            min_max_normalize(pick(maps_a, classes)), min_max_normalize(pick(maps_b, classes))
+            normalize_maps(pick(maps_a, classes)), normalize_maps(pick(maps_b, classes))
         )
 
     def training_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

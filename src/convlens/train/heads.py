@@ -31,7 +31,7 @@ DEFAULT_BACKBONE, DEFAULT_LAYER = "synthetic-shapes", "features"
 
 
 @dataclass(frozen=True)
-class LabelledImages:
+class TrainTestImages:
     """Normalised ``train_inputs``/``test_inputs`` ``Tensor[N, 3, H, W]``, class ids
     ``train_labels``/``test_labels`` ``LongTensor[N]``, and the class names."""
 
@@ -42,12 +42,12 @@ class LabelledImages:
     classes: tuple[str, ...]
 
 
-def synthetic_data(preprocess: Preprocess, limit: int, test: int) -> LabelledImages:
+def synthetic_data(preprocess: Preprocess, limit: int, test: int) -> TrainTestImages:
     """The synthetic shapes at ``preprocess``'s size: ``limit`` training, ``test`` held out."""
     size = preprocess.height_width[0]
     train = SyntheticShapes(limit, seed=TRAIN_SEED, size=size).batch()
     held_out = SyntheticShapes(test, seed=TEST_SEED, size=size).batch()
-    return LabelledImages(
+    return TrainTestImages(
         preprocess.normalize(train.display),
         train.labels,
         preprocess.normalize(held_out.display),
@@ -58,7 +58,7 @@ def synthetic_data(preprocess: Preprocess, limit: int, test: int) -> LabelledIma
 
 def folder_data(
     folder: str | Path, preprocess: Preprocess, limit: int | None, seed: int, val_fraction=0.2
-) -> LabelledImages:
+) -> TrainTestImages:
     """An ImageFolder tree, split by ``seed`` into training and validation images (at least
     one of each); unreadable files raise `DataError` naming them."""
     dataset = open_dataset(str(folder), preprocess)
@@ -76,7 +76,7 @@ def folder_data(
         train_rows = train_rows[:limit]
     inputs, labels = _load_rows(dataset, train_rows)
     test_inputs, test_labels = _load_rows(dataset, test_rows)
-    return LabelledImages(inputs, labels, test_inputs, test_labels, dataset.classes)
+    return TrainTestImages(inputs, labels, test_inputs, test_labels, dataset.classes)
 
 
 def _load_rows(dataset, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,7 +130,7 @@ def build_head_model(
 
 def train_head(
     model: HeadModel,
-    data: LabelledImages,
+    data: TrainTestImages,
     *,
     epochs: int = 4,
     batch_size: int = 64,
@@ -162,7 +162,7 @@ def train_head(
     )
 
 
-def head_record(log: TrainingLog, model: HeadModel, images: LabelledImages, **settings) -> dict:
+def head_record(log: TrainingLog, model: HeadModel, images: TrainTestImages, **settings) -> dict:
     """The training record: settings, per-epoch loss and accuracy, held-out accuracy, time,
     seed and versions."""
     import convlens
