@@ -28,6 +28,7 @@ from convlens.features.maps import channel_maps
 from convlens.layers import borrowed_model, capture, resolve_layer
 from convlens.layers.borrow import require_autograd
 from convlens.layers.find import LayerSpec
+from convlens.maps import gaussian_blur
 from convlens.models.devices import DeviceSpec, model_device, model_input, placed_on, resolve_device
 from convlens.models.loading import LoadedModel, as_module
 from convlens.targets import Contrast, Targets, resolve_targets
@@ -290,16 +291,10 @@ def _blur_radius(sigma: float) -> int:
     return max(1, math.ceil(2 * sigma))
 
 
-def gaussian_blur(x: torch.Tensor, sigma: float = 0.5) -> torch.Tensor:
-    """Separable Gaussian blur of ``Tensor[B, 3, H, W]`` (kernel radius ``ceil(2 sigma)``,
-    reflect padding, so each side must be longer than the radius)."""
-    radius = _blur_radius(sigma)
-    taps = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    kernel = torch.exp(-(taps**2) / (2 * sigma**2))
-    kernel = (kernel / kernel.sum()).repeat(3, 1)
-    x = F.pad(x, (radius, radius, radius, radius), mode="reflect")
-    x = F.conv2d(x, kernel.view(3, 1, 1, -1), groups=3)
-    return F.conv2d(x, kernel.view(3, 1, -1, 1), groups=3)
+def _blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """The periodic blur of `render`: `convlens.maps.gaussian_blur` with a kernel of radius
+    ``ceil(2 sigma)`` (`_check_fits` keeps each side longer than it, so borders reflect)."""
+    return gaussian_blur(images, kernel_size=2 * _blur_radius(sigma) + 1, sigma=sigma)
 
 
 @dataclass(frozen=True)
@@ -472,7 +467,7 @@ def render(
             optimizer.step()
             if blur_every and (step + 1) % blur_every == 0 and step + 1 < steps:
                 with torch.no_grad():
-                    image_param.set_image(gaussian_blur(image_param.image(), blur_sigma))
+                    image_param.set_image(_blur(image_param.image(), blur_sigma))
             bar.update(scores.detach())
         with torch.no_grad():
             final_images = image_param.image().detach()
