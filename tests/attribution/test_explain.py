@@ -21,7 +21,7 @@ from convlens.attribution.explain import (
 from convlens.attribution.methods import get_method
 from convlens.attribution.registry import METHODS, MethodResult, register_method
 from convlens.errors import ConvlensError, LayerError, MethodError
-from convlens.maps import upsample
+from convlens.maps import resize_maps
 from convlens.targets import contrast
 
 
@@ -304,7 +304,7 @@ def test_non_square_input_gives_maps_at_input_resolution(method):
     else:  # one hot cell (1, 3) of the 3 x 5 pooled map, upsampled: peak on the blob
         coarse = torch.zeros(1, 3, 5)
         coarse[0, 1, 3] = 0.2  # ReLU(mean gradient 1/15 * activation 3)
-        assert torch.allclose(result.maps, upsample(coarse, (6, 10)))
+        assert torch.allclose(result.maps, resize_maps(coarse, (6, 10)))
         assert torch.equal(result.maps[0] == result.maps[0].max(), blob)
 
 
