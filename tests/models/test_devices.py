@@ -182,3 +182,17 @@ def test_feature_views_run_with_device_cpu_and_return_cpu_tensors():
     assert all(mean.device.type == "cpu" for _, mean in means)
     result = optimize.render(model, optimize.class_logit(1), steps=2, size=16, device="cpu")
     assert result.images.device.type == "cpu" and result.images.shape == (1, 3, 16, 16)
+
+
+def test_bare_cuda_under_torchrun_is_this_workers_gpu(monkeypatch):
+    """The one `placed_on` (scans included) resolves ``"cuda"`` to ``cuda:LOCAL_RANK`` when
+    torchrun started several workers; a device named with its index stays as written."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    assert resolve_device("cuda") == torch.device("cuda", 2)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert resolve_device("cuda") == torch.device("cuda", 0)

@@ -207,12 +207,12 @@ def neighbors_command(
     from convlens.data.datasets import open_dataset
     from convlens.data.images import load_images
     from convlens.models import load_model
+    from convlens.models.devices import placed_on
     from convlens.render.images import save_png
     from convlens.render.scans import neighbours_strip
     from convlens.scan.embed import feature_capture, load_embeddings, pooled
     from convlens.scan.knn import nearest
     from convlens.scan.output import thumbnails
-    from convlens.scan.stream import placed_on
 
     stored = load_embeddings(index)
     loaded = load_model(model or stored.model)

@@ -22,8 +22,9 @@ from convlens.data.datasets import open_dataset
 from convlens.errors import DataError
 from convlens.layers import capture, resolve_layer
 from convlens.layers.inputs import capture_inputs, classifier_layer
+from convlens.models.devices import placed_on
 from convlens.models.loading import LoadedModel, load_model
-from convlens.scan.stream import RunOptions, placed_on, stream_pass
+from convlens.scan.stream import RunOptions, stream_pass
 
 VECTORS_FILE = "embeddings.npy"
 INDEX_FILE = "index.json"
