@@ -184,7 +184,7 @@ def ablate_layers(
         >>> from convlens import load_model
         >>> from convlens.analysis import labelled_images
         >>> model = load_model("synthetic-shapes")
-        >>> data = labelled_images("shapes:100", model.preprocess)
+        >>> data = labelled_images("shapes-test:100", model.preprocess)
         >>> x, y = data.inputs, data.labels
         >>> result = ablate_layers(model, x, y, ["features.*"])  # doctest: +SKIP
         >>> [(row.layer, row.accuracy - result.accuracy) for row in result.rows]  # doctest: +SKIP

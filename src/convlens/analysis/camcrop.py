@@ -116,7 +116,7 @@ def cam_crops(
         >>> from convlens import load_model
         >>> from convlens.analysis import labelled_images
         >>> model = load_model("synthetic-shapes")
-        >>> data = labelled_images("shapes:100", model.preprocess)
+        >>> data = labelled_images("shapes-test:100", model.preprocess)
         >>> crops = cam_crops(model, data.inputs, data.labels)  # doctest: +SKIP
         >>> crops.before.mean(), crops.after.mean()  # doctest: +SKIP
     """

@@ -99,7 +99,7 @@ def feature_evolution(
 ) -> FeatureEvolution:
     """The strongest unit of each chosen channel of ``layers`` in each of ``models`` (the
     same network at successive epochs, e.g. `epoch_files`), over ``data`` (anything
-    `convlens.analysis.data.analysis_dataset` reads: ``"shapes:N"``, ``"photos"``, a
+    `convlens.analysis.data.analysis_dataset` reads: ``"shapes-test:N"``, ``"photos"``, a
     folder; read with the first model's preprocessing).
 
     Args:
@@ -110,7 +110,7 @@ def feature_evolution(
 
     Example:
         >>> layers = ["backbone.module.features.2"]  # of a `convlens train --head` model
-        >>> evo = feature_evolution(epoch_files("run"), "shapes:200", layers)  # doctest: +SKIP
+        >>> evo = feature_evolution(epoch_files("run"), "shapes-test:200", layers)  # doctest: +SKIP
         >>> evo.values.shape  # [epochs, rows]  # doctest: +SKIP
     """
     if not models:

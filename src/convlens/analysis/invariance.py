@@ -135,7 +135,7 @@ def invariance_curves(
         >>> from convlens import load_model
         >>> from convlens.analysis import labelled_images
         >>> model = load_model("synthetic-shapes")
-        >>> data = labelled_images("shapes:100", model.preprocess)
+        >>> data = labelled_images("shapes-test:100", model.preprocess)
         >>> x, y = data.inputs, data.labels
         >>> curves = invariance_curves(model, x, y, None, "rotate")  # doctest: +SKIP
         >>> curves.probabilities.shape  # [amounts, images]  # doctest: +SKIP

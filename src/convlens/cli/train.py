@@ -188,9 +188,11 @@ def _train_segmentation(options: TrainOptions) -> dict:
 
     import torch
 
+    from convlens.data.synthetic import TEST_SEED, TRAIN_SEED
     from convlens.errors import DataError
     from convlens.models import load_model
     from convlens.models.segmentation import UPSAMPLING, save_segmentation_model
+    from convlens.models.shapes import shapes_preprocess
     from convlens.train import segmentation as seg
 
     if options.labels not in ("masks", "cam"):
@@ -202,7 +204,7 @@ def _train_segmentation(options: TrainOptions) -> dict:
     torch.set_num_threads(options.threads)
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
-    data = seg.scene_tensors(options.train, seg.TRAIN_SEED)
+    data = seg.scene_tensors(options.train, TRAIN_SEED)
     truth = data.label_maps
     settings = {"labels": options.labels}
     if options.labels == "cam":
@@ -231,7 +233,7 @@ def _train_segmentation(options: TrainOptions) -> dict:
         truth,
         **_loop_settings(options, out, "train pixel accuracy"),
     )
-    held_out = seg.scene_tensors(options.test, seg.TEST_SEED)
+    held_out = seg.scene_tensors(options.test, TEST_SEED)
     scores = seg.segmentation_report(
         model, held_out.inputs, held_out.label_maps, len(seg.SEGMENTATION_CLASSES)
     )
@@ -247,12 +249,12 @@ def _train_segmentation(options: TrainOptions) -> dict:
         **settings,
     ) | {"test_scores": scores}
     path = save_segmentation_model(
-        model, out / "model.pt", seg.SEGMENTATION_CLASSES, seg.segmentation_preprocess(), record
+        model, out / "model.pt", seg.SEGMENTATION_CLASSES, shapes_preprocess(), record
     )
     (out / "record.json").write_text(json.dumps(record, indent=2))
     typer.echo(
         f"held-out mIoU {scores['mean_iou']:.3f}, pixel accuracy {scores['pixel_accuracy']:.3f} "
-        f"({options.test} scenes, seed {seg.TEST_SEED}); trained in {log.seconds:.0f} s; "
+        f"({options.test} scenes, seed {TEST_SEED}); trained in {log.seconds:.0f} s; "
         f"wrote {path}",
         err=True,
     )

@@ -20,13 +20,12 @@ from torch import nn
 
 from convlens.data.datasets import open_dataset
 from convlens.data.preprocess import Preprocess
-from convlens.data.synthetic import SHAPES, SyntheticShapes
+from convlens.data.synthetic import SHAPES, TEST_SEED, TRAIN_SEED, SyntheticShapes
 from convlens.errors import DataError
 from convlens.models.heads import BackboneCut, HeadModel, new_head
 from convlens.models.loading import LoadedModel, load_model
 from convlens.train.loop import TrainingLog, accuracy, train_epochs
 
-TRAIN_SEED, TEST_SEED = 0, 1
 DEFAULT_BACKBONE, DEFAULT_LAYER = "synthetic-shapes", "features"
 
 
