@@ -31,7 +31,7 @@ LEVELS: list[tuple[str, ...]] = [
     ("models",),
     ("data",),
     ("maps",),
-    ("errors",),
+    ("errors", "package"),
 ]
 RANK = {name: level for level, names in enumerate(LEVELS) for name in names}
 FACADE = {"__init__", "__main__"}  # convlens/__init__.py re-exports, __main__ runs the CLI

@@ -32,13 +32,14 @@ from convlens.cli.options import (
     parse_method_options,
 )
 from convlens.errors import TargetError
+from convlens.package import DEFAULT_MODEL
 
 
 @app.command("explain")
 def explain_command(
     ctx: typer.Context,
     images: ImagesArgument,
-    model: ModelOption = "efficientnet_lite0",
+    model: ModelOption = DEFAULT_MODEL,
     method: Annotated[
         str, typer.Option("--method", help="Method name(s), comma separated, or 'all'.")
     ] = "gradcam",

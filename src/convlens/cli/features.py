@@ -8,6 +8,7 @@ import typer
 
 from convlens.cli.app import DeviceOption, ModelOption, app
 from convlens.cli.options import DpiOption, ForceOption, WidthOption
+from convlens.package import DEFAULT_MODEL
 
 OutOption = Annotated[
     str | None,
@@ -21,7 +22,7 @@ OutOption = Annotated[
 
 @app.command("filters")
 def filters_command(
-    model: ModelOption = "efficientnet_lite0",
+    model: ModelOption = DEFAULT_MODEL,
     layer: Annotated[
         str | None,
         typer.Option(
@@ -105,7 +106,7 @@ def _filter_tiles(loaded, layer, reduce, scaling, max_filters, out, force, dpi) 
 @app.command("features")
 def features_command(
     image: Annotated[str, typer.Argument(help="Image file or sample name (cat, coffee, ...).")],
-    model: ModelOption = "efficientnet_lite0",
+    model: ModelOption = DEFAULT_MODEL,
     layer: Annotated[
         str | None,
         typer.Option(
@@ -157,7 +158,7 @@ def features_command(
 
 @app.command("visualize")
 def visualize_command(
-    model: ModelOption = "efficientnet_lite0",
+    model: ModelOption = DEFAULT_MODEL,
     class_: Annotated[
         str | None, typer.Option("--class", help="Class id or name to visualise.")
     ] = None,

@@ -7,12 +7,13 @@ from typing import Annotated
 import typer
 
 from convlens.cli.app import DeviceOption, ImagesArgument, ModelOption, _report_skipped, app
+from convlens.package import DEFAULT_MODEL
 
 
 @app.command("report")
 def report_command(
     images: ImagesArgument,
-    model: ModelOption = "efficientnet_lite0",
+    model: ModelOption = DEFAULT_MODEL,
     methods: Annotated[
         str | None,
         typer.Option(

@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from convlens.cli.app import DeviceOption, JsonOption, ModelOption, _echo_json, app
+from convlens.package import DEFAULT_MODEL
 
 DataArgument = Annotated[
     str,
@@ -65,7 +66,7 @@ def _rules(projections: str) -> tuple[str, ...]:
 @app.command("scan")
 def scan_command(
     data: DataArgument,
-    model: ModelOption = "efficientnet_lite0",
+    model: ModelOption = DEFAULT_MODEL,
     layers: Annotated[
         str | None, typer.Option("--layers", help="Comma-separated layers (default: every stage).")
     ] = None,
@@ -129,7 +130,7 @@ def scan_command(
 def embed_command(
     data: DataArgument,
     out: Annotated[str, typer.Option("--out", "-o", help="Output folder.")],
-    model: ModelOption = "efficientnet_lite0",
+    model: ModelOption = DEFAULT_MODEL,
     layer: Annotated[
         str | None,
         typer.Option("--layer", help="Layer to pool (default: the input of the classifier)."),

@@ -8,11 +8,12 @@ from typing import Annotated
 import typer
 
 from convlens.cli.app import DeviceOption, ModelOption, app
+from convlens.package import DEFAULT_MODEL
 
 
 @app.command("serve")
 def serve_command(
-    model: ModelOption = "efficientnet_lite0",
+    model: ModelOption = DEFAULT_MODEL,
     host: Annotated[
         str, typer.Option("--host", help="Address to bind (default: this machine only).")
     ] = "127.0.0.1",

@@ -14,6 +14,7 @@ import typer
 
 from convlens.cli.app import DeviceOption, JsonOption, ModelOption, _echo_json, app
 from convlens.cli.options import DpiOption, ForceOption
+from convlens.package import DEFAULT_MODEL
 
 DataOption = Annotated[
     str,
@@ -137,7 +138,7 @@ def _channel_list(text: str | None) -> list[int] | None:
 
 @app.command("ablate")
 def ablate_command(
-    model: ModelOption = "efficientnet_lite0",
+    model: ModelOption = DEFAULT_MODEL,
     layer: LayersOption = None,
     data: DataOption = "photos",
     mode: Annotated[
@@ -214,7 +215,7 @@ def ablation_table(result) -> str:
 
 @app.command("invariance")
 def invariance_command(
-    model: ModelOption = "efficientnet_lite0",
+    model: ModelOption = DEFAULT_MODEL,
     layer: LayersOption = None,
     data: DataOption = "photos",
     transforms: Annotated[
@@ -257,7 +258,7 @@ def invariance_command(
 
 @app.command("camcrop")
 def camcrop_command(
-    model: ModelOption = "efficientnet_lite0",
+    model: ModelOption = DEFAULT_MODEL,
     data: DataOption = "photos",
     method: Annotated[str, typer.Option("--method", help="The map that gives the box.")] = "cam",
     fraction: Annotated[

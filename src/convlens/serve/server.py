@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from convlens.models.loading import LoadedModel
+from convlens.package import DEFAULT_MODEL
 from convlens.serve.inputs import ServeSettings
 
 LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
@@ -36,7 +37,7 @@ def exposure_warning(host: str) -> str | None:
 
 
 def run_server(
-    model: str | LoadedModel = "efficientnet_lite0",
+    model: str | LoadedModel = DEFAULT_MODEL,
     host: str = "127.0.0.1",
     port: int = 8000,
     device: str | None = None,

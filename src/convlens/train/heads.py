@@ -164,7 +164,7 @@ def train_head(
 def head_record(log: TrainingLog, model: HeadModel, images: TrainTestImages, **settings) -> dict:
     """The training record: settings, per-epoch loss and accuracy, held-out accuracy, time,
     seed and versions."""
-    import convlens
+    from convlens.package import version
 
     return settings | {
         "head": model.kind,
@@ -177,7 +177,7 @@ def head_record(log: TrainingLog, model: HeadModel, images: TrainTestImages, **s
         "train_seconds": log.seconds,
         "threads": torch.get_num_threads(),
         "versions": {
-            "convlens": getattr(convlens, "__version__", "unknown"),
+            "convlens": version(),
             "torch": torch.__version__,
             "python": platform.python_version(),
         },
