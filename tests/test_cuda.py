@@ -77,7 +77,7 @@ def test_load_model_device_cuda_moves_for_good_and_inputs_follow():
 
 def test_feature_views_and_visualisation_on_cuda():
     from convlens.features import optimize
-    from convlens.features.maps import feature_maps, layer_mean_maps
+    from convlens.features.activations import feature_maps, layer_mean_maps
 
     model, image = small_convnet(), torch.randn(3, 16, 16)
     cpu = feature_maps(model, image, "3")

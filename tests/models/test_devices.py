@@ -155,7 +155,7 @@ def test_every_device_argument_refuses_a_missing_device_and_leaves_the_model(unc
     from convlens import explain
     from convlens.evaluate.benchmark import evaluate_on_source
     from convlens.features import optimize
-    from convlens.features.maps import feature_maps, layer_mean_maps
+    from convlens.features.activations import feature_maps, layer_mean_maps
 
     model, images = small_convnet(), torch.randn(1, 3, 12, 12)
     calls = [
@@ -173,7 +173,7 @@ def test_every_device_argument_refuses_a_missing_device_and_leaves_the_model(unc
 
 def test_feature_views_run_with_device_cpu_and_return_cpu_tensors():
     from convlens.features import optimize
-    from convlens.features.maps import feature_maps, layer_mean_maps
+    from convlens.features.activations import feature_maps, layer_mean_maps
 
     model, image = small_convnet(), torch.randn(3, 12, 12)
     maps = feature_maps(model, image, "3", top=2, device="cpu")

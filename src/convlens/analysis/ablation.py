@@ -21,7 +21,7 @@ from torch import nn
 
 from convlens.analysis.scores import class_scores
 from convlens.errors import DataError, LayerError
-from convlens.features.maps import stage_layers
+from convlens.features.activations import stage_layers
 from convlens.layers import resolve_layer
 from convlens.layers.find import LayerSpec
 from convlens.models.devices import model_device, model_input

@@ -24,7 +24,7 @@ from torch import nn
 
 from convlens.analysis.scores import true_class_probability
 from convlens.errors import DataError
-from convlens.features.maps import stage_layers
+from convlens.features.activations import stage_layers
 from convlens.layers import borrowed_model, capture
 from convlens.layers.find import LayerSpec
 from convlens.models.devices import model_input

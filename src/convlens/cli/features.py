@@ -130,7 +130,7 @@ def features_command(
 
     from convlens.data.images import load_images
     from convlens.errors import ImageLoadError
-    from convlens.features.maps import feature_maps, layer_mean_maps
+    from convlens.features.activations import feature_maps, layer_mean_maps
     from convlens.layers import default_cam_layer
     from convlens.render.features import feature_map_grid, layer_means_grid
     from convlens.render.figures import check_output, output_path, save_image

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from convlens.errors import MethodError
-from convlens.features.maps import _batch_of_one, channel_maps, layer_activation
+from convlens.features.activations import _batch_of_one, channel_maps, layer_activation
 from convlens.layers import resolve_layer
 from convlens.layers.find import LayerSpec
 from convlens.maps import resize_maps

@@ -24,7 +24,7 @@ from torch import nn
 
 from convlens.data.preprocess import IMAGENET_PREPROCESS, Preprocess
 from convlens.errors import MethodError, TargetError
-from convlens.features.maps import channel_maps
+from convlens.features.activations import channel_maps
 from convlens.layers import borrowed_model, capture, resolve_layer
 from convlens.layers.borrow import require_autograd
 from convlens.layers.find import LayerSpec

@@ -29,7 +29,7 @@ from torch import nn
 
 from convlens.data.datasets import ScanDataset, open_dataset
 from convlens.errors import DataError, LayerError, MethodError
-from convlens.features.maps import stage_layers
+from convlens.features.activations import stage_layers
 from convlens.layers import Field, capture, resolve_layer
 from convlens.layers.rules import RULES
 from convlens.models.devices import placed_on
