@@ -3,7 +3,7 @@
 A `HeadModel` is ``head(backbone(images))``: the backbone is any network cut at a named
 layer (`BackboneCut`), whose output ``F`` (``Tensor[B, K, h, w]``) the head turns into
 logits ``Tensor[B, C]``. Each head can also give its class maps (``Tensor[B, h, w]`` for
-one class per row), which `convlens.attribution.heads` registers as attribution methods.
+one class per row), which `convlens.attribution.head_maps` registers as attribution methods.
 Formulas and papers: docs/methods.md ("Heads that explain themselves").
 
 - `CamHead` (Zhou et al. 2016): ``y_c = sum_k w_ck mean_xy F_k + b_c``; map
