@@ -176,7 +176,7 @@ def visualize_command(
 ) -> None:
     """Activation maximisation: the image that most excites a class or a channel."""
     from convlens.errors import MethodError
-    from convlens.features import optimize
+    from convlens.features import objectives, optimize
     from convlens.models import load_model
     from convlens.render.features import to_uint8
     from convlens.render.figures import check_output, output_path, save_image
@@ -186,13 +186,15 @@ def visualize_command(
     check_output(out, force)
     loaded = load_model(model, device=device)
     if class_ is not None:
-        objective, stem = optimize.class_logit(class_), f"class-{class_}"
+        objective, stem = objectives.class_logit(class_), f"class-{class_}"
     else:
         layer, _, index = channel.rpartition(":")
         if not layer or not index.isdigit():
             raise MethodError(f"--channel takes LAYER:C (e.g. blocks.4:7), got {channel!r}")
-        objective, stem = optimize.channel(layer, int(index)), f"channel-{layer}-{index}"
-    result = optimize.render(loaded, objective, steps=steps, param=param, seed=seed, progress=True)
+        objective, stem = objectives.channel(layer, int(index)), f"channel-{layer}-{index}"
+    result = optimize.visualize(
+        loaded, objective, steps=steps, param=param, seed=seed, progress=True
+    )
     stem = "-".join(stem.split())
     path = output_path(out, f"visualize-{stem}.png", force)
     save_image(to_uint8(result.images[0]), path, dpi)

@@ -5,7 +5,8 @@ from convlens.features.activations import FeatureMaps, feature_maps, layer_mean_
 from convlens.features.filters import FilterTiles, conv_weights, filter_tiles
 from convlens.features.gram import gram_matrix
 from convlens.features.masks import ActivationMask, activation_mask
-from convlens.features.optimize import Objective, Visualization, render
+from convlens.features.objectives import Objective
+from convlens.features.optimize import Visualization, visualize
 from convlens.features.projection import UnitProjection, project_unit
 
 __all__ = [
@@ -22,6 +23,6 @@ __all__ = [
     "gram_matrix",
     "layer_mean_maps",
     "project_unit",
-    "render",
     "stage_layers",
+    "visualize",
 ]
