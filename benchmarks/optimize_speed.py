@@ -1,4 +1,4 @@
-"""Activation-maximisation speed: convlens `render` vs torch-lucent's `render_vis`.
+"""Activation-maximisation speed: convlens `visualize` vs torch-lucent's `render_vis`.
 
 Same model (the default EfficientNet-Lite0, inputs normalised with mean 0.5 / std 0.5),
 same objective (the 'goldfish' logit), 224x224, Fourier parametrisation with colour
@@ -30,6 +30,7 @@ from torch import nn
 
 from convlens import load_model
 from convlens.features import optimize
+from convlens.features.objectives import class_logit
 
 SIZE = 224
 LR = 0.05
@@ -52,10 +53,10 @@ def _synchronize(device: str) -> None:
 
 
 def run_convlens(loaded, class_id: int, steps: int, device: str) -> float:
-    """Seconds for one `render` of ``steps`` steps (its final scoring pass included)."""
+    """Seconds for one `visualize` of ``steps`` steps (its final scoring pass included)."""
     _synchronize(device)
     start = time.perf_counter()
-    optimize.render(loaded, optimize.class_logit(class_id), steps=steps, size=SIZE, lr=LR, seed=0)
+    optimize.visualize(loaded, class_logit(class_id), steps=steps, size=SIZE, lr=LR, seed=0)
     _synchronize(device)
     return time.perf_counter() - start
 
@@ -70,7 +71,7 @@ def run_lucent(
     model = Normalised(copy.deepcopy(module)).to(device).eval()
     model.requires_grad_(not frozen)
     gen = torch.Generator().manual_seed(0)
-    shared = optimize.Transforms()  # the defaults convlens's render uses
+    shared = optimize.Transforms()  # the defaults convlens's visualize uses
 
     def same_transform(x: torch.Tensor) -> torch.Tensor:
         return optimize.random_transform(x, shared, gen)

@@ -22,8 +22,7 @@ import json
 
 import torch
 
-from convlens.data.datasets import ShapesDataset
-from convlens.data.synthetic import SyntheticShapes
+from convlens.data.datasets import ScanDataset, open_dataset
 from convlens.models import load_model
 from convlens.scan.embed import embed, load_embeddings
 from convlens.scan.knn import nearest
@@ -36,7 +35,7 @@ def shared_class(index_vectors, index_labels, queries, query_labels, k: int) -> 
     return float((neighbour_labels == torch.as_tensor(query_labels)[:, None]).float().mean())
 
 
-def pixels(dataset: ShapesDataset, count: int) -> torch.Tensor:
+def pixels(dataset: ScanDataset, count: int) -> torch.Tensor:
     """The first ``count`` items' normalised pixels, one row each."""
     return torch.stack([dataset[i][1].flatten() for i in range(min(count, len(dataset)))])
 
@@ -54,13 +53,13 @@ def main() -> None:
     )
     args = parser.parse_args()
     model = load_model("synthetic-shapes")
-    queries = ShapesDataset(SyntheticShapes(args.test, seed=1), model.preprocess, "shapes-test")
+    queries = open_dataset(f"shapes-test:{args.test}", model.preprocess)
     if args.index:
         stored = load_embeddings(args.index)
         args.train = len(stored.sources)
     else:
-        stored = embed(model, SyntheticShapes(args.train, seed=0), batch_size=64)
-    index = ShapesDataset(SyntheticShapes(args.train, seed=0), model.preprocess)
+        stored = embed(model, f"shapes:{args.train}", batch_size=64)
+    index = open_dataset(f"shapes:{args.train}", model.preprocess)
     asked = embed(model, queries, batch_size=64)
     rows = {
         "shapes model pooled features": shared_class(

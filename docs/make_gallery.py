@@ -45,8 +45,8 @@ def _run(argv: list[str]) -> None:
 def api_pictures(folder: Path) -> list[Path]:
     """The mask + projections panel and the Gram heat map (no command of their own)."""
     from convlens.data.images import load_images
+    from convlens.features.activations import feature_maps
     from convlens.features.gram import gram_matrix
-    from convlens.features.maps import feature_maps
     from convlens.features.masks import activation_mask
     from convlens.features.projection import project_unit
     from convlens.models import load_model

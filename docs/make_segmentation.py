@@ -28,7 +28,7 @@ from convlens.data.scenes import SCENE_CLASSES
 from convlens.localize import ConfusionMatrix
 from convlens.models.scenes import scenes_record
 from convlens.models.segmentation import save_segmentation_model
-from convlens.models.shapes import ShapesNet
+from convlens.models.shapes import ShapesNet, shapes_preprocess
 from convlens.render.images import colorize, image_grid, overlay_map, save_png
 from convlens.render.scans import label_colours
 from convlens.train import segmentation as seg
@@ -74,7 +74,7 @@ def _train_one(folder: Path, inputs, label_maps, upsample: str, settings: dict) 
     )
     record = seg.run_record(log, train_items=len(inputs), epochs=EPOCHS, **model.config, **settings)
     save_segmentation_model(
-        model, folder / "model.pt", seg.SEGMENTATION_CLASSES, seg.segmentation_preprocess(), record
+        model, folder / "model.pt", seg.SEGMENTATION_CLASSES, shapes_preprocess(), record
     )
     print(f"{folder.name}: {log.seconds:.0f} s", flush=True)
 

@@ -54,7 +54,7 @@ def main() -> None:
     if args.evolution is not None:
         layers = [part for layer in EVOLUTION_LAYERS for part in ("--layer", layer)]
         run_cli(
-            ["evolution", "--model", str(args.evolution), *layers, "--data", "shapes:200"]
+            ["evolution", "--model", str(args.evolution), *layers, "--data", "shapes-test:200"]
             + ["--count", "3", "--dpi", "90", "-o", str(FIGURES / "evolution.png")]
         )
     if args.analysis:
@@ -69,7 +69,7 @@ def main() -> None:
         run_cli(["camcrop", "--data", "photos"])
         shapes_layers = [f"features.{i}" for i in (2, 6, 7, 9, 13, 14, 16)]
         run_cli(
-            ["ablate", "-m", "synthetic-shapes", "--data", "shapes:300", "--mode", "identity"]
+            ["ablate", "-m", "synthetic-shapes", "--data", "shapes-test:300", "--mode", "identity"]
             + [part for layer in shapes_layers for part in ("--layer", layer)]
             + ["--tune-epochs", "1", "--tune-data", "shapes:2000", "--dpi", "100"]
             + ["-o", str(FIGURES / "ablation-shapes.png")]

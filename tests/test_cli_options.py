@@ -12,7 +12,6 @@ import torch
 from tests.helpers.networks import small_convnet
 
 from convlens.cli import main
-from convlens.cli.explain_tiles import contrast_parts
 from convlens.cli.options import parse_method_options
 from convlens.data.preprocess import Preprocess
 from convlens.data.progress import progress_bar
@@ -31,18 +30,6 @@ def test_method_options_are_parsed_typed_and_checked_against_the_registry():
         parse_method_options(["patch=3"], ["gradcam"])
     with pytest.raises(MethodError, match="KEY=VALUE"):
         parse_method_options(["patch"], ["occlusion"])
-
-
-def test_contrast_targets_split_only_between_classes():
-    labels = ("tabby", "black-and-tan coonhound", "espresso")
-    assert contrast_parts("tabby-espresso", labels) == ("tabby", "espresso")
-    assert contrast_parts("281-967", None) == (281, 967)
-    assert contrast_parts("top1-top2", None) == ("top1", "top2")
-    assert contrast_parts("black-and-tan coonhound", labels) is None  # one class
-    assert contrast_parts("black-and-tan coonhound-tabby", labels) == (
-        "black-and-tan coonhound",
-        "tabby",
-    )
 
 
 def test_explain_options_contrast_and_labels_reach_the_record(tmp_path, capsys):

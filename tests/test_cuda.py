@@ -77,15 +77,15 @@ def test_load_model_device_cuda_moves_for_good_and_inputs_follow():
 
 
 def test_feature_views_and_visualisation_on_cuda():
-    from convlens.features import optimize
-    from convlens.features.maps import feature_maps, layer_mean_maps
+    from convlens.features import objectives, optimize
+    from convlens.features.activations import feature_maps, layer_mean_maps
 
     model, image = small_convnet(), torch.randn(3, 16, 16)
     cpu = feature_maps(model, image, "3")
     gpu = feature_maps(model, image, "3", device="cuda")
     assert gpu.maps.device.type == "cpu" and torch.allclose(gpu.maps, cpu.maps, atol=1e-5)
     assert all(m.device.type == "cpu" for _, m in layer_mean_maps(model, image, device="cuda"))
-    result = optimize.render(model, optimize.class_logit(1), steps=4, size=32, device="cuda")
+    result = optimize.visualize(model, objectives.class_logit(1), steps=4, size=32, device="cuda")
     assert result.images.device.type == "cpu"
     assert all(p.device.type == "cpu" for p in model.parameters())
 

@@ -32,7 +32,7 @@ LEVELS: list[tuple[str, ...]] = [
     ("data",),
     ("maps",),
     ("files",),
-    ("errors",),
+    ("errors", "package"),
 ]
 RANK = {name: level for level, names in enumerate(LEVELS) for name in names}
 FACADE = {"__init__", "__main__"}  # convlens/__init__.py re-exports, __main__ runs the CLI

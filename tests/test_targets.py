@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from convlens.errors import TargetError
-from convlens.targets import contrast, resolve_targets
+from convlens.targets import Contrast, contrast, parse_target, region, resolve_targets, target_text
 
 LOGITS = torch.tensor([[1.0, 5.0, 3.0, 0.0], [4.0, 2.0, 6.0, 1.0]])
 LABELS = ["ant", "bee", "cat", "dog"]
@@ -121,3 +121,42 @@ def test_per_image_contrast_and_unknown_name_without_labels():
         resolve_targets("cat", 2)
     with pytest.raises(TargetError, match="top-k needs k >= 1"):
         resolve_targets("top0", 2)
+
+
+# --- the text grammar: one parser for the CLI and the web view ----------------------------
+
+
+def test_parse_target_splits_a_contrast_only_between_classes():
+    labels = ("tabby", "black-and-tan coonhound", "espresso")
+    assert parse_target("tabby-espresso", labels) == contrast("tabby", "espresso")
+    assert parse_target("281-967") == contrast(281, 967)
+    assert parse_target("top1-top2") == contrast("top1", "top2")
+    assert parse_target("black-and-tan coonhound", labels) == "black-and-tan coonhound"
+    assert parse_target("black-and-tan coonhound-tabby", labels) == contrast(
+        "black-and-tan coonhound", "tabby"
+    )
+    assert parse_target("no-such-thing", labels) == "no-such-thing"  # checked when resolved
+
+
+def test_parse_target_forms_and_rather_than():
+    assert parse_target(" 281 ") == 281 and parse_target("") == "top1"
+    assert parse_target("top3") == "top3"  # three rows per image
+    assert parse_target("top3", one_image=True) == ["top3"]  # the third class, one row
+    assert parse_target("tabby", rather_than=" 967 ") == contrast("tabby", 967)
+    assert parse_target("top2", rather_than="") == "top2"
+    assert isinstance(parse_target("1-2", one_image=True), Contrast)
+
+
+def test_parse_target_one_image_top_k_is_one_ranked_row():
+    output = torch.tensor([[0.1, 3.0, 2.0, -1.0]])
+    rows = resolve_targets(parse_target("top2", one_image=True), 1)
+    assert len(rows) == 1 and rows.class_ids(output).tolist() == [2]
+    assert len(resolve_targets(parse_target("top2"), 1)) == 2
+
+
+def test_target_text_writes_targets_back_in_the_grammar():
+    assert target_text(contrast("tabby", 967)) == "tabby-967"
+    assert target_text(region(contrast(1, 2), box=(0, 0, 4, 4))) == "1-2"
+    assert target_text("top1") == "top1"
+    for text in ("tabby-967", "top2", "5"):
+        assert target_text(parse_target(text, ("tabby",))) == text

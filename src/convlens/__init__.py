@@ -12,12 +12,11 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
-
 # public name -> the module that defines it
 _PUBLIC = {
     "ConvlensError": "convlens.errors",
     "DataError": "convlens.errors",
+    "DEFAULT_MODEL": "convlens.package",
     "DeviceError": "convlens.errors",
     "DiskFullError": "convlens.errors",
     "ImageLoadError": "convlens.errors",
@@ -63,6 +62,11 @@ __all__ = sorted(_PUBLIC)
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":  # read from the installed metadata on first use
+        from convlens.package import version
+
+        globals()[name] = version()
+        return globals()[name]
     module = _PUBLIC.get(name)
     if module is None:
         raise AttributeError(f"module 'convlens' has no attribute {name!r}")
@@ -105,6 +109,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time `__getattr__` loads
     from convlens.models import load_model
     from convlens.models.devices import resolve_device
     from convlens.models.loading import LoadedModel
+    from convlens.package import DEFAULT_MODEL
     from convlens.scan.embed import embed
     from convlens.scan.topk import top_activating
     from convlens.targets import Targets, contrast, region, resolve_targets

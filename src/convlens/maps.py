@@ -22,12 +22,23 @@ def full_precision(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """``Tensor[N, h, w]`` to ``Tensor[N, H, W]`` by bilinear interpolation (pixel centres
-    aligned, ``align_corners=False``), so a map cell covers exactly its share of the input."""
-    if tuple(maps.shape[-2:]) == tuple(size):
+INTERPOLATIONS = ("bilinear", "nearest")
+
+
+def resize_maps(
+    maps: torch.Tensor, size: tuple[int, int], interpolation: str = "bilinear"
+) -> torch.Tensor:
+    """``Tensor[N, h, w]`` to ``Tensor[N, H, W]`` (up or down): ``"bilinear"`` (pixel centres
+    aligned, ``align_corners=False``, so a map cell covers exactly its share of the input) or
+    ``"nearest"`` (each map cell becomes a block of equal pixels). The one resize of maps:
+    attribution upsampling, box extraction and overlays all use it."""
+    if interpolation not in INTERPOLATIONS:
+        raise MetricError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
+    size = (int(size[0]), int(size[1]))
+    if tuple(maps.shape[-2:]) == size:
         return maps
-    return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    corners = {"align_corners": False} if interpolation == "bilinear" else {}
+    return F.interpolate(maps[:, None], size=size, mode=interpolation, **corners)[:, 0]
 
 
 def normalize_maps(maps: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,11 @@ Accepted forms (``B`` = number of images):
   place, and read those rows of its result (`CopyTargets`); so ``f`` may index per image
   (``out.gather(1, ids[:, None])[:, 0]``), and each row's score must depend on that row only.
 
+Text (a ``--target`` on the command line, the web view's form) is read by `parse_target`:
+``top1``, ``topK``, a class id, a class name, or ``A-B`` (why A rather than B; each part one
+of the former, and a class name holding a hyphen stays one class); `target_text` writes a
+target back the same way.
+
 Ranked targets are resolved on the model output inside a method's own forward pass, so
 ``"top1"`` costs a method no extra forward (and `explain` reports the explained classes and
 scores from that same pass).
@@ -482,3 +487,65 @@ def _class_by_name(name: str, labels: Sequence[str] | None) -> int:
         else ""
     )
     raise TargetError(f"no class named {name!r}{hint}")
+
+
+def parse_target(
+    text: str,
+    labels: Sequence[str] | None = None,
+    *,
+    rather_than: str | None = None,
+    one_image: bool = False,
+) -> object:
+    """The target form that ``text`` names (the grammar in the module docstring).
+
+    ``labels`` tell class names from text holding a hyphen: ``A-B`` is a contrast only when
+    both parts are classes (ids, ``topK`` or names of ``labels``). ``rather_than`` (a class
+    in the same words) makes it ``contrast(text, rather_than)``. ``one_image``: the target
+    for a batch of one image that gets one map, so ``topK`` is its K-th most probable class
+    rather than K rows. Empty text means ``top1``. Names are checked when the target is
+    resolved (`resolve_targets`), against the model's labels."""
+    text = text.strip() or "top1"
+    if rather_than is not None and rather_than.strip():
+        return contrast(_single_class(text), _single_class(rather_than))
+    parts = _contrast_parts(text, labels)
+    if parts is not None:
+        return contrast(*parts)
+    if one_image and _TOPK.match(text):
+        return [text]
+    return _single_class(text)
+
+
+def target_text(target: object) -> str:
+    """A target as a user would write it: ``tabby-espresso`` for a contrast, the class
+    target of a region, else ``str(target)``."""
+    if isinstance(target, Region):
+        return target_text(target.target)
+    if isinstance(target, Contrast):
+        return f"{target.positive}-{target.negative}"
+    return str(target)
+
+
+def _single_class(text: str) -> int | str:
+    """One class in words: an int for digits, else the text (a name or ``topK``)."""
+    text = text.strip()
+    return int(text) if text.isdigit() else text
+
+
+def _names_a_class(text: str, labels: Sequence[str] | None) -> bool:
+    text = text.strip()
+    if text.isdigit() or _TOPK.match(text):
+        return True
+    return labels is not None and text.lower() in {name.lower() for name in labels}
+
+
+def _contrast_parts(text: str, labels: Sequence[str] | None) -> tuple | None:
+    """``(A, B)`` when ``text`` is ``A-B`` with both parts classes, else None (also when
+    the whole text is one class, such as a name with a hyphen in it)."""
+    if "-" not in text or _names_a_class(text, labels):
+        return None
+    for cut in [i for i, char in enumerate(text) if char == "-"]:
+        left, right = text[:cut], text[cut + 1 :]
+        if left.strip() and right.strip():
+            if _names_a_class(left, labels) and _names_a_class(right, labels):
+                return _single_class(left), _single_class(right)
+    return None

@@ -3,6 +3,7 @@ crops and feature evolution, as properties on tiny hand-built networks."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from tests.conftest import assert_same_state, model_state
@@ -215,7 +216,7 @@ def test_evolution_follows_the_strongest_unit_per_epoch():
     with torch.no_grad():
         second.module[3].weight.mul_(2.0)  # "epoch 2": the same net, a later layer doubled
     evolution = feature_evolution(
-        [first, second], "shapes:5", ["4"], count=2, columns=["epoch 1", "epoch 2"]
+        [first, second], "shapes-test:5", ["4"], count=2, columns=["epoch 1", "epoch 2"]
     )
     assert evolution.columns == ["epoch 1", "epoch 2"] and len(evolution.rows) == 2
     images = torch.stack([first.preprocess.normalize(d) for d in _shapes_display(5)])
@@ -231,7 +232,7 @@ def test_evolution_follows_the_strongest_unit_per_epoch():
 def _shapes_display(count: int):
     from convlens.analysis.data import analysis_dataset
 
-    dataset = analysis_dataset(f"shapes:{count}", Preprocess(16, mode="stretch"))
+    dataset = analysis_dataset(f"shapes-test:{count}", Preprocess(16, mode="stretch"))
     return [dataset.display(i) for i in range(count)]
 
 
@@ -258,6 +259,7 @@ def test_epoch_files_are_in_epoch_order_and_missing_ones_are_named(tmp_path):
 
 def test_photos_carry_their_known_class_and_shapes_are_the_held_out_stream():
     from convlens.analysis import labelled_images
+    from convlens.data.datasets import ShapesDataset
     from convlens.data.photos import package_photos
     from convlens.data.synthetic import SyntheticShapes
 
@@ -267,7 +269,10 @@ def test_photos_carry_their_known_class_and_shapes_are_the_held_out_stream():
         photos = labelled_images("photos", small, limit=1)
         assert photos.labels.tolist() == [photo.class_id for photo in known]
         assert photos.inputs.shape == (len(known), 3, 16, 16)
-    shapes = labelled_images("shapes:4", small)
+    shapes = labelled_images("shapes-test:4", small)
+    held_out = ShapesDataset(SyntheticShapes(4, seed=1), small, "shapes-test")
+    assert shapes.sources == [f"shapes-test:{i}" for i in range(4)]
+    assert np.array_equal(shapes.display, np.stack([held_out.display(i) for i in range(4)]))
     assert torch.equal(shapes.labels, SyntheticShapes(4, seed=1).batch().labels)
     with pytest.raises(DataError, match="shapes:N"):
         labelled_images("shapes:x", small)

@@ -20,7 +20,7 @@ def test_keep_epochs_then_evolution_shows_one_column_per_epoch(tmp_path, capsys)
     args = ["train", "head", "cam", "--random-backbone", "--keep-epochs", "--limit", "8"]
     args += ["--test", "4", "--epochs", "2", "--batch-size", "8", "--out", str(out)]
     assert main(args) == 0
-    files = sorted(p.name for p in (out / "epochs").iterdir())
+    files = sorted(p.name for p in (out / "epochs").glob("*.pt"))  # beside the ledger
     assert files == ["epoch-000.pt", "epoch-001.pt", "epoch-002.pt"]
     images = torch.randn(2, 3, 64, 64)
     with torch.no_grad():

@@ -21,7 +21,7 @@ from convlens.attribution.explain import (
 from convlens.attribution.methods import get_method
 from convlens.attribution.registry import METHODS, MethodResult, register_method
 from convlens.errors import ConvlensError, LayerError, MethodError
-from convlens.maps import upsample
+from convlens.maps import resize_maps
 from convlens.targets import contrast
 
 
@@ -304,7 +304,7 @@ def test_non_square_input_gives_maps_at_input_resolution(method):
     else:  # one hot cell (1, 3) of the 3 x 5 pooled map, upsampled: peak on the blob
         coarse = torch.zeros(1, 3, 5)
         coarse[0, 1, 3] = 0.2  # ReLU(mean gradient 1/15 * activation 3)
-        assert torch.allclose(result.maps, upsample(coarse, (6, 10)))
+        assert torch.allclose(result.maps, resize_maps(coarse, (6, 10)))
         assert torch.equal(result.maps[0] == result.maps[0].max(), blob)
 
 
@@ -332,3 +332,29 @@ def test_overlay_draws_a_map_exactly_as_the_cli_panel_does():
             tile_pixels(result.display[row], tile.values, limits), result.overlay(row)
         )
     assert not np.array_equal(result.overlay(0), result.overlay(1))  # the sign is drawn
+
+
+def test_row_records_name_the_class_each_contrast_row_is_explained_against(net, images):
+    logits = net(images).detach()
+    result = explain(net, images, "gradcam", target=contrast("top1", "top2"), layer="1")
+    runner_up = logits.topk(2, dim=1).indices[:, 1]
+    assert result.rather_than_ids.tolist() == runner_up.tolist()
+    records = result.row_records()
+    assert [r["class_id"] for r in records] == logits.argmax(1).tolist()
+    assert [r["contrast"]["rather_than_id"] for r in records] == runner_up.tolist()
+    assert [r["contrast"]["rather_than"] for r in records] == [f"class {int(c)}" for c in runner_up]
+    assert records[0]["method"] == "gradcam" and records[0]["layer"] == "1"
+    assert torch.allclose(torch.tensor([r["score"] for r in records]), result.scores)
+    plain = explain(net, images, "gradcam", target=2, layer="1").row_records()
+    assert all("contrast" not in r for r in plain)
+
+
+def test_rule_methods_keep_the_input_gradient_their_map_reduces(net, images):
+    from convlens.attribution.rules import rule_gradient
+
+    for method, rule in (("guided_backprop", "guided"), ("deconvnet", "deconvnet")):
+        result = explain(net, images, method, target=[1, 4])
+        expected = rule_gradient(net, images, [1, 4], rule)
+        torch.testing.assert_close(result.gradient, expected)
+        torch.testing.assert_close(result.maps, result.gradient.abs().amax(1))
+    assert explain(net, images, "saliency").gradient is None

@@ -10,7 +10,8 @@ from tests.helpers.networks import small_convnet
 from convlens.attribution.explain import explain
 from convlens.attribution.methods import list_methods
 from convlens.errors import MethodError
-from convlens.features.optimize import channel, render
+from convlens.features.objectives import channel
+from convlens.features.optimize import visualize
 from convlens.features.projection import project_unit
 
 NO_GRADIENT = {"cam", "eigencam", "scorecam", "occlusion"}
@@ -44,7 +45,7 @@ def test_feature_gradients_refuse_under_inference_mode():
     with torch.inference_mode():
         with pytest.raises(MethodError, match="project_unit needs gradients"):
             project_unit(net, torch.randn(3, 8, 8), "3", 0)
-        with pytest.raises(MethodError, match="render needs gradients"):
-            render(net, channel("3", 0), steps=1, size=8, transforms=None)
+        with pytest.raises(MethodError, match="visualize needs gradients"):
+            visualize(net, channel("3", 0), steps=1, size=8, transforms=None)
         with torch.inference_mode(False):  # the way out the message names
             assert project_unit(net, torch.randn(3, 8, 8), "3", 0).projection.shape == (3, 8, 8)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from convlens.attribution.rules import deconvnet, guided_backprop, rule_gradient
-from convlens.errors import MethodError, TargetError
+from convlens.errors import LayerError, MethodError, TargetError
 from convlens.layers import borrowed_model
 from convlens.layers.rules import backward_rule
 
@@ -249,7 +249,7 @@ def test_unknown_rule_and_torchscript_raise_clear_errors(net):
     with pytest.raises(MethodError, match="guided"), backward_rule(net, "lrp"):
         pass
     scripted = torch.jit.script(nn.Sequential(nn.Linear(2, 2), nn.ReLU()))
-    with pytest.raises(MethodError, match="eager"), backward_rule(scripted, "guided"):
+    with pytest.raises(LayerError, match="eager"), backward_rule(scripted, "guided"):
         pass
 
 

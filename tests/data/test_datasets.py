@@ -10,6 +10,7 @@ from PIL import Image
 
 from convlens.data.datasets import batch_loader, open_dataset
 from convlens.data.preprocess import Preprocess
+from convlens.data.synthetic import SyntheticShapes
 from convlens.errors import DataError
 
 PRE = Preprocess(size=8, mode="stretch", mean=(0.5,) * 3, std=(0.5,) * 3)
@@ -59,6 +60,27 @@ def test_shapes_and_any_dataset_with_labels():
     index, tensor, label, error = wrapped[2]
     assert (index, label, error) == (2, 2, None)
     assert torch.allclose(tensor, PRE.normalize(np.full((8, 8, 3), 128, np.uint8)))
+
+
+def _pil(image: torch.Tensor) -> Image.Image:
+    return Image.fromarray((image * 255).round().byte().permute(1, 2, 0).numpy())
+
+
+def test_shapes_names_one_stream_each_everywhere():
+    """``shapes:N`` is the training stream (seed 0) and ``shapes-test:N`` the held-out one
+    (seed 1), for scans and analyses alike; bare names hold 1,000 items."""
+    from convlens.analysis.data import labelled_images
+
+    for name, seed in (("shapes", 0), ("shapes-test", 1)):
+        dataset = open_dataset(f"{name}:3", PRE)
+        expected = [PRE.display(_pil(item.image)) for item in SyntheticShapes(3, seed=seed)]
+        assert [dataset.sources[i] for i in range(3)] == [f"{name}:{i}" for i in range(3)]
+        assert all(np.array_equal(dataset.display(i), expected[i]) for i in range(3))
+        analysed = labelled_images(f"{name}:3", PRE)
+        assert np.array_equal(analysed.display, np.stack(expected))
+        assert len(open_dataset(name, PRE)) == 1000
+    with pytest.raises(DataError, match="positive"):
+        open_dataset("shapes-test:0", PRE)
 
 
 def test_loader_order_is_the_same_with_workers():

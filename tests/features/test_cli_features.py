@@ -13,8 +13,8 @@ from PIL import Image
 
 from convlens.cli import main
 from convlens.data.images import load_images
+from convlens.features.activations import feature_maps, layer_activation, layer_mean_maps
 from convlens.features.filters import filter_tiles
-from convlens.features.maps import feature_maps, layer_activation, layer_mean_maps
 from convlens.render.features import feature_map_grid, filter_grid, layer_means_grid
 
 

@@ -10,20 +10,17 @@ from torch import nn
 from convlens import load_model
 from convlens.data.preprocess import IMAGENET_PREPROCESS, Preprocess
 from convlens.errors import LayerError, MethodError, TargetError
-from convlens.features.optimize import (
-    FourierImage,
-    PixelImage,
+from convlens.features.objectives import (
     Seen,
-    Transforms,
     channel,
     class_logit,
     deepdream,
-    gaussian_blur,
     l2_decay,
     neuron,
-    render,
     total_variation,
 )
+from convlens.features.optimize import FourierImage, PixelImage, Transforms, visualize
+from convlens.maps import gaussian_blur
 from convlens.targets import contrast
 
 NO_TRANSFORM = dict(transforms=None, param="pixels")
@@ -61,8 +58,8 @@ def test_objective_rises_tenfold_from_a_blank_start_and_model_is_unchanged(uncha
     net = tiny_classifier()
     net.train()
     with unchanged(net):
-        # A normal render: grey start, default lr, Fourier, jitter/scale/rotation.
-        result = render(net, channel("4", 5), steps=100, size=32, seed=3)
+        # A normal visualization: grey start, default lr, Fourier, jitter/scale/rotation.
+        result = visualize(net, channel("4", 5), steps=100, size=32, seed=3)
     grey = normalised(torch.full((1, 3, 32, 32), 0.5))
     with torch.no_grad():
         start = float(net[:5](grey)[0, 5].mean())
@@ -77,7 +74,7 @@ def test_objective_rises_tenfold_from_a_blank_start_and_model_is_unchanged(uncha
 
 def test_final_score_is_the_objective_of_the_returned_image():
     net = tiny_classifier()
-    result = render(net, channel("4", 2), steps=3, size=16, seed=0)
+    result = visualize(net, channel("4", 2), steps=3, size=16, seed=0)
     with torch.no_grad():
         direct = net[:5](normalised(result.images))[0, 2].mean()
     assert float(result.final[0]) == pytest.approx(float(direct), rel=1e-5)
@@ -88,10 +85,10 @@ def test_batch_of_objectives_equals_each_alone_and_is_reproducible():
     net = tiny_classifier()
     objectives = [class_logit(1), neuron("1", 0) - 0.1 * total_variation(), deepdream("3")]
     settings = dict(steps=5, size=16, param="pixels", transforms=Transforms(2, (1.0,), 0.0))
-    together = render(net, objectives, **settings, seed=7)
-    again = render(net, objectives, **settings, seed=7)
+    together = visualize(net, objectives, **settings, seed=7)
+    again = visualize(net, objectives, **settings, seed=7)
     assert torch.equal(together.images, again.images)
-    alone = render(net, objectives[1], **settings, seed=7)
+    alone = visualize(net, objectives[1], **settings, seed=7)
     # Same seed -> same transforms; images do not interact through the summed score.
     assert torch.allclose(alone.images[0], together.images[1], atol=1e-5)
     assert together.objectives[1].startswith("1:0")
@@ -100,8 +97,8 @@ def test_batch_of_objectives_equals_each_alone_and_is_reproducible():
 def test_seeds_change_noise_start_and_transforms():
     net = tiny_classifier()
     settings = dict(steps=3, size=16, start="noise")
-    first, same = (render(net, channel("3", 1), **settings, seed=1) for _ in range(2))
-    other = render(net, channel("3", 1), **settings, seed=2)
+    first, same = (visualize(net, channel("3", 1), **settings, seed=1) for _ in range(2))
+    other = visualize(net, channel("3", 1), **settings, seed=2)
     assert torch.equal(first.images, same.images)
     assert float((first.images - other.images).abs().max()) > 1e-3
 
@@ -142,25 +139,26 @@ def test_objective_values_hand_computed():
     assert torch.allclose(total_variation()(seen), torch.tensor([-(1 / 6 + 1 / 6), 0.0]))
 
 
-def test_periodic_blur_runs_inside_render():
+def test_periodic_blur_runs_inside_visualize():
     net = tiny_classifier()
     torch.manual_seed(0)
     start = torch.rand(3, 16, 16) * 0.8 + 0.1
     settings = dict(steps=2, start=start, lr=1e-9, **NO_TRANSFORM)
-    plain = render(net, class_logit(0), **settings)
-    blurred = render(net, class_logit(0), blur_every=1, blur_sigma=1.0, **settings)
+    plain = visualize(net, class_logit(0), **settings)
+    blurred = visualize(net, class_logit(0), blur_every=1, blur_sigma=1.0, **settings)
     # Blur after step 0 only (never after the last step); the updates are ~0.
     assert torch.allclose(plain.images[0], start, atol=1e-4)
-    assert torch.allclose(blurred.images[0], gaussian_blur(start[None], 1.0)[0], atol=1e-4)
+    once = gaussian_blur(start[None], kernel_size=5, sigma=1.0)[0]  # radius ceil(2 sigma)
+    assert torch.allclose(blurred.images[0], once, atol=1e-4)
     assert float((blurred.images - plain.images).abs().max()) > 0.05
 
 
 def test_blur_keeps_constant_images_and_start_from_image():
     flat = torch.full((1, 3, 9, 9), 0.3)
-    assert torch.allclose(gaussian_blur(flat, 1.0), flat)
+    assert torch.allclose(gaussian_blur(flat, kernel_size=5, sigma=1.0), flat)
     net = tiny_classifier()
     start = torch.rand(3, 16, 20) * 0.8 + 0.1
-    result = render(net, class_logit(0), steps=1, start=start, lr=1e-8, transforms=None)
+    result = visualize(net, class_logit(0), steps=1, start=start, lr=1e-8, transforms=None)
     assert result.images.shape == (1, 3, 16, 20)  # size defaults to the start image's
     assert torch.allclose(result.images[0], start, atol=1e-4)
 
@@ -168,9 +166,9 @@ def test_blur_keeps_constant_images_and_start_from_image():
 def test_layers_resolve_once_whatever_their_spelling():
     net = tiny_classifier()
     settings = dict(steps=2, size=16, seed=0)
-    by_name = render(net, channel("3", 1), **settings)
+    by_name = visualize(net, channel("3", 1), **settings)
     for spelling in ("#-5", -5, "#3", 3, net[3]):  # 8 layers: index -5 is "3"
-        other = render(net, channel(spelling, 1), **settings)
+        other = visualize(net, channel(spelling, 1), **settings)
         assert torch.equal(other.images, by_name.images), spelling
 
 
@@ -189,34 +187,34 @@ def test_layers_resolve_once_whatever_their_spelling():
 def test_out_of_range_objectives_raise_before_any_update(unchanged, objective, error, message):
     net = tiny_classifier()
     with unchanged(net), pytest.raises(error, match=message):
-        render(net, objective(), steps=2, size=16)
+        visualize(net, objective(), steps=2, size=16)
 
 
 def test_class_names_resolve_through_the_model_labels():
     net = tiny_classifier()
     labels = ("tench", "goldfish", "shark", "hen", "ostrich")
     loaded = load_model(net, preprocess=Preprocess(size=16), labels=labels)
-    by_name = render(loaded, class_logit("Goldfish"), steps=2, seed=0)
-    by_id = render(loaded, class_logit(1), steps=2, seed=0)
+    by_name = visualize(loaded, class_logit("Goldfish"), steps=2, seed=0)
+    by_id = visualize(loaded, class_logit(1), steps=2, seed=0)
     assert torch.equal(by_name.images, by_id.images)
     with pytest.raises(TargetError, match="did you mean 'goldfish'"):
-        render(loaded, class_logit("goldfsh"), steps=1)
+        visualize(loaded, class_logit("goldfsh"), steps=1)
 
 
 def test_bad_options_raise():
     net = tiny_classifier()
     with pytest.raises(MethodError):
-        render(net, class_logit(0), param="wavelet", steps=1, size=16)
+        visualize(net, class_logit(0), param="wavelet", steps=1, size=16)
     with pytest.raises(MethodError):
-        render(net, "class 0", steps=1, size=16)
+        visualize(net, "class 0", steps=1, size=16)
     with pytest.raises(MethodError, match="10x10 but size is 16x16"):
-        render(net, class_logit(0), steps=1, size=16, start=torch.rand(3, 10, 10))
+        visualize(net, class_logit(0), steps=1, size=16, start=torch.rand(3, 10, 10))
     with pytest.raises(MethodError, match=r"\[0, 1\]"):
-        render(net, class_logit(0), steps=1, start=torch.randn(3, 16, 16))
+        visualize(net, class_logit(0), steps=1, start=torch.randn(3, 16, 16))
     with pytest.raises(MethodError, match="too small for jitter 8"):
-        render(net, class_logit(0), steps=1, size=8)
+        visualize(net, class_logit(0), steps=1, size=8)
     with pytest.raises(MethodError, match="too small for blur radius"):
-        render(net, class_logit(0), steps=2, size=2, transforms=None, blur_every=1, blur_sigma=1)
+        visualize(net, class_logit(0), steps=2, size=2, transforms=None, blur_every=1, blur_sigma=1)
     with pytest.raises(TargetError, match="one fixed class"):
         class_logit("top1")
     with pytest.raises(TargetError):
@@ -239,7 +237,7 @@ def test_class_logit_refuses_a_ranked_side_next_to_a_name_before_any_update(unch
     loaded = load_model(net, preprocess=Preprocess(size=16), labels=labels)
     objective = class_logit(contrast("top1", "goldfish"))  # the name needs the labels
     with unchanged(net), pytest.raises(TargetError, match="give a class id or name"):
-        render(loaded, objective, steps=2)
+        visualize(loaded, objective, steps=2)
 
 
 def test_class_logit_ids_names_and_contrasts_score_fixed_classes():
@@ -252,27 +250,27 @@ def test_class_logit_ids_names_and_contrasts_score_fixed_classes():
 
 
 def test_class_logit_resolves_once_per_run_and_again_for_other_labels(monkeypatch):
-    import convlens.features.optimize as optimize
+    import convlens.features.objectives as objectives
 
     net = tiny_classifier()
     size = Preprocess(size=16)
     first = load_model(net, preprocess=size, labels=("a", "goldfish", "c", "d", "e"))
     other = load_model(net, preprocess=size, labels=("a", "b", "c", "goldfish", "e"))
     by_name, one, three = class_logit("goldfish"), class_logit(1), class_logit(3)
-    resolve, calls = optimize.resolve_targets, []
+    resolve, calls = objectives.resolve_targets, []
 
     def counted(*args, **kwargs):
         calls.append(args)
         return resolve(*args, **kwargs)
 
-    monkeypatch.setattr(optimize, "resolve_targets", counted)
+    monkeypatch.setattr(objectives, "resolve_targets", counted)
     settings = dict(steps=4, seed=0, **NO_TRANSFORM)
     assert torch.equal(
-        render(first, by_name, **settings).images, render(first, one, **settings).images
+        visualize(first, by_name, **settings).images, visualize(first, one, **settings).images
     )
     assert len(calls) == 2  # once per run, not once per step (4 steps + final score)
     # The same objective on a model whose labels differ is resolved again, to class 3.
     assert torch.equal(
-        render(other, by_name, **settings).images, render(other, three, **settings).images
+        visualize(other, by_name, **settings).images, visualize(other, three, **settings).images
     )
     assert len(calls) == 4

@@ -9,9 +9,14 @@ from torch import nn
 
 from convlens.attribution.rules import guided_backprop
 from convlens.errors import LayerError, MethodError
+from convlens.features.activations import (
+    feature_maps,
+    layer_activation,
+    layer_mean_maps,
+    stage_layers,
+)
 from convlens.features.filters import filter_tiles
 from convlens.features.gram import gram_matrix
-from convlens.features.maps import feature_maps, layer_activation, layer_mean_maps, stage_layers
 from convlens.features.masks import activation_mask
 from convlens.features.projection import project_unit
 

@@ -54,7 +54,7 @@ def test_token_grid_and_channels_last_are_exact_layouts():
 
 def test_gradcam_on_token_layer_equals_hand_computed_grid(unchanged):
     from convlens import explain
-    from convlens.maps import upsample
+    from convlens.maps import resize_maps
 
     model, images = TinyTokens().eval(), torch.randn(2, 3, 12, 8)
     with unchanged(model, images):
@@ -70,7 +70,7 @@ def test_gradcam_on_token_layer_equals_hand_computed_grid(unchanged):
     activation = kept["o"][:, 2:].detach().transpose(1, 2).reshape(2, 5, 3, 2)
     gradient = grad[:, 2:].transpose(1, 2).reshape(2, 5, 3, 2)
     coarse = (gradient.mean((2, 3))[:, :, None, None] * activation).sum(1).clamp_min(0)
-    torch.testing.assert_close(result.maps, upsample(coarse, (12, 8)))
+    torch.testing.assert_close(result.maps, resize_maps(coarse, (12, 8)))
 
 
 def test_default_layer_of_token_model_is_a_grid_that_reaches_the_output():
@@ -120,7 +120,7 @@ def test_vit_tiny_gradcam_uses_the_14x14_patch_grid():
     result = explain(model, image, method="gradcam")
     assert result.layer == layer and result.maps.shape == (1, 224, 224)
     assert float(result.maps.max()) > 0
-    from convlens.maps import upsample
+    from convlens.maps import resize_maps
 
     # The map is Grad-CAM of the 196 patch tokens laid on the 14x14 grid (class token
     # dropped), upsampled: computed here by hand from the block's token output.
@@ -134,7 +134,7 @@ def test_vit_tiny_gradcam_uses_the_14x14_patch_grid():
     activation = kept["o"][:, 1:].detach().transpose(1, 2).reshape(1, 192, 14, 14)
     gradient = grad[:, 1:].transpose(1, 2).reshape(1, 192, 14, 14)
     coarse = (gradient.mean((2, 3))[:, :, None, None] * activation).sum(1).clamp_min(0)
-    torch.testing.assert_close(result.maps, upsample(coarse, (224, 224)))
+    torch.testing.assert_close(result.maps, resize_maps(coarse, (224, 224)))
     assert_same_state(before, model_state(model))
 
 

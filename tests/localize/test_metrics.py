@@ -220,9 +220,9 @@ def test_pointing_game_bad_inputs():
 def test_max_box_acc_agrees_with_maps_to_boxes_and_box_iou(version):
     """The fast numpy sweep equals thresholding with the public functions, per threshold."""
     from convlens.localize import box_iou, maps_to_boxes
-    from convlens.maps import upsample
+    from convlens.maps import resize_maps
 
-    maps = upsample(torch.rand(4, 5, 5, generator=torch.Generator().manual_seed(2)), (40, 40))
+    maps = resize_maps(torch.rand(4, 5, 5, generator=torch.Generator().manual_seed(2)), (40, 40))
     gt = [torch.tensor([[5.0, 8.0, 30.0, 36.0]]), torch.tensor([[0.0, 0.0, 12.0, 12.0]])] * 2
     thresholds = [0.1, 0.35, 0.6, 0.85]
     result = max_box_acc(maps, gt, thresholds=thresholds, version=version, image_size=(40, 40))

@@ -24,7 +24,7 @@ from convlens.localize.metrics import (
     DEFAULT_THRESHOLDS_V2,
     max_box_acc_v1_v2,
 )
-from convlens.maps import normalize_maps, upsample
+from convlens.maps import normalize_maps, resize_maps
 
 
 def reference_boxes(mask: np.ndarray, mode: str, connectivity: int) -> np.ndarray:
@@ -70,8 +70,8 @@ def random_maps(seed: int, height: int = 24, width: int = 20) -> torch.Tensor:
     and an all-zero map."""
     gen = torch.Generator().manual_seed(seed)
     noise = torch.rand(3, height, width, generator=gen)
-    smooth = upsample(torch.rand(3, 6, 5, generator=gen), (height, width))
-    coarse = (upsample(torch.rand(3, 4, 5, generator=gen), (height, width)) * 4).round()
+    smooth = resize_maps(torch.rand(3, 6, 5, generator=gen), (height, width))
+    coarse = (resize_maps(torch.rand(3, 4, 5, generator=gen), (height, width)) * 4).round()
     flat = torch.stack([torch.full((height, width), 0.7), torch.zeros(height, width)])
     return torch.cat([noise, smooth, coarse, flat])
 

@@ -155,15 +155,17 @@ def test_explain_on_the_cpu_equals_explain_where_the_model_is(unchanged):
 def test_every_device_argument_refuses_a_missing_device_and_leaves_the_model(unchanged):
     from convlens import explain
     from convlens.evaluate.benchmark import evaluate_on_source
-    from convlens.features import optimize
-    from convlens.features.maps import feature_maps, layer_mean_maps
+    from convlens.features import objectives, optimize
+    from convlens.features.activations import feature_maps, layer_mean_maps
 
     model, images = small_convnet(), torch.randn(1, 3, 12, 12)
     calls = [
         lambda: explain(model, images, "saliency", target=0, device="cuda"),
         lambda: feature_maps(model, images[0], "0", device="cuda"),
         lambda: layer_mean_maps(model, images[0], device="cuda"),
-        lambda: optimize.render(model, optimize.class_logit(0), steps=1, size=16, device="cuda"),
+        lambda: optimize.visualize(
+            model, objectives.class_logit(0), steps=1, size=16, device="cuda"
+        ),
         lambda: evaluate_on_source("synthetic-shapes", ["gradcam"], 2, device="cuda"),
     ]
     with unchanged(model, images):
@@ -173,13 +175,27 @@ def test_every_device_argument_refuses_a_missing_device_and_leaves_the_model(unc
 
 
 def test_feature_views_run_with_device_cpu_and_return_cpu_tensors():
-    from convlens.features import optimize
-    from convlens.features.maps import feature_maps, layer_mean_maps
+    from convlens.features import objectives, optimize
+    from convlens.features.activations import feature_maps, layer_mean_maps
 
     model, image = small_convnet(), torch.randn(3, 12, 12)
     maps = feature_maps(model, image, "3", top=2, device="cpu")
     assert torch.equal(maps.maps, feature_maps(model, image, "3", top=2).maps)
     means = layer_mean_maps(model, image, device="cpu")
     assert all(mean.device.type == "cpu" for _, mean in means)
-    result = optimize.render(model, optimize.class_logit(1), steps=2, size=16, device="cpu")
+    result = optimize.visualize(model, objectives.class_logit(1), steps=2, size=16, device="cpu")
     assert result.images.device.type == "cpu" and result.images.shape == (1, 3, 16, 16)
+
+
+def test_bare_cuda_under_torchrun_is_this_workers_gpu(monkeypatch):
+    """The one `placed_on` (scans included) resolves ``"cuda"`` to ``cuda:LOCAL_RANK`` when
+    torchrun started several workers; a device named with its index stays as written."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    assert resolve_device("cuda") == torch.device("cuda", 2)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert resolve_device("cuda") == torch.device("cuda", 0)

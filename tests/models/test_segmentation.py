@@ -17,8 +17,8 @@ from convlens.models.segmentation import (
     SegmentationNet,
     Upsample,
     save_segmentation_model,
-    segmentation_preprocess,
 )
+from convlens.models.shapes import shapes_preprocess
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -96,7 +96,7 @@ def test_bad_settings_raise_model_load_errors():
 def test_a_saved_model_loads_by_path_with_its_labels_and_preprocess(tmp_path):
     model = SegmentationNet(num_classes=3, width=4, output_stride=8, upsample="nearest").eval()
     path = save_segmentation_model(
-        model, tmp_path / "seg.pt", ("background", "a", "b"), segmentation_preprocess(48)
+        model, tmp_path / "seg.pt", ("background", "a", "b"), shapes_preprocess(48)
     )
     loaded = load_model(str(path))
     assert loaded.labels == ("background", "a", "b")

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
+from convlens.features.activations import FeatureMaps, feature_maps, layer_activation
 from convlens.features.filters import filter_tiles
-from convlens.features.maps import FeatureMaps, feature_maps, layer_activation
 from convlens.render.features import (
     feature_map_grid,
     filter_caption,

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from convlens.errors import ConvlensError
+from convlens.maps import resize_maps
 from convlens.render import colorize, image_grid, overlay, save_png
-from convlens.render.images import map_display, overlay_map, resize_map
+from convlens.render.images import map_display, overlay_map
 
 
 def test_overlay_aligns_map_cells_on_non_square_image():
@@ -28,7 +30,7 @@ def test_overlay_aligns_map_cells_on_non_square_image():
     # one hot cell: its upsampled mass is centred on the cell's 10 x 10 block
     cell = np.zeros((4, 6))
     cell[1, 4] = 1.0
-    up = resize_map(cell, 40, 60)
+    up = resize_maps(torch.from_numpy(cell)[None], (40, 60))[0].numpy()
     ys, xs = np.mgrid[0:40, 0:60]
     centre = ((up * ys).sum() / up.sum(), (up * xs).sum() / up.sum())
     assert np.allclose(centre, (14.5, 44.5))

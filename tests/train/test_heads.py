@@ -14,7 +14,8 @@ from torch import nn
 
 import convlens
 from convlens.attribution.methods import get_method, list_methods
-from convlens.errors import DataError, MethodError, ModelLoadError
+from convlens.errors import ConvlensError, DataError, MethodError, ModelLoadError
+from convlens.maps import normalize_maps
 from convlens.models import load_model
 from convlens.models.heads import (
     AcolHead,
@@ -24,10 +25,9 @@ from convlens.models.heads import (
     NinHead,
     ScouterHead,
     erase_above,
-    min_max_normalize,
     save_head_model,
 )
-from convlens.train.heads import LabelledImages, build_head_model, synthetic_data, train_head
+from convlens.train.heads import TrainTestImages, build_head_model, synthetic_data, train_head
 
 
 def tiny_head_model(head: nn.Module) -> HeadModel:
@@ -58,13 +58,20 @@ def test_nin_class_map_is_what_gap_averages_and_the_method_reads_it():
     torch.testing.assert_close(result.maps, class_maps[:, 1].detach())  # 6x6 needs no upsampling
 
 
-def test_min_max_normalize_and_acol_erasing_on_hand_values():
+def test_normalize_maps_and_acol_erasing_on_hand_values():
     class_map = torch.tensor([[[1.0, 3.0], [2.0, 5.0]]])
-    torch.testing.assert_close(min_max_normalize(class_map), torch.tensor([[[0, 0.5], [0.25, 1]]]))
+    torch.testing.assert_close(normalize_maps(class_map), torch.tensor([[[0, 0.5], [0.25, 1]]]))
     features = torch.arange(1.0, 9.0).view(1, 2, 2, 2)
     erased = erase_above(features, class_map, delta=0.4)  # keeps 0 and 0.25 only
     expected = torch.tensor([[[[1.0, 0], [3, 0]], [[5, 0], [7, 0]]]])
     torch.testing.assert_close(erased, expected)
+
+
+def test_acol_erasing_refuses_a_nan_map_instead_of_erasing_nothing():
+    features = torch.ones(1, 2, 2, 2)
+    class_map = torch.tensor([[[1.0, float("nan")], [2.0, 5.0]]])
+    with pytest.raises(ConvlensError, match="NaN"):
+        erase_above(features, class_map, delta=0.4)
 
 
 def test_acol_second_branch_sees_erased_features_and_fusion_is_elementwise_max():
@@ -76,8 +83,8 @@ def test_acol_second_branch_sees_erased_features_and_fusion_is_elementwise_max()
     erased = erase_above(features, maps_a[rows, classes], 0.5)
     assert (erased == 0).any() and not torch.equal(erased, features)
     torch.testing.assert_close(maps_b, head.branch_b(erased))
-    norm_a = min_max_normalize(maps_a[rows, classes])
-    norm_b = min_max_normalize(maps_b[rows, classes])
+    norm_a = normalize_maps(maps_a[rows, classes])
+    norm_b = normalize_maps(maps_b[rows, classes])
     torch.testing.assert_close(head.class_maps(features, classes), torch.maximum(norm_a, norm_b))
     top = maps_a.mean(dim=(2, 3)).argmax(1)
     a_top, b_top = head.both_maps(features, top)
@@ -191,7 +198,7 @@ def test_head_files_load_with_weights_only_and_older_ones_still_load(shapes32, t
 
 def test_resume_equals_uninterrupted_training(shapes32, tmp_path):
     _, data = shapes32
-    small = LabelledImages(
+    small = TrainTestImages(
         data.train_inputs[:32], data.train_labels[:32], *list(vars(data).values())[2:]
     )
     whole = new_model("scouter")

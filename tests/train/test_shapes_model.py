@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from convlens.data.scenes import SCENE_CLASSES
 from convlens.data.synthetic import SHAPES, make_batch
 from convlens.errors import DataError, ModelLoadError
 from convlens.models import load_model
@@ -77,6 +78,24 @@ def test_loader_takes_classes_size_and_normalisation_from_the_weights_file(tmp_p
     torch.save({"state_dict": net.state_dict()}, file)
     with pytest.raises(ModelLoadError, match="lacks"):
         load_shapes_model(path=file)
+
+
+def test_scenes_files_share_the_loader_and_keep_their_width(tmp_path):
+    from convlens.models.scenes import load_scenes_model
+    from convlens.train.scenes import save_scenes_model
+
+    net = ShapesNet(num_classes=len(SCENE_CLASSES), width=4)
+    file = save_scenes_model(net, {"note": "test"}, tmp_path / "scenes.pt")
+    loaded = load_scenes_model(path=file)
+    assert loaded.name == "synthetic-scenes" and loaded.labels == SCENE_CLASSES
+    assert loaded.module.classifier.in_features == 3 * 4
+    saved = torch.load(file, weights_only=True)
+    del saved["width"]
+    torch.save(saved, file)
+    with pytest.raises(ModelLoadError, match=r"\['width'\].*save_scenes_model"):
+        load_scenes_model(path=file)
+    with pytest.raises(ModelLoadError, match="python -m convlens.train.scenes"):
+        load_scenes_model(path=tmp_path / "absent.pt")
 
 
 def test_training_loop_rejects_mismatched_inputs():

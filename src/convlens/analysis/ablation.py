@@ -21,7 +21,7 @@ from torch import nn
 
 from convlens.analysis.scores import class_scores
 from convlens.errors import DataError, LayerError
-from convlens.features.maps import stage_layers
+from convlens.features.activations import stage_layers
 from convlens.layers import resolve_layer
 from convlens.layers.find import LayerSpec
 from convlens.models.devices import model_device, model_input
@@ -184,7 +184,7 @@ def ablate_layers(
         >>> from convlens import load_model
         >>> from convlens.analysis import labelled_images
         >>> model = load_model("synthetic-shapes")
-        >>> data = labelled_images("shapes:20", model.preprocess)
+        >>> data = labelled_images("shapes-test:20", model.preprocess)
         >>> result = ablate_layers(model, data.inputs, data.labels, ["features.3"])
         >>> [(row.layer, row.mode) for row in result.rows]  # "auto" zeroes this layer
         [('features.3', 'zero')]

@@ -116,7 +116,7 @@ def cam_crops(
         >>> from convlens import load_model
         >>> from convlens.analysis import labelled_images
         >>> model = load_model("synthetic-shapes")
-        >>> data = labelled_images("shapes:20", model.preprocess)
+        >>> data = labelled_images("shapes-test:20", model.preprocess)
         >>> crops = cam_crops(model, data.inputs, data.labels)
         >>> crops.before.shape, crops.after.shape  # true-class probability per image
         (torch.Size([20]), torch.Size([20]))

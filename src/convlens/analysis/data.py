@@ -1,5 +1,5 @@
 """Labelled images for the analyses: the photos installed packages ship (with their ImageNet
-class), held-out synthetic shapes, or an ImageFolder tree."""
+class), synthetic shapes (``shapes-test:N`` for the held-out stream), or an ImageFolder tree."""
 
 from __future__ import annotations
 
@@ -11,12 +11,9 @@ import torch
 from convlens.data.datasets import FileDataset, ScanDataset, open_dataset
 from convlens.data.photos import package_photos
 from convlens.data.preprocess import Preprocess
-from convlens.data.synthetic import SyntheticShapes
 from convlens.errors import DataError
-from convlens.train.heads import TEST_SEED
 
 PHOTOS = "photos"
-SHAPES = "shapes"
 
 
 @dataclass(frozen=True)
@@ -31,22 +28,22 @@ class LabelledImages:
 
 
 def labelled_images(
-    data: str, preprocess: Preprocess, limit: int | None = None, shapes_seed: int = TEST_SEED
+    data: str, preprocess: Preprocess, limit: int | None = None
 ) -> LabelledImages:
     """Read ``data`` at ``preprocess``'s size: ``"photos"`` (the package photos whose class
-    is known, `convlens.data.photos`; ImageNet ids), ``"shapes:N"`` (items ``0 .. N-1`` of
-    the held-out synthetic stream, seed 1; ``shapes_seed=0`` for the training stream) or an
+    is known, `convlens.data.photos`; ImageNet ids), ``"shapes-test:N"`` (the held-out synthetic
+    shapes, seed 1; ``"shapes:N"`` is the training stream: `convlens.data.datasets`) or an
     ImageFolder tree (class = sorted folder index). ``limit``: the first N items. Unreadable
     files raise `DataError` naming them."""
-    dataset = analysis_dataset(data, preprocess, shapes_seed)
+    dataset = analysis_dataset(data, preprocess)
     if dataset.labels is None:
         raise DataError(
             f"{data} has no labels; pass an ImageFolder tree (folder/CLASS/image.jpg), "
-            "'photos' or 'shapes:N'"
+            "'photos' or 'shapes-test:N'"
         )
     count = len(dataset) if limit is None else min(limit, len(dataset))
     if count < 1:
-        raise DataError(f"{data!r} holds no labelled image; pass photos, shapes:N or a folder")
+        raise DataError(f"{data!r} holds no labelled image; pass photos, shapes-test:N or a folder")
     inputs, labels, display = [], [], []
     for index in range(count):
         _, tensor, label, error = dataset[index]
@@ -60,11 +57,9 @@ def labelled_images(
     )
 
 
-def analysis_dataset(
-    data: str, preprocess: Preprocess, shapes_seed: int = TEST_SEED
-) -> ScanDataset:
-    """The `ScanDataset` behind `labelled_images` (``photos``, ``shapes:N`` held out, or
-    anything `open_dataset` reads; labels required only by `labelled_images`)."""
+def analysis_dataset(data: str, preprocess: Preprocess) -> ScanDataset:
+    """The `ScanDataset` behind `labelled_images` (``photos``, or anything `open_dataset`
+    reads, ``shapes-test:N`` included; labels required only by `labelled_images`)."""
     if data == PHOTOS:
         photos = [photo for photo in package_photos() if photo.class_id is not None]
         if not photos:
@@ -74,9 +69,4 @@ def analysis_dataset(
             )
         sources = [str(photo.path) for photo in photos]
         return FileDataset(sources, preprocess, labels=[photo.class_id for photo in photos])
-    if data == SHAPES or data.startswith(SHAPES + ":"):
-        count = data.partition(":")[2] or "100"
-        if not count.isdigit() or int(count) < 1:
-            raise DataError(f"{data!r}: write shapes:N with N >= 1 (e.g. shapes:100)")
-        return open_dataset(SyntheticShapes(int(count), seed=shapes_seed), preprocess)
     return open_dataset(data, preprocess)

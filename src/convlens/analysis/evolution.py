@@ -99,7 +99,7 @@ def feature_evolution(
 ) -> FeatureEvolution:
     """The strongest unit of each chosen channel of ``layers`` in each of ``models`` (the
     same network at successive epochs, e.g. `epoch_files`), over ``data`` (anything
-    `convlens.analysis.data.analysis_dataset` reads: ``"shapes:N"``, ``"photos"``, a
+    `convlens.analysis.data.analysis_dataset` reads: ``"shapes-test:N"``, ``"photos"``, a
     folder; read with the first model's preprocessing).
 
     Args:
@@ -111,7 +111,8 @@ def feature_evolution(
     Example:
         >>> # epoch_files("run") of a `convlens train head --keep-epochs` run; here the
         >>> # shipped model twice, as two "epochs" of one network:
-        >>> evo = feature_evolution(["synthetic-shapes"] * 2, "shapes:8", ["features.2"], count=2)
+        >>> runs = ["synthetic-shapes"] * 2
+        >>> evo = feature_evolution(runs, "shapes-test:8", ["features.2"], count=2)
         >>> evo.values.shape  # [epochs, rows]
         torch.Size([2, 2])
     """

@@ -24,7 +24,7 @@ from torch import nn
 
 from convlens.analysis.scores import true_class_probability
 from convlens.errors import DataError
-from convlens.features.maps import stage_layers
+from convlens.features.activations import stage_layers
 from convlens.layers import borrowed_model, capture
 from convlens.layers.find import LayerSpec
 from convlens.models.devices import model_input
@@ -135,7 +135,7 @@ def invariance_curves(
         >>> from convlens import load_model
         >>> from convlens.analysis import labelled_images
         >>> model = load_model("synthetic-shapes")
-        >>> data = labelled_images("shapes:20", model.preprocess)
+        >>> data = labelled_images("shapes-test:20", model.preprocess)
         >>> curves = invariance_curves(model, data.inputs, data.labels, None, "rotate")
         >>> curves.probabilities.shape  # [amounts, images]
         torch.Size([9, 20])

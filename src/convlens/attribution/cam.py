@@ -35,7 +35,7 @@ from convlens.errors import LayerError, TargetError
 from convlens.layers.borrow import borrowed_model
 from convlens.layers.capture import capture
 from convlens.layers.find import LayerSpec
-from convlens.maps import full_precision, normalize_maps, upsample
+from convlens.maps import full_precision, normalize_maps, resize_maps
 from convlens.models.loading import LoadedModel
 
 Model = nn.Module | LoadedModel
@@ -61,7 +61,7 @@ def _layer_cam(
 
 def _to_input_size(maps: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     """Positive part of ``Tensor[N, h, w]``, upsampled to ``images``' ``[H, W]``."""
-    return upsample(maps.clamp_min(0), tuple(images.shape[-2:]))
+    return resize_maps(maps.clamp_min(0), tuple(images.shape[-2:]))
 
 
 def _layer_activation(prepared: Prepared, layer: LayerSpec | None) -> tuple:
@@ -304,7 +304,7 @@ def _masked_scores(
     chunks = list(in_chunks(len(rows), batch_size))
     for chunk in progress_bar(chunks, disable=not progress, desc="scorecam", leave=False):
         row, channel = rows[chunk], channels[chunk]
-        masks = normalize_maps(upsample(activation[row, channel], tuple(images.shape[-2:])))
+        masks = normalize_maps(resize_maps(activation[row, channel], tuple(images.shape[-2:])))
         with torch.no_grad():
             output = module(images[row] * masks[:, None])
             probabilities = output if targets.fn is not None else output.softmax(dim=1)

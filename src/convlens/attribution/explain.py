@@ -39,6 +39,9 @@ class Explanation:
     and the target score on the unmodified input. ``display``: ``uint8[N, H, W, 3]`` pixels
     the model saw (when known), for overlays. ``output``: the model output on the
     unmodified rows (``Tensor[N, K]`` for a classifier), from the method's own forward pass.
+    ``rather_than_ids``/``rather_than_names``: for a contrast target, the class each row is
+    explained against (its score was subtracted). ``gradient``: the signed input gradient
+    ``Tensor[N, C, H, W]`` behind a guided-backprop or deconvnet map (None otherwise).
     """
 
     maps: torch.Tensor
@@ -55,11 +58,15 @@ class Explanation:
     target: str
     extras: dict = field(default_factory=dict)
     output: torch.Tensor | None = None
+    rather_than_ids: torch.Tensor | None = None
+    rather_than_names: list[str] | None = None
+    gradient: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         """Every tensor on the CPU for drawing and saving, whatever device the model ran on
         (half and bfloat16 maps widened to float32)."""
-        for name in ("maps", "image_index", "class_ids", "scores", "probabilities", "output"):
+        tensors = ("maps", "image_index", "class_ids", "scores", "probabilities", "output")
+        for name in (*tensors, "rather_than_ids", "gradient"):
             object.__setattr__(self, name, to_cpu(getattr(self, name)))
         object.__setattr__(self, "extras", {k: to_cpu(v) for k, v in self.extras.items()})
 
@@ -107,6 +114,27 @@ class Explanation:
             "extras": extras,
         }
 
+    def row_records(self) -> list[dict]:
+        """One JSON-ready record per explained row, as ``convlens explain`` writes them in
+        its ``methods`` list: method, layer, seconds, the row's class id and name, score
+        and probability, its value of each extra, and for a contrast target a
+        ``contrast`` entry naming the class it is explained against."""
+        records = []
+        for row, info in enumerate(self.record()["rows"]):
+            entry = {"method": self.method, "layer": self.layer, "seconds": round(self.seconds, 4)}
+            entry |= {k: v for k, v in info.items() if k != "source"}
+            entry |= {k: _row_value(_jsonable(v), row) for k, v in self.extras.items()}
+            if self.rather_than_ids is not None:
+                entry["contrast"] = {
+                    "class_id": info["class_id"],
+                    "class_name": info["class_name"],
+                    "rather_than_id": int(self.rather_than_ids[row]),
+                    "rather_than": self.rather_than_names[row] if self.rather_than_names else None,
+                    "score": "logit difference",
+                }
+            records.append(entry)
+        return records
+
     def save(self, folder: str | Path) -> Path:
         """Write ``maps.npy`` (raw), one overlay PNG per row (when the display image is
         known) and ``manifest.json`` into ``folder``, as one unit: everything is written to
@@ -148,6 +176,11 @@ def _jsonable(value):
     if isinstance(value, torch.Tensor):
         return value.tolist()
     return value
+
+
+def _row_value(value, row: int):
+    """Row ``row``'s entry of a per-row extra (a list); a scalar extra as it is."""
+    return value[row] if isinstance(value, list) else value
 
 
 def explain(
@@ -233,6 +266,8 @@ class _Scored:
     class_ids: torch.Tensor | None
     probabilities: torch.Tensor | None
     names: list[str] | None
+    rather_than_ids: torch.Tensor | None = None
+    rather_than_names: list[str] | None = None
 
 
 def _score_output(model: nn.Module | LoadedModel, targets: Targets, output) -> _Scored:
@@ -240,12 +275,15 @@ def _score_output(model: nn.Module | LoadedModel, targets: Targets, output) -> _
     on the unmodified rows (``Tensor[N, ...]``, one row per explained row)."""
     scores = targets.score(output).detach()
     class_ids = targets.class_ids(output) if targets.fn is None else None
-    probabilities, names = None, None
+    probabilities, names, against, against_names = None, None, None, None
+    label = model.label if isinstance(model, LoadedModel) else (lambda c: f"class {c}")
     if class_ids is not None:
         probabilities = targets.probabilities(output, class_ids)
-        label = model.label if isinstance(model, LoadedModel) else (lambda c: f"class {c}")
         names = [label(int(c)) for c in class_ids]
-    return _Scored(targets, scores, class_ids, probabilities, names)
+    if targets.negative is not None:
+        against = targets.negative.resolve(targets.class_scores(output))
+        against_names = [label(int(c)) for c in against]
+    return _Scored(targets, scores, class_ids, probabilities, names, against, against_names)
 
 
 def _run_method(
@@ -276,6 +314,9 @@ def _run_method(
         target=targets.spec,
         extras=result.extras,
         output=result.output.detach(),
+        rather_than_ids=scored.rather_than_ids,
+        rather_than_names=scored.rather_than_names,
+        gradient=result.gradient,
     )
 
 

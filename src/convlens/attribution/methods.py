@@ -8,7 +8,7 @@ import difflib
 from convlens.attribution import (  # noqa: F401  (register)
     cam,
     gradients,
-    heads,
+    head_maps,
     perturbation,
     rules,
 )

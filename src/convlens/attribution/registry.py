@@ -11,7 +11,9 @@ OPTION=default, ...) -> MethodResult`` and registered with `register_method`. A
   method's own forward pass on the clean input, so `explain` reads the explained scores,
   classes and probabilities (and the CLI its top-5 line) without another forward;
 - ``extras``: by-products, ``dict[str, Tensor | float]`` (Integrated Gradients'
-  completeness error); `explain` keeps them.
+  completeness error); `explain` keeps them;
+- ``gradient``: the signed input gradient ``Tensor[N, C, H, W]`` the map was reduced from,
+  for methods that draw it as an RGB image (guided backprop, deconvnet); else None.
 
 `register_method` records ``compute`` as ``MethodInfo.run`` and returns the public function
 (``MethodInfo.fn``: same name, signature and docstring) that returns only the maps, or
@@ -39,11 +41,13 @@ _POSITIONAL = ("model", "images", "target")
 class MethodResult:
     """What a registered method computed (see the module docstring): ``maps``
     ``Tensor[N, H, W]``, ``output`` the model output on the clean explained rows
-    ``Tensor[N, ...]`` (detached), ``extras`` its by-products."""
+    ``Tensor[N, ...]`` (detached), ``extras`` its by-products, ``gradient`` the input
+    gradient behind a rule map."""
 
     maps: torch.Tensor
     output: torch.Tensor
     extras: dict = field(default_factory=dict)
+    gradient: torch.Tensor | None = None
 
     def public(self) -> torch.Tensor | tuple[torch.Tensor, dict]:
         """What the public method function returns: ``maps``, or ``(maps, extras)``."""

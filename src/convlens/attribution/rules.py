@@ -42,7 +42,7 @@ def guided_backprop(
     """Guided backpropagation: input gradient passing only positive gradients through
     active rectifiers; map ``M[n, i, j] = max_c |R[n, c, i, j]|`` as ``Tensor[N, H, W]``."""
     gradient, output = _rule_pass(model, images, target, "guided")
-    return MethodResult(reduce_channels(gradient, "max_abs"), output)
+    return MethodResult(reduce_channels(gradient, "max_abs"), output, gradient=gradient.detach())
 
 
 @register_method("deconvnet", "rule")
@@ -52,4 +52,4 @@ def deconvnet(
     """Deconvnet: input gradient with every rectifier passing only positive gradients
     (its forward input ignored); map ``M[n, i, j] = max_c |R[n, c, i, j]|``, ``Tensor[N, H, W]``."""
     gradient, output = _rule_pass(model, images, target, "deconvnet")
-    return MethodResult(reduce_channels(gradient, "max_abs"), output)
+    return MethodResult(reduce_channels(gradient, "max_abs"), output, gradient=gradient.detach())

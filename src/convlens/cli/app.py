@@ -58,9 +58,9 @@ ImagesArgument = Annotated[
 
 def _print_version(value: bool) -> None:
     if value:
-        from importlib.metadata import version  # the installed distribution's version
+        from convlens.package import version
 
-        typer.echo(f"convlens {version('convlens')}")
+        typer.echo(f"convlens {version()}")
         raise typer.Exit()
 
 

@@ -8,6 +8,7 @@ import typer
 
 from convlens.cli.app import DeviceOption, JsonOption, _echo_json, app
 from convlens.cli.options import ForceOption, TrustPickleOption
+from convlens.package import DEFAULT_MODEL
 
 
 @app.command("evaluate")
@@ -27,7 +28,7 @@ def evaluate_command(
             "--model",
             "-m",
             help="Model name or path (default: synthetic-shapes, synthetic-scenes, or the "
-            "embedded efficientnet_lite0 for gridpg).",
+            f"embedded {DEFAULT_MODEL} for gridpg).",
         ),
     ] = None,
     method: Annotated[

@@ -33,13 +33,14 @@ from convlens.cli.options import (
     parse_method_options,
 )
 from convlens.errors import DiskFullError, TargetError
+from convlens.package import DEFAULT_MODEL
 
 
 @app.command("explain")
 def explain_command(
     ctx: typer.Context,
     images: ImagesArgument,
-    model: ModelOption = "efficientnet_lite0",
+    model: ModelOption = DEFAULT_MODEL,
     method: Annotated[
         str, typer.Option("--method", help="Method name(s), comma separated, or 'all'.")
     ] = "gradcam",
@@ -114,6 +115,7 @@ def explain_command(
     from convlens.layers import resolve_layer
     from convlens.render.figures import FORMATS
     from convlens.render.panel import SCALES
+    from convlens.targets import parse_target
 
     debug = bool(ctx.find_root().params.get("debug"))
     if f".{fmt}" not in FORMATS or scale not in SCALES:  # usage errors, before any work
@@ -133,7 +135,9 @@ def explain_command(
     )
     names = method_names(method)
     method_options = parse_method_options(option, names)
-    explained = _with_region(_target_spec(target, contrast_with, loaded.labels), region_box)
+    explained = _with_region(
+        parse_target(target, loaded.labels, rather_than=contrast_with), region_box
+    )
     if layer is not None:  # an unknown or unused layer stops before any work
         check_layer_use([get_method(name) for name in names], layer)
         resolve_layer(loaded.module, layer)
@@ -251,13 +255,9 @@ def _explain_one_image(
         predictions_from_output,
         top_predictions,
     )
-    from convlens.cli.explain_tiles import (
-        explained_text,
-        method_tiles,
-        target_text,
-        write_panel,
-    )
+    from convlens.cli.explain_tiles import explained_text, method_tiles, write_panel
     from convlens.files import write_json
+    from convlens.targets import target_text
 
     explanations, failures = explain_methods(
         loaded,
@@ -277,7 +277,7 @@ def _explain_one_image(
     else:
         predictions = top_predictions(loaded, batch.tensor)[0]
     failed = run.settle(failures, batch.sources[0], debug)
-    tiles, methods = method_tiles(loaded, batch, explanations, target)
+    tiles, methods = method_tiles(explanations)
     panel_path = None
     if tiles:
         panel_path = write_panel(batch.display[0], tiles, predictions[0], stem, picture)
@@ -295,10 +295,6 @@ def _explain_one_image(
     }
     write_json(stem.with_suffix(".json"), record)
     return record
-
-
-def _row_extra(value, row: int):
-    return value[row] if isinstance(value, list) else value
 
 
 def _unique_stem(stem: str, used: set[str]) -> str:
@@ -339,19 +335,6 @@ class _Picture:
 
     def __init__(self, fmt: str, scale: str, dpi: int | None, width: float | None) -> None:
         self.fmt, self.scale, self.dpi, self.width = fmt, scale, dpi, width
-
-
-def _target_spec(target: str, contrast_with: str | None, labels):
-    """The target `explain` gets: ``--target`` as given, or ``contrast(A, B)`` for
-    ``--contrast B`` or a ``--target A-B`` whose parts are classes (a class name with a
-    hyphen in it stays one class)."""
-    from convlens.cli.explain_tiles import contrast_parts, single_target
-    from convlens.targets import contrast
-
-    if contrast_with is not None:
-        return contrast(single_target(target), single_target(contrast_with))
-    parts = contrast_parts(target, labels)
-    return target if parts is None else contrast(*parts)
 
 
 def _with_region(target: str, region_box: str | None):

@@ -8,6 +8,7 @@ import typer
 
 from convlens.cli.app import DeviceOption, ModelOption, app
 from convlens.cli.options import DpiOption, ForceOption, TrustPickleOption, WidthOption
+from convlens.package import DEFAULT_MODEL
 
 OutOption = Annotated[
     str | None,
@@ -21,7 +22,7 @@ OutOption = Annotated[
 
 @app.command("filters")
 def filters_command(
-    model: ModelOption = "efficientnet_lite0",
+    model: ModelOption = DEFAULT_MODEL,
     layer: Annotated[
         str | None,
         typer.Option(
@@ -106,7 +107,7 @@ def _filter_tiles(loaded, layer, reduce, scaling, max_filters, out, force, dpi) 
 @app.command("features")
 def features_command(
     image: Annotated[str, typer.Argument(help="Image file or sample name (cat, coffee, ...).")],
-    model: ModelOption = "efficientnet_lite0",
+    model: ModelOption = DEFAULT_MODEL,
     layer: Annotated[
         str | None,
         typer.Option(
@@ -131,7 +132,7 @@ def features_command(
 
     from convlens.data.images import load_images
     from convlens.errors import ImageLoadError
-    from convlens.features.maps import feature_maps, layer_mean_maps
+    from convlens.features.activations import feature_maps, layer_mean_maps
     from convlens.layers import default_cam_layer
     from convlens.render.features import feature_map_grid, layer_means_grid
     from convlens.render.figures import check_output, output_path, save_image
@@ -159,7 +160,7 @@ def features_command(
 
 @app.command("visualize")
 def visualize_command(
-    model: ModelOption = "efficientnet_lite0",
+    model: ModelOption = DEFAULT_MODEL,
     class_: Annotated[
         str | None, typer.Option("--class", help="Class id or name to visualise.")
     ] = None,
@@ -178,7 +179,7 @@ def visualize_command(
 ) -> None:
     """Activation maximisation: the image that most excites a class or a channel."""
     from convlens.errors import MethodError
-    from convlens.features import optimize
+    from convlens.features import objectives, optimize
     from convlens.models import load_model
     from convlens.render.features import to_uint8
     from convlens.render.figures import check_output, output_path, save_image
@@ -188,13 +189,15 @@ def visualize_command(
     check_output(out, force)
     loaded = load_model(model, device=device, trust_pickle=trust_pickle)
     if class_ is not None:
-        objective, stem = optimize.class_logit(class_), f"class-{class_}"
+        objective, stem = objectives.class_logit(class_), f"class-{class_}"
     else:
         layer, _, index = channel.rpartition(":")
         if not layer or not index.isdigit():
             raise MethodError(f"--channel takes LAYER:C (e.g. blocks.4:7), got {channel!r}")
-        objective, stem = optimize.channel(layer, int(index)), f"channel-{layer}-{index}"
-    result = optimize.render(loaded, objective, steps=steps, param=param, seed=seed, progress=True)
+        objective, stem = objectives.channel(layer, int(index)), f"channel-{layer}-{index}"
+    result = optimize.visualize(
+        loaded, objective, steps=steps, param=param, seed=seed, progress=True
+    )
     stem = "-".join(stem.split())
     path = output_path(out, f"visualize-{stem}.png", force)
     save_image(to_uint8(result.images[0]), path, dpi, force)

@@ -24,6 +24,7 @@ from convlens.cli.options import (
     WeightsOption,
     load_cli_model,
 )
+from convlens.package import DEFAULT_MODEL
 
 
 @app.command("models")
@@ -43,7 +44,7 @@ def models_command(as_json: JsonOption = False, device: DeviceOption = "cpu") ->
 
 @app.command("layers")
 def layers_command(
-    model: ModelOption = "efficientnet_lite0",
+    model: ModelOption = DEFAULT_MODEL,
     size: Annotated[int | None, typer.Option(help="Input side in pixels.")] = None,
     as_json: JsonOption = False,
     device: DeviceOption = "cpu",
@@ -104,7 +105,7 @@ def _pair_text(pair) -> str:
 @app.command("predict")
 def predict_command(
     images: ImagesArgument,
-    model: ModelOption = "efficientnet_lite0",
+    model: ModelOption = DEFAULT_MODEL,
     top: Annotated[int, typer.Option("--top", "-k", min=1, help="Classes per image.")] = 5,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 16,
     preprocess: PreprocessOption = None,

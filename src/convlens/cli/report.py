@@ -8,12 +8,13 @@ import typer
 
 from convlens.cli.app import DeviceOption, ImagesArgument, ModelOption, _report_skipped, app
 from convlens.cli.options import ForceOption, TrustPickleOption
+from convlens.package import DEFAULT_MODEL
 
 
 @app.command("report")
 def report_command(
     images: ImagesArgument,
-    model: ModelOption = "efficientnet_lite0",
+    model: ModelOption = DEFAULT_MODEL,
     method: Annotated[
         str | None,
         typer.Option(

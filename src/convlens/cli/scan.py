@@ -14,6 +14,7 @@ import typer
 
 from convlens.cli.app import DeviceOption, JsonOption, ModelOption, _echo_json, app
 from convlens.cli.options import ForceOption, TrustPickleOption
+from convlens.package import DEFAULT_MODEL
 
 DataArgument = Annotated[
     str,
@@ -73,7 +74,7 @@ def _rules(projections: str) -> tuple[str, ...]:
 @app.command("scan")
 def scan_command(
     data: DataArgument,
-    model: ModelOption = "efficientnet_lite0",
+    model: ModelOption = DEFAULT_MODEL,
     layers: Annotated[
         str | None, typer.Option("--layers", help="Comma-separated layers (default: every stage).")
     ] = None,
@@ -148,7 +149,7 @@ def scan_command(
 def embed_command(
     data: DataArgument,
     out: Annotated[str, typer.Option("--out", "-o", help="Output folder.")],
-    model: ModelOption = "efficientnet_lite0",
+    model: ModelOption = DEFAULT_MODEL,
     layer: Annotated[
         str | None,
         typer.Option("--layer", help="Layer to pool (default: the input of the classifier)."),
@@ -243,12 +244,12 @@ def neighbors_command(
     from convlens.data.images import load_images
     from convlens.files import check_writable
     from convlens.models import load_model
+    from convlens.models.devices import placed_on
     from convlens.render.images import save_png
     from convlens.render.scans import neighbours_strip
     from convlens.scan.embed import feature_capture, load_embeddings, model_spec, pooled
     from convlens.scan.knn import nearest
     from convlens.scan.output import thumbnails
-    from convlens.scan.stream import placed_on
 
     picture = out or f"neighbors-{Path(image).stem}.png"
     check_writable(picture, force)

@@ -9,11 +9,12 @@ import typer
 
 from convlens.cli.app import DeviceOption, ModelOption, app
 from convlens.cli.options import TrustPickleOption
+from convlens.package import DEFAULT_MODEL
 
 
 @app.command("serve")
 def serve_command(
-    model: ModelOption = "efficientnet_lite0",
+    model: ModelOption = DEFAULT_MODEL,
     host: Annotated[
         str, typer.Option("--host", help="Address to bind (default: this machine only).")
     ] = "127.0.0.1",

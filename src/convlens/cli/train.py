@@ -238,15 +238,17 @@ def _check_cpu_only(device: str) -> None:
 def _train_segmentation(options: SegmentationTraining) -> dict:
     import torch
 
+    from convlens.data.synthetic import TEST_SEED, TRAIN_SEED
     from convlens.files import write_json
     from convlens.models import load_model
     from convlens.models.segmentation import save_segmentation_model
+    from convlens.models.shapes import shapes_preprocess
     from convlens.train import segmentation as seg
 
     torch.set_num_threads(options.threads)
     out = options.out
     out.mkdir(parents=True, exist_ok=True)
-    data = seg.scene_tensors(options.train, seg.TRAIN_SEED)
+    data = seg.scene_tensors(options.train, TRAIN_SEED)
     truth = data.label_maps
     settings = {"masks": options.masks}
     if options.masks == "cam":
@@ -275,7 +277,7 @@ def _train_segmentation(options: SegmentationTraining) -> dict:
         truth,
         **_loop_settings(options, "train pixel accuracy"),
     )
-    held_out = seg.scene_tensors(options.test, seg.TEST_SEED)
+    held_out = seg.scene_tensors(options.test, TEST_SEED)
     scores = seg.segmentation_report(
         model, held_out.inputs, held_out.label_maps, len(seg.SEGMENTATION_CLASSES)
     )
@@ -291,12 +293,12 @@ def _train_segmentation(options: SegmentationTraining) -> dict:
         **settings,
     ) | {"test_scores": scores}
     path = save_segmentation_model(
-        model, out / "model.pt", seg.SEGMENTATION_CLASSES, seg.segmentation_preprocess(), record
+        model, out / "model.pt", seg.SEGMENTATION_CLASSES, shapes_preprocess(), record
     )
     write_json(out / "record.json", record)
     typer.echo(
         f"held-out mIoU {scores['mean_iou']:.3f}, pixel accuracy {scores['pixel_accuracy']:.3f} "
-        f"({options.test} scenes, seed {seg.TEST_SEED}); trained in {log.seconds:.0f} s; "
+        f"({options.test} scenes, seed {TEST_SEED}); trained in {log.seconds:.0f} s; "
         f"wrote {path}",
         err=True,
     )

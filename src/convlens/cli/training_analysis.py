@@ -1,8 +1,9 @@
 """The training analysis of Zeiler & Fergus (2014) and the CAM paper's crops:
 ``evolution``, ``ablate``, ``invariance``, ``camcrop`` (over `convlens.analysis`).
 
-``--data`` takes ``photos`` (the package photos with a known ImageNet class), ``shapes:N``
-(the held-out synthetic shapes) or an ImageFolder tree labelled with the model's classes.
+``--data`` takes ``photos`` (the package photos with a known ImageNet class),
+``shapes-test:N`` (the held-out synthetic shapes; ``shapes:N`` is the training stream) or
+an ImageFolder tree labelled with the model's classes.
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ import typer
 
 from convlens.cli.app import DeviceOption, JsonOption, ModelOption, _echo_json, app
 from convlens.cli.options import DpiOption, ForceOption, TrustPickleOption
+from convlens.package import DEFAULT_MODEL
 
 DataOption = Annotated[
     str,
     typer.Option(
-        "--data", help="photos (package photos, ImageNet ids), shapes:N, or an ImageFolder tree."
+        "--data",
+        help="photos (package photos, ImageNet ids), shapes-test:N (held out), or an "
+        "ImageFolder tree.",
     ),
 ]
 LimitOption = Annotated[
@@ -46,12 +50,10 @@ def _load(model: str, device: str, trust_pickle: bool):
     return load_model(model, device=device, trust_pickle=trust_pickle)
 
 
-def _images(loaded, data: str, limit: int | None, shapes_seed: int | None = None):
+def _images(loaded, data: str, limit: int | None):
     from convlens.analysis.data import labelled_images
 
-    if shapes_seed is None:
-        return labelled_images(data, loaded.preprocess, limit)
-    return labelled_images(data, loaded.preprocess, limit, shapes_seed)
+    return labelled_images(data, loaded.preprocess, limit)
 
 
 @app.command("evolution")
@@ -65,7 +67,7 @@ def evolution_command(
         ),
     ],
     layer: LayersOption = None,
-    data: DataOption = "shapes:200",
+    data: DataOption = "shapes-test:200",
     channels: Annotated[
         str | None, typer.Option("--channels", help="Channels to follow, e.g. 0,5,9.")
     ] = None,
@@ -86,7 +88,7 @@ def evolution_command(
     set, projected to pixels, one column per epoch (Zeiler & Fergus 2014, fig. 4).
 
     Example: convlens train head cam --random-backbone --keep-epochs --out run; convlens
-    evolution --model run --layer backbone.module.features.2 --data shapes:200
+    evolution --model run --layer backbone.module.features.2 --data shapes-test:200
     """
     from pathlib import Path
 
@@ -137,7 +139,7 @@ def _channel_list(text: str | None) -> list[int] | None:
 
 @app.command("ablate")
 def ablate_command(
-    model: ModelOption = "efficientnet_lite0",
+    model: ModelOption = DEFAULT_MODEL,
     layer: LayersOption = None,
     data: DataOption = "photos",
     mode: Annotated[
@@ -149,7 +151,7 @@ def ablate_command(
     ] = 0,
     tune_data: Annotated[
         str | None,
-        typer.Option("--tune-data", help="Fine-tuning images (shapes:N = training stream)."),
+        typer.Option("--tune-data", help="Fine-tuning images (shapes:N: the training stream)."),
     ] = None,
     tune_lr: Annotated[float, typer.Option("--tune-lr", help="Fine-tuning peak rate.")] = 1e-3,
     limit: LimitOption = None,
@@ -170,7 +172,6 @@ def ablate_command(
     from convlens.errors import DataError
     from convlens.render.analysis import ablation_figure
     from convlens.render.figures import save_figure
-    from convlens.train.heads import TRAIN_SEED
 
     path = _figure_out(out, "ablation.png", force)
     loaded = _load(model, device, trust_pickle)
@@ -179,7 +180,7 @@ def ablate_command(
     if tune_epochs:
         if tune_data is None:
             raise DataError("--tune-epochs needs --tune-data (e.g. shapes:2000 or a folder)")
-        train = _images(loaded, tune_data, None, TRAIN_SEED)
+        train = _images(loaded, tune_data, None)
         tune = FineTune(train.inputs, train.labels, tune_epochs, tune_lr)
     result = ablate_layers(loaded, images.inputs, images.labels, layer, mode, fine_tune=tune)
     save_figure(ablation_figure(result), path, dpi, force)
@@ -216,7 +217,7 @@ def ablation_table(result) -> str:
 
 @app.command("invariance")
 def invariance_command(
-    model: ModelOption = "efficientnet_lite0",
+    model: ModelOption = DEFAULT_MODEL,
     layer: LayersOption = None,
     data: DataOption = "photos",
     transforms: Annotated[
@@ -260,7 +261,7 @@ def invariance_command(
 
 @app.command("camcrop")
 def camcrop_command(
-    model: ModelOption = "efficientnet_lite0",
+    model: ModelOption = DEFAULT_MODEL,
     data: DataOption = "photos",
     method: Annotated[str, typer.Option("--method", help="The map that gives the box.")] = "cam",
     fraction: Annotated[

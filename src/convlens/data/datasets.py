@@ -7,7 +7,11 @@
   per sub-folder, labels kept;
 - a text file (``.txt``): one image path per line (relative paths are read from the file's
   folder; blank lines and lines starting with ``#`` are skipped);
-- ``shapes`` or ``shapes:N``: the first N items (default 1,000) of the synthetic shapes set;
+- ``shapes:N``: items ``0 .. N-1`` of the synthetic shapes' training stream (seed 0, the
+  images the shipped shapes model learned from); ``shapes-test:N``: the same items of the
+  held-out stream (seed 1, never trained on: use it to measure). ``N`` defaults to 1,000.
+  Every command and function that takes data reads these names here, with this meaning;
+  item ``i`` is named ``shapes:i`` (``shapes-test:i``);
 - any ``torch.utils.data.Dataset`` whose items are images (PIL, arrays, tensors in [0, 1])
   or ``(image, label)`` pairs.
 
@@ -30,10 +34,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from convlens.data.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageSource, read_rgb
 from convlens.data.preprocess import Preprocess
-from convlens.data.synthetic import SHAPES, SyntheticShapes
+from convlens.data.synthetic import SHAPES, TEST_SEED, TRAIN_SEED, SyntheticShapes
 from convlens.errors import DataError, ImageLoadError
 
 SHAPES_NAME = "shapes"
+# the synthetic shapes streams by name (see the module docstring)
+SHAPES_STREAMS = {SHAPES_NAME: TRAIN_SEED, "shapes-test": TEST_SEED}
 DEFAULT_SHAPES_COUNT = 1000
 
 
@@ -143,7 +149,8 @@ def open_dataset(
     max_pixels: int | None = None,
 ) -> ScanDataset:
     """A `ScanDataset` from a folder, an ImageFolder tree, a ``.txt`` list of paths,
-    ``shapes[:N]``, a list of paths, or any ``Dataset`` (see the module docstring)."""
+    ``shapes:N``/``shapes-test:N``, a list of paths, or any ``Dataset`` (see the module
+    docstring)."""
     if isinstance(data, ScanDataset):
         return data
     if isinstance(data, SyntheticShapes):
@@ -162,16 +169,17 @@ def open_dataset(
         return _folder_dataset(path, preprocess, max_pixels)
     if path.is_file():
         return FileDataset(_listed_paths(path), preprocess, max_pixels=max_pixels)
-    if text == SHAPES_NAME or text.startswith(SHAPES_NAME + ":"):
-        return ShapesDataset(SyntheticShapes(_shapes_count(text), seed=0), preprocess)
+    name, _, count = text.partition(":")
+    if name in SHAPES_STREAMS:
+        shapes = SyntheticShapes(_shapes_count(text, count), seed=SHAPES_STREAMS[name])
+        return ShapesDataset(shapes, preprocess, name)
     raise DataError(
         f"{text}: no such folder or file; pass a folder of images, an ImageFolder tree, "
-        "a .txt file with one path per line, or 'shapes:N'"
+        "a .txt file with one path per line, or 'shapes:N' / 'shapes-test:N'"
     )
 
 
-def _shapes_count(text: str) -> int:
-    _, _, count = text.partition(":")
+def _shapes_count(text: str, count: str) -> int:
     if not count:
         return DEFAULT_SHAPES_COUNT
     if not count.isdigit() or int(count) < 1:

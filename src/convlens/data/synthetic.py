@@ -38,6 +38,9 @@ from convlens.errors import DataError
 from convlens.maps import mask_box
 
 SHAPES = ("circle", "square", "triangle", "star", "cross", "ring")
+# The two streams of every synthetic set (shapes and scenes): the shipped models train on
+# TRAIN_SEED and are scored on TEST_SEED, which they never saw.
+TRAIN_SEED, TEST_SEED = 0, 1
 BACKGROUNDS = ("noise", "stripes", "gradient")
 _MIN_COLOUR_DISTANCE = 0.45
 _SEGMENT_HALF_WIDTH = 0.75

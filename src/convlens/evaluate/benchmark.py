@@ -350,7 +350,8 @@ def evaluate_on_source(
     from convlens.data.scenes import SyntheticScenes
     from convlens.data.synthetic import SyntheticShapes
     from convlens.evaluate.ground_truth import load_annotations
-    from convlens.models.loading import DEFAULT_MODEL, load_model
+    from convlens.models.loading import load_model
+    from convlens.package import DEFAULT_MODEL
 
     if benchmark not in BENCHMARKS:
         raise ConvlensError(f"unknown benchmark {benchmark!r}; use one of {', '.join(BENCHMARKS)}")

@@ -1,11 +1,12 @@
 """What the network learned: filters, feature maps, activation masks, unit projections,
 activation maximisation and Gram matrices. Nothing here draws; see `convlens.render.features`."""
 
+from convlens.features.activations import FeatureMaps, feature_maps, layer_mean_maps, stage_layers
 from convlens.features.filters import FilterTiles, conv_weights, filter_tiles
 from convlens.features.gram import gram_matrix
-from convlens.features.maps import FeatureMaps, feature_maps, layer_mean_maps, stage_layers
 from convlens.features.masks import ActivationMask, activation_mask
-from convlens.features.optimize import Objective, Visualization, render
+from convlens.features.objectives import Objective
+from convlens.features.optimize import Visualization, visualize
 from convlens.features.projection import UnitProjection, project_unit
 
 __all__ = [
@@ -22,6 +23,6 @@ __all__ = [
     "gram_matrix",
     "layer_mean_maps",
     "project_unit",
-    "render",
     "stage_layers",
+    "visualize",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from convlens.features.maps import layer_activation
+from convlens.features.activations import layer_activation
 from convlens.layers.find import LayerSpec
 from convlens.models.loading import LoadedModel
 

@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 from convlens.errors import MethodError
-from convlens.features.maps import _batch_of_one, channel_maps, layer_activation
+from convlens.features.activations import _batch_of_one, channel_maps, layer_activation
 from convlens.layers import resolve_layer
 from convlens.layers.find import LayerSpec
-from convlens.maps import upsample
+from convlens.maps import resize_maps
 from convlens.models.loading import LoadedModel, as_module
 
 
@@ -71,6 +71,6 @@ def activation_mask(
     name, _ = resolve_layer(module, layer)
     image = _batch_of_one(image)
     channel_map = channel_maps(layer_activation(module, image, name), name, channel)
-    values = upsample(channel_map, tuple(image.shape[-2:]))[0]
+    values = resize_maps(channel_map, tuple(image.shape[-2:]))[0]
     mask, used = threshold_mask(values, threshold, quantile)
     return ActivationMask(name, channel, used, values, mask)

@@ -1,13 +1,12 @@
 """Activation maximisation: gradient ascent on an image (Erhan et al. 2009; Simonyan et al.
 2014; Olah et al. 2017, "Feature Visualization").
 
-Objectives + parametrisation + transforms + one loop. An `Objective` maps what the forward
-pass saw (layer activations, logits, the image) to one score per image, ``Tensor[B]``;
-objectives compose with ``+``, ``-`` and scalar ``*``. A parametrisation turns trainable
-tensors into images ``Tensor[B, 3, H, W]`` in [0, 1] (pixels through a sigmoid, or a
-scaled Fourier spectrum with decorrelated colours). Random jitter, scale and rotation are
-applied before each forward pass; `render` maximises ``sum_b objective_b(x_b)`` with Adam,
-taking ``torch.autograd.grad`` w.r.t. the parametrisation only.
+Objectives (`convlens.features.objectives`) + parametrisation + transforms + one loop,
+`visualize` (what ``convlens visualize`` runs). A parametrisation turns trainable tensors
+into images ``Tensor[B, 3, H, W]`` in [0, 1] (pixels through a sigmoid, or a scaled
+Fourier spectrum with decorrelated colours). Random jitter, scale and rotation are
+applied before each forward pass; `visualize` maximises ``sum_b objective_b(x_b)`` with
+Adam, taking ``torch.autograd.grad`` w.r.t. the parametrisation only.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ from __future__ import annotations
 import math
 import numbers
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -23,190 +22,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from convlens.data.preprocess import IMAGENET_PREPROCESS, Preprocess
-from convlens.errors import MethodError, TargetError
-from convlens.features.maps import channel_maps
+from convlens.errors import MethodError
+from convlens.features.objectives import Objective, Seen
 from convlens.layers import borrowed_model, capture, resolve_layer
 from convlens.layers.borrow import require_autograd
-from convlens.layers.find import LayerSpec
+from convlens.maps import gaussian_blur
 from convlens.models.devices import DeviceSpec, model_device, model_input, placed_on, resolve_device
 from convlens.models.loading import LoadedModel, as_module
-from convlens.targets import Contrast, Targets, resolve_targets
-
-
-@dataclass
-class Seen:
-    """What one forward pass saw: ``images`` ``Tensor[B, 3, H, W]`` in [0, 1] (before the
-    transforms), ``activations`` keyed by each layer as the objectives name it, the model
-    ``output`` and the model's class ``labels`` (``None`` when unknown)."""
-
-    images: torch.Tensor
-    activations: dict[LayerSpec, torch.Tensor]
-    output: torch.Tensor
-    labels: Sequence[str] | None = None
-
-
-class Objective:
-    """A score per image, ``fn(seen) -> Tensor[B]``, to be maximised; ``layers`` are the
-    layers it reads. Compose with ``a + b``, ``a - b``, ``k * a``, ``-a`` (``k`` a real
-    number); any other operand raises `MethodError` when the expression is built."""
-
-    def __init__(
-        self,
-        fn: Callable[[Seen], torch.Tensor],
-        layers: Sequence[LayerSpec] = (),
-        name: str = "objective",
-    ) -> None:
-        self.fn, self.layers, self.name = fn, tuple(layers), name
-
-    def __call__(self, seen: Seen) -> torch.Tensor:
-        return self.fn(seen)
-
-    def __add__(self, other: Objective) -> Objective:
-        if not isinstance(other, Objective):
-            raise MethodError(
-                f"cannot add a {type(other).__name__} to an Objective; add another Objective "
-                "(class_logit, channel, total_variation, ...)"
-            )
-        return Objective(
-            lambda s: self(s) + other(s), self.layers + other.layers, f"{self.name} + {other.name}"
-        )
-
-    def __sub__(self, other: Objective) -> Objective:
-        if not isinstance(other, Objective):
-            raise MethodError(
-                f"cannot subtract a {type(other).__name__} from an Objective; subtract "
-                "another Objective"
-            )
-        return self + (-1.0) * other
-
-    def __neg__(self) -> Objective:
-        return (-1.0) * self
-
-    def __mul__(self, weight: float) -> Objective:
-        if isinstance(weight, bool) or not isinstance(weight, numbers.Real):
-            raise MethodError(
-                f"an Objective can be multiplied by a real number only, not a "
-                f"{type(weight).__name__}"
-            )
-        weight = float(weight)
-        return Objective(lambda s: weight * self(s), self.layers, f"{weight:g} * {self.name}")
-
-    __rmul__ = __mul__
-
-    def __repr__(self) -> str:
-        return f"Objective({self.name})"
-
-
-def class_logit(target: int | str | Contrast) -> Objective:
-    """``output[b, k]``: the logit (pre-softmax score) of class ``target``, an id or a class
-    name (``"goldfish"``), or ``contrast(i, j)`` for ``output[b, i] - output[b, j]``.
-    Resolved by `convlens.targets` once per run (against the model's classes and labels,
-    on the first step; `TargetError` naming the allowed range). Ranked targets (``None``,
-    ``"top1"``, ``"top3"``, ``contrast("top1", k)``) and callables are refused with
-    `TargetError`: they would follow whichever class is on top at each step."""
-    try:  # the form now; class names wait for the model's labels
-        early = resolve_targets(target, 1)
-    except TargetError:
-        if not _holds_a_string(target):
-            raise
-        early = None
-    if early is not None:
-        _fixed_classes(target, early)
-    resolved: dict = {}
-
-    def score(s: Seen) -> torch.Tensor:
-        classes = s.output.shape[1] if s.output.dim() == 2 else None
-        key = (s.output.shape[0], classes)
-        if resolved.get("key") != key or resolved.get("labels") is not s.labels:
-            targets = resolve_targets(target, key[0], s.labels, classes)
-            resolved.update(key=key, labels=s.labels, targets=_fixed_classes(target, targets))
-        return resolved["targets"].score(s.output)
-
-    return Objective(score, (), f"class {target}")
-
-
-def _holds_a_string(target: object) -> bool:
-    """Whether ``target`` (or a side of a contrast) is a string, which may be a class name
-    that only the model's labels resolve (on the first step, before any update)."""
-    parts = (target.positive, target.negative) if isinstance(target, Contrast) else (target,)
-    return any(isinstance(part, str) for part in parts)
-
-
-def _fixed_classes(target: object, targets: Targets) -> Targets:
-    """``targets`` unless they are ranked (``"topK"``, ``None``) or a callable."""
-    selectors = [s for s in (targets.positive, targets.negative) if s is not None]
-    if targets.fn is not None or any(bool((s.ranks >= 0).any()) for s in selectors):
-        raise TargetError(
-            f"class_logit takes one fixed class, not {target!r}: a ranked target or a "
-            "callable would chase whichever class is on top at each step; give a class id "
-            "or name (or contrast(a, b) of two)"
-        )
-    return targets
-
-
-def _check_index(index: int, what: str) -> int:
-    if isinstance(index, bool) or not isinstance(index, numbers.Integral):
-        raise MethodError(f"{what} must be an integer, got {index!r}")
-    return int(index)
-
-
-def channel(layer: LayerSpec, index: int) -> Objective:
-    """Mean of channel ``index`` of ``layer`` over positions: ``mean_{i,j} A[b, c, i, j]``."""
-    index = _check_index(index, "a channel index")
-    return Objective(
-        lambda s: channel_maps(s.activations[layer], layer, index).mean((1, 2)),
-        (layer,),
-        f"{layer}:{index}",
-    )
-
-
-def neuron(
-    layer: LayerSpec, index: int, row: int | None = None, col: int | None = None
-) -> Objective:
-    """One unit ``A[b, c, row, col]`` (default: the centre position)."""
-    index = _check_index(index, "a channel index")
-    row = None if row is None else _check_index(row, "row")
-    col = None if col is None else _check_index(col, "col")
-
-    def score(s: Seen) -> torch.Tensor:
-        maps = channel_maps(s.activations[layer], layer, index)
-        height, width = maps.shape[1:]
-        i = height // 2 if row is None else row
-        j = width // 2 if col is None else col
-        if not (0 <= i < height and 0 <= j < width):
-            raise MethodError(
-                f"position ({i}, {j}) is outside layer {layer!r}'s {height}x{width} map: "
-                f"row 0..{height - 1}, col 0..{width - 1}"
-            )
-        return maps[:, i, j]
-
-    return Objective(score, (layer,), f"{layer}:{index}@{row},{col}")
-
-
-def deepdream(layer: LayerSpec) -> Objective:
-    """Layer L2 (DeepDream, Mordvintsev et al. 2015): ``mean A[b]^2`` over channels and
-    positions."""
-    return Objective(
-        lambda s: s.activations[layer].pow(2).flatten(1).mean(1), (layer,), f"deepdream {layer}"
-    )
-
-
-def l2_decay(weight: float = 1.0) -> Objective:
-    """``-w * mean (x - 0.5)^2``: keeps pixels near grey (add to an objective)."""
-    return Objective(lambda s: -weight * (s.images - 0.5).pow(2).flatten(1).mean(1), (), "l2 decay")
-
-
-def total_variation(weight: float = 1.0) -> Objective:
-    """``-w * mean(|x[i+1, j] - x[i, j]| + |x[i, j+1] - x[i, j]|)``: penalises noise."""
-
-    def score(s: Seen) -> torch.Tensor:
-        x = s.images
-        rows = (x[..., 1:, :] - x[..., :-1, :]).abs().flatten(1).mean(1)
-        cols = (x[..., :, 1:] - x[..., :, :-1]).abs().flatten(1).mean(1)
-        return -weight * (rows + cols)
-
-    return Objective(score, (), "total variation")
-
 
 # Colour decorrelation: square root of the ImageNet colour covariance (Olah et al. 2017),
 # normalised so its largest column norm is 1.
@@ -290,16 +112,10 @@ def _blur_radius(sigma: float) -> int:
     return max(1, math.ceil(2 * sigma))
 
 
-def gaussian_blur(x: torch.Tensor, sigma: float = 0.5) -> torch.Tensor:
-    """Separable Gaussian blur of ``Tensor[B, 3, H, W]`` (kernel radius ``ceil(2 sigma)``,
-    reflect padding, so each side must be longer than the radius)."""
-    radius = _blur_radius(sigma)
-    taps = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    kernel = torch.exp(-(taps**2) / (2 * sigma**2))
-    kernel = (kernel / kernel.sum()).repeat(3, 1)
-    x = F.pad(x, (radius, radius, radius, radius), mode="reflect")
-    x = F.conv2d(x, kernel.view(3, 1, 1, -1), groups=3)
-    return F.conv2d(x, kernel.view(3, 1, -1, 1), groups=3)
+def _blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """The periodic blur of `visualize`: `convlens.maps.gaussian_blur` with a kernel of radius
+    ``ceil(2 sigma)`` (`_check_fits` keeps each side longer than it, so borders reflect)."""
+    return gaussian_blur(images, kernel_size=2 * _blur_radius(sigma) + 1, sigma=sigma)
 
 
 @dataclass(frozen=True)
@@ -393,7 +209,7 @@ def _initial_images(start, images, batch, height, width, gen) -> torch.Tensor:
     return torch.full((batch, 3, height, width), 0.5)
 
 
-def render(
+def visualize(
     model: nn.Module | LoadedModel,
     objectives: Objective | Sequence[Objective],
     *,
@@ -421,7 +237,7 @@ def render(
     hooks left, parameters and their ``.grad`` untouched. ``device``: run there and move the
     model back afterwards (None: where the model is); the results are on the CPU.
     """
-    require_autograd("render")
+    require_autograd("visualize")
     items = _as_objectives(objectives)
     if param not in PARAMETRISATIONS:
         raise MethodError(f"unknown param {param!r}; use one of {', '.join(PARAMETRISATIONS)}")
@@ -472,7 +288,7 @@ def render(
             optimizer.step()
             if blur_every and (step + 1) % blur_every == 0 and step + 1 < steps:
                 with torch.no_grad():
-                    image_param.set_image(gaussian_blur(image_param.image(), blur_sigma))
+                    image_param.set_image(_blur(image_param.image(), blur_sigma))
             bar.update(scores.detach())
         with torch.no_grad():
             final_images = image_param.image().detach()

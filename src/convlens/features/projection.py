@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from convlens.errors import MethodError
-from convlens.features.maps import _batch_of_one, channel_maps
+from convlens.features.activations import _batch_of_one, channel_maps
 from convlens.layers import borrowed_model, capture, receptive_field, resolve_layer
 from convlens.layers.borrow import require_autograd
 from convlens.layers.find import LayerSpec

@@ -36,6 +36,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from convlens.errors import MethodError
+from convlens.layers.borrow import refuse_scripted
 from convlens.models.loading import LoadedModel, as_module
 
 RULES = ("guided", "deconvnet")
@@ -147,16 +148,6 @@ def _check_rule(rule: str) -> None:
         raise MethodError(f"unknown backward rule {rule!r}; use one of {', '.join(RULES)}")
 
 
-def _check_not_scripted(module: nn.Module) -> None:
-    for name, sub in module.named_modules():
-        if isinstance(sub, torch.jit.ScriptModule):
-            where = f"module {name!r}" if name else "the model"
-            raise MethodError(
-                f"{where} is TorchScript, whose rectifiers backward rules cannot reach; "
-                "explain the eager (Python) model instead"
-            )
-
-
 @contextmanager
 def backward_rule(model: nn.Module | LoadedModel, rule: str) -> Iterator[RuleSession]:
     """Apply ``rule`` ("guided" or "deconvnet") to the backward pass of every rectifier
@@ -170,7 +161,7 @@ def backward_rule(model: nn.Module | LoadedModel, rule: str) -> Iterator[RuleSes
     (a class score, or one unit's activation for deconvnet projections).
     """
     _check_rule(rule)
-    _check_not_scripted(as_module(model))
+    refuse_scripted(as_module(model), "apply a backward rule to its rectifiers")
     session = RuleSession(rule)
     with _RuleMode(session):
         yield session

@@ -13,7 +13,6 @@ from convlens.localize.boxes import (
     check_boxes,
     maps_to_boxes,
     mask_to_boxes,
-    resize_maps,
 )
 from convlens.localize.masks import (
     check_maps,
@@ -32,6 +31,7 @@ from convlens.localize.metrics import (
     pointing_points,
 )
 from convlens.localize.segmentation import ConfusionMatrix, segmentation_scores
+from convlens.maps import resize_maps  # re-exported: boxes of maps resized first
 
 __all__ = [
     "ConfusionMatrix",

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy import ndimage
 
 from convlens.errors import MetricError
@@ -23,10 +22,9 @@ from convlens.localize.masks import (
     connectivity_structure,
     threshold_maps,
 )
-from convlens.maps import upsample
+from convlens.maps import resize_maps
 
 BOX_MODES = ("largest", "all")
-INTERPOLATIONS = ("bilinear", "nearest")
 
 
 def check_boxes(
@@ -174,22 +172,6 @@ def _planar(structure: np.ndarray) -> np.ndarray:
     planar = np.zeros((3, *structure.shape), dtype=bool)
     planar[1] = structure
     return planar
-
-
-def resize_maps(
-    maps: torch.Tensor, size: tuple[int, int], interpolation: str = "bilinear"
-) -> torch.Tensor:
-    """``Tensor[N, h, w]`` to ``Tensor[N, H, W]``: ``"bilinear"`` (pixel centres aligned,
-    ``align_corners=False``, as `convlens.attribution.upsample`) or ``"nearest"`` (each map
-    cell becomes a block of equal pixels)."""
-    if interpolation not in INTERPOLATIONS:
-        raise MetricError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
-    size = (int(size[0]), int(size[1]))
-    if interpolation == "bilinear":
-        return upsample(maps, size)
-    if tuple(maps.shape[-2:]) == size:
-        return maps
-    return F.interpolate(maps[:, None], size=size, mode="nearest")[:, 0]
 
 
 def maps_to_boxes(

@@ -72,7 +72,7 @@ def check_same_size(a: torch.Tensor, b: torch.Tensor, a_name: str, b_name: str) 
         raise MetricError(
             f"{a_name} are {tuple(a.shape[-2:])} pixels but {b_name} are "
             f"{tuple(b.shape[-2:])}; resize the maps to the image size first "
-            "(convlens.attribution.upsample, or maps_to_boxes(..., upsample_to=))"
+            "(convlens.maps.resize_maps, or maps_to_boxes(..., upsample_to=))"
         )
     if a.shape[0] != b.shape[0]:
         raise MetricError(
@@ -93,7 +93,7 @@ def check_image_size(
         raise MetricError(
             f"maps are {tuple(maps.shape[-2:])} pixels but {what} refer to a "
             f"{size[0]}x{size[1]} image; resize the maps to the image size first "
-            "(convlens.attribution.upsample, or maps_to_boxes(..., upsample_to=))"
+            "(convlens.maps.resize_maps, or maps_to_boxes(..., upsample_to=))"
         )
     return size
 

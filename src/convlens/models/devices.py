@@ -19,6 +19,7 @@ CPU.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -36,8 +37,9 @@ def resolve_device(device: DeviceSpec) -> torch.device:
     """The ``torch.device`` named by ``device`` (one of `DEVICE_CHOICES` or a
     ``torch.device``), checked to exist on this machine; `DeviceError` otherwise.
 
-    ``"cuda"`` means the current CUDA device (``cuda:0`` unless changed); ``"auto"`` CUDA,
-    else MPS, else the CPU."""
+    ``"cuda"`` means the current CUDA device (``cuda:0`` unless changed), and under
+    ``torchrun`` with several workers this process's own GPU, ``cuda:LOCAL_RANK``;
+    ``"cuda:N"`` is device N as written; ``"auto"`` CUDA, else MPS, else the CPU."""
     text = str(device).strip().lower()
     if text == "auto":
         return _auto_device()
@@ -81,6 +83,8 @@ def _cuda_device(index: int | None) -> torch.device:
         )
     count = torch.cuda.device_count()
     if index is None:
+        index = _torchrun_local_rank()
+    if index is None:
         return torch.device("cuda", torch.cuda.current_device())
     if index >= count:
         raise DeviceError(
@@ -88,6 +92,13 @@ def _cuda_device(index: int | None) -> torch.device:
             f"(cuda:0{f'..cuda:{count - 1}' if count > 1 else ''})"
         )
     return torch.device("cuda", index)
+
+
+def _torchrun_local_rank() -> int | None:
+    """``LOCAL_RANK`` when ``torchrun`` started this process among several workers."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "LOCAL_RANK" in os.environ:
+        return int(os.environ["LOCAL_RANK"])
+    return None
 
 
 def _model_tensors(model: nn.Module) -> Iterator[torch.Tensor]:

@@ -3,7 +3,7 @@
 A `HeadModel` is ``head(backbone(images))``: the backbone is any network cut at a named
 layer (`BackboneCut`), whose output ``F`` (``Tensor[B, K, h, w]``) the head turns into
 logits ``Tensor[B, C]``. Each head can also give its class maps (``Tensor[B, h, w]`` for
-one class per row), which `convlens.attribution.heads` registers as attribution methods.
+one class per row), which `convlens.attribution.head_maps` registers as attribution methods.
 Formulas and papers: docs/methods.md ("Heads that explain themselves").
 
 - `CamHead` (Zhou et al. 2016): ``y_c = sum_k w_ck mean_xy F_k + b_c``; map
@@ -34,6 +34,7 @@ from torch import nn
 from convlens.data.preprocess import Preprocess
 from convlens.errors import ModelLoadError
 from convlens.files import torch_save
+from convlens.maps import normalize_maps
 from convlens.models.loading import LoadedModel, load_model, register_file_format
 
 HEADS = ("cam", "nin", "acol", "scouter")
@@ -81,14 +82,6 @@ class BackboneCut(nn.Module):
         if not found:
             raise ModelLoadError(f"the backbone's layer {self.layer!r} did not run in forward")
         return found[0]
-
-
-def min_max_normalize(maps: torch.Tensor) -> torch.Tensor:
-    """Each ``Tensor[B, h, w]`` map scaled to [0, 1] by its own min and max (0 if flat)."""
-    flat = maps.flatten(1)
-    low = flat.amin(1)[:, None, None]
-    span = (flat.amax(1) - flat.amin(1))[:, None, None]
-    return torch.where(span > 0, (maps - low) / torch.where(span > 0, span, 1), 0)
 
 
 def pick(maps: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
@@ -147,7 +140,7 @@ class NinHead(nn.Module):
 def erase_above(features: torch.Tensor, class_map: torch.Tensor, delta: float) -> torch.Tensor:
     """ACoL's erasing: ``F * [norm(M) <= delta]`` with ``norm`` the per-image min-max
     scaling; ``features`` ``Tensor[B, K, h, w]``, ``class_map`` ``Tensor[B, h, w]``."""
-    keep = (min_max_normalize(class_map) <= delta).to(features.dtype)
+    keep = (normalize_maps(class_map) <= delta).to(features.dtype)
     return features * keep[:, None]
 
 
@@ -190,7 +183,7 @@ class AcolHead(nn.Module):
         """The fused map ``max(norm M^A_c, norm M^B_c)`` in [0, 1]: ``Tensor[B, h, w]``."""
         maps_a, maps_b = self.both_maps(features, classes)
         return torch.maximum(
-            min_max_normalize(pick(maps_a, classes)), min_max_normalize(pick(maps_b, classes))
+            normalize_maps(pick(maps_a, classes)), normalize_maps(pick(maps_b, classes))
         )
 
     def training_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -31,8 +31,7 @@ from convlens.errors import ModelLoadError
 from convlens.models.devices import DeviceSpec, model_device, resolve_device
 from convlens.models.hub import create_timm, create_torchvision
 from convlens.models.labels import imagenet_labels
-
-DEFAULT_MODEL = "efficientnet_lite0"
+from convlens.package import DEFAULT_MODEL
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,8 @@ from pathlib import Path
 import torch
 
 from convlens.data.scenes import SCENE_CLASSES
-from convlens.errors import ModelLoadError
 from convlens.models.loading import LoadedModel, register_model_source
-from convlens.models.shapes import ShapesNet, shapes_preprocess
+from convlens.models.shapes import ShapesNet, load_shapes_net_file, shapes_preprocess
 
 MODEL_NAME = "synthetic-scenes"
 SIZE = 64
@@ -33,24 +32,9 @@ def load_scenes_model(pretrained: bool = True, path: str | Path | None = None) -
         module = ShapesNet(num_classes=len(SCENE_CLASSES), width=WIDTH)
         return LoadedModel(module.eval(), MODEL_NAME, shapes_preprocess(SIZE), SCENE_CLASSES)
     file = Path(path) if path is not None else WEIGHTS_FILE
-    if not file.is_file():
-        raise ModelLoadError(
-            f"the synthetic-scenes weights are missing ({file}); train them with "
-            "'convlens train scenes-model'"
-        )
-    saved = torch.load(file, map_location="cpu", weights_only=True)
-    missing = [
-        k for k in ("state_dict", "classes", "width", "size", "mean", "std") if k not in saved
-    ]
-    if missing:
-        raise ModelLoadError(
-            f"{file} lacks {missing}; write it with convlens.train.scenes.save_scenes_model"
-        )
-    classes = tuple(str(name) for name in saved["classes"])
-    module = ShapesNet(num_classes=len(classes), width=int(saved["width"]))
-    module.load_state_dict({k: v.float() for k, v in saved["state_dict"].items()})
-    preprocess = shapes_preprocess(saved["size"], saved["mean"], saved["std"])
-    return LoadedModel(module.eval(), MODEL_NAME, preprocess, classes)
+    writer = "convlens.train.scenes.save_scenes_model"
+    trainer = "convlens train scenes-model"
+    return load_shapes_net_file(file, MODEL_NAME, writer, trainer, ("width",))
 
 
 def scenes_record(path: str | Path | None = None) -> dict:

@@ -41,6 +41,7 @@ from convlens.data.preprocess import Preprocess
 from convlens.errors import ModelLoadError
 from convlens.files import torch_save
 from convlens.models.loading import LoadedModel, register_file_format
+from convlens.models.shapes import shapes_preprocess
 
 UPSAMPLING = ("nearest", "bilinear", "transposed")
 OUTPUT_STRIDES = (8, 16)
@@ -201,17 +202,6 @@ class SegmentationNet(nn.Module):
         return self.upsample_logits(self.classifier(fused), tuple(images.shape[-2:]))
 
 
-def segmentation_preprocess(size: int = 64, mean=(0.5,) * 3, std=(0.5,) * 3) -> Preprocess:
-    """``size x size`` stretch with ``mean``/``std`` (the shapes models' settings)."""
-    return Preprocess(
-        size=int(size),
-        mode="stretch",
-        mean=tuple(float(v) for v in mean),
-        std=tuple(float(v) for v in std),
-        interpolation="bilinear",
-    )
-
-
 def save_segmentation_model(
     model: SegmentationNet,
     path: str | Path,
@@ -254,7 +244,7 @@ def load_segmentation_file(saved: dict, path: Path) -> LoadedModel:
     config["rates"] = tuple(config["rates"])
     module = SegmentationNet(**config)
     module.load_state_dict(saved["state_dict"])
-    preprocess = segmentation_preprocess(saved["size"], saved["mean"], saved["std"])
+    preprocess = shapes_preprocess(saved["size"], saved["mean"], saved["std"])
     classes = tuple(str(name) for name in saved["classes"])
     return LoadedModel(module.eval(), path.name, preprocess, classes)
 

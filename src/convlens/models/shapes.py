@@ -86,23 +86,31 @@ def load_shapes_model(pretrained: bool = True, path: str | Path | None = None):
         module = ShapesNet(num_classes=len(SHAPES))
         return LoadedModel(module.eval(), MODEL_NAME, shapes_preprocess(), SHAPES)
     file = Path(path) if path is not None else WEIGHTS_FILE
+    writer = "convlens.train.synthetic.save_shapes_model"
+    return load_shapes_net_file(file, MODEL_NAME, writer, "convlens train shapes-model")
+
+
+def load_shapes_net_file(
+    file: Path, name: str, writer: str, trainer: str, keys: tuple[str, ...] = ()
+) -> LoadedModel:
+    """A `ShapesNet` weights file (`convlens.train.loop.save_weights`: float16 state, class
+    names, input size, mean, std, and ``width`` when it is not 16) as a `LoadedModel` named
+    ``name`` in eval mode. ``keys``: entries the file must hold beyond those. A missing file
+    names the ``trainer`` command; a file without the entries names ``writer``."""
     if not file.is_file():
         raise ModelLoadError(
-            f"the synthetic-shapes weights are missing ({file}); train them with "
-            "'convlens train shapes-model'"
+            f"the {name} weights are missing ({file}); train them with '{trainer}'"
         )
     saved = torch.load(file, map_location="cpu", weights_only=True)
-    missing = [k for k in ("state_dict", "classes", "size", "mean", "std") if k not in saved]
+    required = ("state_dict", "classes", "size", "mean", "std", *keys)
+    missing = [k for k in required if k not in saved]
     if missing:
-        raise ModelLoadError(
-            f"{file} lacks {missing}; write the weights with "
-            "convlens.train.synthetic.save_shapes_model (or 'convlens train shapes-model')"
-        )
-    classes = tuple(str(name) for name in saved["classes"])
-    module = ShapesNet(num_classes=len(classes))
+        raise ModelLoadError(f"{file} lacks {missing}; write the weights with {writer}")
+    classes = tuple(str(label) for label in saved["classes"])
+    module = ShapesNet(num_classes=len(classes), width=int(saved.get("width", 16)))
     module.load_state_dict({k: v.float() for k, v in saved["state_dict"].items()})
     preprocess = shapes_preprocess(saved["size"], saved["mean"], saved["std"])
-    return LoadedModel(module.eval(), MODEL_NAME, preprocess, classes)
+    return LoadedModel(module.eval(), name, preprocess, classes)
 
 
 register_model_source(

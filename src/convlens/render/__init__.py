@@ -1,5 +1,5 @@
 """Colormaps, overlays, grids, PNG files; later plots and HTML pages."""
 
-from convlens.render.images import colorize, image_grid, overlay, resize_map, save_png
+from convlens.render.images import colorize, image_grid, overlay, save_png
 
-__all__ = ["colorize", "image_grid", "overlay", "resize_map", "save_png"]
+__all__ = ["colorize", "image_grid", "overlay", "save_png"]

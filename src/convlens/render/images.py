@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 from convlens.errors import ConvlensError
 from convlens.files import MARK, atomic_file
+from convlens.maps import resize_maps
 
 
 def _as_numpy(array) -> np.ndarray:
@@ -59,17 +59,6 @@ def _colour_table(cmap: str) -> tuple[np.ndarray, np.ndarray]:
     return table, bad
 
 
-def resize_map(values, height: int, width: int) -> np.ndarray:
-    """Resize a map ``[h, w]`` to ``[height, width]`` (bilinear, pixel centres aligned)."""
-    tensor = torch.as_tensor(_as_numpy(values), dtype=torch.float32)
-    if tuple(tensor.shape) == (height, width):
-        return tensor.numpy()
-    resized = F.interpolate(
-        tensor[None, None], size=(height, width), mode="bilinear", align_corners=False
-    )
-    return resized[0, 0].numpy()
-
-
 def overlay(image, values, alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
     """Blend a [0, 1] map over an RGB image ``uint8[H, W, 3]``; a map of another size is
     resized to the image first (exact for non-square images: rows to rows, columns to
@@ -79,7 +68,8 @@ def overlay(image, values, alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
         raise ConvlensError(f"overlay needs an RGB image [H, W, 3], got shape {image.shape}")
     if not 0.0 <= alpha <= 1.0:
         raise ConvlensError(f"alpha must be in [0, 1], got {alpha}")
-    heat = colorize(resize_map(values, image.shape[0], image.shape[1]), cmap)
+    values = torch.as_tensor(_as_numpy(values), dtype=torch.float32)
+    heat = colorize(resize_maps(values[None], image.shape[:2])[0].numpy(), cmap)
     blended = (1 - alpha) * image.astype(np.float64) + alpha * heat.astype(np.float64)
     return blended.round().astype(np.uint8)
 

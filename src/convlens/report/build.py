@@ -13,7 +13,7 @@ from pathlib import Path
 from convlens.attribution.explain import explain, explain_methods, method_names, top_predictions
 from convlens.data.images import ImageBatch, iter_batches
 from convlens.errors import ImageLoadError
-from convlens.features import feature_maps, filter_tiles, layer_mean_maps, optimize
+from convlens.features import feature_maps, filter_tiles, layer_mean_maps, objectives, optimize
 from convlens.files import write_text
 from convlens.layers import default_cam_layer
 from convlens.models.loading import LoadedModel
@@ -221,7 +221,7 @@ def _feature_maps_section(model, batch, anchor) -> Section:
 
 def _visualize_section(model, prediction: dict, steps: int, anchor: str) -> Section:
     section = Section(f"Class visualisation: {prediction['label']}", f"{anchor}-visualize", 3)
-    result = optimize.render(model, optimize.class_logit(prediction["class_id"]), steps=steps)
+    result = optimize.visualize(model, objectives.class_logit(prediction["class_id"]), steps=steps)
     section.blocks.append(
         figure(
             to_uint8(result.images[0]),

@@ -37,13 +37,6 @@ def init_from_env(device: torch.device) -> bool:
     return True
 
 
-def local_device(device: torch.device) -> torch.device:
-    """``device`` for this process: CUDA ranks use ``cuda:LOCAL_RANK`` under torchrun."""
-    if device.type == "cuda" and rank_and_world()[1] > 1:
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return device
-
-
 def shard(count: int) -> list[int]:
     """The item indices of ``0 .. count - 1`` that this rank scans (every N-th)."""
     rank, world = rank_and_world()

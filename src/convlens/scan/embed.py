@@ -23,9 +23,10 @@ from convlens.errors import DataError, ModelLoadError
 from convlens.files import atomic_file, write_json
 from convlens.layers import capture, resolve_layer
 from convlens.layers.inputs import capture_inputs, classifier_layer
+from convlens.models.devices import placed_on
 from convlens.models.digest import file_sha256
 from convlens.models.loading import LoadedModel, load_model, model_file
-from convlens.scan.stream import RunOptions, placed_on, stream_pass
+from convlens.scan.stream import RunOptions, stream_pass
 
 VECTORS_FILE = "embeddings.npy"
 INDEX_FILE = "index.json"

@@ -17,7 +17,7 @@ from convlens.errors import DataError, ImageLoadError, LayerError
 from convlens.layers import Field, borrowed_model, capture, layer_table
 from convlens.layers.early_stop import run_until
 from convlens.layers.rules import backward_rule
-from convlens.scan.stream import placed_on
+from convlens.models.devices import placed_on
 
 PAD_VALUE = 128  # grey display pixels where a receptive field reaches outside the image
 

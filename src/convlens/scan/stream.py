@@ -15,8 +15,8 @@ import hashlib
 import io
 import math
 import os
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,10 +30,8 @@ from convlens.files import write_bytes
 from convlens.layers import borrowed_model
 from convlens.layers.capture import Capture
 from convlens.layers.early_stop import run_until
-from convlens.models.devices import placed_on as moved_to
-from convlens.models.devices import resolve_device
 from convlens.models.digest import weights_sha256
-from convlens.scan.distributed import gather_objects, local_device, rank_and_world, shard
+from convlens.scan.distributed import gather_objects, rank_and_world, shard
 
 STATE_MAGIC = b"convlens scan state 2\n"
 DIGEST_BYTES = 32
@@ -126,16 +124,6 @@ def stream_pass(
     reducer.merge([state for r, (state, _, _) in enumerate(parts) if r != rank])
     all_errors = sorted(error for _, _, part in parts for error in part)
     return PassResult(sum(count for _, count, _ in parts), all_errors)
-
-
-@contextmanager
-def placed_on(module: nn.Module, device: str | torch.device | None) -> Iterator[torch.device]:
-    """Run the block with ``module`` on ``device`` (`convlens.models.devices`; CUDA ranks
-    under torchrun: their local GPU) and yield the device it runs on; the module goes back
-    where it was afterwards. ``None``: where the module is."""
-    target = None if device is None else local_device(resolve_device(device))
-    with moved_to(module, target) as run_device:
-        yield run_device
 
 
 def _state_file(checkpoint, rank: int, world: int) -> Path | None:

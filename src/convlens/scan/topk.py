@@ -29,9 +29,10 @@ from torch import nn
 
 from convlens.data.datasets import open_dataset
 from convlens.errors import DataError, LayerError, MethodError
-from convlens.features.maps import stage_layers
+from convlens.features.activations import stage_layers
 from convlens.layers import Field, capture, resolve_layer
 from convlens.layers.rules import RULES
+from convlens.models.devices import placed_on
 from convlens.models.loading import LoadedModel, load_model
 from convlens.scan.patches import (
     ChannelView,
@@ -41,7 +42,7 @@ from convlens.scan.patches import (
     first_readable,
     layer_fields,
 )
-from convlens.scan.stream import RunOptions, placed_on, stream_pass
+from convlens.scan.stream import RunOptions, stream_pass
 
 BY = ("max", "mean")
 

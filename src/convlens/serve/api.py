@@ -15,7 +15,7 @@ from convlens.models.loading import LoadedModel
 from convlens.render.features import feature_map_grid, filter_grid
 from convlens.render.images import png_data_uri
 from convlens.report.views import map_view
-from convlens.targets import contrast as contrast_target
+from convlens.targets import parse_target
 
 
 class Health(BaseModel):
@@ -176,7 +176,8 @@ def explain_map(
     info = get_method(method)
     if layer is not None and info.uses_layer:
         resolve_layer(model.module, layer)
-    return explain(model, batch, method, target=_one_row_target(target, contrast), layer=layer)
+    spec = parse_target(target, model.labels, rather_than=contrast, one_image=True)
+    return explain(model, batch, method, target=spec, layer=layer)
 
 
 def explain_answer(item: Explanation, target: str, contrast: str | None) -> ExplainResult:
@@ -198,16 +199,6 @@ def explain_answer(item: Explanation, target: str, contrast: str | None) -> Expl
         size=[height, width],
         scale=Scale(**view.scale.record()),
     )
-
-
-def _one_row_target(target: str, contrast: str | None) -> object:
-    """The form's ``target`` (``top1``, ``topK``: the K-th most probable class, an id or a
-    name) and optional ``contrast`` class as one target for a batch of one image. A list of
-    one makes ``topK`` a single ranked class rather than K rows."""
-    target = target.strip() or "top1"
-    if contrast and contrast.strip():
-        return contrast_target(target, contrast.strip())
-    return [target]
 
 
 def features(model: LoadedModel, batch: ImageBatch, layer: str | None, top: int) -> Features:

@@ -27,6 +27,7 @@ from convlens.data.images import ImageBatch
 from convlens.errors import ConvlensError, ImageTooLargeError
 from convlens.layers.interrupt import Interrupted
 from convlens.models.loading import LoadedModel
+from convlens.package import version
 from convlens.serve import api
 from convlens.serve.atlas import PAGE_POLICY, AtlasFolder, AtlasListing, AtlasPathError, no_atlas
 from convlens.serve.desk import (
@@ -97,7 +98,7 @@ def create_app(
         lifespan=lifespan,
         title="convlens",
         summary="What a CNN learned and why it decided, over HTTP.",
-        version=_version(),
+        version=version(),
         docs_url=None,
         redoc_url=None,
     )
@@ -110,15 +111,6 @@ def create_app(
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes + FORM_OVERHEAD)
     app.add_middleware(RequestGuard, allowed=AllowedHosts(host, port))  # runs first
     return app
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("convlens")
-    except PackageNotFoundError:  # a source tree that was never installed
-        return "unknown"
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -271,7 +263,7 @@ def _add_routes(app: FastAPI, desk: ModelDesk, settings: ServeSettings) -> None:
     @app.get("/api/health", response_model=api.Health)
     async def health() -> api.Health:
         """The server is up; which model it serves."""
-        return api.Health(status="ok", model=model.name, version=_version())
+        return api.Health(status="ok", model=model.name, version=version())
 
     @app.get("/api/methods", response_model=list[api.Method])
     async def methods() -> list[api.Method]:

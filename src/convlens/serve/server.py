@@ -13,6 +13,7 @@ import uvicorn
 
 from convlens.errors import ConvlensError
 from convlens.models.loading import LoadedModel
+from convlens.package import DEFAULT_MODEL
 from convlens.serve.inputs import ServeSettings
 
 LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
@@ -145,7 +146,7 @@ def prepare_server(
 
 
 def run_server(
-    model: str | LoadedModel = "efficientnet_lite0",
+    model: str | LoadedModel = DEFAULT_MODEL,
     host: str = "127.0.0.1",
     port: int = 8000,
     device: str | None = None,

@@ -20,18 +20,17 @@ from torch import nn
 
 from convlens.data.datasets import open_dataset
 from convlens.data.preprocess import Preprocess
-from convlens.data.synthetic import SHAPES, SyntheticShapes
+from convlens.data.synthetic import SHAPES, TEST_SEED, TRAIN_SEED, SyntheticShapes
 from convlens.errors import DataError
 from convlens.models.heads import BackboneCut, HeadModel, new_head
 from convlens.models.loading import LoadedModel, load_model
 from convlens.train.loop import TrainingLog, accuracy, train_epochs
 
-TRAIN_SEED, TEST_SEED = 0, 1
 DEFAULT_BACKBONE, DEFAULT_LAYER = "synthetic-shapes", "features"
 
 
 @dataclass(frozen=True)
-class LabelledImages:
+class TrainTestImages:
     """Normalised ``train_inputs``/``test_inputs`` ``Tensor[N, 3, H, W]``, class ids
     ``train_labels``/``test_labels`` ``LongTensor[N]``, and the class names."""
 
@@ -42,12 +41,12 @@ class LabelledImages:
     classes: tuple[str, ...]
 
 
-def synthetic_data(preprocess: Preprocess, limit: int, test: int) -> LabelledImages:
+def synthetic_data(preprocess: Preprocess, limit: int, test: int) -> TrainTestImages:
     """The synthetic shapes at ``preprocess``'s size: ``limit`` training, ``test`` held out."""
     size = preprocess.height_width[0]
     train = SyntheticShapes(limit, seed=TRAIN_SEED, size=size).batch()
     held_out = SyntheticShapes(test, seed=TEST_SEED, size=size).batch()
-    return LabelledImages(
+    return TrainTestImages(
         preprocess.normalize(train.display),
         train.labels,
         preprocess.normalize(held_out.display),
@@ -58,7 +57,7 @@ def synthetic_data(preprocess: Preprocess, limit: int, test: int) -> LabelledIma
 
 def folder_data(
     folder: str | Path, preprocess: Preprocess, limit: int | None, seed: int, val_fraction=0.2
-) -> LabelledImages:
+) -> TrainTestImages:
     """An ImageFolder tree, split by ``seed`` into training and validation images (at least
     one of each); unreadable files raise `DataError` naming them."""
     dataset = open_dataset(str(folder), preprocess)
@@ -76,7 +75,7 @@ def folder_data(
         train_rows = train_rows[:limit]
     inputs, labels = _load_rows(dataset, train_rows)
     test_inputs, test_labels = _load_rows(dataset, test_rows)
-    return LabelledImages(inputs, labels, test_inputs, test_labels, dataset.classes)
+    return TrainTestImages(inputs, labels, test_inputs, test_labels, dataset.classes)
 
 
 def _load_rows(dataset, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,7 +129,7 @@ def build_head_model(
 
 def train_head(
     model: HeadModel,
-    data: LabelledImages,
+    data: TrainTestImages,
     *,
     epochs: int = 4,
     batch_size: int = 64,
@@ -162,10 +161,10 @@ def train_head(
     )
 
 
-def head_record(log: TrainingLog, model: HeadModel, images: LabelledImages, **settings) -> dict:
+def head_record(log: TrainingLog, model: HeadModel, images: TrainTestImages, **settings) -> dict:
     """The training record: settings, per-epoch loss and accuracy, held-out accuracy, time,
     seed and versions."""
-    import convlens
+    from convlens.package import version
 
     return settings | {
         "head": model.kind,
@@ -178,7 +177,7 @@ def head_record(log: TrainingLog, model: HeadModel, images: LabelledImages, **se
         "train_seconds": log.seconds,
         "threads": torch.get_num_threads(),
         "versions": {
-            "convlens": getattr(convlens, "__version__", "unknown"),
+            "convlens": version(),
             "torch": str(torch.__version__),
             "python": platform.python_version(),
         },

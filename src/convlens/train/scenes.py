@@ -34,11 +34,10 @@ from pathlib import Path
 import torch
 
 from convlens.data.scenes import SCENE_CLASSES, SyntheticScenes
+from convlens.data.synthetic import TEST_SEED, TRAIN_SEED
 from convlens.models.scenes import SIZE, WEIGHTS_FILE, WIDTH
 from convlens.models.shapes import MEAN, STD, ShapesNet, load_shapes_model, shapes_preprocess
 from convlens.train.loop import save_weights, train_classifier
-
-TRAIN_SEED, TEST_SEED = 0, 1
 
 
 def average_precision(scores: torch.Tensor, positives: torch.Tensor) -> float:

@@ -36,10 +36,10 @@ from convlens.attribution.explain import explain
 from convlens.data.scenes import SCENE_CLASSES, SyntheticScenes
 from convlens.errors import DataError
 from convlens.localize.segmentation import ConfusionMatrix
-from convlens.models.segmentation import SegmentationNet, segmentation_preprocess
+from convlens.models.segmentation import SegmentationNet
+from convlens.models.shapes import shapes_preprocess
 from convlens.train.loop import TrainingLog, train_epochs
 
-TRAIN_SEED, TEST_SEED = 0, 1
 SEGMENTATION_CLASSES = ("background", *SCENE_CLASSES)
 IGNORE_INDEX = 255
 
@@ -61,7 +61,7 @@ class SceneTensors:
 def scene_tensors(count: int, seed: int, size: int = 64, start: int = 0) -> SceneTensors:
     """Scenes ``start .. start + count - 1`` of stream ``seed`` as `SceneTensors`."""
     batch = SyntheticScenes(count, seed=seed, size=size, start=start).batch()
-    inputs = segmentation_preprocess(size).normalize(batch.display)
+    inputs = shapes_preprocess(size).normalize(batch.display)
     return SceneTensors(inputs, batch.label_maps, batch.labels, batch.images, batch.display)
 
 

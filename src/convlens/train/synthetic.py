@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from convlens.data.synthetic import SHAPES, SyntheticShapes
+from convlens.data.synthetic import SHAPES, TEST_SEED, TRAIN_SEED, SyntheticShapes
 from convlens.models.shapes import (
     MEAN,
     SIZE,
@@ -31,8 +31,6 @@ from convlens.models.shapes import (
     shapes_preprocess,
 )
 from convlens.train.loop import accuracy, save_weights, train_classifier
-
-TRAIN_SEED, TEST_SEED = 0, 1
 
 
 def train_shapes_model(

@@ -13,7 +13,7 @@ from convlens.attribution.common import prepare
 from convlens.attribution.registry import MethodResult, register_method
 from convlens.errors import MethodError, TargetError
 from convlens.layers.borrow import borrowed_model
-from convlens.maps import full_precision, upsample
+from convlens.maps import full_precision, resize_maps
 from convlens.models.heads import HeadModel
 from convlens.models.loading import LoadedModel
 
@@ -43,7 +43,7 @@ def _head_maps(model: Model, images: torch.Tensor, target: object, kind: str) ->
         output = module.head(features)
         classes = targets.class_ids(output).to(output.device)
         maps = module.head.class_maps(features, classes)
-    return MethodResult(upsample(full_precision(maps), tuple(images.shape[-2:])), output)
+    return MethodResult(resize_maps(full_precision(maps), tuple(images.shape[-2:])), output)
 
 
 @register_method("nin", "cam", head="nin")
