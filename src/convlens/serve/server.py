@@ -98,7 +98,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 def prepare_server(
-    model: str | LoadedModel = "efficientnet_lite0",
+    model: str | LoadedModel = DEFAULT_MODEL,
     host: str = "127.0.0.1",
     port: int = 8000,
     device: str | None = None,
