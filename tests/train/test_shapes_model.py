@@ -94,7 +94,7 @@ def test_scenes_files_share_the_loader_and_keep_their_width(tmp_path):
     torch.save(saved, file)
     with pytest.raises(ModelLoadError, match=r"\['width'\].*save_scenes_model"):
         load_scenes_model(path=file)
-    with pytest.raises(ModelLoadError, match="python -m convlens.train.scenes"):
+    with pytest.raises(ModelLoadError, match="convlens train scenes-model"):
         load_scenes_model(path=tmp_path / "absent.pt")
 
 
