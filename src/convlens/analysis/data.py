@@ -3,7 +3,7 @@ class), held-out synthetic shapes, or an ImageFolder tree."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -22,12 +22,14 @@ SHAPES = "shapes"
 @dataclass(frozen=True)
 class LabelledImages:
     """``inputs`` normalised ``Tensor[N, 3, H, W]``, ``labels`` class ids ``LongTensor[N]``,
-    ``display`` ``uint8[N, H, W, 3]`` (the pixels the model sees) and a ``source`` each."""
+    ``display`` ``uint8[N, H, W, 3]`` (the pixels the model sees) and a ``source`` each;
+    ``skipped``: (source, reason) of every file left out because it could not be read."""
 
     inputs: torch.Tensor
     labels: torch.Tensor
     display: np.ndarray
     sources: list[str]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
 def labelled_images(
@@ -36,8 +38,9 @@ def labelled_images(
     """Read ``data`` at ``preprocess``'s size: ``"photos"`` (the package photos whose class
     is known, `convlens.data.photos`; ImageNet ids), ``"shapes:N"`` (items ``0 .. N-1`` of
     the held-out synthetic stream, seed 1; ``shapes_seed=0`` for the training stream) or an
-    ImageFolder tree (class = sorted folder index). ``limit``: the first N items. Unreadable
-    files raise `DataError` naming them."""
+    ImageFolder tree (class = sorted folder index). ``limit``: the first N readable items.
+    A file that cannot be read is left out and listed in ``skipped``; `DataError` when no
+    item is readable."""
     dataset = analysis_dataset(data, preprocess, shapes_seed)
     if dataset.labels is None:
         raise DataError(
@@ -47,16 +50,22 @@ def labelled_images(
     count = len(dataset) if limit is None else min(limit, len(dataset))
     if count < 1:
         raise DataError(f"{data!r} holds no labelled image; pass photos, shapes:N or a folder")
-    inputs, labels, display = [], [], []
-    for index in range(count):
+    inputs, labels, display, sources, skipped = [], [], [], [], []
+    for index in range(len(dataset)):
+        if len(inputs) == count:
+            break
         _, tensor, label, error = dataset[index]
         if error is not None:
-            raise DataError(f"cannot read {dataset.sources[index]}: {error}; remove the file")
+            skipped.append((dataset.sources[index], error))
+            continue
         inputs.append(tensor)
         labels.append(label)
         display.append(dataset.display(index))
+        sources.append(dataset.sources[index])
+    if not inputs:
+        raise DataError(f"no readable image in {data!r}: {skipped[0][1]}")
     return LabelledImages(
-        torch.stack(inputs), torch.tensor(labels), np.stack(display), dataset.sources[:count]
+        torch.stack(inputs), torch.tensor(labels), np.stack(display), sources, skipped
     )
 
 

@@ -12,7 +12,14 @@ from typing import Annotated
 
 import typer
 
-from convlens.cli.app import DeviceOption, JsonOption, ModelOption, _echo_json, app
+from convlens.cli.app import (
+    DeviceOption,
+    JsonOption,
+    ModelOption,
+    _echo_json,
+    _report_skipped,
+    app,
+)
 
 DataArgument = Annotated[
     str,
@@ -27,16 +34,6 @@ ResumeOption = Annotated[
     bool, typer.Option("--resume", help="Continue a stopped run from its saved state in --out.")
 ]
 SaveEveryOption = Annotated[int, typer.Option("--save-every", help="Save state every N batches.")]
-SHOWN_SKIPPED = 5
-
-
-def _report_skipped(errors) -> None:
-    """The count and the first few unreadable files, on stderr."""
-    if not errors:
-        return
-    names = ", ".join(source for source, _ in errors[:SHOWN_SKIPPED])
-    more = f" and {len(errors) - SHOWN_SKIPPED} more" if len(errors) > SHOWN_SKIPPED else ""
-    typer.echo(f"skipped {len(errors)} unreadable file(s): {names}{more}", err=True)
 
 
 def _start_group(device: str) -> tuple[bool, int]:
@@ -121,6 +118,8 @@ def scan_command(
                 f"{result.scanned} images, {len(result.layers)} layers, {channels} channels "
                 f"-> {page}"
             )
+            if result.errors:
+                raise typer.Exit(1)
     finally:
         _end_group(opened)
 
@@ -176,6 +175,8 @@ def embed_command(
             )
             _report_skipped(list(result.errors))
             typer.echo(f"{len(result.sources)} x {result.vectors.shape[1]} features -> {page}")
+            if result.errors:
+                raise typer.Exit(1)
     finally:
         _end_group(opened)
 

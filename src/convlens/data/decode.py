@@ -7,10 +7,10 @@ formats in `ACCEPTED_FORMATS` are opened at all.
 Memory bound: before any pixel is decoded, the header's width x height x bands x bytes per
 band must be at most ``BYTES_PER_PIXEL_LIMIT x max_pixels`` bytes (the size of an 8-bit RGB
 image at the pixel limit: 300 MB with the default 100 MP), else `ImageTooLargeError`.
-Given the size the model resizes to, a file is then decoded reduced towards it (JPEG at
-1/2, 1/4 or 1/8 scale by the decoder; other formats reduced by an integer box average as
-soon as they are loaded), and 16- or 32-bit pixels become 8-bit a strip of rows at a time,
-so one read holds at most about twice the bound.
+Given the model's `Preprocess`, a file is then decoded reduced towards the size it
+resizes to (JPEG at 1/2, 1/4 or 1/8 scale by the decoder; others averaged down as soon as
+they are loaded), and 16- or 32-bit pixels become 8-bit a strip of rows at a time, so one
+read holds at most about twice the bound.
 """
 
 from __future__ import annotations
@@ -76,23 +76,50 @@ def decode_file(
 
     Refused before decoding (`ImageTooLargeError`): more than ``max_pixels`` pixels, or
     more than ``BYTES_PER_PIXEL_LIMIT * max_pixels`` bytes of pixels. With
-    ``reduce_for``, the image is decoded reduced by the largest integer factor that keeps
-    it at least as large as the size ``reduce_for.resize_crop`` scales it to, so the model
-    sees nearly the same pixels; an image already that small is decoded exactly as
-    without it. Any decoding failure is `ImageLoadError`."""
+    ``reduce_for``, the image is decoded reduced to `reduced_size` (JPEG by the decoder
+    where it can, others as soon as loaded), never below twice the size ``reduce_for``
+    resizes it to, so the model sees nearly the same pixels; an image less than four
+    times that size is decoded exactly as without it. Any decoding failure is `ImageLoadError`."""
     with unreadable_as_error(name), Image.open(file, formats=ACCEPTED_FORMATS) as image:
         _check_declared_size(image, name, max_pixels)
-        needed = None if reduce_for is None else smallest_useful_size(image.size, reduce_for)
-        factor = 1 if needed is None else _reduction(image.size, needed)
-        if factor > 1 and image.format in ("JPEG", "MPO"):
-            image.draft(None, needed)  # the decoder scales by 1/2, 1/4 or 1/8
+        target = None if reduce_for is None else reduced_size(image.size, reduce_for)
+        if target is not None and image.format in ("JPEG", "MPO"):
+            _draft_jpeg(image, target)
         image.load()
-        factor = 1 if needed is None else _reduction(image.size, needed)
+        loaded = image.size
         ImageOps.exif_transpose(image, in_place=True)
         pixels = to_8_bit(image) if image.mode in HIGH_DEPTH_MODES else image
-        if factor > 1:
-            return _reducible(pixels).reduce(factor)
+        if target is not None:
+            pixels = _reduced(pixels, target if image.size == loaded else target[::-1])
         return pixels if pixels is not image else image.copy()
+
+
+def reduced_size(size: tuple[int, int], preprocess: Preprocess) -> tuple[int, int] | None:
+    """The size to decode an image of ``size`` at for ``preprocess`` (None: its own).
+
+    It is never below twice what ``preprocess`` resizes the image to (its resampling then
+    still does most of the smoothing): ``size / factor`` for the largest integer factor
+    dividing both sides (the reduced image covers exactly the original's area), else, where
+    a box filter can reduce at least twice as far, ``round(size / factor)``. Either way
+    `Preprocess.resize_crop` must give the same resize and crop as for the full image, in
+    both orientations (an EXIF rotation is applied after decoding)."""
+    needed = smallest_useful_size(size, preprocess)
+    geometry = _geometry(size, preprocess)
+    most = min(size[0] // max(1, 2 * needed[0]), size[1] // max(1, 2 * needed[1]))
+    exact = next(
+        (
+            factor
+            for factor in range(most, 1, -1)
+            if size[0] % factor == 0 and size[1] % factor == 0
+            if _geometry((size[0] // factor, size[1] // factor), preprocess) == geometry
+        ),
+        1,
+    )
+    for factor in range(most, 2 * exact - 1, -1):  # a box filter reduces twice as far
+        reduced = (round(size[0] / factor), round(size[1] / factor))
+        if _geometry(reduced, preprocess) == geometry:
+            return reduced
+    return None if exact == 1 else (size[0] // exact, size[1] // exact)
 
 
 def smallest_useful_size(size: tuple[int, int], preprocess: Preprocess) -> tuple[int, int]:
@@ -181,9 +208,32 @@ def _check_declared_size(image: Image.Image, name: str, max_pixels: int) -> None
         )
 
 
-def _reduction(size: tuple[int, int], needed: tuple[int, int]) -> int:
-    """The largest integer factor that keeps ``size`` at least ``needed`` on both sides."""
-    return max(1, min(size[0] // max(1, needed[0]), size[1] // max(1, needed[1])))
+def _geometry(size: tuple[int, int], preprocess: Preprocess) -> tuple:
+    return preprocess.resize_crop(size), preprocess.resize_crop(size[::-1])
+
+
+def _draft_jpeg(image: Image.Image, target: tuple[int, int]) -> None:
+    """Let the JPEG decoder scale by 1/8, 1/4 or 1/2 where the scaled image is a whole
+    multiple of ``target`` (so that `_reduced` finishes with an exact reduction)."""
+    for scale in (8, 4, 2):
+        width, height = image.width // scale, image.height // scale
+        exact = image.width % scale == 0 and image.height % scale == 0
+        factor = width // target[0]
+        if exact and factor >= 1 and (width, height) == (target[0] * factor, target[1] * factor):
+            image.draft(None, (width, height))
+            return
+
+
+def _reduced(image: Image.Image, target: tuple[int, int]) -> Image.Image:
+    """``image`` at ``target``: an exact integer reduction where the sizes allow, else a
+    box filter (both average in premultiplied alpha)."""
+    if image.size == target:
+        return image
+    image = _reducible(image)
+    factor = image.width // target[0]
+    if image.size == (target[0] * factor, target[1] * factor):
+        return image.reduce(factor)
+    return image.resize(target, Image.Resampling.BOX)
 
 
 def _reducible(image: Image.Image) -> Image.Image:
