@@ -114,7 +114,7 @@ def _report_skipped(errors: Sequence[tuple[str, str]]) -> None:
     ``skipped SOURCE: reason`` on stderr for each of the first few, then a count of the
     rest. The command goes on with the other inputs and exits with status 1."""
     for source, message in errors[:SHOWN_SKIPPED]:
-        typer.echo(f"skipped {source}: {message}", err=True)
+        typer.echo(f"skipped {source}: {message.removeprefix(f'{source}: ')}", err=True)
     if len(errors) > SHOWN_SKIPPED:
         typer.echo(f"skipped {len(errors) - SHOWN_SKIPPED} more unreadable file(s)", err=True)
 
