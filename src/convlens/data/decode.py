@@ -7,7 +7,7 @@ formats in `ACCEPTED_FORMATS` are opened at all.
 Memory bound: before any pixel is decoded, the header's width x height x bands x bytes per
 band must be at most ``BYTES_PER_PIXEL_LIMIT x max_pixels`` bytes (the size of an 8-bit RGB
 image at the pixel limit: 300 MB with the default 100 MP), else `ImageTooLargeError`.
-Given the model's `Preprocess`, a file is then decoded reduced towards the size it
+Given the model's `Preprocess`, a file is then decoded reduced towards twice the size it
 resizes to (JPEG at 1/2, 1/4 or 1/8 scale by the decoder; others averaged down as soon as
 they are loaded), and 16- or 32-bit pixels become 8-bit a strip of rows at a time, so one
 read holds at most about twice the bound.

@@ -71,9 +71,9 @@ def read_rgb(
     bytes per band; 300 MB by default) raise `ImageTooLargeError`. Any failure to decode
     one (a corrupt file, another format, a codec error) is `ImageLoadError`: the file is
     unreadable. With ``reduce_for`` (the model's `Preprocess`) a file is decoded reduced
-    towards the size that preprocess resizes it to (never below it), so one read holds at
-    most about twice the byte limit and ``reduce_for.display`` of the result is nearly
-    that of the full image; an image already at or below that size is read exactly.
+    towards twice the size that preprocess resizes it to (`convlens.data.decode`), so one
+    read holds at most about twice the byte limit and ``reduce_for.display`` of the result
+    is nearly that of the full image; an image under four times that size is read exactly.
     """
     if isinstance(source, bytes):
         return _read_file(io.BytesIO(source), "<bytes>", max_pixels, reduce_for)
