@@ -3,7 +3,7 @@ class), synthetic shapes (``shapes-test:N`` for the held-out stream), or an Imag
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -19,12 +19,14 @@ PHOTOS = "photos"
 @dataclass(frozen=True)
 class LabelledImages:
     """``inputs`` normalised ``Tensor[N, 3, H, W]``, ``labels`` class ids ``LongTensor[N]``,
-    ``display`` ``uint8[N, H, W, 3]`` (the pixels the model sees) and a ``source`` each."""
+    ``display`` ``uint8[N, H, W, 3]`` (the pixels the model sees) and a ``source`` each;
+    ``skipped``: (source, reason) of every file left out because it could not be read."""
 
     inputs: torch.Tensor
     labels: torch.Tensor
     display: np.ndarray
     sources: list[str]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
 def labelled_images(
@@ -33,8 +35,9 @@ def labelled_images(
     """Read ``data`` at ``preprocess``'s size: ``"photos"`` (the package photos whose class
     is known, `convlens.data.photos`; ImageNet ids), ``"shapes-test:N"`` (the held-out synthetic
     shapes, seed 1; ``"shapes:N"`` is the training stream: `convlens.data.datasets`) or an
-    ImageFolder tree (class = sorted folder index). ``limit``: the first N items. Unreadable
-    files raise `DataError` naming them."""
+    ImageFolder tree (class = sorted folder index). ``limit``: the first N readable items.
+    A file that cannot be read is left out and listed in ``skipped``; `DataError` when no
+    item is readable."""
     dataset = analysis_dataset(data, preprocess)
     if dataset.labels is None:
         raise DataError(
@@ -44,16 +47,22 @@ def labelled_images(
     count = len(dataset) if limit is None else min(limit, len(dataset))
     if count < 1:
         raise DataError(f"{data!r} holds no labelled image; pass photos, shapes-test:N or a folder")
-    inputs, labels, display = [], [], []
-    for index in range(count):
+    inputs, labels, display, sources, skipped = [], [], [], [], []
+    for index in range(len(dataset)):
+        if len(inputs) == count:
+            break
         _, tensor, label, error = dataset[index]
         if error is not None:
-            raise DataError(f"cannot read {dataset.sources[index]}: {error}; remove the file")
+            skipped.append((dataset.sources[index], error))
+            continue
         inputs.append(tensor)
         labels.append(label)
         display.append(dataset.display(index))
+        sources.append(dataset.sources[index])
+    if not inputs:
+        raise DataError(f"no readable image in {data!r}: {skipped[0][1]}")
     return LabelledImages(
-        torch.stack(inputs), torch.tensor(labels), np.stack(display), dataset.sources[:count]
+        torch.stack(inputs), torch.tensor(labels), np.stack(display), sources, skipped
     )
 
 

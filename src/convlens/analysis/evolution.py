@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +59,8 @@ class FeatureEvolution:
     """``columns`` (one label per model/epoch) x ``rows`` ((layer, channel) pairs):
     ``values`` ``Tensor[E, R]`` the strongest activation, ``sources`` ``[E][R]`` the image
     it came from, ``patches`` ``[E][R]`` ``uint8[h, w, 3]`` its receptive-field patch and
-    ``projections`` ``[E][R]`` ``Tensor[3, h, w]`` (empty lists when ``rule`` is None)."""
+    ``projections`` ``[E][R]`` ``Tensor[3, h, w]`` (empty lists when ``rule`` is None);
+    ``skipped``: (source, reason) of every data file left out because it could not be read."""
 
     columns: list[str]
     rows: list[tuple[str, int]]
@@ -68,6 +69,7 @@ class FeatureEvolution:
     sources: list[list[str]]
     patches: list[list[np.ndarray]]
     projections: list[list[torch.Tensor]]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
 
     def record(self) -> dict:
         """JSON-ready: per row, its strongest activation and image at each column."""
@@ -172,4 +174,6 @@ def _collect(tops, rows, labels, rule) -> FeatureEvolution:
         sources.append([view.units[0].source for view in picked])
         patches.append([view.patches[0] for view in picked])
         projections.append([view.projections[rule][0] for view in picked] if rule else [])
-    return FeatureEvolution(labels, rows, rule, torch.tensor(values), sources, patches, projections)
+    values = torch.tensor(values)
+    skipped = list(tops[0].errors)  # every model read the same data
+    return FeatureEvolution(labels, rows, rule, values, sources, patches, projections, skipped)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import json
 import sys
+from collections.abc import Sequence
 from typing import Annotated
 
 import typer
@@ -105,9 +106,17 @@ def _echo_json(value) -> None:
     typer.echo(json.dumps(value, indent=2))
 
 
-def _report_skipped(errors: list[tuple[str, str]]) -> None:
-    for source, message in errors:
-        typer.echo(f"skipped {source}: {message}", err=True)
+SHOWN_SKIPPED = 5
+
+
+def _report_skipped(errors: Sequence[tuple[str, str]]) -> None:
+    """The one report of unreadable inputs, for every command that reads images: a line
+    ``skipped SOURCE: reason`` on stderr for each of the first few, then a count of the
+    rest. The command goes on with the other inputs and exits with status 1."""
+    for source, message in errors[:SHOWN_SKIPPED]:
+        typer.echo(f"skipped {source}: {message.removeprefix(f'{source}: ')}", err=True)
+    if len(errors) > SHOWN_SKIPPED:
+        typer.echo(f"skipped {len(errors) - SHOWN_SKIPPED} more unreadable file(s)", err=True)
 
 
 def _report_failure(what: str | None, error: BaseException, debug: bool) -> None:

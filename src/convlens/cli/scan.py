@@ -12,7 +12,14 @@ from typing import Annotated
 
 import typer
 
-from convlens.cli.app import DeviceOption, JsonOption, ModelOption, _echo_json, app
+from convlens.cli.app import (
+    DeviceOption,
+    JsonOption,
+    ModelOption,
+    _echo_json,
+    _report_skipped,
+    app,
+)
 from convlens.cli.options import ForceOption, TrustPickleOption
 from convlens.package import DEFAULT_MODEL
 
@@ -36,16 +43,6 @@ RestartOption = Annotated[
     ),
 ]
 SaveEveryOption = Annotated[int, typer.Option("--save-every", help="Save state every N batches.")]
-SHOWN_SKIPPED = 5
-
-
-def _report_skipped(errors) -> None:
-    """The count and the first few unreadable files, on stderr."""
-    if not errors:
-        return
-    names = ", ".join(source for source, _ in errors[:SHOWN_SKIPPED])
-    more = f" and {len(errors) - SHOWN_SKIPPED} more" if len(errors) > SHOWN_SKIPPED else ""
-    typer.echo(f"skipped {len(errors)} unreadable file(s): {names}{more}", err=True)
 
 
 def _start_group(device: str) -> tuple[bool, int]:
@@ -141,6 +138,8 @@ def scan_command(
                     f"{result.scanned} images, {len(result.layers)} layers, {channels} channels "
                     f"-> {page}"
                 )
+        if rank == 0 and result.errors:
+            raise typer.Exit(1)  # some files skipped; after the block, so the folder is whole
     finally:
         _end_group(opened)
 
@@ -203,6 +202,8 @@ def embed_command(
                 )
                 _report_skipped(list(result.errors))
                 typer.echo(f"{len(result.sources)} x {result.vectors.shape[1]} features -> {page}")
+        if rank == 0 and result.errors:
+            raise typer.Exit(1)  # some files skipped; after the block, so the folder is whole
     finally:
         _end_group(opened)
 

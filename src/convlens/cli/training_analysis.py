@@ -12,7 +12,14 @@ from typing import Annotated
 
 import typer
 
-from convlens.cli.app import DeviceOption, JsonOption, ModelOption, _echo_json, app
+from convlens.cli.app import (
+    DeviceOption,
+    JsonOption,
+    ModelOption,
+    _echo_json,
+    _report_skipped,
+    app,
+)
 from convlens.cli.options import DpiOption, ForceOption, TrustPickleOption
 from convlens.package import DEFAULT_MODEL
 
@@ -51,9 +58,19 @@ def _load(model: str, device: str, trust_pickle: bool):
 
 
 def _images(loaded, data: str, limit: int | None):
+    """The labelled images of ``data``; unreadable files are reported (`_report_skipped`)
+    and left out, and `_exit_if_skipped` ends the command with status 1."""
     from convlens.analysis.data import labelled_images
 
-    return labelled_images(data, loaded.preprocess, limit)
+    images = labelled_images(data, loaded.preprocess, limit)
+    _report_skipped(images.skipped)
+    return images
+
+
+def _exit_if_skipped(*results) -> None:
+    """Exit with status 1 when any of ``results`` (with a ``skipped`` list) left a file out."""
+    if any(result.skipped for result in results):
+        raise typer.Exit(1)
 
 
 @app.command("evolution")
@@ -113,11 +130,13 @@ def evolution_command(
         columns=[_column(f) for f in files],
     )
     save_figure(evolution_figure(evolution), path, dpi, force)
+    _report_skipped(evolution.skipped)
     typer.echo(
         f"{len(evolution.rows)} channels x {len(evolution.columns)} epochs -> {path}", err=True
     )
     if as_json:
         _echo_json(evolution.record())
+    _exit_if_skipped(evolution)
 
 
 def _column(source) -> str:
@@ -176,7 +195,7 @@ def ablate_command(
     path = _figure_out(out, "ablation.png", force)
     loaded = _load(model, device, trust_pickle)
     images = _images(loaded, data, limit)
-    tune = None
+    train = tune = None
     if tune_epochs:
         if tune_data is None:
             raise DataError("--tune-epochs needs --tune-data (e.g. shapes:2000 or a folder)")
@@ -189,6 +208,7 @@ def ablate_command(
     else:
         typer.echo(ablation_table(result))
     typer.echo(f"{len(result.rows)} layers ablated on {result.images} images -> {path}", err=True)
+    _exit_if_skipped(*[found for found in (images, train) if found is not None])
 
 
 def ablation_table(result) -> str:
@@ -257,6 +277,7 @@ def invariance_command(
     if as_json:
         _echo_json([curve.record() for curve in curves])
     typer.echo(f"{', '.join(kinds)} on {len(images.sources)} images -> {path}", err=True)
+    _exit_if_skipped(images)
 
 
 @app.command("camcrop")
@@ -295,8 +316,9 @@ def camcrop_command(
     )
     if as_json:
         _echo_json(crops.record())
-        return
-    typer.echo(camcrop_table(crops.record(), loaded.label))
+    else:
+        typer.echo(camcrop_table(crops.record(), loaded.label))
+    _exit_if_skipped(images)
 
 
 def camcrop_table(record: dict, label) -> str:

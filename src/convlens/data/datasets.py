@@ -90,7 +90,7 @@ class FileDataset(ScanDataset):
         self.max_pixels = max_pixels or DEFAULT_MAX_PIXELS
 
     def rgb(self, index: int) -> Image.Image:
-        return read_rgb(self.sources[index], self.max_pixels)
+        return read_rgb(self.sources[index], self.max_pixels, reduce_for=self.preprocess)
 
 
 class ShapesDataset(ScanDataset):
@@ -131,7 +131,7 @@ class WrappedDataset(ScanDataset):
         return item, -1
 
     def rgb(self, index: int) -> Image.Image:
-        return read_rgb(self._item(index)[0])
+        return read_rgb(self._item(index)[0], reduce_for=self.preprocess)
 
     def label(self, index: int) -> int:
         if self.labels is not None:

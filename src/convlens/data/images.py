@@ -16,20 +16,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
+from convlens.data.decode import decode_file, pixels_to_uint8, unreadable_as_error
 from convlens.data.samples import SAMPLES, sample_path
-from convlens.errors import ImageLoadError, ImageTooLargeError
+from convlens.errors import ImageLoadError
 
 if TYPE_CHECKING:  # images only call a Preprocess's methods; preprocess.py imports this module
     from convlens.data.preprocess import Preprocess
 
 ImageSource = str | os.PathLike | bytes | Image.Image | np.ndarray | torch.Tensor
-TOO_LARGE_HINT = (
-    "downscale the file, or if you trust it load it from Python with "
-    "convlens.load_images(..., max_pixels=N) for a larger N"
-)
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 DEFAULT_MAX_PIXELS = 100_000_000
 
 
@@ -60,14 +57,26 @@ class ImageBatch:
         return len(self.sources)
 
 
-def read_rgb(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def read_rgb(
+    source: ImageSource,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    *,
+    reduce_for: Preprocess | None = None,
+) -> Image.Image:
     """Any supported source as an 8-bit RGB PIL image (EXIF orientation applied).
 
-    Files and ``bytes`` (an encoded PNG, JPEG, ... as uploaded) are checked against
-    ``max_pixels`` from their header, before any pixel is decoded: a larger image raises
-    `ImageTooLargeError` (a decompression bomb costs nothing to refuse)."""
+    Files and ``bytes`` (an encoded PNG, JPEG, WebP, BMP, TIFF or GIF, as uploaded) are
+    checked from their header before any pixel is decoded: more than ``max_pixels``
+    pixels, or more than 3 bytes x ``max_pixels`` of pixels (width x height x bands x
+    bytes per band; 300 MB by default) raise `ImageTooLargeError`. Any failure to decode
+    one (a corrupt file, another format, a codec error) is `ImageLoadError`: the file is
+    unreadable. With ``reduce_for`` (the model's `Preprocess`) a file is decoded reduced
+    towards twice the size that preprocess resizes it to (`convlens.data.decode`), so one
+    read holds at most about twice the byte limit and ``reduce_for.display`` of the result
+    is nearly that of the full image; an image under four times that size is read exactly.
+    """
     if isinstance(source, bytes):
-        return _read_file(io.BytesIO(source), max_pixels, "<bytes>")
+        return _read_file(io.BytesIO(source), "<bytes>", max_pixels, reduce_for)
     if isinstance(source, Image.Image):
         return _to_rgb(ImageOps.exif_transpose(source))
     if isinstance(source, torch.Tensor):
@@ -79,11 +88,19 @@ def read_rgb(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image
         return _array_to_rgb(source, "array")
     if isinstance(source, (str, os.PathLike)):
         path = _resolve_path(source)
-        return _read_file(path, max_pixels, str(path))
+        return _read_file(path, str(path), max_pixels, reduce_for)
     raise ImageLoadError(
         f"cannot read an image from a {type(source).__name__}; "
         "pass a path, a sample name, a PIL image, a numpy array or a tensor"
     )
+
+
+def _read_file(
+    file: Path | io.BytesIO, name: str, max_pixels: int, reduce_for: Preprocess | None
+) -> Image.Image:
+    """Decode and convert to RGB, both inside the one decode boundary."""
+    with unreadable_as_error(name):
+        return _to_rgb(decode_file(file, name, max_pixels, reduce_for))
 
 
 def load_image(
@@ -91,8 +108,9 @@ def load_image(
     preprocess: Preprocess | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> LoadedImage:
-    """Read one image and, with ``preprocess``, resize/crop/normalise it for a model."""
-    rgb = read_rgb(source, max_pixels)
+    """Read one image and, with ``preprocess``, resize/crop/normalise it for a model (a
+    file is decoded reduced towards the model's size: see `read_rgb`)."""
+    rgb = read_rgb(source, max_pixels, reduce_for=preprocess)
     name = _source_name(source)
     if preprocess is None:
         display = np.asarray(rgb, dtype=np.uint8).copy()
@@ -208,29 +226,6 @@ def _resolve_path(source: str | os.PathLike) -> Path:
     raise ImageLoadError(f"{source}: no such file (sample names: {', '.join(sorted(SAMPLES))})")
 
 
-def _read_file(file: Path | io.BytesIO, max_pixels: int, path: str) -> Image.Image:
-    """Decode ``file`` (named ``path`` in messages) after checking its size against
-    ``max_pixels`` (`ImageTooLargeError`)."""
-    try:
-        with Image.open(file) as image:
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ImageTooLargeError(
-                    f"{path}: {width}x{height} pixels is above the limit of {max_pixels}; "
-                    f"{TOO_LARGE_HINT}"
-                )
-            image.load()
-            return _to_rgb(ImageOps.exif_transpose(image))
-    except ImageLoadError:
-        raise
-    except Image.DecompressionBombError as error:
-        raise ImageTooLargeError(f"{path}: {error}; {TOO_LARGE_HINT}") from error
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
-        raise ImageLoadError(
-            f"{path}: not a readable image ({error}); check the file or remove it"
-        ) from error
-
-
 def _to_rgb(image: Image.Image) -> Image.Image:
     """Convert any PIL mode to 8-bit RGB; transparency is composited onto white."""
     if image.mode == "RGB":
@@ -265,40 +260,9 @@ def _array_to_rgb(array: np.ndarray, kind: str, channels_first: bool = False) ->
             f"{kind} of shape {tuple(array.shape)} is not an image; "
             "expected [H, W], [H, W, 3|4] or [3|4, H, W]"
         )
-    pixels = _to_uint8(array, kind)
+    pixels = pixels_to_uint8(array, kind)
     image = Image.fromarray(pixels)
     return _to_rgb(image)
-
-
-def _to_uint8(array: np.ndarray, kind: str) -> np.ndarray:
-    if array.dtype == np.uint8:
-        return np.ascontiguousarray(array)
-    if array.dtype == bool:
-        return array.astype(np.uint8) * 255
-    if np.issubdtype(array.dtype, np.integer):
-        if array.min() < 0:
-            raise ImageLoadError(f"{kind} has negative integer pixels; expected unsigned values")
-        if array.dtype == np.uint16:
-            top = 65535  # the type's range, also for a dark 16-bit image
-        elif array.max() <= 255:
-            top = 255
-        elif array.max() <= 65535:
-            top = 65535
-        else:
-            raise ImageLoadError(
-                f"{kind} has integer pixels up to {array.max()}; expected 8- or 16-bit values"
-            )
-        return np.round(array.astype(np.float64) * (255.0 / top)).astype(np.uint8)
-    if np.issubdtype(array.dtype, np.floating):
-        if not np.isfinite(array).all():
-            raise ImageLoadError(f"{kind} contains NaN or infinite pixels")
-        if array.min() < 0 or array.max() > 1:
-            raise ImageLoadError(
-                f"float {kind} has values in [{array.min():.3g}, {array.max():.3g}]; "
-                "float images must be in [0, 1] (un-normalise first, or pass uint8)"
-            )
-        return np.round(array * 255.0).astype(np.uint8)
-    raise ImageLoadError(f"{kind} has unsupported dtype {array.dtype}")
 
 
 def _source_name(source: Any) -> str:

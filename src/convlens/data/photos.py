@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from convlens.errors import DataError, ImageLoadError
+from convlens.data.images import read_rgb
+from convlens.errors import DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -43,14 +44,9 @@ class Photo:
     source: str
 
     def load(self) -> np.ndarray:
-        """The photo as ``uint8[H, W, 3]`` RGB pixels."""
-        from PIL import Image
-
-        try:
-            with Image.open(self.path) as image:
-                return np.asarray(image.convert("RGB")).copy()
-        except OSError as error:
-            raise ImageLoadError(f"could not read photo {self.path}: {error}") from error
+        """The photo as ``uint8[H, W, 3]`` RGB pixels (`ImageLoadError` when the file
+        cannot be read)."""
+        return np.asarray(read_rgb(self.path)).copy()
 
 
 # Files of non-ImageNet packages and the ImageNet class they show (None: no clear class).

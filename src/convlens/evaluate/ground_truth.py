@@ -32,8 +32,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from convlens.data.decode import ACCEPTED_FORMATS, unreadable_as_error
 from convlens.data.preprocess import Preprocess
-from convlens.errors import DataError, ImageLoadError, MetricError
+from convlens.errors import DataError, MetricError
 from convlens.localize.boxes import check_boxes
 
 
@@ -304,13 +305,11 @@ def _load_records(records: list[dict], folder: Path, preprocess: Preprocess) -> 
 
 
 def _open(path: Path, mode: str | None = "RGB") -> Image.Image:
-    """The image at ``path``, loaded, converted to ``mode`` (None: its own mode)."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image.convert(mode) if mode else image.copy()
-    except OSError as error:
-        raise ImageLoadError(f"could not read image {path}: {error}") from error
+    """The image at ``path``, loaded, converted to ``mode`` (None: its own mode); no EXIF
+    rotation, since annotations give the stored pixels. `ImageLoadError` when unreadable."""
+    with unreadable_as_error(str(path)), Image.open(path, formats=ACCEPTED_FORMATS) as image:
+        image.load()
+        return image.convert(mode) if mode else image.copy()
 
 
 def _transform_boxes(boxes, size, preprocess: Preprocess, where: str) -> torch.Tensor:
