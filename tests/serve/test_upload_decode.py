@@ -25,7 +25,8 @@ def encoded(fmt: str) -> bytes:
 
 @pytest.mark.parametrize("fmt", ["DDS", "PPM", "ICO"])
 def test_undecodable_upload_is_a_400_and_the_server_keeps_serving(fmt):
-    with TestClient(create_app(load_model("synthetic-shapes"))) as client:
+    app = create_app(load_model("synthetic-shapes"))
+    with TestClient(app, base_url="http://127.0.0.1") as client:
         upload = {"image": ("b_bad.png", encoded(fmt), "image/png")}
         response = client.post("/api/explain", files=upload)
         assert response.status_code == 400, response.text
