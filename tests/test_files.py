@@ -265,3 +265,10 @@ def test_a_run_that_fails_removes_nothing(tmp_path):
         raise RuntimeError("stopped")
     assert _names(tmp_path) == [LEDGER, "a.json", "b.json"]
     assert owned(tmp_path / "a.json") and owned(tmp_path / "b.json")
+
+
+def test_unique_name_counts_up_from_two_with_the_given_separator():
+    used: set[str] = set()
+    names = [files.unique_name("cat", used) for _ in range(3)]
+    assert names == ["cat", "cat_2", "cat_3"] and used == set(names)
+    assert files.unique_name("cat", used, "-") == "cat-2"

@@ -74,6 +74,17 @@ def owned(path: str | Path) -> bool:
     return path.suffix.lower() in _MARKED and _carries_mark(path)
 
 
+def unique_name(stem: str, used: set[str], separator: str = "_") -> str:
+    """``stem``, or ``stem{separator}2``, ``stem{separator}3`` ... : the first not in ``used``
+    (file stems of one run, anchors of one page); it is added to ``used``."""
+    candidate, count = stem, 1
+    while candidate in used:
+        count += 1
+        candidate = f"{stem}{separator}{count}"
+    used.add(candidate)
+    return candidate
+
+
 def check_writable(path: str | Path, force: bool | None = None) -> Path:
     """`OutputExistsError` when ``path`` exists and may not be replaced: it is a folder, or
     a file convlens did not write (or that was changed since) and ``force`` is off.

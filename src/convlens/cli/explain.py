@@ -111,7 +111,7 @@ def explain_command(
     from convlens.attribution.explain import check_layer_use, method_names
     from convlens.attribution.methods import get_method
     from convlens.data.images import iter_batches
-    from convlens.files import writing
+    from convlens.files import unique_name, writing
     from convlens.layers import resolve_layer
     from convlens.render.figures import FORMATS
     from convlens.render.panel import SCALES
@@ -153,7 +153,7 @@ def explain_command(
             _report_skipped(batch.errors)
             if not len(batch):
                 continue
-            stem = _unique_stem(named or Path(batch.sources[0]).stem, used)
+            stem = unique_name(named or Path(batch.sources[0]).stem, used)
             try:
                 _check_outputs(folder / stem, picture.fmt)  # before any work on this image
                 record = _explain_one_image(
@@ -295,15 +295,6 @@ def _explain_one_image(
     }
     write_json(stem.with_suffix(".json"), record)
     return record
-
-
-def _unique_stem(stem: str, used: set[str]) -> str:
-    candidate, count = stem, 1
-    while candidate in used:
-        count += 1
-        candidate = f"{stem}_{count}"
-    used.add(candidate)
-    return candidate
 
 
 def _check_outputs(stem, fmt: str) -> None:

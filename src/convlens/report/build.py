@@ -14,7 +14,7 @@ from convlens.attribution.explain import explain, explain_methods, method_names,
 from convlens.data.images import ImageBatch, iter_batches
 from convlens.errors import ImageLoadError
 from convlens.features import feature_maps, filter_tiles, layer_mean_maps, objectives, optimize
-from convlens.files import write_text
+from convlens.files import unique_name, write_text
 from convlens.layers import default_cam_layer
 from convlens.models.loading import LoadedModel
 from convlens.render.boxes import draw_boxes
@@ -53,7 +53,7 @@ def build_report(
         skipped.extend(batch.errors)
         if not len(batch):
             continue
-        anchor = _unique(anchor_id(Path(batch.sources[0]).stem), anchors)
+        anchor = unique_name(anchor_id(Path(batch.sources[0]).stem), anchors, "-")
         sections += image_sections(model, batch, names, top, visualize, visualize_steps, anchor)
         if progress is not None:
             progress(f"{batch.sources[0]}: done after {time.perf_counter() - start:.1f} s")
@@ -250,12 +250,3 @@ def model_sections(model: LoadedModel) -> list[Section]:
 def _box_text(box) -> str:
     x0, y0, x1, y1 = (round(v) for v in box)
     return f"x {x0}..{x1}, y {y0}..{y1} (pixels of the model's input)"
-
-
-def _unique(anchor: str, used: set[str]) -> str:
-    candidate, count = anchor, 1
-    while candidate in used:
-        count += 1
-        candidate = f"{anchor}-{count}"
-    used.add(candidate)
-    return candidate
