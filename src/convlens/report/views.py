@@ -77,6 +77,31 @@ class MapView:
         values = self.explanation.probabilities
         return None if values is None else float(values[self.row])
 
+    @property
+    def rather_than_id(self) -> int | None:
+        """The class a contrast row is explained against (None without a contrast)."""
+        ids = self.explanation.rather_than_ids
+        return None if ids is None else int(ids[self.row])
+
+    @property
+    def rather_than_name(self) -> str | None:
+        names = self.explanation.rather_than_names
+        return None if names is None else names[self.row]
+
+    @property
+    def rather_than_probability(self) -> float | None:
+        values = self.explanation.rather_than_probabilities
+        return None if values is None else float(values[self.row])
+
+    @property
+    def title(self) -> str | None:
+        """``"A"``, or ``"A rather than B"`` for a contrast row (None without a class)."""
+        if self.class_name is None:
+            return None
+        if self.rather_than_id is None:
+            return self.class_name
+        return f"{self.class_name} rather than {self.rather_than_name}"
+
 
 def map_view(explanation: Explanation, row: int = 0, alpha: float = 0.5) -> MapView:
     """The `MapView` of ``explanation``'s row ``row`` (it must know its display image)."""
