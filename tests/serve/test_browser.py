@@ -81,13 +81,22 @@ def atlas_server_url(tmp_path_factory):
 
 
 class PageWatch:
-    """Console errors, failed requests, 4xx/5xx answers and off-site requests of a page."""
+    """Console errors, failed requests (those the page aborts apart), 4xx/5xx answers and
+    off-site requests of a page."""
 
     def __init__(self, page, allowed_prefix: str) -> None:
         self.errors: list[str] = []
         page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
         page.on("pageerror", lambda e: self.errors.append(str(e)))
-        page.on("requestfailed", lambda r: self.errors.append(f"failed: {r.url}"))
+        self.aborted: list[str] = []  # requests the page itself aborted (not errors)
+
+        def failed(request):
+            if request.failure == "net::ERR_ABORTED":
+                self.aborted.append(request.url)
+            else:
+                self.errors.append(f"failed: {request.failure} {request.url}")
+
+        page.on("requestfailed", failed)
         page.on("response", lambda r: r.status >= 400 and self.errors.append(f"{r.status} {r.url}"))
 
         def check_host(request):
@@ -164,6 +173,58 @@ def test_upload_explain_switch_method_and_layer(browser, server_url, default_mod
     page.wait_for_function(
         "document.querySelector('#browse-status').textContent.startsWith('filters')"
     )
+    assert watch.errors == []
+    page.close()
+
+
+VISIBLE_IMAGES_WITHOUT_SOURCE = (
+    "[...document.images].filter(i => !i.getAttribute('src') && i.getClientRects().length)"
+    ".map(i => i.id)"
+)
+
+
+def test_page_on_load_shows_no_empty_images_and_the_pickable_layers(browser, server_url):
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    watch = PageWatch(page, server_url)
+    page.goto(server_url + "/")
+    page.wait_for_function("document.querySelectorAll('#layer option').length > 3")
+    assert page.evaluate(VISIBLE_IMAGES_WITHOUT_SOURCE) == []
+    table = page.evaluate("fetch('/api/layers').then(r => r.json())")
+    spatial = [row for row in table["layers"] if row["spatial"]]
+    listed = page.eval_on_selector_all("#layer option", "items => items.map(o => o.value)")
+    assert listed == [row["name"] for row in spatial if row["pickable"]]
+    assert len(listed) < len(spatial) and page.input_value("#layer") == table["default"]
+    page.check("#all-layers")
+    everything = page.eval_on_selector_all("#layer option", "items => items.map(o => o.value)")
+    assert everything == [row["name"] for row in spatial]
+    assert page.input_value("#layer") == table["default"]
+    assert watch.errors == []
+    page.close()
+
+
+def test_contrast_is_titled_with_both_classes_and_reexplaining_logs_nothing(
+    browser, server_url, default_model
+):
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    watch = PageWatch(page, server_url)
+    page.goto(server_url + "/")
+    page.wait_for_function("document.querySelectorAll('#sample option').length > 1")
+    page.fill("#contrast", "cup")
+    page.select_option("#sample", "coffee")
+    page.wait_for_function(
+        "document.querySelector('#class-name').textContent.includes(' rather than ')"
+    )
+    page.wait_for_function("document.querySelector('#status').textContent.startsWith('Done')")
+    assert page.text_content("#class-name") == "espresso rather than cup"
+    explained = page.text_content("#explained")
+    assert "logit difference" in explained
+    assert "p(espresso) = " in explained and "p(cup) = " in explained
+    assert page.evaluate(VISIBLE_IMAGES_WITHOUT_SOURCE) == []
+    _screenshot(page, "contrast.png")
+    for _ in range(3):  # re-explain at once, over a running request: cancelled quietly
+        page.click("#explain-button")
+    page.wait_for_function("document.querySelector('#status').textContent.startsWith('Done')")
+    assert page.text_content("#class-name") == "espresso rather than cup"
     assert watch.errors == []
     page.close()
 

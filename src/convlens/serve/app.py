@@ -400,8 +400,8 @@ def _add_routes(app: FastAPI, desk: ModelDesk, settings: ServeSettings) -> None:
     ) -> api.Cancelled:
         """Stop job ``job`` (a request sent with that `job` field, or about to be): it
         answers 409 and the model is free for the next request (``cancelled`` true). A job
-        that has just finished answers ``cancelled`` false (its answer crossed the cancel).
-        403 without the job's token, 404 when no such job is known."""
+        whose request has just ended (answered, or stopped when its client left) answers
+        ``cancelled`` false. 403 without the job's token, 404 when no such job is known."""
         if desk.cancel(job, token):
             return api.Cancelled(job=job, cancelled=True)
         if desk.finished(job, token):

@@ -113,8 +113,8 @@ class ModelDesk:
         self._pixels = ThreadPoolExecutor(1, thread_name_prefix="convlens-pixels")
         self._state = threading.Lock()  # guards everything below
         self._jobs: dict[str, _Job] = {}
-        # job id -> token of the last MAX_RESERVATIONS finished jobs, so that a cancel
-        # crossing its job's answer is told "already finished" rather than "unknown"
+        # job id -> token of the last MAX_RESERVATIONS ended jobs, so that a cancel
+        # crossing its job's end is told "already ended" rather than "unknown"
         self._finished: OrderedDict[str, str] = OrderedDict()
         self._live: dict[int, Ticket] = {}
         self._admitted = 0
@@ -223,7 +223,7 @@ class ModelDesk:
         finally:
             with self._state:
                 finished = self._jobs.pop(job_id, None)
-                if finished is not None and not ticket.stopped:
+                if finished is not None:
                     self._finished[job_id] = finished.token
                     while len(self._finished) > MAX_RESERVATIONS:
                         self._finished.popitem(last=False)
@@ -244,8 +244,9 @@ class ModelDesk:
         return True
 
     def finished(self, job_id: str, token: str) -> bool:
-        """Whether job ``job_id`` ran to its end, not stopped, lately (one of the last
-        `MAX_RESERVATIONS`) and ``token`` is its token: a cancel that crossed its answer."""
+        """Whether job ``job_id``'s request ended lately (answered or stopped; one of the
+        last `MAX_RESERVATIONS`) and ``token`` is its token: a cancel that crossed its
+        answer, or came after the client had gone."""
         with self._state:
             known = self._finished.get(job_id)
         return known is not None and secrets.compare_digest(known.encode(), token.encode())

@@ -138,13 +138,13 @@ async function cancel() {
   if (!running) return;
   state.running = null;
   $("cancel-button").disabled = true;
-  if (!running.answered) {  // the server still holds the job: stop it there first
+  running.controller.abort();  // first: the page never sees the stopped request's 409
+  if (!running.answered) {  // the server may still hold the job: stop it there too
     const body = new FormData();
     body.append("token", running.token);
     await fetch(`/api/cancel/${encodeURIComponent(running.job)}`, { method: "POST", body })
       .catch(() => null);
   }
-  running.controller.abort();
   setStatus($("status"), "Cancelled.", true);
 }
 
