@@ -265,3 +265,14 @@ def test_a_run_that_fails_removes_nothing(tmp_path):
         raise RuntimeError("stopped")
     assert _names(tmp_path) == [LEDGER, "a.json", "b.json"]
     assert owned(tmp_path / "a.json") and owned(tmp_path / "b.json")
+
+
+def test_a_path_under_a_file_is_refused_before_any_work(tmp_path):
+    from convlens.files import check_folder, check_writable
+
+    (tmp_path / "file").write_text("mine")
+    for check, path in ((check_writable, "file/sub/out.png"), (check_folder, "file/sub")):
+        with pytest.raises(OutputExistsError, match="is a file, not a folder"):
+            check(tmp_path / path)
+    assert (tmp_path / "file").read_text() == "mine"
+    assert check_writable(tmp_path / "new" / "deeper" / "out.png").name == "out.png"

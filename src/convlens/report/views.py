@@ -35,6 +35,14 @@ class ColourScale:
             self.cmap, f"{self.low:.3g}", f"{self.high:.3g}", "0" if self.signed else None
         )
 
+    def text(self) -> str:
+        """The raw values at the ends in words, e.g. ``"raw values -0.5 (blue) .. 0.5 (red),
+        white = 0"``."""
+        if self.low == self.high:
+            return f"constant map: every raw value is {self.low:.3g}"
+        middle = ", white = 0" if self.signed else ""
+        return f"raw values {self.low:.3g} (blue) .. {self.high:.3g} (red){middle}"
+
     def record(self) -> dict:
         """JSON-ready: cmap, low, high, signed and the bar as a PNG data URI."""
         return {
