@@ -2,7 +2,8 @@
 a browser download): the web view with the default model, and a report page.
 
 Set ``CONVLENS_SCREENSHOTS=docs/images/web`` to also write the screenshots used in
-docs/web.md.
+docs/web.md; with ``CONVLENS_REPORT_PAGE=FILE`` (a page ``convlens report`` wrote) the report
+test opens that page instead of building a small one.
 """
 
 from __future__ import annotations
@@ -116,11 +117,11 @@ def browser():
         chromium.close()
 
 
-def _screenshot(page, name: str) -> None:
+def _screenshot(page, name: str, full_page: bool = True) -> None:
     folder = os.environ.get("CONVLENS_SCREENSHOTS")
     if folder:
         Path(folder).mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(Path(folder) / name), full_page=True)
+        page.screenshot(path=str(Path(folder) / name), full_page=full_page)
 
 
 def test_upload_explain_switch_method_and_layer(browser, server_url, default_model):
@@ -261,9 +262,15 @@ def test_report_page_opens_without_failed_requests(browser, tmp_path):
     from convlens import load_model
     from convlens.report import build_report, write_report
 
-    page_html, _ = build_report(load_model("synthetic-shapes"), ["cat"], "gradcam,saliency", top=2)
-    path = write_report(tmp_path / "report.html", page_html)
-    page = browser.new_page(viewport={"width": 1100, "height": 900})
+    given = os.environ.get("CONVLENS_REPORT_PAGE")
+    if given:
+        path = Path(given).resolve()
+    else:
+        shapes = load_model("synthetic-shapes")
+        page_html, _ = build_report(shapes, ["cat"], "gradcam,saliency", top=2)
+        path = write_report(tmp_path / "report.html", page_html)
+    # drawn at 3/4 scale: the whole width of the page in a picture of moderate size
+    page = browser.new_page(viewport={"width": 1500, "height": 1100}, device_scale_factor=0.75)
     watch = PageWatch(page, path.as_uri())
     page.goto(path.as_uri())
     page.wait_for_load_state("load")
@@ -276,4 +283,6 @@ def test_report_page_opens_without_failed_requests(browser, tmp_path):
     )
     assert targets and all(page.locator(f"[id='{t}']").count() == 1 for t in targets)
     assert watch.errors == []
+    page.evaluate("document.querySelector('h3').scrollIntoView()")  # the first image's maps
+    _screenshot(page, "report.png", full_page=False)
     page.close()
