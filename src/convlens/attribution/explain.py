@@ -120,7 +120,7 @@ class Explanation:
         """One JSON-ready record per explained row, as ``convlens explain`` writes them in
         its ``methods`` list: method, layer, seconds, the row's class id and name, score
         and probability, its value of each extra, and for a contrast target a
-        ``contrast`` entry naming the class it is explained against."""
+        ``contrast`` entry naming the class it is explained against and its probability."""
         records = []
         for row, info in enumerate(self.record()["rows"]):
             entry = {"method": self.method, "layer": self.layer, "seconds": round(self.seconds, 4)}
@@ -132,6 +132,9 @@ class Explanation:
                     "class_name": info["class_name"],
                     "rather_than_id": int(self.rather_than_ids[row]),
                     "rather_than": self.rather_than_names[row] if self.rather_than_names else None,
+                    "rather_than_probability": None
+                    if self.rather_than_probabilities is None
+                    else float(self.rather_than_probabilities[row]),
                     "score": "logit difference",
                 }
             records.append(entry)

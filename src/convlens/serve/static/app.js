@@ -162,7 +162,7 @@ function show(result) {
     ? `${result.scale.cmap}: blue < 0 < red, raw values ${fmt(result.scale.low)} .. ${fmt(result.scale.high)}`
     : `${result.scale.cmap}: raw values ${fmt(result.scale.low)} (blue) .. ${fmt(result.scale.high)} (red)`;
   placeBox(result.box, result.size);
-  setStatus($("status"), `Done: ${result.class_name ?? result.method}.`);
+  setStatus($("status"), `Done: ${result.title ?? result.method}.`);
 }
 
 function probabilityText(name, probability) {
