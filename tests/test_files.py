@@ -272,3 +272,14 @@ def test_unique_name_counts_up_from_two_with_the_given_separator():
     names = [files.unique_name("cat", used) for _ in range(3)]
     assert names == ["cat", "cat_2", "cat_3"] and used == set(names)
     assert files.unique_name("cat", used, "-") == "cat-2"
+
+
+def test_a_path_under_a_file_is_refused_before_any_work(tmp_path):
+    from convlens.files import check_folder, check_writable
+
+    (tmp_path / "file").write_text("mine")
+    for check, path in ((check_writable, "file/sub/out.png"), (check_folder, "file/sub")):
+        with pytest.raises(OutputExistsError, match="is a file, not a folder"):
+            check(tmp_path / path)
+    assert (tmp_path / "file").read_text() == "mine"
+    assert check_writable(tmp_path / "new" / "deeper" / "out.png").name == "out.png"

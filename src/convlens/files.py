@@ -92,6 +92,7 @@ def check_writable(path: str | Path, force: bool | None = None) -> Path:
     path = Path(path)
     if path.is_dir():
         raise OutputExistsError(f"{path} is a folder; give a file name to write")
+    _check_parent_folder(path)
     if path.exists() and not _forced(force) and not owned(path):
         raise OutputExistsError(
             f"{path} exists and convlens did not write it (or it was changed since); choose "
@@ -100,15 +101,33 @@ def check_writable(path: str | Path, force: bool | None = None) -> Path:
     return path
 
 
+def _check_parent_folder(path: Path) -> None:
+    """`OutputExistsError` when ``path``'s folder cannot be made or written: its nearest
+    existing ancestor is a file, or a folder this process may not write in."""
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise OutputExistsError(
+            f"cannot write {path}: {ancestor} is a file, not a folder; choose another path"
+        )
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise OutputExistsError(
+            f"cannot write {path}: the folder {ancestor} is not writable; choose another path"
+        )
+
+
 def check_folder(folder: str | Path, names=(), force: bool | None = None) -> Path:
     """The up-front check of a command that fills ``folder``: `OutputExistsError` when
-    ``folder`` is an existing file, or one of the files ``names`` it will write there may
-    not be replaced (`check_writable`). Returns ``folder``."""
+    ``folder`` is an existing file, lies under a file or in a folder that is not writable,
+    or one of the files ``names`` it will write there may not be replaced
+    (`check_writable`). Returns ``folder``."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise OutputExistsError(
             f"{folder} is an existing file, not a folder; pass a folder name (it is created)"
         )
+    _check_parent_folder(folder / LEDGER)  # the folder can be made and written in
     for name in names:
         check_writable(folder / name, force)
     return folder

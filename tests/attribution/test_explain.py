@@ -343,6 +343,10 @@ def test_row_records_name_the_class_each_contrast_row_is_explained_against(net, 
     assert [r["class_id"] for r in records] == logits.argmax(1).tolist()
     assert [r["contrast"]["rather_than_id"] for r in records] == runner_up.tolist()
     assert [r["contrast"]["rather_than"] for r in records] == [f"class {int(c)}" for c in runner_up]
+    expected = logits.softmax(1).gather(1, runner_up[:, None])[:, 0]
+    assert torch.allclose(result.rather_than_probabilities, expected, atol=1e-6)
+    chances = [r["contrast"]["rather_than_probability"] for r in records]
+    assert chances == pytest.approx(expected.tolist(), abs=1e-6)
     assert records[0]["method"] == "gradcam" and records[0]["layer"] == "1"
     assert torch.allclose(torch.tensor([r["score"] for r in records]), result.scores)
     plain = explain(net, images, "gradcam", target=2, layer="1").row_records()

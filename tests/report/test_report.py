@@ -16,6 +16,7 @@ from convlens import load_model
 from convlens.render.boxes import draw_boxes
 from convlens.render.images import display_range, map_display
 from convlens.report import build_report, map_box, write_report
+from convlens.report.build import box_share
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -124,3 +125,63 @@ def test_draw_boxes_outlines_without_touching_the_input():
     green = (drawn == (0, 255, 0)).all(axis=2)
     assert green[3, 2:8].all() and green[6, 2:8].all() and green[3:7, 2].all()
     assert green[3:7, 7].all() and not green[4:6, 3:7].any() and not green[0].any()
+
+
+def test_every_map_has_its_colour_bar_and_value_range(page):
+    html, _ = page
+    figures = re.findall(r"<figure.*?</figure>", html, flags=re.S)
+    maps = [f for f in figures if 'class="map"' in f]
+    # 2 classes x 2 methods, the boxed map, the contrast and occlusion
+    assert len(maps) == 7
+    for item in maps:
+        assert re.search(r'<img class="bar" src="data:image/png;base64,', item)
+        assert re.search(r"raw values -?[\d.e+-]+ \(blue\) \.\. -?[\d.e+-]+ \(red\)", item)
+    assert "the raw range of each map above" in html and "the raw scale of each tile" in html
+
+
+def test_maps_sit_in_a_grid_of_fixed_columns(page):
+    html, _ = page
+    methods = html[html.index('id="cat-methods"') : html.index('id="cat-box"')]
+    grids = re.findall(r'<div class="grid" style="--columns: (\d+)">', methods)
+    assert grids == ["2", "2"]  # one row per class, one column per method
+    assert "grid-template-columns: repeat(var(--columns)" in html
+
+
+def test_a_box_over_most_of_the_image_gets_a_note(default_model):
+    """The default model's Grad-CAM of the cat is above a fifth of its range everywhere
+    (box = the whole image); of the coffee cup it is not (no note)."""
+    from convlens.data.images import load_images
+    from convlens.report.build import _box_section
+
+    notes = {}
+    for name in ("cat", "coffee"):
+        batch = load_images([name], default_model.preprocess)
+        blocks = "".join(_box_section(default_model, batch, name).blocks)
+        notes[name] = re.search(r"The box covers (\d+)% of the image", blocks)
+    assert notes["cat"] is not None and notes["cat"].group(1) == "100"
+    assert notes["coffee"] is None
+
+
+def test_box_share():
+    assert box_share((0, 0, 10, 20), (20, 10)) == 1.0
+    assert box_share((2, 5, 6, 15), (20, 10)) == pytest.approx(0.2)
+    assert box_share((5, 5, 5, 9), (20, 10)) == 0.0
+
+
+@pytest.mark.parametrize("where", ["folder", "under a file"])
+def test_report_out_is_checked_before_any_work(tmp_path, monkeypatch, capsys, where):
+    import time
+
+    import convlens.models.loading as loading
+    from convlens.cli import main
+
+    monkeypatch.setattr(loading, "_load_by_name", lambda *a: pytest.fail("model was loaded"))
+    (tmp_path / "file").write_text("mine")
+    out = tmp_path if where == "folder" else tmp_path / "file" / "r.html"
+    start = time.monotonic()
+    code = main(["report", "cat", "--out", str(out)])
+    assert time.monotonic() - start < 5
+    assert code in (1, 2)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and str(out) in err
+    assert (tmp_path / "file").read_text() == "mine"

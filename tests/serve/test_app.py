@@ -281,7 +281,8 @@ def test_cancel_needs_the_token_and_stops_a_slow_method_between_passes():
         assert net.calls < 10
         assert_same_state(before, model_state(net))
         assert slow.app.state.desk.running_jobs() == []
-        assert slow.post(cancel_url, data={"token": job["token"]}).status_code == 404
+        again = slow.post(cancel_url, data={"token": job["token"]})  # it has ended
+        assert again.json() == {"job": job["job"], "cancelled": False}
         net.reached.clear()
         done = slow.post("/api/explain", data={"sample": "cat", "method": "gradcam"})
         assert done.status_code == 200
@@ -350,3 +351,57 @@ def test_a_client_that_disconnects_stops_its_method():
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def test_contrast_answer_names_both_classes_and_both_probabilities(client, shapes):
+    ranked = client.post("/api/predict", data={"sample": "cat", "top": 2}).json()["predictions"]
+    both = client.post(
+        "/api/explain", data={"sample": "cat", "target": "top1", "contrast": "top2"}
+    ).json()
+    first, second = ranked
+    assert both["title"] == f"{first['label']} rather than {second['label']}"
+    assert both["score_kind"] == "logit difference"
+    assert both["probability"] == pytest.approx(first["probability"], abs=1e-5)
+    assert both["rather_than"]["class_id"] == second["class_id"]
+    assert both["rather_than"]["class_name"] == second["label"]
+    assert both["rather_than"]["probability"] == pytest.approx(second["probability"], abs=1e-5)
+    plain = client.post("/api/explain", data={"sample": "cat"}).json()
+    assert plain["title"] == first["label"] and plain["rather_than"] is None
+    assert plain["score_kind"] == "logit"
+
+
+def test_layer_list_marks_the_layers_a_user_picks(client):
+    rows = {row["name"]: row for row in client.get("/api/layers").json()["layers"]}
+    picked = {name for name, row in rows.items() if row["pickable"]}
+    # every convolution is listed; normalization and activation modules are not
+    assert {name for name in picked if rows[name]["type"] == "Conv2d"} == {
+        name for name, row in rows.items() if row["type"] == "Conv2d"
+    }
+    assert not {rows[name]["type"] for name in picked} & {"ReLU", "BatchNorm2d", "Identity"}
+    assert "features" in picked and client.get("/api/layers").json()["default"] in picked
+
+
+def test_pickable_layers_of_a_timm_style_network():
+    from torch import nn
+
+    from convlens.layers import is_pickable_layer
+
+    class NormAct(nn.BatchNorm2d):  # like timm's BatchNormAct2d: a norm with children
+        def __init__(self, channels):
+            super().__init__(channels)
+            self.act = nn.ReLU6()
+
+    block = nn.Sequential(nn.Conv2d(3, 4, 3), NormAct(4), nn.Dropout2d(), nn.Identity())
+    kept = [is_pickable_layer(module) for module in (block, *block, nn.MaxPool2d(2), nn.SiLU())]
+    assert kept == [True, True, False, False, False, True, False]
+
+
+def test_a_cancel_that_crosses_its_finished_job_is_not_an_error(client):
+    job = client.post("/api/jobs").json()
+    done = client.post("/api/explain", data={"sample": "cat", "job": job["job"]})
+    assert done.status_code == 200
+    url = f"/api/cancel/{job['job']}"
+    late = client.post(url, data={"token": job["token"]})
+    assert late.status_code == 200 and late.json() == {"job": job["job"], "cancelled": False}
+    assert client.post(url, data={"token": job["token"][:-1]}).status_code == 404
+    assert client.post("/api/cancel/never-issued", data={"token": "x"}).status_code == 404

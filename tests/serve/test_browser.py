@@ -2,7 +2,8 @@
 a browser download): the web view with the default model, and a report page.
 
 Set ``CONVLENS_SCREENSHOTS=docs/images/web`` to also write the screenshots used in
-docs/web.md.
+docs/web.md; with ``CONVLENS_REPORT_PAGE=FILE`` (a page ``convlens report`` wrote) the report
+test opens that page instead of building a small one.
 """
 
 from __future__ import annotations
@@ -81,13 +82,22 @@ def atlas_server_url(tmp_path_factory):
 
 
 class PageWatch:
-    """Console errors, failed requests, 4xx/5xx answers and off-site requests of a page."""
+    """Console errors, failed requests (those the page aborts apart), 4xx/5xx answers and
+    off-site requests of a page."""
 
     def __init__(self, page, allowed_prefix: str) -> None:
         self.errors: list[str] = []
         page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
         page.on("pageerror", lambda e: self.errors.append(str(e)))
-        page.on("requestfailed", lambda r: self.errors.append(f"failed: {r.url}"))
+        self.aborted: list[str] = []  # requests the page itself aborted (not errors)
+
+        def failed(request):
+            if request.failure == "net::ERR_ABORTED":
+                self.aborted.append(request.url)
+            else:
+                self.errors.append(f"failed: {request.failure} {request.url}")
+
+        page.on("requestfailed", failed)
         page.on("response", lambda r: r.status >= 400 and self.errors.append(f"{r.status} {r.url}"))
 
         def check_host(request):
@@ -107,11 +117,11 @@ def browser():
         chromium.close()
 
 
-def _screenshot(page, name: str) -> None:
+def _screenshot(page, name: str, full_page: bool = True) -> None:
     folder = os.environ.get("CONVLENS_SCREENSHOTS")
     if folder:
         Path(folder).mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(Path(folder) / name), full_page=True)
+        page.screenshot(path=str(Path(folder) / name), full_page=full_page)
 
 
 def test_upload_explain_switch_method_and_layer(browser, server_url, default_model):
@@ -168,6 +178,58 @@ def test_upload_explain_switch_method_and_layer(browser, server_url, default_mod
     page.close()
 
 
+VISIBLE_IMAGES_WITHOUT_SOURCE = (
+    "[...document.images].filter(i => !i.getAttribute('src') && i.getClientRects().length)"
+    ".map(i => i.id)"
+)
+
+
+def test_page_on_load_shows_no_empty_images_and_the_pickable_layers(browser, server_url):
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    watch = PageWatch(page, server_url)
+    page.goto(server_url + "/")
+    page.wait_for_function("document.querySelectorAll('#layer option').length > 3")
+    assert page.evaluate(VISIBLE_IMAGES_WITHOUT_SOURCE) == []
+    table = page.evaluate("fetch('/api/layers').then(r => r.json())")
+    spatial = [row for row in table["layers"] if row["spatial"]]
+    listed = page.eval_on_selector_all("#layer option", "items => items.map(o => o.value)")
+    assert listed == [row["name"] for row in spatial if row["pickable"]]
+    assert len(listed) < len(spatial) and page.input_value("#layer") == table["default"]
+    page.check("#all-layers")
+    everything = page.eval_on_selector_all("#layer option", "items => items.map(o => o.value)")
+    assert everything == [row["name"] for row in spatial]
+    assert page.input_value("#layer") == table["default"]
+    assert watch.errors == []
+    page.close()
+
+
+def test_contrast_is_titled_with_both_classes_and_reexplaining_logs_nothing(
+    browser, server_url, default_model
+):
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    watch = PageWatch(page, server_url)
+    page.goto(server_url + "/")
+    page.wait_for_function("document.querySelectorAll('#sample option').length > 1")
+    page.fill("#contrast", "cup")
+    page.select_option("#sample", "coffee")
+    page.wait_for_function(
+        "document.querySelector('#class-name').textContent.includes(' rather than ')"
+    )
+    page.wait_for_function("document.querySelector('#status').textContent.startsWith('Done')")
+    assert page.text_content("#class-name") == "espresso rather than cup"
+    explained = page.text_content("#explained")
+    assert "logit difference" in explained
+    assert "p(espresso) = " in explained and "p(cup) = " in explained
+    assert page.evaluate(VISIBLE_IMAGES_WITHOUT_SOURCE) == []
+    _screenshot(page, "contrast.png")
+    for _ in range(3):  # re-explain at once, over a running request: cancelled quietly
+        page.click("#explain-button")
+    page.wait_for_function("document.querySelector('#status').textContent.startsWith('Done')")
+    assert page.text_content("#class-name") == "espresso rather than cup"
+    assert watch.errors == []
+    page.close()
+
+
 def test_atlas_pictures_and_page_are_shown(browser, atlas_server_url):
     server_url = atlas_server_url
     from tests.serve.test_atlas import LAYERS
@@ -200,9 +262,15 @@ def test_report_page_opens_without_failed_requests(browser, tmp_path):
     from convlens import load_model
     from convlens.report import build_report, write_report
 
-    page_html, _ = build_report(load_model("synthetic-shapes"), ["cat"], "gradcam,saliency", top=2)
-    path = write_report(tmp_path / "report.html", page_html)
-    page = browser.new_page(viewport={"width": 1100, "height": 900})
+    given = os.environ.get("CONVLENS_REPORT_PAGE")
+    if given:
+        path = Path(given).resolve()
+    else:
+        shapes = load_model("synthetic-shapes")
+        page_html, _ = build_report(shapes, ["cat"], "gradcam,saliency", top=2)
+        path = write_report(tmp_path / "report.html", page_html)
+    # drawn at 3/4 scale: the whole width of the page in a picture of moderate size
+    page = browser.new_page(viewport={"width": 1500, "height": 1100}, device_scale_factor=0.75)
     watch = PageWatch(page, path.as_uri())
     page.goto(path.as_uri())
     page.wait_for_load_state("load")
@@ -215,4 +283,6 @@ def test_report_page_opens_without_failed_requests(browser, tmp_path):
     )
     assert targets and all(page.locator(f"[id='{t}']").count() == 1 for t in targets)
     assert watch.errors == []
+    page.evaluate("document.querySelector('h3').scrollIntoView()")  # the first image's maps
+    _screenshot(page, "report.png", full_page=False)
     page.close()

@@ -40,7 +40,8 @@ class Explanation:
     the model saw (when known), for overlays. ``output``: the model output on the
     unmodified rows (``Tensor[N, K]`` for a classifier), from the method's own forward pass.
     ``rather_than_ids``/``rather_than_names``: for a contrast target, the class each row is
-    explained against (its score was subtracted). ``gradient``: the signed input gradient
+    explained against (its score was subtracted), ``rather_than_probabilities`` its
+    probability (as ``probabilities``). ``gradient``: the signed input gradient
     ``Tensor[N, C, H, W]`` behind a guided-backprop or deconvnet map (None otherwise).
     """
 
@@ -61,12 +62,13 @@ class Explanation:
     rather_than_ids: torch.Tensor | None = None
     rather_than_names: list[str] | None = None
     gradient: torch.Tensor | None = None
+    rather_than_probabilities: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         """Every tensor on the CPU for drawing and saving, whatever device the model ran on
         (half and bfloat16 maps widened to float32)."""
         tensors = ("maps", "image_index", "class_ids", "scores", "probabilities", "output")
-        for name in (*tensors, "rather_than_ids", "gradient"):
+        for name in (*tensors, "rather_than_ids", "rather_than_probabilities", "gradient"):
             object.__setattr__(self, name, to_cpu(getattr(self, name)))
         object.__setattr__(self, "extras", {k: to_cpu(v) for k, v in self.extras.items()})
 
@@ -118,7 +120,7 @@ class Explanation:
         """One JSON-ready record per explained row, as ``convlens explain`` writes them in
         its ``methods`` list: method, layer, seconds, the row's class id and name, score
         and probability, its value of each extra, and for a contrast target a
-        ``contrast`` entry naming the class it is explained against."""
+        ``contrast`` entry naming the class it is explained against and its probability."""
         records = []
         for row, info in enumerate(self.record()["rows"]):
             entry = {"method": self.method, "layer": self.layer, "seconds": round(self.seconds, 4)}
@@ -130,6 +132,9 @@ class Explanation:
                     "class_name": info["class_name"],
                     "rather_than_id": int(self.rather_than_ids[row]),
                     "rather_than": self.rather_than_names[row] if self.rather_than_names else None,
+                    "rather_than_probability": None
+                    if self.rather_than_probabilities is None
+                    else float(self.rather_than_probabilities[row]),
                     "score": "logit difference",
                 }
             records.append(entry)
@@ -268,6 +273,7 @@ class _Scored:
     names: list[str] | None
     rather_than_ids: torch.Tensor | None = None
     rather_than_names: list[str] | None = None
+    rather_than_probabilities: torch.Tensor | None = None
 
 
 def _score_output(model: nn.Module | LoadedModel, targets: Targets, output) -> _Scored:
@@ -275,7 +281,7 @@ def _score_output(model: nn.Module | LoadedModel, targets: Targets, output) -> _
     on the unmodified rows (``Tensor[N, ...]``, one row per explained row)."""
     scores = targets.score(output).detach()
     class_ids = targets.class_ids(output) if targets.fn is None else None
-    probabilities, names, against, against_names = None, None, None, None
+    probabilities, names, against, against_names, against_p = None, None, None, None, None
     label = model.label if isinstance(model, LoadedModel) else (lambda c: f"class {c}")
     if class_ids is not None:
         probabilities = targets.probabilities(output, class_ids)
@@ -283,7 +289,10 @@ def _score_output(model: nn.Module | LoadedModel, targets: Targets, output) -> _
     if targets.negative is not None:
         against = targets.negative.resolve(targets.class_scores(output))
         against_names = [label(int(c)) for c in against]
-    return _Scored(targets, scores, class_ids, probabilities, names, against, against_names)
+        against_p = targets.probabilities(output, against).detach()
+    return _Scored(
+        targets, scores, class_ids, probabilities, names, against, against_names, against_p
+    )
 
 
 def _run_method(
@@ -317,6 +326,7 @@ def _run_method(
         rather_than_ids=scored.rather_than_ids,
         rather_than_names=scored.rather_than_names,
         gradient=result.gradient,
+        rather_than_probabilities=scored.rather_than_probabilities,
     )
 
 

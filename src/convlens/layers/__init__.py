@@ -2,7 +2,13 @@
 
 from convlens.layers.borrow import borrowed_model
 from convlens.layers.capture import Capture, capture
-from convlens.layers.find import default_cam_layer, named_layers, resolve_layer, spatial_outputs
+from convlens.layers.find import (
+    default_cam_layer,
+    is_pickable_layer,
+    named_layers,
+    resolve_layer,
+    spatial_outputs,
+)
 from convlens.layers.receptive import Field, LayerInfo, layer_table, receptive_field
 
 __all__ = [
@@ -12,6 +18,7 @@ __all__ = [
     "borrowed_model",
     "capture",
     "default_cam_layer",
+    "is_pickable_layer",
     "layer_table",
     "named_layers",
     "receptive_field",

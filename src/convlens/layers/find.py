@@ -139,6 +139,29 @@ _POOLING = (
 )
 
 
+# Modules that only rescale, gate or pass on values: not layers a user picks to look at.
+_PASS_THROUGH = (
+    nn.modules.batchnorm._NormBase,
+    nn.GroupNorm,
+    nn.LayerNorm,
+    nn.LocalResponseNorm,
+    nn.Identity,
+    nn.modules.dropout._DropoutNd,
+)
+
+
+def is_pickable_layer(module: nn.Module) -> bool:
+    """Whether ``module`` is a layer a user would pick to look at: a convolution, a pooling
+    layer, or a block or stage (a module with submodules). Normalization (timm's fused
+    norm-activation modules included), identity, dropout, drop-path, activation and other
+    single-op modules are not; `layer_table` lists them all."""
+    if isinstance(module, (nn.modules.conv._ConvNd, *_POOLING)):
+        return True
+    if isinstance(module, _PASS_THROUGH):
+        return False
+    return any(True for _ in module.children())
+
+
 def default_cam_layer(model: nn.Module, images: torch.Tensor) -> str:
     """The output of the network's last convolution stage: the last module with a spatial
     output (H or W > 1), not counting pooling layers at the end of the spatial part (max,

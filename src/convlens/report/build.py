@@ -19,13 +19,16 @@ from convlens.layers import default_cam_layer
 from convlens.models.loading import LoadedModel
 from convlens.render.boxes import draw_boxes
 from convlens.render.features import feature_map_grid, filter_grid, layer_means_grid, to_uint8
-from convlens.report.page import Section, anchor_id, figure, page_html, paragraph, table
+from convlens.report.page import Section, anchor_id, figure, grid, page_html, paragraph, table
 from convlens.report.views import BOX_FRACTION, map_view
 from convlens.targets import contrast
 
 DEFAULT_METHODS = "gradcam,gradcam_pp,layercam,saliency,guided_backprop"
 OCCLUSION = {"patch": 56, "stride": 28}  # 49 positions at 224 px (patch 32, stride 16: 169)
 FEATURE_CHANNELS = 16
+METHOD_COLUMNS = 5  # at most this many maps side by side (a wider page is unreadable)
+MAP_COLUMNS = 3  # the columns of the single-map sections (box, contrast, occlusion)
+BROAD_BOX = 0.8  # a CAM box over more than this share of the image gets a note
 
 
 def build_report(
@@ -123,6 +126,7 @@ def _methods_section(model, batch, methods, top, predictions, anchor) -> Section
             "red, white at 0. The seconds are each method's own time for all rows."
         )
     )
+    columns = max(1, min(len(results), METHOD_COLUMNS))
     for rank in range(top):
         label = predictions[rank]["label"] if rank < len(predictions) else f"rank {rank + 1}"
         figures = []
@@ -133,9 +137,11 @@ def _methods_section(model, batch, methods, top, predictions, anchor) -> Section
                     view.overlay,
                     f"{item.method} for {view.class_name} (rank {rank + 1}, "
                     f"p={view.probability:.3f})",
+                    scale=view.scale,
                 )
             )
-        section.blocks.append(f"<h4>rank {rank + 1}: {html.escape(label)}</h4>" + "".join(figures))
+        heading = f"<h4>rank {rank + 1}: {html.escape(label)}</h4>"
+        section.blocks.append(heading + grid(figures, columns))
     timing = [[item.method, item.layer or "-", round(item.seconds, 3)] for item in results]
     section.blocks.append(table(["method", "layer", "seconds"], timing, "time per method"))
     for failure in failures:
@@ -153,11 +159,31 @@ def _box_section(model, batch, anchor) -> Section:
     )
     if view.box is None:
         section.blocks.append(paragraph("The Grad-CAM map is constant: no box.", note=True))
-    else:
-        boxed = draw_boxes(batch.display[0], [view.box])
-        section.blocks.append(figure(boxed, caption + f": {_box_text(view.box)}"))
-        section.blocks.append(figure(draw_boxes(view.overlay, [view.box]), caption + " (map)"))
+        return section
+    boxed = draw_boxes(batch.display[0], [view.box])
+    figures = [
+        figure(boxed, caption + f": {_box_text(view.box)}"),
+        figure(draw_boxes(view.overlay, [view.box]), caption + " (map)", scale=view.scale),
+    ]
+    section.blocks.append(grid(figures, MAP_COLUMNS))
+    share = box_share(view.box, view.overlay.shape[:2])
+    if share > BROAD_BOX:
+        section.blocks.append(
+            paragraph(
+                f"The box covers {share:.0%} of the image: the map is above {BOX_FRACTION:.0%} "
+                "of its range almost everywhere, so the box does not single out where the "
+                "class is (look at the map itself).",
+                note=True,
+            )
+        )
     return section
+
+
+def box_share(box: tuple[float, float, float, float], size: tuple[int, int]) -> float:
+    """The share of an image of ``size`` (height, width) that ``box`` (x0, y0, x1, y1,
+    x1/y1 exclusive) covers, in [0, 1]."""
+    x0, y0, x1, y1 = box
+    return max(0.0, x1 - x0) * max(0.0, y1 - y0) / float(size[0] * size[1])
 
 
 def _contrast_section(model, batch, predictions, anchor) -> Section:
@@ -165,13 +191,11 @@ def _contrast_section(model, batch, predictions, anchor) -> Section:
     first, second = predictions[0]["label"], predictions[1]["label"]
     section = Section(f"Why {first} rather than {second}", f"{anchor}-contrast", 3)
     view = map_view(explain(model, batch, "gradcam", target=contrast("top1", "top2")))
-    section.blocks.append(
-        figure(
-            view.overlay,
-            f"Grad-CAM of the logit difference {first} - {second}: red regions raise "
-            f"{first} more than {second}",
-        )
+    caption = (
+        f"Grad-CAM of the logit difference {first} - {second}: red regions raise {first} "
+        f"more than {second}"
     )
+    section.blocks.append(grid([figure(view.overlay, caption, scale=view.scale)], MAP_COLUMNS))
     return section
 
 
@@ -179,14 +203,12 @@ def _occlusion_section(model, batch, anchor) -> Section:
     section = Section("Occlusion", f"{anchor}-occlusion", 3)
     item = explain(model, batch, "occlusion", **OCCLUSION)
     view = map_view(item)
-    section.blocks.append(
-        figure(
-            view.overlay,
-            f"occlusion for {view.class_name}: the drop of its score when a grey "
-            f"{OCCLUSION['patch']}-pixel patch (stride {OCCLUSION['stride']}) covers each "
-            f"place; red = covering hurts, blue = covering helps ({item.seconds:.2f} s)",
-        )
+    caption = (
+        f"occlusion for {view.class_name}: the drop of its score when a grey "
+        f"{OCCLUSION['patch']}-pixel patch (stride {OCCLUSION['stride']}) covers each "
+        f"place; red = covering hurts, blue = covering helps ({item.seconds:.2f} s)"
     )
+    section.blocks.append(grid([figure(view.overlay, caption, scale=view.scale)], MAP_COLUMNS))
     return section
 
 
@@ -200,6 +222,13 @@ def _stages_section(model, batch, anchor) -> Section:
             "the image changes with depth",
             wide=True,
         )
+    )
+    ranges = [
+        [name, f"{values.shape[0]}x{values.shape[1]}", float(values.min()), float(values.max())]
+        for name, values in maps
+    ]
+    section.blocks.append(
+        table(["layer", "size", "min", "max"], ranges, "the raw range of each map above")
     )
     return section
 
@@ -215,6 +244,13 @@ def _feature_maps_section(model, batch, anchor) -> Section:
             "for this image",
             wide=True,
         )
+    )
+    ranges = [
+        [int(channel), float(mean), float(values.abs().max())]
+        for channel, mean, values in zip(result.channels, result.means, result.maps, strict=True)
+    ]
+    section.blocks.append(
+        table(["channel", "mean", "max |a|"], ranges, "the raw scale of each tile above")
     )
     return section
 

@@ -8,11 +8,12 @@ import re
 from dataclasses import dataclass, field
 
 from convlens.render.images import png_data_uri
+from convlens.report.views import ColourScale
 
 STYLE = """
 :root { color-scheme: light; }
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #222;
-  max-width: 1100px; margin: 0 auto; padding: 1.5rem; }
+  max-width: 1500px; margin: 0 auto; padding: 1.5rem; }
 h1 { font-size: 1.6rem; margin-bottom: .2rem; } h2 { border-bottom: 2px solid #ddd;
   padding-bottom: .2rem; margin-top: 2.5rem; } h3 { margin-top: 1.6rem; }
 .meta { color: #555; margin-top: 0; }
@@ -23,6 +24,11 @@ figure { display: inline-block; vertical-align: top; margin: .4rem .6rem .8rem 0
 figure img { max-width: 100%; height: auto; border: 1px solid #ccc; image-rendering: auto; }
 figcaption { font-size: .85rem; color: #444; max-width: 32rem; }
 figure.wide figcaption { max-width: none; }
+div.grid { display: grid; grid-template-columns: repeat(var(--columns), minmax(0, 1fr));
+  gap: .4rem 1rem; align-items: start; }
+div.grid figure { display: block; margin: .4rem 0 .8rem; }
+div.grid figure img.map { width: 100%; }
+figure img.bar { display: block; width: 256px; max-width: 100%; border: none; margin-top: .2rem; }
 table { border-collapse: collapse; margin: .5rem 0; break-inside: avoid; }
 th, td { border: 1px solid #ccc; padding: .2rem .6rem; text-align: left; }
 th { background: #f0f0f0; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
@@ -53,14 +59,30 @@ def anchor_id(*parts: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text).strip("-") or "section"
 
 
-def figure(image, caption: str, alt: str | None = None, wide: bool = False) -> str:
+def figure(
+    image,
+    caption: str,
+    alt: str | None = None,
+    wide: bool = False,
+    scale: ColourScale | None = None,
+) -> str:
     """``<figure>`` with ``image`` (``uint8[H, W, 3]``) inlined as a PNG data URI and a
-    caption that says what it shows."""
+    caption that says what it shows. With ``scale`` (a `ColourScale`: the image is a map)
+    its colour bar follows the image and the caption ends with the raw values it spans."""
     css = ' class="wide"' if wide else ""
-    return (
-        f'<figure{css}><img src="{png_data_uri(image)}" alt="{html.escape(alt or caption)}">'
-        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
-    )
+    picture = f'<img src="{png_data_uri(image)}" alt="{html.escape(alt or caption)}"'
+    if scale is not None:
+        picture += ' class="map">'
+        picture += f'<img class="bar" src="{png_data_uri(scale.bar())}" alt="colour scale">'
+        caption = f"{caption}; {scale.text()}"
+    else:
+        picture += ">"
+    return f"<figure{css}>{picture}<figcaption>{html.escape(caption)}</figcaption></figure>"
+
+
+def grid(figures: list[str], columns: int) -> str:
+    """``figures`` in a grid of ``columns`` equal columns (rows never wrap unevenly)."""
+    return f'<div class="grid" style="--columns: {columns}">{"".join(figures)}</div>'
 
 
 def table(headers: list[str], rows: list[list[object]], caption: str | None = None) -> str:

@@ -35,6 +35,14 @@ class ColourScale:
             self.cmap, f"{self.low:.3g}", f"{self.high:.3g}", "0" if self.signed else None
         )
 
+    def text(self) -> str:
+        """The raw values at the ends in words, e.g. ``"raw values -0.5 (blue) .. 0.5 (red),
+        white = 0"``."""
+        if self.low == self.high:
+            return f"constant map: every raw value is {self.low:.3g}"
+        middle = ", white = 0" if self.signed else ""
+        return f"raw values {self.low:.3g} (blue) .. {self.high:.3g} (red){middle}"
+
     def record(self) -> dict:
         """JSON-ready: cmap, low, high, signed and the bar as a PNG data URI."""
         return {
@@ -76,6 +84,31 @@ class MapView:
     def probability(self) -> float | None:
         values = self.explanation.probabilities
         return None if values is None else float(values[self.row])
+
+    @property
+    def rather_than_id(self) -> int | None:
+        """The class a contrast row is explained against (None without a contrast)."""
+        ids = self.explanation.rather_than_ids
+        return None if ids is None else int(ids[self.row])
+
+    @property
+    def rather_than_name(self) -> str | None:
+        names = self.explanation.rather_than_names
+        return None if names is None else names[self.row]
+
+    @property
+    def rather_than_probability(self) -> float | None:
+        values = self.explanation.rather_than_probabilities
+        return None if values is None else float(values[self.row])
+
+    @property
+    def title(self) -> str | None:
+        """``"A"``, or ``"A rather than B"`` for a contrast row (None without a class)."""
+        if self.class_name is None:
+            return None
+        if self.rather_than_id is None:
+            return self.class_name
+        return f"{self.class_name} rather than {self.rather_than_name}"
 
 
 def map_view(explanation: Explanation, row: int = 0, alpha: float = 0.5) -> MapView:

@@ -10,11 +10,11 @@ from convlens.attribution.methods import get_method, list_methods
 from convlens.data.images import ImageBatch
 from convlens.errors import LayerError
 from convlens.features import feature_maps, filter_tiles
-from convlens.layers import default_cam_layer, layer_table, resolve_layer
+from convlens.layers import default_cam_layer, is_pickable_layer, layer_table, resolve_layer
 from convlens.models.loading import LoadedModel
 from convlens.render.features import feature_map_grid, filter_grid
 from convlens.render.images import png_data_uri
-from convlens.report.views import map_view
+from convlens.report.views import MapView, map_view
 from convlens.targets import parse_target
 
 
@@ -46,6 +46,10 @@ class Layer(BaseModel):
         description="Field size (rows, columns) in input pixels; null when not traceable."
     )
     spatial: bool = Field(description="Output is [B, C, h, w] with h * w > 1 (CAM layers).")
+    pickable: bool = Field(
+        description="A convolution, pooling layer, block or stage, or the default layer (not "
+        "normalization, activation, identity or dropout modules): the page lists these."
+    )
 
 
 class Layers(BaseModel):
@@ -73,11 +77,20 @@ class Scale(BaseModel):
     bar: str = Field(description="The colour bar as a PNG data URI.")
 
 
+class RatherThan(BaseModel):
+    class_id: int
+    class_name: str | None
+    probability: float | None = Field(description="The contrasted class's own probability.")
+
+
 class ExplainResult(BaseModel):
     class_id: int | None
     class_name: str | None
+    title: str | None = Field(description='"A", or "A rather than B" for a contrast.')
     score: float = Field(description="The explained score (logit, or difference for contrast).")
-    probability: float | None
+    score_kind: str = Field(description='"logit", or "logit difference" for a contrast.')
+    probability: float | None = Field(description="The explained class's own probability.")
+    rather_than: RatherThan | None = Field(description="The contrasted class (or null).")
     method: str
     layer: str | None
     target: str
@@ -131,6 +144,11 @@ def layer_rows(model: LoadedModel) -> Layers:
 
     height, width = model.preprocess.height_width
     blank = torch.zeros(1, 3, height, width)
+    try:
+        default = default_cam_layer(model.module, blank)
+    except LayerError:
+        default = None
+    modules = dict(model.module.named_modules())
     rows = []
     for info in layer_table(model.module, blank):
         shape = list(info.output_shape) if info.output_shape else None
@@ -144,12 +162,9 @@ def layer_rows(model: LoadedModel) -> Layers:
                 output_shape=shape,
                 receptive_field=field,
                 spatial=spatial,
+                pickable=info.name == default or is_pickable_layer(modules[info.name]),
             )
         )
-    try:
-        default = default_cam_layer(model.module, blank)
-    except LayerError:
-        default = None
     return Layers(default=default, layers=rows)
 
 
@@ -188,8 +203,11 @@ def explain_answer(item: Explanation, target: str, contrast: str | None) -> Expl
     return ExplainResult(
         class_id=view.class_id,
         class_name=view.class_name,
+        title=view.title,
         score=view.score,
+        score_kind="logit" if view.rather_than_id is None else "logit difference",
         probability=view.probability,
+        rather_than=_rather_than(view),
         method=item.method,
         layer=item.layer,
         target=f"{target} - {contrast}" if contrast else target,
@@ -198,6 +216,16 @@ def explain_answer(item: Explanation, target: str, contrast: str | None) -> Expl
         box=list(view.box) if view.box is not None else None,
         size=[height, width],
         scale=Scale(**view.scale.record()),
+    )
+
+
+def _rather_than(view: MapView) -> RatherThan | None:
+    if view.rather_than_id is None:
+        return None
+    return RatherThan(
+        class_id=view.rather_than_id,
+        class_name=view.rather_than_name,
+        probability=view.rather_than_probability,
     )
 
 

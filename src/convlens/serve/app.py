@@ -399,11 +399,14 @@ def _add_routes(app: FastAPI, desk: ModelDesk, settings: ServeSettings) -> None:
         ] = "",
     ) -> api.Cancelled:
         """Stop job ``job`` (a request sent with that `job` field, or about to be): it
-        answers 409 and the model is free for the next request. 403 without the job's
-        token, 404 when no such job is waiting or running."""
-        if not desk.cancel(job, token):
-            raise HTTPException(404, f"no running job {job[:80]!r}")
-        return api.Cancelled(job=job, cancelled=True)
+        answers 409 and the model is free for the next request (``cancelled`` true). A job
+        whose request has just ended (answered, or stopped when its client left) answers
+        ``cancelled`` false. 403 without the job's token, 404 when no such job is known."""
+        if desk.cancel(job, token):
+            return api.Cancelled(job=job, cancelled=True)
+        if desk.finished(job, token):
+            return api.Cancelled(job=job, cancelled=False)
+        raise HTTPException(404, f"no running job {job[:80]!r}")
 
 
 def _add_atlas_routes(app: FastAPI, atlas: AtlasFolder | None) -> None:

@@ -17,6 +17,7 @@ import math
 import secrets
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -112,6 +113,9 @@ class ModelDesk:
         self._pixels = ThreadPoolExecutor(1, thread_name_prefix="convlens-pixels")
         self._state = threading.Lock()  # guards everything below
         self._jobs: dict[str, _Job] = {}
+        # job id -> token of the last MAX_RESERVATIONS ended jobs, so that a cancel
+        # crossing its job's end is told "already ended" rather than "unknown"
+        self._finished: OrderedDict[str, str] = OrderedDict()
         self._live: dict[int, Ticket] = {}
         self._admitted = 0
         self._closing = False
@@ -218,7 +222,11 @@ class ModelDesk:
             yield ticket
         finally:
             with self._state:
-                self._jobs.pop(job_id, None)
+                finished = self._jobs.pop(job_id, None)
+                if finished is not None:
+                    self._finished[job_id] = finished.token
+                    while len(self._finished) > MAX_RESERVATIONS:
+                        self._finished.popitem(last=False)
 
     def cancel(self, job_id: str, token: str) -> bool:
         """Stop job ``job_id`` (waiting, running, or not yet sent) when ``token`` is its
@@ -234,6 +242,14 @@ class ModelDesk:
             )
         job.ticket.stop(CANCELLED)
         return True
+
+    def finished(self, job_id: str, token: str) -> bool:
+        """Whether job ``job_id``'s request ended lately (answered or stopped; one of the
+        last `MAX_RESERVATIONS`) and ``token`` is its token: a cancel that crossed its
+        answer, or came after the client had gone."""
+        with self._state:
+            known = self._finished.get(job_id)
+        return known is not None and secrets.compare_digest(known.encode(), token.encode())
 
     def running_jobs(self) -> list[str]:
         """Ids of the jobs whose request is now waiting or running."""

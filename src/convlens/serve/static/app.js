@@ -2,7 +2,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { file: null, sample: "", methods: {}, running: null };
+const state = { file: null, sample: "", methods: {}, layers: null, running: null };
 
 async function getJson(url, options, answered) {
   const response = await fetch(url, options);
@@ -44,11 +44,8 @@ async function init() {
     option($("method"), m.name, `${m.name} (${m.family}${m.slow ? ", slow" : ""})`,
       m.name === "gradcam");
   }
-  for (const layer of layers.layers.filter((l) => l.spatial)) {
-    const text = `${layer.name} ${layer.output_shape.slice(1).join("x")}`;
-    option($("layer"), layer.name, text, layer.name === layers.default);
-    option($("browse-layer"), layer.name, text, layer.name === layers.default);
-  }
+  state.layers = layers;
+  fillLayerLists();
   for (const layer of layers.layers.filter((l) => l.type.includes("Conv2d"))) {
     option($("filter-layer"), layer.name, `${layer.name} (${layer.output_shape[1]} filters)`);
   }
@@ -57,6 +54,22 @@ async function init() {
   for (const c of classes) option(list, c.name, `${c.class_id}`);
   updateLayerChoice();
   setStatus($("status"), "Upload an image or pick a sample.");
+}
+
+// The spatial layers a user would pick (convolutions, pooling, blocks, stages), or with
+// "all layers" ticked every spatial layer; the current choices are kept where listed.
+function fillLayerLists() {
+  const all = $("all-layers").checked;
+  const rows = state.layers.layers.filter((l) => l.spatial && (all || l.pickable));
+  for (const id of ["layer", "browse-layer"]) {
+    const select = $(id);
+    const chosen = select.value || state.layers.default;
+    select.replaceChildren();
+    for (const layer of rows) {
+      option(select, layer.name, `${layer.name} ${layer.output_shape.slice(1).join("x")}`,
+        layer.name === chosen);
+    }
+  }
 }
 
 function updateLayerChoice() {
@@ -125,13 +138,13 @@ async function cancel() {
   if (!running) return;
   state.running = null;
   $("cancel-button").disabled = true;
-  if (!running.answered) {  // the server still holds the job: stop it there first
+  running.controller.abort();  // first: the page never sees the stopped request's 409
+  if (!running.answered) {  // the server may still hold the job: stop it there too
     const body = new FormData();
     body.append("token", running.token);
     await fetch(`/api/cancel/${encodeURIComponent(running.job)}`, { method: "POST", body })
       .catch(() => null);
   }
-  running.controller.abort();
   setStatus($("status"), "Cancelled.", true);
 }
 
@@ -139,19 +152,30 @@ function show(result) {
   const overlay = $("overlay");
   overlay.src = result.overlay;
   overlay.hidden = false;
-  $("class-name").textContent = result.class_name ?? "(no class)";
-  const probability = result.probability == null ? "" : `, p=${result.probability.toFixed(3)}`;
+  $("class-name").textContent = result.title ?? "(no class)";
   $("explained").textContent =
-    `${result.method}${result.layer ? " at " + result.layer : ""}: score ` +
-    `${result.score.toPrecision(4)}${probability}; ${result.seconds.toFixed(2)} s ` +
-    `(${result.total_seconds.toFixed(2)} s in the server)`;
+    `${result.method}${result.layer ? " at " + result.layer : ""}: ${scoreText(result)}; ` +
+    `${result.seconds.toFixed(2)} s (${result.total_seconds.toFixed(2)} s in the server)`;
   $("colour-bar").src = result.scale.bar;
   $("colour-bar").hidden = false;
   $("scale-text").textContent = result.scale.signed
     ? `${result.scale.cmap}: blue < 0 < red, raw values ${fmt(result.scale.low)} .. ${fmt(result.scale.high)}`
     : `${result.scale.cmap}: raw values ${fmt(result.scale.low)} (blue) .. ${fmt(result.scale.high)} (red)`;
   placeBox(result.box, result.size);
-  setStatus($("status"), `Done: ${result.class_name ?? result.method}.`);
+  setStatus($("status"), `Done: ${result.title ?? result.method}.`);
+}
+
+function probabilityText(name, probability) {
+  return probability == null ? "" : `p(${name}) = ${probability.toFixed(3)}`;
+}
+
+// "logit difference 4.142, p(espresso) = 0.951, p(cup) = 0.012" for a contrast
+function scoreText(result) {
+  const parts = [`${result.score_kind} ${result.score.toPrecision(4)}`];
+  if (result.probability != null) parts.push(probabilityText(result.class_name, result.probability));
+  const other = result.rather_than;
+  if (other && other.probability != null) parts.push(probabilityText(other.class_name, other.probability));
+  return parts.join(", ");
 }
 
 function fmt(value) { return Number(value).toPrecision(3); }
@@ -252,6 +276,7 @@ function wire() {
   });
   $("method").addEventListener("change", () => { updateLayerChoice(); if (imageForm()) explain(); });
   $("layer").addEventListener("change", () => { if (imageForm()) explain(); });
+  $("all-layers").addEventListener("change", () => { if (state.layers) fillLayerLists(); });
   for (const id of ["target", "contrast"]) {
     $(id).addEventListener("change", () => { if (imageForm()) explain(); });
   }
