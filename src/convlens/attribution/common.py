@@ -56,10 +56,20 @@ def prepare(
     return Prepared(module, targets.expand(model_input(module, images.detach())), targets)
 
 
-def resolve_cam_layer(module: nn.Module, images: torch.Tensor, layer: LayerSpec | None) -> str:
-    """The layer name to hook: the given one, or the default CAM layer."""
+def resolve_cam_layer(
+    module: nn.Module, images: torch.Tensor, layer: LayerSpec | list | tuple | None
+) -> str:
+    """The layer name to hook: the given one, or the default CAM layer. Several layers, as
+    a list or as one string ``"blocks.4,blocks.5"`` (a string that names no layer is split
+    at commas), resolve to their names joined by commas."""
     if layer is None:
         return default_cam_layer(module, images)
+    if isinstance(layer, str) and "," in layer and layer not in dict(module.named_modules()):
+        layer = [part.strip() for part in layer.split(",") if part.strip()]
+    if isinstance(layer, (list, tuple)):
+        if not layer:
+            raise LayerError("an empty list of layers; name at least one (see 'convlens layers')")
+        return ",".join(resolve_layer(module, part)[0] for part in layer)
     return resolve_layer(module, layer)[0]
 
 
