@@ -6,7 +6,7 @@ the last spatial layer; ``"a,b"`` names several), and per layer capture its acti
 `layer_gradient` (no autograd before the layer; the backward pass stops there), weigh them
 into ``Tensor[N, K, h, w]``, reduce over channels (sum, or the first principal component
 with ``eigen_smooth``), keep the positive part and upsample it bilinearly to the input
-size. A variant only says how it weighs ``A`` (the ``_weigh_*`` functions below, or a
+size. A variant only says how it weighs ``A`` (the ``weigh_*`` functions below, or a
 layer map of its own). Several layers are fused (`fused_layers`); ``aug_smooth`` averages
 test-time augmentations (`augmented_average`). Maps are raw (not normalised) unless
 fused or augmented; use `normalize_maps` for [0, 1]. All variants take any target form,
@@ -178,25 +178,25 @@ def weighted_map(
 # ---- how each gradient variant weighs A with G -------------------------------------------
 
 
-def _weigh_gradcam(activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
+def weigh_gradcam(activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
     return channel_weighted(gradient.mean(dim=(2, 3)), activation)
 
 
-def _weigh_hirescam(activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
+def weigh_hirescam(activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
     return gradient * activation
 
 
-def _weigh_xgradcam(activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
+def weigh_xgradcam(activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
     total = activation.sum(dim=(2, 3))
     weights = (gradient * activation).sum(dim=(2, 3)) / torch.where(total == 0, 1, total)
     return channel_weighted(torch.where(total == 0, 0, weights), activation)
 
 
-def _weigh_layercam(activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
+def weigh_layercam(activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
     return gradient.clamp_min(0) * activation
 
 
-def _weigh_gradcam_pp(activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
+def weigh_gradcam_pp(activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
     g2 = gradient.square()
     denominator = 2 * g2 + activation.sum(dim=(2, 3), keepdim=True) * g2 * gradient
     alpha = torch.where(denominator != 0, g2 / torch.where(denominator == 0, 1, denominator), 0)
@@ -224,7 +224,7 @@ def gradcam(
     ``target=contrast(a, b)`` it is contrastive Grad-CAM (``Y = y_a - y_b``).
     ``images``: ``Tensor[B, C, H, W]``; returns ``Tensor[N, H, W] >= 0`` (raw, upsampled).
     """
-    return _layer_cam(model, images, target, layer, _weigh_gradcam, eigen_smooth, aug_smooth)
+    return _layer_cam(model, images, target, layer, weigh_gradcam, eigen_smooth, aug_smooth)
 
 
 @register_method("gradcam_pp", "cam", uses_layer=True)
@@ -244,7 +244,7 @@ def gradcam_pp(
     ``L = ReLU(sum_k w_k A_k)``. (The factor ``exp(Y)`` of the paper's weights is one
     positive number per row and is left out.) Returns ``Tensor[N, H, W] >= 0``.
     """
-    return _layer_cam(model, images, target, layer, _weigh_gradcam_pp, eigen_smooth, aug_smooth)
+    return _layer_cam(model, images, target, layer, weigh_gradcam_pp, eigen_smooth, aug_smooth)
 
 
 @register_method("xgradcam", "cam", uses_layer=True)
@@ -262,7 +262,7 @@ def xgradcam(
     ``w_k = sum_ij A_k[i, j] dY/dA_k[i, j] / sum_ij A_k[i, j]`` (0 for an all-zero
     channel), ``L = ReLU(sum_k w_k A_k)``. Returns ``Tensor[N, H, W] >= 0``.
     """
-    return _layer_cam(model, images, target, layer, _weigh_xgradcam, eigen_smooth, aug_smooth)
+    return _layer_cam(model, images, target, layer, weigh_xgradcam, eigen_smooth, aug_smooth)
 
 
 @register_method("layercam", "cam", uses_layer=True)
@@ -279,7 +279,7 @@ def layercam(
 
     ``L[i, j] = ReLU(sum_k ReLU(dY/dA_k[i, j]) A_k[i, j])``. Returns ``Tensor[N, H, W] >= 0``.
     """
-    return _layer_cam(model, images, target, layer, _weigh_layercam, eigen_smooth, aug_smooth)
+    return _layer_cam(model, images, target, layer, weigh_layercam, eigen_smooth, aug_smooth)
 
 
 @register_method("hirescam", "cam", uses_layer=True)
@@ -297,7 +297,7 @@ def hirescam(
     ``L[i, j] = ReLU(sum_k dY/dA_k[i, j] A_k[i, j])`` (Grad-CAM without spatial averaging of
     the gradient). Returns ``Tensor[N, H, W] >= 0``.
     """
-    return _layer_cam(model, images, target, layer, _weigh_hirescam, eigen_smooth, aug_smooth)
+    return _layer_cam(model, images, target, layer, weigh_hirescam, eigen_smooth, aug_smooth)
 
 
 @register_method("eigengradcam", "cam", uses_layer=True)
@@ -317,7 +317,7 @@ def eigengradcam(
     pytorch-grad-cam's EigenGradCAM. It is always a principal component, so
     ``eigen_smooth`` changes nothing. Returns ``Tensor[N, H, W] >= 0``.
     """
-    return _layer_cam(model, images, target, layer, _weigh_hirescam, True, aug_smooth)
+    return _layer_cam(model, images, target, layer, weigh_hirescam, True, aug_smooth)
 
 
 @register_method("cam", "cam", uses_layer=True)
@@ -501,6 +501,6 @@ def guided_gradcam(
     """
     from convlens.attribution.rules import guided_backprop
 
-    coarse = _layer_cam(model, images, target, layer, _weigh_gradcam, eigen_smooth, aug_smooth)
+    coarse = _layer_cam(model, images, target, layer, weigh_gradcam, eigen_smooth, aug_smooth)
     guided = guided_backprop(model, images, target)
     return MethodResult(full_precision(guided) * full_precision(coarse.maps), coarse.output)

@@ -82,8 +82,9 @@ def check_spatial(name: str, activation: torch.Tensor) -> None:
         )
 
 
-_GRADIENT_METHOD = (
-    "this method (cam, eigencam, scorecam and occlusion need no gradient; the others do)"
+GRADIENT_METHOD = (
+    "this method (cam, eigencam, scorecam, ablationcam and occlusion need no gradient; "
+    "the others do)"
 )
 
 
@@ -96,7 +97,7 @@ def input_gradient(
     the gradient of the summed scores is each row's own gradient. ``targets``: `Targets`
     for the explained rows themselves, `CopyTargets` for copies of them (noisy, path points).
     """
-    require_autograd(_GRADIENT_METHOD)
+    require_autograd(GRADIENT_METHOD)
     inputs = images.detach().clone().requires_grad_(True)
     with torch.enable_grad():
         output = module(inputs)
@@ -111,7 +112,7 @@ def layer_gradient(
     """Activation ``A`` of ``layer`` and ``dscore/dA`` (both ``Tensor[N, C, h, w]``), and the
     output. The forward pass records autograd only from ``layer`` on; the backward stops
     there. ``A`` is the last call's output when the layer runs more than once."""
-    require_autograd(_GRADIENT_METHOD)
+    require_autograd(GRADIENT_METHOD)
     with capture(module, layer, gradients=True, graph_from_layer=True) as cap:
         output = module(images)
         activation = cap.activation(layer)
