@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from tests.helpers.networks import small_convnet
 from torch import nn
 
 from convlens.attribution import cam as cams
@@ -18,7 +19,6 @@ from convlens.attribution.fullgrad import fullgrad
 from convlens.errors import LayerError, TargetError
 from convlens.maps import normalize_maps
 from convlens.targets import contrast, resolve_targets
-from tests.helpers.networks import small_convnet
 
 HAND_X = torch.tensor([[1.0, 2.0], [3.0, -4.0]]).view(1, 1, 2, 2)
 EVERY_CAM = [
@@ -181,7 +181,8 @@ def flip_symmetric_net() -> nn.Sequential:
 
 @pytest.mark.parametrize("method", ["gradcam", "hirescam", "layercam", "eigencam"])
 def test_aug_smooth_of_a_flip_invariant_model_is_the_normalised_map(method):
-    net, x = flip_symmetric_net(), torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(5))
+    net = flip_symmetric_net()
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(5))
     plain = explain(net, x, method, layer="1").maps
     smoothed = explain(net, x, method, layer="1", aug_smooth=True).maps
     assert not torch.allclose(plain, plain.flip(-1), atol=1e-3)  # the map is not symmetric
