@@ -12,7 +12,7 @@ from torch import nn
 from convlens.errors import ConvlensError, LayerError, MethodError
 from convlens.layers.borrow import require_autograd
 from convlens.layers.capture import capture
-from convlens.layers.find import LayerSpec, default_cam_layer, resolve_layer
+from convlens.layers.find import LayerSpec, default_cam_layer, resolve_layer_names
 from convlens.models.devices import model_input
 from convlens.models.loading import LoadedModel, as_module
 from convlens.targets import (
@@ -59,18 +59,11 @@ def prepare(
 def resolve_cam_layer(
     module: nn.Module, images: torch.Tensor, layer: LayerSpec | list | tuple | None
 ) -> str:
-    """The layer name to hook: the given one, or the default CAM layer. Several layers, as
-    a list or as one string ``"blocks.4,blocks.5"`` (a string that names no layer is split
-    at commas), resolve to their names joined by commas."""
+    """The layer name to hook: the given one, or the default CAM layer; several layers
+    (``"a,b"`` or a list) as their names joined by commas (`resolve_layer_names`)."""
     if layer is None:
         return default_cam_layer(module, images)
-    if isinstance(layer, str) and "," in layer and layer not in dict(module.named_modules()):
-        layer = [part.strip() for part in layer.split(",") if part.strip()]
-    if isinstance(layer, (list, tuple)):
-        if not layer:
-            raise LayerError("an empty list of layers; name at least one (see 'convlens layers')")
-        return ",".join(resolve_layer(module, part)[0] for part in layer)
-    return resolve_layer(module, layer)[0]
+    return resolve_layer_names(module, layer)
 
 
 def check_spatial(name: str, activation: torch.Tensor) -> None:
