@@ -85,7 +85,7 @@ def _ablated_scores(
     """``Tensor[N, K]``: the target score with channel ``k`` of row ``n``'s activation set to
     0 (the clean score for all-zero channels, which are not run)."""
     rows, channels = torch.nonzero(activation.flatten(2).abs().amax(dim=2) > 0, as_tuple=True)
-    scores = targets.score(clean)[:, None].repeat(1, activation.shape[1]).double()
+    scores = targets.score(clean)[:, None].repeat(1, activation.shape[1]).float()
     chunks = list(in_chunks(len(rows), size))
     for chunk in progress_bar(chunks, disable=not progress, desc="ablationcam", leave=False):
         row, channel = rows[chunk], channels[chunk]
