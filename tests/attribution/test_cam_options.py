@@ -16,7 +16,7 @@ from convlens.attribution import explain
 from convlens.attribution.cam_variants import FinerScore, ablationcam, finercam
 from convlens.attribution.common import layer_gradient, prepare
 from convlens.attribution.fullgrad import fullgrad
-from convlens.errors import LayerError, TargetError
+from convlens.errors import LayerError, MethodError, TargetError
 from convlens.maps import normalize_maps
 from convlens.targets import contrast, resolve_targets
 
@@ -234,6 +234,14 @@ def test_fullgrad_eigen_smooth_differs_and_takes_no_layer():
 
 
 # ---- errors -----------------------------------------------------------------------------
+
+
+def test_aug_smooth_refuses_a_segmentation_model():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 2, 1))
+    x = torch.randn(1, 3, 8, 8)
+    assert cams.gradcam(net, x, 1, layer="1").shape == (1, 8, 8)
+    with pytest.raises(MethodError, match="aug_smooth flips the image"):
+        cams.gradcam(net, x, 1, layer="1", aug_smooth=True)
 
 
 def test_finercam_refuses_a_contrast_or_callable_target():

@@ -35,7 +35,7 @@ from convlens.attribution.common import (
 )
 from convlens.attribution.registry import MethodResult, register_method
 from convlens.data.progress import progress_bar
-from convlens.errors import LayerError, TargetError
+from convlens.errors import LayerError, MethodError, TargetError
 from convlens.layers.borrow import borrowed_model
 from convlens.layers.capture import capture
 from convlens.layers.find import LayerSpec
@@ -89,11 +89,18 @@ def augmented_average(prepared: Prepared, compute: Compute) -> MethodResult:
     flipped left-right, each with its values multiplied by 1, 0.9 and 1.1 (six passes, as
     pytorch-grad-cam's default), each map flipped back, min-max normalised to [0, 1] and
     averaged. Ranked targets ("top1") are pinned to the class of the unaugmented images,
-    so every pass explains the same class. The output is the unaugmented images' one."""
+    so every pass explains the same class. The output is the unaugmented images' one.
+    Region targets and segmentation outputs raise `MethodError` (the region would have
+    to flip too)."""
     clean = compute(prepared)
     pinned = dataclasses.replace(
         prepared, targets=fix_ranked_targets(prepared.targets, clean.output)
     )
+    if pinned.targets.region is not None:
+        raise MethodError(
+            "aug_smooth flips the image, and a region target (or a segmentation model's "
+            "class mask) would have to flip with it; leave aug_smooth off for these"
+        )
     maps = [normalize_maps(clean.maps)]
     for flip in (False, True):
         for factor in AUGMENT_FACTORS:
