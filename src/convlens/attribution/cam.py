@@ -134,8 +134,8 @@ def gradient_layer_map(weigh: Weigh) -> LayerMap:
             prepared.module, prepared.images, prepared.targets, name
         )
         weighted = weigh(full_precision(activation), full_precision(gradient))  # no underflow
-        maps = reduce_weighted(weighted, eigen_smooth).to(activation.dtype)
-        return MethodResult(to_input_size(maps, prepared.images), output)
+        maps = to_input_size(reduce_weighted(weighted, eigen_smooth), prepared.images)
+        return MethodResult(maps, output)
 
     return layer_map
 
@@ -179,7 +179,7 @@ def weighted_map(
 ) -> torch.Tensor:
     """``ReLU(reduce(w[n, k] * A[n, k]))`` at the input size of ``images``."""
     weighted = channel_weighted(full_precision(weights), full_precision(activation))
-    return to_input_size(reduce_weighted(weighted, eigen_smooth).to(activation.dtype), images)
+    return to_input_size(reduce_weighted(weighted, eigen_smooth), images)
 
 
 # ---- how each gradient variant weighs A with G -------------------------------------------

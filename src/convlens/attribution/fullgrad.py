@@ -72,7 +72,7 @@ def _fullgrad_map(prepared: Prepared, eigen_smooth: bool) -> MethodResult:
             scores.sum(), [inputs, *(z for _, z in outputs)], allow_unused=True
         )
     size = tuple(inputs.shape[-2:])
-    input_term = full_precision((inputs.detach() * gradients[0]).abs())
+    input_term = (full_precision(inputs.detach()) * full_precision(gradients[0])).abs()
     terms = list(_channel_scaled(input_term).unbind(dim=1))
     for (name, _), gradient in zip(outputs, gradients[1:], strict=True):
         if gradient is not None:
@@ -80,7 +80,7 @@ def _fullgrad_map(prepared: Prepared, eigen_smooth: bool) -> MethodResult:
             scaled = _channel_scaled((bias * full_precision(gradient)).abs())
             terms.append(resize_maps(scaled.sum(dim=1), size))
     maps = reduce_weighted(torch.stack(terms, dim=1), eigen_smooth).clamp_min(0)
-    return MethodResult(maps.to(inputs.dtype), output.detach())
+    return MethodResult(maps, output.detach())  # float32 for half models: no underflow
 
 
 def _channel_scaled(maps: torch.Tensor) -> torch.Tensor:
