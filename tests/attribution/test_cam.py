@@ -351,7 +351,7 @@ def _gradcam_pp_weight(a_sum: float, gradients: list[float]) -> float:
     ],
 )
 def test_variant_formulas_exact(combine, expected):
-    got = getattr(cams, f"_combine_{combine}")(A_HAND, G_HAND)
+    got = getattr(cams, f"weigh_{combine}")(A_HAND, G_HAND).sum(dim=1)
     assert torch.allclose(got[0], torch.tensor(expected), atol=1e-6)
 
 
@@ -360,7 +360,7 @@ def test_gradcam_pp_formula_exact():
     w1 = _gradcam_pp_weight(4.0, [0.5, 2.0, -1.0, 1.0])  # 0.25 * 0.5 + 0.1 * 2 + 1/6
     assert w0 == pytest.approx(1 / 6 + 0.2) and w1 == pytest.approx(0.125 + 0.2 + 1 / 6)
     expected = w0 * A_HAND[0, 0] + w1 * A_HAND[0, 1]
-    got = cams._combine_gradcam_pp(A_HAND, G_HAND)
+    got = cams.weigh_gradcam_pp(A_HAND, G_HAND).sum(dim=1)
     assert torch.allclose(got[0], expected, atol=1e-6)
 
 

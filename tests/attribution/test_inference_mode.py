@@ -14,7 +14,7 @@ from convlens.features.objectives import channel
 from convlens.features.optimize import visualize
 from convlens.features.projection import project_unit
 
-NO_GRADIENT = {"cam", "eigencam", "scorecam", "occlusion"}
+NO_GRADIENT = {"cam", "eigencam", "scorecam", "ablationcam", "occlusion"}
 OPTIONS = {
     "occlusion": {"patch": 4, "stride": 4},
     "integrated_gradients": {"n_steps": 3},

@@ -89,7 +89,7 @@ def _gather_probability(ids: torch.Tensor):
 
 
 CHUNKED = [m.name for m in list_methods() if "batch_size" in m.options]
-CALLABLE_CASES = [(m, 8, None) for m in METHODS if m != "cam"] + [
+CALLABLE_CASES = [(m, 8, None) for m in METHODS if m not in ("cam", "finercam")] + [
     (m, count, size) for m in CHUNKED for count, size in [(8, 3), (2, None)]
 ]
 

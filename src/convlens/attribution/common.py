@@ -12,7 +12,7 @@ from torch import nn
 from convlens.errors import ConvlensError, LayerError, MethodError
 from convlens.layers.borrow import require_autograd
 from convlens.layers.capture import capture
-from convlens.layers.find import LayerSpec, default_cam_layer, resolve_layer
+from convlens.layers.find import LayerSpec, default_cam_layer, resolve_layer_names
 from convlens.models.devices import model_input
 from convlens.models.loading import LoadedModel, as_module
 from convlens.targets import (
@@ -56,11 +56,14 @@ def prepare(
     return Prepared(module, targets.expand(model_input(module, images.detach())), targets)
 
 
-def resolve_cam_layer(module: nn.Module, images: torch.Tensor, layer: LayerSpec | None) -> str:
-    """The layer name to hook: the given one, or the default CAM layer."""
+def resolve_cam_layer(
+    module: nn.Module, images: torch.Tensor, layer: LayerSpec | list | tuple | None
+) -> str:
+    """The layer name to hook: the given one, or the default CAM layer; several layers
+    (``"a,b"`` or a list) as their names joined by commas (`resolve_layer_names`)."""
     if layer is None:
         return default_cam_layer(module, images)
-    return resolve_layer(module, layer)[0]
+    return resolve_layer_names(module, layer)
 
 
 def check_spatial(name: str, activation: torch.Tensor) -> None:
@@ -72,8 +75,9 @@ def check_spatial(name: str, activation: torch.Tensor) -> None:
         )
 
 
-_GRADIENT_METHOD = (
-    "this method (cam, eigencam, scorecam and occlusion need no gradient; the others do)"
+GRADIENT_METHOD = (
+    "this method (cam, eigencam, scorecam, ablationcam and occlusion need no gradient; "
+    "the others do)"
 )
 
 
@@ -86,7 +90,7 @@ def input_gradient(
     the gradient of the summed scores is each row's own gradient. ``targets``: `Targets`
     for the explained rows themselves, `CopyTargets` for copies of them (noisy, path points).
     """
-    require_autograd(_GRADIENT_METHOD)
+    require_autograd(GRADIENT_METHOD)
     inputs = images.detach().clone().requires_grad_(True)
     with torch.enable_grad():
         output = module(inputs)
@@ -101,7 +105,7 @@ def layer_gradient(
     """Activation ``A`` of ``layer`` and ``dscore/dA`` (both ``Tensor[N, C, h, w]``), and the
     output. The forward pass records autograd only from ``layer`` on; the backward stops
     there. ``A`` is the last call's output when the layer runs more than once."""
-    require_autograd(_GRADIENT_METHOD)
+    require_autograd(GRADIENT_METHOD)
     with capture(module, layer, gradients=True, graph_from_layer=True) as cap:
         output = module(images)
         activation = cap.activation(layer)

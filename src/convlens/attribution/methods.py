@@ -7,6 +7,8 @@ import difflib
 
 from convlens.attribution import (  # noqa: F401  (register)
     cam,
+    cam_variants,
+    fullgrad,
     gradients,
     head_maps,
     perturbation,

@@ -112,7 +112,7 @@ def explain_command(
     from convlens.attribution.methods import get_method
     from convlens.data.images import iter_batches
     from convlens.files import unique_name, writing
-    from convlens.layers import resolve_layer
+    from convlens.layers.find import resolve_layer_names
     from convlens.render.figures import FORMATS
     from convlens.render.panel import SCALES
     from convlens.targets import parse_target
@@ -140,7 +140,7 @@ def explain_command(
     )
     if layer is not None:  # an unknown or unused layer stops before any work
         check_layer_use([get_method(name) for name in names], layer)
-        resolve_layer(loaded.module, layer)
+        resolve_layer_names(loaded.module, layer)
     skip_inapplicable = method.strip() == "all" and layer is None
     run = _ExplainRun(names, skip_inapplicable=skip_inapplicable)
     run.refuse_scripted(loaded.module)

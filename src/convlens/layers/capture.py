@@ -11,7 +11,7 @@ there.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -154,3 +154,28 @@ def _reshape_rule(
     if not callable(reshape):
         raise LayerError(f"reshape must be 'auto', None or a callable, got {reshape!r}")
     return reshape
+
+
+@contextmanager
+def replaced_output(
+    model: nn.Module, layer: LayerSpec, replace: Callable[[torch.Tensor], torch.Tensor]
+) -> Iterator[None]:
+    """Inside the block, every forward pass continues from ``replace(output)`` instead of
+    ``layer``'s own tensor output (to ablate channels, for instance); the hook is removed
+    on exit, also after an exception."""
+    refuse_scripted(model, "replace a layer's output (Ablation-CAM)")
+    name, module = resolve_layer(model, layer)
+
+    def hook(_module, _inputs, output):
+        if not isinstance(output, torch.Tensor):
+            raise LayerError(
+                f"layer {name!r} returns a {type(output).__name__}, not a tensor; "
+                "choose a layer whose output is a single tensor"
+            )
+        return replace(output)
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()

@@ -53,6 +53,19 @@ def resolve_layer(model: nn.Module, layer: LayerSpec) -> tuple[str, nn.Module]:
     )
 
 
+def resolve_layer_names(model: nn.Module, layer: LayerSpec | list | tuple) -> str:
+    """The name of ``layer`` (see `resolve_layer`), or of several layers, given as a list
+    or as one string ``"blocks.4,blocks.5"`` (a string that names no layer is split at
+    commas), joined by commas: what the CAM methods accept to fuse several layers."""
+    if isinstance(layer, str) and "," in layer and layer not in dict(named_layers(model)):
+        layer = [part.strip() for part in layer.split(",") if part.strip()]
+    if isinstance(layer, (list, tuple)):
+        if not layer:
+            raise LayerError("an empty list of layers; name at least one (see 'convlens layers')")
+        return ",".join(resolve_layer(model, part)[0] for part in layer)
+    return resolve_layer(model, layer)[0]
+
+
 def _layer_at(layers: list[tuple[str, nn.Module]], index: int) -> tuple[str, nn.Module]:
     if not -len(layers) <= index < len(layers):
         raise LayerError(

@@ -10,7 +10,8 @@ from convlens.attribution.methods import get_method, list_methods
 from convlens.data.images import ImageBatch
 from convlens.errors import LayerError
 from convlens.features import feature_maps, filter_tiles
-from convlens.layers import default_cam_layer, is_pickable_layer, layer_table, resolve_layer
+from convlens.layers import default_cam_layer, is_pickable_layer, layer_table
+from convlens.layers.find import resolve_layer_names
 from convlens.models.loading import LoadedModel
 from convlens.render.features import feature_map_grid, filter_grid
 from convlens.render.images import png_data_uri
@@ -190,7 +191,7 @@ def explain_map(
     probability come from that forward pass."""
     info = get_method(method)
     if layer is not None and info.uses_layer:
-        resolve_layer(model.module, layer)
+        resolve_layer_names(model.module, layer)
     spec = parse_target(target, model.labels, rather_than=contrast, one_image=True)
     return explain(model, batch, method, target=spec, layer=layer)
 
