@@ -6,11 +6,13 @@ from __future__ import annotations
 import difflib
 
 from convlens.attribution import (  # noqa: F401  (register)
+    black_box,
     cam,
     gradients,
     head_maps,
     perturbation,
     rules,
+    superpixels,
 )
 from convlens.attribution.registry import FAMILIES, METHODS, MethodInfo
 from convlens.errors import MethodError
