@@ -107,7 +107,7 @@ def _superpixel_contributions(net: nn.Module, images: torch.Tensor, segments, ta
     return torch.stack(
         [
             torch.zeros(counts).index_add_(0, s.flatten(), p.flatten())
-            for s, p in zip(segments, per_pixel)
+            for s, p in zip(segments, per_pixel, strict=True)
         ]
     ), per_pixel
 
@@ -184,6 +184,17 @@ def test_extremal_perturbation_finds_the_planted_region():
     assert float(box.flatten()[top].float().mean()) >= 0.75  # the mask's area lies in the box
 
 
+def test_extremal_perturbation_map_is_the_sum_of_each_areas_mask():
+    net, images = small_convnet().eval(), _images(2)
+    options = {"steps": 3, "stride": 4}
+    both = explain(net, images, "extremal_perturbation", areas="0.05,0.2", **options).maps
+    alone = [
+        explain(net, images, "extremal_perturbation", areas=a, **options).maps for a in (0.05, 0.2)
+    ]
+    torch.testing.assert_close(both, alone[0] + alone[1], atol=1e-5, rtol=1e-5)
+    assert float(both.min()) >= 0 and float(both.max()) <= 2
+
+
 @pytest.mark.parametrize("method", NEW_METHODS)
 def test_torchscript_model_gives_the_eager_maps(method):
     net, images = small_convnet().eval(), _images(2)
@@ -218,6 +229,7 @@ def test_batch_equals_per_image_and_chunks_never_change_results(method, unchange
         ("rise", {"n_masks": 0}, "n_masks must be a positive integer"),
         ("extremal_perturbation", {"areas": []}, "areas must name at least one area"),
         ("extremal_perturbation", {"areas": (0.1, 2)}, "each area must be"),
+        ("extremal_perturbation", {"areas": "0.1,big"}, "separated by commas"),
         ("lime", {"kernel_width": 0}, "kernel_width must be > 0"),
         ("kernel_shap", {"fill": "grey"}, "fill must be a number or 'mean'"),
     ],

@@ -167,6 +167,15 @@ def smooth_mask(parameters: torch.Tensor, size: tuple[int, int], smoothing: floa
 
 
 def _check_areas(areas: object) -> tuple[float, ...]:
+    """``areas`` as a tuple of fractions in (0, 1): a number, a sequence, or the text
+    ``"0.05,0.1"`` (what ``--option areas=0.05,0.1`` passes)."""
+    if isinstance(areas, str):
+        try:
+            areas = [float(part) for part in areas.split(",") if part.strip()]
+        except ValueError:
+            raise MethodError(
+                f"areas must be numbers between 0 and 1 separated by commas, got {areas!r}"
+            ) from None
     values = tuple(areas) if isinstance(areas, (tuple, list)) else (areas,)
     if not values:
         raise MethodError("areas must name at least one area, e.g. areas=0.1")
