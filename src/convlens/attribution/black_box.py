@@ -39,10 +39,56 @@ def _fraction(name: str, value: object) -> float:
     return float(value)
 
 
+@dataclass(frozen=True)
+class RiseDraws:
+    """The random draws behind RISE masks: ``grids`` ``Tensor[N, 1, cells, cells]`` of 0/1
+    and each mask's shift ``shifts`` ``Tensor[N, 2]`` (rows, columns) in pixels, for
+    images of ``size``; a mask is made only when it is used (`masks`), so N masks never
+    need ``N x H x W`` floats at once."""
+
+    grids: torch.Tensor
+    shifts: torch.Tensor
+    size: tuple[int, int]
+
+    @classmethod
+    def draw(
+        cls, n_masks: int, size: tuple[int, int], cells: int, keep: float, seed: int
+    ) -> RiseDraws:
+        n_masks, cells = positive_int("n_masks", n_masks), positive_int("cells", cells)
+        keep = _fraction("keep", keep)
+        if cells > min(size):
+            raise MethodError(
+                f"cells ({cells}) must be at most the image side ({min(size)} pixels)"
+            )
+        generator = torch.Generator().manual_seed(seed)
+        grids = (torch.rand(n_masks, 1, cells, cells, generator=generator) < keep).float()
+        cell_h, cell_w = math.ceil(size[0] / cells), math.ceil(size[1] / cells)
+        shift_y = torch.randint(0, cell_h, (n_masks,), generator=generator)
+        shift_x = torch.randint(0, cell_w, (n_masks,), generator=generator)
+        return cls(grids, torch.stack([shift_y, shift_x], dim=1), tuple(size))
+
+    def masks(self, indices: torch.Tensor) -> torch.Tensor:
+        """Masks ``indices`` (``Tensor[k]``, on the CPU) as ``Tensor[k, H, W]`` float32."""
+        height, width = self.size
+        cells = self.grids.shape[-1]
+        cell_h, cell_w = math.ceil(height / cells), math.ceil(width / cells)
+        up = F.interpolate(
+            self.grids[indices],
+            size=((cells + 1) * cell_h, (cells + 1) * cell_w),
+            mode="bilinear",
+            align_corners=False,
+        )[:, 0]
+        out = torch.empty(len(indices), height, width)
+        for k, (dy, dx) in enumerate(self.shifts[indices].tolist()):
+            out[k] = up[k, dy : dy + height, dx : dx + width]
+        return out.clamp_(0, 1)  # (bilinear weights may overshoot 1 by a rounding)
+
+
 def rise_masks(
     n_masks: int, size: tuple[int, int], *, cells: int = 7, keep: float = 0.5, seed: int = 0
 ) -> torch.Tensor:
-    """The RISE masks ``Tensor[n_masks, H, W]`` (float32, values in [0, 1]).
+    """The RISE masks ``Tensor[n_masks, H, W]`` (float32, values in [0, 1]) that `rise`
+    uses with the same options.
 
     Each mask is a ``cells x cells`` grid of independent Bernoulli(``keep``) cells, upsampled
     bilinearly to ``(cells + 1) * ceil(H / cells)`` pixels (and the same for W), then cropped
@@ -50,29 +96,7 @@ def rise_masks(
     al. 2018, section 3.2). All draws come from one generator seeded with ``seed`` (on the
     CPU), so a seed gives the same masks on every device and for every chunking.
     """
-    n_masks, cells = positive_int("n_masks", n_masks), positive_int("cells", cells)
-    keep = _fraction("keep", keep)
-    height, width = size
-    if cells > min(height, width):
-        raise MethodError(f"cells ({cells}) must be at most the image side ({min(size)} pixels)")
-    generator = torch.Generator().manual_seed(seed)
-    grids = (torch.rand(n_masks, 1, cells, cells, generator=generator) < keep).float()
-    cell_h, cell_w = math.ceil(height / cells), math.ceil(width / cells)
-    shift_y = torch.randint(0, cell_h, (n_masks,), generator=generator).tolist()
-    shift_x = torch.randint(0, cell_w, (n_masks,), generator=generator).tolist()
-    masks = torch.empty(n_masks, height, width)
-    for start in range(0, n_masks, 256):  # bounds the memory of the upsampled grids
-        stop = min(start + 256, n_masks)
-        up = F.interpolate(
-            grids[start:stop],
-            size=((cells + 1) * cell_h, (cells + 1) * cell_w),
-            mode="bilinear",
-            align_corners=False,
-        )[:, 0]
-        for k in range(start, stop):
-            dy, dx = shift_y[k], shift_x[k]
-            masks[k] = up[k - start, dy : dy + height, dx : dx + width]
-    return masks.clamp_(0, 1)  # (bilinear weights may overshoot 1 by a rounding)
+    return RiseDraws.draw(n_masks, size, cells, keep, seed).masks(torch.arange(n_masks))
 
 
 @register_method("rise", "perturbation", slow=True)
@@ -100,8 +124,7 @@ def rise(
     """
     prepared = prepare(model, images, target)
     x = prepared.images
-    masks = rise_masks(n_masks, tuple(x.shape[2:]), cells=cells, keep=keep, seed=seed)
-    masks = masks.to(x.device)
+    draws = RiseDraws.draw(n_masks, tuple(x.shape[2:]), cells, keep, seed)
     rows = len(x)
     size = chunk_size(batch_size, rows)
     # Flat work item k = mask * rows + row.
@@ -113,12 +136,14 @@ def rise(
         pinned = fix_ranked_targets(prepared.targets, output)
         chunks = list(in_chunks(len(row_of), size))
         for chunk in progress_bar(chunks, disable=not progress, desc="rise", leave=False):
-            row, mask = row_of[chunk].to(x.device), mask_of[chunk].to(x.device)
-            masked = x[row] * masks[mask, None].to(x.dtype)
+            used, position = mask_of[chunk].unique(return_inverse=True)
+            masks = draws.masks(used).to(x.device)[position.to(x.device)]
+            row = row_of[chunk].to(x.device)
+            masked = x[row] * masks[:, None].to(x.dtype)
             copies = pinned.copies(row_of[chunk], output)
             scores = full_precision(copies.score(prepared.module(masked)))
-            total.index_add_(0, row, scores[:, None, None] * masks[mask].to(total.dtype))
-    return MethodResult(total / (n_masks * keep), output)
+            total.index_add_(0, row, scores[:, None, None] * masks.to(total.dtype))
+    return MethodResult(total / (n_masks * float(keep)), output)
 
 
 def _area_targets(areas: tuple[float, ...], pixels: int, like: torch.Tensor) -> torch.Tensor:
