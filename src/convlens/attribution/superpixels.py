@@ -11,6 +11,7 @@ pass, which pins the explained class and is the output handed back (`MethodResul
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -84,6 +85,7 @@ def _coalition_scores(
     rows, samples = coalitions.shape[:2]
     fills = fill_values(x, fill)
     flat_segments = segments.to(x.device).flatten(1)
+    coalitions = coalitions.to(x.device)
     scores = torch.empty(rows, samples, dtype=full_precision(x[:0]).dtype, device=x.device)
     # Flat work item k = row * samples + sample.
     row_of = torch.arange(rows).repeat_interleave(samples)
@@ -94,7 +96,7 @@ def _coalition_scores(
         chunks = list(in_chunks(len(row_of), size))
         for chunk in progress_bar(chunks, disable=not progress, desc=desc, leave=False):
             row, sample = row_of[chunk].to(x.device), sample_of[chunk].to(x.device)
-            bits = coalitions.to(x.device)[row, sample]  # [k, M]
+            bits = coalitions[row, sample]  # [k, M]
             keep = bits.gather(1, flat_segments[row]).view(len(row), 1, *x.shape[2:])
             keep = keep.to(x.dtype)
             copies = x[row] * keep + fills[row] * (1 - keep)
@@ -214,17 +216,9 @@ def kernel_shap(
     """
     n_samples = positive_int("n_samples", n_samples)
     return _regression_method(
-        model,
-        images,
-        target,
         "kernel_shap",
-        n_samples,
-        n_segments,
-        compactness,
-        fill,
-        seed,
-        batch_size,
-        progress,
+        prepare(model, images, target),
+        _Sampling(n_samples, n_segments, compactness, fill, seed, batch_size, progress),
     )
 
 
@@ -259,38 +253,34 @@ def lime(
     if not kernel_width > 0:
         raise MethodError(f"kernel_width must be > 0, got {kernel_width!r}")
     return _regression_method(
-        model,
-        images,
-        target,
         "lime",
-        n_samples,
-        n_segments,
-        compactness,
-        fill,
-        seed,
-        batch_size,
-        progress,
+        prepare(model, images, target),
+        _Sampling(n_samples, n_segments, compactness, fill, seed, batch_size, progress),
         kernel_width=kernel_width,
     )
 
 
+@dataclass(frozen=True)
+class _Sampling:
+    """The options KernelSHAP and LIME share (see `kernel_shap`)."""
+
+    n_samples: int
+    n_segments: int
+    compactness: float
+    fill: object
+    seed: int
+    batch_size: int | None
+    progress: bool
+
+
 def _regression_method(
-    model,
-    images,
-    target,
-    name,
-    n_samples,
-    n_segments,
-    compactness,
-    fill,
-    seed,
-    batch_size,
-    progress,
-    kernel_width: float = 0.25,
+    name: str, prepared: Prepared, options: _Sampling, kernel_width: float = 0.25
 ) -> MethodResult:
     """KernelSHAP or LIME: draw each row's coalitions, score them, fit, paint."""
-    prepared = prepare(model, images, target)
-    segments = superpixels(prepared.images, n_segments=n_segments, compactness=compactness)
+    n_samples, seed = options.n_samples, options.seed
+    segments = superpixels(
+        prepared.images, n_segments=options.n_segments, compactness=options.compactness
+    )
     counts = _segment_counts(segments)
     widest = max(counts)
     draws = []
@@ -314,9 +304,9 @@ def _regression_method(
         prepared,
         segments,
         coalitions,
-        fill,
-        chunk_size(batch_size, len(counts)),
-        progress,
+        options.fill,
+        chunk_size(options.batch_size, len(counts)),
+        options.progress,
         name.replace("_", " "),
     )
     values = torch.zeros(len(counts), widest, dtype=torch.float64)
