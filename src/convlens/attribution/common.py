@@ -73,7 +73,8 @@ def check_spatial(name: str, activation: torch.Tensor) -> None:
 
 
 _GRADIENT_METHOD = (
-    "this method (cam, eigencam, scorecam and occlusion need no gradient; the others do)"
+    "this method (cam, eigencam, scorecam, occlusion, rise, kernel_shap, lime and "
+    "superpixel_ablation need no gradient; the others do)"
 )
 
 
