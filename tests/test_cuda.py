@@ -23,6 +23,11 @@ OPTIONS = {
     "occlusion": {"patch": 8, "stride": 4},
     "smoothgrad": {"n_samples": 4},
     "integrated_gradients": {"n_steps": 8},
+    "rise": {"n_masks": 16, "cells": 4},
+    "extremal_perturbation": {"steps": 3, "stride": 4},
+    "superpixel_ablation": {"n_segments": 9, "compactness": 100.0},
+    "kernel_shap": {"n_samples": 12, "n_segments": 9, "compactness": 100.0},
+    "lime": {"n_samples": 12, "n_segments": 9, "compactness": 100.0},
 }
 
 

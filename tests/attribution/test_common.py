@@ -18,6 +18,11 @@ SMALL = {
     # Net's classes 0 and 2 trail their nearest rivals, so FinerCAM's map is 0 for them;
     # alpha=0 explains y_c itself and keeps a non-zero map to compare.
     "finercam": {"alpha": 0.0},
+    "rise": {"n_masks": 6, "cells": 4},
+    "extremal_perturbation": {"steps": 2, "stride": 4},
+    "superpixel_ablation": {"n_segments": 4, "compactness": 100.0},
+    "kernel_shap": {"n_samples": 6, "n_segments": 4, "compactness": 100.0},
+    "lime": {"n_samples": 6, "n_segments": 4, "compactness": 100.0},
 }
 
 

@@ -14,11 +14,26 @@ from convlens.features.objectives import channel
 from convlens.features.optimize import visualize
 from convlens.features.projection import project_unit
 
-NO_GRADIENT = {"cam", "eigencam", "scorecam", "ablationcam", "occlusion"}
+NO_GRADIENT = {
+    "cam",
+    "eigencam",
+    "scorecam",
+    "ablationcam",
+    "occlusion",
+    "rise",
+    "superpixel_ablation",
+    "kernel_shap",
+    "lime",
+}
 OPTIONS = {
     "occlusion": {"patch": 4, "stride": 4},
     "integrated_gradients": {"n_steps": 3},
     "smoothgrad": {"n_samples": 2},
+    "rise": {"n_masks": 6, "cells": 4},
+    "extremal_perturbation": {"steps": 2, "stride": 4},
+    "superpixel_ablation": {"n_segments": 4, "compactness": 100.0},
+    "kernel_shap": {"n_samples": 6, "n_segments": 4, "compactness": 100.0},
+    "lime": {"n_samples": 6, "n_segments": 4, "compactness": 100.0},
 }
 
 

@@ -21,6 +21,11 @@ SMALL = {
     "occlusion": {"patch": 3, "stride": 2},
     "smoothgrad": {"n_samples": 3},
     "integrated_gradients": {"n_steps": 4},
+    "rise": {"n_masks": 6, "cells": 4},
+    "extremal_perturbation": {"steps": 2, "stride": 4},
+    "superpixel_ablation": {"n_segments": 4, "compactness": 100.0},
+    "kernel_shap": {"n_samples": 6, "n_segments": 4, "compactness": 100.0},
+    "lime": {"n_samples": 6, "n_segments": 4, "compactness": 100.0},
 }
 
 

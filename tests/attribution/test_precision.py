@@ -19,8 +19,16 @@ OPTIONS = {
     "occlusion": {"patch": 8, "stride": 4},
     "smoothgrad": {"n_samples": 4},
     "integrated_gradients": {"n_steps": 8},
+    "rise": {"n_masks": 16, "cells": 4},
+    "extremal_perturbation": {"steps": 3, "stride": 4},
+    "superpixel_ablation": {"n_segments": 9, "compactness": 100.0},
+    "kernel_shap": {"n_samples": 12, "n_segments": 9, "compactness": 100.0},
+    "lime": {"n_samples": 12, "n_segments": 9, "compactness": 100.0},
 }
 METHODS = [info.name for info in list_methods()]
+# Maps made of differences of close scores: on this small net they are below bfloat16's
+# resolution (8 mantissa bits), as occlusion's are; float16 still correlates.
+SCORE_DIFFERENCES = {"superpixel_ablation", "kernel_shap", "lime"}
 TARGET = [0, 1]
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -67,6 +75,8 @@ def test_channels_last_gives_the_float32_maps(net_and_images, method):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("method", [m for m in METHODS if m != "occlusion"])
 def test_half_precision_maps_correlate_with_float32(net_and_images, method, dtype):
+    if dtype == torch.bfloat16 and method in SCORE_DIFFERENCES:
+        pytest.skip("score differences below bfloat16's resolution on this net")
     model, images, _ = net_and_images
     reference = _reference(net_and_images, method)
     half = copy.deepcopy(model).to(dtype)

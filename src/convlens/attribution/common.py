@@ -76,8 +76,8 @@ def check_spatial(name: str, activation: torch.Tensor) -> None:
 
 
 GRADIENT_METHOD = (
-    "this method (cam, eigencam, scorecam, ablationcam and occlusion need no gradient; "
-    "the others do)"
+    "this method (cam, eigencam, scorecam, ablationcam, occlusion, rise, kernel_shap, lime "
+    "and superpixel_ablation need no gradient; the others do)"
 )
 
 

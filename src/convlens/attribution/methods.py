@@ -6,6 +6,7 @@ from __future__ import annotations
 import difflib
 
 from convlens.attribution import (  # noqa: F401  (register)
+    black_box,
     cam,
     cam_variants,
     fullgrad,
@@ -13,6 +14,7 @@ from convlens.attribution import (  # noqa: F401  (register)
     head_maps,
     perturbation,
     rules,
+    superpixels,
 )
 from convlens.attribution.registry import FAMILIES, METHODS, MethodInfo
 from convlens.errors import MethodError

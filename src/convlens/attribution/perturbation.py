@@ -49,7 +49,7 @@ def patch_starts(size: int, patch: int, stride: int) -> list[int]:
     return starts
 
 
-def _fill_values(images: torch.Tensor, fill: object) -> torch.Tensor:
+def fill_values(images: torch.Tensor, fill: object) -> torch.Tensor:
     """``Tensor[N, C, 1, 1]``: a number for every pixel, or each image's channel mean."""
     if fill == "mean":
         return images.mean(dim=(2, 3), keepdim=True)
@@ -90,7 +90,7 @@ def occlusion(
     tops = patch_starts(height, patch_hw[0], stride_hw[0])
     lefts = patch_starts(width, patch_hw[1], stride_hw[1])
     positions = [(top, left) for top in tops for left in lefts]
-    fills = _fill_values(x, fill)
+    fills = fill_values(x, fill)
     rows = len(x)
     size = chunk_size(batch_size, rows)
     # Flat work item k = row * positions + position.

@@ -70,5 +70,6 @@ def refuse_scripted(model: nn.Module, what: str) -> None:
                 f"{where} TorchScript, whose layers take no hooks, so convlens cannot {what}. "
                 "Load the eager model instead (a torch.save(model) pickle, a torchvision:/timm: "
                 "name, or --arch NAME --weights FILE for a state_dict), or use a method that "
-                "needs no layer (saliency, integrated_gradients, smoothgrad, occlusion)"
+                "needs no layer (saliency, integrated_gradients, smoothgrad, occlusion, rise, "
+                "extremal_perturbation, kernel_shap, lime, superpixel_ablation)"
             )
