@@ -38,6 +38,8 @@ _PUBLIC = {
     "sample_names": "convlens.data.samples",
     "sample_path": "convlens.data.samples",
     "capture": "convlens.layers.capture",
+    "Composite": "convlens.layers.relevance",
+    "Rule": "convlens.layers.relevance_rules",
     "default_cam_layer": "convlens.layers.find",
     "resolve_layer": "convlens.layers.find",
     "layer_table": "convlens.layers.receptive",
@@ -105,6 +107,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time `__getattr__` loads
     from convlens.layers.capture import capture
     from convlens.layers.find import default_cam_layer, resolve_layer
     from convlens.layers.receptive import layer_table, receptive_field
+    from convlens.layers.relevance import Composite
+    from convlens.layers.relevance_rules import Rule
     from convlens.maps import normalize_maps
     from convlens.models import load_model
     from convlens.models.devices import resolve_device

@@ -9,6 +9,7 @@ from convlens.attribution import (  # noqa: F401  (register)
     cam,
     gradients,
     head_maps,
+    lrp,
     perturbation,
     rules,
 )
