@@ -287,3 +287,24 @@ def test_composites_equal_zennit(arch, composite, unchanged):
     for own, ref in zip(ours.flatten(1), theirs.flatten(1), strict=True):
         assert torch.corrcoef(torch.stack([own, ref]))[0, 1] >= 0.99
     torch.testing.assert_close(ours.sum((1, 2)), theirs.sum((1, 2)), rtol=1e-3, atol=1e-6)
+
+
+def test_concept_relevance_over_all_channels_adds_up_to_the_lrp_map(unchanged):
+    net = residual_gated()
+    images = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(4))
+    with unchanged(net, images):
+        concepts = convlens.concept_relevance(
+            net, images, [1, 2], layer="bn", channels=range(6), composite="epsilon"
+        )
+    assert concepts.shape == (2, 6, 8, 8)
+    whole = lrp(net, images, [1, 2], composite="epsilon")
+    torch.testing.assert_close(concepts.sum(dim=1), whole, rtol=1e-4, atol=1e-6)
+    # each concept is its own share: the channels do not all carry the same relevance
+    totals = concepts.sum((2, 3))
+    assert not torch.allclose(totals[:, 0], totals[:, 1])
+
+
+def test_concept_relevance_refuses_a_channel_the_layer_lacks():
+    net = residual_gated()
+    with pytest.raises(MethodError, match="6 channels"):
+        convlens.concept_relevance(net, torch.randn(1, 3, 8, 8), 0, layer="bn", channels=[6])

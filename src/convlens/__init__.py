@@ -29,6 +29,7 @@ _PUBLIC = {
     "Explanation": "convlens.attribution.explain",
     "explain": "convlens.attribution.explain",
     "list_methods": "convlens.attribution.methods",
+    "concept_relevance": "convlens.attribution.lrp",
     "normalize_maps": "convlens.maps",
     "ImageBatch": "convlens.data.images",
     "LoadedImage": "convlens.data.images",
@@ -87,6 +88,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time `__getattr__` loads
     from convlens.analysis.evolution import epoch_files, feature_evolution
     from convlens.analysis.invariance import invariance_curves
     from convlens.attribution.explain import Explanation, explain
+    from convlens.attribution.lrp import concept_relevance
     from convlens.attribution.methods import list_methods
     from convlens.data.images import ImageBatch, LoadedImage, load_image, load_images
     from convlens.data.preprocess import Preprocess

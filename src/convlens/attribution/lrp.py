@@ -3,14 +3,23 @@ the registry: the rules and canonizers live in `convlens.layers.relevance`."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
 from convlens.attribution.common import prepare
 from convlens.attribution.registry import MethodResult, register_method
 from convlens.data.preprocess import IMAGENET_PREPROCESS
+from convlens.errors import MethodError
 from convlens.layers.borrow import borrowed_model, require_autograd
-from convlens.layers.relevance import Composite, relevance_rules, resolve_composite
+from convlens.layers.find import LayerSpec, resolve_layer
+from convlens.layers.relevance import (
+    Composite,
+    keep_channels,
+    relevance_rules,
+    resolve_composite,
+)
 from convlens.models.loading import LoadedModel
 from convlens.targets import Targets
 
@@ -71,3 +80,37 @@ def lrp(
         prepared.module, prepared.images, prepared.targets, chosen, bounds
     )
     return MethodResult(relevance.sum(dim=1), output)
+
+
+def concept_relevance(
+    model: nn.Module | LoadedModel,
+    images: torch.Tensor,
+    target: object = None,
+    *,
+    layer: LayerSpec,
+    channels: Sequence[int],
+    composite: str | Composite = "epsilon_plus_flat",
+) -> torch.Tensor:
+    """Concept relevance (CRP, Achtibat et al. 2023): the LRP map of ``target`` restricted to
+    the relevance that flows through channel ``channels[k]`` of ``layer``, for every channel
+    in one batched forward and backward pass. Returns ``Tensor[N, K, H, W]`` (signed
+    channel sums of the input relevance); summed over a layer's channels it is the LRP map.
+    """
+    chosen = resolve_composite(composite)
+    prepared = prepare(model, images, target)
+    _, layer_module = resolve_layer(prepared.module, layer)
+    if not channels:
+        raise MethodError("channels: give at least one channel index of the layer")
+    n, k = len(prepared.images), len(channels)
+    rows = torch.arange(n).repeat_interleave(k)
+    batch = prepared.images.repeat_interleave(k, dim=0)
+    if prepared.targets.fn is None:
+        targets = prepared.targets.subset(rows)
+    else:
+        with torch.no_grad(), borrowed_model(prepared.module):
+            clean = prepared.module(prepared.images)
+        targets = prepared.targets.copies(rows, clean)
+    kept = torch.tensor([int(c) for c in channels]).repeat(n)
+    with keep_channels(layer_module, kept):
+        relevance, _ = input_relevance(prepared.module, batch, targets, chosen, input_bounds(model))
+    return relevance.sum(dim=1).view(n, k, *relevance.shape[2:])

@@ -425,3 +425,45 @@ def relevance_rules(
     session = RelevanceSession(composite)
     with _RelevanceMode(session, _owners(model), bounds):
         yield session
+
+
+class _KeepChannels(torch.autograd.Function):
+    """Identity forward (a copy); the backward keeps, in row ``i``, only channel
+    ``channels[i]`` of the relevance: CRP's conditioning on one concept per row."""
+
+    @staticmethod
+    def forward(ctx, x, channels):  # noqa: ANN001
+        ctx.channels = channels
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, relevance):  # noqa: ANN001
+        rows = torch.arange(len(relevance), device=relevance.device)
+        kept = torch.zeros_like(relevance)
+        channels = ctx.channels.to(relevance.device)
+        kept[rows, channels] = relevance[rows, channels]
+        return kept, None
+
+
+@contextmanager
+def keep_channels(layer: nn.Module, channels: torch.Tensor) -> Iterator[None]:
+    """For the block, the relevance passing back through ``layer``'s output keeps only
+    channel ``channels[i]`` (``Tensor[B]`` of ints) in batch row ``i`` (a forward hook,
+    removed on exit, also after an exception). Its output is a copy, so a BatchNorm right
+    after ``layer`` is not folded into it: condition on the BatchNorm or the activation."""
+
+    def hook(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        if not isinstance(output, torch.Tensor) or output.dim() < 2:
+            raise MethodError("concept relevance needs a layer whose output is a Tensor[B, C, ...]")
+        if int(channels.max()) >= output.shape[1] or int(channels.min()) < 0:
+            raise MethodError(
+                f"channel out of range: the layer has {output.shape[1]} channels "
+                f"(0..{output.shape[1] - 1}), asked for {channels.tolist()}"
+            )
+        return _KeepChannels.apply(output, channels)
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
