@@ -150,10 +150,10 @@ def propagate(
 def _alpha_beta(
     op: LinearOp, x: torch.Tensor, relevance: torch.Tensor, alpha: float, beta: float, eps: float
 ) -> torch.Tensor:
-    xp, xn = x.clamp(min=0), x.clamp(max=0)
-    wp, wn = _pos(op.weight), _neg(op.weight)
     # Inputs after a rectifier have no negative part: skip its (zero) terms.
-    has_negative = bool((xn != 0).any())
+    has_negative = bool((x < 0).any())
+    xp, xn = (x.clamp(min=0), x.clamp(max=0)) if has_negative else (x, None)
+    wp, wn = _pos(op.weight), _neg(op.weight)
 
     def part(w_pos_in: torch.Tensor, w_neg_in: torch.Tensor, bias: torch.Tensor | None):
         z = op.apply(xp, w_pos_in, bias)
