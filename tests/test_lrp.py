@@ -308,3 +308,11 @@ def test_concept_relevance_refuses_a_channel_the_layer_lacks():
     net = residual_gated()
     with pytest.raises(MethodError, match="6 channels"):
         convlens.concept_relevance(net, torch.randn(1, 3, 8, 8), 0, layer="bn", channels=[6])
+
+
+def test_the_command_line_option_chooses_the_composite():
+    from convlens.cli.options import parse_method_options
+
+    assert parse_method_options(["composite=epsilon_gamma_box"], ["lrp"]) == {
+        "lrp": {"composite": "epsilon_gamma_box"}
+    }
