@@ -29,6 +29,7 @@ _PUBLIC = {
     "Explanation": "convlens.attribution.explain",
     "explain": "convlens.attribution.explain",
     "list_methods": "convlens.attribution.methods",
+    "concept_relevance": "convlens.attribution.lrp",
     "normalize_maps": "convlens.maps",
     "ImageBatch": "convlens.data.images",
     "LoadedImage": "convlens.data.images",
@@ -38,6 +39,8 @@ _PUBLIC = {
     "sample_names": "convlens.data.samples",
     "sample_path": "convlens.data.samples",
     "capture": "convlens.layers.capture",
+    "Composite": "convlens.layers.relevance",
+    "Rule": "convlens.layers.relevance_rules",
     "default_cam_layer": "convlens.layers.find",
     "resolve_layer": "convlens.layers.find",
     "layer_table": "convlens.layers.receptive",
@@ -85,6 +88,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time `__getattr__` loads
     from convlens.analysis.evolution import epoch_files, feature_evolution
     from convlens.analysis.invariance import invariance_curves
     from convlens.attribution.explain import Explanation, explain
+    from convlens.attribution.lrp import concept_relevance
     from convlens.attribution.methods import list_methods
     from convlens.data.images import ImageBatch, LoadedImage, load_image, load_images
     from convlens.data.preprocess import Preprocess
@@ -105,6 +109,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time `__getattr__` loads
     from convlens.layers.capture import capture
     from convlens.layers.find import default_cam_layer, resolve_layer
     from convlens.layers.receptive import layer_table, receptive_field
+    from convlens.layers.relevance import Composite
+    from convlens.layers.relevance_rules import Rule
     from convlens.maps import normalize_maps
     from convlens.models import load_model
     from convlens.models.devices import resolve_device

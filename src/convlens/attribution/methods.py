@@ -12,6 +12,7 @@ from convlens.attribution import (  # noqa: F401  (register)
     fullgrad,
     gradients,
     head_maps,
+    lrp,
     perturbation,
     rules,
     superpixels,

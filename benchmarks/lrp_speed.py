@@ -1,0 +1,105 @@
+"""Time of LRP through `convlens.explain` against a forward pass + input gradient (saliency
+through the same `explain`) and against zennit's same composite, in one run.
+
+Run: ``python benchmarks/lrp_speed.py [--arch resnet50] [--composite epsilon_plus_flat]
+[--batch 8] [--size 224] [--runs 3]``. The torchvision network has seeded random weights
+(no download). Each case is run once to warm up at the full size and then ``--runs`` times;
+the median is reported with the 1-minute load average before and after (the machine may be
+shared). Targets (issue 21): LRP <= 1.3x forward + input gradient, and no slower than
+zennit. zennit's canonizer for the architecture (VGG or ResNet) is applied on its side, as
+convlens applies its own canonizers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+import torchvision
+
+import convlens
+from convlens.attribution.lrp import input_bounds
+
+
+def median_seconds(fn, runs: int) -> float:
+    """Median wall seconds of ``runs`` calls of ``fn`` after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def zennit_call(model, images, classes, composite_name: str, arch: str):
+    """A function running zennit's composite (with its canonizer) for ``classes``."""
+    from zennit import composites
+    from zennit.torchvision import ResNetCanonizer, VGGCanonizer
+
+    canonizer = VGGCanonizer() if arch.startswith("vgg") else ResNetCanonizer()
+    low, high = (b.expand(1, 3, *images.shape[2:]) for b in input_bounds(model))
+    make = {
+        "epsilon_plus_flat": lambda: composites.EpsilonPlusFlat(canonizers=[canonizer]),
+        "epsilon_alpha2_beta1_flat": lambda: composites.EpsilonAlpha2Beta1Flat(
+            canonizers=[canonizer]
+        ),
+        "epsilon_gamma_box": lambda: composites.EpsilonGammaBox(
+            low=low, high=high, canonizers=[canonizer]
+        ),
+    }[composite_name]
+
+    def run() -> torch.Tensor:
+        inputs = images.clone().requires_grad_(True)
+        with make().context(model) as modified:
+            output = modified(inputs)
+            seed = torch.zeros_like(output)
+            seed[torch.arange(len(images)), classes] = 1
+            (relevance,) = torch.autograd.grad(output, inputs, seed * output)
+        return relevance.sum(dim=1)
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="resnet50")
+    parser.add_argument("--composite", default="epsilon_plus_flat")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, args.arch)(weights=None).eval()
+    images = torch.randn(args.batch, 3, args.size, args.size)
+    classes = list(range(args.batch))
+    load_before = os.getloadavg()[0]
+    times = {
+        "forward + input gradient (saliency)": median_seconds(
+            lambda: convlens.explain(model, images, method="saliency", target=classes), args.runs
+        ),
+        f"convlens lrp {args.composite}": median_seconds(
+            lambda: convlens.explain(
+                model, images, method="lrp", target=classes, composite=args.composite
+            ),
+            args.runs,
+        ),
+        f"zennit {args.composite}": median_seconds(
+            zennit_call(model, images, classes, args.composite, args.arch), args.runs
+        ),
+    }
+    load_after = os.getloadavg()[0]
+    base = times["forward + input gradient (saliency)"]
+    print(
+        f"{args.arch}, batch {args.batch}, {args.size} px, {torch.get_num_threads()} threads, "
+        f"median of {args.runs}; load average {load_before:.1f} -> {load_after:.1f}"
+    )
+    for name, seconds in times.items():
+        print(f"  {name:40s} {seconds:8.2f} s  {seconds / base:5.2f}x saliency")
+
+
+if __name__ == "__main__":
+    main()

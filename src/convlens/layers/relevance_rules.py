@@ -1,0 +1,215 @@
+"""Layer-wise relevance propagation rules for one linear layer (Bach et al. 2015; Montavon
+et al. 2019).
+
+A linear layer ``z = op(x, W, b)`` (a convolution, a fully connected layer, or an average
+pooling whose weights are implicit) hands the relevance ``R`` of its outputs ``Tensor[N,
+...]`` down to its inputs. Every rule below is a ratio: with the transposed layer
+``T(s, V) = d<op(x, V), s>/dx`` (what autograd computes for the input gradient) and the
+stabiliser ``stab(z) = z + eps * sign(z)`` (``sign(0) = +1``),
+
+- epsilon / zero: ``R_in = x * T(R / stab(z), W)`` (zero: ``eps = 0``, ``0/0 = 0``);
+- z-plus (alpha1-beta0): ``x+ * T(s, W+) + x- * T(s, W-)``, ``s = R / stab(op(x+, W+, b+) +
+  op(x-, W-))`` (``x+ = max(x, 0)``, ``W+ = max(W, 0)``, likewise the negative parts);
+- alpha-beta: ``alpha * (x+ T(s_p, W+) + x- T(s_p, W-)) - beta * (x+ T(s_n, W-) + x- T(s_n,
+  W+))`` with ``s_p = R / stab(z_p)``, ``z_p = op(x+, W+, b+) + op(x-, W-)`` and
+  ``z_n = op(x+, W-, b-) + op(x-, W+)``;
+- gamma: the weights ``W + gamma W+`` for the positive part of the contributions where the
+  output is positive (and ``W + gamma W-`` where it is negative), negative inputs taking the
+  mirrored weights, as in the generalised rule of Andeol et al. 2021;
+- flat: ``T(R / stab(op(1, 1)), 1)`` (all weights and inputs one, no bias);
+- w-square: ``T(R / stab(op(1, W^2)), W^2)`` (no bias);
+- z^B (bounded input ``low <= x <= high``): ``x T(s, W) - low T(s, W+) - high T(s, W-)``,
+  ``s = R / stab(op(x, W) - op(low, W+) - op(high, W-))``.
+
+`Rule` names a rule and its parameters; `propagate` applies one to a layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from convlens.errors import MethodError
+
+# rule name -> its parameters with their defaults
+RULE_PARAMETERS: dict[str, dict[str, float]] = {
+    "epsilon": {"epsilon": 1e-6},
+    "zero": {},
+    "zplus": {"stabilizer": 1e-6},
+    "alpha2_beta1": {"stabilizer": 1e-6},
+    "alpha1_beta0": {"stabilizer": 1e-6},
+    "alpha_beta": {"alpha": 2.0, "beta": 1.0, "stabilizer": 1e-6},
+    "gamma": {"gamma": 0.25, "stabilizer": 1e-6},
+    "flat": {"stabilizer": 1e-6},
+    "wsquare": {"stabilizer": 1e-6},
+    "zbox": {"stabilizer": 1e-6},
+}
+RULE_NAMES = tuple(RULE_PARAMETERS)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """An LRP rule by name with its parameters: ``Rule("gamma", gamma=0.5)``,
+    ``Rule("epsilon", epsilon=0.01)``, ``Rule("alpha_beta", alpha=3, beta=2)``. Names:
+    `RULE_NAMES`. ``zbox`` takes its bounds from the model's preprocessing."""
+
+    name: str
+    params: dict[str, float] = field(default_factory=dict)
+
+    def __init__(self, name: str, **params: float) -> None:
+        if name not in RULE_PARAMETERS:
+            raise MethodError(f"unknown LRP rule {name!r}; use one of {', '.join(RULE_NAMES)}")
+        unknown = set(params) - set(RULE_PARAMETERS[name])
+        if unknown:
+            allowed = ", ".join(RULE_PARAMETERS[name]) or "none"
+            raise MethodError(
+                f"LRP rule {name!r} takes no parameter {', '.join(sorted(unknown))}; "
+                f"its parameters: {allowed}"
+            )
+        merged = RULE_PARAMETERS[name] | {k: float(v) for k, v in params.items()}
+        if name == "alpha_beta" and merged["alpha"] - merged["beta"] != 1:
+            raise MethodError("the alpha-beta rule needs alpha - beta = 1 (e.g. alpha=2, beta=1)")
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "params", merged)
+
+    def __hash__(self) -> int:
+        return hash((self.name, tuple(sorted(self.params.items()))))
+
+
+def as_rule(rule: Rule | str) -> Rule:
+    """A `Rule` from a rule or its name."""
+    return rule if isinstance(rule, Rule) else Rule(rule)
+
+
+@dataclass(frozen=True)
+class LinearOp:
+    """One evaluated linear layer: ``apply(x, weight, bias)`` recomputes it with other
+    weights (``weight`` None for pooling), ``transpose(s, x, weight)`` is ``T(s, weight)``."""
+
+    apply: Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor | None], torch.Tensor]
+    transpose: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+    weight: torch.Tensor | None
+    bias: torch.Tensor | None
+
+
+def stabilize(z: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """``z + epsilon * sign(z)`` with ``sign(0) = +1``: never zero for ``epsilon > 0``."""
+    return z + epsilon * torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
+
+
+def _divide(relevance: torch.Tensor, z: torch.Tensor, epsilon: float) -> torch.Tensor:
+    if epsilon > 0:
+        return relevance / stabilize(z, epsilon)
+    return torch.where(z == 0, torch.zeros_like(relevance), relevance / z)
+
+
+def _pos(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.clamp(min=0)
+
+
+def _neg(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.clamp(max=0)
+
+
+def propagate(
+    rule: Rule,
+    op: LinearOp,
+    x: torch.Tensor,
+    z: torch.Tensor,
+    relevance: torch.Tensor,
+    bounds: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Relevance ``Tensor`` shaped like ``x`` from the output relevance ``relevance`` (shaped
+    like the layer output ``z``) under ``rule`` (see the module docstring). ``bounds``:
+    ``(low, high)`` broadcastable to ``x``, for z^B."""
+    p, name = rule.params, rule.name
+    if name in ("epsilon", "zero"):
+        return x * op.transpose(_divide(relevance, z, p.get("epsilon", 0.0)), x, op.weight)
+    if op.weight is None:  # pooling: only epsilon-type rules apply to fixed weights
+        return x * op.transpose(_divide(relevance, z, 1e-6), x, None)
+    if name in ("zplus", "alpha1_beta0"):
+        return _alpha_beta(op, x, relevance, 1.0, 0.0, p["stabilizer"])
+    if name == "alpha2_beta1":
+        return _alpha_beta(op, x, relevance, 2.0, 1.0, p["stabilizer"])
+    if name == "alpha_beta":
+        return _alpha_beta(op, x, relevance, p["alpha"], p["beta"], p["stabilizer"])
+    if name == "gamma":
+        return _gamma(op, x, z, relevance, p["gamma"], p["stabilizer"])
+    if name in ("flat", "wsquare"):
+        weight = torch.ones_like(op.weight) if name == "flat" else op.weight.square()
+        ones = torch.ones_like(x)
+        s = _divide(relevance, op.apply(ones, weight, None), p["stabilizer"])
+        return op.transpose(s, ones, weight)
+    if name == "zbox":
+        return _zbox(op, x, relevance, bounds, p["stabilizer"])
+    raise MethodError(f"unknown LRP rule {name!r}")
+
+
+def _alpha_beta(
+    op: LinearOp, x: torch.Tensor, relevance: torch.Tensor, alpha: float, beta: float, eps: float
+) -> torch.Tensor:
+    # Inputs after a rectifier have no negative part: skip its (zero) terms.
+    has_negative = bool((x < 0).any())
+    xp, xn = (x.clamp(min=0), x.clamp(max=0)) if has_negative else (x, None)
+    wp, wn = _pos(op.weight), _neg(op.weight)
+
+    def part(w_pos_in: torch.Tensor, w_neg_in: torch.Tensor, bias: torch.Tensor | None):
+        z = op.apply(xp, w_pos_in, bias)
+        if has_negative:
+            z = z + op.apply(xn, w_neg_in, None)
+        s = _divide(relevance, z, eps)
+        out = xp * op.transpose(s, xp, w_pos_in)
+        if has_negative:
+            out = out + xn * op.transpose(s, xn, w_neg_in)
+        return out
+
+    result = part(wp, wn, _pos(op.bias))
+    if alpha != 1 or beta != 0:
+        result = alpha * result - beta * part(wn, wp, _neg(op.bias))
+    return result
+
+
+def _gamma(
+    op: LinearOp,
+    x: torch.Tensor,
+    z: torch.Tensor,
+    relevance: torch.Tensor,
+    gamma: float,
+    eps: float,
+) -> torch.Tensor:
+    xp, xn = x.clamp(min=0), x.clamp(max=0)
+    w, b = op.weight, op.bias
+    up_w, down_w = w + gamma * w.clamp(min=0), w + gamma * w.clamp(max=0)
+    up_b = None if b is None else b + gamma * b.clamp(min=0)
+    down_b = None if b is None else b + gamma * b.clamp(max=0)
+
+    def part(w_pos_in, w_neg_in, bias, gate):
+        total = op.apply(xp, w_pos_in, bias) + op.apply(xn, w_neg_in, None)
+        s = gate * _divide(relevance, total, eps)
+        return xp * op.transpose(s, xp, w_pos_in) + xn * op.transpose(s, xn, w_neg_in)
+
+    positive = part(up_w, down_w, up_b, (z > 0).to(z.dtype))
+    negative = part(down_w, up_w, down_b, (z < 0).to(z.dtype))
+    return positive + negative
+
+
+def _zbox(
+    op: LinearOp,
+    x: torch.Tensor,
+    relevance: torch.Tensor,
+    bounds: tuple[torch.Tensor, torch.Tensor] | None,
+    eps: float,
+) -> torch.Tensor:
+    if bounds is None:
+        raise MethodError("the z^B rule needs input bounds (the model's preprocessing)")
+    low, high = (bound.to(x).expand_as(x) for bound in bounds)
+    wp, wn = op.weight.clamp(min=0), op.weight.clamp(max=0)
+    z = op.apply(x, op.weight, None) - op.apply(low, wp, None) - op.apply(high, wn, None)
+    s = _divide(relevance, z, eps)
+    return (
+        x * op.transpose(s, x, op.weight)
+        - low * op.transpose(s, low, wp)
+        - high * op.transpose(s, high, wn)
+    )
