@@ -73,7 +73,13 @@ def scan_command(
     data: DataArgument,
     model: ModelOption = DEFAULT_MODEL,
     layers: Annotated[
-        str | None, typer.Option("--layers", help="Comma-separated layers (default: every stage).")
+        str | None,
+        typer.Option(
+            "--layers",
+            help="Comma-separated layers ('convlens layers' lists them). Default: 3 "
+            "representative stages, the middle of each third of the network's stages without "
+            "the stem and the head (EfficientNet-Lite0: blocks.1, blocks.3, blocks.5).",
+        ),
     ] = None,
     top: Annotated[int, typer.Option("--top", min=1, help="Images per channel.")] = 9,
     k_alias: Annotated[
