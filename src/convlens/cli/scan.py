@@ -135,7 +135,13 @@ def scan_command(
                 resume=resume and not restart,
                 progress=True,
             )
-            write_scan(result, out, rules[0] if rules else None, progress=True)  # ranks share
+            write_scan(  # ranks share
+                result,
+                out,
+                rules[0] if rules else None,
+                progress=True,
+                resume=resume and not restart,
+            )
             if rank == 0:
                 page = write_scan_atlas(out, f"convlens scan of {data}")
                 _report_skipped(result.errors)

@@ -9,6 +9,7 @@ the patch is grey).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from tqdm.auto import tqdm
 
 from convlens.data.datasets import ScanDataset
 from convlens.errors import ImageLoadError
-from convlens.files import write_json
+from convlens.files import keep_output, owned, write_json
 from convlens.render.images import save_png
 from convlens.render.scans import thumbnail_map, top_units_panel
 from convlens.scan.distributed import barrier, rank_and_world
@@ -53,21 +54,33 @@ def channel_png_name(channel: int) -> str:
 
 
 def write_scan(
-    result: TopActivations, out: str | Path, rule: str | None = "deconvnet", progress=False
+    result: TopActivations,
+    out: str | Path,
+    rule: str | None = "deconvnet",
+    progress=False,
+    resume: bool = False,
 ) -> Path:
     """Write every layer's ``topk.json`` and channel panels (projections by ``rule`` beside
     the patches; patches alone when ``rule`` is None or was not computed) and
     ``scan.json`` under ``out``. Under torchrun every rank calls this: each draws every
     N-th channel and rank 0 writes the JSON files. ``progress``: a tqdm bar of channels
-    per layer (rank 0). Returns ``out``."""
+    per layer (rank 0). ``resume``: a channel picture already in ``out`` is kept, not
+    drawn again, when convlens wrote it unchanged (`convlens.files.owned`) for the same
+    top units and projection (`drawn_channels`). Returns ``out``."""
     out = Path(out)
     rank, world = rank_and_world()
     rules = (rule,) if rule in result.views.rules else ()
+    projection = rules[0] if rules else None
     for name, top in result.layers.items():
         folder = out / name
+        document = layer_json(top)
+        drawn = drawn_channels(folder, document, projection) if resume else set()
         if rank == 0:
-            write_json(folder / "topk.json", layer_json(top), indent=1)
-        mine = [c for c, units in enumerate(top.channels) if units][rank::world]
+            for c in drawn:
+                keep_output(folder / channel_png_name(c))
+            write_json(folder / "topk.json", document, indent=1)
+        todo = [c for c, units in enumerate(top.channels) if units and c not in drawn]
+        mine = todo[rank::world]
         views = result.channel_views(name, mine)
         for view in tqdm(views, total=len(mine), disable=not progress or rank > 0, desc=name):
             title = f"{name} channel {view.channel}: top {len(view.units)} by {top.by}"
@@ -79,11 +92,33 @@ def write_scan(
             "layers": list(result.layers),
             "scanned": result.scanned,
             "skipped": [{"source": s, "message": m} for s, m in result.errors],
-            "projection": rules[0] if rules else None,
+            "projection": projection,
         }
         write_json(out / SCAN_FILE, summary, indent=1)
     barrier()
     return out
+
+
+def drawn_channels(folder: Path, document: dict, projection: str | None) -> set[int]:
+    """The channels whose picture in ``folder`` (a layer of an earlier scan) shows exactly
+    what this scan would draw: the earlier ``topk.json`` and ``scan.json`` were written by
+    convlens, unchanged, with the same top units (``document``) and ``projection``, and
+    the picture is convlens's, unchanged."""
+    earlier_top, earlier_scan = folder / "topk.json", folder.parent / SCAN_FILE
+    if not (owned(earlier_top) and owned(earlier_scan)):
+        return set()
+    try:
+        same = json.loads(earlier_top.read_text()) == document
+        same = same and json.loads(earlier_scan.read_text()).get("projection") == projection
+    except (OSError, ValueError):
+        return set()
+    if not same:
+        return set()
+    return {
+        entry["channel"]
+        for entry in document["channels"]
+        if entry["top"] and owned(folder / channel_png_name(entry["channel"]))
+    }
 
 
 def thumbnails(dataset: ScanDataset, sources: list[str], size: int = 48) -> list[np.ndarray]:
