@@ -10,6 +10,8 @@ the patch is grey).
 from __future__ import annotations
 
 import json
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +73,7 @@ def write_scan(
     rank, world = rank_and_world()
     rules = (rule,) if rule in result.views.rules else ()
     projection = rules[0] if rules else None
+    work = {}
     for name, top in result.layers.items():
         folder = out / name
         document = layer_json(top)
@@ -80,13 +83,15 @@ def write_scan(
                 keep_output(folder / channel_png_name(c))
             write_json(folder / "topk.json", document, indent=1)
         todo = [c for c, units in enumerate(top.channels) if units and c not in drawn]
-        mine = todo[rank::world]
-        views = result.channel_views(name, mine)
-        for view in tqdm(views, total=len(mine), disable=not progress or rank > 0, desc=name):
-            title = f"{name} channel {view.channel}: top {len(view.units)} by {top.by}"
-            shown = view.projections[rules[0]] if rules else None
-            panel = top_units_panel(view.patches, shown, title)
-            save_png(panel, folder / channel_png_name(view.channel))
+        work[name] = todo[rank::world]
+    painter = _ChannelPainter(result, out, projection, progress and rank == 0)
+    # The first group of each layer is timed before the rest: the run-time estimate.
+    firsts = {name: mine[: painter.first_group(name, mine)] for name, mine in work.items()}
+    timed = {name: painter.draw(name, firsts[name], total=len(work[name])) for name in work}
+    if progress and rank == 0:
+        print_estimate(timed, firsts, work)
+    for name, mine in work.items():
+        painter.draw(name, mine[len(firsts[name]) :], done=len(firsts[name]), total=len(mine))
     if rank == 0:
         summary = {
             "layers": list(result.layers),
@@ -97,6 +102,73 @@ def write_scan(
         write_json(out / SCAN_FILE, summary, indent=1)
     barrier()
     return out
+
+
+class _ChannelPainter:
+    """Draws channel panels of a scan (projections by ``projection`` beside the patches)
+    into ``out/<layer>/``, with a tqdm bar per layer when ``progress``."""
+
+    def __init__(self, result: TopActivations, out: Path, projection, progress: bool) -> None:
+        self.result, self.out, self.projection, self.progress = result, out, projection, progress
+
+    def first_group(self, layer: str, channels: list[int]) -> int:
+        """How many of ``channels`` make the layer's first group of projections."""
+        tops = self.result.layers[layer].channels
+        if not channels or self.projection is None:
+            return min(1, len(channels))
+        limit, units = self.result.views.group_units(tops[channels[0]][0]), 0
+        for count, c in enumerate(channels, 1):
+            units += len(tops[c])
+            if units >= limit:
+                return count
+        return len(channels)
+
+    def draw(self, layer: str, channels: list[int], done: int = 0, total=None) -> float:
+        """Draw ``channels`` of ``layer``; returns the seconds it took."""
+        start = time.perf_counter()
+        top = self.result.layers[layer]
+        views = self.result.channel_views(layer, channels)
+        bar = tqdm(
+            views,
+            total=total or len(channels),
+            initial=done,
+            disable=not self.progress or not channels,
+            desc=layer,
+        )
+        for view in bar:
+            title = f"{layer} channel {view.channel}: top {len(view.units)} by {top.by}"
+            shown = view.projections[self.projection] if self.projection else None
+            panel = top_units_panel(view.patches, shown, title)
+            save_png(panel, self.out / layer / channel_png_name(view.channel))
+        return time.perf_counter() - start
+
+
+ESTIMATE_SECONDS = 30.0  # a second pass expected to take longer than this is announced
+
+
+def print_estimate(timed: dict, firsts: dict, work: dict) -> float:
+    """One line on stderr before the rest of a long second pass: the channel pictures left
+    and the time they should take at the pace of each layer's first group (``timed``
+    seconds for the ``firsts`` channels of ``work``). Returns the estimate in seconds."""
+    left = {name: len(work[name]) - len(firsts[name]) for name in work}
+    seconds = sum(timed[name] / len(firsts[name]) * left[name] for name in work if firsts[name])
+    if seconds > ESTIMATE_SECONDS:
+        tqdm.write(
+            f"scan: {sum(left.values())} more channel pictures in {len(work)} "
+            f"layer{'s' if len(work) > 1 else ''}, "
+            f"about {_duration(seconds)} at the pace of the first "
+            f"{sum(len(f) for f in firsts.values())}",
+            file=sys.stderr,
+        )
+    return seconds
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def drawn_channels(folder: Path, document: dict, projection: str | None) -> set[int]:
