@@ -1,6 +1,6 @@
 """The second pass of a scan: each distinct image runs forward once per group of channels,
-its units' backward passes are batched, and every projection equals the unit's projection
-computed alone (`project_unit`)."""
+each of its units runs one backward pass through that graph, and every projection equals
+the unit's projection computed alone (`project_unit`)."""
 
 from __future__ import annotations
 

@@ -135,8 +135,8 @@ class UnitViews:
     a group of channels at a time (as many units as `GROUP_BYTES` of input gradients
     allow), so memory stays bounded however many channels and however large the fields (a
     late layer's field can be several times the image). Within a group each distinct image
-    runs forward once, and the backward passes of all its units run as one batched
-    backward (`unit_gradients`)."""
+    runs forward once, and each of its units runs one backward pass through that forward
+    pass's graph (`unit_gradients`)."""
 
     def __init__(self, module, dataset: ScanDataset, rules, device, batch_size: int) -> None:
         self.module, self.dataset, self.rules = module, dataset, tuple(rules)
@@ -199,7 +199,7 @@ class UnitViews:
     def gradients(self, layer: str, keys: list[tuple[int, TopUnit]], rule: str):
         """Uncropped input gradient ``Tensor[3, H, W]`` (CPU) of each ``(channel, unit)``'s
         activation by ``rule``, in the order of ``keys``: one forward pass per distinct
-        image, its units' backward passes batched (`unit_gradients`)."""
+        image, one backward pass per unit (`unit_gradients`)."""
         found: list[torch.Tensor | None] = [None] * len(keys)
         by_image: dict[int, list[int]] = {}
         for row, (_, unit) in enumerate(keys):
@@ -209,7 +209,7 @@ class UnitViews:
                 for index, rows in by_image.items():
                     image = self.cache(index)[1].to(device)
                     units = [(keys[r][0], keys[r][1].y, keys[r][1].x) for r in rows]
-                    grads = unit_gradients(self.module, layer, image, units, self.batch_size)
+                    grads = unit_gradients(self.module, layer, image, units)
                     for row, grad in zip(rows, grads, strict=True):
                         found[row] = grad
         if keys:
@@ -218,33 +218,22 @@ class UnitViews:
 
 
 def unit_gradients(
-    module: nn.Module,
-    layer: str,
-    image: torch.Tensor,
-    units: list[tuple[int, int, int]],
-    chunk: int,
+    module: nn.Module, layer: str, image: torch.Tensor, units: list[tuple[int, int, int]]
 ) -> list[torch.Tensor]:
     """Input gradient ``Tensor[3, H, W]`` (CPU) of the activation of each ``(channel, y,
     x)`` of ``layer`` for one image ``Tensor[3, H, W]``, under whatever backward rule is
-    active: one forward pass, then batched backward passes of at most ``chunk`` units
-    (``is_grads_batched``: a one-hot output gradient per unit, each row its own vector-
-    Jacobian product, equal to the unit's gradient computed alone)."""
+    active: one forward pass, then one backward pass per unit through the same graph
+    (kept between them). Plain backward passes, because on CPU a loop of them costs about
+    half of one batched backward (``is_grads_batched``) of the same units, whose
+    depthwise-convolution batching concatenates per-row results."""
     inputs = image[None].detach().clone().requires_grad_(True)
     with capture(module, layer, gradients=True) as cap:
         run_until(module, [layer], inputs)
         activation = cap.activation(layer)
     found = []
-    for start in range(0, len(units), chunk):
-        part = units[start : start + chunk]
-        rows = torch.arange(len(part), device=activation.device)
-        channels, ys, xs = (
-            torch.tensor(column, device=activation.device) for column in zip(*part, strict=True)
-        )
-        one_hot = torch.zeros((len(part), *activation.shape), device=activation.device)
-        one_hot[rows, 0, channels, ys, xs] = 1.0
-        last = start + chunk >= len(units)
+    for number, (channel, y, x) in enumerate(units, 1):
         (gradient,) = torch.autograd.grad(
-            activation, inputs, one_hot, retain_graph=not last, is_grads_batched=True
+            activation[0, channel, y, x], inputs, retain_graph=number < len(units)
         )
-        found.extend(gradient[:, 0].detach().cpu().unbind(0))
+        found.append(gradient[0].detach().cpu())
     return found
