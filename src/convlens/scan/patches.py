@@ -126,7 +126,7 @@ class ChannelView:
 
 
 # Bytes of uncropped input gradients a group of channels may hold before they are cut
-# into patches: the projections of about 90 units of a 224 x 224 image per pass.
+# into patches: the projections of about 110 units of a 224 x 224 image per group.
 GROUP_BYTES = 64 * 2**20
 
 
