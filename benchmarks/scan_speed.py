@@ -14,7 +14,13 @@ Run: ``python benchmarks/scan_speed.py`` (``--help`` for options).
    projections: one backward per kept unit, on demand through
    ``TopActivations.channel_views``) does not grow with the dataset; it is timed once for
    the layer ``--second-pass-layer``.
-2. Memory: peak RSS of a fresh process scanning 1,000 and 10,000 synthetic pictures
+2. Projection cost (``--projection-layer blocks.5``): seconds per channel of the second
+   pass (patches, ``--rule`` projections of the top 9; `TopActivations.channel_views`) for
+   the first ``--channels`` channels of the layer, over the photos of ``--data`` (a
+   ``.txt`` list such as ``python docs/photo_list.py | head -30``), with the seconds of a
+   plain forward pass of the whole folder in the same run (``--clock`` as above) and the
+   ratio of the two. Uses only public calls, so it also runs against older code.
+3. Memory: peak RSS of a fresh process scanning 1,000 and 10,000 synthetic pictures
    (seeded 64 x 64 noise, cheap to make) through the shapes model (every stage,
    projections off); target: the two differ by less than 10%.
 """
@@ -98,6 +104,29 @@ def speed(images: int, batch_size: int, workers: int, repeats: int, second_pass_
     }
 
 
+def projection_cost(data: str, layer: str, channels: int, rule: str, batch_size: int) -> dict:
+    """Seconds per channel of the second pass at ``layer`` over ``data`` (`speed`'s clock),
+    and a plain forward pass of the whole folder for scale."""
+    loaded = load_model()
+    dataset = FileDataset(Path(data).read_text().split(), loaded.preprocess)
+    plain_inference(loaded.module, dataset, batch_size, 0)  # warm-up
+    plain = plain_inference(loaded.module, dataset, batch_size, 0)
+    _, result = scan_seconds(loaded, dataset, [layer], batch_size, 0, (rule,))
+    start = clock()
+    units = sum(len(view.units) for view in result.channel_views(layer, range(channels)))
+    seconds = clock() - start
+    return {
+        "images": len(dataset),
+        "layer": layer,
+        "rule": rule,
+        "channels": channels,
+        "units": units,
+        "seconds_per_channel": seconds / channels,
+        "plain_forward_s": plain,
+        "channel_over_forward": seconds / channels / plain,
+    }
+
+
 class NoisePictures(torch.utils.data.Dataset):
     """``count`` seeded 64 x 64 noise pictures (item i from seed i): cheap to make, so the
     memory run measures the scan, not the data generator."""
@@ -157,6 +186,10 @@ def main() -> None:
         help="wall time, or CPU seconds of this process (steadier on a shared machine; "
         "counts the data loading only with --workers 0)",
     )
+    parser.add_argument("--projection-layer", help="measure the projection cost there only")
+    parser.add_argument("--data", help="a .txt list of photos (projection cost)")
+    parser.add_argument("--channels", type=int, default=12, help="channels (projection cost)")
+    parser.add_argument("--rule", default="guided", help="projection rule (projection cost)")
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--rss-child", type=int, help=argparse.SUPPRESS)
@@ -168,6 +201,18 @@ def main() -> None:
         rss_child(args.rss_child, args.batch_size)
         return
     results = {}
+    if args.projection_layer:
+        found = projection_cost(
+            args.data, args.projection_layer, args.channels, args.rule, args.batch_size
+        )
+        print(
+            f"{found['layer']}: {found['seconds_per_channel']:.3f} {args.clock} s per channel "
+            f"({found['units']} {found['rule']} projections of {found['channels']} channels), "
+            f"{found['channel_over_forward']:.2f}x a plain forward pass of the "
+            f"{found['images']} images ({found['plain_forward_s']:.2f} s)"
+        )
+        print(json.dumps({"projection_cost": found}))
+        return
     if not args.skip_speed:
         results["speed"] = found = speed(
             args.images, args.batch_size, args.workers, args.repeats, args.second_pass_layer

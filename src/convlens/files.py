@@ -392,6 +392,15 @@ def writing(
         remove_stale_outputs(run.root, job, before=run.started, keep=run.written)
 
 
+def keep_output(path: str | Path) -> None:
+    """Count ``path``, an unchanged output of an earlier run that the running job would
+    write the same (a resumed scan's channel pictures), as written by this run, so the
+    stale sweep at the end of `writing` leaves it. Outside `writing`: nothing to do."""
+    run = _RUN.get()
+    if run is not None:
+        run.written.add(Path(path).resolve())
+
+
 def remove_stale_outputs(
     folder: str | Path, job: str, *, before: int, keep: set[Path] = frozenset()
 ) -> list[Path]:

@@ -73,7 +73,13 @@ def scan_command(
     data: DataArgument,
     model: ModelOption = DEFAULT_MODEL,
     layers: Annotated[
-        str | None, typer.Option("--layers", help="Comma-separated layers (default: every stage).")
+        str | None,
+        typer.Option(
+            "--layers",
+            help="Comma-separated layers ('convlens layers' lists them). Default: 3 "
+            "representative stages, the middle of each third of the network's stages without "
+            "the stem and the head (EfficientNet-Lite0: blocks.1, blocks.3, blocks.5).",
+        ),
     ] = None,
     top: Annotated[int, typer.Option("--top", min=1, help="Images per channel.")] = 9,
     k_alias: Annotated[
@@ -129,7 +135,13 @@ def scan_command(
                 resume=resume and not restart,
                 progress=True,
             )
-            write_scan(result, out, rules[0] if rules else None, progress=True)  # ranks share
+            write_scan(  # ranks share
+                result,
+                out,
+                rules[0] if rules else None,
+                progress=True,
+                resume=resume and not restart,
+            )
             if rank == 0:
                 page = write_scan_atlas(out, f"convlens scan of {data}")
                 _report_skipped(result.errors)

@@ -63,9 +63,10 @@ def write_scan_atlas(folder: str | Path, title: str = "convlens scan") -> Path:
     """``folder/index.html`` for a scan folder written by `convlens.scan.output.write_scan`."""
     folder = Path(folder)
     summary = json.loads((folder / "scan.json").read_text())
-    sections, menu = [], []
+    sections, menu, counts = [], [], []
     for layer in summary["layers"]:
         doc = json.loads((folder / layer / "topk.json").read_text())
+        counts.append(f"{layer} ({len(doc['channels'])} channels)")
         figures = "".join(
             _channel_figure(layer, channel, f"channel-{channel['channel']:04d}.png", folder)
             for channel in doc["channels"]
@@ -81,7 +82,12 @@ def write_scan_atlas(folder: str | Path, title: str = "convlens scan") -> Path:
         )
         menu.append((_anchor(layer), layer))
     skipped = summary.get("skipped", [])
-    intro = f"<p>{summary['scanned']} images scanned; {len(skipped)} skipped.</p>"
+    intro = (
+        f"<p>{summary['scanned']} images scanned; {len(skipped)} skipped.</p>"
+        f'<p class="layers">Layers scanned: {html.escape(", ".join(counts))}. Other layers: '
+        "<code>convlens scan --layers L1,L2</code> (<code>convlens layers</code> lists "
+        "them).</p>"
+    )
     if skipped:
         rows = "".join(
             f"<tr><td>{html.escape(s['source'])}</td><td>{html.escape(s['message'])}</td></tr>"

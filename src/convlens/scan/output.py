@@ -9,6 +9,9 @@ the patch is grey).
 
 from __future__ import annotations
 
+import json
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +21,7 @@ from tqdm.auto import tqdm
 
 from convlens.data.datasets import ScanDataset
 from convlens.errors import ImageLoadError
-from convlens.files import write_json
+from convlens.files import keep_output, owned, write_json
 from convlens.render.images import save_png
 from convlens.render.scans import thumbnail_map, top_units_panel
 from convlens.scan.distributed import barrier, rank_and_world
@@ -53,37 +56,141 @@ def channel_png_name(channel: int) -> str:
 
 
 def write_scan(
-    result: TopActivations, out: str | Path, rule: str | None = "deconvnet", progress=False
+    result: TopActivations,
+    out: str | Path,
+    rule: str | None = "deconvnet",
+    progress=False,
+    resume: bool = False,
 ) -> Path:
     """Write every layer's ``topk.json`` and channel panels (projections by ``rule`` beside
     the patches; patches alone when ``rule`` is None or was not computed) and
     ``scan.json`` under ``out``. Under torchrun every rank calls this: each draws every
     N-th channel and rank 0 writes the JSON files. ``progress``: a tqdm bar of channels
-    per layer (rank 0). Returns ``out``."""
+    per layer (rank 0). ``resume``: a channel picture already in ``out`` is kept, not
+    drawn again, when convlens wrote it unchanged (`convlens.files.owned`) for the same
+    top units and projection (`drawn_channels`). Returns ``out``."""
     out = Path(out)
     rank, world = rank_and_world()
     rules = (rule,) if rule in result.views.rules else ()
+    projection = rules[0] if rules else None
+    work = {}
     for name, top in result.layers.items():
         folder = out / name
+        document = layer_json(top)
+        drawn = drawn_channels(folder, document, projection) if resume else set()
         if rank == 0:
-            write_json(folder / "topk.json", layer_json(top), indent=1)
-        mine = [c for c, units in enumerate(top.channels) if units][rank::world]
-        views = result.channel_views(name, mine)
-        for view in tqdm(views, total=len(mine), disable=not progress or rank > 0, desc=name):
-            title = f"{name} channel {view.channel}: top {len(view.units)} by {top.by}"
-            shown = view.projections[rules[0]] if rules else None
-            panel = top_units_panel(view.patches, shown, title)
-            save_png(panel, folder / channel_png_name(view.channel))
+            for c in drawn:
+                keep_output(folder / channel_png_name(c))
+            write_json(folder / "topk.json", document, indent=1)
+        todo = [c for c, units in enumerate(top.channels) if units and c not in drawn]
+        work[name] = todo[rank::world]
+    painter = _ChannelPainter(result, out, projection, progress and rank == 0)
+    # The first group of each layer is timed before the rest: the run-time estimate.
+    firsts = {name: mine[: painter.first_group(name, mine)] for name, mine in work.items()}
+    timed = {name: painter.draw(name, firsts[name], total=len(work[name])) for name in work}
+    if progress and rank == 0:
+        print_estimate(timed, firsts, work)
+    for name, mine in work.items():
+        painter.draw(name, mine[len(firsts[name]) :], done=len(firsts[name]), total=len(mine))
     if rank == 0:
         summary = {
             "layers": list(result.layers),
             "scanned": result.scanned,
             "skipped": [{"source": s, "message": m} for s, m in result.errors],
-            "projection": rules[0] if rules else None,
+            "projection": projection,
         }
         write_json(out / SCAN_FILE, summary, indent=1)
     barrier()
     return out
+
+
+class _ChannelPainter:
+    """Draws channel panels of a scan (projections by ``projection`` beside the patches)
+    into ``out/<layer>/``, with a tqdm bar per layer when ``progress``."""
+
+    def __init__(self, result: TopActivations, out: Path, projection, progress: bool) -> None:
+        self.result, self.out, self.projection, self.progress = result, out, projection, progress
+
+    def first_group(self, layer: str, channels: list[int]) -> int:
+        """How many of ``channels`` make the layer's first group of projections."""
+        tops = self.result.layers[layer].channels
+        if not channels or self.projection is None:
+            return min(1, len(channels))
+        limit, units = self.result.views.group_units(tops[channels[0]][0]), 0
+        for count, c in enumerate(channels, 1):
+            units += len(tops[c])
+            if units >= limit:
+                return count
+        return len(channels)
+
+    def draw(self, layer: str, channels: list[int], done: int = 0, total=None) -> float:
+        """Draw ``channels`` of ``layer``; returns the seconds it took."""
+        start = time.perf_counter()
+        top = self.result.layers[layer]
+        views = self.result.channel_views(layer, channels)
+        bar = tqdm(
+            views,
+            total=total or len(channels),
+            initial=done,
+            disable=not self.progress or not channels,
+            desc=layer,
+        )
+        for view in bar:
+            title = f"{layer} channel {view.channel}: top {len(view.units)} by {top.by}"
+            shown = view.projections[self.projection] if self.projection else None
+            panel = top_units_panel(view.patches, shown, title)
+            save_png(panel, self.out / layer / channel_png_name(view.channel))
+        return time.perf_counter() - start
+
+
+ESTIMATE_SECONDS = 30.0  # a second pass expected to take longer than this is announced
+
+
+def print_estimate(timed: dict, firsts: dict, work: dict) -> float:
+    """One line on stderr before the rest of a long second pass: the channel pictures left
+    and the time they should take at the pace of each layer's first group (``timed``
+    seconds for the ``firsts`` channels of ``work``). Returns the estimate in seconds."""
+    left = {name: len(work[name]) - len(firsts[name]) for name in work}
+    seconds = sum(timed[name] / len(firsts[name]) * left[name] for name in work if firsts[name])
+    if seconds > ESTIMATE_SECONDS:
+        tqdm.write(
+            f"scan: {sum(left.values())} more channel pictures in {len(work)} "
+            f"layer{'s' if len(work) > 1 else ''}, "
+            f"about {_duration(seconds)} at the pace of the first "
+            f"{sum(len(f) for f in firsts.values())}",
+            file=sys.stderr,
+        )
+    return seconds
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def drawn_channels(folder: Path, document: dict, projection: str | None) -> set[int]:
+    """The channels whose picture in ``folder`` (a layer of an earlier scan) shows exactly
+    what this scan would draw: the earlier ``topk.json`` and ``scan.json`` were written by
+    convlens, unchanged, with the same top units (``document``) and ``projection``, and
+    the picture is convlens's, unchanged."""
+    earlier_top, earlier_scan = folder / "topk.json", folder.parent / SCAN_FILE
+    if not (owned(earlier_top) and owned(earlier_scan)):
+        return set()
+    try:
+        same = json.loads(earlier_top.read_text()) == document
+        same = same and json.loads(earlier_scan.read_text()).get("projection") == projection
+    except (OSError, ValueError):
+        return set()
+    if not same:
+        return set()
+    return {
+        entry["channel"]
+        for entry in document["channels"]
+        if entry["top"] and owned(folder / channel_png_name(entry["channel"]))
+    }
 
 
 def thumbnails(dataset: ScanDataset, sources: list[str], size: int = 48) -> list[np.ndarray]:

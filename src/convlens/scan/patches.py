@@ -125,10 +125,18 @@ class ChannelView:
     projections: dict[str, list[torch.Tensor]]
 
 
+# Bytes of uncropped input gradients a group of channels may hold before they are cut
+# into patches: the projections of about 110 units of a 224 x 224 image per group.
+GROUP_BYTES = 64 * 2**20
+
+
 class UnitViews:
     """The second pass, on demand: patches cut from the kept images and projections computed
-    a batch of units at a time, so memory stays at one batch however many channels and
-    however large the fields (a late layer's field can be several times the image)."""
+    a group of channels at a time (as many units as `GROUP_BYTES` of input gradients
+    allow), so memory stays bounded however many channels and however large the fields (a
+    late layer's field can be several times the image). Within a group each distinct image
+    runs forward once, and each of its units runs one backward pass through that forward
+    pass's graph (`unit_gradients`)."""
 
     def __init__(self, module, dataset: ScanDataset, rules, device, batch_size: int) -> None:
         self.module, self.dataset, self.rules = module, dataset, tuple(rules)
@@ -142,13 +150,22 @@ class UnitViews:
         patch = padded_crop(torch.from_numpy(display).permute(2, 0, 1), unit.box, PAD_VALUE)
         return patch.permute(1, 2, 0).numpy()
 
+    def group_units(self, unit: TopUnit) -> int:
+        """Units whose uncropped gradients (one per rule; images the size of ``unit``'s)
+        fit `GROUP_BYTES`; at least ``batch_size``."""
+        per_unit = self.cache(unit.index)[1].numel() * 4 * max(1, len(self.rules))
+        return max(self.batch_size, GROUP_BYTES // per_unit)
+
     def channels(self, layer: str, tops: list[list[TopUnit]], channels) -> Iterator[ChannelView]:
         """A `ChannelView` of each of ``channels`` (indices into ``tops``), in order; the
-        projections of about ``batch_size`` units share one forward and backward pass."""
+        channels of a group (`group_units` units) share each image's forward pass."""
         group: list[int] = []
+        limit = None
         for c in channels:
             group.append(c)
-            if sum(len(tops[g]) for g in group) >= self.batch_size:
+            if limit is None and tops[c]:
+                limit = self.group_units(tops[c][0]) if self.rules else 1
+            if limit is not None and sum(len(tops[g]) for g in group) >= limit:
                 yield from self._views(layer, tops, group)
                 group = []
         if group:
@@ -156,39 +173,67 @@ class UnitViews:
 
     def _views(self, layer: str, tops, group: list[int]) -> Iterator[ChannelView]:
         keys = [(c, unit) for c in group for unit in tops[c]]
-        projected = {rule: self.project(layer, keys, rule) for rule in self.rules}
+        gradients = {rule: self.gradients(layer, keys, rule) for rule in self.rules}
         start = 0
         for c in group:
             count = len(tops[c])
-            yield ChannelView(
-                layer,
-                c,
-                tops[c],
-                [self.patch(unit) for unit in tops[c]],
-                {rule: found[start : start + count] for rule, found in projected.items()},
-            )
+            projected = {
+                rule: [
+                    padded_crop(grad, unit.box, 0.0)
+                    for unit, grad in zip(tops[c], found[start : start + count], strict=True)
+                ]
+                for rule, found in gradients.items()
+            }
+            yield ChannelView(layer, c, tops[c], [self.patch(unit) for unit in tops[c]], projected)
             start += count
 
     def project(self, layer: str, keys: list[tuple[int, TopUnit]], rule: str):
         """Projection ``Tensor[3, h, w]`` of each ``(channel, unit)`` by ``rule``, cut to its
         field (zero outside the image): the input gradient of the unit's activation with
-        the rule at every rectifier; one image copy per unit, all in one backward pass."""
-        if not keys:
-            return []
-        with placed_on(self.module, self.device) as device:
-            images = torch.stack([self.cache(unit.index)[1] for _, unit in keys]).to(device)
-            inputs = images.requires_grad_(True)
-            rows = torch.arange(len(keys), device=device)
-            channels = torch.tensor([c for c, _ in keys], device=device)
-            ys = torch.tensor([unit.y for _, unit in keys], device=device)
-            xs = torch.tensor([unit.x for _, unit in keys], device=device)
-            with borrowed_model(self.module), backward_rule(self.module, rule) as session:
-                with capture(self.module, layer, gradients=True) as cap:
-                    run_until(self.module, [layer], inputs)
-                    picked = cap.activation(layer)[rows, channels, ys, xs]
-                    (gradient,) = torch.autograd.grad(picked.sum(), inputs)
-        session.require_rectifiers(f"cannot project top units with {rule}")
+        the rule at every rectifier (`gradients`)."""
+        found = self.gradients(layer, keys, rule)
         return [
-            padded_crop(grad, unit.box, 0.0)
-            for (_, unit), grad in zip(keys, gradient.detach().cpu(), strict=True)
+            padded_crop(grad, unit.box, 0.0) for (_, unit), grad in zip(keys, found, strict=True)
         ]
+
+    def gradients(self, layer: str, keys: list[tuple[int, TopUnit]], rule: str):
+        """Uncropped input gradient ``Tensor[3, H, W]`` (CPU) of each ``(channel, unit)``'s
+        activation by ``rule``, in the order of ``keys``: one forward pass per distinct
+        image, one backward pass per unit (`unit_gradients`)."""
+        found: list[torch.Tensor | None] = [None] * len(keys)
+        by_image: dict[int, list[int]] = {}
+        for row, (_, unit) in enumerate(keys):
+            by_image.setdefault(unit.index, []).append(row)
+        with placed_on(self.module, self.device) as device:
+            with borrowed_model(self.module), backward_rule(self.module, rule) as session:
+                for index, rows in by_image.items():
+                    image = self.cache(index)[1].to(device)
+                    units = [(keys[r][0], keys[r][1].y, keys[r][1].x) for r in rows]
+                    grads = unit_gradients(self.module, layer, image, units)
+                    for row, grad in zip(rows, grads, strict=True):
+                        found[row] = grad
+        if keys:
+            session.require_rectifiers(f"cannot project top units with {rule}")
+        return found
+
+
+def unit_gradients(
+    module: nn.Module, layer: str, image: torch.Tensor, units: list[tuple[int, int, int]]
+) -> list[torch.Tensor]:
+    """Input gradient ``Tensor[3, H, W]`` (CPU) of the activation of each ``(channel, y,
+    x)`` of ``layer`` for one image ``Tensor[3, H, W]``, under whatever backward rule is
+    active: one forward pass, then one backward pass per unit through the same graph
+    (kept between them). Plain backward passes, because on CPU a loop of them costs about
+    half of one batched backward (``is_grads_batched``) of the same units, whose
+    depthwise-convolution batching concatenates per-row results."""
+    inputs = image[None].detach().clone().requires_grad_(True)
+    with capture(module, layer, gradients=True) as cap:
+        run_until(module, [layer], inputs)
+        activation = cap.activation(layer)
+    found = []
+    for number, (channel, y, x) in enumerate(units, 1):
+        (gradient,) = torch.autograd.grad(
+            activation[0, channel, y, x], inputs, retain_graph=number < len(units)
+        )
+        found.append(gradient[0].detach().cpu())
+    return found

@@ -45,6 +45,7 @@ from convlens.scan.patches import (
 from convlens.scan.stream import RunOptions, stream_pass
 
 BY = ("max", "mean")
+DEFAULT_STAGES = 3  # stages a scan covers when no layer is named
 
 
 @dataclass(frozen=True)
@@ -151,9 +152,23 @@ def check_settings(k: int, by: str, rules: Sequence[str]) -> None:
 def resolve_layers(module: nn.Module, layers) -> list[str]:
     specs = layers if isinstance(layers, (list, tuple)) else [layers]
     if not specs:
-        raise LayerError("pass at least one layer (or layers=None for every stage)")
+        raise LayerError("pass at least one layer (or layers=None for the default stages)")
     names = [resolve_layer(module, spec)[0] for spec in specs]
     return list(dict.fromkeys(names))
+
+
+def representative_stages(stages: Sequence[str], count: int = DEFAULT_STAGES) -> list[str]:
+    """``count`` of a network's stages (`convlens.features.stage_layers`, in forward order)
+    for a default scan: with at least ``count + 2`` stages the first and the last are left
+    out (the stem, whose fields are a few pixels, and the head, usually the widest
+    layer: EfficientNet-Lite0's ``bn2`` has 1,280 channels), then the middle stage of each
+    of ``count`` equal parts of the rest. EfficientNet-Lite0: ``blocks.1``, ``blocks.3``,
+    ``blocks.5``."""
+    stages = list(stages)
+    if len(stages) <= count:
+        return stages
+    inner = stages[1:-1] if len(stages) > count + 1 else stages
+    return [inner[(2 * part + 1) * len(inner) // (2 * count)] for part in range(count)]
 
 
 def capture_layers(names: list[str]):
@@ -207,8 +222,8 @@ def top_activating(
         model: a network (module, `LoadedModel` or name); its preprocessing reads ``data``.
         data: anything `convlens.data.datasets.open_dataset` takes (folder, ImageFolder
             tree, ``.txt`` list, ``"shapes:N"``, a ``Dataset``).
-        layers: layer names/indices/modules with ``[B, C, h, w]`` outputs (default: every
-            stage, `convlens.features.stage_layers`).
+        layers: layer names/indices/modules with ``[B, C, h, w]`` outputs (default: a few
+            representative stages, `representative_stages`).
         k: patches per channel, each from a different image. by: ``"max"`` or ``"mean"``.
         projections: rules for the second pass (``"deconvnet"``, ``"guided"``; ``()`` none).
         device: where to run (default: where the model is); the model is moved there for
@@ -232,7 +247,9 @@ def top_activating(
     with placed_on(module, device) as run_device:
         sample = first_readable(dataset).to(run_device)
         names = (
-            stage_layers(module, sample[0]) if layers is None else resolve_layers(module, layers)
+            representative_stages(stage_layers(module, sample[0]))
+            if layers is None
+            else resolve_layers(module, layers)
         )
         geometry = layer_fields(module, names, sample)
         reducer = TopUnitsReducer(k, by)

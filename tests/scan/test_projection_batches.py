@@ -1,0 +1,84 @@
+"""The second pass of a scan: each distinct image runs forward once per group of channels,
+each of its units runs one backward pass through that graph, and every projection equals
+the unit's projection computed alone (`project_unit`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from tests.helpers.networks import CountingNet
+
+from convlens.data.datasets import open_dataset
+from convlens.data.preprocess import Preprocess
+from convlens.features.projection import project_unit
+from convlens.models.loading import LoadedModel
+from convlens.scan import patches
+from convlens.scan.patches import padded_crop
+from convlens.scan.topk import top_activating
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+PREPROCESS = Preprocess(size=12, mode="stretch", mean=(0.5,) * 3, std=(0.5,) * 3)
+
+
+class Pictures(torch.utils.data.Dataset):
+    def __init__(self, count: int) -> None:
+        rng = np.random.default_rng(3)
+        self.images = rng.integers(0, 256, (count, 12, 12, 3), dtype=np.uint8)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index):
+        return self.images[index]
+
+
+def _alone(model, dataset, layer, channel, unit, rule):
+    """The unit's projection computed by itself, cut like the scan cuts it."""
+    image = dataset[unit.index][1]
+    whole = project_unit(model, image, layer, channel, (unit.y, unit.x), rule=rule, crop=False)
+    return padded_crop(whole.projection, unit.box, 0.0)
+
+
+def test_one_forward_per_distinct_image_and_projections_equal_units_alone():
+    net = CountingNet()
+    model = LoadedModel(net, "counting", PREPROCESS)
+    dataset = open_dataset(Pictures(5), PREPROCESS)
+    result = top_activating(model, dataset, "net.4", k=4, projections=("guided",), batch_size=2)
+    net.calls.clear()
+    views = list(result.channel_views("net.4"))
+    tops = result.layers["net.4"].channels
+    distinct = {unit.index for units in tops for unit in units}
+    # 16 units over at most 5 images: one group, one single-image forward pass per image
+    assert sum(len(units) for units in tops) == 16
+    assert net.calls == [(1, True)] * len(distinct)
+    for view in views:
+        for unit, got in zip(view.units, view.projections["guided"], strict=True):
+            want = _alone(model, dataset, "net.4", view.channel, unit, "guided")
+            assert torch.allclose(got, want, atol=1e-6)
+            assert got.abs().sum() > 0
+
+
+def test_small_groups_give_the_same_projections(monkeypatch):
+    model = LoadedModel(CountingNet(), "counting", PREPROCESS)
+    dataset = open_dataset(Pictures(5), PREPROCESS)
+    result = top_activating(model, dataset, "net.4", k=3, projections=("deconvnet",))
+    whole = [v.projections["deconvnet"] for v in result.channel_views("net.4")]
+    monkeypatch.setattr(patches, "GROUP_BYTES", 1)  # one group per batch_size units
+    result.views.batch_size = 1
+    split = [v.projections["deconvnet"] for v in result.channel_views("net.4")]
+    for a, b in zip(whole, split, strict=True):
+        assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_shapes_model_max_pooling_projections_equal_units_alone():
+    result = top_activating(
+        "synthetic-shapes", "shapes:6", ["features.5"], k=3, projections=("deconvnet", "guided")
+    )
+    loaded = result.views.module
+    dataset = result.views.dataset
+    for view in result.channel_views("features.5", [1, 7]):
+        for rule in ("deconvnet", "guided"):
+            for unit, got in zip(view.units, view.projections[rule], strict=True):
+                want = _alone(loaded, dataset, "features.5", view.channel, unit, rule)
+                assert torch.allclose(got, want, atol=1e-5)
