@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from convlens.errors import DiskFullError, OutputExistsError
+from convlens.errors import DiskFullError, OutputError, OutputExistsError
 
 LEDGER = ".convlens-files.json"
 MARK = "convlens"  # the metadata mark in every picture convlens writes (PNG text, PDF/SVG)
@@ -79,6 +79,7 @@ def check_writable(path: str | Path, force: bool | None = None) -> Path:
     a file convlens did not write (or that was changed since) and ``force`` is off.
     ``force`` None: the running job's (`writing`), else False. Returns ``path``."""
     path = Path(path)
+    check_creatable(path.parent)
     if path.is_dir():
         raise OutputExistsError(f"{path} is a folder; give a file name to write")
     if path.exists() and not _forced(force) and not owned(path):
@@ -98,8 +99,24 @@ def check_folder(folder: str | Path, names=(), force: bool | None = None) -> Pat
         raise OutputExistsError(
             f"{folder} is an existing file, not a folder; pass a folder name (it is created)"
         )
+    check_creatable(folder)
     for name in names:
         check_writable(folder / name, force)
+    return folder
+
+
+def check_creatable(folder: str | Path) -> Path:
+    """`OutputError` unless ``folder`` is a folder convlens can write into, or can create:
+    its nearest existing ancestor must be a writable folder (not a file). Checked before
+    any work, so an impossible ``--out`` fails in a second rather than after the run."""
+    folder = Path(folder)
+    existing = folder.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"cannot write under {folder}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write under {folder}: the folder {existing} is not writable")
     return folder
 
 
