@@ -29,7 +29,10 @@ app = typer.Typer(
 ModelOption = Annotated[
     str, typer.Option("--model", "-m", help="Model name or path (see 'convlens models').")
 ]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+# metavar "": a flag takes no value, and help says so (typer's rich help writes ``<bool>``)
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print JSON instead of text.", metavar="")
+]
 
 
 def _check_device(value: str | None) -> str | None:

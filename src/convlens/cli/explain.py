@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from click.core import ParameterSource
 
 from convlens.cli.app import (
     DeviceOption,
@@ -122,7 +123,8 @@ def explain_command(
         bad = ("--format", fmt, "png, pdf, svg") if f".{fmt}" not in FORMATS else None
         bad = bad or ("--scale", scale, ", ".join(SCALES))
         raise typer.BadParameter(f"{bad[1]!r}; use one of {bad[2]}", param_hint=bad[0])
-    folder, fmt, named = _panel_destination(out, fmt, force)
+    fmt_given = ctx.get_parameter_source("fmt") is not ParameterSource.DEFAULT
+    folder, fmt, named = _panel_destination(out, fmt, force, fmt_given)
     loaded = load_cli_model(
         model,
         arch=arch,
@@ -315,18 +317,35 @@ def _check_outputs(stem, fmt: str) -> None:
     check_writable(stem.with_suffix(".json"))
 
 
-def _panel_destination(out: str, fmt: str, force: bool = False) -> tuple:
+def _panel_destination(out: str, fmt: str, force: bool = False, fmt_given: bool = False) -> tuple:
     """``(folder, format, file stem or None)``: ``--out DIR`` (panels named after their
     images), or ``--out NAME.png|.pdf|.svg`` (the panel of the first image written there,
-    its JSON beside it, further images as ``NAME_2`` ...; the extension sets the format)."""
+    its JSON beside it, further images as ``NAME_2`` ...; the extension sets the format).
+    A ``--format`` given beside a different extension, or a file name with another
+    picture extension (``x.jpg``, which would have become a folder), is a usage error."""
     from pathlib import Path
 
+    from convlens.data.images import IMAGE_SUFFIXES
     from convlens.render.figures import FORMATS, check_writable, output_folder
 
     path = Path(out)
-    if path.suffix.lower() in FORMATS and not path.is_dir() and not out.endswith("/"):
+    suffix = path.suffix.lower()
+    as_file = not path.is_dir() and not out.endswith("/")
+    if as_file and suffix in FORMATS:
+        if fmt_given and fmt != FORMATS[suffix]:
+            raise typer.BadParameter(
+                f"--out {out} is a {FORMATS[suffix]} file but --format is {fmt}: drop "
+                f"--format, or name the file {path.stem}.{fmt}",
+                param_hint="--format",
+            )
         check_writable(path, force)
-        return output_folder(str(path.parent)), path.suffix.lower()[1:], path.stem
+        return output_folder(str(path.parent)), FORMATS[suffix], path.stem
+    if as_file and suffix in (IMAGE_SUFFIXES | {".json", ".html"}) - set(FORMATS):
+        raise typer.BadParameter(
+            f"{out!r}: a panel is written as .png, .pdf or .svg; give such a file name, or "
+            "a folder (end it with / for a folder with a dot in its name)",
+            param_hint="--out",
+        )
     return output_folder(out), fmt, None
 
 

@@ -28,7 +28,9 @@ WeightsOption = Annotated[
 RandomWeightsOption = Annotated[
     bool,
     typer.Option(
-        "--random-weights", help="torchvision:/timm: models with random weights (no download)."
+        "--random-weights",
+        help="torchvision:/timm: models with random weights (no download).",
+        metavar="",
     ),
 ]
 PreprocessOption = Annotated[
@@ -45,6 +47,7 @@ TrustPickleOption = Annotated[
         "--trust-pickle",
         help="Load a --model file that needs full unpickling (torch.save(model)): this runs "
         "code from the file, so only for files you trust.",
+        metavar="",
     ),
 ]
 LabelsOption = Annotated[
@@ -72,7 +75,8 @@ WidthOption = Annotated[
     typer.Option("--width", min=1.0, help="Figure width in inches (3.3 = one paper column)."),
 ]
 ForceOption = Annotated[
-    bool, typer.Option("--force", help="Overwrite an existing file convlens did not write.")
+    bool,
+    typer.Option("--force", help="Overwrite an existing file convlens did not write.", metavar=""),
 ]
 
 

@@ -1,0 +1,77 @@
+"""Options that cannot be honoured together are a usage error (exit 2, one message, before
+any model is loaded), never a silent change; defaults a newcomer meets first (issue 20,
+item 4)."""
+
+from __future__ import annotations
+
+import pytest
+from tests.helpers.cli import command_paths, options_of
+
+from convlens.cli import main
+
+ALL = command_paths()
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    import convlens.models.loading as loading
+
+    monkeypatch.setattr(loading, "_load_by_name", lambda *a, **k: pytest.fail("model was loaded"))
+
+
+def test_evaluate_defaults_to_the_benchmark_methods_can_win():
+    from convlens.cli.evaluate import _chosen_benchmark
+
+    assert _chosen_benchmark(None, None) == "shapes-multi"
+    assert _chosen_benchmark(None, "gt.json") == "shapes"  # annotations: the one-box benchmark
+    assert _chosen_benchmark("gridpg", None) == "gridpg"
+
+
+@pytest.mark.usefixtures("no_model_loading")
+@pytest.mark.parametrize("benchmark", ["shapes-multi", "gridpg"])
+def test_evaluate_data_with_a_benchmark_that_ignores_it_is_a_usage_error(benchmark, capsys):
+    argv = ["evaluate", "--benchmark", benchmark, "--data", "gt.json", "--model", "m.pt"]
+    assert main(argv) == 2
+    assert "is not used by --benchmark" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("no_model_loading")
+def test_features_layer_with_all_layers_is_a_usage_error(tmp_path, capsys):
+    out = tmp_path / "f.png"
+    assert main(["features", "cat", "--layer", "features.0", "--all-layers", "-o", str(out)]) == 2
+    assert "--all-layers draws every stage, --layer one layer" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.usefixtures("no_model_loading")
+def test_explain_format_unlike_the_out_extension_is_a_usage_error(tmp_path, capsys):
+    out = tmp_path / "f.png"
+    assert main(["explain", "cat", "--format", "pdf", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "is a png file but --format is pdf" in err and "f.pdf" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.usefixtures("no_model_loading")
+@pytest.mark.parametrize("name", ["x.jpg", "x.JPEG", "x.webp", "x.json"])
+def test_explain_out_with_another_picture_suffix_is_refused(name, tmp_path, capsys):
+    assert main(["explain", "cat", "--out", str(tmp_path / name)]) == 2
+    err = capsys.readouterr().err
+    assert ".png, .pdf or .svg" in err
+    assert list(tmp_path.iterdir()) == []  # no folder x.jpg/ made
+
+
+def test_a_folder_with_a_dot_ending_in_slash_is_still_a_folder():
+    from convlens.cli.explain import _panel_destination
+
+    folder, fmt, named = _panel_destination("runs/x.jpg/", "png")
+    assert (str(folder), fmt, named) == ("runs/x.jpg", "png", None)
+
+
+@pytest.mark.parametrize("name", sorted(n for n in ALL if "--json" in options_of(ALL[n])))
+def test_json_is_a_plain_flag_in_help(name, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "150")
+    assert main([*name.split(), "--help"]) == 0
+    (line,) = [row for row in capsys.readouterr().out.splitlines() if "--json" in row]
+    assert "<bool>" not in line
+    assert options_of(ALL[name])["--json"].is_flag
