@@ -75,3 +75,20 @@ def test_json_is_a_plain_flag_in_help(name, capsys, monkeypatch):
     (line,) = [row for row in capsys.readouterr().out.splitlines() if "--json" in row]
     assert "<bool>" not in line
     assert options_of(ALL[name])["--json"].is_flag
+
+
+def test_neighbors_writes_nothing_without_out(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    embed = ["embed", "shapes:6", "--model", "synthetic-shapes", "--out", "emb", "--map", "none"]
+    assert main(embed) == 0
+    from PIL import Image
+
+    from convlens.data.synthetic import SyntheticShapes
+
+    Image.fromarray(SyntheticShapes(6).batch([2]).display[0]).save(tmp_path / "query.png")
+    before = sorted(tmp_path.rglob("*"))
+    assert main(["neighbors", "query.png", "--index", "emb", "--top", "2", "--json"]) == 0
+    assert sorted(tmp_path.rglob("*")) == before  # no neighbors-*.png dropped unasked
+    capsys.readouterr()
+    assert main(["neighbors", "query.png", "--index", "emb", "--top", "2", "-o", "near.png"]) == 0
+    assert (tmp_path / "near.png").is_file()
