@@ -147,6 +147,7 @@ def explain_command(
     run = _ExplainRun(names, skip_inapplicable=skip_inapplicable)
     run.refuse_scripted(loaded.module)
     picture = _Picture(fmt, scale, dpi, width)
+    picture.region = _region_box(region_box) if region_box is not None else None
     records, errors, used = [], [], set()
     # --out DIR: files an earlier explain wrote there and this run does not are removed
     with writing(folder, "explain", force=force, remove_stale=named is None):
@@ -354,6 +355,7 @@ class _Picture:
 
     def __init__(self, fmt: str, scale: str, dpi: int | None, width: float | None) -> None:
         self.fmt, self.scale, self.dpi, self.width = fmt, scale, dpi, width
+        self.region: tuple[int, int, int, int] | None = None  # --region, outlined
 
 
 def _with_region(target: str, region_box: str | None):
@@ -362,6 +364,11 @@ def _with_region(target: str, region_box: str | None):
         return target
     from convlens.targets import region
 
+    return region(target, box=_region_box(region_box))
+
+
+def _region_box(region_box: str) -> tuple[int, int, int, int]:
+    """``"x0,y0,x1,y1"`` as four integers (a usage error otherwise)."""
     try:
         box = tuple(int(v) for v in region_box.split(","))
     except ValueError:
@@ -371,4 +378,4 @@ def _with_region(target: str, region_box: str | None):
             f"{region_box!r} is not a box; write four integers x0,y0,x1,y1 such as 8,8,40,40",
             param_hint="--region",
         )
-    return region(target, box=box)
+    return box

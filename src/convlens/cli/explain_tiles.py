@@ -61,5 +61,6 @@ def write_panel(display, tiles, top: dict, stem: Path, picture) -> Path:
         input_title=f"input\ntop: {top['label']} p={top['probability']:.2f}",
         scale=picture.scale,
         width=picture.width,
+        region=picture.region,
     )
     return save_figure(figure, path, picture.dpi)
