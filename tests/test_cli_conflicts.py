@@ -92,3 +92,12 @@ def test_neighbors_writes_nothing_without_out(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     assert main(["neighbors", "query.png", "--index", "emb", "--top", "2", "-o", "near.png"]) == 0
     assert (tmp_path / "near.png").is_file()
+
+
+def test_embed_of_fewer_than_five_images_writes_a_whole_index(tmp_path, capsys):
+    out = tmp_path / "emb"
+    assert main(["embed", "shapes:3", "--model", "synthetic-shapes", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "warning: no map.png: a 2-D map needs at least 5 images, got 3" in err
+    assert {"embeddings.npy", "index.json", "index.html"} <= {p.name for p in out.iterdir()}
+    assert not (out / "map.png").exists()

@@ -195,7 +195,7 @@ def embed_command(
             )
             if rank == 0:
                 result = _with_data(result, data, model, model_file_sha256(model))
-                method = None if map_method == "none" else map_method
+                method = _map_method(map_method, len(result.sources))
                 picture = write_embedding(result, dataset, out, method)
                 page = write_embedding_atlas(
                     out, picture.name if picture else None, f"convlens embedding of {data}"
@@ -206,6 +206,22 @@ def embed_command(
             raise typer.Exit(1)  # some files skipped; after the block, so the folder is whole
     finally:
         _end_group(opened)
+
+
+def _map_method(map_method: str, items: int) -> str | None:
+    """``--map``, or None (no map.png) for ``none`` or too few images for a 2-D map: then
+    the embedding is still written whole, with one warning line."""
+    from convlens.scan.knn import MAP_MIN_ITEMS
+
+    if map_method == "none":
+        return None
+    if items < MAP_MIN_ITEMS:
+        typer.echo(
+            f"warning: no map.png: a 2-D map needs at least {MAP_MIN_ITEMS} images, got {items}",
+            err=True,
+        )
+        return None
+    return map_method
 
 
 def _with_data(result, data: str, model: str, model_sha256: str | None):
