@@ -101,3 +101,28 @@ def test_embed_of_fewer_than_five_images_writes_a_whole_index(tmp_path, capsys):
     assert "warning: no map.png: a 2-D map needs at least 5 images, got 3" in err
     assert {"embeddings.npy", "index.json", "index.html"} <= {p.name for p in out.iterdir()}
     assert not (out / "map.png").exists()
+
+
+@pytest.mark.parametrize("scale", ["absolute"])  # shared: the same path (run_limits)
+def test_explain_scale_spans_all_images_of_the_run(scale, tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    import convlens.cli.explain_tiles as explain_tiles
+    from convlens.data.synthetic import SyntheticShapes
+
+    drawn = []
+    real = explain_tiles.write_panel
+
+    def recording(display, tiles, top, stem, picture, limits=None):
+        drawn.append(limits)
+        return real(display, tiles, top, stem, picture, limits)
+
+    monkeypatch.setattr(explain_tiles, "write_panel", recording)
+    for index, picture in enumerate(SyntheticShapes(2, seed=3).batch().display):
+        Image.fromarray(picture).save(tmp_path / f"s{index}.png")
+    out = tmp_path / "out"
+    argv = ["explain", str(tmp_path / "s0.png"), str(tmp_path / "s1.png")]
+    argv += ["--model", "synthetic-shapes", "--scale", scale, "--out", str(out)]
+    assert main(argv) == 0
+    assert len(drawn) == 2 and drawn[0] == drawn[1] and drawn[0] is not None
+    assert (out / "s0.png").is_file() and (out / "s1.png").is_file()

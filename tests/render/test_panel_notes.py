@@ -69,3 +69,18 @@ def test_the_region_is_outlined_on_the_input_and_every_tile():
     assert len(outlined) == 3
     (box,) = [p for p in outlined[0].patches if isinstance(p, Rectangle)]
     assert (box.get_x(), box.get_y(), box.get_width(), box.get_height()) == (3.5, 5.5, 16, 24)
+
+
+def test_run_limits_share_one_range_per_method_across_panels():
+    from convlens.render.panel import run_limits
+
+    small = [PanelTile(torch.full((4, 4), 0.5) * torch.eye(4), "a", "gradcam")]
+    large = [
+        PanelTile(torch.eye(4) * 3.0, "a", "gradcam"),
+        PanelTile(-torch.eye(4), "b", "saliency"),
+    ]
+    (first,), (second, other) = run_limits([small, large], "absolute")
+    assert first == second == (0.0, 3.0)  # the run's largest gradcam value, both panels
+    assert other == (-1.0, 1.0)
+    per_map = run_limits([small, large], "per-map")
+    assert per_map[0][0] != per_map[1][0]

@@ -183,6 +183,10 @@ def explain_command(
                     f"{record['source']}: explained {record['explained']} "
                     f"(top: {top['label']} {top['probability']:.3f}) -> {record['panel']}"
                 )
+        if picture.held:
+            from convlens.cli.explain_tiles import write_run_panels
+
+            write_run_panels(picture.held, picture)
         if as_json:
             _echo_json(
                 {
@@ -282,7 +286,10 @@ def _explain_one_image(
     failed = run.settle(failures, batch.sources[0], debug)
     tiles, methods = method_tiles(explanations)
     panel_path = None
-    if tiles:
+    if tiles and picture.held is not None:  # drawn after the run, on the run's scale
+        picture.held.append((batch.display[0], tiles, predictions[0], stem))
+        panel_path = stem.with_suffix(f".{picture.fmt}")
+    elif tiles:
         panel_path = write_panel(batch.display[0], tiles, predictions[0], stem, picture)
     layers = sorted({m["layer"] for m in methods if m["layer"]})
     record = {
@@ -356,6 +363,9 @@ class _Picture:
     def __init__(self, fmt: str, scale: str, dpi: int | None, width: float | None) -> None:
         self.fmt, self.scale, self.dpi, self.width = fmt, scale, dpi, width
         self.region: tuple[int, int, int, int] | None = None  # --region, outlined
+        # shared/absolute: one colour range per method across all images of the run, so
+        # panels wait until every image is explained
+        self.held: list[tuple] | None = None if scale == "per-map" else []
 
 
 def _with_region(target: str, region_box: str | None):

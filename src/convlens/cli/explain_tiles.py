@@ -48,8 +48,9 @@ def explained_text(methods: list[dict]) -> str:
     return f"{first['class_name']} ({first['class_id']})"
 
 
-def write_panel(display, tiles, top: dict, stem: Path, picture) -> Path:
-    """Draw the panel and write ``stem`` + the picture's format; returns the path."""
+def write_panel(display, tiles, top: dict, stem: Path, picture, limits=None) -> Path:
+    """Draw the panel and write ``stem`` + the picture's format; returns the path.
+    ``limits``: the tiles' colour ranges when set across the run (`write_run_panels`)."""
     from convlens.render.figures import check_writable, save_figure
     from convlens.render.panel import explanation_figure
 
@@ -62,5 +63,17 @@ def write_panel(display, tiles, top: dict, stem: Path, picture) -> Path:
         scale=picture.scale,
         width=picture.width,
         region=picture.region,
+        limits=limits,
     )
     return save_figure(figure, path, picture.dpi)
+
+
+def write_run_panels(panels: list[tuple], picture) -> None:
+    """Draw the panels held back for a scale across the whole run (``--scale shared`` or
+    ``absolute``): each ``(display, tiles, top, stem)``, with its method's one colour range
+    over every image."""
+    from convlens.render.panel import run_limits
+
+    limits = run_limits([tiles for _, tiles, _, _ in panels], picture.scale)
+    for (display, tiles, top, stem), own in zip(panels, limits, strict=True):
+        write_panel(display, tiles, top, stem, picture, own)

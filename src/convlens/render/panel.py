@@ -7,7 +7,8 @@ Colour scale (``scale``) of overlay tiles:
 - ``"per-map"``: each map by the rule of `convlens.render.images.map_display` (its minimum
   to its 99th percentile, or symmetric about 0 for signed maps);
 - ``"shared"``: one such range for every tile of the same method (``PanelTile.group``), the
-  widest of theirs, so the rows of one method (top-k classes, a contrast) compare;
+  widest of theirs, so the rows of one method (top-k classes, a contrast) compare; across
+  the panels of one run with `run_limits`, so the images compare too;
 - ``"absolute"``: one range per method from 0 (or symmetric about 0) to the largest
   magnitude, nothing clipped: colours are raw values measured from zero.
 
@@ -112,6 +113,20 @@ def tile_limits(tiles: Sequence[PanelTile], scale: str = "per-map") -> list[tupl
     return limits
 
 
+def run_limits(
+    panels: Sequence[Sequence[PanelTile]], scale: str = "per-map"
+) -> list[list[tuple[float, float]]]:
+    """`tile_limits` across the panels of one run (one list of tiles per image): with
+    ``shared`` or ``absolute``, every tile of a method gets the same range in all panels,
+    so the images of a run compare. Returns the limits per panel, per tile."""
+    flat = tile_limits([tile for tiles in panels for tile in tiles], scale)
+    limits, start = [], 0
+    for tiles in panels:
+        limits.append(flat[start : start + len(tiles)])
+        start += len(tiles)
+    return limits
+
+
 def tile_pixels(image: np.ndarray, values, limits: tuple[float, float], alpha: float = 0.5):
     """``uint8[H, W, 3]``: ``values`` over ``image`` with ``limits`` at the colormap's ends
     (signed limits, ``low < 0``, in blue-white-red; else jet). With `map_display`'s limits
@@ -145,16 +160,19 @@ def explanation_figure(
     width: float | None = None,
     alpha: float = 0.5,
     region: tuple[int, int, int, int] | None = None,
+    limits: Sequence[tuple[float, float]] | None = None,
 ):
     """A matplotlib Figure: ``image`` (``uint8[H, W, 3]``) first, then each tile (an overlay
     with a colourbar in the map's units, or its ``rgb`` pixels; a constant map: the image
     with a note), ``columns`` per row, ``width`` inches wide (default 2.4 per column).
-    ``region``: a box ``(x0, y0, x1, y1)`` in image pixels (x1, y1 exclusive), outlined."""
+    ``region``: a box ``(x0, y0, x1, y1)`` in image pixels (x1, y1 exclusive), outlined.
+    ``limits``: each tile's colour range, when the scale spans more than this panel
+    (`run_limits`); default: `tile_limits` of these tiles."""
     from matplotlib import colors
     from matplotlib.cm import ScalarMappable
     from matplotlib.figure import Figure
 
-    limits = tile_limits(tiles, scale)
+    limits = tile_limits(tiles, scale) if limits is None else limits
     count = len(tiles) + 1
     columns = max(1, min(columns, count))
     rows = math.ceil(count / columns)
