@@ -65,8 +65,8 @@ ScaleOption = Annotated[
     str,
     typer.Option(
         "--scale",
-        help="Colour scale of the maps: per-map, shared (one per method) or absolute "
-        "(one per method, from 0, unclipped).",
+        help="Colour scale of the maps: per-map, shared (one per method, across all images "
+        "of the run) or absolute (the same, from 0, unclipped).",
     ),
 ]
 DpiOption = Annotated[int | None, typer.Option("--dpi", min=20, help="Raster resolution.")]
