@@ -262,7 +262,13 @@ def _explain_one_image(
         predictions_from_output,
         top_predictions,
     )
-    from convlens.cli.explain_tiles import explained_text, method_tiles, write_panel
+    from convlens.cli.explain_tiles import (
+        explained_text,
+        image_independence,
+        method_tiles,
+        pattern_note,
+        write_panel,
+    )
     from convlens.files import write_json
     from convlens.targets import target_text
 
@@ -284,7 +290,12 @@ def _explain_one_image(
     else:
         predictions = top_predictions(loaded, batch.tensor)[0]
     failed = run.settle(failures, batch.sources[0], debug)
-    tiles, methods = method_tiles(explanations)
+    notes = {
+        item.method: pattern_note(image_independence(loaded, batch.tensor, item, method_options))
+        for item in explanations
+        if item.method == "deconvnet"
+    }
+    tiles, methods = method_tiles(explanations, notes)
     panel_path = None
     if tiles and picture.held is not None:  # drawn after the run, on the run's scale
         picture.held.append((batch.display[0], tiles, predictions[0], stem))
