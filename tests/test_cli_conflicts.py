@@ -126,3 +126,11 @@ def test_explain_scale_spans_all_images_of_the_run(scale, tmp_path, monkeypatch,
     assert main(argv) == 0
     assert len(drawn) == 2 and drawn[0] == drawn[1] and drawn[0] is not None
     assert (out / "s0.png").is_file() and (out / "s1.png").is_file()
+
+
+@pytest.mark.usefixtures("no_model_loading")
+@pytest.mark.parametrize("command", ["predict", "explain"])
+def test_a_value_after_a_flag_is_not_read_as_an_image(command, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main([command, "cat", "--json", "false"]) == 2
+    assert "flags such as --json take no value" in capsys.readouterr().err
