@@ -135,6 +135,17 @@ def test_progress_lines_off_a_terminal():
     assert silent.getvalue() == ""
 
 
+def test_progress_off_a_terminal_does_not_flood_the_log():
+    stream = io.StringIO()
+    assert sum(1 for _ in progress_bar(range(1000), desc="scan", stream=stream)) == 1000
+    lines = stream.getvalue().splitlines()
+    assert lines == [f"scan: {i}/1000" for i in range(100, 1001, 100)]
+    unsized = io.StringIO()
+    assert sum(1 for _ in progress_bar(iter(range(250)), desc="u", stream=unsized)) == 250
+    counts = [int(line.split(": ")[1]) for line in unsized.getvalue().splitlines()]
+    assert counts == [*range(1, 10), *range(10, 100, 10), 100, 200]
+
+
 def test_method_summaries_are_whole_sentences_without_markup(capsys):
     assert main(["methods", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)

@@ -19,7 +19,7 @@ from PIL import Image
 
 import convlens
 from convlens import files
-from convlens.errors import DiskFullError, OutputExistsError
+from convlens.errors import DiskFullError, OutputError, OutputExistsError
 from convlens.files import LEDGER, atomic_file, owned, write_json, write_text, writing
 
 BUDGET = 64 * 1024  # bytes a full disk takes before it refuses
@@ -279,7 +279,7 @@ def test_a_path_under_a_file_is_refused_before_any_work(tmp_path):
 
     (tmp_path / "file").write_text("mine")
     for check, path in ((check_writable, "file/sub/out.png"), (check_folder, "file/sub")):
-        with pytest.raises(OutputExistsError, match="is a file, not a folder"):
+        with pytest.raises(OutputError, match="is a file, not a folder"):
             check(tmp_path / path)
     assert (tmp_path / "file").read_text() == "mine"
     assert check_writable(tmp_path / "new" / "deeper" / "out.png").name == "out.png"

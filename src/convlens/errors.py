@@ -51,3 +51,8 @@ class OutputExistsError(ConvlensError):
 
 class DiskFullError(ConvlensError):
     """The disk (or quota) filled up while convlens wrote a file; the earlier file stays."""
+
+
+class OutputError(ConvlensError):
+    """An output path convlens cannot write: under a file, or in a folder without write
+    permission. Raised before any work."""

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from convlens.errors import DiskFullError, OutputExistsError
+from convlens.errors import DiskFullError, OutputError, OutputExistsError
 
 LEDGER = ".convlens-files.json"
 MARK = "convlens"  # the metadata mark in every picture convlens writes (PNG text, PDF/SVG)
@@ -90,9 +90,9 @@ def check_writable(path: str | Path, force: bool | None = None) -> Path:
     a file convlens did not write (or that was changed since) and ``force`` is off.
     ``force`` None: the running job's (`writing`), else False. Returns ``path``."""
     path = Path(path)
+    check_creatable(path.parent)
     if path.is_dir():
         raise OutputExistsError(f"{path} is a folder; give a file name to write")
-    _check_parent_folder(path)
     if path.exists() and not _forced(force) and not owned(path):
         raise OutputExistsError(
             f"{path} exists and convlens did not write it (or it was changed since); choose "
@@ -101,35 +101,34 @@ def check_writable(path: str | Path, force: bool | None = None) -> Path:
     return path
 
 
-def _check_parent_folder(path: Path) -> None:
-    """`OutputExistsError` when ``path``'s folder cannot be made or written: its nearest
-    existing ancestor is a file, or a folder this process may not write in."""
-    ancestor = path.parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise OutputExistsError(
-            f"cannot write {path}: {ancestor} is a file, not a folder; choose another path"
-        )
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise OutputExistsError(
-            f"cannot write {path}: the folder {ancestor} is not writable; choose another path"
-        )
-
-
 def check_folder(folder: str | Path, names=(), force: bool | None = None) -> Path:
     """The up-front check of a command that fills ``folder``: `OutputExistsError` when
-    ``folder`` is an existing file, lies under a file or in a folder that is not writable,
-    or one of the files ``names`` it will write there may not be replaced
-    (`check_writable`). Returns ``folder``."""
+    ``folder`` is an existing file or one of the files ``names`` it will write there may not
+    be replaced (`check_writable`); `OutputError` when it lies under a file or in a folder
+    that is not writable (`check_creatable`). Returns ``folder``."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise OutputExistsError(
             f"{folder} is an existing file, not a folder; pass a folder name (it is created)"
         )
-    _check_parent_folder(folder / LEDGER)  # the folder can be made and written in
+    check_creatable(folder)
     for name in names:
         check_writable(folder / name, force)
+    return folder
+
+
+def check_creatable(folder: str | Path) -> Path:
+    """`OutputError` unless ``folder`` is a folder convlens can write into, or can create:
+    its nearest existing ancestor must be a writable folder (not a file). Checked before
+    any work, so an impossible ``--out`` fails in a second rather than after the run."""
+    folder = Path(folder)
+    existing = folder.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"cannot write under {folder}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write under {folder}: the folder {existing} is not writable")
     return folder
 
 

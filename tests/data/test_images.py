@@ -181,13 +181,15 @@ def test_dark_16_bit_png_is_scaled_by_the_16_bit_range(tmp_path):
 
 
 def test_empty_directory_is_an_error_not_silence(tmp_path):
-    (tmp_path / "notes.txt").write_text("no images here")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no images here")
     with pytest.raises(ImageLoadError, match="no image files"):
-        load_images(tmp_path)
-    good = tmp_path / "sub"
+        load_images(empty)
+    good = tmp_path / "good"  # beside, not below: folders are read recursively
     good.mkdir()
     Image.new("RGB", (4, 4)).save(good / "x.png")
-    batch = load_images([good, tmp_path], skip_errors=True)
+    batch = load_images([good, empty], skip_errors=True)
     assert len(batch) == 1 and "no image files" in batch.errors[0][1]
 
 

@@ -251,7 +251,8 @@ def test_cli_trains_a_head_and_every_command_loads_it(tmp_path, capsys):
     assert main([*explained, "--out", str(tmp_path / "explained"), "--json"]) == 0
     assert (tmp_path / "explained" / "shape.png").is_file()
     capsys.readouterr()
-    evaluate = ["evaluate", "--model", model, "--method", "nin,gradcam", "--limit", "4"]
+    evaluate = ["evaluate", "--model", model, "--benchmark", "shapes", "--method", "nin,gradcam"]
+    evaluate += ["--limit", "4"]
     assert main([*evaluate, "--json"]) == 0
     board = json.loads(capsys.readouterr().out)
     assert {"nin", "gradcam"} <= board.keys()

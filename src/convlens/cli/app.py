@@ -29,7 +29,10 @@ app = typer.Typer(
 ModelOption = Annotated[
     str, typer.Option("--model", "-m", help="Model name or path (see 'convlens models').")
 ]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+# metavar "": a flag takes no value, and help says so (typer's rich help writes ``<bool>``)
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print JSON instead of text.", metavar="")
+]
 
 
 def _check_device(value: str | None) -> str | None:
@@ -51,9 +54,26 @@ DeviceOption = Annotated[
         callback=_check_device,
     ),
 ]
+def _check_images(values: list[str] | None) -> list[str] | None:
+    """``--json false`` reads ``false`` as an image: a flag takes no value, so a ``true`` or
+    ``false`` that is no file is a usage error saying so."""
+    from pathlib import Path
+
+    for value in values or []:
+        if value.lower() in ("true", "false") and not Path(value).exists():
+            raise typer.BadParameter(
+                f"{value!r} is not an image; flags such as --json take no value "
+                f"(write --json, not --json {value})"
+            )
+    return values
+
+
 ImagesArgument = Annotated[
     list[str],
-    typer.Argument(help="Image files, directories, or sample names (" + "cat, coffee, ...)."),
+    typer.Argument(
+        help="Image files, directories, or sample names (" + "cat, coffee, ...).",
+        callback=_check_images,
+    ),
 ]
 
 

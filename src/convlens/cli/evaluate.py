@@ -14,14 +14,15 @@ from convlens.package import DEFAULT_MODEL
 @app.command("evaluate")
 def evaluate_command(
     benchmark: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--benchmark",
             "-b",
             help="shapes (one object per image), shapes-multi (1-4 objects, each class "
-            "scored against its own mask) or gridpg (grids of real photos).",
+            "scored against its own mask) or gridpg (grids of real photos). Default: "
+            "shapes-multi, where the methods beat the model-free floors; shapes with --data.",
         ),
-    ] = "shapes",
+    ] = None,
     model: Annotated[
         str | None,
         typer.Option(
@@ -105,6 +106,7 @@ def evaluate_command(
             "(synthetic-shapes only knows its own synthetic classes)",
             param_hint="--model",
         )
+    benchmark = _chosen_benchmark(benchmark, data)
     names = method_names(methods_alias or method)
     if out is not None:  # before any work
         check_folder(out, ("leaderboard.json", "curves.png", "sanity.png"), force)
@@ -154,6 +156,20 @@ def evaluate_command(
         typer.echo(f"{name} failed: {message}", err=True)
     if board.errors:
         raise typer.Exit(1)
+
+
+def _chosen_benchmark(benchmark: str | None, data: str | None) -> str:
+    """``--benchmark``, or its default: ``shapes`` scores ``--data`` annotations, else
+    ``shapes-multi``. ``--data`` with another benchmark would be ignored: a usage error."""
+    if benchmark is None:
+        return "shapes-multi" if data is None else "shapes"
+    if data is not None and benchmark != "shapes":
+        raise typer.BadParameter(
+            f"--data scores your annotations and is not used by --benchmark {benchmark}: "
+            "drop --benchmark (or give --benchmark shapes)",
+            param_hint="--benchmark",
+        )
+    return benchmark
 
 
 def _counted_progress(names: list[str], limit: int | None):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from click.core import ParameterSource
 
 from convlens.cli.app import (
     DeviceOption,
@@ -122,7 +123,8 @@ def explain_command(
         bad = ("--format", fmt, "png, pdf, svg") if f".{fmt}" not in FORMATS else None
         bad = bad or ("--scale", scale, ", ".join(SCALES))
         raise typer.BadParameter(f"{bad[1]!r}; use one of {bad[2]}", param_hint=bad[0])
-    folder, fmt, named = _panel_destination(out, fmt, force)
+    fmt_given = ctx.get_parameter_source("fmt") is not ParameterSource.DEFAULT
+    folder, fmt, named = _panel_destination(out, fmt, force, fmt_given)
     loaded = load_cli_model(
         model,
         arch=arch,
@@ -145,6 +147,7 @@ def explain_command(
     run = _ExplainRun(names, skip_inapplicable=skip_inapplicable)
     run.refuse_scripted(loaded.module)
     picture = _Picture(fmt, scale, dpi, width)
+    picture.region = _region_box(region_box) if region_box is not None else None
     records, errors, used = [], [], set()
     # --out DIR: files an earlier explain wrote there and this run does not are removed
     with writing(folder, "explain", force=force, remove_stale=named is None):
@@ -180,6 +183,10 @@ def explain_command(
                     f"{record['source']}: explained {record['explained']} "
                     f"(top: {top['label']} {top['probability']:.3f}) -> {record['panel']}"
                 )
+        if picture.held:
+            from convlens.cli.explain_tiles import write_run_panels
+
+            write_run_panels(picture.held, picture)
         if as_json:
             _echo_json(
                 {
@@ -255,7 +262,13 @@ def _explain_one_image(
         predictions_from_output,
         top_predictions,
     )
-    from convlens.cli.explain_tiles import explained_text, method_tiles, write_panel
+    from convlens.cli.explain_tiles import (
+        explained_text,
+        image_independence,
+        method_tiles,
+        pattern_note,
+        write_panel,
+    )
     from convlens.files import write_json
     from convlens.targets import target_text
 
@@ -277,9 +290,17 @@ def _explain_one_image(
     else:
         predictions = top_predictions(loaded, batch.tensor)[0]
     failed = run.settle(failures, batch.sources[0], debug)
-    tiles, methods = method_tiles(explanations)
+    notes = {
+        item.method: pattern_note(image_independence(loaded, batch.tensor, item, method_options))
+        for item in explanations
+        if item.method == "deconvnet"
+    }
+    tiles, methods = method_tiles(explanations, notes)
     panel_path = None
-    if tiles:
+    if tiles and picture.held is not None:  # drawn after the run, on the run's scale
+        picture.held.append((batch.display[0], tiles, predictions[0], stem))
+        panel_path = stem.with_suffix(f".{picture.fmt}")
+    elif tiles:
         panel_path = write_panel(batch.display[0], tiles, predictions[0], stem, picture)
     layers = sorted({m["layer"] for m in methods if m["layer"]})
     record = {
@@ -306,18 +327,35 @@ def _check_outputs(stem, fmt: str) -> None:
     check_writable(stem.with_suffix(".json"))
 
 
-def _panel_destination(out: str, fmt: str, force: bool = False) -> tuple:
+def _panel_destination(out: str, fmt: str, force: bool = False, fmt_given: bool = False) -> tuple:
     """``(folder, format, file stem or None)``: ``--out DIR`` (panels named after their
     images), or ``--out NAME.png|.pdf|.svg`` (the panel of the first image written there,
-    its JSON beside it, further images as ``NAME_2`` ...; the extension sets the format)."""
+    its JSON beside it, further images as ``NAME_2`` ...; the extension sets the format).
+    A ``--format`` given beside a different extension, or a file name with another
+    picture extension (``x.jpg``, which would have become a folder), is a usage error."""
     from pathlib import Path
 
+    from convlens.data.images import IMAGE_SUFFIXES
     from convlens.render.figures import FORMATS, check_writable, output_folder
 
     path = Path(out)
-    if path.suffix.lower() in FORMATS and not path.is_dir() and not out.endswith("/"):
+    suffix = path.suffix.lower()
+    as_file = not path.is_dir() and not out.endswith("/")
+    if as_file and suffix in FORMATS:
+        if fmt_given and fmt != FORMATS[suffix]:
+            raise typer.BadParameter(
+                f"--out {out} is a {FORMATS[suffix]} file but --format is {fmt}: drop "
+                f"--format, or name the file {path.stem}.{fmt}",
+                param_hint="--format",
+            )
         check_writable(path, force)
-        return output_folder(str(path.parent)), path.suffix.lower()[1:], path.stem
+        return output_folder(str(path.parent)), FORMATS[suffix], path.stem
+    if as_file and suffix in (IMAGE_SUFFIXES | {".json", ".html"}) - set(FORMATS):
+        raise typer.BadParameter(
+            f"{out!r}: a panel is written as .png, .pdf or .svg; give such a file name, or "
+            "a folder (end it with / for a folder with a dot in its name)",
+            param_hint="--out",
+        )
     return output_folder(out), fmt, None
 
 
@@ -326,6 +364,10 @@ class _Picture:
 
     def __init__(self, fmt: str, scale: str, dpi: int | None, width: float | None) -> None:
         self.fmt, self.scale, self.dpi, self.width = fmt, scale, dpi, width
+        self.region: tuple[int, int, int, int] | None = None  # --region, outlined
+        # shared/absolute: one colour range per method across all images of the run, so
+        # panels wait until every image is explained
+        self.held: list[tuple] | None = None if scale == "per-map" else []
 
 
 def _with_region(target: str, region_box: str | None):
@@ -334,6 +376,11 @@ def _with_region(target: str, region_box: str | None):
         return target
     from convlens.targets import region
 
+    return region(target, box=_region_box(region_box))
+
+
+def _region_box(region_box: str) -> tuple[int, int, int, int]:
+    """``"x0,y0,x1,y1"`` as four integers (a usage error otherwise)."""
     try:
         box = tuple(int(v) for v in region_box.split(","))
     except ValueError:
@@ -343,4 +390,4 @@ def _with_region(target: str, region_box: str | None):
             f"{region_box!r} is not a box; write four integers x0,y0,x1,y1 such as 8,8,40,40",
             param_hint="--region",
         )
-    return region(target, box=box)
+    return box

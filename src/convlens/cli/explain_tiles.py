@@ -7,10 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def method_tiles(explanations) -> tuple[list, list[dict]]:
+def method_tiles(explanations, notes: dict | None = None) -> tuple[list, list[dict]]:
     """Panel tiles and JSON method records (`Explanation.row_records`) for one image's
     explanations; guided backprop and deconvnet tiles draw the input gradient their
-    method computed (`Explanation.gradient`) as an RGB image."""
+    method computed (`Explanation.gradient`) as an RGB image. ``notes``: ``{method: text}``
+    added under that method's tiles (`pattern_note`)."""
     from convlens.render.panel import PanelTile, gradient_image, tile_title
 
     tiles, methods = [], []
@@ -30,9 +31,54 @@ def method_tiles(explanations) -> tuple[list, list[dict]]:
                 rgb = gradient_image(item.gradient[row])
                 peak = float(item.gradient[row].abs().max())
                 note = f"input gradient, grey = 0, max |g| = {peak:.3g}"
+            extra = (notes or {}).get(item.method, "")
+            note = "; ".join(text for text in (note, extra) if text)
             tiles.append(PanelTile(item.maps[row], title, item.method, rgb, note))
         methods.extend(records)
     return tiles, methods
+
+
+PATTERN_CORRELATION = 0.95  # above this, the image hardly changes deconvnet's picture
+
+
+def image_independence(loaded, image, explanation, method_options=None) -> float | None:
+    """Pearson correlation of ``explanation``'s first input gradient (deconvnet's) with the
+    same method's gradient, for the same class, on seeded noise of the image's shape
+    (``image``: the model input ``Tensor[1, 3, H, W]``). Near 1: the picture is the
+    network's own pattern (a checkerboard from strided convolutions), not the image's.
+    None when there is no gradient to compare."""
+    import torch
+
+    from convlens.attribution.explain import explain_methods
+
+    if explanation.gradient is None:
+        return None
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.randn(image.shape, generator=generator).to(image.device, image.dtype)
+    class_id = int(explanation.row_records()[0]["class_id"])
+    options = (method_options or {}).get(explanation.method, {})
+    (other,), _ = explain_methods(
+        loaded,
+        noise,
+        [explanation.method],
+        class_id,
+        method_options={explanation.method: options} if options else None,
+    )
+    first, second = explanation.gradient[0].flatten(), other.gradient[0].flatten()
+    stacked = torch.stack([first.double(), second.double().to(first.device)])
+    if bool((stacked.std(dim=1) == 0).any()):
+        return None
+    return float(torch.corrcoef(stacked)[0, 1])
+
+
+def pattern_note(correlation: float | None) -> str:
+    """The note under a deconvnet tile whose picture does not depend on the image."""
+    if correlation is None or correlation <= PATTERN_CORRELATION:
+        return ""
+    return (
+        f"image-independent pattern: r={correlation:.2f} with the map of noise "
+        "(deconvnet on this network)"
+    )
 
 
 def explained_text(methods: list[dict]) -> str:
@@ -48,8 +94,9 @@ def explained_text(methods: list[dict]) -> str:
     return f"{first['class_name']} ({first['class_id']})"
 
 
-def write_panel(display, tiles, top: dict, stem: Path, picture) -> Path:
-    """Draw the panel and write ``stem`` + the picture's format; returns the path."""
+def write_panel(display, tiles, top: dict, stem: Path, picture, limits=None) -> Path:
+    """Draw the panel and write ``stem`` + the picture's format; returns the path.
+    ``limits``: the tiles' colour ranges when set across the run (`write_run_panels`)."""
     from convlens.render.figures import check_writable, save_figure
     from convlens.render.panel import explanation_figure
 
@@ -61,5 +108,18 @@ def write_panel(display, tiles, top: dict, stem: Path, picture) -> Path:
         input_title=f"input\ntop: {top['label']} p={top['probability']:.2f}",
         scale=picture.scale,
         width=picture.width,
+        region=picture.region,
+        limits=limits,
     )
     return save_figure(figure, path, picture.dpi)
+
+
+def write_run_panels(panels: list[tuple], picture) -> None:
+    """Draw the panels held back for a scale across the whole run (``--scale shared`` or
+    ``absolute``): each ``(display, tiles, top, stem)``, with its method's one colour range
+    over every image."""
+    from convlens.render.panel import run_limits
+
+    limits = run_limits([tiles for _, tiles, _, _ in panels], picture.scale)
+    for (display, tiles, top, stem), own in zip(panels, limits, strict=True):
+        write_panel(display, tiles, top, stem, picture, own)

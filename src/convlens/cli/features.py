@@ -142,6 +142,11 @@ def features_command(
             f"{image} is a folder; features draws one image: give one file or sample name "
             "(for a folder, run it per file, or use 'convlens explain DIR' for every image)"
         )
+    if all_layers and layer is not None:
+        raise typer.BadParameter(
+            "--all-layers draws every stage, --layer one layer: give one of them",
+            param_hint="--layer",
+        )
     check_output(out, force)
     loaded = _loaded_model(model, device, trust_pickle)
     tensor = load_images([image], preprocess=loaded.preprocess).tensor

@@ -28,7 +28,9 @@ WeightsOption = Annotated[
 RandomWeightsOption = Annotated[
     bool,
     typer.Option(
-        "--random-weights", help="torchvision:/timm: models with random weights (no download)."
+        "--random-weights",
+        help="torchvision:/timm: models with random weights (no download).",
+        metavar="",
     ),
 ]
 PreprocessOption = Annotated[
@@ -45,6 +47,7 @@ TrustPickleOption = Annotated[
         "--trust-pickle",
         help="Load a --model file that needs full unpickling (torch.save(model)): this runs "
         "code from the file, so only for files you trust.",
+        metavar="",
     ),
 ]
 LabelsOption = Annotated[
@@ -62,8 +65,8 @@ ScaleOption = Annotated[
     str,
     typer.Option(
         "--scale",
-        help="Colour scale of the maps: per-map, shared (one per method) or absolute "
-        "(one per method, from 0, unclipped).",
+        help="Colour scale of the maps: per-map, shared (one per method, across all images "
+        "of the run) or absolute (the same, from 0, unclipped).",
     ),
 ]
 DpiOption = Annotated[int | None, typer.Option("--dpi", min=20, help="Raster resolution.")]
@@ -72,7 +75,8 @@ WidthOption = Annotated[
     typer.Option("--width", min=1.0, help="Figure width in inches (3.3 = one paper column)."),
 ]
 ForceOption = Annotated[
-    bool, typer.Option("--force", help="Overwrite an existing file convlens did not write.")
+    bool,
+    typer.Option("--force", help="Overwrite an existing file convlens did not write.", metavar=""),
 ]
 
 

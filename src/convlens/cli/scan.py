@@ -207,7 +207,7 @@ def embed_command(
             )
             if rank == 0:
                 result = _with_data(result, data, model, model_file_sha256(model))
-                method = None if map_method == "none" else map_method
+                method = _map_method(map_method, len(result.sources))
                 picture = write_embedding(result, dataset, out, method)
                 page = write_embedding_atlas(
                     out, picture.name if picture else None, f"convlens embedding of {data}"
@@ -218,6 +218,22 @@ def embed_command(
             raise typer.Exit(1)  # some files skipped; after the block, so the folder is whole
     finally:
         _end_group(opened)
+
+
+def _map_method(map_method: str, items: int) -> str | None:
+    """``--map``, or None (no map.png) for ``none`` or too few images for a 2-D map: then
+    the embedding is still written whole, with one warning line."""
+    from convlens.scan.knn import MAP_MIN_ITEMS
+
+    if map_method == "none":
+        return None
+    if items < MAP_MIN_ITEMS:
+        typer.echo(
+            f"warning: no map.png: a 2-D map needs at least {MAP_MIN_ITEMS} images, got {items}",
+            err=True,
+        )
+        return None
+    return map_method
 
 
 def _with_data(result, data: str, model: str, model_sha256: str | None):
@@ -237,7 +253,10 @@ def neighbors_command(
         int | None, typer.Option("--k", hidden=True, min=1, help="Old spelling of --top.")
     ] = None,
     metric: Annotated[str, typer.Option(help="cosine or l2.")] = "cosine",
-    out: Annotated[str | None, typer.Option("--out", "-o", help="PNG of the neighbours.")] = None,
+    out: Annotated[
+        str | None,
+        typer.Option("--out", "-o", help="Also draw the neighbours as a strip into this PNG."),
+    ] = None,
     json_: JsonOption = False,
     model: Annotated[
         str | None,
@@ -252,7 +271,8 @@ def neighbors_command(
     trust_pickle: TrustPickleOption = False,
 ) -> None:
     """The --top nearest images of IMAGE in an embedding: printed (or JSON: a list of
-    {"source", "distance"}) and drawn as a strip."""
+    {"source", "distance"}), and drawn as a strip into --out when it is given (nothing is
+    written without --out)."""
     from convlens.data.datasets import open_dataset
     from convlens.data.images import load_images
     from convlens.files import check_writable
@@ -264,9 +284,16 @@ def neighbors_command(
     from convlens.scan.knn import nearest
     from convlens.scan.output import thumbnails
 
-    picture = out or f"neighbors-{Path(image).stem}.png"
-    check_writable(picture, force)
+    if out is not None:
+        check_writable(out, force)
     stored = load_embeddings(index)
+    if out is not None and stored.data is None:
+        from convlens.errors import DataError
+
+        raise DataError(
+            f"--out: the index {index} does not record its images, so there are no "
+            "neighbours to draw; drop --out, or run 'convlens embed' again"
+        )
     loaded = load_model(model or model_spec(stored, index), trust_pickle=trust_pickle)
     batch = load_images([image], preprocess=loaded.preprocess)
     _, _, open_capture = feature_capture(loaded.module, None if stored.inputs else stored.layer)
@@ -284,15 +311,16 @@ def neighbors_command(
         {"source": stored.sources[r], "distance": float(d)}
         for r, d in zip(rows[0].tolist(), distances[0].tolist(), strict=True)
     ]
-    if stored.data is not None:
+    drawn = out is not None and stored.data is not None
+    if drawn:
         dataset = open_dataset(stored.data, loaded.preprocess)
         tiles = thumbnails(dataset, [f["source"] for f in found], size=128)
         captions = [f"{Path(f['source']).name} {f['distance']:.3f}" for f in found]
-        save_png(neighbours_strip(batch.display[0], tiles, captions), picture, force)
+        save_png(neighbours_strip(batch.display[0], tiles, captions), out, force)
     if json_:
         _echo_json(found)
         return
     for rank, item in enumerate(found, 1):
         typer.echo(f"{rank}. {item['source']}  {metric} distance {item['distance']:.4f}")
-    if stored.data is not None:
-        typer.echo(f"-> {picture}")
+    if drawn:
+        typer.echo(f"-> {out}")

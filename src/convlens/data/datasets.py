@@ -32,7 +32,13 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from convlens.data.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageSource, read_rgb
+from convlens.data.images import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_SUFFIXES,
+    ImageSource,
+    image_files,
+    read_rgb,
+)
 from convlens.data.preprocess import Preprocess
 from convlens.data.synthetic import SHAPES, TEST_SEED, TRAIN_SEED, SyntheticShapes
 from convlens.errors import DataError, ImageLoadError
@@ -185,17 +191,6 @@ def _shapes_count(text: str, count: str) -> int:
     if not count.isdigit() or int(count) < 1:
         raise DataError(f"{text!r}: write shapes:N with N a positive item count")
     return int(count)
-
-
-def image_files(folder: Path) -> list[Path]:
-    """Every image file below ``folder`` (recursive; hidden entries skipped), sorted."""
-    return sorted(
-        path
-        for path in folder.rglob("*")
-        if path.is_file()
-        and path.suffix.lower() in IMAGE_SUFFIXES
-        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
-    )
 
 
 def _folder_dataset(folder: Path, preprocess: Preprocess, max_pixels) -> FileDataset:

@@ -192,8 +192,20 @@ def iter_batches(
             )
 
 
+def image_files(folder: Path) -> list[Path]:
+    """Every image file below ``folder`` (recursive; hidden entries skipped), sorted: the
+    one rule by which every command reads a folder."""
+    return sorted(
+        path
+        for path in folder.rglob("*")
+        if path.is_file()
+        and path.suffix.lower() in IMAGE_SUFFIXES
+        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+    )
+
+
 def expand_sources(sources: ImageSource | Iterable[ImageSource]) -> list[ImageSource]:
-    """Flatten sources: a directory becomes its image files (sorted by name)."""
+    """Flatten sources: a directory becomes the image files below it (`image_files`)."""
     if isinstance(sources, (str, os.PathLike, bytes, Image.Image, np.ndarray)):
         sources = [sources]
     elif isinstance(sources, torch.Tensor):
@@ -201,11 +213,7 @@ def expand_sources(sources: ImageSource | Iterable[ImageSource]) -> list[ImageSo
     expanded: list[ImageSource] = []
     for source in sources:
         if isinstance(source, (str, os.PathLike)) and Path(source).is_dir():
-            files = [
-                str(path)
-                for path in sorted(Path(source).iterdir())
-                if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
-            ]
+            files = [str(path) for path in image_files(Path(source))]
             # An empty folder stays as a source, so reading it reports a clear error.
             expanded.extend(files or [source])
         else:

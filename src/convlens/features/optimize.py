@@ -302,13 +302,25 @@ class _Progress:
     step prints no bar) and always closed."""
 
     def __init__(self, steps: int, enabled: bool) -> None:
-        self.steps, self.enabled, self.bar = steps, enabled, None
+        self.steps, self.enabled, self.bar, self.done = steps, enabled, None, 0
 
     def __enter__(self) -> _Progress:
         return self
 
     def update(self, scores: torch.Tensor) -> None:
         if not self.enabled:
+            return
+        from convlens.data.progress import is_reported_step, is_terminal
+
+        if not is_terminal(sys.stderr):  # a log: a few single lines, no redrawn bar
+            self.done += 1
+            if is_reported_step(self.done, self.steps):
+                objective = float(scores.mean())
+                print(
+                    f"visualize: {self.done}/{self.steps} objective={objective:.3g}",
+                    file=sys.stderr,
+                    flush=True,
+                )
             return
         if self.bar is None:
             from tqdm import tqdm

@@ -48,12 +48,13 @@ def output_folder(out: str) -> Path:
         raise ConvlensError(
             f"--out {out} is an existing file, not a folder; pass a folder name (it is created)"
         )
-    return folder
+    return files.check_creatable(folder)
 
 
 def check_writable(path: Path, force: bool | None = None) -> None:
     """ConvlensError unless ``path`` has a picture extension and may be (over)written
     (``force`` None: the running command's ``--force``, `convlens.files.writing`)."""
+    files.check_creatable(path.parent)
     if path.suffix.lower() not in FORMATS:
         raise ConvlensError(
             f"cannot write {path}: the extension decides the format, use .png, .pdf or .svg "

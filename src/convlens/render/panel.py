@@ -7,17 +7,23 @@ Colour scale (``scale``) of overlay tiles:
 - ``"per-map"``: each map by the rule of `convlens.render.images.map_display` (its minimum
   to its 99th percentile, or symmetric about 0 for signed maps);
 - ``"shared"``: one such range for every tile of the same method (``PanelTile.group``), the
-  widest of theirs, so the rows of one method (top-k classes, a contrast) compare;
+  widest of theirs, so the rows of one method (top-k classes, a contrast) compare; across
+  the panels of one run with `run_limits`, so the images compare too;
 - ``"absolute"``: one range per method from 0 (or symmetric about 0) to the largest
   magnitude, nothing clipped: colours are raw values measured from zero.
 
 Tiles with ``rgb`` pixels (guided backprop and deconvnet drawn as gradient images, as in
 their papers) are shown as they are, with the gradient's range written under them.
+
+Titles are wrapped to their tile's width. A map that is constant (zero everywhere, say)
+gets a note saying so instead of a colourbar of no range. A ``region`` box (the pixels a
+segmentation target summed over) is outlined on the input and on every tile.
 """
 
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -67,6 +73,25 @@ def tile_title(
     return f"{head}\n{what} {value}"
 
 
+def wrapped_title(title: str, characters: int) -> str:
+    """``title`` with each of its lines wrapped at ``characters`` (at least 8) per line, at
+    spaces, so a long title stays above its own tile."""
+    width = max(8, characters)
+    return "\n".join(textwrap.fill(line, width) or line for line in title.split("\n"))
+
+
+def constant_note(values) -> str:
+    """``"map is 0 everywhere"`` / ``"map is constant (v)"`` when ``values`` holds one value
+    (nothing to colour: a fresh model's region target, a dead unit), else ``""``."""
+    array = _as_numpy(values)
+    if array.size == 0:
+        return ""
+    low, high = float(np.min(array)), float(np.max(array))
+    if high > low:
+        return ""
+    return "map is 0 everywhere" if high == 0 else f"map is constant ({high:.3g})"
+
+
 def tile_limits(tiles: Sequence[PanelTile], scale: str = "per-map") -> list[tuple[float, float]]:
     """The ``(low, high)`` raw values drawn at the colormap's two ends, per tile."""
     if scale not in SCALES:
@@ -85,6 +110,20 @@ def tile_limits(tiles: Sequence[PanelTile], scale: str = "per-map") -> list[tupl
             high = max(float(_as_numpy(tiles[i].values).__abs__().max()) for i in group)
             low = -high if any_signed else 0.0
         limits.append((low, high))
+    return limits
+
+
+def run_limits(
+    panels: Sequence[Sequence[PanelTile]], scale: str = "per-map"
+) -> list[list[tuple[float, float]]]:
+    """`tile_limits` across the panels of one run (one list of tiles per image): with
+    ``shared`` or ``absolute``, every tile of a method gets the same range in all panels,
+    so the images of a run compare. Returns the limits per panel, per tile."""
+    flat = tile_limits([tile for tiles in panels for tile in tiles], scale)
+    limits, start = [], 0
+    for tiles in panels:
+        limits.append(flat[start : start + len(tiles)])
+        start += len(tiles)
     return limits
 
 
@@ -120,15 +159,20 @@ def explanation_figure(
     columns: int = 4,
     width: float | None = None,
     alpha: float = 0.5,
+    region: tuple[int, int, int, int] | None = None,
+    limits: Sequence[tuple[float, float]] | None = None,
 ):
     """A matplotlib Figure: ``image`` (``uint8[H, W, 3]``) first, then each tile (an overlay
-    with a colourbar in the map's units, or its ``rgb`` pixels), ``columns`` per row,
-    ``width`` inches wide (default 2.4 per column)."""
+    with a colourbar in the map's units, or its ``rgb`` pixels; a constant map: the image
+    with a note), ``columns`` per row, ``width`` inches wide (default 2.4 per column).
+    ``region``: a box ``(x0, y0, x1, y1)`` in image pixels (x1, y1 exclusive), outlined.
+    ``limits``: each tile's colour range, when the scale spans more than this panel
+    (`run_limits`); default: `tile_limits` of these tiles."""
     from matplotlib import colors
     from matplotlib.cm import ScalarMappable
     from matplotlib.figure import Figure
 
-    limits = tile_limits(tiles, scale)
+    limits = tile_limits(tiles, scale) if limits is None else limits
     count = len(tiles) + 1
     columns = max(1, min(columns, count))
     rows = math.ceil(count / columns)
@@ -140,20 +184,25 @@ def explanation_figure(
     )
     grid = figure.add_gridspec(rows, columns)
     size = max(5.0, min(8.0, cell * 3.2))
+    characters = int(cell * 72 / (size * 0.6))  # a title line's room: tile width / glyph
     axes = figure.add_subplot(grid[0, 0])
     axes.imshow(image)
-    axes.set_title(input_title, fontsize=size)
+    axes.set_title(wrapped_title(input_title, characters), fontsize=size)
     axes.set_axis_off()
+    _outline(axes, region)
     for index, (tile, (low, high)) in enumerate(zip(tiles, limits, strict=True), start=1):
         axes = figure.add_subplot(grid[index // columns, index % columns])
         axes.set_axis_off()
-        axes.set_title(tile.title, fontsize=size)
-        if tile.rgb is not None:
-            axes.imshow(tile.rgb)
+        axes.set_title(wrapped_title(tile.title, characters), fontsize=size)
+        flat = constant_note(tile.values) if tile.rgb is None else ""
+        if tile.rgb is not None or flat:
+            axes.imshow(tile.rgb if tile.rgb is not None else image)
+            _outline(axes, region)
+            note = "; ".join(text for text in (tile.note, flat) if text)
             axes.text(
                 0.5,
                 -0.04,
-                tile.note,
+                wrapped_title(note, int(characters / 0.9)),
                 transform=axes.transAxes,
                 ha="center",
                 va="top",
@@ -161,6 +210,7 @@ def explanation_figure(
             )
             continue
         axes.imshow(tile_pixels(image, tile.values, (low, high), alpha))
+        _outline(axes, region)
         cmap = DIVERGING_CMAP if low < 0 else SEQUENTIAL_CMAP
         norm = colors.Normalize(vmin=low, vmax=high if high > low else low + 1e-12)
         bar = figure.colorbar(
@@ -170,6 +220,17 @@ def explanation_figure(
         bar.formatter.set_powerlimits((-2, 3))
         bar.ax.yaxis.get_offset_text().set_fontsize(size * 0.8)
     return figure
+
+
+def _outline(axes, region: tuple[int, int, int, int] | None) -> None:
+    """Outline the box ``(x0, y0, x1, y1)`` (pixels, x1/y1 exclusive) on ``axes``."""
+    if region is None:
+        return
+    from matplotlib.patches import Rectangle
+
+    x0, y0, x1, y1 = region
+    box = Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, lw=1.2, ec="white")
+    axes.add_patch(box)
 
 
 def explanation_panel(

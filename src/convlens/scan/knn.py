@@ -122,12 +122,15 @@ def _faiss_nearest(vectors, queries, k, metric, exclude):
     return rows, dist
 
 
+MAP_MIN_ITEMS = 5  # t-SNE's perplexity (N - 1) / 3 needs a few neighbours per point
+
+
 def map_2d(vectors: torch.Tensor, method: str = "auto", seed: int = 0) -> np.ndarray:
     """``float[N, 2]`` positions: ``method`` ``"umap"``, ``"tsne"`` or ``"auto"`` (UMAP when
     umap-learn is installed, else t-SNE with perplexity ``min(30, (N - 1) / 3)``). Seeded."""
     data = vectors.float().numpy().astype(np.float64)
-    if len(data) < 5:
-        raise DataError(f"a 2-D map needs at least 5 items, got {len(data)}")
+    if len(data) < MAP_MIN_ITEMS:
+        raise DataError(f"a 2-D map needs at least {MAP_MIN_ITEMS} items, got {len(data)}")
     if method == "auto":
         method = "umap" if importlib.util.find_spec("umap") is not None else "tsne"
     if method == "umap":

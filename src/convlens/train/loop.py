@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from convlens.data.progress import is_terminal
 from convlens.errors import DataError
 from convlens.files import torch_save
 
@@ -93,7 +95,7 @@ def train_epochs(
     bar = tqdm(
         total=epochs * steps_per_epoch,
         initial=first * steps_per_epoch,
-        disable=not progress,
+        disable=not progress or not is_terminal(sys.stderr),  # logs get the epoch lines
         desc="train",
         unit="step",
         leave=False,

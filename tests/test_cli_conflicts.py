@@ -1,0 +1,136 @@
+"""Options that cannot be honoured together are a usage error (exit 2, one message, before
+any model is loaded), never a silent change; defaults a newcomer meets first (issue 20,
+item 4)."""
+
+from __future__ import annotations
+
+import pytest
+from tests.helpers.cli import command_paths, options_of
+
+from convlens.cli import main
+
+ALL = command_paths()
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    import convlens.models.loading as loading
+
+    monkeypatch.setattr(loading, "_load_by_name", lambda *a, **k: pytest.fail("model was loaded"))
+
+
+def test_evaluate_defaults_to_the_benchmark_methods_can_win():
+    from convlens.cli.evaluate import _chosen_benchmark
+
+    assert _chosen_benchmark(None, None) == "shapes-multi"
+    assert _chosen_benchmark(None, "gt.json") == "shapes"  # annotations: the one-box benchmark
+    assert _chosen_benchmark("gridpg", None) == "gridpg"
+
+
+@pytest.mark.usefixtures("no_model_loading")
+@pytest.mark.parametrize("benchmark", ["shapes-multi", "gridpg"])
+def test_evaluate_data_with_a_benchmark_that_ignores_it_is_a_usage_error(benchmark, capsys):
+    argv = ["evaluate", "--benchmark", benchmark, "--data", "gt.json", "--model", "m.pt"]
+    assert main(argv) == 2
+    assert "is not used by --benchmark" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("no_model_loading")
+def test_features_layer_with_all_layers_is_a_usage_error(tmp_path, capsys):
+    out = tmp_path / "f.png"
+    assert main(["features", "cat", "--layer", "features.0", "--all-layers", "-o", str(out)]) == 2
+    assert "--all-layers draws every stage, --layer one layer" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.usefixtures("no_model_loading")
+def test_explain_format_unlike_the_out_extension_is_a_usage_error(tmp_path, capsys):
+    out = tmp_path / "f.png"
+    assert main(["explain", "cat", "--format", "pdf", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "is a png file but --format is pdf" in err and "f.pdf" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.usefixtures("no_model_loading")
+@pytest.mark.parametrize("name", ["x.jpg", "x.JPEG", "x.webp", "x.json"])
+def test_explain_out_with_another_picture_suffix_is_refused(name, tmp_path, capsys):
+    assert main(["explain", "cat", "--out", str(tmp_path / name)]) == 2
+    err = capsys.readouterr().err
+    assert ".png, .pdf or .svg" in err
+    assert list(tmp_path.iterdir()) == []  # no folder x.jpg/ made
+
+
+def test_a_folder_with_a_dot_ending_in_slash_is_still_a_folder():
+    from convlens.cli.explain import _panel_destination
+
+    folder, fmt, named = _panel_destination("runs/x.jpg/", "png")
+    assert (str(folder), fmt, named) == ("runs/x.jpg", "png", None)
+
+
+@pytest.mark.parametrize("name", sorted(n for n in ALL if "--json" in options_of(ALL[n])))
+def test_json_is_a_plain_flag_in_help(name, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "150")
+    assert main([*name.split(), "--help"]) == 0
+    (line,) = [row for row in capsys.readouterr().out.splitlines() if "--json" in row]
+    assert "<bool>" not in line
+    assert options_of(ALL[name])["--json"].is_flag
+
+
+def test_neighbors_writes_nothing_without_out(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    embed = ["embed", "shapes:6", "--model", "synthetic-shapes", "--out", "emb", "--map", "none"]
+    assert main(embed) == 0
+    from PIL import Image
+
+    from convlens.data.synthetic import SyntheticShapes
+
+    Image.fromarray(SyntheticShapes(6).batch([2]).display[0]).save(tmp_path / "query.png")
+    before = sorted(tmp_path.rglob("*"))
+    assert main(["neighbors", "query.png", "--index", "emb", "--top", "2", "--json"]) == 0
+    assert sorted(tmp_path.rglob("*")) == before  # no neighbors-*.png dropped unasked
+    capsys.readouterr()
+    assert main(["neighbors", "query.png", "--index", "emb", "--top", "2", "-o", "near.png"]) == 0
+    assert (tmp_path / "near.png").is_file()
+
+
+def test_embed_of_fewer_than_five_images_writes_a_whole_index(tmp_path, capsys):
+    out = tmp_path / "emb"
+    assert main(["embed", "shapes:3", "--model", "synthetic-shapes", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "warning: no map.png: a 2-D map needs at least 5 images, got 3" in err
+    assert {"embeddings.npy", "index.json", "index.html"} <= {p.name for p in out.iterdir()}
+    assert not (out / "map.png").exists()
+
+
+@pytest.mark.parametrize("scale", ["absolute"])  # shared: the same path (run_limits)
+def test_explain_scale_spans_all_images_of_the_run(scale, tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    import convlens.cli.explain_tiles as explain_tiles
+    from convlens.data.synthetic import SyntheticShapes
+
+    drawn = []
+    real = explain_tiles.write_panel
+
+    def recording(display, tiles, top, stem, picture, limits=None):
+        drawn.append(limits)
+        return real(display, tiles, top, stem, picture, limits)
+
+    monkeypatch.setattr(explain_tiles, "write_panel", recording)
+    for index, picture in enumerate(SyntheticShapes(2, seed=3).batch().display):
+        Image.fromarray(picture).save(tmp_path / f"s{index}.png")
+    out = tmp_path / "out"
+    argv = ["explain", str(tmp_path / "s0.png"), str(tmp_path / "s1.png")]
+    argv += ["--model", "synthetic-shapes", "--scale", scale, "--out", str(out)]
+    assert main(argv) == 0
+    assert len(drawn) == 2 and drawn[0] == drawn[1] and drawn[0] is not None
+    assert (out / "s0.png").is_file() and (out / "s1.png").is_file()
+
+
+@pytest.mark.usefixtures("no_model_loading")
+@pytest.mark.parametrize("command", ["predict", "explain"])
+def test_a_value_after_a_flag_is_not_read_as_an_image(command, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main([command, "cat", "--json", "false"]) == 2
+    assert "flags such as --json take no value" in capsys.readouterr().err
