@@ -90,7 +90,7 @@ def check_writable(path: str | Path, force: bool | None = None) -> Path:
     a file convlens did not write (or that was changed since) and ``force`` is off.
     ``force`` None: the running job's (`writing`), else False. Returns ``path``."""
     path = Path(path)
-    check_creatable(path.parent)
+    check_creatable(path.parent, path)
     if path.is_dir():
         raise OutputExistsError(f"{path} is a folder; give a file name to write")
     if path.exists() and not _forced(force) and not owned(path):
@@ -117,18 +117,20 @@ def check_folder(folder: str | Path, names=(), force: bool | None = None) -> Pat
     return folder
 
 
-def check_creatable(folder: str | Path) -> Path:
+def check_creatable(folder: str | Path, target: str | Path | None = None) -> Path:
     """`OutputError` unless ``folder`` is a folder convlens can write into, or can create:
     its nearest existing ancestor must be a writable folder (not a file). Checked before
-    any work, so an impossible ``--out`` fails in a second rather than after the run."""
+    any work, so an impossible ``--out`` fails in a second rather than after the run.
+    ``target``: the file about to be written there, named in the message."""
     folder = Path(folder)
+    what = target if target is not None else f"under {folder}"
     existing = folder.absolute()
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise OutputError(f"cannot write under {folder}: {existing} is a file, not a folder")
+        raise OutputError(f"cannot write {what}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot write under {folder}: the folder {existing} is not writable")
+        raise OutputError(f"cannot write {what}: the folder {existing} is not writable")
     return folder
 
 

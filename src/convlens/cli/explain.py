@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from click.core import ParameterSource
 
 from convlens.cli.app import (
     DeviceOption,
@@ -123,7 +122,8 @@ def explain_command(
         bad = ("--format", fmt, "png, pdf, svg") if f".{fmt}" not in FORMATS else None
         bad = bad or ("--scale", scale, ", ".join(SCALES))
         raise typer.BadParameter(f"{bad[1]!r}; use one of {bad[2]}", param_hint=bad[0])
-    fmt_given = ctx.get_parameter_source("fmt") is not ParameterSource.DEFAULT
+    # By name: typer may hand a context from its own copy of click, whose enum is another class.
+    fmt_given = getattr(ctx.get_parameter_source("fmt"), "name", "DEFAULT") != "DEFAULT"
     folder, fmt, named = _panel_destination(out, fmt, force, fmt_given)
     loaded = load_cli_model(
         model,

@@ -54,7 +54,7 @@ def output_folder(out: str) -> Path:
 def check_writable(path: Path, force: bool | None = None) -> None:
     """ConvlensError unless ``path`` has a picture extension and may be (over)written
     (``force`` None: the running command's ``--force``, `convlens.files.writing`)."""
-    files.check_creatable(path.parent)
+    files.check_creatable(path.parent, path)
     if path.suffix.lower() not in FORMATS:
         raise ConvlensError(
             f"cannot write {path}: the extension decides the format, use .png, .pdf or .svg "
