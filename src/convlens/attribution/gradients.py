@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from convlens.attribution.baselines import baseline_rows
 from convlens.attribution.common import (
     chunk_size,
     fix_ranked_targets,
@@ -116,31 +117,12 @@ def smoothgrad(
     )
 
 
-def _baseline_rows(baseline: object, images: torch.Tensor, image_index: torch.Tensor):
-    """The baseline per explained row, ``Tensor[N, C, H, W]``."""
-    if baseline is None or (isinstance(baseline, (int, float)) and baseline == 0):
-        return torch.zeros_like(images)
-    if not isinstance(baseline, torch.Tensor):
-        raise MethodError(
-            f"baseline must be None (zeros) or a Tensor, got {type(baseline).__name__}"
-        )
-    base = baseline.detach().to(images.device, images.dtype)
-    if base.dim() == 3:
-        base = base[None]
-    if base.dim() != 4 or base.shape[1:] != images.shape[1:] or len(base) not in (1, len(images)):
-        raise MethodError(
-            f"baseline shape {tuple(baseline.shape)} does not fit images "
-            f"{tuple(images.shape)}; pass [C, H, W], [1, C, H, W] or one per image"
-        )
-    return base.expand_as(images) if len(base) == 1 else base[image_index.to(base.device)]
-
-
 def integrated_gradients_attributions(
     model: nn.Module | LoadedModel,
     images: torch.Tensor,
     target: object = None,
     *,
-    baseline: torch.Tensor | None = None,
+    baseline: torch.Tensor | str | None = None,
     n_steps: int = 50,
     batch_size: int | None = None,
     progress: bool = False,
@@ -155,7 +137,7 @@ def integrated_gradients_attributions(
     x = prepared.images
     rows = len(x)
     size = chunk_size(batch_size, rows)
-    base = _baseline_rows(baseline, x, prepared.targets.image_index)
+    base = baseline_rows(model, x, baseline, prepared.targets.image_index)
     with borrowed_model(prepared.module):
         with torch.no_grad():
             clean = prepared.module(x)
@@ -190,7 +172,7 @@ def integrated_gradients(
     images: torch.Tensor,
     target: object = None,
     *,
-    baseline: torch.Tensor | None = None,
+    baseline: torch.Tensor | str | None = None,
     n_steps: int = 50,
     batch_size: int | None = None,
     progress: bool = False,
@@ -200,9 +182,11 @@ def integrated_gradients(
     ``A_c = (x_c - x'_c) * int_0^1 dS/dx_c(x' + a (x - x')) da``; the integral is the
     trapezoid rule on ``n_steps`` equally spaced points ``a_k = k / (n_steps - 1)``, both
     ends included (weights ``1/(n-1)``, halved at the ends), so exactly ``n_steps`` gradient
-    evaluations. ``baseline`` ``x'``: None (zeros) or ``Tensor[C, H, W]``, ``[1, C, H, W]``
-    or ``[B, C, H, W]``. ``batch_size``: path points per forward pass (default: see
-    `chunk_size`; never changes results); ``progress``: a tqdm bar.
+    evaluations. ``baseline`` ``x'``: None (zeros), a name (``"black"``, ``"blur"``,
+    ``"mean"``, ``"zero"``) or image file (`convlens.attribution.baselines`), or
+    ``Tensor[C, H, W]``, ``[1, C, H, W]`` or ``[B, C, H, W]``. ``batch_size``: path points
+    per forward pass (default: see `chunk_size`; never changes results); ``progress``: a
+    tqdm bar.
     Returns ``(Tensor[N, H, W], {"completeness_error": Tensor[N]})`` with
     ``|sum(A) - (S(x) - S(x'))| / |S(x) - S(x')|`` (denominator floored at 1e-12).
     """

@@ -10,6 +10,7 @@ from convlens.attribution import (  # noqa: F401  (register)
     gradients,
     head_maps,
     perturbation,
+    reference,
     rules,
 )
 from convlens.attribution.registry import FAMILIES, METHODS, MethodInfo
