@@ -18,6 +18,8 @@ from convlens.attribution.reference import deeplift, deeplift_shap, gradient_sha
 from convlens.data.preprocess import Preprocess
 from convlens.errors import MethodError
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ACTIVATIONS = {
     "relu": nn.ReLU,
     "relu_inplace": lambda: nn.ReLU(inplace=True),
@@ -174,8 +176,6 @@ def test_deeplift_and_deeplift_shap_equal_captum():
     torch.testing.assert_close(ours, expected.sum(1), rtol=0, atol=1e-12)
 
 
-@pytest.mark.slow
-@pytest.mark.usefixtures("one_thread")
 def test_gradient_shap_equals_captum_in_distribution():
     """Both are Monte-Carlo estimates of the same expectation over (baseline, a): with
     1000 samples each, they agree within 5 standard errors of the difference."""
