@@ -170,6 +170,13 @@ def test_deeplift_and_deeplift_shap_equal_captum():
     expected = captum.DeepLift(model).attribute(x, baselines=reference, target=classes)
     ours, _ = deeplift(model, x, classes, baseline=reference)
     torch.testing.assert_close(ours, expected.sum(1), rtol=0, atol=1e-12)
+    # A baseline equal to the input outside one corner: most units have z == z', where
+    # both fall back to the derivative.
+    partial = x.clone()
+    partial[..., :3, :3] = 0
+    expected = captum.DeepLift(model).attribute(x, baselines=partial, target=classes)
+    ours, _ = deeplift(model, x, classes, baseline=partial)
+    torch.testing.assert_close(ours, expected.sum(1), rtol=0, atol=1e-12)
     distribution = torch.randn(4, 3, 8, 8, dtype=torch.float64)
     expected = captum.DeepLiftShap(model).attribute(x, baselines=distribution, target=classes)
     ours, _ = deeplift_shap(model, x, classes, baseline=distribution, batch_size=5)

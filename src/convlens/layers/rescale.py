@@ -169,10 +169,10 @@ class _Rescaled(torch.autograd.Function):
     def forward(ctx, x, reference, fn, derivative, settings, inplace):  # noqa: ANN001
         out = fn(x)
         delta_in = x - reference
-        delta_out = out - fn(reference)
-        slope = derivative(x, out, settings)
-        far = delta_in.abs() > EPS
-        multiplier = torch.where(far, delta_out / torch.where(far, delta_in, 1), slope)
+        multiplier = (out - fn(reference)).div_(delta_in)
+        near = delta_in.abs_() <= EPS
+        if bool(near.any()):  # rare: f'(x) is computed only when some element needs it
+            multiplier = torch.where(near, derivative(x, out, settings), multiplier)
         ctx.save_for_backward(multiplier)
         if inplace:
             x.copy_(out)
