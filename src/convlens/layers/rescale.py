@@ -94,8 +94,7 @@ def _ones(x: torch.Tensor) -> torch.Tensor:
     return torch.ones_like(x)
 
 
-# Each activation entry point -> (argument parser giving (x, f, inplace, settings), f'(x)
-# from (x, f(x), settings) through the native backward kernels).
+# f'(x) from (x, f(x), settings), through the native backward kernels.
 def _d_relu(x, y, _):  # noqa: ANN001
     return _aten.threshold_backward(_ones(x), y, 0)
 
@@ -136,6 +135,8 @@ def _d_leaky(x, y, settings):  # noqa: ANN001
     return _aten.leaky_relu_backward(_ones(x), x, settings[0], False)
 
 
+# Each activation entry point -> (argument parser giving (x, f, inplace, settings), f'(x)
+# from (x, f(x), settings) through the native backward kernels).
 _RELU = (_unary(torch.relu), _d_relu)
 _ACTIVATIONS: dict[Callable, tuple] = {
     F.relu: _RELU,
