@@ -167,8 +167,8 @@ def test_options_are_checked_against_the_registry(net, images):
         explain(net, images, "integrated_gradients", steps=8)
     with pytest.raises(MethodError, match="saliency does not take patch; it accepts: reduce"):
         explain(net, images, "saliency", patch=3)
-    with pytest.raises(MethodError, match="input_x_gradient does not take progress.*no options"):
-        explain(net, images, "input_x_gradient", progress=True)
+    with pytest.raises(MethodError, match="gradcam does not take progress.*no options"):
+        explain(net, images, "gradcam", progress=True)
     # a layer only for the methods that use one; the message names them
     with pytest.raises(MethodError, match="saliency does not use a layer.*gradcam"):
         explain(net, images, "saliency", layer="1")
@@ -184,7 +184,8 @@ def test_registry_records_options_layer_and_progress():
     saliency, ig, scorecam = (
         get_method(n) for n in ("saliency", "integrated_gradients", "scorecam")
     )
-    assert saliency.options == ("reduce",) and not saliency.takes_progress
+    tunnel = ("noise_tunnel", "n_samples", "noise", "seed")
+    assert saliency.options == ("reduce", *tunnel) and not saliency.takes_progress
     assert {"n_steps", "baseline", "batch_size", "progress"} <= set(ig.options)
     assert ig.takes_progress and ig.slow and not ig.uses_layer
     assert scorecam.uses_layer and "layer" not in scorecam.options and scorecam.takes_progress

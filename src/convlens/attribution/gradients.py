@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from convlens.attribution.baselines import baseline_rows
 from convlens.attribution.common import (
     chunk_size,
     fix_ranked_targets,
@@ -25,6 +26,7 @@ from convlens.attribution.common import (
     reduce_channels,
 )
 from convlens.attribution.registry import MethodResult, register_method
+from convlens.attribution.tunnel import run_noise_tunnel
 from convlens.data.progress import progress_bar
 from convlens.errors import MethodError
 from convlens.layers.borrow import borrowed_model
@@ -51,6 +53,12 @@ def saliency(
     Returns ``Tensor[N, H, W]`` (non-negative). ``reduce``: "max_abs" (default) or "square".
     """
     _check_reduce(reduce)
+    return _saliency(model, images, target, reduce=reduce)
+
+
+def _saliency(
+    model: nn.Module | LoadedModel, images: torch.Tensor, target: object, *, reduce: str
+) -> MethodResult:
     prepared = prepare(model, images, target)
     with borrowed_model(prepared.module):
         gradient, output = input_gradient(prepared.module, prepared.images, prepared.targets)
@@ -67,26 +75,6 @@ def input_x_gradient(
     with borrowed_model(prepared.module):
         gradient, output = input_gradient(prepared.module, prepared.images, prepared.targets)
     return MethodResult((prepared.images * gradient).sum(dim=1), output)
-
-
-def _smoothgrad_noise(
-    images: torch.Tensor, n_samples: int, noise: float, seed: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unit noise ``Tensor[n, C, H, W]`` (the same draws for every row, drawn one sample at
-    a time so chunking cannot change them) and per-row sigma ``Tensor[N]``. The draws are
-    made in float32 whatever the input dtype, then cast, so a seed gives the same noise
-    for float64, float32 and half inputs."""
-    generator = torch.Generator(device=images.device).manual_seed(seed)
-    shape = images.shape[1:]
-    unit = torch.stack(
-        [
-            torch.randn(shape, generator=generator, device=images.device, dtype=torch.float32)
-            for _ in range(n_samples)
-        ]
-    ).to(images.dtype)
-    flat = images.flatten(1)
-    sigma = noise * (flat.amax(dim=1) - flat.amin(dim=1))
-    return unit, sigma
 
 
 @register_method("smoothgrad", "gradient", slow=True)
@@ -109,51 +97,24 @@ def smoothgrad(
     The class is pinned on the clean input. The noise draws ``e_k`` come from ``seed`` and
     are the same for every image, so a batch equals single-image calls. ``batch_size``:
     noisy copies per forward pass (default: see `chunk_size`; never changes results);
-    ``progress``: a tqdm bar.
+    ``progress``: a tqdm bar. The same as ``saliency`` with ``noise_tunnel="smoothgrad"``
+    (`convlens.attribution.tunnel`).
     Returns ``Tensor[N, H, W]``.
     """
-    n_samples = positive_int("n_samples", n_samples)
-    if not noise >= 0:
-        raise MethodError(f"noise is a fraction of the input range >= 0, got {noise!r}")
     _check_reduce(reduce)
-    prepared = prepare(model, images, target)
-    rows = len(prepared.images)
-    size = chunk_size(batch_size, rows)
-    with borrowed_model(prepared.module):
-        with torch.no_grad():
-            clean = prepared.module(prepared.images)
-        pinned = fix_ranked_targets(prepared.targets, clean)
-        unit, sigma = _smoothgrad_noise(prepared.images, n_samples, noise, seed)
-        # Flat work item k = sample * rows + row.
-        sample_of = torch.arange(n_samples).repeat_interleave(rows)
-        row_of = torch.arange(rows).repeat(n_samples)
-        total = torch.zeros_like(prepared.images[:, 0])
-        chunks = list(in_chunks(len(row_of), size))
-        for chunk in progress_bar(chunks, disable=not progress, desc="smoothgrad", leave=False):
-            row, sample = row_of[chunk], sample_of[chunk]
-            noisy = prepared.images[row] + sigma[row, None, None, None] * unit[sample]
-            gradient, _ = input_gradient(prepared.module, noisy, pinned.copies(row, clean))
-            total.index_add_(0, row.to(total.device), reduce_channels(gradient, reduce))
-    return MethodResult(total / n_samples, clean)
-
-
-def _baseline_rows(baseline: object, images: torch.Tensor, image_index: torch.Tensor):
-    """The baseline per explained row, ``Tensor[N, C, H, W]``."""
-    if baseline is None or (isinstance(baseline, (int, float)) and baseline == 0):
-        return torch.zeros_like(images)
-    if not isinstance(baseline, torch.Tensor):
-        raise MethodError(
-            f"baseline must be None (zeros) or a Tensor, got {type(baseline).__name__}"
-        )
-    base = baseline.detach().to(images.device, images.dtype)
-    if base.dim() == 3:
-        base = base[None]
-    if base.dim() != 4 or base.shape[1:] != images.shape[1:] or len(base) not in (1, len(images)):
-        raise MethodError(
-            f"baseline shape {tuple(baseline.shape)} does not fit images "
-            f"{tuple(images.shape)}; pass [C, H, W], [1, C, H, W] or one per image"
-        )
-    return base.expand_as(images) if len(base) == 1 else base[image_index.to(base.device)]
+    return run_noise_tunnel(
+        _saliency,
+        model,
+        images,
+        target,
+        kind="smoothgrad",
+        n_samples=n_samples,
+        noise=noise,
+        seed=seed,
+        batch_size=batch_size,
+        progress=progress,
+        reduce=reduce,
+    )
 
 
 def integrated_gradients_attributions(
@@ -161,7 +122,7 @@ def integrated_gradients_attributions(
     images: torch.Tensor,
     target: object = None,
     *,
-    baseline: torch.Tensor | None = None,
+    baseline: torch.Tensor | str | None = None,
     n_steps: int = 50,
     batch_size: int | None = None,
     progress: bool = False,
@@ -176,7 +137,7 @@ def integrated_gradients_attributions(
     x = prepared.images
     rows = len(x)
     size = chunk_size(batch_size, rows)
-    base = _baseline_rows(baseline, x, prepared.targets.image_index)
+    base = baseline_rows(model, x, baseline, prepared.targets.image_index)
     with borrowed_model(prepared.module):
         with torch.no_grad():
             clean = prepared.module(x)
@@ -211,7 +172,7 @@ def integrated_gradients(
     images: torch.Tensor,
     target: object = None,
     *,
-    baseline: torch.Tensor | None = None,
+    baseline: torch.Tensor | str | None = None,
     n_steps: int = 50,
     batch_size: int | None = None,
     progress: bool = False,
@@ -221,9 +182,11 @@ def integrated_gradients(
     ``A_c = (x_c - x'_c) * int_0^1 dS/dx_c(x' + a (x - x')) da``; the integral is the
     trapezoid rule on ``n_steps`` equally spaced points ``a_k = k / (n_steps - 1)``, both
     ends included (weights ``1/(n-1)``, halved at the ends), so exactly ``n_steps`` gradient
-    evaluations. ``baseline`` ``x'``: None (zeros) or ``Tensor[C, H, W]``, ``[1, C, H, W]``
-    or ``[B, C, H, W]``. ``batch_size``: path points per forward pass (default: see
-    `chunk_size`; never changes results); ``progress``: a tqdm bar.
+    evaluations. ``baseline`` ``x'``: None (zeros), a name (``"black"``, ``"blur"``,
+    ``"mean"``, ``"zero"``) or image file (`convlens.attribution.baselines`), or
+    ``Tensor[C, H, W]``, ``[1, C, H, W]`` or ``[B, C, H, W]``. ``batch_size``: path points
+    per forward pass (default: see `chunk_size`; never changes results); ``progress``: a
+    tqdm bar.
     Returns ``(Tensor[N, H, W], {"completeness_error": Tensor[N]})`` with
     ``|sum(A) - (S(x) - S(x'))| / |S(x) - S(x')|`` (denominator floored at 1e-12).
     """

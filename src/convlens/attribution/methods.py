@@ -14,6 +14,7 @@ from convlens.attribution import (  # noqa: F401  (register)
     head_maps,
     lrp,
     perturbation,
+    reference,
     rules,
     superpixels,
 )

@@ -20,7 +20,9 @@ OPTION=default, ...) -> MethodResult`` and registered with `register_method`. A
 ``(maps, extras)`` for a method with extras. Methods that use a layer (the CAM family) also
 take ``layer=None``; slow methods take ``progress=False`` (a tqdm bar). Everything after
 ``target`` is keyword-only, and each keyword is recorded at registration, so `explain` can
-check options before running anything.
+check options before running anything. Methods of the gradient and rule families also get
+the noise-tunnel options (``noise_tunnel``, ``n_samples``, ``noise``, ``seed``; see
+`convlens.attribution.tunnel`) at registration, so every such method has them.
 """
 
 from __future__ import annotations
@@ -28,30 +30,16 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import torch
+from convlens.attribution.result import MethodResult
+from convlens.attribution.tunnel import takes_noise_tunnel, with_noise_tunnel
+
+__all__ = ["FAMILIES", "METHODS", "MethodInfo", "MethodResult", "register_method"]
 
 MethodFn = Callable[..., "object"]
 FAMILIES = ("gradient", "rule", "cam", "perturbation")
 _POSITIONAL = ("model", "images", "target")
-
-
-@dataclass(frozen=True)
-class MethodResult:
-    """What a registered method computed (see the module docstring): ``maps``
-    ``Tensor[N, H, W]``, ``output`` the model output on the clean explained rows
-    ``Tensor[N, ...]`` (detached), ``extras`` its by-products, ``gradient`` the input
-    gradient behind a rule map."""
-
-    maps: torch.Tensor
-    output: torch.Tensor
-    extras: dict = field(default_factory=dict)
-    gradient: torch.Tensor | None = None
-
-    def public(self) -> torch.Tensor | tuple[torch.Tensor, dict]:
-        """What the public method function returns: ``maps``, or ``(maps, extras)``."""
-        return (self.maps, self.extras) if self.extras else self.maps
 
 
 @dataclass(frozen=True)
@@ -108,6 +96,9 @@ def register_method(
 
     def decorate(compute: MethodFn) -> MethodFn:
         keywords = _keyword_options(name, compute)
+        if takes_noise_tunnel(family, keywords):
+            compute = with_noise_tunnel(_checked_result(name, compute))
+            keywords = _keyword_options(name, compute)
         if uses_layer != ("layer" in keywords):
             raise ValueError(
                 f"method {name!r}: uses_layer={uses_layer} but its function "
