@@ -167,7 +167,8 @@ def test_options_are_checked_against_the_registry(net, images):
         explain(net, images, "integrated_gradients", steps=8)
     with pytest.raises(MethodError, match="saliency does not take patch; it accepts: reduce"):
         explain(net, images, "saliency", patch=3)
-    with pytest.raises(MethodError, match="gradcam does not take progress; it accepts: eigen_smooth"):
+    refusal = "gradcam does not take progress; it accepts: eigen_smooth"
+    with pytest.raises(MethodError, match=refusal):
         explain(net, images, "gradcam", progress=True)
     # a layer only for the methods that use one; the message names them
     with pytest.raises(MethodError, match="saliency does not use a layer.*gradcam"):
