@@ -24,6 +24,7 @@ from convlens.attribution.common import (
     positive_int,
     prepare,
     reduce_channels,
+    work_items,
 )
 from convlens.attribution.registry import MethodResult, register_method
 from convlens.attribution.tunnel import run_noise_tunnel
@@ -145,8 +146,7 @@ def integrated_gradients_attributions(
         alphas = torch.linspace(0, 1, n_steps, dtype=torch.float64)
         weights = torch.full((n_steps,), 1.0 / (n_steps - 1), dtype=torch.float64)
         weights[[0, -1]] /= 2
-        step_of = torch.arange(n_steps).repeat_interleave(rows)
-        row_of = torch.arange(rows).repeat(n_steps)
+        step_of, row_of = work_items(n_steps, rows)
         total = torch.zeros_like(x, dtype=torch.float64)
         ends = torch.zeros(2, rows, dtype=x.dtype)  # S(x') and S(x), from the path's ends
         chunks = list(in_chunks(len(row_of), size))
