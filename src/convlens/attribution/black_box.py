@@ -19,7 +19,7 @@ from torch import nn
 
 from convlens.attribution.common import (
     chunk_size,
-    fix_ranked_targets,
+    clean_pass,
     in_chunks,
     positive_int,
     prepare,
@@ -131,8 +131,7 @@ def rise(
     mask_of, row_of = work_items(n_masks, rows)
     total = torch.zeros(rows, *x.shape[2:], dtype=full_precision(x[:0]).dtype, device=x.device)
     with borrowed_model(prepared.module), torch.no_grad():
-        output = prepared.module(x)
-        pinned = fix_ranked_targets(prepared.targets, output)
+        output, pinned = clean_pass(prepared)
         chunks = list(in_chunks(len(row_of), size))
         for chunk in progress_bar(chunks, disable=not progress, desc="rise", leave=False):
             used, position = mask_of[chunk].unique(return_inverse=True)
@@ -251,9 +250,7 @@ def extremal_perturbation(
     area_of, row_of = work_items(len(areas), rows)
     maps = torch.zeros(rows, *size, dtype=full_precision(x[:0]).dtype, device=x.device)
     with borrowed_model(prepared.module):
-        with torch.no_grad():
-            output = prepared.module(x)
-        pinned = fix_ranked_targets(prepared.targets, output)
+        output, pinned = clean_pass(prepared)
         reference = _area_targets(areas, size[0] * size[1], maps)
         chunks = list(in_chunks(len(row_of), chunk_size(batch_size, rows)))
         bar = progress_bar(chunks, disable=not progress, desc="extremal perturbation")

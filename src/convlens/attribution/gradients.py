@@ -18,7 +18,7 @@ from torch import nn
 from convlens.attribution.baselines import baseline_rows
 from convlens.attribution.common import (
     chunk_size,
-    fix_ranked_targets,
+    clean_pass,
     in_chunks,
     input_gradient,
     positive_int,
@@ -140,9 +140,7 @@ def integrated_gradients_attributions(
     size = chunk_size(batch_size, rows)
     base = baseline_rows(model, x, baseline, prepared.targets.image_index)
     with borrowed_model(prepared.module):
-        with torch.no_grad():
-            clean = prepared.module(x)
-        pinned = fix_ranked_targets(prepared.targets, clean)
+        clean, pinned = clean_pass(prepared)
         alphas = torch.linspace(0, 1, n_steps, dtype=torch.float64)
         weights = torch.full((n_steps,), 1.0 / (n_steps - 1), dtype=torch.float64)
         weights[[0, -1]] /= 2

@@ -26,6 +26,7 @@ from torch import nn
 from convlens.attribution.baselines import baseline_distribution, baseline_rows
 from convlens.attribution.common import (
     chunk_size,
+    clean_pass,
     fix_ranked_targets,
     in_chunks,
     input_gradient,
@@ -134,9 +135,7 @@ def deeplift_shap(
     total = torch.zeros_like(x, dtype=torch.float64)
     score_reference = torch.zeros(rows, dtype=torch.float64, device=x.device)
     with borrowed_model(prepared.module):
-        with torch.no_grad():
-            clean = prepared.module(x)
-        pinned = fix_ranked_targets(prepared.targets, clean)
+        clean, pinned = clean_pass(prepared)
         chunks = list(in_chunks(len(row_of), chunk_size(batch_size, rows)))
         for chunk in progress_bar(chunks, disable=not progress, desc="deeplift_shap"):
             row, which = row_of[chunk], reference_of[chunk]
@@ -201,9 +200,7 @@ def gradient_shap(
     sample_of, row_of = work_items(n_samples, rows)
     total = torch.zeros_like(x, dtype=torch.float64)
     with borrowed_model(prepared.module):
-        with torch.no_grad():
-            clean = prepared.module(x)
-        pinned = fix_ranked_targets(prepared.targets, clean)
+        clean, pinned = clean_pass(prepared)
         chunks = list(in_chunks(len(row_of), chunk_size(batch_size, rows)))
         for chunk in progress_bar(chunks, disable=not progress, desc="gradient_shap"):
             row, sample = row_of[chunk], sample_of[chunk]

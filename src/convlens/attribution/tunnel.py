@@ -26,7 +26,7 @@ from torch import nn
 
 from convlens.attribution.common import (
     chunk_size,
-    fix_ranked_targets,
+    clean_pass,
     in_chunks,
     positive_int,
     prepare,
@@ -97,9 +97,7 @@ def run_noise_tunnel(
     prepared = prepare(model, images, target)
     rows = len(prepared.images)
     with borrowed_model(prepared.module):
-        with torch.no_grad():
-            clean = prepared.module(prepared.images)
-        pinned = fix_ranked_targets(prepared.targets, clean)
+        clean, pinned = clean_pass(prepared)
         unit, sigma = noise_draws(prepared.images, n_samples, noise, seed)
         sample_of, row_of = work_items(n_samples, rows)
         sums: dict[str, torch.Tensor] = {}
