@@ -10,7 +10,7 @@ import re
 import pytest
 import torch
 from PIL import Image
-from tests.helpers.cli import command_paths, options_of
+from tests.helpers.cli import commands_with_any
 from tests.helpers.networks import tiny_gap_classifier
 
 from convlens.cli import main
@@ -21,15 +21,12 @@ OUTPUT_OPTIONS = {"--out", "-o"}
 
 
 def test_every_command_that_writes_a_file_has_force():
-    writing = []
-    for name, command in command_paths().items():  # sub-commands too ("train head")
-        options = set(options_of(command))
-        if options & OUTPUT_OPTIONS:
-            writing.append(name)
-            assert "--force" in options, (
-                f"convlens {name} writes files (--out) but has no --force: add "
-                "`force: ForceOption = False` (convlens.cli.options) and pass it to the writer"
-            )
+    writing = commands_with_any(OUTPUT_OPTIONS)  # sub-commands too ("train head")
+    for name, options in writing.items():
+        assert "--force" in options, (
+            f"convlens {name} writes files (--out) but has no --force: add "
+            "`force: ForceOption = False` (convlens.cli.options) and pass it to the writer"
+        )
     expected = {"explain", "scan", "embed", "report", "train head", "train segmentation"}
     assert expected | {"evaluate", "train shapes-model"} <= set(writing)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.helpers.cli import command_paths, options_of
+from tests.helpers.cli import commands_with_any
 from tests.helpers.networks import tiny_gap_classifier
 
 from convlens.cli import main
@@ -27,18 +27,15 @@ class Planted:
 
 
 def test_every_command_that_loads_a_model_has_trust_pickle():
-    loading = set()
-    for name, command in command_paths().items():  # sub-commands too ("train head")
-        options = set(options_of(command))
-        if options & MODEL_OPTIONS:
-            loading.add(name)
-            assert "--trust-pickle" in options, (
-                f"convlens {name} loads a model but has no --trust-pickle: add "
-                "`trust_pickle: TrustPickleOption = False` (convlens.cli.options) and pass it "
-                "to load_model(..., trust_pickle=)"
-            )
+    loading = commands_with_any(MODEL_OPTIONS)  # sub-commands too ("train head")
+    for name, options in loading.items():
+        assert "--trust-pickle" in options, (
+            f"convlens {name} loads a model but has no --trust-pickle: add "
+            "`trust_pickle: TrustPickleOption = False` (convlens.cli.options) and pass it "
+            "to load_model(..., trust_pickle=)"
+        )
     expected = {"explain", "predict", "layers", "scan", "embed", "neighbors"}
-    assert expected | {"train head", "train segmentation"} <= loading
+    assert expected | {"train head", "train segmentation"} <= set(loading)
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ import warnings
 import pytest
 import torch
 from tests.conftest import assert_same_state, model_state
+from tests.helpers.methods import FEW_SAMPLES
 from tests.helpers.networks import small_convnet
 
 from convlens import TargetError, explain, load_model
@@ -19,22 +20,11 @@ from convlens.attribution.methods import list_methods
 
 pytestmark = pytest.mark.cuda
 
-OPTIONS = {
-    "occlusion": {"patch": 8, "stride": 4},
-    "smoothgrad": {"n_samples": 4},
-    "integrated_gradients": {"n_steps": 8},
-    "rise": {"n_masks": 16, "cells": 4},
-    "extremal_perturbation": {"steps": 3, "stride": 4},
-    "superpixel_ablation": {"n_segments": 9, "compactness": 100.0},
-    "kernel_shap": {"n_samples": 12, "n_segments": 9, "compactness": 100.0},
-    "lime": {"n_samples": 12, "n_segments": 9, "compactness": 100.0},
-}
-
-
 def _maps(model, images, method, **kwargs):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        result = explain(model, images, method, target=[0, 2], **OPTIONS.get(method, {}), **kwargs)
+        options = FEW_SAMPLES.get(method, {})
+        result = explain(model, images, method, target=[0, 2], **options, **kwargs)
     return result
 
 

@@ -4,26 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests.helpers.methods import SMALL as SMALL_OPTIONS
 from torch import nn
 
 from convlens.attribution.common import MIN_CHUNK, chunk_size, positive_int
 from convlens.attribution.methods import list_methods
 from convlens.errors import MethodError
 
-# Options that keep the slow methods small on 8x8 inputs.
-SMALL = {
-    "occlusion": {"patch": 3, "stride": 2},
-    "smoothgrad": {"n_samples": 3},
-    "integrated_gradients": {"n_steps": 4},
-    # Net's classes 0 and 2 trail their nearest rivals, so FinerCAM's map is 0 for them;
-    # alpha=0 explains y_c itself and keeps a non-zero map to compare.
-    "finercam": {"alpha": 0.0},
-    "rise": {"n_masks": 6, "cells": 4},
-    "extremal_perturbation": {"steps": 2, "stride": 4},
-    "superpixel_ablation": {"n_segments": 4, "compactness": 100.0},
-    "kernel_shap": {"n_samples": 6, "n_segments": 4, "compactness": 100.0},
-    "lime": {"n_samples": 6, "n_segments": 4, "compactness": 100.0},
-}
+# Net's classes 0 and 2 trail their nearest rivals, so FinerCAM's map is 0 for them;
+# alpha=0 explains y_c itself and keeps a non-zero map to compare.
+SMALL = SMALL_OPTIONS | {"finercam": {"alpha": 0.0}}
 
 
 class Net(nn.Module):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests.helpers.methods import SMALL
 from tests.helpers.networks import small_convnet
 
 from convlens.attribution.explain import explain
@@ -25,16 +26,6 @@ NO_GRADIENT = {
     "kernel_shap",
     "lime",
 }
-OPTIONS = {
-    "occlusion": {"patch": 4, "stride": 4},
-    "integrated_gradients": {"n_steps": 3},
-    "smoothgrad": {"n_samples": 2},
-    "rise": {"n_masks": 6, "cells": 4},
-    "extremal_perturbation": {"steps": 2, "stride": 4},
-    "superpixel_ablation": {"n_segments": 4, "compactness": 100.0},
-    "kernel_shap": {"n_samples": 6, "n_segments": 4, "compactness": 100.0},
-    "lime": {"n_samples": 6, "n_segments": 4, "compactness": 100.0},
-}
 
 
 @pytest.mark.usefixtures("one_thread")
@@ -42,7 +33,7 @@ def test_every_method_refuses_or_runs_under_inference_mode(unchanged):
     net, images = small_convnet(), torch.randn(2, 3, 8, 8)
     with unchanged(net, images):
         for info in list_methods():
-            options = OPTIONS.get(info.name, {})
+            options = SMALL.get(info.name, {})
             if info.name in NO_GRADIENT:
                 with torch.inference_mode():
                     inside = explain(net, images, info.name, **options).maps

@@ -7,6 +7,7 @@ import copy
 
 import pytest
 import torch
+from tests.helpers.methods import SMALL
 from torch import nn
 
 from convlens.attribution.explain import explain
@@ -16,17 +17,6 @@ from convlens.attribution.registry import MethodResult
 from convlens.errors import TargetError
 
 METHODS = [m.name for m in list_methods()]
-# Small settings for the slow methods on 8 x 8 inputs.
-SMALL = {
-    "occlusion": {"patch": 3, "stride": 2},
-    "smoothgrad": {"n_samples": 3},
-    "integrated_gradients": {"n_steps": 4},
-    "rise": {"n_masks": 6, "cells": 4},
-    "extremal_perturbation": {"steps": 2, "stride": 4},
-    "superpixel_ablation": {"n_segments": 4, "compactness": 100.0},
-    "kernel_shap": {"n_samples": 6, "n_segments": 4, "compactness": 100.0},
-    "lime": {"n_samples": 6, "n_segments": 4, "compactness": 100.0},
-}
 
 
 @pytest.fixture(scope="module")

@@ -9,22 +9,12 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from tests.helpers.methods import FEW_SAMPLES
 from tests.helpers.networks import small_convnet
 
 from convlens import explain, load_model
 from convlens.attribution.methods import list_methods
 
-# Few samples and steps: the tolerances are about the arithmetic, not the estimates.
-OPTIONS = {
-    "occlusion": {"patch": 8, "stride": 4},
-    "smoothgrad": {"n_samples": 4},
-    "integrated_gradients": {"n_steps": 8},
-    "rise": {"n_masks": 16, "cells": 4},
-    "extremal_perturbation": {"steps": 3, "stride": 4},
-    "superpixel_ablation": {"n_segments": 9, "compactness": 100.0},
-    "kernel_shap": {"n_samples": 12, "n_segments": 9, "compactness": 100.0},
-    "lime": {"n_samples": 12, "n_segments": 9, "compactness": 100.0},
-}
 METHODS = [info.name for info in list_methods()]
 # Maps made of differences of close scores: on this small net they are below bfloat16's
 # resolution (8 mantissa bits), as occlusion's are; float16 still correlates.
@@ -51,7 +41,7 @@ def _reference(net_and_images, method):
 def _maps(model, images, method):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # rule methods' notes, if any
-        return explain(model, images, method, target=TARGET, **OPTIONS.get(method, {})).maps
+        return explain(model, images, method, target=TARGET, **FEW_SAMPLES.get(method, {})).maps
 
 
 def _pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -24,3 +24,14 @@ def command_paths(group=None, prefix: tuple[str, ...] = ()) -> dict:
 def options_of(command) -> dict[str, object]:
     """``{"--flag": parameter}`` for every option spelling of ``command``."""
     return {opt: param for param in command.params for opt in param.opts if opt.startswith("-")}
+
+
+def commands_with_any(spellings: set[str]) -> dict[str, set[str]]:
+    """``{words: option spellings}`` of every command (`command_paths`) that has at least one
+    of ``spellings``, e.g. every command with ``--out`` or ``-o``."""
+    found = {}
+    for name, command in command_paths().items():
+        options = set(options_of(command))
+        if options & spellings:
+            found[name] = options
+    return found

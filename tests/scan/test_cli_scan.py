@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from tests.helpers.scans import SCAN_ARGS, stopped_cli_scan
 
 from convlens.cli import main
 from convlens.data.synthetic import SyntheticShapes
@@ -187,44 +188,10 @@ def test_two_process_torchrun_equals_one_process(tmp_path):
 
 
 def test_cli_resume_continues_a_stopped_scan(tmp_path):
-    from convlens.scan.topk import top_activating
-
-    args = [
-        "shapes:12",
-        "--model",
-        "synthetic-shapes",
-        "--layers",
-        "features.2",
-        "--top",
-        "2",
-        "--projections",
-        "none",
-        "--batch-size",
-        "3",
-        "--save-every",
-        "1",
-    ]
+    args = [*SCAN_ARGS, "--top", "2"]
     assert main(["scan", *args, "--out", str(tmp_path / "whole")]) == 0
 
-    class Stop(Exception):
-        pass
-
-    def stop(done: int) -> None:
-        if done == 2:
-            raise Stop
-
-    with pytest.raises(Stop):  # the same scan as the CLI's, stopped after 2 of 4 batches
-        top_activating(
-            "synthetic-shapes",
-            "shapes:12",
-            ["features.2"],
-            k=2,
-            projections=(),
-            batch_size=3,
-            checkpoint=tmp_path / "part" / ".state" / "scan",
-            save_every=1,
-            on_batch=stop,
-        )
+    stopped_cli_scan(tmp_path / "part")  # the same scan as the CLI's, stopped after 2 of 4 batches
     assert main(["scan", *args, "--out", str(tmp_path / "part"), "--resume"]) == 0
     whole = (tmp_path / "whole" / "features.2" / "topk.json").read_text()
     assert (tmp_path / "part" / "features.2" / "topk.json").read_text() == whole

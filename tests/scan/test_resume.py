@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 from tests.helpers.networks import small_convnet
+from tests.helpers.scans import SCAN_ARGS, Stop, stop_after, stopped_cli_scan
 
 from convlens.cli import main
 from convlens.data.preprocess import Preprocess
@@ -26,18 +27,6 @@ from convlens.scan.topk import top_activating
 pytestmark = pytest.mark.usefixtures("one_thread")
 PREPROCESS = Preprocess(size=10, mode="stretch", mean=(0.5,) * 3, std=(0.5,) * 3)
 SETTINGS = dict(k=2, projections=(), batch_size=2, save_every=1)
-
-
-class Stop(Exception):
-    pass
-
-
-def _stop_after(batches: int):
-    def stop(done: int) -> None:
-        if done == batches:
-            raise Stop
-
-    return stop
 
 
 def _pictures(folder: Path, count: int = 6) -> Path:
@@ -58,7 +47,7 @@ def _stopped_scan(tmp_path: Path, model: LoadedModel, **changes) -> tuple[Path, 
     data, state = _pictures(tmp_path / "data"), tmp_path / "state" / "scan"
     with pytest.raises(Stop):
         top_activating(
-            model, data, ["3"], checkpoint=state, on_batch=_stop_after(2), **SETTINGS | changes
+            model, data, ["3"], checkpoint=state, on_batch=stop_after(2), **SETTINGS | changes
         )
     return data, state
 
@@ -201,7 +190,7 @@ def test_embed_resume_refuses_other_weights(tmp_path):
     state = tmp_path / "state" / "embed"
     with pytest.raises(Stop):
         embed(
-            model, data, "3", batch_size=2, checkpoint=state, save_every=1, on_batch=_stop_after(1)
+            model, data, "3", batch_size=2, checkpoint=state, save_every=1, on_batch=stop_after(1)
         )
     with torch.no_grad():
         model.module[3].weight.mul_(2)
@@ -210,32 +199,9 @@ def test_embed_resume_refuses_other_weights(tmp_path):
 
 
 def test_cli_names_the_change_in_one_line_and_restart_starts_over(tmp_path, capsys):
-    args = [
-        "shapes:12",
-        "--model",
-        "synthetic-shapes",
-        "--layers",
-        "features.2",
-        "--projections",
-        "none",
-        "--batch-size",
-        "3",
-        "--save-every",
-        "1",
-    ]
+    args = SCAN_ARGS
     out = tmp_path / "out"
-    with pytest.raises(Stop):
-        top_activating(
-            "synthetic-shapes",
-            "shapes:12",
-            ["features.2"],
-            k=2,
-            projections=(),
-            batch_size=3,
-            checkpoint=out / ".state" / "scan",
-            save_every=1,
-            on_batch=_stop_after(2),
-        )
+    stopped_cli_scan(out)
     capsys.readouterr()
     assert main(["scan", *args, "--k", "3", "--out", str(out), "--resume"]) == 1
     error = capsys.readouterr().err.strip()

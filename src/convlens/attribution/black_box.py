@@ -19,10 +19,11 @@ from torch import nn
 
 from convlens.attribution.common import (
     chunk_size,
-    fix_ranked_targets,
+    clean_pass,
     in_chunks,
     positive_int,
     prepare,
+    work_items,
 )
 from convlens.attribution.registry import MethodResult, register_method
 from convlens.data.progress import progress_bar
@@ -127,13 +128,10 @@ def rise(
     draws = RiseDraws.draw(n_masks, tuple(x.shape[2:]), cells, keep, seed)
     rows = len(x)
     size = chunk_size(batch_size, rows)
-    # Flat work item k = mask * rows + row.
-    mask_of = torch.arange(n_masks).repeat_interleave(rows)
-    row_of = torch.arange(rows).repeat(n_masks)
+    mask_of, row_of = work_items(n_masks, rows)
     total = torch.zeros(rows, *x.shape[2:], dtype=full_precision(x[:0]).dtype, device=x.device)
     with borrowed_model(prepared.module), torch.no_grad():
-        output = prepared.module(x)
-        pinned = fix_ranked_targets(prepared.targets, output)
+        output, pinned = clean_pass(prepared)
         chunks = list(in_chunks(len(row_of), size))
         for chunk in progress_bar(chunks, disable=not progress, desc="rise", leave=False):
             used, position = mask_of[chunk].unique(return_inverse=True)
@@ -249,14 +247,10 @@ def extremal_perturbation(
     x = prepared.images
     rows, size = len(x), tuple(x.shape[2:])
     grid = (math.ceil(size[0] / stride), math.ceil(size[1] / stride))
-    # Flat work item k = area * rows + row.
-    area_of = torch.arange(len(areas)).repeat_interleave(rows)
-    row_of = torch.arange(rows).repeat(len(areas))
+    area_of, row_of = work_items(len(areas), rows)
     maps = torch.zeros(rows, *size, dtype=full_precision(x[:0]).dtype, device=x.device)
     with borrowed_model(prepared.module):
-        with torch.no_grad():
-            output = prepared.module(x)
-        pinned = fix_ranked_targets(prepared.targets, output)
+        output, pinned = clean_pass(prepared)
         reference = _area_targets(areas, size[0] * size[1], maps)
         chunks = list(in_chunks(len(row_of), chunk_size(batch_size, rows)))
         bar = progress_bar(chunks, disable=not progress, desc="extremal perturbation")

@@ -192,6 +192,21 @@ def chunk_size(batch_size: int | None, rows: int) -> int:
     return positive_int("batch_size", batch_size)
 
 
+def clean_pass(prepared: Prepared) -> tuple[torch.Tensor, Targets]:
+    """The model's output on the unperturbed images (without autograd) and the targets
+    pinned to it (`fix_ranked_targets`), which every perturbed copy is then scored by."""
+    with torch.no_grad():
+        output = prepared.module(prepared.images)
+    return output, fix_ranked_targets(prepared.targets, output)
+
+
+def work_items(count: int, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The flat work list of ``count`` items (masks, samples, steps...) for each of ``rows``
+    images, item-major (work item ``k = item * rows + row``): the item and the row of each,
+    ``Tensor[count * rows]`` (int64, CPU) twice. Chunks of it (`in_chunks`) are the passes."""
+    return torch.arange(count).repeat_interleave(rows), torch.arange(rows).repeat(count)
+
+
 def in_chunks(total: int, size: int):
     """Slices ``[start, stop)`` covering ``range(total)`` in steps of ``size`` (>= 1)."""
     positive_int("batch_size", size)

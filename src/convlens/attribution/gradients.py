@@ -18,12 +18,13 @@ from torch import nn
 from convlens.attribution.baselines import baseline_rows
 from convlens.attribution.common import (
     chunk_size,
-    fix_ranked_targets,
+    clean_pass,
     in_chunks,
     input_gradient,
     positive_int,
     prepare,
     reduce_channels,
+    work_items,
 )
 from convlens.attribution.registry import MethodResult, register_method
 from convlens.attribution.tunnel import run_noise_tunnel
@@ -139,14 +140,11 @@ def integrated_gradients_attributions(
     size = chunk_size(batch_size, rows)
     base = baseline_rows(model, x, baseline, prepared.targets.image_index)
     with borrowed_model(prepared.module):
-        with torch.no_grad():
-            clean = prepared.module(x)
-        pinned = fix_ranked_targets(prepared.targets, clean)
+        clean, pinned = clean_pass(prepared)
         alphas = torch.linspace(0, 1, n_steps, dtype=torch.float64)
         weights = torch.full((n_steps,), 1.0 / (n_steps - 1), dtype=torch.float64)
         weights[[0, -1]] /= 2
-        step_of = torch.arange(n_steps).repeat_interleave(rows)
-        row_of = torch.arange(rows).repeat(n_steps)
+        step_of, row_of = work_items(n_steps, rows)
         total = torch.zeros_like(x, dtype=torch.float64)
         ends = torch.zeros(2, rows, dtype=x.dtype)  # S(x') and S(x), from the path's ends
         chunks = list(in_chunks(len(row_of), size))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from convlens.attribution.common import chunk_size, fix_ranked_targets, in_chunks, prepare
+from convlens.attribution.common import chunk_size, clean_pass, in_chunks, prepare
 from convlens.attribution.registry import MethodResult, register_method
 from convlens.data.progress import progress_bar
 from convlens.errors import MethodError
@@ -99,8 +99,7 @@ def occlusion(
     # Score drops in at least float32: a half-precision difference of close scores is noise.
     drops = torch.empty(rows, len(positions), dtype=full_precision(x[:0]).dtype, device=x.device)
     with borrowed_model(prepared.module), torch.no_grad():
-        output = prepared.module(x)
-        pinned = fix_ranked_targets(prepared.targets, output)
+        output, pinned = clean_pass(prepared)
         clean = full_precision(pinned.score(output))
         chunks = list(in_chunks(len(row_of), size))
         for chunk in progress_bar(chunks, disable=not progress, desc="occlusion", leave=False):

@@ -26,11 +26,13 @@ from torch import nn
 from convlens.attribution.baselines import baseline_distribution, baseline_rows
 from convlens.attribution.common import (
     chunk_size,
+    clean_pass,
     fix_ranked_targets,
     in_chunks,
     input_gradient,
     positive_int,
     prepare,
+    work_items,
 )
 from convlens.attribution.registry import MethodResult, register_method
 from convlens.attribution.tunnel import check_noise, noise_draws
@@ -129,15 +131,11 @@ def deeplift_shap(
     x = prepared.images
     references = baseline_distribution(model, x, baseline)
     count, rows = len(references), len(x)
-    # Flat work item k = baseline * rows + row.
-    reference_of = torch.arange(count).repeat_interleave(rows)
-    row_of = torch.arange(rows).repeat(count)
+    reference_of, row_of = work_items(count, rows)
     total = torch.zeros_like(x, dtype=torch.float64)
     score_reference = torch.zeros(rows, dtype=torch.float64, device=x.device)
     with borrowed_model(prepared.module):
-        with torch.no_grad():
-            clean = prepared.module(x)
-        pinned = fix_ranked_targets(prepared.targets, clean)
+        clean, pinned = clean_pass(prepared)
         chunks = list(in_chunks(len(row_of), chunk_size(batch_size, rows)))
         for chunk in progress_bar(chunks, disable=not progress, desc="deeplift_shap"):
             row, which = row_of[chunk], reference_of[chunk]
@@ -199,13 +197,10 @@ def gradient_shap(
     references = baseline_distribution(model, x, baseline)
     rows = len(x)
     which, alphas, unit, sigma = gradient_shap_draws(x, len(references), n_samples, noise, seed)
-    sample_of = torch.arange(n_samples).repeat_interleave(rows)
-    row_of = torch.arange(rows).repeat(n_samples)
+    sample_of, row_of = work_items(n_samples, rows)
     total = torch.zeros_like(x, dtype=torch.float64)
     with borrowed_model(prepared.module):
-        with torch.no_grad():
-            clean = prepared.module(x)
-        pinned = fix_ranked_targets(prepared.targets, clean)
+        clean, pinned = clean_pass(prepared)
         chunks = list(in_chunks(len(row_of), chunk_size(batch_size, rows)))
         for chunk in progress_bar(chunks, disable=not progress, desc="gradient_shap"):
             row, sample = row_of[chunk], sample_of[chunk]

@@ -20,7 +20,7 @@ from torch import nn
 from convlens.attribution.common import (
     Prepared,
     chunk_size,
-    fix_ranked_targets,
+    clean_pass,
     in_chunks,
     positive_int,
     prepare,
@@ -91,8 +91,7 @@ def _coalition_scores(
     row_of = torch.arange(rows).repeat_interleave(samples)
     sample_of = torch.arange(samples).repeat(rows)
     with borrowed_model(prepared.module), torch.no_grad():
-        output = prepared.module(x)
-        pinned = fix_ranked_targets(prepared.targets, output)
+        output, pinned = clean_pass(prepared)
         chunks = list(in_chunks(len(row_of), size))
         for chunk in progress_bar(chunks, disable=not progress, desc=desc, leave=False):
             row, sample = row_of[chunk].to(x.device), sample_of[chunk].to(x.device)

@@ -26,10 +26,11 @@ from torch import nn
 
 from convlens.attribution.common import (
     chunk_size,
-    fix_ranked_targets,
+    clean_pass,
     in_chunks,
     positive_int,
     prepare,
+    work_items,
 )
 from convlens.attribution.result import MethodResult
 from convlens.data.progress import progress_bar
@@ -96,13 +97,9 @@ def run_noise_tunnel(
     prepared = prepare(model, images, target)
     rows = len(prepared.images)
     with borrowed_model(prepared.module):
-        with torch.no_grad():
-            clean = prepared.module(prepared.images)
-        pinned = fix_ranked_targets(prepared.targets, clean)
+        clean, pinned = clean_pass(prepared)
         unit, sigma = noise_draws(prepared.images, n_samples, noise, seed)
-        # Flat work item k = sample * rows + row.
-        sample_of = torch.arange(n_samples).repeat_interleave(rows)
-        row_of = torch.arange(rows).repeat(n_samples)
+        sample_of, row_of = work_items(n_samples, rows)
         sums: dict[str, torch.Tensor] = {}
         chunks = list(in_chunks(len(row_of), chunk_size(batch_size, rows)))
         for chunk in progress_bar(chunks, disable=not progress, desc=kind, leave=False):

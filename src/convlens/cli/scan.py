@@ -62,6 +62,19 @@ def _end_group(opened: bool) -> None:
         dist.destroy_process_group()
 
 
+def _checkpointing(
+    out: str, job: str, save_every: int, *, resume: bool, restart: bool
+) -> dict[str, object]:
+    """The checkpoint options of a long ``job`` writing into ``out``: its state kept under
+    ``out/.state/<job>``, every ``save_every`` batches, resumed when asked unless
+    ``--restart``."""
+    return {
+        "checkpoint": Path(out) / ".state" / job,
+        "save_every": save_every,
+        "resume": resume and not restart,
+    }
+
+
 def _rules(projections: str) -> tuple[str, ...]:
     if projections.strip().lower() in ("", "none"):
         return ()
@@ -130,9 +143,7 @@ def scan_command(
                 device=device,
                 batch_size=batch_size,
                 workers=workers,
-                checkpoint=Path(out) / ".state" / "scan",
-                save_every=save_every,
-                resume=resume and not restart,
+                **_checkpointing(out, "scan", save_every, resume=resume, restart=restart),
                 progress=True,
             )
             write_scan(  # ranks share
@@ -200,9 +211,7 @@ def embed_command(
                 device=device,
                 batch_size=batch_size,
                 workers=workers,
-                checkpoint=Path(out) / ".state" / "embed",
-                save_every=save_every,
-                resume=resume and not restart,
+                **_checkpointing(out, "embed", save_every, resume=resume, restart=restart),
                 progress=True,
             )
             if rank == 0:
