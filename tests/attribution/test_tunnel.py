@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.helpers.networks import small_convnet
+from tests.helpers.networks import CountingNet, small_convnet
 
 from convlens import explain
 from convlens.attribution.methods import get_method, list_methods
@@ -114,3 +114,14 @@ def test_cli_options_reach_the_tunnel():
         "saliency": {"noise_tunnel": "vargrad", "n_samples": 4},
         "smoothgrad": {"n_samples": 4},
     }
+
+
+def test_a_methods_own_batch_size_reaches_it_through_the_tunnel():
+    """Integrated Gradients' batch_size bounds its own passes (rows per forward) also when
+    tunnelled; the tunnel does not take the option for its noisy copies."""
+    model = CountingNet()
+    x = torch.randn(1, 3, 8, 8)
+    options = {"n_steps": 4, "noise_tunnel": "smoothgrad", "n_samples": 2}
+    explain(model, x, "integrated_gradients", batch_size=1, **options)
+    gradient_passes = [rows for rows, grad in model.calls if grad]
+    assert gradient_passes and max(gradient_passes) == 1

@@ -151,12 +151,19 @@ def with_noise_tunnel(compute: Callable[..., MethodResult]) -> Callable[..., Met
     ``NOISE_TUNNELS``), ``n_samples=25``, ``noise=0.15`` and ``seed=0`` added; with
     ``noise_tunnel=None`` the call is ``compute`` itself and the other three are unused."""
 
+    own = set(inspect.signature(compute).parameters) & {"batch_size", "progress"}
+
     @functools.wraps(compute)
     def tunnelled(model, images, target=None, **options):  # noqa: ANN001
         tunnel = {k: options.pop(k, default) for k, default in TUNNEL_DEFAULTS.items()}
         kind = tunnel.pop("noise_tunnel")
         if kind is None:
             return compute(model, images, target, **options)
+        # A method's own batch_size / progress (Integrated Gradients' steps per pass) stay
+        # its own; the tunnel then chunks its noisy copies by its default.
+        if own:
+            inner = functools.partial(compute, **{k: options.pop(k) for k in own if k in options})
+            return run_noise_tunnel(inner, model, images, target, kind=kind, **tunnel, **options)
         return run_noise_tunnel(compute, model, images, target, kind=kind, **tunnel, **options)
 
     signature = inspect.signature(compute)
