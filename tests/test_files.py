@@ -283,3 +283,17 @@ def test_a_path_under_a_file_is_refused_before_any_work(tmp_path):
             check(tmp_path / path)
     assert (tmp_path / "file").read_text() == "mine"
     assert check_writable(tmp_path / "new" / "deeper" / "out.png").name == "out.png"
+
+
+def test_a_run_into_a_parent_folder_keeps_what_a_run_into_a_subfolder_wrote(tmp_path):
+    """``explain a -o res/cats/`` then ``explain b -o res/``: the second run's stale sweep
+    covers only what earlier runs wrote into ``res/`` itself."""
+    cats = tmp_path / "res" / "cats"
+    with writing(cats, "explain"):
+        write_text(cats / "a.json", "a")
+    with writing(tmp_path / "res", "explain"):
+        write_text(tmp_path / "res" / "b.json", "b")
+    assert (cats / "a.json").read_text() == "a"
+    with writing(cats, "explain"):  # its own folder: the usual sweep
+        write_text(cats / "c.json", "c")
+    assert not (cats / "a.json").exists() and (cats / "c.json").is_file()

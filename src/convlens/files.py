@@ -280,6 +280,7 @@ def _entry(path: Path) -> dict:
         "size": path.stat().st_size,
         "sha256": _digest(path),
         "job": run.job if run is not None else None,
+        "root": str(run.root.resolve()) if run is not None else None,
         "written": time.time_ns(),
     }
 
@@ -406,7 +407,8 @@ def remove_stale_outputs(
     folder: str | Path, job: str, *, before: int, keep: set[Path] = frozenset()
 ) -> list[Path]:
     """Delete the files under ``folder`` that the ledgers say ``job`` wrote before time
-    ``before`` (ns since the epoch), that are not in ``keep`` and still match the ledger;
+    ``before`` (ns since the epoch) in a run into ``folder`` itself (not a run into one of
+    its subfolders), that are not in ``keep`` and still match the ledger;
     then the subfolders this leaves empty. Files changed since, and files the ledgers do not
     list, stay. Returns the deleted files."""
     root = Path(folder)
@@ -419,6 +421,8 @@ def remove_stale_outputs(
         for name, entry in _ledger_entries(place).items():
             path = place / name
             if entry.get("job") != job or entry.get("written", before) >= before:
+                continue
+            if entry.get("root") != str(root.resolve()):  # a run into another output folder
                 continue
             if path.resolve() in keep:
                 continue
