@@ -60,6 +60,22 @@ def test_explain_into_the_data_set_keeps_the_annotations_beside_the_images(tmp_p
     assert json.loads((data / "shape0.json").read_text())["source"] == str(data / "shape0.png")
 
 
+def test_images_whose_names_differ_after_a_dot_get_their_own_outputs(tmp_path, capsys):
+    data = tmp_path / "data"
+    _shape_folder(data, 2)
+    (data / "shape0.png").rename(data / "img.v1.png")
+    (data / "shape1.png").rename(data / "img.v2.png")
+    model = tmp_path / "tiny.pt"
+    torch.save(tiny_gap_classifier().eval(), model)
+    out = tmp_path / "out"
+    args = ["explain", str(data), "-m", str(model), "--trust-pickle", "--method", "gradcam"]
+    assert main([*args, "--format", "svg", "-o", f"{out}/"]) == 0
+    for name in ("img.v1", "img.v2"):
+        record = json.loads((out / f"{name}.json").read_text())
+        assert record["source"] == str(data / f"{name}.png")
+        assert record["panel"] == str(out / f"{name}.svg") and (out / f"{name}.svg").is_file()
+
+
 def _scan(data, out, layers: str, *extra: str) -> int:
     return main(
         ["scan", str(data), "--model", "synthetic-shapes", "--layers", layers, "--k", "2"]

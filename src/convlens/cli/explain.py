@@ -299,7 +299,7 @@ def _explain_one_image(
     panel_path = None
     if tiles and picture.held is not None:  # drawn after the run, on the run's scale
         picture.held.append((batch.display[0], tiles, predictions[0], stem))
-        panel_path = stem.with_suffix(f".{picture.fmt}")
+        panel_path = stem.with_name(f"{stem.name}.{picture.fmt}")
     elif tiles:
         panel_path = write_panel(batch.display[0], tiles, predictions[0], stem, picture)
     layers = sorted({m["layer"] for m in methods if m["layer"]})
@@ -314,7 +314,7 @@ def _explain_one_image(
         "failed_methods": failed,
         "panel": None if panel_path is None else str(panel_path),
     }
-    write_json(stem.with_suffix(".json"), record)
+    write_json(stem.with_name(f"{stem.name}.json"), record)
     return record
 
 
@@ -323,8 +323,8 @@ def _check_outputs(stem, fmt: str) -> None:
     not convlens's (`convlens.files.check_writable`)."""
     from convlens.files import check_writable
 
-    check_writable(stem.with_suffix(f".{fmt}"))
-    check_writable(stem.with_suffix(".json"))
+    check_writable(stem.with_name(f"{stem.name}.{fmt}"))
+    check_writable(stem.with_name(f"{stem.name}.json"))
 
 
 def _panel_destination(out: str, fmt: str, force: bool = False, fmt_given: bool = False) -> tuple:

@@ -100,7 +100,7 @@ def write_panel(display, tiles, top: dict, stem: Path, picture, limits=None) -> 
     from convlens.render.figures import check_writable, save_figure
     from convlens.render.panel import explanation_figure
 
-    path = stem.with_suffix(f".{picture.fmt}")
+    path = stem.with_name(f"{stem.name}.{picture.fmt}")
     check_writable(path)
     figure = explanation_figure(
         display,
