@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from convlens.data.datasets import ScanDataset
 from convlens.errors import ImageLoadError
-from convlens.files import keep_output, owned, write_json
+from convlens.files import flush_ledgers, keep_output, owned, write_json
 from convlens.render.images import save_png
 from convlens.render.scans import thumbnail_map, top_units_panel
 from convlens.scan.distributed import barrier, rank_and_world
@@ -100,6 +100,7 @@ def write_scan(
             "projection": projection,
         }
         write_json(out / SCAN_FILE, summary, indent=1)
+    flush_ledgers()  # every rank's files are in the ledgers before rank 0's stale sweep
     barrier()
     return out
 
