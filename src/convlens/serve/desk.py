@@ -231,16 +231,16 @@ class ModelDesk:
     def cancel(self, job_id: str, token: str) -> bool:
         """Stop job ``job_id`` (waiting, running, or not yet sent) when ``token`` is its
         token; False when no such job is known, `CancelRefused` for a wrong token."""
-        with self._state:
+        with self._state:  # held while stopping: the request may swap in its ticket
             job = self._jobs.get(job_id)
-        if job is None:
-            return False
-        if not secrets.compare_digest(job.token.encode(), token.encode()):
-            raise CancelRefused(
-                "wrong or missing cancel token: send the 'token' that POST /api/jobs "
-                "returned with this job id"
-            )
-        job.ticket.stop(CANCELLED)
+            if job is None:
+                return False
+            if not secrets.compare_digest(job.token.encode(), token.encode()):
+                raise CancelRefused(
+                    "wrong or missing cancel token: send the 'token' that POST /api/jobs "
+                    "returned with this job id"
+                )
+            job.ticket.stop(CANCELLED)
         return True
 
     def finished(self, job_id: str, token: str) -> bool:
