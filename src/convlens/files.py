@@ -61,14 +61,17 @@ _RUN: contextvars.ContextVar[_Run | None] = contextvars.ContextVar("convlens_run
 # ---- ownership -------------------------------------------------------------------------
 
 
-def owned(path: str | Path) -> bool:
+def owned(path: str | Path, entries: dict[str, dict] | None = None) -> bool:
     """Whether ``path`` is a file convlens wrote and nobody changed since: its folder's
     ledger lists it with this size and SHA-256 (or, with no ledger entry, a PNG/PDF/SVG
-    carrying the convlens mark)."""
+    carrying the convlens mark). ``entries``: that folder's `ledger_entries`, read once by a
+    caller that checks many files of one folder."""
     path = Path(path)
     if not path.is_file():
         return False
-    entry = _pending_entry(path) or _ledger_entries(path.parent).get(path.name)
+    if entries is None:
+        entries = ledger_entries(path.parent)
+    entry = _pending_entry(path) or entries.get(path.name)
     if entry is not None:
         return _matches(path, entry)
     return path.suffix.lower() in _MARKED and _carries_mark(path)
@@ -311,7 +314,9 @@ def _flush(run: _Run) -> None:
     run.flushed = time.monotonic()
 
 
-def _ledger_entries(folder: Path) -> dict[str, dict]:
+def ledger_entries(folder: Path) -> dict[str, dict]:
+    """``{file name: entry}`` of ``folder``'s ledger (empty when it has none or it is
+    unreadable: then nothing there counts as convlens's)."""
     try:
         document = json.loads((folder / LEDGER).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -327,7 +332,7 @@ def _update_ledger(folder: Path, entries: dict[str, dict | None]) -> None:
     if not folder.is_dir():
         return
     with _locked(folder):
-        files = _ledger_entries(folder)
+        files = ledger_entries(folder)
         for name, entry in entries.items():
             if entry is None:
                 files.pop(name, None)
@@ -418,7 +423,7 @@ def remove_stale_outputs(
             continue
         place = Path(here)
         forget: dict[str, None] = {}
-        for name, entry in _ledger_entries(place).items():
+        for name, entry in ledger_entries(place).items():
             path = place / name
             if entry.get("job") != job or entry.get("written", before) >= before:
                 continue

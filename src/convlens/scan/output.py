@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from convlens.data.datasets import ScanDataset
 from convlens.errors import ImageLoadError
-from convlens.files import flush_ledgers, keep_output, owned, write_json
+from convlens.files import flush_ledgers, keep_output, ledger_entries, owned, write_json
 from convlens.render.images import save_png
 from convlens.render.scans import thumbnail_map, top_units_panel
 from convlens.scan.distributed import barrier, rank_and_world
@@ -187,10 +187,11 @@ def drawn_channels(folder: Path, document: dict, projection: str | None) -> set[
         return set()
     if not same:
         return set()
+    entries = ledger_entries(folder)  # read once, not once per channel
     return {
         entry["channel"]
         for entry in document["channels"]
-        if entry["top"] and owned(folder / channel_png_name(entry["channel"]))
+        if entry["top"] and owned(folder / channel_png_name(entry["channel"]), entries)
     }
 
 
