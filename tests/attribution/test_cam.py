@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from tests.helpers.networks import hand_net
 from torch import nn
 
 from convlens.attribution import cam as cams
@@ -23,25 +24,6 @@ ALL_CAMS = [
     "scorecam",
     "guided_gradcam",
 ]
-
-
-def hand_net() -> nn.Sequential:
-    """x -> 1x1 conv with weights (1, -1) -> ReLU -> GAP -> Linear W = [[2, 1], [-1, 3]].
-
-    On x = [[1, 2], [3, -4]]: A_0 = relu(x) = [[1, 2], [3, 0]], A_1 = relu(-x) = [[0, 0],
-    [0, 4]], GAP = (1.5, 1), logits = (4, 1.5). dy_c/dA_k = W[c, k] / 4 everywhere.
-    """
-    net = nn.Sequential(
-        nn.Conv2d(1, 2, 1, bias=False),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(2, 2, bias=False),
-    )
-    with torch.no_grad():
-        net[0].weight.copy_(torch.tensor([1.0, -1.0]).view(2, 1, 1, 1))
-        net[4].weight.copy_(torch.tensor([[2.0, 1.0], [-1.0, 3.0]]))
-    return net
 
 
 HAND_X = torch.tensor([[1.0, 2.0], [3.0, -4.0]]).view(1, 1, 2, 2)

@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from tests.helpers.networks import small_convnet
+from tests.helpers.networks import hand_net, small_convnet
 from torch import nn
 
 from convlens.attribution import cam as cams
@@ -35,24 +35,6 @@ EVERY_CAM = [
     "finercam",
     "guided_gradcam",
 ]
-
-
-def hand_net() -> nn.Sequential:
-    """x -> 1x1 conv (1, -1), no bias -> ReLU ("1") -> GAP -> Linear W = [[2, 1], [-1, 3]].
-
-    On ``HAND_X``: A_0 = [[1, 2], [3, 0]], A_1 = [[0, 0], [0, 4]], GAP = (1.5, 1),
-    logits = (4, 1.5)."""
-    net = nn.Sequential(
-        nn.Conv2d(1, 2, 1, bias=False),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(2, 2, bias=False),
-    )
-    with torch.no_grad():
-        net[0].weight.copy_(torch.tensor([1.0, -1.0]).view(2, 1, 1, 1))
-        net[4].weight.copy_(torch.tensor([[2.0, 1.0], [-1.0, 3.0]]))
-    return net
 
 
 # ---- exact values -----------------------------------------------------------------------

@@ -56,3 +56,23 @@ class CountingNet(nn.Module):
     @property
     def seen(self) -> int:
         return sum(rows for rows, _ in self.calls)
+
+
+def hand_net() -> nn.Sequential:
+    """x -> 1x1 conv with weights (1, -1), no bias -> ReLU ("1") -> GAP -> Linear
+    W = [[2, 1], [-1, 3]], no bias: the CAM family's exact-value network.
+
+    On x = [[1, 2], [3, -4]]: A_0 = relu(x) = [[1, 2], [3, 0]], A_1 = relu(-x) = [[0, 0],
+    [0, 4]], GAP = (1.5, 1), logits = (4, 1.5). dy_c/dA_k = W[c, k] / 4 everywhere.
+    """
+    net = nn.Sequential(
+        nn.Conv2d(1, 2, 1, bias=False),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(2, 2, bias=False),
+    )
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([1.0, -1.0]).view(2, 1, 1, 1))
+        net[4].weight.copy_(torch.tensor([[2.0, 1.0], [-1.0, 3.0]]))
+    return net
