@@ -43,12 +43,7 @@ def output_path(out: str | None, default_name: str, force: bool = False) -> Path
 def output_folder(out: str) -> Path:
     """A folder a command fills (``explain --out``), checked once up front: it may exist as a
     folder or not yet, but must not be a file."""
-    folder = Path(out)
-    if folder.exists() and not folder.is_dir():
-        raise ConvlensError(
-            f"--out {out} is an existing file, not a folder; pass a folder name (it is created)"
-        )
-    return files.check_creatable(folder)
+    return files.check_folder(out)
 
 
 def check_writable(path: Path, force: bool | None = None) -> None:
