@@ -9,14 +9,30 @@ import torch
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--notebooks",
+        action="store_true",
+        help="also execute the tutorial notebooks (docs/tutorials; a minute or two each)",
+    )
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``cuda`` are skipped, with the reason, where no CUDA device is present."""
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA device (none on this machine)")
+    """Tests marked ``cuda`` are skipped, with the reason, where no CUDA device is present;
+    tests marked ``notebook`` unless ``--notebooks`` is given (.ci/run gives it)."""
+    skips = []
+    if not torch.cuda.is_available():
+        skips.append(
+            ("cuda", pytest.mark.skip(reason="needs a CUDA device (none on this machine)"))
+        )
+    if not config.getoption("--notebooks"):
+        skips.append(
+            ("notebook", pytest.mark.skip(reason="executes a notebook: run with --notebooks"))
+        )
     for item in items:
-        if item.get_closest_marker("cuda") is not None:
-            item.add_marker(skip)
+        for marker, skip in skips:
+            if item.get_closest_marker(marker) is not None:
+                item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)
