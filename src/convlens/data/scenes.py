@@ -65,7 +65,9 @@ elements above it do not move).
   ``silhouettes`` then describe the objects that remain; K may be 0). With
   ``leave_out=()`` it is exactly the scene that ``SyntheticScenes`` gives.
 - ``scene_variants(seed, index, size, leave_outs)``: one `Scene` per entry of
-  ``leave_outs`` from a single draw (what the counterfactual benchmark uses).
+  ``leave_outs`` from a single draw; ``leave_one_out(seed, index, size)``: the elements and
+  the scenes with nothing, then each element alone, left out (what the counterfactual
+  benchmark uses).
 """
 
 from __future__ import annotations
@@ -210,8 +212,20 @@ def scene_variants(
 def scene_elements(seed: int, index: int, size: int) -> list[SceneElement]:
     """The elements of scene ``index`` of stream ``seed``, bottom first (the canvas, the
     whole-image first background region, is not one: nothing lies below it)."""
+    return _elements(_draw(seed, index, size))
+
+
+def leave_one_out(seed: int, index: int, size: int) -> tuple[list[SceneElement], list[Scene]]:
+    """``(elements, scenes)`` from one draw: `scene_elements` and ``1 + len(elements)``
+    scenes, the full one first, then the scene without element 0, without element 1, ..."""
     drawing = _draw(seed, index, size)
-    on_top = np.zeros((size, size), dtype=np.int64)  # layer index on top of each pixel
+    layers = range(1, len(drawing.layers))
+    scenes = [drawing.compose(frozenset(skipped)) for skipped in [()] + [(k,) for k in layers]]
+    return _elements(drawing), scenes
+
+
+def _elements(drawing: _Drawing) -> list[SceneElement]:
+    on_top = np.zeros((drawing.size, drawing.size), dtype=np.int64)  # top layer per pixel
     for layer, (_, _, mask, _) in enumerate(drawing.layers):
         on_top[mask] = layer
     return [
@@ -440,6 +454,7 @@ __all__ = [
     "SceneBatch",
     "SceneElement",
     "SyntheticScenes",
+    "leave_one_out",
     "make_scenes",
     "render_scene",
     "scene_elements",

@@ -121,15 +121,13 @@ def element_effects(
 def _scene_effects(model, seed, indices, size, batch_size):
     """Per scene ``(elements, full scene, its logits Tensor[C], effects Tensor[E, C])`` (see
     `element_effects`)."""
-    from convlens.data.scenes import scene_elements, scene_variants
+    from convlens.data.scenes import leave_one_out
 
     if batch_size < 1:
         raise DataError(f"batch_size must be at least 1, got {batch_size}")
     drawn, displays = [], []
     for index in indices:
-        elements = scene_elements(seed, index, size)
-        leave_outs = [()] + [(e,) for e in range(len(elements))]
-        variants = scene_variants(seed, index, size, leave_outs)
+        elements, variants = leave_one_out(seed, index, size)
         displays += [_pixels(v.image) for v in variants]
         drawn.append((elements, variants[0]))
     if not displays:
