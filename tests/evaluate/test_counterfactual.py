@@ -151,3 +151,17 @@ def test_leaderboard_rows_floors_and_margins(unchanged):
     best = max(board.scores[name]["cf_spearman"] for name in FLOORS)
     margin = board.margins()["gradcam"]
     assert margin == pytest.approx(board.scores["gradcam"]["cf_spearman"] - best)
+
+
+def test_cli_counterfactual_json_and_leaderboard_file(tmp_path, capsys):
+    import json
+
+    from convlens.cli import main
+
+    command = ["evaluate", "--benchmark", "counterfactual", "--method", "cam", "--limit", "1"]
+    assert main([*command, "--json", "--out", str(tmp_path)]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert list(scores) == ["cam", *FLOORS]
+    assert all(tuple(row) == CF_KEYS for row in scores.values())
+    assert json.loads((tmp_path / "leaderboard.json").read_text()) == scores
+    assert not (tmp_path / "curves.png").exists() and not (tmp_path / "sanity.png").exists()

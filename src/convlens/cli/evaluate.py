@@ -47,7 +47,7 @@ def evaluate_command(
             "--limit",
             "-n",
             min=1,
-            help="Images to use (default 50 shapes, 60 shapes-multi, 100 counterfactual "
+            help="Images to use (default 50 shapes, 60 shapes-multi, 40 counterfactual "
             "scenes); gridpg: grids per size (default 2).",
         ),
     ] = None,

@@ -323,7 +323,7 @@ BENCHMARKS = {
     "gridpg": None,
     "counterfactual": "synthetic-scenes",
 }
-DEFAULT_LIMITS = {"shapes": 50, "shapes-multi": 60, "gridpg": 2, "counterfactual": 100}
+DEFAULT_LIMITS = {"shapes": 50, "shapes-multi": 60, "gridpg": 2, "counterfactual": 40}
 
 
 def evaluate_on_source(
