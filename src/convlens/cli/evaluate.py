@@ -1,4 +1,5 @@
-"""``convlens evaluate``: the leaderboards (``--benchmark shapes|shapes-multi|gridpg``)."""
+"""``convlens evaluate``: the leaderboards (``--benchmark shapes|shapes-multi|gridpg|
+counterfactual``)."""
 
 from __future__ import annotations
 
@@ -19,8 +20,10 @@ def evaluate_command(
             "--benchmark",
             "-b",
             help="shapes (one object per image), shapes-multi (1-4 objects, each class "
-            "scored against its own mask) or gridpg (grids of real photos). Default: "
-            "shapes-multi, where the methods beat the model-free floors; shapes with --data.",
+            "scored against its own mask), gridpg (grids of real photos) or counterfactual "
+            "(does the map's mass per scene element rank the elements by how much the class "
+            "logit drops when each is left out?). Default: shapes-multi, where the methods "
+            "beat the model-free floors; shapes with --data.",
         ),
     ] = None,
     model: Annotated[
@@ -44,8 +47,8 @@ def evaluate_command(
             "--limit",
             "-n",
             min=1,
-            help="Images to use (default 50 shapes, 60 shapes-multi); gridpg: grids per size "
-            "(default 2).",
+            help="Images to use (default 50 shapes, 60 shapes-multi, 40 counterfactual "
+            "scenes); gridpg: grids per size (default 2).",
         ),
     ] = None,
     data: Annotated[
@@ -92,7 +95,8 @@ def evaluate_command(
     force: ForceOption = False,
     trust_pickle: TrustPickleOption = False,
 ) -> None:
-    """Score attribution methods against ground truth: localisation, faithfulness, sanity."""
+    """Score attribution methods against ground truth: localisation, faithfulness, sanity,
+    and the counterfactual ground truth of what the model relies on."""
     from pathlib import Path
 
     from convlens.attribution.explain import method_names
@@ -111,7 +115,8 @@ def evaluate_command(
     if out is not None:  # before any work
         check_folder(out, ("leaderboard.json", "curves.png", "sanity.png"), force)
     progress = None if as_json else _counted_progress(names, limit)
-    cascade = {"cascade_images": 8} if out is not None and benchmark != "gridpg" else {}
+    boxes = benchmark not in ("gridpg", "counterfactual")
+    cascade = {"cascade_images": 8} if out is not None and boxes else {}
     if curve_steps is not None:
         cascade["curve_steps"] = curve_steps
     if no_faithfulness:

@@ -44,11 +44,35 @@ API (the names the segmentation and evaluation code use):
   (``masks[b, k] == (label_maps[b] == k + 1)``, all False for an absent class); ``boxes``
   Tensor[B, C, 4] indexed by class (zeros for an absent class: test ``labels[b, k] > 0``);
   ``indices`` LongTensor[B]; ``.present`` bool Tensor[B, C]; ``.display`` uint8[B, H, W, 3].
+
+Counterfactual scenes (leave elements out). A scene is drawn once, in the order above, from
+its one random stream; every painted region is recorded with its own mask and texture, and
+the final pixel noise is recorded too. The image is then composed from the records, so it
+can be composed again with any subset of the elements left out: where a left-out element
+was on top, the element below it shows (or the background), and every other pixel is equal,
+noise included. Nothing is re-drawn for a variant: the geometry, textures and placement
+decisions of the full scene are kept (a left-out element's draws still happened, so the
+elements above it do not move).
+
+- ``scene_elements(seed, index, size)``: the list of `SceneElement` of a scene, bottom
+  first (the order ``leave_out`` indices refer to): ``kind`` ``"background"`` (a mosaic
+  half-plane), ``"clutter"`` (an ellipse), ``"object"`` (``class_id`` its class) or
+  ``"occluder"`` (the bar); ``mask`` bool Tensor[H, W] the region as drawn, ``visible``
+  bool Tensor[H, W] the pixels where it is on top in the full scene. The first mosaic
+  region covers the whole image with nothing below it: it is the canvas, not an element.
+- ``render_scene(seed, index, size, leave_out=())``: the `Scene` with the elements whose
+  indices are in ``leave_out`` left out (``classes``, ``masks``, ``boxes``, ``labels`` and
+  ``silhouettes`` then describe the objects that remain; K may be 0). With
+  ``leave_out=()`` it is exactly the scene that ``SyntheticScenes`` gives.
+- ``scene_variants(seed, index, size, leave_outs)``: one `Scene` per entry of
+  ``leave_outs`` from a single draw; ``leave_one_out(seed, index, size)``: the elements and
+  the scenes with nothing, then each element alone, left out (what the counterfactual
+  benchmark uses).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -154,23 +178,143 @@ def make_scenes(count: int, *, seed: int = 0, start: int = 0, size: int = 64) ->
     return SyntheticScenes(count, seed=seed, size=size, start=start).batch()
 
 
-def render_scene(seed: int, index: int, size: int) -> Scene:
-    """Scene ``index`` of stream ``seed`` (see the module docstring for the recipe)."""
+ELEMENT_KINDS = ("background", "clutter", "object", "occluder")
+
+
+@dataclass(frozen=True)
+class SceneElement:
+    """One element of a scene (see the module docstring): ``kind`` (one of
+    `ELEMENT_KINDS`), ``class_id`` (the class of an object, None for other kinds), ``mask``
+    bool Tensor[H, W] (the region as drawn) and ``visible`` bool Tensor[H, W] (where it is
+    on top in the full scene; ``visible <= mask``, possibly empty)."""
+
+    kind: str
+    class_id: int | None
+    mask: torch.Tensor
+    visible: torch.Tensor
+
+
+def render_scene(seed: int, index: int, size: int, leave_out: Collection[int] = ()) -> Scene:
+    """Scene ``index`` of stream ``seed`` (see the module docstring for the recipe), with
+    the elements ``leave_out`` (indices into `scene_elements`) left out."""
+    return scene_variants(seed, index, size, [leave_out])[0]
+
+
+def scene_variants(
+    seed: int, index: int, size: int, leave_outs: Sequence[Collection[int]]
+) -> list[Scene]:
+    """``[render_scene(seed, index, size, leave_out) for leave_out in leave_outs]``,
+    drawing the scene once."""
+    drawing = _draw(seed, index, size)
+    return [drawing.compose(_check_leave_out(leave_out, drawing)) for leave_out in leave_outs]
+
+
+def scene_elements(seed: int, index: int, size: int) -> list[SceneElement]:
+    """The elements of scene ``index`` of stream ``seed``, bottom first (the canvas, the
+    whole-image first background region, is not one: nothing lies below it)."""
+    return _elements(_draw(seed, index, size))
+
+
+def leave_one_out(seed: int, index: int, size: int) -> tuple[list[SceneElement], list[Scene]]:
+    """``(elements, scenes)`` from one draw: `scene_elements` and ``1 + len(elements)``
+    scenes, the full one first, then the scene without element 0, without element 1, ..."""
+    drawing = _draw(seed, index, size)
+    layers = range(1, len(drawing.layers))
+    scenes = [drawing.compose(frozenset(skipped)) for skipped in [()] + [(k,) for k in layers]]
+    return _elements(drawing), scenes
+
+
+def _elements(drawing: _Drawing) -> list[SceneElement]:
+    on_top = np.zeros((drawing.size, drawing.size), dtype=np.int64)  # top layer per pixel
+    for layer, (_, _, mask, _) in enumerate(drawing.layers):
+        on_top[mask] = layer
+    return [
+        SceneElement(
+            kind=kind,
+            class_id=label - 1 if kind == "object" else None,
+            mask=torch.from_numpy(mask.copy()),
+            visible=torch.from_numpy(on_top == layer),
+        )
+        for layer, (kind, label, mask, _) in enumerate(drawing.layers)
+        if layer > 0
+    ]
+
+
+def _draw(seed: int, index: int, size: int) -> _Drawing:
+    """Every random draw of scene ``index`` of stream ``seed``, in the one order of the
+    recipe (so the full scene is the same as before elements could be left out)."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, index, _STREAM_TAG]))
     painter = _Painter(rng, size)
     painter.mosaic(int(rng.integers(1, 4)))
     for _ in range(int(rng.integers(1, 4))):
-        painter.paint(_ellipse_mask(rng, size), label=0)
+        painter.paint(_ellipse_mask(rng, size), label=0, kind="clutter")
     count = int(rng.integers(1, MAX_OBJECTS + 1))
     classes = [int(c) for c in rng.choice(len(SCENE_CLASSES), size=count, replace=False)]
     painter.place_objects(classes)
     if rng.random() < 0.5:
         painter.occlude()
-    return painter.scene(classes)
+    noise = rng.normal(0.0, 0.02, painter.image.shape)
+    return _Drawing(painter.layers, noise, size)
+
+
+def _check_leave_out(leave_out: Collection[int], drawing: _Drawing) -> frozenset[int]:
+    elements = len(drawing.layers) - 1
+    chosen = set()
+    for item in leave_out:
+        if isinstance(item, bool) or not isinstance(item, int | np.integer):
+            raise DataError(f"leave_out takes element indices (ints), got {item!r}")
+        if not 0 <= int(item) < elements:
+            raise DataError(
+                f"element {item} does not exist: this scene has {elements} elements "
+                f"(0..{elements - 1}; see scene_elements)"
+            )
+        chosen.add(int(item) + 1)  # layer 0 is the canvas
+    return frozenset(chosen)
+
+
+@dataclass(frozen=True)
+class _Drawing:
+    """The recorded layers ``(kind, label, mask bool[H, W], texture float[H, W, 3])`` bottom
+    first (layer 0 the canvas) and the pixel noise float[H, W, 3] of one scene."""
+
+    layers: list[tuple[str, int, np.ndarray, np.ndarray]]
+    noise: np.ndarray
+    size: int
+
+    def compose(self, skipped: frozenset[int]) -> Scene:
+        """The scene without the layers ``skipped`` (never 0), painted bottom to top."""
+        image = np.zeros((self.size, self.size, 3))
+        labels = np.zeros((self.size, self.size), dtype=np.int64)
+        classes, silhouettes = [], []
+        for layer, (kind, label, mask, texture) in enumerate(self.layers):
+            if layer in skipped:
+                continue
+            image = np.where(mask[..., None], texture, image)
+            labels = np.where(mask, label, labels)
+            if kind == "object":
+                classes.append(label - 1)
+                silhouettes.append(mask)
+        noisy = image + self.noise
+        image = np.round(np.clip(noisy, 0.0, 1.0) * 255.0) / 255.0
+        label_map = torch.from_numpy(labels)
+        empty = torch.zeros(0, self.size, self.size, dtype=torch.bool)
+        masks = torch.stack([label_map == k + 1 for k in classes]) if classes else empty
+        scene_labels = torch.zeros(len(SCENE_CLASSES))
+        scene_labels[classes] = 1.0
+        return Scene(
+            image=torch.from_numpy(image.transpose(2, 0, 1).astype(np.float32)),
+            label_map=label_map,
+            classes=torch.tensor(classes, dtype=torch.long),
+            masks=masks,
+            boxes=torch.stack([mask_box(m) for m in masks]) if classes else torch.zeros(0, 4),
+            labels=scene_labels,
+            silhouettes=torch.from_numpy(np.stack(silhouettes)) if classes else empty,
+        )
 
 
 class _Painter:
-    """Paints regions bottom to top into an image and a label map (painter's algorithm)."""
+    """Paints regions bottom to top into an image and a label map (painter's algorithm),
+    recording each region (`_Drawing.layers`)."""
 
     def __init__(self, rng: np.random.Generator, size: int) -> None:
         self.rng, self.size = rng, size
@@ -178,21 +322,23 @@ class _Painter:
         self.labels = np.zeros((size, size), dtype=np.int64)
         self.means: list[np.ndarray] = []
         self.objects: list[tuple[int, np.ndarray]] = []  # (label, silhouette) bottom first
+        self.layers: list[tuple[str, int, np.ndarray, np.ndarray]] = []
 
-    def paint(self, mask: np.ndarray, label: int) -> None:
+    def paint(self, mask: np.ndarray, label: int, kind: str) -> None:
         texture = self._distinct_fill()
         self.image = np.where(mask[..., None], texture, self.image)
         self.labels = np.where(mask, label, self.labels)
+        self.layers.append((kind, label, mask, texture))
 
     def mosaic(self, regions: int) -> None:
         """Background: the whole image, then ``regions - 1`` half-planes painted over it."""
-        self.paint(np.ones((self.size, self.size), dtype=bool), label=0)
+        self.paint(np.ones((self.size, self.size), dtype=bool), label=0, kind="canvas")
         x, y = _pixel_centres(self.size)
         for _ in range(regions - 1):
             angle = self.rng.uniform(0, 2 * np.pi)
             offset = self.rng.uniform(0.25, 0.75, 2) * self.size
             side = (x - offset[0]) * np.cos(angle) + (y - offset[1]) * np.sin(angle) > 0
-            self.paint(side, label=0)
+            self.paint(side, label=0, kind="background")
 
     def place_objects(self, classes: list[int]) -> None:
         """Each class's silhouette placed so it overlaps the earlier ones by at most
@@ -207,7 +353,7 @@ class _Painter:
                 overlap = (candidate & covered).sum() / candidate.sum()
                 if overlap <= _MAX_OBJECT_OVERLAP and self._keeps_visible(candidate):
                     break
-            self.paint(candidate, label=k + 1)
+            self.paint(candidate, label=k + 1, kind="object")
             self.objects.append((k + 1, candidate))
 
     def occlude(self) -> None:
@@ -216,7 +362,7 @@ class _Painter:
         for _ in range(20):
             bar = _bar_mask(self.rng, self.size)
             if self._keeps_visible(bar):
-                self.paint(bar, label=0)
+                self.paint(bar, label=0, kind="occluder")
                 return
 
     def _keeps_visible(self, cover: np.ndarray) -> bool:
@@ -236,23 +382,6 @@ class _Painter:
             texture = _fill(self.rng, self.size)
         self.means.append(texture.mean(axis=(0, 1)))
         return texture
-
-    def scene(self, classes: list[int]) -> Scene:
-        noisy = self.image + self.rng.normal(0.0, 0.02, self.image.shape)
-        image = np.round(np.clip(noisy, 0.0, 1.0) * 255.0) / 255.0
-        label_map = torch.from_numpy(self.labels)
-        masks = torch.stack([label_map == k + 1 for k in classes])
-        labels = torch.zeros(len(SCENE_CLASSES))
-        labels[classes] = 1.0
-        return Scene(
-            image=torch.from_numpy(image.transpose(2, 0, 1).astype(np.float32)),
-            label_map=label_map,
-            classes=torch.tensor(classes),
-            masks=masks,
-            boxes=torch.stack([mask_box(m) for m in masks]),
-            labels=labels,
-            silhouettes=torch.from_numpy(np.stack([s for _, s in self.objects])),
-        )
 
 
 def _fill(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -316,13 +445,18 @@ def _bar_mask(rng: np.random.Generator, size: int) -> np.ndarray:
 
 
 __all__ = [
+    "ELEMENT_KINDS",
     "FILLS",
     "MAX_OBJECTS",
     "MIN_VISIBLE",
     "SCENE_CLASSES",
     "Scene",
     "SceneBatch",
+    "SceneElement",
     "SyntheticScenes",
+    "leave_one_out",
     "make_scenes",
     "render_scene",
+    "scene_elements",
+    "scene_variants",
 ]

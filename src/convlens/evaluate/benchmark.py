@@ -317,8 +317,13 @@ def _sanity_spearman(model, truth, name, options, count) -> tuple[float | None, 
     return mean_defined(result.final("spearman"))
 
 
-BENCHMARKS = {"shapes": "synthetic-shapes", "shapes-multi": "synthetic-scenes", "gridpg": None}
-DEFAULT_LIMITS = {"shapes": 50, "shapes-multi": 60, "gridpg": 2}
+BENCHMARKS = {
+    "shapes": "synthetic-shapes",
+    "shapes-multi": "synthetic-scenes",
+    "gridpg": None,
+    "counterfactual": "synthetic-scenes",
+}
+DEFAULT_LIMITS = {"shapes": 50, "shapes-multi": 60, "gridpg": 2, "counterfactual": 40}
 
 
 def evaluate_on_source(
@@ -344,6 +349,9 @@ def evaluate_on_source(
     - ``"gridpg"``: the grid pointing game (`convlens.evaluate.gridpg`) on the installed
       packages' photos, or on the folder ``images_dir``; ``limit`` grids of each size
       (2x2, 3x3); the embedded model by default.
+    - ``"counterfactual"``: the counterfactual ground truth (`convlens.evaluate.counterfactual`)
+      on the first ``limit`` scenes of stream ``seed``, one row per present class; model
+      ``synthetic-scenes``.
 
     ``limit`` defaults to `DEFAULT_LIMITS`. ``device``: run there (`convlens.resolve_device`),
     moving the model back afterwards. ``trust_pickle``: see `convlens.load_model`."""
@@ -363,6 +371,8 @@ def evaluate_on_source(
         return _gridpg_on_source(
             loaded, methods, limit, images_dir, seed, progress, device, options
         )
+    if benchmark == "counterfactual":
+        return _counterfactual_on_source(loaded, methods, limit, seed, progress, device, options)
     height, width = loaded.preprocess.height_width
     if data is not None and benchmark == "shapes":
         truth = load_annotations(data, loaded.preprocess, images_dir, loaded.labels, limit)
@@ -390,3 +400,16 @@ def _gridpg_on_source(loaded, methods, limit, folder, seed, progress, device, op
     with placed_on(loaded.module, device):
         grids = dataclasses.replace(grids, tensor=model_input(loaded.module, grids.tensor))
         return evaluate_gridpg(loaded, names, grids, progress=progress, **keep)
+
+
+def _counterfactual_on_source(loaded, methods, limit, seed, progress, device, options):
+    from convlens.attribution import list_methods
+    from convlens.evaluate.counterfactual import counterfactual_set, evaluate_counterfactual
+
+    names = [m.name for m in list_methods()] if methods is None else list(methods)
+    _check_methods(names)
+    keep = {k: options[k] for k in ("batch_size", "method_options", "floors") if k in options}
+    with placed_on(loaded.module, device):
+        cf = counterfactual_set(loaded, limit, seed=seed)
+        cf = dataclasses.replace(cf, tensor=model_input(loaded.module, cf.tensor))
+        return evaluate_counterfactual(loaded, names, cf, progress=progress, **keep)

@@ -15,8 +15,8 @@ from convlens.models.loading import LoadedModel
 
 @dataclass
 class Leaderboard:
-    """Scores per method or floor (``scores[name]``: `benchmark.METRIC_KEYS`, or
-    `gridpg.GRIDPG_KEYS`), the mean deletion and
+    """Scores per method or floor (``scores[name]``: `benchmark.METRIC_KEYS`,
+    `gridpg.GRIDPG_KEYS` or `counterfactual.CF_KEYS`), the mean deletion and
     insertion curves per method (``curves[name] = {"deletion": Tensor[S+1], "insertion": ...}``;
     empty when the run skipped faithfulness),
     methods that failed (``errors[name] = message``) and the run's settings.
@@ -38,8 +38,11 @@ class Leaderboard:
 
     @property
     def headline(self) -> str:
-        """The score that ranks rows: ``maxboxacc_v2`` (box benchmarks) or ``gridpg``."""
+        """The score that ranks rows: ``maxboxacc_v2`` (box benchmarks), ``gridpg`` or
+        ``cf_spearman`` (counterfactual)."""
         first = next(iter(self.scores.values()), {})
+        if "cf_spearman" in first:
+            return "cf_spearman"
         return "gridpg" if "gridpg" in first else "maxboxacc_v2"
 
     def ranked(self) -> list[tuple[str, dict]]:

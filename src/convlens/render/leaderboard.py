@@ -28,6 +28,12 @@ GRIDPG_COLUMNS = (
     ("gridpg_3x3", "GridPG 3x3", "{:.3f}"),
     ("ms_per_image", "ms/cell", "{:.1f}"),
 )
+CF_COLUMNS = (
+    ("cf_spearman", "CF.Spearman", "{:+.3f}"),
+    ("margin", "margin", "{:+.3f}"),
+    ("cf_top1", "CF.Top1", "{:.3f}"),
+    ("ms_per_image", "ms/row", "{:.1f}"),
+)
 
 
 CONSTANT_TITLE = "Rand.const"
@@ -41,6 +47,12 @@ GRIDPG_NOTE = (
     "GridPG: share of the map's positive mass in the explained photo's cell (chance 1/4 on\n"
     "2x2, 1/9 on 3x3); Pointing: the map's maximum lies in that cell; margin: GridPG minus\n"
     "the best model-free floor's (floor:*)."
+)
+CF_NOTE = (
+    "CF.Spearman: per row, rank correlation between the map's positive mass on each scene\n"
+    "element and the class logit's drop when that element is left out (mean over rows);\n"
+    "CF.Top1: the element with the most mass is the one whose removal costs the most;\n"
+    "margin: CF.Spearman minus the best model-free floor's (floor:*)."
 )
 
 
@@ -57,23 +69,25 @@ def _constant_cell(board, name: str) -> str:
 
 def leaderboard_note(board) -> str:
     """The legend printed under `leaderboard_table` for this kind of board."""
-    return GRIDPG_NOTE if board.headline == "gridpg" else LEADERBOARD_NOTE
+    notes = {"gridpg": GRIDPG_NOTE, "cf_spearman": CF_NOTE}
+    return notes.get(board.headline, LEADERBOARD_NOTE)
 
 
 def leaderboard_table(board, markdown: bool = False) -> str:
-    """Rows of `Leaderboard.ranked()` (best headline score first: MaxBoxAccV2, or GridPG on
-    the grid benchmark) with the `COLUMNS` (`GRIDPG_COLUMNS`), the ``margin`` over the best
+    """Rows of `Leaderboard.ranked()` (best headline score first: MaxBoxAccV2, GridPG on
+    the grid benchmark, CF.Spearman on the counterfactual one) with the `COLUMNS`
+    (`GRIDPG_COLUMNS`, `CF_COLUMNS`), the ``margin`` over the best
     floor, and on box benchmarks ``Rand.const``: how many of the sanity check's maps were
     constant before or after the randomisation (``k/n``; left out of ``Rand.Spearman``)."""
-    gridpg = board.headline == "gridpg"
-    columns = GRIDPG_COLUMNS if gridpg else COLUMNS
+    columns = {"gridpg": GRIDPG_COLUMNS, "cf_spearman": CF_COLUMNS}.get(board.headline, COLUMNS)
+    boxes = columns is COLUMNS  # only the box benchmarks run the sanity check
     margins = board.margins()
-    header = ["method"] + [title for _, title, _ in columns] + ([] if gridpg else [CONSTANT_TITLE])
+    header = ["method"] + [title for _, title, _ in columns] + ([CONSTANT_TITLE] if boxes else [])
     rows = []
     for name, scores in board.ranked():
         values = scores | {"margin": margins.get(name)}
         row = [name] + [_cell(values.get(key), pattern) for key, _, pattern in columns]
-        rows.append(row if gridpg else row + [_constant_cell(board, name)])
+        rows.append(row + [_constant_cell(board, name)] if boxes else row)
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(row) + " |" for row in rows]
