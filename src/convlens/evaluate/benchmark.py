@@ -317,8 +317,13 @@ def _sanity_spearman(model, truth, name, options, count) -> tuple[float | None, 
     return mean_defined(result.final("spearman"))
 
 
-BENCHMARKS = {"shapes": "synthetic-shapes", "shapes-multi": "synthetic-scenes", "gridpg": None}
-DEFAULT_LIMITS = {"shapes": 50, "shapes-multi": 60, "gridpg": 2}
+BENCHMARKS = {
+    "shapes": "synthetic-shapes",
+    "shapes-multi": "synthetic-scenes",
+    "gridpg": None,
+    "shortcut": None,
+}
+DEFAULT_LIMITS = {"shapes": 50, "shapes-multi": 60, "gridpg": 2, "shortcut": 60}
 
 
 def evaluate_on_source(
@@ -344,6 +349,9 @@ def evaluate_on_source(
     - ``"gridpg"``: the grid pointing game (`convlens.evaluate.gridpg`) on the installed
       packages' photos, or on the folder ``images_dir``; ``limit`` grids of each size
       (2x2, 3x3); the embedded model by default.
+    - ``"shortcut"``: the planted-shortcut benchmark (`convlens.evaluate.shortcut`) on scenes
+      ``0 .. limit-1`` of stream ``seed`` with the shipped ``shortcut-*`` models (``model``
+      must be None: the benchmark needs all of them).
 
     ``limit`` defaults to `DEFAULT_LIMITS`. ``device``: run there (`convlens.resolve_device`),
     moving the model back afterwards. ``trust_pickle``: see `convlens.load_model`."""
@@ -358,6 +366,8 @@ def evaluate_on_source(
     if device is not None:
         resolve_device(device)  # a missing device fails before any data is read
     limit = DEFAULT_LIMITS[benchmark] if limit is None else limit
+    if benchmark == "shortcut":
+        return _shortcut_on_source(model, methods, limit, data, seed, progress, device, options)
     loaded = load_model(model or BENCHMARKS[benchmark] or DEFAULT_MODEL, trust_pickle=trust_pickle)
     if benchmark == "gridpg":
         return _gridpg_on_source(
@@ -390,3 +400,17 @@ def _gridpg_on_source(loaded, methods, limit, folder, seed, progress, device, op
     with placed_on(loaded.module, device):
         grids = dataclasses.replace(grids, tensor=model_input(loaded.module, grids.tensor))
         return evaluate_gridpg(loaded, names, grids, progress=progress, **keep)
+
+
+def _shortcut_on_source(model, methods, limit, data, seed, progress, device, options):
+    from convlens.evaluate.shortcut import evaluate_shortcut
+
+    if model is not None or data is not None:
+        raise ConvlensError(
+            "the shortcut benchmark explains its own models (shortcut-0.0 .. shortcut-1.0) on "
+            "its own scenes; leave out --model and --data"
+        )
+    if device is not None and resolve_device(device).type != "cpu":
+        raise ConvlensError("the shortcut benchmark runs on the CPU; use --device cpu")
+    keep = {k: options[k] for k in ("batch_size", "method_options", "floors") if k in options}
+    return evaluate_shortcut(methods, limit, seed=seed, progress=progress, **keep)

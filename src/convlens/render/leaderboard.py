@@ -29,6 +29,17 @@ GRIDPG_COLUMNS = (
     ("ms_per_image", "ms/cell", "{:.1f}"),
 )
 
+SHORTCUT_COLUMNS = (
+    ("shortcut_corr", "ShortcutCorr", "{:+.3f}"),
+    ("margin", "margin", "{:+.3f}"),
+    ("shortcut_corr_cued", "Corr(cued)", "{:+.3f}"),
+    ("shortcut_slope", "Slope", "{:+.4f}"),
+    ("slope_margin", "slope margin", "{:+.4f}"),
+    ("cue_share_0.0", "Share@0.0", "{:.3f}"),
+    ("cue_share_1.0", "Share@1.0", "{:.3f}"),
+    ("ms_per_image", "ms/img", "{:.1f}"),
+)
+
 
 CONSTANT_TITLE = "Rand.const"
 LEADERBOARD_NOTE = (
@@ -41,6 +52,15 @@ GRIDPG_NOTE = (
     "GridPG: share of the map's positive mass in the explained photo's cell (chance 1/4 on\n"
     "2x2, 1/9 on 3x3); Pointing: the map's maximum lies in that cell; margin: GridPG minus\n"
     "the best model-free floor's (floor:*)."
+)
+
+
+SHORTCUT_NOTE = (
+    "ShortcutCorr: rank correlation across held-out scenes of the map's positive-mass share on\n"
+    "the cue's window with the cue's effect on the shortcut-1.0 model's triangle logit (0 where\n"
+    "no cue); Corr(cued): the same on the scenes with the cue; Slope: mean cue share vs the\n"
+    "models' stored reliance (shortcut-0.0 .. 1.0); Share@R: mean cue share on shortcut-R;\n"
+    "margins: minus the best model-free floor's (floor:*)."
 )
 
 
@@ -57,23 +77,29 @@ def _constant_cell(board, name: str) -> str:
 
 def leaderboard_note(board) -> str:
     """The legend printed under `leaderboard_table` for this kind of board."""
-    return GRIDPG_NOTE if board.headline == "gridpg" else LEADERBOARD_NOTE
+    notes = {"gridpg": GRIDPG_NOTE, "shortcut_corr": SHORTCUT_NOTE}
+    return notes.get(board.headline, LEADERBOARD_NOTE)
 
 
 def leaderboard_table(board, markdown: bool = False) -> str:
-    """Rows of `Leaderboard.ranked()` (best headline score first: MaxBoxAccV2, or GridPG on
-    the grid benchmark) with the `COLUMNS` (`GRIDPG_COLUMNS`), the ``margin`` over the best
+    """Rows of `Leaderboard.ranked()` (best headline score first: MaxBoxAccV2, GridPG on the
+    grid benchmark, ShortcutCorr on the planted shortcut) with the `COLUMNS`
+    (`GRIDPG_COLUMNS`, `SHORTCUT_COLUMNS`: also the slope's margin), the ``margin`` over the best
     floor, and on box benchmarks ``Rand.const``: how many of the sanity check's maps were
     constant before or after the randomisation (``k/n``; left out of ``Rand.Spearman``)."""
-    gridpg = board.headline == "gridpg"
-    columns = GRIDPG_COLUMNS if gridpg else COLUMNS
+    boxes = board.headline == "maxboxacc_v2"
+    columns = {"gridpg": GRIDPG_COLUMNS, "shortcut_corr": SHORTCUT_COLUMNS}.get(
+        board.headline, COLUMNS
+    )
     margins = board.margins()
-    header = ["method"] + [title for _, title, _ in columns] + ([] if gridpg else [CONSTANT_TITLE])
+    shortcut = columns is SHORTCUT_COLUMNS
+    slope_margins = board.margins("shortcut_slope") if shortcut else {}
+    header = ["method"] + [title for _, title, _ in columns] + ([CONSTANT_TITLE] if boxes else [])
     rows = []
     for name, scores in board.ranked():
-        values = scores | {"margin": margins.get(name)}
+        values = scores | {"margin": margins.get(name), "slope_margin": slope_margins.get(name)}
         row = [name] + [_cell(values.get(key), pattern) for key, _, pattern in columns]
-        rows.append(row if gridpg else row + [_constant_cell(board, name)])
+        rows.append(row + [_constant_cell(board, name)] if boxes else row)
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(row) + " |" for row in rows]
