@@ -37,6 +37,7 @@ _PUBLIC = {
     "load_images": "convlens.data.images",
     "Preprocess": "convlens.data.preprocess",
     "sample_names": "convlens.data.samples",
+    "ShortcutScenes": "convlens.data.shortcuts",
     "sample_path": "convlens.data.samples",
     "capture": "convlens.layers.capture",
     "Composite": "convlens.layers.relevance",
@@ -93,6 +94,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time `__getattr__` loads
     from convlens.data.images import ImageBatch, LoadedImage, load_image, load_images
     from convlens.data.preprocess import Preprocess
     from convlens.data.samples import sample_names, sample_path
+    from convlens.data.shortcuts import ShortcutScenes
     from convlens.errors import (
         ConvlensError,
         DataError,

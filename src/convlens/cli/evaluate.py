@@ -20,10 +20,11 @@ def evaluate_command(
             "--benchmark",
             "-b",
             help="shapes (one object per image), shapes-multi (1-4 objects, each class "
-            "scored against its own mask), gridpg (grids of real photos) or counterfactual "
+            "scored against its own mask), gridpg (grids of real photos), counterfactual "
             "(does the map's mass per scene element rank the elements by how much the class "
-            "logit drops when each is left out?). Default: shapes-multi, where the methods "
-            "beat the model-free floors; shapes with --data.",
+            "logit drops when each is left out?) or shortcut (a planted cue, models "
+            "shortcut-0.0 .. 1.0; docs/evaluation.md). Default: shapes-multi, where the "
+            "methods beat the model-free floors; shapes with --data.",
         ),
     ] = None,
     model: Annotated[
@@ -48,7 +49,7 @@ def evaluate_command(
             "-n",
             min=1,
             help="Images to use (default 50 shapes, 60 shapes-multi, 40 counterfactual "
-            "scenes); gridpg: grids per size (default 2).",
+            "scenes, 60 shortcut scenes); gridpg: grids per size (default 2).",
         ),
     ] = None,
     data: Annotated[
@@ -115,7 +116,7 @@ def evaluate_command(
     if out is not None:  # before any work
         check_folder(out, ("leaderboard.json", "curves.png", "sanity.png"), force)
     progress = None if as_json else _counted_progress(names, limit)
-    boxes = benchmark not in ("gridpg", "counterfactual")
+    boxes = benchmark not in ("gridpg", "counterfactual", "shortcut")
     cascade = {"cascade_images": 8} if out is not None and boxes else {}
     if curve_steps is not None:
         cascade["curve_steps"] = curve_steps
@@ -203,6 +204,8 @@ def _accuracy(board) -> str:
     rows = _rows(board)
     if rows == "grid cells":
         return f"cell class in the grid's top n^2: {board.accuracy:.3f}"
+    if rows == "held-out scenes":
+        return f"triangle decided right by shortcut-1.0: {board.accuracy:.3f}"
     if rows == "image-class pairs":
         return f"present classes detected (sigmoid > 0.5): {board.accuracy:.3f}"
     return f"top-1 accuracy {board.accuracy:.3f}"

@@ -3,8 +3,8 @@
 ``OUT/record.json``. Each command turns its options into a settings object
 (`convlens.train.settings`) and runs it.
 
-``convlens train shapes-model`` and ``scenes-model`` (hidden: maintainer tools) retrain the
-shipped synthetic benchmark models and write their weights files.
+``convlens train shapes-model``, ``scenes-model`` and ``shortcut-model`` (hidden: maintainer
+tools) retrain the shipped synthetic benchmark models and write their weights files.
 """
 
 from __future__ import annotations
@@ -522,3 +522,68 @@ def train_scenes_model_command(
         f"per-class accuracy {scores['test_accuracy']:.4f}, "
         f"exact match {scores['test_exact_match']:.4f}"
     )
+
+
+@train_app.command("shortcut-model", hidden=True)
+def train_shortcut_model_command(
+    rate: Annotated[
+        list[float] | None,
+        typer.Option("--rate", help="Cue-class rate in [0, 1] (repeatable; default: 0 0.5 0.9 1)."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Weights file, one --rate only (default: the shipped)."),
+    ] = None,
+    train: Annotated[int, typer.Option("--train", help="Training scenes (seed 0).")] = 2000,
+    epochs: Annotated[int, typer.Option("--epochs")] = 2,
+    test: Annotated[int, typer.Option("--test", help="Held-out scenes (seed 1).")] = 600,
+    seed: SeedOption = 0,
+    learning_rate: LearningRateOption = 2e-3,
+    threads: Annotated[int, typer.Option("--threads", help="torch CPU threads.")] = 1,
+    test_only: Annotated[
+        bool, typer.Option("--test-only", help="Measure the weights' reliance, do not train.")
+    ] = False,
+    device: DeviceOption = "cpu",
+    force: ForceOption = False,
+) -> None:
+    """Maintainer tool: fine-tune synthetic-scenes on scenes with a planted cue at each rate
+    and write the shortcut-R weights with their measured reliance on the cue (default: the
+    files shipped in convlens/models/weights); --test-only re-measures them."""
+    import torch
+
+    from convlens.errors import DataError
+    from convlens.files import check_writable
+    from convlens.models.shortcuts import (
+        SHORTCUT_RATES,
+        load_shortcut_model,
+        shortcut_weights_file,
+    )
+    from convlens.train.shortcuts import cue_reliance, save_shortcut_model, train_shortcut_model
+
+    _check_cpu_only(device)
+    rates = list(rate or SHORTCUT_RATES)
+    if out is not None and len(rates) != 1:
+        raise DataError("--out names one file: give exactly one --rate with it")
+    if any(not 0.0 <= r <= 1.0 for r in rates):
+        raise DataError(f"--rate must be in [0, 1], got {rates}")
+    torch.set_num_threads(threads)
+    files = [out or shortcut_weights_file(r) for r in rates]
+    for r, file in zip(rates, files, strict=True):
+        if test_only:
+            loaded = load_shortcut_model(r, path=file)
+            record = cue_reliance(loaded.module, loaded.preprocess, test)
+        else:
+            check_writable(file, force)  # before the minutes of training
+            model, record = train_shortcut_model(r, train, epochs, test, seed, learning_rate)
+            with _replacing(file, force):
+                path = save_shortcut_model(model, record, file)
+            typer.echo(
+                f"rate {r:.1f}: generated in {record['generate_seconds']:.0f} s, trained in "
+                f"{record['train_seconds']:.0f} s; wrote {path} ({path.stat().st_size // 1024} kB)"
+            )
+        typer.echo(
+            f"rate {r:.1f}: reliance {record['reliance']:+.3f} (mean triangle-logit drop "
+            f"without the cue on {record['cue_scenes']} of {test} held-out scenes; class "
+            f"present {record['reliance_class_present']:+.3f}, absent "
+            f"{record['reliance_class_absent']:+.3f}), held-out mAP {record['test_map']:.4f}"
+        )

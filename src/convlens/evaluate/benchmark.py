@@ -322,8 +322,15 @@ BENCHMARKS = {
     "shapes-multi": "synthetic-scenes",
     "gridpg": None,
     "counterfactual": "synthetic-scenes",
+    "shortcut": None,
 }
-DEFAULT_LIMITS = {"shapes": 50, "shapes-multi": 60, "gridpg": 2, "counterfactual": 40}
+DEFAULT_LIMITS = {
+    "shapes": 50,
+    "shapes-multi": 60,
+    "gridpg": 2,
+    "counterfactual": 40,
+    "shortcut": 60,
+}
 
 
 def evaluate_on_source(
@@ -352,6 +359,9 @@ def evaluate_on_source(
     - ``"counterfactual"``: the counterfactual ground truth (`convlens.evaluate.counterfactual`)
       on the first ``limit`` scenes of stream ``seed``, one row per present class; model
       ``synthetic-scenes``.
+    - ``"shortcut"``: the planted-shortcut benchmark (`convlens.evaluate.shortcut`) on scenes
+      ``0 .. limit-1`` of stream ``seed`` with the shipped ``shortcut-*`` models (``model``
+      must be None: the benchmark needs all of them).
 
     ``limit`` defaults to `DEFAULT_LIMITS`. ``device``: run there (`convlens.resolve_device`),
     moving the model back afterwards. ``trust_pickle``: see `convlens.load_model`."""
@@ -366,6 +376,8 @@ def evaluate_on_source(
     if device is not None:
         resolve_device(device)  # a missing device fails before any data is read
     limit = DEFAULT_LIMITS[benchmark] if limit is None else limit
+    if benchmark == "shortcut":
+        return _shortcut_on_source(model, methods, limit, data, seed, progress, device, options)
     loaded = load_model(model or BENCHMARKS[benchmark] or DEFAULT_MODEL, trust_pickle=trust_pickle)
     if benchmark == "gridpg":
         return _gridpg_on_source(
@@ -413,3 +425,17 @@ def _counterfactual_on_source(loaded, methods, limit, seed, progress, device, op
         cf = counterfactual_set(loaded, limit, seed=seed)
         cf = dataclasses.replace(cf, tensor=model_input(loaded.module, cf.tensor))
         return evaluate_counterfactual(loaded, names, cf, progress=progress, **keep)
+
+
+def _shortcut_on_source(model, methods, limit, data, seed, progress, device, options):
+    from convlens.evaluate.shortcut import evaluate_shortcut
+
+    if model is not None or data is not None:
+        raise ConvlensError(
+            "the shortcut benchmark explains its own models (shortcut-0.0 .. shortcut-1.0) on "
+            "its own scenes; leave out --model and --data"
+        )
+    if device is not None and resolve_device(device).type != "cpu":
+        raise ConvlensError("the shortcut benchmark runs on the CPU; use --device cpu")
+    keep = {k: options[k] for k in ("batch_size", "method_options", "floors") if k in options}
+    return evaluate_shortcut(methods, limit, seed=seed, progress=progress, **keep)

@@ -39,15 +39,20 @@ class Leaderboard:
     @property
     def headline(self) -> str:
         """The score that ranks rows: ``maxboxacc_v2`` (box benchmarks), ``gridpg`` or
-        ``cf_spearman`` (counterfactual)."""
+        ``cf_spearman`` (counterfactual) or ``shortcut_corr`` (the planted-shortcut benchmark)."""
         first = next(iter(self.scores.values()), {})
-        if "cf_spearman" in first:
-            return "cf_spearman"
-        return "gridpg" if "gridpg" in first else "maxboxacc_v2"
+        for key in ("cf_spearman", "gridpg", "shortcut_corr"):
+            if key in first:
+                return key
+        return "maxboxacc_v2"
 
     def ranked(self) -> list[tuple[str, dict]]:
-        """Methods and floors sorted by the `headline` score, best first."""
-        return sorted(self.scores.items(), key=lambda item: -item[1][self.headline])
+        """Methods and floors sorted by the `headline` score, best first (None last)."""
+        headline = self.headline
+        return sorted(
+            self.scores.items(),
+            key=lambda item: (item[1][headline] is None, -(item[1][headline] or 0.0)),
+        )
 
     def margins(self, key: str | None = None) -> dict[str, float | None]:
         """Each method's ``key`` (default: `headline`) minus the best floor's; None for the

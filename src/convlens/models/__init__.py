@@ -11,6 +11,7 @@ from convlens.models import (  # noqa: F401  (register their names and file form
     scenes,
     segmentation,
     shapes,
+    shortcuts,
 )
 from convlens.models.devices import model_device, model_input, resolve_device
 from convlens.models.labels import imagenet_labels

@@ -35,6 +35,17 @@ CF_COLUMNS = (
     ("ms_per_image", "ms/row", "{:.1f}"),
 )
 
+SHORTCUT_COLUMNS = (
+    ("shortcut_corr", "ShortcutCorr", "{:+.3f}"),
+    ("margin", "margin", "{:+.3f}"),
+    ("shortcut_corr_cued", "Corr(cued)", "{:+.3f}"),
+    ("shortcut_slope", "Slope", "{:+.4f}"),
+    ("slope_margin", "slope margin", "{:+.4f}"),
+    ("cue_share_0.0", "Share@0.0", "{:.3f}"),
+    ("cue_share_1.0", "Share@1.0", "{:.3f}"),
+    ("ms_per_image", "ms/img", "{:.1f}"),
+)
+
 
 CONSTANT_TITLE = "Rand.const"
 LEADERBOARD_NOTE = (
@@ -56,6 +67,15 @@ CF_NOTE = (
 )
 
 
+SHORTCUT_NOTE = (
+    "ShortcutCorr: rank correlation across held-out scenes of the map's positive-mass share on\n"
+    "the cue's window with the cue's effect on the shortcut-1.0 model's triangle logit (0 where\n"
+    "no cue); Corr(cued): the same on the scenes with the cue; Slope: mean cue share vs the\n"
+    "models' stored reliance (shortcut-0.0 .. 1.0); Share@R: mean cue share on shortcut-R;\n"
+    "margins: minus the best model-free floor's (floor:*)."
+)
+
+
 def _cell(value, pattern: str) -> str:
     return "-" if value is None else pattern.format(value)
 
@@ -69,23 +89,30 @@ def _constant_cell(board, name: str) -> str:
 
 def leaderboard_note(board) -> str:
     """The legend printed under `leaderboard_table` for this kind of board."""
-    notes = {"gridpg": GRIDPG_NOTE, "cf_spearman": CF_NOTE}
+    notes = {"gridpg": GRIDPG_NOTE, "cf_spearman": CF_NOTE, "shortcut_corr": SHORTCUT_NOTE}
     return notes.get(board.headline, LEADERBOARD_NOTE)
 
 
 def leaderboard_table(board, markdown: bool = False) -> str:
-    """Rows of `Leaderboard.ranked()` (best headline score first: MaxBoxAccV2, GridPG on
-    the grid benchmark, CF.Spearman on the counterfactual one) with the `COLUMNS`
-    (`GRIDPG_COLUMNS`, `CF_COLUMNS`), the ``margin`` over the best
-    floor, and on box benchmarks ``Rand.const``: how many of the sanity check's maps were
-    constant before or after the randomisation (``k/n``; left out of ``Rand.Spearman``)."""
-    columns = {"gridpg": GRIDPG_COLUMNS, "cf_spearman": CF_COLUMNS}.get(board.headline, COLUMNS)
-    boxes = columns is COLUMNS  # only the box benchmarks run the sanity check
+    """Rows of `Leaderboard.ranked()` (best headline score first: MaxBoxAccV2, GridPG on the
+    grid benchmark, CF.Spearman on the counterfactual one, ShortcutCorr on the planted
+    shortcut) with the `COLUMNS` (`GRIDPG_COLUMNS`, `CF_COLUMNS`, `SHORTCUT_COLUMNS`: also the
+    slope's margin), the ``margin`` over the best floor, and on box benchmarks ``Rand.const``:
+    how many of the sanity check's maps were constant before or after the randomisation
+    (``k/n``; left out of ``Rand.Spearman``)."""
+    boxes = board.headline == "maxboxacc_v2"
+    columns = {
+        "gridpg": GRIDPG_COLUMNS,
+        "cf_spearman": CF_COLUMNS,
+        "shortcut_corr": SHORTCUT_COLUMNS,
+    }.get(board.headline, COLUMNS)
     margins = board.margins()
+    shortcut = columns is SHORTCUT_COLUMNS
+    slope_margins = board.margins("shortcut_slope") if shortcut else {}
     header = ["method"] + [title for _, title, _ in columns] + ([CONSTANT_TITLE] if boxes else [])
     rows = []
     for name, scores in board.ranked():
-        values = scores | {"margin": margins.get(name)}
+        values = scores | {"margin": margins.get(name), "slope_margin": slope_margins.get(name)}
         row = [name] + [_cell(values.get(key), pattern) for key, _, pattern in columns]
         rows.append(row + [_constant_cell(board, name)] if boxes else row)
     if markdown:
