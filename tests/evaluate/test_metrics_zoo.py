@@ -104,7 +104,7 @@ def test_registry_and_errors(case):
     for name, spec in zoo.METRICS.items():
         scores = zoo.run_metric(
             name, net, images, maps, targets, masks=masks, explain=gradient_map(net),
-            **({"samples": 2} if "sensitivity" in name else {}),
+            **({"samples": 2} if "sensitivity" in name or "lipschitz" in name else {}),
             **({"runs": 4} if name == "faithfulness_correlation" else {}),
         )
         assert scores.shape == (4,) and scores.dtype == torch.float64, name
@@ -217,4 +217,21 @@ def test_sensitivity_equals_quantus_on_shared_noise(quantus, case, name):
     expected = _call(metric, net, images, own, targets, explain_func=_quantus_explain(explain))
     ours = zoo.max_sensitivity if name == "MaxSensitivity" else zoo.avg_sensitivity
     got = ours(net, images, own, targets, explain=explain, noise=noise)
+    np.testing.assert_allclose(got.numpy(), expected, atol=1e-4)
+
+
+def test_local_lipschitz_equals_quantus_on_shared_noise(quantus, case):
+    net, images, _, targets, _ = case
+    explain = gradient_map(net)
+    own = explain(images, targets)
+    samples = 3
+    np.random.seed(6)
+    noise = np.stack([np.random.normal(0.0, 0.1, size=(4, 3 * SIDE * SIDE)) for _ in range(samples)])
+    np.random.seed(6)
+    metric = quantus.LocalLipschitzEstimate(nr_samples=samples, normalise=False, disable_warnings=True)
+    expected = _call(metric, net, images, own, targets, explain_func=_quantus_explain(explain))
+    noise = torch.from_numpy(noise).float().view(samples, *images.shape)
+    got = zoo.local_lipschitz_estimate(
+        net, images, own, targets, explain=explain, noise=noise, normalise=False
+    )
     np.testing.assert_allclose(got.numpy(), expected, atol=1e-4)
