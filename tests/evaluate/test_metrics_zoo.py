@@ -57,17 +57,31 @@ def test_gini_and_entropy_extremes():
     one_hot = torch.zeros(2, 8, 8)
     one_hot[:, 3, 5] = 1.0
     flat = torch.full((2, 8, 8), 0.5)
-    assert torch.allclose(zoo.sparseness(None, None, one_hot), torch.tensor(63 / 64, dtype=torch.float64), atol=1e-5)
-    assert torch.allclose(zoo.sparseness(None, None, flat), torch.zeros(2, dtype=torch.float64), atol=1e-9)
-    assert torch.allclose(zoo.complexity(None, None, one_hot), torch.zeros(2, dtype=torch.float64), atol=1e-9)
-    assert torch.allclose(zoo.complexity(None, None, flat), torch.full((2,), math.log(64), dtype=torch.float64))
+    assert torch.allclose(
+        zoo.sparseness(None, None, one_hot), torch.tensor(63 / 64, dtype=torch.float64), atol=1e-5
+    )
+    assert torch.allclose(
+        zoo.sparseness(None, None, flat), torch.zeros(2, dtype=torch.float64), atol=1e-9
+    )
+    assert torch.allclose(
+        zoo.complexity(None, None, one_hot), torch.zeros(2, dtype=torch.float64), atol=1e-9
+    )
+    assert torch.allclose(
+        zoo.complexity(None, None, flat), torch.full((2,), math.log(64), dtype=torch.float64)
+    )
 
 
 def test_localisation_metrics_on_a_map_equal_to_the_mask(case):
     _, _, _, _, masks = case
     perfect = masks.float()
-    assert torch.equal(zoo.relevance_mass_accuracy(None, None, perfect, masks=masks), torch.ones(4, dtype=torch.float64))
-    assert torch.equal(zoo.relevance_rank_accuracy(None, None, perfect, masks=masks), torch.ones(4, dtype=torch.float64))
+    assert torch.equal(
+        zoo.relevance_mass_accuracy(None, None, perfect, masks=masks),
+        torch.ones(4, dtype=torch.float64),
+    )
+    assert torch.equal(
+        zoo.relevance_rank_accuracy(None, None, perfect, masks=masks),
+        torch.ones(4, dtype=torch.float64),
+    )
     empty = masks.clone()
     empty[2] = False
     assert torch.isnan(zoo.relevance_mass_accuracy(None, None, perfect, masks=empty)[2])
@@ -103,7 +117,13 @@ def test_registry_and_errors(case):
         zoo.run_metric("selectivity", net, images, maps[:, :8], targets)
     for name, spec in zoo.METRICS.items():
         scores = zoo.run_metric(
-            name, net, images, maps, targets, masks=masks, explain=gradient_map(net),
+            name,
+            net,
+            images,
+            maps,
+            targets,
+            masks=masks,
+            explain=gradient_map(net),
             **({"samples": 2} if "sensitivity" in name or "lipschitz" in name else {}),
             **({"runs": 4} if name == "faithfulness_correlation" else {}),
         )
@@ -137,8 +157,13 @@ def _np(t):
 def _call(metric, net, images, maps, targets, **kwargs):
     return np.asarray(
         metric(
-            model=net, x_batch=_np(images), y_batch=targets.numpy(), a_batch=_np(maps)[:, None],
-            channel_first=True, device="cpu", **kwargs,
+            model=net,
+            x_batch=_np(images),
+            y_batch=targets.numpy(),
+            a_batch=_np(maps)[:, None],
+            channel_first=True,
+            device="cpu",
+            **kwargs,
         ),
         dtype=np.float64,
     )
@@ -210,7 +235,9 @@ def test_sensitivity_equals_quantus_on_shared_noise(quantus, case, name):
     own = explain(images, targets)
     samples = 3
     np.random.seed(5)
-    noise = np.stack([np.random.uniform(-0.2, 0.2, size=(4, 3 * SIDE * SIDE)) for _ in range(samples)])
+    noise = np.stack(
+        [np.random.uniform(-0.2, 0.2, size=(4, 3 * SIDE * SIDE)) for _ in range(samples)]
+    )
     noise = torch.from_numpy(noise).float().view(samples, *images.shape)
     np.random.seed(5)
     metric = getattr(quantus, name)(nr_samples=samples, disable_warnings=True)
@@ -226,9 +253,13 @@ def test_local_lipschitz_equals_quantus_on_shared_noise(quantus, case):
     own = explain(images, targets)
     samples = 3
     np.random.seed(6)
-    noise = np.stack([np.random.normal(0.0, 0.1, size=(4, 3 * SIDE * SIDE)) for _ in range(samples)])
+    noise = np.stack(
+        [np.random.normal(0.0, 0.1, size=(4, 3 * SIDE * SIDE)) for _ in range(samples)]
+    )
     np.random.seed(6)
-    metric = quantus.LocalLipschitzEstimate(nr_samples=samples, normalise=False, disable_warnings=True)
+    metric = quantus.LocalLipschitzEstimate(
+        nr_samples=samples, normalise=False, disable_warnings=True
+    )
     expected = _call(metric, net, images, own, targets, explain_func=_quantus_explain(explain))
     noise = torch.from_numpy(noise).float().view(samples, *images.shape)
     got = zoo.local_lipschitz_estimate(

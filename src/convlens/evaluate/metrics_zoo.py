@@ -161,7 +161,9 @@ def _masks(masks, maps) -> torch.Tensor:
         raise MetricError("this metric needs masks=Tensor[B, H, W] (the ground truth)")
     masks = torch.as_tensor(masks)
     if masks.shape != maps.shape:
-        raise MetricError(f"masks {tuple(masks.shape)} must have the maps' shape {tuple(maps.shape)}")
+        raise MetricError(
+            f"masks {tuple(masks.shape)} must have the maps' shape {tuple(maps.shape)}"
+        )
     return masks.reshape(len(masks), -1).bool().cpu()
 
 
@@ -372,8 +374,19 @@ def _explain_chunks(explain: Explain, images, targets, batch_size: int) -> torch
 
 
 def _sensitivities(
-    model, images, maps, targets, explain, samples, radius, noise, seed, batch_size, normalise,
-    absolute, kind,
+    model,
+    images,
+    maps,
+    targets,
+    explain,
+    samples,
+    radius,
+    noise,
+    seed,
+    batch_size,
+    normalise,
+    absolute,
+    kind,
 ) -> torch.Tensor:
     """``Tensor[B, samples]``: ``||a - a'|| / ||a||`` (``kind="relative"``) or
     ``||a - a'|| / ||x - x'||`` (``"lipschitz"``) for each perturbed copy ``x'``."""
@@ -404,36 +417,91 @@ def _sensitivities(
 
 
 def max_sensitivity(
-    model, images, maps, targets, *, explain=None, samples: int = 200, radius: float = 0.2,
-    noise=None, seed: int = 0, normalise=False, absolute=False, batch_size: int = 256,
+    model,
+    images,
+    maps,
+    targets,
+    *,
+    explain=None,
+    samples: int = 200,
+    radius: float = 0.2,
+    noise=None,
+    seed: int = 0,
+    normalise=False,
+    absolute=False,
+    batch_size: int = 256,
 ):
     """Max-sensitivity (Yeh et al. 2019): the largest ``||a(x) - a(x')||_F / ||a(x)||_F``
     over ``samples`` copies ``x' = x + U(-radius, radius)`` (every input value), the map
     re-made by ``explain`` for the same target. Lower is better. ``noise``:
     ``Tensor[samples, B, C, H, W]`` to use instead of drawing it (seeded by ``seed``)."""
     values = _sensitivities(
-        model, images, maps, targets, explain, samples, radius, noise, seed, batch_size,
-        normalise, absolute, "relative",
+        model,
+        images,
+        maps,
+        targets,
+        explain,
+        samples,
+        radius,
+        noise,
+        seed,
+        batch_size,
+        normalise,
+        absolute,
+        "relative",
     )
     return values.nan_to_num(nan=-torch.inf).amax(1).nan_to_num(neginf=torch.nan)
 
 
 def avg_sensitivity(
-    model, images, maps, targets, *, explain=None, samples: int = 200, radius: float = 0.2,
-    noise=None, seed: int = 0, normalise=False, absolute=False, batch_size: int = 256,
+    model,
+    images,
+    maps,
+    targets,
+    *,
+    explain=None,
+    samples: int = 200,
+    radius: float = 0.2,
+    noise=None,
+    seed: int = 0,
+    normalise=False,
+    absolute=False,
+    batch_size: int = 256,
 ):
     """Average sensitivity (Yeh et al. 2019): as `max_sensitivity`, the mean over the
     copies instead of the largest. Lower is better."""
     values = _sensitivities(
-        model, images, maps, targets, explain, samples, radius, noise, seed, batch_size,
-        normalise, absolute, "relative",
+        model,
+        images,
+        maps,
+        targets,
+        explain,
+        samples,
+        radius,
+        noise,
+        seed,
+        batch_size,
+        normalise,
+        absolute,
+        "relative",
     )
     return values.nanmean(1)
 
 
 def local_lipschitz_estimate(
-    model, images, maps, targets, *, explain=None, samples: int = 200, std: float = 0.1,
-    noise=None, seed: int = 0, normalise=True, absolute=False, batch_size: int = 256,
+    model,
+    images,
+    maps,
+    targets,
+    *,
+    explain=None,
+    samples: int = 200,
+    std: float = 0.1,
+    noise=None,
+    seed: int = 0,
+    normalise=True,
+    absolute=False,
+    batch_size: int = 256,
 ):
     """Local Lipschitz estimate (Alvarez-Melis and Jaakkola 2018): the largest
     ``||a(x) - a(x')||_2 / (||x - x'||_2 + 1e-10)`` over ``samples`` copies
@@ -442,8 +510,19 @@ def local_lipschitz_estimate(
     drawing it (seeded by ``seed``). Maps are compared after each is divided by its own
     largest ``|value|`` (Quantus divides by the largest in the batch)."""
     values = _sensitivities(
-        model, images, maps, targets, explain, samples, std, noise, seed, batch_size,
-        normalise, absolute, "lipschitz",
+        model,
+        images,
+        maps,
+        targets,
+        explain,
+        samples,
+        std,
+        noise,
+        seed,
+        batch_size,
+        normalise,
+        absolute,
+        "lipschitz",
     )
     return values.nan_to_num(nan=-torch.inf).amax(1).nan_to_num(neginf=torch.nan)
 
@@ -454,36 +533,68 @@ METRICS: dict[str, MetricSpec] = {
         MetricSpec("sparseness", sparseness, True, "Sparseness", (), "Gini index of |map|"),
         MetricSpec("complexity", complexity, False, "Complexity", (), "entropy of |map|"),
         MetricSpec(
-            "relevance_mass_accuracy", relevance_mass_accuracy, True,
-            "RelevanceMassAccuracy", ("masks",), "share of the map's sum in the mask",
+            "relevance_mass_accuracy",
+            relevance_mass_accuracy,
+            True,
+            "RelevanceMassAccuracy",
+            ("masks",),
+            "share of the map's sum in the mask",
         ),
         MetricSpec(
-            "relevance_rank_accuracy", relevance_rank_accuracy, True,
-            "RelevanceRankAccuracy", ("masks",), "share of the top-|mask| pixels in the mask",
+            "relevance_rank_accuracy",
+            relevance_rank_accuracy,
+            True,
+            "RelevanceRankAccuracy",
+            ("masks",),
+            "share of the top-|mask| pixels in the mask",
         ),
         MetricSpec(
-            "selectivity", selectivity, False, "Selectivity", (),
+            "selectivity",
+            selectivity,
+            False,
+            "Selectivity",
+            (),
             "AUC of the logit as patches go black, most relevant first",
         ),
         MetricSpec(
-            "faithfulness_correlation", faithfulness_correlation, True,
-            "FaithfulnessCorrelation", (), "Pearson(map sum, logit drop) over random subsets",
+            "faithfulness_correlation",
+            faithfulness_correlation,
+            True,
+            "FaithfulnessCorrelation",
+            (),
+            "Pearson(map sum, logit drop) over random subsets",
         ),
         MetricSpec(
-            "random_logit", random_logit, False, "RandomLogit", ("explain",),
+            "random_logit",
+            random_logit,
+            False,
+            "RandomLogit",
+            ("explain",),
             "SSIM with the map of a random other class",
         ),
         MetricSpec(
-            "max_sensitivity", max_sensitivity, False, "MaxSensitivity", ("explain",),
+            "max_sensitivity",
+            max_sensitivity,
+            False,
+            "MaxSensitivity",
+            ("explain",),
             "largest relative map change under uniform input noise",
         ),
         MetricSpec(
-            "avg_sensitivity", avg_sensitivity, False, "AvgSensitivity", ("explain",),
+            "avg_sensitivity",
+            avg_sensitivity,
+            False,
+            "AvgSensitivity",
+            ("explain",),
             "mean relative map change under uniform input noise",
         ),
         MetricSpec(
-            "local_lipschitz_estimate", local_lipschitz_estimate, False, "LocalLipschitzEstimate",
-            ("explain",), "largest map change per input change under Gaussian noise",
+            "local_lipschitz_estimate",
+            local_lipschitz_estimate,
+            False,
+            "LocalLipschitzEstimate",
+            ("explain",),
+            "largest map change per input change under Gaussian noise",
         ),
     )
 }
