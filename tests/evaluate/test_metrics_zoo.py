@@ -16,10 +16,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from tests.helpers.networks import small_convnet
 
 from convlens.errors import MetricError
 from convlens.evaluate import metrics_zoo as zoo
-from tests.helpers.networks import small_convnet
 
 SIDE = 16
 
