@@ -1,0 +1,658 @@
+"""Quantitative explanation metrics with one interface, at parity with Quantus 0.6.
+
+Every metric is a function ``metric(model, images, maps, targets, **options) -> Tensor[B]``
+(one float64 score per image; NaN where it is undefined) registered in `METRICS` with its
+direction (``higher_is_better``), its Quantus class name and what else it needs:
+
+- ``images``: ``Tensor[B, C, H, W]``, the model's inputs (already normalised);
+- ``maps``: ``Tensor[B, H, W]``, one map per image at input resolution;
+- ``targets``: ``Tensor[B]`` (int), the explained class of each image;
+- ``masks=`` (``needs`` holds ``"masks"``): bool ``Tensor[B, H, W]``, the ground truth;
+- ``explain=`` (``needs`` holds ``"explain"``): ``explain(images, targets) -> Tensor[B, H, W]``,
+  the method that made ``maps``, re-run on perturbed inputs or for other classes.
+
+`run_metric` passes each metric only what it needs. Scores follow Quantus's definitions and
+defaults (`docs/metrics.md` lists every formula, its paper and the one difference: Quantus
+divides a batch of maps by the largest absolute value in the whole batch, convlens divides
+each map by its own; the metrics whose result that changes say so). The model's outputs are
+its raw outputs (logits), as Quantus's ``softmax=False`` default. The model is borrowed (eval
+mode, no gradients) and handed back unchanged; inputs are never modified. ``batch_size``
+sets only how many perturbed images go through the model at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from convlens.errors import MetricError
+from convlens.layers.borrow import borrowed_model
+from convlens.models.loading import as_module
+
+Explain = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """A registered metric: ``function(model, images, maps, targets, **options)``."""
+
+    name: str
+    function: Callable[..., torch.Tensor]
+    higher_is_better: bool
+    quantus: str
+    needs: tuple[str, ...] = ()
+    summary: str = ""
+
+
+# ---------------------------------------------------------------- shared preparation
+
+
+def _check(images: torch.Tensor, maps: torch.Tensor, targets: torch.Tensor | None = None):
+    if not isinstance(maps, torch.Tensor) or maps.dim() != 3:
+        raise MetricError("maps must be a Tensor[B, H, W], one map per image")
+    if images is not None:
+        if not isinstance(images, torch.Tensor) or images.dim() != 4:
+            raise MetricError("images must be a Tensor[B, C, H, W] of model inputs")
+        if images.shape[0] != maps.shape[0] or images.shape[-2:] != maps.shape[-2:]:
+            raise MetricError(
+                f"maps {tuple(maps.shape)} do not match images {tuple(images.shape)}: "
+                "pass one map per image at input resolution (convlens.maps.resize_maps)"
+            )
+    if not torch.isfinite(maps).all():
+        raise MetricError("maps contain NaN or infinite values")
+    if targets is not None:
+        targets = torch.as_tensor(targets)
+        if targets.dim() != 1 or len(targets) != len(maps) or targets.is_floating_point():
+            raise MetricError("targets must be an integer Tensor[B], one class per map")
+        return targets.long()
+    return None
+
+
+def prepared(maps: torch.Tensor, normalise: bool, absolute: bool) -> torch.Tensor:
+    """``Tensor[B, H*W]`` float64: each map divided by its own largest ``|value|`` (an all-zero
+    map stays zeros) when ``normalise``, then ``|.|`` when ``absolute`` (Quantus's order)."""
+    flat = maps.detach().reshape(len(maps), -1).to(torch.float64).cpu()
+    if normalise:
+        peak = flat.abs().amax(1, keepdim=True)
+        flat = torch.where(peak > 0, flat / torch.where(peak > 0, peak, 1.0), flat)
+    return flat.abs() if absolute else flat
+
+
+def _forward_scores(
+    model, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int, softmax: bool = False
+):
+    """Target logits (``softmax``: probabilities) ``Tensor[N]`` (float64, CPU) of ``inputs``
+    ``Tensor[N, C, H, W]``."""
+    module = as_module(model)
+    out = []
+    for chunk, t in zip(inputs.split(batch_size), targets.split(batch_size), strict=True):
+        logits = module(chunk)
+        if softmax:
+            logits = logits.float().softmax(1)
+        out.append(logits.gather(1, t.to(logits.device)[:, None])[:, 0].double().cpu())
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+
+
+def _black(images: torch.Tensor) -> torch.Tensor:
+    """Quantus's ``"black"`` baseline: each image's smallest value over all channels."""
+    return images.reshape(len(images), -1).amin(1)[:, None, None, None]
+
+
+def _pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise Pearson correlation of ``Tensor[B, N]`` pairs (NaN for a constant row)."""
+    a = a - a.mean(1, keepdim=True)
+    b = b - b.mean(1, keepdim=True)
+    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
+
+
+def _ssim_1d(a: torch.Tensor, b: torch.Tensor, window: int = 7) -> torch.Tensor:
+    """SSIM of flattened maps ``Tensor[B, N]`` as ``skimage.metrics.structural_similarity``
+    computes it on 1-D arrays (uniform window of 7, sample covariance, K1 = 0.01,
+    K2 = 0.03, mirrored borders, the ``(window - 1) / 2`` border cropped from the mean),
+    ``data_range`` = max - min over both maps."""
+    data_range = torch.maximum(a.amax(1), b.amax(1)) - torch.minimum(a.amin(1), b.amin(1))
+    pad = window // 2
+
+    def mean(x):  # scipy's uniform_filter, mode "reflect" (edge sample repeated)
+        padded = torch.cat([x[:, :pad].flip(1), x, x[:, -pad:].flip(1)], 1)[:, None]
+        return F.avg_pool1d(padded, window, stride=1)[:, 0]
+
+    cov_norm = window / (window - 1)
+    ux, uy = mean(a), mean(b)
+    vx = cov_norm * (mean(a * a) - ux * ux)
+    vy = cov_norm * (mean(b * b) - uy * uy)
+    vxy = cov_norm * (mean(a * b) - ux * uy)
+    c1 = (0.01 * data_range[:, None]) ** 2
+    c2 = (0.03 * data_range[:, None]) ** 2
+    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux**2 + uy**2 + c1) * (vx + vy + c2))
+    return s[:, pad : s.shape[1] - pad].mean(1)
+
+
+# ---------------------------------------------------------------- map-only metrics
+
+
+def sparseness(model, images, maps, targets=None, *, normalise=True, absolute=True):
+    """Gini index of the map (Chalasani et al. 2020): ``sum_i (2i - n - 1) a_(i) /
+    (n sum_i a_(i))`` over the ``n`` pixels sorted ascending, each ``a + 1e-7``.
+    1 for a one-hot map, 0 for a constant one. ``Tensor[B]`` in [0, 1)."""
+    _check(None, maps)
+    a = prepared(maps, normalise, absolute) + 1e-7
+    a = a.sort(1).values
+    n = a.shape[1]
+    i = torch.arange(1, n + 1, dtype=torch.float64)
+    return ((2 * i - n - 1) * a).sum(1) / (n * a.sum(1))
+
+
+def complexity(model, images, maps, targets=None, *, normalise=True, absolute=True):
+    """Entropy of the map's share per pixel (Bhatt et al. 2020): with ``p = a / sum|a|``,
+    ``-sum p log(p + 1e-12)``; 0 for a one-hot map, ``log(H W)`` for a constant one."""
+    _check(None, maps)
+    a = prepared(maps, normalise, absolute)
+    p = a / a.abs().sum(1, keepdim=True)
+    return -(p * torch.log(p + 1e-12)).sum(1)
+
+
+def _masks(masks, maps) -> torch.Tensor:
+    if masks is None:
+        raise MetricError("this metric needs masks=Tensor[B, H, W] (the ground truth)")
+    masks = torch.as_tensor(masks)
+    if masks.shape != maps.shape:
+        raise MetricError(
+            f"masks {tuple(masks.shape)} must have the maps' shape {tuple(maps.shape)}"
+        )
+    return masks.reshape(len(masks), -1).bool().cpu()
+
+
+def relevance_mass_accuracy(
+    model, images, maps, targets=None, *, masks=None, normalise=True, absolute=False
+):
+    """Share of the map's sum that lies in the mask (Arras et al. 2022):
+    ``sum_{p in G} a_p / sum_p a_p``; NaN for an empty mask."""
+    _check(None, maps)
+    s = _masks(masks, maps)
+    a = prepared(maps, normalise, absolute)
+    score = (a * s).sum(1) / a.sum(1)
+    return torch.where(s.any(1), score, torch.nan)
+
+
+def relevance_rank_accuracy(
+    model, images, maps, targets=None, *, masks=None, normalise=True, absolute=False
+):
+    """Share of the ``K = |G|`` highest pixels of the map that lie in the mask (Arras et al.
+    2022); NaN for an empty mask. Ties are ranked in raster order (stable sort)."""
+    _check(None, maps)
+    s = _masks(masks, maps)
+    a = prepared(maps, normalise, absolute)
+    order = torch.sort(-a, dim=1, stable=True).indices
+    sizes = s.sum(1)
+    ranked = s.gather(1, order)
+    top = torch.arange(a.shape[1])[None, :] < sizes[:, None]
+    score = (ranked & top).sum(1).double() / sizes.clamp(min=1)
+    return torch.where(sizes > 0, score, torch.nan)
+
+
+# ---------------------------------------------------------------- model metrics
+
+
+def selectivity(
+    model,
+    images,
+    maps,
+    targets,
+    *,
+    patch_size: int = 8,
+    softmax: bool = True,
+    normalise=True,
+    absolute=False,
+    batch_size: int = 256,
+):
+    """Selectivity (Montavon et al. 2018): patches of ``patch_size`` are set to the image's
+    smallest value (Quantus's ``"black"``) one after another, in order of decreasing map
+    sum, and the target's softmax probability (``softmax=False``: its logit; Quantus's
+    default is the probability here) is recorded after each; the score is the area under that
+    curve (trapezoid rule, unit step, Quantus's ``get_auc_score`` per image). Lower is
+    better. An image side that is not a multiple of the patch is padded evenly (zeros in the
+    map), as Quantus does; ties between patches go in raster order."""
+    targets = _check(images, maps, targets)
+    if patch_size < 1:
+        raise MetricError(f"patch_size must be >= 1, got {patch_size}")
+    batch, _, height, width = images.shape
+    a = prepared(maps, normalise, absolute).view(batch, 1, height, width)
+    pad_h, pad_w = _even_padding(height, patch_size), _even_padding(width, patch_size)
+    padded = F.pad(a, (*pad_w, *pad_h))
+    sums = F.avg_pool2d(padded, patch_size) * patch_size**2  # Tensor[B, 1, h, w]
+    rows, cols = sums.shape[-2:]
+    order = torch.sort(-sums.view(batch, -1), dim=1, stable=True).indices
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(rows * cols).expand(batch, -1).contiguous())
+    pixel_rank = rank.view(batch, 1, rows, cols)
+    pixel_rank = pixel_rank.repeat_interleave(patch_size, 2).repeat_interleave(patch_size, 3)
+    pixel_rank = pixel_rank[..., pad_h[0] : pad_h[0] + height, pad_w[0] : pad_w[0] + width]
+    pixel_rank = pixel_rank.to(images.device)
+    black = _black(images)
+    steps = rows * cols
+    pairs = torch.cartesian_prod(torch.arange(batch), torch.arange(steps))
+    curve = torch.zeros(batch, steps, dtype=torch.float64)
+    with borrowed_model(as_module(model)), torch.no_grad():
+        for chunk in pairs.split(batch_size):
+            n, k = chunk[:, 0], chunk[:, 1]
+            removed = pixel_rank[n] <= k.to(images.device)[:, None, None, None]
+            x = torch.where(removed, black[n], images[n])
+            curve[n, k] = _forward_scores(model, x, targets[n], len(x), softmax)
+    return torch.trapezoid(curve, dx=1.0, dim=1)
+
+
+def _even_padding(size: int, patch: int) -> tuple[int, int]:
+    extra = (patch - size % patch) % patch
+    return extra // 2, extra - extra // 2
+
+
+def random_subsets(
+    count: int, features: int, size: int, runs: int, generator: torch.Generator
+) -> torch.Tensor:
+    """``Tensor[count, runs, size]``: for each image and run, ``size`` distinct indices of
+    ``features``, uniform over the subsets (the first ``size`` distinct values of an i.i.d.
+    uniform sequence, redrawn in the rare case it holds fewer)."""
+    if size > features:
+        raise MetricError(f"subset_size {size} exceeds the {features} input features")
+    if size * 4 > features:  # dense subsets: a random permutation is cheap enough
+        keys = torch.rand(count * runs, features, generator=generator)
+        return keys.argsort(1)[:, :size].view(count, runs, size)
+    draws = 2 * size + 16
+    out = torch.empty(count * runs, size, dtype=torch.long)
+    todo = torch.arange(count * runs)
+    while len(todo):
+        seq = torch.randint(features, (len(todo), draws), generator=generator)
+        values, where = seq.sort(dim=1, stable=True)
+        first = torch.ones_like(values, dtype=torch.bool)
+        first[:, 1:] = values[:, 1:] != values[:, :-1]
+        position = torch.where(first, where, draws)  # first occurrence of each value
+        enough = first.sum(1) >= size
+        pick = position.sort(1).values[:, :size]
+        chosen = seq.gather(1, pick.clamp(max=draws - 1))
+        out[todo[enough]] = chosen[enough]
+        todo = todo[~enough]
+    return out.view(count, runs, size)
+
+
+def faithfulness_correlation(
+    model,
+    images,
+    maps,
+    targets,
+    *,
+    runs: int = 100,
+    subset_size: int = 224,
+    normalise=True,
+    absolute=False,
+    seed: int = 0,
+    subsets: torch.Tensor | None = None,
+    batch_size: int = 256,
+):
+    """Faithfulness correlation (Bhatt et al. 2020): ``runs`` times, a random subset of
+    ``subset_size`` input features (channel values, as Quantus) is set to the image's
+    smallest value; the score is the Pearson correlation, over the runs, between the map's
+    sum over the subset (the map repeated over channels) and the drop of the target logit.
+    ``subsets``: ``LongTensor[B, runs, subset_size]`` of flat ``C*H*W`` indices to use
+    instead of drawing them (seeded by ``seed``)."""
+    targets = _check(images, maps, targets)
+    batch, channels, height, width = images.shape
+    features = channels * height * width
+    if subsets is None:
+        generator = torch.Generator().manual_seed(seed)
+        subsets = random_subsets(batch, features, subset_size, runs, generator)
+    subsets = torch.as_tensor(subsets).long().cpu()
+    if subsets.dim() != 3 or subsets.shape[0] != batch or subsets.max() >= features:
+        raise MetricError("subsets must be a LongTensor[B, runs, k] of indices below C*H*W")
+    runs = subsets.shape[1]
+    a = prepared(maps, normalise, absolute)
+    attributed = a.gather(1, (subsets % (height * width)).reshape(batch, -1)).view(batch, runs, -1)
+    attributed = attributed.sum(2)
+    black = _black(images)
+    drops = torch.zeros(batch, runs, dtype=torch.float64)
+    pairs = torch.cartesian_prod(torch.arange(batch), torch.arange(runs))
+    with borrowed_model(as_module(model)), torch.no_grad():
+        y = _forward_scores(model, images, targets, batch_size)
+        for chunk in pairs.split(batch_size):
+            n, r = chunk[:, 0], chunk[:, 1]
+            x = images[n].reshape(len(n), -1).clone()
+            index = subsets[n, r].to(images.device)
+            x.scatter_(1, index, black[n].reshape(-1, 1).expand_as(index).to(x.dtype))
+            drops[n, r] = y[n] - _forward_scores(model, x.view_as(images[n]), targets[n], len(n))
+    return _pearson(attributed, drops)
+
+
+def random_logit(
+    model,
+    images,
+    maps,
+    targets,
+    *,
+    explain: Explain | None = None,
+    seed: int = 42,
+    num_classes: int | None = None,
+    normalise=True,
+    absolute=False,
+    batch_size: int = 256,
+):
+    """Random logit (Sixt et al. 2020): SSIM between the map and the map of a class drawn
+    uniformly among the other ``num_classes - 1`` (NumPy's ``RandomState(seed)``, the
+    draw Quantus makes), both flattened to 1-D as Quantus does. Lower is better: a map that
+    does not change with the class does not explain the class. ``num_classes`` defaults to
+    the model's output width."""
+    targets = _check(images, maps, targets)
+    if explain is None:
+        raise MetricError("random_logit needs explain=callable(images, targets) -> maps")
+    if num_classes is None:
+        with borrowed_model(as_module(model)), torch.no_grad():
+            num_classes = as_module(model)(images[:1]).shape[1]
+    if num_classes < 2:
+        raise MetricError("random_logit needs a model with at least two classes")
+    draws = np.random.RandomState(seed).randint(0, num_classes - 1, len(targets))
+    draws = torch.from_numpy(draws).long()
+    other = draws + (draws >= targets).long()  # skip the explained class
+    a = prepared(maps, normalise, absolute)
+    b = prepared(_explain_chunks(explain, images, other, batch_size), normalise, absolute)
+    return _ssim_1d(a, b)
+
+
+def _explain_chunks(explain: Explain, images, targets, batch_size: int) -> torch.Tensor:
+    out = [
+        torch.as_tensor(explain(x, t)).detach().float().cpu()
+        for x, t in zip(images.split(batch_size), targets.split(batch_size), strict=True)
+    ]
+    maps = torch.cat(out)
+    if maps.shape != (len(images), *images.shape[-2:]):
+        raise MetricError(
+            f"explain returned maps {tuple(maps.shape)}; expected Tensor[B, H, W] at input size"
+        )
+    return maps
+
+
+def _sensitivities(
+    model,
+    images,
+    maps,
+    targets,
+    explain,
+    samples,
+    radius,
+    noise,
+    seed,
+    batch_size,
+    normalise,
+    absolute,
+    kind,
+) -> torch.Tensor:
+    """``Tensor[B, samples]``: ``||a - a'|| / ||a||`` (``kind="relative"``) or
+    ``||a - a'|| / ||x - x'||`` (``"lipschitz"``) for each perturbed copy ``x'``."""
+    targets = _check(images, maps, targets)
+    if explain is None:
+        raise MetricError("this metric needs explain=callable(images, targets) -> maps")
+    if noise is None:
+        generator = torch.Generator().manual_seed(seed)
+        if kind == "relative":
+            noise = (torch.rand(samples, *images.shape, generator=generator) * 2 - 1) * radius
+        else:
+            noise = torch.randn(samples, *images.shape, generator=generator) * radius
+    noise = torch.as_tensor(noise)
+    if noise.dim() != 5 or noise.shape[1:] != images.shape:
+        raise MetricError("noise must be a Tensor[samples, B, C, H, W]")
+    a = prepared(maps, normalise, absolute)
+    out = torch.zeros(len(images), len(noise), dtype=torch.float64)
+    for s, draw in enumerate(noise):
+        perturbed = images + draw.to(images.device, images.dtype)
+        b = prepared(_explain_chunks(explain, perturbed, targets, batch_size), normalise, absolute)
+        change = (a - b).norm(dim=1)
+        if kind == "relative":
+            out[:, s] = change / a.norm(dim=1)
+        else:
+            step = (perturbed - images).reshape(len(images), -1).double().cpu().norm(dim=1)
+            out[:, s] = change / (step + 1e-10)
+    return out
+
+
+def max_sensitivity(
+    model,
+    images,
+    maps,
+    targets,
+    *,
+    explain=None,
+    samples: int = 200,
+    radius: float = 0.2,
+    noise=None,
+    seed: int = 0,
+    normalise=False,
+    absolute=False,
+    batch_size: int = 256,
+):
+    """Max-sensitivity (Yeh et al. 2019): the largest ``||a(x) - a(x')||_F / ||a(x)||_F``
+    over ``samples`` copies ``x' = x + U(-radius, radius)`` (every input value), the map
+    re-made by ``explain`` for the same target. Lower is better. ``noise``:
+    ``Tensor[samples, B, C, H, W]`` to use instead of drawing it (seeded by ``seed``)."""
+    values = _sensitivities(
+        model,
+        images,
+        maps,
+        targets,
+        explain,
+        samples,
+        radius,
+        noise,
+        seed,
+        batch_size,
+        normalise,
+        absolute,
+        "relative",
+    )
+    return values.nan_to_num(nan=-torch.inf).amax(1).nan_to_num(neginf=torch.nan)
+
+
+def avg_sensitivity(
+    model,
+    images,
+    maps,
+    targets,
+    *,
+    explain=None,
+    samples: int = 200,
+    radius: float = 0.2,
+    noise=None,
+    seed: int = 0,
+    normalise=False,
+    absolute=False,
+    batch_size: int = 256,
+):
+    """Average sensitivity (Yeh et al. 2019): as `max_sensitivity`, the mean over the
+    copies instead of the largest. Lower is better."""
+    values = _sensitivities(
+        model,
+        images,
+        maps,
+        targets,
+        explain,
+        samples,
+        radius,
+        noise,
+        seed,
+        batch_size,
+        normalise,
+        absolute,
+        "relative",
+    )
+    return values.nanmean(1)
+
+
+def local_lipschitz_estimate(
+    model,
+    images,
+    maps,
+    targets,
+    *,
+    explain=None,
+    samples: int = 200,
+    std: float = 0.1,
+    noise=None,
+    seed: int = 0,
+    normalise=True,
+    absolute=False,
+    batch_size: int = 256,
+):
+    """Local Lipschitz estimate (Alvarez-Melis and Jaakkola 2018): the largest
+    ``||a(x) - a(x')||_2 / (||x - x'||_2 + 1e-10)`` over ``samples`` copies
+    ``x' = x + N(0, std^2)`` (every input value), the map re-made by ``explain`` for the same
+    target. Lower is better. ``noise``: ``Tensor[samples, B, C, H, W]`` to use instead of
+    drawing it (seeded by ``seed``). Maps are compared after each is divided by its own
+    largest ``|value|`` (Quantus divides by the largest in the batch)."""
+    values = _sensitivities(
+        model,
+        images,
+        maps,
+        targets,
+        explain,
+        samples,
+        std,
+        noise,
+        seed,
+        batch_size,
+        normalise,
+        absolute,
+        "lipschitz",
+    )
+    return values.nan_to_num(nan=-torch.inf).amax(1).nan_to_num(neginf=torch.nan)
+
+
+METRICS: dict[str, MetricSpec] = {
+    spec.name: spec
+    for spec in (
+        MetricSpec("sparseness", sparseness, True, "Sparseness", (), "Gini index of |map|"),
+        MetricSpec("complexity", complexity, False, "Complexity", (), "entropy of |map|"),
+        MetricSpec(
+            "relevance_mass_accuracy",
+            relevance_mass_accuracy,
+            True,
+            "RelevanceMassAccuracy",
+            ("masks",),
+            "share of the map's sum in the mask",
+        ),
+        MetricSpec(
+            "relevance_rank_accuracy",
+            relevance_rank_accuracy,
+            True,
+            "RelevanceRankAccuracy",
+            ("masks",),
+            "share of the top-|mask| pixels in the mask",
+        ),
+        MetricSpec(
+            "selectivity",
+            selectivity,
+            False,
+            "Selectivity",
+            (),
+            "AUC of the logit as patches go black, most relevant first",
+        ),
+        MetricSpec(
+            "faithfulness_correlation",
+            faithfulness_correlation,
+            True,
+            "FaithfulnessCorrelation",
+            (),
+            "Pearson(map sum, logit drop) over random subsets",
+        ),
+        MetricSpec(
+            "random_logit",
+            random_logit,
+            False,
+            "RandomLogit",
+            ("explain",),
+            "SSIM with the map of a random other class",
+        ),
+        MetricSpec(
+            "max_sensitivity",
+            max_sensitivity,
+            False,
+            "MaxSensitivity",
+            ("explain",),
+            "largest relative map change under uniform input noise",
+        ),
+        MetricSpec(
+            "avg_sensitivity",
+            avg_sensitivity,
+            False,
+            "AvgSensitivity",
+            ("explain",),
+            "mean relative map change under uniform input noise",
+        ),
+        MetricSpec(
+            "local_lipschitz_estimate",
+            local_lipschitz_estimate,
+            False,
+            "LocalLipschitzEstimate",
+            ("explain",),
+            "largest map change per input change under Gaussian noise",
+        ),
+    )
+}
+
+
+def get_metric(name: str) -> MetricSpec:
+    """The `MetricSpec` registered as ``name``."""
+    if name not in METRICS:
+        raise MetricError(f"unknown metric {name!r}; use one of {', '.join(METRICS)} or 'all'")
+    return METRICS[name]
+
+
+def metric_names(spec: str) -> list[str]:
+    """``"a,b"`` -> ``["a", "b"]`` (each checked), ``"all"`` -> every registered metric."""
+    if spec.strip() == "all":
+        return list(METRICS)
+    names = [part.strip() for part in spec.split(",") if part.strip()]
+    if not names:
+        raise MetricError("--metrics is empty; name metrics (comma separated) or 'all'")
+    return [get_metric(name).name for name in names]
+
+
+def run_metric(
+    name: str,
+    model,
+    images: torch.Tensor,
+    maps: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    masks: torch.Tensor | None = None,
+    explain: Explain | None = None,
+    **options,
+) -> torch.Tensor:
+    """Score ``maps`` with metric ``name``: ``Tensor[B]`` float64, NaN where undefined. Only
+    the context the metric needs (``masks``, ``explain``) is passed on; ``options`` go to
+    the metric function (its keyword arguments)."""
+    spec = get_metric(name)
+    context = {"masks": masks, "explain": explain}
+    extra = {key: context[key] for key in spec.needs}
+    return spec.function(model, images, maps, targets, **extra, **options)
+
+
+__all__ = [
+    "METRICS",
+    "MetricSpec",
+    "avg_sensitivity",
+    "complexity",
+    "faithfulness_correlation",
+    "get_metric",
+    "local_lipschitz_estimate",
+    "max_sensitivity",
+    "metric_names",
+    "prepared",
+    "random_logit",
+    "random_subsets",
+    "relevance_mass_accuracy",
+    "relevance_rank_accuracy",
+    "run_metric",
+    "selectivity",
+    "sparseness",
+]
