@@ -86,7 +86,9 @@ def test_make_grids_tiles_distinct_photos_into_their_cells():
 def test_cli_gridpg_reports_gridpg_and_pointing_per_method_and_floor(capsys):
     from convlens.cli import main
 
-    code = main(["evaluate", "--benchmark", "gridpg", "--methods", "gradcam", "-n", "1", "--json"])
+    # shrunk grids (224 px) keep this end-to-end case as cheap as before the full-size default
+    args = ["evaluate", "--benchmark", "gridpg", "--methods", "gradcam", "-n", "1", "--json"]
+    code = main([*args, "--grid-scale", "shrunk"])
     assert code == 0
     scores = json.loads(capsys.readouterr().out)
     assert list(scores) == [
@@ -102,6 +104,9 @@ def test_cli_gridpg_reports_gridpg_and_pointing_per_method_and_floor(capsys):
     # a class-discriminative map on the embedded model beats the model-free floors
     best_floor = max(v["gridpg"] for k, v in scores.items() if k.startswith("floor:"))
     assert scores["gradcam"]["gridpg"] > best_floor
+    # DiFull: Grad-CAM's grid-wide channel weights leak onto the other cells' activations
+    assert 0.0 < scores["gradcam"]["difull"] < 1.0
+    assert scores["floor:center"]["difull"] is None
 
 
 def test_full_size_grids_keep_every_photo_at_the_input_size_and_shrunk_grids_squeeze_it():
