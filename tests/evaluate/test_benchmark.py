@@ -476,3 +476,18 @@ def test_leaderboard_table_ranks_by_maxboxacc_v2_shows_margins_and_missing_value
     assert lines[2].startswith("| high | 0.500 | +0.200 |") and "| - |" in lines[2]
     assert lines[3].startswith("| floor:edges | 0.300 | - |")
     assert lines[4].startswith("| low | 0.100 | -0.200 |")
+
+
+def test_leaderboard_option_tables_name_registered_methods_and_their_options():
+    from convlens.attribution import get_method
+    from convlens.evaluate.leaderboard import BOX_OPTIONS, GRID_OPTIONS, _method_options
+
+    for table in (BOX_OPTIONS, GRID_OPTIONS):
+        for name, options in table.items():
+            info = get_method(name)
+            allowed = set(info.options) | ({"layer"} if info.uses_layer else set())
+            assert set(options) <= allowed, (name, set(options) - allowed)
+    # occlusion's patch follows the side; the caller's options win over the table
+    assert _method_options("occlusion", 64, None) == {"patch": 8, "stride": 4}
+    assert _method_options("occlusion", 672, None, GRID_OPTIONS) == {"patch": 112, "stride": 112}
+    assert _method_options("rise", 64, {"rise": {"n_masks": 8}})["n_masks"] == 8

@@ -49,7 +49,7 @@ def evaluate_command(
             "-n",
             min=1,
             help="Images to use (default 50 shapes, 60 shapes-multi, 40 counterfactual "
-            "scenes, 60 shortcut scenes); gridpg: grids per size (default 2).",
+            "scenes, 60 shortcut scenes); gridpg: grids per size (default 1).",
         ),
     ] = None,
     data: Annotated[
@@ -82,6 +82,15 @@ def evaluate_command(
             "passes): those two columns are left empty (null in JSON), the others do not change.",
         ),
     ] = False,
+    grid_scale: Annotated[
+        str,
+        typer.Option(
+            "--grid-scale",
+            help="gridpg only: full (each cell at the model's input size: a 2x2 grid of a "
+            "224-pixel model is 448 pixels, 3x3 is 672) or shrunk (the grid squeezed into "
+            "the input size: cells of 112 and 75 pixels).",
+        ),
+    ] = "full",
     out: Annotated[
         str | None,
         typer.Option(
@@ -122,6 +131,13 @@ def evaluate_command(
         cascade["curve_steps"] = curve_steps
     if no_faithfulness:
         cascade["faithfulness"] = False
+    if benchmark == "gridpg":
+        cascade["grid_scale"] = _grid_scale(grid_scale)
+    elif grid_scale != "full":
+        raise typer.BadParameter(
+            f"--grid-scale is a gridpg setting, not used by --benchmark {benchmark}: drop it",
+            param_hint="--grid-scale",
+        )
     board = evaluate_on_source(
         model,
         names,
@@ -178,6 +194,17 @@ def _chosen_benchmark(benchmark: str | None, data: str | None) -> str:
     return benchmark
 
 
+def _grid_scale(scale: str) -> str:
+    from convlens.evaluate.gridpg import GRID_SCALES
+
+    if scale not in GRID_SCALES:
+        raise typer.BadParameter(
+            f"{scale!r} is not a grid scale; use one of {', '.join(GRID_SCALES)}",
+            param_hint="--grid-scale",
+        )
+    return scale
+
+
 def _counted_progress(names: list[str], limit: int | None):
     """Progress lines on stderr: a header (methods x images), then ``[i/M] method: ...`` as
     each method finishes (other lines, such as the floors, as they come)."""
@@ -203,7 +230,9 @@ def _accuracy(board) -> str:
     """What the model got right, in the words of the benchmark."""
     rows = _rows(board)
     if rows == "grid cells":
-        return f"cell class in the grid's top n^2: {board.accuracy:.3f}"
+        sizes = board.settings.get("in_top_cells", {})
+        each = "".join(f", {size} {value:.3f}" for size, value in sizes.items())
+        return f"cell class in the grid's top n^2: {board.accuracy:.3f}{each}"
     if rows == "held-out scenes":
         return f"triangle decided right by shortcut-1.0: {board.accuracy:.3f}"
     if rows == "image-class pairs":

@@ -327,7 +327,7 @@ BENCHMARKS = {
 DEFAULT_LIMITS = {
     "shapes": 50,
     "shapes-multi": 60,
-    "gridpg": 2,
+    "gridpg": 1,
     "counterfactual": 40,
     "shortcut": 60,
 }
@@ -355,7 +355,9 @@ def evaluate_on_source(
       class; model ``synthetic-scenes`` (multi-label).
     - ``"gridpg"``: the grid pointing game (`convlens.evaluate.gridpg`) on the installed
       packages' photos, or on the folder ``images_dir``; ``limit`` grids of each size
-      (2x2, 3x3); the embedded model by default.
+      (2x2, 3x3); the embedded model by default. ``options`` may hold ``grid_scale``
+      (``"full"``, the default: cells at the model's input size; ``"shrunk"``) and
+      ``difull`` (default True: the DiFull control column).
     - ``"counterfactual"``: the counterfactual ground truth (`convlens.evaluate.counterfactual`)
       on the first ``limit`` scenes of stream ``seed``, one row per present class; model
       ``synthetic-scenes``.
@@ -403,14 +405,22 @@ def evaluate_on_source(
 
 def _gridpg_on_source(loaded, methods, limit, folder, seed, progress, device, options):
     from convlens.attribution import list_methods
-    from convlens.evaluate.gridpg import build_grid_set, evaluate_gridpg, grid_photos
+    from convlens.evaluate.gridpg import build_grid_sets, evaluate_gridpg, grid_photos
 
     names = [m.name for m in list_methods()] if methods is None else list(methods)
     _check_methods(names)
-    grids = build_grid_set(loaded, grid_photos(folder), grids_per_size=limit, seed=seed)
-    keep = {k: options[k] for k in ("batch_size", "method_options", "floors") if k in options}
+    grids = build_grid_sets(
+        loaded,
+        grid_photos(folder),
+        grids_per_size=limit,
+        seed=seed,
+        scale=options.get("grid_scale", "full"),
+    )
+    keep = {
+        k: options[k] for k in ("batch_size", "method_options", "floors", "difull") if k in options
+    }
     with placed_on(loaded.module, device):
-        grids = dataclasses.replace(grids, tensor=model_input(loaded.module, grids.tensor))
+        grids = [dataclasses.replace(g, tensor=model_input(loaded.module, g.tensor)) for g in grids]
         return evaluate_gridpg(loaded, names, grids, progress=progress, **keep)
 
 

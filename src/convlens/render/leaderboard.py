@@ -26,6 +26,7 @@ GRIDPG_COLUMNS = (
     ("pointing", "Pointing", "{:.3f}"),
     ("gridpg_2x2", "GridPG 2x2", "{:.3f}"),
     ("gridpg_3x3", "GridPG 3x3", "{:.3f}"),
+    ("difull", "DiFull", "{:.3f}"),
     ("ms_per_image", "ms/cell", "{:.1f}"),
 )
 CF_COLUMNS = (
@@ -57,7 +58,9 @@ LEADERBOARD_NOTE = (
 GRIDPG_NOTE = (
     "GridPG: share of the map's positive mass in the explained photo's cell (chance 1/4 on\n"
     "2x2, 1/9 on 3x3); Pointing: the map's maximum lies in that cell; margin: GridPG minus\n"
-    "the best model-free floor's (floor:*)."
+    "the best model-free floor's (floor:*). DiFull: the same share on 2x2 grids of a\n"
+    "disconnected model (each cell through the network alone, its own head): mass outside\n"
+    "the cell there is leakage by the method (1.000: none; '-': not run)."
 )
 CF_NOTE = (
     "CF.Spearman: per row, rank correlation between the map's positive mass on each scene\n"
