@@ -29,6 +29,7 @@ _PUBLIC = {
     "Explanation": "convlens.attribution.explain",
     "explain": "convlens.attribution.explain",
     "explain_pair": "convlens.attribution.pair",
+    "explorer": "convlens.report.explorer",
     "list_methods": "convlens.attribution.methods",
     "concept_relevance": "convlens.attribution.lrp",
     "normalize_maps": "convlens.maps",
@@ -119,6 +120,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time `__getattr__` loads
     from convlens.models.devices import resolve_device
     from convlens.models.loading import LoadedModel
     from convlens.package import DEFAULT_MODEL
+    from convlens.report.explorer import explorer
     from convlens.scan.embed import embed
     from convlens.scan.topk import top_activating
     from convlens.targets import Targets, contrast, region, resolve_targets, similar_to
