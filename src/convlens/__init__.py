@@ -28,6 +28,8 @@ _PUBLIC = {
     "TargetError": "convlens.errors",
     "Explanation": "convlens.attribution.explain",
     "explain": "convlens.attribution.explain",
+    "explain_pair": "convlens.attribution.pair",
+    "explorer": "convlens.report.explorer",
     "list_methods": "convlens.attribution.methods",
     "concept_relevance": "convlens.attribution.lrp",
     "normalize_maps": "convlens.maps",
@@ -59,6 +61,7 @@ _PUBLIC = {
     "Targets": "convlens.targets",
     "contrast": "convlens.targets",
     "region": "convlens.targets",
+    "similar_to": "convlens.targets",
     "resolve_targets": "convlens.targets",
 }
 
@@ -91,6 +94,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time `__getattr__` loads
     from convlens.attribution.explain import Explanation, explain
     from convlens.attribution.lrp import concept_relevance
     from convlens.attribution.methods import list_methods
+    from convlens.attribution.pair import explain_pair
     from convlens.data.images import ImageBatch, LoadedImage, load_image, load_images
     from convlens.data.preprocess import Preprocess
     from convlens.data.samples import sample_names, sample_path
@@ -118,6 +122,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time `__getattr__` loads
     from convlens.models.devices import resolve_device
     from convlens.models.loading import LoadedModel
     from convlens.package import DEFAULT_MODEL
+    from convlens.report.explorer import explorer
     from convlens.scan.embed import embed
     from convlens.scan.topk import top_activating
-    from convlens.targets import Targets, contrast, region, resolve_targets
+    from convlens.targets import Targets, contrast, region, resolve_targets, similar_to

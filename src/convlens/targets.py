@@ -8,6 +8,14 @@ Accepted forms (``B`` = number of images):
 - a list/tuple/1-D tensor of ``B`` ids or names: one class per image.
 - ``contrast(a, b)``: the score of ``a`` minus the score of ``b`` ("why a rather than b");
   ``a`` and ``b`` take any single-class form, including ``"top1"``/``"top2"``.
+- a regression model (output ``Tensor[B]`` or ``Tensor[B, 1]``): the default target
+  (``None``/``"top1"``, or class ``0``) is the output itself, read as one class.
+- ``similar_to(reference)``: for an embedding model (output ``Tensor[B, D]``, or any shape,
+  flattened per image), the cosine similarity of each image's embedding to the embedding
+  of ``reference`` (one image for all, or one per image). The reference embedding needs the
+  model, so it is computed where the model is at hand
+  (`convlens.attribution.common.resolve_reference`); `resolve_targets` refuses an
+  unresolved one.
 - a callable ``f(output) -> Tensor[B]``: any scalar per image (for non-classifiers,
   segmentation regions, ...). It is always called as on the user's batch: ``output`` has
   one row per input image, row ``i`` belonging to image ``i``. Methods that evaluate
@@ -17,8 +25,9 @@ Accepted forms (``B`` = number of images):
   (``out.gather(1, ids[:, None])[:, 0]``), and each row's score must depend on that row only.
 
 Text (a ``--target`` on the command line, the web view's form) is read by `parse_target`:
-``top1``, ``topK``, a class id, a class name, or ``A-B`` (why A rather than B; each part one
-of the former, and a class name holding a hyphen stays one class); `target_text` writes a
+``top1``, ``topK``, a class id, a class name, ``A-B`` (why A rather than B; each part one
+of the former, and a class name holding a hyphen stays one class), or ``similar:PATH``
+(`similar_to` the image at PATH); `target_text` writes a
 target back the same way.
 
 Ranked targets are resolved on the model output inside a method's own forward pass, so
@@ -54,6 +63,29 @@ class Contrast:
 def contrast(positive: object, negative: object) -> Contrast:
     """Target "why ``positive`` rather than ``negative``" (contrastive maps)."""
     return Contrast(positive, negative)
+
+
+@dataclass(frozen=True)
+class Similarity:
+    """Explain the cosine similarity of each image's embedding to ``reference``'s (see
+    `similar_to`)."""
+
+    reference: object
+
+    def __str__(self) -> str:
+        if isinstance(self.reference, torch.Tensor):
+            return f"similar:<tensor {tuple(self.reference.shape)}>"
+        return f"similar:{self.reference}"
+
+
+def similar_to(reference: object) -> Similarity:
+    """Target for embedding models: ``cos(e(x), e(reference))``, the cosine similarity of
+    the image's embedding ``e(x)`` (the model output, flattened per image) to the embedding
+    of ``reference``. ``reference``: a preprocessed ``Tensor[3, H, W]``, ``Tensor[1, 3, H,
+    W]`` (one reference for every image) or ``Tensor[B, 3, H, W]`` (one per image), or, with
+    a `LoadedModel`, anything `load_images` takes (a path, a sample name). Score range
+    [-1, 1]."""
+    return Similarity(reference)
 
 
 @dataclass(frozen=True)
@@ -359,11 +391,13 @@ def _rounds(rows: torch.Tensor) -> list[torch.Tensor]:
 
 
 def _logits(output: torch.Tensor) -> torch.Tensor:
+    if isinstance(output, torch.Tensor) and output.dim() == 1:  # a regression Tensor[B]
+        return output[:, None]
     if not isinstance(output, torch.Tensor) or output.dim() != 2:
         shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
         raise TargetError(
             f"class targets need a classifier output [B, classes] (or a segmentation output "
-            f"[B, classes, H, W]), got {shape}; "
+            f"[B, classes, H, W], or a regression output [B] / [B, 1]), got {shape}; "
             "pass target=callable(output) -> Tensor[B] for other models"
         )
     return output
@@ -393,6 +427,11 @@ def resolve_targets(
         kind = "box" if target.box is not None else "mask" if target.mask is not None else "pred"
         selector = _region_selector(target, batch_size).subset(inner.image_index)
         return dataclasses.replace(inner, region=selector, spec=f"{inner.spec}@{kind}")
+    if isinstance(target, Similarity):
+        raise TargetError(
+            "similar_to(...) is resolved with the model (its reference is embedded first); "
+            "pass it to convlens.explain or a method function, not to resolve_targets"
+        )
     if callable(target) and not isinstance(target, (torch.Tensor, Contrast)):
         return Targets(rows, fn=target, spec=getattr(target, "__name__", "callable"))
     if isinstance(target, str) and (match := _TOPK.match(target)) and int(match[1]) > 1:
@@ -505,6 +544,11 @@ def parse_target(
     rather than K rows. Empty text means ``top1``. Names are checked when the target is
     resolved (`resolve_targets`), against the model's labels."""
     text = text.strip() or "top1"
+    if text.startswith("similar:"):
+        reference = text[len("similar:") :].strip()
+        if not reference:
+            raise TargetError("similar:PATH needs the reference image's path after the colon")
+        return similar_to(reference)
     if rather_than is not None and rather_than.strip():
         return contrast(_single_class(text), _single_class(rather_than))
     parts = _contrast_parts(text, labels)
@@ -520,6 +564,8 @@ def target_text(target: object) -> str:
     target of a region, else ``str(target)``."""
     if isinstance(target, Region):
         return target_text(target.target)
+    if isinstance(target, Similarity):
+        return str(target)
     if isinstance(target, Contrast):
         return f"{target.positive}-{target.negative}"
     return str(target)

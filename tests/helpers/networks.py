@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -76,3 +78,50 @@ def hand_net() -> nn.Sequential:
         net[0].weight.copy_(torch.tensor([1.0, -1.0]).view(2, 1, 1, 1))
         net[4].weight.copy_(torch.tensor([[2.0, 1.0], [-1.0, 3.0]]))
     return net
+
+
+@dataclass
+class NetOutput:
+    """A ``ModelOutput``-like result: named tensors, some of them absent (None)."""
+
+    logits: torch.Tensor
+    hidden: torch.Tensor | None = None
+    loss: torch.Tensor | None = None
+
+
+class StructuredOutputNet(nn.Module):
+    """`tiny_gap_classifier` whose output is wrapped: ``kind`` ``"dict"`` gives
+    ``{"logits", "features"}`` (two tensors, one named logits), ``"dataclass"`` a
+    `NetOutput` with only ``logits`` set, ``"tuple"`` ``(logits, 2 * logits)`` (ambiguous
+    without a key), ``"ambiguous"`` ``{"scores", "other"}``. The logits are those of
+    ``self.net``."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.net = tiny_gap_classifier()
+
+    def forward(self, x: torch.Tensor):
+        logits = self.net(x)
+        if self.kind == "dict":
+            return {"features": logits.detach() * 0 + 1, "logits": logits}
+        if self.kind == "dataclass":
+            return NetOutput(logits)
+        if self.kind == "tuple":
+            return logits, 2 * logits
+        return {"scores": logits, "other": -logits}
+
+
+def embedding_net() -> nn.Sequential:
+    """An embedding model: `tiny_gap_classifier` without its linear head, ``Tensor[B, 6]``
+    (the pooled features of its last conv, "2")."""
+    return tiny_gap_classifier()[:-1]
+
+
+def regression_net(keep_dim: bool = False) -> nn.Sequential:
+    """A seeded scalar regressor on `tiny_gap_classifier`'s features: ``Tensor[B]``
+    (``keep_dim``: ``Tensor[B, 1]``)."""
+    net = tiny_gap_classifier()
+    torch.manual_seed(2)
+    head = [nn.Linear(5, 1)] + ([] if keep_dim else [nn.Flatten(0)])
+    return nn.Sequential(net, *head)

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from convlens.errors import ConvlensError, LayerError, MethodError
-from convlens.layers.borrow import require_autograd
+from convlens.errors import ConvlensError, LayerError, MethodError, TargetError
+from convlens.layers.borrow import borrowed_model, require_autograd
 from convlens.layers.capture import capture
 from convlens.layers.find import LayerSpec, default_cam_layer, resolve_layer_names
 from convlens.models.devices import model_input
@@ -19,6 +19,7 @@ from convlens.targets import (
     ClassSelector,
     CopyTargets,
     RegionSelector,
+    Similarity,
     Targets,
     resolve_targets,
 )
@@ -52,8 +53,58 @@ def prepare(
             "with the model's preprocess"
         )
     labels = model.labels if isinstance(model, LoadedModel) else None
+    target = resolve_reference(model, target)
     targets = resolve_targets(target, len(images), labels=labels)
     return Prepared(module, targets.expand(model_input(module, images.detach())), targets)
+
+
+def resolve_reference(model: nn.Module | LoadedModel, target: object) -> object:
+    """``target``, with a `similar_to` target turned into the score function it stands for
+    (one forward pass embeds the reference, in eval mode and without autograd); any other
+    target as it is."""
+    if not isinstance(target, Similarity):
+        return target
+    module = as_module(model)
+    reference = target.reference
+    if not isinstance(reference, torch.Tensor):
+        if not isinstance(model, LoadedModel):
+            raise ConvlensError(
+                "similar_to(path or image) needs the model's preprocessing: wrap the model "
+                "with convlens.load_model(module, preprocess=...), or pass the reference as a "
+                "preprocessed Tensor[3, H, W]"
+            )
+        from convlens.data.images import load_images
+
+        reference = load_images([reference], preprocess=model.preprocess).tensor
+    if reference.dim() == 3:
+        reference = reference[None]
+    if reference.dim() != 4 or not reference.is_floating_point():
+        raise ConvlensError(
+            f"a similar_to reference is a preprocessed float Tensor[3, H, W] or [R, 3, H, W], "
+            f"got {reference.dtype} {tuple(reference.shape)}"
+        )
+    with borrowed_model(module), torch.no_grad():
+        embedding = module(model_input(module, reference.detach()))
+    return similarity_score(embedding)
+
+
+def similarity_score(reference: torch.Tensor):
+    """The score ``f(output) -> Tensor[B]``: the cosine similarity of each row's output
+    (flattened) to ``reference`` (``Tensor[1, ...]`` for every row, or ``Tensor[B, ...]``,
+    row ``i`` for image ``i``), in [-1, 1]."""
+    reference = reference.detach().flatten(1)
+
+    def similar(output: torch.Tensor) -> torch.Tensor:
+        flat = output.flatten(1)
+        if flat.shape[1] != reference.shape[1] or len(reference) not in (1, len(flat)):
+            raise TargetError(
+                f"similar_to: the images' embeddings are {tuple(flat.shape)} but the "
+                f"reference's are {tuple(reference.shape)}; give one reference image, or one "
+                "per image, whose embedding has the images' size"
+            )
+        return torch.nn.functional.cosine_similarity(flat, reference.to(flat), dim=1)
+
+    return similar
 
 
 def resolve_cam_layer(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import re
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from convlens.attribution.common import prepare, resolve_cam_layer
+from convlens.attribution.common import prepare, resolve_cam_layer, resolve_reference
 from convlens.attribution.methods import get_method, list_methods
 from convlens.attribution.registry import MethodInfo, MethodResult
 from convlens.data.folders import replaced_folder
@@ -25,6 +26,8 @@ from convlens.layers.find import LayerSpec
 from convlens.maps import normalize_maps
 from convlens.models.devices import DeviceSpec, model_input, placed_on, to_cpu
 from convlens.models.loading import LoadedModel, as_module
+from convlens.models.outputs import OutputKey
+from convlens.models.outputs import output_key as reading_output
 from convlens.targets import Targets
 
 SCHEMA_VERSION = 1
@@ -89,6 +92,60 @@ class Explanation:
                 "LoadedModel (or use convlens.render.images.overlay_map with your own image)"
             )
         return overlay_map(self.display[row], self.maps[row], alpha=alpha, cmap=cmap)
+
+    def tiles(self, note: str = "") -> list:
+        """One `convlens.render.panel.PanelTile` per row, titled as ``convlens explain``
+        titles them (method, layer, explained class and probability or score, ``A rather
+        than B``); guided backprop and deconvnet rows draw their input gradient as an RGB
+        image. ``note``: text under every tile."""
+        from convlens.render.panel import PanelTile, gradient_image, tile_title
+
+        tiles = []
+        for row, entry in enumerate(self.row_records()):
+            title = tile_title(
+                self.method,
+                entry["class_name"],
+                entry["score"],
+                entry["probability"],
+                layer=self.layer,
+                rather_than=entry["contrast"]["rather_than"] if "contrast" in entry else None,
+            )
+            rgb, own = None, ""
+            if self.gradient is not None:
+                rgb = gradient_image(self.gradient[row])
+                peak = float(self.gradient[row].abs().max())
+                own = f"input gradient, grey = 0, max |g| = {peak:.3g}"
+            text = "; ".join(part for part in (own, note) if part)
+            tiles.append(PanelTile(self.maps[row], title, self.method, rgb, text))
+        return tiles
+
+    def picture(self) -> np.ndarray:
+        """``uint8[H, W, 3]``: the ``convlens explain`` panel of each input image (the
+        image, then one tile per row of it, with colourbars), stacked top to bottom. Without
+        known pixels (a bare tensor on an nn.Module) the maps are drawn over grey. This is
+        what a notebook shows for an Explanation (`_repr_png_`)."""
+        from convlens.render.images import stacked
+        from convlens.render.panel import explanation_panel
+
+        tiles = self.tiles()
+        panels = []
+        for image in dict.fromkeys(self.image_index.tolist()):
+            rows = [r for r, i in enumerate(self.image_index.tolist()) if i == image]
+            if self.display is not None:
+                pixels, title = self.display[rows[0]], "input"
+            else:
+                pixels = np.full((*self.maps.shape[-2:], 3), 128, np.uint8)
+                title = "input (pixels not known: grey)"
+            if self.sources:
+                title = f"{title}\n{Path(self.sources[rows[0]]).name}"
+            panels.append(explanation_panel(pixels, [tiles[r] for r in rows], title))
+        return stacked(panels)
+
+    def _repr_png_(self) -> bytes:
+        """PNG bytes of `picture`: Jupyter shows an Explanation as its panel."""
+        from convlens.render.images import png_bytes
+
+        return png_bytes(self.picture())
 
     def record(self) -> dict:
         """JSON-ready summary (no arrays)."""
@@ -196,6 +253,7 @@ def explain(
     layer: LayerSpec | None = None,
     *,
     device: DeviceSpec | None = None,
+    output_key: OutputKey = None,
     **options,
 ) -> Explanation:
     """Explain ``target`` for ``images`` with a registered ``method``.
@@ -214,6 +272,11 @@ def explain(
             (``n_steps=`` for integrated_gradients, ``patch=``/``stride=`` for occlusion,
             ``progress=True`` for a bar on slow methods). Any other name raises MethodError
             before anything runs.
+        output_key: for a model whose output is a dict, tuple or ``ModelOutput``-like
+            object, the entry to explain (a name, or a tuple position); default: the only
+            tensor it holds, else its ``logits`` (`convlens.models.outputs`). A regression
+            output (``Tensor[B]``/``[B, 1]``) is explained as it is (no class, no
+            probability); an embedding model with ``target=similar_to(reference)``.
         device: run this call on ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` or
             ``"auto"`` (`convlens.resolve_device`); the model is moved there for the call
             and back afterwards. None (default): run where the model is. The images always
@@ -226,10 +289,14 @@ def explain(
     """
     if device is not None:
         with placed_on(as_module(model), device):
+            return explain(model, images, method, target, layer, output_key=output_key, **options)
+    if output_key is not None:
+        with reading_output(output_key):
             return explain(model, images, method, target, layer, **options)
     info = get_method(method)
     check_method_options(info, options, layer)
     tensor, display, sources = _as_model_input(model, images)
+    target = resolve_reference(model, target)  # a similar_to reference is embedded once
     targets = prepare(model, tensor, target).targets  # checked before anything runs
     if info.uses_layer:
         layer = resolve_cam_layer(as_module(model), tensor, layer)
@@ -281,6 +348,8 @@ def _score_output(model: nn.Module | LoadedModel, targets: Targets, output) -> _
     on the unmodified rows (``Tensor[N, ...]``, one row per explained row)."""
     scores = targets.score(output).detach()
     class_ids = targets.class_ids(output) if targets.fn is None else None
+    if class_ids is not None and targets.class_scores(output).shape[1] == 1:
+        class_ids = None  # a regression output: the score is the output, no class to name
     probabilities, names, against, against_names, against_p = None, None, None, None, None
     label = model.label if isinstance(model, LoadedModel) else (lambda c: f"class {c}")
     if class_ids is not None:
@@ -362,6 +431,7 @@ def explain_methods(
     keep_going: bool = False,
     device: DeviceSpec | None = None,
     method_options: dict[str, dict] | None = None,
+    output_key: OutputKey = None,
 ) -> tuple[list[Explanation], list[MethodFailure]]:
     """`explain` with each of ``methods`` on the same images: loaded and checked once, the
     layer of layer-based methods resolved once (``layer`` applies to those only), each
@@ -369,11 +439,12 @@ def explain_methods(
     ``keep_going``: a method that raises is returned as a `MethodFailure` and the others
     still run (otherwise the first error propagates). ``device``: as for `explain` (the
     model is moved back afterwards). ``method_options``: ``{method name: {option: value}}``,
-    checked (`check_method_options`) before anything runs. Returns ``(explanations in
-    method order, failures)``.
+    checked (`check_method_options`) before anything runs. ``output_key``: as for
+    `explain`. Returns ``(explanations in method order, failures)``.
     """
-    if device is not None:
-        with placed_on(as_module(model), device):
+    if device is not None or output_key is not None:
+        key = nullcontext() if output_key is None else reading_output(output_key)
+        with placed_on(as_module(model), device), key:
             return explain_methods(
                 model, images, methods, target, layer, progress, keep_going, None, method_options
             )
@@ -383,6 +454,7 @@ def explain_methods(
     for info in infos:
         check_method_options(info, method_options.get(info.name, {}), None)
     tensor, display, sources = _as_model_input(model, images)
+    target = resolve_reference(model, target)
     targets = prepare(model, tensor, target).targets  # a bad target stops every method
     layer_name, layer_error = None, None
     if any(info.uses_layer for info in infos):
@@ -427,7 +499,13 @@ def predictions_from_output(
 ) -> list:
     """`top_predictions` from a model output already computed (``Tensor[B, K]``, or
     ``[B, K, H, W]`` for segmentation; for instance ``Explanation.output``), without a
-    forward pass."""
+    forward pass. A regression output (``Tensor[B]`` or ``[B, 1]``) gives one entry per
+    image, ``{"class_id": None, "label": "output", "value", "probability": None}``."""
+    if output.dim() == 1 or (output.dim() == 2 and output.shape[1] == 1):
+        return [
+            [{"class_id": None, "label": "output", "value": float(v), "probability": None}]
+            for v in output.detach().float().reshape(-1)
+        ]
     probabilities = output.detach().float().softmax(dim=1)
     if probabilities.dim() == 4:  # a segmentation output: each class's mean over the pixels
         probabilities = probabilities.mean((2, 3))

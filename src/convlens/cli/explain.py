@@ -86,6 +86,14 @@ def explain_command(
     trust_pickle: TrustPickleOption = False,
     as_json: JsonOption = False,
     device: DeviceOption = "cpu",
+    output_key: Annotated[
+        str | None,
+        typer.Option(
+            "--output-key",
+            help="For a model returning a dict, tuple or ModelOutput: the entry to explain "
+            "(a name, or a tuple position); default: its only tensor, else 'logits'.",
+        ),
+    ] = None,
     region_box: Annotated[
         str | None,
         typer.Option(
@@ -113,6 +121,7 @@ def explain_command(
     from convlens.data.images import iter_batches
     from convlens.files import unique_name, writing
     from convlens.layers.find import resolve_layer_names
+    from convlens.models.outputs import output_key as output_key_block
     from convlens.render.figures import FORMATS
     from convlens.render.panel import SCALES
     from convlens.targets import parse_target
@@ -149,8 +158,9 @@ def explain_command(
     picture = _Picture(fmt, scale, dpi, width)
     picture.region = _region_box(region_box) if region_box is not None else None
     records, errors, used = [], [], set()
+    reading = output_key_block(output_key)
     # --out DIR: files an earlier explain wrote there and this run does not are removed
-    with writing(folder, "explain", force=force, remove_stale=named is None):
+    with writing(folder, "explain", force=force, remove_stale=named is None), reading:
         for batch in iter_batches(images, loaded.preprocess, batch_size=1):
             errors.extend(batch.errors)
             _report_skipped(batch.errors)
@@ -178,10 +188,12 @@ def explain_command(
                 continue
             records.append(record)
             if not as_json and record["panel"] is not None:
-                top = record["predictions"][0]
+                from convlens.cli.explain_tiles import prediction_text
+
+                top = prediction_text(record["predictions"][0], 3)
                 typer.echo(
-                    f"{record['source']}: explained {record['explained']} "
-                    f"(top: {top['label']} {top['probability']:.3f}) -> {record['panel']}"
+                    f"{record['source']}: explained {record['explained']} ({top}) -> "
+                    f"{record['panel']}"
                 )
         if picture.held:
             from convlens.cli.explain_tiles import write_run_panels

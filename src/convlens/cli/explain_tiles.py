@@ -12,29 +12,10 @@ def method_tiles(explanations, notes: dict | None = None) -> tuple[list, list[di
     explanations; guided backprop and deconvnet tiles draw the input gradient their
     method computed (`Explanation.gradient`) as an RGB image. ``notes``: ``{method: text}``
     added under that method's tiles (`pattern_note`)."""
-    from convlens.render.panel import PanelTile, gradient_image, tile_title
-
     tiles, methods = [], []
     for item in explanations:
-        records = item.row_records()
-        for row, entry in enumerate(records):
-            title = tile_title(
-                item.method,
-                entry["class_name"],
-                entry["score"],
-                entry["probability"],
-                layer=item.layer,
-                rather_than=entry["contrast"]["rather_than"] if "contrast" in entry else None,
-            )
-            rgb, note = None, ""
-            if item.gradient is not None:
-                rgb = gradient_image(item.gradient[row])
-                peak = float(item.gradient[row].abs().max())
-                note = f"input gradient, grey = 0, max |g| = {peak:.3g}"
-            extra = (notes or {}).get(item.method, "")
-            note = "; ".join(text for text in (note, extra) if text)
-            tiles.append(PanelTile(item.maps[row], title, item.method, rgb, note))
-        methods.extend(records)
+        tiles.extend(item.tiles((notes or {}).get(item.method, "")))
+        methods.extend(item.row_records())
     return tiles, methods
 
 
@@ -94,6 +75,14 @@ def explained_text(methods: list[dict]) -> str:
     return f"{first['class_name']} ({first['class_id']})"
 
 
+def prediction_text(top: dict, digits: int) -> str:
+    """``top: LABEL p=0.93`` for a class prediction, ``output = 1.25`` for a regression
+    output (`predictions_from_output`)."""
+    if top.get("probability") is None:
+        return f"output = {top['value']:.4g}"
+    return f"top: {top['label']} p={top['probability']:.{digits}f}"
+
+
 def write_panel(display, tiles, top: dict, stem: Path, picture, limits=None) -> Path:
     """Draw the panel and write ``stem`` + the picture's format; returns the path.
     ``limits``: the tiles' colour ranges when set across the run (`write_run_panels`)."""
@@ -105,7 +94,7 @@ def write_panel(display, tiles, top: dict, stem: Path, picture, limits=None) -> 
     figure = explanation_figure(
         display,
         tiles,
-        input_title=f"input\ntop: {top['label']} p={top['probability']:.2f}",
+        input_title=f"input\n{prediction_text(top, 2)}",
         scale=picture.scale,
         width=picture.width,
         region=picture.region,

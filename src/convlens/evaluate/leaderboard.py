@@ -61,6 +61,13 @@ class Leaderboard:
 
         return margins(self.scores, key or self.headline)
 
+    def _repr_html_(self) -> str:
+        """Jupyter shows a Leaderboard as its table, floors included
+        (`convlens.render.leaderboard.leaderboard_html`)."""
+        from convlens.render.leaderboard import leaderboard_html
+
+        return leaderboard_html(self)
+
 
 def _check_methods(names: list[str]) -> None:
     from convlens.attribution import get_method

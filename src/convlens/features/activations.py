@@ -27,6 +27,14 @@ class FeatureMaps:
     channels: torch.Tensor
     means: torch.Tensor
 
+    def _repr_png_(self) -> bytes:
+        """Jupyter shows the maps as their captioned grid (`convlens.render.features.
+        feature_map_grid`)."""
+        from convlens.render.features import feature_map_grid
+        from convlens.render.images import png_bytes
+
+        return png_bytes(feature_map_grid(self))
+
 
 def _batch_of_one(image: torch.Tensor) -> torch.Tensor:
     if image.dim() == 3:

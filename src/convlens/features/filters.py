@@ -33,6 +33,14 @@ class FilterTiles:
     reduce: str
     scaling: str
 
+    def _repr_png_(self) -> bytes:
+        """Jupyter shows the tiles as their captioned grid (`convlens.render.features.
+        filter_grid`)."""
+        from convlens.render.features import filter_grid
+        from convlens.render.images import png_bytes
+
+        return png_bytes(filter_grid(self))
+
 
 def first_conv(model: nn.Module | LoadedModel) -> str:
     """Name of the first ``nn.Conv2d`` in module order."""

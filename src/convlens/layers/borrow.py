@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from convlens.errors import LayerError, MethodError
+from convlens.models.outputs import selected_output_hook
 
 
 @contextmanager
@@ -21,20 +22,28 @@ def borrowed_model(model: nn.Module, eval_mode: bool = True) -> Iterator[nn.Modu
     positional and keyword alike (a forward pre-hook, removed on exit), so a model that
     edits an input in place (``x.sub_(mean)``) changes neither the caller's tensor nor the
     tensor a method reuses for its next forward pass. The copy is differentiable: input
-    gradients still reach the caller's leaf. (Not for TorchScript modules, which cannot be hooked.)
+    gradients still reach the caller's leaf. A model whose output is a dict, a tuple or a
+    ``ModelOutput``-like object hands back the one tensor `convlens.models.outputs.
+    select_output` picks (a forward hook, removed on exit), so every method's forward
+    passes see that tensor. (Not for TorchScript modules, which cannot be hooked.)
     """
     flags = [(module, module.training) for module in model.modules()]
     # TorchScript modules take no hooks; they run on the tensor as given.
     scripted = isinstance(model, torch.jit.ScriptModule)
-    handle = (
-        None if scripted else model.register_forward_pre_hook(_private_inputs, with_kwargs=True)
+    handles = (
+        []
+        if scripted
+        else [
+            model.register_forward_pre_hook(_private_inputs, with_kwargs=True),
+            model.register_forward_hook(selected_output_hook),
+        ]
     )
     try:
         if eval_mode:
             model.eval()
         yield model
     finally:
-        if handle is not None:
+        for handle in handles:
             handle.remove()
         for module, training in flags:
             module.training = training

@@ -176,6 +176,22 @@ def image_grid(
     return np.asarray(canvas)
 
 
+def stacked(pictures: Sequence, gap: int = 8, background: int = 255) -> np.ndarray:
+    """``uint8[H, W, 3]`` pictures of any sizes, top to bottom, left-aligned, ``gap``
+    pixels apart, padded with ``background`` to the widest."""
+    if len(pictures) == 0:
+        raise ConvlensError("stacked needs at least one picture")
+    tiles = [_as_rgb_tile(_as_numpy(picture)) for picture in pictures]
+    width = max(tile.shape[1] for tile in tiles)
+    height = sum(tile.shape[0] for tile in tiles) + gap * (len(tiles) - 1)
+    canvas = np.full((height, width, 3), background, np.uint8)
+    top = 0
+    for tile in tiles:
+        canvas[top : top + tile.shape[0], : tile.shape[1]] = tile
+        top += tile.shape[0] + gap
+    return canvas
+
+
 def _fit(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
     while text and draw.textlength(text, font=font) > width:
         text = text[:-2] + "…" if len(text) > 2 else ""

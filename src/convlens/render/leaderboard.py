@@ -96,13 +96,8 @@ def leaderboard_note(board) -> str:
     return notes.get(board.headline, LEADERBOARD_NOTE)
 
 
-def leaderboard_table(board, markdown: bool = False) -> str:
-    """Rows of `Leaderboard.ranked()` (best headline score first: MaxBoxAccV2, GridPG on the
-    grid benchmark, CF.Spearman on the counterfactual one, ShortcutCorr on the planted
-    shortcut) with the `COLUMNS` (`GRIDPG_COLUMNS`, `CF_COLUMNS`, `SHORTCUT_COLUMNS`: also the
-    slope's margin), the ``margin`` over the best floor, and on box benchmarks ``Rand.const``:
-    how many of the sanity check's maps were constant before or after the randomisation
-    (``k/n``; left out of ``Rand.Spearman``)."""
+def _table(board) -> tuple[list[str], list[list[str]]]:
+    """The header and the rows (cells as text) of `leaderboard_table`."""
     boxes = board.headline == "maxboxacc_v2"
     columns = {
         "gridpg": GRIDPG_COLUMNS,
@@ -118,6 +113,56 @@ def leaderboard_table(board, markdown: bool = False) -> str:
         values = scores | {"margin": margins.get(name), "slope_margin": slope_margins.get(name)}
         row = [name] + [_cell(values.get(key), pattern) for key, _, pattern in columns]
         rows.append(row + [_constant_cell(board, name)] if boxes else row)
+    return header, rows
+
+
+def leaderboard_html(board) -> str:
+    """`leaderboard_table` as an HTML fragment (what a notebook shows for a `Leaderboard`):
+    a caption with the model, images and accuracy, the table (floor rows in grey italics),
+    the failed methods, the legend, and the deletion/insertion curves when the run has
+    them (a PNG inline)."""
+    from html import escape
+
+    from convlens.render.images import png_data_uri
+
+    header, rows = _table(board)
+    head = "".join(f"<th>{escape(cell)}</th>" for cell in header)
+    body = []
+    for row in rows:
+        floor = row[0].startswith("floor:")
+        style = ' style="color:#777;font-style:italic"' if floor else ""
+        cells = "".join(
+            f'<td style="text-align:{"left" if i == 0 else "right"}">{escape(cell)}</td>'
+            for i, cell in enumerate(row)
+        )
+        body.append(f'<tr class="{"floor" if floor else "method"}"{style}>{cells}</tr>')
+    caption = (
+        f"{escape(str(board.model))}: {board.images} images, "
+        f"classification accuracy {board.accuracy:.3f}"
+    )
+    parts = [
+        f"<table><caption>{caption}</caption><thead><tr>{head}</tr></thead>"
+        f"<tbody>{''.join(body)}</tbody></table>"
+    ]
+    if board.errors:
+        failed = "".join(
+            f"<li>{escape(name)}: {escape(message)}</li>" for name, message in board.errors.items()
+        )
+        parts.append(f"<p>failed:</p><ul>{failed}</ul>")
+    parts.append(f"<pre>{escape(leaderboard_note(board))}</pre>")
+    if board.curves:
+        parts.append(f'<img src="{png_data_uri(leaderboard_curves(board))}" alt="curves">')
+    return "\n".join(parts)
+
+
+def leaderboard_table(board, markdown: bool = False) -> str:
+    """Rows of `Leaderboard.ranked()` (best headline score first: MaxBoxAccV2, GridPG on the
+    grid benchmark, CF.Spearman on the counterfactual one, ShortcutCorr on the planted
+    shortcut) with the `COLUMNS` (`GRIDPG_COLUMNS`, `CF_COLUMNS`, `SHORTCUT_COLUMNS`: also the
+    slope's margin), the ``margin`` over the best floor, and on box benchmarks ``Rand.const``:
+    how many of the sanity check's maps were constant before or after the randomisation
+    (``k/n``; left out of ``Rand.Spearman``)."""
+    header, rows = _table(board)
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(row) + " |" for row in rows]

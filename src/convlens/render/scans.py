@@ -108,3 +108,48 @@ def neighbours_strip(
     """The query image then its nearest images, left to right, each with a caption."""
     tiles = [_resized(image, tile) for image in [query, *images]]
     return image_grid(tiles, titles=["query", *captions], columns=len(tiles))
+
+
+def neighbours_html(
+    query: str, sources: Sequence[str], distances: Sequence[float], metric: str
+) -> str:
+    """An HTML table of a query's nearest items: rank, source, ``metric`` distance."""
+    from html import escape
+
+    rows = "".join(
+        f"<tr><td>{rank}</td><td>{escape(str(source))}</td>"
+        f'<td style="text-align:right">{distance:.4f}</td></tr>'
+        for rank, (source, distance) in enumerate(zip(sources, distances, strict=True), 1)
+    )
+    return (
+        f"<table><caption>nearest to {escape(str(query))}</caption><thead><tr><th>#</th>"
+        f"<th>source</th><th>{escape(metric)} distance</th></tr></thead><tbody>{rows}"
+        "</tbody></table>"
+    )
+
+
+def embeddings_html(stored) -> str:
+    """An HTML summary of `Embeddings`: items, dimension, model and layer, skipped items,
+    and the items per class when labels are known."""
+    from collections import Counter
+    from html import escape
+
+    count, dim = stored.vectors.shape
+    where = f"input of {stored.layer}" if stored.inputs else f"pooled output of {stored.layer}"
+    facts = [
+        ("items", str(count)),
+        ("dimension", str(dim)),
+        ("model", str(stored.model)),
+        ("features", where),
+        ("data", str(stored.data)),
+        ("skipped", str(len(stored.errors))),
+    ]
+    labels = Counter(label for label in stored.labels if label >= 0)
+    for label, number in sorted(labels.items()):
+        name = stored.classes[label] if stored.classes else f"class {label}"
+        facts.append((name, f"{number} items"))
+    rows = "".join(
+        f"<tr><th style='text-align:left'>{escape(k)}</th><td>{escape(v)}</td></tr>"
+        for k, v in facts
+    )
+    return f"<table><caption>embeddings</caption><tbody>{rows}</tbody></table>"

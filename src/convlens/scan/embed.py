@@ -26,6 +26,7 @@ from convlens.layers.inputs import capture_inputs, classifier_layer
 from convlens.models.devices import placed_on
 from convlens.models.digest import file_sha256
 from convlens.models.loading import LoadedModel, load_model, model_file
+from convlens.scan.knn import Neighbours, nearest
 from convlens.scan.stream import RunOptions, stream_pass
 
 VECTORS_FILE = "embeddings.npy"
@@ -52,6 +53,28 @@ class Embeddings:
     errors: tuple[tuple[str, str], ...] = ()
     model_sha256: str | None = None
 
+    def neighbours(self, item: int | str, k: int = 5, metric: str = "cosine") -> Neighbours:
+        """The ``k`` stored items nearest stored item ``item`` (a row, or a source), itself
+        left out (`convlens.scan.knn.nearest`)."""
+        row = item if isinstance(item, int) else _row_of(self.sources, item)
+        if not 0 <= row < len(self.sources):
+            raise DataError(f"item {row} is not a row of these {len(self.sources)} embeddings")
+        rows, distances = nearest(
+            self.vectors, self.vectors[row : row + 1], k, metric, exclude=torch.tensor([row])
+        )
+        return Neighbours(
+            self.sources[row],
+            [self.sources[r] for r in rows[0].tolist()],
+            distances[0].tolist(),
+            metric,
+        )
+
+    def _repr_html_(self) -> str:
+        """A notebook shows embeddings as a summary: size, layer, model, items per class."""
+        from convlens.render.scans import embeddings_html
+
+        return embeddings_html(self)
+
     def save(self, folder: str | Path) -> Path:
         """Write ``embeddings.npy`` (float16 ``[N, D]``) and ``index.json`` under ``folder``."""
         folder = Path(folder)
@@ -71,6 +94,12 @@ class Embeddings:
         }
         write_json(folder / INDEX_FILE, index, indent=1)
         return folder
+
+
+def _row_of(sources: list[str], source: str) -> int:
+    if source not in sources:
+        raise DataError(f"no stored item {source!r}; give a row number or a stored source")
+    return sources.index(source)
 
 
 def load_embeddings(folder: str | Path) -> Embeddings:

@@ -14,6 +14,7 @@ is installed, else openTSNE's t-SNE (van der Maaten & Hinton 2008; Policar et al
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -21,6 +22,22 @@ import torch
 from convlens.errors import DataError
 
 METRICS = ("cosine", "l2")
+
+
+@dataclass(frozen=True)
+class Neighbours:
+    """The stored items nearest one query, nearest first: their ``sources`` and
+    ``distances`` (by ``metric``). A notebook shows them as a table (`_repr_html_`)."""
+
+    query: str
+    sources: list[str]
+    distances: list[float]
+    metric: str
+
+    def _repr_html_(self) -> str:
+        from convlens.render.scans import neighbours_html
+
+        return neighbours_html(self.query, self.sources, self.distances, self.metric)
 
 
 def _prepared(vectors: torch.Tensor, metric: str) -> torch.Tensor:

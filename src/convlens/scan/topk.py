@@ -90,6 +90,36 @@ class TopActivations:
         chosen = range(len(tops)) if channels is None else channels
         return self.views.channels(layer, tops, chosen)
 
+    def picture(
+        self, layer: str | None = None, channels: Sequence[int] | int = 4, tile: int = 48
+    ) -> np.ndarray:
+        """``uint8[H, W, 3]``: Zeiler & Fergus's top-k patch grid of ``channels`` (indices,
+        or a count from channel 0) of ``layer`` (default: every scanned layer), one panel
+        per channel (`convlens.render.scans.top_units_panel`, patches only: no second
+        pass), stacked. What a notebook shows for a scan (`_repr_png_`)."""
+        from convlens.render.images import stacked
+        from convlens.render.scans import top_units_panel
+
+        panels = []
+        for name in [layer] if layer is not None else list(self.layers):
+            top = self.layers[name]
+            chosen = (
+                range(min(channels, len(top.channels))) if isinstance(channels, int) else channels
+            )
+            for c in chosen:
+                if top.channels[c]:
+                    title = f"{name} channel {c}: top {len(top.channels[c])} by {top.by}"
+                    panels.append(top_units_panel(self.patches(name, c), None, title, tile))
+        if not panels:
+            raise DataError("the scan kept no unit to draw (no readable image)")
+        return stacked(panels)
+
+    def _repr_png_(self) -> bytes:
+        """PNG bytes of `picture` with its defaults."""
+        from convlens.render.images import png_bytes
+
+        return png_bytes(self.picture())
+
 
 def merge_top(
     values: torch.Tensor, images: torch.Tensor, positions: torch.Tensor, k: int
