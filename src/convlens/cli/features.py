@@ -173,8 +173,23 @@ def visualize_command(
         str | None,
         typer.Option("--channel", help="LAYER:C, a channel to visualise (LAYER: a name, or #N)."),
     ] = None,
-    steps: Annotated[int, typer.Option(help="Gradient-ascent steps.")] = 256,
-    param: Annotated[str, typer.Option(help="fourier or pixels.")] = "fourier",
+    steps: Annotated[
+        int | None,
+        typer.Option(help="Gradient-ascent steps (default: 256 for gradient, 64 for maco)."),
+    ] = None,
+    param: Annotated[
+        str, typer.Option(help="fourier or pixels (--method gradient only).")
+    ] = "fourier",
+    method: Annotated[
+        str,
+        typer.Option(
+            help="gradient (ascent on a Fourier or pixel image) or maco (phase only, natural "
+            "magnitude; Fel et al. 2023)."
+        ),
+    ] = "gradient",
+    crops: Annotated[
+        int, typer.Option(min=1, help="--method maco: random crops scored per step.")
+    ] = 2,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     out: OutOption = None,
     force: ForceOption = False,
@@ -186,7 +201,7 @@ def visualize_command(
     from convlens.errors import MethodError
     from convlens.features import objectives, optimize
     from convlens.models import load_model
-    from convlens.render.features import to_uint8
+    from convlens.render.features import importance_panel, to_uint8
     from convlens.render.figures import check_output, output_path, save_image
 
     if (class_ is None) == (channel is None):
@@ -200,13 +215,32 @@ def visualize_command(
         if not layer or not index.isdigit():
             raise MethodError(f"--channel takes LAYER:C (e.g. blocks.4:7), got {channel!r}")
         objective, stem = objectives.channel(layer, int(index)), f"channel-{layer}-{index}"
-    result = optimize.visualize(
-        loaded, objective, steps=steps, param=param, seed=seed, progress=True
-    )
+    if method == "maco":
+        from convlens.features.maco import maco
+
+        steps = 64 if steps is None else steps
+        result = maco(loaded, objective, steps=steps, crops=crops, seed=seed, progress=True)
+        stem = f"maco-{stem}"
+    elif method == "gradient":
+        steps = 256 if steps is None else steps
+        result = optimize.visualize(
+            loaded, objective, steps=steps, param=param, seed=seed, progress=True
+        )
+    else:
+        raise MethodError(f"unknown --method {method!r}; use gradient or maco")
     stem = "-".join(stem.split())
     path = output_path(out, f"visualize-{stem}.png", force)
-    save_image(to_uint8(result.images[0]), path, dpi, force)
+    if result.importance is not None:
+        picture = importance_panel(result.images[0], result.importance[0])
+    else:
+        picture = to_uint8(result.images[0])
+    save_image(picture, path, dpi, force)
     typer.echo(
         f"{objective.name}: {float(result.history[0, 0]):.3g} at the start, "
         f"{float(result.final[0]):.3g} for the result after {steps} steps -> {path}"
     )
+    if result.importance is not None:
+        typer.echo(
+            "picture | importance (summed |gradient|, inferno) | picture through it; "
+            f"magnitude spectrum: {result.spectrum_source.split(':')[0]}"
+        )

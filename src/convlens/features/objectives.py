@@ -23,12 +23,15 @@ from convlens.targets import Contrast, Targets, resolve_targets
 class Seen:
     """What one forward pass saw: ``images`` ``Tensor[B, 3, H, W]`` in [0, 1] (before the
     transforms), ``activations`` keyed by each layer as the objectives name it, the model
-    ``output`` and the model's class ``labels`` (``None`` when unknown)."""
+    ``output`` and the model's class ``labels`` (``None`` when unknown). ``crops``: rows of
+    the forward pass per image (`convlens.features.maco` scores several crops of each
+    picture, image-major: rows ``b * crops .. (b + 1) * crops - 1`` are picture ``b``)."""
 
     images: torch.Tensor
     activations: dict[LayerSpec, torch.Tensor]
     output: torch.Tensor
     labels: Sequence[str] | None = None
+    crops: int = 1
 
 
 class Objective:

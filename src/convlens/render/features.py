@@ -173,6 +173,19 @@ def mark_image_border(
     return marked
 
 
+def importance_panel(image: torch.Tensor, importance: torch.Tensor) -> np.ndarray:
+    """A MACO picture ``Tensor[3, H, W]`` in [0, 1] beside its importance map
+    ``Tensor[H, W]`` (min-max scaled, inferno: dark = least) and the picture shown through
+    it as transparency (over white: ``w x + (1 - w)``, ``w`` the scaled importance).
+    ``uint8[H, 3 W + 8, 3]``."""
+    weight = normalize_maps(importance.detach().cpu().float()[None])[0]
+    picture = image.detach().cpu().float()
+    faded = weight * picture + (1 - weight)
+    gap = np.full((picture.shape[-2], 4, 3), 255, np.uint8)
+    parts = [to_uint8(picture), gap, colorize(weight, "inferno"), gap, to_uint8(faded)]
+    return np.concatenate(parts, axis=1)
+
+
 def gram_heatmap(gram: torch.Tensor, size: int = 256) -> np.ndarray:
     """A Gram matrix ``Tensor[C, C]`` as a heat map, scaled by its largest magnitude."""
     values = gram.detach().cpu().float()
