@@ -28,7 +28,9 @@ def main(out: Path) -> None:
     for layer, channels in CHANNELS.items():
         for view in result.channel_views(layer, channels):
             title = f"{layer} channel {view.channel}: top 9 of {len(photos)} photos by max"
-            panel = top_units_panel(view.patches, view.projections["guided"], title)
+            panel = top_units_panel(
+                view.patches, view.projections["guided"], title, inside=view.inside
+            )
             print(save_png(panel, out / f"photos-{layer}-channel-{view.channel}.png"))
 
 

@@ -99,8 +99,15 @@ def test_projection_mask_and_gram_pictures():
     picture = projection_image(projection)
     assert picture.shape == (4, 4, 3)
     assert tuple(picture[0, 0]) == (128, 128, 128)  # 0 is mid-grey
-    assert picture[1, 2, 0] == 255 and picture[3, 3, 2] == 64  # 0.5 -/+ v / (2 * 2)
+    # own range: s = 99th percentile of the reached |p| {1, 2} = 1.99; 0.5 -/+ v / (2 s)
+    assert picture[1, 2, 0] == 255 and picture[3, 3, 2] == round(255 * (0.5 - 1 / 3.98))
     assert projection_image(projection, box=(1, 2, 3, 3)).shape == (3, 2, 3)
+    # one spike does not grey out the rest: 399 pixels of 1 and one of 1000 -> 1 shows white
+    spiky = torch.ones(3, 20, 20)
+    spiky[:, 0, 0] = 1000.0
+    assert projection_image(spiky)[5, 5, 0] == 255
+    shrunk = projection_image(torch.ones(3, 8, 8), size=4)
+    assert shrunk.shape == (4, 4, 3) and (shrunk == 255).all()
     display = np.full((2, 2, 3), 200, dtype=np.uint8)
     mask = torch.tensor([[True, False], [False, True]])
     shaded = mask_overlay(display, mask, alpha=0.5)
@@ -115,3 +122,16 @@ def test_grey_filter_tiles_are_drawn_grey(reduce):
     grid = filter_grid(filter_tiles(net, "1", reduce=reduce), tile=3)
     tile = tile_at(grid, 0, 3, 2 if reduce == "mean" else 4, 2 if reduce == "mean" else 4)
     assert (tile[..., 0] == tile[..., 1]).all() and (tile[..., 1] == tile[..., 2]).all()
+
+
+def test_image_border_is_marked_where_it_cuts_a_field():
+    from convlens.render.features import mark_image_border
+    from convlens.scan.patches import inside_part
+
+    # a 10 px field at x0=-3, y0=2 of an 8 x 8 image: columns 3.. and rows ..5 are inside
+    assert inside_part((-3, 2, 7, 12), 8, 8) == (3, 0, 10, 6)
+    tile = np.zeros((10, 10, 3), np.uint8)
+    marked = mark_image_border(tile, (3, 0, 10, 6))
+    lines = (marked == (255, 0, 255)).all(-1)
+    assert lines[:6, 2].all() and lines[6, 3:].all()  # left edge and bottom edge
+    assert lines.sum() == 6 + 7 and not tile.any()  # nothing else; the input is untouched

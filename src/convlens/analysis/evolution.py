@@ -59,7 +59,8 @@ class FeatureEvolution:
     """``columns`` (one label per model/epoch) x ``rows`` ((layer, channel) pairs):
     ``values`` ``Tensor[E, R]`` the strongest activation, ``sources`` ``[E][R]`` the image
     it came from, ``patches`` ``[E][R]`` ``uint8[h, w, 3]`` its receptive-field patch and
-    ``projections`` ``[E][R]`` ``Tensor[3, h, w]`` (empty lists when ``rule`` is None);
+    ``projections`` ``[E][R]`` ``Tensor[3, h, w]`` (empty lists when ``rule`` is None),
+    ``inside`` ``[E][R]`` the part ``(x0, y0, x1, y1)`` of each patch within its image;
     ``skipped``: (source, reason) of every data file left out because it could not be read."""
 
     columns: list[str]
@@ -70,6 +71,7 @@ class FeatureEvolution:
     patches: list[list[np.ndarray]]
     projections: list[list[torch.Tensor]]
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    inside: list[list[tuple[int, int, int, int]]] = field(default_factory=list)
 
     def record(self) -> dict:
         """JSON-ready: per row, its strongest activation and image at each column."""
@@ -162,7 +164,7 @@ def _chosen(units, channels: Sequence[int] | None, count: int) -> list[int]:
 
 
 def _collect(tops, rows, labels, rule) -> FeatureEvolution:
-    values, sources, patches, projections = [], [], [], []
+    values, sources, patches, projections, inside = [], [], [], [], []
     for top in tops:
         views = {
             (layer, view.channel): view
@@ -173,7 +175,10 @@ def _collect(tops, rows, labels, rule) -> FeatureEvolution:
         values.append([view.units[0].value for view in picked])
         sources.append([view.units[0].source for view in picked])
         patches.append([view.patches[0] for view in picked])
+        inside.append([view.inside[0] for view in picked])
         projections.append([view.projections[rule][0] for view in picked] if rule else [])
     values = torch.tensor(values)
     skipped = list(tops[0].errors)  # every model read the same data
-    return FeatureEvolution(labels, rows, rule, values, sources, patches, projections, skipped)
+    return FeatureEvolution(
+        labels, rows, rule, values, sources, patches, projections, skipped, inside
+    )

@@ -173,8 +173,41 @@ def visualize_command(
         str | None,
         typer.Option("--channel", help="LAYER:C, a channel to visualise (LAYER: a name, or #N)."),
     ] = None,
-    steps: Annotated[int, typer.Option(help="Gradient-ascent steps.")] = 256,
-    param: Annotated[str, typer.Option(help="fourier or pixels.")] = "fourier",
+    steps: Annotated[
+        int | None,
+        typer.Option(help="Gradient-ascent steps (default: 256 for gradient, 64 for maco)."),
+    ] = None,
+    param: Annotated[
+        str, typer.Option(help="fourier or pixels (--method gradient only).")
+    ] = "fourier",
+    method: Annotated[
+        str,
+        typer.Option(
+            help="gradient (ascent on a Fourier or pixel image) or maco (phase only, natural "
+            "magnitude; Fel et al. 2023)."
+        ),
+    ] = "gradient",
+    crops: Annotated[
+        int, typer.Option(min=1, help="--method maco: random crops scored per step.")
+    ] = 2,
+    diversity: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="N pictures of the one unit, pushed apart by a Gram-matrix diversity term "
+            "(Olah et al. 2017); 1: off.",
+        ),
+    ] = 1,
+    diversity_weight: Annotated[
+        float, typer.Option(help="Weight of the diversity term (per unit of cosine).")
+    ] = 10.0,
+    diversity_layer: Annotated[
+        str | None,
+        typer.Option(
+            help="Layer whose Gram matrices are pushed apart (default: the channel's layer; "
+            "for a class, the third stage from the end)."
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     out: OutOption = None,
     force: ForceOption = False,
@@ -183,10 +216,12 @@ def visualize_command(
     trust_pickle: TrustPickleOption = False,
 ) -> None:
     """Activation maximisation: the image that most excites a class or a channel."""
+    import numpy as np
+
     from convlens.errors import MethodError
     from convlens.features import objectives, optimize
     from convlens.models import load_model
-    from convlens.render.features import to_uint8
+    from convlens.render.features import importance_panel, to_uint8
     from convlens.render.figures import check_output, output_path, save_image
 
     if (class_ is None) == (channel is None):
@@ -200,13 +235,56 @@ def visualize_command(
         if not layer or not index.isdigit():
             raise MethodError(f"--channel takes LAYER:C (e.g. blocks.4:7), got {channel!r}")
         objective, stem = objectives.channel(layer, int(index)), f"channel-{layer}-{index}"
-    result = optimize.visualize(
-        loaded, objective, steps=steps, param=param, seed=seed, progress=True
-    )
+    unit_name = objective.name
+    if diversity > 1:
+        if diversity_layer is None:
+            import torch
+
+            from convlens.features.activations import stage_layers
+
+            if channel is not None:
+                diversity_layer = layer
+            else:
+                blank = torch.zeros(3, *loaded.preprocess.height_width)
+                diversity_layer = stage_layers(loaded, blank)[-3]
+        term = objectives.diversity(diversity_layer, diversity_weight)
+        objective, stem = objective + term, f"{stem}-diverse-{diversity}"
+    batch = [objective] * diversity
+    if method == "maco":
+        from convlens.features.maco import maco
+
+        steps = 64 if steps is None else steps
+        result = maco(loaded, batch, steps=steps, crops=crops, seed=seed, progress=True)
+        stem = f"maco-{stem}"
+    elif method == "gradient":
+        steps = 256 if steps is None else steps
+        result = optimize.visualize(
+            loaded, batch, steps=steps, param=param, seed=seed, progress=True
+        )
+    else:
+        raise MethodError(f"unknown --method {method!r}; use gradient or maco")
     stem = "-".join(stem.split())
     path = output_path(out, f"visualize-{stem}.png", force)
-    save_image(to_uint8(result.images[0]), path, dpi, force)
+    rows = []
+    for b in range(diversity):
+        if result.importance is not None:
+            rows.append(importance_panel(result.images[b], result.importance[b]))
+        else:
+            rows.append(to_uint8(result.images[b]))
+    gap = np.full((4, rows[0].shape[1], 3), 255, np.uint8)
+    picture = np.concatenate([part for row in rows for part in (row, gap)][:-1], axis=0)
+    save_image(picture, path, dpi, force)
     typer.echo(
-        f"{objective.name}: {float(result.history[0, 0]):.3g} at the start, "
-        f"{float(result.final[0]):.3g} for the result after {steps} steps -> {path}"
+        f"{unit_name}: {float(result.history[0].mean()):.3g} at the start, "
+        f"{float(result.final.mean()):.3g} for the result after {steps} steps -> {path}"
+        + (
+            f" ({diversity} pictures, one per row, with the diversity term)"
+            if diversity > 1
+            else ""
+        )
     )
+    if result.importance is not None:
+        typer.echo(
+            "picture | importance (summed |gradient|, inferno) | picture through it; "
+            f"magnitude spectrum: {result.spectrum_source.split(':')[0]}"
+        )

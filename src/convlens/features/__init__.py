@@ -4,6 +4,7 @@ activation maximisation and Gram matrices. Nothing here draws; see `convlens.ren
 from convlens.features.activations import FeatureMaps, feature_maps, layer_mean_maps, stage_layers
 from convlens.features.filters import FilterTiles, conv_weights, filter_tiles
 from convlens.features.gram import gram_matrix
+from convlens.features.maco import maco
 from convlens.features.masks import ActivationMask, activation_mask
 from convlens.features.objectives import Objective
 from convlens.features.optimize import Visualization, visualize
@@ -22,6 +23,7 @@ __all__ = [
     "filter_tiles",
     "gram_matrix",
     "layer_mean_maps",
+    "maco",
     "project_unit",
     "stage_layers",
     "visualize",

@@ -1,8 +1,8 @@
 """What activation maximisation maximises (`convlens.features.optimize.visualize`): an
 `Objective` maps what one forward pass saw (`Seen`: layer activations, logits, the image)
 to one score per image, ``Tensor[B]``; objectives compose with ``+``, ``-`` and scalar
-``*``. Class logits, channels, single units, DeepDream, and the L2 and total-variation
-penalties.
+``*``. Class logits, channels, single units, DeepDream, the L2 and total-variation
+penalties, and the diversity term of a batch.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import torch
 
 from convlens.errors import MethodError, TargetError
 from convlens.features.activations import channel_maps
+from convlens.features.gram import gram_from_activation
 from convlens.layers.find import LayerSpec
 from convlens.targets import Contrast, Targets, resolve_targets
 
@@ -23,12 +24,15 @@ from convlens.targets import Contrast, Targets, resolve_targets
 class Seen:
     """What one forward pass saw: ``images`` ``Tensor[B, 3, H, W]`` in [0, 1] (before the
     transforms), ``activations`` keyed by each layer as the objectives name it, the model
-    ``output`` and the model's class ``labels`` (``None`` when unknown)."""
+    ``output`` and the model's class ``labels`` (``None`` when unknown). ``crops``: rows of
+    the forward pass per image (`convlens.features.maco` scores several crops of each
+    picture, image-major: rows ``b * crops .. (b + 1) * crops - 1`` are picture ``b``)."""
 
     images: torch.Tensor
     activations: dict[LayerSpec, torch.Tensor]
     output: torch.Tensor
     labels: Sequence[str] | None = None
+    crops: int = 1
 
 
 class Objective:
@@ -175,6 +179,30 @@ def deepdream(layer: LayerSpec) -> Objective:
     return Objective(
         lambda s: s.activations[layer].pow(2).flatten(1).mean(1), (layer,), f"deepdream {layer}"
     )
+
+
+def diversity(layer: LayerSpec, weight: float = 1.0) -> Objective:
+    """The diversity term of Olah et al. 2017 for a batch of pictures of one unit:
+    ``-w * mean_{j != b} cos(G_b, G_j)`` for picture ``b``, ``G`` the Gram matrix of
+    ``layer``'s activations (`convlens.features.gram.gram_from_activation`, flattened; a
+    picture scored on several crops: the mean of its crops' Grams). Added to a unit's
+    objective it pushes the pictures towards different styles of the same unit. Zero for a
+    single picture; ``-w`` when all pictures have the same Gram; returns one value per
+    row of the forward pass (``Tensor[B * crops]``)."""
+    weight = float(weight)
+
+    def score(s: Seen) -> torch.Tensor:
+        grams = gram_from_activation(s.activations[layer]).flatten(1)
+        pictures = grams.view(-1, s.crops, grams.shape[1]).mean(1)
+        count = pictures.shape[0]
+        if count < 2:
+            return torch.zeros(grams.shape[0], device=grams.device)
+        unit = torch.nn.functional.normalize(pictures, dim=1)
+        cosines = unit @ unit.T
+        others = (cosines.sum(1) - cosines.diagonal()) / (count - 1)
+        return (-weight * others).repeat_interleave(s.crops)
+
+    return Objective(score, (layer,), f"diversity {layer}")
 
 
 def l2_decay(weight: float = 1.0) -> Objective:

@@ -124,12 +124,16 @@ class Visualization:
     ``Tensor[steps, B]``, row ``k`` each image's objective in step ``k``'s forward pass
     (its random transform applied), before that step's update, so ``history[0]`` is the
     starting score; ``final``: ``Tensor[B]``, the objective of ``images`` themselves (no
-    transform, after the last update); ``objectives``: one name per image."""
+    transform, after the last update); ``objectives``: one name per image.
+    `convlens.features.maco` adds ``importance`` ``Tensor[B, H, W]`` (summed absolute
+    gradient of the score w.r.t. each pixel) and ``spectrum_source``."""
 
     images: torch.Tensor
     history: torch.Tensor
     final: torch.Tensor
     objectives: list[str]
+    importance: torch.Tensor | None = None
+    spectrum_source: str | None = None
 
 
 def _as_objectives(objectives) -> list[Objective]:

@@ -6,16 +6,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from convlens.render.features import projection_image
-from convlens.render.scans import _resized
+from convlens.render.features import mark_image_border, projection_image
+from convlens.render.scans import _resized, _scaled_inside
 
 
 def _cell(evolution, column: int, row: int, tile: int) -> np.ndarray:
-    """The projection (when computed) beside the receptive-field patch, each ``tile`` px."""
-    parts = [_resized(evolution.patches[column][row], tile)]
+    """The projection (when computed, normalised to its own range) beside the
+    receptive-field patch, each ``tile`` px, the image border marked where it cuts the field."""
+    patch = evolution.patches[column][row]
+    cut = evolution.inside[column][row] if evolution.inside else None
+    parts = [_resized(patch, tile)]
     if evolution.projections and evolution.projections[column]:
-        projection = projection_image(evolution.projections[column][row])
-        parts.insert(0, _resized(projection, tile))
+        projection = evolution.projections[column][row]
+        parts.insert(0, projection_image(projection, size=tile))
+    if cut is not None:
+        parts = [mark_image_border(p, _scaled_inside(cut, patch.shape, tile)) for p in parts]
     gap = np.full((tile, 2, 3), 255, np.uint8)
     return np.concatenate([parts[0], gap, parts[1]], axis=1) if len(parts) == 2 else parts[0]
 

@@ -126,15 +126,64 @@ def mask_overlay(display: np.ndarray, mask, alpha: float = 0.6) -> np.ndarray:
     return shaded.round().astype(np.uint8)
 
 
-def projection_image(projection: torch.Tensor, box=None) -> np.ndarray:
-    """A projection ``Tensor[3, H, W]`` as ``0.5 + p / (2 max|p|)`` (grey = 0), cropped to
-    ``box`` (top, left, bottom, right) when given."""
-    values = projection.detach().cpu()
+PROJECTION_PERCENTILE = 0.99  # this quantile of a projection's |p| is drawn white / black
+
+
+def projection_image(projection: torch.Tensor, box=None, size: int | None = None) -> np.ndarray:
+    """A projection ``Tensor[3, H, W]`` normalised to its own range, as Zeiler & Fergus
+    drew them: ``0.5 + p / (2 s)`` clipped to [0, 1] (grey = 0), ``s`` the
+    `PROJECTION_PERCENTILE` quantile of ``max_c |p|`` over the pixels the projection
+    reaches (non-zero ones; all pixels when none is). Scaling by the single largest
+    ``|p|`` instead left almost every pixel grey, since a unit's gradient is spiky.
+    ``box`` (top, left, bottom, right) crops first; ``size`` then area-averages to
+    ``size`` x ``size`` before scaling, so a large field keeps its structure when shrunk.
+    Returns ``uint8[h, w, 3]``."""
+    values = projection.detach().cpu().float()
     if box is not None:
         top, left, bottom, right = box
         values = values[:, top : bottom + 1, left : right + 1]
-    shown = 0.5 + values / (2 * values.abs().max().clamp_min(1e-12))
-    return to_uint8(shown)
+    if size is not None:
+        values = F.interpolate(values[None], size=(size, size), mode="area")[0]
+    magnitudes = values.abs().amax(0).flatten()
+    reached = magnitudes[magnitudes > 0]
+    scale = torch.quantile(reached, PROJECTION_PERCENTILE) if reached.numel() else torch.tensor(1.0)
+    return to_uint8(0.5 + values / (2 * scale))
+
+
+def mark_image_border(
+    tile: np.ndarray, inside: tuple[int, int, int, int], colour=(255, 0, 255)
+) -> np.ndarray:
+    """``tile`` ``uint8[h, w, 3]`` (a copy) with the image's border drawn where a receptive
+    field is cut by it: a 1-pixel line of ``colour`` along each side of ``inside`` ``(x0,
+    y0, x1, y1)`` (the part of the field within the image, x1/y1 exclusive, in the tile's
+    pixels) that lies inside the tile."""
+    marked = tile.copy()
+    height, width = tile.shape[:2]
+    x0, y0, x1, y1 = inside
+    rows = slice(max(y0, 0), min(y1, height))
+    cols = slice(max(x0, 0), min(x1, width))
+    if 0 < x0 < width:
+        marked[rows, x0 - 1] = colour
+    if 0 < x1 < width:
+        marked[rows, x1] = colour
+    if 0 < y0 < height:
+        marked[y0 - 1, cols] = colour
+    if 0 < y1 < height:
+        marked[y1, cols] = colour
+    return marked
+
+
+def importance_panel(image: torch.Tensor, importance: torch.Tensor) -> np.ndarray:
+    """A MACO picture ``Tensor[3, H, W]`` in [0, 1] beside its importance map
+    ``Tensor[H, W]`` (min-max scaled, inferno: dark = least) and the picture shown through
+    it as transparency (over white: ``w x + (1 - w)``, ``w`` the scaled importance).
+    ``uint8[H, 3 W + 8, 3]``."""
+    weight = normalize_maps(importance.detach().cpu().float()[None])[0]
+    picture = image.detach().cpu().float()
+    faded = weight * picture + (1 - weight)
+    gap = np.full((picture.shape[-2], 4, 3), 255, np.uint8)
+    parts = [to_uint8(picture), gap, colorize(weight, "inferno"), gap, to_uint8(faded)]
+    return np.concatenate(parts, axis=1)
 
 
 def gram_heatmap(gram: torch.Tensor, size: int = 256) -> np.ndarray:

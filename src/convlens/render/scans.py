@@ -12,7 +12,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from convlens.errors import ConvlensError
-from convlens.render.features import captioned, projection_image
+from convlens.render.features import captioned, mark_image_border, projection_image
 from convlens.render.images import _font, image_grid
 
 
@@ -27,8 +27,16 @@ def _resized(tile: np.ndarray, size: int) -> np.ndarray:
 
 def _square_grid(tiles: list[np.ndarray], columns: int, size: int) -> np.ndarray:
     blank = np.full((size, size, 3), 255, np.uint8)
-    padded = [_resized(t, size) for t in tiles] + [blank] * (columns * columns - len(tiles))
+    padded = [t if t.shape[:2] == (size, size) else _resized(t, size) for t in tiles]
+    padded += [blank] * (columns * columns - len(tiles))
     return image_grid(padded, columns=columns, padding=2)
+
+
+def _scaled_inside(inside, shape, size: int) -> tuple[int, int, int, int]:
+    """``inside`` ``(x0, y0, x1, y1)`` of a patch ``shape`` in the pixels of a ``size`` tile."""
+    x0, y0, x1, y1 = inside
+    fy, fx = size / shape[0], size / shape[1]
+    return round(x0 * fx), round(y0 * fy), round(x1 * fx), round(y1 * fy)
 
 
 def top_units_panel(
@@ -36,16 +44,34 @@ def top_units_panel(
     projections: Sequence[torch.Tensor] | None,
     title: str,
     tile: int = 64,
+    inside: Sequence[tuple[int, int, int, int]] | None = None,
 ) -> np.ndarray:
-    """Zeiler & Fergus's layout for one channel: a square grid of projections (each shown as
-    ``0.5 + p / (2 max|p|)``, grey = 0) beside the grid of the same units' patches
-    ``uint8[h, w, 3]``, best first, row by row, with ``title`` above. ``uint8[H, W, 3]``."""
+    """Zeiler & Fergus's layout for one channel: a square grid of projections (each
+    normalised to its own range, grey = 0: `projection_image`) beside the grid of the same
+    units' patches ``uint8[h, w, 3]`` (the whole receptive field), best first, row by row,
+    with ``title`` above. ``inside``: per unit, the part ``(x0, y0, x1, y1)`` of its patch
+    within the image; where the image's border cuts a field it is drawn as a magenta line
+    on both tiles. ``uint8[H, W, 3]``."""
     if not patches:
         raise ConvlensError("top_units_panel needs at least one patch")
     columns = max(1, int(np.ceil(np.sqrt(len(patches)))))
-    parts = [_square_grid(list(patches), columns, tile)]
+    cuts = [None] * len(patches) if inside is None else list(inside)
+    shown_patches = []
+    for patch, cut in zip(patches, cuts, strict=True):
+        picture = _resized(patch, tile)
+        if cut is not None:
+            picture = mark_image_border(picture, _scaled_inside(cut, patch.shape, tile))
+        shown_patches.append(picture)
+    parts = [_square_grid(shown_patches, columns, tile)]
     if projections:
-        shown = [projection_image(p) for p in projections]
+        shown = []
+        for projection, cut in zip(projections, cuts, strict=True):
+            picture = projection_image(projection, size=tile)
+            if cut is not None:
+                picture = mark_image_border(
+                    picture, _scaled_inside(cut, projection.shape[-2:], tile)
+                )
+            shown.append(picture)
         parts.insert(0, _square_grid(shown, columns, tile))
     gap = np.full((parts[0].shape[0], 8, 3), 255, np.uint8)
     joined = parts[0] if len(parts) == 1 else np.concatenate([parts[0], gap, parts[1]], axis=1)

@@ -139,7 +139,7 @@ class _ChannelPainter:
         for view in bar:
             title = f"{layer} channel {view.channel}: top {len(view.units)} by {top.by}"
             shown = view.projections[self.projection] if self.projection else None
-            panel = top_units_panel(view.patches, shown, title)
+            panel = top_units_panel(view.patches, shown, title, inside=view.inside)
             save_png(panel, self.out / layer / channel_png_name(view.channel))
         return time.perf_counter() - start
 

@@ -4,6 +4,7 @@ guided-backprop projection (`convlens.layers.rules`), cut the same way (zero out
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -49,6 +50,13 @@ def padded_crop(values: torch.Tensor, box: tuple[int, int, int, int], fill: floa
             ..., top:bottom, left:right
         ].to(out.device)
     return out
+
+
+def inside_part(box: tuple[int, int, int, int], height: int, width: int):
+    """``(x0, y0, x1, y1)`` (x1/y1 exclusive) of the patch of ``box`` ``(x0, y0, x1, y1)``
+    that lies within a ``height`` x ``width`` image, in the patch's own pixels."""
+    x0, y0, x1, y1 = box
+    return max(-x0, 0), max(-y0, 0), min(width, x1) - x0, min(height, y1) - y0
 
 
 def field_box(field: Field, y: int, x: int) -> tuple[int, int, int, int]:
@@ -116,13 +124,15 @@ def first_readable(dataset: ScanDataset, tries: int = 1000) -> torch.Tensor:
 @dataclass(frozen=True)
 class ChannelView:
     """One channel's pictures: ``patches`` ``uint8[h, w, 3]`` and, per rule, projections
-    ``Tensor[3, h, w]``, in the order of the channel's top units."""
+    ``Tensor[3, h, w]``, in the order of the channel's top units; ``inside``: per unit, the
+    part ``(x0, y0, x1, y1)`` of its patch within the image (`inside_part`)."""
 
     layer: str
     channel: int
     units: list[TopUnit]
     patches: list[np.ndarray]
     projections: dict[str, list[torch.Tensor]]
+    inside: list[tuple[int, int, int, int]] = dataclasses.field(default_factory=list)
 
 
 # Bytes of uncropped input gradients a group of channels may hold before they are cut
@@ -149,6 +159,11 @@ class UnitViews:
         display, _ = self.cache(unit.index)
         patch = padded_crop(torch.from_numpy(display).permute(2, 0, 1), unit.box, PAD_VALUE)
         return patch.permute(1, 2, 0).numpy()
+
+    def inside(self, unit: TopUnit) -> tuple[int, int, int, int]:
+        """The part of ``unit``'s patch within its image (`inside_part`)."""
+        height, width = self.cache(unit.index)[0].shape[:2]
+        return inside_part(unit.box, height, width)
 
     def group_units(self, unit: TopUnit) -> int:
         """Units whose uncropped gradients (one per rule; images the size of ``unit``'s)
@@ -184,7 +199,9 @@ class UnitViews:
                 ]
                 for rule, found in gradients.items()
             }
-            yield ChannelView(layer, c, tops[c], [self.patch(unit) for unit in tops[c]], projected)
+            patches = [self.patch(unit) for unit in tops[c]]
+            inside = [self.inside(unit) for unit in tops[c]]
+            yield ChannelView(layer, c, tops[c], patches, projected, inside)
             start += count
 
     def project(self, layer: str, keys: list[tuple[int, TopUnit]], rule: str):
