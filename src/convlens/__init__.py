@@ -50,6 +50,8 @@ _PUBLIC = {
     "resolve_device": "convlens.models.devices",
     "top_activating": "convlens.scan.topk",
     "embed": "convlens.scan.embed",
+    "attribute_dataset": "convlens.scan.attribute",
+    "load_attributions": "convlens.scan.attribute",
     "ablate_layers": "convlens.analysis.ablation",
     "cam_crops": "convlens.analysis.camcrop",
     "epoch_files": "convlens.analysis.evolution",
@@ -116,6 +118,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time `__getattr__` loads
     from convlens.models.devices import resolve_device
     from convlens.models.loading import LoadedModel
     from convlens.package import DEFAULT_MODEL
+    from convlens.scan.attribute import attribute_dataset, load_attributions
     from convlens.scan.embed import embed
     from convlens.scan.topk import top_activating
     from convlens.targets import Targets, contrast, region, resolve_targets
