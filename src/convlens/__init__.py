@@ -52,6 +52,7 @@ _PUBLIC = {
     "embed": "convlens.scan.embed",
     "attribute_dataset": "convlens.scan.attribute",
     "load_attributions": "convlens.scan.attribute",
+    "tcav": "convlens.concepts.tcav",
     "ablate_layers": "convlens.analysis.ablation",
     "cam_crops": "convlens.analysis.camcrop",
     "epoch_files": "convlens.analysis.evolution",
@@ -92,6 +93,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time `__getattr__` loads
     from convlens.attribution.explain import Explanation, explain
     from convlens.attribution.lrp import concept_relevance
     from convlens.attribution.methods import list_methods
+    from convlens.concepts.tcav import tcav
     from convlens.data.images import ImageBatch, LoadedImage, load_image, load_images
     from convlens.data.preprocess import Preprocess
     from convlens.data.samples import sample_names, sample_path
