@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from convlens.cli.app import DeviceOption, ModelOption, _report_skipped, app
+from convlens.cli.app import DeviceOption, JsonOption, ModelOption, _echo_json, _report_skipped, app
 from convlens.cli.options import ForceOption, MethodOptionOption, TrustPickleOption
 from convlens.cli.scan import (
     BatchOption,
@@ -99,3 +99,54 @@ def attribute_command(
             raise typer.Exit(1)
     finally:
         _end_group(opened)
+
+
+@app.command("tcav")
+def tcav_command(
+    concept: Annotated[
+        str, typer.Option("--concept", help="Concept images: a folder, shapes:N@CLASS, ...")
+    ],
+    random: Annotated[
+        list[str],
+        typer.Option("--random", help="Random images (repeat; one set is split in runs + 1)."),
+    ],
+    target: Annotated[str, typer.Option("--class", help="The class tested (id or name).")],
+    layer: Annotated[str, typer.Option("--layer", help="Layer(s), comma separated.")],
+    data: Annotated[str, typer.Option("--data", help="Images of the class whose score is tested.")],
+    model: ModelOption = DEFAULT_MODEL,
+    runs: Annotated[int, typer.Option("--runs", min=2, help="Concept and random CAVs.")] = 10,
+    alpha: Annotated[float, typer.Option("--alpha", help="Significance level.")] = 0.05,
+    json_: JsonOption = False,
+    device: DeviceOption = "cpu",
+    trust_pickle: TrustPickleOption = False,
+    batch_size: BatchOption = 32,
+) -> None:
+    """TCAV (Kim et al. 2018): per layer, the share of --data images whose --class score
+    grows along the concept's activation vector, and a t-test against random vectors
+    (Bonferroni over the layers). --json prints {"concept", "class", "layer", "score",
+    "p_value", "significant"} per layer."""
+    from convlens.concepts.tcav import tcav
+    from convlens.models import load_model
+
+    results = tcav(
+        load_model(model, trust_pickle=trust_pickle),
+        concept,
+        list(random),
+        data,
+        int(target) if target.isdigit() else target,
+        layer.split(","),
+        runs=runs,
+        alpha=alpha,
+        batch_size=batch_size,
+        device=device,
+    )
+    keys = ("concept", "class", "layer", "score", "p_value", "significant")
+    records = [{k: r.record()[k] for k in keys} for r in results]
+    if json_:
+        _echo_json(records)
+        return
+    for r in records:
+        typer.echo(
+            f"{r['layer']}: TCAV {r['score']:.3f} of {r['concept']} for {r['class']}, "
+            f"p = {r['p_value']:.3g} ({'significant' if r['significant'] else 'not significant'})"
+        )
