@@ -20,7 +20,7 @@ LEVELS: list[tuple[str, ...]] = [
     ("cli",),
     ("serve",),
     ("report",),
-    ("evaluate", "analysis"),
+    ("evaluate", "analysis", "concepts"),
     ("scan", "train"),
     ("attribution",),
     ("features",),

@@ -53,6 +53,9 @@ _PUBLIC = {
     "resolve_device": "convlens.models.devices",
     "top_activating": "convlens.scan.topk",
     "embed": "convlens.scan.embed",
+    "attribute_dataset": "convlens.scan.attribute",
+    "load_attributions": "convlens.scan.attribute",
+    "tcav": "convlens.concepts.tcav",
     "ablate_layers": "convlens.analysis.ablation",
     "cam_crops": "convlens.analysis.camcrop",
     "epoch_files": "convlens.analysis.evolution",
@@ -95,6 +98,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time `__getattr__` loads
     from convlens.attribution.lrp import concept_relevance
     from convlens.attribution.methods import list_methods
     from convlens.attribution.pair import explain_pair
+    from convlens.concepts.tcav import tcav
     from convlens.data.images import ImageBatch, LoadedImage, load_image, load_images
     from convlens.data.preprocess import Preprocess
     from convlens.data.samples import sample_names, sample_path
@@ -123,6 +127,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time `__getattr__` loads
     from convlens.models.loading import LoadedModel
     from convlens.package import DEFAULT_MODEL
     from convlens.report.explorer import explorer
+    from convlens.scan.attribute import attribute_dataset, load_attributions
     from convlens.scan.embed import embed
     from convlens.scan.topk import top_activating
     from convlens.targets import Targets, contrast, region, resolve_targets, similar_to

@@ -6,6 +6,7 @@ command line) shows their traceback too.
 """
 
 from convlens.cli import (  # noqa: F401  (registers commands)
+    concepts,
     evaluate,
     explain,
     features,

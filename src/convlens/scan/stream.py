@@ -89,6 +89,30 @@ def stream_pass(
     ``settings``: the options that change the results (plain values), saved with the state
     beside the model's weights and the items (`run_fingerprint`); resuming with any of them
     changed is a `DataError` naming the change."""
+    with borrowed_model(module), torch.no_grad(), open_capture(module) as cap:
+
+        def step(indices: torch.Tensor, images: torch.Tensor) -> None:
+            cap.clear()
+            run_until(module, cap.names, images)
+            reducer.update(indices, {name: cap.activation(name) for name in cap.names})
+
+        return stream_batches(module, dataset, step, reducer, options, settings)
+
+
+def stream_batches(
+    module: nn.Module,
+    dataset: ScanDataset,
+    step: Callable[[torch.Tensor, torch.Tensor], None],
+    reducer: Reducer,
+    options: RunOptions,
+    settings: dict[str, Any],
+) -> PassResult:
+    """The loop of every pass: this rank's shard of ``dataset`` in batches, each readable
+    batch handed to ``step(indices Tensor[B], images Tensor[B, 3, H, W] on the device)``;
+    ``reducer``'s state saved every ``save_every`` batches and restored with ``resume``
+    (see `stream_pass` for ``settings``); every rank's state merged at the end. The caller
+    sets up the model (eval mode, autograd or not, hooks): `stream_pass` captures layers
+    without autograd, ``convlens.scan.attribute`` computes attribution maps."""
     if options.save_every < 1:
         raise DataError(f"save_every must be >= 1 batch, got {options.save_every}")
     rank, world = rank_and_world()
@@ -101,18 +125,11 @@ def stream_pass(
     size = options.batch_size
     loader = batch_loader(dataset, items[done * size :], size, options.workers)
     total = math.ceil(len(items) / size)
-    with (
-        _progress(options.progress and rank == 0, len(dataset), done * size * world) as bar,
-        borrowed_model(module),
-        torch.no_grad(),
-        open_capture(module) as cap,
-    ):
+    with _progress(options.progress and rank == 0, len(dataset), done * size * world) as bar:
         for batch in loader:
             errors.extend(batch.errors)
             if len(batch.indices):
-                cap.clear()
-                run_until(module, cap.names, batch.images.to(options.device))
-                reducer.update(batch.indices, {name: cap.activation(name) for name in cap.names})
+                step(batch.indices, batch.images.to(options.device))
                 scanned += len(batch.indices)
             done += 1
             bar.update((len(batch.indices) + len(batch.errors)) * world)

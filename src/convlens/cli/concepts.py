@@ -1,0 +1,152 @@
+"""Dataset-wide explanations: ``attribute`` (every image's map, in shards), ``tcav`` (does a
+class depend on a concept?) and ``dissect`` (which channels detect which concepts).
+
+``torchrun --nproc_per_node N -m convlens attribute ...`` shards the pass over N processes
+as ``scan`` does; rank 0 writes ``index.json``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from convlens.cli.app import DeviceOption, JsonOption, ModelOption, _echo_json, _report_skipped, app
+from convlens.cli.options import ForceOption, MethodOptionOption, TrustPickleOption
+from convlens.cli.scan import (
+    BatchOption,
+    DataArgument,
+    RestartOption,
+    ResumeOption,
+    SaveEveryOption,
+    WorkersOption,
+    _checkpointing,
+    _end_group,
+    _start_group,
+)
+from convlens.package import DEFAULT_MODEL
+
+
+@app.command("attribute")
+def attribute_command(
+    data: DataArgument,
+    out: Annotated[str, typer.Option("--out", "-o", help="Output folder.")],
+    model: ModelOption = DEFAULT_MODEL,
+    method: Annotated[str, typer.Option("--method", help="Attribution method.")] = "gradcam",
+    target: Annotated[
+        str,
+        typer.Option(
+            "--target",
+            "-t",
+            help="top1, a class id or name, A-B (why A rather than B), or label: each "
+            "image's label in the data (an ImageFolder tree, shapes:N).",
+        ),
+    ] = "top1",
+    layer: Annotated[
+        str | None,
+        typer.Option("--layer", help="Layer for CAM methods (default: the last conv stage)."),
+    ] = None,
+    size: Annotated[
+        int, typer.Option("--size", min=1, help="Side of the stored maps in pixels.")
+    ] = 56,
+    option: MethodOptionOption = None,
+    device: DeviceOption = "cpu",
+    trust_pickle: TrustPickleOption = False,
+    batch_size: BatchOption = 32,
+    workers: WorkersOption = 0,
+    save_every: SaveEveryOption = 50,
+    resume: ResumeOption = False,
+    force: ForceOption = False,
+    restart: RestartOption = False,
+) -> None:
+    """Every image's map by --method at --size x --size pixels: float16 shards in
+    DIR/maps/ (each map divided by its largest absolute value) and DIR/index.json (per row:
+    source, label, explained class, score, scale, shard, row). Memory stays flat in the
+    number of images; --resume continues a stopped run."""
+    from convlens.cli.options import parse_method_options
+    from convlens.files import check_folder, writing
+    from convlens.models import load_model
+    from convlens.scan.attribute import INDEX_FILE, attribute_dataset
+
+    options = next(iter(parse_method_options(option, [method]).values()), {})
+    check_folder(out, (INDEX_FILE,), force)
+    opened, rank = _start_group(device)
+    try:
+        with writing(out, "attribute", force=force, remove_stale=rank == 0):
+            index = attribute_dataset(
+                load_model(model, trust_pickle=trust_pickle),
+                data,
+                out,
+                method,
+                target,
+                layer,
+                size=size,
+                options=options,
+                device=device,
+                batch_size=batch_size,
+                workers=workers,
+                **_checkpointing(out, "attribute", save_every, resume=resume, restart=restart),
+                progress=True,
+            )
+            skipped = [(e["source"], e["message"]) for e in index["skipped"]]
+            if rank == 0:
+                _report_skipped(skipped)
+                typer.echo(
+                    f"{index['count']} maps of {size}x{size} in {len(index['shards'])} shards "
+                    f"-> {out}/{INDEX_FILE}"
+                )
+        if rank == 0 and skipped:
+            raise typer.Exit(1)
+    finally:
+        _end_group(opened)
+
+
+@app.command("tcav")
+def tcav_command(
+    concept: Annotated[
+        str, typer.Option("--concept", help="Concept images: a folder, shapes:N@CLASS, ...")
+    ],
+    random: Annotated[
+        list[str],
+        typer.Option("--random", help="Random images (repeat; one set is split in runs + 1)."),
+    ],
+    target: Annotated[str, typer.Option("--class", help="The class tested (id or name).")],
+    layer: Annotated[str, typer.Option("--layer", help="Layer(s), comma separated.")],
+    data: Annotated[str, typer.Option("--data", help="Images of the class whose score is tested.")],
+    model: ModelOption = DEFAULT_MODEL,
+    runs: Annotated[int, typer.Option("--runs", min=2, help="Concept and random CAVs.")] = 10,
+    alpha: Annotated[float, typer.Option("--alpha", help="Significance level.")] = 0.05,
+    json_: JsonOption = False,
+    device: DeviceOption = "cpu",
+    trust_pickle: TrustPickleOption = False,
+    batch_size: BatchOption = 32,
+) -> None:
+    """TCAV (Kim et al. 2018): per layer, the share of --data images whose --class score
+    grows along the concept's activation vector, and a t-test against random vectors
+    (Bonferroni over the layers). --json prints {"concept", "class", "layer", "score",
+    "p_value", "significant"} per layer."""
+    from convlens.concepts.tcav import tcav
+    from convlens.models import load_model
+
+    results = tcav(
+        load_model(model, trust_pickle=trust_pickle),
+        concept,
+        list(random),
+        data,
+        int(target) if target.isdigit() else target,
+        layer.split(","),
+        runs=runs,
+        alpha=alpha,
+        batch_size=batch_size,
+        device=device,
+    )
+    keys = ("concept", "class", "layer", "score", "p_value", "significant")
+    records = [{k: r.record()[k] for k in keys} for r in results]
+    if json_:
+        _echo_json(records)
+        return
+    for r in records:
+        typer.echo(
+            f"{r['layer']}: TCAV {r['score']:.3f} of {r['concept']} for {r['class']}, "
+            f"p = {r['p_value']:.3g} ({'significant' if r['significant'] else 'not significant'})"
+        )
