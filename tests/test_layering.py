@@ -28,7 +28,7 @@ LEVELS: list[tuple[str, ...]] = [
     ("render",),
     ("layers",),
     ("targets",),
-    ("models",),
+    ("models", "detections"),
     ("data",),
     ("maps",),
     ("files",),

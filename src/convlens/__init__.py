@@ -58,6 +58,8 @@ _PUBLIC = {
     "Targets": "convlens.targets",
     "contrast": "convlens.targets",
     "region": "convlens.targets",
+    "Detection": "convlens.detections",
+    "detection": "convlens.detections",
     "resolve_targets": "convlens.targets",
 }
 
@@ -93,6 +95,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time `__getattr__` loads
     from convlens.data.images import ImageBatch, LoadedImage, load_image, load_images
     from convlens.data.preprocess import Preprocess
     from convlens.data.samples import sample_names, sample_path
+    from convlens.detections import Detection, detection
     from convlens.errors import (
         ConvlensError,
         DataError,
