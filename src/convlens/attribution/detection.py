@@ -107,9 +107,8 @@ def drise(
             used, position = mask_of[chunk].unique(return_inverse=True)
             masks = draws.masks(used).to(x.device)[position.to(x.device)]
             row = row_of[chunk]
-            detections = check_detections(
-                prepared.module(x[row.to(x.device)] * masks[:, None].to(x.dtype))
-            )
+            masked = x[row.to(x.device)] * masks[:, None].to(x.dtype)
+            detections = check_detections(prepared.module(masked))
             weights = torch.stack(
                 [
                     detection_similarity(item, boxes[r], int(labels[r])).to(total.device)
