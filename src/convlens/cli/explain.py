@@ -49,7 +49,8 @@ def explain_command(
         typer.Option(
             "--target",
             "-t",
-            help="top1, topK, a class id or name, A-B: why A rather than B, or det:N: a detector's detection N.",
+            help="top1, topK, a class id or name, A-B: why A rather than B, or det:N "
+            "(a detector's detection N).",
         ),
     ] = "top1",
     contrast_with: Annotated[
