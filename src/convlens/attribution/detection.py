@@ -61,7 +61,9 @@ def detection_similarity(item: dict, box: torch.Tensor, label: int) -> torch.Ten
     return (ious * cosine * objectness).max()
 
 
-@register_method("drise", "perturbation", slow=True)
+# head="detector": like the trained-head methods, it works on one kind of model only (a
+# detector), so `list_methods()` and ``--method all`` leave it out; it is found by name.
+@register_method("drise", "perturbation", slow=True, head="detector")
 def drise(
     model: nn.Module | LoadedModel,
     images: torch.Tensor,
