@@ -29,7 +29,7 @@ LEVELS: list[tuple[str, ...]] = [
     ("layers",),
     ("targets",),
     ("models",),
-    ("data",),
+    ("data", "detections"),
     ("maps",),
     ("files",),
     ("errors", "package"),

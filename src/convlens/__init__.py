@@ -65,6 +65,8 @@ _PUBLIC = {
     "contrast": "convlens.targets",
     "region": "convlens.targets",
     "similar_to": "convlens.targets",
+    "Detection": "convlens.detections",
+    "detection": "convlens.detections",
     "resolve_targets": "convlens.targets",
 }
 
@@ -103,6 +105,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time `__getattr__` loads
     from convlens.data.preprocess import Preprocess
     from convlens.data.samples import sample_names, sample_path
     from convlens.data.shortcuts import ShortcutScenes
+    from convlens.detections import Detection, detection
     from convlens.errors import (
         ConvlensError,
         DataError,

@@ -26,9 +26,9 @@ Accepted forms (``B`` = number of images):
 
 Text (a ``--target`` on the command line, the web view's form) is read by `parse_target`:
 ``top1``, ``topK``, a class id, a class name, ``A-B`` (why A rather than B; each part one
-of the former, and a class name holding a hyphen stays one class), or ``similar:PATH``
-(`similar_to` the image at PATH); `target_text` writes a
-target back the same way.
+of the former, and a class name holding a hyphen stays one class), ``similar:PATH``
+(`similar_to` the image at PATH), or ``det:N`` (detection ``N`` of a detector,
+`convlens.detections.detection`); `target_text` writes a target back the same way.
 
 Ranked targets are resolved on the model output inside a method's own forward pass, so
 ``"top1"`` costs a method no extra forward (and `explain` reports the explained classes and
@@ -47,6 +47,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from convlens.detections import parse_detection
 from convlens.errors import TargetError
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
@@ -308,11 +309,12 @@ class Targets:
         """The explained scalar per row, ``Tensor[N]``, differentiable w.r.t. ``output``."""
         if self.fn is not None:
             scores = self.fn(output)
-            if not isinstance(scores, torch.Tensor) or scores.shape != (output.shape[0],):
+            rows = len(output)  # a Tensor[B, ...] or a detector's list of B dicts
+            if not isinstance(scores, torch.Tensor) or scores.shape != (rows,):
                 shape = getattr(scores, "shape", type(scores).__name__)
                 raise TargetError(
                     f"a target callable must return one score per image, a Tensor of shape "
-                    f"[{output.shape[0]}], not {shape}"
+                    f"[{rows}], not {shape}"
                 )
             return scores
         logits = self.class_scores(output)
@@ -366,12 +368,17 @@ class CopyTargets:
             return self.targets.subset(self.rows).score(output)
         picked, scores = [], []
         for rows_once in _rounds(self.rows):
-            own = self.rows[rows_once].to(self.clean.device)
-            batch = self.clean.index_copy(0, own, output[rows_once.to(output.device)])
+            if isinstance(self.clean, torch.Tensor):
+                own = self.rows[rows_once].to(self.clean.device)
+                batch = self.clean.index_copy(0, own, output[rows_once.to(output.device)])
+            else:  # a detector's list of per-image dicts
+                own, batch = self.rows[rows_once], list(self.clean)
+                for copy, row in zip(rows_once.tolist(), own.tolist(), strict=True):
+                    batch[row] = output[copy]
             scores.append(self.targets.score(batch)[own])
             picked.append(rows_once)
         if not picked:
-            return output.new_zeros(0)
+            return output.new_zeros(0) if isinstance(output, torch.Tensor) else torch.zeros(0)
         order = torch.cat(picked).argsort()
         return torch.cat(scores)[order.to(scores[0].device)]
 
@@ -391,6 +398,12 @@ def _rounds(rows: torch.Tensor) -> list[torch.Tensor]:
 
 
 def _logits(output: torch.Tensor) -> torch.Tensor:
+    if isinstance(output, (list, tuple)):
+        raise TargetError(
+            "class targets need a classifier output; this model returns a list (a detector's "
+            "detections?): explain one detection with target=convlens.detection(N) "
+            "(--target det:N)"
+        )
     if isinstance(output, torch.Tensor) and output.dim() == 1:  # a regression Tensor[B]
         return output[:, None]
     if not isinstance(output, torch.Tensor) or output.dim() != 2:
@@ -549,6 +562,8 @@ def parse_target(
         if not reference:
             raise TargetError("similar:PATH needs the reference image's path after the colon")
         return similar_to(reference)
+    if (found := parse_detection(text)) is not None:
+        return found
     if rather_than is not None and rather_than.strip():
         return contrast(_single_class(text), _single_class(rather_than))
     parts = _contrast_parts(text, labels)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from convlens.detections import detach_output
 from convlens.errors import ConvlensError, LayerError, MethodError, TargetError
 from convlens.layers.borrow import borrowed_model, require_autograd
 from convlens.layers.capture import capture
@@ -147,7 +148,7 @@ def input_gradient(
         output = module(inputs)
         scores = targets.score(output)
         (gradient,) = torch.autograd.grad(scores.sum(), inputs)
-    return gradient, output.detach()
+    return gradient, detach_output(output)
 
 
 def layer_gradient(
@@ -163,7 +164,7 @@ def layer_gradient(
         check_spatial(layer, activation)
         scores = targets.score(output)
         (gradient,) = torch.autograd.grad(scores.sum(), activation)
-    return activation.detach(), gradient, output.detach()
+    return activation.detach(), gradient, detach_output(output)
 
 
 def reduce_channels(attribution: torch.Tensor, how: str) -> torch.Tensor:
@@ -188,6 +189,7 @@ def pin_ranked_targets(module: nn.Module, images: torch.Tensor, targets: Targets
     forward pass only when some target is ranked."""
     selectors = [s for s in (targets.positive, targets.negative) if s is not None]
     unpinned = targets.region is not None and targets.region.predicted
+    unpinned = unpinned or getattr(targets.fn, "pin", None) is not None  # a detection target
     if not unpinned and not any(bool((s.ranks >= 0).any()) for s in selectors):
         return targets
     with torch.no_grad():
@@ -199,8 +201,9 @@ def fix_ranked_targets(targets: Targets, output: torch.Tensor) -> Targets:
     """`pin_ranked_targets` given the output ``Tensor[N, K]`` of the unperturbed images (or
     ``Tensor[N, K, H, W]`` of a segmentation model, whose predicted-mask region is pinned
     too: copies then sum each class over the clean prediction's mask)."""
-    if targets.fn is not None:
-        return targets
+    if targets.fn is not None:  # a detection target pins its reference detections
+        pin = getattr(targets.fn, "pin", None)
+        return targets if pin is None else dataclasses.replace(targets, fn=pin(output))
     region = targets.region
     if region is None and isinstance(output, torch.Tensor) and output.dim() == 4:
         region = RegionSelector()

@@ -19,6 +19,7 @@ from convlens.attribution.methods import get_method, list_methods
 from convlens.attribution.registry import MethodInfo, MethodResult
 from convlens.data.folders import replaced_folder
 from convlens.data.images import ImageBatch, load_images
+from convlens.detections import Detection, detach_output, is_detections, top_detections
 from convlens.errors import ConvlensError, MethodError
 from convlens.files import LEDGER, atomic_file, owned, write_json
 from convlens.layers.borrow import borrowed_model
@@ -352,6 +353,9 @@ def _score_output(model: nn.Module | LoadedModel, targets: Targets, output) -> _
         class_ids = None  # a regression output: the score is the output, no class to name
     probabilities, names, against, against_names, against_p = None, None, None, None, None
     label = model.label if isinstance(model, LoadedModel) else (lambda c: f"class {c}")
+    if isinstance(targets.fn, Detection):  # the explained detection's class, no softmax
+        class_ids = targets.fn.pin(output).references[1]
+        return _Scored(targets, scores, class_ids, None, [label(int(c)) for c in class_ids])
     if class_ids is not None:
         probabilities = targets.probabilities(output, class_ids)
         names = [label(int(c)) for c in class_ids]
@@ -377,6 +381,9 @@ def _run_method(
     seconds = time.perf_counter() - start
     scored = _score_output(model, targets, result.output)
     rows = targets.image_index
+    extras = result.extras
+    if isinstance(targets.fn, Detection):  # the explained box, for the panel and the JSON
+        extras = {"box": targets.fn.pin(result.output).references[0]} | extras
     return Explanation(
         maps=result.maps.detach(),
         method=info.name,
@@ -390,8 +397,8 @@ def _run_method(
         display=None if display is None else display[rows.numpy()],
         seconds=seconds,
         target=targets.spec,
-        extras=result.extras,
-        output=result.output.detach(),
+        extras=extras,
+        output=detach_output(result.output),
         rather_than_ids=scored.rather_than_ids,
         rather_than_names=scored.rather_than_names,
         gradient=result.gradient,
@@ -500,7 +507,24 @@ def predictions_from_output(
     """`top_predictions` from a model output already computed (``Tensor[B, K]``, or
     ``[B, K, H, W]`` for segmentation; for instance ``Explanation.output``), without a
     forward pass. A regression output (``Tensor[B]`` or ``[B, 1]``) gives one entry per
-    image, ``{"class_id": None, "label": "output", "value", "probability": None}``."""
+    image, ``{"class_id": None, "label": "output", "value", "probability": None}``. A
+    detector's output (a list of dicts) gives its first ``k`` detections, the detection
+    score as ``probability`` and the ``box`` besides."""
+    label = model.label if isinstance(model, LoadedModel) else (lambda c: f"class {c}")
+    if is_detections(output):
+        found = top_detections(output, k)
+        return [
+            [
+                {
+                    "class_id": d["class_id"],
+                    "label": label(d["class_id"]),
+                    "probability": d["score"],
+                }
+                | {"box": d["box"]}
+                for d in row
+            ]
+            for row in found
+        ]
     if output.dim() == 1 or (output.dim() == 2 and output.shape[1] == 1):
         return [
             [{"class_id": None, "label": "output", "value": float(v), "probability": None}]
@@ -510,7 +534,6 @@ def predictions_from_output(
     if probabilities.dim() == 4:  # a segmentation output: each class's mean over the pixels
         probabilities = probabilities.mean((2, 3))
     values, indices = probabilities.topk(min(k, probabilities.shape[1]), dim=1)
-    label = model.label if isinstance(model, LoadedModel) else (lambda c: f"class {c}")
     return [
         [
             {"class_id": int(c), "label": label(int(c)), "probability": float(p)}

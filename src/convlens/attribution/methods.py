@@ -9,6 +9,7 @@ from convlens.attribution import (  # noqa: F401  (register)
     black_box,
     cam,
     cam_variants,
+    detection,
     fullgrad,
     gradients,
     head_maps,

@@ -49,7 +49,8 @@ def explain_command(
         typer.Option(
             "--target",
             "-t",
-            help="top1, topK, a class id or name, or A-B: why A rather than B.",
+            help="top1, topK, a class id or name, A-B: why A rather than B, or det:N "
+            "(a detector's detection N).",
         ),
     ] = "top1",
     contrast_with: Annotated[
@@ -269,6 +270,8 @@ def _explain_one_image(
 ) -> dict:
     """Run every method on one image; write the panel (``stem.png``/.pdf/.svg, only when a
     method succeeded) and ``stem.json``."""
+    import copy
+
     from convlens.attribution.explain import (
         explain_methods,
         predictions_from_output,
@@ -308,6 +311,10 @@ def _explain_one_image(
         if item.method == "deconvnet"
     }
     tiles, methods = method_tiles(explanations, notes)
+    boxes = [item.extras["box"][0] for item in explanations if "box" in item.extras]
+    if boxes:  # a detection target: the panel outlines the explained detection's box
+        picture = copy.copy(picture)
+        picture.region = tuple(float(v) for v in boxes[0].tolist())
     panel_path = None
     if tiles and picture.held is not None:  # drawn after the run, on the run's scale
         picture.held.append((batch.display[0], tiles, predictions[0], stem))

@@ -6,6 +6,7 @@ imported; this package imports every built-in one, so a name works as soon as
 
 from convlens.data.preprocess import IMAGENET_PREPROCESS, Preprocess
 from convlens.models import (  # noqa: F401  (register their names and file formats)
+    detector,
     efficientnet_lite,
     heads,
     scenes,

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 
 import torch
 
+from convlens.detections import is_detections
 from convlens.errors import TargetError
 
 OutputKey = str | int | None
@@ -66,9 +67,10 @@ def output_entries(output: object) -> dict[str | int, object] | None:
 def select_output(output: object, key: OutputKey = None) -> object:
     """The tensor of ``output`` a method explains (see the module docstring): ``output``
     itself when it is a tensor, else its entry ``key``, its only tensor, or its ``logits``.
-    Outputs that are neither tensors nor structures are handed back as they are."""
-    if isinstance(output, torch.Tensor):  # also the second of nested borrows: already picked
-        return output
+    Outputs that are neither tensors nor structures, and a detector's list of detections
+    (`convlens.detections.is_detections`), are handed back as they are."""
+    if isinstance(output, torch.Tensor) or is_detections(output):
+        return output  # a tensor: also the second of nested borrows, already picked
     entries = output_entries(output)
     if entries is None:
         return output
