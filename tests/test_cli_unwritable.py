@@ -21,6 +21,7 @@ WRITERS = {name for name, command in command_paths().items() if "--out" in optio
 # (a figure file, a page, weights, or a folder).
 CALLS = {
     "ablate": ([], "out.png"),
+    "attribute": (["shapes:4"], "out"),
     "embed": (["shapes:4"], "out"),
     "evaluate": ([], "out"),
     "evolution": (["--model", "run.pt"], "out.png"),
@@ -31,10 +32,12 @@ CALLS = {
     "neighbors": (["cat", "--index", "index"], "out.png"),
     "report": (["cat"], "report.html"),
     "scan": (["cat"], "out"),
+    "train detector-model": ([], "weights.pt"),
     "train head": (["cam"], "out"),
     "train scenes-model": ([], "weights.pt"),
     "train segmentation": ([], "out"),
     "train shapes-model": ([], "weights.pt"),
+    "train shortcut-model": (["--rate", "0.5"], "weights.pt"),
     "visualize": (["--class", "1"], "out.png"),
 }
 

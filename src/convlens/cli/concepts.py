@@ -123,7 +123,7 @@ def tcav_command(
 ) -> None:
     """TCAV (Kim et al. 2018): per layer, the share of --data images whose --class score
     grows along the concept's activation vector, and a t-test against random vectors
-    (Bonferroni over the layers). --json prints {"concept", "class", "layer", "score",
+    (Bonferroni over the layers). As JSON: {"concept", "class", "layer", "score",
     "p_value", "significant"} per layer."""
     from convlens.concepts.tcav import tcav
     from convlens.models import load_model

@@ -605,6 +605,7 @@ def train_detector_model_command(
     test_only: Annotated[
         bool, typer.Option("--test-only", help="Measure the weights in --out, do not train.")
     ] = False,
+    device: DeviceOption = "cpu",
     force: ForceOption = False,
 ) -> None:
     """Maintainer tool: train the synthetic-scenes detector and write its weights (default:
@@ -623,6 +624,7 @@ def train_detector_model_command(
         train_detector_model,
     )
 
+    _check_cpu_only(device)
     torch.set_num_threads(threads)
     out = out or WEIGHTS_FILE
     if test_only:
