@@ -191,11 +191,36 @@ def _retinanet():
     )
 
 
+def _fcos():
+    from torchvision.models.detection import FCOS
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.backbone_utils import mobilenet_backbone
+
+    backbone = mobilenet_backbone(
+        backbone_name="mobilenet_v3_small", weights=None, fpn=True, trainable_layers=6
+    )
+    anchors = AnchorGenerator(((8,), (16,), (32,)), ((1.0,),) * 3)
+    return FCOS(
+        backbone,
+        3,
+        anchor_generator=anchors,
+        min_size=64,
+        max_size=64,
+        score_thresh=0.0,
+        topk_candidates=20,
+        detections_per_img=5,
+    )
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("build", "layer"),
-    [(_faster_rcnn, "backbone.body.16"), (_retinanet, "backbone.fpn.layer_blocks.1")],
-    ids=["faster_rcnn", "retinanet"],
+    [
+        (_faster_rcnn, "backbone.body.16"),
+        (_retinanet, "backbone.fpn.layer_blocks.1"),
+        (_fcos, "backbone.fpn.layer_blocks.1"),
+    ],
+    ids=["faster_rcnn", "retinanet", "fcos"],
 )
 def test_gradcam_and_drise_on_torchvision_detectors(unchanged, build, layer):
     torch.manual_seed(0)
