@@ -48,7 +48,7 @@ def evaluate_command(
             "--limit",
             "-n",
             min=1,
-            help="How much data: images (default 50 shapes), scenes (default 60 "
+            help="How much data: images (default 50 shapes), scenes (default 20 "
             "shapes-multi, 40 counterfactual, 60 shortcut) or grids per size (default 1 "
             "gridpg). The defaults run every method in under 10 minutes on two CPU cores "
             "except gridpg (docs/evaluation.md).",
