@@ -62,3 +62,15 @@ def _assert_filled(lines: list[str]) -> None:
     room = WIDTH - 2  # one column of margin on each side
     for line, following in zip(lines, lines[1:], strict=False):
         assert len(line) + 1 + len(following.split()[0]) > room, (line, following)
+
+
+def test_evaluate_limit_help_states_the_default_limits():
+    import typer
+
+    from convlens.evaluate.benchmark import DEFAULT_LIMITS
+
+    command = typer.main.get_command(app).commands["evaluate"]
+    (limit,) = [p for p in command.params if p.name == "limit"]
+    words = " ".join(limit.help.replace(",", " ").replace(")", " ").split())
+    for benchmark, default in DEFAULT_LIMITS.items():
+        assert f"{default} {benchmark} " in words, benchmark

@@ -11,7 +11,13 @@ from tests.helpers.networks import small_convnet
 from torch import nn
 
 from convlens import explain
-from convlens.attribution.black_box import rise, rise_masks
+from convlens.attribution.black_box import (
+    blur_perturbation,
+    blur_pyramid,
+    rise,
+    rise_masks,
+    smooth_mask,
+)
 from convlens.attribution.superpixels import superpixels
 from convlens.errors import MethodError
 
@@ -193,6 +199,29 @@ def test_extremal_perturbation_map_is_the_sum_of_each_areas_mask():
     ]
     torch.testing.assert_close(both, alone[0] + alone[1], atol=1e-5, rtol=1e-5)
     assert float(both.min()) >= 0 and float(both.max()) <= 2
+
+
+def test_extremal_perturbation_survives_masks_rounded_above_one():
+    """Regression (full-size GridPG crashed with "index -1 is out of bounds"): a Gaussian
+    kernel's weights sum to 1 + 1e-7 in float32, so parameters at 1 smooth to a mask just
+    above 1, whose blur level must be 0 (the image itself), not -1. One Adam step of size 1
+    puts every parameter at 0 or 1; the second step reads such a mask."""
+    ones = smooth_mask(torch.ones(1, 1, 8, 8), (16, 16), 1.0)
+    assert float(ones.max()) > 1.0  # the rounding this test is about still happens
+    images = _images(1)
+    pyramid = blur_pyramid(images, 2.0, 4)
+    torch.testing.assert_close(blur_perturbation(pyramid, ones), images, atol=1e-5, rtol=0)
+    maps = explain(
+        small_convnet().eval(),
+        images,
+        "extremal_perturbation",
+        steps=2,
+        stride=2,
+        area_weight=0.0,
+        learning_rate=1.0,
+    ).maps
+    assert maps.shape == (1, 16, 16) and bool(torch.isfinite(maps).all())
+    assert float(maps.min()) >= 0 and float(maps.max()) <= 1 + 1e-6
 
 
 @pytest.mark.parametrize("method", NEW_METHODS)

@@ -480,9 +480,14 @@ def test_leaderboard_table_ranks_by_maxboxacc_v2_shows_margins_and_missing_value
 
 def test_leaderboard_option_tables_name_registered_methods_and_their_options():
     from convlens.attribution import get_method
-    from convlens.evaluate.leaderboard import BOX_OPTIONS, GRID_OPTIONS, _method_options
+    from convlens.evaluate.leaderboard import (
+        BOX_OPTIONS,
+        GRID_OPTIONS,
+        SCENE_OPTIONS,
+        _method_options,
+    )
 
-    for table in (BOX_OPTIONS, GRID_OPTIONS):
+    for table in (BOX_OPTIONS, GRID_OPTIONS, SCENE_OPTIONS):
         for name, options in table.items():
             info = get_method(name)
             allowed = set(info.options) | ({"layer"} if info.uses_layer else set())
@@ -490,4 +495,5 @@ def test_leaderboard_option_tables_name_registered_methods_and_their_options():
     # occlusion's patch follows the side; the caller's options win over the table
     assert _method_options("occlusion", 64, None) == {"patch": 8, "stride": 4}
     assert _method_options("occlusion", 672, None, GRID_OPTIONS) == {"patch": 112, "stride": 112}
+    assert _method_options("occlusion", 64, None, SCENE_OPTIONS) == {"patch": 8, "stride": 8}
     assert _method_options("rise", 64, {"rise": {"n_masks": 8}})["n_masks"] == 8

@@ -171,7 +171,10 @@ def blur_perturbation(pyramid: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
     W]`` in [0, 1] (1 keeps the pixel sharp). Differentiable in ``mask``."""
     levels = len(pyramid)
     position = (1 - mask) * (levels - 1)
-    lower = position.floor().clamp(max=levels - 2)
+    # A mask smoothed from parameters at 1 can exceed 1 by a rounding error (a Gaussian
+    # kernel's weights sum to 1 + 1e-7 in float32): its position is then just below 0 and
+    # must read level 0, not level -1. The weight keeps its tiny offset so gradients flow.
+    lower = position.floor().clamp(min=0, max=levels - 2)
     weight = position - lower
     index = lower.long()
     below = torch.gather(pyramid, 0, index[None].expand(1, *pyramid.shape[1:]))[0]

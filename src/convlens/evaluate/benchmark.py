@@ -326,7 +326,7 @@ BENCHMARKS = {
 }
 DEFAULT_LIMITS = {
     "shapes": 50,
-    "shapes-multi": 60,
+    "shapes-multi": 20,
     "gridpg": 1,
     "counterfactual": 40,
     "shortcut": 60,

@@ -255,7 +255,12 @@ def evaluate_counterfactual(
     the share of rows whose class the model detects (logit > 0, sigmoid > 0.5). A method
     that raises a convlens error is recorded in ``errors`` and the others still run."""
     from convlens.evaluate.floors import FLOORS, floor_maps
-    from convlens.evaluate.leaderboard import Leaderboard, _method_options, explain_all
+    from convlens.evaluate.leaderboard import (
+        SCENE_OPTIONS,
+        Leaderboard,
+        _method_options,
+        explain_all,
+    )
 
     truth = cf.ground_truth()
     side = cf.tensor.shape[-1]
@@ -280,7 +285,7 @@ def evaluate_counterfactual(
     )
     for name in methods:
         try:
-            options = _method_options(name, side, method_options)
+            options = _method_options(name, side, method_options, SCENE_OPTIONS)
             maps, seconds = explain_all(model, truth, name, options, batch_size)
         except ConvlensError as error:
             board.errors[name] = str(error)

@@ -1,6 +1,7 @@
 """What every leaderboard shares: the `Leaderboard` record, method options and checks, and
 explaining a set of rows with one method (`explain_all`). Used by the box benchmarks
-(`convlens.evaluate.benchmark`) and GridPG (`convlens.evaluate.gridpg`)."""
+(`convlens.evaluate.benchmark`), GridPG (`convlens.evaluate.gridpg`), the counterfactual
+and shortcut benchmarks."""
 
 from __future__ import annotations
 
@@ -106,8 +107,17 @@ GRID_OPTIONS: dict[str, dict] = {
     "scorecam": {"layer": "blocks.2"},
     "ablationcam": {"layer": "blocks.2"},
 }
+# The counterfactual and planted-shortcut benchmarks: 64-pixel scenes like the box
+# benchmarks, but no deletion/insertion curves, so the perturbation methods are almost all of
+# the run (shortcut explains every scene on four models). Measured CPU per 64-pixel row, one
+# thread: extremal_perturbation 190 ms at 50 steps, rise 200 ms at 256 masks, occlusion
+# 170 ms at stride 4; every other method 55 ms or less (docs/evaluation.md).
+SCENE_OPTIONS: dict[str, dict] = BOX_OPTIONS | {
+    "rise": {"n_masks": 128},
+    "extremal_perturbation": {"steps": 30},
+}
 # occlusion's patch and stride as a fraction of the side: (patch, stride) divisors
-_OCCLUSION = {"box": (8, 16), "grid": (6, 6)}
+_OCCLUSION = {"box": (8, 16), "grid": (6, 6), "scene": (8, 8)}
 
 
 def _method_options(
@@ -117,14 +127,16 @@ def _method_options(
     table: dict[str, dict] | None = None,
 ) -> dict:
     """Keyword arguments of method ``name`` on images of ``side`` pixels: the leaderboard's
-    ``table`` (default `BOX_OPTIONS`; GridPG passes `GRID_OPTIONS`), occlusion's patch and
-    stride (side / 8 and side / 16; side / 6 for both on GridPG), updated by
+    ``table`` (default `BOX_OPTIONS`; GridPG passes `GRID_OPTIONS`, the counterfactual and
+    shortcut benchmarks `SCENE_OPTIONS`), occlusion's patch and stride (side / 8 and side / 16;
+    side / 6 for both on GridPG, side / 8 for both on the scene benchmarks), updated by
     ``method_options[name]``. A ``layer`` in ``table`` is kept only for the default model's
     architecture (it names an EfficientNet block); ``method_options`` may name another."""
     table = BOX_OPTIONS if table is None else table
     defaults = dict(table.get(name, {}))
     if name == "occlusion":
-        patch, stride = _OCCLUSION["grid" if table is GRID_OPTIONS else "box"]
+        kind = {id(GRID_OPTIONS): "grid", id(SCENE_OPTIONS): "scene"}.get(id(table), "box")
+        patch, stride = _OCCLUSION[kind]
         defaults |= {"patch": max(2, side // patch), "stride": max(1, side // stride)}
     return defaults | (method_options or {}).get(name, {})
 

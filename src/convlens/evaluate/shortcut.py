@@ -48,7 +48,12 @@ from convlens.data.shortcuts import SHORTCUT_CLASS, ShortcutBatch, ShortcutScene
 from convlens.data.synthetic import TEST_SEED
 from convlens.errors import ConvlensError, DataError
 from convlens.evaluate.ground_truth import GroundTruth
-from convlens.evaluate.leaderboard import Leaderboard, _method_options, explain_all
+from convlens.evaluate.leaderboard import (
+    SCENE_OPTIONS,
+    Leaderboard,
+    _method_options,
+    explain_all,
+)
 from convlens.models.loading import LoadedModel
 from convlens.models.shortcuts import SHORTCUT_RATES, load_shortcut_model, shortcut_record
 from convlens.train.shortcuts import cue_effects
@@ -202,7 +207,7 @@ def evaluate_shortcut(
                 truth = GroundTruth(
                     m.model.preprocess.normalize(display), display, targets, [], None, []
                 )
-                options = _method_options(name, side, method_options)
+                options = _method_options(name, side, method_options, SCENE_OPTIONS)
                 maps[m.rate], spent = explain_all(m.model, truth, name, options, batch_size)
                 seconds += spent
         except ConvlensError as error:
