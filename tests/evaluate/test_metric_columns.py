@@ -21,6 +21,7 @@ from convlens.evaluate.leaderboard import _method_options, explain_all
 from convlens.evaluate.metric_columns import floor_function, method_function
 from convlens.evaluate.metrics_zoo import run_metric
 from convlens.models import load_model
+from convlens.render.leaderboard import leaderboard_note, leaderboard_table
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -54,9 +55,11 @@ def test_columns_equal_run_metric_on_the_same_maps_for_a_method_and_a_floor(run,
     pixels = torch.from_numpy(truth.display).permute(0, 3, 1, 2).float() / 255
     rows = {
         "cam": (maps, method_function("cam", options)),
-        "floor:edges": (floor_maps("floor:edges", pixels), floor_function("floor:edges", None)),
+        "floor:edges": (
+            floor_maps("floor:edges", pixels),
+            floor_function("floor:edges", model.preprocess),
+        ),
     }
-    rows["floor:edges"] = (rows["floor:edges"][0], floor_function("floor:edges", model.preprocess))
     with unchanged(model.module, truth.tensor):
         for row, (row_maps, method) in rows.items():
             for name in CHOSEN:
@@ -85,6 +88,9 @@ def test_keys_margins_and_settings_are_as_documented(run):
     assert all(f[f"{name}_margin"] is None for f in floors for name in CHOSEN)
     assert board.settings["metrics"]["complexity"]["higher_is_better"] is False
     assert set(board.settings["metric_seconds"]) == set(CHOSEN)
+    header, *rows = leaderboard_table(board, markdown=True).splitlines()
+    assert "| complexity(lower) | relevance_mass_accuracy(higher) |" in header
+    assert "<metric>_margin" in leaderboard_note(board)
 
 
 def test_a_mask_metric_without_masks_and_unknown_metrics_fail_before_any_work(run):
