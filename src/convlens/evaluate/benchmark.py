@@ -324,38 +324,13 @@ def _evaluate_one(
     return scores, curves, constant
 
 
-@dataclasses.dataclass
-class _MetricColumns:
-    """The zoo metrics of one run: scores maps as they come, adds margins at the end."""
-
-    model: LoadedModel
-    truth: GroundTruth
-    names: list[str]
-    options: dict[str, dict] | None
-    seconds: dict[str, float] = dataclasses.field(default_factory=dict)
-
-    def score(self, maps: torch.Tensor, method) -> dict:
-        from convlens.evaluate.metric_columns import metric_scores
-
-        return metric_scores(
-            self.model, self.truth, maps, method, self.names, self.options, self.seconds
-        )
-
-    def finish(self, board: Leaderboard) -> None:
-        from convlens.evaluate.metric_columns import add_metric_margins, metric_settings
-
-        add_metric_margins(board.scores, self.names)
-        board.settings["metrics"] = metric_settings(self.names, self.options)
-        board.settings["metric_seconds"] = dict(self.seconds)
-
-
-def _metric_columns(model, truth, metrics, options) -> _MetricColumns | None:
-    """The run's metric columns (names checked against the registry and the data), or None."""
+def _metric_columns(model, truth, metrics, options):
+    """The run's `MetricColumns` (names checked against the registry and the data), or None."""
     if not metrics:
         return None
-    from convlens.evaluate.metric_columns import check_metrics
+    from convlens.evaluate.metric_columns import MetricColumns, check_metrics
 
-    return _MetricColumns(model, truth, check_metrics(metrics, truth), options)
+    return MetricColumns(model, truth, check_metrics(metrics, truth), options)
 
 
 def _sanity_spearman(model, truth, name, options, count) -> tuple[float | None, int]:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 
@@ -132,6 +133,29 @@ def add_metric_margins(scores: dict[str, dict], names: Sequence[str]) -> None:
                 row[f"{name}_margin"] = value - best if higher else best - value
 
 
+@dataclass
+class MetricColumns:
+    """The metric columns of one leaderboard run: `score` each method's or floor's maps as
+    they come (``method``: `method_function` or `floor_function`), `finish` the board with
+    the margins and settings once every row is in."""
+
+    model: object
+    truth: GroundTruth
+    names: list[str]
+    options: dict[str, dict] | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def score(self, maps: torch.Tensor, method) -> dict[str, float | None]:
+        return metric_scores(
+            self.model, self.truth, maps, method, self.names, self.options, self.seconds
+        )
+
+    def finish(self, board) -> None:
+        add_metric_margins(board.scores, self.names)
+        board.settings["metrics"] = metric_settings(self.names, self.options)
+        board.settings["metric_seconds"] = dict(self.seconds)
+
+
 def metric_settings(names: Sequence[str], options: dict[str, dict] | None) -> dict:
     """What a board records about its metric columns (``settings["metrics"]``): per metric
     its direction, Quantus name and the options it ran with."""
@@ -149,6 +173,7 @@ def metric_settings(names: Sequence[str], options: dict[str, dict] | None) -> di
 
 __all__ = [
     "LEADERBOARD_METRIC_OPTIONS",
+    "MetricColumns",
     "add_metric_margins",
     "check_metrics",
     "floor_function",
