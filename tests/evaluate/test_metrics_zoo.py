@@ -16,7 +16,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from tests.helpers.networks import small_convnet
+from tests.helpers.networks import small_convnet, tiny_gap_classifier
 
 from convlens.errors import MetricError
 from convlens.evaluate import metrics_zoo as zoo
@@ -124,6 +124,7 @@ def test_registry_and_errors(case):
             targets,
             masks=masks,
             explain=gradient_map(net),
+            method=lambda model, x, t: gradient_map(model)(x, t),
             **({"samples": 2} if "sensitivity" in name or "lipschitz" in name else {}),
             **({"runs": 4} if name == "faithfulness_correlation" else {}),
         )
@@ -265,4 +266,99 @@ def test_local_lipschitz_equals_quantus_on_shared_noise(quantus, case):
     got = zoo.local_lipschitz_estimate(
         net, images, own, targets, explain=explain, noise=noise, normalise=False
     )
+    np.testing.assert_allclose(got.numpy(), expected, atol=1e-4)
+
+
+# ---------------------------------------------------------------- MPRT, efficient MPRT
+
+
+def test_randomised_model_redraws_every_layer_of_a_copy_from_its_seed(case, unchanged):
+    net, images, _, _, _ = case
+    rng = torch.random.get_rng_state()
+    seen = {}
+    with unchanged(net, images):
+        for order in ("top_down", "bottom_up"):
+            seen[order] = []
+            record = seen[order].append
+            zoo.randomised_model(net, images, seed=3, order=order, each=lambda n, _, r=record: r(n))
+        a, b = (zoo.randomised_model(net, images, seed=3) for _ in range(2))
+        c = zoo.randomised_model(net, images, seed=4)
+    assert torch.equal(torch.random.get_rng_state(), rng)  # the global generator is untouched
+    assert seen["top_down"] == ["7", "3", "1", "0"] == seen["bottom_up"][::-1]
+    for p, q, r, s in zip(
+        net.parameters(), a.parameters(), b.parameters(), c.parameters(), strict=True
+    ):
+        assert not torch.equal(p, q) and torch.equal(q, r) and not torch.equal(q, s)
+    with pytest.raises(MetricError, match="order"):
+        zoo.randomised_model(net, images, order="sideways")
+
+
+def test_a_map_that_ignores_the_model_fails_both_randomisation_tests(case, unchanged):
+    net, images, maps, targets, _ = case
+
+    def fixed(model, x, t):  # the same maps whatever the weights: what MPRT exists to catch
+        return maps
+
+    with unchanged(net, images, maps):
+        same = zoo.mprt(net, images, maps, targets, method=fixed)
+        mean = zoo.mprt(net, images, maps, targets, method=fixed, aggregate="mean")
+        rise = zoo.efficient_mprt(net, images, maps, targets, method=fixed)
+    assert torch.allclose(same, torch.ones(4, dtype=torch.float64))
+    assert torch.allclose(mean, torch.ones(4, dtype=torch.float64))
+    assert torch.equal(rise, torch.zeros(4, dtype=torch.float64))
+    with pytest.raises(MetricError, match="method=callable"):
+        zoo.mprt(net, images, maps, targets)
+    flat = torch.ones(4, SIDE, SIDE)  # no entropy to rise from: undefined
+    assert torch.isnan(zoo.efficient_mprt(net, images, flat, targets, method=fixed)).all()
+
+
+def _replay_quantus(quantus, metric, net, images, maps, targets, method, seed, monkeypatch):
+    """Run a Quantus randomisation metric so that it draws the weights convlens draws:
+    Quantus re-seeds the global generator with ``seed + 1`` before each layer; with that
+    re-seeding disabled and the generator seeded once with ``seed``, both re-draw the same
+    layers (this net's call order is its definition order) from one stream, in order."""
+
+    def quantus_explain(model, inputs, targets, **kwargs):
+        x = torch.from_numpy(np.asarray(inputs, dtype=np.float32))
+        return method(model, x, torch.from_numpy(np.asarray(targets)).long()).numpy()[:, None]
+
+    torch.manual_seed(seed)
+    with monkeypatch.context() as patch:
+        patch.setattr(torch, "manual_seed", lambda *args, **kwargs: None)
+        return _call(metric, net, images, maps, targets, explain_func=quantus_explain)
+
+
+@pytest.mark.parametrize("aggregate", ["last", "mean"])
+def test_mprt_equals_quantus_on_shared_draws(quantus, monkeypatch, aggregate):
+    net = tiny_gap_classifier().eval()
+    images = torch.randn(4, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(2))
+    targets = torch.tensor([0, 1, 2, 4])
+
+    def method(model, x, t):
+        return gradient_map(model)(x, t)
+
+    maps = method(net, images, targets)
+    options = {"return_last_correlation": True, "skip_layers": True}
+    if aggregate == "mean":
+        options = {"return_average_correlation": True}
+    metric = quantus.MPRT(seed=5, disable_warnings=True, **options)
+    expected = _replay_quantus(quantus, metric, net, images, maps, targets, method, 5, monkeypatch)
+    got = zoo.mprt(net, images, maps, targets, method=method, seed=5, aggregate=aggregate)
+    assert not np.isnan(expected).all()
+    np.testing.assert_allclose(got.numpy(), expected, atol=1e-4)
+
+
+def test_efficient_mprt_equals_quantus_on_shared_draws(quantus, monkeypatch):
+    net = tiny_gap_classifier().eval()
+    images = torch.randn(4, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(2))
+    targets = torch.tensor([0, 1, 2, 4])
+
+    def method(model, x, t):
+        return gradient_map(model)(x, t)
+
+    maps = method(net, images, targets)
+    metric = quantus.EfficientMPRT(seed=5, disable_warnings=True)
+    expected = _replay_quantus(quantus, metric, net, images, maps, targets, method, 5, monkeypatch)
+    got = zoo.efficient_mprt(net, images, maps, targets, method=method, seed=5)
+    assert np.isfinite(expected).all()
     np.testing.assert_allclose(got.numpy(), expected, atol=1e-4)

@@ -84,6 +84,18 @@ def evaluate_command(
             "passes): those two columns are left empty (null in JSON), the others do not change.",
         ),
     ] = False,
+    metrics: Annotated[
+        str | None,
+        typer.Option(
+            "--metrics",
+            help="Metric columns on the box benchmarks (shapes, shapes-multi): names from "
+            "the metric zoo (docs/metrics.md), comma separated, or 'all'. Each method's and "
+            "floor's maps are scored by each metric on the run's rows (--limit images); "
+            "the JSON adds <metric> and <metric>_margin (over the best floor). Some "
+            "metrics re-run the method many times per image: docs/metrics.md gives the "
+            "cost.",
+        ),
+    ] = None,
     grid_scale: Annotated[
         str,
         typer.Option(
@@ -124,6 +136,7 @@ def evaluate_command(
         )
     benchmark = _chosen_benchmark(benchmark, data)
     names = method_names(methods_alias or method)
+    chosen_metrics = _chosen_metrics(metrics, benchmark)
     if out is not None:  # before any work
         check_folder(out, ("leaderboard.json", "curves.png", "sanity.png"), force)
     progress = None if as_json else _counted_progress(names, limit)
@@ -133,6 +146,8 @@ def evaluate_command(
         cascade["curve_steps"] = curve_steps
     if no_faithfulness:
         cascade["faithfulness"] = False
+    if chosen_metrics:
+        cascade["metrics"] = chosen_metrics
     if benchmark == "gridpg":
         cascade["grid_scale"] = _grid_scale(grid_scale)
     elif grid_scale != "full":
@@ -194,6 +209,27 @@ def _chosen_benchmark(benchmark: str | None, data: str | None) -> str:
             param_hint="--benchmark",
         )
     return benchmark
+
+
+def _chosen_metrics(spec: str | None, benchmark: str) -> list[str]:
+    """``--metrics`` as checked metric names (usage errors, exit 2: an unknown name, or a
+    benchmark without per-row images, classes and masks)."""
+    if spec is None:
+        return []
+    from convlens.errors import MetricError
+    from convlens.evaluate.metrics_zoo import metric_names
+
+    try:
+        names = metric_names(spec)
+    except MetricError as error:
+        raise typer.BadParameter(str(error), param_hint="--metrics") from error
+    if benchmark not in ("shapes", "shapes-multi"):
+        raise typer.BadParameter(
+            f"metric columns are scored on the box benchmarks (shapes, shapes-multi); "
+            f"--benchmark {benchmark} has no rows of image, class and mask: drop --metrics",
+            param_hint="--metrics",
+        )
+    return names
 
 
 def _grid_scale(scale: str) -> str:

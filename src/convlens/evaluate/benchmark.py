@@ -80,6 +80,8 @@ def evaluate_methods(
     cascade_methods: Sequence[str] | None = None,
     floors: bool = True,
     faithfulness: bool = True,
+    metrics: Sequence[str] | None = None,
+    metric_options: dict[str, dict] | None = None,
 ) -> Leaderboard:
     """Run ``methods`` (default: every registered one) on ``data`` and score their maps.
 
@@ -106,6 +108,13 @@ def evaluate_methods(
         faithfulness: run the deletion/insertion curves (most of a run's forward passes).
             False: ``deletion_auc`` and ``insertion_auc`` are None, ``curves`` stays empty,
             ``settings["curve_steps"]`` is None, and every other score is the same.
+        metrics: names of `convlens.evaluate.metrics_zoo.METRICS` to add as columns: each
+            method's and floor's maps are scored on every row, ``scores[name][metric]`` is
+            the mean and ``scores[name][metric + "_margin"]`` the margin over the best floor
+            (`convlens.evaluate.metric_columns`); ``settings["metrics"]`` records their
+            direction and options, ``settings["metric_seconds"]`` their time. Default: none.
+        metric_options: keyword arguments per metric name, on top of
+            `convlens.evaluate.metric_columns.LEADERBOARD_METRIC_OPTIONS`.
 
     Returns a `Leaderboard`. A method that raises a convlens error is recorded in
     ``errors`` and the others still run. The data's images follow the model (its device
@@ -117,6 +126,7 @@ def evaluate_methods(
     truth = dataclasses.replace(truth, tensor=model_input(model.module, truth.tensor))
     names = [m.name for m in list_methods()] if methods is None else list(methods)
     _check_methods(names)
+    chosen_metrics = _metric_columns(model, truth, metrics, metric_options)
     predictions = _predict(model, truth, batch_size)
     side = min(truth.tensor.shape[-2:])
     tolerance = 15 * side / 224 if pointing_tolerance is None else pointing_tolerance
@@ -151,6 +161,7 @@ def evaluate_methods(
                 sanity_images,
                 tolerance,
                 curve_cache,
+                chosen_metrics,
             )
         except ConvlensError as error:
             board.errors[name] = str(error)
@@ -162,8 +173,18 @@ def evaluate_methods(
         _report(progress, name, scores)
     if floors:
         _score_floors(
-            board, model, truth, predictions, tolerance, batch_size, progress, curve_cache
+            board,
+            model,
+            truth,
+            predictions,
+            tolerance,
+            batch_size,
+            progress,
+            curve_cache,
+            chosen_metrics,
         )
+    if chosen_metrics is not None:
+        chosen_metrics.finish(board)
     if cascade_images > 0 and board.scores:
         board.cascades = sanity_cascades(
             model, truth, _cascade_names(board, cascade_methods), cascade_images, method_options
@@ -187,7 +208,7 @@ def _report(progress, name: str, scores: dict) -> None:
 
 
 def _score_floors(
-    board, model, truth, predictions, tolerance, batch_size, progress, curve_cache
+    board, model, truth, predictions, tolerance, batch_size, progress, curve_cache, metrics=None
 ) -> None:
     """Score every floor of `FLOORS` on the displayed pixels, as rows of ``board``."""
     import time
@@ -212,6 +233,10 @@ def _score_floors(
             curve_cache=curve_cache,
         )
         scores |= {"sanity_spearman": None, "ms_per_image": 1000.0 * seconds / len(truth)}
+        if metrics is not None:
+            from convlens.evaluate.metric_columns import floor_function
+
+            scores |= metrics.score(maps, floor_function(name, model.preprocess))
         _record(board, name, scores, curves)
         _report(progress, name, scores)
 
@@ -274,6 +299,7 @@ def _evaluate_one(
     sanity_images,
     tolerance,
     curve_cache,
+    metrics=None,
 ) -> tuple[dict, dict, int]:
     from convlens.evaluate.map_scores import score_maps
 
@@ -291,7 +317,20 @@ def _evaluate_one(
     )
     sanity, constant = _sanity_spearman(model, truth, name, options, sanity_images)
     scores |= {"sanity_spearman": sanity, "ms_per_image": 1000.0 * method_seconds / len(truth)}
+    if metrics is not None:
+        from convlens.evaluate.metric_columns import method_function
+
+        scores |= metrics.score(maps, method_function(name, options))
     return scores, curves, constant
+
+
+def _metric_columns(model, truth, metrics, options):
+    """The run's `MetricColumns` (names checked against the registry and the data), or None."""
+    if not metrics:
+        return None
+    from convlens.evaluate.metric_columns import MetricColumns, check_metrics
+
+    return MetricColumns(model, truth, check_metrics(metrics, truth), options)
 
 
 def _sanity_spearman(model, truth, name, options, count) -> tuple[float | None, int]:
@@ -365,8 +404,10 @@ def evaluate_on_source(
       ``0 .. limit-1`` of stream ``seed`` with the shipped ``shortcut-*`` models (``model``
       must be None: the benchmark needs all of them).
 
-    ``limit`` defaults to `DEFAULT_LIMITS`. ``device``: run there (`convlens.resolve_device`),
-    moving the model back afterwards. ``trust_pickle``: see `convlens.load_model`."""
+    ``options`` go to `evaluate_methods` on the box benchmarks (``metrics``: metric columns,
+    only there: elsewhere `MetricError`). ``limit`` defaults to `DEFAULT_LIMITS`.
+    ``device``: run there (`convlens.resolve_device`), moving the model back afterwards.
+    ``trust_pickle``: see `convlens.load_model`."""
     from convlens.data.scenes import SyntheticScenes
     from convlens.data.synthetic import SyntheticShapes
     from convlens.evaluate.ground_truth import load_annotations
@@ -378,6 +419,7 @@ def evaluate_on_source(
     if device is not None:
         resolve_device(device)  # a missing device fails before any data is read
     limit = DEFAULT_LIMITS[benchmark] if limit is None else limit
+    _check_metric_benchmark(benchmark, options.get("metrics"))
     if benchmark == "shortcut":
         return _shortcut_on_source(model, methods, limit, data, seed, progress, device, options)
     loaded = load_model(model or BENCHMARKS[benchmark] or DEFAULT_MODEL, trust_pickle=trust_pickle)
@@ -401,6 +443,23 @@ def evaluate_on_source(
         truth = SyntheticShapes(limit, seed=seed, size=height)
     with placed_on(loaded.module, device):
         return evaluate_methods(loaded, truth, methods, limit, progress=progress, **options)
+
+
+def _check_metric_benchmark(benchmark: str, metrics) -> None:
+    """Metric columns need one map per row with the row's image and class (and masks for
+    the mask metrics): the box benchmarks have them; the others score maps another way."""
+    if not metrics:
+        return
+    from convlens.errors import MetricError
+    from convlens.evaluate.metric_columns import check_metrics
+
+    check_metrics(metrics)
+    if benchmark not in ("shapes", "shapes-multi"):
+        raise MetricError(
+            f"metric columns (--metrics) are scored on the box benchmarks (shapes, "
+            f"shapes-multi), whose rows have an image, a class and a mask; --benchmark "
+            f"{benchmark} has no such rows: drop --metrics or use --benchmark shapes-multi"
+        )
 
 
 def _gridpg_on_source(loaded, methods, limit, folder, seed, progress, device, options):

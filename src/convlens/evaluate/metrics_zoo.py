@@ -9,7 +9,11 @@ direction (``higher_is_better``), its Quantus class name and what else it needs:
 - ``targets``: ``Tensor[B]`` (int), the explained class of each image;
 - ``masks=`` (``needs`` holds ``"masks"``): bool ``Tensor[B, H, W]``, the ground truth;
 - ``explain=`` (``needs`` holds ``"explain"``): ``explain(images, targets) -> Tensor[B, H, W]``,
-  the method that made ``maps``, re-run on perturbed inputs or for other classes.
+  the method that made ``maps``, re-run on perturbed inputs or for other classes;
+- ``method=`` (``needs`` holds ``"method"``): ``method(model, images, targets) -> Tensor[B, H,
+  W]``, the same method with the model as an argument, re-run on randomised copies of the
+  model (MPRT, efficient MPRT). `run_metric` makes ``explain`` from ``method`` when only
+  ``method`` is given.
 
 `run_metric` passes each metric only what it needs. Scores follow Quantus's definitions and
 defaults (`docs/metrics.md` lists every formula, its paper and the one difference: Quantus
@@ -22,6 +26,8 @@ sets only how many perturbed images go through the model at once.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,9 +37,10 @@ import torch.nn.functional as F
 
 from convlens.errors import MetricError
 from convlens.layers.borrow import borrowed_model
-from convlens.models.loading import as_module
+from convlens.models.loading import LoadedModel, as_module
 
 Explain = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Method = Callable[[object, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -600,6 +607,167 @@ METRICS: dict[str, MetricSpec] = {
 }
 
 
+# ---------------------------------------------------------------- model randomisation
+# MPRT and efficient MPRT re-run the method on a copy of the model whose parameters are
+# re-drawn (`convlens.evaluate.sanity`: the layers of `parametrised_layers`, each re-drawn by
+# `randomize_layer`), so they take ``method(model, images, targets)`` instead of ``explain``.
+
+RANDOMISATION_ORDERS = ("top_down", "bottom_up")
+
+
+def randomised_model(
+    model,
+    images: torch.Tensor,
+    *,
+    seed: int = 42,
+    order: str = "top_down",
+    each: Callable[[str, object], None] | None = None,
+):
+    """A deep copy of ``model`` (a `LoadedModel` stays one) with every parametrised layer
+    re-drawn, one after another in ``order`` (``"top_down"``: logits first, as
+    `convlens.evaluate.parametrised_layers` lists them; ``"bottom_up"``: the input layer
+    first), from one generator seeded with ``seed`` (the global RNG state is left as it
+    was). ``each(layer, copy)`` is called after each layer (cascading: the copy keeps the
+    layers re-drawn before). ``model`` itself is never modified."""
+    from convlens.evaluate.sanity import parametrised_layers, randomize_layer
+
+    if order not in RANDOMISATION_ORDERS:
+        raise MetricError(f"order must be one of {RANDOMISATION_ORDERS}, got {order!r}")
+    module = as_module(model)
+    names = parametrised_layers(module, images)
+    if not names:
+        raise MetricError("the model has no parameters to randomise")
+    if order == "bottom_up":
+        names = names[::-1]
+    work = copy.deepcopy(module)
+    result = dataclasses.replace(model, module=work) if isinstance(model, LoadedModel) else work
+    by_name = dict(work.named_modules())
+    devices = [p.device for p in work.parameters() if p.device.type == "cuda"][:1]
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for name in names:
+            randomize_layer(by_name[name])
+            if each is not None:
+                each(name, result)
+    return result
+
+
+def _method_chunks(method: Method | None, model, images, targets, batch_size, metric: str):
+    if method is None:
+        raise MetricError(
+            f"{metric} re-runs the method on a randomised model: pass "
+            "method=callable(model, images, targets) -> Tensor[B, H, W]"
+        )
+    return _explain_chunks(lambda x, t: method(model, x, t), images, targets, batch_size)
+
+
+def mprt(
+    model,
+    images,
+    maps,
+    targets,
+    *,
+    method: Method | None = None,
+    seed: int = 42,
+    order: str = "top_down",
+    aggregate: str = "last",
+    absolute: bool = True,
+    batch_size: int = 256,
+):
+    """Model parameter randomisation test (Adebayo et al. 2018): Spearman rank correlation
+    between ``|maps|`` and ``|method(randomised model, images, targets)|`` (flattened; NaN
+    where either map is constant). ``aggregate="last"``: after every parametrised layer is
+    re-drawn (cascading, ``order``; Quantus's ``return_last_correlation``); ``"mean"``: the
+    mean over the unrandomised model and every cascade step (Quantus's
+    ``return_average_correlation``, which keeps the unrandomised model's entry). Lower is
+    better: the map should change when the weights it explains are gone."""
+    from convlens.evaluate.sanity import spearman
+
+    targets = _check(images, maps, targets)
+    if aggregate not in ("last", "mean"):
+        raise MetricError(f"aggregate must be 'last' or 'mean', got {aggregate!r}")
+    a = maps.detach().float().cpu()
+    a = a.abs() if absolute else a
+
+    def similarity(model_now) -> torch.Tensor:
+        b = _method_chunks(method, model_now, images, targets, batch_size, "mprt")
+        return spearman(a, b.abs() if absolute else b).double()
+
+    steps: list[torch.Tensor] = []
+    if aggregate == "mean":
+        steps.append(similarity(model))
+    record = (lambda _, copy_: steps.append(similarity(copy_))) if aggregate == "mean" else None
+    randomised = randomised_model(model, images, seed=seed, order=order, each=record)
+    if aggregate == "last":
+        return similarity(randomised)
+    return torch.stack(steps).mean(0)
+
+
+def discrete_entropy(maps: torch.Tensor, n_bins: int = 100) -> torch.Tensor:
+    """``Tensor[B]`` float64: the Shannon entropy (natural log) of each map's histogram of
+    ``n_bins`` equal bins between its smallest and largest value (NumPy's ``histogram``; a
+    constant map has one full bin: entropy 0)."""
+    from scipy.stats import entropy
+
+    flat = maps.detach().reshape(len(maps), -1).float().cpu().numpy()
+    values = [entropy(np.histogram(row, bins=n_bins)[0]) for row in flat]
+    return torch.tensor(values, dtype=torch.float64)
+
+
+def efficient_mprt(
+    model,
+    images,
+    maps,
+    targets,
+    *,
+    method: Method | None = None,
+    seed: int = 42,
+    order: str = "bottom_up",
+    n_bins: int = 100,
+    absolute: bool = False,
+    batch_size: int = 256,
+):
+    """Efficient MPRT (Hedström et al. 2024): the relative rise of the map's complexity when
+    every parametrised layer is re-drawn, ``(H(a') - H(a)) / H(a)`` with ``H`` the
+    `discrete_entropy` of ``n_bins`` bins, ``a`` the maps and ``a'`` the method's maps on
+    the fully randomised model (cascading in ``order``, bottom-up by default as the paper
+    recommends). NaN where ``H(a) = 0`` (a constant map). Higher is better: a map of a
+    model with random weights should look like noise."""
+    targets = _check(images, maps, targets)
+    randomised = randomised_model(model, images, seed=seed, order=order)
+    b = _method_chunks(method, randomised, images, targets, batch_size, "efficient_mprt")
+    a = maps.detach()
+    if absolute:
+        a, b = a.abs(), b.abs()
+    before, after = discrete_entropy(a, n_bins), discrete_entropy(b, n_bins)
+    return torch.where(before > 0, (after - before) / before.where(before > 0, 1.0), torch.nan)
+
+
+METRICS.update(
+    {
+        spec.name: spec
+        for spec in (
+            MetricSpec(
+                "mprt",
+                mprt,
+                False,
+                "MPRT",
+                ("method",),
+                "Spearman of |map| with |map| of the fully randomised model",
+            ),
+            MetricSpec(
+                "efficient_mprt",
+                efficient_mprt,
+                True,
+                "EfficientMPRT",
+                ("method",),
+                "relative rise of the map's histogram entropy on the randomised model",
+            ),
+        )
+    }
+)
+
+
 def get_metric(name: str) -> MetricSpec:
     """The `MetricSpec` registered as ``name``."""
     if name not in METRICS:
@@ -626,13 +794,20 @@ def run_metric(
     *,
     masks: torch.Tensor | None = None,
     explain: Explain | None = None,
+    method: Method | None = None,
     **options,
 ) -> torch.Tensor:
     """Score ``maps`` with metric ``name``: ``Tensor[B]`` float64, NaN where undefined. Only
-    the context the metric needs (``masks``, ``explain``) is passed on; ``options`` go to
-    the metric function (its keyword arguments)."""
+    the context the metric needs (``masks``, ``explain``, ``method``) is passed on;
+    ``options`` go to the metric function (its keyword arguments). Without ``explain``,
+    ``method`` explains on ``model``: ``explain(x, t) = method(model, x, t)``."""
     spec = get_metric(name)
-    context = {"masks": masks, "explain": explain}
+    if explain is None and method is not None:
+
+        def explain(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+            return method(model, images, targets)
+
+    context = {"masks": masks, "explain": explain, "method": method}
     extra = {key: context[key] for key in spec.needs}
     return spec.function(model, images, maps, targets, **extra, **options)
 
@@ -645,8 +820,11 @@ __all__ = [
     "faithfulness_correlation",
     "get_metric",
     "local_lipschitz_estimate",
+    "efficient_mprt",
     "max_sensitivity",
     "metric_names",
+    "mprt",
+    "randomised_model",
     "prepared",
     "random_logit",
     "random_subsets",

@@ -90,10 +90,29 @@ def _constant_cell(board, name: str) -> str:
     return "-" if count is None or total is None else f"{count}/{total}"
 
 
+METRICS_NOTE = (
+    "Metric columns (--metrics): each metric's mean over the rows where it is defined, for the\n"
+    "methods and the floors alike; (higher)/(lower): which way is better. The margin of each\n"
+    "method over the best floor on each metric is in the JSON as <metric>_margin."
+)
+
+
 def leaderboard_note(board) -> str:
-    """The legend printed under `leaderboard_table` for this kind of board."""
+    """The legend printed under `leaderboard_table` for this kind of board (with the metric
+    columns' legend when the run has them)."""
     notes = {"gridpg": GRIDPG_NOTE, "cf_spearman": CF_NOTE, "shortcut_corr": SHORTCUT_NOTE}
-    return notes.get(board.headline, LEADERBOARD_NOTE)
+    note = notes.get(board.headline, LEADERBOARD_NOTE)
+    return note + "\n" + METRICS_NOTE if board.settings.get("metrics") else note
+
+
+def _metric_columns(board) -> tuple:
+    """``(key, title, pattern)`` of each metric column the run asked for
+    (``board.settings["metrics"]``: name -> ``{"higher_is_better": ...}``)."""
+    chosen = board.settings.get("metrics") or {}
+    return tuple(
+        (name, f"{name}({'higher' if info['higher_is_better'] else 'lower'})", "{:.3f}")
+        for name, info in chosen.items()
+    )
 
 
 def _table(board) -> tuple[list[str], list[list[str]]]:
@@ -103,9 +122,9 @@ def _table(board) -> tuple[list[str], list[list[str]]]:
         "gridpg": GRIDPG_COLUMNS,
         "cf_spearman": CF_COLUMNS,
         "shortcut_corr": SHORTCUT_COLUMNS,
-    }.get(board.headline, COLUMNS)
+    }.get(board.headline, COLUMNS) + _metric_columns(board)
     margins = board.margins()
-    shortcut = columns is SHORTCUT_COLUMNS
+    shortcut = board.headline == "shortcut_corr"
     slope_margins = board.margins("shortcut_slope") if shortcut else {}
     header = ["method"] + [title for _, title, _ in columns] + ([CONSTANT_TITLE] if boxes else [])
     rows = []
