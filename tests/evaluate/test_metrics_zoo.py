@@ -127,6 +127,10 @@ def test_registry_and_errors(case):
             method=lambda model, x, t: gradient_map(model)(x, t),
             **({"samples": 2} if "sensitivity" in name or "lipschitz" in name else {}),
             **({"runs": 4} if name == "faithfulness_correlation" else {}),
+            **({"percentages": (10, 60)} if name.startswith("road") else {}),
+            **(
+                {"samples": 2, "features_in_step": 96} if name == "monotonicity_correlation" else {}
+            ),
         )
         assert scores.shape == (4,) and scores.dtype == torch.float64, name
         assert isinstance(spec.higher_is_better, bool)
@@ -362,3 +366,135 @@ def test_efficient_mprt_equals_quantus_on_shared_draws(quantus, monkeypatch):
     got = zoo.efficient_mprt(net, images, maps, targets, method=method, seed=5)
     assert np.isfinite(expected).all()
     np.testing.assert_allclose(got.numpy(), expected, atol=1e-4)
+# ------------------------------------------ ROAD, IROF, infidelity, monotonicity
+# Quantus 0.6's ROAD and IROF run only on one-channel images (with three channels ROAD indexes
+# its pixel mask with channel-value indices and IROF asserts a one-channel mask has the
+# image's shape); their parity tests use one-channel inputs, and `linear_imputation` is
+# also compared on three channels directly.
+
+
+def gray_case():
+    """A seeded linear 3-class model on one-channel 16 px images, whose top class moves when
+    pixels are imputed, with four images, maps (largest |value| 1) and the predicted classes."""
+    torch.manual_seed(1)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(SIDE * SIDE, 3)).eval()
+    torch.manual_seed(0)
+    images = torch.rand(4, 1, SIDE, SIDE)
+    maps = torch.randn(4, SIDE, SIDE)
+    maps = maps / maps.abs().amax((1, 2), keepdim=True)
+    with torch.no_grad():
+        targets = net(images).argmax(1)
+    return net, images, maps, targets
+
+
+def test_infidelity_is_zero_for_a_linear_model_explained_by_its_weights():
+    # f(x) = w . x on one channel: every logit drop is exactly sum(w * (x - x_k))
+    net, images, _, _ = gray_case()
+    weights = net[1].weight.detach().view(3, SIDE, SIDE)
+    targets = torch.tensor([0, 1, 2, 0])
+    exact = zoo.infidelity(net, images, weights[targets], targets)
+    assert exact.abs().max() < 1e-8  # float32 logits
+    assert (zoo.infidelity(net, images, -weights[targets], targets) > 1e-3).all()
+
+
+def test_infidelity_equals_quantus(quantus, case, unchanged):
+    net, images, maps, targets, _ = case
+    metric = quantus.Infidelity(n_perturb_samples=1, disable_warnings=True)
+    expected = _call(metric, net, images, maps, targets)
+    with unchanged(net, images, maps):
+        got = zoo.infidelity(net, images, maps, targets)
+    # scores reach ~2e3 and Quantus sums the 768 products in float32: relative 1e-6
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-6, atol=1e-4)
+
+
+def test_monotonicity_correlation_equals_quantus_on_shared_draws(quantus, unchanged):
+    net, images, maps, targets = gray_case()
+    groups, samples = SIDE * SIDE // 32, 3
+    np.random.seed(4)  # Quantus draws one value per image, for each group then each sample
+    values = np.stack(
+        [[np.random.uniform(0, 1, size=4) for _ in range(samples)] for _ in range(groups)]
+    )
+    np.random.seed(4)
+    metric = quantus.MonotonicityCorrelation(
+        nr_samples=samples, features_in_step=32, disable_warnings=True
+    )
+    expected = _call(metric, net, images, maps, targets)
+    with unchanged(net, images, maps):
+        got = zoo.monotonicity_correlation(
+            net,
+            images,
+            maps,
+            targets,
+            samples=samples,
+            features_in_step=32,
+            values=torch.from_numpy(values).permute(2, 0, 1),
+        )
+    np.testing.assert_allclose(got.numpy(), expected, atol=1e-4)
+
+
+def test_irof_equals_quantus_run_image_by_image(quantus, monkeypatch, unchanged):
+    net, images, maps, targets = gray_case()
+    monkeypatch.setattr(np, "trapz", np.trapezoid, raising=False)  # gone in NumPy 2
+    # Quantus fills with the mean of its whole batch: one image per batch is the image's mean
+    metric = quantus.IROF(return_aggregate=False, disable_warnings=True)
+    expected = _call(metric, net, images, maps, targets, batch_size=1)
+    with unchanged(net, images, maps):
+        got = zoo.irof(net, images, maps, targets)
+    np.testing.assert_allclose(got.numpy(), expected, atol=1e-4)
+
+
+def test_linear_imputation_equals_quantus_on_three_channels(quantus):
+    from quantus.functions.perturb_func import noisy_linear_imputation
+
+    image = torch.rand(3, SIDE, SIDE, generator=torch.Generator().manual_seed(0))
+    removed = torch.randperm(SIDE * SIDE, generator=torch.Generator().manual_seed(1))[:150]
+    expected = noisy_linear_imputation(image.double().numpy(), removed.numpy(), noise=0.0)
+    got = zoo.linear_imputation(image, removed)
+    np.testing.assert_allclose(got.numpy(), expected.reshape(3, -1)[:, removed], atol=1e-9)
+    # each imputed value is the weighted mean of its neighbours (1/6 direct, 1/12 diagonal)
+    filled = image.double().clone().view(3, -1)
+    filled[:, removed] = got
+    filled = filled.view(1, 3, SIDE, SIDE)
+    kernel = torch.tensor([[1, 2, 1], [2, 0, 2], [1, 2, 1]], dtype=torch.float64) / 12
+    means = torch.nn.functional.conv2d(filled.transpose(0, 1), kernel[None, None], padding=1)
+    weight = torch.nn.functional.conv2d(
+        torch.ones(1, 1, SIDE, SIDE).double(), kernel[None, None], padding=1
+    )
+    means = (means / weight).view(3, -1)
+    assert torch.allclose(means[:, removed], got, atol=1e-9)
+
+
+def test_road_equals_quantus_on_shared_noise(quantus, monkeypatch, unchanged):
+    net, images, maps, targets = gray_case()
+    percentages = [5, 30, 60, 90]
+    draws = torch.randn(
+        len(percentages), 4, 1, SIDE, SIDE, generator=torch.Generator().manual_seed(2)
+    )
+    # Quantus draws noise for the removed pixels in its ranking order, image after image
+    replay = []
+    for column, percentage in enumerate(percentages):
+        for n in range(4):
+            ranked = np.argsort(-maps[n].flatten().numpy())[: int(SIDE * SIDE * percentage / 100)]
+            replay.append(draws[column, n].view(1, -1)[:, ranked].double().numpy())
+    replay = iter(replay)
+    monkeypatch.setattr(np.random, "randn", lambda *shape: next(replay).reshape(shape))
+    metric = quantus.ROAD(percentages=percentages, noise=0.3, disable_warnings=True)
+    expected = metric(
+        model=net,
+        x_batch=_np(images),
+        y_batch=targets.numpy(),
+        a_batch=_np(maps)[:, None],
+        channel_first=True,
+        device="cpu",
+    )  # {percentage: accuracy over the images}
+    monkeypatch.undo()
+    with unchanged(net, images, maps):
+        curve = zoo.road_curve(
+            net, images, maps, targets, percentages=percentages, noise=0.3, draws=draws
+        )
+    assert 0 < curve.mean() < 1  # the prediction moves: the comparison is not vacuous
+    np.testing.assert_allclose(curve.mean(0).numpy(), [expected[p] for p in percentages])
+    assert torch.equal(
+        zoo.road_morf(net, images, maps, targets, percentages=percentages, noise=0.3, draws=draws),
+        curve.mean(1),
+    )

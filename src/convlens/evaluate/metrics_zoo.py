@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from convlens.errors import MetricError
+from convlens.evaluate.sanity import spearman
 from convlens.layers.borrow import borrowed_model
 from convlens.models.loading import LoadedModel, as_module
 
@@ -534,6 +535,319 @@ def local_lipschitz_estimate(
     return values.nan_to_num(nan=-torch.inf).amax(1).nan_to_num(neginf=torch.nan)
 
 
+# ------------------------------------------ ROAD, IROF, infidelity, monotonicity
+
+# Rong et al. 2022: each removed pixel is the weighted mean of its 8 neighbours (weight 1/6
+# for the 4 direct ones, 1/12 for the diagonals), solved jointly for all removed pixels.
+_IMPUTATION_WEIGHTS = (
+    (1, 1, 1 / 12),
+    (0, 1, 1 / 6),
+    (-1, 1, 1 / 12),
+    (1, -1, 1 / 12),
+    (0, -1, 1 / 6),
+    (-1, -1, 1 / 12),
+    (1, 0, 1 / 6),
+    (-1, 0, 1 / 6),
+)
+
+
+def linear_imputation(image: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
+    """``Tensor[C, k]`` float64: the values that make each of the ``removed`` pixels (flat
+    ``H*W`` indices, ``LongTensor[k]``) of ``image`` ``Tensor[C, H, W]`` the weighted mean of
+    its neighbours inside the image (Rong et al. 2022's linear imputation, every channel on
+    its own; one sparse linear system, solved exactly)."""
+    from scipy.sparse import csc_matrix
+    from scipy.sparse.linalg import spsolve
+
+    channels, height, width = image.shape
+    x = image.detach().reshape(channels, -1).double().cpu().numpy()
+    removed = removed.cpu().numpy()
+    k = len(removed)
+    variable = np.full(height * width, -1)
+    variable[removed] = np.arange(k)
+    rows, cols = removed // width, removed % width
+    ids = np.arange(k)
+    lhs_rows, lhs_cols, lhs_values = [ids], [ids], []
+    rhs = np.zeros((k, channels))
+    diagonal = np.zeros(k)
+    for dr, dc, weight in _IMPUTATION_WEIGHTS:
+        r, c = rows + dr, cols + dc
+        inside = (r >= 0) & (r < height) & (c >= 0) & (c < width)
+        neighbour = r[inside] * width + c[inside]
+        own = ids[inside]
+        unknown = variable[neighbour] >= 0
+        lhs_rows.append(own[unknown])
+        lhs_cols.append(variable[neighbour[unknown]])
+        lhs_values.append(np.full(int(unknown.sum()), weight))
+        rhs[own[~unknown]] -= weight * x[:, neighbour[~unknown]].T
+        diagonal[inside] += weight
+    lhs = csc_matrix(
+        (
+            np.concatenate([-diagonal, *lhs_values]),
+            (np.concatenate(lhs_rows), np.concatenate(lhs_cols)),
+        ),
+        shape=(k, k),
+    )
+    solution = spsolve(lhs, rhs)
+    return torch.from_numpy(np.asarray(solution).reshape(k, channels).T.copy())
+
+
+def road_curve(
+    model,
+    images,
+    maps,
+    targets,
+    *,
+    order: str = "morf",
+    percentages=tuple(range(1, 100, 2)),
+    noise: float = 0.01,
+    seed: int = 0,
+    draws: torch.Tensor | None = None,
+    normalise=True,
+    absolute=False,
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """ROAD (Rong et al. 2022): ``Tensor[B, P]`` float64, 1 where the model's top class is
+    still the target after the ``int(H W p / 100)`` pixels with the highest map values
+    (``order="morf"``; ``"lerf"``: the lowest; ties in raster order) are replaced, in every
+    channel, by their noisy linear imputation (`linear_imputation` plus
+    ``noise * N(0, 1)``), one column per percentage ``p``. ``draws``:
+    ``Tensor[P, B, C, H, W]`` of N(0, 1) to use instead of drawing them (seeded by ``seed``;
+    only the removed pixels' draws are used)."""
+    targets = _check(images, maps, targets)
+    if order not in ("morf", "lerf"):
+        raise MetricError(f"order must be 'morf' or 'lerf', got {order!r}")
+    percentages = list(percentages)
+    if not percentages or min(percentages) < 0 or max(percentages) >= 100:
+        raise MetricError("percentages must be a non-empty list of values in [0, 100)")
+    batch, channels, height, width = images.shape
+    a = prepared(maps, normalise, absolute)
+    ranking = torch.sort(-a if order == "morf" else a, dim=1, stable=True).indices
+    generator = torch.Generator().manual_seed(seed)
+    curve = torch.zeros(batch, len(percentages), dtype=torch.float64)
+    with borrowed_model(as_module(model)), torch.no_grad():
+        for column, percentage in enumerate(percentages):
+            k = int(height * width * percentage / 100)
+            if draws is None:
+                step_draws = torch.randn(batch, channels, height * width, generator=generator)
+            else:
+                step_draws = torch.as_tensor(draws)[column].reshape(batch, channels, -1)
+            perturbed = images.detach().clone().reshape(batch, channels, -1)
+            for n in range(batch):
+                removed = ranking[n, :k]
+                if k:
+                    values = linear_imputation(images[n], removed)
+                    values = values + noise * step_draws[n][:, removed].double()
+                    perturbed[n][:, removed.to(images.device)] = values.to(images)
+            perturbed = perturbed.view_as(images)
+            for start in range(0, batch, batch_size):
+                chunk = perturbed[start : start + batch_size]
+                top = as_module(model)(chunk).argmax(1).cpu()
+                curve[start : start + batch_size, column] = (
+                    top == targets[start : start + batch_size]
+                ).double()
+    return curve
+
+
+def road_morf(model, images, maps, targets, **options):
+    """ROAD, most relevant first (Rong et al. 2022): the mean over the percentages of
+    `road_curve` (``order="morf"``), the share of removal levels at which the model still
+    predicts the target. Lower is better (removing what the map ranks first hurts)."""
+    return road_curve(model, images, maps, targets, order="morf", **options).mean(1)
+
+
+def road_lerf(model, images, maps, targets, **options):
+    """ROAD, least relevant first: the mean of `road_curve` with ``order="lerf"``. Higher is
+    better (removing what the map ranks last leaves the prediction)."""
+    return road_curve(model, images, maps, targets, order="lerf", **options).mean(1)
+
+
+def superpixels(images: torch.Tensor, n_segments: int = 100, compactness: float = 10.0):
+    """``LongTensor[B, H, W]``: SLIC superpixels of each image (``skimage.segmentation.slic``
+    on the channels-last image in float64, labels from 0), the segmentation Quantus uses."""
+    from skimage.segmentation import slic
+
+    out = [
+        slic(
+            image.detach().permute(1, 2, 0).double().cpu().numpy(),
+            n_segments=n_segments,
+            compactness=compactness,
+            start_label=0,
+        )
+        for image in images
+    ]
+    return torch.from_numpy(np.stack(out)).long()
+
+
+def irof(
+    model,
+    images,
+    maps,
+    targets,
+    *,
+    segments: torch.Tensor | None = None,
+    n_segments: int = 100,
+    softmax: bool = True,
+    normalise=True,
+    absolute=False,
+    batch_size: int = 256,
+):
+    """IROF (Rieger and Hansen 2020): the image's superpixels (`superpixels`, or
+    ``segments`` ``LongTensor[B, H, W]`` of labels 0..S-1) are replaced one after another,
+    in order of decreasing mean map value (ties: lower label first), each by the mean of
+    the image as it stands then (all channels and pixels); with ``c_t`` the target's softmax
+    probability (``softmax=False``: logit) after ``t`` segments, divided by the unperturbed
+    one, the score is the area over the curve ``S - trapezoid(c_1 .. c_S)`` (unit step).
+    Higher is better."""
+    targets = _check(images, maps, targets)
+    batch, channels, height, width = images.shape
+    if segments is None:
+        segments = superpixels(images, n_segments)
+    segments = torch.as_tensor(segments).long().cpu()
+    if segments.shape != maps.shape or segments.min() < 0:
+        raise MetricError("segments must be a LongTensor[B, H, W] of labels >= 0")
+    flat = segments.view(batch, -1)
+    count = int(flat.max()) + 1
+    present = torch.zeros(batch, count, dtype=torch.bool).scatter_(1, flat, True)
+    if (present.sum(1) < 2).any():
+        raise MetricError("IROF needs at least two superpixels per image")
+    a = prepared(maps, normalise, absolute)
+    sums = torch.zeros(batch, count, dtype=torch.float64).scatter_add_(1, flat, a)
+    sizes = torch.zeros(batch, count, dtype=torch.float64).scatter_add_(1, flat, torch.ones_like(a))
+    means = torch.where(present, sums / sizes.clamp(min=1), -torch.inf)
+    order = torch.sort(-means, dim=1, stable=True).indices  # absent labels last
+    steps = present.sum(1)
+    device_segments = flat.to(images.device)
+    curve = torch.zeros(batch, count, dtype=torch.float64)
+    with borrowed_model(as_module(model)), torch.no_grad():
+        y = _forward_scores(model, images, targets, batch_size, softmax)
+        x = images.detach().clone()
+        for t in range(int(steps.max())):
+            label = order[:, t].to(images.device)
+            fill = x.reshape(batch, -1).mean(1)
+            hit = (device_segments == label[:, None]).view(batch, 1, height, width)
+            x = torch.where(hit, fill[:, None, None, None], x)
+            curve[:, t] = _forward_scores(model, x, targets, batch_size, softmax) / y
+    positions = torch.arange(count)[None, :]
+    curve = torch.where(positions < steps[:, None], curve, 0.0)
+    last = curve.gather(1, (steps - 1)[:, None])[:, 0]
+    area = curve.sum(1) - (curve[:, 0] + last) / 2  # trapezoid over c_1 .. c_S
+    return steps.double() - area
+
+
+def infidelity(
+    model,
+    images,
+    maps,
+    targets,
+    *,
+    patch_sizes=(4,),
+    normalise=False,
+    absolute=False,
+    batch_size: int = 256,
+):
+    """Infidelity (Yeh et al. 2019) with Quantus 0.6's perturbations: for each patch size,
+    the square patches of the image (padded evenly to a multiple, as `selectivity`) go to the
+    image's smallest value cumulatively in raster order; after step ``k`` (patches 1..k
+    removed, ``I_k = x - x_k``) the squared error between the explanation's prediction of
+    the change, ``sum a * I_k`` (the map repeated over channels) and the real logit drop
+    ``f(x) - f(x_k)`` is recorded; the score is its mean over the steps, then over the patch
+    sizes. Lower is better."""
+    targets = _check(images, maps, targets)
+    batch, channels, height, width = images.shape
+    a = prepared(maps, normalise, absolute).view(batch, 1, height, width)
+    black = _black(images)
+    gap = (images.detach() - black).double().cpu().sum(1, keepdim=True)  # sum over channels
+    scores = []
+    with borrowed_model(as_module(model)), torch.no_grad():
+        y = _forward_scores(model, images, targets, batch_size)
+        for patch in patch_sizes:
+            if patch < 1:
+                raise MetricError(f"patch sizes must be >= 1, got {patch}")
+            pad_h, pad_w = _even_padding(height, patch), _even_padding(width, patch)
+            explained = F.avg_pool2d(F.pad(a * gap, (*pad_w, *pad_h)), patch) * patch**2
+            rows, cols = explained.shape[-2:]
+            predicted = explained.view(batch, -1).cumsum(1)
+            block = torch.arange(rows * cols).view(1, 1, rows, cols)
+            block = block.repeat_interleave(patch, 2).repeat_interleave(patch, 3)
+            block = block[..., pad_h[0] : pad_h[0] + height, pad_w[0] : pad_w[0] + width]
+            block = block.to(images.device)
+            steps = rows * cols
+            drops = torch.zeros(batch, steps, dtype=torch.float64)
+            pairs = torch.cartesian_prod(torch.arange(steps), torch.arange(batch))
+            for chunk in pairs.split(batch_size):
+                k, n = chunk[:, 0], chunk[:, 1]
+                removed = block <= k.to(images.device)[:, None, None, None]
+                x = torch.where(removed, black[n], images[n])
+                drops[n, k] = y[n] - _forward_scores(model, x, targets[n], len(x))
+            scores.append(((drops - predicted) ** 2).mean(1))
+    return torch.stack(scores, 1).mean(1)
+
+
+def monotonicity_correlation(
+    model,
+    images,
+    maps,
+    targets,
+    *,
+    samples: int = 100,
+    features_in_step: int = 1,
+    eps: float = 1e-5,
+    softmax: bool = True,
+    seed: int = 0,
+    values: torch.Tensor | None = None,
+    normalise=True,
+    absolute=True,
+    batch_size: int = 256,
+):
+    """Monotonicity correlation (Nguyen and Martinez 2020): the input features (channel
+    values; pixels in order of increasing map value, ties in raster order, each pixel's
+    channels together) are taken ``features_in_step`` at a time; each group is set, alone,
+    ``samples`` times to a value drawn from U(0, 1) (one per image and draw), and the
+    variance it causes, ``mean (f(x') - f(x))^2 / f(x)^2`` (``f``: the target's softmax
+    probability, ``softmax=False``: logit; no division where ``|f(x)| < eps``), is compared
+    with the group's map sum: the score is their Spearman correlation over the groups.
+    Higher is better. ``values``: ``Tensor[B, groups, samples]`` to use instead of drawing
+    them (seeded by ``seed``). Equals Quantus when ``features_in_step`` is a multiple of the
+    channel count (Quantus orders equal values, a pixel's channels, in NumPy's order)."""
+    targets = _check(images, maps, targets)
+    if samples < 1 or features_in_step < 1:
+        raise MetricError("samples and features_in_step must be >= 1")
+    batch, channels, height, width = images.shape
+    a = prepared(maps, normalise, absolute)
+    pixel_order = torch.sort(a, dim=1, stable=True).indices
+    features = (pixel_order[:, :, None] + torch.arange(channels) * height * width).reshape(
+        batch, -1
+    )
+    total = features.shape[1]
+    groups = -(-total // features_in_step)
+    if values is None:
+        generator = torch.Generator().manual_seed(seed)
+        values = torch.rand(batch, groups, samples, generator=generator)
+    values = torch.as_tensor(values)
+    if values.shape != (batch, groups, samples):
+        raise MetricError(f"values must be a Tensor[B, {groups}, {samples}]")
+    attribution = a.repeat(1, channels).gather(1, features)
+    padded = F.pad(attribution, (0, groups * features_in_step - total))
+    atts = padded.view(batch, groups, features_in_step).sum(2)
+    group_of = torch.empty_like(features)
+    group_of.scatter_(1, features, (torch.arange(total) // features_in_step).expand(batch, -1))
+    group_of = group_of.view(batch, channels, height, width).to(images.device)
+    variance = torch.zeros(batch, groups, samples, dtype=torch.float64)
+    triples = torch.cartesian_prod(torch.arange(groups), torch.arange(samples), torch.arange(batch))
+    with borrowed_model(as_module(model)), torch.no_grad():
+        y = _forward_scores(model, images, targets, batch_size, softmax)
+        for chunk in triples.split(batch_size):
+            g, s, n = chunk[:, 0], chunk[:, 1], chunk[:, 2]
+            hit = group_of[n] == g.to(images.device)[:, None, None, None]
+            fill = values[n, g, s].to(images)[:, None, None, None]
+            x = torch.where(hit, fill, images[n])
+            variance[n, g, s] = (_forward_scores(model, x, targets[n], len(x), softmax) - y[n]) ** 2
+    scale = torch.where(y.abs() >= eps, 1 / y.abs().clamp(min=eps) ** 2, 1.0)
+    spread = variance.mean(2) * scale[:, None]
+    return spearman(atts[:, None, :], spread[:, None, :]).double()
+
+
 METRICS: dict[str, MetricSpec] = {
     spec.name: spec
     for spec in (
@@ -602,6 +916,46 @@ METRICS: dict[str, MetricSpec] = {
             "LocalLipschitzEstimate",
             ("explain",),
             "largest map change per input change under Gaussian noise",
+        ),
+        MetricSpec(
+            "road_morf",
+            road_morf,
+            False,
+            "ROAD",
+            (),
+            "share of MoRF removal levels (noisy linear imputation) still predicting the target",
+        ),
+        MetricSpec(
+            "road_lerf",
+            road_lerf,
+            True,
+            "ROAD",
+            (),
+            "share of LeRF removal levels (noisy linear imputation) still predicting the target",
+        ),
+        MetricSpec(
+            "irof",
+            irof,
+            True,
+            "IROF",
+            (),
+            "area over the probability curve as superpixels go to the mean, most relevant first",
+        ),
+        MetricSpec(
+            "infidelity",
+            infidelity,
+            False,
+            "Infidelity",
+            (),
+            "mean squared error of sum(map * removed input) against the logit drop",
+        ),
+        MetricSpec(
+            "monotonicity_correlation",
+            monotonicity_correlation,
+            True,
+            "MonotonicityCorrelation",
+            (),
+            "Spearman(map sum, output variance) over feature groups",
         ),
     )
 }
@@ -819,6 +1173,14 @@ __all__ = [
     "complexity",
     "faithfulness_correlation",
     "get_metric",
+    "infidelity",
+    "irof",
+    "linear_imputation",
+    "monotonicity_correlation",
+    "road_curve",
+    "road_lerf",
+    "road_morf",
+    "superpixels",
     "local_lipschitz_estimate",
     "efficient_mprt",
     "max_sensitivity",
