@@ -3,6 +3,8 @@ first, the partition independent of the order of the maps, translation-invariant
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -65,3 +67,28 @@ def test_bad_input_names_the_fix():
         spray(torch.rand(6, 8, 8), sources=["a"])
     with pytest.raises(DataError, match="Tensor\\[N, H, W\\]"):
         spray(torch.rand(6, 1, 8, 8))
+
+
+def test_the_command_clusters_an_attribute_folder_as_the_function_does(tmp_path):
+    from tests.helpers.networks import small_convnet
+
+    from convlens.cli import main
+    from convlens.data.preprocess import Preprocess
+    from convlens.models.loading import LoadedModel
+    from convlens.scan.attribute import attribute_dataset, load_attributions
+
+    preprocess = Preprocess(size=16, mode="stretch", mean=(0.5,) * 3, std=(0.5,) * 3)
+    model = LoadedModel(small_convnet(), "small", preprocess)
+    attribute_dataset(model, "shapes:6", tmp_path, "saliency", target=1, size=8)
+    assert main(["spray", str(tmp_path), "--size", "4", "--neighbours", "2"]) == 0
+    written = json.loads((tmp_path / "spray.json").read_text())
+    stored = load_attributions(tmp_path)
+    sources = [row["source"] for row in stored.rows]
+    expected = spray(stored.maps, sources=sources, size=4, neighbours=2)
+    assert [entry["class"] for entry in written["classes"]] == [1]
+    assert written["classes"][0]["clusters"] == [c.record() for c in expected.clusters]
+    assert sorted(s for c in written["classes"][0]["clusters"] for s in c["members"]) == sorted(
+        sources
+    )
+    with pytest.raises(DataError, match="no map explains class 4"):
+        spray(tmp_path, class_id=4)

@@ -238,6 +238,42 @@ def spray(
     return SprayResult(result, ranked, eigenvalues.float(), embedding.float())
 
 
+def spray_attributions(folder: str | Path, class_id: int | None = None, **settings) -> dict:
+    """SpRAy of every explained class of a ``convlens attribute`` folder (or only
+    ``class_id``): ``{"classes": [{"class", "class_name", "count", "eigengap", "clusters":
+    [{"id", "size", "members": [source, ...], "score"}]}], "skipped": [{"class",
+    "message"}]}``. ``settings``: those of `spray`. A class with fewer than 4 maps is
+    skipped (named in ``skipped``)."""
+    attributions = load_attributions(folder)
+    by_class: dict = {}
+    for i, row in enumerate(attributions.rows):
+        by_class.setdefault(row["class"], []).append(i)
+    if class_id is not None and class_id not in by_class:
+        raise DataError(
+            f"{folder}: no map explains class {class_id}; its classes: "
+            f"{', '.join(map(str, by_class))}"
+        )
+    classes, skipped = [], []
+    for c, rows in by_class.items():
+        if class_id is not None and c != class_id:
+            continue
+        if len(rows) < 4:
+            skipped.append({"class": c, "message": f"{len(rows)} maps; SpRAy needs at least 4"})
+            continue
+        sources = [attributions.rows[i]["source"] for i in rows]
+        result = spray(attributions.maps[rows], sources=sources, **settings)
+        classes.append(
+            {
+                "class": c,
+                "class_name": attributions.rows[rows[0]].get("class_name"),
+                "count": len(rows),
+                "eigengap": result.eigengap,
+                "clusters": [cluster.record() for cluster in result.clusters],
+            }
+        )
+    return {"classes": classes, "skipped": skipped}
+
+
 def _folder_maps(folder: Path, class_id: int | None, sources) -> tuple[torch.Tensor, list[str]]:
     attributions = load_attributions(folder)
     rows = list(range(len(attributions.rows)))
