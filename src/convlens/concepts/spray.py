@@ -103,8 +103,7 @@ def knn_affinity(features: torch.Tensor, neighbours: int) -> torch.Tensor:
     """``Tensor[N, N]``: the symmetric k-nearest-neighbour graph of ``features`` (step 2)."""
     distances = torch.cdist(features, features)
     distances.fill_diagonal_(float("inf"))
-    # ties broken by row index, so that the graph does not depend on the order of the rows
-    # beyond that of equal distances
+    # equal distances are the one place where the order of the rows may change the graph
     nearest = distances.topk(neighbours, largest=False).indices
     graph = torch.zeros_like(distances)
     graph.scatter_(1, nearest, 1.0)
