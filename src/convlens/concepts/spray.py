@@ -76,8 +76,9 @@ class SprayResult:
 
     @property
     def eigengap(self) -> float:
-        """``l_{c+1} - l_c`` for the chosen count ``c``."""
-        c = len(self.clusters)
+        """``l_{c+1} - l_c`` for the count ``c`` the eigengap chose (the embedding's width;
+        k-means may leave fewer non-empty clusters)."""
+        c = self.embedding.shape[1]
         return float(self.eigenvalues[c] - self.eigenvalues[c - 1])
 
 
