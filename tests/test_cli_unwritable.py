@@ -32,6 +32,7 @@ CALLS = {
     "neighbors": (["cat", "--index", "index"], "out.png"),
     "report": (["cat"], "report.html"),
     "scan": (["cat"], "out"),
+    "spray": (["maps"], "out"),
     "train detector-model": ([], "weights.pt"),
     "train head": (["cam"], "out"),
     "train scenes-model": ([], "weights.pt"),

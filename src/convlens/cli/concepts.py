@@ -1,5 +1,5 @@
-"""Dataset-wide explanations: ``attribute`` (every image's map, in shards), ``tcav`` (does a
-class depend on a concept?) and ``dissect`` (which channels detect which concepts).
+"""Dataset-wide explanations: ``attribute`` (every image's map, in shards), ``spray``
+(clusters of those maps per class), ``tcav`` (does a class depend on a concept?).
 
 ``torchrun --nproc_per_node N -m convlens attribute ...`` shards the pass over N processes
 as ``scan`` does; rank 0 writes ``index.json``.
@@ -150,3 +150,58 @@ def tcav_command(
             f"{r['layer']}: TCAV {r['score']:.3f} of {r['concept']} for {r['class']}, "
             f"p = {r['p_value']:.3g} ({'significant' if r['significant'] else 'not significant'})"
         )
+
+
+@app.command("spray")
+def spray_command(
+    maps: Annotated[str, typer.Argument(help="Folder written by 'convlens attribute'.")],
+    out: Annotated[
+        str | None, typer.Option("--out", "-o", help="Output folder (default: the maps folder).")
+    ] = None,
+    target: Annotated[
+        int | None, typer.Option("--class", help="Only this explained class (an id).")
+    ] = None,
+    size: Annotated[int, typer.Option("--size", min=1, help="Side of the shrunk maps.")] = 16,
+    features: Annotated[
+        str, typer.Option("--features", help="maps (the paper's) or sorted (position-free).")
+    ] = "maps",
+    neighbours: Annotated[
+        int, typer.Option("--neighbours", min=1, help="k of the nearest-neighbour graph.")
+    ] = 10,
+    max_clusters: Annotated[
+        int, typer.Option("--max-clusters", min=2, help="Largest count the eigengap picks.")
+    ] = 10,
+    json_: JsonOption = False,
+    force: ForceOption = False,
+) -> None:
+    """SpRAy (Lapuschkin et al. 2019): per explained class, spectral clustering of the maps
+    of 'convlens attribute DATA --out DIR' (count by the eigengap), clusters ranked by mean
+    silhouette (the first stands apart most). Writes OUT/spray.json: {"classes": [{"class",
+    "clusters": [{"id", "size", "members", "score"}]}]}."""
+    from pathlib import Path
+
+    from convlens.concepts.spray import spray_attributions
+    from convlens.files import check_writable, write_json, writing
+
+    folder = Path(out or maps)
+    check_writable(folder / "spray.json", force)
+    document = spray_attributions(
+        maps,
+        target,
+        size=size,
+        features=features,
+        neighbours=neighbours,
+        max_clusters=max_clusters,
+    )
+    with writing(folder, "spray", force=force):
+        write_json(folder / "spray.json", document)
+    if json_:
+        _echo_json(document)
+        return
+    for entry in document["classes"]:
+        name = entry["class_name"] or entry["class"]
+        sizes = ", ".join(f"{c['size']} ({c['score']:.2f})" for c in entry["clusters"])
+        typer.echo(f"{name}: {entry['count']} maps, clusters (size, score): {sizes}")
+    for entry in document["skipped"]:
+        typer.echo(f"class {entry['class']} skipped: {entry['message']}", err=True)
+    typer.echo(f"-> {folder / 'spray.json'}")

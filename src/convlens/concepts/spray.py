@@ -1,0 +1,291 @@
+"""SpRAy (Lapuschkin et al. 2019, "Unmasking Clever Hans predictors and assessing what
+machines really learn"): spectral clustering of a data set's attribution maps, to find the
+groups of images that a class's score is explained by in the same way (a strategy), and
+among them the ones that stand apart (a shortcut, a watermark).
+
+Steps, for ``Tensor[N, H, W]`` maps of one class:
+
+1. features (`spray_features`): each map is shrunk to ``size x size`` by area averaging
+   (`convlens.scan.attribute.shrink_maps`) and divided by its largest absolute value;
+   ``features="maps"`` (the paper's) keeps the map's layout, ``features="sorted"`` keeps only
+   its values sorted from largest to smallest (the distribution of relevance, whatever
+   its position: a translation-invariant variant that is not in the paper);
+2. affinity: the symmetric k-nearest-neighbour graph of the features (Euclidean, ``k =
+   neighbours``; an edge has weight 1, or 1/2 when only one end has the other among its
+   neighbours);
+3. the eigenvalues ``0 = l_1 <= l_2 <= ...`` of the normalised Laplacian
+   ``I - D^-1/2 A D^-1/2``; the count of clusters ``c`` in ``2 .. max_clusters`` is the
+   one with the largest eigengap ``l_{c+1} - l_c`` (as in the paper);
+4. the rows of the first ``c`` eigenvectors, scaled to unit length (Ng, Jordan and Weiss
+   2002), are clustered by k-means started from farthest points (deterministic, and the
+   same whatever the order of the maps);
+5. each cluster's ``score`` is the mean silhouette of its members on the features (in
+   [-1, 1]: how much nearer a member is to its own cluster than to the nearest other one);
+   clusters are ranked by it, best first: the top-ranked cluster is the one that stands
+   apart most.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from convlens.errors import DataError
+from convlens.scan.attribute import load_attributions, shrink_maps
+
+FEATURES = ("maps", "sorted")
+DEFAULT_SIZE = 16
+DEFAULT_NEIGHBOURS = 10
+DEFAULT_MAX_CLUSTERS = 10
+
+
+@dataclass(frozen=True)
+class SprayCluster:
+    """One cluster: ``id`` its rank (0 = stands apart most), ``members`` the rows of the
+    maps given (ascending), ``sources`` their names, ``score`` the mean silhouette in [-1,
+    1], ``mean_map`` ``Tensor[size, size]`` the mean of its members' features as maps
+    (``features="maps"`` only; else None)."""
+
+    id: int
+    members: list[int]
+    sources: list[str]
+    score: float
+    mean_map: torch.Tensor | None
+
+    @property
+    def size(self) -> int:
+        return len(self.members)
+
+    def record(self) -> dict:
+        """``{"id", "size", "members": [source, ...], "score"}``."""
+        return {"id": self.id, "size": self.size, "members": self.sources, "score": self.score}
+
+
+@dataclass(frozen=True)
+class SprayResult:
+    """``clusters`` ranked (best first); ``labels`` ``LongTensor[N]`` each row's cluster id;
+    ``eigenvalues`` ``Tensor[max_clusters + 1]`` the smallest of the normalised Laplacian,
+    ascending; ``embedding`` ``Tensor[N, c]`` the spectral embedding (unit rows)."""
+
+    clusters: list[SprayCluster]
+    labels: torch.Tensor
+    eigenvalues: torch.Tensor
+    embedding: torch.Tensor
+
+    @property
+    def eigengap(self) -> float:
+        """``l_{c+1} - l_c`` for the count ``c`` the eigengap chose (the embedding's width;
+        k-means may leave fewer non-empty clusters)."""
+        c = self.embedding.shape[1]
+        return float(self.eigenvalues[c] - self.eigenvalues[c - 1])
+
+
+def spray_features(
+    maps: torch.Tensor, size: int = DEFAULT_SIZE, features: str = "maps"
+) -> torch.Tensor:
+    """``Tensor[N, H, W]`` maps to ``Tensor[N, size * size]`` float64 features (step 1 of the
+    module docstring)."""
+    if features not in FEATURES:
+        raise DataError(f"unknown features {features!r}; use one of {', '.join(FEATURES)}")
+    if maps.dim() != 3:
+        raise DataError(f"SpRAy takes maps Tensor[N, H, W], got {tuple(maps.shape)}")
+    if bool(torch.isnan(maps).any()):
+        raise DataError("a map holds NaN; recompute the maps (check the model's outputs)")
+    small = shrink_maps(maps.detach().cpu(), size).flatten(1).double()
+    small = small / small.abs().amax(1, keepdim=True).clamp_min(1e-30)
+    if features == "sorted":
+        small = small.sort(1, descending=True).values
+    return small
+
+
+def knn_affinity(features: torch.Tensor, neighbours: int) -> torch.Tensor:
+    """``Tensor[N, N]``: the symmetric k-nearest-neighbour graph of ``features`` (step 2)."""
+    distances = torch.cdist(features, features)
+    distances.fill_diagonal_(float("inf"))
+    # equal distances are the one place where the order of the rows may change the graph
+    nearest = distances.topk(neighbours, largest=False).indices
+    graph = torch.zeros_like(distances)
+    graph.scatter_(1, nearest, 1.0)
+    return (graph + graph.T) / 2
+
+
+def spectral_embedding(
+    affinity: torch.Tensor, max_clusters: int
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Eigenvalues (``max_clusters + 1`` smallest of the normalised Laplacian), the count
+    with the largest eigengap, and the unit-row embedding of that many eigenvectors."""
+    inverse_root = affinity.sum(1).clamp_min(1e-30).rsqrt()
+    normalised = inverse_root[:, None] * affinity * inverse_root[None]
+    values, vectors = torch.linalg.eigh(normalised)  # ascending; Laplacian = 1 - values
+    laplacian = (1 - values.flip(0))[: max_clusters + 1].clamp_min(0)
+    gaps = laplacian[2:] - laplacian[1:-1]  # gap after c = 2 .. max_clusters
+    count = int(gaps.argmax()) + 2
+    embedding = vectors.flip(1)[:, :count]
+    embedding = embedding / embedding.norm(dim=1, keepdim=True).clamp_min(1e-30)
+    return laplacian, embedding, count
+
+
+def kmeans(points: torch.Tensor, count: int, iterations: int = 100) -> torch.Tensor:
+    """``LongTensor[N]`` cluster of each row of ``points`` (``Tensor[N, D]``): Lloyd's
+    algorithm from farthest-point starts (the first: the row farthest from the mean), so
+    the partition does not depend on the order of the rows."""
+    first = int((points - points.mean(0)).norm(dim=1).argmax())
+    centres = [points[first]]
+    nearest = (points - centres[0]).norm(dim=1)
+    for _ in range(count - 1):
+        far = int(nearest.argmax())
+        centres.append(points[far])
+        nearest = torch.minimum(nearest, (points - points[far]).norm(dim=1))
+    centres = torch.stack(centres)
+    labels = torch.cdist(points, centres).argmin(1)
+    for _ in range(iterations):
+        centres = torch.stack(
+            [
+                points[labels == c].mean(0) if (labels == c).any() else centres[c]
+                for c in range(count)
+            ]
+        )
+        update = torch.cdist(points, centres).argmin(1)
+        if torch.equal(update, labels):
+            break
+        labels = update
+    return labels
+
+
+def silhouettes(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``Tensor[N]``: each row's silhouette ``(b - a) / max(a, b)``, ``a`` the mean distance
+    to the other members of its cluster, ``b`` the smallest mean distance to another
+    cluster's members; 0 for a member alone in its cluster."""
+    distances = torch.cdist(features, features)
+    ids = labels.unique()
+    one_hot = (labels[:, None] == ids[None]).double()
+    sums = distances @ one_hot
+    sizes = one_hot.sum(0)
+    own = one_hot.argmax(1)
+    rows = torch.arange(len(labels))
+    a = sums[rows, own] / (sizes[own] - 1).clamp_min(1)
+    means = sums / sizes
+    means[rows, own] = float("inf")
+    b = means.min(1).values if len(ids) > 1 else torch.zeros_like(a)
+    score = (b - a) / torch.maximum(a, b).clamp_min(1e-30)
+    return torch.where(sizes[own] > 1, score, torch.zeros_like(score))
+
+
+def spray(
+    maps,
+    *,
+    class_id: int | None = None,
+    sources: list[str] | None = None,
+    size: int = DEFAULT_SIZE,
+    features: str = "maps",
+    neighbours: int = DEFAULT_NEIGHBOURS,
+    max_clusters: int = DEFAULT_MAX_CLUSTERS,
+) -> SprayResult:
+    """SpRAy clusters of attribution maps (module docstring).
+
+    Args:
+        maps: ``Tensor[N, H, W]`` maps of one class's images (any method, raw), or the
+            folder of ``convlens attribute DATA --out DIR`` (then ``class_id`` picks the rows
+            that explain that class; without it all rows, which must explain one class).
+        sources: a name per map (default ``"0"``, ``"1"``, ...; a folder's sources).
+        size: side of the shrunk maps (the paper shrinks before clustering).
+        features: ``"maps"`` (the paper's) or ``"sorted"`` (translation-invariant).
+        neighbours: k of the nearest-neighbour affinity graph.
+        max_clusters: the largest count the eigengap may choose (at least 2).
+
+    Returns a `SprayResult`; its clusters ranked by score, best first.
+
+    Example:
+        >>> maps = torch.zeros(12, 8, 8); maps[:6, :4, :4] = 1; maps[6:, 4:, 4:] = 1
+        >>> noise = torch.linspace(0, 0.01, 768).view(12, 8, 8)
+        >>> result = spray(maps + noise, size=8, neighbours=5)
+        >>> sorted(c.size for c in result.clusters)
+        [6, 6]
+    """
+    if isinstance(maps, (str, Path)):
+        maps, sources = _folder_maps(Path(maps), class_id, sources)
+    if not isinstance(maps, torch.Tensor):
+        raise DataError("SpRAy takes maps Tensor[N, H, W] or a 'convlens attribute' folder")
+    if max_clusters < 2:
+        raise DataError(f"max_clusters must be >= 2, got {max_clusters}")
+    count = len(maps)
+    if count < 4:
+        raise DataError(f"SpRAy needs at least 4 maps to cluster, got {count}")
+    if sources is None:
+        sources = [str(i) for i in range(count)]
+    if len(sources) != count:
+        raise DataError(f"{len(sources)} sources for {count} maps; give one name per map")
+    vectors = spray_features(maps, size, features)
+    affinity = knn_affinity(vectors, max(1, min(neighbours, count - 1)))
+    eigenvalues, embedding, clusters = spectral_embedding(affinity, min(max_clusters, count - 2))
+    labels = kmeans(embedding, clusters)
+    scores = silhouettes(vectors, labels)
+    groups = [(labels == c).nonzero()[:, 0].tolist() for c in labels.unique().tolist()]
+    # best score first; equal scores: the smaller cluster, then the one with the first row
+    groups.sort(key=lambda rows: (-float(scores[rows].mean()), len(rows), rows[0]))
+    ranked = torch.empty_like(labels)
+    result = []
+    for rank, rows in enumerate(groups):
+        ranked[rows] = rank
+        mean_map = vectors[rows].mean(0).view(size, size).float() if features == "maps" else None
+        result.append(
+            SprayCluster(
+                rank, rows, [sources[i] for i in rows], float(scores[rows].mean()), mean_map
+            )
+        )
+    return SprayResult(result, ranked, eigenvalues.float(), embedding.float())
+
+
+def spray_attributions(folder: str | Path, class_id: int | None = None, **settings) -> dict:
+    """SpRAy of every explained class of a ``convlens attribute`` folder (or only
+    ``class_id``): ``{"classes": [{"class", "class_name", "count", "eigengap", "clusters":
+    [{"id", "size", "members": [source, ...], "score"}]}], "skipped": [{"class",
+    "message"}]}``. ``settings``: those of `spray`. A class with fewer than 4 maps is
+    skipped (named in ``skipped``)."""
+    attributions = load_attributions(folder)
+    by_class: dict = {}
+    for i, row in enumerate(attributions.rows):
+        by_class.setdefault(row["class"], []).append(i)
+    if class_id is not None and class_id not in by_class:
+        raise DataError(
+            f"{folder}: no map explains class {class_id}; its classes: "
+            f"{', '.join(map(str, by_class))}"
+        )
+    classes, skipped = [], []
+    for c, rows in by_class.items():
+        if class_id is not None and c != class_id:
+            continue
+        if len(rows) < 4:
+            skipped.append({"class": c, "message": f"{len(rows)} maps; SpRAy needs at least 4"})
+            continue
+        sources = [attributions.rows[i]["source"] for i in rows]
+        result = spray(attributions.maps[rows], sources=sources, **settings)
+        classes.append(
+            {
+                "class": c,
+                "class_name": attributions.rows[rows[0]].get("class_name"),
+                "count": len(rows),
+                "eigengap": result.eigengap,
+                "clusters": [cluster.record() for cluster in result.clusters],
+            }
+        )
+    return {"classes": classes, "skipped": skipped}
+
+
+def _folder_maps(folder: Path, class_id: int | None, sources) -> tuple[torch.Tensor, list[str]]:
+    attributions = load_attributions(folder)
+    rows = list(range(len(attributions.rows)))
+    classes = {r["class"] for r in attributions.rows}
+    if class_id is not None:
+        rows = [i for i in rows if attributions.rows[i]["class"] == class_id]
+        if not rows:
+            raise DataError(f"{folder}: no map explains class {class_id}; its classes: {classes}")
+    elif len(classes) > 1:
+        raise DataError(
+            f"{folder} explains several classes {sorted(map(str, classes))}; pick one with "
+            "class_id (SpRAy clusters one class's maps)"
+        )
+    names = [attributions.rows[i]["source"] for i in rows]
+    return attributions.maps[rows], names if sources is None else sources

@@ -1,0 +1,94 @@
+"""SpRAy on hand-made maps whose groups are known: exact separation, the tight group ranked
+first, the partition independent of the order of the maps, translation-invariant features."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from convlens.concepts.spray import spray, spray_features
+from convlens.errors import DataError
+
+
+def _groups(noise_b: float = 0.05) -> tuple[torch.Tensor, torch.Tensor]:
+    """20 maps 16x16: 8 with a blob top-left (noise 0.02), 12 with a blob bottom-right
+    (noise ``noise_b``); and the group of each row."""
+    generator = torch.Generator().manual_seed(0)
+    maps = torch.rand(20, 16, 16, generator=generator)
+    maps[:8] *= 0.02
+    maps[8:] *= noise_b
+    maps[:8, 2:6, 2:6] += 1.0
+    maps[8:, 10:14, 9:13] += 1.0
+    return maps, torch.tensor([0] * 8 + [1] * 12)
+
+
+def test_two_obvious_groups_are_separated_exactly_and_the_tight_one_ranks_first():
+    maps, group = _groups(noise_b=0.6)
+    result = spray(maps, size=8, neighbours=4)
+    assert len(result.clusters) == 2
+    assert torch.equal(result.labels, group)  # the tight group (low noise) is cluster 0
+    assert result.clusters[0].members == list(range(8))
+    assert result.clusters[0].score > result.clusters[1].score
+    assert result.clusters[0].sources == [str(i) for i in range(8)]
+    assert result.eigengap > 0.5  # two components: l_2 = 0, l_3 = 1
+
+
+def test_the_partition_does_not_depend_on_the_order_of_the_maps():
+    maps, _ = _groups()
+    maps[8:14] += 0.3 * torch.rand(6, 16, 16, generator=torch.Generator().manual_seed(1))
+    order = torch.randperm(20, generator=torch.Generator().manual_seed(2))
+    straight = spray(maps, size=8, neighbours=4)
+    shuffled = spray(maps[order], size=8, neighbours=4)
+    assert len(straight.clusters) == len(shuffled.clusters)
+    assert torch.equal(straight.labels[order], shuffled.labels)
+    assert [c.score for c in straight.clusters] == pytest.approx(
+        [c.score for c in shuffled.clusters], abs=1e-9
+    )
+
+
+def test_sorted_features_ignore_where_the_relevance_is():
+    blob = torch.zeros(2, 16, 16)
+    blob[0, 0:4, 0:6] = torch.arange(24.0).view(4, 6)
+    blob[1, 8:12, 10:16] = torch.arange(24.0).view(4, 6)  # the same blob, moved by 2-cell steps
+    by_value = spray_features(blob, size=8, features="sorted")
+    by_place = spray_features(blob, size=8, features="maps")
+    assert torch.equal(by_value[0], by_value[1])
+    assert not torch.equal(by_place[0], by_place[1])
+
+
+def test_bad_input_names_the_fix():
+    with pytest.raises(DataError, match="at least 4 maps"):
+        spray(torch.rand(3, 8, 8))
+    with pytest.raises(DataError, match="use one of maps, sorted"):
+        spray(torch.rand(6, 8, 8), features="fourier")
+    with pytest.raises(DataError, match="one name per map"):
+        spray(torch.rand(6, 8, 8), sources=["a"])
+    with pytest.raises(DataError, match="Tensor\\[N, H, W\\]"):
+        spray(torch.rand(6, 1, 8, 8))
+
+
+def test_the_command_clusters_an_attribute_folder_as_the_function_does(tmp_path):
+    from tests.helpers.networks import small_convnet
+
+    from convlens.cli import main
+    from convlens.data.preprocess import Preprocess
+    from convlens.models.loading import LoadedModel
+    from convlens.scan.attribute import attribute_dataset, load_attributions
+
+    preprocess = Preprocess(size=16, mode="stretch", mean=(0.5,) * 3, std=(0.5,) * 3)
+    model = LoadedModel(small_convnet(), "small", preprocess)
+    attribute_dataset(model, "shapes:6", tmp_path, "saliency", target=1, size=8)
+    assert main(["spray", str(tmp_path), "--size", "4", "--neighbours", "2"]) == 0
+    written = json.loads((tmp_path / "spray.json").read_text())
+    stored = load_attributions(tmp_path)
+    sources = [row["source"] for row in stored.rows]
+    expected = spray(stored.maps, sources=sources, size=4, neighbours=2)
+    assert [entry["class"] for entry in written["classes"]] == [1]
+    assert written["classes"][0]["clusters"] == [c.record() for c in expected.clusters]
+    assert sorted(s for c in written["classes"][0]["clusters"] for s in c["members"]) == sorted(
+        sources
+    )
+    with pytest.raises(DataError, match="no map explains class 4"):
+        spray(tmp_path, class_id=4)
