@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from convlens.cli.app import DeviceOption, ModelOption, app
+from convlens.cli.app import DeviceOption, JsonOption, ModelOption, _echo_json, app
 from convlens.cli.options import DpiOption, ForceOption, TrustPickleOption, WidthOption
 from convlens.package import DEFAULT_MODEL
 
@@ -214,8 +214,13 @@ def visualize_command(
     dpi: DpiOption = None,
     device: DeviceOption = "cpu",
     trust_pickle: TrustPickleOption = False,
+    as_json: JsonOption = False,
 ) -> None:
-    """Activation maximisation: the image that most excites a class or a channel."""
+    """Activation maximisation: the image that most excites a class or a channel.
+
+    A class picture gets the fooling check (Geirhos et al. 2023): is its activation path
+    closer to the installed photos of its class than to those of every other class? The
+    verdict is printed on stderr (and in --json); classes without a photo are skipped."""
     import numpy as np
 
     from convlens.errors import MethodError
@@ -274,6 +279,20 @@ def visualize_command(
     gap = np.full((4, rows[0].shape[1], 3), 255, np.uint8)
     picture = np.concatenate([part for row in rows for part in (row, gap)][:-1], axis=0)
     save_image(picture, path, dpi, force)
+    checks = _fooling_checks(loaded, result.images, class_) if class_ is not None else None
+    if as_json:
+        _echo_json(
+            {
+                "objective": unit_name,
+                "method": method,
+                "steps": steps,
+                "start": result.history[0].tolist(),
+                "final": result.final.tolist(),
+                "path": str(path),
+                "fooling_check": checks,
+            }
+        )
+        return
     typer.echo(
         f"{unit_name}: {float(result.history[0].mean()):.3g} at the start, "
         f"{float(result.final.mean()):.3g} for the result after {steps} steps -> {path}"
@@ -288,3 +307,45 @@ def visualize_command(
             "picture | importance (summed |gradient|, inferno) | picture through it; "
             f"magnitude spectrum: {result.spectrum_source.split(':')[0]}"
         )
+    for check in checks or []:
+        typer.echo(check["summary"], err=True)
+
+
+def _fooling_checks(loaded, images, class_: str) -> list[dict]:
+    """The fooling check of each class picture against the installed photos, as records
+    (``passes`` None and a reason when no photo shows the class)."""
+    import torch
+
+    from convlens.features.fooling import photo_check
+    from convlens.targets import resolve_targets
+
+    if loaded.labels:  # a name or an id, as the run resolved it
+        count = len(loaded.labels)
+        targets = resolve_targets(class_, 1, loaded.labels, count)
+        class_id = int(targets.class_ids(torch.zeros(1, count))[0])
+    else:
+        class_id = int(class_)
+    records = []
+    for b, picture in enumerate(images):
+        check = photo_check(loaded, picture, class_id)
+        if check is None:
+            records.append(
+                {
+                    "picture": b,
+                    "passes": None,
+                    "summary": f"fooling check skipped: no installed photo shows class "
+                    f"{class_id} (or no other class), so there is nothing to compare with",
+                }
+            )
+            continue
+        records.append(
+            {
+                "picture": b,
+                "passes": not check.flagged,
+                "path_distance": check.path,
+                "nearest_other": check.nearest_other,
+                "layers": check.layers,
+                "summary": check.summary(loaded.labels),
+            }
+        )
+    return records
