@@ -139,7 +139,9 @@ class Visualization:
     starting score; ``final``: ``Tensor[B]``, the objective of ``images`` themselves (no
     transform, after the last update); ``objectives``: one name per image.
     `convlens.features.maco` adds ``importance`` ``Tensor[B, H, W]`` (summed absolute
-    gradient of the score w.r.t. each pixel) and ``spectrum_source``."""
+    gradient of the score w.r.t. each pixel) and ``spectrum_source``;
+    `convlens.features.accentuate` adds ``distance`` ``Tensor[B]`` (each result's relative
+    feature distance to its photo)."""
 
     images: torch.Tensor
     history: torch.Tensor
@@ -147,6 +149,7 @@ class Visualization:
     objectives: list[str]
     importance: torch.Tensor | None = None
     spectrum_source: str | None = None
+    distance: torch.Tensor | None = None
 
 
 def _as_objectives(objectives) -> list[Objective]:
