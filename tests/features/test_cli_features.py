@@ -10,12 +10,15 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tests.helpers.networks import tiny_gap_classifier
 
 from convlens.cli import main
 from convlens.data.images import load_images
+from convlens.data.photos import Photo
 from convlens.features.activations import feature_maps, layer_activation, layer_mean_maps
 from convlens.features.filters import filter_tiles
-from convlens.render.features import feature_map_grid, filter_grid, layer_means_grid
+from convlens.render.features import feature_map_grid, filter_grid, layer_means_grid, to_uint8
+from convlens.render.images import save_png
 
 
 def read_png(path) -> np.ndarray:
@@ -108,6 +111,7 @@ def test_class_visualisation_survives_an_8_bit_round_trip(tmp_path, capsys, clas
         (["--class", "espreso"], "error: no class named 'espreso'; did you mean 'espresso'"),
         (["--class", "1", "--channel", "blocks.1:3"], "error: give exactly one of"),
         (["--channel", "blocks.1"], "error: --channel takes LAYER:C"),
+        (["--class", "1", "--image", "cat"], "error: --method accentuate starts from a photo"),
     ],
 )
 def test_visualize_bad_options_print_one_line(capsys, default_model, argv, message):
@@ -116,3 +120,34 @@ def test_visualize_bad_options_print_one_line(capsys, default_model, argv, messa
     assert captured.out == ""
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(message), captured.err
+
+
+def test_visualize_accentuates_a_photo_and_runs_the_fooling_check(tmp_path, capsys, monkeypatch):
+    """--method accentuate --image on a tiny model file: photo | result side by side, the
+    score and feature distance in --json, and the fooling check against photos of the
+    class (here two tiny stand-ins for the installed photos, one of class 2, one of 3)."""
+    model = tmp_path / "gap.pt"
+    torch.save(tiny_gap_classifier(), model)
+    gen = torch.Generator().manual_seed(0)
+    photos = [
+        Photo(
+            f"test:{c}",
+            save_png(to_uint8(torch.rand(3, 8, 8, generator=gen)), tmp_path / f"{c}.png"),
+            c,
+            "test",
+        )
+        for c in (2, 3)
+    ]
+    monkeypatch.setattr("convlens.features.fooling.package_photos", lambda: photos)
+    out = tmp_path / "a.png"
+    argv = ["visualize", "-m", str(model), "--trust-pickle", "--class", "2"]
+    argv += ["--method", "accentuate", "--from", "cat", "--steps", "3", "--json", "-o", str(out)]
+    assert main(argv) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["method"] == "accentuate" and record["path"] == str(out)
+    assert record["final"][0] > record["start"][0] and 0 < record["distance"][0]
+    (check,) = record["fooling_check"]
+    assert isinstance(check["passes"], bool) and sorted(check["path_distance"]) == ["2", "3"]
+    assert check["summary"].startswith("fooling check")
+    width, height = Image.open(out).size
+    assert width == 2 * height + 4  # the photo, a 4 px gap, the accentuated photo

@@ -8,8 +8,11 @@ import pytest
 import torch
 from torch import nn
 
+from convlens.data.photos import Photo
 from convlens.errors import MethodError
-from convlens.features.fooling import activation_paths, fooling_check
+from convlens.features.fooling import activation_paths, fooling_check, photo_check
+from convlens.render.features import to_uint8
+from convlens.render.images import save_png
 
 
 def colour_net() -> nn.Sequential:
@@ -53,3 +56,21 @@ def test_paths_are_the_channel_means_and_bad_input_is_refused():
     torch.testing.assert_close(relu, ((images - mean) / std).clamp_min(0).mean((2, 3)))
     with pytest.raises(MethodError, match="other class"):
         fooling_check(model, images[0], 0, {0: images}, layers=["0"])
+
+
+def test_photo_check_reads_photo_files_by_class(tmp_path, unchanged):
+    """What `convlens visualize` runs beside a class picture: photos with a class are read
+    from disk (those without one are ignored); a red picture passes as the red class and is
+    flagged as the green one; a class no photo shows gives None (nothing to compare)."""
+    photos = []
+    for index, (channel, class_id) in enumerate([(0, 0), (0, 0), (1, 1), (2, 1), (2, None)]):
+        path = save_png(to_uint8(tinted(channel, 1, 10 + index)[0]), tmp_path / f"{index}.png")
+        photos.append(Photo(f"test:{index}", path, class_id, "test"))
+    model = colour_net()
+    picture = tinted(0, 1, 4)[0]
+    with unchanged(model, picture):
+        real = photo_check(model, picture, 0, photos, layers=["1"])
+        broken = photo_check(model, picture, 1, photos, layers=["1"])
+        nothing = photo_check(model, picture, 2, photos, layers=["1"])
+    assert not real.flagged and broken.flagged and nothing is None
+    assert sorted(real.path) == [0, 1]

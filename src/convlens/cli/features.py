@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from convlens.cli.app import DeviceOption, ModelOption, app
+from convlens.cli.app import DeviceOption, JsonOption, ModelOption, _echo_json, app
 from convlens.cli.options import DpiOption, ForceOption, TrustPickleOption, WidthOption
 from convlens.package import DEFAULT_MODEL
 
@@ -175,7 +175,9 @@ def visualize_command(
     ] = None,
     steps: Annotated[
         int | None,
-        typer.Option(help="Gradient-ascent steps (default: 256 for gradient, 64 for maco)."),
+        typer.Option(
+            help="Gradient-ascent steps (default: 256 for gradient, 64 for maco and accentuate)."
+        ),
     ] = None,
     param: Annotated[
         str, typer.Option(help="fourier or pixels (--method gradient only).")
@@ -183,10 +185,33 @@ def visualize_command(
     method: Annotated[
         str,
         typer.Option(
-            help="gradient (ascent on a Fourier or pixel image) or maco (phase only, natural "
-            "magnitude; Fel et al. 2023)."
+            help="gradient (ascent on a Fourier or pixel image), maco (phase only, natural "
+            "magnitude; Fel et al. 2023) or accentuate (change the photo --image as little as "
+            "a layer's features allow; Hamblin et al. 2024)."
         ),
     ] = "gradient",
+    image: Annotated[
+        str | None,
+        typer.Option(
+            "--image",
+            "--from",
+            help="--method accentuate: the photo to start from (a file or sample name).",
+        ),
+    ] = None,
+    closeness: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="--method accentuate: weight of the relative feature distance to the photo.",
+        ),
+    ] = 10.0,
+    closeness_layer: Annotated[
+        str | None,
+        typer.Option(
+            help="--method accentuate: layer where closeness is measured (default: the middle "
+            "stage)."
+        ),
+    ] = None,
     crops: Annotated[
         int, typer.Option(min=1, help="--method maco: random crops scored per step.")
     ] = 2,
@@ -214,9 +239,16 @@ def visualize_command(
     dpi: DpiOption = None,
     device: DeviceOption = "cpu",
     trust_pickle: TrustPickleOption = False,
+    as_json: JsonOption = False,
 ) -> None:
-    """Activation maximisation: the image that most excites a class or a channel."""
+    """Activation maximisation: the image that most excites a class or a channel, or (with
+    --method accentuate --image PHOTO) the change to a photo that excites it.
+
+    A class picture gets the fooling check (Geirhos et al. 2023): is its activation path
+    closer to the installed photos of its class than to those of every other class? The
+    verdict is printed on stderr (and in --json); classes without a photo are skipped."""
     import numpy as np
+    import torch
 
     from convlens.errors import MethodError
     from convlens.features import objectives, optimize
@@ -226,6 +258,11 @@ def visualize_command(
 
     if (class_ is None) == (channel is None):
         raise MethodError("give exactly one of --class ID|NAME or --channel LAYER:C")
+    if (method == "accentuate") != (image is not None):
+        raise MethodError(
+            "--method accentuate starts from a photo: give it --image PATH (and --image only "
+            "with --method accentuate)"
+        )
     check_output(out, force)
     loaded = load_model(model, device=device, trust_pickle=trust_pickle)
     if class_ is not None:
@@ -238,8 +275,6 @@ def visualize_command(
     unit_name = objective.name
     if diversity > 1:
         if diversity_layer is None:
-            import torch
-
             from convlens.features.activations import stage_layers
 
             if channel is not None:
@@ -256,24 +291,60 @@ def visualize_command(
         steps = 64 if steps is None else steps
         result = maco(loaded, batch, steps=steps, crops=crops, seed=seed, progress=True)
         stem = f"maco-{stem}"
+    elif method == "accentuate":
+        from convlens.data.images import load_images
+        from convlens.features.accentuate import accentuate
+
+        steps = 64 if steps is None else steps
+        display = load_images([image], preprocess=loaded.preprocess).display[0]
+        photo = torch.from_numpy(display.copy()).permute(2, 0, 1).float() / 255
+        result = accentuate(
+            loaded,
+            batch,
+            photo,
+            layer=closeness_layer,
+            weight=closeness,
+            steps=steps,
+            seed=seed,
+            progress=True,
+        )
+        stem = f"accentuate-{stem}"
     elif method == "gradient":
         steps = 256 if steps is None else steps
         result = optimize.visualize(
             loaded, batch, steps=steps, param=param, seed=seed, progress=True
         )
     else:
-        raise MethodError(f"unknown --method {method!r}; use gradient or maco")
+        raise MethodError(f"unknown --method {method!r}; use gradient, maco or accentuate")
     stem = "-".join(stem.split())
     path = output_path(out, f"visualize-{stem}.png", force)
     rows = []
     for b in range(diversity):
         if result.importance is not None:
             rows.append(importance_panel(result.images[b], result.importance[b]))
+        elif method == "accentuate":  # the photo beside what became of it
+            side = np.full((display.shape[0], 4, 3), 255, np.uint8)
+            rows.append(np.concatenate([display, side, to_uint8(result.images[b])], axis=1))
         else:
             rows.append(to_uint8(result.images[b]))
     gap = np.full((4, rows[0].shape[1], 3), 255, np.uint8)
     picture = np.concatenate([part for row in rows for part in (row, gap)][:-1], axis=0)
     save_image(picture, path, dpi, force)
+    checks = _fooling_checks(loaded, result.images, class_) if class_ is not None else None
+    if as_json:
+        _echo_json(
+            {
+                "objective": unit_name,
+                "method": method,
+                "steps": steps,
+                "start": result.history[0].tolist(),
+                "final": result.final.tolist(),
+                "distance": None if result.distance is None else result.distance.tolist(),
+                "path": str(path),
+                "fooling_check": checks,
+            }
+        )
+        return
     typer.echo(
         f"{unit_name}: {float(result.history[0].mean()):.3g} at the start, "
         f"{float(result.final.mean()):.3g} for the result after {steps} steps -> {path}"
@@ -288,3 +359,50 @@ def visualize_command(
             "picture | importance (summed |gradient|, inferno) | picture through it; "
             f"magnitude spectrum: {result.spectrum_source.split(':')[0]}"
         )
+    if result.distance is not None:
+        typer.echo(
+            "photo | accentuated; relative feature distance to the photo "
+            + ", ".join(f"{float(d):.3g}" for d in result.distance)
+        )
+    for check in checks or []:
+        typer.echo(check["summary"], err=True)
+
+
+def _fooling_checks(loaded, images, class_: str) -> list[dict]:
+    """The fooling check of each class picture against the installed photos, as records
+    (``passes`` None and a reason when no photo shows the class)."""
+    import torch
+
+    from convlens.features.fooling import photo_check
+    from convlens.targets import resolve_targets
+
+    if loaded.labels:  # a name or an id, as the run resolved it
+        count = len(loaded.labels)
+        targets = resolve_targets(class_, 1, loaded.labels, count)
+        class_id = int(targets.class_ids(torch.zeros(1, count))[0])
+    else:
+        class_id = int(class_)
+    records = []
+    for b, picture in enumerate(images):
+        check = photo_check(loaded, picture, class_id)
+        if check is None:
+            records.append(
+                {
+                    "picture": b,
+                    "passes": None,
+                    "summary": f"fooling check skipped: no installed photo shows class "
+                    f"{class_id} (or no other class), so there is nothing to compare with",
+                }
+            )
+            continue
+        records.append(
+            {
+                "picture": b,
+                "passes": not check.flagged,
+                "path_distance": check.path,
+                "nearest_other": check.nearest_other,
+                "layers": check.layers,
+                "summary": check.summary(loaded.labels),
+            }
+        )
+    return records

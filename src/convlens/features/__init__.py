@@ -1,6 +1,7 @@
 """What the network learned: filters, feature maps, activation masks, unit projections,
 activation maximisation and Gram matrices. Nothing here draws; see `convlens.render.features`."""
 
+from convlens.features.accentuate import accentuate
 from convlens.features.activations import FeatureMaps, feature_maps, layer_mean_maps, stage_layers
 from convlens.features.filters import FilterTiles, conv_weights, filter_tiles
 from convlens.features.gram import gram_matrix
@@ -17,6 +18,7 @@ __all__ = [
     "Objective",
     "UnitProjection",
     "Visualization",
+    "accentuate",
     "activation_mask",
     "conv_weights",
     "feature_maps",

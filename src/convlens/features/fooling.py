@@ -5,10 +5,19 @@ is evidence about the class only if the network processes it like natural images
 that class.
 
 The activation path of an image is its channel-mean activation ``Tensor[C_l]`` at each of
-a list of layers (default: one per stage, `stage_layers`). A picture's distance to a set
+a list of layers (default: the last `LATE_STAGES` stages, `stage_layers`). A picture's
+distance to a set
 of images at a layer is ``1 - cos(path_l(picture), mean of path_l over the set)``; its
 path distance is the mean over layers. The picture is flagged when its path is not
 closer to the natural images of its own class than to those of every other class given.
+
+Why only the late stages by default: Geirhos et al. found that even on an unmanipulated
+network the paths of visualisations and natural images of the same class agree only in
+the last layers; earlier, a picture made by optimisation is far from every photo. Measured
+on EfficientNet-Lite0 (a 32-step espresso visualisation against the 21 classes of the
+installed photos): its own class ranks 12th to 22nd by distance at the stages up to
+``blocks.4``, 2nd at ``blocks.5`` and 1st at ``blocks.6`` and ``bn2``; the mean over all nine
+stages put it nearer to a bottle cap.
 """
 
 from __future__ import annotations
@@ -20,12 +29,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from convlens.data.photos import Photo, package_photos
 from convlens.data.preprocess import IMAGENET_PREPROCESS
 from convlens.errors import MethodError
 from convlens.features.activations import spatial_activation, stage_layers
+from convlens.features.maco import _square
 from convlens.layers import borrowed_model, capture, resolve_layer
 from convlens.models.devices import model_input
 from convlens.models.loading import LoadedModel, as_module
+
+LATE_STAGES = 3
 
 
 @dataclass(frozen=True)
@@ -89,15 +102,15 @@ def fooling_check(
     """Compare the activation path of ``picture`` ``Tensor[3, H, W]`` in [0, 1], a
     visualisation of class ``target``, with the natural images ``natural[c]``
     ``Tensor[N_c, 3, H, W]`` in [0, 1] of ``target`` and of at least one other class (all
-    one size; resize first). `MethodError` when ``target`` has no natural images or no
-    other class is given."""
+    one size; resize first), at ``layers`` (default: the last `LATE_STAGES` stages).
+    `MethodError` when ``target`` has no natural images or no other class is given."""
     if target not in natural or len(natural) < 2:
         raise MethodError(
             f"the fooling check needs natural images of class {target} and of at least one "
             f"other class; got classes {sorted(natural)}"
         )
     if layers is None:
-        layers = stage_layers(model, picture)
+        layers = stage_layers(model, picture)[-LATE_STAGES:]
     layers = list(layers)
     if not layers:
         raise MethodError("the fooling check needs at least one spatial layer; pass layers=[...]")
@@ -116,3 +129,45 @@ def fooling_check(
     path = {c: float(d.mean()) for c, d in distances.items()}
     others = min(v for c, v in path.items() if c != target)
     return FoolingCheck(int(target), layers, distances, path, flagged=path[target] >= others)
+
+
+def photos_by_class(photos: Sequence[Photo], size: int) -> dict[int, torch.Tensor]:
+    """The photos with a known class, each its centre square resized to ``size``, as
+    ``{class: Tensor[N_c, 3, size, size]}`` in [0, 1]; unreadable photos are left out."""
+    natural: dict[int, list[torch.Tensor]] = {}
+    for photo in photos:
+        if photo.class_id is None:
+            continue
+        try:
+            natural.setdefault(photo.class_id, []).append(_square(photo.load(), size))
+        except Exception:  # noqa: BLE001 - an unreadable photo is left out, not fatal
+            continue
+    return {c: torch.stack(images) for c, images in natural.items() if images}
+
+
+def photo_check(
+    model: nn.Module | LoadedModel,
+    picture: torch.Tensor,
+    target: int,
+    photos: Sequence[Photo] | None = None,
+    layers: Sequence[str] | None = None,
+) -> FoolingCheck | None:
+    """`fooling_check` of ``picture`` ``Tensor[3, H, W]`` in [0, 1] (a visualisation of
+    class ``target``) against natural photos: ``photos`` (default: those installed packages
+    ship, `convlens.data.photos.package_photos`) with a known class, each its centre
+    square, and the picture, at the model's input size (square; a bare module: the
+    picture's height). ``None`` when no photo shows ``target`` or none shows another class
+    (nothing to compare with); what `convlens visualize` prints beside a class picture."""
+    photos = package_photos() if photos is None else list(photos)
+    classes = {p.class_id for p in photos if p.class_id is not None}
+    if target not in classes or len(classes) < 2:
+        return None
+    prep = model.preprocess if isinstance(model, LoadedModel) else None
+    size = prep.height_width[0] if prep is not None else picture.shape[-2]
+    natural = photos_by_class(photos, size)
+    if target not in natural or len(natural) < 2:
+        return None
+    seen = F.interpolate(
+        picture.detach().float()[None], size=(size, size), mode="bilinear", antialias=True
+    )[0]
+    return fooling_check(model, seen, target, natural, layers)

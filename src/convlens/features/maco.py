@@ -40,10 +40,11 @@ from convlens.features.optimize import (
     _preprocess,
     _Progress,
     _render_size,
+    optimisation_input,
 )
 from convlens.layers import borrowed_model, capture, resolve_layer
 from convlens.layers.borrow import require_autograd
-from convlens.models.devices import DeviceSpec, model_device, model_input, placed_on, resolve_device
+from convlens.models.devices import DeviceSpec, model_device, placed_on, resolve_device
 from convlens.models.loading import LoadedModel, as_module
 
 SPECTRUM_FILE = Path(__file__).parent / "data" / "natural_spectrum.pt"
@@ -221,7 +222,7 @@ def maco(
 
     def scores_of(images: torch.Tensor, seen: torch.Tensor, cap, count: int) -> torch.Tensor:
         cap.clear()
-        output = module(model_input(module, (seen - mean) / std))
+        output = module(optimisation_input(module, (seen - mean) / std))
         activations = {spec: cap.activation(name) for spec, name in names.items()}
         context = Seen(images, activations, output, labels, crops=count)
         per_crop = [o(context).view(len(items), count)[b] for b, o in enumerate(items)]

