@@ -8,13 +8,16 @@ import numpy as np
 import pytest
 import torch
 from tests.helpers.networks import CountingNet
+from torch import nn
 
 from convlens.data.datasets import open_dataset
 from convlens.data.preprocess import Preprocess
 from convlens.features.projection import project_unit
+from convlens.layers import borrowed_model
+from convlens.layers.rules import backward_rule
 from convlens.models.loading import LoadedModel
 from convlens.scan import patches
-from convlens.scan.patches import padded_crop
+from convlens.scan.patches import padded_crop, unit_gradients
 from convlens.scan.topk import top_activating
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -82,3 +85,39 @@ def test_shapes_model_max_pooling_projections_equal_units_alone():
             for unit, got in zip(view.units, view.projections[rule], strict=True):
                 want = _alone(loaded, dataset, "features.5", view.channel, unit, rule)
                 assert torch.allclose(got, want, atol=1e-5)
+
+
+def _normed_net() -> nn.Sequential:
+    """conv, batch norm (fitted statistics), ReLU6, strided conv, batch norm, ReLU, conv."""
+    torch.manual_seed(5)
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU6(),
+        nn.Conv2d(4, 6, 3, stride=2, padding=1),
+        nn.BatchNorm2d(6),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(6, 5, 3, padding=1),
+    )
+    for norm in (net[1], net[4]):
+        norm.running_mean.normal_()
+        norm.running_var.uniform_(0.5, 2.0)
+        norm.weight.data.normal_()
+    return net.eval()
+
+
+@pytest.mark.parametrize("rule", ["guided", "deconvnet"])
+def test_unit_gradients_of_one_graph_equal_each_unit_alone(rule, unchanged):
+    """The scan's path (channels-last input, batch norm's cheap input gradient, one forward
+    and one backward per unit) against `project_unit`'s plain one-unit pass."""
+    net = _normed_net()
+    image = torch.randn(3, 16, 16, generator=torch.Generator().manual_seed(2))
+    units = [(0, 3, 4), (2, 0, 0), (4, 7, 7), (4, 2, 5), (0, 3, 4)]
+    with unchanged(net, image), borrowed_model(net), backward_rule(net, rule):
+        found = unit_gradients(net, "6", image, units)
+    for (channel, y, x), got in zip(units, found, strict=True):
+        want = project_unit(net, image, "6", channel, (y, x), rule=rule, crop=False).projection
+        assert got.is_contiguous()
+        assert got.abs().sum() > 0
+        # float rounding of two evaluation orders (channels-last kernels, rsqrt * weight)
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -17,6 +17,7 @@ from convlens.data.datasets import ScanDataset
 from convlens.errors import DataError, ImageLoadError, LayerError
 from convlens.layers import Field, borrowed_model, capture, layer_table
 from convlens.layers.early_stop import run_until
+from convlens.layers.eval_norm import input_gradient_batch_norm
 from convlens.layers.rules import backward_rule
 from convlens.models.devices import placed_on
 
@@ -242,9 +243,11 @@ def unit_gradients(
     active: one forward pass, then one backward pass per unit through the same graph
     (kept between them). Plain backward passes, because on CPU a loop of them costs about
     half of one batched backward (``is_grads_batched``) of the same units, whose
-    depthwise-convolution batching concatenates per-row results."""
-    inputs = image[None].detach().clone().requires_grad_(True)
-    with capture(module, layer, gradients=True) as cap:
+    depthwise-convolution batching concatenates per-row results. The input is laid out
+    channels-last, which the convolutions propagate (the weights are not touched): the same
+    values, with about a tenth less time per unit on CPU."""
+    inputs = image[None].detach().clone(memory_format=torch.channels_last).requires_grad_(True)
+    with capture(module, layer, gradients=True) as cap, input_gradient_batch_norm():
         run_until(module, [layer], inputs)
         activation = cap.activation(layer)
     found = []
@@ -252,5 +255,5 @@ def unit_gradients(
         (gradient,) = torch.autograd.grad(
             activation[0, channel, y, x], inputs, retain_graph=number < len(units)
         )
-        found.append(gradient[0].detach().cpu())
+        found.append(gradient[0].detach().cpu().contiguous())
     return found
