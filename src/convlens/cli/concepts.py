@@ -173,10 +173,11 @@ def spray_command(
     ] = 10,
     json_: JsonOption = False,
     force: ForceOption = False,
+    device: DeviceOption = "cpu",
 ) -> None:
     """SpRAy (Lapuschkin et al. 2019): per explained class, spectral clustering of the maps
     of 'convlens attribute DATA --out DIR' (count by the eigengap), clusters ranked by mean
-    silhouette (the first stands apart most). Writes OUT/spray.json: {"classes": [{"class",
+    silhouette (the first stands apart most); it runs on the CPU (--device is only checked). Writes OUT/spray.json: {"classes": [{"class",
     "clusters": [{"id", "size", "members", "score"}]}]}."""
     from pathlib import Path
 

@@ -246,7 +246,7 @@ def visualize_command(
 
     A class picture gets the fooling check (Geirhos et al. 2023): is its activation path
     closer to the installed photos of its class than to those of every other class? The
-    verdict is printed on stderr (and in --json); classes without a photo are skipped."""
+    verdict is printed on stderr (and in the JSON output); classes without a photo are skipped."""
     import numpy as np
     import torch
 
