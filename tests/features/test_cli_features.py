@@ -86,12 +86,13 @@ def test_visualize_reports_the_score_of_the_saved_image(tmp_path, capsys, defaul
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("class_name", ["goldfish", "espresso"])
+@pytest.mark.parametrize("class_name", ["espresso"])
 def test_class_visualisation_survives_an_8_bit_round_trip(tmp_path, capsys, class_name):
     """Issue 4's check: 24 steps from grey, saved as an 8-bit PNG, re-read through the
-    model's own preprocessing: the class is in the top 5. (Measured on CPU, seed 0: both
-    classes are first from 16 steps on, to 48; espresso is not in the top 5 at 8 steps,
-    so 24 keeps a margin and the check can fail. It was 128 steps.)"""
+    model's own preprocessing: the class is in the top 5. (Measured on CPU, seed 0: goldfish
+    and espresso are first from 16 steps on, to 48; espresso is not in the top 5 at 8 steps,
+    so 24 keeps a margin and the check can fail. It was 128 steps. Goldfish, the easier
+    class, was dropped from the suite to keep it under its CPU budget.)"""
     out = tmp_path / f"{class_name}.png"
     assert main(["visualize", "--class", class_name, "--steps", "24", "--out", str(out)]) == 0
     capsys.readouterr()
