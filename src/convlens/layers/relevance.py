@@ -37,7 +37,14 @@ from torch.overrides import TorchFunctionMode
 
 from convlens.errors import MethodError
 from convlens.layers.borrow import refuse_scripted
-from convlens.layers.relevance_rules import LinearOp, Rule, as_rule, propagate, stabilize
+from convlens.layers.relevance_rules import (
+    LinearOp,
+    Rule,
+    as_rule,
+    needs_output,
+    propagate,
+    stabilize,
+)
 
 _KINDS = ("first", "conv", "linear")
 
@@ -132,7 +139,8 @@ class _LinearRelevance(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, compute, op, rule, bounds, saved_slot):  # noqa: ANN001
         out = compute()
-        saved_slot.append(_Saved(out.detach(), out._version))
+        if needs_output(rule, op):
+            saved_slot.append(_Saved(out.detach(), out._version))
         ctx.save_for_backward(x)
         ctx.op, ctx.rule, ctx.bounds, ctx.slot = op, rule, bounds, saved_slot
         return out
@@ -140,13 +148,16 @@ class _LinearRelevance(torch.autograd.Function):
     @staticmethod
     def backward(ctx, relevance):  # noqa: ANN001
         (x,) = ctx.saved_tensors
-        saved = ctx.slot[0]
-        if saved.z._version != saved.version:
-            raise MethodError(
-                "lrp: a layer output was changed in place by an operation convlens does not "
-                "know; relevance cannot be computed for this model"
-            )
-        r_in = propagate(ctx.rule, ctx.op, x.detach(), saved.z, relevance, ctx.bounds)
+        z = None
+        if ctx.slot:
+            saved = ctx.slot[0]
+            if saved.z._version != saved.version:
+                raise MethodError(
+                    "lrp: a layer output was changed in place by an operation convlens does "
+                    "not know; relevance cannot be computed for this model"
+                )
+            z = saved.z
+        r_in = propagate(ctx.rule, ctx.op, x.detach(), z, relevance, ctx.bounds)
         return r_in, None, None, None, None, None
 
 
@@ -366,7 +377,8 @@ class _RelevanceMode(TorchFunctionMode):
         compute = compute or (lambda: func(*args, **kwargs))
         bounds = self.bounds if rule.name == "zbox" else None
         out = _LinearRelevance.apply(x, compute, op, rule, bounds, slot)
-        self.slots[id(out)] = (out, slot)
+        if slot:  # only a rule that reads the output keeps it (and copies it before in-place)
+            self.slots[id(out)] = (out, slot)
         return out
 
     def _batch_norm(self, func, args: tuple, kwargs: dict) -> torch.Tensor:  # noqa: ANN001

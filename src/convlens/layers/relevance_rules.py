@@ -96,13 +96,27 @@ class LinearOp:
 
 def stabilize(z: torch.Tensor, epsilon: float) -> torch.Tensor:
     """``z + epsilon * sign(z)`` with ``sign(0) = +1``: never zero for ``epsilon > 0``."""
-    return z + epsilon * torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
+    return z + torch.where(z >= 0, z.new_tensor(epsilon), z.new_tensor(-epsilon))
 
 
 def _divide(relevance: torch.Tensor, z: torch.Tensor, epsilon: float) -> torch.Tensor:
     if epsilon > 0:
         return relevance / stabilize(z, epsilon)
     return torch.where(z == 0, torch.zeros_like(relevance), relevance / z)
+
+
+def _divide_nonnegative(relevance: torch.Tensor, z: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """`_divide` for a ``z >= 0`` that the caller owns (overwritten): ``stab(z) = z + eps``
+    there, so one in-place add and divide replace the sign test."""
+    if epsilon <= 0:
+        return _divide(relevance, z, epsilon)
+    return torch.div(relevance, z.add_(epsilon), out=z)
+
+
+def needs_output(rule: Rule, op: LinearOp) -> bool:
+    """Whether `propagate` reads the layer output ``z`` for ``rule`` (epsilon-type rules and
+    pooling divide by it, gamma gates by its sign); the other rules recompute what they need."""
+    return rule.name in ("epsilon", "zero", "gamma") or op.weight is None
 
 
 def _pos(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -117,18 +131,19 @@ def propagate(
     rule: Rule,
     op: LinearOp,
     x: torch.Tensor,
-    z: torch.Tensor,
+    z: torch.Tensor | None,
     relevance: torch.Tensor,
     bounds: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Relevance ``Tensor`` shaped like ``x`` from the output relevance ``relevance`` (shaped
-    like the layer output ``z``) under ``rule`` (see the module docstring). ``bounds``:
-    ``(low, high)`` broadcastable to ``x``, for z^B."""
+    like the layer output ``z``) under ``rule`` (see the module docstring). ``z`` may be None
+    where `needs_output` is false. ``bounds``: ``(low, high)`` broadcastable to ``x``, for
+    z^B."""
     p, name = rule.params, rule.name
     if name in ("epsilon", "zero"):
-        return x * op.transpose(_divide(relevance, z, p.get("epsilon", 0.0)), x, op.weight)
+        return op.transpose(_divide(relevance, z, p.get("epsilon", 0.0)), x, op.weight).mul_(x)
     if op.weight is None:  # pooling: only epsilon-type rules apply to fixed weights
-        return x * op.transpose(_divide(relevance, z, 1e-6), x, None)
+        return op.transpose(_divide(relevance, z, 1e-6), x, None).mul_(x)
     if name in ("zplus", "alpha1_beta0"):
         return _alpha_beta(op, x, relevance, 1.0, 0.0, p["stabilizer"])
     if name == "alpha2_beta1":
@@ -151,23 +166,26 @@ def _alpha_beta(
     op: LinearOp, x: torch.Tensor, relevance: torch.Tensor, alpha: float, beta: float, eps: float
 ) -> torch.Tensor:
     # Inputs after a rectifier have no negative part: skip its (zero) terms.
-    has_negative = bool((x < 0).any())
+    has_negative = bool(x.amin() < 0) if x.numel() else False
     xp, xn = (x.clamp(min=0), x.clamp(max=0)) if has_negative else (x, None)
-    wp, wn = _pos(op.weight), _neg(op.weight)
+    both = alpha != 1 or beta != 0
+    wp = _pos(op.weight)
+    wn = _neg(op.weight) if has_negative or both else None
 
-    def part(w_pos_in: torch.Tensor, w_neg_in: torch.Tensor, bias: torch.Tensor | None):
+    def part(w_pos_in, w_neg_in, bias, positive: bool) -> torch.Tensor:  # noqa: ANN001
         z = op.apply(xp, w_pos_in, bias)
         if has_negative:
-            z = z + op.apply(xn, w_neg_in, None)
-        s = _divide(relevance, z, eps)
-        out = xp * op.transpose(s, xp, w_pos_in)
+            z = z.add_(op.apply(xn, w_neg_in, None))
+        # The positive part's terms are all >= 0 (x+ W+, x- W-, b+), so z >= 0.
+        s = _divide_nonnegative(relevance, z, eps) if positive else _divide(relevance, z, eps)
+        out = op.transpose(s, xp, w_pos_in).mul_(xp)
         if has_negative:
-            out = out + xn * op.transpose(s, xn, w_neg_in)
+            out = out.add_(op.transpose(s, xn, w_neg_in).mul_(xn))
         return out
 
-    result = part(wp, wn, _pos(op.bias))
-    if alpha != 1 or beta != 0:
-        result = alpha * result - beta * part(wn, wp, _neg(op.bias))
+    result = part(wp, wn, _pos(op.bias), True)
+    if both:
+        result = alpha * result - beta * part(wn, wp, _neg(op.bias), False)
     return result
 
 
