@@ -177,8 +177,9 @@ def spray_command(
 ) -> None:
     """SpRAy (Lapuschkin et al. 2019): per explained class, spectral clustering of the maps
     of 'convlens attribute DATA --out DIR' (count by the eigengap), clusters ranked by mean
-    silhouette (the first stands apart most); it runs on the CPU (--device is only checked). Writes OUT/spray.json: {"classes": [{"class",
-    "clusters": [{"id", "size", "members", "score"}]}]}."""
+    silhouette (the first stands apart most); it runs on the CPU (--device is only
+    checked). Writes OUT/spray.json: {"classes": [{"class", "clusters": [{"id", "size",
+    "members", "score"}]}]}."""
     from pathlib import Path
 
     from convlens.concepts.spray import spray_attributions
