@@ -462,6 +462,13 @@ def _check_metric_benchmark(benchmark: str, metrics) -> None:
         )
 
 
+def _run_options(options: dict, *extra: str) -> dict:
+    """The entries of ``options`` the grid and scene benchmarks take: batch size, method
+    options and floors, plus ``extra``."""
+    names = ("batch_size", "method_options", "floors", *extra)
+    return {k: options[k] for k in names if k in options}
+
+
 def _gridpg_on_source(loaded, methods, limit, folder, seed, progress, device, options):
     from convlens.attribution import list_methods
     from convlens.evaluate.gridpg import build_grid_sets, evaluate_gridpg, grid_photos
@@ -475,9 +482,7 @@ def _gridpg_on_source(loaded, methods, limit, folder, seed, progress, device, op
         seed=seed,
         scale=options.get("grid_scale", "full"),
     )
-    keep = {
-        k: options[k] for k in ("batch_size", "method_options", "floors", "difull") if k in options
-    }
+    keep = _run_options(options, "difull")
     with placed_on(loaded.module, device):
         grids = [dataclasses.replace(g, tensor=model_input(loaded.module, g.tensor)) for g in grids]
         return evaluate_gridpg(loaded, names, grids, progress=progress, **keep)
@@ -489,7 +494,7 @@ def _counterfactual_on_source(loaded, methods, limit, seed, progress, device, op
 
     names = [m.name for m in list_methods()] if methods is None else list(methods)
     _check_methods(names)
-    keep = {k: options[k] for k in ("batch_size", "method_options", "floors") if k in options}
+    keep = _run_options(options)
     with placed_on(loaded.module, device):
         cf = counterfactual_set(loaded, limit, seed=seed)
         cf = dataclasses.replace(cf, tensor=model_input(loaded.module, cf.tensor))
@@ -506,5 +511,5 @@ def _shortcut_on_source(model, methods, limit, data, seed, progress, device, opt
         )
     if device is not None and resolve_device(device).type != "cpu":
         raise ConvlensError("the shortcut benchmark runs on the CPU; use --device cpu")
-    keep = {k: options[k] for k in ("batch_size", "method_options", "floors") if k in options}
+    keep = _run_options(options)
     return evaluate_shortcut(methods, limit, seed=seed, progress=progress, **keep)

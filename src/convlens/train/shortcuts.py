@@ -30,10 +30,10 @@ from convlens.data.shortcuts import CUE_CHECK, CUE_SIZE, SHORTCUT_CLASS, Shortcu
 from convlens.data.synthetic import TEST_SEED, TRAIN_SEED
 from convlens.layers.borrow import borrowed_model
 from convlens.models.scenes import load_scenes_model
-from convlens.models.shapes import MEAN, SIZE, STD, ShapesNet, shapes_preprocess
+from convlens.models.shapes import SIZE, ShapesNet, shapes_preprocess
 from convlens.models.shortcuts import shortcut_command
-from convlens.train.loop import save_weights, train_classifier
-from convlens.train.scenes import average_precision
+from convlens.train.loop import train_classifier
+from convlens.train.scenes import average_precision, save_scenes_model
 
 
 @torch.no_grad()
@@ -148,14 +148,6 @@ def _round_to_float16(model: torch.nn.Module) -> None:
 
 
 def save_shortcut_model(model: ShapesNet, record: dict, path: str | Path) -> Path:
-    """Write float16 weights plus classes, width, size, mean, std and the record."""
-    return save_weights(
-        model,
-        path,
-        classes=list(SCENE_CLASSES),
-        width=model.classifier.in_features // 3,
-        size=SIZE,
-        mean=list(MEAN),
-        std=list(STD),
-        record=record,
-    )
+    """Write float16 weights plus classes, width, size, mean, std and the record: a
+    fine-tuned scenes model, stored as `save_scenes_model` stores one."""
+    return save_scenes_model(model, record, path)
