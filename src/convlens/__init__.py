@@ -56,6 +56,8 @@ _PUBLIC = {
     "attribute_dataset": "convlens.scan.attribute",
     "load_attributions": "convlens.scan.attribute",
     "tcav": "convlens.concepts.tcav",
+    "craft": "convlens.concepts.craft",
+    "concept_maps": "convlens.concepts.craft",
     "spray": "convlens.concepts.spray",
     "ablate_layers": "convlens.analysis.ablation",
     "cam_crops": "convlens.analysis.camcrop",
@@ -101,6 +103,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time `__getattr__` loads
     from convlens.attribution.lrp import concept_relevance
     from convlens.attribution.methods import list_methods
     from convlens.attribution.pair import explain_pair
+    from convlens.concepts.craft import concept_maps, craft
     from convlens.concepts.spray import spray
     from convlens.concepts.tcav import tcav
     from convlens.data.images import ImageBatch, LoadedImage, load_image, load_images

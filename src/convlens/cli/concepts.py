@@ -1,5 +1,6 @@
 """Dataset-wide explanations: ``attribute`` (every image's map, in shards), ``spray``
-(clusters of those maps per class), ``tcav`` (does a class depend on a concept?).
+(clusters of those maps per class), ``tcav`` (does a class depend on a concept?),
+``concepts`` (CRAFT: which concepts a layer holds for a class, and how much each counts).
 
 ``torchrun --nproc_per_node N -m convlens attribute ...`` shards the pass over N processes
 as ``scan`` does; rank 0 writes ``index.json``.
@@ -207,3 +208,106 @@ def spray_command(
     for entry in document["skipped"]:
         typer.echo(f"class {entry['class']} skipped: {entry['message']}", err=True)
     typer.echo(f"-> {folder / 'spray.json'}")
+
+
+@app.command("concepts")
+def concepts_command(
+    data: Annotated[
+        str,
+        typer.Argument(
+            help="The class's images: a folder, an ImageFolder tree, a .txt list, shapes:N, "
+            "scenes:N; add @CLASS to keep one label's images (scenes:200@circle)."
+        ),
+    ],
+    target: Annotated[str, typer.Option("--class", help="The class explained (id or name).")],
+    layer: Annotated[
+        str, typer.Option("--layer", help="A layer with non-negative outputs (after a ReLU).")
+    ],
+    out: Annotated[str, typer.Option("--out", "-o", help="Output folder.")],
+    model: ModelOption = DEFAULT_MODEL,
+    top: Annotated[
+        int, typer.Option("--top", min=1, help="How many concepts (k of the factorisation).")
+    ] = 10,
+    k_alias: Annotated[
+        int | None, typer.Option("--k", hidden=True, min=1, help="Old spelling of --top.")
+    ] = None,
+    importance: Annotated[
+        str, typer.Option("--importance", help="sobol (the paper's) or occlusion.")
+    ] = "sobol",
+    crop: Annotated[
+        float, typer.Option("--crop", min=0.01, max=1.0, help="Crop side / image side.")
+    ] = 0.5,
+    crops: Annotated[int, typer.Option("--crops", min=1, help="Random crops per image.")] = 8,
+    designs: Annotated[int, typer.Option("--designs", min=2, help="Sobol points per image.")] = 32,
+    best: Annotated[int, typer.Option("--best", min=1, help="Best crops kept per concept.")] = 8,
+    show: Annotated[
+        str | None,
+        typer.Option("--show", help="Images the page draws the maps on (default: DATA)."),
+    ] = None,
+    examples: Annotated[
+        int, typer.Option("--examples", min=1, help="How many images the maps are drawn on.")
+    ] = 6,
+    seed: Annotated[int, typer.Option("--seed", help="Seeds crops, NMF and Sobol points.")] = 0,
+    json_: JsonOption = False,
+    force: ForceOption = False,
+    device: DeviceOption = "cpu",
+    trust_pickle: TrustPickleOption = False,
+    batch_size: BatchOption = 32,
+) -> None:
+    """CRAFT (Fel et al. 2023): non-negative factorisation of --layer's activations over
+    random crops of DATA gives --top concepts; each concept's importance to --class (Sobol
+    total indices, or the logit drop when it is removed), its best crops and its map.
+    Writes OUT/concepts.json ({"class", "layer", "concepts": [{"id", "importance",
+    "best_crops": [{"source", "box", "coefficient"}]}]}, boxes in pixels of the model
+    input) and the atlas page OUT/index.html."""
+    from pathlib import Path
+
+    from convlens.concepts.craft import concept_maps, craft
+    from convlens.concepts.sets import image_set
+    from convlens.files import check_folder, write_json, writing
+    from convlens.models import load_model
+    from convlens.report.concepts import concepts_page, write_concepts_atlas
+
+    folder = check_folder(out, ("concepts.json", "index.html"), force)
+    loaded = load_model(model, trust_pickle=trust_pickle)
+    images = image_set(data, loaded.preprocess)
+    result = craft(
+        loaded,
+        images,
+        int(target) if target.isdigit() else target,
+        layer,
+        concepts=k_alias or top,
+        crop=crop,
+        crops_per_image=crops,
+        importance=importance,
+        designs=designs,
+        best=best,
+        batch_size=batch_size,
+        device=device,
+        seed=seed,
+    )
+    shown = image_set(show, loaded.preprocess) if show else images
+    shown_images, shown_sources = shown.images[:examples], shown.sources[:examples]
+    maps = concept_maps(loaded, shown_images, result, batch_size=batch_size, device=device)
+    record = result.record() | {"model": loaded.name, "maps_on": shown_sources}
+    page = concepts_page(
+        result,
+        loaded.preprocess.denormalize(images.images),
+        loaded.preprocess.denormalize(shown_images),
+        maps,
+        shown_sources,
+        loaded.name,
+    )
+    with writing(folder, "concepts", force=force):
+        write_json(Path(folder) / "concepts.json", record)
+        write_concepts_atlas(folder, page)
+    if json_:
+        _echo_json(record)
+        return
+    for concept in record["concepts"]:
+        first = concept["best_crops"][0]
+        typer.echo(
+            f"concept {concept['id']}: importance {concept['importance']:.3g}, best crop "
+            f"{first['source']} {first['box']}"
+        )
+    typer.echo(f"-> {Path(folder) / 'concepts.json'}, {Path(folder) / 'index.html'}")

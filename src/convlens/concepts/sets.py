@@ -9,7 +9,7 @@
 - any of these with ``@CLASS`` appended: only the items of that class (a label of an
   ImageFolder tree or of ``shapes``; for scenes, the scenes where the shape is present),
   e.g. ``shapes:200@circle``;
-- a ``Tensor[N, 3, H, W]`` already preprocessed (used as it is).
+- a ``Tensor[N, 3, H, W]`` already preprocessed (used as it is), or an `ImageSet`.
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ class ImageSet:
 def image_set(spec, preprocess: Preprocess) -> ImageSet:
     """The images ``spec`` names (module docstring), preprocessed; `DataError` naming the
     fix when it names none."""
+    if isinstance(spec, ImageSet):
+        return spec
     if isinstance(spec, torch.Tensor):
         if spec.dim() != 4 or spec.shape[1] != 3:
             raise DataError(f"an image set tensor must be [N, 3, H, W], got {tuple(spec.shape)}")
