@@ -94,15 +94,13 @@ def _red_green_images() -> torch.Tensor:
 def test_the_concept_a_class_reads_ranks_first(importance, unchanged):
     model, images = _red_reader(), _red_green_images()
     with unchanged(model, images):
-        result = craft(
-            model, images, 0, "1", concepts=2, crop=0.4, crops_per_image=6, designs=64,
-            importance=importance,
-        )  # fmt: skip
+        settings = {"concepts": 2, "crop": 0.4, "crops_per_image": 6, "designs": 32}
+        result = craft(model, images, 0, "1", importance=importance, **settings)
     red = torch.tensor([1.0, 0, 0])
     assert float(result.bank[0] @ red) > 0.99  # concept 0: the red direction
     assert float(result.bank[1] @ red) < 0.05
     if importance == "sobol":
-        assert float(result.importance[0]) == pytest.approx(1.0, abs=0.05)
+        assert float(result.importance[0]) == pytest.approx(1.0, abs=0.1)
     else:  # removing red everywhere drops the logit by the red share of the image
         assert float(result.importance[0]) == pytest.approx(25 / 256, abs=1e-5)
     assert abs(float(result.importance[1])) < 0.02 * float(result.importance[0])
