@@ -40,6 +40,8 @@ from convlens.data.scenes import SCENE_CLASSES
 from convlens.maps import resize_maps
 from convlens.models.scenes import load_scenes_model
 
+TEXT = ("class", "best_concept", "per_concept", "importance")
+
 
 def held_out(count: int, class_id: int, preprocess) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``count`` held-out scenes (seed 1) holding class ``class_id``: their
@@ -110,6 +112,12 @@ def one_class(model, class_id: int, args, random_model) -> dict:
         "random_best_of_k": float(mean_iou(noise, masks).max()),
         "whole_image": float(mean_iou(whole, masks)[0]),
     }
+    for extra in args.also:
+        scores = mean_iou(regions(maps, extra), masks)
+        row[f"best_match@{extra}"] = float(scores.max())
+        row[f"top_ranked@{extra}"] = float(scores[0])
+        centre = regions(centre_map(size), extra).expand(len(masks), 1, size, size)
+        row[f"centre@{extra}"] = float(mean_iou(centre, masks)[0])
     if random_model is not None:
         control = craft(
             random_model,
@@ -137,6 +145,12 @@ def main() -> None:
     parser.add_argument("--designs", type=int, default=32)
     parser.add_argument("--importance", default="sobol")
     parser.add_argument("--threshold", type=float, default=0.5)
+    parser.add_argument(
+        "--also",
+        type=lambda text: [float(t) for t in text.split(",") if t],
+        default=[],
+        help="more thresholds to score (comma separated), e.g. 0.3,0.7",
+    )
     parser.add_argument("--no-random-weights", action="store_true")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
@@ -155,8 +169,11 @@ def main() -> None:
     print("|---" * (len(columns) + 1) + "|")
     for row in rows:
         print(f"| {row['class']} | " + " | ".join(f"{row[c]:.3f}" for c in columns) + " |")
-    means = {c: sum(r[c] for r in rows) / len(rows) for c in columns}
+    means = {c: sum(r[c] for r in rows) / len(rows) for c in rows[0] if c not in TEXT}
     print("| **mean** | " + " | ".join(f"{means[c]:.3f}" for c in columns) + " |")
+    for extra in args.also:
+        keys = [f"best_match@{extra}", f"top_ranked@{extra}", f"centre@{extra}"]
+        print(f"threshold {extra}: " + ", ".join(f"{k} {means[k]:.3f}" for k in keys))
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"settings": vars(args), "rows": rows, "means": means}, handle, indent=2)
