@@ -24,6 +24,10 @@ Controls, thresholded and scored the same way (no model involved):
 - ``whole image``: every pixel selected (IoU = the mask's share of the image);
 - ``random weights``: the whole procedure on the same architecture with random weights
   (``load_scenes_model(pretrained=False)``, seeded), best-match.
+
+``top precision`` and ``top recall``: the share of the top-ranked concept's region inside
+the mask, and of the mask inside that region (averaged over the scenes). And a ceiling: ``mask at layer grid``, the true mask area-averaged to the layer's grid and
+upsampled like the concept maps (the best a map at the layer's resolution can do here).
 """
 
 from __future__ import annotations
@@ -79,6 +83,11 @@ def random_maps(count: int, k: int, grid: int, size: int, seed: int) -> torch.Te
     return resize_maps(noise, (size, size)).view(count, k, size, size)
 
 
+def shrunk(masks: torch.Tensor, grid: int) -> torch.Tensor:
+    """``Tensor[n, grid, grid]``: ``masks`` area-averaged to the layer's grid."""
+    return torch.nn.functional.adaptive_avg_pool2d(masks[:, None], grid)[:, 0]
+
+
 def one_class(model, class_id: int, args, random_model) -> dict:
     name = SCENE_CLASSES[class_id]
     result = craft(
@@ -99,6 +108,7 @@ def one_class(model, class_id: int, args, random_model) -> dict:
     centre = regions(centre_map(size), args.threshold).expand(len(masks), 1, size, size)
     noise = regions(random_maps(len(masks), args.k, grid, size, class_id), args.threshold)
     whole = torch.ones(len(masks), 1, size, size, dtype=torch.bool)
+    blurred = resize_maps(shrunk(masks.float(), grid), (size, size))[:, None]
     row = {
         "class": name,
         "images": len(masks),
@@ -111,7 +121,12 @@ def one_class(model, class_id: int, args, random_model) -> dict:
         "centre": float(mean_iou(centre, masks)[0]),
         "random_best_of_k": float(mean_iou(noise, masks).max()),
         "whole_image": float(mean_iou(whole, masks)[0]),
+        "mask_at_layer_grid": float(mean_iou(regions(blurred, args.threshold), masks)[0]),
     }
+    top = regions(maps[:, 0], args.threshold)
+    inside = (top & masks).flatten(1).sum(1).float()
+    row["top_precision"] = float((inside / top.flatten(1).sum(1).clamp_min(1)).mean())
+    row["top_recall"] = float((inside / masks.flatten(1).sum(1).clamp_min(1)).mean())
     for extra in args.also:
         scores = mean_iou(regions(maps, extra), masks)
         row[f"best_match@{extra}"] = float(scores.max())
@@ -162,6 +177,7 @@ def main() -> None:
     rows = [one_class(model, c, args, random_model) for c in range(len(SCENE_CLASSES))]
     seconds = time.perf_counter() - started
     columns = ["best_match", "top_ranked", "centre", "random_best_of_k", "whole_image"]
+    columns += ["mask_at_layer_grid", "top_precision", "top_recall"]
     if random_model is not None:
         columns.append("random_weights")
     print(f"layer {args.layer}, k = {args.k}, threshold {args.threshold} x max, {seconds:.0f} s")
@@ -171,6 +187,10 @@ def main() -> None:
         print(f"| {row['class']} | " + " | ".join(f"{row[c]:.3f}" for c in columns) + " |")
     means = {c: sum(r[c] for r in rows) / len(rows) for c in rows[0] if c not in TEXT}
     print("| **mean** | " + " | ".join(f"{means[c]:.3f}" for c in columns) + " |")
+    top = regions(maps[:, 0], args.threshold)
+    inside = (top & masks).flatten(1).sum(1).float()
+    row["top_precision"] = float((inside / top.flatten(1).sum(1).clamp_min(1)).mean())
+    row["top_recall"] = float((inside / masks.flatten(1).sum(1).clamp_min(1)).mean())
     for extra in args.also:
         keys = [f"best_match@{extra}", f"top_ranked@{extra}", f"centre@{extra}"]
         print(f"threshold {extra}: " + ", ".join(f"{k} {means[k]:.3f}" for k in keys))
