@@ -26,8 +26,9 @@ Controls, thresholded and scored the same way (no model involved):
   (``load_scenes_model(pretrained=False)``, seeded), best-match.
 
 ``top precision`` and ``top recall``: the share of the top-ranked concept's region inside
-the mask, and of the mask inside that region (averaged over the scenes). And a ceiling: ``mask at layer grid``, the true mask area-averaged to the layer's grid and
-upsampled like the concept maps (the best a map at the layer's resolution can do here).
+the mask, and of the mask inside that region (averaged over the scenes). And a ceiling,
+``mask at layer grid``: the true mask area-averaged to the layer's grid and upsampled like
+the concept maps (the best a map at the layer's resolution can do here).
 """
 
 from __future__ import annotations
@@ -187,10 +188,6 @@ def main() -> None:
         print(f"| {row['class']} | " + " | ".join(f"{row[c]:.3f}" for c in columns) + " |")
     means = {c: sum(r[c] for r in rows) / len(rows) for c in rows[0] if c not in TEXT}
     print("| **mean** | " + " | ".join(f"{means[c]:.3f}" for c in columns) + " |")
-    top = regions(maps[:, 0], args.threshold)
-    inside = (top & masks).flatten(1).sum(1).float()
-    row["top_precision"] = float((inside / top.flatten(1).sum(1).clamp_min(1)).mean())
-    row["top_recall"] = float((inside / masks.flatten(1).sum(1).clamp_min(1)).mean())
     for extra in args.also:
         keys = [f"best_match@{extra}", f"top_ranked@{extra}", f"centre@{extra}"]
         print(f"threshold {extra}: " + ", ".join(f"{k} {means[k]:.3f}" for k in keys))
