@@ -392,6 +392,8 @@ def craft(
     class_id = _class_id(loaded, target)
     if crops_per_image < 1 or best < 1 or designs < 2:
         raise DataError("crops_per_image and best must be >= 1, designs >= 2")
+    if importance not in IMPORTANCES:
+        raise DataError(f"unknown importance {importance!r}; use one of {', '.join(IMPORTANCES)}")
     tensor_set = image_set(images, loaded.preprocess)
     tensor = tensor_set.images
     size = tuple(tensor.shape[-2:])
