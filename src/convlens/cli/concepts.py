@@ -116,18 +116,28 @@ def tcav_command(
     model: ModelOption = DEFAULT_MODEL,
     runs: Annotated[int, typer.Option("--runs", min=2, help="Concept and random CAVs.")] = 10,
     alpha: Annotated[float, typer.Option("--alpha", help="Significance level.")] = 0.05,
+    test: Annotated[
+        str,
+        typer.Option(
+            "--test",
+            help="cosine (default) or score: the concept against the random sets as null "
+            "concepts (Crawford-Howell); runs: the paper's t-test of the runs.",
+        ),
+    ] = "cosine",
     json_: JsonOption = False,
     device: DeviceOption = "cpu",
     trust_pickle: TrustPickleOption = False,
     batch_size: BatchOption = 32,
 ) -> None:
     """TCAV (Kim et al. 2018): per layer, the share of --data images whose --class score
-    grows along the concept's activation vector, and a t-test against random vectors
-    (Bonferroni over the layers). As JSON: {"concept", "class", "layer", "score",
-    "p_value", "significant"} per layer."""
-    from convlens.concepts.tcav import tcav
+    grows along the concept's activation vector, and a t-test of --test against random
+    sets used as concepts (Bonferroni over the layers). As JSON: {"concept", "class",
+    "layer", "score", "p_value", "significant", "test", "cosine", "p_values"} per layer."""
+    from convlens.concepts.tcav import TESTS, tcav
     from convlens.models import load_model
 
+    if test not in TESTS:
+        raise typer.BadParameter(f"{test!r}; use one of {', '.join(TESTS)}", param_hint="--test")
     results = tcav(
         load_model(model, trust_pickle=trust_pickle),
         concept,
@@ -137,18 +147,21 @@ def tcav_command(
         layer.split(","),
         runs=runs,
         alpha=alpha,
+        test=test,
         batch_size=batch_size,
         device=device,
     )
-    keys = ("concept", "class", "layer", "score", "p_value", "significant")
+    keys = ("concept", "class", "layer", "score", "p_value", "significant", "test", "cosine")
+    keys += ("p_values",)
     records = [{k: r.record()[k] for k in keys} for r in results]
     if json_:
         _echo_json(records)
         return
     for r in records:
         typer.echo(
-            f"{r['layer']}: TCAV {r['score']:.3f} of {r['concept']} for {r['class']}, "
-            f"p = {r['p_value']:.3g} ({'significant' if r['significant'] else 'not significant'})"
+            f"{r['layer']}: TCAV {r['score']:.3f} (mean cosine {r['cosine']:.4f}) of "
+            f"{r['concept']} for {r['class']}, p = {r['p_value']:.3g} by {r['test']} "
+            f"({'significant' if r['significant'] else 'not significant'})"
         )
 
 
