@@ -57,7 +57,7 @@ GREY_SATURATION = 0.25
 GREY_VALUE = 0.25
 SCENE_GROUPS = ("shape", "fill", "colour")
 CLASSES_FILE = "classes.txt"
-LABEL_MODES = ("L", "P", "I", "I;16", "I;16L", "I;16B", "I;16N")
+LABEL_MODES = ("1", "L", "P", "I", "I;16", "I;16L", "I;16B", "I;16N")
 
 
 @dataclass(frozen=True)
@@ -119,10 +119,27 @@ class ConceptData:
                 images.append(image)
                 maps.append(labels)
                 sources.append(self.items[position])
-            batch = (
-                ConceptBatch(torch.stack(images), torch.stack(maps), sources) if images else None
+            yield (_stacked(images, maps, sources) if images else None), skipped
+
+
+class TensorConcepts(ConceptData):
+    """Images already preprocessed, ``Tensor[N, 3, H, W]``, with their ``maps``
+    ``LongTensor[N, G, H, W]`` and ``concepts`` (the model's preprocessing is not applied)."""
+
+    def __init__(self, images: torch.Tensor, maps: torch.Tensor, concepts, name: str = "tensors"):
+        if images.dim() != 4 or maps.dim() != 4 or len(images) != len(maps):
+            raise DataError(
+                f"images [N, 3, H, W] and maps [N, G, H, W] of equal N, got "
+                f"{tuple(images.shape)} and {tuple(maps.shape)}"
             )
-            yield batch, skipped
+        concepts = tuple(concepts)
+        if not concepts or max(c.index for c in concepts) >= maps.shape[1]:
+            raise DataError(f"concepts must name rows of the {maps.shape[1]} maps")
+        super().__init__(name, concepts, [f"{name}:{i}" for i in range(len(images))])
+        self.images, self.maps = images, maps.long()
+
+    def read(self, position: int, preprocess: Preprocess) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[position], self.maps[position]
 
 
 class SceneConcepts(ConceptData):
@@ -186,6 +203,15 @@ class LabelMapFolder(ConceptData):
                 "give every image a label map of its own size"
             )
         return _through(preprocess, rgb, labels[None])
+
+
+def _stacked(images: list, maps: list, sources: list[str]) -> ConceptBatch:
+    if len({tuple(image.shape) for image in images}) > 1:
+        raise DataError(
+            "the images have different sizes after the model's preprocessing; dissection "
+            "batches them: use a preprocessing that resizes (stretch, center_crop or pad)"
+        )
+    return ConceptBatch(torch.stack(images), torch.stack(maps), sources)
 
 
 def concept_data(spec: str | Path | ConceptData) -> ConceptData:
@@ -285,16 +311,14 @@ def read_label_map(path: Path, classes: int) -> np.ndarray:
     try:
         with Image.open(path) as image:
             mode = image.mode
-            if mode not in LABEL_MODES:
-                raise DataError(
-                    f"{path}: a label map holds one integer per pixel (a greyscale, 16-bit "
-                    f"or palette PNG), this one is {mode}; save the labels, not colours"
-                )
-            labels = np.asarray(image).astype(np.int64)
-    except (OSError, UnidentifiedImageError, ValueError) as error:
-        if isinstance(error, DataError):
-            raise
+            labels = np.asarray(image).astype(np.int64) if mode in LABEL_MODES else None
+    except (OSError, UnidentifiedImageError) as error:
         raise DataError(f"{path}: not a readable PNG label map ({error})") from error
+    if labels is None:
+        raise DataError(
+            f"{path}: a label map holds one integer per pixel (a greyscale, 16-bit or "
+            f"palette PNG), this one is {mode}; save the labels, not colours"
+        )
     if labels.ndim != 2:
         raise DataError(f"{path}: a label map has one value per pixel, got shape {labels.shape}")
     if labels.min() < 0 or labels.max() >= classes:
@@ -346,6 +370,7 @@ __all__ = [
     "ConceptData",
     "LabelMapFolder",
     "SceneConcepts",
+    "TensorConcepts",
     "colour_bands",
     "concept_data",
     "read_class_list",
