@@ -78,6 +78,7 @@ def test_a_channel_equal_to_a_concept_mask_has_iou_one(unchanged):
         "group": "label",
         "iou": 1.0,
         "threshold": 0.0,
+        "on_share": a / maps.numel(),
     }
     assert record["unique_detectors"] == 1 and "control" not in record
 

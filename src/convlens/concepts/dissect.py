@@ -60,13 +60,16 @@ QUANTILE_METHOD = (
 @dataclass(frozen=True)
 class ChannelLabel:
     """A channel's best concept: ``channel``, ``concept`` and ``group`` (see
-    `convlens.data.concept_masks.Concept`), ``iou`` in [0, 1], ``threshold`` ``T_k``."""
+    `convlens.data.concept_masks.Concept`), ``iou`` in [0, 1], ``threshold`` ``T_k``, and
+    ``on_share`` the share of the data set's pixels where the upsampled channel exceeds it
+    (the IoU with a concept covering a share ``s`` is at most ``min(on, s) / max(on, s)``)."""
 
     channel: int
     concept: str
     group: str
     iou: float
     threshold: float
+    on_share: float = 0.0
 
     def record(self) -> dict:
         return {
@@ -75,6 +78,7 @@ class ChannelLabel:
             "group": self.group,
             "iou": self.iou,
             "threshold": self.threshold,
+            "on_share": self.on_share,
         }
 
 
@@ -82,7 +86,8 @@ class ChannelLabel:
 class Dissection:
     """One layer of one model dissected: ``iou`` ``Tensor[K, C]`` (float64, every channel
     against every concept), ``thresholds`` ``Tensor[K]``, ``concept_pixels``
-    ``LongTensor[C]`` (each concept's mask pixels over the data set), ``weights``
+    ``LongTensor[C]`` (each concept's mask pixels over the data set), ``on_share``
+    ``Tensor[K]`` (the share of pixels where each channel is on), ``weights``
     ``"trained"`` or ``"random"`` (then ``seed`` and ``kept_parameters``, the parameters no
     ``reset_parameters`` reached), ``control`` the random-weights dissection of the same
     layer (or None)."""
@@ -95,6 +100,7 @@ class Dissection:
     iou: torch.Tensor
     thresholds: torch.Tensor
     concept_pixels: torch.Tensor
+    on_share: torch.Tensor | None = None
     quantile: float = DEFAULT_QUANTILE
     iou_threshold: float = DEFAULT_IOU_THRESHOLD
     weights: str = "trained"
@@ -114,6 +120,7 @@ class Dissection:
                 self.concepts[int(c)].group,
                 float(best[k]),
                 float(self.thresholds[k]),
+                0.0 if self.on_share is None else float(self.on_share[k]),
             )
             for k, c in enumerate(index.tolist())
         ]
@@ -234,6 +241,7 @@ class IouCounter:
         self.intersections = [torch.zeros(channels, v, dtype=torch.long) for v in self.sizes]
         self.pixels = [torch.zeros(v, dtype=torch.long) for v in self.sizes]
         self.active = torch.zeros(channels, dtype=torch.long)
+        self.total = 0  # pixels of the masks seen
 
     def update(
         self, activations: torch.Tensor, thresholds: torch.Tensor, maps: torch.Tensor
@@ -243,6 +251,7 @@ class IouCounter:
         batch, channels = activations.shape[:2]
         height, width = maps.shape[-2:]
         maps = maps.to(activations.device)
+        self.total += batch * height * width
         thresholds = thresholds.to(activations.device)
         step = max(1, _CHUNK_ELEMENTS // max(1, batch * height * width))
         for start in range(0, channels, step):
@@ -264,6 +273,10 @@ class IouCounter:
     def concept_pixels(self) -> torch.Tensor:
         """``LongTensor[C]``: each concept's mask pixels so far."""
         return torch.tensor([int(self.pixels[c.index][c.value]) for c in self.concepts])
+
+    def on_share(self) -> torch.Tensor:
+        """``Tensor[K]``: the share of pixels where each channel was on."""
+        return self.active.double() / max(1, self.total)
 
     def iou(self) -> torch.Tensor:
         """``Tensor[K, C]`` float64: summed intersection over summed union (0 when empty)."""
@@ -356,6 +369,7 @@ def dissect(
                 iou=counters[i][name].iou(),
                 thresholds=quantiles[i][name].cpu(),
                 concept_pixels=counters[i][name].concept_pixels(),
+                on_share=counters[i][name].on_share(),
                 quantile=quantile,
                 iou_threshold=iou_threshold,
                 weights="trained" if i == 0 else "random",
