@@ -106,6 +106,9 @@ def test_iou_sums_intersections_and_unions_over_the_data_set():
     counter = IouCounter(CONCEPTS, 3)
     counter.update(activations[:3], thresholds, maps[:3])
     counter.update(activations[3:], thresholds, maps[3:])
+    one_channel_at_a_time = IouCounter(CONCEPTS, 3, chunk_elements=1)
+    one_channel_at_a_time.update(activations, thresholds, maps)
+    assert torch.equal(one_channel_at_a_time.iou(), counter.iou())
     up = nn.functional.interpolate(activations, size=(8, 8), mode="bilinear")
     on = up > thresholds[None, :, None, None]
     for k in range(3):

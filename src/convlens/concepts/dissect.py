@@ -230,10 +230,14 @@ def top_quantile(values: torch.Tensor, quantile: float = DEFAULT_QUANTILE) -> to
 
 class IouCounter:
     """Intersections and unions of thresholded channels with concept masks, summed over the
-    data set (module docstring, steps 2 and 3): `update` per batch, then `iou`."""
+    data set (module docstring, steps 2 and 3): `update` per batch, then `iou`.
+    ``chunk_elements`` bounds the upsampled activations held at once (channels are taken
+    in groups); it changes no count."""
 
-    def __init__(self, concepts: tuple[Concept, ...], channels: int):
-        self.concepts = concepts
+    def __init__(
+        self, concepts: tuple[Concept, ...], channels: int, chunk_elements: int = _CHUNK_ELEMENTS
+    ):
+        self.concepts, self.chunk_elements = concepts, chunk_elements
         self.groups = 1 + max(c.index for c in concepts)
         self.sizes = [
             1 + max(c.value for c in concepts if c.index == g) for g in range(self.groups)
@@ -253,7 +257,7 @@ class IouCounter:
         maps = maps.to(activations.device)
         self.total += batch * height * width
         thresholds = thresholds.to(activations.device)
-        step = max(1, _CHUNK_ELEMENTS // max(1, batch * height * width))
+        step = max(1, self.chunk_elements // max(1, batch * height * width))
         for start in range(0, channels, step):
             part = activations[:, start : start + step].float()
             up = resize_maps(part.flatten(0, 1), (height, width)).view(batch, -1, height, width)
