@@ -341,7 +341,7 @@ def dissect(
     Returns one `Dissection` per layer, in the order given, each with its ``control``.
 
     Example:
-        >>> result = dissect("synthetic-scenes", "features.16", "scenes-test:4")
+        >>> result = dissect("synthetic-scenes", "features.16", "scenes-test:2")
         >>> result[0].layer, len(result[0].channels), result[0].control.weights
         ('features.16', 48, 'random')
     """
