@@ -353,6 +353,8 @@ def dissect(
         raise LayerError("no layer given; name at least one (see 'convlens layers')")
     if not 0.0 <= iou_threshold <= 1.0:
         raise DataError(f"iou_threshold must lie in [0, 1], got {iou_threshold}")
+    if not 0.0 < quantile < 1.0:
+        raise DataError(f"quantile must lie in (0, 1) (the paper's is 0.005), got {quantile}")
     source = concept_data(data)
     twin, kept = random_weights(module, seed) if control else (None, [])
     with placed_on(module, device) as where:
