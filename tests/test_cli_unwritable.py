@@ -22,6 +22,7 @@ WRITERS = {name for name, command in command_paths().items() if "--out" in optio
 CALLS = {
     "ablate": ([], "out.png"),
     "attribute": (["shapes:4"], "out"),
+    "dissect": (["--layer", "features.16"], "out"),
     "embed": (["shapes:4"], "out"),
     "evaluate": ([], "out"),
     "evolution": (["--model", "run.pt"], "out.png"),

@@ -57,6 +57,7 @@ _PUBLIC = {
     "load_attributions": "convlens.scan.attribute",
     "tcav": "convlens.concepts.tcav",
     "spray": "convlens.concepts.spray",
+    "dissect": "convlens.concepts.dissect",
     "ablate_layers": "convlens.analysis.ablation",
     "cam_crops": "convlens.analysis.camcrop",
     "epoch_files": "convlens.analysis.evolution",
@@ -101,6 +102,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time `__getattr__` loads
     from convlens.attribution.lrp import concept_relevance
     from convlens.attribution.methods import list_methods
     from convlens.attribution.pair import explain_pair
+    from convlens.concepts.dissect import dissect
     from convlens.concepts.spray import spray
     from convlens.concepts.tcav import tcav
     from convlens.data.images import ImageBatch, LoadedImage, load_image, load_images

@@ -1,5 +1,6 @@
 """Dataset-wide explanations: ``attribute`` (every image's map, in shards), ``spray``
-(clusters of those maps per class), ``tcav`` (does a class depend on a concept?).
+(clusters of those maps per class), ``tcav`` (does a class depend on a concept?),
+``dissect`` (which channels detect which concepts?).
 
 ``torchrun --nproc_per_node N -m convlens attribute ...`` shards the pass over N processes
 as ``scan`` does; rank 0 writes ``index.json``.
@@ -220,3 +221,106 @@ def spray_command(
     for entry in document["skipped"]:
         typer.echo(f"class {entry['class']} skipped: {entry['message']}", err=True)
     typer.echo(f"-> {folder / 'spray.json'}")
+
+
+@app.command("dissect")
+def dissect_command(
+    layer: Annotated[
+        list[str], typer.Option("--layer", help="Layer to dissect (repeat, or comma separated).")
+    ],
+    out: Annotated[str, typer.Option("--out", "-o", help="Output folder.")],
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data", help="scenes[:N] or scenes-test[:N] (default scenes-test:1000, held out)."
+        ),
+    ] = None,
+    label_maps: Annotated[
+        str | None,
+        typer.Option(
+            "--label-maps",
+            help="Instead of --data: a folder with classes.txt, images/ and labels/ (one "
+            "integer label per pixel, a PNG per image).",
+        ),
+    ] = None,
+    model: ModelOption = DEFAULT_MODEL,
+    quantile: Annotated[
+        float, typer.Option("--quantile", help="Top share of a channel's activations that is on.")
+    ] = 0.005,
+    iou_threshold: Annotated[
+        float, typer.Option("--iou-threshold", help="A channel with a larger IoU is a detector.")
+    ] = 0.04,
+    control: Annotated[
+        bool,
+        typer.Option("--control/--no-control", help="Also dissect the model with random weights."),
+    ] = True,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the random weights.")] = 0,
+    json_: JsonOption = False,
+    device: DeviceOption = "cpu",
+    trust_pickle: TrustPickleOption = False,
+    batch_size: BatchOption = 32,
+    force: ForceOption = False,
+) -> None:
+    """Network dissection (Bau et al. 2017): each channel of each --layer, thresholded at its
+    top --quantile over the data set and upsampled, is scored by IoU against every concept
+    mask (the scenes' six shapes, four fills and seven colour bands, or the classes of
+    --label-maps); its label is the best concept. Writes OUT/<layer>/dissect.json
+    ({"channels": [{"channel", "concept", "iou"}], "unique_detectors", ...}, with the same
+    for the architecture with random weights under "control") and prints a table."""
+    from convlens.concepts.dissect import DEFAULT_DATA, RESULT_FILE, dissect, save_dissections
+    from convlens.errors import DataError
+    from convlens.files import check_folder, writing
+    from convlens.models import load_model
+
+    if data is not None and label_maps is not None:
+        raise DataError("pass --data or --label-maps, not both")
+    check_folder(out, (), force)
+    layers = [name.strip() for entry in layer for name in entry.split(",") if name.strip()]
+    results = dissect(
+        load_model(model, trust_pickle=trust_pickle),
+        layers,
+        label_maps or data or DEFAULT_DATA,
+        quantile=quantile,
+        iou_threshold=iou_threshold,
+        control=control,
+        seed=seed,
+        batch_size=batch_size,
+        device=device,
+    )
+    with writing(out, "dissect", force=force):
+        paths = save_dissections(results, out)
+    skipped = results[0].skipped
+    if json_:
+        _echo_json([r.record() for r in results])
+    else:
+        _print_dissections(results)
+        typer.echo(f"-> {out}/<layer>/{RESULT_FILE} ({len(paths)} files)")
+    _report_skipped(skipped)
+    if skipped:
+        raise typer.Exit(1)
+
+
+def _print_dissections(results) -> None:
+    """One row per layer and weights: unique detectors, detectors, mean and max IoU, and
+    the most frequent detector concepts."""
+    rows = [("layer", "weights", "unique", "detectors", "mean IoU", "max IoU", "concepts")]
+    for result in results:
+        for run in (result, result.control) if result.control is not None else (result,):
+            summary = run.summary()
+            top = list(summary["detector_concepts"].items())[:4]
+            rows.append(
+                (
+                    run.layer,
+                    run.weights,
+                    str(summary["unique_detectors"]),
+                    f"{summary['detectors']}/{len(run.thresholds)}",
+                    f"{summary['mean_iou']:.3f}",
+                    f"{summary['max_iou']:.3f}",
+                    ", ".join(f"{name} {count}" for name, count in top) or "-",
+                )
+            )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        typer.echo(
+            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[-1]
+        )
