@@ -61,8 +61,10 @@ def attribute_command(
 ) -> None:
     """Every image's map by --method at --size x --size pixels: float16 shards in
     DIR/maps/ (each map divided by its largest absolute value) and DIR/index.json (per row:
-    source, label, explained class, score, scale, shard, row). Memory stays flat in the
-    number of images; --resume continues a stopped run."""
+    source, label, explained class, score, scale, shard, row). With --method lrp --option
+    relevance_layer=LAYER each image's LRP relevance per channel of LAYER is stored too
+    (DIR/channels/), for 'spray --features channels'. Memory stays flat in the number of
+    images; --resume continues a stopped run."""
     from convlens.cli.options import parse_method_options
     from convlens.files import check_folder, writing
     from convlens.models import load_model
@@ -163,7 +165,12 @@ def spray_command(
     ] = None,
     size: Annotated[int, typer.Option("--size", min=1, help="Side of the shrunk maps.")] = 16,
     features: Annotated[
-        str, typer.Option("--features", help="maps (the paper's) or sorted (position-free).")
+        str,
+        typer.Option(
+            "--features",
+            help="maps (the paper's), sorted (position-free) or channels (LRP relevance per "
+            "channel, stored by 'attribute --method lrp --option relevance_layer=LAYER').",
+        ),
     ] = "maps",
     neighbours: Annotated[
         int, typer.Option("--neighbours", min=1, help="k of the nearest-neighbour graph.")
