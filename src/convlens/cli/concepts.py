@@ -178,6 +178,15 @@ def spray_command(
     max_clusters: Annotated[
         int, typer.Option("--max-clusters", min=2, help="Largest count the eigengap picks.")
     ] = 10,
+    atlas: Annotated[
+        bool,
+        typer.Option(
+            "--atlas/--no-atlas",
+            help="Also write OUT/spray/: per class a t-SNE map of the maps and a page with "
+            "each cluster's mean map and exemplars (open OUT/spray/index.html, or "
+            "'convlens serve --atlas OUT/spray').",
+        ),
+    ] = True,
     json_: JsonOption = False,
     force: ForceOption = False,
     device: DeviceOption = "cpu",
@@ -186,15 +195,17 @@ def spray_command(
     of 'convlens attribute DATA --out DIR' (count by the eigengap), clusters ranked by mean
     silhouette (the first stands apart most); it runs on the CPU (--device is only
     checked). Writes OUT/spray.json: {"classes": [{"class", "clusters": [{"id", "size",
-    "members", "score"}]}]}."""
+    "members", "score"}]}]}, and the atlas pages in OUT/spray/."""
     from pathlib import Path
 
-    from convlens.concepts.spray import spray_attributions
+    from convlens.concepts.spray import spray_classes
     from convlens.files import check_writable, write_json, writing
 
     folder = Path(out or maps)
     check_writable(folder / "spray.json", force)
-    document = spray_attributions(
+    if atlas:
+        check_writable(folder / "spray" / "index.html", force)
+    classes, skipped = spray_classes(
         maps,
         target,
         size=size,
@@ -202,8 +213,14 @@ def spray_command(
         neighbours=neighbours,
         max_clusters=max_clusters,
     )
+    document = {"classes": [entry.record for entry in classes], "skipped": skipped}
     with writing(folder, "spray", force=force):
         write_json(folder / "spray.json", document)
+        if atlas and classes:
+            from convlens.report.atlas import write_spray_atlas, write_spray_pictures
+
+            pictures = write_spray_pictures(folder / "spray", classes)
+            write_spray_atlas(folder / "spray", document, pictures, "convlens spray")
     if json_:
         _echo_json(document)
         return
@@ -214,3 +231,5 @@ def spray_command(
     for entry in document["skipped"]:
         typer.echo(f"class {entry['class']} skipped: {entry['message']}", err=True)
     typer.echo(f"-> {folder / 'spray.json'}")
+    if atlas and classes:
+        typer.echo(f"-> {folder / 'spray' / 'index.html'}")

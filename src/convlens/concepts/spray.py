@@ -258,14 +258,28 @@ def spray(
     return SprayResult(result, ranked, eigenvalues.float(), embedding.float())
 
 
-def spray_attributions(folder: str | Path, class_id: int | None = None, **settings) -> dict:
+@dataclass(frozen=True)
+class SprayClass:
+    """SpRAy of one explained class of a ``convlens attribute`` folder: ``record`` its entry
+    of ``spray.json``, ``result`` the `SprayResult`, ``features`` ``Tensor[N, D]`` what was
+    clustered (`spray_features`), ``maps`` ``Tensor[N, S, S]`` the stored maps of its rows
+    (whatever the features: what the atlas draws)."""
+
+    record: dict
+    result: SprayResult
+    features: torch.Tensor
+    maps: torch.Tensor
+
+
+def spray_classes(
+    folder: str | Path, class_id: int | None = None, **settings
+) -> tuple[list[SprayClass], list[dict]]:
     """SpRAy of every explained class of a ``convlens attribute`` folder (or only
-    ``class_id``): ``{"classes": [{"class", "class_name", "count", "eigengap", "clusters":
-    [{"id", "size", "members": [source, ...], "score"}]}], "skipped": [{"class",
-    "message"}]}``. ``settings``: those of `spray`. A class with fewer than 4 maps is
-    skipped (named in ``skipped``)."""
+    ``class_id``): the classes in the folder's order, and the skipped ones ``[{"class",
+    "message"}]`` (fewer than 4 maps). ``settings``: those of `spray`."""
     attributions = load_attributions(folder)
-    stored = _stored(attributions, Path(folder), settings.get("features", "maps"))
+    features = settings.get("features", "maps")
+    stored = _stored(attributions, Path(folder), features)
     by_class: dict = {}
     for i, row in enumerate(attributions.rows):
         by_class.setdefault(row["class"], []).append(i)
@@ -283,16 +297,27 @@ def spray_attributions(folder: str | Path, class_id: int | None = None, **settin
             continue
         sources = [attributions.rows[i]["source"] for i in rows]
         result = spray(stored[rows], sources=sources, **settings)
-        classes.append(
-            {
-                "class": c,
-                "class_name": attributions.rows[rows[0]].get("class_name"),
-                "count": len(rows),
-                "eigengap": result.eigengap,
-                "clusters": [cluster.record() for cluster in result.clusters],
-            }
-        )
-    return {"classes": classes, "skipped": skipped}
+        record = {
+            "class": c,
+            "class_name": attributions.rows[rows[0]].get("class_name"),
+            "count": len(rows),
+            "eigengap": result.eigengap,
+            "clusters": [cluster.record() for cluster in result.clusters],
+        }
+        size = settings.get("size", DEFAULT_SIZE)
+        vectors = spray_features(stored[rows], size, features)
+        classes.append(SprayClass(record, result, vectors, attributions.maps[rows]))
+    return classes, skipped
+
+
+def spray_attributions(folder: str | Path, class_id: int | None = None, **settings) -> dict:
+    """SpRAy of every explained class of a ``convlens attribute`` folder (or only
+    ``class_id``): ``{"classes": [{"class", "class_name", "count", "eigengap", "clusters":
+    [{"id", "size", "members": [source, ...], "score"}]}], "skipped": [{"class",
+    "message"}]}``. ``settings``: those of `spray`. A class with fewer than 4 maps is
+    skipped (named in ``skipped``)."""
+    classes, skipped = spray_classes(folder, class_id, **settings)
+    return {"classes": [entry.record for entry in classes], "skipped": skipped}
 
 
 def _folder_maps(
