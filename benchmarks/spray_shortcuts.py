@@ -14,7 +14,9 @@ image without the cue (``images_without_cue``; exactly 0 where there is no cue).
 For each model and method, the triangle maps of all these images go to `convlens.spray`
 with both map feature kinds (``maps``: the paper's; ``sorted``: translation-invariant), and
 LRP's relevance per channel at each of ``--layers`` (``channels``: summed over space, so
-position-free; lrp's ``relevance_layer`` option, one backward pass with the maps). Printed:
+position-free; lrp's ``relevance_layer`` option, one backward pass with the maps); with
+``--peak`` also each channel's largest absolute relevance over space (``peak``, exploratory,
+not a feature of `convlens.spray`). Printed:
 the ROC AUC of "member of the top-ranked cluster" (a 0/1 score) against "depends on the
 cue", every cluster's size, score and count of cue-dependent members, and the verdict of
 the rule below.
@@ -62,6 +64,11 @@ def main() -> None:
     parser.add_argument("--neighbours", type=int, default=10)
     parser.add_argument("--layers", default=",".join(f"features.{i}" for i in (2, 6, 9, 13, 16)))
     parser.add_argument("--features", default="maps,sorted")
+    parser.add_argument(
+        "--peak",
+        action="store_true",
+        help="also cluster each channel's largest |relevance| over space (exploratory)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     data = ShortcutScenes(args.scenes, seed=args.seed, rate=0.0)
@@ -91,16 +98,37 @@ def main() -> None:
                 ]
                 if layer is None:
                     maps = torch.cat([p.maps for p in parts])
-                    for features in args.features.split(","):
+                    for features in filter(None, args.features.split(",")):
                         runs[features] = (maps, features)
                 else:
                     vectors = torch.cat([p.extras["channel_relevance"] for p in parts])
                     runs[f"channels@{layer}"] = (vectors, "channels")
+                    if args.peak:
+                        runs[f"peak@{layer}"] = (channel_peaks(model, images, layer), "channels")
             for name, (inputs, features) in runs.items():
                 result = spray(
                     inputs, size=args.size, features=features, neighbours=args.neighbours
                 )
                 report(method, name, result, depends)
+
+
+def channel_peaks(model, images: torch.Tensor, layer: str) -> torch.Tensor:
+    """``Tensor[N, K]``: each channel's largest absolute LRP relevance over the positions
+    of ``layer`` (exploratory: not a `convlens.spray` feature; ``features="channels"``
+    then divides each row by its sum)."""
+    from convlens.attribution.common import prepare
+    from convlens.attribution.lrp import input_bounds, propagate_relevance
+    from convlens.layers.relevance import resolve_composite
+
+    composite, bounds = resolve_composite("epsilon_plus_flat"), input_bounds(model)
+    peaks = []
+    for i in range(0, len(images), 64):
+        prepared = prepare(model, images[i : i + 64], SHORTCUT_CLASS)
+        _, at_layer, _ = propagate_relevance(
+            prepared.module, prepared.images, prepared.targets, composite, bounds, layer
+        )
+        peaks.append(at_layer.abs().flatten(2).amax(2))
+    return torch.cat(peaks)
 
 
 def report(method: str, name: str, result, depends: torch.Tensor) -> None:
