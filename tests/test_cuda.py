@@ -20,7 +20,6 @@ from convlens.attribution.methods import list_methods
 
 pytestmark = pytest.mark.cuda
 
-
 def _maps(model, images, method, **kwargs):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)

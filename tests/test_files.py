@@ -250,12 +250,7 @@ def test_a_rerun_removes_its_own_stale_outputs_and_keeps_everything_else(tmp_pat
         write_text(tmp_path / "scan.json", "2")
         write_text(tmp_path / "layer2" / "topk.json", "2")
     assert _names(tmp_path) == [
-        LEDGER,
-        "edited.txt",
-        "embeddings.npy",
-        "layer1",
-        "layer2",
-        "scan.json",
+        LEDGER, "edited.txt", "embeddings.npy", "layer1", "layer2", "scan.json"
     ]
     assert _names(tmp_path / "layer1") == ["mine.txt"]  # its topk.json went, the user's stays
     assert _names(tmp_path / "layer2") == [LEDGER, "topk.json"]

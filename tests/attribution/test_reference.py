@@ -198,7 +198,9 @@ def test_gradient_shap_equals_captum_in_distribution():
     # The spread of a 100-sample mean, estimated from our own estimates in 10 groups.
     groups = torch.stack(
         [
-            gradient_shap(model, x, 1, baseline=distribution, n_samples=100, seed=s, batch_size=100)
+            gradient_shap(
+                model, x, 1, baseline=distribution, n_samples=100, seed=s, batch_size=100
+            )
             for s in range(1, 11)
         ]
     )

@@ -366,8 +366,6 @@ def test_efficient_mprt_equals_quantus_on_shared_draws(quantus, monkeypatch):
     got = zoo.efficient_mprt(net, images, maps, targets, method=method, seed=5)
     assert np.isfinite(expected).all()
     np.testing.assert_allclose(got.numpy(), expected, atol=1e-4)
-
-
 # ------------------------------------------ ROAD, IROF, infidelity, monotonicity
 # Quantus 0.6's ROAD and IROF run only on one-channel images (with three channels ROAD indexes
 # its pixel mask with channel-value indices and IROF asserts a one-channel mask has the

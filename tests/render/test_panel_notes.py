@@ -16,7 +16,9 @@ from convlens.render.panel import (
 )
 
 IMAGE = np.full((32, 32, 3), 128, np.uint8)
-LONG = tile_title("integrated_gradients", "Egyptian cat", 4.142, None, "features.12", "tiger cat")
+LONG = tile_title(
+    "integrated_gradients", "Egyptian cat", 4.142, None, "features.12", "tiger cat"
+)
 
 
 def test_wrapped_title_keeps_every_word_and_the_width():

@@ -141,7 +141,9 @@ def deeplift_shap(
             row, which = row_of[chunk], reference_of[chunk]
             base = references[which.to(x.device), row.to(x.device)]
             copies = pinned.copies(row, clean)
-            gradient, _, reference_output = deeplift_gradient(prepared.module, x[row], base, copies)
+            gradient, _, reference_output = deeplift_gradient(
+                prepared.module, x[row], base, copies
+            )
             where = row.to(x.device)
             total.index_add_(0, where, ((x[row] - base) * gradient).double())
             score_reference.index_add_(0, where, copies.score(reference_output).double())

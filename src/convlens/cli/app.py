@@ -30,7 +30,9 @@ ModelOption = Annotated[
     str, typer.Option("--model", "-m", help="Model name or path (see 'convlens models').")
 ]
 # metavar "": a flag takes no value, and help says so (typer's rich help writes ``<bool>``)
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.", metavar="")]
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print JSON instead of text.", metavar="")
+]
 
 
 def _check_device(value: str | None) -> str | None:
@@ -52,8 +54,6 @@ DeviceOption = Annotated[
         callback=_check_device,
     ),
 ]
-
-
 def _check_images(values: list[str] | None) -> list[str] | None:
     """``--json false`` reads ``false`` as an image: a flag takes no value, so a ``true`` or
     ``false`` that is no file is a usage error saying so."""

@@ -97,7 +97,9 @@ def save_figure(
     return path
 
 
-def save_image(image, path: str | Path, dpi: int | None = None, force: bool | None = None) -> Path:
+def save_image(
+    image, path: str | Path, dpi: int | None = None, force: bool | None = None
+) -> Path:
     """Write ``uint8[H, W, 3]`` (or ``[H, W]``): PNG pixel for pixel, or a PDF/SVG page of
     ``W / dpi x H / dpi`` inches holding the image (default dpi 150)."""
     path = Path(path)
