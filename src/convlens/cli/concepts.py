@@ -62,8 +62,10 @@ def attribute_command(
 ) -> None:
     """Every image's map by --method at --size x --size pixels: float16 shards in
     DIR/maps/ (each map divided by its largest absolute value) and DIR/index.json (per row:
-    source, label, explained class, score, scale, shard, row). Memory stays flat in the
-    number of images; --resume continues a stopped run."""
+    source, label, explained class, score, scale, shard, row). With --method lrp --option
+    relevance_layer=LAYER each image's LRP relevance per channel of LAYER is stored too
+    (DIR/channels/), for 'spray --features channels'. Memory stays flat in the number of
+    images; --resume continues a stopped run."""
     from convlens.cli.options import parse_method_options
     from convlens.files import check_folder, writing
     from convlens.models import load_model
@@ -177,7 +179,12 @@ def spray_command(
     ] = None,
     size: Annotated[int, typer.Option("--size", min=1, help="Side of the shrunk maps.")] = 16,
     features: Annotated[
-        str, typer.Option("--features", help="maps (the paper's) or sorted (position-free).")
+        str,
+        typer.Option(
+            "--features",
+            help="maps (the paper's), sorted (position-free) or channels (LRP relevance per "
+            "channel, stored by 'attribute --method lrp --option relevance_layer=LAYER').",
+        ),
     ] = "maps",
     neighbours: Annotated[
         int, typer.Option("--neighbours", min=1, help="k of the nearest-neighbour graph.")
@@ -185,6 +192,15 @@ def spray_command(
     max_clusters: Annotated[
         int, typer.Option("--max-clusters", min=2, help="Largest count the eigengap picks.")
     ] = 10,
+    atlas: Annotated[
+        bool,
+        typer.Option(
+            "--atlas/--no-atlas",
+            help="Also write OUT/spray/: per class a t-SNE map of the maps and a page with "
+            "each cluster's mean map and exemplars (open OUT/spray/index.html, or "
+            "'convlens serve --atlas OUT/spray').",
+        ),
+    ] = True,
     json_: JsonOption = False,
     force: ForceOption = False,
     device: DeviceOption = "cpu",
@@ -193,15 +209,17 @@ def spray_command(
     of 'convlens attribute DATA --out DIR' (count by the eigengap), clusters ranked by mean
     silhouette (the first stands apart most); it runs on the CPU (--device is only
     checked). Writes OUT/spray.json: {"classes": [{"class", "clusters": [{"id", "size",
-    "members", "score"}]}]}."""
+    "members", "score"}]}]}, and the atlas pages in OUT/spray/."""
     from pathlib import Path
 
-    from convlens.concepts.spray import spray_attributions
+    from convlens.concepts.spray import spray_classes
     from convlens.files import check_writable, write_json, writing
 
     folder = Path(out or maps)
     check_writable(folder / "spray.json", force)
-    document = spray_attributions(
+    if atlas:
+        check_writable(folder / "spray" / "index.html", force)
+    classes, skipped = spray_classes(
         maps,
         target,
         size=size,
@@ -209,8 +227,14 @@ def spray_command(
         neighbours=neighbours,
         max_clusters=max_clusters,
     )
+    document = {"classes": [entry.record for entry in classes], "skipped": skipped}
     with writing(folder, "spray", force=force):
         write_json(folder / "spray.json", document)
+        if atlas and classes:
+            from convlens.report.atlas import write_spray_atlas, write_spray_pictures
+
+            pictures = write_spray_pictures(folder / "spray", classes)
+            write_spray_atlas(folder / "spray", document, pictures, "convlens spray")
     if json_:
         _echo_json(document)
         return
@@ -221,6 +245,8 @@ def spray_command(
     for entry in document["skipped"]:
         typer.echo(f"class {entry['class']} skipped: {entry['message']}", err=True)
     typer.echo(f"-> {folder / 'spray.json'}")
+    if atlas and classes:
+        typer.echo(f"-> {folder / 'spray' / 'index.html'}")
 
 
 @app.command("dissect")
