@@ -4,16 +4,28 @@ depends on the cue land in the top-ranked cluster?
 Run: ``python benchmarks/spray_shortcuts.py`` (``--help`` for options; a few minutes on one
 CPU thread).
 
-Data: the held-out scenes ``ShortcutScenes(--scenes, seed=1, rate=0)`` that hold a triangle
-(the cue is a fair coin there, so about half carry it), as a model meets them (``images``).
+Data: the held-out scenes ``ShortcutScenes(--scenes, seed=--seed, rate=0)`` (seed 1 by
+default) that hold a triangle (the cue is a fair coin there, so about half carry it), as a
+model meets them (``images``).
 Counterfactual effect of each image: triangle logit of the image minus that of the same
 image without the cue (``images_without_cue``; exactly 0 where there is no cue). An image
 "depends on the cue" when the effect exceeds ``--threshold`` logits (0.5 by default).
 
 For each model and method, the triangle maps of all these images go to `convlens.spray`
-with both feature kinds (``maps``: the paper's; ``sorted``: translation-invariant), and the
-ROC AUC of "member of the top-ranked cluster" (a 0/1 score) against "depends on the cue" is
-printed with every cluster's size, score and count of cue-dependent members.
+with both map feature kinds (``maps``: the paper's; ``sorted``: translation-invariant), and
+LRP's relevance per channel at each of ``--layers`` (``channels``: summed over space, so
+position-free; lrp's ``relevance_layer`` option, one backward pass with the maps); with
+``--peak`` also each channel's largest absolute relevance over space (``peak``, exploratory,
+not a feature of `convlens.spray`). Printed:
+the ROC AUC of "member of the top-ranked cluster" (a 0/1 score) against "depends on the
+cue", every cluster's size, score and count of cue-dependent members, and the verdict of
+the rule below.
+
+"A cluster stands apart" (fixed before the rate-0 model was run with channel features):
+the top-ranked cluster's score, the mean silhouette of its members, exceeds `STANDS_APART`
+= 0.5, the bound above which Kaufman and Rousseeuw (1990, "Finding Groups in Data") read a
+silhouette as "a reasonable structure has been found" (0.26 to 0.50: weak, could be
+artificial).
 """
 
 from __future__ import annotations
@@ -26,6 +38,8 @@ from convlens.attribution.explain import explain
 from convlens.concepts.spray import spray
 from convlens.data.shortcuts import SHORTCUT_CLASS, ShortcutScenes
 from convlens.models import load_model
+
+STANDS_APART = 0.5
 
 
 def roc_auc(scores: torch.Tensor, positive: torch.Tensor) -> float:
@@ -41,15 +55,23 @@ def roc_auc(scores: torch.Tensor, positive: torch.Tensor) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default="1.0,0.0")
+    parser.add_argument("--models", default="1.0,0.9,0.0")
     parser.add_argument("--methods", default="lrp,gradcam")
     parser.add_argument("--scenes", type=int, default=800)
+    parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--threshold", type=float, default=0.5)
     parser.add_argument("--size", type=int, default=16)
     parser.add_argument("--neighbours", type=int, default=10)
+    parser.add_argument("--layers", default=",".join(f"features.{i}" for i in (2, 6, 9, 13, 16)))
+    parser.add_argument("--features", default="maps,sorted")
+    parser.add_argument(
+        "--peak",
+        action="store_true",
+        help="also cluster each channel's largest |relevance| over space (exploratory)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
-    data = ShortcutScenes(args.scenes, seed=1, rate=0.0)
+    data = ShortcutScenes(args.scenes, seed=args.seed, rate=0.0)
     rows = (data.batch().labels[:, SHORTCUT_CLASS] > 0).nonzero()[:, 0].tolist()
     batch = data.batch(rows)
     for rate in args.models.split(","):
@@ -66,25 +88,60 @@ def main() -> None:
             f"cue, {int(depends.sum())} with effect > {args.threshold}"
         )
         for method in args.methods.split(","):
-            maps = torch.cat(
-                [
-                    explain(model, images[i : i + 64], method, target=SHORTCUT_CLASS).maps
+            runs = {}
+            layers = args.layers.split(",") if method == "lrp" and args.layers else []
+            for layer in [None, *layers]:
+                options = {} if layer is None else {"relevance_layer": layer}
+                parts = [
+                    explain(model, images[i : i + 64], method, SHORTCUT_CLASS, **options)
                     for i in range(0, len(images), 64)
                 ]
-            )
-            for features in ("maps", "sorted"):
-                result = spray(maps, size=args.size, features=features, neighbours=args.neighbours)
-                top = (result.labels == 0).float()
-                clusters = [
-                    f"{c.size}/{c.score:.2f}/{int(depends[c.members].sum())}"
-                    for c in result.clusters
-                ]
-                print(
-                    f"  {method:8s} {features:6s} AUC {roc_auc(top, depends):.3f} "
-                    f"eigengap {result.eigengap:.3f} clusters (size/score/dependent): "
-                    f"{' '.join(clusters)}",
-                    flush=True,
+                if layer is None:
+                    maps = torch.cat([p.maps for p in parts])
+                    for features in filter(None, args.features.split(",")):
+                        runs[features] = (maps, features)
+                else:
+                    vectors = torch.cat([p.extras["channel_relevance"] for p in parts])
+                    runs[f"channels@{layer}"] = (vectors, "channels")
+                    if args.peak:
+                        runs[f"peak@{layer}"] = (channel_peaks(model, images, layer), "channels")
+            for name, (inputs, features) in runs.items():
+                result = spray(
+                    inputs, size=args.size, features=features, neighbours=args.neighbours
                 )
+                report(method, name, result, depends)
+
+
+def channel_peaks(model, images: torch.Tensor, layer: str) -> torch.Tensor:
+    """``Tensor[N, K]``: each channel's largest absolute LRP relevance over the positions
+    of ``layer`` (exploratory: not a `convlens.spray` feature; ``features="channels"``
+    then divides each row by its sum)."""
+    from convlens.attribution.common import prepare
+    from convlens.attribution.lrp import input_bounds, propagate_relevance
+    from convlens.layers.relevance import resolve_composite
+
+    composite, bounds = resolve_composite("epsilon_plus_flat"), input_bounds(model)
+    peaks = []
+    for i in range(0, len(images), 64):
+        prepared = prepare(model, images[i : i + 64], SHORTCUT_CLASS)
+        _, at_layer, _ = propagate_relevance(
+            prepared.module, prepared.images, prepared.targets, composite, bounds, layer
+        )
+        peaks.append(at_layer.abs().flatten(2).amax(2))
+    return torch.cat(peaks)
+
+
+def report(method: str, name: str, result, depends: torch.Tensor) -> None:
+    """One line: AUC, the rule's verdict, eigengap, clusters (size/score/dependent)."""
+    top = (result.labels == 0).float()
+    clusters = [f"{c.size}/{c.score:.2f}/{int(depends[c.members].sum())}" for c in result.clusters]
+    apart = result.clusters[0].score > STANDS_APART
+    print(
+        f"  {method:8s} {name:22s} AUC {roc_auc(top, depends):.3f} "
+        f"stands apart: {'yes' if apart else 'no '} eigengap {result.eigengap:.3f} "
+        f"clusters (size/score/dependent): {' '.join(clusters)}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

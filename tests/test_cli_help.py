@@ -26,13 +26,17 @@ CALLBACKS = _callbacks(app)
 COMMANDS = sorted(CALLBACKS)
 
 
-def _help_paragraphs(command: str, capsys, monkeypatch) -> list[list[str]]:
-    """The lines of each paragraph of the command's description (before the option boxes),
-    without the one-space margin."""
+def _help_text(command: str, capsys, monkeypatch) -> str:
+    """The command's help as printed at `WIDTH` columns."""
     monkeypatch.setenv("COLUMNS", str(WIDTH))
     assert main([*command.split(), "--help"]) == 0
-    text = capsys.readouterr().out.split("╭", 1)[0]
-    body = text.split("Usage:", 1)[1].split("\n", 1)[1]
+    return capsys.readouterr().out
+
+
+def _help_paragraphs(text: str) -> list[list[str]]:
+    """The lines of each paragraph of a help text's description (before the option boxes),
+    without the one-space margin."""
+    body = text.split("╭", 1)[0].split("Usage:", 1)[1].split("\n", 1)[1]
     paragraphs = [p.splitlines() for p in re.split(r"\n\s*\n", body)]
     return [[line.strip() for line in p if line.strip()] for p in paragraphs if any(p)]
 
@@ -42,7 +46,7 @@ def _docstring(command: str) -> str:
 
 
 def test_explain_help_paragraphs_are_wrapped_once(capsys, monkeypatch):
-    paragraphs = _help_paragraphs("explain", capsys, monkeypatch)
+    paragraphs = _help_paragraphs(_help_text("explain", capsys, monkeypatch))
     docstring = _docstring("explain").split("\n\n")
     assert len(paragraphs) == len(docstring) >= 2  # the explain docstring has two paragraphs
     for lines, source in zip(paragraphs, docstring, strict=True):
@@ -51,9 +55,12 @@ def test_explain_help_paragraphs_are_wrapped_once(capsys, monkeypatch):
 
 
 @pytest.mark.parametrize("command", COMMANDS)
-def test_every_command_help_is_wrapped_once(command, capsys, monkeypatch):
-    for lines in _help_paragraphs(command, capsys, monkeypatch):
+def test_every_command_help_is_wrapped_once_and_shows_flags_as_flags(command, capsys, monkeypatch):
+    text = _help_text(command, capsys, monkeypatch)
+    for lines in _help_paragraphs(text):
         _assert_filled(lines)
+    typed_flags = [line for line in text.splitlines() if "<bool>" in line]
+    assert all("--help" in line for line in typed_flags), typed_flags  # typer's own --help
 
 
 def _assert_filled(lines: list[str]) -> None:

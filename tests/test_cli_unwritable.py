@@ -23,6 +23,7 @@ CALLS = {
     "ablate": ([], "out.png"),
     "attribute": (["shapes:4"], "out"),
     "concepts": (["scenes:4", "--class", "circle", "--layer", "features.16"], "out"),
+    "dissect": (["--layer", "features.16"], "out"),
     "embed": (["shapes:4"], "out"),
     "evaluate": ([], "out"),
     "evolution": (["--model", "run.pt"], "out.png"),

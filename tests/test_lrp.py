@@ -316,3 +316,13 @@ def test_the_command_line_option_chooses_the_composite():
     assert parse_method_options(["composite=epsilon_gamma_box"], ["lrp"]) == {
         "lrp": {"composite": "epsilon_gamma_box"}
     }
+
+
+def test_the_relevance_at_a_layer_is_what_the_layers_above_hand_down(unchanged):
+    net = two_layers()
+    images = torch.tensor([[2.0, 1.0]]).view(1, 2, 1, 1)
+    with unchanged(net, images):
+        maps, extras = lrp(net, images, 0, composite="epsilon", relevance_layer="2")
+    # the top layer (epsilon) hands R_h = [4, -2.5] to the ReLU's output (see HAND)
+    torch.testing.assert_close(extras["channel_relevance"], torch.tensor([[4.0, -2.5]]))
+    torch.testing.assert_close(maps, lrp(net, images, 0, composite="epsilon"), rtol=0, atol=0)

@@ -59,6 +59,7 @@ _PUBLIC = {
     "craft": "convlens.concepts.craft",
     "concept_maps": "convlens.concepts.craft",
     "spray": "convlens.concepts.spray",
+    "dissect": "convlens.concepts.dissect",
     "ablate_layers": "convlens.analysis.ablation",
     "cam_crops": "convlens.analysis.camcrop",
     "epoch_files": "convlens.analysis.evolution",
@@ -104,6 +105,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time `__getattr__` loads
     from convlens.attribution.methods import list_methods
     from convlens.attribution.pair import explain_pair
     from convlens.concepts.craft import concept_maps, craft
+    from convlens.concepts.dissect import dissect
     from convlens.concepts.spray import spray
     from convlens.concepts.tcav import tcav
     from convlens.data.images import ImageBatch, LoadedImage, load_image, load_images

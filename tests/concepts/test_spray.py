@@ -1,5 +1,6 @@
 """SpRAy on hand-made maps whose groups are known: exact separation, the tight group ranked
-first, the partition independent of the order of the maps, translation-invariant features."""
+first, the partition independent of the order of the maps, translation-invariant features
+(sorted values; relevance per channel), and the command on an attribute folder."""
 
 from __future__ import annotations
 
@@ -58,10 +59,43 @@ def test_sorted_features_ignore_where_the_relevance_is():
     assert not torch.equal(by_place[0], by_place[1])
 
 
+def _patterns_at(positions: list[tuple[int, int]], checker: list[bool]) -> torch.Tensor:
+    """``Tensor[B, 3, 16, 16]``: a 4x4 patch on a zero background at each top-left corner
+    of ``positions``, a checkerboard where ``checker`` is true, else a solid square."""
+    images = torch.zeros(len(positions), 3, 16, 16)
+    cells = torch.arange(4)
+    board = ((cells[:, None] + cells[None, :]) % 2).float()
+    for image, (y, x), check in zip(images, positions, checker, strict=True):
+        image[:, y : y + 4, x : x + 4] = board if check else 0.6
+    return images
+
+
+def test_channel_relevance_ignores_where_the_pattern_is_and_groups_by_pattern(unchanged):
+    from tests.helpers.networks import small_convnet
+
+    from convlens.attribution.lrp import lrp
+
+    net = small_convnet().eval()
+    positions = [(3, 3), (8, 5), (5, 9), (9, 8)] * 2  # at least 3 px from every border
+    images = _patterns_at(positions, [True] * 4 + [False] * 4)
+    with unchanged(net, images):
+        maps, extras = lrp(net, images, 1, relevance_layer="4")
+    channels = extras["channel_relevance"]
+    assert channels.shape == (8, 4)
+    # a moved pattern: the same relevance per channel, a different map
+    for group in (channels[:4], channels[4:]):
+        torch.testing.assert_close(group, group[:1].expand(4, -1), rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(maps[0], maps[1])
+    result = spray(channels, features="channels", neighbours=3)
+    assert sorted(c.members for c in result.clusters) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    features = spray_features(channels, features="channels")
+    torch.testing.assert_close(features.abs().sum(1), torch.ones(8, dtype=torch.float64))
+
+
 def test_bad_input_names_the_fix():
     with pytest.raises(DataError, match="at least 4 maps"):
         spray(torch.rand(3, 8, 8))
-    with pytest.raises(DataError, match="use one of maps, sorted"):
+    with pytest.raises(DataError, match="use one of maps, sorted, channels"):
         spray(torch.rand(6, 8, 8), features="fourier")
     with pytest.raises(DataError, match="one name per map"):
         spray(torch.rand(6, 8, 8), sources=["a"])
@@ -69,14 +103,17 @@ def test_bad_input_names_the_fix():
         spray(torch.rand(6, 1, 8, 8))
 
 
-def test_the_command_clusters_an_attribute_folder_as_the_function_does(tmp_path):
+def test_the_command_clusters_an_attribute_folder_as_the_function_does(tmp_path, monkeypatch):
     from tests.helpers.networks import small_convnet
 
+    import convlens.concepts.spray_atlas as spray_atlas
     from convlens.cli import main
     from convlens.data.preprocess import Preprocess
     from convlens.models.loading import LoadedModel
     from convlens.scan.attribute import attribute_dataset, load_attributions
 
+    # the layout is openTSNE's (importing it takes a second; test_embed covers it)
+    monkeypatch.setattr(spray_atlas, "map_2d", lambda features, *_: features[:, :2].numpy())
     preprocess = Preprocess(size=16, mode="stretch", mean=(0.5,) * 3, std=(0.5,) * 3)
     model = LoadedModel(small_convnet(), "small", preprocess)
     attribute_dataset(model, "shapes:6", tmp_path, "saliency", target=1, size=8)
@@ -90,5 +127,44 @@ def test_the_command_clusters_an_attribute_folder_as_the_function_does(tmp_path)
     assert sorted(s for c in written["classes"][0]["clusters"] for s in c["members"]) == sorted(
         sources
     )
+    # the atlas: a map of the class, a picture per cluster, a page per class, an index
+    atlas = tmp_path / "spray"
+    pictures = {p.name for p in atlas.glob("*.png")}
+    assert pictures == {"class-1-map.png"} | {
+        f"class-1-cluster-{c.id}.png" for c in expected.clusters
+    }
+    page = (atlas / "class-1.html").read_text()
+    assert all(f'src="{name}"' in page for name in pictures)
+    assert 'href="class-1.html"' in (atlas / "index.html").read_text()
     with pytest.raises(DataError, match="no map explains class 4"):
         spray(tmp_path, class_id=4)
+    with pytest.raises(DataError, match="relevance_layer=LAYER"):
+        spray(tmp_path, features="channels")
+
+
+def test_attribute_stores_channel_relevances_and_spray_clusters_them(tmp_path):
+    from convlens.attribution.lrp import lrp
+    from convlens.cli import main
+    from convlens.data.datasets import open_dataset
+    from convlens.models import load_model
+    from convlens.scan.attribute import load_attributions
+
+    folder = str(tmp_path / "maps")
+    layer = "features.13"
+    args = ["attribute", "shapes:5", "--model", "synthetic-shapes", "--method", "lrp"]
+    args += ["--option", f"relevance_layer={layer}", "--target", "0", "--size", "8"]
+    assert main([*args, "--out", folder]) == 0
+    stored = load_attributions(folder)
+    assert stored.index["channel_layer"] == layer and stored.channels.shape == (5, 48)
+    # the stored vectors are those of lrp on the same images
+    model = load_model("synthetic-shapes")
+    dataset = open_dataset("shapes:5", model.preprocess)
+    images = torch.stack([dataset[i][1] for i in range(5)])
+    _, extras = lrp(model, images, 0, relevance_layer=layer)
+    torch.testing.assert_close(stored.channels, extras["channel_relevance"], rtol=1e-4, atol=1e-5)
+    assert main(["spray", folder, "--features", "channels", "--neighbours", "2", "--no-atlas"]) == 0
+    assert not (tmp_path / "maps" / "spray").exists()
+    written = json.loads((tmp_path / "maps" / "spray.json").read_text())
+    sources = [row["source"] for row in stored.rows]
+    expected = spray(stored.channels, sources=sources, features="channels", neighbours=2)
+    assert written["classes"][0]["clusters"] == [c.record() for c in expected.clusters]

@@ -87,6 +87,6 @@ def test_tcav_scores_equal_captums_on_the_same_cavs(unchanged, tmp_path):
     assert ours.scores == pytest.approx(theirs, abs=0.01)
     assert ours.random_scores == pytest.approx(baseline, abs=0.01)
     # Captum leaves the t-test to the user (its tutorial: scipy's ttest_ind on these lists)
-    assert ours.p_value == pytest.approx(t_test(theirs, baseline), abs=1e-6)
+    assert ours.p_values["runs"] == pytest.approx(t_test(theirs, baseline), abs=1e-6)
     spread = ours.scores + ours.random_scores
     assert min(spread) < max(spread)  # not a degenerate case where every sign agrees

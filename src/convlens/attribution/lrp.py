@@ -4,6 +4,7 @@ the registry: the rules and canonizers live in `convlens.layers.relevance`."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 import torch
 from torch import nn
@@ -13,6 +14,7 @@ from convlens.attribution.registry import MethodResult, register_method
 from convlens.data.preprocess import IMAGENET_PREPROCESS
 from convlens.errors import MethodError
 from convlens.layers.borrow import borrowed_model, require_autograd
+from convlens.layers.capture import capture
 from convlens.layers.find import LayerSpec, resolve_layer
 from convlens.layers.relevance import (
     Composite,
@@ -46,16 +48,42 @@ def input_relevance(
     The output relevance is ``output * d score / d output`` (the explained logit at its
     class for a class target, ``z_a`` and ``-z_b`` for a contrast), so with conserving rules
     the relevance sums to the explained score less what biases absorb."""
+    relevance, _, output = propagate_relevance(module, images, targets, composite, bounds)
+    return relevance, output
+
+
+def propagate_relevance(
+    module: nn.Module,
+    images: torch.Tensor,
+    targets: Targets,
+    composite: str | Composite,
+    bounds: tuple[torch.Tensor, torch.Tensor] | None = None,
+    layer: LayerSpec | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """`input_relevance`, and in the same backward pass the relevance arriving at the
+    output of ``layer`` (``Tensor[N, K, h, w]``, the layer's output shape; None without a
+    layer): ``(input relevance, layer relevance, output)``.
+
+    The layer's output reaches the layers after it as a copy (`convlens.layers.capture`),
+    so a BatchNorm right after ``layer`` is no longer folded into it: take an activation
+    (a ReLU) or the BatchNorm itself, then the input relevance equals plain LRP's."""
     require_autograd("lrp")
     inputs = images.detach().clone().requires_grad_(True)
     with borrowed_model(module), torch.enable_grad():
-        with relevance_rules(module, composite, bounds) as session:
+        watched = capture(module, layer, gradients=True) if layer is not None else nullcontext()
+        with watched as captured, relevance_rules(module, composite, bounds) as session:
             output = module(inputs)
         session.require_layers()
         scores = targets.score(output)
         (seed,) = torch.autograd.grad(scores.sum(), output, retain_graph=True)
-        (relevance,) = torch.autograd.grad(output, inputs, seed * output.detach())
-    return relevance, output.detach()
+        wrt = (inputs,) if captured is None else (inputs, captured.activation())
+        found = torch.autograd.grad(output, wrt, seed * output.detach(), allow_unused=True)
+    at_layer = None
+    if captured is not None:
+        at_layer = found[1]
+        if at_layer is None:  # the output never reached the explained score
+            at_layer = torch.zeros_like(captured.activation())
+    return found[0], at_layer, output.detach()
 
 
 @register_method("lrp", "rule")
@@ -65,6 +93,7 @@ def lrp(
     target: object = None,
     *,
     composite: str | Composite = "epsilon_plus_flat",
+    relevance_layer: LayerSpec | None = None,
 ) -> MethodResult:
     """Layer-wise relevance propagation: the target score split over the pixels, layer by layer.
 
@@ -72,14 +101,29 @@ def lrp(
     "epsilon_alpha2_beta1_flat", "epsilon", or a ``convlens.Composite``. BatchNorm is folded
     into the layer before it, residual sums split by contribution, gates held constant.
     Map ``M[n, i, j] = sum_c R[n, c, i, j]`` (signed), ``Tensor[N, H, W]``.
+
+    ``relevance_layer``: a layer (an activation, see `propagate_relevance`) whose relevance
+    per channel, summed over space, comes back too, from the same backward pass: extras
+    ``{"channel_relevance": Tensor[N, K]}`` for a layer of K channels (signed; the
+    position-free concept relevances that `convlens.spray` clusters with
+    ``features="channels"``). The public function then returns ``(maps, extras)``.
     """
     chosen = resolve_composite(composite)
     prepared = prepare(model, images, target)
     bounds = input_bounds(model)
-    relevance, output = input_relevance(
-        prepared.module, prepared.images, prepared.targets, chosen, bounds
+    relevance, at_layer, output = propagate_relevance(
+        prepared.module, prepared.images, prepared.targets, chosen, bounds, relevance_layer
     )
-    return MethodResult(relevance.sum(dim=1), output)
+    extras = {}
+    if at_layer is not None:
+        if at_layer.dim() < 2:
+            raise MethodError(
+                f"relevance_layer {relevance_layer!r} gives {tuple(at_layer.shape)}; choose a "
+                "layer whose output is Tensor[B, C, ...] (see 'convlens layers')"
+            )
+        summed = at_layer if at_layer.dim() == 2 else at_layer.flatten(2).sum(2)
+        extras["channel_relevance"] = summed.detach()
+    return MethodResult(relevance.sum(dim=1), output, extras)
 
 
 def concept_relevance(

@@ -30,9 +30,7 @@ ModelOption = Annotated[
     str, typer.Option("--model", "-m", help="Model name or path (see 'convlens models').")
 ]
 # metavar "": a flag takes no value, and help says so (typer's rich help writes ``<bool>``)
-JsonOption = Annotated[
-    bool, typer.Option("--json", help="Print JSON instead of text.", metavar="")
-]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.", metavar="")]
 
 
 def _check_device(value: str | None) -> str | None:
@@ -54,6 +52,8 @@ DeviceOption = Annotated[
         callback=_check_device,
     ),
 ]
+
+
 def _check_images(values: list[str] | None) -> list[str] | None:
     """``--json false`` reads ``false`` as an image: a flag takes no value, so a ``true`` or
     ``false`` that is no file is a usage error saying so."""
@@ -163,8 +163,10 @@ def _one_line(error: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``convlens`` console script; returns the exit status."""
     argv, debug = _take_debug_flag(list(sys.argv[1:] if argv is None else argv))
+    command = typer.main.get_command(app)
+    _plain_flags(command)
     try:
-        code = app(args=argv, prog_name="convlens", standalone_mode=False)
+        code = command.main(args=argv, prog_name="convlens", standalone_mode=False)
     except typer.Exit as done:
         return done.exit_code
     except typer.Abort:
@@ -182,6 +184,17 @@ def main(argv: list[str] | None = None) -> int:
         _report_failure(None, error, debug)
         return 1
     return code if isinstance(code, int) else 0
+
+
+def _plain_flags(command) -> None:
+    """Every on/off flag of ``command`` and its sub-commands shows no value type in help:
+    typer's help prints ``<bool>`` beside flags, which reads as if ``--resume false`` were
+    accepted (it is taken as the next argument instead)."""
+    for param in command.params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    for sub in getattr(command, "commands", {}).values():
+        _plain_flags(sub)
 
 
 def _take_debug_flag(argv: list[str]) -> tuple[list[str], bool]:

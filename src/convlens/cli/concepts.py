@@ -1,6 +1,7 @@
 """Dataset-wide explanations: ``attribute`` (every image's map, in shards), ``spray``
 (clusters of those maps per class), ``tcav`` (does a class depend on a concept?),
-``concepts`` (CRAFT: which concepts a layer holds for a class, and how much each counts).
+``concepts`` (CRAFT: which concepts a layer holds for a class, and how much each counts),
+``dissect`` (which channels detect which concepts?).
 
 ``torchrun --nproc_per_node N -m convlens attribute ...`` shards the pass over N processes
 as ``scan`` does; rank 0 writes ``index.json``.
@@ -62,8 +63,10 @@ def attribute_command(
 ) -> None:
     """Every image's map by --method at --size x --size pixels: float16 shards in
     DIR/maps/ (each map divided by its largest absolute value) and DIR/index.json (per row:
-    source, label, explained class, score, scale, shard, row). Memory stays flat in the
-    number of images; --resume continues a stopped run."""
+    source, label, explained class, score, scale, shard, row). With --method lrp --option
+    relevance_layer=LAYER each image's LRP relevance per channel of LAYER is stored too
+    (DIR/channels/), for 'spray --features channels'. Memory stays flat in the number of
+    images; --resume continues a stopped run."""
     from convlens.cli.options import parse_method_options
     from convlens.files import check_folder, writing
     from convlens.models import load_model
@@ -117,18 +120,28 @@ def tcav_command(
     model: ModelOption = DEFAULT_MODEL,
     runs: Annotated[int, typer.Option("--runs", min=2, help="Concept and random CAVs.")] = 10,
     alpha: Annotated[float, typer.Option("--alpha", help="Significance level.")] = 0.05,
+    test: Annotated[
+        str,
+        typer.Option(
+            "--test",
+            help="cosine (default) or score: the concept against the random sets as null "
+            "concepts (Crawford-Howell); runs: the paper's t-test of the runs.",
+        ),
+    ] = "cosine",
     json_: JsonOption = False,
     device: DeviceOption = "cpu",
     trust_pickle: TrustPickleOption = False,
     batch_size: BatchOption = 32,
 ) -> None:
     """TCAV (Kim et al. 2018): per layer, the share of --data images whose --class score
-    grows along the concept's activation vector, and a t-test against random vectors
-    (Bonferroni over the layers). As JSON: {"concept", "class", "layer", "score",
-    "p_value", "significant"} per layer."""
-    from convlens.concepts.tcav import tcav
+    grows along the concept's activation vector, and a t-test of --test against random
+    sets used as concepts (Bonferroni over the layers). As JSON: {"concept", "class",
+    "layer", "score", "p_value", "significant", "test", "cosine", "p_values"} per layer."""
+    from convlens.concepts.tcav import TESTS, tcav
     from convlens.models import load_model
 
+    if test not in TESTS:
+        raise typer.BadParameter(f"{test!r}; use one of {', '.join(TESTS)}", param_hint="--test")
     results = tcav(
         load_model(model, trust_pickle=trust_pickle),
         concept,
@@ -138,18 +151,21 @@ def tcav_command(
         layer.split(","),
         runs=runs,
         alpha=alpha,
+        test=test,
         batch_size=batch_size,
         device=device,
     )
-    keys = ("concept", "class", "layer", "score", "p_value", "significant")
+    keys = ("concept", "class", "layer", "score", "p_value", "significant", "test", "cosine")
+    keys += ("p_values",)
     records = [{k: r.record()[k] for k in keys} for r in results]
     if json_:
         _echo_json(records)
         return
     for r in records:
         typer.echo(
-            f"{r['layer']}: TCAV {r['score']:.3f} of {r['concept']} for {r['class']}, "
-            f"p = {r['p_value']:.3g} ({'significant' if r['significant'] else 'not significant'})"
+            f"{r['layer']}: TCAV {r['score']:.3f} (mean cosine {r['cosine']:.4f}) of "
+            f"{r['concept']} for {r['class']}, p = {r['p_value']:.3g} by {r['test']} "
+            f"({'significant' if r['significant'] else 'not significant'})"
         )
 
 
@@ -164,7 +180,12 @@ def spray_command(
     ] = None,
     size: Annotated[int, typer.Option("--size", min=1, help="Side of the shrunk maps.")] = 16,
     features: Annotated[
-        str, typer.Option("--features", help="maps (the paper's) or sorted (position-free).")
+        str,
+        typer.Option(
+            "--features",
+            help="maps (the paper's), sorted (position-free) or channels (LRP relevance per "
+            "channel, stored by 'attribute --method lrp --option relevance_layer=LAYER').",
+        ),
     ] = "maps",
     neighbours: Annotated[
         int, typer.Option("--neighbours", min=1, help="k of the nearest-neighbour graph.")
@@ -172,6 +193,15 @@ def spray_command(
     max_clusters: Annotated[
         int, typer.Option("--max-clusters", min=2, help="Largest count the eigengap picks.")
     ] = 10,
+    atlas: Annotated[
+        bool,
+        typer.Option(
+            "--atlas/--no-atlas",
+            help="Also write OUT/spray/: per class a t-SNE map of the maps and a page with "
+            "each cluster's mean map and exemplars (open OUT/spray/index.html, or "
+            "'convlens serve --atlas OUT/spray').",
+        ),
+    ] = True,
     json_: JsonOption = False,
     force: ForceOption = False,
     device: DeviceOption = "cpu",
@@ -180,15 +210,17 @@ def spray_command(
     of 'convlens attribute DATA --out DIR' (count by the eigengap), clusters ranked by mean
     silhouette (the first stands apart most); it runs on the CPU (--device is only
     checked). Writes OUT/spray.json: {"classes": [{"class", "clusters": [{"id", "size",
-    "members", "score"}]}]}."""
+    "members", "score"}]}]}, and the atlas pages in OUT/spray/."""
     from pathlib import Path
 
-    from convlens.concepts.spray import spray_attributions
+    from convlens.concepts.spray import spray_classes
     from convlens.files import check_writable, write_json, writing
 
     folder = Path(out or maps)
     check_writable(folder / "spray.json", force)
-    document = spray_attributions(
+    if atlas:
+        check_writable(folder / "spray" / "index.html", force)
+    classes, skipped = spray_classes(
         maps,
         target,
         size=size,
@@ -196,8 +228,14 @@ def spray_command(
         neighbours=neighbours,
         max_clusters=max_clusters,
     )
+    document = {"classes": [entry.record for entry in classes], "skipped": skipped}
     with writing(folder, "spray", force=force):
         write_json(folder / "spray.json", document)
+        if atlas and classes:
+            from convlens.report.atlas import write_spray_atlas, write_spray_pictures
+
+            pictures = write_spray_pictures(folder / "spray", classes)
+            write_spray_atlas(folder / "spray", document, pictures, "convlens spray")
     if json_:
         _echo_json(document)
         return
@@ -208,6 +246,8 @@ def spray_command(
     for entry in document["skipped"]:
         typer.echo(f"class {entry['class']} skipped: {entry['message']}", err=True)
     typer.echo(f"-> {folder / 'spray.json'}")
+    if atlas and classes:
+        typer.echo(f"-> {folder / 'spray' / 'index.html'}")
 
 
 @app.command("concepts")
@@ -311,3 +351,106 @@ def concepts_command(
             f"{first['source']} {first['box']}"
         )
     typer.echo(f"-> {Path(folder) / 'concepts.json'}, {Path(folder) / 'index.html'}")
+
+
+@app.command("dissect")
+def dissect_command(
+    layer: Annotated[
+        list[str], typer.Option("--layer", help="Layer to dissect (repeat, or comma separated).")
+    ],
+    out: Annotated[str, typer.Option("--out", "-o", help="Output folder.")],
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data", help="scenes[:N] or scenes-test[:N] (default scenes-test:1000, held out)."
+        ),
+    ] = None,
+    label_maps: Annotated[
+        str | None,
+        typer.Option(
+            "--label-maps",
+            help="Instead of --data: a folder with classes.txt, images/ and labels/ (one "
+            "integer label per pixel, a PNG per image).",
+        ),
+    ] = None,
+    model: ModelOption = DEFAULT_MODEL,
+    quantile: Annotated[
+        float, typer.Option("--quantile", help="Top share of a channel's activations that is on.")
+    ] = 0.005,
+    iou_threshold: Annotated[
+        float, typer.Option("--iou-threshold", help="A channel with a larger IoU is a detector.")
+    ] = 0.04,
+    control: Annotated[
+        bool,
+        typer.Option("--control/--no-control", help="Also dissect the model with random weights."),
+    ] = True,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the random weights.")] = 0,
+    json_: JsonOption = False,
+    device: DeviceOption = "cpu",
+    trust_pickle: TrustPickleOption = False,
+    batch_size: BatchOption = 32,
+    force: ForceOption = False,
+) -> None:
+    """Network dissection (Bau et al. 2017): each channel of each --layer, thresholded at its
+    top --quantile over the data set and upsampled, is scored by IoU against every concept
+    mask (the scenes' six shapes, four fills and seven colour bands, or the classes of
+    --label-maps); its label is the best concept. Writes OUT/<layer>/dissect.json
+    ({"channels": [{"channel", "concept", "iou"}], "unique_detectors", ...}, with the same
+    for the architecture with random weights under "control") and prints a table."""
+    from convlens.concepts.dissect import DEFAULT_DATA, RESULT_FILE, dissect, save_dissections
+    from convlens.errors import DataError
+    from convlens.files import check_folder, writing
+    from convlens.models import load_model
+
+    if data is not None and label_maps is not None:
+        raise DataError("pass --data or --label-maps, not both")
+    check_folder(out, (), force)
+    layers = [name.strip() for entry in layer for name in entry.split(",") if name.strip()]
+    results = dissect(
+        load_model(model, trust_pickle=trust_pickle),
+        layers,
+        label_maps or data or DEFAULT_DATA,
+        quantile=quantile,
+        iou_threshold=iou_threshold,
+        control=control,
+        seed=seed,
+        batch_size=batch_size,
+        device=device,
+    )
+    with writing(out, "dissect", force=force):
+        paths = save_dissections(results, out)
+    skipped = results[0].skipped
+    if json_:
+        _echo_json([r.record() for r in results])
+    else:
+        _print_dissections(results)
+        typer.echo(f"-> {out}/<layer>/{RESULT_FILE} ({len(paths)} files)")
+    _report_skipped(skipped)
+    if skipped:
+        raise typer.Exit(1)
+
+
+def _print_dissections(results) -> None:
+    """One row per layer and weights: unique detectors, detectors, mean and max IoU, and
+    the most frequent detector concepts."""
+    rows = [("layer", "weights", "unique", "detectors", "mean IoU", "max IoU", "concepts")]
+    for result in results:
+        for run in (result, result.control) if result.control is not None else (result,):
+            summary = run.summary()
+            top = list(summary["detector_concepts"].items())[:4]
+            rows.append(
+                (
+                    run.layer,
+                    run.weights,
+                    str(summary["unique_detectors"]),
+                    f"{summary['detectors']}/{len(run.thresholds)}",
+                    f"{summary['mean_iou']:.3f}",
+                    f"{summary['max_iou']:.3f}",
+                    ", ".join(f"{name} {count}" for name, count in top) or "-",
+                )
+            )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        typer.echo(
+            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[-1]
+        )

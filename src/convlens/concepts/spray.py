@@ -10,6 +10,11 @@ Steps, for ``Tensor[N, H, W]`` maps of one class:
    ``features="maps"`` (the paper's) keeps the map's layout, ``features="sorted"`` keeps only
    its values sorted from largest to smallest (the distribution of relevance, whatever
    its position: a translation-invariant variant that is not in the paper);
+   ``features="channels"`` takes instead each image's LRP relevance per channel of an
+   intermediate layer, summed over space (``Tensor[N, K]``; the concept relevances of CRP,
+   Achtibat et al. 2023, as clustered by Dreyer et al. 2023, "Understanding the
+   (extra-)ordinary"), divided by the sum of its absolute values: the share of the layer's
+   relevance each channel carries, wherever in the image it lies;
 2. affinity: the symmetric k-nearest-neighbour graph of the features (Euclidean, ``k =
    neighbours``; an edge has weight 1, or 1/2 when only one end has the other among its
    neighbours);
@@ -35,7 +40,7 @@ import torch
 from convlens.errors import DataError
 from convlens.scan.attribute import load_attributions, shrink_maps
 
-FEATURES = ("maps", "sorted")
+FEATURES = ("maps", "sorted", "channels")
 DEFAULT_SIZE = 16
 DEFAULT_NEIGHBOURS = 10
 DEFAULT_MAX_CLUSTERS = 10
@@ -85,14 +90,26 @@ class SprayResult:
 def spray_features(
     maps: torch.Tensor, size: int = DEFAULT_SIZE, features: str = "maps"
 ) -> torch.Tensor:
-    """``Tensor[N, H, W]`` maps to ``Tensor[N, size * size]`` float64 features (step 1 of the
-    module docstring)."""
+    """Features of step 1 of the module docstring, float64: ``Tensor[N, H, W]`` maps to
+    ``Tensor[N, size * size]`` (``"maps"``, ``"sorted"``), or ``Tensor[N, K]`` channel
+    relevances to ``Tensor[N, K]``, each row divided by the sum of its absolute values
+    (``"channels"``; ``size`` unused)."""
     if features not in FEATURES:
         raise DataError(f"unknown features {features!r}; use one of {', '.join(FEATURES)}")
-    if maps.dim() != 3:
+    if features == "channels":
+        if maps.dim() != 2:
+            raise DataError(
+                "features='channels' takes channel relevances Tensor[N, K] (lrp's extras "
+                f"'channel_relevance', or a folder of 'convlens attribute --option "
+                f"relevance_layer=LAYER'), got {tuple(maps.shape)}"
+            )
+    elif maps.dim() != 3:
         raise DataError(f"SpRAy takes maps Tensor[N, H, W], got {tuple(maps.shape)}")
     if bool(torch.isnan(maps).any()):
         raise DataError("a map holds NaN; recompute the maps (check the model's outputs)")
+    if features == "channels":
+        vectors = maps.detach().cpu().double()
+        return vectors / vectors.abs().sum(1, keepdim=True).clamp_min(1e-30)
     small = shrink_maps(maps.detach().cpu(), size).flatten(1).double()
     small = small / small.abs().amax(1, keepdim=True).clamp_min(1e-30)
     if features == "sorted":
@@ -186,12 +203,15 @@ def spray(
     """SpRAy clusters of attribution maps (module docstring).
 
     Args:
-        maps: ``Tensor[N, H, W]`` maps of one class's images (any method, raw), or the
-            folder of ``convlens attribute DATA --out DIR`` (then ``class_id`` picks the rows
-            that explain that class; without it all rows, which must explain one class).
+        maps: ``Tensor[N, H, W]`` maps of one class's images (any method, raw), or with
+            ``features="channels"`` their channel relevances ``Tensor[N, K]`` (lrp's
+            extras ``"channel_relevance"``), or the folder of ``convlens attribute DATA
+            --out DIR`` (then ``class_id`` picks the rows that explain that class; without
+            it all rows, which must explain one class).
         sources: a name per map (default ``"0"``, ``"1"``, ...; a folder's sources).
         size: side of the shrunk maps (the paper shrinks before clustering).
-        features: ``"maps"`` (the paper's) or ``"sorted"`` (translation-invariant).
+        features: ``"maps"`` (the paper's), ``"sorted"`` (translation-invariant) or
+            ``"channels"`` (relevance per channel, translation-invariant).
         neighbours: k of the nearest-neighbour affinity graph.
         max_clusters: the largest count the eigengap may choose (at least 2).
 
@@ -205,7 +225,7 @@ def spray(
         [6, 6]
     """
     if isinstance(maps, (str, Path)):
-        maps, sources = _folder_maps(Path(maps), class_id, sources)
+        maps, sources = _folder_maps(Path(maps), class_id, sources, features)
     if not isinstance(maps, torch.Tensor):
         raise DataError("SpRAy takes maps Tensor[N, H, W] or a 'convlens attribute' folder")
     if max_clusters < 2:
@@ -238,13 +258,28 @@ def spray(
     return SprayResult(result, ranked, eigenvalues.float(), embedding.float())
 
 
-def spray_attributions(folder: str | Path, class_id: int | None = None, **settings) -> dict:
+@dataclass(frozen=True)
+class SprayClass:
+    """SpRAy of one explained class of a ``convlens attribute`` folder: ``record`` its entry
+    of ``spray.json``, ``result`` the `SprayResult`, ``features`` ``Tensor[N, D]`` what was
+    clustered (`spray_features`), ``maps`` ``Tensor[N, S, S]`` the stored maps of its rows
+    (whatever the features: what the atlas draws)."""
+
+    record: dict
+    result: SprayResult
+    features: torch.Tensor
+    maps: torch.Tensor
+
+
+def spray_classes(
+    folder: str | Path, class_id: int | None = None, **settings
+) -> tuple[list[SprayClass], list[dict]]:
     """SpRAy of every explained class of a ``convlens attribute`` folder (or only
-    ``class_id``): ``{"classes": [{"class", "class_name", "count", "eigengap", "clusters":
-    [{"id", "size", "members": [source, ...], "score"}]}], "skipped": [{"class",
-    "message"}]}``. ``settings``: those of `spray`. A class with fewer than 4 maps is
-    skipped (named in ``skipped``)."""
+    ``class_id``): the classes in the folder's order, and the skipped ones ``[{"class",
+    "message"}]`` (fewer than 4 maps). ``settings``: those of `spray`."""
     attributions = load_attributions(folder)
+    features = settings.get("features", "maps")
+    stored = _stored(attributions, Path(folder), features)
     by_class: dict = {}
     for i, row in enumerate(attributions.rows):
         by_class.setdefault(row["class"], []).append(i)
@@ -261,21 +296,35 @@ def spray_attributions(folder: str | Path, class_id: int | None = None, **settin
             skipped.append({"class": c, "message": f"{len(rows)} maps; SpRAy needs at least 4"})
             continue
         sources = [attributions.rows[i]["source"] for i in rows]
-        result = spray(attributions.maps[rows], sources=sources, **settings)
-        classes.append(
-            {
-                "class": c,
-                "class_name": attributions.rows[rows[0]].get("class_name"),
-                "count": len(rows),
-                "eigengap": result.eigengap,
-                "clusters": [cluster.record() for cluster in result.clusters],
-            }
-        )
-    return {"classes": classes, "skipped": skipped}
+        result = spray(stored[rows], sources=sources, **settings)
+        record = {
+            "class": c,
+            "class_name": attributions.rows[rows[0]].get("class_name"),
+            "count": len(rows),
+            "eigengap": result.eigengap,
+            "clusters": [cluster.record() for cluster in result.clusters],
+        }
+        size = settings.get("size", DEFAULT_SIZE)
+        vectors = spray_features(stored[rows], size, features)
+        classes.append(SprayClass(record, result, vectors, attributions.maps[rows]))
+    return classes, skipped
 
 
-def _folder_maps(folder: Path, class_id: int | None, sources) -> tuple[torch.Tensor, list[str]]:
+def spray_attributions(folder: str | Path, class_id: int | None = None, **settings) -> dict:
+    """SpRAy of every explained class of a ``convlens attribute`` folder (or only
+    ``class_id``): ``{"classes": [{"class", "class_name", "count", "eigengap", "clusters":
+    [{"id", "size", "members": [source, ...], "score"}]}], "skipped": [{"class",
+    "message"}]}``. ``settings``: those of `spray`. A class with fewer than 4 maps is
+    skipped (named in ``skipped``)."""
+    classes, skipped = spray_classes(folder, class_id, **settings)
+    return {"classes": [entry.record for entry in classes], "skipped": skipped}
+
+
+def _folder_maps(
+    folder: Path, class_id: int | None, sources, features: str
+) -> tuple[torch.Tensor, list[str]]:
     attributions = load_attributions(folder)
+    stored = _stored(attributions, folder, features)
     rows = list(range(len(attributions.rows)))
     classes = {r["class"] for r in attributions.rows}
     if class_id is not None:
@@ -288,4 +337,18 @@ def _folder_maps(folder: Path, class_id: int | None, sources) -> tuple[torch.Ten
             "class_id (SpRAy clusters one class's maps)"
         )
     names = [attributions.rows[i]["source"] for i in rows]
-    return attributions.maps[rows], names if sources is None else sources
+    return stored[rows], names if sources is None else sources
+
+
+def _stored(attributions, folder: Path, features: str) -> torch.Tensor:
+    """What ``features`` clusters in a folder: its channel relevances for ``"channels"``
+    (`DataError` naming the fix when it has none), else its maps."""
+    if features != "channels":
+        return attributions.maps
+    if attributions.channels is None:
+        raise DataError(
+            f"{folder} holds no channel relevances: run 'convlens attribute DATA --method lrp "
+            f"--option relevance_layer=LAYER --out {folder}' (LAYER: an activation, such as "
+            "a ReLU of the middle blocks), or cluster its maps (features maps or sorted)"
+        )
+    return attributions.channels

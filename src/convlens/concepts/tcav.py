@@ -7,13 +7,28 @@ For a layer ``l`` with activations ``a_l(x)`` (flattened, ``D`` values):
    activations of concept images from those of a random set (`fit_cav`: L2-regularised
    logistic regression, unit length, pointing towards the concept);
 2. the directional derivative of class ``k``'s score along it is
-   ``S(x) = grad_{a_l} h_k(a_l(x)) . v``, and the TCAV score is the share of the class's
-   images with ``S(x) > 0`` (`tcav_score`);
-3. significance: the concept's CAV is trained ``runs`` times, each against another random
-   set, and ``runs`` random CAVs (a random set against another random set) give the
-   scores of concepts that mean nothing. A two-sided t-test (Student's, equal variances)
-   compares the two lists of scores; its p-value times the number of layers tested
-   (Bonferroni) below ``alpha`` makes the concept significant for that layer.
+   ``S(x) = grad_{a_l} h_k(a_l(x)) . v``; the TCAV score is the share of the class's
+   images with ``S(x) > 0`` (`tcav_score`), and the mean cosine is the mean of
+   ``S(x) / |grad_{a_l} h_k(a_l(x))|`` (`mean_cosine`: how strongly, not only whether,
+   the score grows along ``v``);
+3. the concept's CAV is trained ``runs`` times, each against another random set
+   ``R_0 .. R_{runs-1}``; every random set ``R_j`` (``runs + 1`` of them) is also trained,
+   as a "null concept" that means nothing, against ``runs`` of the others.
+
+Three significance tests (`TESTS`), all computed, one chosen by ``test``; the p-value is
+multiplied by the number of layers tested (Bonferroni):
+
+- ``"cosine"`` (the default) and ``"score"``: the concept is ONE sample of images, so under
+  the null hypothesis (the concept images are just more images of the random distribution)
+  its statistic (mean over its runs) is one more draw from the distribution of the null
+  concepts' statistics. The Crawford and Howell (1998) t-test compares one value with a
+  small control sample: ``t = (x - mean) / (sd * sqrt((n + 1) / n))`` with ``n - 1``
+  degrees of freedom, two-sided. The null concepts are exchangeable with the concept when
+  the concept set has the random sets' size.
+- ``"runs"``: the paper's test. A Student's t-test between the concept's ``runs`` scores
+  and ``runs`` random-vs-random scores (``R_{i+1}`` against ``R_i``). It treats the
+  concept's runs as independent draws, but they share one concept sample, so it finds
+  "significant" random concepts far more often than ``alpha`` (docs/concepts.md).
 """
 
 from __future__ import annotations
@@ -38,15 +53,19 @@ from convlens.targets import resolve_targets
 
 DEFAULT_RUNS = 10
 DEFAULT_ALPHA = 0.05
+DEFAULT_TEST = "cosine"
+TESTS = ("cosine", "score", "runs")
 L2 = 0.01
 
 
 @dataclass(frozen=True)
 class TcavResult:
     """One concept, class and layer: ``score`` the mean TCAV score over the runs (in [0,
-    1]), ``p_value`` the Bonferroni-corrected p-value of the t-test against the random
-    CAVs, ``significant`` whether it is below ``alpha``; ``scores``/``random_scores`` every
-    run's score; ``class_id`` and ``class_name`` the class."""
+    1]), ``cosine`` the mean cosine (in [-1, 1]); ``p_value`` the Bonferroni-corrected
+    p-value of ``test`` and ``significant`` whether it is below ``alpha``; ``p_values``
+    every test's (`TESTS`); ``scores``/``cosines`` every run's, ``random_scores`` the
+    random-vs-random scores of the ``"runs"`` test, ``null_scores``/``null_cosines`` each
+    null concept's mean; ``class_id`` and ``class_name`` the class."""
 
     concept: str
     class_id: int
@@ -55,12 +74,18 @@ class TcavResult:
     score: float
     p_value: float
     significant: bool
+    test: str = DEFAULT_TEST
+    cosine: float = 0.0
+    p_values: dict[str, float] = field(default_factory=dict)
     scores: list[float] = field(default_factory=list)
+    cosines: list[float] = field(default_factory=list)
     random_scores: list[float] = field(default_factory=list)
+    null_scores: list[float] = field(default_factory=list)
+    null_cosines: list[float] = field(default_factory=list)
 
     def record(self) -> dict:
         """``{"concept", "class", "layer", "score", "p_value", "significant"}`` (the CLI's
-        JSON) with the runs' scores."""
+        JSON) with the test, the mean cosine, every test's p-value and the runs' values."""
         return {
             "concept": self.concept,
             "class": self.class_name,
@@ -68,44 +93,95 @@ class TcavResult:
             "score": self.score,
             "p_value": self.p_value,
             "significant": self.significant,
+            "test": self.test,
+            "cosine": self.cosine,
+            "p_values": self.p_values,
             "scores": self.scores,
+            "cosines": self.cosines,
             "random_scores": self.random_scores,
+            "null_scores": self.null_scores,
+            "null_cosines": self.null_cosines,
         }
 
 
 def fit_cav(positive: torch.Tensor, negative: torch.Tensor, l2: float = L2) -> torch.Tensor:
     """The unit normal ``Tensor[D]`` of a logistic regression separating ``positive``
     (``Tensor[n, D]``, label 1) from ``negative`` (``Tensor[m, D]``, label 0): mean
-    cross-entropy plus ``l2 / 2 * |w|^2``, minimised by L-BFGS from zero (deterministic).
-    Features are scaled by one number (their overall standard deviation) so that ``l2``
-    means the same at every layer. Zeros when the sets cannot be told apart."""
+    cross-entropy plus ``l2 / 2 * |w|^2`` (the bias not penalised), minimised exactly by
+    Newton's method with a backtracking line search (deterministic). Features are scaled by
+    one number (their overall standard deviation) so that ``l2`` means the same at every
+    layer. Zeros when the sets cannot be told apart.
+
+    With more features than examples (most convolutional layers) the L2 term puts the
+    optimum in the span of the examples (representer theorem): the problem is solved in an
+    orthonormal basis of that span (from the eigenvectors of ``X X^T``), over at most
+    ``n + m`` numbers instead of ``D``, and mapped back; the minimum is the same."""
     x = torch.cat([positive, negative]).double().flatten(1)
     y = torch.cat([torch.ones(len(positive)), torch.zeros(len(negative))]).double()
     x = x / x.std().clamp_min(1e-12)
-    w = torch.zeros(x.shape[1], dtype=torch.double, requires_grad=True)
-    b = torch.zeros((), dtype=torch.double, requires_grad=True)
-    optimiser = torch.optim.LBFGS(
-        [w, b], lr=1, max_iter=500, tolerance_grad=1e-9, line_search_fn="strong_wolfe"
-    )
-
-    def loss() -> torch.Tensor:
-        optimiser.zero_grad()
-        value = nn.functional.binary_cross_entropy_with_logits(x @ w + b, y)
-        value = value + l2 / 2 * w.pow(2).sum()
-        value.backward()
-        return value
-
-    with torch.enable_grad():
-        optimiser.step(loss)
-    w = w.detach().float()
+    design, basis = _row_space(x)
+    w = _newton_logistic(design, y, l2)
+    if basis is not None:
+        w = basis @ w
+    w = w.float()
     norm = w.norm()
-    return w / norm if norm > 0 else w
+    return w / norm if norm > 1e-12 else torch.zeros_like(w)
+
+
+def _row_space(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(x V, V)`` with ``V`` ``Tensor[D, r]`` an orthonormal basis of the rows of ``x``
+    (``Tensor[N, D]``) when ``D > N``; ``(x, None)`` otherwise."""
+    if x.shape[1] <= x.shape[0]:
+        return x, None
+    eigenvalues, vectors = torch.linalg.eigh(x @ x.T)
+    kept = eigenvalues > eigenvalues.max().clamp_min(1e-300) * 1e-12
+    sigma = eigenvalues[kept].sqrt()
+    return vectors[:, kept] * sigma, (x.T @ vectors[:, kept]) / sigma
+
+
+def _newton_logistic(design: torch.Tensor, y: torch.Tensor, l2: float) -> torch.Tensor:
+    """Weights ``Tensor[d]`` minimising ``mean BCE(design @ w + b, y) + l2 / 2 * |w|^2``
+    over ``w`` and an unpenalised bias ``b`` (Newton steps, halved until the objective
+    falls enough; stops when the Newton decrement ``g . H^-1 g`` is below 1e-14, where
+    rounding in the objective would stop the line search)."""
+    count, width = design.shape
+    a = torch.cat([design, torch.ones(count, 1, dtype=design.dtype)], 1)
+    penalty = torch.full((width + 1,), l2, dtype=design.dtype)
+    penalty[-1] = 0.0
+
+    def objective(theta: torch.Tensor) -> torch.Tensor:
+        z = a @ theta
+        return (nn.functional.softplus(z) - y * z).mean() + 0.5 * (penalty * theta) @ theta
+
+    theta = torch.zeros(width + 1, dtype=design.dtype)
+    for _ in range(100):
+        p = torch.sigmoid(a @ theta)
+        gradient = a.T @ (p - y) / count + penalty * theta
+        hessian = (a.T * (p * (1 - p))) @ a / count + torch.diag(penalty + 1e-12)
+        step = torch.linalg.solve(hessian, gradient)
+        if gradient @ step < 1e-14:
+            break
+        start, rate = objective(theta), 1.0
+        while objective(theta - rate * step) > start - 1e-4 * rate * (gradient @ step):
+            rate /= 2
+            if rate < 1e-12:
+                break
+        theta = theta - rate * step
+    return theta[:width]
 
 
 def tcav_score(gradients: torch.Tensor, cav: torch.Tensor) -> float:
     """Share of rows of ``gradients`` (``Tensor[N, D]``: d class score / d activation) whose
     directional derivative along ``cav`` (``Tensor[D]``) is positive, in [0, 1]."""
     return float((gradients.flatten(1).float() @ cav.float() > 0).float().mean())
+
+
+def mean_cosine(gradients: torch.Tensor, cav: torch.Tensor) -> float:
+    """Mean over rows of ``gradients`` (``Tensor[N, D]``) of the cosine between the row and
+    the unit vector ``cav`` (``Tensor[D]``), in [-1, 1]; a zero row counts as 0."""
+    rows = gradients.flatten(1).float()
+    norms = rows.norm(dim=1).clamp_min(1e-30)
+    return float((rows @ cav.float() / norms).mean())
 
 
 def t_test(scores: list[float], random_scores: list[float]) -> float:
@@ -117,6 +193,35 @@ def t_test(scores: list[float], random_scores: list[float]) -> float:
     with warnings.catch_warnings():  # nearly equal scores: scipy warns, the p-value stands
         warnings.simplefilter("ignore", RuntimeWarning)
         return float(stats.ttest_ind(a, b).pvalue)
+
+
+def crawford_howell(value: float, controls: list[float]) -> float:
+    """Two-sided p-value of Crawford and Howell's (1998) t-test of one ``value`` against a
+    small control sample (``n >= 2`` values): ``t = (value - mean) / (sd * sqrt((n + 1) /
+    n))``, ``sd`` with ``n - 1`` in the denominator, ``n - 1`` degrees of freedom. 1 when
+    the controls are constant and equal to ``value``, 0 when constant and different."""
+    c = np.asarray(controls, float)
+    n = len(c)
+    sd = c.std(ddof=1)
+    if sd == 0:
+        return 1.0 if value == c.mean() else 0.0
+    t = (value - c.mean()) / (sd * math.sqrt((n + 1) / n))
+    return float(2 * stats.t.sf(abs(t), n - 1))
+
+
+def null_concept_runs(
+    random_acts: list[torch.Tensor], gradients: torch.Tensor, runs: int
+) -> dict[tuple[int, int], tuple[float, float]]:
+    """``{(j, i): (TCAV score, mean cosine)}`` of random set ``j`` as a concept against
+    random set ``i``, for every ``j != i`` among the ``runs + 1`` sets: ``runs`` runs per
+    null concept, and the ``"runs"`` test's random-vs-random pairs ``(i + 1, i)``."""
+    found = {}
+    for j, concept in enumerate(random_acts[: runs + 1]):
+        for i, negative in enumerate(random_acts[: runs + 1]):
+            if i != j:
+                cav = fit_cav(concept, negative)
+                found[j, i] = (tcav_score(gradients, cav), mean_cosine(gradients, cav))
+    return found
 
 
 def random_sets(randoms: list[ImageSet], runs: int, seed: int = 0) -> list[ImageSet]:
@@ -184,6 +289,7 @@ def tcav(
     *,
     runs: int = DEFAULT_RUNS,
     alpha: float = DEFAULT_ALPHA,
+    test: str = DEFAULT_TEST,
     batch_size: int = 32,
     device: str | torch.device | None = None,
     seed: int = 0,
@@ -196,24 +302,29 @@ def tcav(
         concept: the concept's images (`convlens.concepts.sets.image_set`: a folder,
             ``shapes:N@CLASS``, ``scenes:N@CLASS``, a preprocessed ``Tensor[N, 3, H, W]``).
         random: one random image set or a list of them: ``runs + 1`` sets are used as
-            given, fewer are pooled and split into ``runs + 1`` disjoint parts.
+            given, fewer are pooled and split into ``runs + 1`` disjoint parts. Give the
+            random sets the concept set's size: they are the null concepts.
         images: the images of the class whose score is tested.
         target: the class (id, or name with a model's labels).
         layers: one layer or a list (names, or ``#N`` rows of ``convlens layers``).
-        runs: concept CAVs (each against its own random set) and random CAVs (>= 2; the
-            paper's t-test uses many: 10 by default).
+        runs: concept CAVs, each against its own random set (>= 2; 10 by default); the
+            ``runs + 1`` random sets each serve as a null concept.
         alpha: significance level of each layer after the Bonferroni correction.
+        test: ``"cosine"``, ``"score"`` or ``"runs"`` (`TESTS`, module docstring); every
+            test's p-value is in the result's ``p_values``.
 
     Returns one `TcavResult` per layer, in the order given.
 
     Example:
         >>> results = tcav("synthetic-shapes", "shapes:40@circle", "shapes:40",
         ...                "shapes:20@circle", "circle", "features.15", runs=3)
-        >>> [(r.layer, r.class_name) for r in results]
-        [('features.15', 'circle')]
+        >>> [(r.layer, r.class_name, r.test) for r in results]
+        [('features.15', 'circle', 'cosine')]
     """
     if runs < 2:
         raise DataError(f"runs must be >= 2 for a t-test (the paper uses 10 or more), got {runs}")
+    if test not in TESTS:
+        raise DataError(f"unknown TCAV test {test!r}: choose one of {', '.join(TESTS)}")
     loaded = load_model(model)
     module = loaded.module
     layer_list = layers if isinstance(layers, (list, tuple)) else [layers]
@@ -237,23 +348,62 @@ def tcav(
             gradients = class_gradients(module, tested.images, layer, class_id, batch_size)
             if gradients.shape[1] != acts.shape[1]:
                 raise LayerError(f"layer {layer!r}: images of other sizes give other shapes")
-            scores = [tcav_score(gradients, fit_cav(acts, random_acts[i])) for i in range(runs)]
-            baseline = [  # random set i + 1 as a "concept" against random set i
-                tcav_score(gradients, fit_cav(random_acts[i + 1], random_acts[i]))
-                for i in range(runs)
-            ]
-            p_value = min(1.0, t_test(scores, baseline) * len(names))
+            result = tcav_statistics(acts, random_acts, gradients, runs, len(names))
+            p_value = result["p_values"][test]
             results.append(
                 TcavResult(
                     concept=name,
                     class_id=class_id,
                     class_name=loaded.label(class_id),
                     layer=layer,
-                    score=float(np.mean(scores)),
                     p_value=p_value,
                     significant=bool(p_value < alpha) and not math.isnan(p_value),
-                    scores=scores,
-                    random_scores=baseline,
+                    test=test,
+                    **result,
                 )
             )
     return results
+
+
+def tcav_statistics(
+    acts: torch.Tensor,
+    random_acts: list[torch.Tensor],
+    gradients: torch.Tensor,
+    runs: int,
+    layers: int = 1,
+    null: dict[tuple[int, int], tuple[float, float]] | None = None,
+) -> dict:
+    """The `TcavResult` fields of one layer but names, the chosen test and significance,
+    from activations ``Tensor[N, D]`` of the concept, of the ``runs + 1`` random sets
+    (`random_sets`) and the class gradients ``Tensor[M, D]``: the concept's runs against
+    ``random_acts[:runs]``, the null concepts' runs (``null``: `null_concept_runs` of the
+    same sets, computed when None), and each test's p-value times ``layers`` (capped at 1).
+    """
+    concept_runs = []
+    for negative in random_acts[:runs]:
+        cav = fit_cav(acts, negative)
+        concept_runs.append((tcav_score(gradients, cav), mean_cosine(gradients, cav)))
+    scores = [score for score, _ in concept_runs]
+    cosines = [cosine for _, cosine in concept_runs]
+    null = null if null is not None else null_concept_runs(random_acts, gradients, runs)
+    null_means = [
+        np.mean([null[j, i] for i in range(runs + 1) if i != j], axis=0) for j in range(runs + 1)
+    ]
+    null_scores = [float(m[0]) for m in null_means]
+    null_cosines = [float(m[1]) for m in null_means]
+    random_scores = [null[i + 1, i][0] for i in range(runs)]
+    raw = {
+        "cosine": crawford_howell(float(np.mean(cosines)), null_cosines),
+        "score": crawford_howell(float(np.mean(scores)), null_scores),
+        "runs": t_test(scores, random_scores),
+    }
+    return {
+        "score": float(np.mean(scores)),
+        "cosine": float(np.mean(cosines)),
+        "p_values": {key: min(1.0, value * layers) for key, value in raw.items()},
+        "scores": scores,
+        "cosines": cosines,
+        "random_scores": random_scores,
+        "null_scores": null_scores,
+        "null_cosines": null_cosines,
+    }

@@ -254,7 +254,7 @@ def _draw(seed: int, index: int, size: int) -> _Drawing:
     if rng.random() < 0.5:
         painter.occlude()
     noise = rng.normal(0.0, 0.02, painter.image.shape)
-    return _Drawing(painter.layers, noise, size)
+    return _Drawing(painter.layers, noise, size, tuple(painter.fills))
 
 
 def _check_leave_out(leave_out: Collection[int], drawing: _Drawing) -> frozenset[int]:
@@ -275,11 +275,13 @@ def _check_leave_out(leave_out: Collection[int], drawing: _Drawing) -> frozenset
 @dataclass(frozen=True)
 class _Drawing:
     """The recorded layers ``(kind, label, mask bool[H, W], texture float[H, W, 3])`` bottom
-    first (layer 0 the canvas) and the pixel noise float[H, W, 3] of one scene."""
+    first (layer 0 the canvas), the pixel noise float[H, W, 3] of one scene and each
+    layer's fill pattern (one of ``FILLS``, in the order of ``layers``)."""
 
     layers: list[tuple[str, int, np.ndarray, np.ndarray]]
     noise: np.ndarray
     size: int
+    fills: tuple[str, ...] = ()
 
     def compose(self, skipped: frozenset[int]) -> Scene:
         """The scene without the layers ``skipped`` (never 0), painted bottom to top."""
@@ -323,9 +325,11 @@ class _Painter:
         self.means: list[np.ndarray] = []
         self.objects: list[tuple[int, np.ndarray]] = []  # (label, silhouette) bottom first
         self.layers: list[tuple[str, int, np.ndarray, np.ndarray]] = []
+        self.fills: list[str] = []  # each layer's fill pattern
 
     def paint(self, mask: np.ndarray, label: int, kind: str) -> None:
-        texture = self._distinct_fill()
+        texture, fill = self._distinct_fill()
+        self.fills.append(fill)
         self.image = np.where(mask[..., None], texture, self.image)
         self.labels = np.where(mask, label, self.labels)
         self.layers.append((kind, label, mask, texture))
@@ -372,20 +376,21 @@ class _Painter:
             for label, silhouette in self.objects
         )
 
-    def _distinct_fill(self) -> np.ndarray:
-        """A texture whose mean colour is far from every region painted so far."""
-        texture = _fill(self.rng, self.size)
+    def _distinct_fill(self) -> tuple[np.ndarray, str]:
+        """A texture whose mean colour is far from every region painted so far, and its
+        pattern."""
+        texture, fill = _fill(self.rng, self.size)
         for _ in range(30):
             mean = texture.mean(axis=(0, 1))
             if all(np.linalg.norm(mean - m) >= _MIN_FILL_DISTANCE for m in self.means):
                 break
-            texture = _fill(self.rng, self.size)
+            texture, fill = _fill(self.rng, self.size)
         self.means.append(texture.mean(axis=(0, 1)))
-        return texture
+        return texture, fill
 
 
-def _fill(rng: np.random.Generator, size: int) -> np.ndarray:
-    """``float[H, W, 3]``: one draw of the texture distribution every region uses: colour
+def _fill(rng: np.random.Generator, size: int) -> tuple[np.ndarray, str]:
+    """``(float[H, W, 3], pattern)``: one draw of the texture distribution every region uses: colour
     ``a`` uniform in the RGB cube, ``b = a +- 0.35`` per channel (clipped), mixed by a pattern
     (flat, stripes of period 5-14 px, 4-8 px blocks, or a linear gradient)."""
     a = rng.uniform(0.0, 1.0, 3)
@@ -405,7 +410,7 @@ def _fill(rng: np.random.Generator, size: int) -> np.ndarray:
         angle = rng.uniform(0, 2 * np.pi)
         ramp = x * np.cos(angle) + y * np.sin(angle)
         weight = (ramp - ramp.min()) / (np.ptp(ramp) + 1e-9)
-    return a + (b - a) * weight[..., None]
+    return a + (b - a) * weight[..., None], kind
 
 
 def _rotated_frame(rng, size: int, cx: float, cy: float, radius: float):

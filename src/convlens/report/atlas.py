@@ -5,6 +5,7 @@ CDN, images by relative path, so the folder can be copied or served as it is.
 - `write_scan_atlas`: ``DIR/index.html`` with a menu of layers and, per layer, every
   channel's panel (projections beside patches) with its top sources and values.
 - `write_embedding_atlas`: ``DIR/index.html`` with the 2-D map and the table of items.
+- `write_spray_atlas`: SpRAy's pages, ``class-<c>.html`` per class and ``index.html``.
 """
 
 from __future__ import annotations
@@ -129,3 +130,97 @@ def _label(label: int, classes: list[str]) -> str:
     if label < 0:
         return ""
     return classes[label] if label < len(classes) else str(label)
+
+
+def write_spray_atlas(folder: str | Path, document: dict, pictures: dict, title: str) -> Path:
+    """SpRAy's atlas in ``folder``: ``class-<c>.html`` per class (its t-SNE map, then per
+    cluster its score, its picture of the mean map and exemplars, and its members) and
+    ``index.html`` listing the classes. ``document``: ``spray.json``'s content;
+    ``pictures``: ``{class: {"map": PNG name or None, "clusters": [PNG name per cluster]}}``,
+    names relative to ``folder``. Returns the index page."""
+    folder = Path(folder)
+    rows = []
+    for entry in document["classes"]:
+        name = _class_title(entry)
+        page = f"class-{entry['class']}.html"
+        write_text(folder / page, _spray_class_page(entry, pictures[entry["class"]], title))
+        top = entry["clusters"][0]
+        rows.append(
+            f'<tr><td><a href="{html.escape(page)}">{html.escape(name)}</a></td>'
+            f"<td>{entry['count']}</td><td>{len(entry['clusters'])}</td>"
+            f"<td>{top['size']}</td><td>{top['score']:.3f}</td>"
+            f"<td>{entry['eigengap']:.3f}</td></tr>"
+        )
+    skipped = "".join(
+        f"<li>class {html.escape(str(s['class']))}: {html.escape(s['message'])}</li>"
+        for s in document.get("skipped", [])
+    )
+    body = (
+        "<p>SpRAy (Lapuschkin et al. 2019): per class, spectral clustering of the maps; "
+        "clusters ranked by the mean silhouette of their members (cluster 0 stands apart "
+        "most).</p><table><tr><th>class</th><th>maps</th><th>clusters</th>"
+        f"<th>top cluster size</th><th>top score</th><th>eigengap</th></tr>{''.join(rows)}"
+        "</table>" + (f"<h2>Skipped</h2><ul>{skipped}</ul>" if skipped else "")
+    )
+    return write_text(folder / "index.html", _page(title, [], body))
+
+
+def _class_title(entry: dict) -> str:
+    name = entry.get("class_name")
+    return f"{entry['class']} ({name})" if name else str(entry["class"])
+
+
+def _spray_class_page(entry: dict, pictures: dict, title: str) -> str:
+    sections, menu = [], []
+    if pictures.get("map"):
+        menu.append(("map", "t-SNE map"))
+        sections.append(
+            f'<section id="map"><h2>t-SNE map</h2><p class="note">Each map at its t-SNE '
+            "position (openTSNE) of the features SpRAy clustered, framed in its cluster's "
+            f'colour.</p><img src="{html.escape(pictures["map"])}" alt="t-SNE map"></section>'
+        )
+    for cluster, png in zip(entry["clusters"], pictures["clusters"], strict=True):
+        anchor = f"cluster-{cluster['id']}"
+        menu.append((anchor, f"cluster {cluster['id']} ({cluster['size']})"))
+        members = ", ".join(html.escape(str(m)) for m in cluster["members"][:100])
+        more = f" and {cluster['size'] - 100} more" if cluster["size"] > 100 else ""
+        sections.append(
+            f'<section id="{anchor}"><h2>Cluster {cluster["id"]}</h2>'
+            f"<p>{cluster['size']} maps, score (mean silhouette) {cluster['score']:.3f}.</p>"
+            f'<figure><img src="{html.escape(png)}" alt="mean map and exemplars of cluster '
+            f'{cluster["id"]}"><figcaption>left: the mean map; then the members nearest the '
+            "cluster's mean features</figcaption></figure>"
+            f'<p class="note">members: {members}{more}</p></section>'
+        )
+    heading = f"{title}: class {_class_title(entry)}"
+    body = (
+        f'<p><a href="index.html">all classes</a> &middot; {entry["count"]} maps, '
+        f"{len(entry['clusters'])} clusters, eigengap {entry['eigengap']:.3f}.</p>"
+        + "\n".join(sections)
+    )
+    return _page(heading, menu, body)
+
+
+def write_spray_pictures(folder: str | Path, classes: list, seed: int = 0) -> dict:
+    """Save each `convlens.concepts.spray.SprayClass`'s pictures
+    (`convlens.concepts.spray_atlas`) in ``folder``: ``class-<c>-map.png`` (the t-SNE map;
+    none for fewer than 5 maps) and ``class-<c>-cluster-<k>.png``. Returns the ``pictures``
+    of `write_spray_atlas`."""
+    from convlens.concepts.spray_atlas import class_map_picture, cluster_picture
+    from convlens.render.images import save_png
+
+    folder = Path(folder)
+    pictures = {}
+    for entry in classes:
+        c = entry.record["class"]
+        picture = class_map_picture(entry, seed)
+        map_name = None
+        if picture is not None:
+            map_name = f"class-{c}-map.png"
+            save_png(picture, folder / map_name)
+        names = []
+        for cluster in entry.result.clusters:
+            names.append(f"class-{c}-cluster-{cluster.id}.png")
+            save_png(cluster_picture(entry, cluster), folder / names[-1])
+        pictures[c] = {"map": map_name, "clusters": names}
+    return pictures

@@ -11,16 +11,27 @@ when it grows), divided by its largest absolute value and stored as float16 in [
 ``index.json`` keeps that ``scale`` per row, so ``stored * scale`` is the resized raw map
 (float16 alone would flush the small raw values of gradient maps to zero).
 
+Channel relevances: when the method hands back per-row extras ``"channel_relevance"``
+``Tensor[N, K]`` (`convlens.attribution.lrp.lrp` with the option ``relevance_layer=LAYER``:
+LRP's relevance at that layer summed over space, one value per channel), they are stored
+too, float32, in ``out/channels/`` shards named and ordered as the map shards (row ``r`` of
+``channels/X.npy`` belongs to row ``r`` of ``maps/X.npy``); `load_attributions` reads them
+into ``Attributions.channels``. They are what `convlens.spray` clusters with
+``features="channels"``.
+
 The pass is `convlens.scan.stream.stream_batches`: sharded under ``torchrun`` (rank r
 attributes items r, r + N, ...; each rank writes its own shards, named by rank), saved
 every ``save_every`` batches and resumed with ``resume``. `load_attributions` reads the
 maps back in item order, the same whatever the number of processes that wrote them.
 
 ``index.json``: ``{"method", "layer", "target", "model", "data", "size", "count",
+"channel_layer", "channels",
 "shards": [file, ...], "rows": [{"source", "label", "class", "class_name", "score",
 "scale", "shard", "row"}, ...], "skipped": [{"source", "message"}]}``, rows in item order;
 ``class`` is the explained class (its name in ``class_name`` when the model has labels),
-``score`` its score on the unmodified image, ``label`` the dataset's label (-1 without).
+``score`` its score on the unmodified image, ``label`` the dataset's label (-1 without);
+``channel_layer`` the layer of the stored channel relevances and ``channels`` their count
+K (None and 0 without).
 """
 
 from __future__ import annotations
@@ -47,6 +58,8 @@ from convlens.targets import parse_target
 
 INDEX_FILE = "index.json"
 MAPS_FOLDER = "maps"
+CHANNELS_FOLDER = "channels"
+CHANNEL_EXTRA = "channel_relevance"
 DEFAULT_SIZE = 56
 DEFAULT_SHARD_ROWS = 1024
 LABEL_TARGET = "label"
@@ -56,11 +69,13 @@ LABEL_TARGET = "label"
 class Attributions:
     """A dataset's maps read back by `load_attributions`: ``maps`` ``Tensor[N, S, S]``
     float32 (the resized raw maps: stored value times scale), ``rows`` the index's rows
-    (item order), ``index`` the whole ``index.json`` document."""
+    (item order), ``index`` the whole ``index.json`` document, ``channels`` the channel
+    relevances ``Tensor[N, K]`` float32 (None when the pass stored none)."""
 
     maps: torch.Tensor
     rows: list[dict]
     index: dict
+    channels: torch.Tensor | None = None
 
 
 def shrink_maps(maps: torch.Tensor, size: int) -> torch.Tensor:
@@ -85,12 +100,24 @@ class _ShardWriter:
         self.records: list[tuple] = []  # (item, class, score, scale, shard, row)
         self.shards: list[str] = []
         self.buffer: list[torch.Tensor] = []
+        self.channel_buffer: list[torch.Tensor] = []
         self.pending: list[tuple] = []
 
-    def add(self, items: list[int], maps: torch.Tensor, classes: list, scores: list) -> None:
+    def add(
+        self,
+        items: list[int],
+        maps: torch.Tensor,
+        classes: list,
+        scores: list,
+        channels: torch.Tensor | None = None,
+    ) -> None:
+        """Buffer a batch: ``maps`` ``Tensor[B, S, S]``, ``channels`` ``Tensor[B, K]`` or
+        None (the same for every batch of a pass)."""
         flat = maps.flatten(1).abs().amax(1)
         scales = torch.where(flat > 0, flat, torch.ones_like(flat))
         self.buffer.append((maps / scales[:, None, None]).half().cpu())
+        if channels is not None:
+            self.channel_buffer.append(channels.detach().float().cpu())
         for item, c, s, scale in zip(items, classes, scores, flat.tolist(), strict=True):
             self.pending.append((item, c, s, scale))
         if len(self.pending) >= self.shard_rows:
@@ -100,12 +127,15 @@ class _ShardWriter:
         if not self.pending:
             return
         name = f"{self.prefix}-{len(self.shards):05d}.npy"
+        if self.channel_buffer:  # first, so a map shard on disk always has its channels
+            with atomic_file(self.out / CHANNELS_FOLDER / name) as handle:
+                np.save(handle, torch.cat(self.channel_buffer).numpy())
         with atomic_file(self.out / MAPS_FOLDER / name) as handle:
             np.save(handle, torch.cat(self.buffer).numpy())
         self.shards.append(name)
         for row, (item, c, s, scale) in enumerate(self.pending):
             self.records.append((item, c, s, scale, name, row))
-        self.buffer, self.pending = [], []
+        self.buffer, self.channel_buffer, self.pending = [], [], []
 
     # the state of `stream_batches` (the maps come through `add`, not ``update``)
     def state_dict(self) -> dict:
@@ -116,19 +146,25 @@ class _ShardWriter:
         self.records = [tuple(record) for record in state["records"]]
         self.shards = list(state["shards"])
         for name in self.shards:  # an unchanged shard of the stopped run is this run's
-            path = self.out / MAPS_FOLDER / name
-            if not owned(path):
-                raise DataError(
-                    f"cannot resume: {path} is missing or was changed since the state was "
-                    "saved; start over with --restart (resume=False in Python)"
-                )
-            keep_output(path)
+            for path in shard_paths(self.out, name):
+                if not owned(path):
+                    raise DataError(
+                        f"cannot resume: {path} is missing or was changed since the state was "
+                        "saved; start over with --restart (resume=False in Python)"
+                    )
+                keep_output(path)
 
     def merge(self, states: list[dict]) -> None:
         self.flush()
         for state in states:
             self.records.extend(tuple(record) for record in state["records"])
             self.shards.extend(state["shards"])
+
+
+def shard_paths(out: Path, name: str) -> list[Path]:
+    """The files of shard ``name``: its maps, and its channel relevances when they exist."""
+    channels = out / CHANNELS_FOLDER / name
+    return [out / MAPS_FOLDER / name, *([channels] if channels.exists() else [])]
 
 
 def _check_target(target: object) -> None:
@@ -167,8 +203,9 @@ def attribute_dataset(
     ``target``: as in `explain` (a class id or name, ``top1`` (default), a contrast, one
     per image), or ``"label"``: each item's label in the dataset (an ImageFolder tree,
     ``shapes:N``). ``size``: the side of the stored maps in pixels (default 56).
-    ``shard_rows``: maps per shard file. ``options``: the method's keyword options. The
-    run options are those of `convlens.scan.top_activating`.
+    ``shard_rows``: maps per shard file. ``options``: the method's keyword options
+    (``{"relevance_layer": LAYER}`` with ``lrp`` stores each item's channel relevances
+    too; module docstring). The run options are those of `convlens.scan.top_activating`.
 
     Example:
         >>> import tempfile
@@ -206,6 +243,7 @@ def attribute_dataset(
         "batch_size": batch_size,
     }
     layer_used: list[str | None] = [None]
+    widths = [0]  # channel relevances per row (0: none)
 
     def step(indices: torch.Tensor, images: torch.Tensor) -> None:
         items = indices.tolist()
@@ -213,7 +251,9 @@ def attribute_dataset(
         result = explain(loaded, images, method, wanted, layer, **options)
         layer_used[0] = result.layer
         classes = [None] * len(items) if result.class_ids is None else result.class_ids.tolist()
-        writer.add(items, shrink_maps(result.maps, size), classes, result.scores.tolist())
+        channels = result.extras.get(CHANNEL_EXTRA)
+        writer.add(items, shrink_maps(result.maps, size), classes, result.scores.tolist(), channels)
+        widths[0] = 0 if channels is None else channels.shape[1]
 
     with placed_on(loaded.module, device) as run_device:
         run_options = RunOptions(
@@ -242,6 +282,8 @@ def attribute_dataset(
         "data": str(data) if isinstance(data, (str, Path)) else None,
         "size": size,
         "count": len(rows),
+        "channel_layer": _channel_layer(options, widths[0]),
+        "channels": widths[0],
         "shards": sorted({row["shard"] for row in rows}),
         "rows": rows,
         "skipped": [{"source": dataset.sources[i], "message": m} for i, m in run.errors],
@@ -249,15 +291,22 @@ def attribute_dataset(
     rank, _ = rank_and_world()
     if rank == 0:
         for shard in index["shards"]:
-            keep_output(out / MAPS_FOLDER / shard)
+            for path in shard_paths(out, shard):
+                keep_output(path)
         write_json(out / INDEX_FILE, index, indent=1)
     return index
 
 
+def _channel_layer(options: dict, width: int) -> str | None:
+    layer = options.get("relevance_layer")
+    return None if layer is None or not width else str(layer)
+
+
 def load_attributions(folder: str | Path) -> Attributions:
     """The maps of a folder written by `attribute_dataset`, in item order: ``Tensor[N, S,
-    S]`` float32 (stored value times the row's scale). `DataError` naming the fix when the
-    folder holds no such output or a shard is missing."""
+    S]`` float32 (stored value times the row's scale), and its channel relevances
+    ``Tensor[N, K]`` when it stored them. `DataError` naming the fix when the folder holds
+    no such output or a shard is missing."""
     folder = Path(folder)
     path = folder / INDEX_FILE
     try:
@@ -268,16 +317,25 @@ def load_attributions(folder: str | Path) -> Attributions:
             f"{path} is not the index of 'convlens attribute DATA --out {folder}' "
             f"({type(error).__name__}); run that command first"
         ) from None
-    shards = {}
+    width = int(index.get("channels") or 0)
+    shards, channel_shards = {}, {}
     for name in index["shards"]:
-        try:
-            shards[name] = torch.from_numpy(np.load(folder / MAPS_FOLDER / name))
-        except (OSError, ValueError) as error:
-            raise DataError(
-                f"{folder / MAPS_FOLDER / name} cannot be read ({error}); run "
-                "'convlens attribute' again"
-            ) from None
+        shards[name] = _read_shard(folder, MAPS_FOLDER, name)
+        if width:
+            channel_shards[name] = _read_shard(folder, CHANNELS_FOLDER, name)
     maps = torch.zeros(len(rows), size, size)
     for i, row in enumerate(rows):
         maps[i] = shards[row["shard"]][row["row"]].float() * row["scale"]
-    return Attributions(maps, rows, index)
+    channels = None
+    if width:
+        channels = torch.stack([channel_shards[r["shard"]][r["row"]].float() for r in rows])
+    return Attributions(maps, rows, index, channels)
+
+
+def _read_shard(folder: Path, kind: str, name: str) -> torch.Tensor:
+    try:
+        return torch.from_numpy(np.load(folder / kind / name))
+    except (OSError, ValueError) as error:
+        raise DataError(
+            f"{folder / kind / name} cannot be read ({error}); run 'convlens attribute' again"
+        ) from None

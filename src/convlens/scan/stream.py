@@ -125,7 +125,9 @@ def stream_batches(
     size = options.batch_size
     loader = batch_loader(dataset, items[done * size :], size, options.workers)
     total = math.ceil(len(items) / size)
-    with _progress(options.progress and rank == 0, len(dataset), done * size * world) as bar:
+    shown = options.progress and rank == 0
+    label = {"top_activating": "scan"}.get(settings["kind"], settings["kind"])
+    with _progress(shown, len(dataset), done * size * world, label) as bar:
         for batch in loader:
             errors.extend(batch.errors)
             if len(batch.indices):
@@ -260,9 +262,10 @@ def _items_change(saved: dict, current: dict, sources: list[str]) -> str | None:
     return None
 
 
-def _progress(enabled: bool, total: int, initial: int):
+def _progress(enabled: bool, total: int, initial: int, label: str):
+    """The bar of a pass, labelled with its kind (``scan``, ``embed``, ``attribute``)."""
     from tqdm.auto import tqdm
 
     return tqdm(
-        total=total, initial=min(initial, total), disable=not enabled, unit="img", desc="scan"
+        total=total, initial=min(initial, total), disable=not enabled, unit="img", desc=label
     )
