@@ -39,14 +39,14 @@ def _planted(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_nmf_recovers_a_planted_factorisation_and_is_deterministic():
     u, w = _planted()
-    found = nmf(u @ w, 3, seed=0, tolerance=0)
+    found = nmf(u @ w, 3, seed=0, iterations=200, tolerance=0)
     assert found.error < 1e-4
     assert bool((found.bank >= 0).all()) and bool((found.coefficients >= 0).all())
     planted = w / w.norm(dim=1, keepdim=True)
     cosines = found.bank @ planted.T  # unit rows: a permutation of ~1 entries
     assert sorted(cosines.max(1).values.tolist()) == pytest.approx([1.0] * 3, abs=1e-4)
     assert sorted(cosines.argmax(1).tolist()) == [0, 1, 2]
-    again = nmf(u @ w, 3, seed=0, tolerance=0)
+    again = nmf(u @ w, 3, seed=0, iterations=200, tolerance=0)
     assert torch.equal(found.bank, again.bank)
     assert torch.equal(found.coefficients, again.coefficients)
     assert not torch.equal(nmf(u @ w, 3, seed=1, iterations=5).bank, found.bank)
