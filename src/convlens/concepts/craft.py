@@ -49,7 +49,7 @@ from torch.quasirandom import SobolEngine
 
 from convlens.concepts.nmf import nmf, nnls_coefficients
 from convlens.concepts.sets import image_set
-from convlens.errors import DataError, LayerError
+from convlens.errors import DataError, LayerError, TargetError
 from convlens.layers import borrowed_model, capture, resolve_layer
 from convlens.layers.capture import replaced_output
 from convlens.layers.early_stop import run_until
@@ -234,6 +234,10 @@ def _class_scores(
             logits = module(batch)
         if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
             raise DataError("CRAFT's importance needs a model that returns logits [B, classes]")
+        if not 0 <= class_id < logits.shape[1]:
+            raise TargetError(
+                f"class {class_id} is out of range: the model has {logits.shape[1]} classes"
+            )
         scores.append(logits[:, class_id].double().cpu())
     return torch.cat(scores)
 
