@@ -784,6 +784,18 @@ def infidelity(
     return torch.stack(scores, 1).mean(1)
 
 
+def _group_members(features: torch.Tensor, groups: int, step: int) -> torch.Tensor:
+    """``LongTensor[B, groups, step]``: the flat input indices of each group of ``step``
+    consecutive entries of ``features`` (``LongTensor[B, total]``); a short last group is
+    filled up with its own first index."""
+    batch, total = features.shape
+    padding = groups * step - total
+    if padding:
+        first = features[:, (groups - 1) * step : (groups - 1) * step + 1]
+        features = torch.cat([features, first.expand(batch, padding)], 1)
+    return features.view(batch, groups, step)
+
+
 def monotonicity_correlation(
     model,
     images,
@@ -830,18 +842,21 @@ def monotonicity_correlation(
     attribution = a.repeat(1, channels).gather(1, features)
     padded = F.pad(attribution, (0, groups * features_in_step - total))
     atts = padded.view(batch, groups, features_in_step).sum(2)
-    group_of = torch.empty_like(features)
-    group_of.scatter_(1, features, (torch.arange(total) // features_in_step).expand(batch, -1))
-    group_of = group_of.view(batch, channels, height, width).to(images.device)
+    # group g of image n is features[n, g * step : (g + 1) * step]; the last may be short,
+    # so it is padded by repeating its own first feature (setting it twice changes nothing)
+    members = _group_members(features, groups, features_in_step).to(images.device)
+    flat_images = images.reshape(batch, -1)
     variance = torch.zeros(batch, groups, samples, dtype=torch.float64)
     triples = torch.cartesian_prod(torch.arange(groups), torch.arange(samples), torch.arange(batch))
+    buffer = flat_images.new_empty(min(batch_size, len(triples)), flat_images.shape[1])
     with borrowed_model(as_module(model)), torch.no_grad():
         y = _forward_scores(model, images, targets, batch_size, softmax)
         for chunk in triples.split(batch_size):
             g, s, n = chunk[:, 0], chunk[:, 1], chunk[:, 2]
-            hit = group_of[n] == g.to(images.device)[:, None, None, None]
-            fill = values[n, g, s].to(images)[:, None, None, None]
-            x = torch.where(hit, fill, images[n])
+            index = members[n.to(images.device), g.to(images.device)]
+            fill = values[n, g, s].to(images)[:, None].expand_as(index)
+            x = torch.index_select(flat_images, 0, n.to(images.device), out=buffer[: len(chunk)])
+            x = x.scatter_(1, index, fill).view(len(chunk), *images.shape[1:])
             variance[n, g, s] = (_forward_scores(model, x, targets[n], len(x), softmax) - y[n]) ** 2
     scale = torch.where(y.abs() >= eps, 1 / y.abs().clamp(min=eps) ** 2, 1.0)
     spread = variance.mean(2) * scale[:, None]
