@@ -175,6 +175,32 @@ def class_table(
     return [*written, record_file]
 
 
+DIVERSITY = ["visualize", "--channel", "blocks.5:0", "--diversity", "4", "--steps", "128"]
+
+
+def diverse_facets(folder: Path, side: int = 128) -> Path:
+    """Run `DIVERSITY` (one unit, four pictures pushed apart, one per row) and save its
+    pictures side by side as ``side``-px tiles in ``folder/diverse.jpg``."""
+    import tempfile
+
+    import numpy as np
+    from PIL import Image
+
+    from convlens.data.images import read_rgb
+
+    with tempfile.TemporaryDirectory() as scratch:
+        out = Path(scratch) / "diverse.png"
+        _run([*DIVERSITY, "--out", str(out)])
+        rows = np.asarray(read_rgb(out))
+    width, count = rows.shape[1], int(DIVERSITY[DIVERSITY.index("--diversity") + 1])
+    pictures = [rows[k * (width + 4) : k * (width + 4) + width] for k in range(count)]
+    gap = np.full((side, 4, 3), 255, np.uint8)
+    strip = [part for picture in pictures for part in (_tile(picture, side), gap)][:-1]
+    path = folder / "diverse.jpg"
+    Image.fromarray(np.concatenate(strip, axis=1)).save(path, quality=85)
+    return path
+
+
 def make_gallery(folder: Path) -> list[Path]:
     """Write every gallery PNG into ``folder`` and classify the class visualisations;
     returns the paths."""
@@ -200,11 +226,16 @@ def main() -> None:
         help="with --classes: the --out folder of benchmarks/visualize_transfer.py --chunk 1",
     )
     parser.add_argument(
-        "--columns", default=",".join(COLUMNS), help="with --classes: the columns to make"
+        "--columns",
+        default=",".join(COLUMNS),
+        help="with --classes: the columns to make (and diversity: the diverse facets)",
     )
     args = parser.parse_args()
     if args.classes:
-        made = class_table(args.folder, args.transfer, args.columns.split(","))
+        columns = args.columns.split(",")
+        made = class_table(args.folder, args.transfer, columns)
+        if "diversity" in columns:
+            made.append(diverse_facets(args.folder))
     else:
         made = make_gallery(args.folder)
     for path in made:
