@@ -175,6 +175,57 @@ def class_table(
     return [*written, record_file]
 
 
+def _shell(argv: list[str]) -> str:
+    """``convlens ARGV`` as documented: a foolbox photo's path as ``$FOOLBOX/NAME``, the
+    scikit-image cat as the sample name ``cat``."""
+    words = []
+    for word in argv:
+        if word.endswith("chelsea.png"):
+            word = "cat"
+        elif "/foolbox/data/" in word:
+            word = "$FOOLBOX/" + Path(word).name
+        words.append(word)
+    return "convlens " + " ".join(words)
+
+
+def class_table_markdown(transfer: Path, folder: str = "images/classes") -> str:
+    """The gallery's 20-class table (tiles in ``folder``, relative to docs/) with each
+    picture's Lite0/Lite1/Lite2 top-1 from ``transfer/gradient.json`` and
+    ``transfer/maco.json``, then every command in a block."""
+    import json
+
+    from convlens.models.labels import imagenet_labels
+
+    labels = imagenet_labels()
+    answers = {}
+    for method in ("gradient", "maco"):
+        record = json.loads((transfer / f"{method}.json").read_text())
+        answers[method] = {row["class"]: row for row in record["rows"]}
+    names = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+
+    def verdict(method: str, class_id: int) -> str:
+        row = answers[method][class_id]
+        marks = ["yes" if row[name] == class_id else f"no ({labels[row[name]]})" for name in names]
+        return "Lite0/1/2 top-1: " + ", ".join(marks)
+
+    lines = [
+        "| class | photo | Fourier | MACO | accentuation |",
+        "|---|---|---|---|---|",
+    ]
+    commands = []
+    for class_id, photo in class_photos():
+        label = answers["maco"][class_id]["label"]
+        tiles = [f"![{column}]({folder}/{class_id}-{column}.jpg)" for column in ("photo",)]
+        cells = [f"{class_id} {label}", tiles[0]]
+        for column, method in (("fourier", "gradient"), ("maco", "maco")):
+            cell = f"![{column}]({folder}/{class_id}-{column}.jpg)<br>{verdict(method, class_id)}"
+            cells.append(cell)
+        cells.append(f"![accentuation]({folder}/{class_id}-accentuate.jpg)")
+        lines.append("| " + " | ".join(cells) + " |")
+        commands += [_shell(argv) for argv in class_commands(class_id, photo).values()]
+    return "\n".join([*lines, "", "```bash", *commands, "```"])
+
+
 DIVERSITY = ["visualize", "--channel", "blocks.5:0", "--diversity", "4", "--steps", "128"]
 
 
@@ -236,6 +287,8 @@ def main() -> None:
         made = class_table(args.folder, args.transfer, columns)
         if "diversity" in columns:
             made.append(diverse_facets(args.folder))
+        if args.transfer is not None:
+            print(class_table_markdown(args.transfer))
     else:
         made = make_gallery(args.folder)
     for path in made:

@@ -176,7 +176,8 @@ def visualize_command(
     steps: Annotated[
         int | None,
         typer.Option(
-            help="Gradient-ascent steps (default: 256 for gradient, 64 for maco and accentuate)."
+            help="Gradient-ascent steps (default: 256 for gradient, 128 for maco, 64 for "
+            "accentuate)."
         ),
     ] = None,
     param: Annotated[
@@ -213,8 +214,9 @@ def visualize_command(
         ),
     ] = None,
     crops: Annotated[
-        int, typer.Option(min=1, help="--method maco: random crops scored per step.")
-    ] = 2,
+        int | None,
+        typer.Option(min=1, help="--method maco: random crops scored per step (default: 1)."),
+    ] = None,
     diversity: Annotated[
         int,
         typer.Option(
@@ -286,9 +288,10 @@ def visualize_command(
         objective, stem = objective + term, f"{stem}-diverse-{diversity}"
     batch = [objective] * diversity
     if method == "maco":
-        from convlens.features.maco import maco
+        from convlens.features.maco import CROPS, STEPS, maco
 
-        steps = 64 if steps is None else steps
+        steps = STEPS if steps is None else steps
+        crops = CROPS if crops is None else crops
         result = maco(loaded, batch, steps=steps, crops=crops, seed=seed, progress=True)
         stem = f"maco-{stem}"
     elif method == "accentuate":
