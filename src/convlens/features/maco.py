@@ -48,18 +48,16 @@ from convlens.models.devices import DeviceSpec, model_device, placed_on, resolve
 from convlens.models.loading import LoadedModel, as_module
 
 SPECTRUM_FILE = Path(__file__).parent / "data" / "natural_spectrum.pt"
-# Defaults (`convlens visualize --method maco` uses them too). The canvas is the model's
-# input size, so a crop is scored at nearly the scale the picture is classified at
-# (0.8-1.0 of the side, where Fel et al. crop a 1280-px canvas); 5 degrees of rotation as
-# in the Fourier method (Olah et al. 2017) keep the phase from building a lattice aligned
-# with the network's pixel grid; the paper's noise level (0.05) and one crop a step, so the
-# 128 steps cost 128 forward and backward passes, as the old 64 steps of 2 crops did.
-# Measured in docs/performance.md ("MACO vs the Fourier method").
-STEPS = 128
-CROPS = 1
-CROP_FRACTION = (0.8, 1.0)
-NOISE = 0.05
-DEGREES = 5.0
+# Defaults (`convlens visualize --method maco` uses them too), chosen by the transfer
+# benchmark (docs/performance.md, "MACO vs the Fourier method"). Rotating the crops
+# (``degrees``) is available but off: with 5 degrees, crops of 0.8-1.0 of the side, noise
+# 0.05 and one crop a step the pictures transferred worse (Lite2 2 of 10 where these
+# settings gave 6 of 11).
+STEPS = 64
+CROPS = 2
+CROP_FRACTION = (0.5, 1.0)
+NOISE = 0.02
+DEGREES = 0.0
 _GAIN = 4.0  # sigmoid'(0) = 1/4: near grey the picture is 0.5 + C s
 
 
