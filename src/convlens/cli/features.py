@@ -214,7 +214,7 @@ def visualize_command(
     ] = None,
     crops: Annotated[
         int | None,
-        typer.Option(min=1, help="--method maco: random crops scored per step (default: 2)."),
+        typer.Option(min=1, help="--method maco: random crops scored per step (default: 4)."),
     ] = None,
     diversity: Annotated[
         int,
