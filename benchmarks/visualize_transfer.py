@@ -6,14 +6,17 @@ Classes: the first ``--classes`` distinct ImageNet classes of the photos install
 packages ship (`convlens.data.photos.package_photos`: the foolbox wheel's 20 validation
 photos, then scikit-image's), so every class also has a natural photo. Each method runs at
 the default settings of ``convlens visualize`` (``gradient``: 256 Fourier steps;
-``maco``: 64 phase steps, 2 crops a step), ``--chunk`` classes per batch, one seed.
+``maco``: `convlens.features.maco`'s defaults, recorded in the JSON), ``--chunk`` classes
+per batch, one seed. With ``--chunk 1`` each picture is the one
+``convlens visualize --class ID [--method maco]`` makes (same batch, same seed; the
+gallery's 20-class table reads them from ``OUT``).
 Pictures are rounded to 8 bits (as saved) before they are classified; each is resized
 (bilinear, antialiased) to the classifier's input size. Results go to
 ``OUT/METHOD.json`` after every chunk (a partial run still reports what it did) and the
 pictures to ``OUT/METHOD/CLASS.png``.
 
-    python benchmarks/visualize_transfer.py --method maco --out transfer --threads 1
-    python benchmarks/visualize_transfer.py --method gradient --out transfer --threads 1
+    python benchmarks/visualize_transfer.py --method maco --out transfer --threads 1 --chunk 1
+    python benchmarks/visualize_transfer.py --method gradient --out transfer --threads 1 --chunk 1
 """
 
 from __future__ import annotations
@@ -26,7 +29,16 @@ import torch
 import torch.nn.functional as F
 
 from convlens.data.photos import package_photos
-from convlens.features.maco import _square, maco, power_spectrum_slope
+from convlens.features.maco import (
+    CROP_FRACTION,
+    CROPS,
+    DEGREES,
+    NOISE,
+    STEPS,
+    _square,
+    maco,
+    power_spectrum_slope,
+)
 from convlens.features.objectives import class_logit
 from convlens.features.optimize import visualize
 from convlens.files import write_json
@@ -65,6 +77,28 @@ def photo_slope(size: int = 224) -> tuple[float, int]:
     return float(power_spectrum_slope(torch.stack(squares)).mean()), len(squares)
 
 
+def maco_settings(args: argparse.Namespace) -> dict:
+    """`maco`'s keyword arguments: its defaults (those of ``convlens visualize --method
+    maco``) unless overridden on the command line (e.g. the defaults before 2026-12-06
+    evening: ``--steps 64 --crops 2 --crop-low 0.5 --noise 0.02 --degrees 0``)."""
+    settings = {
+        "steps": STEPS,
+        "crops": CROPS,
+        "crop_fraction": CROP_FRACTION,
+        "noise": NOISE,
+        "degrees": DEGREES,
+    }
+    given = {
+        "steps": args.steps,
+        "crops": args.crops,
+        "noise": args.noise,
+        "degrees": args.degrees,
+        "crop_fraction": None if args.crop_low is None else (args.crop_low, 1.0),
+    }
+    settings.update({name: value for name, value in given.items() if value is not None})
+    return settings
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--method", choices=("gradient", "maco"), required=True)
@@ -72,7 +106,11 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("transfer"))
+    for name, kind in (("steps", int), ("crops", int), ("noise", float), ("degrees", float)):
+        parser.add_argument(f"--{name}", type=kind, help=f"maco: {name} (default: maco's)")
+    parser.add_argument("--crop-low", type=float, help="maco: smallest crop side (fraction)")
     args = parser.parse_args()
+    settings = maco_settings(args)
     torch.set_num_threads(args.threads)
     maker = load_model("efficientnet_lite0")
     classifiers = {name: load_model(name) for name in CLASSIFIERS}
@@ -84,6 +122,7 @@ def main() -> None:
         "threads": args.threads,
         "photos_slope": slope,
         "photos": photos,
+        "settings": settings if args.method == "maco" else {"steps": 256},
         "rows": [],
     }
     start = time.perf_counter()
@@ -91,7 +130,7 @@ def main() -> None:
         chunk = classes[first : first + args.chunk]
         objectives = [class_logit(c) for c in chunk]
         if args.method == "maco":
-            result = maco(maker, objectives)
+            result = maco(maker, objectives, **settings)
         else:
             result = visualize(maker, objectives)
         saved = torch.from_numpy(to_uint8(result.images)).permute(0, 3, 1, 2).float() / 255

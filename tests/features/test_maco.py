@@ -63,6 +63,15 @@ def test_crops_of_the_whole_canvas_without_noise_are_the_canvas():
     torch.testing.assert_close(crops, images.repeat_interleave(3, dim=0))
 
 
+def test_rotated_crops_of_the_whole_canvas_turn_about_its_centre():
+    """A whole-canvas crop is centred, so rotation keeps the centre pixel and moves the rest."""
+    images = torch.rand(1, 3, 9, 9, generator=torch.Generator().manual_seed(1))
+    gen = torch.Generator().manual_seed(0)
+    crops = random_crops(images, 2, (9, 9), (1.0, 1.0), 0.0, gen, degrees=30.0)
+    torch.testing.assert_close(crops[..., 4, 4], images[..., 4, 4].expand(2, 3))
+    assert (crops - images).abs().amax((1, 2, 3)).min() > 0.05
+
+
 def test_power_spectrum_slope_recovers_a_power_law():
     """An image whose amplitude is f^-1 (power f^-2) measures -2; white noise 0."""
     gen = torch.Generator().manual_seed(0)

@@ -213,8 +213,9 @@ def visualize_command(
         ),
     ] = None,
     crops: Annotated[
-        int, typer.Option(min=1, help="--method maco: random crops scored per step.")
-    ] = 2,
+        int | None,
+        typer.Option(min=1, help="--method maco: random crops scored per step (default: 4)."),
+    ] = None,
     diversity: Annotated[
         int,
         typer.Option(
@@ -286,9 +287,10 @@ def visualize_command(
         objective, stem = objective + term, f"{stem}-diverse-{diversity}"
     batch = [objective] * diversity
     if method == "maco":
-        from convlens.features.maco import maco
+        from convlens.features.maco import CROPS, STEPS, maco
 
-        steps = 64 if steps is None else steps
+        steps = STEPS if steps is None else steps
+        crops = CROPS if crops is None else crops
         result = maco(loaded, batch, steps=steps, crops=crops, seed=seed, progress=True)
         stem = f"maco-{stem}"
     elif method == "accentuate":

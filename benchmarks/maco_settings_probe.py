@@ -1,0 +1,103 @@
+"""Probe MACO settings on a few classes: make each class's picture on EfficientNet-Lite0
+with the given settings and print whether Lite0, Lite1 and Lite2 rank it first, with its
+power-spectrum slope (the classification of `visualize_transfer.py`, without its JSON).
+Used to look for settings that rescue the classes whose MACO pictures do not transfer
+(docs/performance.md, "MACO vs the Fourier method"), e.g.
+
+    python benchmarks/maco_settings_probe.py --classes 243,559,949,853,541 --low 0.8 \\
+        --steps 128 --crops 1 --degrees 5 --noise 0.05
+
+``--objective margin``: the logit minus the mean of the other logits; ``logsoftmax``: the
+log-probability; ``--gain G`` multiplies the shipped magnitude spectrum (contrast).
+Classes are made ``--chunk`` to a batch (one seed), so a picture differs in detail from
+the one ``convlens visualize`` makes alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from visualize_transfer import CLASSIFIERS, classes_with_photos, top1  # noqa: E402
+
+from convlens.features.maco import Spectrum, _shipped, maco, power_spectrum_slope  # noqa: E402
+from convlens.features.objectives import Objective, class_logit  # noqa: E402
+from convlens.models import load_model  # noqa: E402
+from convlens.render.features import to_uint8  # noqa: E402
+
+
+def objective_of(kind: str, class_id: int) -> Objective:
+    if kind == "logit":
+        return class_logit(class_id)
+    if kind == "margin":
+
+        def margin(seen) -> torch.Tensor:
+            out = seen.output
+            others = (out.sum(1) - out[:, class_id]) / (out.shape[1] - 1)
+            return out[:, class_id] - others
+
+        return Objective(margin, (), f"class {class_id} - mean of the others")
+    return Objective(
+        lambda seen: torch.log_softmax(seen.output, 1)[:, class_id], (), f"log p({class_id})"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--classes", default="all", help="ids, comma-separated, or all (20)")
+    parser.add_argument("--steps", type=int, default=64)
+    parser.add_argument("--crops", type=int, default=2)
+    parser.add_argument("--lr", type=float, default=0.5)
+    parser.add_argument("--low", type=float, default=0.5, help="smallest crop side")
+    parser.add_argument("--noise", type=float, default=0.02)
+    parser.add_argument("--degrees", type=float, default=0.0)
+    parser.add_argument("--gain", type=float, default=1.0)
+    parser.add_argument("--objective", choices=("logit", "margin", "logsoftmax"), default="logit")
+    parser.add_argument("--chunk", type=int, default=5)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    if args.classes == "all":
+        classes = classes_with_photos(20)
+    else:
+        classes = [int(c) for c in args.classes.split(",")]
+    maker = load_model("efficientnet_lite0")
+    classifiers = {name: load_model(name) for name in CLASSIFIERS}
+    shipped = _shipped()
+    spectrum = Spectrum(shipped.magnitude * args.gain, shipped.source)
+    start, hits, slopes = time.perf_counter(), [0, 0, 0], []
+    for first in range(0, len(classes), args.chunk):
+        chunk = classes[first : first + args.chunk]
+        result = maco(
+            maker,
+            [objective_of(args.objective, c) for c in chunk],
+            steps=args.steps,
+            crops=args.crops,
+            lr=args.lr,
+            crop_fraction=(args.low, 1.0),
+            noise=args.noise,
+            degrees=args.degrees,
+            spectrum=spectrum,
+        )
+        saved = torch.from_numpy(to_uint8(result.images)).permute(0, 3, 1, 2).float() / 255
+        answers = {name: top1(model, saved) for name, model in classifiers.items()}
+        for b, class_id in enumerate(chunk):
+            got = [answers[name][b] for name in CLASSIFIERS]
+            hits = [h + (g == class_id) for h, g in zip(hits, got, strict=True)]
+            slopes.append(float(power_spectrum_slope(saved[b : b + 1])[0]))
+            named = ", ".join(maker.labels[g] for g in got)
+            print(f"{class_id} {maker.labels[class_id]}: {named}; slope {slopes[-1]:.2f}")
+    seconds = time.perf_counter() - start
+    print(
+        f"Lite0/1/2 top-1 {hits} of {len(classes)}, {seconds:.0f} s, "
+        f"mean slope {sum(slopes) / len(slopes):.2f}",
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    main()
