@@ -64,6 +64,11 @@ def _saved(tmp_path, module: nn.Module, name: str = "tiny.pt") -> str:
     return str(path)
 
 
+# what the CLI does with every method is under test, not the methods: the two slowest
+# black-box searches (extremal perturbation, RISE) run shorter
+FEWER_STEPS = ["--option", "steps=20", "--option", "n_masks=100"]
+
+
 @pytest.fixture
 def gap_model(tmp_path) -> str:
     """A pickled conv -> global average pool -> linear classifier (every method applies)."""
@@ -85,6 +90,7 @@ def test_all_methods_on_a_tiny_model_file_with_progress_bars(tmp_path, capsys, g
     assert (
         main(
             ["explain", "cat", "-m", gap_model, "--trust-pickle", "--method", "all", "-o", str(out)]
+            + FEWER_STEPS
         )
         == 0
     )
@@ -110,7 +116,7 @@ def test_all_on_a_model_without_cam_head_skips_cam_with_the_reason(tmp_path, cap
     out = tmp_path / "out"
     code = main(
         ["explain", "cat", "coffee", "-m", no_gap_model, "--trust-pickle", "--method", "all"]
-        + ["-o", str(out), "--json"]
+        + ["-o", str(out), "--json", *FEWER_STEPS]
     )
     assert code == 0
     captured = capsys.readouterr()
