@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import torch
+from peak_memory import child_peak_rss_mb, print_own_peak_rss
 
 import convlens
 from convlens.cli import main as cli_main
@@ -119,14 +120,7 @@ def rss_child(count: int, batch_size: int) -> None:
         )
     if code != 0:
         raise SystemExit(f"convlens attribute exited {code}")
-    status = Path("/proc/self/status").read_text().split("VmHWM:")[1]
-    print(int(status.split()[0]) / 1024)
-
-
-def peak_rss_mb(count: int, batch_size: int) -> float:
-    command = [sys.executable, __file__, "--rss-child", str(count), "--batch-size", str(batch_size)]
-    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-    return float(out.strip().splitlines()[-1])
+    print_own_peak_rss()
 
 
 def main() -> None:
@@ -151,7 +145,7 @@ def main() -> None:
         flush=True,
     )
     if args.memory:
-        rss = [peak_rss_mb(n, 32) for n in args.memory]
+        rss = [child_peak_rss_mb(__file__, n, 32) for n in args.memory]
         change = max(rss) / min(rss) - 1
         results["memory"] = {"counts": args.memory, "rss_mb": rss, "change": change}
         print(

@@ -30,13 +30,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from peak_memory import child_peak_rss_mb, print_own_peak_rss
 
 from convlens.data.datasets import FileDataset, batch_loader
 from convlens.data.samples import SAMPLES, sample_path
@@ -155,15 +154,7 @@ def rss_child(count: int, batch_size: int) -> None:
         projections=(),
         batch_size=batch_size,
     )
-    status = Path("/proc/self/status").read_text().split("VmHWM:")[1]
-    print(int(status.split()[0]) / 1024)
-
-
-def peak_rss_mb(count: int, batch_size: int) -> float:
-    """Peak RSS (MiB) of a fresh process that scans ``count`` pictures (`rss_child`)."""
-    command = [sys.executable, __file__, "--rss-child", str(count), "--batch-size", str(batch_size)]
-    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-    return float(out.strip().splitlines()[-1])
+    print_own_peak_rss()
 
 
 def _verdict(holds: bool) -> str:
@@ -225,7 +216,7 @@ def main() -> None:
             f"projections of {found['kept_units']} units): {found['second_pass_s']:.1f} s"
         )
     if not args.skip_memory:
-        small, large = (peak_rss_mb(n, args.batch_size) for n in args.memory)
+        small, large = (child_peak_rss_mb(__file__, n, args.batch_size) for n in args.memory)
         change = (large - small) / small
         results["memory"] = {"counts": args.memory, "rss_mb": [small, large], "change": change}
         print(
