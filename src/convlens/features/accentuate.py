@@ -31,14 +31,14 @@ from convlens.features.optimize import (
     _as_objectives,
     _check_fits,
     _preprocess,
-    _Progress,
     _start_images,
     optimisation_input,
+    optimising,
     random_transform,
 )
-from convlens.layers import borrowed_model, capture, resolve_layer
+from convlens.layers import resolve_layer
 from convlens.layers.borrow import require_autograd
-from convlens.models.devices import DeviceSpec, model_device, placed_on, resolve_device
+from convlens.models.devices import DeviceSpec, model_device, resolve_device
 from convlens.models.loading import LoadedModel, as_module
 
 _TINY = 1e-12
@@ -119,13 +119,7 @@ def accentuate(
 
     history = torch.zeros(steps, count)
     layers = sorted(set(names.values()) | {close_name})
-    with (
-        placed_on(module, device),
-        borrowed_model(module),
-        torch.enable_grad(),
-        capture(module, layers, gradients=True) as cap,
-        _Progress(steps, progress) as bar,
-    ):
+    with optimising(module, device, layers, steps, progress) as (cap, bar):
         for step in range(steps):
             gains, distance = scores_of(picture.image(), transforms is not None, cap)
             history[step] = gains.detach().cpu()

@@ -38,13 +38,13 @@ from convlens.features.optimize import (
     Visualization,
     _as_objectives,
     _preprocess,
-    _Progress,
     _render_size,
     optimisation_input,
+    optimising,
 )
-from convlens.layers import borrowed_model, capture, resolve_layer
+from convlens.layers import resolve_layer
 from convlens.layers.borrow import require_autograd
-from convlens.models.devices import DeviceSpec, model_device, placed_on, resolve_device
+from convlens.models.devices import DeviceSpec, model_device, resolve_device
 from convlens.models.loading import LoadedModel, as_module
 
 SPECTRUM_FILE = Path(__file__).parent / "data" / "natural_spectrum.pt"
@@ -251,13 +251,7 @@ def maco(
         return torch.stack([values.mean() for values in per_crop])
 
     history = torch.zeros(steps, len(items))
-    with (
-        placed_on(module, device),
-        borrowed_model(module),
-        torch.enable_grad(),
-        capture(module, sorted(set(names.values())), gradients=True) as cap,
-        _Progress(steps, progress) as bar,
-    ):
+    with optimising(module, device, sorted(set(names.values())), steps, progress) as (cap, bar):
         for step in range(steps):
             images = maco_image(magnitude, phase)
             seen = random_crops(images, crops, input_size, crop_fraction, noise, gen, degrees)

@@ -15,6 +15,7 @@ import math
 import numbers
 import sys
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -290,13 +291,7 @@ def visualize(
         return torch.stack([o(seen)[b] for b, o in enumerate(items)])
 
     history = torch.zeros(steps, len(items))
-    with (
-        placed_on(module, device),
-        borrowed_model(module),
-        torch.enable_grad(),
-        capture(module, layers, gradients=True) as cap,
-        _Progress(steps, progress) as bar,
-    ):
+    with optimising(module, device, layers, steps, progress) as (cap, bar):
         for step in range(steps):
             images = image_param.image()
             seen_images = random_transform(images, transforms, gen) if transforms else images
@@ -315,6 +310,22 @@ def visualize(
         final = scores_of(final_images, final_images, cap).detach().cpu()
         cap.clear()
     return Visualization(final_images.cpu(), history, final, [o.name for o in items])
+
+
+@contextmanager
+def optimising(module: nn.Module, device, layers, steps: int, progress: bool):
+    """What every optimisation loop here runs inside (`visualize`, `maco`, `accentuate`):
+    ``module`` placed on ``device`` and borrowed (eval mode, handed back unchanged),
+    autograd on, ``layers`` captured with their gradients, and a progress bar of ``steps``;
+    yields ``(capture, bar)``."""
+    with (
+        placed_on(module, device),
+        borrowed_model(module),
+        torch.enable_grad(),
+        capture(module, layers, gradients=True) as cap,
+        _Progress(steps, progress) as bar,
+    ):
+        yield cap, bar
 
 
 class _Progress:
