@@ -30,7 +30,7 @@ ModelOption = Annotated[
     str, typer.Option("--model", "-m", help="Model name or path (see 'convlens models').")
 ]
 # metavar "": a flag takes no value, and help says so (typer's rich help writes ``<bool>``)
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.", metavar="")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 
 
 def _check_device(value: str | None) -> str | None:

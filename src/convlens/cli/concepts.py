@@ -155,8 +155,7 @@ def tcav_command(
         batch_size=batch_size,
         device=device,
     )
-    keys = ("concept", "class", "layer", "score", "p_value", "significant", "test", "cosine")
-    keys += ("p_values",)
+    keys = "concept class layer score p_value significant test cosine p_values".split()
     records = [{k: r.record()[k] for k in keys} for r in results]
     if json_:
         _echo_json(records)

@@ -30,7 +30,6 @@ RandomWeightsOption = Annotated[
     typer.Option(
         "--random-weights",
         help="torchvision:/timm: models with random weights (no download).",
-        metavar="",
     ),
 ]
 PreprocessOption = Annotated[
@@ -47,7 +46,6 @@ TrustPickleOption = Annotated[
         "--trust-pickle",
         help="Load a --model file that needs full unpickling (torch.save(model)): this runs "
         "code from the file, so only for files you trust.",
-        metavar="",
     ),
 ]
 LabelsOption = Annotated[
@@ -76,7 +74,7 @@ WidthOption = Annotated[
 ]
 ForceOption = Annotated[
     bool,
-    typer.Option("--force", help="Overwrite an existing file convlens did not write.", metavar=""),
+    typer.Option("--force", help="Overwrite an existing file convlens did not write."),
 ]
 
 

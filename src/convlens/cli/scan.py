@@ -34,16 +34,13 @@ BatchOption = Annotated[int, typer.Option("--batch-size", help="Images per batch
 WorkersOption = Annotated[int, typer.Option("--workers", help="DataLoader worker processes.")]
 ResumeOption = Annotated[
     bool,
-    typer.Option(
-        "--resume", help="Continue a stopped run from its saved state in --out.", metavar=""
-    ),
+    typer.Option("--resume", help="Continue a stopped run from its saved state in --out."),
 ]
 RestartOption = Annotated[
     bool,
     typer.Option(
         "--restart",
         help="Start over, ignoring the saved state of an earlier run (even with --resume).",
-        metavar="",
     ),
 ]
 SaveEveryOption = Annotated[int, typer.Option("--save-every", help="Save state every N batches.")]

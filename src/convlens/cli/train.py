@@ -33,7 +33,7 @@ BatchSizeOption = Annotated[int, typer.Option("--batch-size")]
 LearningRateOption = Annotated[float, typer.Option("--lr", help="Peak learning rate.")]
 SeedOption = Annotated[int, typer.Option("--seed", help="Initialisation/shuffle seed.")]
 ResumeOption = Annotated[
-    bool, typer.Option("--resume", help="Continue from OUT/checkpoint.pt if present.", metavar="")
+    bool, typer.Option("--resume", help="Continue from OUT/checkpoint.pt if present.")
 ]
 CheckpointEveryOption = Annotated[
     int, typer.Option("--checkpoint-every", help="Write the checkpoint every E epochs.")
