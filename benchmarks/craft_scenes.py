@@ -91,17 +91,12 @@ def shrunk(masks: torch.Tensor, grid: int) -> torch.Tensor:
 
 def one_class(model, class_id: int, args, random_model) -> dict:
     name = SCENE_CLASSES[class_id]
+    data = f"scenes:{args.train}@{name}"
+    factorised = {"concepts": args.k, "crop": args.crop, "crops_per_image": args.crops}
     result = craft(
-        model,
-        f"scenes:{args.train}@{name}",
-        name,
-        args.layer,
-        concepts=args.k,
-        crop=args.crop,
-        crops_per_image=args.crops,
-        designs=args.designs,
-        importance=args.importance,
-    )
+        model, data, class_id, args.layer, **factorised,
+        designs=args.designs, importance=args.importance,
+    )  # fmt: skip
     images, masks = held_out(args.test, class_id, model.preprocess)
     maps = concept_maps(model, images, result)
     per_concept = mean_iou(regions(maps, args.threshold), masks)
@@ -135,16 +130,8 @@ def one_class(model, class_id: int, args, random_model) -> dict:
         centre = regions(centre_map(size), extra).expand(len(masks), 1, size, size)
         row[f"centre@{extra}"] = float(mean_iou(centre, masks)[0])
     if random_model is not None:
-        control = craft(
-            random_model,
-            f"scenes:{args.train}@{name}",
-            class_id,
-            args.layer,
-            concepts=args.k,
-            crop=args.crop,
-            crops_per_image=args.crops,
-            designs=2,  # its importance is not reported
-        )
+        # its importance is not reported: few Sobol designs
+        control = craft(random_model, data, class_id, args.layer, **factorised, designs=2)
         control_maps = concept_maps(random_model, images, control)
         row["random_weights"] = float(mean_iou(regions(control_maps, args.threshold), masks).max())
     return row
