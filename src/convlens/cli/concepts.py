@@ -14,7 +14,13 @@ from typing import Annotated
 import typer
 
 from convlens.cli.app import DeviceOption, JsonOption, ModelOption, _echo_json, _report_skipped, app
-from convlens.cli.options import ForceOption, MethodOptionOption, TrustPickleOption
+from convlens.cli.options import (
+    ForceOption,
+    MethodOptionOption,
+    OutFolderOption,
+    TopAliasOption,
+    TrustPickleOption,
+)
 from convlens.cli.scan import (
     BatchOption,
     DataArgument,
@@ -32,7 +38,7 @@ from convlens.package import DEFAULT_MODEL
 @app.command("attribute")
 def attribute_command(
     data: DataArgument,
-    out: Annotated[str, typer.Option("--out", "-o", help="Output folder.")],
+    out: OutFolderOption,
     model: ModelOption = DEFAULT_MODEL,
     method: Annotated[str, typer.Option("--method", help="Attribution method.")] = "gradcam",
     target: Annotated[
@@ -262,14 +268,12 @@ def concepts_command(
     layer: Annotated[
         str, typer.Option("--layer", help="A layer with non-negative outputs (after a ReLU).")
     ],
-    out: Annotated[str, typer.Option("--out", "-o", help="Output folder.")],
+    out: OutFolderOption,
     model: ModelOption = DEFAULT_MODEL,
     top: Annotated[
         int, typer.Option("--top", min=1, help="How many concepts (k of the factorisation).")
     ] = 10,
-    k_alias: Annotated[
-        int | None, typer.Option("--k", hidden=True, min=1, help="Old spelling of --top.")
-    ] = None,
+    k_alias: TopAliasOption = None,
     importance: Annotated[
         str, typer.Option("--importance", help="sobol (the paper's) or occlusion.")
     ] = "sobol",
@@ -357,7 +361,7 @@ def dissect_command(
     layer: Annotated[
         list[str], typer.Option("--layer", help="Layer to dissect (repeat, or comma separated).")
     ],
-    out: Annotated[str, typer.Option("--out", "-o", help="Output folder.")],
+    out: OutFolderOption,
     data: Annotated[
         str | None,
         typer.Option(

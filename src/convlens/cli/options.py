@@ -67,6 +67,10 @@ ScaleOption = Annotated[
         "of the run) or absolute (the same, from 0, unclipped).",
     ),
 ]
+OutFolderOption = Annotated[str, typer.Option("--out", "-o", help="Output folder.")]
+TopAliasOption = Annotated[
+    int | None, typer.Option("--k", hidden=True, min=1, help="Old spelling of --top.")
+]
 DpiOption = Annotated[int | None, typer.Option("--dpi", min=20, help="Raster resolution.")]
 WidthOption = Annotated[
     float | None,

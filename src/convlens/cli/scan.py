@@ -20,7 +20,12 @@ from convlens.cli.app import (
     _report_skipped,
     app,
 )
-from convlens.cli.options import ForceOption, TrustPickleOption
+from convlens.cli.options import (
+    ForceOption,
+    OutFolderOption,
+    TopAliasOption,
+    TrustPickleOption,
+)
 from convlens.package import DEFAULT_MODEL
 
 DataArgument = Annotated[
@@ -96,13 +101,11 @@ def scan_command(
         ),
     ] = None,
     top: Annotated[int, typer.Option("--top", min=1, help="Images per channel.")] = 9,
-    k_alias: Annotated[
-        int | None, typer.Option("--k", hidden=True, min=1, help="Old spelling of --top.")
-    ] = None,
+    k_alias: TopAliasOption = None,
     by: Annotated[
         str, typer.Option("--by", help="Rank images by a channel's max or mean.")
     ] = "max",
-    out: Annotated[str, typer.Option("--out", "-o", help="Output folder.")] = "scan",
+    out: OutFolderOption = "scan",
     projections: Annotated[
         str,
         typer.Option(
@@ -171,7 +174,7 @@ def scan_command(
 @app.command("embed")
 def embed_command(
     data: DataArgument,
-    out: Annotated[str, typer.Option("--out", "-o", help="Output folder.")],
+    out: OutFolderOption,
     model: ModelOption = DEFAULT_MODEL,
     layer: Annotated[
         str | None,
@@ -259,9 +262,7 @@ def neighbors_command(
     image: Annotated[str, typer.Argument(help="Query image file or sample name.")],
     index: Annotated[str, typer.Option("--index", help="Folder written by 'convlens embed'.")],
     top: Annotated[int, typer.Option("--top", min=1, help="Neighbours to show.")] = 5,
-    k_alias: Annotated[
-        int | None, typer.Option("--k", hidden=True, min=1, help="Old spelling of --top.")
-    ] = None,
+    k_alias: TopAliasOption = None,
     metric: Annotated[str, typer.Option(help="cosine or l2.")] = "cosine",
     out: Annotated[
         str | None,
