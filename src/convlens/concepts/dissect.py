@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -72,14 +72,8 @@ class ChannelLabel:
     on_share: float = 0.0
 
     def record(self) -> dict:
-        return {
-            "channel": self.channel,
-            "concept": self.concept,
-            "group": self.group,
-            "iou": self.iou,
-            "threshold": self.threshold,
-            "on_share": self.on_share,
-        }
+        """Every field, by name (one entry of ``dissect.json``'s ``channels``)."""
+        return asdict(self)
 
 
 @dataclass(frozen=True)
