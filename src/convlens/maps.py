@@ -95,3 +95,21 @@ def mask_box(mask: torch.Tensor) -> torch.Tensor:
     if len(ys) == 0:
         raise MetricError("mask_box got an empty mask: it has no box")
     return torch.stack([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]).float().cpu()
+
+
+def channel_peaks(relevance: torch.Tensor, window: int = 3) -> torch.Tensor:
+    """Each channel's largest windowed relevance: ``Tensor[N, K, h, w]`` to ``Tensor[N, K]``,
+    the largest mean absolute value over the ``window x window`` windows that lie inside the
+    map (the window shrinks to the map's side when the map is smaller). Where a pattern lies
+    does not matter as long as its window is inside the map, and a small, strong pattern
+    keeps its value however large the map is (a sum over space would average it away)."""
+    if relevance.dim() != 4:
+        raise ConvlensError(
+            f"channel peaks take a layer's relevance Tensor[N, K, h, w], got "
+            f"{tuple(relevance.shape)}"
+        )
+    if window < 1:
+        raise ConvlensError(f"the window must be at least 1 position, got {window}")
+    side = min(window, relevance.shape[2], relevance.shape[3])
+    pooled = F.avg_pool2d(relevance.abs(), side, stride=1)
+    return pooled.flatten(2).amax(2)

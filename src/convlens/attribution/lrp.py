@@ -22,6 +22,7 @@ from convlens.layers.relevance import (
     relevance_rules,
     resolve_composite,
 )
+from convlens.maps import channel_peaks
 from convlens.models.loading import LoadedModel
 from convlens.targets import Targets
 
@@ -94,6 +95,8 @@ def lrp(
     *,
     composite: str | Composite = "epsilon_plus_flat",
     relevance_layer: LayerSpec | None = None,
+    relevance_pool: str = "sum",
+    relevance_window: int = 3,
 ) -> MethodResult:
     """Layer-wise relevance propagation: the target score split over the pixels, layer by layer.
 
@@ -107,7 +110,15 @@ def lrp(
     ``{"channel_relevance": Tensor[N, K]}`` for a layer of K channels (signed; the
     position-free concept relevances that `convlens.spray` clusters with
     ``features="channels"``). The public function then returns ``(maps, extras)``.
+
+    ``relevance_pool``: how a channel's relevance map becomes one number: ``"sum"`` (the
+    default, above) or ``"peak"``, the largest mean absolute relevance over the
+    ``relevance_window x relevance_window`` windows of the layer's map
+    (`convlens.maps.channel_peaks`; what `convlens.spray` clusters with
+    ``features="peaks"``: a small, strong pattern is not averaged away by the sum).
     """
+    if relevance_pool not in ("sum", "peak"):
+        raise MethodError(f"relevance_pool must be 'sum' or 'peak', got {relevance_pool!r}")
     chosen = resolve_composite(composite)
     prepared = prepare(model, images, target)
     bounds = input_bounds(model)
@@ -121,9 +132,21 @@ def lrp(
                 f"relevance_layer {relevance_layer!r} gives {tuple(at_layer.shape)}; choose a "
                 "layer whose output is Tensor[B, C, ...] (see 'convlens layers')"
             )
-        summed = at_layer if at_layer.dim() == 2 else at_layer.flatten(2).sum(2)
-        extras["channel_relevance"] = summed.detach()
+        extras["channel_relevance"] = pool_channels(
+            at_layer.detach(), relevance_pool, relevance_window
+        )
     return MethodResult(relevance.sum(dim=1), output, extras)
+
+
+def pool_channels(relevance: torch.Tensor, pool: str, window: int) -> torch.Tensor:
+    """``Tensor[N, K, ...]`` layer relevance to ``Tensor[N, K]``: summed over space
+    (``pool="sum"``) or each channel's largest windowed mean absolute relevance
+    (``"peak"``, windows of ``window x window`` positions)."""
+    if relevance.dim() == 2:
+        return relevance.abs() if pool == "peak" else relevance
+    if pool == "sum":
+        return relevance.flatten(2).sum(2)
+    return channel_peaks(relevance, window)
 
 
 def concept_relevance(

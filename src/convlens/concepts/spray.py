@@ -14,7 +14,11 @@ Steps, for ``Tensor[N, H, W]`` maps of one class:
    intermediate layer, summed over space (``Tensor[N, K]``; the concept relevances of CRP,
    Achtibat et al. 2023, as clustered by Dreyer et al. 2023, "Understanding the
    (extra-)ordinary"), divided by the sum of its absolute values: the share of the layer's
-   relevance each channel carries, wherever in the image it lies;
+   relevance each channel carries, wherever in the image it lies; ``features="peaks"``
+   takes each channel's largest windowed relevance instead of its sum
+   (`convlens.maps.channel_peaks`: the largest mean absolute relevance over ``window x
+   window`` windows of the layer's map), divided by the row's sum: a small, strong pattern
+   anywhere in the image (a watermark, a sticker) is not averaged away;
 2. affinity: the symmetric k-nearest-neighbour graph of the features (Euclidean, ``k =
    neighbours``; an edge has weight 1, or 1/2 when only one end has the other among its
    neighbours);
@@ -28,6 +32,14 @@ Steps, for ``Tensor[N, H, W]`` maps of one class:
    [-1, 1]: how much nearer a member is to its own cluster than to the nearest other one);
    clusters are ranked by it, best first: the top-ranked cluster is the one that stands
    apart most.
+
+Does a cluster stand apart at all? (`null_scores`, ``null_draws`` > 0.) The top-ranked
+cluster's score is compared with the top score of the same pipeline on ``null_draws``
+data sets drawn from one Gaussian with the features' mean and covariance (the null of
+SigClust, Liu, Hayes, Nobel and Marron 2008: the data are one Gaussian cloud, not
+clusters). ``p_value = (1 + #{null >= observed}) / (1 + null_draws)``; a cluster stands
+apart when ``p_value <= STANDS_APART_ALPHA`` (0.01; with 99 draws: the observed score
+beats every draw).
 """
 
 from __future__ import annotations
@@ -38,10 +50,13 @@ from pathlib import Path
 import torch
 
 from convlens.errors import DataError
+from convlens.maps import channel_peaks
 from convlens.scan.attribute import load_attributions, shrink_maps
 
-FEATURES = ("maps", "sorted", "channels")
+FEATURES = ("maps", "sorted", "channels", "peaks")
 DEFAULT_SIZE = 16
+DEFAULT_WINDOW = 3
+STANDS_APART_ALPHA = 0.01
 DEFAULT_NEIGHBOURS = 10
 DEFAULT_MAX_CLUSTERS = 10
 
@@ -78,6 +93,24 @@ class SprayResult:
     labels: torch.Tensor
     eigenvalues: torch.Tensor
     embedding: torch.Tensor
+    null_scores: torch.Tensor | None = None
+
+    @property
+    def p_value(self) -> float | None:
+        """``(1 + #{null >= top score}) / (1 + draws)``: how often one Gaussian cloud with the
+        features' mean and covariance gives a top cluster that stands apart as much (None
+        without null draws)."""
+        if self.null_scores is None:
+            return None
+        beaten = int((self.null_scores >= self.clusters[0].score).sum())
+        return (1 + beaten) / (1 + len(self.null_scores))
+
+    @property
+    def stands_apart(self) -> bool | None:
+        """The top-ranked cluster stands apart: ``p_value <= STANDS_APART_ALPHA`` (None
+        without null draws)."""
+        p_value = self.p_value
+        return None if p_value is None else p_value <= STANDS_APART_ALPHA
 
     @property
     def eigengap(self) -> float:
@@ -88,14 +121,21 @@ class SprayResult:
 
 
 def spray_features(
-    maps: torch.Tensor, size: int = DEFAULT_SIZE, features: str = "maps"
+    maps: torch.Tensor,
+    size: int = DEFAULT_SIZE,
+    features: str = "maps",
+    window: int = DEFAULT_WINDOW,
 ) -> torch.Tensor:
     """Features of step 1 of the module docstring, float64: ``Tensor[N, H, W]`` maps to
     ``Tensor[N, size * size]`` (``"maps"``, ``"sorted"``), or ``Tensor[N, K]`` channel
     relevances to ``Tensor[N, K]``, each row divided by the sum of its absolute values
-    (``"channels"``; ``size`` unused)."""
+    (``"channels"``; ``size`` unused); ``"peaks"``: a layer's relevance ``Tensor[N, K, h,
+    w]`` to its `channel_peaks` over ``window x window`` windows (or such peaks already
+    pooled, ``Tensor[N, K]``, >= 0), each row divided by its sum."""
     if features not in FEATURES:
         raise DataError(f"unknown features {features!r}; use one of {', '.join(FEATURES)}")
+    if features == "peaks":
+        return _peak_features(maps, window)
     if features == "channels":
         if maps.dim() != 2:
             raise DataError(
@@ -115,6 +155,26 @@ def spray_features(
     if features == "sorted":
         small = small.sort(1, descending=True).values
     return small
+
+
+def _peak_features(relevance: torch.Tensor, window: int) -> torch.Tensor:
+    if relevance.dim() == 4:
+        if bool(torch.isnan(relevance).any()):
+            raise DataError("a relevance map holds NaN; recompute it (check the model's outputs)")
+        peaks = channel_peaks(relevance.detach().cpu().double(), window)
+    elif relevance.dim() == 2:
+        peaks = relevance.detach().cpu().double()
+        if bool(torch.isnan(peaks).any()) or bool((peaks < 0).any()):
+            raise DataError(
+                "features='peaks' takes channel peaks >= 0 (lrp with relevance_pool='peak')"
+            )
+    else:
+        raise DataError(
+            "features='peaks' takes a layer's relevance Tensor[N, K, h, w], or its channel "
+            "peaks Tensor[N, K] ('convlens attribute --method lrp --option relevance_layer="
+            f"LAYER --option relevance_pool=peak'), got {tuple(relevance.shape)}"
+        )
+    return peaks / peaks.sum(1, keepdim=True).clamp_min(1e-30)
 
 
 def knn_affinity(features: torch.Tensor, neighbours: int) -> torch.Tensor:
@@ -190,6 +250,42 @@ def silhouettes(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return torch.where(sizes[own] > 1, score, torch.zeros_like(score))
 
 
+def cluster_features(
+    vectors: torch.Tensor, neighbours: int, max_clusters: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Steps 2 to 5 on ``Tensor[N, D]`` features: ``(labels LongTensor[N], silhouettes
+    Tensor[N], eigenvalues, embedding)``; labels are k-means's, not yet ranked."""
+    count = len(vectors)
+    affinity = knn_affinity(vectors, max(1, min(neighbours, count - 1)))
+    eigenvalues, embedding, clusters = spectral_embedding(affinity, min(max_clusters, count - 2))
+    labels = kmeans(embedding, clusters)
+    return labels, silhouettes(vectors, labels), eigenvalues, embedding
+
+
+def top_score(labels: torch.Tensor, scores: torch.Tensor) -> float:
+    """The largest mean silhouette of a cluster (the top-ranked cluster's score)."""
+    return max(float(scores[labels == c].mean()) for c in labels.unique().tolist())
+
+
+def null_scores(
+    vectors: torch.Tensor, neighbours: int, max_clusters: int, draws: int, seed: int = 0
+) -> torch.Tensor:
+    """``Tensor[draws]``: the top-ranked cluster's score (steps 2 to 5) on ``draws`` data sets
+    of ``N`` rows drawn from one Gaussian with the mean and covariance (maximum likelihood)
+    of ``vectors`` ``Tensor[N, D]`` (the SigClust null), from a generator seeded ``seed``."""
+    vectors = vectors.double()
+    mean = vectors.mean(0)
+    _, singular, basis = torch.linalg.svd(vectors - mean, full_matrices=False)
+    spread = singular / len(vectors) ** 0.5  # standard deviation along each principal axis
+    generator = torch.Generator().manual_seed(seed)
+    scores = []
+    for _ in range(draws):
+        normal = torch.randn(len(vectors), len(spread), generator=generator, dtype=torch.float64)
+        drawn = (normal * spread) @ basis + mean
+        scores.append(top_score(*cluster_features(drawn, neighbours, max_clusters)[:2]))
+    return torch.tensor(scores, dtype=torch.float64)
+
+
 def spray(
     maps,
     *,
@@ -197,23 +293,35 @@ def spray(
     sources: list[str] | None = None,
     size: int = DEFAULT_SIZE,
     features: str = "maps",
+    window: int = DEFAULT_WINDOW,
     neighbours: int = DEFAULT_NEIGHBOURS,
     max_clusters: int = DEFAULT_MAX_CLUSTERS,
+    null_draws: int = 0,
+    seed: int = 0,
 ) -> SprayResult:
     """SpRAy clusters of attribution maps (module docstring).
 
     Args:
         maps: ``Tensor[N, H, W]`` maps of one class's images (any method, raw), or with
             ``features="channels"`` their channel relevances ``Tensor[N, K]`` (lrp's
-            extras ``"channel_relevance"``), or the folder of ``convlens attribute DATA
-            --out DIR`` (then ``class_id`` picks the rows that explain that class; without
-            it all rows, which must explain one class).
+            extras ``"channel_relevance"``), with ``features="peaks"`` a layer's relevance
+            ``Tensor[N, K, h, w]`` (`convlens.attribution.lrp.propagate_relevance`) or its
+            channel peaks ``Tensor[N, K]`` (lrp with ``relevance_pool="peak"``), or the
+            folder of ``convlens attribute DATA --out DIR`` (then ``class_id`` picks the
+            rows that explain that class; without it all rows, which must explain one
+            class).
         sources: a name per map (default ``"0"``, ``"1"``, ...; a folder's sources).
         size: side of the shrunk maps (the paper shrinks before clustering).
-        features: ``"maps"`` (the paper's), ``"sorted"`` (translation-invariant) or
-            ``"channels"`` (relevance per channel, translation-invariant).
+        features: ``"maps"`` (the paper's), ``"sorted"`` (translation-invariant),
+            ``"channels"`` (relevance per channel, translation-invariant) or ``"peaks"``
+            (each channel's largest windowed relevance, translation-invariant).
+        window: side of the windows of ``"peaks"`` on a ``Tensor[N, K, h, w]``, in the
+            layer's positions (about the side of the pattern sought, at that layer).
         neighbours: k of the nearest-neighbour affinity graph.
         max_clusters: the largest count the eigengap may choose (at least 2).
+        null_draws: how many Gaussian data sets the top score is compared with
+            (`null_scores`; 0: none, ``p_value`` and ``stands_apart`` are None).
+        seed: the generator seed of the null draws.
 
     Returns a `SprayResult`; its clusters ranked by score, best first.
 
@@ -230,6 +338,8 @@ def spray(
         raise DataError("SpRAy takes maps Tensor[N, H, W] or a 'convlens attribute' folder")
     if max_clusters < 2:
         raise DataError(f"max_clusters must be >= 2, got {max_clusters}")
+    if null_draws < 0:
+        raise DataError(f"null_draws must be >= 0, got {null_draws}")
     count = len(maps)
     if count < 4:
         raise DataError(f"SpRAy needs at least 4 maps to cluster, got {count}")
@@ -237,11 +347,8 @@ def spray(
         sources = [str(i) for i in range(count)]
     if len(sources) != count:
         raise DataError(f"{len(sources)} sources for {count} maps; give one name per map")
-    vectors = spray_features(maps, size, features)
-    affinity = knn_affinity(vectors, max(1, min(neighbours, count - 1)))
-    eigenvalues, embedding, clusters = spectral_embedding(affinity, min(max_clusters, count - 2))
-    labels = kmeans(embedding, clusters)
-    scores = silhouettes(vectors, labels)
+    vectors = spray_features(maps, size, features, window)
+    labels, scores, eigenvalues, embedding = cluster_features(vectors, neighbours, max_clusters)
     groups = [(labels == c).nonzero()[:, 0].tolist() for c in labels.unique().tolist()]
     # best score first; equal scores: the smaller cluster, then the one with the first row
     groups.sort(key=lambda rows: (-float(scores[rows].mean()), len(rows), rows[0]))
@@ -255,7 +362,8 @@ def spray(
                 rank, rows, [sources[i] for i in rows], float(scores[rows].mean()), mean_map
             )
         )
-    return SprayResult(result, ranked, eigenvalues.float(), embedding.float())
+    null = null_scores(vectors, neighbours, max_clusters, null_draws, seed) if null_draws else None
+    return SprayResult(result, ranked, eigenvalues.float(), embedding.float(), null)
 
 
 @dataclass(frozen=True)
@@ -304,8 +412,11 @@ def spray_classes(
             "eigengap": result.eigengap,
             "clusters": [cluster.record() for cluster in result.clusters],
         }
+        if result.null_scores is not None:
+            record["p_value"] = result.p_value
+            record["stands_apart"] = result.stands_apart
         size = settings.get("size", DEFAULT_SIZE)
-        vectors = spray_features(stored[rows], size, features)
+        vectors = spray_features(stored[rows], size, features, settings.get("window", 3))
         classes.append(SprayClass(record, result, vectors, attributions.maps[rows]))
     return classes, skipped
 
@@ -342,13 +453,26 @@ def _folder_maps(
 
 def _stored(attributions, folder: Path, features: str) -> torch.Tensor:
     """What ``features`` clusters in a folder: its channel relevances for ``"channels"``
-    (`DataError` naming the fix when it has none), else its maps."""
-    if features != "channels":
+    (summed) and ``"peaks"`` (pooled by peak; `DataError` naming the fix when it has none
+    of that kind), else its maps."""
+    if features not in ("channels", "peaks"):
         return attributions.maps
+    pool = "peak" if features == "peaks" else "sum"
+    option = " --option relevance_pool=peak" if pool == "peak" else ""
+    fix = (
+        f"run 'convlens attribute DATA --method lrp --option relevance_layer=LAYER{option} "
+        f"--out {folder}' (LAYER: an activation, such as a ReLU of the middle blocks)"
+    )
     if attributions.channels is None:
         raise DataError(
-            f"{folder} holds no channel relevances: run 'convlens attribute DATA --method lrp "
-            f"--option relevance_layer=LAYER --out {folder}' (LAYER: an activation, such as "
-            "a ReLU of the middle blocks), or cluster its maps (features maps or sorted)"
+            f"{folder} holds no channel relevances: {fix}, or cluster its maps (features maps "
+            "or sorted)"
+        )
+    stored = attributions.index.get("channel_pool") or "sum"
+    if stored != pool:
+        raise DataError(
+            f"{folder} holds channel relevances pooled by {stored}, features={features!r} "
+            f"needs them pooled by {pool}: {fix}, or use features="
+            f"{'peaks' if stored == 'peak' else 'channels'!r}"
         )
     return attributions.channels

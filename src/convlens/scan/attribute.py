@@ -25,13 +25,14 @@ every ``save_every`` batches and resumed with ``resume``. `load_attributions` re
 maps back in item order, the same whatever the number of processes that wrote them.
 
 ``index.json``: ``{"method", "layer", "target", "model", "data", "size", "count",
-"channel_layer", "channels",
+"channel_layer", "channels", "channel_pool",
 "shards": [file, ...], "rows": [{"source", "label", "class", "class_name", "score",
 "scale", "shard", "row"}, ...], "skipped": [{"source", "message"}]}``, rows in item order;
 ``class`` is the explained class (its name in ``class_name`` when the model has labels),
 ``score`` its score on the unmodified image, ``label`` the dataset's label (-1 without);
-``channel_layer`` the layer of the stored channel relevances and ``channels`` their count
-K (None and 0 without).
+``channel_layer`` the layer of the stored channel relevances, ``channels`` their count
+K (None and 0 without) and ``channel_pool`` how each was pooled over space (lrp's
+``relevance_pool``: ``"sum"`` or ``"peak"``; None without).
 """
 
 from __future__ import annotations
@@ -284,6 +285,7 @@ def attribute_dataset(
         "count": len(rows),
         "channel_layer": _channel_layer(options, widths[0]),
         "channels": widths[0],
+        "channel_pool": (options.get("relevance_pool") or "sum") if widths[0] else None,
         "shards": sorted({row["shard"] for row in rows}),
         "rows": rows,
         "skipped": [{"source": dataset.sources[i], "message": m} for i, m in run.errors],
