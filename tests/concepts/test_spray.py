@@ -1,6 +1,7 @@
 """SpRAy on hand-made maps whose groups are known: exact separation, the tight group ranked
 first, the partition independent of the order of the maps, translation-invariant features
-(sorted values; relevance per channel), and the command on an attribute folder."""
+(sorted values; relevance per channel; windowed channel peaks), the Gaussian-null test of
+"a cluster stands apart", and the command on an attribute folder."""
 
 from __future__ import annotations
 
@@ -92,15 +93,67 @@ def test_channel_relevance_ignores_where_the_pattern_is_and_groups_by_pattern(un
     torch.testing.assert_close(features.abs().sum(1), torch.ones(8, dtype=torch.float64))
 
 
+def test_channel_peaks_ignore_where_a_small_pattern_is_and_are_not_averaged_away():
+    from convlens.maps import channel_peaks
+
+    pattern = torch.tensor([[1.0, -2.0, 3.0], [0.5, 4.0, -1.0], [2.0, 0.0, 1.5]])
+    small, large = torch.zeros(2, 2, 8, 8), torch.zeros(1, 2, 32, 32)
+    small[0, 0, 0:3, 0:3] = pattern  # in a corner
+    small[1, 0, 4:7, 3:6] = pattern  # moved
+    large[0, 0, 20:23, 9:12] = pattern  # in a map 16 times as large
+    small[:, 1] = 0.25  # a constant channel
+    large[:, 1] = 0.25
+    expected = torch.tensor([pattern.abs().mean().item(), 0.25])
+    for peaks in (channel_peaks(small, 3), channel_peaks(large, 3)):
+        torch.testing.assert_close(peaks, expected.expand(len(peaks), 2))
+    # the sum over space would shrink the pattern's share as the map grows
+    share = small.abs().flatten(2).sum(2)[:, 0] / small.abs().flatten(1).sum(1)
+    share_large = large.abs().flatten(2).sum(2)[:, 0] / large.abs().flatten(1).sum(1)
+    assert float(share_large[0]) < float(share[0]) / 5
+    for maps in (small, large):
+        features = spray_features(maps, features="peaks", window=3)
+        torch.testing.assert_close(
+            features, (expected / expected.sum()).double().expand_as(features)
+        )
+
+
+def _cloud(groups: bool) -> torch.Tensor:
+    """60 points in 4 dimensions (all positive, as channel peaks are): one Gaussian cloud, or
+    two groups (24 and 36 points) 12 standard deviations apart."""
+    points = 20 + torch.randn(60, 4, generator=torch.Generator().manual_seed(3))
+    if groups:
+        points[:24, 0] += 12.0
+    return points
+
+
+def test_a_group_stands_apart_from_the_gaussian_null_and_a_cloud_does_not():
+    apart = spray(_cloud(True), features="peaks", null_draws=99)
+    cloud = spray(_cloud(False), features="peaks", null_draws=99)
+    assert sorted(c.members for c in apart.clusters) == [list(range(24)), list(range(24, 60))]
+    assert apart.p_value == pytest.approx(0.01) and apart.stands_apart  # beats all 99 draws
+    assert cloud.p_value > 0.05 and not cloud.stands_apart
+    assert len(cloud.null_scores) == 99
+    again = spray(_cloud(False), features="peaks", null_draws=9)
+    assert torch.equal(again.null_scores, cloud.null_scores[:9])  # seeded, drawn in order
+    plain = spray(_cloud(True), features="peaks")
+    assert plain.p_value is None and plain.stands_apart is None
+
+
 def test_bad_input_names_the_fix():
     with pytest.raises(DataError, match="at least 4 maps"):
         spray(torch.rand(3, 8, 8))
-    with pytest.raises(DataError, match="use one of maps, sorted, channels"):
+    with pytest.raises(DataError, match="use one of maps, sorted, channels, peaks"):
         spray(torch.rand(6, 8, 8), features="fourier")
     with pytest.raises(DataError, match="one name per map"):
         spray(torch.rand(6, 8, 8), sources=["a"])
     with pytest.raises(DataError, match="Tensor\\[N, H, W\\]"):
         spray(torch.rand(6, 1, 8, 8))
+    with pytest.raises(DataError, match="Tensor\\[N, K, h, w\\]"):
+        spray(torch.rand(6, 8, 8), features="peaks")
+    with pytest.raises(DataError, match="peaks >= 0"):
+        spray(-torch.rand(6, 8), features="peaks")
+    with pytest.raises(DataError, match="null_draws"):
+        spray(torch.rand(6, 8, 8), null_draws=-1)
 
 
 def test_the_command_clusters_an_attribute_folder_as_the_function_does(tmp_path, monkeypatch):
@@ -168,3 +221,49 @@ def test_attribute_stores_channel_relevances_and_spray_clusters_them(tmp_path):
     sources = [row["source"] for row in stored.rows]
     expected = spray(stored.channels, sources=sources, features="channels", neighbours=2)
     assert written["classes"][0]["clusters"] == [c.record() for c in expected.clusters]
+
+
+def test_attribute_stores_channel_peaks_and_spray_tests_them(tmp_path):
+    from convlens.attribution.common import prepare
+    from convlens.attribution.lrp import input_bounds, lrp, propagate_relevance
+    from convlens.cli import main
+    from convlens.data.datasets import open_dataset
+    from convlens.errors import MethodError
+    from convlens.layers.relevance import resolve_composite
+    from convlens.maps import channel_peaks
+    from convlens.models import load_model
+    from convlens.scan.attribute import load_attributions
+
+    folder = str(tmp_path / "maps")
+    layer = "features.6"
+    args = ["attribute", "shapes:5", "--model", "synthetic-shapes", "--method", "lrp"]
+    args += ["--option", f"relevance_layer={layer}", "--option", "relevance_pool=peak"]
+    args += ["--option", "relevance_window=2", "--target", "0", "--size", "8"]
+    assert main([*args, "--out", folder]) == 0
+    stored = load_attributions(folder)
+    assert stored.index["channel_pool"] == "peak" and stored.channels.shape == (5, 32)
+    # the stored peaks are those of the layer's relevance from the same backward pass
+    model = load_model("synthetic-shapes")
+    dataset = open_dataset("shapes:5", model.preprocess)
+    images = torch.stack([dataset[i][1] for i in range(5)])
+    prepared = prepare(model, images, 0)
+    _, at_layer, _ = propagate_relevance(
+        prepared.module,
+        prepared.images,
+        prepared.targets,
+        resolve_composite("epsilon_plus_flat"),
+        input_bounds(model),
+        layer,
+    )
+    expected = channel_peaks(at_layer, 2)
+    torch.testing.assert_close(stored.channels, expected, rtol=1e-4, atol=1e-6)
+    spray_args = ["spray", folder, "--features", "peaks", "--neighbours", "2", "--no-atlas"]
+    assert main([*spray_args, "--null-draws", "9"]) == 0
+    written = json.loads((tmp_path / "maps" / "spray.json").read_text())["classes"][0]
+    result = spray(stored.channels, features="peaks", neighbours=2, null_draws=9)
+    assert written["p_value"] == pytest.approx(result.p_value)
+    assert written["stands_apart"] == result.stands_apart
+    with pytest.raises(DataError, match="pooled by peak"):
+        spray(folder, features="channels")
+    with pytest.raises(MethodError, match="relevance_pool"):
+        lrp(model, images[:1], 0, relevance_layer=layer, relevance_pool="mean")

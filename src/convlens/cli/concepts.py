@@ -188,8 +188,10 @@ def spray_command(
         str,
         typer.Option(
             "--features",
-            help="maps (the paper's), sorted (position-free) or channels (LRP relevance per "
-            "channel, stored by 'attribute --method lrp --option relevance_layer=LAYER').",
+            help="maps (the paper's), sorted (position-free), channels (LRP relevance per "
+            "channel, stored by 'attribute --method lrp --option relevance_layer=LAYER') or "
+            "peaks (each channel's largest windowed relevance, stored by the same with "
+            "--option relevance_pool=peak [--option relevance_window=3]).",
         ),
     ] = "maps",
     neighbours: Annotated[
@@ -198,6 +200,16 @@ def spray_command(
     max_clusters: Annotated[
         int, typer.Option("--max-clusters", min=2, help="Largest count the eigengap picks.")
     ] = 10,
+    null_draws: Annotated[
+        int,
+        typer.Option(
+            "--null-draws",
+            min=0,
+            help="Compare the top cluster's score with this many Gaussian data sets of the "
+            "features' mean and covariance (99: 'stands apart' when p <= 0.01); adds "
+            "p_value and stands_apart per class. 0: no test.",
+        ),
+    ] = 0,
     atlas: Annotated[
         bool,
         typer.Option(
@@ -215,7 +227,8 @@ def spray_command(
     of 'convlens attribute DATA --out DIR' (count by the eigengap), clusters ranked by mean
     silhouette (the first stands apart most); it runs on the CPU (--device is only
     checked). Writes OUT/spray.json: {"classes": [{"class", "clusters": [{"id", "size",
-    "members", "score"}]}]}, and the atlas pages in OUT/spray/."""
+    "members", "score"}]}]} (with --null-draws also "p_value" and "stands_apart" per
+    class), and the atlas pages in OUT/spray/."""
     from pathlib import Path
 
     from convlens.concepts.spray import spray_classes
@@ -232,6 +245,7 @@ def spray_command(
         features=features,
         neighbours=neighbours,
         max_clusters=max_clusters,
+        null_draws=null_draws,
     )
     document = {"classes": [entry.record for entry in classes], "skipped": skipped}
     with writing(folder, "spray", force=force):
@@ -247,7 +261,11 @@ def spray_command(
     for entry in document["classes"]:
         name = entry["class_name"] or entry["class"]
         sizes = ", ".join(f"{c['size']} ({c['score']:.2f})" for c in entry["clusters"])
-        typer.echo(f"{name}: {entry['count']} maps, clusters (size, score): {sizes}")
+        test = ""
+        if "p_value" in entry:
+            verdict = "stands apart" if entry["stands_apart"] else "none stands apart"
+            test = f"; top cluster p = {entry['p_value']:.2g} ({verdict})"
+        typer.echo(f"{name}: {entry['count']} maps, clusters (size, score): {sizes}{test}")
     for entry in document["skipped"]:
         typer.echo(f"class {entry['class']} skipped: {entry['message']}", err=True)
     typer.echo(f"-> {folder / 'spray.json'}")
