@@ -267,3 +267,5 @@ def test_attribute_stores_channel_peaks_and_spray_tests_them(tmp_path):
         spray(folder, features="channels")
     with pytest.raises(MethodError, match="relevance_pool"):
         lrp(model, images[:1], 0, relevance_layer=layer, relevance_pool="mean")
+    with pytest.raises(MethodError, match="relevance_window"):
+        lrp(model, images[:1], 0, relevance_layer=layer, relevance_pool="peak", relevance_window=0)

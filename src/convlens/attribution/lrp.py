@@ -9,7 +9,7 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
-from convlens.attribution.common import prepare
+from convlens.attribution.common import positive_int, prepare
 from convlens.attribution.registry import MethodResult, register_method
 from convlens.data.preprocess import IMAGENET_PREPROCESS
 from convlens.errors import MethodError
@@ -119,6 +119,7 @@ def lrp(
     """
     if relevance_pool not in ("sum", "peak"):
         raise MethodError(f"relevance_pool must be 'sum' or 'peak', got {relevance_pool!r}")
+    positive_int("relevance_window", relevance_window)
     chosen = resolve_composite(composite)
     prepared = prepare(model, images, target)
     bounds = input_bounds(model)
