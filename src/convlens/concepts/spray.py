@@ -87,7 +87,9 @@ class SprayCluster:
 class SprayResult:
     """``clusters`` ranked (best first); ``labels`` ``LongTensor[N]`` each row's cluster id;
     ``eigenvalues`` ``Tensor[max_clusters + 1]`` the smallest of the normalised Laplacian,
-    ascending; ``embedding`` ``Tensor[N, c]`` the spectral embedding (unit rows)."""
+    ascending; ``embedding`` ``Tensor[N, c]`` the spectral embedding (unit rows);
+    ``null_scores`` ``Tensor[draws]`` the top score on each Gaussian null draw (None
+    without ``null_draws``)."""
 
     clusters: list[SprayCluster]
     labels: torch.Tensor
@@ -416,7 +418,9 @@ def spray_classes(
             record["p_value"] = result.p_value
             record["stands_apart"] = result.stands_apart
         size = settings.get("size", DEFAULT_SIZE)
-        vectors = spray_features(stored[rows], size, features, settings.get("window", 3))
+        vectors = spray_features(
+            stored[rows], size, features, settings.get("window", DEFAULT_WINDOW)
+        )
         classes.append(SprayClass(record, result, vectors, attributions.maps[rows]))
     return classes, skipped
 
