@@ -70,7 +70,7 @@ def _check(images: torch.Tensor, maps: torch.Tensor, targets: torch.Tensor | Non
                 f"maps {tuple(maps.shape)} do not match images {tuple(images.shape)}: "
                 "pass one map per image at input resolution (convlens.maps.resize_maps)"
             )
-    if not torch.isfinite(maps).all():
+    if not _all_finite(maps):
         raise MetricError("maps contain NaN or infinite values")
     if targets is not None:
         targets = torch.as_tensor(targets)
@@ -80,14 +80,27 @@ def _check(images: torch.Tensor, maps: torch.Tensor, targets: torch.Tensor | Non
     return None
 
 
+def _all_finite(values: torch.Tensor) -> bool:
+    """True when no entry of ``values`` (any shape) is NaN or infinite: one min/max pass (both
+    propagate NaN), no mask the size of the input."""
+    if not values.is_floating_point() or values.numel() == 0:
+        return True
+    low, high = torch.aminmax(values.detach())
+    return bool(torch.isfinite(low) and torch.isfinite(high))
+
+
 def prepared(maps: torch.Tensor, normalise: bool, absolute: bool) -> torch.Tensor:
-    """``Tensor[B, H*W]`` float64: each map divided by its own largest ``|value|`` (an all-zero
-    map stays zeros) when ``normalise``, then ``|.|`` when ``absolute`` (Quantus's order)."""
-    flat = maps.detach().reshape(len(maps), -1).to(torch.float64).cpu()
-    if normalise:
-        peak = flat.abs().amax(1, keepdim=True)
-        flat = torch.where(peak > 0, flat / torch.where(peak > 0, peak, 1.0), flat)
-    return flat.abs() if absolute else flat
+    """``Tensor[B, H*W]`` float64 (a new tensor, on the CPU): each map divided by its own
+    largest ``|value|`` (an all-zero map stays zeros) when ``normalise``, then ``|.|`` when
+    ``absolute`` (Quantus's order). The largest ``|value|`` is found in the maps' own dtype
+    (exact: it is one of the values), then the float64 copy is divided in place."""
+    flat = maps.detach().reshape(len(maps), -1)
+    out = flat.to(device="cpu", dtype=torch.float64, copy=True)
+    if normalise and flat.shape[1]:
+        low, high = torch.aminmax(flat, dim=1, keepdim=True)
+        peak = torch.maximum(-low, high).to(device="cpu", dtype=torch.float64)
+        out.div_(torch.where(peak > 0, peak, 1.0))  # dividing by 1 leaves a zero map as it is
+    return out.abs_() if absolute else out
 
 
 def _forward_scores(
@@ -148,11 +161,11 @@ def sparseness(model, images, maps, targets=None, *, normalise=True, absolute=Tr
     (n sum_i a_(i))`` over the ``n`` pixels sorted ascending, each ``a + 1e-7``.
     1 for a one-hot map, 0 for a constant one. ``Tensor[B]`` in [0, 1)."""
     _check(None, maps)
-    a = prepared(maps, normalise, absolute) + 1e-7
-    a = a.sort(1).values
+    a = prepared(maps, normalise, absolute).add_(1e-7)
+    a.numpy().sort(axis=1)  # in place; NumPy's sort of float64 rows is several times torch's
     n = a.shape[1]
     i = torch.arange(1, n + 1, dtype=torch.float64)
-    return ((2 * i - n - 1) * a).sum(1) / (n * a.sum(1))
+    return torch.mv(a, 2 * i - n - 1) / (n * a.sum(1))
 
 
 def complexity(model, images, maps, targets=None, *, normalise=True, absolute=True):
@@ -195,12 +208,33 @@ def relevance_rank_accuracy(
     _check(None, maps)
     s = _masks(masks, maps)
     a = prepared(maps, normalise, absolute)
-    order = torch.sort(-a, dim=1, stable=True).indices
     sizes = s.sum(1)
-    ranked = s.gather(1, order)
-    top = torch.arange(a.shape[1])[None, :] < sizes[:, None]
-    score = (ranked & top).sum(1).double() / sizes.clamp(min=1)
+    score = (_top_entries(a, sizes) & s).sum(1).double() / sizes.clamp(min=1)
     return torch.where(sizes > 0, score, torch.nan)
+
+
+def _top_entries(a: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+    """Bool ``Tensor[B, N]``: the ``sizes[n]`` largest entries of each row of ``a``
+    (``Tensor[B, N]`` float64, finite), ties taken in index order: the first ``sizes[n]`` of
+    a stable descending sort, found without sorting (the ``sizes[n]``-th largest value by
+    partial sort, then every entry above it and the first of those equal to it)."""
+    batch, n = a.shape
+    kth = torch.full((batch,), torch.inf, dtype=torch.float64)  # an empty top: nothing above
+    values = a.numpy()
+    for size in sizes.unique().tolist():
+        if size == 0:
+            continue
+        rows = (sizes == size).nonzero()[:, 0]
+        block = values if len(rows) == batch else values[rows.numpy()]
+        kth[rows] = torch.from_numpy(np.partition(block, n - size, axis=1)[:, n - size].copy())
+    top = a > kth[:, None]
+    tied = a == kth[:, None]
+    need = sizes - top.sum(1)  # how many of the entries equal to the threshold to take
+    partial = (tied.sum(1) > need).nonzero()[:, 0]
+    if len(partial):
+        rows = tied[partial]
+        tied[partial] = rows & (rows.cumsum(1) <= need[partial, None])
+    return top | tied
 
 
 # ---------------------------------------------------------------- model metrics
@@ -373,7 +407,7 @@ def _explain_chunks(explain: Explain, images, targets, batch_size: int) -> torch
         torch.as_tensor(explain(x, t)).detach().float().cpu()
         for x, t in zip(images.split(batch_size), targets.split(batch_size), strict=True)
     ]
-    maps = torch.cat(out)
+    maps = out[0] if len(out) == 1 else torch.cat(out)
     if maps.shape != (len(images), *images.shape[-2:]):
         raise MetricError(
             f"explain returned maps {tuple(maps.shape)}; expected Tensor[B, H, W] at input size"
@@ -402,26 +436,47 @@ def _sensitivities(
     if explain is None:
         raise MetricError("this metric needs explain=callable(images, targets) -> maps")
     if noise is None:
-        generator = torch.Generator().manual_seed(seed)
-        if kind == "relative":
-            noise = (torch.rand(samples, *images.shape, generator=generator) * 2 - 1) * radius
-        else:
-            noise = torch.randn(samples, *images.shape, generator=generator) * radius
-    noise = torch.as_tensor(noise)
-    if noise.dim() != 5 or noise.shape[1:] != images.shape:
-        raise MetricError("noise must be a Tensor[samples, B, C, H, W]")
+        count = samples
+        draws = _noise_draws(kind, samples, tuple(images.shape), radius, seed)
+    else:
+        noise = torch.as_tensor(noise)
+        if noise.dim() != 5 or noise.shape[1:] != images.shape:
+            raise MetricError("noise must be a Tensor[samples, B, C, H, W]")
+        count = len(noise)
+        draws = (draw.to(images.device, images.dtype, copy=True) for draw in noise)
     a = prepared(maps, normalise, absolute)
-    out = torch.zeros(len(images), len(noise), dtype=torch.float64)
-    for s, draw in enumerate(noise):
-        perturbed = images + draw.to(images.device, images.dtype)
+    size = a.norm(dim=1)
+    out = torch.zeros(len(images), count, dtype=torch.float64)
+    for s, draw in enumerate(draws):
+        perturbed = draw.to(images.device, images.dtype).add_(images)  # images + draw, own copy
         b = prepared(_explain_chunks(explain, perturbed, targets, batch_size), normalise, absolute)
-        change = (a - b).norm(dim=1)
+        change = b.sub_(a).norm(dim=1)  # ||a - b||: the same squares
         if kind == "relative":
-            out[:, s] = change / a.norm(dim=1)
+            out[:, s] = change / size
         else:
-            step = (perturbed - images).reshape(len(images), -1).double().cpu().norm(dim=1)
+            step = (perturbed - images).reshape(len(images), -1)
+            step = torch.linalg.vector_norm(step, dim=1, dtype=torch.float64).cpu()
             out[:, s] = change / (step + 1e-10)
     return out
+
+
+def _noise_draws(kind: str, samples: int, shape: tuple[int, ...], scale: float, seed: int):
+    """The ``samples`` noise tensors ``Tensor[*shape]`` of `_sensitivities`, one at a time:
+    ``(U(0, 1) * 2 - 1) * scale`` (``kind="relative"``) or ``N(0, 1) * scale``, each equal to
+    its slice of one ``torch.rand``/``torch.randn(samples, *shape)`` call on a generator seeded
+    with ``seed`` (the same stream), with memory for one sample instead of all. torch's CPU
+    normal sampler fills blocks of 16 values, so a sample is drawn alone only when its size is
+    a multiple of 16; otherwise all are drawn at once, as before."""
+    generator = torch.Generator().manual_seed(seed)
+    numel = int(np.prod(shape))
+    if kind != "relative" and (numel % 16 or numel < 16):
+        yield from torch.randn(samples, *shape, generator=generator).mul_(scale)
+        return
+    for _ in range(samples):
+        if kind == "relative":
+            yield torch.rand(*shape, generator=generator).mul_(2).sub_(1).mul_(scale)
+        else:
+            yield torch.randn(*shape, generator=generator).mul_(scale)
 
 
 def max_sensitivity(
@@ -759,8 +814,12 @@ def infidelity(
     black = _black(images)
     gap = (images.detach() - black).double().cpu().sum(1, keepdim=True)  # sum over channels
     scores = []
-    with borrowed_model(as_module(model)), torch.no_grad():
+    module = as_module(model)
+    with borrowed_model(module), torch.no_grad():
         y = _forward_scores(model, images, targets, batch_size)
+    # each perturbed batch is rebuilt in full (torch.where into one reused buffer) before
+    # its forward pass, so the model needs no private copy of it
+    with borrowed_model(module, copy_inputs=False), torch.no_grad():
         for patch in patch_sizes:
             if patch < 1:
                 raise MetricError(f"patch sizes must be >= 1, got {patch}")
@@ -771,17 +830,40 @@ def infidelity(
             block = torch.arange(rows * cols).view(1, 1, rows, cols)
             block = block.repeat_interleave(patch, 2).repeat_interleave(patch, 3)
             block = block[..., pad_h[0] : pad_h[0] + height, pad_w[0] : pad_w[0] + width]
-            block = block.to(images.device)
-            steps = rows * cols
-            drops = torch.zeros(batch, steps, dtype=torch.float64)
-            pairs = torch.cartesian_prod(torch.arange(steps), torch.arange(batch))
-            for chunk in pairs.split(batch_size):
-                k, n = chunk[:, 0], chunk[:, 1]
-                removed = block <= k.to(images.device)[:, None, None, None]
-                x = torch.where(removed, black[n], images[n])
-                drops[n, k] = y[n] - _forward_scores(model, x, targets[n], len(x))
+            drops = _cumulative_drops(
+                model, images, targets, y, block, rows * cols, black, batch_size
+            )
             scores.append(((drops - predicted) ** 2).mean(1))
     return torch.stack(scores, 1).mean(1)
+
+
+def _cumulative_drops(model, images, targets, y, block, steps: int, black, batch_size: int):
+    """``Tensor[B, steps]`` float64: ``y - f(x_k)`` with ``x_k`` the images whose pixels of
+    ``block`` (``LongTensor[1, 1, H, W]``, the step ``0..steps-1`` at which each pixel goes)
+    ``<= k`` are
+    set to ``black`` (``Tensor[B, 1, 1, 1]``), ``f`` the target logit. The steps go through the
+    model ``batch_size // B`` at a time (at least one; images split by ``batch_size``), each
+    batch written into one reused buffer. Call under ``borrowed_model``."""
+    batch = len(images)
+    block = block.to(images.device)
+    per = max(1, batch_size // batch)
+    drops = torch.zeros(batch, steps, dtype=torch.float64)
+    buffer = images.new_empty(min(per * batch, batch_size), *images.shape[1:])
+    for first in range(0, steps, per):
+        ks = torch.arange(first, min(first + per, steps), device=images.device)
+        removed = block <= ks[:, None, None, None, None]  # Tensor[g, 1, 1, H, W]
+        for start in range(0, batch, batch_size):
+            part = images[start : start + batch_size]
+            count = len(ks) * len(part)
+            x = buffer[:count].view(len(ks), len(part), *images.shape[1:])
+            torch.where(removed, black[start : start + len(part)], part, out=x)
+            t = targets[start : start + len(part)].repeat(len(ks))
+            logits = _forward_scores(model, x.view(count, *images.shape[1:]), t, count)
+            after = logits.view(len(ks), len(part)).T
+            drops[start : start + len(part), first : first + len(ks)] = (
+                y[start : start + len(part), None] - after
+            )
+    return drops
 
 
 def _group_members(features: torch.Tensor, groups: int, step: int) -> torch.Tensor:

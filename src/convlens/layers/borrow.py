@@ -14,7 +14,9 @@ from convlens.models.outputs import selected_output_hook
 
 
 @contextmanager
-def borrowed_model(model: nn.Module, eval_mode: bool = True) -> Iterator[nn.Module]:
+def borrowed_model(
+    model: nn.Module, eval_mode: bool = True, copy_inputs: bool = True
+) -> Iterator[nn.Module]:
     """Put every module in eval mode for the duration, then restore each module's own
     ``training`` flag (also after an exception). Nothing else about the model changes.
 
@@ -26,18 +28,18 @@ def borrowed_model(model: nn.Module, eval_mode: bool = True) -> Iterator[nn.Modu
     ``ModelOutput``-like object hands back the one tensor `convlens.models.outputs.
     select_output` picks (a forward hook, removed on exit), so every method's forward
     passes see that tensor. (Not for TorchScript modules, which cannot be hooked.)
+    ``copy_inputs=False`` leaves out the private copies, for callers whose every input is
+    a throwaway tensor of their own that nothing reads after the call (a perturbed batch
+    rebuilt in full before the next call): the copy would only cost a pass over it.
     """
     flags = [(module, module.training) for module in model.modules()]
     # TorchScript modules take no hooks; they run on the tensor as given.
     scripted = isinstance(model, torch.jit.ScriptModule)
-    handles = (
-        []
-        if scripted
-        else [
-            model.register_forward_pre_hook(_private_inputs, with_kwargs=True),
-            model.register_forward_hook(selected_output_hook),
-        ]
-    )
+    handles = []
+    if not scripted:
+        if copy_inputs:
+            handles.append(model.register_forward_pre_hook(_private_inputs, with_kwargs=True))
+        handles.append(model.register_forward_hook(selected_output_hook))
     try:
         if eval_mode:
             model.eval()
