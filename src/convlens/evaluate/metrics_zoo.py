@@ -89,13 +89,19 @@ def _all_finite(values: torch.Tensor) -> bool:
     return bool(torch.isfinite(low) and torch.isfinite(high))
 
 
-def prepared(maps: torch.Tensor, normalise: bool, absolute: bool) -> torch.Tensor:
-    """``Tensor[B, H*W]`` float64 (a new tensor, on the CPU): each map divided by its own
-    largest ``|value|`` (an all-zero map stays zeros) when ``normalise``, then ``|.|`` when
-    ``absolute`` (Quantus's order). The largest ``|value|`` is found in the maps' own dtype
-    (exact: it is one of the values), then the float64 copy is divided in place."""
+def prepared(
+    maps: torch.Tensor, normalise: bool, absolute: bool, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``Tensor[B, H*W]`` float64 (a new tensor on the CPU, or ``out``, a float64 CPU
+    ``Tensor[B, H*W]`` to reuse): each map divided by its own largest ``|value|`` (an
+    all-zero map stays zeros) when ``normalise``, then ``|.|`` when ``absolute`` (Quantus's
+    order). The largest ``|value|`` is found in the maps' own dtype (exact: it is one of the
+    values), then the float64 copy is divided in place."""
     flat = maps.detach().reshape(len(maps), -1)
-    out = flat.to(device="cpu", dtype=torch.float64, copy=True)
+    if out is None:
+        out = flat.to(device="cpu", dtype=torch.float64, copy=True)
+    else:
+        out.copy_(flat)
     if normalise and flat.shape[1]:
         low, high = torch.aminmax(flat, dim=1, keepdim=True)
         peak = torch.maximum(-low, high).to(device="cpu", dtype=torch.float64)
@@ -434,48 +440,63 @@ def _sensitivities(
     targets = _check(images, maps, targets)
     if explain is None:
         raise MetricError("this metric needs explain=callable(images, targets) -> maps")
-    if noise is None:
+    own = noise is None
+    if own:
         count = samples
         draws = _noise_draws(kind, samples, tuple(images.shape), radius, seed)
     else:
         noise = torch.as_tensor(noise)
         if noise.dim() != 5 or noise.shape[1:] != images.shape:
             raise MetricError("noise must be a Tensor[samples, B, C, H, W]")
-        count = len(noise)
-        draws = (draw.to(images.device, images.dtype, copy=True) for draw in noise)
+        count, draws = len(noise), iter(noise)
     a = prepared(maps, normalise, absolute)
     size = a.norm(dim=1)
     out = torch.zeros(len(images), count, dtype=torch.float64)
+    b = torch.empty_like(a)  # reused: a fresh buffer of this size costs its page faults
+    work = None
     for s, draw in enumerate(draws):
-        perturbed = draw.to(images.device, images.dtype).add_(images)  # images + draw, own copy
-        b = prepared(_explain_chunks(explain, perturbed, targets, batch_size), normalise, absolute)
+        if own and draw.device == images.device and draw.dtype == images.dtype:
+            perturbed = draw.add_(images)  # images + draw, in our own buffer
+        else:
+            work = images.new_empty(images.shape) if work is None else work
+            perturbed = work.copy_(draw).add_(images)
+        prepared(_explain_chunks(explain, perturbed, targets, batch_size), normalise, absolute, b)
         change = b.sub_(a).norm(dim=1)  # ||a - b||: the same squares
         if kind == "relative":
             out[:, s] = change / size
-        else:
-            step = (perturbed - images).reshape(len(images), -1)
-            step = torch.linalg.vector_norm(step, dim=1, dtype=torch.float64).cpu()
-            out[:, s] = change / (step + 1e-10)
+        else:  # the perturbed copy is not needed any more: it becomes x' - x
+            out[:, s] = change / (_row_norms(perturbed.sub_(images)) + 1e-10)
     return out
+
+
+def _row_norms(values: torch.Tensor) -> torch.Tensor:
+    """``Tensor[B]`` float64 (CPU): the 2-norm of each ``values[n]`` (``Tensor[B, ...]``),
+    summed in float64, a few rows at a time (one float64 copy of the whole batch is slow
+    to allocate and to write)."""
+    flat = values.reshape(len(values), -1)
+    rows = max(1, (1 << 19) // max(flat.shape[1], 1))
+    return torch.cat([part.double().norm(dim=1).cpu() for part in flat.split(rows)])
 
 
 def _noise_draws(kind: str, samples: int, shape: tuple[int, ...], scale: float, seed: int):
     """The ``samples`` noise tensors ``Tensor[*shape]`` of `_sensitivities`, one at a time:
     ``(U(0, 1) * 2 - 1) * scale`` (``kind="relative"``) or ``N(0, 1) * scale``, each equal to
     its slice of one ``torch.rand``/``torch.randn(samples, *shape)`` call on a generator seeded
-    with ``seed`` (the same stream), with memory for one sample instead of all. torch's CPU
-    normal sampler fills blocks of 16 values, so a sample is drawn alone only when its size is
-    a multiple of 16; otherwise all are drawn at once, as before."""
+    with ``seed`` (the same stream), with memory for one sample instead of all: the tensor
+    yielded is one buffer, overwritten by the next draw (the caller may write into it).
+    torch's CPU normal sampler fills blocks of 16 values, so a sample is drawn alone only
+    when its size is a multiple of 16; otherwise all are drawn at once, as before."""
     generator = torch.Generator().manual_seed(seed)
     numel = int(np.prod(shape))
     if kind != "relative" and (numel % 16 or numel < 16):
         yield from torch.randn(samples, *shape, generator=generator).mul_(scale)
         return
+    buffer = torch.empty(shape)
     for _ in range(samples):
         if kind == "relative":
-            yield torch.rand(*shape, generator=generator).mul_(2).sub_(1).mul_(scale)
+            yield torch.rand(shape, generator=generator, out=buffer).mul_(2).sub_(1).mul_(scale)
         else:
-            yield torch.randn(*shape, generator=generator).mul_(scale)
+            yield torch.randn(shape, generator=generator, out=buffer).mul_(scale)
 
 
 def max_sensitivity(
