@@ -136,6 +136,56 @@ def test_registry_and_errors(case):
         assert isinstance(spec.higher_is_better, bool)
 
 
+def test_rank_accuracy_takes_tied_pixels_in_raster_order_as_a_stable_sort():
+    torch.manual_seed(0)
+    maps = torch.randint(0, 4, (6, 8, 8)).float()  # many ties at every threshold
+    maps[5] = 0.0  # one constant map: every pixel tied
+    masks = torch.rand(6, 8, 8) < 0.3
+    masks[0] = False  # an empty mask: NaN
+    masks[1] = True  # a full mask: 1
+    got = zoo.relevance_rank_accuracy(None, None, maps, masks=masks)
+    for n in range(6):
+        size = int(masks[n].sum())
+        order = torch.sort(-maps[n].flatten(), stable=True).indices[:size]
+        if size == 0:
+            assert got[n].isnan()
+        else:
+            assert got[n].item() == int(masks[n].flatten()[order].sum()) / size
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 4, 4), (3, 1, 1, 5)])  # 96 values; 5 (not 16k)
+@pytest.mark.parametrize("kind", ["relative", "lipschitz"])
+def test_noise_drawn_one_sample_at_a_time_is_the_one_call_stream(shape, kind):
+    generator = torch.Generator().manual_seed(4)
+    if kind == "relative":
+        whole = (torch.rand(3, *shape, generator=generator) * 2 - 1) * 0.2
+    else:
+        whole = torch.randn(3, *shape, generator=generator) * 0.2
+    draws = [draw.clone() for draw in zoo._noise_draws(kind, 3, shape, 0.2, seed=4)]
+    assert all(torch.equal(draw, part) for draw, part in zip(draws, whole, strict=True))
+
+
+def test_infidelity_is_the_same_for_every_chunk_size_and_an_input_editing_model(case, unchanged):
+    net, images, maps, targets, _ = case
+
+    class EditsInput(torch.nn.Module):  # the same function, but it writes into its input
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x.mul_(2).div_(2))
+
+    editing = EditsInput(net).eval()
+    reference = zoo.infidelity(net, images, maps, targets, patch_sizes=(6, 8))
+    for model, batch_size in ((net, 3), (net, 1000), (editing, 5), (editing, 64)):
+        with unchanged(model, images, maps):
+            got = zoo.infidelity(
+                model, images, maps, targets, patch_sizes=(6, 8), batch_size=batch_size
+            )
+        torch.testing.assert_close(got, reference, rtol=1e-6, atol=1e-6)
+
+
 def test_random_subsets_are_distinct_and_uniform():
     generator = torch.Generator().manual_seed(0)
     subsets = zoo.random_subsets(50, 40, 6, 20, generator)
@@ -366,6 +416,8 @@ def test_efficient_mprt_equals_quantus_on_shared_draws(quantus, monkeypatch):
     got = zoo.efficient_mprt(net, images, maps, targets, method=method, seed=5)
     assert np.isfinite(expected).all()
     np.testing.assert_allclose(got.numpy(), expected, atol=1e-4)
+
+
 # ------------------------------------------ ROAD, IROF, infidelity, monotonicity
 # Quantus 0.6's ROAD and IROF run only on one-channel images (with three channels ROAD indexes
 # its pixel mask with channel-value indices and IROF asserts a one-channel mask has the

@@ -36,3 +36,14 @@ def test_keyword_copies_pass_gradients_to_the_callers_leaf():
         gx, goffset = torch.autograd.grad(model(x, offset=offset).sum(), (x, offset))
     assert torch.equal(gx, torch.full((2,), 2.0)) and torch.equal(goffset, torch.full((2,), 2.0))
     assert x.grad is None and offset.grad is None
+
+
+def test_copy_inputs_false_hands_the_tensors_over_as_they_are():
+    model = EditsItsInputs().train()
+    x, offset = torch.ones(3), torch.full((3,), 5.0)
+    with borrowed_model(model, copy_inputs=False):
+        assert not model.training and not model._forward_pre_hooks
+        out = model(x, offset=offset)
+    assert torch.equal(out, torch.full((3,), 12.0))
+    assert torch.equal(x, torch.full((3,), 2.0))  # the caller's own throwaway, edited
+    assert model.training and not model._forward_hooks  # flags and hooks given back

@@ -493,10 +493,10 @@ def _noise_draws(kind: str, samples: int, shape: tuple[int, ...], scale: float, 
         return
     buffer = torch.empty(shape)
     for _ in range(samples):
-        if kind == "relative":
-            yield torch.rand(shape, generator=generator, out=buffer).mul_(2).sub_(1).mul_(scale)
-        else:
-            yield torch.randn(shape, generator=generator, out=buffer).mul_(scale)
+        if kind == "relative":  # U(0, 1) * 2 - 1 is exact: U(-1, 1) is the same draw
+            yield buffer.uniform_(-1.0, 1.0, generator=generator).mul_(scale)
+        else:  # the sampler's last step is (draw * std + 0): the same rounding as draw * scale
+            yield buffer.normal_(0.0, scale, generator=generator)
 
 
 def max_sensitivity(
