@@ -13,13 +13,18 @@ one-channel copy of the model, ROAD on ``--road-images`` images, IROF (whose SLI
 segmentation, the same on both sides, takes about half a second per image) on
 ``--irof-images``. Each metric runs once per side (wall seconds, one thread); the ratio
 is Quantus / convlens. Prints the load average: a machine shared with other jobs slows
-both sides.
+both sides. ``--baseline FILE`` also times an earlier copy of ``metrics_zoo.py`` (for
+example ``git show REV:src/convlens/evaluate/metrics_zoo.py > FILE``) on the same inputs,
+just before the current one, and reports whether both give the same scores: a before/after
+comparison within one run.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
+import sys
 import time
 
 import numpy as np
@@ -97,6 +102,15 @@ def quantus_metric(quantus, name: str, options: dict):
     return cls(**options, **quiet)
 
 
+def load_baseline(path: str):
+    """The module in ``path`` (an earlier ``metrics_zoo.py``), imported as ``zoo_baseline``."""
+    spec = importlib.util.spec_from_file_location("zoo_baseline", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["zoo_baseline"] = module  # dataclasses look their module up while defined
+    spec.loader.exec_module(module)
+    return module
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=256)
@@ -104,7 +118,9 @@ def main() -> None:
     parser.add_argument("--road-images", type=int, default=32)
     parser.add_argument("--irof-images", type=int, default=64)
     parser.add_argument("--metrics", default="all", help="comma separated names, or all")
+    parser.add_argument("--baseline", help="an earlier metrics_zoo.py to time as well")
     args = parser.parse_args()
+    baseline = load_baseline(args.baseline) if args.baseline else None
     import quantus
 
     np.trapz = getattr(np, "trapz", np.trapezoid)  # Quantus 0.6's IROF calls np.trapz
@@ -149,9 +165,20 @@ def main() -> None:
             a = maps[:count]
             with torch.no_grad():
                 y = net(x).argmax(1)
+        before, same = None, ""
+        if baseline is not None:
+            start = time.perf_counter()
+            old = baseline.run_metric(
+                name, net, x, a, y, masks=masks, explain=explain, **ours_options
+            )
+            before = time.perf_counter() - start
         start = time.perf_counter()
-        zoo.run_metric(name, net, x, a, y, masks=masks, explain=explain, **ours_options)
+        scores = zoo.run_metric(name, net, x, a, y, masks=masks, explain=explain, **ours_options)
         ours = time.perf_counter() - start
+        if baseline is not None:
+            difference = (scores - old).abs().nan_to_num(0.0).max().item()
+            same = f", largest |new - baseline| {difference:.3g}"
+            same += "" if torch.equal(scores.isnan(), old.isnan()) else " (NaN differ)"
         metric = quantus_metric(quantus, name, their_options)
         quantus_a = -a if name == "road_lerf" else a
         kwargs = {
@@ -171,14 +198,21 @@ def main() -> None:
         start = time.perf_counter()
         metric(**kwargs)
         theirs = time.perf_counter() - start
-        rows.append((name, len(x), ours, theirs))
-        print(f"{name}: convlens {ours:.2f} s, Quantus {theirs:.2f} s", flush=True)
+        rows.append((name, len(x), before, ours, theirs))
+        earlier = "" if before is None else f"baseline {before:.2f} s, "
+        print(f"{name}: {earlier}convlens {ours:.2f} s, Quantus {theirs:.2f} s{same}", flush=True)
     print(f"load average after: {os.getloadavg()}\n")
-    print("| metric | maps | settings (both sides) | convlens s | Quantus s | Quantus / convlens |")
-    print("|---|---|---|---|---|---|")
-    for name, count, ours, theirs in rows:
+    extra = " baseline s |" if baseline is not None else ""
+    head = "| metric | maps | settings (both sides) |"
+    print(f"{head}{extra} convlens s | Quantus s | Quantus / convlens |")
+    print("|---|---|---|---|---|---|" + ("---|" if extra else ""))
+    for name, count, before, ours, theirs in rows:
         note = NOTES.get(name, "defaults")
-        print(f"| `{name}` | {count} | {note} | {ours:.2f} | {theirs:.2f} | {theirs / ours:.1f}x |")
+        earlier = f" {before:.2f} |" if before is not None else ""
+        print(
+            f"| `{name}` | {count} | {note} |{earlier} {ours:.2f} | {theirs:.2f} "
+            f"| {theirs / ours:.1f}x |"
+        )
 
 
 if __name__ == "__main__":
