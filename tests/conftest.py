@@ -3,10 +3,19 @@ The tiny networks tests share are in `tests.helpers.networks`."""
 
 from __future__ import annotations
 
-import pytest
-import torch
+import os
 
-torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+# One intra-op thread for the whole suite, and for the Python processes tests start (CLI
+# runs, torchrun workers): every tensor here is tiny, and on the two shared cores a second
+# thread mostly spins, which doubled the suite's CPU time (33 s -> 14 s of CPU for
+# tests/attribution/test_cam_reference.py, 2026-12-06, load average 4.6). No test's
+# property depends on the thread count.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 
 
 def pytest_addoption(parser):
@@ -43,8 +52,9 @@ def _seed():
 
 @pytest.fixture
 def one_thread():
-    """One intra-op thread for the test (restored after): small tensors run faster on one,
-    and far faster on a busy machine. Use with ``pytest.mark.usefixtures("one_thread")``."""
+    """One intra-op thread for the test (restored after), also where a test or a module
+    changed the suite-wide setting above: small tensors run faster on one, and far faster
+    on a busy machine. Use with ``pytest.mark.usefixtures("one_thread")``."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
