@@ -143,3 +143,25 @@ def unchanged():
                 assert tensor.grad is grad, "input .grad changed"
 
     return check
+
+
+@pytest.fixture
+def first_tile_panels(monkeypatch) -> dict[str, list[str]]:
+    """``convlens explain`` draws each panel from its first tile only (a real file, by the
+    real writer) and records every panel's tiles here, ``{file stem: [tile group (the
+    method), ...]}``. For tests of which methods ran on a ``--method all`` run, where drawing
+    some 30 tiles (seconds of matplotlib layout per panel) proves nothing more: a whole
+    ``--method all`` panel is drawn and measured by test_cli_explain's
+    test_all_methods_on_a_tiny_model_file_with_progress_bars."""
+    from convlens.cli import explain_tiles
+
+    panels: dict[str, list[str]] = {}
+    write_panel = explain_tiles.write_panel
+
+    def first_tile(display, tiles, top, stem, picture, limits=None):
+        panels[stem.name] = [tile.group for tile in tiles]
+        first = None if limits is None else limits[:1]
+        return write_panel(display, tiles[:1], top, stem, picture, first)
+
+    monkeypatch.setattr(explain_tiles, "write_panel", first_tile)
+    return panels
