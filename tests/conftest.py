@@ -46,7 +46,11 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True)
 def _seed():
+    """Seed 0, on one thread: the ``train`` commands set their own ``--threads`` (default
+    2) for the rest of the process, which would otherwise hold for every later test."""
     torch.manual_seed(0)
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
     yield
 
 
