@@ -169,3 +169,13 @@ def first_tile_panels(monkeypatch) -> dict[str, list[str]]:
 
     monkeypatch.setattr(explain_tiles, "write_panel", first_tile)
     return panels
+
+
+@pytest.fixture(scope="session")
+def two_process_outputs(tmp_path_factory):
+    """The folder of `tests.helpers.torchrun.TWO_PROCESS_COMMANDS`' outputs from the suite's
+    one two-process torchrun launch (``<folder>/scan``, ``/embed``, ``/attribute``),
+    started by the first test that asks."""
+    from tests.helpers.torchrun import torchrun_commands
+
+    return torchrun_commands(tmp_path_factory.mktemp("torchrun"))
