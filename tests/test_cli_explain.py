@@ -119,6 +119,7 @@ def test_all_on_a_model_without_cam_head_skips_cam_with_the_reason(
     code = main(
         ["explain", "cat", "coffee", "-m", no_gap_model, "--trust-pickle", "--method", "all"]
         + ["-o", str(out), "--json", *FEWER_STEPS]
+        + ["--option", "n_samples=2", "--option", "n_steps=4"]  # which methods ran is under test
     )
     assert code == 0
     captured = capsys.readouterr()
