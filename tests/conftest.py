@@ -3,10 +3,19 @@ The tiny networks tests share are in `tests.helpers.networks`."""
 
 from __future__ import annotations
 
-import pytest
-import torch
+import os
 
-torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+# One intra-op thread for the whole suite, and for the Python processes tests start (CLI
+# runs, torchrun workers): every tensor here is tiny, and on the two shared cores a second
+# thread mostly spins, which doubled the suite's CPU time (33 s -> 14 s of CPU for
+# tests/attribution/test_cam_reference.py, 2026-12-06, load average 4.6). No test's
+# property depends on the thread count.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 
 
 def pytest_addoption(parser):
@@ -37,14 +46,19 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True)
 def _seed():
+    """Seed 0, on one thread: the ``train`` commands set their own ``--threads`` (default
+    2) for the rest of the process, which would otherwise hold for every later test."""
     torch.manual_seed(0)
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
     yield
 
 
 @pytest.fixture
 def one_thread():
-    """One intra-op thread for the test (restored after): small tensors run faster on one,
-    and far faster on a busy machine. Use with ``pytest.mark.usefixtures("one_thread")``."""
+    """One intra-op thread for the test (restored after), also where a test or a module
+    changed the suite-wide setting above: small tensors run faster on one, and far faster
+    on a busy machine. Use with ``pytest.mark.usefixtures("one_thread")``."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -133,3 +147,35 @@ def unchanged():
                 assert tensor.grad is grad, "input .grad changed"
 
     return check
+
+
+@pytest.fixture
+def first_tile_panels(monkeypatch) -> dict[str, list[str]]:
+    """``convlens explain`` draws each panel from its first tile only (a real file, by the
+    real writer) and records every panel's tiles here, ``{file stem: [tile group (the
+    method), ...]}``. For tests of which methods ran on a ``--method all`` run, where drawing
+    some 30 tiles (seconds of matplotlib layout per panel) proves nothing more: a whole
+    ``--method all`` panel is drawn and measured by test_cli_explain's
+    test_all_methods_on_a_tiny_model_file_with_progress_bars."""
+    from convlens.cli import explain_tiles
+
+    panels: dict[str, list[str]] = {}
+    write_panel = explain_tiles.write_panel
+
+    def first_tile(display, tiles, top, stem, picture, limits=None):
+        panels[stem.name] = [tile.group for tile in tiles]
+        first = None if limits is None else limits[:1]
+        return write_panel(display, tiles[:1], top, stem, picture, first)
+
+    monkeypatch.setattr(explain_tiles, "write_panel", first_tile)
+    return panels
+
+
+@pytest.fixture(scope="session")
+def two_process_outputs(tmp_path_factory):
+    """The folder of `tests.helpers.torchrun.TWO_PROCESS_COMMANDS`' outputs from the suite's
+    one two-process torchrun launch (``<folder>/scan``, ``/embed``, ``/attribute``),
+    started by the first test that asks."""
+    from tests.helpers.torchrun import torchrun_commands
+
+    return torchrun_commands(tmp_path_factory.mktemp("torchrun"))

@@ -112,11 +112,14 @@ def test_all_methods_on_a_tiny_model_file_with_progress_bars(tmp_path, capsys, g
     assert panel.shape[1] == round(4 * 2.4 * 150) and panel.shape[0] > rows * 200
 
 
-def test_all_on_a_model_without_cam_head_skips_cam_with_the_reason(tmp_path, capsys, no_gap_model):
+def test_all_on_a_model_without_cam_head_skips_cam_with_the_reason(
+    tmp_path, capsys, no_gap_model, first_tile_panels
+):
     out = tmp_path / "out"
     code = main(
         ["explain", "cat", "coffee", "-m", no_gap_model, "--trust-pickle", "--method", "all"]
         + ["-o", str(out), "--json", *FEWER_STEPS]
+        + ["--option", "n_samples=2", "--option", "n_steps=4"]  # which methods ran is under test
     )
     assert code == 0
     captured = capsys.readouterr()
@@ -129,7 +132,9 @@ def test_all_on_a_model_without_cam_head_skips_cam_with_the_reason(tmp_path, cap
     for stem in ("cat", "coffee"):
         record = json.loads((out / f"{stem}.json").read_text())
         assert [m["method"] for m in record["methods"]] == expected
-        assert (out / f"{stem}.png").is_file()
+        assert record["panel"] == str(out / f"{stem}.png") and (out / f"{stem}.png").is_file()
+    # each panel has a tile for every method but cam (drawn from its first tile here)
+    assert first_tile_panels == {"cat": expected, "coffee": expected}
 
 
 def test_a_named_method_that_fails_is_reported_per_image_and_the_rest_is_written(

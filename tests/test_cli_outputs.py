@@ -71,7 +71,9 @@ def test_scripted_resnet18_is_refused_with_no_output_claimed(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_all_methods_on_a_scripted_model_skip_the_layer_methods_with_the_reason(tmp_path, capsys):
+def test_all_methods_on_a_scripted_model_skip_the_layer_methods_with_the_reason(
+    tmp_path, capsys, first_tile_panels
+):
     out = tmp_path / "out"
     model = _tiny(tmp_path, scripted=True)
     code = main(["explain", "cat", "-m", model, "--method", "saliency,gradcam", "-o", str(out)])
@@ -86,6 +88,7 @@ def test_all_methods_on_a_scripted_model_skip_the_layer_methods_with_the_reason(
     )
     ran = [m["method"] for m in printed["records"][0]["methods"]]
     assert "saliency" in ran and "gradcam" not in ran and "guided_backprop" not in ran
+    assert first_tile_panels == {"cat": ran}  # the panel: a tile for each method that ran
 
 
 def test_filters_of_a_1x1_layer_are_not_blank(tmp_path, capsys):

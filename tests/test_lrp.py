@@ -259,26 +259,42 @@ def _zennit_relevance(model, images, classes, composite_name, arch):
     return relevance.sum(dim=1)
 
 
+@pytest.fixture(scope="module")
+def torchvision_net():
+    """``torchvision_net(arch)``: the seeded torchvision ``arch`` with random BatchNorm
+    statistics, built once for the module (vgg16_bn's 138M parameters take seconds to
+    initialise); each test that uses it checks that it leaves the model unchanged."""
+    torchvision = pytest.importorskip("torchvision")
+    built: dict[str, nn.Module] = {}
+
+    def get(arch: str) -> nn.Module:
+        if arch not in built:
+            torch.manual_seed(0)
+            model = getattr(torchvision.models, arch)(weights=None).eval()
+            with torch.no_grad():
+                for module in model.modules():
+                    if isinstance(module, nn.BatchNorm2d):
+                        module.running_mean.uniform_(-0.2, 0.2)
+                        module.running_var.uniform_(0.5, 1.5)
+                        module.weight.uniform_(0.5, 1.5)
+                        module.bias.uniform_(-0.1, 0.1)
+            built[arch] = model
+        return built[arch]
+
+    return get
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ["vgg16_bn", "resnet50"])
 @pytest.mark.parametrize(
     "composite", ["epsilon_plus_flat", "epsilon_alpha2_beta1_flat", "epsilon_gamma_box"]
 )
-def test_composites_equal_zennit(arch, composite, unchanged):
+def test_composites_equal_zennit(arch, composite, unchanged, torchvision_net):
     """Per-image Pearson >= 0.99 of the channel-summed relevance (the issue's bar); the two
     compute the same formulas in float32, so we also ask for 1e-3 relative agreement of the
     totals (zennit folds BatchNorm into the stored weights, we into separate tensors: the
     rounding differs)."""
-    torchvision = pytest.importorskip("torchvision")
-    torch.manual_seed(0)
-    model = getattr(torchvision.models, arch)(weights=None).eval()
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.2, 0.2)
-                module.running_var.uniform_(0.5, 1.5)
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.uniform_(-0.1, 0.1)
+    model = torchvision_net(arch)
     images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     classes = [3, 7]
     with unchanged(model, images):

@@ -18,7 +18,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def test_keep_epochs_then_evolution_shows_one_column_per_epoch(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["train", "head", "cam", "--random-backbone", "--keep-epochs", "--limit", "8"]
-    args += ["--test", "4", "--epochs", "2", "--batch-size", "8", "--out", str(out)]
+    args += ["--test", "4", "--epochs", "2", "--batch-size", "8", "--threads", "1"]
+    args += ["--out", str(out)]
     assert main(args) == 0
     files = sorted(p.name for p in (out / "epochs").glob("*.pt"))  # beside the ledger
     assert files == ["epoch-000.pt", "epoch-001.pt", "epoch-002.pt"]

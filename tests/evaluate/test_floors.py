@@ -62,20 +62,6 @@ def test_a_map_that_is_the_true_mask_scores_one(multi_truth):
     assert class_mean(hits, multi_truth.labels) == 1.0
 
 
-@pytest.mark.slow
-def test_floors_score_low_on_the_multi_object_set(multi_truth):
-    """What makes the set hard: no model-free map reaches MaxBoxAccV2 0.35 or pointing 0.45
-    when each present class is scored against its own masks (60 scenes, 157 rows)."""
-    assert len(multi_truth) > 150
-    pixels = torch.from_numpy(multi_truth.display).permute(0, 3, 1, 2).float() / 255
-    for name in FLOORS:
-        maps = floor_maps(name, pixels)
-        v2 = max_box_acc(maps, multi_truth.boxes, version=2, image_size=(64, 64))["maxboxacc"]
-        hits = pointing_game(maps, multi_truth.point_masks, TOLERANCE)
-        assert v2 <= 0.35, name
-        assert class_mean(hits, multi_truth.labels) <= 0.45, name
-
-
 @pytest.fixture(scope="module")
 def gradcam_board(multi_truth):
     from convlens.evaluate.benchmark import evaluate_methods
@@ -100,3 +86,16 @@ def test_gradcam_points_better_than_every_floor_on_the_multi_object_set(gradcam_
 @pytest.mark.slow
 def test_gradcam_boxes_beat_every_floor_on_the_multi_object_set(gradcam_board):
     assert gradcam_board.margins("maxboxacc_v2")["gradcam"] > 0
+
+
+@pytest.mark.slow
+def test_floors_score_low_on_the_multi_object_set(multi_truth, gradcam_board):
+    """What makes the set hard: no model-free map reaches MaxBoxAccV2 0.35 or pointing 0.45
+    when each present class is scored against its own masks (60 scenes, 157 rows). Read from
+    the benchmark's own floor rows (`floor_maps` of the displayed pixels, scored like every
+    method) rather than scored a second time: the threshold sweeps cost seconds."""
+    assert len(multi_truth) > 150
+    assert gradcam_board.settings["pointing_tolerance"] == pytest.approx(TOLERANCE)
+    for name in FLOORS:
+        assert gradcam_board.scores[name]["maxboxacc_v2"] <= 0.35, name
+        assert gradcam_board.scores[name]["pointing"] <= 0.45, name

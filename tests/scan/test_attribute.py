@@ -5,10 +5,6 @@ processes give the maps of one."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +12,7 @@ import pytest
 import torch
 from tests.helpers.networks import small_convnet
 from tests.helpers.scans import Stop, stop_after
+from tests.helpers.torchrun import TWO_PROCESS_COMMANDS
 
 from convlens.attribution import explain
 from convlens.cli import main
@@ -116,27 +113,14 @@ def test_targets_that_give_several_maps_or_need_labels_are_refused(tmp_path):
         attribute_dataset(_model(), folder, tmp_path / "o", "gradcam", "label", **RUN)
 
 
-def _torchrun(args: list[str], cwd: Path) -> None:
-    launcher = shutil.which("torchrun", path=str(Path(sys.executable).parent))
-    command = [launcher] if launcher else [sys.executable, "-m", "torch.distributed.run"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    subprocess.run(
-        [*command, "--standalone", "--nproc_per_node", "2", "-m", "convlens", *args],
-        cwd=cwd,
-        env=env,
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-
-
 @pytest.mark.slow
-def test_two_process_torchrun_equals_one_process(tmp_path):
-    args = ["attribute", "shapes:7", "--model", "synthetic-shapes", "--size", "12"]
-    args += ["--target", "label", "--batch-size", "2"]
-    _torchrun([*args, "--out", "two"], tmp_path)
+def test_two_process_torchrun_equals_one_process(tmp_path, two_process_outputs):
+    """``attribute`` under ``torchrun --nproc_per_node 2`` (the suite's one launch,
+    `tests.helpers.torchrun`) gives the maps of one process."""
+    args = TWO_PROCESS_COMMANDS["attribute"]
     assert main([*args, "--out", str(tmp_path / "one")]) == 0
-    one, two = load_attributions(tmp_path / "one"), load_attributions(tmp_path / "two")
+    one = load_attributions(tmp_path / "one")
+    two = load_attributions(two_process_outputs / "attribute")
     assert two.index["shards"] == ["r0of2-00000.npy", "r1of2-00000.npy"]
     same = ("source", "label", "class", "class_name")
     for a, b in zip(one.rows, two.rows, strict=True):

@@ -4,17 +4,14 @@ under ``torchrun --nproc_per_node 2`` (gloo) equal to one process."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 from tests.helpers.scans import SCAN_ARGS, stopped_cli_scan
+from tests.helpers.torchrun import TWO_PROCESS_COMMANDS
 
 from convlens.cli import main
 from convlens.data.synthetic import SyntheticShapes
@@ -122,20 +119,6 @@ def test_embed_then_neighbors_finds_the_image_itself(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out) == found[:2]
 
 
-def _torchrun(args: list[str], cwd: Path) -> None:
-    launcher = shutil.which("torchrun", path=str(Path(sys.executable).parent))
-    command = [launcher] if launcher else [sys.executable, "-m", "torch.distributed.run"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    subprocess.run(
-        [*command, "--standalone", "--nproc_per_node", "2", "-m", "convlens", *args],
-        cwd=cwd,
-        env=env,
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-
-
 def _without_values(doc: dict) -> dict:
     return {
         **doc,
@@ -150,40 +133,30 @@ def _values(doc: dict) -> list[float]:
 
 
 @pytest.mark.slow
-def test_two_process_torchrun_equals_one_process(tmp_path):
-    scan = [
-        "scan",
-        "shapes:18",
-        "--model",
-        "synthetic-shapes",
-        "--layers",
-        "features.5,features.15",
-        "--top",
-        "3",
-        "--batch-size",
-        "4",
-        "--projections",
-        "deconvnet",
-    ]
-    _torchrun([*scan, "--out", "two"], tmp_path)
+def test_two_process_torchrun_equals_one_process(tmp_path, two_process_outputs):
+    """``scan`` and ``embed`` under ``torchrun --nproc_per_node 2`` (the suite's one launch,
+    `tests.helpers.torchrun`) write what one process writes."""
+    scan = TWO_PROCESS_COMMANDS["scan"]
     assert main([*scan, "--out", str(tmp_path / "one")]) == 0
     for layer in ("features.5", "features.15"):
         one = json.loads((tmp_path / "one" / layer / "topk.json").read_text())
-        two = json.loads((tmp_path / "two" / layer / "topk.json").read_text())
+        two = json.loads((two_process_outputs / "scan" / layer / "topk.json").read_text())
         assert _without_values(one) == _without_values(two)
         # a batch of other images sums the convolution in another order: float rounding
         assert _values(one) == pytest.approx(_values(two), rel=1e-5)
-        for png in (tmp_path / "one" / layer).glob("*.png"):
+        pngs = sorted((tmp_path / "one" / layer).glob("*.png"))
+        assert pngs  # the channels' panels
+        for png in pngs:
             a = np.asarray(Image.open(png), dtype=int)
-            b = np.asarray(Image.open(tmp_path / "two" / layer / png.name), dtype=int)
+            b = np.asarray(Image.open(two_process_outputs / "scan" / layer / png.name), dtype=int)
             assert np.abs(a - b).max() <= 1
-    embed = ["embed", "shapes:18", "--model", "synthetic-shapes", "--map", "none"]
-    _torchrun([*embed, "--out", "two-emb", "--batch-size", "4"], tmp_path)
-    assert main([*embed, "--out", str(tmp_path / "one-emb"), "--batch-size", "7"]) == 0
+    embed = TWO_PROCESS_COMMANDS["embed"]
+    embed = [*embed[: embed.index("--batch-size")], "--batch-size", "7"]  # 4 under torchrun
+    assert main([*embed, "--out", str(tmp_path / "one-emb")]) == 0
     one = np.load(tmp_path / "one-emb" / "embeddings.npy").astype(np.float32)
-    two = np.load(tmp_path / "two-emb" / "embeddings.npy").astype(np.float32)
+    two = np.load(two_process_outputs / "embed" / "embeddings.npy").astype(np.float32)
     assert np.allclose(one, two, rtol=2e-3, atol=1e-4)  # float16 storage
-    index = json.loads((tmp_path / "two-emb" / "index.json").read_text())
+    index = json.loads((two_process_outputs / "embed" / "index.json").read_text())
     assert index["sources"] == [f"shapes:{i}" for i in range(18)]
 
 

@@ -239,7 +239,8 @@ def test_cli_trains_a_head_and_every_command_loads_it(tmp_path, capsys):
     from convlens.data.synthetic import SyntheticShapes
 
     out = tmp_path / "nin"
-    args = ["train", "head", "nin", "--limit", "16", "--test", "8", "--epochs", "1"]
+    args = ["train", "head", "nin", "--limit", "8", "--test", "4", "--epochs", "1"]
+    args += ["--threads", "1"]
     assert main([*args, "--out", str(out), "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["head"] == "nin" and len(record["losses"]) == 1
@@ -252,7 +253,7 @@ def test_cli_trains_a_head_and_every_command_loads_it(tmp_path, capsys):
     assert (tmp_path / "explained" / "shape.png").is_file()
     capsys.readouterr()
     evaluate = ["evaluate", "--model", model, "--benchmark", "shapes", "--method", "nin,gradcam"]
-    evaluate += ["--limit", "4"]
+    evaluate += ["--limit", "2", "--curve-steps", "4"]  # loading is under test, not curves
     assert main([*evaluate, "--json"]) == 0
     board = json.loads(capsys.readouterr().out)
     assert {"nin", "gradcam"} <= board.keys()
