@@ -236,6 +236,11 @@ def test_torchscript_model_gives_the_eager_maps(method):
 @pytest.mark.parametrize("method", NEW_METHODS)
 def test_batch_equals_per_image_and_chunks_never_change_results(method, unchanged):
     net, images = small_convnet(), _images(3)
+    if method == "extremal_perturbation":
+        # Adam's first steps are about lr * sign(gradient): where a mask gradient is near
+        # zero, float32 rounding (which differs between batch shapes) flips its sign and
+        # the step. In float64 the rows must agree exactly; in float32 they agree to ~2%.
+        net, images = net.double(), images.double()
     with unchanged(net, images):
         batch = explain(net, images, method, target=[0, 2, 1], **SMALL[method]).maps
         odd = explain(net, images, method, target=[0, 2, 1], batch_size=5, **SMALL[method]).maps

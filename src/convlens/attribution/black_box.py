@@ -236,8 +236,11 @@ def extremal_perturbation(
     parameters clamped to [0, 1] after each step. The map is the sum of the masks of all
     areas, in ``[0, len(areas)]``. Gradients flow to the mask only, through the model's
     forward (TorchScript models run too; parameters' ``.grad`` is never touched).
-    ``batch_size``: masks optimised together (default: see `chunk_size`; never changes
-    results). Returns ``Tensor[N, H, W]``.
+    ``batch_size``: masks optimised together (default: see `chunk_size`). Each mask's
+    optimisation is independent of the others, so in float64 the batch size never changes
+    results; in float32 the rounding of a different batch shape can flip the sign of a
+    near-zero gradient, which Adam turns into a full step (a few percent of the map).
+    Returns ``Tensor[N, H, W]``.
     """
     areas = _check_areas(areas)
     steps, stride = positive_int("steps", steps), positive_int("stride", stride)
