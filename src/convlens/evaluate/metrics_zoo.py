@@ -279,18 +279,45 @@ def selectivity(
     pixel_rank = rank.view(batch, 1, rows, cols)
     pixel_rank = pixel_rank.repeat_interleave(patch_size, 2).repeat_interleave(patch_size, 3)
     pixel_rank = pixel_rank[..., pad_h[0] : pad_h[0] + height, pad_w[0] : pad_w[0] + width]
-    pixel_rank = pixel_rank.to(images.device)
+    # int32 ranks: half the bytes of int64 to read per perturbed batch
+    pixel_rank = pixel_rank.to(device=images.device, dtype=torch.int32).contiguous()
     black = _black(images)
-    steps = rows * cols
-    pairs = torch.cartesian_prod(torch.arange(batch), torch.arange(steps))
-    curve = torch.zeros(batch, steps, dtype=torch.float64)
-    with borrowed_model(as_module(model)), torch.no_grad():
-        for chunk in pairs.split(batch_size):
-            n, k = chunk[:, 0], chunk[:, 1]
-            removed = pixel_rank[n] <= k.to(images.device)[:, None, None, None]
-            x = torch.where(removed, black[n], images[n])
-            curve[n, k] = _forward_scores(model, x, targets[n], len(x), softmax)
+
+    def build(x, ks, start, part):  # patches ranked <= k go to the image's black
+        k = ks.to(device=pixel_rank.device, dtype=torch.int32)[:, None, None, None, None]
+        removed = pixel_rank[start : start + len(part)] <= k
+        torch.where(removed, black[start : start + len(part)], part, out=x)
+
+    # each perturbed batch is rebuilt in full before its forward pass: no private copy
+    with borrowed_model(as_module(model), copy_inputs=False), torch.no_grad():
+        curve = _perturbed_scores(model, images, targets, rows * cols, build, batch_size, softmax)
     return torch.trapezoid(curve, dx=1.0, dim=1)
+
+
+def _perturbed_scores(
+    model, images, targets, steps: int, build, batch_size: int, softmax: bool = False
+) -> torch.Tensor:
+    """``Tensor[B, steps]`` float64: the target logit (``softmax``: probability) of each
+    image under each of ``steps`` perturbations. ``build(x, ks, start, part)`` writes into
+    ``x`` (``Tensor[g, b, C, H, W]``, a view of one reused buffer) the images ``part``
+    (``images[start : start + b]``) under the perturbations ``ks`` (``LongTensor[g]``),
+    every element of ``x``. The steps go through the model ``batch_size // B`` at a time (at
+    least one; images split by ``batch_size``). Call under ``borrowed_model``."""
+    batch = len(images)
+    per = max(1, batch_size // max(batch, 1))
+    scores = torch.zeros(batch, steps, dtype=torch.float64)
+    buffer = images.new_empty(min(per * batch, batch_size), *images.shape[1:])
+    for first in range(0, steps, per):
+        ks = torch.arange(first, min(first + per, steps))
+        for start in range(0, batch, batch_size):
+            part = images[start : start + batch_size]
+            count = len(ks) * len(part)
+            x = buffer[:count].view(len(ks), len(part), *images.shape[1:])
+            build(x, ks, start, part)
+            t = targets[start : start + len(part)].repeat(len(ks))
+            out = _forward_scores(model, x.view(count, *images.shape[1:]), t, count, softmax)
+            scores[start : start + len(part), first : first + len(ks)] = out.view(-1, len(part)).T
+    return scores
 
 
 def _even_padding(size: int, patch: int) -> tuple[int, int]:
@@ -360,16 +387,20 @@ def faithfulness_correlation(
     attributed = a.gather(1, (subsets % (height * width)).reshape(batch, -1)).view(batch, runs, -1)
     attributed = attributed.sum(2)
     black = _black(images)
-    drops = torch.zeros(batch, runs, dtype=torch.float64)
-    pairs = torch.cartesian_prod(torch.arange(batch), torch.arange(runs))
-    with borrowed_model(as_module(model)), torch.no_grad():
+
+    def build(x, rs, start, part):  # the image with each run's subset set to its black
+        x.copy_(part.expand(len(rs), *part.shape))
+        flat = x.view(len(rs), len(part), -1)
+        index = subsets[start : start + len(part), rs].transpose(0, 1).to(images.device)
+        value = black[start : start + len(part)].reshape(1, -1, 1).to(x.dtype)
+        flat.scatter_(2, index, value.expand(index.shape))
+
+    module = as_module(model)
+    with borrowed_model(module), torch.no_grad():
         y = _forward_scores(model, images, targets, batch_size)
-        for chunk in pairs.split(batch_size):
-            n, r = chunk[:, 0], chunk[:, 1]
-            x = images[n].reshape(len(n), -1).clone()
-            index = subsets[n, r].to(images.device)
-            x.scatter_(1, index, black[n].reshape(-1, 1).expand_as(index).to(x.dtype))
-            drops[n, r] = y[n] - _forward_scores(model, x.view_as(images[n]), targets[n], len(n))
+    # each perturbed batch is rebuilt in full before its forward pass: no private copy
+    with borrowed_model(module, copy_inputs=False), torch.no_grad():
+        drops = y[:, None] - _perturbed_scores(model, images, targets, runs, build, batch_size)
     return _pearson(attributed, drops)
 
 
