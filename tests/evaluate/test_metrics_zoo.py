@@ -228,6 +228,22 @@ def test_perturbed_batches_are_the_same_for_every_chunk_size_and_an_input_spoili
         torch.testing.assert_close(got, reference, rtol=1e-4, atol=1e-4, equal_nan=True)
 
 
+@pytest.mark.parametrize("rows", [1, 3])
+def test_ssim_1d_equals_skimage_and_refuses_short_maps(rows):
+    metrics = pytest.importorskip("skimage.metrics")
+    generator = torch.Generator().manual_seed(3)
+    a = torch.rand(5, 40, generator=generator, dtype=torch.float64)
+    b = (a + 0.3 * torch.rand(5, 40, generator=generator, dtype=torch.float64)).abs()
+    b[1] = a[1]  # a perfect match scores 1
+    got = zoo._ssim_1d(a, b, rows=rows)  # 5 rows: the last chunk of 3 is short
+    for row, x, y in zip(got.tolist(), a.numpy(), b.numpy(), strict=True):
+        span = max(x.max(), y.max()) - min(x.min(), y.min())
+        assert row == pytest.approx(metrics.structural_similarity(x, y, data_range=span), abs=1e-12)
+    assert got[1].item() == pytest.approx(1.0, abs=1e-12)
+    with pytest.raises(MetricError, match="at least 7"):
+        zoo._ssim_1d(a[:, :6], b[:, :6])
+
+
 def test_random_subsets_are_distinct_and_uniform():
     generator = torch.Generator().manual_seed(0)
     subsets = zoo.random_subsets(50, 40, 6, 20, generator)

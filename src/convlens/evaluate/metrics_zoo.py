@@ -136,27 +136,46 @@ def _pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
 
 
-def _ssim_1d(a: torch.Tensor, b: torch.Tensor, window: int = 7) -> torch.Tensor:
+def _ssim_1d(a: torch.Tensor, b: torch.Tensor, window: int = 7, rows: int = 1) -> torch.Tensor:
     """SSIM of flattened maps ``Tensor[B, N]`` as ``skimage.metrics.structural_similarity``
     computes it on 1-D arrays (uniform window of 7, sample covariance, K1 = 0.01,
     K2 = 0.03, mirrored borders, the ``(window - 1) / 2`` border cropped from the mean),
-    ``data_range`` = max - min over both maps."""
+    ``data_range`` = max - min over both maps. ``rows`` maps at a time, in reused buffers
+    small enough to stay in cache; each window mean is the sum of ``window`` shifted slices
+    divided by ``window`` (the same rounding as ``avg_pool1d``)."""
+    length = a.shape[1]
+    if length < window:
+        raise MetricError(f"SSIM needs maps of at least {window} values, got {length}")
     data_range = torch.maximum(a.amax(1), b.amax(1)) - torch.minimum(a.amin(1), b.amin(1))
-    pad = window // 2
-
-    def mean(x):  # scipy's uniform_filter, mode "reflect" (edge sample repeated)
-        padded = torch.cat([x[:, :pad].flip(1), x, x[:, -pad:].flip(1)], 1)[:, None]
-        return F.avg_pool1d(padded, window, stride=1)[:, 0]
-
-    cov_norm = window / (window - 1)
-    ux, uy = mean(a), mean(b)
-    vx = cov_norm * (mean(a * a) - ux * ux)
-    vy = cov_norm * (mean(b * b) - uy * uy)
-    vxy = cov_norm * (mean(a * b) - ux * uy)
-    c1 = (0.01 * data_range[:, None]) ** 2
-    c2 = (0.03 * data_range[:, None]) ** 2
-    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux**2 + uy**2 + c1) * (vx + vy + c2))
-    return s[:, pad : s.shape[1] - pad].mean(1)
+    c1s, c2s = (0.01 * data_range[:, None]) ** 2, (0.03 * data_range[:, None]) ** 2
+    pad, cov_norm = window // 2, window / (window - 1)
+    padded = a.new_empty(5, rows, length + 2 * pad)  # x, y, x*x, y*y, x*y, mirrored borders
+    means = a.new_empty(5, rows, length)
+    top, bottom = a.new_empty(rows, length), a.new_empty(rows, length)
+    out = a.new_empty(len(a))
+    for start in range(0, len(a), rows):
+        x, y = a[start : start + rows], b[start : start + rows]
+        p, m, u, v = padded[:, : len(x)], means[:, : len(x)], top[: len(x)], bottom[: len(x)]
+        inner = p[..., pad : pad + length]
+        inner[0], inner[1] = x, y
+        torch.mul(x, x, out=inner[2])
+        torch.mul(y, y, out=inner[3])
+        torch.mul(x, y, out=inner[4])
+        p[..., :pad] = p[..., pad : 2 * pad].flip(2)  # scipy's "reflect": edge repeated
+        p[..., length + pad :] = p[..., length : length + pad].flip(2)
+        m.copy_(p[..., :length])
+        for shift in range(1, window):
+            m.add_(p[..., shift : shift + length])
+        ux, uy, vx, vy, vxy = m.div_(window)
+        c1, c2 = c1s[start : start + len(x)], c2s[start : start + len(x)]
+        vx.sub_(torch.mul(ux, ux, out=u)).mul_(cov_norm)
+        vy.sub_(torch.mul(uy, uy, out=u)).mul_(cov_norm)
+        vxy.sub_(torch.mul(ux, uy, out=u)).mul_(cov_norm)
+        u.mul_(2).add_(c1).mul_(vxy.mul_(2).add_(c2))  # (2 ux uy + c1)(2 vxy + c2)
+        torch.mul(ux, ux, out=v).add_(uy.mul_(uy)).add_(c1)  # (ux^2 + uy^2 + c1)
+        v.mul_(vx.add_(vy).add_(c2))  # ... (vx + vy + c2)
+        out[start : start + len(x)] = u.div_(v)[:, pad : length - pad].mean(1)
+    return out
 
 
 # ---------------------------------------------------------------- map-only metrics
