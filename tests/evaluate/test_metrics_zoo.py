@@ -186,6 +186,64 @@ def test_infidelity_is_the_same_for_every_chunk_size_and_an_input_editing_model(
         torch.testing.assert_close(got, reference, rtol=1e-6, atol=1e-6)
 
 
+class SpoilsInput(torch.nn.Module):
+    """The same function as ``inner``, but it overwrites its input after reading it: a
+    metric that reused a perturbed batch without rebuilding it would see the change."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        out = self.inner(x.clone())
+        x.fill_(7.0)
+        return out
+
+
+@pytest.mark.parametrize(
+    "name, options",
+    [
+        ("selectivity", {"patch_size": 6}),
+        ("selectivity", {"patch_size": 5, "softmax": False}),
+        ("faithfulness_correlation", {"runs": 7, "subset_size": 20}),
+    ],
+)
+def test_perturbed_batches_are_the_same_for_every_chunk_size_and_an_input_spoiling_model(
+    case, unchanged, name, options
+):
+    net, images, maps, targets, _ = case
+    spoiling = SpoilsInput(net).eval()
+    reference = zoo.run_metric(name, net, images, maps, targets, **options)
+    for batch_size in (3, 5, 64, 1000):
+        plain = zoo.run_metric(name, net, images, maps, targets, batch_size=batch_size, **options)
+        with unchanged(spoiling, images, maps):
+            got = zoo.run_metric(
+                name, spoiling, images, maps, targets, batch_size=batch_size, **options
+            )
+        # the same batches: the same scores, bit for bit
+        assert torch.equal(got.isnan(), plain.isnan())
+        assert torch.equal(got.nan_to_num(), plain.nan_to_num())
+        # other batch compositions round float32 logits differently (a correlation of small
+        # drops magnifies that)
+        torch.testing.assert_close(got, reference, rtol=1e-4, atol=1e-4, equal_nan=True)
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_ssim_1d_equals_skimage_and_refuses_short_maps(rows):
+    metrics = pytest.importorskip("skimage.metrics")
+    generator = torch.Generator().manual_seed(3)
+    a = torch.rand(5, 40, generator=generator, dtype=torch.float64)
+    b = (a + 0.3 * torch.rand(5, 40, generator=generator, dtype=torch.float64)).abs()
+    b[1] = a[1]  # a perfect match scores 1
+    got = zoo._ssim_1d(a, b, rows=rows)  # 5 rows: the last chunk of 3 is short
+    for row, x, y in zip(got.tolist(), a.numpy(), b.numpy(), strict=True):
+        span = max(x.max(), y.max()) - min(x.min(), y.min())
+        assert row == pytest.approx(metrics.structural_similarity(x, y, data_range=span), abs=1e-12)
+    assert got[1].item() == pytest.approx(1.0, abs=1e-12)
+    with pytest.raises(MetricError, match="at least 7"):
+        zoo._ssim_1d(a[:, :6], b[:, :6])
+
+
 def test_random_subsets_are_distinct_and_uniform():
     generator = torch.Generator().manual_seed(0)
     subsets = zoo.random_subsets(50, 40, 6, 20, generator)

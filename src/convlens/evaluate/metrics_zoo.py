@@ -136,27 +136,46 @@ def _pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
 
 
-def _ssim_1d(a: torch.Tensor, b: torch.Tensor, window: int = 7) -> torch.Tensor:
+def _ssim_1d(a: torch.Tensor, b: torch.Tensor, window: int = 7, rows: int = 1) -> torch.Tensor:
     """SSIM of flattened maps ``Tensor[B, N]`` as ``skimage.metrics.structural_similarity``
     computes it on 1-D arrays (uniform window of 7, sample covariance, K1 = 0.01,
     K2 = 0.03, mirrored borders, the ``(window - 1) / 2`` border cropped from the mean),
-    ``data_range`` = max - min over both maps."""
+    ``data_range`` = max - min over both maps. ``rows`` maps at a time, in reused buffers
+    small enough to stay in cache; each window mean is the sum of ``window`` shifted slices
+    divided by ``window`` (the same rounding as ``avg_pool1d``)."""
+    length = a.shape[1]
+    if length < window:
+        raise MetricError(f"SSIM needs maps of at least {window} values, got {length}")
     data_range = torch.maximum(a.amax(1), b.amax(1)) - torch.minimum(a.amin(1), b.amin(1))
-    pad = window // 2
-
-    def mean(x):  # scipy's uniform_filter, mode "reflect" (edge sample repeated)
-        padded = torch.cat([x[:, :pad].flip(1), x, x[:, -pad:].flip(1)], 1)[:, None]
-        return F.avg_pool1d(padded, window, stride=1)[:, 0]
-
-    cov_norm = window / (window - 1)
-    ux, uy = mean(a), mean(b)
-    vx = cov_norm * (mean(a * a) - ux * ux)
-    vy = cov_norm * (mean(b * b) - uy * uy)
-    vxy = cov_norm * (mean(a * b) - ux * uy)
-    c1 = (0.01 * data_range[:, None]) ** 2
-    c2 = (0.03 * data_range[:, None]) ** 2
-    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux**2 + uy**2 + c1) * (vx + vy + c2))
-    return s[:, pad : s.shape[1] - pad].mean(1)
+    c1s, c2s = (0.01 * data_range[:, None]) ** 2, (0.03 * data_range[:, None]) ** 2
+    pad, cov_norm = window // 2, window / (window - 1)
+    padded = a.new_empty(5, rows, length + 2 * pad)  # x, y, x*x, y*y, x*y, mirrored borders
+    means = a.new_empty(5, rows, length)
+    top, bottom = a.new_empty(rows, length), a.new_empty(rows, length)
+    out = a.new_empty(len(a))
+    for start in range(0, len(a), rows):
+        x, y = a[start : start + rows], b[start : start + rows]
+        p, m, u, v = padded[:, : len(x)], means[:, : len(x)], top[: len(x)], bottom[: len(x)]
+        inner = p[..., pad : pad + length]
+        inner[0], inner[1] = x, y
+        torch.mul(x, x, out=inner[2])
+        torch.mul(y, y, out=inner[3])
+        torch.mul(x, y, out=inner[4])
+        p[..., :pad] = p[..., pad : 2 * pad].flip(2)  # scipy's "reflect": edge repeated
+        p[..., length + pad :] = p[..., length : length + pad].flip(2)
+        m.copy_(p[..., :length])
+        for shift in range(1, window):
+            m.add_(p[..., shift : shift + length])
+        ux, uy, vx, vy, vxy = m.div_(window)
+        c1, c2 = c1s[start : start + len(x)], c2s[start : start + len(x)]
+        vx.sub_(torch.mul(ux, ux, out=u)).mul_(cov_norm)
+        vy.sub_(torch.mul(uy, uy, out=u)).mul_(cov_norm)
+        vxy.sub_(torch.mul(ux, uy, out=u)).mul_(cov_norm)
+        u.mul_(2).add_(c1).mul_(vxy.mul_(2).add_(c2))  # (2 ux uy + c1)(2 vxy + c2)
+        torch.mul(ux, ux, out=v).add_(uy.mul_(uy)).add_(c1)  # (ux^2 + uy^2 + c1)
+        v.mul_(vx.add_(vy).add_(c2))  # ... (vx + vy + c2)
+        out[start : start + len(x)] = u.div_(v)[:, pad : length - pad].mean(1)
+    return out
 
 
 # ---------------------------------------------------------------- map-only metrics
@@ -279,18 +298,45 @@ def selectivity(
     pixel_rank = rank.view(batch, 1, rows, cols)
     pixel_rank = pixel_rank.repeat_interleave(patch_size, 2).repeat_interleave(patch_size, 3)
     pixel_rank = pixel_rank[..., pad_h[0] : pad_h[0] + height, pad_w[0] : pad_w[0] + width]
-    pixel_rank = pixel_rank.to(images.device)
+    # int32 ranks: half the bytes of int64 to read per perturbed batch
+    pixel_rank = pixel_rank.to(device=images.device, dtype=torch.int32).contiguous()
     black = _black(images)
-    steps = rows * cols
-    pairs = torch.cartesian_prod(torch.arange(batch), torch.arange(steps))
-    curve = torch.zeros(batch, steps, dtype=torch.float64)
-    with borrowed_model(as_module(model)), torch.no_grad():
-        for chunk in pairs.split(batch_size):
-            n, k = chunk[:, 0], chunk[:, 1]
-            removed = pixel_rank[n] <= k.to(images.device)[:, None, None, None]
-            x = torch.where(removed, black[n], images[n])
-            curve[n, k] = _forward_scores(model, x, targets[n], len(x), softmax)
+
+    def build(x, ks, start, part):  # patches ranked <= k go to the image's black
+        k = ks.to(device=pixel_rank.device, dtype=torch.int32)[:, None, None, None, None]
+        removed = pixel_rank[start : start + len(part)] <= k
+        torch.where(removed, black[start : start + len(part)], part, out=x)
+
+    # each perturbed batch is rebuilt in full before its forward pass: no private copy
+    with borrowed_model(as_module(model), copy_inputs=False), torch.no_grad():
+        curve = _perturbed_scores(model, images, targets, rows * cols, build, batch_size, softmax)
     return torch.trapezoid(curve, dx=1.0, dim=1)
+
+
+def _perturbed_scores(
+    model, images, targets, steps: int, build, batch_size: int, softmax: bool = False
+) -> torch.Tensor:
+    """``Tensor[B, steps]`` float64: the target logit (``softmax``: probability) of each
+    image under each of ``steps`` perturbations. ``build(x, ks, start, part)`` writes into
+    ``x`` (``Tensor[g, b, C, H, W]``, a view of one reused buffer) the images ``part``
+    (``images[start : start + b]``) under the perturbations ``ks`` (``LongTensor[g]``),
+    every element of ``x``. The steps go through the model ``batch_size // B`` at a time (at
+    least one; images split by ``batch_size``). Call under ``borrowed_model``."""
+    batch = len(images)
+    per = max(1, batch_size // max(batch, 1))
+    scores = torch.zeros(batch, steps, dtype=torch.float64)
+    buffer = images.new_empty(min(per * batch, batch_size), *images.shape[1:])
+    for first in range(0, steps, per):
+        ks = torch.arange(first, min(first + per, steps))
+        for start in range(0, batch, batch_size):
+            part = images[start : start + batch_size]
+            count = len(ks) * len(part)
+            x = buffer[:count].view(len(ks), len(part), *images.shape[1:])
+            build(x, ks, start, part)
+            t = targets[start : start + len(part)].repeat(len(ks))
+            out = _forward_scores(model, x.view(count, *images.shape[1:]), t, count, softmax)
+            scores[start : start + len(part), first : first + len(ks)] = out.view(-1, len(part)).T
+    return scores
 
 
 def _even_padding(size: int, patch: int) -> tuple[int, int]:
@@ -360,16 +406,20 @@ def faithfulness_correlation(
     attributed = a.gather(1, (subsets % (height * width)).reshape(batch, -1)).view(batch, runs, -1)
     attributed = attributed.sum(2)
     black = _black(images)
-    drops = torch.zeros(batch, runs, dtype=torch.float64)
-    pairs = torch.cartesian_prod(torch.arange(batch), torch.arange(runs))
-    with borrowed_model(as_module(model)), torch.no_grad():
+
+    def build(x, rs, start, part):  # the image with each run's subset set to its black
+        x.copy_(part.expand(len(rs), *part.shape))
+        flat = x.view(len(rs), len(part), -1)
+        index = subsets[start : start + len(part), rs].transpose(0, 1).to(images.device)
+        value = black[start : start + len(part)].reshape(1, -1, 1).to(x.dtype)
+        flat.scatter_(2, index, value.expand(index.shape))
+
+    module = as_module(model)
+    with borrowed_model(module), torch.no_grad():
         y = _forward_scores(model, images, targets, batch_size)
-        for chunk in pairs.split(batch_size):
-            n, r = chunk[:, 0], chunk[:, 1]
-            x = images[n].reshape(len(n), -1).clone()
-            index = subsets[n, r].to(images.device)
-            x.scatter_(1, index, black[n].reshape(-1, 1).expand_as(index).to(x.dtype))
-            drops[n, r] = y[n] - _forward_scores(model, x.view_as(images[n]), targets[n], len(n))
+    # each perturbed batch is rebuilt in full before its forward pass: no private copy
+    with borrowed_model(module, copy_inputs=False), torch.no_grad():
+        drops = y[:, None] - _perturbed_scores(model, images, targets, runs, build, batch_size)
     return _pearson(attributed, drops)
 
 
