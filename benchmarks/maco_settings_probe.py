@@ -55,7 +55,11 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.5)
     parser.add_argument("--low", type=float, default=0.5, help="smallest crop side")
     parser.add_argument("--noise", type=float, default=0.02)
+    parser.add_argument("--high", type=float, default=1.0, help="largest crop side")
     parser.add_argument("--degrees", type=float, default=0.0)
+    parser.add_argument("--canvas", type=float, default=1.0, help="canvas / model input side")
+    parser.add_argument("--flip", action="store_true", help="mirror half the crops")
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--gain", type=float, default=1.0)
     parser.add_argument("--objective", choices=("logit", "margin", "logsoftmax"), default="logit")
     parser.add_argument("--chunk", type=int, default=5)
@@ -78,10 +82,13 @@ def main() -> None:
             steps=args.steps,
             crops=args.crops,
             lr=args.lr,
-            crop_fraction=(args.low, 1.0),
+            crop_fraction=(args.low, args.high),
             noise=args.noise,
             degrees=args.degrees,
+            canvas=args.canvas,
+            flip=args.flip,
             spectrum=spectrum,
+            seed=args.seed,
         )
         saved = torch.from_numpy(to_uint8(result.images)).permute(0, 3, 1, 2).float() / 255
         answers = {name: top1(model, saved) for name, model in classifiers.items()}

@@ -61,6 +61,8 @@ CROPS = 4
 CROP_FRACTION = (0.5, 1.0)
 NOISE = 0.02
 DEGREES = 0.0
+CANVAS = 1.0
+FLIP = False
 _GAIN = 4.0  # sigmoid'(0) = 1/4: near grey the picture is 0.5 + C s
 
 
@@ -151,6 +153,7 @@ def random_crops(
     noise: float,
     gen: torch.Generator,
     degrees: float = 0.0,
+    flip: bool = False,
 ) -> torch.Tensor:
     """``count`` random crops of each image ``Tensor[B, 3, H, W]``, resized (bilinear) to
     ``size``, as ``Tensor[B * count, 3, h, w]`` (image-major): side a uniform fraction in
@@ -170,6 +173,9 @@ def random_crops(
     theta = torch.zeros(n, 2, 3)
     theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = cos, -sin, sin, cos
     theta[:, :, 2] = centre
+    if flip:  # drawn only when asked: a mirrored crop (x -> -x) with probability 1/2
+        mirror = torch.rand(n, generator=gen) < 0.5
+        theta[mirror, :, 0] = -theta[mirror, :, 0]
     theta = theta.to(images)
     grid = F.affine_grid(theta, [n, 3, *size], align_corners=False)
     repeated = images.repeat_interleave(count, dim=0)
@@ -194,6 +200,8 @@ def maco(
     crop_fraction: tuple[float, float] = CROP_FRACTION,
     noise: float = NOISE,
     degrees: float = DEGREES,
+    canvas: float = CANVAS,
+    flip: bool = FLIP,
     spectrum: Spectrum | None = None,
     seed: int = 0,
     progress: bool = False,
@@ -223,7 +231,10 @@ def maco(
         )
     module = as_module(model)
     prep = _preprocess(model)
-    height, width = _render_size(size, prep, None)
+    if not 1.0 <= canvas <= 4.0:
+        raise MethodError(f"canvas is a scale from 1 to 4 of the picture size, got {canvas}")
+    base = _render_size(size, prep, None)
+    height, width = (round(canvas * side) for side in base)
     width += width % 2
     names = {spec: resolve_layer(module, spec)[0] for o in items for spec in o.layers}
     labels = model.labels if isinstance(model, LoadedModel) else None
@@ -239,7 +250,7 @@ def maco(
     mean = torch.tensor(prep.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(prep.std, device=device).view(1, 3, 1, 1)
     # a named model sees its own input size; a bare module (no preprocessing) the canvas's
-    input_size = prep.height_width if isinstance(model, LoadedModel) else (height, width)
+    input_size = prep.height_width if isinstance(model, LoadedModel) else base
     importance = torch.zeros(len(items), height, width, device=device)
 
     def scores_of(images: torch.Tensor, seen: torch.Tensor, cap, count: int) -> torch.Tensor:
@@ -254,7 +265,9 @@ def maco(
     with optimising(module, device, sorted(set(names.values())), steps, progress) as (cap, bar):
         for step in range(steps):
             images = maco_image(magnitude, phase)
-            seen = random_crops(images, crops, input_size, crop_fraction, noise, gen, degrees)
+            seen = random_crops(
+                images, crops, input_size, crop_fraction, noise, gen, degrees, flip
+            )
             scores = scores_of(images, seen, cap, crops)
             history[step] = scores.detach().cpu()
             phase_grad, image_grad = torch.autograd.grad(scores.sum(), [phase, images])
