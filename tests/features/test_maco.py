@@ -3,7 +3,6 @@ borrowed, and the spectral slope measure recovers a known power law."""
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import pytest
@@ -117,19 +116,3 @@ def test_a_larger_canvas_scales_the_picture_and_keeps_the_model_input(unchanged)
     assert {tuple(s) for s in seen_sizes} == {(16, 16)}
     with pytest.raises(MethodError, match="canvas"):
         maco(model, channel("1", 2), steps=1, size=16, canvas=0.5)
-
-
-def test_the_input_gradient_batch_norm_changes_no_result(monkeypatch):
-    """The optimisation loops run batch norm with its input-gradient-only backward
-    (`optimising`); the pictures are those of the native backward."""
-    from convlens.features import optimize
-
-    model = small_convnet()
-    bn = model[1]
-    bn.running_mean.copy_(torch.tensor([0.5, -0.2, 0.1, 0.3]))
-    bn.running_var.copy_(torch.tensor([2.0, 0.5, 1.5, 0.7]))
-    fast = maco(model, channel("3", 1), steps=4, size=16, crops=2)
-    monkeypatch.setattr(optimize, "input_gradient_batch_norm", contextlib.nullcontext)
-    native = maco(model, channel("3", 1), steps=4, size=16, crops=2)
-    torch.testing.assert_close(fast.images, native.images, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(fast.importance, native.importance, rtol=1e-4, atol=1e-6)

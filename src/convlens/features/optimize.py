@@ -27,7 +27,6 @@ from convlens.errors import MethodError
 from convlens.features.objectives import Objective, Seen
 from convlens.layers import borrowed_model, capture, resolve_layer
 from convlens.layers.borrow import require_autograd
-from convlens.layers.eval_norm import input_gradient_batch_norm
 from convlens.maps import gaussian_blur
 from convlens.models.devices import DeviceSpec, model_device, model_input, placed_on, resolve_device
 from convlens.models.loading import LoadedModel, as_module
@@ -318,15 +317,11 @@ def optimising(module: nn.Module, device, layers, steps: int, progress: bool):
     """What every optimisation loop here runs inside (`visualize`, `maco`, `accentuate`):
     ``module`` placed on ``device`` and borrowed (eval mode, handed back unchanged),
     autograd on, ``layers`` captured with their gradients, and a progress bar of ``steps``;
-    yields ``(capture, bar)``. The loops ask only for input gradients, so eval-mode batch
-    normalisation runs with its one-multiplication input-gradient backward
-    (`input_gradient_batch_norm`: same values, the forward and backward pass of
-    EfficientNet-Lite0 about 1.4x faster on the CPU, docs/performance.md)."""
+    yields ``(capture, bar)``."""
     with (
         placed_on(module, device),
         borrowed_model(module),
         torch.enable_grad(),
-        input_gradient_batch_norm(),
         capture(module, layers, gradients=True) as cap,
         _Progress(steps, progress) as bar,
     ):
