@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from convlens.data.photos import package_photos
 from convlens.features.maco import (
+    CANVAS,
     CROP_FRACTION,
     CROPS,
     DEGREES,
@@ -87,12 +88,14 @@ def maco_settings(args: argparse.Namespace) -> dict:
         "crop_fraction": CROP_FRACTION,
         "noise": NOISE,
         "degrees": DEGREES,
+        "canvas": CANVAS,
     }
     given = {
         "steps": args.steps,
         "crops": args.crops,
         "noise": args.noise,
         "degrees": args.degrees,
+        "canvas": args.canvas,
         "crop_fraction": None if args.crop_low is None else (args.crop_low, 1.0),
     }
     settings.update({name: value for name, value in given.items() if value is not None})
@@ -106,7 +109,8 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("transfer"))
-    for name, kind in (("steps", int), ("crops", int), ("noise", float), ("degrees", float)):
+    options = (("steps", int), ("crops", int), ("noise", float), ("degrees", float))
+    for name, kind in (*options, ("canvas", float)):
         parser.add_argument(f"--{name}", type=kind, help=f"maco: {name} (default: maco's)")
     parser.add_argument("--crop-low", type=float, help="maco: smallest crop side (fraction)")
     args = parser.parse_args()
