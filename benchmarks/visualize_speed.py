@@ -44,11 +44,12 @@ from convlens.features.maco import CANVAS, CROP_FRACTION, CROPS, NOISE, maco, ra
 from convlens.features.objectives import class_logit
 
 
-def run_maco(loaded, class_id: int, steps: int, device: str) -> float:
-    """Seconds for one `maco` of ``steps`` steps at the CLI's defaults (final pass included)."""
+def run_maco(loaded, class_id: int, steps: int, device: str, crops: int = CROPS) -> float:
+    """Seconds for one `maco` of ``steps`` steps at the CLI's defaults (final pass
+    included), ``crops`` crops a step."""
     _synchronize(device)
     start = time.perf_counter()
-    maco(loaded, class_logit(class_id), steps=steps, size=SIZE, seed=0)
+    maco(loaded, class_logit(class_id), steps=steps, size=SIZE, crops=crops, seed=0)
     _synchronize(device)
     return time.perf_counter() - start
 
@@ -93,6 +94,9 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
     parser.add_argument(
+        "--maco-crops", type=int, default=CROPS, help="maco's crops a step (default: maco's)"
+    )
+    parser.add_argument(
         "--equal-work",
         action="store_true",
         help="also time lucent given MACO's batch of random crops per step (equal work)",
@@ -111,7 +115,9 @@ def main() -> None:
     hooks_before = _hook_count(loaded.module)
     runs = {
         "convlens fourier": lambda steps: run_convlens(loaded, class_id, steps, args.device),
-        "convlens maco": lambda steps: run_maco(loaded, class_id, steps, args.device),
+        "convlens maco": lambda steps: run_maco(
+            loaded, class_id, steps, args.device, args.maco_crops
+        ),
         "lucent render_vis": lambda steps: run_lucent(loaded.module, class_id, steps, args.device),
     }
     if args.equal_work:

@@ -55,7 +55,10 @@ SPECTRUM_FILE = Path(__file__).parent / "data" / "natural_spectrum.pt"
 # with 2 crops, Lite1 18 against 17), at twice the cost: 256 network evaluations per
 # picture, as many as the Fourier method's 256 steps. Rotating the crops (``degrees``) is
 # available but off: with 5 degrees, crops of 0.8-1.0, noise 0.05 and one crop a step
-# the pictures transferred worse.
+# the pictures transferred worse. So are a canvas larger than the model's input
+# (``CANVAS``, Fel et al.'s setting) and mirrored crops (``FLIP``): on all 20 classes a
+# 1.5x canvas gave Lite2 at most 16 of 20 (Lite1 20 of 20), a 2x canvas and crops of
+# 0.8-1.0 did worse than the default (docs/performance.md, "Larger canvas ...").
 STEPS = 64
 CROPS = 4
 CROP_FRACTION = (0.5, 1.0)
@@ -120,9 +123,10 @@ def _shipped() -> Spectrum:
 def natural_spectrum(height: int, width: int, spectrum: Spectrum | None = None) -> Spectrum:
     """``spectrum`` (default: the shipped one, `SPECTRUM_FILE`) resampled to a ``height`` x
     ``width`` canvas: ``Tensor[3, height, width // 2 + 1]``. The spectrum is shifted so
-    frequency 0 is central, resized bilinearly and shifted back, so each magnitude moves
-    to the same frequency in cycles per canvas; with the orthonormal FFT the pixel
-    variance stays about the same."""
+    frequency 0 is central, resized bilinearly and shifted back, so each magnitude keeps
+    its frequency in cycles per pixel (a larger canvas has the photos' statistics at the
+    pixel scale over a wider field); with the orthonormal FFT the pixel variance stays
+    about the same."""
     spectrum = spectrum or _shipped()
     magnitude = spectrum.magnitude
     if magnitude.shape[-2:] != (height, width // 2 + 1):
