@@ -113,6 +113,7 @@ def main() -> None:
     for name, kind in (*options, ("canvas", float)):
         parser.add_argument(f"--{name}", type=kind, help=f"maco: {name} (default: maco's)")
     parser.add_argument("--crop-low", type=float, help="maco: smallest crop side (fraction)")
+    parser.add_argument("--seed", type=int, default=0, help="maco: the seed (default 0)")
     args = parser.parse_args()
     settings = maco_settings(args)
     torch.set_num_threads(args.threads)
@@ -127,6 +128,7 @@ def main() -> None:
         "photos_slope": slope,
         "photos": photos,
         "settings": settings if args.method == "maco" else {"steps": 256},
+        "seed": args.seed if args.method == "maco" else 0,
         "rows": [],
     }
     start = time.perf_counter()
@@ -134,7 +136,7 @@ def main() -> None:
         chunk = classes[first : first + args.chunk]
         objectives = [class_logit(c) for c in chunk]
         if args.method == "maco":
-            result = maco(maker, objectives, **settings)
+            result = maco(maker, objectives, **settings, seed=args.seed)
         else:
             result = visualize(maker, objectives)
         saved = torch.from_numpy(to_uint8(result.images)).permute(0, 3, 1, 2).float() / 255
