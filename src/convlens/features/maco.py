@@ -57,7 +57,7 @@ SPECTRUM_FILE = Path(__file__).parent / "data" / "natural_spectrum.pt"
 # available but off: with 5 degrees, crops of 0.8-1.0, noise 0.05 and one crop a step
 # the pictures transferred worse. So are a canvas larger than the model's input
 # (``CANVAS``, Fel et al.'s setting) and mirrored crops (``FLIP``): on all 20 classes a
-# 1.5x canvas gave Lite2 at most 16 of 20 (Lite1 20 of 20), a 2x canvas and crops of
+# 1.5x canvas gave Lite2 13 of 20 (Lite1 20 of 20), a 2x canvas and crops of
 # 0.8-1.0 did worse than the default (docs/performance.md, "Larger canvas ...").
 STEPS = 64
 CROPS = 4
