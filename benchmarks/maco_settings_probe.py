@@ -8,7 +8,10 @@ Used to look for settings that rescue the classes whose MACO pictures do not tra
         --steps 128 --crops 1 --degrees 5 --noise 0.05
 
 ``--objective margin``: the logit minus the mean of the other logits; ``logsoftmax``: the
-log-probability; ``--gain G`` multiplies the shipped magnitude spectrum (contrast).
+log-probability; ``--gain G`` multiplies the shipped magnitude spectrum (contrast);
+``--canvas S``: a canvas S times the model's input; ``--flip``: half the crops mirrored.
+Besides top-1 it prints each classifier's log-probability of the true class (a less
+noisy measure on a handful of classes).
 Classes are made ``--chunk`` to a batch (one seed), so a picture differs in detail from
 the one ``convlens visualize`` makes alone.
 """
