@@ -35,6 +35,7 @@ from convlens.features.maco import (
     CROPS,
     DEGREES,
     NOISE,
+    SPREAD,
     STEPS,
     _square,
     maco,
@@ -89,6 +90,7 @@ def maco_settings(args: argparse.Namespace) -> dict:
         "noise": NOISE,
         "degrees": DEGREES,
         "canvas": CANVAS,
+        "spread": SPREAD,
     }
     given = {
         "steps": args.steps,
@@ -96,6 +98,7 @@ def maco_settings(args: argparse.Namespace) -> dict:
         "noise": args.noise,
         "degrees": args.degrees,
         "canvas": args.canvas,
+        "spread": args.spread,
         "crop_fraction": None if args.crop_low is None else (args.crop_low, 1.0),
     }
     settings.update({name: value for name, value in given.items() if value is not None})
@@ -114,6 +117,7 @@ def main() -> None:
         parser.add_argument(f"--{name}", type=kind, help=f"maco: {name} (default: maco's)")
     parser.add_argument("--crop-low", type=float, help="maco: smallest crop side (fraction)")
     parser.add_argument("--seed", type=int, default=0, help="maco: the seed (default 0)")
+    parser.add_argument("--spread", type=float, help="maco: std of a crop's centre (fraction)")
     args = parser.parse_args()
     settings = maco_settings(args)
     torch.set_num_threads(args.threads)

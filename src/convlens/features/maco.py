@@ -66,6 +66,7 @@ NOISE = 0.02
 DEGREES = 0.0
 CANVAS = 1.0
 FLIP = False
+SPREAD = 0.15  # standard deviation of a crop's centre, as a fraction of the side
 _GAIN = 4.0  # sigmoid'(0) = 1/4: near grey the picture is 0.5 + C s
 
 
@@ -158,17 +159,18 @@ def random_crops(
     gen: torch.Generator,
     degrees: float = 0.0,
     flip: bool = False,
+    spread: float = 0.15,
 ) -> torch.Tensor:
     """``count`` random crops of each image ``Tensor[B, 3, H, W]``, resized (bilinear) to
     ``size``, as ``Tensor[B * count, 3, h, w]`` (image-major): side a uniform fraction in
-    ``fraction`` of the canvas, centre ``N(0.5, 0.15)`` of each side kept inside the canvas,
+    ``fraction`` of the canvas, centre ``N(0.5, spread)`` of each side kept inside the canvas,
     turned by an angle uniform in ``[-degrees, degrees]`` (border pixels reflected), then
     ``N(0, noise)`` and ``U(-noise / 2, noise / 2)`` added (Fel et al. 2023)."""
     batch = images.shape[0]
     n = batch * count
     low, high = fraction
     side = low + (high - low) * torch.rand(n, generator=gen)
-    centre = 0.15 * 2 * torch.randn(n, 2, generator=gen)  # normalised coordinates [-1, 1]
+    centre = spread * 2 * torch.randn(n, 2, generator=gen)  # normalised coordinates [-1, 1]
     centre = centre.clamp(-1.0, 1.0) * (1.0 - side)[:, None]
     angle = torch.zeros(n)
     if degrees:  # drawn only when asked, so the crops of degrees=0 stay as they were
@@ -206,6 +208,7 @@ def maco(
     degrees: float = DEGREES,
     canvas: float = CANVAS,
     flip: bool = FLIP,
+    spread: float = SPREAD,
     spectrum: Spectrum | None = None,
     seed: int = 0,
     progress: bool = False,
@@ -270,7 +273,7 @@ def maco(
         for step in range(steps):
             images = maco_image(magnitude, phase)
             seen = random_crops(
-                images, crops, input_size, crop_fraction, noise, gen, degrees, flip
+                images, crops, input_size, crop_fraction, noise, gen, degrees, flip, spread
             )
             scores = scores_of(images, seen, cap, crops)
             history[step] = scores.detach().cpu()
