@@ -217,12 +217,12 @@ def maco(
     """Maximise each objective on its own canvas (objective ``b`` on picture ``b``) by
     optimising only the phase of a fixed natural magnitude spectrum (module docstring).
 
-    ``size``: the picture size (default: the model's input size); the canvas is ``canvas``
-    (1 to 4) times it, its width rounded up to even (Fel et al. optimise a canvas larger
-    than the network's input). Each step scores ``crops`` random crops per picture (side a
-    fraction in ``crop_fraction`` of the canvas, centre ``N(0.5, spread)`` of each side,
-    turned by up to ``degrees``, mirrored with probability 1/2 if ``flip``) at the model's
-    input size (a bare ``nn.Module``: ``size``) with ``noise``, and NAdam
+    ``size``: default the model's input size; the canvas, the picture returned, is
+    ``canvas`` (1 to 4) times ``size``, its width rounded up to even (Fel et al. optimise a
+    canvas larger than the network's input). Each step scores ``crops`` random crops per
+    picture (side a fraction in ``crop_fraction`` of the canvas, centre ``N(0.5, spread)``
+    of each side, turned by up to ``degrees``, mirrored with probability 1/2 if ``flip``)
+    at the model's input size (a bare ``nn.Module``: ``size``) with ``noise``, and NAdam
     (Fel et al.) takes one step on the phases. ``spectrum`` defaults to the shipped
     natural one. Returns a `Visualization` whose ``importance`` ``Tensor[B, H, W]`` is the
     summed absolute gradient of the score w.r.t. the canvas (over colours and steps) and
