@@ -116,3 +116,11 @@ def test_a_larger_canvas_scales_the_picture_and_keeps_the_model_input(unchanged)
     assert {tuple(s) for s in seen_sizes} == {(16, 16)}
     with pytest.raises(MethodError, match="canvas"):
         maco(model, channel("1", 2), steps=1, size=16, canvas=0.5)
+
+
+def test_crops_with_no_spread_are_all_the_centre_crop():
+    images = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    gen = torch.Generator().manual_seed(0)
+    crops = random_crops(images, 4, (4, 4), (0.5, 0.5), 0.0, gen, spread=0.0)
+    torch.testing.assert_close(crops, crops[:1].expand(4, -1, -1, -1))
+    torch.testing.assert_close(crops[0], images[0, :, 2:6, 2:6])
