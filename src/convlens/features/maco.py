@@ -60,8 +60,8 @@ SPECTRUM_FILE = Path(__file__).parent / "data" / "natural_spectrum.pt"
 # 1.5x canvas gave Lite2 13 of 20 (Lite1 20 of 20), a 2x canvas and crops of
 # 0.8-1.0 did worse than the default (docs/performance.md, "Larger canvas ..."). Crop
 # centres spread over the whole canvas (``SPREAD`` 0.5 instead of 0.15, so crops reach
-# the border) gave the largest gain: Lite2 17 of 20, Lite1 19 of 20 (one seed), one short
-# of the 18 of 20 that was set as the condition for changing the default.
+# the border) gave the largest gain: Lite2 17 and 14 of 20 with seeds 0 and 1 (the
+# default: 14 and 13), short of the 18 of 20 set as the condition for changing it.
 STEPS = 64
 CROPS = 4
 CROP_FRACTION = (0.5, 1.0)
