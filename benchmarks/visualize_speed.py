@@ -23,22 +23,65 @@ Rounds are interleaved with the order rotated each round; each tool is warmed up
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 
 import torch
-from optimize_speed import SIZE, _hook_count, _summary, _synchronize, run_convlens, run_lucent
+from optimize_speed import (
+    LR,
+    SIZE,
+    Normalised,
+    _hook_count,
+    _summary,
+    _synchronize,
+    run_convlens,
+    run_lucent,
+)
 
 from convlens import load_model
-from convlens.features.maco import maco
+from convlens.features.maco import CANVAS, CROP_FRACTION, CROPS, NOISE, maco, random_crops
 from convlens.features.objectives import class_logit
 
 
-def run_maco(loaded, class_id: int, steps: int, device: str) -> float:
-    """Seconds for one `maco` of ``steps`` steps at the CLI's defaults (final pass included)."""
+def run_maco(loaded, class_id: int, steps: int, device: str, crops: int = CROPS) -> float:
+    """Seconds for one `maco` of ``steps`` steps at the CLI's defaults (final pass
+    included), ``crops`` crops a step."""
     _synchronize(device)
     start = time.perf_counter()
-    maco(loaded, class_logit(class_id), steps=steps, size=SIZE, seed=0)
+    maco(loaded, class_logit(class_id), steps=steps, size=SIZE, crops=crops, seed=0)
+    _synchronize(device)
+    return time.perf_counter() - start
+
+
+def run_lucent_crops(module, class_id: int, steps: int, device: str) -> float:
+    """Seconds for one lucent `render_vis` of ``steps`` steps doing MACO's work per step:
+    a Fourier image of MACO's canvas size, its transform `random_crops` with MACO's
+    defaults (`CROPS` crops at 224 px), so each step is a forward and backward pass of a
+    batch of CROPS, the objective their mean logit. Equal network work per step; not the
+    issue's target, which compares with lucent's plain one-image step."""
+    from lucent.optvis import objectives, param, render
+
+    model = Normalised(copy.deepcopy(module)).to(device).eval()
+    gen = torch.Generator().manual_seed(0)
+
+    def crops(x: torch.Tensor) -> torch.Tensor:
+        return random_crops(x, CROPS, (SIZE, SIZE), CROP_FRACTION, NOISE, gen)
+
+    _synchronize(device)
+    start = time.perf_counter()
+    render.render_vis(
+        model,
+        objectives.channel("labels", class_id),
+        param_f=lambda: param.image(round(CANVAS * SIZE), fft=True, decorrelate=True),
+        optimizer=lambda params: torch.optim.Adam(params, lr=LR),
+        transforms=[crops],
+        thresholds=(steps,),
+        preprocess=False,
+        progress=False,
+        show_image=False,
+        verbose=False,
+    )
     _synchronize(device)
     return time.perf_counter() - start
 
@@ -50,6 +93,14 @@ def main() -> None:
     # lucent puts its image parameters on "cuda:0" whenever CUDA exists: follow it.
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
+    parser.add_argument(
+        "--maco-crops", type=int, default=CROPS, help="maco's crops a step (default: maco's)"
+    )
+    parser.add_argument(
+        "--equal-work",
+        action="store_true",
+        help="also time lucent given MACO's batch of random crops per step (equal work)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -64,15 +115,22 @@ def main() -> None:
     hooks_before = _hook_count(loaded.module)
     runs = {
         "convlens fourier": lambda steps: run_convlens(loaded, class_id, steps, args.device),
-        "convlens maco": lambda steps: run_maco(loaded, class_id, steps, args.device),
+        "convlens maco": lambda steps: run_maco(
+            loaded, class_id, steps, args.device, args.maco_crops
+        ),
         "lucent render_vis": lambda steps: run_lucent(loaded.module, class_id, steps, args.device),
     }
+    if args.equal_work:
+        runs["lucent, MACO's crops"] = lambda steps: run_lucent_crops(
+            loaded.module, class_id, steps, args.device
+        )
     for run in runs.values():
         run(2)  # warm-up, not timed
     rates: dict[str, list[float]] = {name: [] for name in runs}
     names = list(runs)
     for round_ in range(args.rounds):
-        for name in names[round_ % 3 :] + names[: round_ % 3]:
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
             rates[name].append(args.steps / runs[name](args.steps))
     assert _hook_count(loaded.module) == hooks_before, "a hook was left on the shared model"
     for name in names:
@@ -83,6 +141,12 @@ def main() -> None:
             f"ratio {name} / lucent: median {statistics.median(rates[name]) / lucent:.2f}x "
             f"({args.steps} steps, {args.rounds} rounds, {SIZE}x{SIZE}, {args.device}, "
             f"{torch.get_num_threads()} threads)"
+        )
+    if args.equal_work:
+        equal = statistics.median(rates["lucent, MACO's crops"])
+        print(
+            f"equal work (not the issue's target): convlens maco / lucent with {CROPS} crops "
+            f"a step: median {statistics.median(rates['convlens maco']) / equal:.2f}x"
         )
 
 

@@ -30,10 +30,12 @@ import torch.nn.functional as F
 
 from convlens.data.photos import package_photos
 from convlens.features.maco import (
+    CANVAS,
     CROP_FRACTION,
     CROPS,
     DEGREES,
     NOISE,
+    SPREAD,
     STEPS,
     _square,
     maco,
@@ -87,12 +89,16 @@ def maco_settings(args: argparse.Namespace) -> dict:
         "crop_fraction": CROP_FRACTION,
         "noise": NOISE,
         "degrees": DEGREES,
+        "canvas": CANVAS,
+        "spread": SPREAD,
     }
     given = {
         "steps": args.steps,
         "crops": args.crops,
         "noise": args.noise,
         "degrees": args.degrees,
+        "canvas": args.canvas,
+        "spread": args.spread,
         "crop_fraction": None if args.crop_low is None else (args.crop_low, 1.0),
     }
     settings.update({name: value for name, value in given.items() if value is not None})
@@ -106,9 +112,12 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("transfer"))
-    for name, kind in (("steps", int), ("crops", int), ("noise", float), ("degrees", float)):
+    options = (("steps", int), ("crops", int), ("noise", float), ("degrees", float))
+    for name, kind in (*options, ("canvas", float)):
         parser.add_argument(f"--{name}", type=kind, help=f"maco: {name} (default: maco's)")
     parser.add_argument("--crop-low", type=float, help="maco: smallest crop side (fraction)")
+    parser.add_argument("--seed", type=int, default=0, help="maco: the seed (default 0)")
+    parser.add_argument("--spread", type=float, help="maco: std of a crop's centre (fraction)")
     args = parser.parse_args()
     settings = maco_settings(args)
     torch.set_num_threads(args.threads)
@@ -123,6 +132,7 @@ def main() -> None:
         "photos_slope": slope,
         "photos": photos,
         "settings": settings if args.method == "maco" else {"steps": 256},
+        "seed": args.seed if args.method == "maco" else 0,
         "rows": [],
     }
     start = time.perf_counter()
@@ -130,7 +140,7 @@ def main() -> None:
         chunk = classes[first : first + args.chunk]
         objectives = [class_logit(c) for c in chunk]
         if args.method == "maco":
-            result = maco(maker, objectives, **settings)
+            result = maco(maker, objectives, **settings, seed=args.seed)
         else:
             result = visualize(maker, objectives)
         saved = torch.from_numpy(to_uint8(result.images)).permute(0, 3, 1, 2).float() / 255

@@ -9,6 +9,7 @@ import pytest
 import torch
 from tests.helpers.networks import small_convnet
 
+from convlens.errors import MethodError
 from convlens.features.maco import (
     Spectrum,
     maco,
@@ -89,3 +90,37 @@ def test_power_spectrum_slope_recovers_a_power_law():
 def test_a_spectrum_of_the_wrong_size_is_resampled():
     spectrum = Spectrum(torch.ones(3, 8, 5), "ones")
     assert natural_spectrum(16, 16, spectrum).magnitude.shape == (3, 16, 9)
+
+
+def test_flipped_crops_of_the_whole_canvas_are_the_canvas_or_its_mirror():
+    images = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    gen = torch.Generator().manual_seed(0)
+    crops = random_crops(images, 16, (8, 8), (1.0, 1.0), 0.0, gen, flip=True)
+    mirrored = [bool(torch.allclose(c, images[0].flip(-1))) for c in crops]
+    kept = [bool(torch.allclose(c, images[0])) for c in crops]
+    assert all(m != k for m, k in zip(mirrored, kept, strict=True))
+    assert 0 < sum(mirrored) < 16
+
+
+def test_a_larger_canvas_scales_the_picture_and_keeps_the_model_input(unchanged):
+    """``canvas=1.5``: the picture and importance map are 1.5 times the size, the crops the
+    network sees keep the size (a bare module: ``size``), and bad scales are refused."""
+    model = small_convnet()
+    seen_sizes = []
+    hook = model.register_forward_pre_hook(lambda _, args: seen_sizes.append(args[0].shape[-2:]))
+    try:
+        result = maco(model, channel("1", 2), steps=2, size=16, crops=2, canvas=1.5)
+    finally:
+        hook.remove()
+    assert result.images.shape == (1, 3, 24, 24) and result.importance.shape == (1, 24, 24)
+    assert {tuple(s) for s in seen_sizes} == {(16, 16)}
+    with pytest.raises(MethodError, match="canvas"):
+        maco(model, channel("1", 2), steps=1, size=16, canvas=0.5)
+
+
+def test_crops_with_no_spread_are_all_the_centre_crop():
+    images = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    gen = torch.Generator().manual_seed(0)
+    crops = random_crops(images, 4, (4, 4), (0.5, 0.5), 0.0, gen, spread=0.0)
+    torch.testing.assert_close(crops, crops[:1].expand(4, -1, -1, -1))
+    torch.testing.assert_close(crops[0], images[0, :, 2:6, 2:6])

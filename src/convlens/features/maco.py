@@ -55,12 +55,21 @@ SPECTRUM_FILE = Path(__file__).parent / "data" / "natural_spectrum.pt"
 # with 2 crops, Lite1 18 against 17), at twice the cost: 256 network evaluations per
 # picture, as many as the Fourier method's 256 steps. Rotating the crops (``degrees``) is
 # available but off: with 5 degrees, crops of 0.8-1.0, noise 0.05 and one crop a step
-# the pictures transferred worse.
+# the pictures transferred worse. So are a canvas larger than the model's input
+# (``CANVAS``, Fel et al.'s setting) and mirrored crops (``FLIP``): on all 20 classes a
+# 1.5x canvas gave Lite2 13 of 20 (Lite1 20 of 20), a 2x canvas and crops of
+# 0.8-1.0 did worse than the default (docs/performance.md, "Larger canvas ..."). Crop
+# centres spread over the whole canvas (``SPREAD`` 0.5 instead of 0.15, so crops reach
+# the border) gave the largest gain: Lite2 17 and 14 of 20 with seeds 0 and 1 (the
+# default: 14 and 13), short of the 18 of 20 set as the condition for changing it.
 STEPS = 64
 CROPS = 4
 CROP_FRACTION = (0.5, 1.0)
 NOISE = 0.02
 DEGREES = 0.0
+CANVAS = 1.0
+FLIP = False
+SPREAD = 0.15  # standard deviation of a crop's centre, as a fraction of the side
 _GAIN = 4.0  # sigmoid'(0) = 1/4: near grey the picture is 0.5 + C s
 
 
@@ -118,9 +127,10 @@ def _shipped() -> Spectrum:
 def natural_spectrum(height: int, width: int, spectrum: Spectrum | None = None) -> Spectrum:
     """``spectrum`` (default: the shipped one, `SPECTRUM_FILE`) resampled to a ``height`` x
     ``width`` canvas: ``Tensor[3, height, width // 2 + 1]``. The spectrum is shifted so
-    frequency 0 is central, resized bilinearly and shifted back, so each magnitude moves
-    to the same frequency in cycles per canvas; with the orthonormal FFT the pixel
-    variance stays about the same."""
+    frequency 0 is central, resized bilinearly and shifted back, so each magnitude keeps
+    its frequency in cycles per pixel (a larger canvas has the photos' statistics at the
+    pixel scale over a wider field); with the orthonormal FFT the pixel variance stays
+    about the same."""
     spectrum = spectrum or _shipped()
     magnitude = spectrum.magnitude
     if magnitude.shape[-2:] != (height, width // 2 + 1):
@@ -151,17 +161,19 @@ def random_crops(
     noise: float,
     gen: torch.Generator,
     degrees: float = 0.0,
+    flip: bool = False,
+    spread: float = 0.15,
 ) -> torch.Tensor:
     """``count`` random crops of each image ``Tensor[B, 3, H, W]``, resized (bilinear) to
     ``size``, as ``Tensor[B * count, 3, h, w]`` (image-major): side a uniform fraction in
-    ``fraction`` of the canvas, centre ``N(0.5, 0.15)`` of each side kept inside the canvas,
+    ``fraction`` of the canvas, centre ``N(0.5, spread)`` of each side kept inside the canvas,
     turned by an angle uniform in ``[-degrees, degrees]`` (border pixels reflected), then
     ``N(0, noise)`` and ``U(-noise / 2, noise / 2)`` added (Fel et al. 2023)."""
     batch = images.shape[0]
     n = batch * count
     low, high = fraction
     side = low + (high - low) * torch.rand(n, generator=gen)
-    centre = 0.15 * 2 * torch.randn(n, 2, generator=gen)  # normalised coordinates [-1, 1]
+    centre = spread * 2 * torch.randn(n, 2, generator=gen)  # normalised coordinates [-1, 1]
     centre = centre.clamp(-1.0, 1.0) * (1.0 - side)[:, None]
     angle = torch.zeros(n)
     if degrees:  # drawn only when asked, so the crops of degrees=0 stay as they were
@@ -170,6 +182,9 @@ def random_crops(
     theta = torch.zeros(n, 2, 3)
     theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = cos, -sin, sin, cos
     theta[:, :, 2] = centre
+    if flip:  # drawn only when asked: a mirrored crop (x -> -x) with probability 1/2
+        mirror = torch.rand(n, generator=gen) < 0.5
+        theta[mirror, :, 0] = -theta[mirror, :, 0]
     theta = theta.to(images)
     grid = F.affine_grid(theta, [n, 3, *size], align_corners=False)
     repeated = images.repeat_interleave(count, dim=0)
@@ -194,6 +209,9 @@ def maco(
     crop_fraction: tuple[float, float] = CROP_FRACTION,
     noise: float = NOISE,
     degrees: float = DEGREES,
+    canvas: float = CANVAS,
+    flip: bool = FLIP,
+    spread: float = SPREAD,
     spectrum: Spectrum | None = None,
     seed: int = 0,
     progress: bool = False,
@@ -202,10 +220,12 @@ def maco(
     """Maximise each objective on its own canvas (objective ``b`` on picture ``b``) by
     optimising only the phase of a fixed natural magnitude spectrum (module docstring).
 
-    ``size``: the canvas (default: the model's input size; the width is rounded up to
-    even); each step scores ``crops`` random crops per picture (side a fraction in
-    ``crop_fraction`` of the canvas, turned by up to ``degrees``) at the model's input size
-    (a bare ``nn.Module``: the canvas size) with ``noise``, and NAdam
+    ``size``: default the model's input size; the canvas, the picture returned, is
+    ``canvas`` (1 to 4) times ``size``, its width rounded up to even (Fel et al. optimise a
+    canvas larger than the network's input). Each step scores ``crops`` random crops per
+    picture (side a fraction in ``crop_fraction`` of the canvas, centre ``N(0.5, spread)``
+    of each side, turned by up to ``degrees``, mirrored with probability 1/2 if ``flip``)
+    at the model's input size (a bare ``nn.Module``: ``size``) with ``noise``, and NAdam
     (Fel et al.) takes one step on the phases. ``spectrum`` defaults to the shipped
     natural one. Returns a `Visualization` whose ``importance`` ``Tensor[B, H, W]`` is the
     summed absolute gradient of the score w.r.t. the canvas (over colours and steps) and
@@ -223,7 +243,10 @@ def maco(
         )
     module = as_module(model)
     prep = _preprocess(model)
-    height, width = _render_size(size, prep, None)
+    if not 1.0 <= canvas <= 4.0:
+        raise MethodError(f"canvas is a scale from 1 to 4 of the picture size, got {canvas}")
+    base = _render_size(size, prep, None)
+    height, width = (round(canvas * side) for side in base)
     width += width % 2
     names = {spec: resolve_layer(module, spec)[0] for o in items for spec in o.layers}
     labels = model.labels if isinstance(model, LoadedModel) else None
@@ -239,7 +262,7 @@ def maco(
     mean = torch.tensor(prep.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(prep.std, device=device).view(1, 3, 1, 1)
     # a named model sees its own input size; a bare module (no preprocessing) the canvas's
-    input_size = prep.height_width if isinstance(model, LoadedModel) else (height, width)
+    input_size = prep.height_width if isinstance(model, LoadedModel) else base
     importance = torch.zeros(len(items), height, width, device=device)
 
     def scores_of(images: torch.Tensor, seen: torch.Tensor, cap, count: int) -> torch.Tensor:
@@ -254,7 +277,9 @@ def maco(
     with optimising(module, device, sorted(set(names.values())), steps, progress) as (cap, bar):
         for step in range(steps):
             images = maco_image(magnitude, phase)
-            seen = random_crops(images, crops, input_size, crop_fraction, noise, gen, degrees)
+            seen = random_crops(
+                images, crops, input_size, crop_fraction, noise, gen, degrees, flip, spread
+            )
             scores = scores_of(images, seen, cap, crops)
             history[step] = scores.detach().cpu()
             phase_grad, image_grad = torch.autograd.grad(scores.sum(), [phase, images])
