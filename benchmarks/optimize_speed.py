@@ -66,8 +66,6 @@ def run_lucent(
 ) -> float:
     """Seconds for one `render_vis` of ``steps`` steps on a fresh copy of ``module``
     (``frozen``: its parameters set to ``requires_grad=False`` first)."""
-    from lucent.optvis import objectives, param, render
-
     model = Normalised(copy.deepcopy(module)).to(device).eval()
     model.requires_grad_(not frozen)
     gen = torch.Generator().manual_seed(0)
@@ -76,14 +74,25 @@ def run_lucent(
     def same_transform(x: torch.Tensor) -> torch.Tensor:
         return optimize.random_transform(x, shared, gen)
 
+    return timed_render_vis(model, class_id, steps, device, SIZE, same_transform)
+
+
+def timed_render_vis(
+    model: nn.Module, class_id: int, steps: int, device: str, side: int, transform
+) -> float:
+    """Seconds for lucent's `render_vis` of ``steps`` Adam steps (``LR``) on ``model``'s
+    ``class_id`` logit: a decorrelated Fourier image of ``side`` pixels, ``transform`` applied
+    at each step (lucent's own transforms off)."""
+    from lucent.optvis import objectives, param, render
+
     _synchronize(device)
     start = time.perf_counter()
     render.render_vis(
         model,
         objectives.channel("labels", class_id),
-        param_f=lambda: param.image(SIZE, fft=True, decorrelate=True),
+        param_f=lambda: param.image(side, fft=True, decorrelate=True),
         optimizer=lambda params: torch.optim.Adam(params, lr=LR),
-        transforms=[same_transform],
+        transforms=[transform],
         thresholds=(steps,),
         preprocess=False,
         progress=False,

@@ -29,7 +29,6 @@ import time
 
 import torch
 from optimize_speed import (
-    LR,
     SIZE,
     Normalised,
     _hook_count,
@@ -37,6 +36,7 @@ from optimize_speed import (
     _synchronize,
     run_convlens,
     run_lucent,
+    timed_render_vis,
 )
 
 from convlens import load_model
@@ -60,30 +60,13 @@ def run_lucent_crops(module, class_id: int, steps: int, device: str) -> float:
     defaults (`CROPS` crops at 224 px), so each step is a forward and backward pass of a
     batch of CROPS, the objective their mean logit. Equal network work per step; not the
     issue's target, which compares with lucent's plain one-image step."""
-    from lucent.optvis import objectives, param, render
-
     model = Normalised(copy.deepcopy(module)).to(device).eval()
     gen = torch.Generator().manual_seed(0)
 
     def crops(x: torch.Tensor) -> torch.Tensor:
         return random_crops(x, CROPS, (SIZE, SIZE), CROP_FRACTION, NOISE, gen)
 
-    _synchronize(device)
-    start = time.perf_counter()
-    render.render_vis(
-        model,
-        objectives.channel("labels", class_id),
-        param_f=lambda: param.image(round(CANVAS * SIZE), fft=True, decorrelate=True),
-        optimizer=lambda params: torch.optim.Adam(params, lr=LR),
-        transforms=[crops],
-        thresholds=(steps,),
-        preprocess=False,
-        progress=False,
-        show_image=False,
-        verbose=False,
-    )
-    _synchronize(device)
-    return time.perf_counter() - start
+    return timed_render_vis(model, class_id, steps, device, round(CANVAS * SIZE), crops)
 
 
 def main() -> None:
