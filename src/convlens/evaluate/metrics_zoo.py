@@ -887,8 +887,7 @@ def infidelity(
     module = as_module(model)
     with borrowed_model(module), torch.no_grad():
         y = _forward_scores(model, images, targets, batch_size)
-    # each perturbed batch is rebuilt in full (torch.where into one reused buffer) before
-    # its forward pass, so the model needs no private copy of it
+    # each perturbed batch is rebuilt in full before its forward pass: no private copy
     with borrowed_model(module, copy_inputs=False), torch.no_grad():
         for patch in patch_sizes:
             if patch < 1:
@@ -900,40 +899,16 @@ def infidelity(
             block = torch.arange(rows * cols).view(1, 1, rows, cols)
             block = block.repeat_interleave(patch, 2).repeat_interleave(patch, 3)
             block = block[..., pad_h[0] : pad_h[0] + height, pad_w[0] : pad_w[0] + width]
-            drops = _cumulative_drops(
-                model, images, targets, y, block, rows * cols, black, batch_size
-            )
+            block = block.to(images.device)
+
+            def build(x, ks, start, part, block=block):  # pixels of patches <= k to black
+                removed = block <= ks.to(block.device)[:, None, None, None, None]
+                torch.where(removed, black[start : start + len(part)], part, out=x)
+
+            steps = rows * cols
+            drops = y[:, None] - _perturbed_scores(model, images, targets, steps, build, batch_size)
             scores.append(((drops - predicted) ** 2).mean(1))
     return torch.stack(scores, 1).mean(1)
-
-
-def _cumulative_drops(model, images, targets, y, block, steps: int, black, batch_size: int):
-    """``Tensor[B, steps]`` float64: ``y - f(x_k)`` with ``x_k`` the images whose pixels of
-    ``block`` (``LongTensor[1, 1, H, W]``, the step ``0..steps-1`` at which each pixel goes)
-    ``<= k`` are
-    set to ``black`` (``Tensor[B, 1, 1, 1]``), ``f`` the target logit. The steps go through the
-    model ``batch_size // B`` at a time (at least one; images split by ``batch_size``), each
-    batch written into one reused buffer. Call under ``borrowed_model``."""
-    batch = len(images)
-    block = block.to(images.device)
-    per = max(1, batch_size // batch)
-    drops = torch.zeros(batch, steps, dtype=torch.float64)
-    buffer = images.new_empty(min(per * batch, batch_size), *images.shape[1:])
-    for first in range(0, steps, per):
-        ks = torch.arange(first, min(first + per, steps), device=images.device)
-        removed = block <= ks[:, None, None, None, None]  # Tensor[g, 1, 1, H, W]
-        for start in range(0, batch, batch_size):
-            part = images[start : start + batch_size]
-            count = len(ks) * len(part)
-            x = buffer[:count].view(len(ks), len(part), *images.shape[1:])
-            torch.where(removed, black[start : start + len(part)], part, out=x)
-            t = targets[start : start + len(part)].repeat(len(ks))
-            logits = _forward_scores(model, x.view(count, *images.shape[1:]), t, count)
-            after = logits.view(len(ks), len(part)).T
-            drops[start : start + len(part), first : first + len(ks)] = (
-                y[start : start + len(part), None] - after
-            )
-    return drops
 
 
 def _group_members(features: torch.Tensor, groups: int, step: int) -> torch.Tensor:
