@@ -295,9 +295,7 @@ def selectivity(
     order = torch.sort(-sums.view(batch, -1), dim=1, stable=True).indices
     rank = torch.empty_like(order)
     rank.scatter_(1, order, torch.arange(rows * cols).expand(batch, -1).contiguous())
-    pixel_rank = rank.view(batch, 1, rows, cols)
-    pixel_rank = pixel_rank.repeat_interleave(patch_size, 2).repeat_interleave(patch_size, 3)
-    pixel_rank = pixel_rank[..., pad_h[0] : pad_h[0] + height, pad_w[0] : pad_w[0] + width]
+    pixel_rank = _patch_pixels(rank.view(batch, 1, rows, cols), patch_size, pad_h, pad_w)
     # int32 ranks: half the bytes of int64 to read per perturbed batch
     pixel_rank = pixel_rank.to(device=images.device, dtype=torch.int32).contiguous()
     black = _black(images)
@@ -337,6 +335,16 @@ def _perturbed_scores(
             out = _forward_scores(model, x.view(count, *images.shape[1:]), t, count, softmax)
             scores[start : start + len(part), first : first + len(ks)] = out.view(-1, len(part)).T
     return scores
+
+
+def _patch_pixels(values: torch.Tensor, patch: int, pad_h, pad_w) -> torch.Tensor:
+    """``Tensor[B, 1, rows, cols]`` per-patch values to ``Tensor[B, 1, H, W]`` per pixel:
+    each value repeated over its ``patch x patch`` pixels, the even padding (``pad_h``,
+    ``pad_w``: `_even_padding` of the image's sides) cut off again."""
+    pixels = values.repeat_interleave(patch, 2).repeat_interleave(patch, 3)
+    height = pixels.shape[2] - sum(pad_h)
+    width = pixels.shape[3] - sum(pad_w)
+    return pixels[..., pad_h[0] : pad_h[0] + height, pad_w[0] : pad_w[0] + width]
 
 
 def _even_padding(size: int, patch: int) -> tuple[int, int]:
@@ -897,9 +905,7 @@ def infidelity(
             rows, cols = explained.shape[-2:]
             predicted = explained.view(batch, -1).cumsum(1)
             block = torch.arange(rows * cols).view(1, 1, rows, cols)
-            block = block.repeat_interleave(patch, 2).repeat_interleave(patch, 3)
-            block = block[..., pad_h[0] : pad_h[0] + height, pad_w[0] : pad_w[0] + width]
-            block = block.to(images.device)
+            block = _patch_pixels(block, patch, pad_h, pad_w).to(images.device)
 
             def build(x, ks, start, part, block=block):  # pixels of patches <= k to black
                 removed = block <= ks.to(block.device)[:, None, None, None, None]
