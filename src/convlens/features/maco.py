@@ -160,9 +160,9 @@ def random_crops(
     fraction: tuple[float, float],
     noise: float,
     gen: torch.Generator,
-    degrees: float = 0.0,
-    flip: bool = False,
-    spread: float = 0.15,
+    degrees: float = DEGREES,
+    flip: bool = FLIP,
+    spread: float = SPREAD,
 ) -> torch.Tensor:
     """``count`` random crops of each image ``Tensor[B, 3, H, W]``, resized (bilinear) to
     ``size``, as ``Tensor[B * count, 3, h, w]`` (image-major): side a uniform fraction in
