@@ -18,8 +18,10 @@ position-free; lrp's ``relevance_layer`` option, one backward pass with the maps
 ``--pools`` holding ``peak`` each channel's largest mean absolute relevance over
 ``--window`` x ``--window`` windows (``peaks``: lrp's ``relevance_pool="peak"``). Printed:
 the ROC AUC of "member of the top-ranked cluster" (a 0/1 score) against "depends on the
-cue", every cluster's size, score and count of cue-dependent members, and the verdicts of
-the two rules below.
+cue", the ROC AUC of each image's membership of the top-ranked cluster (`SprayResult.membership`:
+a member's silhouette, how firmly an image sits in that cluster; the continuous reading of
+"the top cluster holds the cue-dependent images", fixed in round 3 below), every cluster's
+size, score and count of cue-dependent members, and the verdicts of the two rules below.
 
 "A cluster stands apart", rule 1 (fixed before the rate-0 model was run with channel
 features; it could not tell the models apart): the top-ranked cluster's score, the mean
@@ -39,6 +41,12 @@ The acceptance configuration (chosen on shortcut-1.0 and shortcut-0.9, seed 1 on
 
     python benchmarks/spray_shortcuts.py --methods lrp --features "" \
         --layers features.6 --pools peak --window 3 [--seed 5]
+
+Round 3 (fixed on seeds 1, 5 and 9, committed before seeds 13 and 17 were run): the same
+features with 30 neighbours (round 2), and the AUC read from the membership score:
+
+    python benchmarks/spray_shortcuts.py --methods lrp --features "" \
+        --layers features.6 --pools peak --window 3 --neighbours 30 --seed 13
 """
 
 from __future__ import annotations
@@ -143,6 +151,7 @@ def report(method: str, name: str, result, depends: torch.Tensor) -> None:
         rule2 += f"{float(result.null_scores.max()):.2f})"
     print(
         f"  {method:8s} {name:22s} AUC {roc_auc(top, depends):.3f} "
+        f"membership AUC {roc_auc(result.membership, depends):.3f} "
         f"silhouette > 0.5: {rule1} Gaussian null: {rule2} eigengap {result.eigengap:.3f} "
         f"clusters (size/score/dependent): {' '.join(clusters)}",
         flush=True,

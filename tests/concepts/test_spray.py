@@ -37,6 +37,34 @@ def test_two_obvious_groups_are_separated_exactly_and_the_tight_one_ranks_first(
     assert result.eigengap > 0.5  # two components: l_2 = 0, l_3 = 1
 
 
+def test_membership_is_the_silhouette_inside_the_top_cluster_and_grows_towards_it():
+    """A member's membership is its silhouette; a row moved step by step from the other
+    group towards the top cluster gains membership at every step and turns positive only
+    once it is nearer the top cluster (the continuous score SpRAy's AUC can be read from)."""
+    from convlens.concepts.spray import membership, silhouettes
+
+    points = torch.cat(
+        [
+            torch.randn(10, 3, generator=torch.Generator().manual_seed(0)) * 0.1,
+            torch.randn(10, 3, generator=torch.Generator().manual_seed(1)) * 0.1 + 4,
+        ]
+    )
+    labels = torch.tensor([0] * 10 + [1] * 10)
+    inside = membership(points.double(), labels, 0)
+    assert torch.allclose(inside[:10], silhouettes(points.double(), labels)[:10])
+    assert bool((inside[10:] < -0.9).all())  # the other group lies far from cluster 0
+    values = []
+    for step in torch.linspace(0, 1, 9):  # the last row walks from group 1's centre to 0's
+        moved = points.clone()
+        moved[-1] = (1 - step) * 4 + step * 0.0
+        values.append(float(membership(moved.double(), labels, 0)[-1]))
+    assert values == sorted(values) and values[0] < 0 < values[-1]
+    assert values[3] < 0 < values[5]  # the sign changes at the midway point
+    maps, group = _groups(noise_b=0.6)
+    result = spray(maps, size=8, neighbours=4)
+    assert torch.equal(result.membership > 0, group == 0)
+
+
 def test_the_partition_does_not_depend_on_the_order_of_the_maps():
     maps, _ = _groups()
     maps[8:14] += 0.3 * torch.rand(6, 16, 16, generator=torch.Generator().manual_seed(1))
@@ -179,6 +207,15 @@ def test_the_command_clusters_an_attribute_folder_as_the_function_does(tmp_path,
     assert written["classes"][0]["clusters"] == [c.record() for c in expected.clusters]
     assert sorted(s for c in written["classes"][0]["clusters"] for s in c["members"]) == sorted(
         sources
+    )
+    ranking = written["classes"][0]["membership"]
+    assert sorted(r["source"] for r in ranking) == sorted(sources)
+    by_source = dict(zip(sources, expected.membership.tolist(), strict=True))
+    assert [r["membership"] for r in ranking] == pytest.approx(
+        [by_source[r["source"]] for r in ranking]
+    )
+    assert [r["membership"] for r in ranking] == sorted(
+        (r["membership"] for r in ranking), reverse=True
     )
     # the atlas: a map of the class, a picture per cluster, a page per class, an index
     atlas = tmp_path / "spray"

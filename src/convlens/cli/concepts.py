@@ -227,8 +227,9 @@ def spray_command(
     of 'convlens attribute DATA --out DIR' (count by the eigengap), clusters ranked by mean
     silhouette (the first stands apart most); it runs on the CPU (--device is only
     checked). Writes OUT/spray.json: {"classes": [{"class", "clusters": [{"id", "size",
-    "members", "score"}]}]} (with --null-draws also "p_value" and "stands_apart" per
-    class), and the atlas pages in OUT/spray/."""
+    "members", "score"}], "membership": [{"source", "membership"}]}]} (membership: how
+    firmly each image belongs to the top cluster, firmest first; with --null-draws also
+    "p_value" and "stands_apart" per class), and the atlas pages in OUT/spray/."""
     from pathlib import Path
 
     from convlens.concepts.spray import spray_classes

@@ -88,13 +88,17 @@ class SprayResult:
     """``clusters`` ranked (best first); ``labels`` ``LongTensor[N]`` each row's cluster id;
     ``eigenvalues`` ``Tensor[max_clusters + 1]`` the smallest of the normalised Laplacian,
     ascending; ``embedding`` ``Tensor[N, c]`` the spectral embedding (unit rows);
-    ``null_scores`` ``Tensor[draws]`` the top score on each Gaussian null draw (None
-    without ``null_draws``)."""
+    ``membership`` ``Tensor[N]`` in [-1, 1] how firmly each row belongs to the top-ranked
+    cluster (`membership`: a member's silhouette; ranks the images from the clearest case
+    of the top cluster's strategy to the farthest from it); ``null_scores``
+    ``Tensor[draws]`` the top score on each Gaussian null draw (None without
+    ``null_draws``)."""
 
     clusters: list[SprayCluster]
     labels: torch.Tensor
     eigenvalues: torch.Tensor
     embedding: torch.Tensor
+    membership: torch.Tensor
     null_scores: torch.Tensor | None = None
 
     @property
@@ -233,23 +237,46 @@ def kmeans(points: torch.Tensor, count: int, iterations: int = 100) -> torch.Ten
     return labels
 
 
+def _mean_distances(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``Tensor[N, C]``: each row's mean distance to the members of each cluster (clusters
+    in ``labels.unique()`` order), itself left out; inf for a cluster with no other member."""
+    distances = torch.cdist(features, features)
+    one_hot = (labels[:, None] == labels.unique()[None]).double()
+    others = one_hot.sum(0)[None] - one_hot  # the cluster's size, less the row itself
+    means = (distances @ one_hot) / others.clamp_min(1)
+    return means.masked_fill(others == 0, float("inf"))
+
+
+def _relative_silhouettes(means: torch.Tensor, cluster: torch.Tensor) -> torch.Tensor:
+    """``(b - a) / max(a, b)`` per row, ``a`` = ``means`` to the row's ``cluster`` (column
+    index per row), ``b`` the smallest of its other columns (0 when there is one cluster:
+    then every score is -1, nothing stands apart); 0 where ``a`` is inf (no other member)."""
+    rows = torch.arange(len(means))
+    a = means[rows, cluster]
+    others = means.clone()
+    others[rows, cluster] = float("inf")
+    b = others.min(1).values if means.shape[1] > 1 else torch.zeros_like(a)
+    score = (b - a) / torch.maximum(a, b).clamp_min(1e-30)
+    return torch.where(torch.isfinite(a), score, torch.zeros_like(score))
+
+
 def silhouettes(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """``Tensor[N]``: each row's silhouette ``(b - a) / max(a, b)``, ``a`` the mean distance
     to the other members of its cluster, ``b`` the smallest mean distance to another
     cluster's members; 0 for a member alone in its cluster."""
-    distances = torch.cdist(features, features)
-    ids = labels.unique()
-    one_hot = (labels[:, None] == ids[None]).double()
-    sums = distances @ one_hot
-    sizes = one_hot.sum(0)
-    own = one_hot.argmax(1)
-    rows = torch.arange(len(labels))
-    a = sums[rows, own] / (sizes[own] - 1).clamp_min(1)
-    means = sums / sizes
-    means[rows, own] = float("inf")
-    b = means.min(1).values if len(ids) > 1 else torch.zeros_like(a)
-    score = (b - a) / torch.maximum(a, b).clamp_min(1e-30)
-    return torch.where(sizes[own] > 1, score, torch.zeros_like(score))
+    own = (labels[:, None] == labels.unique()[None]).long().argmax(1)
+    return _relative_silhouettes(_mean_distances(features, labels), own)
+
+
+def membership(features: torch.Tensor, labels: torch.Tensor, cluster: int) -> torch.Tensor:
+    """``Tensor[N]`` in [-1, 1]: how firmly each row belongs to ``cluster`` (a label of
+    ``labels``): ``(b - a) / max(a, b)``, ``a`` the row's mean distance to the cluster's
+    members (itself left out), ``b`` the smallest mean distance to another cluster's. A
+    member's membership is its silhouette; a positive value on a non-member means it lies
+    nearer that cluster than any other (on the border, or misplaced)."""
+    column = int((labels.unique() == cluster).nonzero()[0, 0])
+    means = _mean_distances(features, labels)
+    return _relative_silhouettes(means, torch.full((len(labels),), column))
 
 
 def cluster_features(
@@ -364,8 +391,9 @@ def spray(
                 rank, rows, [sources[i] for i in rows], float(scores[rows].mean()), mean_map
             )
         )
+    top_members = membership(vectors, ranked, 0).float()
     null = null_scores(vectors, neighbours, max_clusters, null_draws, seed) if null_draws else None
-    return SprayResult(result, ranked, eigenvalues.float(), embedding.float(), null)
+    return SprayResult(result, ranked, eigenvalues.float(), embedding.float(), top_members, null)
 
 
 @dataclass(frozen=True)
@@ -413,6 +441,7 @@ def spray_classes(
             "count": len(rows),
             "eigengap": result.eigengap,
             "clusters": [cluster.record() for cluster in result.clusters],
+            "membership": membership_ranking(result, sources),
         }
         if result.null_scores is not None:
             record["p_value"] = result.p_value
@@ -425,12 +454,20 @@ def spray_classes(
     return classes, skipped
 
 
+def membership_ranking(result: SprayResult, sources: list[str]) -> list[dict]:
+    """``[{"source", "membership"}]`` for every row, most firmly in the top-ranked cluster
+    first (ties: the first row first): the images to look at first for its strategy."""
+    order = sorted(range(len(sources)), key=lambda i: (-float(result.membership[i]), i))
+    return [{"source": sources[i], "membership": float(result.membership[i])} for i in order]
+
+
 def spray_attributions(folder: str | Path, class_id: int | None = None, **settings) -> dict:
     """SpRAy of every explained class of a ``convlens attribute`` folder (or only
     ``class_id``): ``{"classes": [{"class", "class_name", "count", "eigengap", "clusters":
-    [{"id", "size", "members": [source, ...], "score"}]}], "skipped": [{"class",
-    "message"}]}``. ``settings``: those of `spray`. A class with fewer than 4 maps is
-    skipped (named in ``skipped``)."""
+    [{"id", "size", "members": [source, ...], "score"}], "membership": [{"source",
+    "membership"}]}], "skipped": [{"class", "message"}]}`` (`membership_ranking`).
+    ``settings``: those of `spray`. A class with fewer than 4 maps is skipped (named in
+    ``skipped``)."""
     classes, skipped = spray_classes(folder, class_id, **settings)
     return {"classes": [entry.record for entry in classes], "skipped": skipped}
 
