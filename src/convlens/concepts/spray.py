@@ -88,6 +88,7 @@ class SprayResult:
     """``clusters`` ranked (best first); ``labels`` ``LongTensor[N]`` each row's cluster id;
     ``eigenvalues`` ``Tensor[max_clusters + 1]`` the smallest of the normalised Laplacian,
     ascending; ``embedding`` ``Tensor[N, c]`` the spectral embedding (unit rows);
+    ``features`` ``Tensor[N, D]`` float64 what was clustered (`spray_features`);
     ``membership`` ``Tensor[N]`` in [-1, 1] how firmly each row belongs to the top-ranked
     cluster (`membership`: a member's silhouette; ranks the images from the clearest case
     of the top cluster's strategy to the farthest from it); ``null_scores``
@@ -98,6 +99,7 @@ class SprayResult:
     labels: torch.Tensor
     eigenvalues: torch.Tensor
     embedding: torch.Tensor
+    features: torch.Tensor
     membership: torch.Tensor
     null_scores: torch.Tensor | None = None
 
@@ -393,7 +395,9 @@ def spray(
         )
     top_members = membership(vectors, ranked, 0).float()
     null = null_scores(vectors, neighbours, max_clusters, null_draws, seed) if null_draws else None
-    return SprayResult(result, ranked, eigenvalues.float(), embedding.float(), top_members, null)
+    return SprayResult(
+        result, ranked, eigenvalues.float(), embedding.float(), vectors, top_members, null
+    )
 
 
 @dataclass(frozen=True)
@@ -446,11 +450,7 @@ def spray_classes(
         if result.null_scores is not None:
             record["p_value"] = result.p_value
             record["stands_apart"] = result.stands_apart
-        size = settings.get("size", DEFAULT_SIZE)
-        vectors = spray_features(
-            stored[rows], size, features, settings.get("window", DEFAULT_WINDOW)
-        )
-        classes.append(SprayClass(record, result, vectors, attributions.maps[rows]))
+        classes.append(SprayClass(record, result, result.features, attributions.maps[rows]))
     return classes, skipped
 
 
