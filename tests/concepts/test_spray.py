@@ -154,7 +154,7 @@ def _cloud(groups: bool) -> torch.Tensor:
     return points
 
 
-def test_a_group_stands_apart_from_the_gaussian_null_and_a_cloud_does_not():
+def test_a_group_stands_apart_from_the_one_cloud_null_and_a_cloud_does_not():
     apart = spray(_cloud(True), features="peaks", null_draws=99)
     cloud = spray(_cloud(False), features="peaks", null_draws=99)
     assert sorted(c.members for c in apart.clusters) == [list(range(24)), list(range(24, 60))]
@@ -165,6 +165,23 @@ def test_a_group_stands_apart_from_the_gaussian_null_and_a_cloud_does_not():
     assert torch.equal(again.null_scores, cloud.null_scores[:9])  # seeded, drawn in order
     plain = spray(_cloud(True), features="peaks")
     assert plain.p_value is None and plain.stands_apart is None
+
+
+def test_shares_are_tested_against_a_logistic_normal_cloud_not_a_gaussian_one():
+    """One skewed cloud of shares (softmax of one Gaussian): a Gaussian fitted to the shares
+    themselves is beaten by it (a false alarm), the logistic-normal null that "peaks" uses is
+    not; a zero share (a silent channel) leaves the null finite."""
+    from convlens.concepts.spray import null_scores
+
+    logits = torch.randn(60, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    shares = logits.softmax(1)
+    result = spray(shares, features="peaks", null_draws=19)
+    gaussian = null_scores(result.features, 10, 10, 19)
+    assert bool((gaussian < result.clusters[0].score).all())  # Gaussian: p = 1/20, "apart"
+    assert result.p_value > 0.2 and not result.stands_apart
+    shares[:, 0] = 0.0
+    silent = spray(shares / shares.sum(1, keepdim=True), features="peaks", null_draws=3)
+    assert bool(torch.isfinite(silent.null_scores).all())
 
 
 def test_bad_input_names_the_fix():

@@ -37,9 +37,14 @@ Does a cluster stand apart at all? (`null_scores`, ``null_draws`` > 0.) The top-
 cluster's score is compared with the top score of the same pipeline on ``null_draws``
 data sets drawn from one Gaussian with the features' mean and covariance (the null of
 SigClust, Liu, Hayes, Nobel and Marron 2008: the data are one Gaussian cloud, not
-clusters). ``p_value = (1 + #{null >= observed}) / (1 + null_draws)``; a cluster stands
-apart when ``p_value <= STANDS_APART_ALPHA`` (0.01; with 99 draws: the observed score
-beats every draw).
+clusters). ``features="peaks"`` rows are shares of a whole (positive, summing to 1), for
+which the one-cloud model is the logistic normal (Aitchison 1986, "The Statistical
+Analysis of Compositional Data"): the Gaussian is fitted to the rows' centred log-ratios
+``log v - mean(log v)`` and each draw mapped back by softmax, so the skew and bounds of
+shares are in the null too (a Gaussian in the shares themselves was beaten by cue-free
+rows, see docs/concepts.md). ``p_value = (1 + #{null >= observed}) / (1 + null_draws)``;
+a cluster stands apart when ``p_value <= STANDS_APART_ALPHA`` (0.01; with 99 draws: the
+observed score beats every draw).
 """
 
 from __future__ import annotations
@@ -299,12 +304,23 @@ def top_score(labels: torch.Tensor, scores: torch.Tensor) -> float:
 
 
 def null_scores(
-    vectors: torch.Tensor, neighbours: int, max_clusters: int, draws: int, seed: int = 0
+    vectors: torch.Tensor,
+    neighbours: int,
+    max_clusters: int,
+    draws: int,
+    seed: int = 0,
+    compositional: bool = False,
 ) -> torch.Tensor:
     """``Tensor[draws]``: the top-ranked cluster's score (steps 2 to 5) on ``draws`` data sets
     of ``N`` rows drawn from one Gaussian with the mean and covariance (maximum likelihood)
-    of ``vectors`` ``Tensor[N, D]`` (the SigClust null), from a generator seeded ``seed``."""
+    of ``vectors`` ``Tensor[N, D]`` (the SigClust null), from a generator seeded ``seed``.
+    ``compositional``: the rows are shares (>= 0, summing to 1) and the Gaussian is fitted
+    to their centred log-ratios and mapped back by softmax (the logistic-normal null); a
+    zero share is first replaced by half the smallest positive share of the data and its
+    row rescaled to sum 1 (multiplicative replacement, Martin-Fernandez et al. 2003)."""
     vectors = vectors.double()
+    if compositional:
+        vectors = _centred_log_ratios(vectors)
     mean = vectors.mean(0)
     _, singular, basis = torch.linalg.svd(vectors - mean, full_matrices=False)
     spread = singular / len(vectors) ** 0.5  # standard deviation along each principal axis
@@ -313,8 +329,21 @@ def null_scores(
     for _ in range(draws):
         normal = torch.randn(len(vectors), len(spread), generator=generator, dtype=torch.float64)
         drawn = (normal * spread) @ basis + mean
+        if compositional:
+            drawn = drawn.softmax(1)
         scores.append(top_score(*cluster_features(drawn, neighbours, max_clusters)[:2]))
     return torch.tensor(scores, dtype=torch.float64)
+
+
+def _centred_log_ratios(shares: torch.Tensor) -> torch.Tensor:
+    """``log v - mean(log v)`` per row of ``shares`` ``Tensor[N, D]`` (>= 0, rows summing to
+    1), zeros replaced as in `null_scores`."""
+    if bool((shares <= 0).any()):
+        floor = shares[shares > 0].min() / 2
+        shares = torch.where(shares > 0, shares, floor)
+        shares = shares / shares.sum(1, keepdim=True)
+    logs = shares.log()
+    return logs - logs.mean(1, keepdim=True)
 
 
 def spray(
@@ -350,8 +379,9 @@ def spray(
             layer's positions (about the side of the pattern sought, at that layer).
         neighbours: k of the nearest-neighbour affinity graph.
         max_clusters: the largest count the eigengap may choose (at least 2).
-        null_draws: how many Gaussian data sets the top score is compared with
-            (`null_scores`; 0: none, ``p_value`` and ``stands_apart`` are None).
+        null_draws: how many one-cloud data sets the top score is compared with
+            (`null_scores`: Gaussian, logistic normal for ``"peaks"``; 0: none,
+            ``p_value`` and ``stands_apart`` are None).
         seed: the generator seed of the null draws.
 
     Returns a `SprayResult`; its clusters ranked by score, best first.
@@ -394,7 +424,10 @@ def spray(
             )
         )
     top_members = membership(vectors, ranked, 0).float()
-    null = null_scores(vectors, neighbours, max_clusters, null_draws, seed) if null_draws else None
+    null = None
+    if null_draws:
+        shares = features == "peaks"
+        null = null_scores(vectors, neighbours, max_clusters, null_draws, seed, shares)
     return SprayResult(
         result, ranked, eigenvalues.float(), embedding.float(), vectors, top_members, null
     )
