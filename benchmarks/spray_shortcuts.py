@@ -37,7 +37,7 @@ from one Gaussian with the features' mean and covariance (the SigClust null, Liu
 ``p <= 0.01`` (`convlens.concepts.spray.STANDS_APART_ALPHA`; with 99 draws: the observed
 score beats every draw). Seeded (``seed=0``), so a rerun gives the same p.
 
-The acceptance configuration (chosen on shortcut-1.0 and shortcut-0.9, seed 1 only):
+The configuration of rounds 1 and 2 (chosen on shortcut-1.0 and shortcut-0.9, seed 1 only):
 
     python benchmarks/spray_shortcuts.py --methods lrp --features "" \
         --layers features.6 --pools peak --window 3 [--seed 5]
@@ -51,7 +51,8 @@ features with 30 neighbours (round 2), and the AUC read from the membership scor
 Round 4 (fixed on seeds 1, 5, 9, 13 and 17, committed before seeds 21 and 25 were run): round
 3's settings, with rule 2's null for ``peaks`` the logistic normal (`convlens.spray` does this
 for ``features="peaks"``: a Gaussian fitted to the rows' centred log-ratios, draws mapped
-back by softmax), the same command with ``--seed 21`` and ``--seed 25``.
+back by softmax), the same command with ``--seed 21`` and ``--seed 25``. This is the
+acceptance configuration (results in docs/concepts.md, "Round 4").
 """
 
 from __future__ import annotations
