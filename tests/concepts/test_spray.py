@@ -242,6 +242,7 @@ def test_the_command_clusters_an_attribute_folder_as_the_function_does(tmp_path,
     }
     page = (atlas / "class-1.html").read_text()
     assert all(f'src="{name}"' in page for name in pictures)
+    assert f"{ranking[0]['source']} ({ranking[0]['membership']:.2f})" in page
     assert 'href="class-1.html"' in (atlas / "index.html").read_text()
     with pytest.raises(DataError, match="no map explains class 4"):
         spray(tmp_path, class_id=4)

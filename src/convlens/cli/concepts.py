@@ -205,9 +205,10 @@ def spray_command(
         typer.Option(
             "--null-draws",
             min=0,
-            help="Compare the top cluster's score with this many Gaussian data sets of the "
-            "features' mean and covariance (99: 'stands apart' when p <= 0.01); adds "
-            "p_value and stands_apart per class. 0: no test.",
+            help="Compare the top cluster's score with this many one-cloud data sets of the "
+            "features' mean and covariance (Gaussian; logistic normal for --features peaks; "
+            "99: 'stands apart' when p <= 0.01); adds p_value and stands_apart per class. "
+            "0: no test.",
         ),
     ] = 0,
     atlas: Annotated[

@@ -192,6 +192,16 @@ def _spray_class_page(entry: dict, pictures: dict, title: str) -> str:
             "cluster's mean features</figcaption></figure>"
             f'<p class="note">members: {members}{more}</p></section>'
         )
+    if entry.get("membership"):
+        firmest = ", ".join(
+            f"{html.escape(str(row['source']))} ({row['membership']:.2f})"
+            for row in entry["membership"][:20]
+        )
+        sections.append(
+            '<section id="membership"><h2>Firmest in cluster 0</h2><p class="note">The images '
+            "nearest the top-ranked cluster relative to the others (membership: a member's "
+            f"silhouette), firmest first: {firmest}.</p></section>"
+        )
     heading = f"{title}: class {_class_title(entry)}"
     body = (
         f'<p><a href="index.html">all classes</a> &middot; {entry["count"]} maps, '
