@@ -108,3 +108,24 @@ def test_console_script_exit_codes_in_a_real_process():
     )
     assert usage.returncode == 2 and "Usage: convlens layers" in usage.stderr
     assert "Traceback" not in usage.stderr
+
+
+def test_main_reuses_its_click_command_until_the_commands_change(capsys):
+    """`main` builds the click command once (typer's build reads every command's type
+    hints), and builds it again when a command is registered or removed."""
+    from convlens.cli.app import app, click_command
+
+    first = click_command()
+    assert click_command() is first and main(["layers", "--nope"]) == 2
+    assert click_command() is first
+
+    @app.command("zz-probe", hidden=True)
+    def probe() -> None:
+        print("probe ran")
+
+    try:
+        assert "zz-probe" in click_command().commands
+        assert main(["zz-probe"]) == 0 and capsys.readouterr().out == "probe ran\n"
+    finally:
+        app.registered_commands.pop()
+    assert "zz-probe" not in click_command().commands and main(["zz-probe"]) == 2

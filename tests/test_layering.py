@@ -13,6 +13,8 @@ import importlib
 import sys
 from pathlib import Path
 
+from tests.helpers.source import parsed
+
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "convlens"
 
 # Top to bottom. A folder (or top-level module) may import only from its own folder and
@@ -79,14 +81,14 @@ def imported_modules(tree: ast.AST, module: str) -> list[tuple[int, str]]:
 
 
 def file_imports(file: Path, module: str) -> list[tuple[int, str]]:
-    """`imported_modules` of ``file`` (module ``module``), parsed once per text: both package
-    checks below read every file."""
-    return _text_imports(file.read_text(), str(file), module)
+    """`imported_modules` of ``file`` (module ``module``), found once per syntax tree: both
+    package checks below read every file (`tests.helpers.source.parsed`: one parse each)."""
+    return _tree_imports(parsed(file), module)
 
 
 @functools.cache
-def _text_imports(text: str, filename: str, module: str) -> list[tuple[int, str]]:
-    return imported_modules(ast.parse(text, filename=filename), module)
+def _tree_imports(tree: ast.Module, module: str) -> list[tuple[int, str]]:
+    return imported_modules(tree, module)
 
 
 def _unit(dotted: str) -> str | None:
