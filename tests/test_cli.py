@@ -100,11 +100,40 @@ def test_debug_anywhere_shows_tracebacks_only_for_real_errors(capsys):
 
 
 def test_console_script_exit_codes_in_a_real_process():
+    """A usage error exits 2 with the usage line, and costs no torch import: the commands'
+    modules load torch only when a command runs (`python -X importtime` lists the rest)."""
     import subprocess
     import sys
 
     usage = subprocess.run(
-        [sys.executable, "-m", "convlens", "layers", "--nope"], capture_output=True, text=True
+        [sys.executable, "-X", "importtime", "-m", "convlens", "layers", "--nope"],
+        capture_output=True,
+        text=True,
     )
-    assert usage.returncode == 2 and "Usage: convlens layers" in usage.stderr
-    assert "Traceback" not in usage.stderr
+    timing = [line for line in usage.stderr.splitlines() if line.startswith("import time:")]
+    loaded = {line.rsplit("|", 1)[-1].strip() for line in timing}
+    stderr = "\n".join(line for line in usage.stderr.splitlines() if line not in timing)
+    assert usage.returncode == 2 and "Usage: convlens layers" in stderr
+    assert "Traceback" not in stderr
+    assert "convlens.cli.train" in loaded and "torch" not in loaded
+
+
+def test_main_reuses_its_click_command_until_the_commands_change(capsys):
+    """`main` builds the click command once (typer's build reads every command's type
+    hints), and builds it again when a command is registered or removed."""
+    from convlens.cli.app import app, click_command
+
+    first = click_command()
+    assert click_command() is first and main(["layers", "--nope"]) == 2
+    assert click_command() is first
+
+    @app.command("zz-probe", hidden=True)
+    def probe() -> None:
+        print("probe ran")
+
+    try:
+        assert "zz-probe" in click_command().commands
+        assert main(["zz-probe"]) == 0 and capsys.readouterr().out == "probe ran\n"
+    finally:
+        app.registered_commands.pop()
+    assert "zz-probe" not in click_command().commands and main(["zz-probe"]) == 2

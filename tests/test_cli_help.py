@@ -6,10 +6,11 @@ import inspect
 import re
 
 import pytest
+from tests.helpers.cli import HELP_WIDTH, help_text
 
-from convlens.cli import app, main
+from convlens.cli import app
 
-WIDTH = 72
+WIDTH = HELP_WIDTH
 
 
 def _callbacks(typer_app, prefix: str = "") -> dict:
@@ -27,10 +28,9 @@ COMMANDS = sorted(CALLBACKS)
 
 
 def _help_text(command: str, capsys, monkeypatch) -> str:
-    """The command's help as printed at `WIDTH` columns."""
-    monkeypatch.setenv("COLUMNS", str(WIDTH))
-    assert main([*command.split(), "--help"]) == 0
-    return capsys.readouterr().out
+    """The command's help as printed at `WIDTH` columns (`tests.helpers.cli.help_text`:
+    rendered once for the suite)."""
+    return help_text(command, WIDTH)
 
 
 def _help_paragraphs(text: str) -> list[list[str]]:

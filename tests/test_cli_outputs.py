@@ -79,7 +79,7 @@ def test_all_methods_on_a_scripted_model_skip_the_layer_methods_with_the_reason(
     code = main(["explain", "cat", "-m", model, "--method", "saliency,gradcam", "-o", str(out)])
     assert code == 1 and "->" not in capsys.readouterr().out  # gradcam asked for: refused
     args = ["explain", "cat", "-m", model, "--method", "all", "-o", str(out), "--json"]
-    args += ["--option", "steps=20", "--option", "n_masks=100"]  # shorter black-box searches
+    args += ["--option", "steps=5", "--option", "n_masks=50"]  # shorter black-box searches
     assert main(args + ["--option", "n_samples=2", "--option", "n_steps=4"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert (

@@ -8,9 +8,12 @@ literal name; only imports under ``if TYPE_CHECKING:`` (never run) are exempt.
 from __future__ import annotations
 
 import ast
-import subprocess
+import functools
+import importlib
 import sys
 from pathlib import Path
+
+from tests.helpers.source import parsed
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "convlens"
 
@@ -77,6 +80,17 @@ def imported_modules(tree: ast.AST, module: str) -> list[tuple[int, str]]:
     return [(line, name) for line, name in found if name.split(".")[0] == "convlens"]
 
 
+def file_imports(file: Path, module: str) -> list[tuple[int, str]]:
+    """`imported_modules` of ``file`` (module ``module``), found once per syntax tree: both
+    package checks below read every file (`tests.helpers.source.parsed`: one parse each)."""
+    return _tree_imports(parsed(file), module)
+
+
+@functools.cache
+def _tree_imports(tree: ast.Module, module: str) -> list[tuple[int, str]]:
+    return imported_modules(tree, module)
+
+
 def _unit(dotted: str) -> str | None:
     """The folder or top-level module a dotted convlens name belongs to."""
     parts = dotted.split(".")
@@ -95,9 +109,8 @@ def layering_violations(package: Path) -> list[str]:
         if unit not in RANK:
             problems.append(f"{module}: folder {unit!r} is not in the layering table")
             continue
-        tree = ast.parse(file.read_text(), filename=str(file))
         seen = set()
-        for line, name in imported_modules(tree, module):
+        for line, name in file_imports(file, module):
             target = _unit(name)
             if (line, target) in seen:
                 continue
@@ -123,8 +136,7 @@ def module_cycles(package: Path) -> list[list[str]]:
     for module, file in modules.items():
         if module.endswith("__init__"):
             continue
-        tree = ast.parse(file.read_text())
-        targets = {name for _, name in imported_modules(tree, module) if name in modules}
+        targets = {name for _, name in file_imports(file, module) if name in modules}
         edges[module] = targets - {module}
     cycles, state = [], {}
 
@@ -189,15 +201,31 @@ def test_checker_catches_upward_sideways_lazy_and_importlib_imports(tmp_path):
     assert module_cycles(root) == [["convlens.layers.d", "convlens.layers.e", "convlens.layers.d"]]
 
 
+def _ours(name: str) -> bool:
+    return name == "convlens" or name.startswith("convlens.")
+
+
+def convlens_modules_loaded_by(module: str) -> set[str]:
+    """The convlens modules that importing ``module`` loads where none is loaded yet. Run in
+    this process with its convlens modules set aside and put back after (a fresh Python
+    process, ``python -X importtime``, spent seconds importing torch for the same list)."""
+    saved = {name: loaded for name, loaded in sys.modules.items() if _ours(name)}
+    for name in saved:
+        del sys.modules[name]
+    try:
+        importlib.import_module(module)
+        return {name for name in sys.modules if _ours(name)}
+    finally:
+        for name in [name for name in sys.modules if _ours(name)]:
+            del sys.modules[name]
+        sys.modules.update(saved)
+
+
 def test_the_metric_module_imports_no_attribution_data_or_model_code():
-    result = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", "import convlens.localize.metrics"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    loaded = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()}
-    ours = {name for name in loaded if name.startswith("convlens")}
-    assert "convlens.localize.metrics" in ours
+    import convlens.localize.metrics as before
+
+    ours = convlens_modules_loaded_by("convlens.localize.metrics")
+    assert "convlens.localize.metrics" in ours and "convlens.maps" in ours
     forbidden = ("convlens.attribution", "convlens.data", "convlens.models", "convlens.layers")
     assert not [name for name in ours if name.startswith(forbidden)]
+    assert sys.modules["convlens.localize.metrics"] is before  # this process's modules are back

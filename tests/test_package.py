@@ -7,6 +7,7 @@ import importlib.metadata
 from pathlib import Path
 
 import pytest
+from tests.helpers.source import parsed
 
 import convlens
 import convlens.models
@@ -45,7 +46,7 @@ def test_the_default_model_name_is_written_once():
     places = [
         str(path.relative_to(SOURCE))
         for path in sorted(SOURCE.rglob("*.py"))
-        for node in ast.walk(ast.parse(path.read_text()))
+        for node in ast.walk(parsed(path))
         if isinstance(node, ast.Constant) and node.value == package.DEFAULT_MODEL
     ]
     assert places == ["package.py"]

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import io
+import os
+
 import typer
 
 from convlens.cli import app
@@ -35,3 +40,26 @@ def commands_with_any(spellings: set[str]) -> dict[str, set[str]]:
         if options & spellings:
             found[name] = options
     return found
+
+
+HELP_WIDTH = 72
+
+
+@functools.cache
+def help_text(words: str, width: int = HELP_WIDTH) -> str:
+    """What ``convlens WORDS --help`` prints at ``width`` columns; rendered once per suite
+    (several test modules read the help of every command, and each rendering takes a
+    tenth of a second)."""
+    from convlens.cli import main
+
+    columns = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = str(width)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()) as out:
+            assert main([*words.split(), "--help"]) == 0
+    finally:
+        if columns is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = columns
+    return out.getvalue()

@@ -163,8 +163,7 @@ def _one_line(error: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``convlens`` console script; returns the exit status."""
     argv, debug = _take_debug_flag(list(sys.argv[1:] if argv is None else argv))
-    command = typer.main.get_command(app)
-    _plain_flags(command)
+    command = click_command()
     try:
         code = command.main(args=argv, prog_name="convlens", standalone_mode=False)
     except typer.Exit as done:
@@ -184,6 +183,41 @@ def main(argv: list[str] | None = None) -> int:
         _report_failure(None, error, debug)
         return 1
     return code if isinstance(code, int) else 0
+
+
+_BUILT: dict[tuple, object] = {}
+
+
+def click_command():
+    """`app` as the click command `main` runs (flags shown plain: `_plain_flags`), built once
+    per process and set of registered commands. Typer rebuilds it on every call, reading
+    every command's type hints (about 0.1 s of CPU), which in-process callers that run many
+    commands (a notebook, the test suite) paid on each one; click commands keep no state
+    from one invocation to the next, so the built one is reused until a command is added,
+    removed or given other help."""
+    key = _registered(app)
+    command = _BUILT.get(key)
+    if command is None:
+        command = typer.main.get_command(app)
+        _plain_flags(command)
+        _BUILT.clear()
+        _BUILT[key] = command
+    return command
+
+
+def _registered(typer_app: typer.Typer) -> tuple:
+    """What `click_command` is built from: the root callback, each command's name, callback
+    and help, and each sub-app's, recursively (equal while nothing was registered)."""
+    commands = tuple(
+        (info.name, id(info.callback), info.help) for info in typer_app.registered_commands
+    )
+    groups = tuple(
+        (group.name, id(group.typer_instance), _registered(group.typer_instance))
+        for group in typer_app.registered_groups
+        if group.typer_instance is not None
+    )
+    root = typer_app.registered_callback
+    return id(root.callback) if root is not None else None, commands, groups
 
 
 def _plain_flags(command) -> None:

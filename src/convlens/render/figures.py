@@ -23,6 +23,10 @@ from convlens.render.images import save_png
 
 FORMATS = {".png": "png", ".pdf": "pdf", ".svg": "svg"}
 DEFAULT_DPI = 150
+# zlib level of saved PNG figures (Pillow's default is 6): on a 30-tile explain panel
+# (1440 x 3220 px) level 1 took a third of level 6's encoding time (0.44 vs 1.43 s) for 14%
+# more bytes (4.6 vs 4.0 MB), measured 2026-12-07; the pixels are the same at any level.
+PNG_LEVEL = 1
 
 
 def output_path(out: str | None, default_name: str, force: bool = False) -> Path:
@@ -76,7 +80,7 @@ def save_figure(
 ) -> Path:
     """Save a matplotlib ``figure`` as PNG, PDF or SVG by ``path``'s extension (parent
     folders created, all or nothing, a foreign file only with ``force``: `files.atomic_file`);
-    ``dpi`` for raster output (default 150)."""
+    ``dpi`` for raster output (default 150); PNG deflated at `PNG_LEVEL`."""
     path = Path(path)
     fmt = _format(path)
     if fmt == "png":
@@ -93,7 +97,13 @@ def save_figure(
         matplotlib.rc_context({"svg.fonttype": "none", "pdf.fonttype": 42}),
         files.atomic_file(path, force=force) as handle,
     ):
-        figure.savefig(handle, format=fmt, dpi=dpi or DEFAULT_DPI, metadata=_metadata(fmt))
+        figure.savefig(
+            handle,
+            format=fmt,
+            dpi=dpi or DEFAULT_DPI,
+            metadata=_metadata(fmt),
+            **({"pil_kwargs": {"compress_level": PNG_LEVEL}} if fmt == "png" else {}),
+        )
     return path
 
 
