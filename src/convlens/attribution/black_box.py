@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from convlens.attribution.common import (
+    SharedRows,
     chunk_size,
     clean_pass,
     in_chunks,
@@ -128,19 +129,24 @@ def rise(
     draws = RiseDraws.draw(n_masks, tuple(x.shape[2:]), cells, keep, seed)
     rows = len(x)
     size = chunk_size(batch_size, rows)
-    mask_of, row_of = work_items(n_masks, rows)
-    total = torch.zeros(rows, *x.shape[2:], dtype=full_precision(x[:0]).dtype, device=x.device)
+    total = torch.zeros(rows, x.shape[2] * x.shape[3], dtype=full_precision(x[:0]).dtype)
+    total = total.to(x.device)
     with borrowed_model(prepared.module), torch.no_grad():
         output, pinned = clean_pass(prepared)
-        chunks = list(in_chunks(len(row_of), size))
+        # rows holding the same image share each masked copy (`SharedRows`)
+        shared = SharedRows.of(x, share=isinstance(output, torch.Tensor))
+        mask_of, group_of = work_items(n_masks, len(shared))
+        chunks = list(in_chunks(len(group_of), size))
         for chunk in progress_bar(chunks, disable=not progress, desc="rise", leave=False):
             used, position = mask_of[chunk].unique(return_inverse=True)
             masks = draws.masks(used).to(x.device)[position.to(x.device)]
-            row = row_of[chunk].to(x.device)
-            masked = x[row] * masks[:, None].to(x.dtype)
-            copies = pinned.copies(row_of[chunk], output)
-            scores = full_precision(copies.score(prepared.module(masked)))
-            total.index_add_(0, row, scores[:, None, None] * masks.to(total.dtype))
+            group = group_of[chunk]
+            masked = x[shared.first[group].to(x.device)] * masks[:, None].to(x.dtype)
+            copy, row, scores = shared.scores(pinned, output, prepared.module(masked), group)
+            weights = torch.zeros(rows, len(group), dtype=total.dtype, device=x.device)
+            weights[row.to(x.device), copy.to(x.device)] = full_precision(scores).to(total)
+            total += weights @ masks.flatten(1).to(total.dtype)
+    total = total.view(rows, *x.shape[2:])
     return MethodResult(total / (n_masks * float(keep)), output)
 
 

@@ -25,6 +25,7 @@ from torch import nn
 
 from convlens.attribution.common import (
     Prepared,
+    SharedRows,
     check_spatial,
     chunk_size,
     fix_ranked_targets,
@@ -474,18 +475,22 @@ def _masked_scores(
 ) -> torch.Tensor:
     """``Tensor[N, K]``: the target score of ``images[n] * M_k`` for non-constant channels
     (``clean``: the output on ``images``, what a callable target sees for other images)."""
-    flat = activation.flatten(2)
-    rows, channels = torch.nonzero(flat.amax(dim=2) > flat.amin(dim=2), as_tuple=True)
+    # rows holding the same image share each masked copy (`SharedRows`); the masks come from
+    # the activation of the group's first row
+    shared = SharedRows.of(images, share=isinstance(clean, torch.Tensor))
+    flat = activation[shared.first.to(activation.device)].flatten(2)
+    groups, channels = torch.nonzero(flat.amax(dim=2) > flat.amin(dim=2), as_tuple=True)
     weights = torch.zeros_like(activation[:, :, 0, 0])
-    chunks = list(in_chunks(len(rows), batch_size))
+    chunks = list(in_chunks(len(groups), batch_size))
     for chunk in progress_bar(chunks, disable=not progress, desc="scorecam", leave=False):
-        row, channel = rows[chunk], channels[chunk]
-        masks = normalize_maps(resize_maps(activation[row, channel], tuple(images.shape[-2:])))
+        group, channel = groups[chunk].cpu(), channels[chunk]
+        first = shared.first[group].to(activation.device)
+        masks = normalize_maps(resize_maps(activation[first, channel], tuple(images.shape[-2:])))
         with torch.no_grad():
-            output = module(images[row] * masks[:, None])
+            output = module(images[first.to(images.device)] * masks[:, None])
             probabilities = output if targets.fn is not None else output.softmax(dim=1)
-            scores = targets.copies(row.cpu(), clean).score(probabilities)  # targets: on CPU
-            weights[row, channel] = scores.to(weights)
+            copy, row, scores = shared.scores(targets, clean, probabilities, group)
+            weights[row.to(weights.device), channel[copy.to(channel.device)]] = scores.to(weights)
     return weights
 
 

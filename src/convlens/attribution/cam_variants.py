@@ -19,6 +19,7 @@ from convlens.attribution.cam import (
 )
 from convlens.attribution.common import (
     Prepared,
+    SharedRows,
     check_spatial,
     chunk_size,
     fix_ranked_targets,
@@ -84,18 +85,24 @@ def _ablated_scores(
 ) -> torch.Tensor:
     """``Tensor[N, K]``: the target score with channel ``k`` of row ``n``'s activation set to
     0 (the clean score for all-zero channels, which are not run)."""
-    rows, channels = torch.nonzero(activation.flatten(2).abs().amax(dim=2) > 0, as_tuple=True)
+    # rows holding the same image share each ablated copy (`SharedRows`), made from the
+    # activation of the group's first row
+    images = prepared.images
+    shared = SharedRows.of(images, share=isinstance(clean, torch.Tensor))
+    first_rows = activation[shared.first.to(activation.device)]
+    groups, channels = torch.nonzero(first_rows.flatten(2).abs().amax(dim=2) > 0, as_tuple=True)
     scores = targets.score(clean)[:, None].repeat(1, activation.shape[1]).float()
-    chunks = list(in_chunks(len(rows), size))
+    chunks = list(in_chunks(len(groups), size))
     for chunk in progress_bar(chunks, disable=not progress, desc="ablationcam", leave=False):
-        row, channel = rows[chunk], channels[chunk]
-        ablated = activation[row].clone()
-        ablated[torch.arange(len(row), device=ablated.device), channel] = 0
+        group, channel = groups[chunk].cpu(), channels[chunk]
+        first = shared.first[group].to(activation.device)
+        ablated = activation[first].clone()
+        ablated[torch.arange(len(first), device=ablated.device), channel] = 0
         with replaced_output(prepared.module, name, partial(_same_dtype, ablated)):
             with torch.no_grad():
-                output = prepared.module(prepared.images[row])
-        copies = targets.copies(row.cpu(), clean)  # targets: on CPU
-        scores[row, channel] = copies.score(output).to(scores)
+                output = prepared.module(images[first.to(images.device)])
+        copy, row, score = shared.scores(targets, clean, output, group)  # targets: on CPU
+        scores[row.to(scores.device), channel[copy.to(channel.device)]] = score.to(scores)
     return scores
 
 

@@ -266,3 +266,65 @@ def in_chunks(total: int, size: int):
     positive_int("batch_size", size)
     for start in range(0, total, size):
         yield slice(start, min(start + size, total))
+
+
+@dataclass(frozen=True)
+class SharedRows:
+    """Rows of a batch that hold the same input share the forward passes of their perturbed
+    copies (a GridPG grid explained once per cell, top-k targets, one image explained for
+    several classes): every perturbed forward pass already gives the output for all
+    classes, so one copy per distinct input is scored once per row it stands for.
+
+    ``first``: ``Tensor[U]`` (int64, CPU), the first row of each distinct group, in row
+    order; ``group``: ``Tensor[N]``, each row's group. A perturbation that depends on the
+    row only through the tensors compared in `SharedRows.of` (the image, its superpixels,
+    its coalitions) is the same for every row of a group, so results equal one copy per
+    row (up to the float rounding of a different batch shape)."""
+
+    first: torch.Tensor
+    group: torch.Tensor
+
+    @classmethod
+    def of(cls, *tensors: torch.Tensor, share: bool = True) -> SharedRows:
+        """Groups of rows equal in every tensor of ``tensors`` (each ``Tensor[N, ...]``,
+        compared exactly); ``share=False`` (an output that cannot be indexed by rows, such
+        as detections): every row its own group."""
+        rows = len(tensors[0])
+        if not share:
+            return cls(torch.arange(rows), torch.arange(rows))
+        keys = [
+            tuple(float(t[r].double().sum()) for t in tensors) for r in range(rows)
+        ]  # a cheap key first, exact comparison only within a key
+        first: list[int] = []
+        group: list[int] = []
+        for r in range(rows):
+            same = (
+                g
+                for g, f in enumerate(first)
+                if keys[f] == keys[r] and all(torch.equal(t[r], t[f]) for t in tensors)
+            )
+            found = next(same, None)
+            if found is None:
+                found = len(first)
+                first.append(r)
+            group.append(found)
+        return cls(torch.tensor(first, dtype=torch.long), torch.tensor(group, dtype=torch.long))
+
+    def __len__(self) -> int:
+        return len(self.first)
+
+    def expand(self, groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """For copies of the groups ``groups`` (``Tensor[k]``): the copy and the row of every
+        (copy, row of its group) pair, ``Tensor[m]`` twice (copy-major, rows in order)."""
+        return torch.nonzero(groups.cpu()[:, None] == self.group[None], as_tuple=True)
+
+    def scores(
+        self, pinned: Targets, clean: object, output: object, groups: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(copy, row, score)``, each ``Tensor[m]``: the target score of every row of each
+        copy's group on that copy's ``output`` (``Tensor[k, ...]`` for copies of ``groups``),
+        read by ``pinned.copies(row, clean)`` as for a copy per row."""
+        copy, row = self.expand(groups)
+        if len(copy) != len(groups) or not torch.equal(copy, torch.arange(len(groups))):
+            output = output[copy.to(output.device)]
+        return copy, row, pinned.copies(row, clean).score(output)

@@ -19,6 +19,7 @@ from torch import nn
 
 from convlens.attribution.common import (
     Prepared,
+    SharedRows,
     chunk_size,
     clean_pass,
     in_chunks,
@@ -47,10 +48,13 @@ def superpixels(
     n_segments = positive_int("n_segments", n_segments)
     if not compactness > 0:
         raise MethodError(f"compactness must be > 0, got {compactness!r}")
-    flat = images.detach().float().cpu().flatten(1)
+    pictures = images.detach().float().cpu()
+    shared = SharedRows.of(pictures)  # segment each distinct image once
+    pictures = pictures[shared.first]
+    flat = pictures.flatten(1)
     low, high = flat.amin(1), flat.amax(1)
     labels = []
-    for image, lo, hi in zip(images.detach().float().cpu(), low, high, strict=True):
+    for image, lo, hi in zip(pictures, low, high, strict=True):
         picture = ((image - lo) / (hi - lo).clamp_min(1e-12)).permute(1, 2, 0).numpy()
         channel_axis = -1 if picture.shape[2] > 1 else None
         if channel_axis is None:
@@ -65,7 +69,7 @@ def superpixels(
         )
         _, dense = np.unique(segments, return_inverse=True)
         labels.append(torch.from_numpy(dense.reshape(segments.shape).astype(np.int64)))
-    return torch.stack(labels)
+    return torch.stack(labels)[shared.group]
 
 
 def _coalition_scores(
@@ -87,20 +91,24 @@ def _coalition_scores(
     flat_segments = segments.to(x.device).flatten(1)
     coalitions = coalitions.to(x.device)
     scores = torch.empty(rows, samples, dtype=full_precision(x[:0]).dtype, device=x.device)
-    # Flat work item k = row * samples + sample.
-    row_of = torch.arange(rows).repeat_interleave(samples)
-    sample_of = torch.arange(samples).repeat(rows)
     with borrowed_model(prepared.module), torch.no_grad():
         output, pinned = clean_pass(prepared)
-        chunks = list(in_chunks(len(row_of), size))
+        # rows with the same image, superpixels and coalitions share each copy (`SharedRows`)
+        share = isinstance(output, torch.Tensor)
+        shared = SharedRows.of(x, segments, coalitions, share=share)
+        # Flat work item k = group * samples + sample.
+        group_of = torch.arange(len(shared)).repeat_interleave(samples)
+        sample_of = torch.arange(samples).repeat(len(shared))
+        chunks = list(in_chunks(len(group_of), size))
         for chunk in progress_bar(chunks, disable=not progress, desc=desc, leave=False):
-            row, sample = row_of[chunk].to(x.device), sample_of[chunk].to(x.device)
-            bits = coalitions[row, sample]  # [k, M]
-            keep = bits.gather(1, flat_segments[row]).view(len(row), 1, *x.shape[2:])
+            group = group_of[chunk]
+            first, sample = shared.first[group].to(x.device), sample_of[chunk].to(x.device)
+            bits = coalitions[first, sample]  # [k, M]
+            keep = bits.gather(1, flat_segments[first]).view(len(first), 1, *x.shape[2:])
             keep = keep.to(x.dtype)
-            copies = x[row] * keep + fills[row] * (1 - keep)
-            score = pinned.copies(row_of[chunk], output).score(prepared.module(copies))
-            scores[row, sample] = full_precision(score)
+            copies = x[first] * keep + fills[first] * (1 - keep)
+            copy, row, score = shared.scores(pinned, output, prepared.module(copies), group)
+            scores[row.to(x.device), sample[copy.to(x.device)]] = full_precision(score)
     return scores, output
 
 
