@@ -1,0 +1,53 @@
+"""Rows holding the same image share their perturbed forward passes (`SharedRows`): the maps
+equal one call per row, and the copies run once per distinct image."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tests.helpers.networks import CountingNet
+
+from convlens import explain
+from convlens.attribution.common import SharedRows
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SMALL = {
+    "occlusion": {"patch": 6, "stride": 4},
+    "rise": {"n_masks": 10, "cells": 4},
+    "superpixel_ablation": {"n_segments": 6, "compactness": 100.0},
+    "kernel_shap": {"n_samples": 10, "n_segments": 6, "compactness": 100.0},
+    "lime": {"n_samples": 10, "n_segments": 6, "compactness": 100.0},
+    "scorecam": {"layer": "net.4"},
+    "ablationcam": {"layer": "net.4"},
+}
+
+
+def test_shared_rows_groups_equal_rows_in_order():
+    a, b = torch.zeros(2, 3), torch.ones(2, 3)
+    shared = SharedRows.of(torch.stack([a, b, a, a, b]))
+    assert shared.first.tolist() == [0, 1] and shared.group.tolist() == [0, 1, 0, 0, 1]
+    # a second tensor that differs splits a group; share=False keeps every row apart
+    extra = torch.tensor([0, 0, 1, 0, 0])
+    assert SharedRows.of(torch.stack([a, b, a, a, b]), extra).group.tolist() == [0, 1, 2, 0, 1]
+    assert SharedRows.of(torch.stack([a, a]), share=False).group.tolist() == [0, 1]
+    copy, row = shared.expand(torch.tensor([1, 0]))
+    assert copy.tolist() == [0, 0, 1, 1, 1] and row.tolist() == [1, 4, 0, 2, 3]
+
+
+@pytest.mark.parametrize("method", list(SMALL))
+def test_rows_of_one_image_share_copies_and_equal_per_row_calls(method, unchanged):
+    images = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    batch = images[[0, 0, 1, 0, 1]]  # a grid explained once per cell: one image, several classes
+    targets = [0, 1, 2, 2, 0]
+    net = CountingNet().eval()
+    with unchanged(net, batch):
+        shared = explain(net, batch, method, target=targets, **SMALL[method]).maps
+    seen_shared = net.seen
+    net.calls.clear()
+    explain(net, images, method, target=[0, 2], **SMALL[method])
+    # the clean pass has one row per explained row; the perturbed copies one per image
+    assert seen_shared == net.seen + 3
+    for row, target in enumerate(targets):
+        alone = explain(net, batch[row : row + 1], method, target=target, **SMALL[method]).maps
+        torch.testing.assert_close(shared[row], alone[0], rtol=1e-5, atol=1e-6)
