@@ -46,8 +46,25 @@ def test_rows_of_one_image_share_copies_and_equal_per_row_calls(method, unchange
     seen_shared = net.seen
     net.calls.clear()
     explain(net, images, method, target=[0, 2], **SMALL[method])
-    # the clean pass has one row per explained row; the perturbed copies one per image
-    assert seen_shared == net.seen + 3
+    # the perturbed copies have one row per image; the clean pass one per explained row
+    # (one per image for the CAM methods, whose clean pass is shared too)
+    assert seen_shared == net.seen + (0 if method in ("scorecam", "ablationcam") else 3)
     for row, target in enumerate(targets):
         alone = explain(net, batch[row : row + 1], method, target=target, **SMALL[method]).maps
+        torch.testing.assert_close(shared[row], alone[0], rtol=1e-5, atol=1e-6)
+
+
+LAYER_METHODS = ["gradcam", "gradcam_pp", "hirescam", "layercam", "finercam", "cam", "eigencam"]
+
+
+@pytest.mark.parametrize("method", LAYER_METHODS)
+def test_layer_methods_run_one_forward_per_distinct_image(method, unchanged):
+    images = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(6))
+    batch, targets = images[[1, 0, 1, 1]], [2, 0, 0, 1]
+    net = CountingNet().eval()
+    with unchanged(net, batch):
+        shared = explain(net, batch, method, target=targets, layer="net.4").maps
+    assert net.seen == 2  # one forward of the two distinct images; a backward per row
+    for row, target in enumerate(targets):
+        alone = explain(net, batch[row : row + 1], method, target=target, layer="net.4").maps
         torch.testing.assert_close(shared[row], alone[0], rtol=1e-5, atol=1e-6)

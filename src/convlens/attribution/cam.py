@@ -160,14 +160,31 @@ def to_input_size(maps: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     return resize_maps(maps.clamp_min(0), tuple(images.shape[-2:]))
 
 
-def layer_activation(prepared: Prepared, name: str) -> tuple:
+def layer_activation(prepared: Prepared, name: str, reshape: object = "auto") -> tuple:
     """``(A: Tensor[N, K, h, w], output)`` of layer ``name`` from one forward pass without
-    autograd. Call inside `borrowed_model`."""
-    with capture(prepared.module, name) as cap, torch.no_grad():
-        output = prepared.module(prepared.images)
-    activation = cap.activation(name)
+    autograd (``reshape``: as `capture`'s). Rows holding the same image (`SharedRows`) share
+    the pass. Call inside `borrowed_model`."""
+    images = prepared.images
+    shared = SharedRows.of(images)
+    found = None
+    if len(shared) < len(images):
+        distinct = images[shared.first.to(images.device)]
+        activation, output = _forward_with_layer(prepared.module, distinct, name, reshape)
+        if not isinstance(output, torch.Tensor) or len(activation) != len(shared):
+            found = None  # rows cannot be indexed: one row per image as usual
+        else:
+            group = shared.group.to(images.device)
+            found = activation[group], output[group]
+    activation, output = found or _forward_with_layer(prepared.module, images, name, reshape)
     check_spatial(name, activation)
     return activation, output
+
+
+def _forward_with_layer(module: nn.Module, images: torch.Tensor, name: str, reshape) -> tuple:
+    """``(A, output)``: layer ``name``'s (last) output and the model's, without autograd."""
+    with capture(module, name, reshape=reshape) as cap, torch.no_grad():
+        output = module(images)
+    return cap.activation(name), output
 
 
 def channel_weighted(weights: torch.Tensor, activation: torch.Tensor) -> torch.Tensor:

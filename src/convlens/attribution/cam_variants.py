@@ -14,13 +14,13 @@ from convlens.attribution.cam import (
     Model,
     cam_maps,
     gradient_layer_map,
+    layer_activation,
     weigh_gradcam,
     weighted_map,
 )
 from convlens.attribution.common import (
     Prepared,
     SharedRows,
-    check_spatial,
     chunk_size,
     fix_ranked_targets,
     in_chunks,
@@ -29,7 +29,7 @@ from convlens.attribution.common import (
 from convlens.attribution.registry import MethodResult, register_method
 from convlens.data.progress import progress_bar
 from convlens.errors import MethodError, TargetError
-from convlens.layers.capture import capture, replaced_output
+from convlens.layers.capture import replaced_output
 from convlens.layers.find import LayerSpec
 from convlens.targets import Targets
 
@@ -73,11 +73,7 @@ def ablationcam(
 def _raw_activation(prepared: Prepared, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     """``(A, output)``: the layer's output as the model passes it on (no token reshape, so
     an ablated copy can replace it), from one forward pass without autograd."""
-    with capture(prepared.module, name, reshape=None) as cap, torch.no_grad():
-        output = prepared.module(prepared.images)
-    activation = cap.activation(name)
-    check_spatial(name, activation)
-    return activation, output
+    return layer_activation(prepared, name, reshape=None)
 
 
 def _ablated_scores(

@@ -156,8 +156,16 @@ def layer_gradient(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Activation ``A`` of ``layer`` and ``dscore/dA`` (both ``Tensor[N, C, h, w]``), and the
     output. The forward pass records autograd only from ``layer`` on; the backward stops
-    there. ``A`` is the last call's output when the layer runs more than once."""
+    there. ``A`` is the last call's output when the layer runs more than once. Rows holding
+    the same image (`SharedRows`) share one forward pass; each row's gradient then comes
+    from its own backward pass from the output to the layer (one pass per row of the
+    largest group, each covering one row of every group), equal to a forward per row."""
     require_autograd(GRADIENT_METHOD)
+    shared = SharedRows.of(images)
+    if len(shared) < len(images):
+        found = _shared_layer_gradient(module, images, targets, layer, shared)
+        if found is not None:
+            return found
     with capture(module, layer, gradients=True, graph_from_layer=True) as cap:
         output = module(images)
         activation = cap.activation(layer)
@@ -165,6 +173,41 @@ def layer_gradient(
         scores = targets.score(output)
         (gradient,) = torch.autograd.grad(scores.sum(), activation)
     return activation.detach(), gradient, detach_output(output)
+
+
+def _shared_layer_gradient(
+    module: nn.Module, images: torch.Tensor, targets: Targets, layer: str, shared: SharedRows
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """`layer_gradient` with one forward pass per group of ``shared``; None when the output
+    is not a tensor or the layer's batch is not the images' (then rows cannot be indexed)."""
+    group = shared.group.to(images.device)
+    with capture(module, layer, gradients=True, graph_from_layer=True) as cap:
+        output = module(images[shared.first.to(images.device)])
+        activation = cap.activation(layer)
+        check_spatial(layer, activation)
+        if not isinstance(output, torch.Tensor) or len(activation) != len(shared):
+            return None
+        scores = targets.score(output[group])
+        gradient = torch.empty_like(activation[group])
+        slots = group_slots(shared.group)
+        for slot in range(int(slots.max()) + 1):
+            rows = torch.nonzero(slots == slot)[:, 0].to(images.device)
+            (part,) = torch.autograd.grad(
+                scores[rows].sum(), activation, retain_graph=slot < int(slots.max())
+            )
+            gradient[rows] = part[group[rows]]
+    return activation.detach()[group], gradient, detach_output(output)[group]
+
+
+def group_slots(group: torch.Tensor) -> torch.Tensor:
+    """``Tensor[N]``: each row's position among the rows of its group (0 for a group's
+    first row, 1 for its second ...), so the rows of one slot are in distinct groups."""
+    slots = torch.empty_like(group)
+    seen: dict[int, int] = {}
+    for row, g in enumerate(group.tolist()):
+        slots[row] = seen.get(g, 0)
+        seen[g] = int(slots[row]) + 1
+    return slots
 
 
 def reduce_channels(attribution: torch.Tensor, how: str) -> torch.Tensor:
