@@ -68,3 +68,30 @@ def test_layer_methods_run_one_forward_per_distinct_image(method, unchanged):
     for row, target in enumerate(targets):
         alone = explain(net, batch[row : row + 1], method, target=target, layer="net.4").maps
         torch.testing.assert_close(shared[row], alone[0], rtol=1e-5, atol=1e-6)
+
+
+GRADIENT_METHODS = {
+    "saliency": {},
+    "input_x_gradient": {},
+    "guided_backprop": {},
+    "deconvnet": {},
+    "integrated_gradients": {"n_steps": 3},
+    "smoothgrad": {"n_samples": 3},
+}
+
+
+@pytest.mark.parametrize("method", list(GRADIENT_METHODS))
+def test_input_gradients_of_one_image_share_the_forward_pass(method, unchanged):
+    images = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(7))
+    batch, targets = images[[0, 1, 0, 0]], [1, 2, 0, 2]
+    options = GRADIENT_METHODS[method]
+    net = CountingNet().eval()
+    with unchanged(net, batch):
+        shared = explain(net, batch, method, target=targets, **options).maps
+    with_grad = sum(rows for rows, grad in net.calls if grad)
+    net.calls.clear()
+    explain(net, images, method, target=[0, 1], **options)
+    assert with_grad == sum(rows for rows, grad in net.calls if grad)  # a pass per image
+    for row, target in enumerate(targets):
+        alone = explain(net, batch[row : row + 1], method, target=target, **options).maps
+        torch.testing.assert_close(shared[row], alone[0], rtol=1e-5, atol=1e-6)
