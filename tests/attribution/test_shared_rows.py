@@ -77,6 +77,10 @@ GRADIENT_METHODS = {
     "deconvnet": {},
     "integrated_gradients": {"n_steps": 3},
     "smoothgrad": {"n_samples": 3},
+    "gradient_shap": {"n_samples": 3},
+    "deeplift": {},
+    "deeplift_shap": {},
+    "lrp": {},
 }
 
 

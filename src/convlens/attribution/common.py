@@ -172,10 +172,10 @@ def _shared_input_gradient(
         output = module(inputs)
         if not isinstance(output, torch.Tensor):
             return None
-        return _per_row_gradients(output, targets, inputs, shared), detach_output(output)[group]
+        return per_row_gradients(output, targets, inputs, shared), detach_output(output)[group]
 
 
-def _per_row_gradients(
+def per_row_gradients(
     output: torch.Tensor, targets: Targets | CopyTargets, wrt: torch.Tensor, shared: SharedRows
 ) -> torch.Tensor:
     """``Tensor[N, ...]``: the gradient of each row's target score on ``output[group]`` w.r.t.
@@ -232,7 +232,7 @@ def _shared_layer_gradient(
         check_spatial(layer, activation)
         if not isinstance(output, torch.Tensor) or len(activation) != len(shared):
             return None
-        gradient = _per_row_gradients(output, targets, activation, shared)
+        gradient = per_row_gradients(output, targets, activation, shared)
     return activation.detach()[group], gradient, detach_output(output)[group]
 
 
