@@ -478,9 +478,8 @@ def scorecam(
     def layer_map(prepared: Prepared, name: str, eigen: bool) -> MethodResult:
         activation, output = layer_activation(prepared, name)
         targets = fix_ranked_targets(prepared.targets, output)
-        size = chunk_size(batch_size, len(prepared.images))
         weights = _masked_scores(
-            prepared.module, prepared.images, targets, activation, output, size, progress
+            prepared.module, prepared.images, targets, activation, output, batch_size, progress
         )
         return MethodResult(weighted_map(weights, activation, prepared.images, eigen), output)
 
@@ -498,7 +497,8 @@ def _masked_scores(
     flat = activation[shared.first.to(activation.device)].flatten(2)
     groups, channels = torch.nonzero(flat.amax(dim=2) > flat.amin(dim=2), as_tuple=True)
     weights = torch.zeros_like(activation[:, :, 0, 0])
-    chunks = list(in_chunks(len(groups), batch_size))
+    size = chunk_size(batch_size, len(shared), images.shape[-2] * images.shape[-1])
+    chunks = list(in_chunks(len(groups), size))
     for chunk in progress_bar(chunks, disable=not progress, desc="scorecam", leave=False):
         group, channel = groups[chunk].cpu(), channels[chunk]
         first = shared.first[group].to(activation.device)

@@ -61,8 +61,7 @@ def ablationcam(
     def layer_map(prepared: Prepared, name: str, eigen: bool) -> MethodResult:
         activation, output = _raw_activation(prepared, name)
         targets = fix_ranked_targets(prepared.targets, output)
-        size = chunk_size(batch_size, len(prepared.images))
-        ablated = _ablated_scores(prepared, name, targets, activation, output, size, progress)
+        ablated = _ablated_scores(prepared, name, targets, activation, output, batch_size, progress)
         clean = targets.score(output).to(ablated)[:, None]
         weights = torch.where(clean != 0, (clean - ablated) / torch.where(clean == 0, 1, clean), 0)
         return MethodResult(weighted_map(weights, activation, prepared.images, eigen), output)
@@ -77,7 +76,7 @@ def _raw_activation(prepared: Prepared, name: str) -> tuple[torch.Tensor, torch.
 
 
 def _ablated_scores(
-    prepared: Prepared, name: str, targets: Targets, activation, clean, size, progress
+    prepared: Prepared, name: str, targets: Targets, activation, clean, batch_size, progress
 ) -> torch.Tensor:
     """``Tensor[N, K]``: the target score with channel ``k`` of row ``n``'s activation set to
     0 (the clean score for all-zero channels, which are not run)."""
@@ -88,6 +87,7 @@ def _ablated_scores(
     first_rows = activation[shared.first.to(activation.device)]
     groups, channels = torch.nonzero(first_rows.flatten(2).abs().amax(dim=2) > 0, as_tuple=True)
     scores = targets.score(clean)[:, None].repeat(1, activation.shape[1]).float()
+    size = chunk_size(batch_size, len(shared), images.shape[-2] * images.shape[-1])
     chunks = list(in_chunks(len(groups), size))
     for chunk in progress_bar(chunks, disable=not progress, desc="ablationcam", leave=False):
         group, channel = groups[chunk].cpu(), channels[chunk]

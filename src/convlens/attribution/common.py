@@ -310,19 +310,27 @@ def positive_int(name: str, value: object) -> int:
 
 
 MIN_CHUNK = 8
+# The pixels of MIN_CHUNK images of 224 x 224: copies of larger images come fewer per pass.
+CHUNK_PIXELS = MIN_CHUNK * 224 * 224
 
 
-def chunk_size(batch_size: int | None, rows: int) -> int:
+def chunk_size(batch_size: int | None, rows: int, pixels: int | None = None) -> int:
     """Rows per forward pass for methods that evaluate many perturbed copies.
 
-    ``None`` (the default everywhere): as many as the explained batch has rows, but at least
-    ``MIN_CHUNK``, so each internal forward pass has the shape (and memory) of a forward of
-    the caller's own batch, and single images still run in efficient batches. Per-image
-    cost rises with batch size on CPU (memory bound), so larger fixed chunks are slower
-    there. An explicit ``batch_size`` is used as given; it never changes results.
+    ``None`` (the default everywhere): as many as the explained batch has rows (for methods
+    that share copies between rows of one image, `SharedRows`, its distinct images), but at
+    least ``MIN_CHUNK``, so each internal forward pass has the shape (and memory) of a
+    forward of the caller's own batch, and single images still run in efficient batches.
+    With ``pixels`` (``H * W`` of the copies) that floor is lowered for large images to as
+    many copies as fit in ``CHUNK_PIXELS`` (at least one): a 448-pixel image runs 2 copies
+    per pass, a 672-pixel one 1. Per-image cost rises with batch size on CPU (memory bound:
+    at 672 pixels one copy per pass costs about half the CPU per copy of nine), so larger
+    fixed chunks are slower there. An explicit ``batch_size`` is used as given; it never
+    changes results.
     """
     if batch_size is None:
-        return max(rows, MIN_CHUNK)
+        floor = MIN_CHUNK if pixels is None else max(1, min(MIN_CHUNK, CHUNK_PIXELS // pixels))
+        return max(rows, floor)
     return positive_int("batch_size", batch_size)
 
 

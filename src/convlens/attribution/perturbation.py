@@ -98,7 +98,6 @@ def occlusion(
     positions = [(top, left) for top in tops for left in lefts]
     fills = fill_values(x, fill)
     rows = len(x)
-    size = chunk_size(batch_size, rows)
     # Score drops in at least float32: a half-precision difference of close scores is noise.
     drops = torch.empty(rows, len(positions), dtype=full_precision(x[:0]).dtype, device=x.device)
     with borrowed_model(prepared.module), torch.no_grad():
@@ -109,6 +108,7 @@ def occlusion(
         # Flat work item k = group * positions + position.
         group_of = torch.arange(len(shared)).repeat_interleave(len(positions))
         position_of = torch.arange(len(positions)).repeat(len(shared))
+        size = chunk_size(batch_size, len(shared), height * width)
         chunks = list(in_chunks(len(group_of), size))
         for chunk in progress_bar(chunks, disable=not progress, desc="occlusion", leave=False):
             group, position = group_of[chunk], position_of[chunk]

@@ -77,14 +77,15 @@ def _coalition_scores(
     segments: torch.Tensor,
     coalitions: torch.Tensor,
     fill: object,
-    size: int,
+    batch_size: int | None,
     progress: bool,
     desc: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Target scores of every coalition of every row, ``Tensor[N, S]`` (float32 or wider),
     and the clean output. ``coalitions``: ``Tensor[N, S, M]`` of 0/1 (bits past a row's
     own superpixel count are ignored); a perturbed copy keeps pixel ``u`` where
-    ``coalitions[n, s, segments[n, u]]`` is 1 and takes ``fill`` elsewhere."""
+    ``coalitions[n, s, segments[n, u]]`` is 1 and takes ``fill`` elsewhere. ``batch_size``:
+    copies per forward pass (None: `chunk_size`)."""
     x = prepared.images
     rows, samples = coalitions.shape[:2]
     fills = fill_values(x, fill)
@@ -99,6 +100,7 @@ def _coalition_scores(
         # Flat work item k = group * samples + sample.
         group_of = torch.arange(len(shared)).repeat_interleave(samples)
         sample_of = torch.arange(samples).repeat(len(shared))
+        size = chunk_size(batch_size, len(shared), x.shape[2] * x.shape[3])
         chunks = list(in_chunks(len(group_of), size))
         for chunk in progress_bar(chunks, disable=not progress, desc=desc, leave=False):
             group = group_of[chunk]
@@ -156,7 +158,7 @@ def superpixel_ablation(
         segments,
         coalitions,
         fill,
-        chunk_size(batch_size, len(counts)),
+        batch_size,
         progress,
         "superpixel ablation",
     )
@@ -312,7 +314,7 @@ def _regression_method(
         segments,
         coalitions,
         options.fill,
-        chunk_size(options.batch_size, len(counts)),
+        options.batch_size,
         options.progress,
         name.replace("_", " "),
     )
