@@ -470,7 +470,8 @@ def scorecam(
     softmax over channels of the logit increase ``f_c(x * M_k) - f_c(x_b)``. A constant
     channel (all zero, or flat) has no mask to speak of and gets ``w_k = 0``.
     ``L = ReLU(sum_k w_k A_k)``. Costs one forward pass without autograd (activation,
-    and the class of ranked targets) plus one per non-constant channel, ``batch_size``
+    and the class of ranked targets) plus one per non-constant channel of each distinct image
+    (rows holding the same image share the masked copies, `SharedRows`), ``batch_size``
     masked copies at a time (default: see `chunk_size`; never changes results).
     Returns ``Tensor[N, H, W] >= 0``.
     """

@@ -141,7 +141,8 @@ def superpixel_ablation(
 
     ``M(u) = S(x) - S(x with superpixel s(u) set to fill)`` over the SLIC superpixels of
     `superpixels` (``n_segments``, ``compactness``). ``fill``: a number or "mean" (each
-    image's channel mean). Costs ``sum_n M_n + N`` forward passes without autograd;
+    image's channel mean). Costs ``sum_n M_n + N`` forward passes without autograd (the sum over
+    distinct images: rows holding the same image share each copy, `SharedRows`);
     ``batch_size``: copies per forward pass (never changes results). Returns ``Tensor[N, H,
     W]`` (positive where removing the superpixel hurts the score).
     """
@@ -220,8 +221,9 @@ def kernel_shap(
     (`shapley_kernel_coalitions`), ``x_z`` keeping the superpixels in ``z`` and setting the
     others to ``fill`` (a number or "mean"), ``x_0`` all set. Exact for a model additive
     over superpixels once the draws span them. The draws come from ``seed``, afresh for each
-    image, so a batch equals single-image calls. Costs ``N (n_samples + 2)`` forward passes
-    without autograd. Returns ``Tensor[N, H, W]`` (each superpixel painted with its value).
+    image, so a batch equals single-image calls. Costs ``U (n_samples + 2)`` forward passes
+    (``U`` distinct images, `SharedRows`) without autograd. Returns ``Tensor[N, H, W]``
+    (each superpixel painted with its value).
     """
     n_samples = positive_int("n_samples", n_samples)
     return _regression_method(
@@ -253,10 +255,10 @@ def lime(
     1)^2 / kernel_width^2)``, ``d`` the cosine distance to the all-kept coalition (LIME's
     image defaults), over the clean image and ``n_samples - 1`` coalitions keeping each
     superpixel with probability 1/2 (from ``seed``, afresh for each image); ``x_z`` sets the
-    dropped superpixels to ``fill``. Plain weighted least squares (no ridge), so a model
-    linear over superpixels is recovered exactly. Costs ``N (n_samples + 1)`` forward
-    passes without autograd. Returns ``Tensor[N, H, W]`` (each superpixel painted with
-    ``w_s``).
+    dropped superpixels to ``fill``. Plain weighted least squares (no ridge), so a model linear
+    over superpixels is recovered exactly. Costs ``U (n_samples + 1)`` forward (``U``
+    distinct images, `SharedRows`) passes without autograd. Returns ``Tensor[N, H, W]``
+    (each superpixel painted with ``w_s``).
     """
     n_samples = positive_int("n_samples", n_samples)
     if not kernel_width > 0:
