@@ -243,10 +243,11 @@ def extremal_perturbation(
     parameters clamped to [0, 1] after each step. The map is the sum of the masks of all
     areas, in ``[0, len(areas)]``. Gradients flow to the mask only, through the model's
     forward (TorchScript models run too; parameters' ``.grad`` is never touched).
-    ``batch_size``: masks optimised together (default: see `chunk_size`). Each mask's
-    optimisation is independent of the others, so in float64 the batch size never changes
-    results; in float32 the rounding of a different batch shape can flip the sign of a
-    near-zero gradient, which Adam turns into a full step (a few percent of the map).
+    ``batch_size``: masks optimised together (default: see `chunk_size`; fewer on images
+    larger than 224 pixels). Each mask's optimisation is independent of the others, so in
+    float64 the batch size never changes results; in float32 the rounding of a different
+    batch shape can flip the sign of a near-zero gradient, which Adam turns into a full step
+    (a few percent of the map).
     Returns ``Tensor[N, H, W]``.
     """
     areas = _check_areas(areas)
@@ -265,7 +266,8 @@ def extremal_perturbation(
     with borrowed_model(prepared.module):
         output, pinned = clean_pass(prepared)
         reference = _area_targets(areas, size[0] * size[1], maps)
-        chunks = list(in_chunks(len(row_of), chunk_size(batch_size, rows)))
+        per_pass = chunk_size(batch_size, rows, size[0] * size[1])
+        chunks = list(in_chunks(len(row_of), per_pass))
         bar = progress_bar(chunks, disable=not progress, desc="extremal perturbation")
         for chunk in bar:
             row, area = row_of[chunk], area_of[chunk]

@@ -321,17 +321,17 @@ def chunk_size(batch_size: int | None, rows: int, pixels: int | None = None) -> 
     that share copies between rows of one image, `SharedRows`, its distinct images), but at
     least ``MIN_CHUNK``, so each internal forward pass has the shape (and memory) of a
     forward of the caller's own batch, and single images still run in efficient batches.
-    With ``pixels`` (``H * W`` of the copies) that floor is lowered for large images to as
-    many copies as fit in ``CHUNK_PIXELS`` (at least one): a 448-pixel image runs 2 copies
-    per pass, a 672-pixel one 1. Per-image cost rises with batch size on CPU (memory bound:
-    at 672 pixels one copy per pass costs about half the CPU per copy of nine), so larger
-    fixed chunks are slower there. An explicit ``batch_size`` is used as given; it never
-    changes results.
+    Given ``pixels`` (``H * W`` of the copies) larger than 224 x 224, as many copies as fit
+    in ``CHUNK_PIXELS`` (at least one): 2 per pass at 448 x 448, 1 at 672 x 672. Per-image
+    cost rises with batch size on CPU (memory bound: at 672 pixels a copy alone costs about
+    half the CPU of one in a pass of nine), so larger fixed chunks are slower there. An
+    explicit ``batch_size`` is used as given; it never changes results.
     """
-    if batch_size is None:
-        floor = MIN_CHUNK if pixels is None else max(1, min(MIN_CHUNK, CHUNK_PIXELS // pixels))
-        return max(rows, floor)
-    return positive_int("batch_size", batch_size)
+    if batch_size is not None:
+        return positive_int("batch_size", batch_size)
+    if pixels is not None and pixels > CHUNK_PIXELS // MIN_CHUNK:
+        return max(1, CHUNK_PIXELS // pixels)
+    return max(rows, MIN_CHUNK)
 
 
 def clean_pass(prepared: Prepared) -> tuple[torch.Tensor, Targets]:
