@@ -81,6 +81,7 @@ GRADIENT_METHODS = {
     "deeplift": {},
     "deeplift_shap": {},
     "lrp": {},
+    "fullgrad": {},
 }
 
 

@@ -72,7 +72,8 @@ def propagate_relevance(
     # rows holding the same image share the forward pass; one backward pass per row of the
     # largest group (`SharedRows`)
     shared = SharedRows.of(images.detach())
-    pick = shared.first.to(images.device) if len(shared) < len(images) else None
+    sharing = len(shared) < len(images) and layer is None  # a layer may run per cell
+    pick = shared.first.to(images.device) if sharing else None
     inputs = (images if pick is None else images[pick]).detach().clone().requires_grad_(True)
     with borrowed_model(module), torch.enable_grad():
         watched = capture(module, layer, gradients=True) if layer is not None else nullcontext()
