@@ -100,3 +100,11 @@ def test_input_gradients_of_one_image_share_the_forward_pass(method, unchanged):
     for row, target in enumerate(targets):
         alone = explain(net, batch[row : row + 1], method, target=target, **options).maps
         torch.testing.assert_close(shared[row], alone[0], rtol=1e-5, atol=1e-6)
+
+
+def test_chunks_of_large_copies_hold_fewer_images():
+    from convlens.attribution.common import chunk_size
+
+    assert chunk_size(None, 3) == 8 and chunk_size(None, 32, 224 * 224) == 32  # as before
+    assert chunk_size(None, 9, 448 * 448) == 2 and chunk_size(None, 9, 672 * 672) == 1
+    assert chunk_size(5, 9, 672 * 672) == 5  # an explicit batch_size is kept
