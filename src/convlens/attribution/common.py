@@ -367,7 +367,9 @@ class SharedRows:
     order; ``group``: ``Tensor[N]``, each row's group. A perturbation that depends on the
     row only through the tensors compared in `SharedRows.of` (the image, its superpixels,
     its coalitions) is the same for every row of a group, so results equal one copy per
-    row (up to the float rounding of a different batch shape)."""
+    row (up to the float rounding of a different batch shape), for a model that treats
+    every row of a batch alike (a hook that acts on some rows only, as CRP's channel
+    conditioning does, needs one row per copy)."""
 
     first: torch.Tensor
     group: torch.Tensor

@@ -43,13 +43,17 @@ def input_relevance(
     targets: Targets,
     composite: str | Composite,
     bounds: tuple[torch.Tensor, torch.Tensor] | None = None,
+    share_rows: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Relevance of each input element ``Tensor[N, C, H, W]`` and the model output.
 
     The output relevance is ``output * d score / d output`` (the explained logit at its
     class for a class target, ``z_a`` and ``-z_b`` for a contrast), so with conserving rules
-    the relevance sums to the explained score less what biases absorb."""
-    relevance, _, output = propagate_relevance(module, images, targets, composite, bounds)
+    the relevance sums to the explained score less what biases absorb. ``share_rows``: see
+    `propagate_relevance`."""
+    relevance, _, output = propagate_relevance(
+        module, images, targets, composite, bounds, share_rows=share_rows
+    )
     return relevance, output
 
 
@@ -60,6 +64,7 @@ def propagate_relevance(
     composite: str | Composite,
     bounds: tuple[torch.Tensor, torch.Tensor] | None = None,
     layer: LayerSpec | None = None,
+    share_rows: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """`input_relevance`, and in the same backward pass the relevance arriving at the
     output of ``layer`` (``Tensor[N, K, h, w]``, the layer's output shape; None without a
@@ -67,12 +72,15 @@ def propagate_relevance(
 
     The layer's output reaches the layers after it as a copy (`convlens.layers.capture`),
     so a BatchNorm right after ``layer`` is no longer folded into it: take an activation
-    (a ReLU) or the BatchNorm itself, then the input relevance equals plain LRP's."""
+    (a ReLU) or the BatchNorm itself, then the input relevance equals plain LRP's.
+    ``share_rows``: rows holding the same image share the forward pass (`SharedRows`);
+    False where the backward pass treats rows differently (`concept_relevance`)."""
     require_autograd("lrp")
     # rows holding the same image share the forward pass; one backward pass per row of the
     # largest group (`SharedRows`)
     shared = SharedRows.of(images.detach())
-    sharing = len(shared) < len(images) and layer is None  # a layer may run per cell
+    # (not with a layer: it may run per cell)
+    sharing = share_rows and len(shared) < len(images) and layer is None
     pick = shared.first.to(images.device) if sharing else None
     inputs = (images if pick is None else images[pick]).detach().clone().requires_grad_(True)
     with borrowed_model(module), torch.enable_grad():
@@ -223,5 +231,8 @@ def concept_relevance(
         targets = prepared.targets.copies(rows, clean)
     kept = torch.tensor([int(c) for c in channels]).repeat(n)
     with keep_channels(layer_module, kept):
-        relevance, _ = input_relevance(prepared.module, batch, targets, chosen, input_bounds(model))
+        # the rows of one image keep different channels in the backward: no shared rows
+        relevance, _ = input_relevance(
+            prepared.module, batch, targets, chosen, input_bounds(model), share_rows=False
+        )
     return relevance.sum(dim=1).view(n, k, *relevance.shape[2:])
