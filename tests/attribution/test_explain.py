@@ -252,7 +252,7 @@ def test_explain_adds_no_forward_pass_to_the_method(net, images):
     finally:
         handle.remove()
     assert shared == [2, 2]  # one forward per method, nothing else
-    assert sizes == [4]  # the method's own pass on the 4 top-2 rows
+    assert sizes == [2]  # the method's own pass: the 4 top-2 rows share their 2 images
     logits = net(images).detach()
     assert torch.allclose(top2.output, logits.repeat_interleave(2, dim=0))
     assert torch.allclose(top2.scores, logits.topk(2, dim=1).values.flatten())

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from convlens.attribution.common import (
+    SharedRows,
     chunk_size,
     clean_pass,
     in_chunks,
@@ -118,29 +119,35 @@ def rise(
     ``M(u) = 1 / (N p) * sum_k S(x * m_k) m_k(u)`` over ``N = n_masks`` masks of
     `rise_masks` (``cells`` x ``cells`` grids, cells kept with probability ``p = keep``,
     upsampled with a random shift), ``S`` the target score (the logit, or what the target
-    selects). The masks come from ``seed`` and are the same for every image, so a batch
-    equals single-image calls. ``batch_size``: masked copies per forward pass (default: see
-    `chunk_size`; never changes results). Costs ``N * images + images`` forward passes
+    selects). The masks come from ``seed`` and are the same for every image, so a batch equals
+    single-image calls. ``batch_size``: masked copies per forward pass (default: see
+    `chunk_size`; never changes results). Costs ``N * U + images`` forward passes (``U``
+    distinct images: rows holding the same image share each masked copy, `SharedRows`)
     without autograd (a black box: TorchScript models run too). Returns ``Tensor[N, H, W]``.
     """
     prepared = prepare(model, images, target)
     x = prepared.images
     draws = RiseDraws.draw(n_masks, tuple(x.shape[2:]), cells, keep, seed)
     rows = len(x)
-    size = chunk_size(batch_size, rows)
-    mask_of, row_of = work_items(n_masks, rows)
-    total = torch.zeros(rows, *x.shape[2:], dtype=full_precision(x[:0]).dtype, device=x.device)
+    total = torch.zeros(rows, x.shape[2] * x.shape[3], dtype=full_precision(x[:0]).dtype)
+    total = total.to(x.device)
     with borrowed_model(prepared.module), torch.no_grad():
         output, pinned = clean_pass(prepared)
-        chunks = list(in_chunks(len(row_of), size))
+        # rows holding the same image share each masked copy (`SharedRows`)
+        shared = SharedRows.of(x, share=isinstance(output, torch.Tensor))
+        mask_of, group_of = work_items(n_masks, len(shared))
+        size = chunk_size(batch_size, len(shared), x.shape[2] * x.shape[3])
+        chunks = list(in_chunks(len(group_of), size))
         for chunk in progress_bar(chunks, disable=not progress, desc="rise", leave=False):
             used, position = mask_of[chunk].unique(return_inverse=True)
             masks = draws.masks(used).to(x.device)[position.to(x.device)]
-            row = row_of[chunk].to(x.device)
-            masked = x[row] * masks[:, None].to(x.dtype)
-            copies = pinned.copies(row_of[chunk], output)
-            scores = full_precision(copies.score(prepared.module(masked)))
-            total.index_add_(0, row, scores[:, None, None] * masks.to(total.dtype))
+            group = group_of[chunk]
+            masked = x[shared.first[group].to(x.device)] * masks[:, None].to(x.dtype)
+            copy, row, scores = shared.scores(pinned, output, prepared.module(masked), group)
+            weights = torch.zeros(rows, len(group), dtype=total.dtype, device=x.device)
+            weights[row.to(x.device), copy.to(x.device)] = full_precision(scores).to(total)
+            total += weights @ masks.flatten(1).to(total.dtype)
+    total = total.view(rows, *x.shape[2:])
     return MethodResult(total / (n_masks * float(keep)), output)
 
 
@@ -236,10 +243,11 @@ def extremal_perturbation(
     parameters clamped to [0, 1] after each step. The map is the sum of the masks of all
     areas, in ``[0, len(areas)]``. Gradients flow to the mask only, through the model's
     forward (TorchScript models run too; parameters' ``.grad`` is never touched).
-    ``batch_size``: masks optimised together (default: see `chunk_size`). Each mask's
-    optimisation is independent of the others, so in float64 the batch size never changes
-    results; in float32 the rounding of a different batch shape can flip the sign of a
-    near-zero gradient, which Adam turns into a full step (a few percent of the map).
+    ``batch_size``: masks optimised together (default: see `chunk_size`; fewer on images
+    larger than 224 pixels). Each mask's optimisation is independent of the others, so in
+    float64 the batch size never changes results; in float32 the rounding of a different
+    batch shape can flip the sign of a near-zero gradient, which Adam turns into a full step
+    (a few percent of the map).
     Returns ``Tensor[N, H, W]``.
     """
     areas = _check_areas(areas)
@@ -258,7 +266,8 @@ def extremal_perturbation(
     with borrowed_model(prepared.module):
         output, pinned = clean_pass(prepared)
         reference = _area_targets(areas, size[0] * size[1], maps)
-        chunks = list(in_chunks(len(row_of), chunk_size(batch_size, rows)))
+        per_pass = chunk_size(batch_size, rows, size[0] * size[1])
+        chunks = list(in_chunks(len(row_of), per_pass))
         bar = progress_bar(chunks, disable=not progress, desc="extremal perturbation")
         for chunk in bar:
             row, area = row_of[chunk], area_of[chunk]

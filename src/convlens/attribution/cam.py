@@ -25,6 +25,7 @@ from torch import nn
 
 from convlens.attribution.common import (
     Prepared,
+    SharedRows,
     check_spatial,
     chunk_size,
     fix_ranked_targets,
@@ -159,14 +160,31 @@ def to_input_size(maps: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     return resize_maps(maps.clamp_min(0), tuple(images.shape[-2:]))
 
 
-def layer_activation(prepared: Prepared, name: str) -> tuple:
+def layer_activation(prepared: Prepared, name: str, reshape: object = "auto") -> tuple:
     """``(A: Tensor[N, K, h, w], output)`` of layer ``name`` from one forward pass without
-    autograd. Call inside `borrowed_model`."""
-    with capture(prepared.module, name) as cap, torch.no_grad():
-        output = prepared.module(prepared.images)
-    activation = cap.activation(name)
+    autograd (``reshape``: as `capture`'s). Rows holding the same image (`SharedRows`) share
+    the pass. Call inside `borrowed_model`."""
+    images = prepared.images
+    shared = SharedRows.of(images)
+    found = None
+    if len(shared) < len(images):
+        distinct = images[shared.first.to(images.device)]
+        activation, output = _forward_with_layer(prepared.module, distinct, name, reshape)
+        if not isinstance(output, torch.Tensor) or len(activation) != len(shared):
+            found = None  # rows cannot be indexed: one row per image as usual
+        else:
+            group = shared.group.to(images.device)
+            found = activation[group], output[group]
+    activation, output = found or _forward_with_layer(prepared.module, images, name, reshape)
     check_spatial(name, activation)
     return activation, output
+
+
+def _forward_with_layer(module: nn.Module, images: torch.Tensor, name: str, reshape) -> tuple:
+    """``(A, output)``: layer ``name``'s (last) output and the model's, without autograd."""
+    with capture(module, name, reshape=reshape) as cap, torch.no_grad():
+        output = module(images)
+    return cap.activation(name), output
 
 
 def channel_weighted(weights: torch.Tensor, activation: torch.Tensor) -> torch.Tensor:
@@ -452,7 +470,8 @@ def scorecam(
     softmax over channels of the logit increase ``f_c(x * M_k) - f_c(x_b)``. A constant
     channel (all zero, or flat) has no mask to speak of and gets ``w_k = 0``.
     ``L = ReLU(sum_k w_k A_k)``. Costs one forward pass without autograd (activation,
-    and the class of ranked targets) plus one per non-constant channel, ``batch_size``
+    and the class of ranked targets) plus one per non-constant channel of each distinct image
+    (rows holding the same image share the masked copies, `SharedRows`), ``batch_size``
     masked copies at a time (default: see `chunk_size`; never changes results).
     Returns ``Tensor[N, H, W] >= 0``.
     """
@@ -460,9 +479,8 @@ def scorecam(
     def layer_map(prepared: Prepared, name: str, eigen: bool) -> MethodResult:
         activation, output = layer_activation(prepared, name)
         targets = fix_ranked_targets(prepared.targets, output)
-        size = chunk_size(batch_size, len(prepared.images))
         weights = _masked_scores(
-            prepared.module, prepared.images, targets, activation, output, size, progress
+            prepared.module, prepared.images, targets, activation, output, batch_size, progress
         )
         return MethodResult(weighted_map(weights, activation, prepared.images, eigen), output)
 
@@ -474,18 +492,23 @@ def _masked_scores(
 ) -> torch.Tensor:
     """``Tensor[N, K]``: the target score of ``images[n] * M_k`` for non-constant channels
     (``clean``: the output on ``images``, what a callable target sees for other images)."""
-    flat = activation.flatten(2)
-    rows, channels = torch.nonzero(flat.amax(dim=2) > flat.amin(dim=2), as_tuple=True)
+    # rows holding the same image share each masked copy (`SharedRows`); the masks come from
+    # the activation of the group's first row
+    shared = SharedRows.of(images, share=isinstance(clean, torch.Tensor))
+    flat = activation[shared.first.to(activation.device)].flatten(2)
+    groups, channels = torch.nonzero(flat.amax(dim=2) > flat.amin(dim=2), as_tuple=True)
     weights = torch.zeros_like(activation[:, :, 0, 0])
-    chunks = list(in_chunks(len(rows), batch_size))
+    size = chunk_size(batch_size, len(shared), images.shape[-2] * images.shape[-1])
+    chunks = list(in_chunks(len(groups), size))
     for chunk in progress_bar(chunks, disable=not progress, desc="scorecam", leave=False):
-        row, channel = rows[chunk], channels[chunk]
-        masks = normalize_maps(resize_maps(activation[row, channel], tuple(images.shape[-2:])))
+        group, channel = groups[chunk].cpu(), channels[chunk]
+        first = shared.first[group].to(activation.device)
+        masks = normalize_maps(resize_maps(activation[first, channel], tuple(images.shape[-2:])))
         with torch.no_grad():
-            output = module(images[row] * masks[:, None])
+            output = module(images[first.to(images.device)] * masks[:, None])
             probabilities = output if targets.fn is not None else output.softmax(dim=1)
-            scores = targets.copies(row.cpu(), clean).score(probabilities)  # targets: on CPU
-            weights[row, channel] = scores.to(weights)
+            copy, row, scores = shared.scores(targets, clean, probabilities, group)
+            weights[row.to(weights.device), channel[copy.to(channel.device)]] = scores.to(weights)
     return weights
 
 

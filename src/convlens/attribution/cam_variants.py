@@ -14,12 +14,13 @@ from convlens.attribution.cam import (
     Model,
     cam_maps,
     gradient_layer_map,
+    layer_activation,
     weigh_gradcam,
     weighted_map,
 )
 from convlens.attribution.common import (
     Prepared,
-    check_spatial,
+    SharedRows,
     chunk_size,
     fix_ranked_targets,
     in_chunks,
@@ -28,7 +29,7 @@ from convlens.attribution.common import (
 from convlens.attribution.registry import MethodResult, register_method
 from convlens.data.progress import progress_bar
 from convlens.errors import MethodError, TargetError
-from convlens.layers.capture import capture, replaced_output
+from convlens.layers.capture import replaced_output
 from convlens.layers.find import LayerSpec
 from convlens.targets import Targets
 
@@ -60,8 +61,7 @@ def ablationcam(
     def layer_map(prepared: Prepared, name: str, eigen: bool) -> MethodResult:
         activation, output = _raw_activation(prepared, name)
         targets = fix_ranked_targets(prepared.targets, output)
-        size = chunk_size(batch_size, len(prepared.images))
-        ablated = _ablated_scores(prepared, name, targets, activation, output, size, progress)
+        ablated = _ablated_scores(prepared, name, targets, activation, output, batch_size, progress)
         clean = targets.score(output).to(ablated)[:, None]
         weights = torch.where(clean != 0, (clean - ablated) / torch.where(clean == 0, 1, clean), 0)
         return MethodResult(weighted_map(weights, activation, prepared.images, eigen), output)
@@ -72,30 +72,33 @@ def ablationcam(
 def _raw_activation(prepared: Prepared, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     """``(A, output)``: the layer's output as the model passes it on (no token reshape, so
     an ablated copy can replace it), from one forward pass without autograd."""
-    with capture(prepared.module, name, reshape=None) as cap, torch.no_grad():
-        output = prepared.module(prepared.images)
-    activation = cap.activation(name)
-    check_spatial(name, activation)
-    return activation, output
+    return layer_activation(prepared, name, reshape=None)
 
 
 def _ablated_scores(
-    prepared: Prepared, name: str, targets: Targets, activation, clean, size, progress
+    prepared: Prepared, name: str, targets: Targets, activation, clean, batch_size, progress
 ) -> torch.Tensor:
     """``Tensor[N, K]``: the target score with channel ``k`` of row ``n``'s activation set to
     0 (the clean score for all-zero channels, which are not run)."""
-    rows, channels = torch.nonzero(activation.flatten(2).abs().amax(dim=2) > 0, as_tuple=True)
+    # rows holding the same image share each ablated copy (`SharedRows`), made from the
+    # activation of the group's first row
+    images = prepared.images
+    shared = SharedRows.of(images, share=isinstance(clean, torch.Tensor))
+    first_rows = activation[shared.first.to(activation.device)]
+    groups, channels = torch.nonzero(first_rows.flatten(2).abs().amax(dim=2) > 0, as_tuple=True)
     scores = targets.score(clean)[:, None].repeat(1, activation.shape[1]).float()
-    chunks = list(in_chunks(len(rows), size))
+    size = chunk_size(batch_size, len(shared), images.shape[-2] * images.shape[-1])
+    chunks = list(in_chunks(len(groups), size))
     for chunk in progress_bar(chunks, disable=not progress, desc="ablationcam", leave=False):
-        row, channel = rows[chunk], channels[chunk]
-        ablated = activation[row].clone()
-        ablated[torch.arange(len(row), device=ablated.device), channel] = 0
+        group, channel = groups[chunk].cpu(), channels[chunk]
+        first = shared.first[group].to(activation.device)
+        ablated = activation[first].clone()
+        ablated[torch.arange(len(first), device=ablated.device), channel] = 0
         with replaced_output(prepared.module, name, partial(_same_dtype, ablated)):
             with torch.no_grad():
-                output = prepared.module(prepared.images[row])
-        copies = targets.copies(row.cpu(), clean)  # targets: on CPU
-        scores[row, channel] = copies.score(output).to(scores)
+                output = prepared.module(images[first.to(images.device)])
+        copy, row, score = shared.scores(targets, clean, output, group)  # targets: on CPU
+        scores[row.to(scores.device), channel[copy.to(channel.device)]] = score.to(scores)
     return scores
 
 

@@ -141,8 +141,18 @@ def input_gradient(
     Only the input gradient is computed (no parameter ``.grad``). Rows are independent, so
     the gradient of the summed scores is each row's own gradient. ``targets``: `Targets`
     for the explained rows themselves, `CopyTargets` for copies of them (noisy, path points).
+    Rows holding the same input (`SharedRows`: a grid explained once per cell) share one
+    forward pass, and each row's gradient comes from its own backward pass (one pass per
+    row of the largest group, each covering one row of every group): the same gradients as
+    a forward per row, at a fraction of the cost (a batch of copies of a large image is
+    memory bound on a CPU).
     """
     require_autograd(GRADIENT_METHOD)
+    shared = SharedRows.of(images.detach())
+    if len(shared) < len(images):
+        found = _shared_input_gradient(module, images, targets, shared)
+        if found is not None:
+            return found
     inputs = images.detach().clone().requires_grad_(True)
     with torch.enable_grad():
         output = module(inputs)
@@ -151,13 +161,56 @@ def input_gradient(
     return gradient, detach_output(output)
 
 
+def _shared_input_gradient(
+    module: nn.Module, images: torch.Tensor, targets: Targets | CopyTargets, shared: SharedRows
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """`input_gradient` with one forward pass per group of ``shared``; None when the output
+    is not a tensor (then its rows cannot be indexed)."""
+    group = shared.group.to(images.device)
+    inputs = images.detach()[shared.first.to(images.device)].clone().requires_grad_(True)
+    with torch.enable_grad():
+        output = module(inputs)
+        if not isinstance(output, torch.Tensor):
+            return None
+        return per_row_gradients(output, targets, inputs, shared), detach_output(output)[group]
+
+
+def per_row_gradients(
+    output: torch.Tensor, targets: Targets | CopyTargets, wrt: torch.Tensor, shared: SharedRows
+) -> torch.Tensor:
+    """``Tensor[N, ...]``: the gradient of each row's target score on ``output[group]`` w.r.t.
+    its group's row of ``wrt`` (``Tensor[U, ...]``), one backward pass per slot
+    (`group_slots`)."""
+    group = shared.group.to(wrt.device)
+    scores = targets.score(output[group.to(output.device)])
+    gradient = torch.empty_like(wrt[group])
+    slots = group_slots(shared.group)
+    last = int(slots.max())
+    for slot in range(last + 1):
+        rows = torch.nonzero(slots == slot)[:, 0]
+        (part,) = torch.autograd.grad(
+            scores[rows.to(scores.device)].sum(), wrt, retain_graph=slot < last
+        )
+        rows = rows.to(wrt.device)
+        gradient[rows] = part[group[rows]]
+    return gradient
+
+
 def layer_gradient(
     module: nn.Module, images: torch.Tensor, targets: Targets, layer: str
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Activation ``A`` of ``layer`` and ``dscore/dA`` (both ``Tensor[N, C, h, w]``), and the
     output. The forward pass records autograd only from ``layer`` on; the backward stops
-    there. ``A`` is the last call's output when the layer runs more than once."""
+    there. ``A`` is the last call's output when the layer runs more than once. Rows holding
+    the same image (`SharedRows`) share one forward pass; each row's gradient then comes
+    from its own backward pass from the output to the layer (one pass per row of the
+    largest group, each covering one row of every group), equal to a forward per row."""
     require_autograd(GRADIENT_METHOD)
+    shared = SharedRows.of(images)
+    if len(shared) < len(images):
+        found = _shared_layer_gradient(module, images, targets, layer, shared)
+        if found is not None:
+            return found
     with capture(module, layer, gradients=True, graph_from_layer=True) as cap:
         output = module(images)
         activation = cap.activation(layer)
@@ -165,6 +218,33 @@ def layer_gradient(
         scores = targets.score(output)
         (gradient,) = torch.autograd.grad(scores.sum(), activation)
     return activation.detach(), gradient, detach_output(output)
+
+
+def _shared_layer_gradient(
+    module: nn.Module, images: torch.Tensor, targets: Targets, layer: str, shared: SharedRows
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """`layer_gradient` with one forward pass per group of ``shared``; None when the output
+    is not a tensor or the layer's batch is not the images' (then rows cannot be indexed)."""
+    group = shared.group.to(images.device)
+    with capture(module, layer, gradients=True, graph_from_layer=True) as cap:
+        output = module(images[shared.first.to(images.device)])
+        activation = cap.activation(layer)
+        check_spatial(layer, activation)
+        if not isinstance(output, torch.Tensor) or len(activation) != len(shared):
+            return None
+        gradient = per_row_gradients(output, targets, activation, shared)
+    return activation.detach()[group], gradient, detach_output(output)[group]
+
+
+def group_slots(group: torch.Tensor) -> torch.Tensor:
+    """``Tensor[N]``: each row's position among the rows of its group (0 for a group's
+    first row, 1 for its second ...), so the rows of one slot are in distinct groups."""
+    slots = torch.empty_like(group)
+    seen: dict[int, int] = {}
+    for row, g in enumerate(group.tolist()):
+        slots[row] = seen.get(g, 0)
+        seen[g] = int(slots[row]) + 1
+    return slots
 
 
 def reduce_channels(attribution: torch.Tensor, how: str) -> torch.Tensor:
@@ -230,20 +310,28 @@ def positive_int(name: str, value: object) -> int:
 
 
 MIN_CHUNK = 8
+# The pixels of MIN_CHUNK images of 224 x 224: copies of larger images come fewer per pass.
+CHUNK_PIXELS = MIN_CHUNK * 224 * 224
 
 
-def chunk_size(batch_size: int | None, rows: int) -> int:
+def chunk_size(batch_size: int | None, rows: int, pixels: int | None = None) -> int:
     """Rows per forward pass for methods that evaluate many perturbed copies.
 
-    ``None`` (the default everywhere): as many as the explained batch has rows, but at least
-    ``MIN_CHUNK``, so each internal forward pass has the shape (and memory) of a forward of
-    the caller's own batch, and single images still run in efficient batches. Per-image
-    cost rises with batch size on CPU (memory bound), so larger fixed chunks are slower
-    there. An explicit ``batch_size`` is used as given; it never changes results.
+    ``None`` (the default everywhere): as many as the explained batch has rows (for methods
+    that share copies between rows of one image, `SharedRows`, its distinct images), but at
+    least ``MIN_CHUNK``, so each internal forward pass has the shape (and memory) of a
+    forward of the caller's own batch, and single images still run in efficient batches.
+    Given ``pixels`` (``H * W`` of the copies) larger than 224 x 224, as many copies as fit
+    in ``CHUNK_PIXELS`` (at least one): 2 per pass at 448 x 448, 1 at 672 x 672. Per-image
+    cost rises with batch size on CPU (memory bound: at 672 pixels a copy alone costs about
+    half the CPU of one in a pass of nine), so larger fixed chunks are slower there. An
+    explicit ``batch_size`` is used as given; it never changes results.
     """
-    if batch_size is None:
-        return max(rows, MIN_CHUNK)
-    return positive_int("batch_size", batch_size)
+    if batch_size is not None:
+        return positive_int("batch_size", batch_size)
+    if pixels is not None and pixels > CHUNK_PIXELS // MIN_CHUNK:
+        return max(1, CHUNK_PIXELS // pixels)
+    return max(rows, MIN_CHUNK)
 
 
 def clean_pass(prepared: Prepared) -> tuple[torch.Tensor, Targets]:
@@ -266,3 +354,67 @@ def in_chunks(total: int, size: int):
     positive_int("batch_size", size)
     for start in range(0, total, size):
         yield slice(start, min(start + size, total))
+
+
+@dataclass(frozen=True)
+class SharedRows:
+    """Rows of a batch that hold the same input share the forward passes of their perturbed
+    copies (a GridPG grid explained once per cell, top-k targets, one image explained for
+    several classes): every perturbed forward pass already gives the output for all
+    classes, so one copy per distinct input is scored once per row it stands for.
+
+    ``first``: ``Tensor[U]`` (int64, CPU), the first row of each distinct group, in row
+    order; ``group``: ``Tensor[N]``, each row's group. A perturbation that depends on the
+    row only through the tensors compared in `SharedRows.of` (the image, its superpixels,
+    its coalitions) is the same for every row of a group, so results equal one copy per
+    row (up to the float rounding of a different batch shape), for a model that treats
+    every row of a batch alike (a hook that acts on some rows only, as CRP's channel
+    conditioning does, needs one row per copy)."""
+
+    first: torch.Tensor
+    group: torch.Tensor
+
+    @classmethod
+    def of(cls, *tensors: torch.Tensor, share: bool = True) -> SharedRows:
+        """Groups of rows equal in every tensor of ``tensors`` (each ``Tensor[N, ...]``,
+        compared exactly); ``share=False`` (an output that cannot be indexed by rows, such
+        as detections): every row its own group."""
+        rows = len(tensors[0])
+        if not share:
+            return cls(torch.arange(rows), torch.arange(rows))
+        keys = [
+            tuple(float(t[r].double().sum()) for t in tensors) for r in range(rows)
+        ]  # a cheap key first, exact comparison only within a key
+        first: list[int] = []
+        group: list[int] = []
+        for r in range(rows):
+            same = (
+                g
+                for g, f in enumerate(first)
+                if keys[f] == keys[r] and all(torch.equal(t[r], t[f]) for t in tensors)
+            )
+            found = next(same, None)
+            if found is None:
+                found = len(first)
+                first.append(r)
+            group.append(found)
+        return cls(torch.tensor(first, dtype=torch.long), torch.tensor(group, dtype=torch.long))
+
+    def __len__(self) -> int:
+        return len(self.first)
+
+    def expand(self, groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """For copies of the groups ``groups`` (``Tensor[k]``): the copy and the row of every
+        (copy, row of its group) pair, ``Tensor[m]`` twice (copy-major, rows in order)."""
+        return torch.nonzero(groups.cpu()[:, None] == self.group[None], as_tuple=True)
+
+    def scores(
+        self, pinned: Targets, clean: object, output: object, groups: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(copy, row, score)``, each ``Tensor[m]``: the target score of every row of each
+        copy's group on that copy's ``output`` (``Tensor[k, ...]`` for copies of ``groups``),
+        read by ``pinned.copies(row, clean)`` as for a copy per row."""
+        copy, row = self.expand(groups)
+        if len(copy) != len(groups) or not torch.equal(copy, torch.arange(len(groups))):
+            output = output[copy.to(output.device)]
+        return copy, row, pinned.copies(row, clean).score(output)

@@ -8,7 +8,13 @@ import torch
 from torch import nn
 
 from convlens.attribution.cam import Model, augmented_average, reduce_weighted
-from convlens.attribution.common import GRADIENT_METHOD, Prepared, prepare
+from convlens.attribution.common import (
+    GRADIENT_METHOD,
+    Prepared,
+    SharedRows,
+    group_slots,
+    prepare,
+)
 from convlens.attribution.registry import MethodResult, register_method
 from convlens.layers.borrow import borrowed_model, require_autograd
 from convlens.layers.capture import capture
@@ -30,8 +36,9 @@ def fullgrad(
     ``Conv2d`` and ``BatchNorm2d`` with a bias (a BatchNorm's bias is its eval-mode offset
     ``beta - mu gamma / sqrt(var + eps)``), ``z_l`` the layer's output, ``psi`` min-max
     scaling of each channel map to [0, 1] and ``up`` bilinear upsampling (as pytorch-grad-cam's
-    FullGrad). One forward and one backward pass; ``eigen_smooth`` takes the first principal
-    component of the per-channel input maps and per-layer maps instead of their sum.
+    FullGrad). One forward and one backward pass (rows holding the same image share the
+    forward pass, one backward pass per row: `SharedRows`); ``eigen_smooth`` takes the
+    first principal component of the per-channel input maps and per-layer maps instead of their sum.
     Returns ``Tensor[N, H, W] >= 0`` (raw: pytorch-grad-cam then min-max scales it).
     """
     prepared = prepare(model, images, target)
@@ -63,14 +70,12 @@ def _fullgrad_map(prepared: Prepared, eigen_smooth: bool) -> MethodResult:
     """The FullGrad map ``Tensor[N, H, W]`` and the output, from one backward pass."""
     require_autograd(GRADIENT_METHOD)
     biases = bias_layers(prepared.module)
-    inputs = prepared.images.detach().clone().requires_grad_(True)
-    with capture(prepared.module, list(biases), gradients=True, reshape=None) as cap:
-        output = prepared.module(inputs)
-        outputs = [(name, z) for name in biases for z in cap.all_calls(name)]
-        scores = prepared.targets.score(output)
-        gradients = torch.autograd.grad(
-            scores.sum(), [inputs, *(z for _, z in outputs)], allow_unused=True
-        )
+    # rows holding the same image share the forward pass, one backward pass per row of the
+    # largest group (`SharedRows`), unless a layer's batch is not the images' (DiFull cells)
+    images = prepared.images.detach()
+    shared = SharedRows.of(images)
+    found = _gradients(prepared, biases, shared) if len(shared) < len(images) else None
+    inputs, output, outputs, gradients = found or _gradients(prepared, biases, None)
     size = tuple(inputs.shape[-2:])
     input_term = (full_precision(inputs.detach()) * full_precision(gradients[0])).abs()
     terms = list(_channel_scaled(input_term).unbind(dim=1))
@@ -81,6 +86,54 @@ def _fullgrad_map(prepared: Prepared, eigen_smooth: bool) -> MethodResult:
             terms.append(resize_maps(scaled.sum(dim=1), size))
     maps = reduce_weighted(torch.stack(terms, dim=1), eigen_smooth).clamp_min(0)
     return MethodResult(maps, output.detach())  # float32 for half models: no underflow
+
+
+def _gradients(prepared: Prepared, biases: dict, shared: SharedRows | None) -> tuple | None:
+    """``(inputs, output, [(layer, z)], gradients)`` of the target scores w.r.t. the inputs
+    and every bias layer's output ``z``, one row per explained row; with ``shared``, one
+    forward pass per distinct image (None if the output or a layer's batch is not
+    per image)."""
+    images = prepared.images.detach()
+    pick = None if shared is None else shared.first.to(images.device)
+    inputs = (images if pick is None else images[pick]).clone().requires_grad_(True)
+    with capture(prepared.module, list(biases), gradients=True, reshape=None) as cap:
+        output = prepared.module(inputs)
+        outputs = [(name, z) for name in biases for z in cap.all_calls(name)]
+        wrt = [inputs, *(z for _, z in outputs)]
+        if shared is None:
+            scores = prepared.targets.score(output)
+            return (
+                inputs,
+                output,
+                outputs,
+                torch.autograd.grad(scores.sum(), wrt, allow_unused=True),
+            )
+        if not isinstance(output, torch.Tensor) or any(len(z) != len(shared) for z in wrt):
+            return None
+        gradients = _per_row(output, prepared.targets, wrt, shared)
+    return images, output[shared.group.to(output.device)], outputs, gradients
+
+
+def _per_row(output, targets, wrt: list, shared: SharedRows) -> list[torch.Tensor | None]:
+    """The gradient of each row's target score on ``output[group]`` w.r.t. each tensor of
+    ``wrt`` (one row per group of ``shared``), one backward pass per slot (`group_slots`);
+    each comes back with one row per explained row (None where the score never used it)."""
+    group = shared.group.to(output.device)
+    scores = targets.score(output[group])
+    slots = group_slots(shared.group)
+    last = int(slots.max())
+    found: list[torch.Tensor | None] = [None] * len(wrt)
+    for slot in range(last + 1):
+        rows = torch.nonzero(slots == slot)[:, 0].to(output.device)
+        parts = torch.autograd.grad(
+            scores[rows].sum(), wrt, allow_unused=True, retain_graph=slot < last
+        )
+        for k, part in enumerate(parts):
+            if part is not None:
+                if found[k] is None:
+                    found[k] = torch.zeros_like(part[group])
+                found[k][rows] = part[group[rows]]
+    return found
 
 
 def _channel_scaled(maps: torch.Tensor) -> torch.Tensor:

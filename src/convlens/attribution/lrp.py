@@ -9,7 +9,7 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
-from convlens.attribution.common import positive_int, prepare
+from convlens.attribution.common import SharedRows, group_slots, positive_int, prepare
 from convlens.attribution.registry import MethodResult, register_method
 from convlens.data.preprocess import IMAGENET_PREPROCESS
 from convlens.errors import MethodError
@@ -43,13 +43,17 @@ def input_relevance(
     targets: Targets,
     composite: str | Composite,
     bounds: tuple[torch.Tensor, torch.Tensor] | None = None,
+    share_rows: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Relevance of each input element ``Tensor[N, C, H, W]`` and the model output.
 
     The output relevance is ``output * d score / d output`` (the explained logit at its
     class for a class target, ``z_a`` and ``-z_b`` for a contrast), so with conserving rules
-    the relevance sums to the explained score less what biases absorb."""
-    relevance, _, output = propagate_relevance(module, images, targets, composite, bounds)
+    the relevance sums to the explained score less what biases absorb. ``share_rows``: see
+    `propagate_relevance`."""
+    relevance, _, output = propagate_relevance(
+        module, images, targets, composite, bounds, share_rows=share_rows
+    )
     return relevance, output
 
 
@@ -60,6 +64,7 @@ def propagate_relevance(
     composite: str | Composite,
     bounds: tuple[torch.Tensor, torch.Tensor] | None = None,
     layer: LayerSpec | None = None,
+    share_rows: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """`input_relevance`, and in the same backward pass the relevance arriving at the
     output of ``layer`` (``Tensor[N, K, h, w]``, the layer's output shape; None without a
@@ -67,24 +72,70 @@ def propagate_relevance(
 
     The layer's output reaches the layers after it as a copy (`convlens.layers.capture`),
     so a BatchNorm right after ``layer`` is no longer folded into it: take an activation
-    (a ReLU) or the BatchNorm itself, then the input relevance equals plain LRP's."""
+    (a ReLU) or the BatchNorm itself, then the input relevance equals plain LRP's.
+    ``share_rows``: rows holding the same image share the forward pass (`SharedRows`);
+    False where the backward pass treats rows differently (`concept_relevance`)."""
     require_autograd("lrp")
-    inputs = images.detach().clone().requires_grad_(True)
+    # rows holding the same image share the forward pass; one backward pass per row of the
+    # largest group (`SharedRows`)
+    shared = SharedRows.of(images.detach())
+    # (not with a layer: it may run per cell)
+    sharing = share_rows and len(shared) < len(images) and layer is None
+    pick = shared.first.to(images.device) if sharing else None
+    inputs = (images if pick is None else images[pick]).detach().clone().requires_grad_(True)
     with borrowed_model(module), torch.enable_grad():
         watched = capture(module, layer, gradients=True) if layer is not None else nullcontext()
         with watched as captured, relevance_rules(module, composite, bounds) as session:
             output = module(inputs)
         session.require_layers()
-        scores = targets.score(output)
-        (seed,) = torch.autograd.grad(scores.sum(), output, retain_graph=True)
         wrt = (inputs,) if captured is None else (inputs, captured.activation())
-        found = torch.autograd.grad(output, wrt, seed * output.detach(), allow_unused=True)
+        if pick is None:
+            found = _relevance(output, targets.score(output).sum(), wrt, retain=False)
+        else:
+            found = _shared_relevance(output, targets, wrt, shared)
+            output = output[shared.group.to(output.device)]
     at_layer = None
     if captured is not None:
         at_layer = found[1]
         if at_layer is None:  # the output never reached the explained score
             at_layer = torch.zeros_like(captured.activation())
+            if pick is not None:
+                at_layer = at_layer[shared.group.to(at_layer.device)]
     return found[0], at_layer, output.detach()
+
+
+def _relevance(
+    output: torch.Tensor, score: torch.Tensor, wrt: tuple, retain: bool
+) -> tuple[torch.Tensor | None, ...]:
+    """The relevance of ``score`` (a sum of target scores) at each tensor of ``wrt``: the
+    backward pass of the rules from ``d score / d output * output``."""
+    (seed,) = torch.autograd.grad(score, output, retain_graph=True)
+    return torch.autograd.grad(
+        output, wrt, seed * output.detach(), allow_unused=True, retain_graph=retain
+    )
+
+
+def _shared_relevance(
+    output: torch.Tensor, targets: Targets, wrt: tuple, shared: SharedRows
+) -> tuple[torch.Tensor | None, ...]:
+    """`_relevance` of each row's own score on ``output[group]`` (``output``, ``wrt``: one
+    row per group of ``shared``), one backward pass per slot (`group_slots`); each tensor
+    of ``wrt`` comes back with one row per explained row."""
+    group = shared.group.to(output.device)
+    scores = targets.score(output[group])
+    slots = group_slots(shared.group)
+    last = int(slots.max())
+    found: list[torch.Tensor | None] = [None] * len(wrt)
+    for slot in range(last + 1):
+        rows = torch.nonzero(slots == slot)[:, 0].to(output.device)
+        parts = _relevance(output, scores[rows].sum(), wrt, retain=slot < last)
+        for k, part in enumerate(parts):
+            if part is None:
+                continue
+            if found[k] is None:
+                found[k] = torch.zeros_like(part[group])
+            found[k][rows] = part[group[rows]]
+    return tuple(found)
 
 
 @register_method("lrp", "rule")
@@ -180,5 +231,8 @@ def concept_relevance(
         targets = prepared.targets.copies(rows, clean)
     kept = torch.tensor([int(c) for c in channels]).repeat(n)
     with keep_channels(layer_module, kept):
-        relevance, _ = input_relevance(prepared.module, batch, targets, chosen, input_bounds(model))
+        # the rows of one image keep different channels in the backward: no shared rows
+        relevance, _ = input_relevance(
+            prepared.module, batch, targets, chosen, input_bounds(model), share_rows=False
+        )
     return relevance.sum(dim=1).view(n, k, *relevance.shape[2:])

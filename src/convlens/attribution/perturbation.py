@@ -12,7 +12,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from convlens.attribution.common import chunk_size, clean_pass, in_chunks, prepare
+from convlens.attribution.common import (
+    SharedRows,
+    chunk_size,
+    clean_pass,
+    in_chunks,
+    prepare,
+)
 from convlens.attribution.registry import MethodResult, register_method
 from convlens.data.progress import progress_bar
 from convlens.errors import MethodError
@@ -78,10 +84,11 @@ def occlusion(
     covered; a ``stride`` larger than ``patch`` (on either axis) would leave pixels between
     patches uncovered and raises `MethodError`. ``fill``: a number (0 is the normalised
     mid-grey for mean-0.5 inputs) or "mean" (each image's per-channel mean).
-    ``batch_size``: occluded copies per forward pass (default: see `chunk_size`; never
-    changes results). Costs ``N * positions + N``
-    forward passes without autograd. Returns ``Tensor[N, H, W]`` (positive where occluding
-    hurts the score).
+    ``batch_size``: occluded copies per forward pass (default: see `chunk_size`; never changes
+    results). Costs ``U * positions + N`` forward passes without autograd, ``U`` the
+    distinct images (rows holding the same image, such as one image explained for several
+    classes, share each copy: `SharedRows`). Returns ``Tensor[N, H, W]`` (positive where
+    occluding hurts the score).
     """
     patch_hw, stride_hw = _pair("patch", patch), _pair("stride", stride)
     prepared = prepare(model, images, target)
@@ -92,24 +99,28 @@ def occlusion(
     positions = [(top, left) for top in tops for left in lefts]
     fills = fill_values(x, fill)
     rows = len(x)
-    size = chunk_size(batch_size, rows)
-    # Flat work item k = row * positions + position.
-    row_of = torch.arange(rows).repeat_interleave(len(positions))
-    position_of = torch.arange(len(positions)).repeat(rows)
     # Score drops in at least float32: a half-precision difference of close scores is noise.
     drops = torch.empty(rows, len(positions), dtype=full_precision(x[:0]).dtype, device=x.device)
     with borrowed_model(prepared.module), torch.no_grad():
         output, pinned = clean_pass(prepared)
         clean = full_precision(pinned.score(output))
-        chunks = list(in_chunks(len(row_of), size))
+        # rows holding the same image share each occluded copy (`SharedRows`)
+        shared = SharedRows.of(x, share=isinstance(output, torch.Tensor))
+        # Flat work item k = group * positions + position.
+        group_of = torch.arange(len(shared)).repeat_interleave(len(positions))
+        position_of = torch.arange(len(positions)).repeat(len(shared))
+        size = chunk_size(batch_size, len(shared), height * width)
+        chunks = list(in_chunks(len(group_of), size))
         for chunk in progress_bar(chunks, disable=not progress, desc="occlusion", leave=False):
-            row, position = row_of[chunk], position_of[chunk]
-            copies = x[row.to(x.device)]  # advanced indexing copies
-            for k, (r, p) in enumerate(zip(row.tolist(), position.tolist(), strict=True)):
+            group, position = group_of[chunk], position_of[chunk]
+            first = shared.first[group]
+            copies = x[first.to(x.device)]  # advanced indexing copies
+            for k, (r, p) in enumerate(zip(first.tolist(), position.tolist(), strict=True)):
                 top, left = positions[p]
                 copies[k, :, top : top + patch_hw[0], left : left + patch_hw[1]] = fills[r]
-            scores = full_precision(pinned.copies(row, output).score(prepared.module(copies)))
-            drops[row.to(x.device), position.to(x.device)] = clean[row.to(x.device)] - scores
+            copy, row, scores = shared.scores(pinned, output, prepared.module(copies), group)
+            row, at = row.to(x.device), position[copy].to(x.device)
+            drops[row, at] = clean[row] - full_precision(scores)
     maps = _average_over_patches(drops, positions, patch_hw, (height, width))
     return MethodResult(maps, output)
 

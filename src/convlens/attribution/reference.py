@@ -25,11 +25,13 @@ from torch import nn
 
 from convlens.attribution.baselines import baseline_distribution, baseline_rows
 from convlens.attribution.common import (
+    SharedRows,
     chunk_size,
     clean_pass,
     fix_ranked_targets,
     in_chunks,
     input_gradient,
+    per_row_gradients,
     positive_int,
     prepare,
     work_items,
@@ -53,16 +55,27 @@ def deeplift_gradient(
     ``inputs`` against ``references`` (both ``Tensor[M, C, H, W]``, paired by row), the
     output on the inputs and the output on the references. Two forward passes: the
     references (no autograd, nonlinearity inputs recorded), then the inputs with the
-    rescale rule; one backward pass."""
+    rescale rule; one backward pass (rows with the same input and reference share the
+    forward passes, one backward pass per row of the largest group: `SharedRows`)."""
     require_autograd("DeepLIFT")
+    # rows with the same input and reference (a grid explained once per cell) share both
+    # forward passes; each row's multipliers then come from its own backward pass
+    shared = SharedRows.of(inputs.detach(), references.detach())
+    pick = shared.first.to(inputs.device) if len(shared) < len(inputs) else None
+    if pick is not None:
+        inputs, references = inputs[pick], references[pick]
     with torch.no_grad(), recorded_references(module) as recorded:
         reference_output = module(references)
     leaf = inputs.detach().clone().requires_grad_(True)
     with torch.enable_grad():
         with rescale_rule(module, recorded):
             output = module(leaf)
-        (gradient,) = torch.autograd.grad(targets.score(output).sum(), leaf)
-    return gradient, output.detach(), reference_output
+        if pick is None:
+            (gradient,) = torch.autograd.grad(targets.score(output).sum(), leaf)
+            return gradient, output.detach(), reference_output
+        gradient = per_row_gradients(output, targets, leaf, shared)
+    group = shared.group.to(output.device)
+    return gradient, output.detach()[group], reference_output[group]
 
 
 def _completeness_error(
@@ -141,9 +154,7 @@ def deeplift_shap(
             row, which = row_of[chunk], reference_of[chunk]
             base = references[which.to(x.device), row.to(x.device)]
             copies = pinned.copies(row, clean)
-            gradient, _, reference_output = deeplift_gradient(
-                prepared.module, x[row], base, copies
-            )
+            gradient, _, reference_output = deeplift_gradient(prepared.module, x[row], base, copies)
             where = row.to(x.device)
             total.index_add_(0, where, ((x[row] - base) * gradient).double())
             score_reference.index_add_(0, where, copies.score(reference_output).double())

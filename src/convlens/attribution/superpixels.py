@@ -19,6 +19,7 @@ from torch import nn
 
 from convlens.attribution.common import (
     Prepared,
+    SharedRows,
     chunk_size,
     clean_pass,
     in_chunks,
@@ -47,10 +48,13 @@ def superpixels(
     n_segments = positive_int("n_segments", n_segments)
     if not compactness > 0:
         raise MethodError(f"compactness must be > 0, got {compactness!r}")
-    flat = images.detach().float().cpu().flatten(1)
+    pictures = images.detach().float().cpu()
+    shared = SharedRows.of(pictures)  # segment each distinct image once
+    pictures = pictures[shared.first]
+    flat = pictures.flatten(1)
     low, high = flat.amin(1), flat.amax(1)
     labels = []
-    for image, lo, hi in zip(images.detach().float().cpu(), low, high, strict=True):
+    for image, lo, hi in zip(pictures, low, high, strict=True):
         picture = ((image - lo) / (hi - lo).clamp_min(1e-12)).permute(1, 2, 0).numpy()
         channel_axis = -1 if picture.shape[2] > 1 else None
         if channel_axis is None:
@@ -65,7 +69,7 @@ def superpixels(
         )
         _, dense = np.unique(segments, return_inverse=True)
         labels.append(torch.from_numpy(dense.reshape(segments.shape).astype(np.int64)))
-    return torch.stack(labels)
+    return torch.stack(labels)[shared.group]
 
 
 def _coalition_scores(
@@ -73,34 +77,40 @@ def _coalition_scores(
     segments: torch.Tensor,
     coalitions: torch.Tensor,
     fill: object,
-    size: int,
+    batch_size: int | None,
     progress: bool,
     desc: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Target scores of every coalition of every row, ``Tensor[N, S]`` (float32 or wider),
     and the clean output. ``coalitions``: ``Tensor[N, S, M]`` of 0/1 (bits past a row's
     own superpixel count are ignored); a perturbed copy keeps pixel ``u`` where
-    ``coalitions[n, s, segments[n, u]]`` is 1 and takes ``fill`` elsewhere."""
+    ``coalitions[n, s, segments[n, u]]`` is 1 and takes ``fill`` elsewhere. ``batch_size``:
+    copies per forward pass (None: `chunk_size`)."""
     x = prepared.images
     rows, samples = coalitions.shape[:2]
     fills = fill_values(x, fill)
     flat_segments = segments.to(x.device).flatten(1)
     coalitions = coalitions.to(x.device)
     scores = torch.empty(rows, samples, dtype=full_precision(x[:0]).dtype, device=x.device)
-    # Flat work item k = row * samples + sample.
-    row_of = torch.arange(rows).repeat_interleave(samples)
-    sample_of = torch.arange(samples).repeat(rows)
     with borrowed_model(prepared.module), torch.no_grad():
         output, pinned = clean_pass(prepared)
-        chunks = list(in_chunks(len(row_of), size))
+        # rows with the same image, superpixels and coalitions share each copy (`SharedRows`)
+        share = isinstance(output, torch.Tensor)
+        shared = SharedRows.of(x, segments, coalitions, share=share)
+        # Flat work item k = group * samples + sample.
+        group_of = torch.arange(len(shared)).repeat_interleave(samples)
+        sample_of = torch.arange(samples).repeat(len(shared))
+        size = chunk_size(batch_size, len(shared), x.shape[2] * x.shape[3])
+        chunks = list(in_chunks(len(group_of), size))
         for chunk in progress_bar(chunks, disable=not progress, desc=desc, leave=False):
-            row, sample = row_of[chunk].to(x.device), sample_of[chunk].to(x.device)
-            bits = coalitions[row, sample]  # [k, M]
-            keep = bits.gather(1, flat_segments[row]).view(len(row), 1, *x.shape[2:])
+            group = group_of[chunk]
+            first, sample = shared.first[group].to(x.device), sample_of[chunk].to(x.device)
+            bits = coalitions[first, sample]  # [k, M]
+            keep = bits.gather(1, flat_segments[first]).view(len(first), 1, *x.shape[2:])
             keep = keep.to(x.dtype)
-            copies = x[row] * keep + fills[row] * (1 - keep)
-            score = pinned.copies(row_of[chunk], output).score(prepared.module(copies))
-            scores[row, sample] = full_precision(score)
+            copies = x[first] * keep + fills[first] * (1 - keep)
+            copy, row, score = shared.scores(pinned, output, prepared.module(copies), group)
+            scores[row.to(x.device), sample[copy.to(x.device)]] = full_precision(score)
     return scores, output
 
 
@@ -131,7 +141,8 @@ def superpixel_ablation(
 
     ``M(u) = S(x) - S(x with superpixel s(u) set to fill)`` over the SLIC superpixels of
     `superpixels` (``n_segments``, ``compactness``). ``fill``: a number or "mean" (each
-    image's channel mean). Costs ``sum_n M_n + N`` forward passes without autograd;
+    image's channel mean). Costs ``sum_n M_n + N`` forward passes without autograd (the sum over
+    distinct images: rows holding the same image share each copy, `SharedRows`);
     ``batch_size``: copies per forward pass (never changes results). Returns ``Tensor[N, H,
     W]`` (positive where removing the superpixel hurts the score).
     """
@@ -148,7 +159,7 @@ def superpixel_ablation(
         segments,
         coalitions,
         fill,
-        chunk_size(batch_size, len(counts)),
+        batch_size,
         progress,
         "superpixel ablation",
     )
@@ -210,8 +221,9 @@ def kernel_shap(
     (`shapley_kernel_coalitions`), ``x_z`` keeping the superpixels in ``z`` and setting the
     others to ``fill`` (a number or "mean"), ``x_0`` all set. Exact for a model additive
     over superpixels once the draws span them. The draws come from ``seed``, afresh for each
-    image, so a batch equals single-image calls. Costs ``N (n_samples + 2)`` forward passes
-    without autograd. Returns ``Tensor[N, H, W]`` (each superpixel painted with its value).
+    image, so a batch equals single-image calls. Costs ``U (n_samples + 2)`` forward passes
+    (``U`` distinct images, `SharedRows`) without autograd. Returns ``Tensor[N, H, W]``
+    (each superpixel painted with its value).
     """
     n_samples = positive_int("n_samples", n_samples)
     return _regression_method(
@@ -243,10 +255,10 @@ def lime(
     1)^2 / kernel_width^2)``, ``d`` the cosine distance to the all-kept coalition (LIME's
     image defaults), over the clean image and ``n_samples - 1`` coalitions keeping each
     superpixel with probability 1/2 (from ``seed``, afresh for each image); ``x_z`` sets the
-    dropped superpixels to ``fill``. Plain weighted least squares (no ridge), so a model
-    linear over superpixels is recovered exactly. Costs ``N (n_samples + 1)`` forward
-    passes without autograd. Returns ``Tensor[N, H, W]`` (each superpixel painted with
-    ``w_s``).
+    dropped superpixels to ``fill``. Plain weighted least squares (no ridge), so a model linear
+    over superpixels is recovered exactly. Costs ``U (n_samples + 1)`` forward (``U``
+    distinct images, `SharedRows`) passes without autograd. Returns ``Tensor[N, H, W]``
+    (each superpixel painted with ``w_s``).
     """
     n_samples = positive_int("n_samples", n_samples)
     if not kernel_width > 0:
@@ -304,7 +316,7 @@ def _regression_method(
         segments,
         coalitions,
         options.fill,
-        chunk_size(options.batch_size, len(counts)),
+        options.batch_size,
         options.progress,
         name.replace("_", " "),
     )

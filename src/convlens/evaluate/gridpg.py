@@ -420,15 +420,17 @@ def _report(progress, name: str, scores: dict) -> None:
 @torch.no_grad()
 def _in_top_cells(model: LoadedModel, grids: GridSet, batch_size: int) -> torch.Tensor:
     """bool Tensor[R]: whether each row's class is among the model's top ``n^2`` on its grid."""
+    from convlens.attribution.common import SharedRows
     from convlens.layers.borrow import borrowed_model
 
+    shared = SharedRows.of(grids.tensor)  # the cells of a grid share its one forward pass
     with borrowed_model(model.module):
         logits = torch.cat(
             [
                 model.module(chunk.to(model.device)).float().cpu()
-                for chunk in grids.tensor.split(batch_size)
+                for chunk in grids.tensor[shared.first].split(batch_size)
             ]
-        )
+        )[shared.group]
     return torch.tensor(
         [
             int(label) in logits[r].topk(int(n) ** 2).indices.tolist()
