@@ -35,6 +35,20 @@ def test_shared_rows_groups_equal_rows_in_order():
     assert copy.tolist() == [0, 0, 1, 1, 1] and row.tolist() == [1, 4, 0, 2, 3]
 
 
+def test_one_backward_per_slot_is_used_only_where_it_costs_less():
+    """Gradient methods pay one backward pass per row of the largest group: a grid's cells
+    (one image, 4 rows: 1 x 5 < 8) share; 4 equal baselines among 8 path points (5 groups,
+    4 slots: 25 > 16) and distinct rows (8 x 2 = 16) do not."""
+    a = torch.zeros(3)
+    distinct = [torch.full((3,), float(i + 1)) for i in range(8)]
+    assert SharedRows.of(torch.stack([a] * 4)).pays_per_row_backward()
+    assert SharedRows.of(torch.stack([a] * 9)).pays_per_row_backward()
+    assert not SharedRows.of(torch.stack([a] * 4 + distinct[:4])).pays_per_row_backward()
+    assert not SharedRows.of(torch.stack(distinct)).pays_per_row_backward()
+    two_images_two_classes = torch.stack([a, a, distinct[0], distinct[0]])
+    assert SharedRows.of(two_images_two_classes).pays_per_row_backward()  # 2 x 3 < 8
+
+
 @pytest.mark.parametrize("method", list(SMALL))
 def test_rows_of_one_image_share_copies_and_equal_per_row_calls(method, unchanged):
     images = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(5))
@@ -60,7 +74,7 @@ LAYER_METHODS = ["gradcam", "gradcam_pp", "hirescam", "layercam", "finercam", "c
 @pytest.mark.parametrize("method", LAYER_METHODS)
 def test_layer_methods_run_one_forward_per_distinct_image(method, unchanged):
     images = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(6))
-    batch, targets = images[[1, 0, 1, 1]], [2, 0, 0, 1]
+    batch, targets = images[[1, 0, 1, 1, 0, 0, 1, 0]], [2, 0, 0, 1, 1, 2, 2, 0]  # 2 x 5 < 16
     net = CountingNet().eval()
     with unchanged(net, batch):
         shared = explain(net, batch, method, target=targets, layer="net.4").maps
@@ -88,7 +102,9 @@ GRADIENT_METHODS = {
 @pytest.mark.parametrize("method", list(GRADIENT_METHODS))
 def test_input_gradients_of_one_image_share_the_forward_pass(method, unchanged):
     images = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(7))
-    batch, targets = images[[0, 1, 0, 0]], [1, 2, 0, 2]
+    # 2 images, 4 rows each: sharing pays, 2 x (1 + 4) < 16, also in the chunks of 8 path
+    # points (or noisy copies) that hold one step of every row
+    batch, targets = images[[0, 1, 0, 0, 1, 0, 1, 1]], [1, 2, 0, 2, 0, 1, 1, 0]
     options = GRADIENT_METHODS[method]
     net = CountingNet().eval()
     with unchanged(net, batch):
@@ -96,7 +112,9 @@ def test_input_gradients_of_one_image_share_the_forward_pass(method, unchanged):
     with_grad = sum(rows for rows, grad in net.calls if grad)
     net.calls.clear()
     explain(net, images, method, target=[0, 1], **options)
-    assert with_grad == sum(rows for rows, grad in net.calls if grad)  # a pass per image
+    # no more forward rows than the distinct images alone (fewer for integrated gradients:
+    # its black-baseline end of the path is one point for every row)
+    assert with_grad <= sum(rows for rows, grad in net.calls if grad)
     for row, target in enumerate(targets):
         alone = explain(net, batch[row : row + 1], method, target=target, **options).maps
         torch.testing.assert_close(shared[row], alone[0], rtol=1e-5, atol=1e-6)

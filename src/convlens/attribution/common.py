@@ -149,7 +149,7 @@ def input_gradient(
     """
     require_autograd(GRADIENT_METHOD)
     shared = SharedRows.of(images.detach())
-    if len(shared) < len(images):
+    if shared.pays_per_row_backward():
         found = _shared_input_gradient(module, images, targets, shared)
         if found is not None:
             return found
@@ -207,7 +207,7 @@ def layer_gradient(
     largest group, each covering one row of every group), equal to a forward per row."""
     require_autograd(GRADIENT_METHOD)
     shared = SharedRows.of(images)
-    if len(shared) < len(images):
+    if shared.pays_per_row_backward():
         found = _shared_layer_gradient(module, images, targets, layer, shared)
         if found is not None:
             return found
@@ -402,6 +402,16 @@ class SharedRows:
 
     def __len__(self) -> int:
         return len(self.first)
+
+    def pays_per_row_backward(self) -> bool:
+        """Whether one forward pass per group and one backward pass per slot
+        (`per_row_gradients`: as many passes as the largest group has rows, each over all
+        groups) costs less than a forward and a backward pass over every row, counting a
+        backward pass as dear as a forward one: ``U (1 + S) < 2 N``. A grid's cells (U = 1)
+        pay; a chunk of integrated-gradients points where a few images' baselines coincide
+        does not."""
+        largest = int(torch.bincount(self.group).max()) if len(self.group) else 0
+        return len(self) * (1 + largest) < 2 * len(self.group)
 
     def expand(self, groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """For copies of the groups ``groups`` (``Tensor[k]``): the copy and the row of every

@@ -74,7 +74,7 @@ def _fullgrad_map(prepared: Prepared, eigen_smooth: bool) -> MethodResult:
     # largest group (`SharedRows`), unless a layer's batch is not the images' (DiFull cells)
     images = prepared.images.detach()
     shared = SharedRows.of(images)
-    found = _gradients(prepared, biases, shared) if len(shared) < len(images) else None
+    found = _gradients(prepared, biases, shared) if shared.pays_per_row_backward() else None
     inputs, output, outputs, gradients = found or _gradients(prepared, biases, None)
     size = tuple(inputs.shape[-2:])
     input_term = (full_precision(inputs.detach()) * full_precision(gradients[0])).abs()

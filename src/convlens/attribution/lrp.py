@@ -80,7 +80,7 @@ def propagate_relevance(
     # largest group (`SharedRows`)
     shared = SharedRows.of(images.detach())
     # (not with a layer: it may run per cell)
-    sharing = share_rows and len(shared) < len(images) and layer is None
+    sharing = share_rows and shared.pays_per_row_backward() and layer is None
     pick = shared.first.to(images.device) if sharing else None
     inputs = (images if pick is None else images[pick]).detach().clone().requires_grad_(True)
     with borrowed_model(module), torch.enable_grad():

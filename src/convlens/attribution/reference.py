@@ -61,7 +61,7 @@ def deeplift_gradient(
     # rows with the same input and reference (a grid explained once per cell) share both
     # forward passes; each row's multipliers then come from its own backward pass
     shared = SharedRows.of(inputs.detach(), references.detach())
-    pick = shared.first.to(inputs.device) if len(shared) < len(inputs) else None
+    pick = shared.first.to(inputs.device) if shared.pays_per_row_backward() else None
     if pick is not None:
         inputs, references = inputs[pick], references[pick]
     with torch.no_grad(), recorded_references(module) as recorded:
