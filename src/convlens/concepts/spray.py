@@ -97,7 +97,7 @@ class SprayResult:
     ``membership`` ``Tensor[N]`` in [-1, 1] how firmly each row belongs to the top-ranked
     cluster (`membership`: a member's silhouette; ranks the images from the clearest case
     of the top cluster's strategy to the farthest from it); ``null_scores``
-    ``Tensor[draws]`` the top score on each Gaussian null draw (None without
+    ``Tensor[draws]`` the top score on each one-cloud null draw (None without
     ``null_draws``)."""
 
     clusters: list[SprayCluster]
