@@ -4,6 +4,7 @@ the target score w.r.t. the input or one layer, upsampling and normalisation."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -181,19 +182,41 @@ def per_row_gradients(
     """``Tensor[N, ...]``: the gradient of each row's target score on ``output[group]`` w.r.t.
     its group's row of ``wrt`` (``Tensor[U, ...]``), one backward pass per slot
     (`group_slots`)."""
-    group = shared.group.to(wrt.device)
-    scores = targets.score(output[group.to(output.device)])
-    gradient = torch.empty_like(wrt[group])
+
+    def gradient(score: torch.Tensor, retain: bool) -> tuple[torch.Tensor, ...]:
+        return torch.autograd.grad(score, wrt, retain_graph=retain)
+
+    return per_row_backward(output, targets, shared, gradient)[0]
+
+
+def per_row_backward(
+    output: torch.Tensor,
+    targets: Targets | CopyTargets,
+    shared: SharedRows,
+    backward: Callable[[torch.Tensor, bool], Sequence[torch.Tensor | None]],
+) -> list[torch.Tensor | None]:
+    """Each row's own backward pass on a batch of distinct inputs: ``backward(score,
+    retain_graph)`` (one result per tensor it differentiates, ``Tensor[U, ...]`` or None)
+    runs once per slot (`group_slots`) on the summed target scores of that slot's rows of
+    ``output[group]``, and each result comes back with one row per explained row
+    (``Tensor[N, ...]``; None where no slot reached it)."""
+    group = shared.group.to(output.device)
+    scores = targets.score(output[group])
     slots = group_slots(shared.group)
     last = int(slots.max())
+    found: list[torch.Tensor | None] = []
     for slot in range(last + 1):
         rows = torch.nonzero(slots == slot)[:, 0]
-        (part,) = torch.autograd.grad(
-            scores[rows.to(scores.device)].sum(), wrt, retain_graph=slot < last
-        )
-        rows = rows.to(wrt.device)
-        gradient[rows] = part[group[rows]]
-    return gradient
+        parts = backward(scores[rows.to(scores.device)].sum(), slot < last)
+        found += [None] * (len(parts) - len(found))
+        for k, part in enumerate(parts):
+            if part is None:
+                continue
+            at = rows.to(part.device)
+            if found[k] is None:
+                found[k] = torch.zeros_like(part[group.to(part.device)])
+            found[k][at] = part[group.to(part.device)[at]]
+    return found
 
 
 def layer_gradient(

@@ -12,7 +12,7 @@ from convlens.attribution.common import (
     GRADIENT_METHOD,
     Prepared,
     SharedRows,
-    group_slots,
+    per_row_backward,
     prepare,
 )
 from convlens.attribution.registry import MethodResult, register_method
@@ -110,30 +110,12 @@ def _gradients(prepared: Prepared, biases: dict, shared: SharedRows | None) -> t
             )
         if not isinstance(output, torch.Tensor) or any(len(z) != len(shared) for z in wrt):
             return None
-        gradients = _per_row(output, prepared.targets, wrt, shared)
+
+        def gradient(score: torch.Tensor, retain: bool) -> tuple:
+            return torch.autograd.grad(score, wrt, allow_unused=True, retain_graph=retain)
+
+        gradients = per_row_backward(output, prepared.targets, shared, gradient)
     return images, output[shared.group.to(output.device)], outputs, gradients
-
-
-def _per_row(output, targets, wrt: list, shared: SharedRows) -> list[torch.Tensor | None]:
-    """The gradient of each row's target score on ``output[group]`` w.r.t. each tensor of
-    ``wrt`` (one row per group of ``shared``), one backward pass per slot (`group_slots`);
-    each comes back with one row per explained row (None where the score never used it)."""
-    group = shared.group.to(output.device)
-    scores = targets.score(output[group])
-    slots = group_slots(shared.group)
-    last = int(slots.max())
-    found: list[torch.Tensor | None] = [None] * len(wrt)
-    for slot in range(last + 1):
-        rows = torch.nonzero(slots == slot)[:, 0].to(output.device)
-        parts = torch.autograd.grad(
-            scores[rows].sum(), wrt, allow_unused=True, retain_graph=slot < last
-        )
-        for k, part in enumerate(parts):
-            if part is not None:
-                if found[k] is None:
-                    found[k] = torch.zeros_like(part[group])
-                found[k][rows] = part[group[rows]]
-    return found
 
 
 def _channel_scaled(maps: torch.Tensor) -> torch.Tensor:

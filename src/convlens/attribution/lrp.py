@@ -9,7 +9,7 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
-from convlens.attribution.common import SharedRows, group_slots, positive_int, prepare
+from convlens.attribution.common import SharedRows, per_row_backward, positive_int, prepare
 from convlens.attribution.registry import MethodResult, register_method
 from convlens.data.preprocess import IMAGENET_PREPROCESS
 from convlens.errors import MethodError
@@ -92,7 +92,11 @@ def propagate_relevance(
         if pick is None:
             found = _relevance(output, targets.score(output).sum(), wrt, retain=False)
         else:
-            found = _shared_relevance(output, targets, wrt, shared)
+
+            def relevance(score: torch.Tensor, retain: bool) -> tuple:
+                return _relevance(output, score, wrt, retain=retain)
+
+            found = tuple(per_row_backward(output, targets, shared, relevance))
             output = output[shared.group.to(output.device)]
     at_layer = None
     if captured is not None:
@@ -113,29 +117,6 @@ def _relevance(
     return torch.autograd.grad(
         output, wrt, seed * output.detach(), allow_unused=True, retain_graph=retain
     )
-
-
-def _shared_relevance(
-    output: torch.Tensor, targets: Targets, wrt: tuple, shared: SharedRows
-) -> tuple[torch.Tensor | None, ...]:
-    """`_relevance` of each row's own score on ``output[group]`` (``output``, ``wrt``: one
-    row per group of ``shared``), one backward pass per slot (`group_slots`); each tensor
-    of ``wrt`` comes back with one row per explained row."""
-    group = shared.group.to(output.device)
-    scores = targets.score(output[group])
-    slots = group_slots(shared.group)
-    last = int(slots.max())
-    found: list[torch.Tensor | None] = [None] * len(wrt)
-    for slot in range(last + 1):
-        rows = torch.nonzero(slots == slot)[:, 0].to(output.device)
-        parts = _relevance(output, scores[rows].sum(), wrt, retain=slot < last)
-        for k, part in enumerate(parts):
-            if part is None:
-                continue
-            if found[k] is None:
-                found[k] = torch.zeros_like(part[group])
-            found[k][rows] = part[group[rows]]
-    return tuple(found)
 
 
 @register_method("lrp", "rule")

@@ -171,7 +171,5 @@ def with_noise_tunnel(compute: Callable[..., MethodResult]) -> Callable[..., Met
         inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default)
         for name, default in TUNNEL_DEFAULTS.items()
     ]
-    tunnelled.__signature__ = signature.replace(
-        parameters=[*signature.parameters.values(), *added]
-    )
+    tunnelled.__signature__ = signature.replace(parameters=[*signature.parameters.values(), *added])
     return tunnelled
