@@ -129,14 +129,14 @@ def rise(
     x = prepared.images
     draws = RiseDraws.draw(n_masks, tuple(x.shape[2:]), cells, keep, seed)
     rows = len(x)
-    total = torch.zeros(rows, x.shape[2] * x.shape[3], dtype=full_precision(x[:0]).dtype)
-    total = total.to(x.device)
+    pixels = x.shape[2] * x.shape[3]
+    total = torch.zeros(rows, pixels, dtype=full_precision(x[:0]).dtype, device=x.device)
     with borrowed_model(prepared.module), torch.no_grad():
         output, pinned = clean_pass(prepared)
         # rows holding the same image share each masked copy (`SharedRows`)
         shared = SharedRows.of(x, share=isinstance(output, torch.Tensor))
         mask_of, group_of = work_items(n_masks, len(shared))
-        size = chunk_size(batch_size, len(shared), x.shape[2] * x.shape[3])
+        size = chunk_size(batch_size, len(shared), pixels)
         chunks = list(in_chunks(len(group_of), size))
         for chunk in progress_bar(chunks, disable=not progress, desc="rise", leave=False):
             used, position = mask_of[chunk].unique(return_inverse=True)

@@ -170,9 +170,8 @@ def layer_activation(prepared: Prepared, name: str, reshape: object = "auto") ->
     if len(shared) < len(images):
         distinct = images[shared.first.to(images.device)]
         activation, output = _forward_with_layer(prepared.module, distinct, name, reshape)
-        if not isinstance(output, torch.Tensor) or len(activation) != len(shared):
-            found = None  # rows cannot be indexed: one row per image as usual
-        else:
+        # rows can be indexed only in a tensor output with the images' batch
+        if isinstance(output, torch.Tensor) and len(activation) == len(shared):
             group = shared.group.to(images.device)
             found = activation[group], output[group]
     activation, output = found or _forward_with_layer(prepared.module, images, name, reshape)

@@ -72,8 +72,7 @@ def _fullgrad_map(prepared: Prepared, eigen_smooth: bool) -> MethodResult:
     biases = bias_layers(prepared.module)
     # rows holding the same image share the forward pass, one backward pass per row of the
     # largest group (`SharedRows`), unless a layer's batch is not the images' (DiFull cells)
-    images = prepared.images.detach()
-    shared = SharedRows.of(images)
+    shared = SharedRows.of(prepared.images.detach())
     found = _gradients(prepared, biases, shared) if shared.pays_per_row_backward() else None
     inputs, output, outputs, gradients = found or _gradients(prepared, biases, None)
     size = tuple(inputs.shape[-2:])

@@ -103,8 +103,6 @@ def propagate_relevance(
         at_layer = found[1]
         if at_layer is None:  # the output never reached the explained score
             at_layer = torch.zeros_like(captured.activation())
-            if pick is not None:
-                at_layer = at_layer[shared.group.to(at_layer.device)]
     return found[0], at_layer, output.detach()
 
 

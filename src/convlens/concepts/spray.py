@@ -436,14 +436,17 @@ def spray(
 @dataclass(frozen=True)
 class SprayClass:
     """SpRAy of one explained class of a ``convlens attribute`` folder: ``record`` its entry
-    of ``spray.json``, ``result`` the `SprayResult`, ``features`` ``Tensor[N, D]`` what was
-    clustered (`spray_features`), ``maps`` ``Tensor[N, S, S]`` the stored maps of its rows
-    (whatever the features: what the atlas draws)."""
+    of ``spray.json``, ``result`` the `SprayResult`, ``maps`` ``Tensor[N, S, S]`` the stored
+    maps of its rows (whatever the features: what the atlas draws)."""
 
     record: dict
     result: SprayResult
-    features: torch.Tensor
     maps: torch.Tensor
+
+    @property
+    def features(self) -> torch.Tensor:
+        """``Tensor[N, D]``: what was clustered (`spray_features`)."""
+        return self.result.features
 
 
 def spray_classes(
@@ -483,7 +486,7 @@ def spray_classes(
         if result.null_scores is not None:
             record["p_value"] = result.p_value
             record["stands_apart"] = result.stands_apart
-        classes.append(SprayClass(record, result, result.features, attributions.maps[rows]))
+        classes.append(SprayClass(record, result, attributions.maps[rows]))
     return classes, skipped
 
 
