@@ -8,9 +8,9 @@ set-up of `benchmarks/optimize_speed.py` (whose helpers this script reuses): Fou
 parametrisation with colour decorrelation, Adam lr 0.05 and convlens's `random_transform`
 handed to lucent as its transform list, so both loops do the same work per step. MACO
 runs at the defaults of ``convlens visualize --method maco`` (NAdam on the phase,
-`convlens.features.maco.CROPS` random crops scored per step, 4 since 2026-12-06 evening
-and 2 before, so each of its steps is a forward and backward pass of a batch of that many
-at the model's input size); its rate is steps per second as well, printed beside the
+`convlens.features.maco.CROPS` random crops scored per step: 1 since 2026-12-07, 4 and
+2 before, so each of its steps is a forward and backward pass of a batch of that many at
+the model's input size); its rate is steps per second as well, printed beside the
 others with its ratio to lucent.
 
 Rounds are interleaved with the order rotated each round; each tool is warmed up once

@@ -34,6 +34,7 @@ from convlens.features.maco import (
     CROP_FRACTION,
     CROPS,
     DEGREES,
+    LR,
     NOISE,
     SPREAD,
     STEPS,
@@ -81,8 +82,8 @@ def photo_slope(size: int = 224) -> tuple[float, int]:
 
 def maco_settings(args: argparse.Namespace) -> dict:
     """`maco`'s keyword arguments: its defaults (those of ``convlens visualize --method
-    maco``) unless overridden on the command line (e.g. the defaults before 2026-12-06
-    evening: ``--steps 64 --crops 2 --crop-low 0.5 --noise 0.02 --degrees 0``)."""
+    maco``) unless overridden on the command line (e.g. the defaults before 2026-12-07:
+    ``--steps 64 --crops 4 --spread 0.15 --lr 0.5``)."""
     settings = {
         "steps": STEPS,
         "crops": CROPS,
@@ -91,6 +92,7 @@ def maco_settings(args: argparse.Namespace) -> dict:
         "degrees": DEGREES,
         "canvas": CANVAS,
         "spread": SPREAD,
+        "lr": LR,
     }
     given = {
         "steps": args.steps,
@@ -99,6 +101,7 @@ def maco_settings(args: argparse.Namespace) -> dict:
         "degrees": args.degrees,
         "canvas": args.canvas,
         "spread": args.spread,
+        "lr": args.lr,
         "crop_fraction": None if args.crop_low is None else (args.crop_low, 1.0),
     }
     settings.update({name: value for name, value in given.items() if value is not None})
@@ -118,6 +121,7 @@ def main() -> None:
     parser.add_argument("--crop-low", type=float, help="maco: smallest crop side (fraction)")
     parser.add_argument("--seed", type=int, default=0, help="maco: the seed (default 0)")
     parser.add_argument("--spread", type=float, help="maco: std of a crop's centre (fraction)")
+    parser.add_argument("--lr", type=float, help="maco: NAdam's learning rate")
     args = parser.parse_args()
     settings = maco_settings(args)
     torch.set_num_threads(args.threads)

@@ -176,7 +176,7 @@ def visualize_command(
     steps: Annotated[
         int | None,
         typer.Option(
-            help="Gradient-ascent steps (default: 256 for gradient, 64 for maco and accentuate)."
+            help="Gradient-ascent steps (default: 256 for gradient and maco, 64 for accentuate)."
         ),
     ] = None,
     param: Annotated[
@@ -214,7 +214,7 @@ def visualize_command(
     ] = None,
     crops: Annotated[
         int | None,
-        typer.Option(min=1, help="--method maco: random crops scored per step (default: 4)."),
+        typer.Option(min=1, help="--method maco: random crops scored per step (default: 1)."),
     ] = None,
     diversity: Annotated[
         int,
