@@ -21,6 +21,7 @@ from convlens.attribution.common import (
     SharedRows,
     chunk_size,
     clean_pass,
+    forward_copies,
     in_chunks,
     positive_int,
     prepare,
@@ -143,7 +144,9 @@ def rise(
             masks = draws.masks(used).to(x.device)[position.to(x.device)]
             group = group_of[chunk]
             masked = x[shared.first[group].to(x.device)] * masks[:, None].to(x.dtype)
-            copy, row, scores = shared.scores(pinned, output, prepared.module(masked), group)
+            copy, row, scores = shared.scores(
+                pinned, output, forward_copies(prepared.module, masked), group
+            )
             weights = torch.zeros(rows, len(group), dtype=total.dtype, device=x.device)
             weights[row.to(x.device), copy.to(x.device)] = full_precision(scores).to(total)
             total += weights @ masks.flatten(1).to(total.dtype)

@@ -16,6 +16,7 @@ from convlens.attribution.common import (
     SharedRows,
     chunk_size,
     clean_pass,
+    forward_copies,
     in_chunks,
     prepare,
 )
@@ -102,7 +103,7 @@ def occlusion(
     # Score drops in at least float32: a half-precision difference of close scores is noise.
     drops = torch.empty(rows, len(positions), dtype=full_precision(x[:0]).dtype, device=x.device)
     with borrowed_model(prepared.module), torch.no_grad():
-        output, pinned = clean_pass(prepared)
+        output, pinned = clean_pass(prepared, laid_out=True)
         clean = full_precision(pinned.score(output))
         # rows holding the same image share each occluded copy (`SharedRows`)
         shared = SharedRows.of(x, share=isinstance(output, torch.Tensor))
@@ -118,7 +119,9 @@ def occlusion(
             for k, (r, p) in enumerate(zip(first.tolist(), position.tolist(), strict=True)):
                 top, left = positions[p]
                 copies[k, :, top : top + patch_hw[0], left : left + patch_hw[1]] = fills[r]
-            copy, row, scores = shared.scores(pinned, output, prepared.module(copies), group)
+            copy, row, scores = shared.scores(
+                pinned, output, forward_copies(prepared.module, copies), group
+            )
             row, at = row.to(x.device), position[copy].to(x.device)
             drops[row, at] = clean[row] - full_precision(scores)
     maps = _average_over_patches(drops, positions, patch_hw, (height, width))
