@@ -1,4 +1,4 @@
-"""Perturbed copies of RISE and occlusion go through the model in channels-last layout on
+"""Perturbed copies of RISE, occlusion and Score-CAM go through the model in channels-last layout on
 the CPU (`forward_copies`): the maps equal those of contiguous copies, a model whose forward cannot
 take that layout falls back to contiguous copies, and a model's own error still surfaces."""
 
@@ -13,7 +13,11 @@ from convlens.attribution.common import _CONTIGUOUS_ONLY, forward_copies
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-SMALL = {"occlusion": {"patch": 6, "stride": 4}, "rise": {"n_masks": 12, "cells": 4}}
+SMALL = {
+    "occlusion": {"patch": 6, "stride": 4},
+    "rise": {"n_masks": 12, "cells": 4},
+    "scorecam": {"layer": "conv"},
+}
 
 
 class ViewNet(nn.Module):
@@ -96,8 +100,9 @@ def test_perturbation_maps_run_on_a_view_model_and_match_a_reshape_model(method,
     x = _images()
     with unchanged(net, x):
         fallback = explain(net, x, method=method, target=1, **SMALL[method]).maps
+    options = {"layer": "net.conv"} if method == "scorecam" else SMALL[method]
     with unchanged(blind, x):
-        laid_out = explain(blind, x, method=method, target=1, **SMALL[method]).maps
+        laid_out = explain(blind, x, method=method, target=1, **options).maps
     assert fallback.abs().amax() > 0
     assert any(blind.layouts) and net in _CONTIGUOUS_ONLY
     torch.testing.assert_close(fallback, laid_out, rtol=1e-4, atol=1e-5)

@@ -29,6 +29,7 @@ from convlens.attribution.common import (
     check_spatial,
     chunk_size,
     fix_ranked_targets,
+    forward_copies,
     in_chunks,
     layer_gradient,
     prepare,
@@ -504,7 +505,7 @@ def _masked_scores(
         first = shared.first[group].to(activation.device)
         masks = normalize_maps(resize_maps(activation[first, channel], tuple(images.shape[-2:])))
         with torch.no_grad():
-            output = module(images[first.to(images.device)] * masks[:, None])
+            output = forward_copies(module, images[first.to(images.device)] * masks[:, None])
             probabilities = output if targets.fn is not None else output.softmax(dim=1)
             copy, row, scores = shared.scores(targets, clean, probabilities, group)
             weights[row.to(weights.device), channel[copy.to(channel.device)]] = scores.to(weights)

@@ -365,7 +365,8 @@ _LAYOUT_ERRORS = ("view size is not compatible", "contiguous", "stride", "memory
 
 
 def forward_copies(module: nn.Module, copies: torch.Tensor) -> torch.Tensor:
-    """``module(copies)`` for a batch of perturbed copies ``Tensor[N, C, H, W]``, handed over in
+    """``module(copies)`` for a batch of perturbed copies ``Tensor[N, C, H, W]`` (RISE, occlusion,
+    Score-CAM), handed over in
     channels-last layout on the CPU, where oneDNN runs the convolutions of a network such as
     EfficientNet-Lite0 faster (RISE through `explain`: about 1.4x, docs/performance.md); the
     same values up to float rounding. A model whose forward cannot take that layout (a
