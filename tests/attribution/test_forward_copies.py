@@ -1,6 +1,7 @@
-"""Perturbed copies of RISE, occlusion and Score-CAM go through the model in channels-last layout on
-the CPU (`forward_copies`): the maps equal those of contiguous copies, a model whose forward cannot
-take that layout falls back to contiguous copies, and a model's own error still surfaces."""
+"""Perturbed copies of RISE, occlusion, Score-CAM and the superpixel methods go through the
+model in channels-last layout on the CPU (`forward_copies`): the maps equal those of
+contiguous copies, a model whose forward cannot take that layout falls back to contiguous
+copies, and a model's own error still surfaces."""
 
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ SMALL = {
     "occlusion": {"patch": 6, "stride": 4},
     "rise": {"n_masks": 12, "cells": 4},
     "scorecam": {"layer": "conv"},
+    "superpixel_ablation": {"n_segments": 6, "compactness": 100.0},
+    "kernel_shap": {"n_samples": 10, "n_segments": 6, "compactness": 100.0},
+    "lime": {"n_samples": 10, "n_segments": 6, "compactness": 100.0},
 }
 
 

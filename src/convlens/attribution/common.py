@@ -366,12 +366,13 @@ _LAYOUT_ERRORS = ("view size is not compatible", "contiguous", "stride", "memory
 
 def forward_copies(module: nn.Module, copies: torch.Tensor) -> torch.Tensor:
     """``module(copies)`` for a batch of perturbed copies ``Tensor[N, C, H, W]`` (RISE,
-    occlusion, Score-CAM), handed over in channels-last layout on the CPU, where oneDNN runs
-    the convolutions of a network such as EfficientNet-Lite0 faster (RISE through
-    `explain`: about 1.4x, docs/performance.md); the same values up to float rounding. A
-    model whose forward cannot take that layout (a ``view`` of a convolution's output, say)
-    raises on the first batch: that batch and every later one for this module go
-    contiguous. Any other error of the model is raised as it is, never retried."""
+    occlusion, Score-CAM, the superpixel methods), handed over in channels-last layout on
+    the CPU, where oneDNN runs the convolutions of a network such as EfficientNet-Lite0
+    faster (RISE through `explain`: 1.4x to 2.6x, docs/performance.md); the same values up
+    to float rounding. A model whose forward cannot take that layout (a ``view`` of a
+    convolution's output, say) raises on the first batch: that batch and every later one
+    for this module go contiguous. Any other error of the model is raised as it is, never
+    retried."""
     if copies.device.type != "cpu" or copies.dim() != 4 or module in _CONTIGUOUS_ONLY:
         return module(copies)
     try:

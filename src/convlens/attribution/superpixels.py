@@ -22,6 +22,7 @@ from convlens.attribution.common import (
     SharedRows,
     chunk_size,
     clean_pass,
+    forward_copies,
     in_chunks,
     positive_int,
     prepare,
@@ -93,7 +94,7 @@ def _coalition_scores(
     coalitions = coalitions.to(x.device)
     scores = torch.empty(rows, samples, dtype=full_precision(x[:0]).dtype, device=x.device)
     with borrowed_model(prepared.module), torch.no_grad():
-        output, pinned = clean_pass(prepared)
+        output, pinned = clean_pass(prepared, laid_out=True)
         # rows with the same image, superpixels and coalitions share each copy (`SharedRows`)
         share = isinstance(output, torch.Tensor)
         shared = SharedRows.of(x, segments, coalitions, share=share)
@@ -109,7 +110,9 @@ def _coalition_scores(
             keep = bits.gather(1, flat_segments[first]).view(len(first), 1, *x.shape[2:])
             keep = keep.to(x.dtype)
             copies = x[first] * keep + fills[first] * (1 - keep)
-            copy, row, score = shared.scores(pinned, output, prepared.module(copies), group)
+            copy, row, score = shared.scores(
+                pinned, output, forward_copies(prepared.module, copies), group
+            )
             scores[row.to(x.device), sample[copy.to(x.device)]] = full_precision(score)
     return scores, output
 
