@@ -16,7 +16,7 @@ from convlens.errors import ConvlensError, LayerError, MethodError, TargetError
 from convlens.layers.borrow import borrowed_model, require_autograd
 from convlens.layers.capture import capture
 from convlens.layers.find import LayerSpec, default_cam_layer, resolve_layer_names
-from convlens.models.devices import model_input
+from convlens.models.devices import cpu_fast_layout, model_input
 from convlens.models.loading import LoadedModel, as_module
 from convlens.targets import (
     ClassSelector,
@@ -367,16 +367,16 @@ _LAYOUT_ERRORS = ("view size is not compatible", "contiguous", "stride", "memory
 def forward_copies(module: nn.Module, copies: torch.Tensor) -> torch.Tensor:
     """``module(copies)`` for a batch of perturbed copies ``Tensor[N, C, H, W]`` (RISE,
     occlusion, Score-CAM, the superpixel methods), handed over in channels-last layout on
-    the CPU, where oneDNN runs the convolutions of a network such as EfficientNet-Lite0
-    faster (RISE through `explain`: 1.4x to 2.6x, docs/performance.md); the same values up
-    to float rounding. A model whose forward cannot take that layout (a ``view`` of a
-    convolution's output, say) raises on the first batch: that batch and every later one
-    for this module go contiguous. Any other error of the model is raised as it is, never
-    retried."""
-    if copies.device.type != "cpu" or copies.dim() != 4 or module in _CONTIGUOUS_ONLY:
+    the CPU (`cpu_fast_layout`; RISE through `explain`: 1.4x to 2.6x faster,
+    docs/performance.md); the same values up to float rounding. A model whose forward
+    cannot take that layout (a ``view`` of a convolution's output, say) raises on the first
+    batch: that batch and every later one for this module go contiguous. Any other error of
+    the model is raised as it is, never retried."""
+    laid_out = cpu_fast_layout(copies)
+    if laid_out is copies or module in _CONTIGUOUS_ONLY:
         return module(copies)
     try:
-        return module(copies.contiguous(memory_format=torch.channels_last))
+        return module(laid_out)
     except RuntimeError as error:
         if not any(part in str(error) for part in _LAYOUT_ERRORS):
             raise
