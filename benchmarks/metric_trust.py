@@ -24,6 +24,7 @@ from scipy.stats import kendalltau
 
 from convlens.evaluate.benchmark import evaluate_on_source
 from convlens.evaluate.metrics_zoo import METRICS
+from convlens.files import write_json
 
 METHODS = (
     "gradcam",
@@ -66,7 +67,7 @@ def main() -> None:
     else:
         runs = [score_seed(seed, methods, metrics, args.scenes) for seed in args.seeds]
     if args.save:
-        args.save.write_text(json.dumps(runs))
+        write_json(args.save, runs)
     tabulate(runs, methods, metrics)
 
 
