@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests.helpers.layouts import LayoutBlind, ViewNet
 from torch import nn
 
 from convlens import explain
@@ -22,33 +23,6 @@ SMALL = {
     "kernel_shap": {"n_samples": 10, "n_segments": 6, "compactness": 100.0},
     "lime": {"n_samples": 10, "n_segments": 6, "compactness": 100.0},
 }
-
-
-class ViewNet(nn.Module):
-    """Flattens a convolution's 4 x 4 output with ``view``: fails on a channels-last batch."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3, stride=4, padding=1)
-        self.fc = nn.Linear(4 * 4 * 4, 5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.relu(self.conv(x))
-        return self.fc(y.view(len(y), -1))
-
-
-class LayoutBlind(nn.Module):
-    """The same network flattened with ``reshape``: any layout works."""
-
-    def __init__(self, net: ViewNet) -> None:
-        super().__init__()
-        self.net = net
-        self.layouts: list[bool] = []  # per call: was the batch channels-last?
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.layouts.append(x.is_contiguous(memory_format=torch.channels_last))
-        y = torch.relu(self.net.conv(x))
-        return self.net.fc(y.reshape(len(y), -1))
 
 
 class Refuses(nn.Module):
@@ -76,6 +50,17 @@ def test_a_view_model_falls_back_to_contiguous_copies_with_the_same_result():
     torch.testing.assert_close(forward_copies(net, x), expected, rtol=0, atol=0)
     assert net in _CONTIGUOUS_ONLY  # later batches skip the failing try
     torch.testing.assert_close(forward_copies(net, x), expected, rtol=0, atol=0)
+
+
+def test_copies_already_channels_last_fall_back_too():
+    """A metric hands over its reused channels-last buffer: a view model still gets a
+    contiguous batch."""
+    torch.manual_seed(0)
+    net = ViewNet().eval()
+    x = _images()
+    laid_out = x.contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(forward_copies(net, laid_out), net(x), rtol=0, atol=0)
+    assert net in _CONTIGUOUS_ONLY
 
 
 def test_channels_last_copies_give_the_contiguous_scores():

@@ -16,8 +16,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from tests.helpers.layouts import LayoutBlind, ViewNet
 from tests.helpers.networks import small_convnet, tiny_gap_classifier
 
+from convlens.attribution.common import _CONTIGUOUS_ONLY
 from convlens.errors import MetricError
 from convlens.evaluate import metrics_zoo as zoo
 
@@ -226,6 +228,50 @@ def test_perturbed_batches_are_the_same_for_every_chunk_size_and_an_input_spoili
         # other batch compositions round float32 logits differently (a correlation of small
         # drops magnifies that)
         torch.testing.assert_close(got, reference, rtol=1e-4, atol=1e-4, equal_nan=True)
+
+
+@pytest.mark.parametrize(
+    "name, options",
+    [
+        ("selectivity", {"patch_size": 6}),
+        ("faithfulness_correlation", {"runs": 7, "subset_size": 20}),
+        ("infidelity", {"patch_sizes": (4,)}),
+        ("monotonicity_correlation", {"samples": 3, "features_in_step": 64}),
+    ],
+)
+def test_perturbed_batches_in_channels_last_equal_contiguous_ones(case, unchanged, name, options):
+    """The perturbed batches go through the model channels-last on the CPU; a model that
+    cannot take that layout (``view``) gets them contiguous. Both give the same scores, float
+    rounding aside (that the batches hold the right perturbations: the Quantus tests and
+    `test_flat_values_scatter_the_same_positions_in_either_layout`)."""
+    _, images, maps, targets, _ = case
+    torch.manual_seed(0)
+    view = ViewNet().eval()
+    blind = LayoutBlind(ViewNet().eval()).eval()
+    blind.net.load_state_dict(view.state_dict())
+    with unchanged(view, images, maps):
+        fallback = zoo.run_metric(name, view, images, maps, targets, **options)
+    with unchanged(blind, images, maps):
+        laid_out = zoo.run_metric(name, blind, images, maps, targets, **options)
+    assert all(blind.layouts) and view in _CONTIGUOUS_ONLY
+    assert fallback.isfinite().all()
+    torch.testing.assert_close(laid_out, fallback, rtol=1e-4, atol=1e-5)
+
+
+def test_flat_values_scatter_the_same_positions_in_either_layout():
+    """`_flat_values` turns flat ``C*H*W`` (channel-first) positions into positions of a
+    channels-last batch: scattering through it changes the same elements."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 3, 5, 7, generator=generator)  # Tensor[g, b, C, H, W]
+    index = torch.randint(0, 3 * 5 * 7, (2, 3, 11), generator=generator)
+    expected = x.clone()
+    expected.view(2, 3, -1).scatter_(2, index, -9.0)
+    laid_out = torch.empty(6, 3, 5, 7, memory_format=torch.channels_last).view(2, 3, 3, 5, 7)
+    laid_out.copy_(x)
+    assert not laid_out.is_contiguous()
+    flat, positions = zoo._flat_values(laid_out, index)
+    flat.scatter_(2, positions, -9.0)
+    assert torch.equal(laid_out, expected)
 
 
 @pytest.mark.parametrize("rows", [1, 3])
@@ -517,16 +563,31 @@ def test_infidelity_equals_quantus(quantus, case, unchanged):
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-6, atol=1e-4)
 
 
-def test_monotonicity_correlation_equals_quantus_on_shared_draws(quantus, unchanged):
-    net, images, maps, targets = gray_case()
-    groups, samples = SIDE * SIDE // 32, 3
+def color_case():
+    """`small_convnet` on four seeded three-channel 12 px images (Quantus's monotonicity needs
+    ``features_in_step`` to divide H*W, and a multiple of 3 divides 144), random maps."""
+    torch.manual_seed(0)
+    net = small_convnet().eval()
+    images = torch.rand(4, 3, 12, 12)
+    maps = torch.randn(4, 12, 12)
+    maps = maps / maps.abs().amax((1, 2), keepdim=True)
+    return net, images, maps, torch.tensor([0, 1, 2, 1])
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_monotonicity_correlation_equals_quantus_on_shared_draws(quantus, unchanged, channels):
+    """On three channels the perturbed copies are built channels-last (their flat positions
+    remapped): a wrong remapping sets other pixels and breaks the equality."""
+    net, images, maps, targets = gray_case() if channels == 1 else color_case()
+    step, samples = 32 if channels == 1 else 48, 3
+    groups = images[0].numel() // step
     np.random.seed(4)  # Quantus draws one value per image, for each group then each sample
     values = np.stack(
         [[np.random.uniform(0, 1, size=4) for _ in range(samples)] for _ in range(groups)]
     )
     np.random.seed(4)
     metric = quantus.MonotonicityCorrelation(
-        nr_samples=samples, features_in_step=32, disable_warnings=True
+        nr_samples=samples, features_in_step=step, disable_warnings=True
     )
     expected = _call(metric, net, images, maps, targets)
     with unchanged(net, images, maps):
@@ -536,7 +597,7 @@ def test_monotonicity_correlation_equals_quantus_on_shared_draws(quantus, unchan
             maps,
             targets,
             samples=samples,
-            features_in_step=32,
+            features_in_step=step,
             values=torch.from_numpy(values).permute(2, 0, 1),
         )
     np.testing.assert_allclose(got.numpy(), expected, atol=1e-4)

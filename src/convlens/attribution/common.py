@@ -370,18 +370,21 @@ def forward_copies(module: nn.Module, copies: torch.Tensor) -> torch.Tensor:
     the CPU (`cpu_fast_layout`; RISE through `explain`: 1.4x to 2.6x faster,
     docs/performance.md); the same values up to float rounding. A model whose forward
     cannot take that layout (a ``view`` of a convolution's output, say) raises on the first
-    batch: that batch and every later one for this module go contiguous. Any other error of
-    the model is raised as it is, never retried."""
+    batch: that batch and every later one for this module go contiguous (also copies that
+    came in channels-last, such as a metric's reused buffer). Any other error of the model
+    is raised as it is, never retried."""
     laid_out = cpu_fast_layout(copies)
-    if laid_out is copies or module in _CONTIGUOUS_ONLY:
-        return module(copies)
+    if laid_out.is_contiguous():  # not a CPU image batch (or one with C = 1 or H = W = 1)
+        return module(laid_out)
+    if module in _CONTIGUOUS_ONLY:
+        return module(copies.contiguous())
     try:
         return module(laid_out)
     except RuntimeError as error:
         if not any(part in str(error) for part in _LAYOUT_ERRORS):
             raise
         _CONTIGUOUS_ONLY.add(module)
-    return module(copies)
+    return module(copies.contiguous())
 
 
 def clean_pass(prepared: Prepared, laid_out: bool = False) -> tuple[torch.Tensor, Targets]:

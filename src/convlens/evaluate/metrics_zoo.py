@@ -35,9 +35,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from convlens.attribution.common import forward_copies
 from convlens.errors import MetricError
 from convlens.evaluate.sanity import spearman
 from convlens.layers.borrow import borrowed_model
+from convlens.models.devices import cpu_fast_format
 from convlens.models.loading import LoadedModel, as_module
 
 Explain = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -113,11 +115,12 @@ def _forward_scores(
     model, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int, softmax: bool = False
 ):
     """Target logits (``softmax``: probabilities) ``Tensor[N]`` (float64, CPU) of ``inputs``
-    ``Tensor[N, C, H, W]``."""
+    ``Tensor[N, C, H, W]``, each chunk through `forward_copies` (channels-last on the CPU, so
+    every pass of one metric, its unperturbed one included, runs in the same layout)."""
     module = as_module(model)
     out = []
     for chunk, t in zip(inputs.split(batch_size), targets.split(batch_size), strict=True):
-        logits = module(chunk)
+        logits = forward_copies(module, chunk)
         if softmax:
             logits = logits.float().softmax(1)
         out.append(logits.gather(1, t.to(logits.device)[:, None])[:, 0].double().cpu())
@@ -316,18 +319,24 @@ def _perturbed_scores(
 ) -> torch.Tensor:
     """``Tensor[B, steps]`` float64: the target logit (``softmax``: probability) of each
     image under each of ``steps`` perturbations. ``build(x, ks, start, part)`` writes into
-    ``x`` (``Tensor[g, b, C, H, W]``, a view of one reused buffer) the images ``part``
-    (``images[start : start + b]``) under the perturbations ``ks`` (``LongTensor[g]``),
-    every element of ``x``. The steps go through the model ``batch_size // B`` at a time (at
-    least one; images split by ``batch_size``). Call under ``borrowed_model``."""
+    ``x`` (``Tensor[g, b, C, H, W]``, a view of one reused buffer, channels-last on the
+    CPU) the images ``part`` (``images[start : start + b]``, in that layout) under the
+    perturbations ``ks`` (``LongTensor[g]``), every element of ``x``. The steps go through
+    the model ``batch_size // B`` at a time (at least one; images split by ``batch_size``).
+    Call under ``borrowed_model``."""
     batch = len(images)
     per = max(1, batch_size // max(batch, 1))
     scores = torch.zeros(batch, steps, dtype=torch.float64)
-    buffer = images.new_empty(min(per * batch, batch_size), *images.shape[1:])
+    size = (min(per * batch, batch_size), *images.shape[1:])
+    # built in the layout the forward pass takes (`forward_copies`): no copy per batch, and
+    # from images in that layout too (mixed layouts make the element-wise builds slower)
+    layout = cpu_fast_format(images)
+    buffer = torch.empty(size, dtype=images.dtype, device=images.device, memory_format=layout)
+    laid_out = images.contiguous(memory_format=layout)
     for first in range(0, steps, per):
         ks = torch.arange(first, min(first + per, steps))
         for start in range(0, batch, batch_size):
-            part = images[start : start + batch_size]
+            part = laid_out[start : start + batch_size]
             count = len(ks) * len(part)
             x = buffer[:count].view(len(ks), len(part), *images.shape[1:])
             build(x, ks, start, part)
@@ -335,6 +344,23 @@ def _perturbed_scores(
             out = _forward_scores(model, x.view(count, *images.shape[1:]), t, count, softmax)
             scores[start : start + len(part), first : first + len(ks)] = out.view(-1, len(part)).T
     return scores
+
+
+def _flat_values(x: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A flat view ``Tensor[g, b, C*H*W]`` of the perturbed batch ``x`` (``Tensor[g, b, C, H,
+    W]``, contiguous or channels-last) and ``index`` (flat ``C*H*W`` positions, channel
+    first) turned into positions of that view."""
+    if x.is_contiguous():
+        return x.view(*x.shape[:2], -1), index
+    flat = x.permute(0, 1, 3, 4, 2).view(*x.shape[:2], -1)  # channels-last storage order
+    return flat, _channels_last_positions(index, *x.shape[2:])
+
+
+def _channels_last_positions(index: torch.Tensor, channels: int, height: int, width: int):
+    """Flat positions ``c*H*W + p`` (channel first) turned into ``p*C + c``, the same
+    elements in channels-last storage order."""
+    pixel, channel = index % (height * width), index // (height * width)
+    return pixel * channels + channel
 
 
 def _patch_pixels(values: torch.Tensor, patch: int, pad_h, pad_w) -> torch.Tensor:
@@ -417,8 +443,8 @@ def faithfulness_correlation(
 
     def build(x, rs, start, part):  # the image with each run's subset set to its black
         x.copy_(part.expand(len(rs), *part.shape))
-        flat = x.view(len(rs), len(part), -1)
         index = subsets[start : start + len(part), rs].transpose(0, 1).to(images.device)
+        flat, index = _flat_values(x, index)
         value = black[start : start + len(part)].reshape(1, -1, 1).to(x.dtype)
         flat.scatter_(2, index, value.expand(index.shape))
 
@@ -775,7 +801,7 @@ def road_curve(
             perturbed = perturbed.view_as(images)
             for start in range(0, batch, batch_size):
                 chunk = perturbed[start : start + batch_size]
-                top = as_module(model)(chunk).argmax(1).cpu()
+                top = forward_copies(as_module(model), chunk).argmax(1).cpu()
                 curve[start : start + batch_size, column] = (
                     top == targets[start : start + batch_size]
                 ).double()
@@ -978,7 +1004,13 @@ def monotonicity_correlation(
     # group g of image n is features[n, g * step : (g + 1) * step]; the last may be short,
     # so it is padded by repeating its own first feature (setting it twice changes nothing)
     members = _group_members(features, groups, features_in_step).to(images.device)
-    flat_images = images.reshape(batch, -1)
+    # the perturbed copies are built in the layout the forward pass takes (`forward_copies`)
+    channels_last = cpu_fast_format(images) == torch.channels_last
+    if channels_last:
+        members = _channels_last_positions(members, channels, height, width)
+        flat_images = images.permute(0, 2, 3, 1).reshape(batch, -1)
+    else:
+        flat_images = images.reshape(batch, -1)
     variance = torch.zeros(batch, groups, samples, dtype=torch.float64)
     triples = torch.cartesian_prod(torch.arange(groups), torch.arange(samples), torch.arange(batch))
     buffer = flat_images.new_empty(min(batch_size, len(triples)), flat_images.shape[1])
@@ -989,7 +1021,11 @@ def monotonicity_correlation(
             index = members[n.to(images.device), g.to(images.device)]
             fill = values[n, g, s].to(images)[:, None].expand_as(index)
             x = torch.index_select(flat_images, 0, n.to(images.device), out=buffer[: len(chunk)])
-            x = x.scatter_(1, index, fill).view(len(chunk), *images.shape[1:])
+            x = x.scatter_(1, index, fill)
+            if channels_last:
+                x = x.view(len(chunk), height, width, channels).permute(0, 3, 1, 2)
+            else:
+                x = x.view(len(chunk), *images.shape[1:])
             variance[n, g, s] = (_forward_scores(model, x, targets[n], len(x), softmax) - y[n]) ** 2
     scale = torch.where(y.abs() >= eps, 1 / y.abs().clamp(min=eps) ** 2, 1.0)
     spread = variance.mean(2) * scale[:, None]
