@@ -3,10 +3,11 @@ through the same `explain`) and against zennit's same composite, in one run.
 
 Run: ``python benchmarks/lrp_speed.py [--arch resnet50] [--composite epsilon_plus_flat]
 [--batch 8] [--size 224] [--runs 3]``. The torchvision network has seeded random weights
-(no download). Each case is run once to warm up at the full size and then ``--runs`` times;
-the median is reported with the 1-minute load average before and after (the machine may be
-shared). Targets (issue 21): LRP <= 1.3x forward + input gradient, and no slower than
-zennit. zennit's canonizer for the architecture (VGG or ResNet) is applied on its side, as
+(no download). Each case is run once to warm up at the full size, then the cases are
+timed in turn for ``--runs`` rounds; the median and each round's ratio to saliency are
+reported with the 1-minute load average before and after (the machine may be shared).
+Targets (issue 21): LRP <= 1.3x forward + input gradient, and no slower than zennit.
+zennit's canonizer for the architecture (VGG or ResNet) is applied on its side, as
 convlens applies its own canonizers.
 """
 
@@ -24,15 +25,19 @@ import convlens
 from convlens.attribution.lrp import input_bounds
 
 
-def median_seconds(fn, runs: int) -> float:
-    """Median wall seconds of ``runs`` calls of ``fn`` after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
+def interleaved_seconds(cases: dict, runs: int) -> dict[str, list[float]]:
+    """Wall seconds of each case's ``runs`` calls, after one warm-up call each, the cases
+    taken in turn within each round (so a slow spell of a shared machine hits every case
+    of that round alike, and per-round ratios cancel it)."""
+    for fn in cases.values():
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(runs):
+        for name, fn in cases.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times
 
 
 def zennit_call(model, images, classes, composite_name: str, arch: str):
@@ -77,28 +82,29 @@ def main() -> None:
     images = torch.randn(args.batch, 3, args.size, args.size)
     classes = list(range(args.batch))
     load_before = os.getloadavg()[0]
-    times = {
-        "forward + input gradient (saliency)": median_seconds(
-            lambda: convlens.explain(model, images, method="saliency", target=classes), args.runs
+    base_name = "forward + input gradient (saliency)"
+    cases = {
+        base_name: lambda: convlens.explain(model, images, method="saliency", target=classes),
+        f"convlens lrp {args.composite}": lambda: convlens.explain(
+            model, images, method="lrp", target=classes, composite=args.composite
         ),
-        f"convlens lrp {args.composite}": median_seconds(
-            lambda: convlens.explain(
-                model, images, method="lrp", target=classes, composite=args.composite
-            ),
-            args.runs,
-        ),
-        f"zennit {args.composite}": median_seconds(
-            zennit_call(model, images, classes, args.composite, args.arch), args.runs
-        ),
+        f"zennit {args.composite}": zennit_call(model, images, classes, args.composite, args.arch),
     }
+    times = interleaved_seconds(cases, args.runs)
     load_after = os.getloadavg()[0]
-    base = times["forward + input gradient (saliency)"]
+    base = times[base_name]
     print(
         f"{args.arch}, batch {args.batch}, {args.size} px, {torch.get_num_threads()} threads, "
-        f"median of {args.runs}; load average {load_before:.1f} -> {load_after:.1f}"
+        f"{args.runs} interleaved rounds; load average {load_before:.1f} -> {load_after:.1f}"
     )
+    print(f"  {'case':40s} {'median':>8s}  {'x saliency':>10s}  per-round ratios (median)")
     for name, seconds in times.items():
-        print(f"  {name:40s} {seconds:8.2f} s  {seconds / base:5.2f}x saliency")
+        ratios = [t / b for t, b in zip(seconds, base, strict=True)]
+        print(
+            f"  {name:40s} {statistics.median(seconds):7.2f}s  "
+            f"{statistics.median(seconds) / statistics.median(base):9.2f}x  "
+            f"{' '.join(f'{r:.2f}' for r in ratios)} ({statistics.median(ratios):.2f})"
+        )
 
 
 if __name__ == "__main__":
