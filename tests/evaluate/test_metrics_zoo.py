@@ -208,6 +208,7 @@ class SpoilsInput(torch.nn.Module):
         ("selectivity", {"patch_size": 6}),
         ("selectivity", {"patch_size": 5, "softmax": False}),
         ("faithfulness_correlation", {"runs": 7, "subset_size": 20}),
+        ("monotonicity_correlation", {"samples": 3, "features_in_step": 96, "softmax": False}),
     ],
 )
 def test_perturbed_batches_are_the_same_for_every_chunk_size_and_an_input_spoiling_model(
@@ -243,7 +244,7 @@ def test_perturbed_batches_in_channels_last_equal_contiguous_ones(case, unchange
     """The perturbed batches go through the model channels-last on the CPU; a model that
     cannot take that layout (``view``) gets them contiguous. Both give the same scores, float
     rounding aside (that the batches hold the right perturbations: the Quantus tests and
-    `test_flat_values_scatter_the_same_positions_in_either_layout`)."""
+    `test_storage_positions_scatter_the_same_elements_in_either_layout`)."""
     _, images, maps, targets, _ = case
     torch.manual_seed(0)
     view = ViewNet().eval()
@@ -258,9 +259,10 @@ def test_perturbed_batches_in_channels_last_equal_contiguous_ones(case, unchange
     torch.testing.assert_close(laid_out, fallback, rtol=1e-4, atol=1e-5)
 
 
-def test_flat_values_scatter_the_same_positions_in_either_layout():
-    """`_flat_values` turns flat ``C*H*W`` (channel-first) positions into positions of a
-    channels-last batch: scattering through it changes the same elements."""
+def test_storage_positions_scatter_the_same_elements_in_either_layout():
+    """`_storage_positions` turns flat ``C*H*W`` (channel-first) positions into positions of
+    the channels-last storage order the perturbed batches are built in: scattering through
+    `_storage_flat` at them changes the same elements."""
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(2, 3, 3, 5, 7, generator=generator)  # Tensor[g, b, C, H, W]
     index = torch.randint(0, 3 * 5 * 7, (2, 3, 11), generator=generator)
@@ -269,9 +271,11 @@ def test_flat_values_scatter_the_same_positions_in_either_layout():
     laid_out = torch.empty(6, 3, 5, 7, memory_format=torch.channels_last).view(2, 3, 3, 5, 7)
     laid_out.copy_(x)
     assert not laid_out.is_contiguous()
-    flat, positions = zoo._flat_values(laid_out, index)
-    flat.scatter_(2, positions, -9.0)
+    positions = zoo._storage_positions(index, x[0])  # a CPU Tensor[B, C, H, W]: channels-last
+    zoo._storage_flat(laid_out).scatter_(2, positions, -9.0)
     assert torch.equal(laid_out, expected)
+    on_one_channel = torch.randn(3, 1, 5, 7)  # contiguous and channels-last are one order
+    assert torch.equal(zoo._storage_positions(index % 35, on_one_channel), index % 35)
 
 
 @pytest.mark.parametrize("rows", [1, 3])

@@ -346,19 +346,71 @@ def _perturbed_scores(
     return scores
 
 
-def _flat_values(x: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """A flat view ``Tensor[g, b, C*H*W]`` of the perturbed batch ``x`` (``Tensor[g, b, C, H,
-    W]``, contiguous or channels-last) and ``index`` (flat ``C*H*W`` positions, channel
-    first) turned into positions of that view."""
+def _scattered_scores(
+    model, images, targets, steps: int, perturb, batch_size: int, softmax: bool = False
+) -> torch.Tensor:
+    """``Tensor[B, steps]`` float64: the target logit (``softmax``: probability) of each
+    image under each of ``steps`` sparse perturbations. ``perturb(ks, start, b)`` gives, for
+    the images ``start : start + b`` under the steps ``ks`` (``LongTensor[g]``), ``(index,
+    values)``: ``Tensor[g, b, k]`` positions in an image's storage order
+    (`_storage_positions` of ``images``; repeats allowed) and the values set there. The
+    steps go through the model ``batch_size // B`` at a time (images split by
+    ``batch_size``) in one reused buffer holding copies of the images (in the layout the
+    forward pass takes, `forward_copies`): each batch sets its positions, runs, and puts
+    the images' values back, so a batch costs the model's forward pass and not a copy of
+    every image. A model that writes into its input (the buffer's version counter moves)
+    gets the buffer rebuilt whole after that pass. Call under ``borrowed_model(...,
+    copy_inputs=False)``."""
+    batch, shape = len(images), images.shape[1:]
+    per = max(1, batch_size // max(batch, 1))
+    scores = torch.zeros(batch, steps, dtype=torch.float64)
+    layout = cpu_fast_format(images)
+    laid_out = images.contiguous(memory_format=layout)
+    for start in range(0, batch, batch_size):
+        part = laid_out[start : start + batch_size]
+        groups = min(per, steps)
+        buffer = torch.empty(
+            (groups * len(part), *shape),
+            dtype=images.dtype,
+            device=images.device,
+            memory_format=layout,
+        )
+        clean = buffer.view(groups, len(part), *shape)
+        clean.copy_(part.expand(groups, *part.shape))
+        for first in range(0, steps, per):
+            ks = torch.arange(first, min(first + per, steps))
+            x = clean[: len(ks)]
+            index, values = perturb(ks, start, len(part))
+            flat, index = _storage_flat(x), index.to(images.device)
+            kept = flat.gather(2, index)
+            flat.scatter_(2, index, values.to(flat))
+            version = buffer._version
+            count = len(ks) * len(part)
+            t = targets[start : start + len(part)].repeat(len(ks))
+            out = _forward_scores(model, x.view(count, *shape), t, count, softmax)
+            if buffer._version != version:  # the model wrote into its input
+                clean.copy_(part.expand(groups, *part.shape))
+            else:
+                flat.scatter_(2, index, kept)
+            scores[start : start + len(part), first : first + len(ks)] = out.view(-1, len(part)).T
+    return scores
+
+
+def _storage_flat(x: torch.Tensor) -> torch.Tensor:
+    """A flat view ``Tensor[g, b, C*H*W]`` of a batch ``x`` (``Tensor[g, b, C, H, W]``,
+    contiguous or channels-last) in its storage order."""
     if x.is_contiguous():
-        return x.view(*x.shape[:2], -1), index
-    flat = x.permute(0, 1, 3, 4, 2).view(*x.shape[:2], -1)  # channels-last storage order
-    return flat, _channels_last_positions(index, *x.shape[2:])
+        return x.view(*x.shape[:2], -1)
+    return x.permute(0, 1, 3, 4, 2).view(*x.shape[:2], -1)  # channels-last storage order
 
 
-def _channels_last_positions(index: torch.Tensor, channels: int, height: int, width: int):
-    """Flat positions ``c*H*W + p`` (channel first) turned into ``p*C + c``, the same
-    elements in channels-last storage order."""
+def _storage_positions(index: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """Flat ``C*H*W`` positions ``c*H*W + p`` (channel first) of ``images``
+    (``Tensor[B, C, H, W]``) turned into positions in the storage order of the layout
+    `_scattered_scores` builds them in (`cpu_fast_format`): ``p*C + c`` for channels-last."""
+    if cpu_fast_format(images) != torch.channels_last:
+        return index
+    channels, height, width = images.shape[1:]
     pixel, channel = index % (height * width), index // (height * width)
     return pixel * channels + channel
 
@@ -441,19 +493,17 @@ def faithfulness_correlation(
     attributed = attributed.sum(2)
     black = _black(images)
 
-    def build(x, rs, start, part):  # the image with each run's subset set to its black
-        x.copy_(part.expand(len(rs), *part.shape))
-        index = subsets[start : start + len(part), rs].transpose(0, 1).to(images.device)
-        flat, index = _flat_values(x, index)
-        value = black[start : start + len(part)].reshape(1, -1, 1).to(x.dtype)
-        flat.scatter_(2, index, value.expand(index.shape))
+    positions = _storage_positions(subsets, images)
+
+    def perturb(rs, start, count):  # each run's subset set to the image's black
+        index = positions[start : start + count, rs].transpose(0, 1)
+        return index, black[start : start + count].reshape(1, -1, 1).expand(index.shape)
 
     module = as_module(model)
     with borrowed_model(module), torch.no_grad():
         y = _forward_scores(model, images, targets, batch_size)
-    # each perturbed batch is rebuilt in full before its forward pass: no private copy
     with borrowed_model(module, copy_inputs=False), torch.no_grad():
-        drops = y[:, None] - _perturbed_scores(model, images, targets, runs, build, batch_size)
+        drops = y[:, None] - _scattered_scores(model, images, targets, runs, perturb, batch_size)
     return _pearson(attributed, drops)
 
 
@@ -1003,30 +1053,22 @@ def monotonicity_correlation(
     atts = padded.view(batch, groups, features_in_step).sum(2)
     # group g of image n is features[n, g * step : (g + 1) * step]; the last may be short,
     # so it is padded by repeating its own first feature (setting it twice changes nothing)
-    members = _group_members(features, groups, features_in_step).to(images.device)
-    # the perturbed copies are built in the layout the forward pass takes (`forward_copies`)
-    channels_last = cpu_fast_format(images) == torch.channels_last
-    if channels_last:
-        members = _channels_last_positions(members, channels, height, width)
-        flat_images = images.permute(0, 2, 3, 1).reshape(batch, -1)
-    else:
-        flat_images = images.reshape(batch, -1)
-    variance = torch.zeros(batch, groups, samples, dtype=torch.float64)
-    triples = torch.cartesian_prod(torch.arange(groups), torch.arange(samples), torch.arange(batch))
-    buffer = flat_images.new_empty(min(batch_size, len(triples)), flat_images.shape[1])
-    with borrowed_model(as_module(model)), torch.no_grad():
+    members = _group_members(_storage_positions(features, images), groups, features_in_step)
+
+    def perturb(ks, start, count):  # step g * samples + s: group g set to draw s
+        g, s = ks // samples, ks % samples
+        index = members[start : start + count][:, g].transpose(0, 1)  # Tensor[k, b, step]
+        drawn = values[start : start + count][:, g, s].T  # Tensor[k, b]
+        return index, drawn[:, :, None].expand(index.shape)
+
+    module = as_module(model)
+    with borrowed_model(module), torch.no_grad():
         y = _forward_scores(model, images, targets, batch_size, softmax)
-        for chunk in triples.split(batch_size):
-            g, s, n = chunk[:, 0], chunk[:, 1], chunk[:, 2]
-            index = members[n.to(images.device), g.to(images.device)]
-            fill = values[n, g, s].to(images)[:, None].expand_as(index)
-            x = torch.index_select(flat_images, 0, n.to(images.device), out=buffer[: len(chunk)])
-            x = x.scatter_(1, index, fill)
-            if channels_last:
-                x = x.view(len(chunk), height, width, channels).permute(0, 3, 1, 2)
-            else:
-                x = x.view(len(chunk), *images.shape[1:])
-            variance[n, g, s] = (_forward_scores(model, x, targets[n], len(x), softmax) - y[n]) ** 2
+    with borrowed_model(module, copy_inputs=False), torch.no_grad():
+        scores = _scattered_scores(
+            model, images, targets, groups * samples, perturb, batch_size, softmax
+        )
+    variance = ((scores - y[:, None]) ** 2).view(batch, groups, samples)
     scale = torch.where(y.abs() >= eps, 1 / y.abs().clamp(min=eps) ** 2, 1.0)
     spread = variance.mean(2) * scale[:, None]
     return spearman(atts[:, None, :], spread[:, None, :]).double()
