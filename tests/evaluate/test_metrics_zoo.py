@@ -209,6 +209,7 @@ class SpoilsInput(torch.nn.Module):
         ("selectivity", {"patch_size": 5, "softmax": False}),
         ("faithfulness_correlation", {"runs": 7, "subset_size": 20}),
         ("monotonicity_correlation", {"samples": 3, "features_in_step": 96, "softmax": False}),
+        ("infidelity", {"patch_sizes": (4, 6)}),
     ],
 )
 def test_perturbed_batches_are_the_same_for_every_chunk_size_and_an_input_spoiling_model(

@@ -299,51 +299,78 @@ def selectivity(
     rank = torch.empty_like(order)
     rank.scatter_(1, order, torch.arange(rows * cols).expand(batch, -1).contiguous())
     pixel_rank = _patch_pixels(rank.view(batch, 1, rows, cols), patch_size, pad_h, pad_w)
-    # int32 ranks: half the bytes of int64 to read per perturbed batch
-    pixel_rank = pixel_rank.to(device=images.device, dtype=torch.int32).contiguous()
-    black = _black(images)
-
-    def build(x, ks, start, part):  # patches ranked <= k go to the image's black
-        k = ks.to(device=pixel_rank.device, dtype=torch.int32)[:, None, None, None, None]
-        removed = pixel_rank[start : start + len(part)] <= k
-        torch.where(removed, black[start : start + len(part)], part, out=x)
-
-    # each perturbed batch is rebuilt in full before its forward pass: no private copy
     with borrowed_model(as_module(model), copy_inputs=False), torch.no_grad():
-        curve = _perturbed_scores(model, images, targets, rows * cols, build, batch_size, softmax)
+        curve = _cumulative_scores(
+            model, images, targets, pixel_rank, rows * cols, batch_size, softmax
+        )
     return torch.trapezoid(curve, dx=1.0, dim=1)
 
 
-def _perturbed_scores(
-    model, images, targets, steps: int, build, batch_size: int, softmax: bool = False
+def _cumulative_scores(
+    model, images, targets, pixel_rank, steps: int, batch_size: int, softmax: bool = False
 ) -> torch.Tensor:
     """``Tensor[B, steps]`` float64: the target logit (``softmax``: probability) of each
-    image under each of ``steps`` perturbations. ``build(x, ks, start, part)`` writes into
-    ``x`` (``Tensor[g, b, C, H, W]``, a view of one reused buffer, channels-last on the
-    CPU) the images ``part`` (``images[start : start + b]``, in that layout) under the
-    perturbations ``ks`` (``LongTensor[g]``), every element of ``x``. The steps go through
-    the model ``batch_size // B`` at a time (at least one; images split by ``batch_size``).
-    Call under ``borrowed_model``."""
-    batch = len(images)
+    image after each step ``k`` of a cumulative removal, in which every pixel (all its
+    channels) whose rank in ``pixel_rank`` (``Tensor[B or 1, 1, H, W]`` of ints in ``0 ..
+    steps - 1``) is ``<= k`` holds the image's smallest value (`_black`). The steps go
+    through the model ``batch_size // B`` at a time (images split by ``batch_size``) in one
+    reused buffer of image copies (in the layout the forward pass takes,
+    `forward_copies`); each row carries on from its step in the previous batch, so a batch
+    writes only the pixels removed since. A model that writes into its input (the buffer's
+    version counter moves) gets the next batch rebuilt from the images. Call under
+    ``borrowed_model(..., copy_inputs=False)``."""
+    batch, shape = len(images), images.shape[1:]
     per = max(1, batch_size // max(batch, 1))
     scores = torch.zeros(batch, steps, dtype=torch.float64)
-    size = (min(per * batch, batch_size), *images.shape[1:])
-    # built in the layout the forward pass takes (`forward_copies`): no copy per batch, and
-    # from images in that layout too (mixed layouts make the element-wise builds slower)
     layout = cpu_fast_format(images)
-    buffer = torch.empty(size, dtype=images.dtype, device=images.device, memory_format=layout)
     laid_out = images.contiguous(memory_format=layout)
-    for first in range(0, steps, per):
-        ks = torch.arange(first, min(first + per, steps))
-        for start in range(0, batch, batch_size):
-            part = laid_out[start : start + batch_size]
+    ranks = pixel_rank.expand(batch, 1, *shape[1:]).reshape(batch, -1).long().cpu()
+    ranked, order = torch.sort(ranks, dim=1, stable=True)  # each image's pixels by rank
+    # cuts[n][r]: how many pixels of image n rank below r
+    bounds = torch.arange(steps + 1).expand(batch, -1).contiguous()
+    cuts = torch.searchsorted(ranked, bounds).tolist()
+    order = order.to(images.device)
+    black = _black(images).flatten().tolist()
+    for start in range(0, batch, batch_size):
+        part = laid_out[start : start + batch_size]
+        groups = min(per, steps)
+        buffer = torch.empty(
+            (groups * len(part), *shape),
+            dtype=images.dtype,
+            device=images.device,
+            memory_format=layout,
+        )
+        rows = buffer.view(groups, len(part), *shape)
+        pixels = [[_pixel_rows(rows[i, j]) for j in range(len(part))] for i in range(groups)]
+        carried = False  # whether row i holds its image after step first - per + i
+        for first in range(0, steps, per):
+            ks = range(first, min(first + per, steps))
+            if not carried:  # every row back to its image, before any step
+                rows.copy_(part.expand(groups, *part.shape))
+            for i, k in enumerate(ks):
+                done = first - per + i if carried else -1  # the step row i is at
+                for j, n in enumerate(range(start, start + len(part))):
+                    removed = order[n, cuts[n][done + 1] : cuts[n][k + 1]]
+                    if len(removed):
+                        pixels[i][j].index_fill_(0, removed, black[n])
+            version = buffer._version
             count = len(ks) * len(part)
-            x = buffer[:count].view(len(ks), len(part), *images.shape[1:])
-            build(x, ks, start, part)
             t = targets[start : start + len(part)].repeat(len(ks))
-            out = _forward_scores(model, x.view(count, *images.shape[1:]), t, count, softmax)
+            x = rows[: len(ks)].reshape(count, *shape)
+            out = _forward_scores(model, x, t, count, softmax)
+            carried = buffer._version == version  # else the model wrote into its input
             scores[start : start + len(part), first : first + len(ks)] = out.view(-1, len(part)).T
     return scores
+
+
+def _pixel_rows(image: torch.Tensor) -> torch.Tensor:
+    """A view ``Tensor[H*W, C]`` of ``image`` (``Tensor[C, H, W]``, channels-last or
+    contiguous) with one row per pixel (raster order), so that ``index_fill_(0, pixels,
+    v)`` sets every channel of those pixels."""
+    channels = image.shape[0]
+    if image.dim() == 3 and image.permute(1, 2, 0).is_contiguous():
+        return image.permute(1, 2, 0).view(-1, channels)
+    return image.view(channels, -1).T
 
 
 def _scattered_scores(
@@ -971,7 +998,6 @@ def infidelity(
     module = as_module(model)
     with borrowed_model(module), torch.no_grad():
         y = _forward_scores(model, images, targets, batch_size)
-    # each perturbed batch is rebuilt in full before its forward pass: no private copy
     with borrowed_model(module, copy_inputs=False), torch.no_grad():
         for patch in patch_sizes:
             if patch < 1:
@@ -980,15 +1006,11 @@ def infidelity(
             explained = F.avg_pool2d(F.pad(a * gap, (*pad_w, *pad_h)), patch) * patch**2
             rows, cols = explained.shape[-2:]
             predicted = explained.view(batch, -1).cumsum(1)
-            block = torch.arange(rows * cols).view(1, 1, rows, cols)
-            block = _patch_pixels(block, patch, pad_h, pad_w).to(images.device)
-
-            def build(x, ks, start, part, block=block):  # pixels of patches <= k to black
-                removed = block <= ks.to(block.device)[:, None, None, None, None]
-                torch.where(removed, black[start : start + len(part)], part, out=x)
-
+            block = torch.arange(rows * cols).view(1, 1, rows, cols)  # raster order
+            block = _patch_pixels(block, patch, pad_h, pad_w)
             steps = rows * cols
-            drops = y[:, None] - _perturbed_scores(model, images, targets, steps, build, batch_size)
+            removed = _cumulative_scores(model, images, targets, block, steps, batch_size)
+            drops = y[:, None] - removed
             scores.append(((drops - predicted) ** 2).mean(1))
     return torch.stack(scores, 1).mean(1)
 
