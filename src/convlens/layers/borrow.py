@@ -29,8 +29,9 @@ def borrowed_model(
     select_output` picks (a forward hook, removed on exit), so every method's forward
     passes see that tensor. (Not for TorchScript modules, which cannot be hooked.)
     ``copy_inputs=False`` leaves out the private copies, for callers whose every input is
-    a throwaway tensor of their own that nothing reads after the call (a perturbed batch
-    rebuilt in full before the next call): the copy would only cost a pass over it.
+    a tensor of their own that they rebuild or check before reading it again (a perturbed
+    batch rebuilt in full, or one whose version counter shows that the model wrote into
+    it): the copy would only cost a pass over it.
     """
     flags = [(module, module.training) for module in model.modules()]
     # TorchScript modules take no hooks; they run on the tensor as given.
