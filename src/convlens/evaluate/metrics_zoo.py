@@ -953,16 +953,23 @@ def irof(
     means = torch.where(present, sums / sizes.clamp(min=1), -torch.inf)
     order = torch.sort(-means, dim=1, stable=True).indices  # absent labels last
     steps = present.sum(1)
-    device_segments = flat.to(images.device)
+    # each image's pixels by label; cuts[n][s]: how many of image n's pixels have a label < s
+    labelled, pixel_order = torch.sort(flat, dim=1, stable=True)
+    bounds = torch.arange(count + 1).expand(batch, -1).contiguous()
+    cuts = torch.searchsorted(labelled, bounds).tolist()
+    pixel_order = pixel_order.to(images.device)
+    labels = order.tolist()
     curve = torch.zeros(batch, count, dtype=torch.float64)
     with borrowed_model(as_module(model)), torch.no_grad():
         y = _forward_scores(model, images, targets, batch_size, softmax)
-        x = images.detach().clone()
+        x = images.detach().contiguous().clone()
+        planes = x.view(batch, channels, height * width)
         for t in range(int(steps.max())):
-            label = order[:, t].to(images.device)
-            fill = x.reshape(batch, -1).mean(1)
-            hit = (device_segments == label[:, None]).view(batch, 1, height, width)
-            x = torch.where(hit, fill[:, None, None, None], x)
+            fill = x.reshape(batch, -1).mean(1).tolist()
+            for n in range(batch):  # segment t of image n (an absent label has no pixels)
+                label = labels[n][t]
+                pixels = pixel_order[n, cuts[n][label] : cuts[n][label + 1]]
+                planes[n].index_fill_(1, pixels, fill[n])
             curve[:, t] = _forward_scores(model, x, targets, batch_size, softmax) / y
     positions = torch.arange(count)[None, :]
     curve = torch.where(positions < steps[:, None], curve, 0.0)
