@@ -619,6 +619,30 @@ def test_irof_equals_quantus_run_image_by_image(quantus, monkeypatch, unchanged)
     np.testing.assert_allclose(got.numpy(), expected, atol=1e-4)
 
 
+def test_irof_on_three_channels_follows_its_definition_step_by_step(case, unchanged):
+    """IROF on colour images, against the definition written out: segments of a fixed
+    labelling (a 4 x 4 grid, one label left out so it is absent) replaced in order of
+    decreasing mean map value by the mean of the image as it stands, all channels."""
+    net, images, maps, targets, _ = case
+    rows = torch.arange(SIDE)[:, None] // 4
+    segments = (rows * 4 + torch.arange(SIDE)[None, :] // 4).expand(4, -1, -1).clone()
+    segments[segments == 15] = 14  # label 15 absent: 15 segments
+    with unchanged(net, images, maps):
+        got = zoo.irof(net, images, maps, targets, segments=segments, softmax=False)
+    for n in range(4):
+        x, labels = images[n : n + 1].clone(), segments[n]
+        means = [(maps[n][labels == s].mean().item(), s) for s in range(15)]
+        order = [s for _, s in sorted(means, key=lambda pair: (-pair[0], pair[1]))]
+        with torch.no_grad():
+            start = net(x)[0, targets[n]].item()
+            curve = []
+            for s in order:
+                x = torch.where(labels == s, x.mean(), x)
+                curve.append(net(x)[0, targets[n]].item() / start)
+        area = sum(curve) - (curve[0] + curve[-1]) / 2
+        assert got[n].item() == pytest.approx(15 - area, abs=1e-4)
+
+
 def test_linear_imputation_equals_quantus_on_three_channels(quantus):
     from quantus.functions.perturb_func import noisy_linear_imputation
 
