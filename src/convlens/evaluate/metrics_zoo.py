@@ -326,13 +326,13 @@ def _cumulative_scores(
     laid_out = images.contiguous(memory_format=layout)
     ranks = pixel_rank.expand(batch, 1, *shape[1:]).reshape(batch, -1).long().cpu()
     ranked, order = torch.sort(ranks, dim=1, stable=True)  # each image's pixels by rank
-    # cuts[n][r]: how many pixels of image n rank below r
-    bounds = torch.arange(steps + 1).expand(batch, -1).contiguous()
-    cuts = torch.searchsorted(ranked, bounds).tolist()
+    # cuts[n, r]: how many pixels of image n rank below r
+    cuts = torch.searchsorted(ranked, torch.arange(steps + 1).expand(batch, -1).contiguous())
     order = order.to(images.device)
     black = _black(images).flatten().tolist()
     for start in range(0, batch, batch_size):
         part = laid_out[start : start + batch_size]
+        below = cuts[start : start + len(part)].tolist()  # Python ints for the loop below
         groups = min(per, steps)
         buffer = torch.empty(
             (groups * len(part), *shape),
@@ -350,7 +350,7 @@ def _cumulative_scores(
             for i, k in enumerate(ks):
                 done = first - per + i if carried else -1  # the step row i is at
                 for j, n in enumerate(range(start, start + len(part))):
-                    removed = order[n, cuts[n][done + 1] : cuts[n][k + 1]]
+                    removed = order[n, below[j][done + 1] : below[j][k + 1]]
                     if len(removed):
                         pixels[i][j].index_fill_(0, removed, black[n])
             version = buffer._version
@@ -368,7 +368,7 @@ def _pixel_rows(image: torch.Tensor) -> torch.Tensor:
     contiguous) with one row per pixel (raster order), so that ``index_fill_(0, pixels,
     v)`` sets every channel of those pixels."""
     channels = image.shape[0]
-    if image.dim() == 3 and image.permute(1, 2, 0).is_contiguous():
+    if image.permute(1, 2, 0).is_contiguous():
         return image.permute(1, 2, 0).view(-1, channels)
     return image.view(channels, -1).T
 
@@ -438,8 +438,8 @@ def _storage_positions(index: torch.Tensor, images: torch.Tensor) -> torch.Tenso
     if cpu_fast_format(images) != torch.channels_last:
         return index
     channels, height, width = images.shape[1:]
-    pixel, channel = index % (height * width), index // (height * width)
-    return pixel * channels + channel
+    channel = index.div(height * width, rounding_mode="floor")
+    return (index % (height * width)).mul_(channels).add_(channel)  # two temporaries, not four
 
 
 def _patch_pixels(values: torch.Tensor, patch: int, pad_h, pad_w) -> torch.Tensor:
