@@ -51,6 +51,9 @@ SETTINGS = {
     "irof": ({}, {}),  # on --irof-images images
     "infidelity": ({"patch_sizes": (32,)}, {"perturb_patch_sizes": [32]}),
     "monotonicity_correlation": ({"samples": 10}, {"nr_samples": 10}),  # + 24 groups
+    # the correlation with the fully randomised model (the Quantus parity tests' settings)
+    "mprt": ({"seed": 5}, {"seed": 5, "return_last_correlation": True, "skip_layers": True}),
+    "efficient_mprt": ({"seed": 5}, {"seed": 5}),
 }
 NOTES = {
     "selectivity": "patches of 32 (default 8)",
@@ -65,6 +68,7 @@ NOTES = {
     "monotonicity_correlation": (
         "24 groups of H*W/8 values (default 1 value), 10 samples (default 100)"
     ),
+    "mprt": "last layer's correlation (Quantus: return_last_correlation, skip_layers)",
 }
 
 
@@ -141,12 +145,19 @@ def main() -> None:
     explain = input_times_gradient(model)
     own = explain(images, targets)
 
+    def method(net, x, t):  # MPRT's explainer runs on the model it is handed
+        return input_times_gradient(net)(x, t)
+
     def quantus_explain(model, inputs, targets, **kwargs):
         x = torch.from_numpy(np.asarray(inputs, dtype=np.float32))
-        return explain(x, torch.from_numpy(np.asarray(targets)).long()).numpy()[:, None]
+        t = torch.from_numpy(np.asarray(targets)).long()
+        return method(model, x, t).numpy()[:, None]
 
     rows = []
     names = zoo.metric_names(args.metrics)
+    unset = [name for name in names if name not in SETTINGS]
+    if unset:  # before any timing, not after the first hour of it
+        raise SystemExit(f"no SETTINGS entry for {', '.join(unset)}: add one to time them")
     for name in names:
         ours_options, their_options = (dict(options) for options in SETTINGS[name])
         if name == "monotonicity_correlation":
@@ -154,7 +165,7 @@ def main() -> None:
             ours_options["features_in_step"] = their_options["features_in_step"] = step
         spec = zoo.METRICS[name]
         net, x, a, y = model, images, maps, targets
-        if "explain" in spec.needs:
+        if "explain" in spec.needs or "method" in spec.needs:
             a = own
         if name in ("road_morf", "road_lerf", "irof"):  # Quantus: one channel only
             count = args.irof_images if name == "irof" else args.road_images
@@ -169,11 +180,13 @@ def main() -> None:
         if baseline is not None:
             start = time.perf_counter()
             old = baseline.run_metric(
-                name, net, x, a, y, masks=masks, explain=explain, **ours_options
+                name, net, x, a, y, masks=masks, explain=explain, method=method, **ours_options
             )
             before = time.perf_counter() - start
         start = time.perf_counter()
-        scores = zoo.run_metric(name, net, x, a, y, masks=masks, explain=explain, **ours_options)
+        scores = zoo.run_metric(
+            name, net, x, a, y, masks=masks, explain=explain, method=method, **ours_options
+        )
         ours = time.perf_counter() - start
         if baseline is not None:
             difference = (scores - old).abs().nan_to_num(0.0).max().item()
@@ -192,7 +205,7 @@ def main() -> None:
         }
         if spec.needs == ("masks",):
             kwargs["s_batch"] = masks.numpy()[:, None].astype(np.float32)
-        if "explain" in spec.needs:
+        if "explain" in spec.needs or "method" in spec.needs:
             kwargs["explain_func"] = quantus_explain
         np.random.seed(0)
         start = time.perf_counter()

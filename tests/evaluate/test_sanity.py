@@ -3,6 +3,7 @@ and the user's model left untouched."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from tests.helpers.networks import small_convnet
@@ -18,6 +19,7 @@ from convlens.evaluate import (
     spearman,
     ssim,
 )
+from convlens.evaluate.sanity import average_ranks
 from convlens.targets import resolve_targets
 
 
@@ -126,6 +128,20 @@ def test_spearman_and_ssim_golden_values():
     maps = torch.rand(2, 8, 8)
     assert torch.allclose(ssim(maps, maps), torch.ones(2))
     assert torch.allclose(ssim(maps, 3 * maps + 1), torch.ones(2), atol=1e-6)  # normalised
+
+
+@pytest.mark.parametrize("levels", [3, 50, None])  # heavy ties, some ties, none
+def test_average_ranks_equal_scipy_rankdata(levels):
+    """`average_ranks` (an unstable sort, runs of ties averaged) equals scipy's rankdata
+    exactly, on values with many ties, a few ties, and none; negative zeros included."""
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(7)
+    for size in (1, 2, 17, 4096):
+        values = rng.standard_normal(size)
+        if levels is not None:
+            values = np.round(values * levels / 4) / levels
+            values[::5] = -0.0
+        np.testing.assert_array_equal(average_ranks(values), stats.rankdata(values))
 
 
 def test_bad_inputs_raise_and_leave_model_unchanged(unchanged):
