@@ -334,13 +334,7 @@ def _cumulative_scores(
         part = laid_out[start : start + batch_size]
         below = cuts[start : start + len(part)].tolist()  # Python ints for the loop below
         groups = min(per, steps)
-        buffer = torch.empty(
-            (groups * len(part), *shape),
-            dtype=images.dtype,
-            device=images.device,
-            memory_format=layout,
-        )
-        rows = buffer.view(groups, len(part), *shape)
+        rows = _copy_buffer(part, groups, layout)
         pixels = [[_pixel_rows(rows[i, j]) for j in range(len(part))] for i in range(groups)]
         carried = False  # whether row i holds its image after step first - per + i
         for first in range(0, steps, per):
@@ -353,14 +347,27 @@ def _cumulative_scores(
                     removed = order[n, below[j][done + 1] : below[j][k + 1]]
                     if len(removed):
                         pixels[i][j].index_fill_(0, removed, black[n])
-            version = buffer._version
+            version = rows._version  # shared by the buffer's views
             count = len(ks) * len(part)
             t = targets[start : start + len(part)].repeat(len(ks))
             x = rows[: len(ks)].reshape(count, *shape)
             out = _forward_scores(model, x, t, count, softmax)
-            carried = buffer._version == version  # else the model wrote into its input
+            carried = rows._version == version  # else the model wrote into its input
             scores[start : start + len(part), first : first + len(ks)] = out.view(-1, len(part)).T
     return scores
+
+
+def _copy_buffer(part: torch.Tensor, groups: int, layout: torch.memory_format) -> torch.Tensor:
+    """An uninitialised ``Tensor[groups, b, C, H, W]`` for ``groups`` copies of ``part``
+    (``Tensor[b, C, H, W]``), each copy in ``layout``; its batch dimensions merge into one
+    without a copy (``reshape(groups * b, C, H, W)`` is a view)."""
+    buffer = torch.empty(
+        (groups * len(part), *part.shape[1:]),
+        dtype=part.dtype,
+        device=part.device,
+        memory_format=layout,
+    )
+    return buffer.view(groups, len(part), *part.shape[1:])
 
 
 def _pixel_rows(image: torch.Tensor) -> torch.Tensor:
@@ -396,13 +403,7 @@ def _scattered_scores(
     for start in range(0, batch, batch_size):
         part = laid_out[start : start + batch_size]
         groups = min(per, steps)
-        buffer = torch.empty(
-            (groups * len(part), *shape),
-            dtype=images.dtype,
-            device=images.device,
-            memory_format=layout,
-        )
-        clean = buffer.view(groups, len(part), *shape)
+        clean = _copy_buffer(part, groups, layout)
         clean.copy_(part.expand(groups, *part.shape))
         for first in range(0, steps, per):
             ks = torch.arange(first, min(first + per, steps))
@@ -411,11 +412,11 @@ def _scattered_scores(
             flat, index = _storage_flat(x), index.to(images.device)
             kept = flat.gather(2, index)
             flat.scatter_(2, index, values.to(flat))
-            version = buffer._version
+            version = clean._version  # shared by the buffer's views
             count = len(ks) * len(part)
             t = targets[start : start + len(part)].repeat(len(ks))
             out = _forward_scores(model, x.view(count, *shape), t, count, softmax)
-            if buffer._version != version:  # the model wrote into its input
+            if clean._version != version:  # the model wrote into its input
                 clean.copy_(part.expand(groups, *part.shape))
             else:
                 flat.scatter_(2, index, kept)
