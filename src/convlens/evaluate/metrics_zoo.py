@@ -324,10 +324,8 @@ def _cumulative_scores(
     scores = torch.zeros(batch, steps, dtype=torch.float64)
     layout = cpu_fast_format(images)
     laid_out = images.contiguous(memory_format=layout)
-    ranks = pixel_rank.expand(batch, 1, *shape[1:]).reshape(batch, -1).long().cpu()
-    ranked, order = torch.sort(ranks, dim=1, stable=True)  # each image's pixels by rank
-    # cuts[n, r]: how many pixels of image n rank below r
-    cuts = torch.searchsorted(ranked, torch.arange(steps + 1).expand(batch, -1).contiguous())
+    ranks = pixel_rank.expand(batch, 1, *shape[1:]).reshape(batch, -1)
+    order, cuts = _pixels_by_key(ranks, steps)
     order = order.to(images.device)
     black = _black(images).flatten().tolist()
     for start in range(0, batch, batch_size):
@@ -355,6 +353,17 @@ def _cumulative_scores(
             carried = rows._version == version  # else the model wrote into its input
             scores[start : start + len(part), first : first + len(ks)] = out.view(-1, len(part)).T
     return scores
+
+
+def _pixels_by_key(keys: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image's pixels grouped by key: ``keys`` ``Tensor[B, P]`` of ints in ``0 ..
+    count - 1`` (a rank, a segment label) gives ``(order, cuts)``, ``order`` ``LongTensor[B,
+    P]`` the pixel indices sorted by key (stable) and ``cuts`` ``LongTensor[B, count + 1]``
+    with ``cuts[n, r]`` the number of image ``n``'s pixels whose key is below ``r``: the
+    pixels keyed ``r`` are ``order[n, cuts[n, r] : cuts[n, r + 1]]`` (CPU)."""
+    ordered, order = torch.sort(keys.long().cpu(), dim=1, stable=True)
+    bounds = torch.arange(count + 1).expand(len(keys), -1).contiguous()
+    return order, torch.searchsorted(ordered, bounds)
 
 
 def _copy_buffer(part: torch.Tensor, groups: int, layout: torch.memory_format) -> torch.Tensor:
@@ -521,7 +530,7 @@ def faithfulness_correlation(
     attributed = attributed.sum(2)
     black = _black(images)
 
-    positions = _storage_positions(subsets, images)
+    positions = _storage_positions(subsets, images).to(images.device)  # once, not per batch
 
     def perturb(rs, start, count):  # each run's subset set to the image's black
         index = positions[start : start + count, rs].transpose(0, 1)
@@ -954,16 +963,13 @@ def irof(
     means = torch.where(present, sums / sizes.clamp(min=1), -torch.inf)
     order = torch.sort(-means, dim=1, stable=True).indices  # absent labels last
     steps = present.sum(1)
-    # each image's pixels by label; cuts[n][s]: how many of image n's pixels have a label < s
-    labelled, pixel_order = torch.sort(flat, dim=1, stable=True)
-    bounds = torch.arange(count + 1).expand(batch, -1).contiguous()
-    cuts = torch.searchsorted(labelled, bounds).tolist()
-    pixel_order = pixel_order.to(images.device)
+    pixel_order, cuts = _pixels_by_key(flat, count)
+    pixel_order, cuts = pixel_order.to(images.device), cuts.tolist()
     labels = order.tolist()
     curve = torch.zeros(batch, count, dtype=torch.float64)
     with borrowed_model(as_module(model)), torch.no_grad():
         y = _forward_scores(model, images, targets, batch_size, softmax)
-        x = images.detach().contiguous().clone()
+        x = images.detach().clone(memory_format=torch.contiguous_format)
         planes = x.view(batch, channels, height * width)
         for t in range(int(steps.max())):
             fill = x.reshape(batch, -1).mean(1).tolist()
@@ -1084,6 +1090,7 @@ def monotonicity_correlation(
     # group g of image n is features[n, g * step : (g + 1) * step]; the last may be short,
     # so it is padded by repeating its own first feature (setting it twice changes nothing)
     members = _group_members(_storage_positions(features, images), groups, features_in_step)
+    members = members.to(images.device)  # once, not per batch
 
     def perturb(ks, start, count):  # step g * samples + s: group g set to draw s
         g, s = ks // samples, ks % samples
