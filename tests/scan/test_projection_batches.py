@@ -106,14 +106,16 @@ def _normed_net() -> nn.Sequential:
     return net.eval()
 
 
+@pytest.mark.parametrize("reused", [False, True])
 @pytest.mark.parametrize("rule", ["guided", "deconvnet"])
-def test_unit_gradients_of_one_graph_equal_each_unit_alone(rule, unchanged):
-    """The scan's path (channels-last input, batch norm's cheap input gradient, one forward
-    and one backward per unit) against `project_unit`'s plain one-unit pass."""
+def test_unit_gradients_of_one_graph_equal_each_unit_alone(rule, reused, unchanged):
+    """The scan's path (channels-last input, input-gradient-only convolutions, padding and
+    batch norms with folded scales, one forward and one backward per unit, guided masks
+    kept when ``reused``) against `project_unit`'s plain one-unit pass."""
     net = _normed_net()
     image = torch.randn(3, 16, 16, generator=torch.Generator().manual_seed(2))
     units = [(0, 3, 4), (2, 0, 0), (4, 7, 7), (4, 2, 5), (0, 3, 4)]
-    with unchanged(net, image), borrowed_model(net), backward_rule(net, rule):
+    with unchanged(net, image), borrowed_model(net), backward_rule(net, rule, reused=reused):
         found = unit_gradients(net, "6", image, units)
     for (channel, y, x), got in zip(units, found, strict=True):
         want = project_unit(net, image, "6", channel, (y, x), rule=rule, crop=False).projection

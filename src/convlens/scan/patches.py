@@ -17,7 +17,7 @@ from convlens.data.datasets import ScanDataset
 from convlens.errors import DataError, ImageLoadError, LayerError
 from convlens.layers import Field, borrowed_model, capture, layer_table
 from convlens.layers.early_stop import run_until
-from convlens.layers.eval_norm import input_gradient_batch_norm
+from convlens.layers.input_gradient import fold_batch_norm_scales, input_gradients_only
 from convlens.layers.rules import backward_rule
 from convlens.models.devices import placed_on
 
@@ -223,7 +223,10 @@ class UnitViews:
         for row, (_, unit) in enumerate(keys):
             by_image.setdefault(unit.index, []).append(row)
         with placed_on(self.module, self.device) as device:
-            with borrowed_model(self.module), backward_rule(self.module, rule) as session:
+            with (
+                borrowed_model(self.module),
+                backward_rule(self.module, rule, reused=True) as session,
+            ):
                 for index, rows in by_image.items():
                     image = self.cache(index)[1].to(device)
                     units = [(keys[r][0], keys[r][1].y, keys[r][1].x) for r in rows]
@@ -247,9 +250,10 @@ def unit_gradients(
     channels-last, which the convolutions propagate (the weights are not touched): the same
     values, with about a tenth less time per unit on CPU."""
     inputs = image[None].detach().clone(memory_format=torch.channels_last).requires_grad_(True)
-    with capture(module, layer, gradients=True) as cap, input_gradient_batch_norm():
+    with capture(module, layer, gradients=True) as cap, input_gradients_only():
         run_until(module, [layer], inputs)
         activation = cap.activation(layer)
+    fold_batch_norm_scales(activation)
     found = []
     for number, (channel, y, x) in enumerate(units, 1):
         (gradient,) = torch.autograd.grad(

@@ -1,0 +1,143 @@
+"""Eval-mode batch normalisation with a one-multiplication input-gradient backward: the
+same forward values, and the input gradient of the native backward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from convlens.layers.input_gradient import fold_batch_norm_scales, input_gradients_only
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _norm(module: nn.Module, channels: int) -> nn.Module:
+    generator = torch.Generator().manual_seed(channels)
+    module.running_mean.copy_(torch.randn(channels, generator=generator))
+    module.running_var.copy_(torch.rand(channels, generator=generator) + 0.5)
+    if module.affine:
+        module.weight.data.copy_(torch.randn(channels, generator=generator))
+        module.bias.data.copy_(torch.randn(channels, generator=generator))
+    return module.eval()
+
+
+@pytest.mark.parametrize(
+    ("module", "shape"),
+    [
+        (nn.BatchNorm2d(5), (2, 5, 4, 3)),
+        (nn.BatchNorm2d(5, affine=False, eps=1e-3), (1, 5, 6, 6)),
+        (nn.BatchNorm1d(4), (3, 4)),
+    ],
+)
+def test_same_values_and_input_gradient_as_native(module, shape, unchanged):
+    norm = _norm(module, shape[1])
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(shape, generator=generator, requires_grad=True)
+    upstream = torch.randn(shape, generator=generator)
+    native = norm(x)
+    (want,) = torch.autograd.grad(native, x, upstream)
+    with unchanged(norm, x), input_gradients_only():
+        cheap = norm(x)
+    assert type(cheap.grad_fn).__name__ == "_EvalBatchNormBackward"
+    (got,) = torch.autograd.grad(cheap, x, upstream)
+    assert torch.equal(cheap, native)
+    # rsqrt(var + eps) * weight against the native kernel's own order: a few ulps
+    assert torch.allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_training_mode_and_constant_inputs_keep_the_native_function():
+    norm = _norm(nn.BatchNorm2d(3), 3).train()
+    x = torch.randn(4, 3, 5, 5, requires_grad=True)
+    with input_gradients_only():
+        trained = norm(x)
+        constant = F.batch_norm(x.detach(), norm.running_mean, norm.running_var)
+    assert "NativeBatchNorm" in type(trained.grad_fn).__name__  # batch statistics
+    assert constant.grad_fn is None
+
+
+def _conv(shape, groups: int = 1, **geometry) -> nn.Conv2d:
+    out_channels, in_channels, kernel = shape
+    torch.manual_seed(out_channels * 7 + kernel)
+    return nn.Conv2d(in_channels, out_channels, kernel, groups=groups, **geometry).eval()
+
+
+CONVOLUTIONS = [
+    (_conv((6, 4, 1)), (2, 4, 5, 7)),  # 1x1: one matrix product
+    (_conv((6, 6, 3), groups=6, stride=2), (1, 6, 9, 8)),  # depthwise, odd size: output padding
+    (_conv((6, 4, 3), groups=2, padding=(1, 2), dilation=2), (1, 4, 10, 9)),
+    (_conv((5, 3, 3), stride=(2, 3), padding=1), (2, 3, 11, 13)),
+    (_conv((4, 4, 1), stride=2), (1, 4, 6, 6)),  # strided 1x1: the transposed convolution
+]
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize(("conv", "shape"), CONVOLUTIONS)
+def test_convolution_input_gradient_equals_native(conv, shape, channels_last, unchanged):
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(shape, generator=generator)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    native = conv(x)
+    upstream = torch.randn(native.shape, generator=generator)
+    (want,) = torch.autograd.grad(native, x, upstream)
+    with unchanged(conv, x), input_gradients_only():
+        cheap = conv(x)
+    assert type(cheap.grad_fn).__name__ == "_InputGradientConvBackward"
+    (got,) = torch.autograd.grad(cheap, x, upstream)
+    assert torch.equal(cheap, native)
+    assert got.shape == x.shape
+    # the same sums in another order (transposed convolution or one matrix product)
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_constant_padding_gradient_is_the_unpadded_view():
+    x = torch.randn(2, 3, 5, 4, requires_grad=True)
+    upstream = torch.randn(2, 3, 5 + 3, 4 + 1)
+    native = F.pad(x, (0, 1, 2, 1), value=0.5)
+    with input_gradients_only():
+        cheap = F.pad(x, (0, 1, 2, 1), value=0.5)
+        reflected = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    assert torch.equal(cheap, native)
+    assert "ReflectionPad" in type(reflected.grad_fn).__name__  # only constant padding
+    (got,) = torch.autograd.grad(cheap, x, upstream)
+    assert torch.equal(got, upstream[:, :, 2:7, 0:4])
+
+
+class _ConvNormNet(nn.Module):
+    """conv -> norm -> ReLU6 -> conv -> norm, and optionally the second convolution's raw
+    output added to its normalised one (a second consumer: no fold there)."""
+
+    def __init__(self, shared: bool) -> None:
+        super().__init__()
+        torch.manual_seed(11)
+        self.shared = shared
+        self.conv1, self.norm1 = nn.Conv2d(3, 8, 3, stride=2), nn.BatchNorm2d(8)
+        self.conv2, self.norm2 = nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8)
+        for channels, norm in ((8, self.norm1), (8, self.norm2)):
+            _norm(norm, channels)
+
+    def forward(self, x):  # noqa: ANN001
+        hidden = F.relu6(self.norm1(self.conv1(x)))
+        raw = self.conv2(hidden)
+        out = self.norm2(raw)
+        return out + raw if self.shared else out
+
+
+@pytest.mark.parametrize(("shared", "folds"), [(False, 2), (True, 1)])
+def test_folded_scales_give_the_native_gradient(shared, folds, unchanged):
+    net = _ConvNormNet(shared).eval()
+    generator = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 3, 9, 9, generator=generator, requires_grad=True)
+    native = net(x)
+    upstream = torch.randn(native.shape, generator=generator)
+    (want,) = torch.autograd.grad(native, x, upstream)
+    with unchanged(net, x), input_gradients_only():
+        cheap = net(x)
+    assert fold_batch_norm_scales(cheap) == folds
+    assert fold_batch_norm_scales(cheap) == 0  # nothing folds twice
+    for _ in range(2):  # the scaled weights are made once and reused
+        (got,) = torch.autograd.grad(cheap, x, upstream, retain_graph=True)
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
