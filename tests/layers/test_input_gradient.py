@@ -23,6 +23,20 @@ def _norm(module: nn.Module, channels: int) -> nn.Module:
     return module.eval()
 
 
+def _cheap_and_native(module: nn.Module, x: torch.Tensor, generator, unchanged):
+    """``module(x)`` inside `input_gradients_only` (asserted equal to the native output, the
+    module and ``x`` unchanged), its input gradient for a seeded upstream gradient, and the
+    native input gradient."""
+    native = module(x)
+    upstream = torch.randn(native.shape, generator=generator)
+    (want,) = torch.autograd.grad(native, x, upstream)
+    with unchanged(module, x), input_gradients_only():
+        cheap = module(x)
+    (got,) = torch.autograd.grad(cheap, x, upstream, retain_graph=True)
+    assert torch.equal(cheap, native)
+    return cheap, got, want
+
+
 @pytest.mark.parametrize(
     ("module", "shape"),
     [
@@ -35,14 +49,8 @@ def test_same_values_and_input_gradient_as_native(module, shape, unchanged):
     norm = _norm(module, shape[1])
     generator = torch.Generator().manual_seed(1)
     x = torch.randn(shape, generator=generator, requires_grad=True)
-    upstream = torch.randn(shape, generator=generator)
-    native = norm(x)
-    (want,) = torch.autograd.grad(native, x, upstream)
-    with unchanged(norm, x), input_gradients_only():
-        cheap = norm(x)
+    cheap, got, want = _cheap_and_native(norm, x, generator, unchanged)
     assert type(cheap.grad_fn).__name__ == "_EvalBatchNormBackward"
-    (got,) = torch.autograd.grad(cheap, x, upstream)
-    assert torch.equal(cheap, native)
     # rsqrt(var + eps) * weight against the native kernel's own order: a few ulps
     assert torch.allclose(got, want, rtol=1e-6, atol=1e-7)
 
@@ -80,14 +88,8 @@ def test_convolution_input_gradient_equals_native(conv, shape, channels_last, un
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     x.requires_grad_(True)
-    native = conv(x)
-    upstream = torch.randn(native.shape, generator=generator)
-    (want,) = torch.autograd.grad(native, x, upstream)
-    with unchanged(conv, x), input_gradients_only():
-        cheap = conv(x)
+    cheap, got, want = _cheap_and_native(conv, x, generator, unchanged)
     assert type(cheap.grad_fn).__name__ == "_InputGradientConvBackward"
-    (got,) = torch.autograd.grad(cheap, x, upstream)
-    assert torch.equal(cheap, native)
     assert got.shape == x.shape
     # the same sums in another order (transposed convolution or one matrix product)
     assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -227,21 +227,22 @@ def input_gradients_only() -> Iterator[None]:
         yield
 
 
-def _reference_counts(root: torch.Tensor) -> dict[int, int]:
-    """How many edges of the graph behind ``root`` lead to each node (by ``id``)."""
+def _graph(root: torch.Tensor) -> tuple[list, dict[int, int]]:
+    """The nodes of the graph behind ``root`` and how many edges lead to each (by ``id``;
+    every node's Python object stays referenced meanwhile, so no ``id`` is reused)."""
+    nodes: dict[int, object] = {}
     counts: dict[int, int] = {}
     stack = [root.grad_fn] if root.grad_fn is not None else []
-    seen = set()
     while stack:
         node = stack.pop()
-        if id(node) in seen:
+        if id(node) in nodes:
             continue
-        seen.add(id(node))
+        nodes[id(node)] = node
         for child, _ in node.next_functions:
             if child is not None:
                 counts[id(child)] = counts.get(id(child), 0) + 1
                 stack.append(child)
-    return counts
+    return list(nodes.values()), counts
 
 
 def fold_batch_norm_scales(root: torch.Tensor) -> int:
@@ -249,19 +250,12 @@ def fold_batch_norm_scales(root: torch.Tensor) -> int:
     eval batch norm's scale into the convolution that produced its input, where nothing
     else on the way to ``root`` uses that convolution's output. Gradients of ``root``
     stay the same within float rounding; returns how many were folded."""
-    counts = _reference_counts(root)
+    nodes, counts = _graph(root)
     folded = 0
-    stack = [root.grad_fn] if root.grad_fn is not None else []
-    seen = set()
-    while stack:
-        node = stack.pop()
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
+    for node in nodes:
         producer = getattr(node, "producer", None)
-        if producer is not None and not node.folded and counts.get(id(producer)) == 1:
+        if producer is not None and not node.folded and counts[id(producer)] == 1:
             producer.scale, producer.scaled_weight = node.scale, None
             node.folded = True
             folded += 1
-        stack.extend(child for child, _ in node.next_functions if child is not None)
     return folded
