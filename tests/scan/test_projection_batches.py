@@ -13,7 +13,7 @@ from torch import nn
 from convlens.data.datasets import open_dataset
 from convlens.data.preprocess import Preprocess
 from convlens.features.projection import project_unit
-from convlens.layers import borrowed_model
+from convlens.layers import borrowed_model, capture
 from convlens.layers.rules import backward_rule
 from convlens.models.loading import LoadedModel
 from convlens.scan import patches
@@ -123,3 +123,48 @@ def test_unit_gradients_of_one_graph_equal_each_unit_alone(rule, reused, unchang
         assert got.abs().sum() > 0
         # float rounding of two evaluation orders (channels-last kernels, rsqrt * weight)
         assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def _fitted_norms(net: nn.Module) -> nn.Module:
+    """Seeded batch-norm statistics and scales far from the identity (so a wrong fold
+    shows), in eval mode."""
+    generator = torch.Generator().manual_seed(9)
+    for module in net.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            size = module.num_features
+            module.running_mean.copy_(torch.randn(size, generator=generator) * 0.1)
+            module.running_var.copy_(torch.rand(size, generator=generator) * 1.5 + 0.5)
+            module.weight.data.copy_(torch.randn(size, generator=generator) * 0.3 + 1.0)
+    return net.eval()
+
+
+@pytest.mark.parametrize(
+    ("arch", "layer"),
+    [
+        ("resnet18", "layer3"),
+        ("mobilenet_v2", "features.10"),
+        ("densenet121", "features.transition2"),
+    ],
+)
+def test_torchvision_networks_projections_equal_units_alone(arch, layer, unchanged):
+    """Residual sums with downsampling convolutions, depthwise convolutions with ReLU6 and
+    batch norms after concatenations: the input-gradient-only backward, folded scales and
+    kept guided masks give each unit's plain projection."""
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    net = _fitted_norms(getattr(torchvision.models, arch)(weights=None))
+    image = torch.randn(3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad(), borrowed_model(net), capture(net, layer) as captured:
+        net(image[None])
+    activation = captured.activation(layer)[0]
+    strongest = np.unravel_index(activation.flatten().topk(2).indices.numpy(), activation.shape)
+    units = [tuple(int(i) for i in unit) for unit in zip(*strongest, strict=True)]
+    units.append(units[0])  # the same unit again through the same graph
+    with unchanged(net, image), borrowed_model(net), backward_rule(net, "guided", reused=True):
+        found = unit_gradients(net, layer, image, units)
+    for (channel, y, x), got in zip(units, found, strict=True):
+        want = project_unit(net, image, layer, channel, (y, x), rule="guided", crop=False)
+        want = want.projection
+        assert got.abs().sum() > 0
+        # float rounding of two evaluation orders, relative to the map's scale
+        assert (got - want).abs().max() <= 1e-5 * want.abs().max()
