@@ -391,29 +391,36 @@ def _pixel_rows(image: torch.Tensor) -> torch.Tensor:
 
 def _scattered_scores(
     model, images, targets, steps: int, perturb, batch_size: int, softmax: bool = False
-) -> torch.Tensor:
-    """``Tensor[B, steps]`` float64: the target logit (``softmax``: probability) of each
-    image under each of ``steps`` sparse perturbations. ``perturb(ks, start, b)`` gives, for
-    the images ``start : start + b`` under the steps ``ks`` (``LongTensor[g]``), ``(index,
-    values)``: ``Tensor[g, b, k]`` positions in an image's storage order
-    (`_storage_positions` of ``images``; repeats allowed) and the values set there. The
-    steps go through the model ``batch_size // B`` at a time (images split by
-    ``batch_size``) in one reused buffer holding copies of the images (in the layout the
-    forward pass takes, `forward_copies`): each batch sets its positions, runs, and puts
-    the images' values back, so a batch costs the model's forward pass and not a copy of
-    every image. A model that writes into its input (the buffer's version counter moves)
-    gets the buffer rebuilt whole after that pass. Call under ``borrowed_model(...,
-    copy_inputs=False)``."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(Tensor[B], Tensor[B, steps])`` float64: the target logit (``softmax``:
+    probability) of each image unperturbed and under each of ``steps`` sparse
+    perturbations. ``perturb(ks, start, b)`` gives, for the images ``start : start + b``
+    under the steps ``ks`` (``LongTensor[g]``), ``(index, values)``: ``Tensor[g, b, k]``
+    positions in an image's storage order (`_storage_positions` of ``images``; repeats
+    allowed) and the values set there. The images go, ``batch_size`` at a time, into one
+    reused buffer of copies in the layout the forward pass takes (`forward_copies`); the
+    first copy runs unperturbed, then the steps run ``batch_size // B`` at a time: each
+    batch sets its positions, runs, and puts the images' values back, so a batch costs the
+    model's forward pass and not a copy of every image. A model that writes into its
+    input (the buffer's version counter moves) gets the buffer rebuilt whole after that
+    pass. Call under ``borrowed_model(..., copy_inputs=False)``."""
     batch, shape = len(images), images.shape[1:]
     per = max(1, batch_size // max(batch, 1))
+    clean_scores = torch.zeros(batch, dtype=torch.float64)
     scores = torch.zeros(batch, steps, dtype=torch.float64)
     layout = cpu_fast_format(images)
-    laid_out = images.contiguous(memory_format=layout)
     for start in range(0, batch, batch_size):
-        part = laid_out[start : start + batch_size]
+        part = images[start : start + batch_size]
+        part_targets = targets[start : start + len(part)]
         groups = min(per, steps)
         clean = _copy_buffer(part, groups, layout)
         clean.copy_(part.expand(groups, *part.shape))
+        version = clean._version  # shared by the buffer's views
+        clean_scores[start : start + len(part)] = _forward_scores(
+            model, clean[0], part_targets, len(part), softmax
+        )
+        if clean._version != version:  # the model wrote into its input
+            clean.copy_(part.expand(groups, *part.shape))
         for first in range(0, steps, per):
             ks = torch.arange(first, min(first + per, steps))
             x = clean[: len(ks)]
@@ -421,16 +428,16 @@ def _scattered_scores(
             flat, index = _storage_flat(x), index.to(images.device)
             kept = flat.gather(2, index)
             flat.scatter_(2, index, values.to(flat))
-            version = clean._version  # shared by the buffer's views
+            version = clean._version
             count = len(ks) * len(part)
-            t = targets[start : start + len(part)].repeat(len(ks))
+            t = part_targets.repeat(len(ks))
             out = _forward_scores(model, x.view(count, *shape), t, count, softmax)
-            if clean._version != version:  # the model wrote into its input
+            if clean._version != version:
                 clean.copy_(part.expand(groups, *part.shape))
             else:
                 flat.scatter_(2, index, kept)
             scores[start : start + len(part), first : first + len(ks)] = out.view(-1, len(part)).T
-    return scores
+    return clean_scores, scores
 
 
 def _storage_flat(x: torch.Tensor) -> torch.Tensor:
@@ -536,12 +543,9 @@ def faithfulness_correlation(
         index = positions[start : start + count, rs].transpose(0, 1)
         return index, black[start : start + count].reshape(1, -1, 1).expand(index.shape)
 
-    module = as_module(model)
-    with borrowed_model(module), torch.no_grad():
-        y = _forward_scores(model, images, targets, batch_size)
-    with borrowed_model(module, copy_inputs=False), torch.no_grad():
-        drops = y[:, None] - _scattered_scores(model, images, targets, runs, perturb, batch_size)
-    return _pearson(attributed, drops)
+    with borrowed_model(as_module(model), copy_inputs=False), torch.no_grad():
+        y, perturbed = _scattered_scores(model, images, targets, runs, perturb, batch_size)
+    return _pearson(attributed, y[:, None] - perturbed)
 
 
 def random_logit(
@@ -1098,11 +1102,8 @@ def monotonicity_correlation(
         drawn = values[start : start + count][:, g, s].T  # Tensor[k, b]
         return index, drawn[:, :, None].expand(index.shape)
 
-    module = as_module(model)
-    with borrowed_model(module), torch.no_grad():
-        y = _forward_scores(model, images, targets, batch_size, softmax)
-    with borrowed_model(module, copy_inputs=False), torch.no_grad():
-        scores = _scattered_scores(
+    with borrowed_model(as_module(model), copy_inputs=False), torch.no_grad():
+        y, scores = _scattered_scores(
             model, images, targets, groups * samples, perturb, batch_size, softmax
         )
     variance = ((scores - y[:, None]) ** 2).view(batch, groups, samples)
