@@ -1,7 +1,7 @@
 """Cheaper backward passes for when only the input gradient is asked for (a scan's
 projections: one forward pass per image, then one backward pass per unit through it).
 
-Inside `input_gradients_only`, two kinds of call get a custom autograd function with the
+Inside `input_gradients_only`, three kinds of call get a custom autograd function with the
 same forward values and a backward that computes the input gradient alone:
 
 - eval-mode ``F.batch_norm``: a fixed per-channel affine map, so its input gradient is
@@ -9,7 +9,9 @@ same forward values and a backward that computes the input gradient alone:
   three times as long on CPU for a large map);
 - ``F.conv2d`` with numeric padding: the input gradient is the transposed convolution of
   ``grad`` with the same weight (``conv_transpose2d``); a 1x1 convolution with stride 1 and
-  no padding is one matrix product on the channels-last layout, which stays channels-last.
+  no padding is one matrix product on the channels-last layout, which stays channels-last;
+- ``F.pad`` with a constant and no cropping: the gradient's view without the padding (the
+  native backward copies it).
 
 `fold_batch_norm_scales` then folds each batch norm's per-channel scale into the weight
 of the convolution that produced its input, where that convolution's output feeds nothing
@@ -219,10 +221,10 @@ class _InputGradientMode(TorchFunctionMode):
 
 @contextmanager
 def input_gradients_only() -> Iterator[None]:
-    """Inside the block, eval-mode batch normalisation and 2-D convolutions keep their
-    forward values and get an input-gradient-only backward (no weight, bias or statistics
-    gradients); see the module's docstring. The model is not touched; the mode is popped
-    on exit."""
+    """Inside the block, eval-mode batch normalisation, 2-D convolutions and constant
+    padding keep their forward values and get an input-gradient-only backward (no weight,
+    bias or statistics gradients); see the module's docstring. The model is not touched;
+    the mode is popped on exit."""
     with _InputGradientMode():
         yield
 

@@ -248,7 +248,10 @@ def unit_gradients(
     half of one batched backward (``is_grads_batched``) of the same units, whose
     depthwise-convolution batching concatenates per-row results. The input is laid out
     channels-last, which the convolutions propagate (the weights are not touched): the same
-    values, with about a tenth less time per unit on CPU."""
+    values, with about a tenth less time per unit on CPU. The forward pass runs inside
+    `input_gradients_only` and its batch-norm scales are folded into their convolutions
+    (`fold_batch_norm_scales`), so each backward pass computes the input gradient alone;
+    under ``backward_rule(..., reused=True)`` each guided rectifier costs one kernel."""
     inputs = image[None].detach().clone(memory_format=torch.channels_last).requires_grad_(True)
     with capture(module, layer, gradients=True) as cap, input_gradients_only():
         run_until(module, [layer], inputs)
