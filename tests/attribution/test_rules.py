@@ -98,20 +98,38 @@ def test_every_relu_call_of_torchvision_resnet_gets_the_rule():
         lambda t: nn.Hardtanh(0.0, 6.0)(t),
     ],
 )
+@pytest.mark.parametrize("reused", [False, True])
 @pytest.mark.parametrize("rule", ["guided", "deconvnet"])
-def test_each_rectifier_form_follows_the_rule(activation, rule):
-    x = torch.tensor([-1.0, 2.0, 7.0, 3.0, -2.0], requires_grad=True)
-    upstream = torch.tensor([1.0, -1.0, 1.0, 2.0, -3.0])
-    with backward_rule(nn.Identity(), rule) as session:
+def test_each_rectifier_form_follows_the_rule(activation, rule, reused):
+    """Also through one graph three times (``reused``: the guided masks kept from the first
+    pass), each time with another upstream gradient."""
+    x = torch.tensor([-1.0, 2.0, 7.0, 3.0, -2.0, 6.0, 0.0], requires_grad=True)
+    upstreams = torch.tensor(
+        [[1.0, -1.0, 1.0, 2.0, -3.0, 1.0, 1.0], [-1.0, 1.0, -2.0, 0.0, 3.0, -1.0, 2.0]]
+    )
+    with backward_rule(nn.Identity(), rule, reused=reused) as session:
         y = activation(x)
-        (grad,) = torch.autograd.grad(y, x, upstream)
     plain_out = activation(x.detach())
     torch.testing.assert_close(y.detach(), plain_out)
-    upper = 6.0 if bool((plain_out == 6).any()) else float("inf")
+    upper = 6.0 if bool(plain_out.max() == 6) else float("inf")  # x holds 7: clipped or not
     active = (x.detach() > 0) & (x.detach() < upper)
-    keep = upstream > 0 if rule == "deconvnet" else (upstream > 0) & active
-    torch.testing.assert_close(grad, torch.where(keep, upstream, 0.0))
+    for upstream in (upstreams[0], upstreams[1], upstreams[0]):
+        (grad,) = torch.autograd.grad(y, x, upstream, retain_graph=True)
+        keep = upstream > 0 if rule == "deconvnet" else (upstream > 0) & active
+        torch.testing.assert_close(grad, torch.where(keep, upstream, 0.0))
     assert session.calls == 1
+
+
+def test_reused_guided_masks_stay_on_the_input_device():
+    """The kept masks are made on the device of the rectifier's output (here the meta
+    device, which stands in for a GPU: mixing devices fails the same way)."""
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU6(), nn.Conv2d(4, 2, 3)).to("meta")
+    x = torch.empty(1, 3, 8, 8, device="meta", requires_grad=True)
+    with backward_rule(net, "guided", reused=True):
+        y = net(x)
+    for _ in range(2):
+        (grad,) = torch.autograd.grad(y[0, 0, 1, 1], x, retain_graph=True)
+        assert grad.device.type == "meta" and grad.shape == x.shape
 
 
 def test_other_clamps_and_tensors_without_grad_are_left_alone():

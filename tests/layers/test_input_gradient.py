@@ -143,3 +143,39 @@ def test_folded_scales_give_the_native_gradient(shared, folds, unchanged):
     for _ in range(2):  # the scaled weights are made once and reused
         (got,) = torch.autograd.grad(cheap, x, upstream, retain_graph=True)
         assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_weights_computed_from_the_input_and_mixed_precision_stay_native():
+    """A weight made from the input (dynamic convolution, conditional norm) passes gradient
+    to the input through the weight, and under autocast gradients arrive in another dtype:
+    both keep the native call."""
+    generator = torch.Generator().manual_seed(6)
+    x = torch.randn(2, 3, 6, 6, generator=generator, requires_grad=True)
+    base = torch.randn(4, 3, 3, 3, generator=generator)
+    scale = torch.rand(4, generator=generator) + 0.5
+
+    def dynamic(inputs):  # noqa: ANN001, ANN202
+        weight = base * inputs.mean()
+        return F.batch_norm(
+            F.conv2d(inputs, weight, padding=1),
+            torch.zeros(4),
+            torch.ones(4),
+            scale * inputs.mean(),
+            None,
+            False,
+            0.0,
+            1e-5,
+        )
+
+    native = dynamic(x)
+    upstream = torch.randn(native.shape, generator=generator)
+    (want,) = torch.autograd.grad(native, x, upstream)
+    with input_gradients_only():
+        cheap = dynamic(x)
+    assert fold_batch_norm_scales(cheap) == 0
+    (got,) = torch.autograd.grad(cheap, x, upstream)
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+    conv = _conv((4, 3, 3))
+    with input_gradients_only(), torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = conv(x)
+    assert "_InputGradient" not in type(mixed.grad_fn).__name__

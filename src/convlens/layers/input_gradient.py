@@ -155,6 +155,18 @@ _BN_NAMES = ("input", "running_mean", "running_var", "weight", "bias", "training
 _CONV_NAMES = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
 
 
+def _computed(t: object) -> bool:
+    """Whether ``t`` is a tensor computed in the graph (a weight made from the input, as in
+    dynamic convolutions): its gradient would reach the input, so the call stays native."""
+    return isinstance(t, torch.Tensor) and t.grad_fn is not None
+
+
+def _autocast() -> bool:
+    """Whether mixed precision is on: the gradients would arrive in another dtype than the
+    saved weights, so the calls stay native."""
+    return any(torch.is_autocast_enabled(device) for device in ("cpu", "cuda"))
+
+
 def _eval_norm_args(args: tuple, kwargs: dict):
     given = dict(zip(_BN_NAMES, args, strict=False)) | kwargs
     x, mean, var = given.get("input"), given.get("running_mean"), given.get("running_var")
@@ -162,9 +174,10 @@ def _eval_norm_args(args: tuple, kwargs: dict):
         return None
     if not (isinstance(x, torch.Tensor) and x.requires_grad and x.dim() >= 2):
         return None
-    if mean.requires_grad or var.requires_grad:
+    weight, bias = given.get("weight"), given.get("bias")
+    if mean.requires_grad or var.requires_grad or _computed(weight) or _computed(bias):
         return None
-    return x, mean, var, given.get("weight"), given.get("bias"), float(given.get("eps", 1e-5))
+    return x, mean, var, weight, bias, float(given.get("eps", 1e-5))
 
 
 def _conv_args(args: tuple, kwargs: dict):
@@ -174,6 +187,8 @@ def _conv_args(args: tuple, kwargs: dict):
     if not (isinstance(x, torch.Tensor) and x.requires_grad and x.dim() == 4):
         return None
     if not isinstance(weight, torch.Tensor) or isinstance(padding, str):
+        return None
+    if _computed(weight) or _computed(given.get("bias")):
         return None
     return (
         x,
@@ -197,25 +212,29 @@ def _pad_args(args: tuple, kwargs: dict):
     return x, tuple(pad), 0.0 if value is None else value
 
 
+def _eval_norm(x, mean, var, weight, bias, eps):  # noqa: ANN001, ANN202
+    out = _EvalBatchNorm.apply(x, mean, var, weight, bias, eps)
+    if isinstance(x.grad_fn, _InputGradientConv._backward_cls):
+        out.grad_fn.producer = x.grad_fn  # a candidate for `fold_batch_norm_scales`
+    return out
+
+
+# function -> (argument parser, the input-gradient-only call)
+_CALLS = {
+    F.batch_norm: (_eval_norm_args, _eval_norm),
+    F.conv2d: (_conv_args, _InputGradientConv.apply),
+    F.pad: (_pad_args, _InputGradientPad.apply),
+}
+
+
 class _InputGradientMode(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         kwargs = kwargs or {}
-        if torch.is_grad_enabled():
-            if func is F.batch_norm:
-                parsed = _eval_norm_args(args, kwargs)
-                if parsed is not None:
-                    out = _EvalBatchNorm.apply(*parsed)
-                    if isinstance(parsed[0].grad_fn, _InputGradientConv._backward_cls):
-                        out.grad_fn.producer = parsed[0].grad_fn
-                    return out
-            elif func is F.conv2d:
-                parsed = _conv_args(args, kwargs)
-                if parsed is not None:
-                    return _InputGradientConv.apply(*parsed)
-            elif func is F.pad:
-                parsed = _pad_args(args, kwargs)
-                if parsed is not None:
-                    return _InputGradientPad.apply(*parsed)
+        entry = _CALLS.get(func)
+        if entry is not None and torch.is_grad_enabled() and not _autocast():
+            parsed = entry[0](args, kwargs)
+            if parsed is not None:
+                return entry[1](*parsed)
         return func(*args, **kwargs)
 
 
@@ -250,8 +269,11 @@ def _graph(root: torch.Tensor) -> tuple[list, dict[int, int]]:
 def fold_batch_norm_scales(root: torch.Tensor) -> int:
     """Fold, in the graph behind ``root`` (recorded inside `input_gradients_only`), each
     eval batch norm's scale into the convolution that produced its input, where nothing
-    else on the way to ``root`` uses that convolution's output. Gradients of ``root``
-    stay the same within float rounding; returns how many were folded."""
+    else on the way to ``root`` uses that convolution's output. Gradients of ``root`` (or
+    of parts of it) stay the same within float rounding; returns how many were folded.
+    The fold is for good: a backward pass from another output of the same forward pass,
+    or a hook on a folded convolution's output, would see the unscaled gradient (the
+    scan's projections seed elements of ``root`` and hook nothing below it)."""
     nodes, counts = _graph(root)
     folded = 0
     for node in nodes:

@@ -81,8 +81,10 @@ class _RectifierWithRule(torch.autograd.Function):
 def _passes(out: torch.Tensor, upper: float | None) -> torch.Tensor:
     """+inf where the rectifier passed its input (0 < out < upper), 0 elsewhere, in one
     kernel (the native rectifier backward of an infinite gradient): then
-    ``clamp(g, 0, passes)`` is guided backprop's ``g * 1[0 < out < upper] * 1[g > 0]``."""
-    infinite = torch.full((), torch.inf, dtype=out.dtype).expand_as(out)
+    ``clamp(g, 0, passes)`` is guided backprop's ``g * 1[0 < out < upper] * 1[g > 0]``
+    (except that a NaN gradient stays NaN where the rectifier blocked, where the first pass
+    gives 0: NaN there means the model's forward pass already overflowed)."""
+    infinite = torch.full((), torch.inf, dtype=out.dtype, device=out.device).expand_as(out)
     if upper is None:
         return torch.ops.aten.threshold_backward(infinite, out, 0)
     return torch.ops.aten.hardtanh_backward(infinite, out, 0, upper)
