@@ -105,6 +105,9 @@ def write_scan(
     return out
 
 
+ESTIMATE_UNITS = 110  # projected units per layer timed for the run-time estimate
+
+
 class _ChannelPainter:
     """Draws channel panels of a scan (projections by ``projection`` beside the patches)
     into ``out/<layer>/``, with a tqdm bar per layer when ``progress``."""
@@ -113,11 +116,15 @@ class _ChannelPainter:
         self.result, self.out, self.projection, self.progress = result, out, projection, progress
 
     def first_group(self, layer: str, channels: list[int]) -> int:
-        """How many of ``channels`` make the layer's first group of projections."""
+        """How many of ``channels`` make the layer's first group of projections: a group
+        (`convlens.scan.patches.UnitViews.group_units`) of at most `ESTIMATE_UNITS` units,
+        so the estimate comes early (later, larger groups share more forward passes: the
+        estimate errs long)."""
         tops = self.result.layers[layer].channels
         if not channels or self.projection is None:
             return min(1, len(channels))
-        limit, units = self.result.views.group_units(tops[channels[0]][0]), 0
+        limit = min(self.result.views.group_units(tops[channels[0]][0]), ESTIMATE_UNITS)
+        units = 0
         for count, c in enumerate(channels, 1):
             units += len(tops[c])
             if units >= limit:
