@@ -35,3 +35,16 @@ def test_scan_prints_one_estimate_line_before_the_rest(tmp_path, capsys, monkeyp
     # 16 channels of 2 units, groups of 4 units: the first 2 pictures are timed
     assert len(lines) == 1
     assert lines[0].startswith("scan: 14 more channel pictures in 1 layer, about ")
+
+
+def test_estimate_times_at_most_estimate_units_of_a_large_group(tmp_path, capsys, monkeypatch):
+    """Groups larger than `ESTIMATE_UNITS` (here all 16 channels in one): the estimate
+    still times only the first ``ESTIMATE_UNITS`` units' channels."""
+    monkeypatch.setattr(output, "ESTIMATE_SECONDS", -1.0)
+    monkeypatch.setattr(output, "ESTIMATE_UNITS", 6)
+    args = ["scan", "shapes:4", "--model", "synthetic-shapes", "--layers", "features.2"]
+    args += ["--top", "2", "--batch-size", "4", "--out", str(tmp_path / "scan")]
+    assert main(args) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if "more channel" in line]
+    # 16 channels of 2 units: 3 channels make the first 6 units
+    assert lines == [lines[0]] and lines[0].startswith("scan: 13 more channel pictures")
