@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from convlens.layers.receptive import as_pair
+
 
 class _EvalBatchNorm(torch.autograd.Function):
     """``F.batch_norm`` in eval mode forward; the input gradient only backward (the
@@ -108,20 +110,12 @@ def _backward_weight(ctx) -> torch.Tensor:  # noqa: ANN001
     return ctx.scaled_weight
 
 
-def _pair(value) -> tuple[int, int]:  # noqa: ANN001
-    """An ``int`` or a one- or two-element sequence as ``(height, width)``."""
-    if isinstance(value, int):
-        return value, value
-    value = tuple(value)
-    return (value[0], value[0]) if len(value) == 1 else value
-
-
 def _is_pointwise(weight: torch.Tensor, stride, padding, groups: int) -> bool:  # noqa: ANN001
     return (
         weight.shape[-2:] == (1, 1)
         and groups == 1
-        and _pair(stride) == (1, 1)
-        and _pair(padding) == (0, 0)
+        and as_pair(stride) == (1, 1)
+        and as_pair(padding) == (0, 0)
     )
 
 
@@ -138,16 +132,12 @@ def _pointwise_input_gradient(grad: torch.Tensor, weight: torch.Tensor) -> torch
 def _output_padding(input_size, output_size, weight, stride, padding, dilation):  # noqa: ANN001
     """The ``output_padding`` that makes ``conv_transpose2d`` return ``input_size``: the
     rows and columns the strided forward pass never reached."""
+    steps, pads, spreads = (as_pair(value) for value in (stride, padding, dilation))
     extra = []
     for axis in range(2):
         kernel = weight.shape[2 + axis]
-        reached = (
-            (output_size[axis] - 1) * _pair(stride)[axis]
-            - 2 * _pair(padding)[axis]
-            + _pair(dilation)[axis] * (kernel - 1)
-            + 1
-        )
-        extra.append(input_size[axis] - reached)
+        reached = (output_size[axis] - 1) * steps[axis] - 2 * pads[axis]
+        extra.append(input_size[axis] - reached - spreads[axis] * (kernel - 1) - 1)
     return tuple(extra)
 
 

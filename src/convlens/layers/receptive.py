@@ -63,7 +63,9 @@ class Field:
 IDENTITY = Field((1, 1), (1, 1), (0, 0))
 
 
-def _pair(value) -> tuple[int, int]:
+def as_pair(value) -> tuple[int, int]:  # noqa: ANN001
+    """A convolution or pooling argument (an int, or a one- or two-element sequence) as
+    ``(height, width)``."""
     if isinstance(value, (tuple, list)):
         return (int(value[0]), int(value[-1]))
     return (int(value), int(value))
@@ -90,19 +92,19 @@ def _window_params(name: str, args, kwargs):
     if name == "conv2d":
         weight = _arg(args, kwargs, 1, "weight", None)
         kernel = tuple(weight.shape[-2:])
-        stride = _pair(_arg(args, kwargs, 3, "stride", 1))
-        dilation = _pair(_arg(args, kwargs, 5, "dilation", 1))
+        stride = as_pair(_arg(args, kwargs, 3, "stride", 1))
+        dilation = as_pair(_arg(args, kwargs, 5, "dilation", 1))
         padding = _arg(args, kwargs, 4, "padding", 0)
         if padding == "valid":
             padding = (0, 0)
         elif padding == "same":
             padding = tuple(d * (k - 1) // 2 for k, d in zip(kernel, dilation, strict=True))
-        return kernel, stride, _pair(padding), dilation
-    kernel = _pair(_arg(args, kwargs, 1, "kernel_size", 1))
+        return kernel, stride, as_pair(padding), dilation
+    kernel = as_pair(_arg(args, kwargs, 1, "kernel_size", 1))
     stride = _arg(args, kwargs, 2, "stride", None)
-    stride = kernel if stride in (None, []) else _pair(stride)
-    padding = _pair(_arg(args, kwargs, 3, "padding", 0))
-    dilation = _pair(_arg(args, kwargs, 4, "dilation", 1)) if "max" in name else (1, 1)
+    stride = kernel if stride in (None, []) else as_pair(stride)
+    padding = as_pair(_arg(args, kwargs, 3, "padding", 0))
+    dilation = as_pair(_arg(args, kwargs, 4, "dilation", 1)) if "max" in name else (1, 1)
     return kernel, stride, padding, dilation
 
 

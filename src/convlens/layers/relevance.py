@@ -37,6 +37,7 @@ from torch.overrides import TorchFunctionMode
 
 from convlens.errors import MethodError
 from convlens.layers.borrow import refuse_scripted
+from convlens.layers.receptive import as_pair
 from convlens.layers.relevance_rules import (
     LinearOp,
     Rule,
@@ -194,10 +195,6 @@ class _SumRelevance(torch.autograd.Function):
         return a * s, b * s, None, None
 
 
-def _pair(value: object) -> list[int]:
-    return list(value) if isinstance(value, (tuple, list)) else [int(value)] * 2
-
-
 def _autograd_transpose(apply):  # noqa: ANN001, ANN202
     def transpose(s: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
         with torch.enable_grad():
@@ -227,9 +224,9 @@ def _conv_op(args: tuple, kwargs: dict, weight: torch.Tensor, bias: torch.Tensor
                 x,
                 w,
                 None,
-                _pair(stride),
-                _pair(padding),
-                _pair(dilation),
+                as_pair(stride),
+                as_pair(padding),
+                as_pair(dilation),
                 False,
                 [0, 0],
                 groups,
