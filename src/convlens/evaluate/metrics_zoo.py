@@ -323,13 +323,12 @@ def _cumulative_scores(
     per = max(1, batch_size // max(batch, 1))
     scores = torch.zeros(batch, steps, dtype=torch.float64)
     layout = cpu_fast_format(images)
-    laid_out = images.contiguous(memory_format=layout)
     ranks = pixel_rank.expand(batch, 1, *shape[1:]).reshape(batch, -1)
     order, cuts = _pixels_by_key(ranks, steps)
     order = order.to(images.device)
     black = _black(images).flatten().tolist()
     for start in range(0, batch, batch_size):
-        part = laid_out[start : start + batch_size]
+        part = images[start : start + batch_size]  # copied into the buffer's layout there
         below = cuts[start : start + len(part)].tolist()  # Python ints for the loop below
         groups = min(per, steps)
         rows = _copy_buffer(part, groups, layout)
@@ -338,7 +337,7 @@ def _cumulative_scores(
         for first in range(0, steps, per):
             ks = range(first, min(first + per, steps))
             if not carried:  # every row back to its image, before any step
-                rows.copy_(part.expand(groups, *part.shape))
+                _refill(rows, part)
             for i, k in enumerate(ks):
                 done = first - per + i if carried else -1  # the step row i is at
                 for j, n in enumerate(range(start, start + len(part))):
@@ -379,6 +378,11 @@ def _copy_buffer(part: torch.Tensor, groups: int, layout: torch.memory_format) -
     return buffer.view(groups, len(part), *part.shape[1:])
 
 
+def _refill(buffer: torch.Tensor, part: torch.Tensor) -> None:
+    """Every copy in ``buffer`` (`_copy_buffer` of ``part``) back to ``part``'s values."""
+    buffer.copy_(part.expand(len(buffer), *part.shape))
+
+
 def _pixel_rows(image: torch.Tensor) -> torch.Tensor:
     """A view ``Tensor[H*W, C]`` of ``image`` (``Tensor[C, H, W]``, channels-last or
     contiguous) with one row per pixel (raster order), so that ``index_fill_(0, pixels,
@@ -414,13 +418,13 @@ def _scattered_scores(
         part_targets = targets[start : start + len(part)]
         groups = min(per, steps)
         clean = _copy_buffer(part, groups, layout)
-        clean.copy_(part.expand(groups, *part.shape))
+        _refill(clean, part)
         version = clean._version  # shared by the buffer's views
         clean_scores[start : start + len(part)] = _forward_scores(
             model, clean[0], part_targets, len(part), softmax
         )
         if clean._version != version:  # the model wrote into its input
-            clean.copy_(part.expand(groups, *part.shape))
+            _refill(clean, part)
         for first in range(0, steps, per):
             ks = torch.arange(first, min(first + per, steps))
             x = clean[: len(ks)]
@@ -433,7 +437,7 @@ def _scattered_scores(
             t = part_targets.repeat(len(ks))
             out = _forward_scores(model, x.view(count, *shape), t, count, softmax)
             if clean._version != version:
-                clean.copy_(part.expand(groups, *part.shape))
+                _refill(clean, part)
             else:
                 flat.scatter_(2, index, kept)
             scores[start : start + len(part), first : first + len(ks)] = out.view(-1, len(part)).T
