@@ -1,7 +1,8 @@
 """Perturbed copies of RISE, occlusion, Score-CAM and the superpixel methods go through the
 model in channels-last layout on the CPU (`forward_copies`): the maps equal those of
 contiguous copies, a model whose forward cannot take that layout falls back to contiguous
-copies, and a model's own error still surfaces."""
+copies, and a model's own error still surfaces. On the CPU a large batch of copies goes
+through in passes of at most `CHUNK_PIXELS` pixels, joined in order."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from tests.helpers.layouts import LayoutBlind, ViewNet
 from torch import nn
 
 from convlens import explain
-from convlens.attribution.common import _CONTIGUOUS_ONLY, forward_copies
+from convlens.attribution.common import _CONTIGUOUS_ONLY, CHUNK_PIXELS, forward_copies
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -95,3 +96,70 @@ def test_perturbation_maps_run_on_a_view_model_and_match_a_reshape_model(method,
     assert fallback.abs().amax() > 0
     assert any(blind.layouts) and net in _CONTIGUOUS_ONLY
     torch.testing.assert_close(fallback, laid_out, rtol=1e-4, atol=1e-5)
+
+
+class Recorder(nn.Module):
+    """A small conv net that records the batch size of each forward pass; ``output`` picks
+    what it returns: logits, a detector's list of dicts, or a tuple convlens cannot join."""
+
+    def __init__(self, output: str = "logits") -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.output, self.batches = output, []
+
+    def forward(self, x: torch.Tensor):
+        self.batches.append(len(x))
+        logits = self.conv(x).mean((2, 3))
+        if self.output == "detections":
+            return [{"scores": row, "labels": row.argmax()[None]} for row in logits]
+        if self.output == "tuple":
+            return logits, logits.sum(1)
+        return logits
+
+
+def _copies(count: int, size: int) -> torch.Tensor:
+    return torch.rand(count, 3, size, size, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize(("size", "per_pass"), [(224, 8), (112, 32), (672, 1)])
+def test_cpu_copies_go_through_in_passes_of_the_chunk_pixels(size, per_pass):
+    torch.manual_seed(0)
+    model = Recorder().eval()
+    x = _copies({224: 19, 112: 40, 672: 3}[size], size)
+    with torch.no_grad():
+        expected = model(x)
+        model.batches.clear()
+        found = forward_copies(model, x)
+    assert per_pass == max(1, CHUNK_PIXELS // (size * size))
+    assert model.batches == [len(part) for part in x.split(per_pass)]
+    torch.testing.assert_close(found, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_batch_within_the_chunk_runs_in_one_pass():
+    model = Recorder().eval()
+    with torch.no_grad():
+        forward_copies(model, _copies(8, 224))
+    assert model.batches == [8]
+
+
+def test_a_detectors_lists_are_joined_in_order():
+    torch.manual_seed(0)
+    model = Recorder("detections").eval()
+    x = _copies(11, 224)
+    with torch.no_grad():
+        expected = model(x)
+        model.batches.clear()
+        found = forward_copies(model, x)
+    assert model.batches == [8, 3] and len(found) == 11
+    for got, want in zip(found, expected, strict=True):
+        torch.testing.assert_close(got["scores"], want["scores"], rtol=1e-5, atol=1e-6)
+        assert torch.equal(got["labels"], want["labels"])
+
+
+def test_an_output_convlens_cannot_join_is_recomputed_in_one_pass():
+    torch.manual_seed(0)
+    model = Recorder("tuple").eval()
+    x = _copies(11, 224)
+    with torch.no_grad():
+        logits, sums = forward_copies(model, x)
+    assert model.batches == [8, 3, 11] and logits.shape == (11, 4) and sums.shape == (11,)

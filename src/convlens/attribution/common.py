@@ -349,7 +349,9 @@ def chunk_size(batch_size: int | None, rows: int, pixels: int | None = None) -> 
     in ``CHUNK_PIXELS`` (at least one): 2 per pass at 448 x 448, 1 at 672 x 672. Per-image
     cost rises with batch size on CPU (memory bound: at 672 pixels a copy alone costs about
     half the CPU of one in a pass of nine), so larger fixed chunks are slower there. An
-    explicit ``batch_size`` is used as given; it never changes results.
+    explicit ``batch_size`` is used as given; it never changes results. (It sets how many
+    copies are built at a time; on the CPU `forward_copies` still runs them through the
+    model at most `CHUNK_PIXELS` pixels a pass.)
     """
     if batch_size is not None:
         return positive_int("batch_size", batch_size)
@@ -366,13 +368,37 @@ _LAYOUT_ERRORS = ("view size is not compatible", "contiguous", "stride", "memory
 
 def forward_copies(module: nn.Module, copies: torch.Tensor) -> torch.Tensor:
     """``module(copies)`` for a batch of perturbed copies ``Tensor[N, C, H, W]`` (RISE,
-    occlusion, Score-CAM, the superpixel methods), handed over in channels-last layout on
-    the CPU (`cpu_fast_layout`; RISE through `explain`: 1.4x to 2.6x faster,
-    docs/performance.md); the same values up to float rounding. A model whose forward
-    cannot take that layout (a ``view`` of a convolution's output, say) raises on the first
-    batch: that batch and every later one for this module go contiguous (also copies that
-    came in channels-last, such as a metric's reused buffer). Any other error of the model
-    is raised as it is, never retried."""
+    occlusion, Score-CAM, the superpixel methods, the metric zoo). On the CPU the copies go
+    through in passes of at most `CHUNK_PIXELS` pixels (8 images of 224 x 224), whatever
+    batch the caller built: per image a pass of 64 copies costs 1.2x to 1.8x one of 8
+    (cache and fresh allocations; docs/performance.md), and the outputs are concatenated.
+    Each pass is handed over in channels-last layout (`cpu_fast_layout`; RISE through
+    `explain`: 1.4x to 2.6x faster); the same values up to float rounding. A model whose
+    forward cannot take that layout (a ``view`` of a convolution's output, say) raises on
+    the first batch: that batch and every later one for this module go contiguous (also
+    copies that came in channels-last, such as a metric's reused buffer). Any other error
+    of the model is raised as it is, never retried."""
+    per_pass = _cpu_pass_rows(copies)
+    if per_pass >= len(copies):
+        return _forward_laid_out(module, copies)
+    outputs = [_forward_laid_out(module, part) for part in copies.split(per_pass)]
+    if all(isinstance(out, torch.Tensor) for out in outputs):
+        return torch.cat(outputs)
+    if all(isinstance(out, list) for out in outputs):  # a detector's dicts, one per image
+        return [item for out in outputs for item in out]
+    return _forward_laid_out(module, copies)  # an output convlens cannot join: one pass
+
+
+def _cpu_pass_rows(copies: torch.Tensor) -> int:
+    """Rows of ``copies`` per forward pass of `forward_copies`: all of them off the CPU or
+    for a batch that is not ``[N, C, H, W]``, else as many as fit in `CHUNK_PIXELS`."""
+    if copies.device.type != "cpu" or copies.dim() != 4:
+        return len(copies)
+    return max(1, CHUNK_PIXELS // max(1, copies.shape[-2] * copies.shape[-1]))
+
+
+def _forward_laid_out(module: nn.Module, copies: torch.Tensor) -> torch.Tensor:
+    """``module(copies)`` in channels-last layout where the module takes it (`forward_copies`)."""
     laid_out = cpu_fast_layout(copies)
     if laid_out.is_contiguous():  # not a CPU image batch (or one with C = 1 or H = W = 1)
         return module(laid_out)

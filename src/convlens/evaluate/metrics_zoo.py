@@ -21,7 +21,8 @@ divides a batch of maps by the largest absolute value in the whole batch, convle
 each map by its own; the metrics whose result that changes say so). The model's outputs are
 its raw outputs (logits), as Quantus's ``softmax=False`` default. The model is borrowed (eval
 mode, no gradients) and handed back unchanged; inputs are never modified. ``batch_size``
-sets only how many perturbed images go through the model at once.
+sets only how many perturbed images are built at once (on the CPU they go through the model
+at most eight 224 x 224 images a pass, `convlens.attribution.common.forward_copies`).
 """
 
 from __future__ import annotations
