@@ -215,3 +215,19 @@ def test_default_model_curves_start_and_end_where_they_should(default_model, unc
     top = int(probabilities.argmax())
     assert deletion[0, 0] == pytest.approx(float(probabilities[0, top]), rel=1e-4)
     assert insertion[0, -1] == pytest.approx(float(probabilities[0, top]), rel=1e-4)
+
+
+def test_curves_and_drops_run_eight_224_pixel_images_a_pass_on_the_cpu():
+    """Perturbed images go through `forward_copies`: at most eight 224 x 224 images a pass
+    whatever ``batch_size``, with the scores of one image at a time."""
+    torch.manual_seed(0)
+    net = CountingNet().eval()
+    images = torch.rand(3, 3, 224, 224)
+    maps = torch.rand(3, 224, 224)
+    curve = deletion_curve(net, images, maps, target=1, steps=5, batch_size=64)
+    assert [rows for rows, _ in net.calls] == [8, 8, 2]  # 3 images x 6 steps
+    single = deletion_curve(net, images, maps, target=1, steps=5, batch_size=1)
+    torch.testing.assert_close(curve, single, rtol=1e-5, atol=1e-6)
+    net.calls.clear()
+    average_drop_increase(net, images, maps, target=1, batch_size=64)
+    assert all(rows <= 8 for rows, _ in net.calls)

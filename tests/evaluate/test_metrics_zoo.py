@@ -55,6 +55,28 @@ def gradient_map(net):
 # ---------------------------------------------------------------- properties
 
 
+def test_explain_is_called_at_most_the_cpu_pass_rows_at_a_time():
+    """On the CPU the explain function gets at most `CHUNK_PIXELS` pixels a call, whatever
+    ``batch_size``; the maps (per image) are those of one call on the whole batch."""
+    torch.manual_seed(0)
+    net = small_convnet().eval()
+    images = torch.randn(11, 3, 224, 224)
+    targets = torch.arange(11) % 3
+    calls = []
+    explain = gradient_map(net)
+
+    def recorded(x, t):
+        calls.append(len(x))
+        return explain(x, t)
+
+    found = zoo._explain_chunks(recorded, images, targets, batch_size=256)
+    assert calls == [8, 3]
+    torch.testing.assert_close(found, explain(images, targets), rtol=1e-5, atol=1e-6)
+    calls.clear()
+    zoo._explain_chunks(recorded, images, targets, batch_size=2)
+    assert calls == [2] * 5 + [1]
+
+
 def test_gini_and_entropy_extremes():
     one_hot = torch.zeros(2, 8, 8)
     one_hot[:, 3, 5] = 1.0

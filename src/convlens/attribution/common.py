@@ -378,7 +378,7 @@ def forward_copies(module: nn.Module, copies: torch.Tensor) -> torch.Tensor:
     the first batch: that batch and every later one for this module go contiguous (also
     copies that came in channels-last, such as a metric's reused buffer). Any other error
     of the model is raised as it is, never retried."""
-    per_pass = _cpu_pass_rows(copies)
+    per_pass = cpu_pass_rows(copies)
     if per_pass >= len(copies):
         return _forward_laid_out(module, copies)
     outputs = [_forward_laid_out(module, part) for part in copies.split(per_pass)]
@@ -389,9 +389,10 @@ def forward_copies(module: nn.Module, copies: torch.Tensor) -> torch.Tensor:
     return _forward_laid_out(module, copies)  # an output convlens cannot join: one pass
 
 
-def _cpu_pass_rows(copies: torch.Tensor) -> int:
-    """Rows of ``copies`` per forward pass of `forward_copies`: all of them off the CPU or
-    for a batch that is not ``[N, C, H, W]``, else as many as fit in `CHUNK_PIXELS`."""
+def cpu_pass_rows(copies: torch.Tensor) -> int:
+    """Rows of ``copies`` ``Tensor[N, C, H, W]`` per forward pass on the CPU (`forward_copies`,
+    the metric zoo's calls of an explain function): as many as fit in `CHUNK_PIXELS`, at
+    least one; all of them off the CPU or for a batch that is not ``[N, C, H, W]``."""
     if copies.device.type != "cpu" or copies.dim() != 4:
         return len(copies)
     return max(1, CHUNK_PIXELS // max(1, copies.shape[-2] * copies.shape[-1]))

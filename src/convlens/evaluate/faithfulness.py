@@ -10,7 +10,9 @@
 The target class is resolved once on the unmodified image and kept fixed (see
 `convlens.evaluate.scoring`). Every function borrows the model (eval mode, no gradients)
 and never modifies it or the inputs; ``batch_size`` only sets how many perturbed images
-go through the model at once and never changes the results.
+are built at once and never changes the results (they go through the model by
+`convlens.attribution.common.forward_copies`: channels-last, and on the CPU at most eight
+224 x 224 images a pass).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import hashlib
 import torch
 from torch import nn
 
+from convlens.attribution.common import forward_copies
 from convlens.errors import MetricError
 from convlens.evaluate.scoring import check_score, pinned_targets_and_rows, target_score
 from convlens.layers.borrow import borrowed_model
@@ -117,7 +120,7 @@ def perturbation_curve(
             u, k = chunk[:, 0], chunk[:, 1]
             n = lead[u]
             moved = ranks[n] < counts[k].to(ranks.device)[:, None, None, None]
-            output = module(torch.where(moved, last[n], first[n]))
+            output = forward_copies(module, torch.where(moved, last[n], first[n]))
             at, row = members(u)
             scores = target_score(output[at.to(output.device)], targets.subset(row), score)
             curve[row, k[at]] = scores.cpu()
@@ -259,8 +262,8 @@ def average_drop_increase(
             chunk = targets.subset(index)
             x = rows[index]
             explained = base[index] + weights[index] * (x - base[index])
-            original.append(target_score(module(x), chunk, score).cpu())
-            masked.append(target_score(module(explained), chunk, score).cpu())
+            original.append(target_score(forward_copies(module, x), chunk, score).cpu())
+            masked.append(target_score(forward_copies(module, explained), chunk, score).cpu())
     y, o = torch.cat(original), torch.cat(masked)
     drop = (y - o).clamp(min=0) / y.clamp(min=torch.finfo(y.dtype).tiny)
     return drop, o > y

@@ -21,8 +21,10 @@ divides a batch of maps by the largest absolute value in the whole batch, convle
 each map by its own; the metrics whose result that changes say so). The model's outputs are
 its raw outputs (logits), as Quantus's ``softmax=False`` default. The model is borrowed (eval
 mode, no gradients) and handed back unchanged; inputs are never modified. ``batch_size``
-sets only how many perturbed images are built at once (on the CPU they go through the model
-at most eight 224 x 224 images a pass, `convlens.attribution.common.forward_copies`).
+sets only how many perturbed images are built, and how many images an ``explain`` call
+gets, at once; on the CPU the model and ``explain`` get at most eight 224 x 224 images a
+call (`convlens.attribution.common.cpu_pass_rows`: per image, passes of a few images cost
+less there than passes of hundreds).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from convlens.attribution.common import forward_copies
+from convlens.attribution.common import cpu_pass_rows, forward_copies
 from convlens.errors import MetricError
 from convlens.evaluate.sanity import spearman
 from convlens.layers.borrow import borrowed_model
@@ -588,9 +590,12 @@ def random_logit(
 
 
 def _explain_chunks(explain: Explain, images, targets, batch_size: int) -> torch.Tensor:
+    """``explain``'s maps ``Tensor[B, H, W]`` (float, CPU) of ``images``, ``batch_size`` at a
+    time and on the CPU at most `cpu_pass_rows` (the cost per image rises with the batch)."""
+    size = min(batch_size, cpu_pass_rows(images))
     out = [
         torch.as_tensor(explain(x, t)).detach().float().cpu()
-        for x, t in zip(images.split(batch_size), targets.split(batch_size), strict=True)
+        for x, t in zip(images.split(size), targets.split(size), strict=True)
     ]
     maps = out[0] if len(out) == 1 else torch.cat(out)
     if maps.shape != (len(images), *images.shape[-2:]):
