@@ -363,6 +363,10 @@ class CopyTargets:
     rows: torch.Tensor
     clean: torch.Tensor
 
+    def subset(self, copies: slice | torch.Tensor) -> CopyTargets:
+        """The targets of some of the copies (for chunked computation)."""
+        return CopyTargets(self.targets, self.rows[copies], self.clean)
+
     def score(self, output: torch.Tensor) -> torch.Tensor:
         if self.targets.fn is None:
             return self.targets.subset(self.rows).score(output)

@@ -2,13 +2,15 @@
 model in channels-last layout on the CPU (`forward_copies`): the maps equal those of
 contiguous copies, a model whose forward cannot take that layout falls back to contiguous
 copies, and a model's own error still surfaces. On the CPU a large batch of copies goes
-through in passes of at most `CHUNK_PIXELS` pixels, joined in order."""
+through in passes of at most `CHUNK_PIXELS` pixels, joined in order, and so do the
+explained rows of the gradient and CAM methods (`in_cpu_passes`)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from tests.helpers.layouts import LayoutBlind, ViewNet
+from tests.helpers.networks import CountingNet
 from torch import nn
 
 from convlens import explain
@@ -163,3 +165,29 @@ def test_an_output_convlens_cannot_join_is_recomputed_in_one_pass():
     with torch.no_grad():
         logits, sums = forward_copies(model, x)
     assert model.batches == [8, 3, 11] and logits.shape == (11, 4) and sums.shape == (11,)
+
+
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [("saliency", {}), ("guided_backprop", {}), ("gradcam", {"layer": "net.3"})],
+)
+def test_gradient_methods_explain_eight_224_pixel_rows_a_pass_with_per_image_maps(
+    method, options, unchanged
+):
+    torch.manual_seed(0)
+    net = CountingNet().eval()
+    x = _copies(11, 224)
+    with unchanged(net, x):
+        maps = explain(net, x, method=method, target=1, **options).maps
+    assert [rows for rows, _ in net.calls] == [8, 3]
+    alone = torch.cat(
+        [explain(net, x[i : i + 1], method=method, target=1, **options).maps for i in (0, 9)]
+    )
+    torch.testing.assert_close(maps[[0, 9]], alone, rtol=1e-4, atol=1e-6)
+
+
+def test_a_callable_target_keeps_the_batch_whole():
+    """A callable target gets the whole batch's output, as without passes."""
+    net = CountingNet().eval()
+    explain(net, _copies(11, 224), method="saliency", target=lambda out: out[:, 0] - out.mean(0)[0])
+    assert [rows for rows, _ in net.calls] == [11]
