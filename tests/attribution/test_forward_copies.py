@@ -2,7 +2,7 @@
 model in channels-last layout on the CPU (`forward_copies`): the maps equal those of
 contiguous copies, a model whose forward cannot take that layout falls back to contiguous
 copies, and a model's own error still surfaces. On the CPU a large batch of copies goes
-through in passes of at most `CHUNK_PIXELS` pixels, joined in order, and so do the
+through in passes of at most `CPU_PASS_PIXELS` pixels, joined in order, and so do the
 explained rows of the gradient and CAM methods (`in_cpu_passes`)."""
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from tests.helpers.networks import CountingNet
 from torch import nn
 
 from convlens import explain
-from convlens.attribution.common import _CONTIGUOUS_ONLY, CHUNK_PIXELS, forward_copies
+from convlens.attribution.common import _CONTIGUOUS_ONLY, forward_copies
+from convlens.models.devices import CPU_PASS_PIXELS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -132,7 +133,7 @@ def test_cpu_copies_go_through_in_passes_of_the_chunk_pixels(size, per_pass):
         expected = model(x)
         model.batches.clear()
         found = forward_copies(model, x)
-    assert per_pass == max(1, CHUNK_PIXELS // (size * size))
+    assert per_pass == max(1, CPU_PASS_PIXELS // (size * size))
     assert model.batches == [len(part) for part in x.split(per_pass)]
     torch.testing.assert_close(found, expected, rtol=1e-5, atol=1e-6)
 

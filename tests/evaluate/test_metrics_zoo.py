@@ -56,7 +56,7 @@ def gradient_map(net):
 
 
 def test_explain_is_called_at_most_the_cpu_pass_rows_at_a_time():
-    """On the CPU the explain function gets at most `CHUNK_PIXELS` pixels a call, whatever
+    """On the CPU the explain function gets at most `CPU_PASS_PIXELS` pixels a call, whatever
     ``batch_size``; the maps (per image) are those of one call on the whole batch."""
     torch.manual_seed(0)
     net = small_convnet().eval()

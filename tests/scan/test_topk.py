@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tests.helpers.networks import small_convnet
+from tests.helpers.networks import CountingNet, small_convnet
 
 from convlens.data.datasets import ScanDataset, open_dataset
 from convlens.data.preprocess import Preprocess
@@ -75,6 +75,24 @@ def test_streamed_top_k_equals_brute_force_for_every_channel(by, unchanged):
             assert [u.index for u in units] == [i for i, _, _ in want]
             assert [u.y * int(width) + u.x for u in units] == [p for _, _, p in want]
             assert [u.value for u in units] == pytest.approx([v for _, v, _ in want], abs=1e-5)
+
+
+def test_a_batch_of_224_pixel_images_runs_eight_a_pass_with_the_brute_force_result():
+    """On the CPU the scan splits each loader batch into passes of at most eight 224 x 224
+    images (`cpu_pass_rows`); the top units are those of every image at once."""
+    preprocess = Preprocess(size=224, mode="stretch", mean=(0.5,) * 3, std=(0.5,) * 3)
+    pictures = Pictures()
+    pictures.images = np.random.default_rng(1).integers(0, 256, (11, 224, 224, 3), np.uint8)
+    counting = CountingNet().eval()
+    model = LoadedModel(counting, "counting", preprocess)
+    dataset = open_dataset(pictures, preprocess)
+    result = top_activating(model, dataset, ["net.2"], k=3, projections=(), batch_size=11)
+    assert [rows for rows, _ in counting.calls][-2:] == [8, 3]
+    assert all(rows <= 8 for rows, _ in counting.calls)
+    expected, width = _brute_force(model, dataset, "net.2", 3, "max")
+    for units, want in zip(result.layers["net.2"].channels, expected, strict=True):
+        assert [u.index for u in units] == [i for i, _, _ in want]
+        assert [u.y * int(width) + u.x for u in units] == [p for _, _, p in want]
 
 
 def test_merge_breaks_ties_by_lower_image_index():

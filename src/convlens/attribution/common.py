@@ -16,7 +16,12 @@ from convlens.errors import ConvlensError, LayerError, MethodError, TargetError
 from convlens.layers.borrow import borrowed_model, require_autograd
 from convlens.layers.capture import capture
 from convlens.layers.find import LayerSpec, default_cam_layer, resolve_layer_names
-from convlens.models.devices import cpu_fast_layout, model_input
+from convlens.models.devices import (
+    CPU_PASS_PIXELS,
+    cpu_fast_layout,
+    cpu_pass_rows,
+    model_input,
+)
 from convlens.models.loading import LoadedModel, as_module
 from convlens.targets import (
     ClassSelector,
@@ -372,8 +377,6 @@ def positive_int(name: str, value: object) -> int:
 
 
 MIN_CHUNK = 8
-# The pixels of MIN_CHUNK images of 224 x 224: copies of larger images come fewer per pass.
-CHUNK_PIXELS = MIN_CHUNK * 224 * 224
 
 
 def chunk_size(batch_size: int | None, rows: int, pixels: int | None = None) -> int:
@@ -384,17 +387,17 @@ def chunk_size(batch_size: int | None, rows: int, pixels: int | None = None) -> 
     least ``MIN_CHUNK``, so each internal forward pass has the shape (and memory) of a
     forward of the caller's own batch, and single images still run in efficient batches.
     Given ``pixels`` (``H * W`` of the copies) larger than 224 x 224, as many copies as fit
-    in ``CHUNK_PIXELS`` (at least one): 2 per pass at 448 x 448, 1 at 672 x 672. Per-image
+    in ``CPU_PASS_PIXELS`` (at least one): 2 per pass at 448 x 448, 1 at 672 x 672. Per-image
     cost rises with batch size on CPU (memory bound: at 672 pixels a copy alone costs about
     half the CPU of one in a pass of nine), so larger fixed chunks are slower there. An
     explicit ``batch_size`` is used as given; it never changes results. (It sets how many
     copies are built at a time; on the CPU `forward_copies` still runs them through the
-    model at most `CHUNK_PIXELS` pixels a pass.)
+    model at most `CPU_PASS_PIXELS` pixels a pass.)
     """
     if batch_size is not None:
         return positive_int("batch_size", batch_size)
-    if pixels is not None and pixels > CHUNK_PIXELS // MIN_CHUNK:
-        return max(1, CHUNK_PIXELS // pixels)
+    if pixels is not None and pixels > CPU_PASS_PIXELS // MIN_CHUNK:
+        return max(1, CPU_PASS_PIXELS // pixels)
     return max(rows, MIN_CHUNK)
 
 
@@ -407,7 +410,7 @@ _LAYOUT_ERRORS = ("view size is not compatible", "contiguous", "stride", "memory
 def forward_copies(module: nn.Module, copies: torch.Tensor) -> torch.Tensor:
     """``module(copies)`` for a batch of perturbed copies ``Tensor[N, C, H, W]`` (RISE,
     occlusion, Score-CAM, the superpixel methods, the metric zoo). On the CPU the copies go
-    through in passes of at most `CHUNK_PIXELS` pixels (8 images of 224 x 224), whatever
+    through in passes of at most `CPU_PASS_PIXELS` pixels (8 images of 224 x 224), whatever
     batch the caller built: per image a pass of 64 copies costs 1.2x to 1.8x one of 8
     (cache and fresh allocations; docs/performance.md), and the outputs are concatenated.
     Each pass is handed over in channels-last layout (`cpu_fast_layout`; RISE through
@@ -425,15 +428,6 @@ def forward_copies(module: nn.Module, copies: torch.Tensor) -> torch.Tensor:
     if all(isinstance(out, list) for out in outputs):  # a detector's dicts, one per image
         return [item for out in outputs for item in out]
     return _forward_laid_out(module, copies)  # an output convlens cannot join: one pass
-
-
-def cpu_pass_rows(copies: torch.Tensor) -> int:
-    """Rows of ``copies`` ``Tensor[N, C, H, W]`` per forward pass on the CPU (`forward_copies`,
-    the metric zoo's calls of an explain function): as many as fit in `CHUNK_PIXELS`, at
-    least one; all of them off the CPU or for a batch that is not ``[N, C, H, W]``."""
-    if copies.device.type != "cpu" or copies.dim() != 4:
-        return len(copies)
-    return max(1, CHUNK_PIXELS // max(1, copies.shape[-2] * copies.shape[-1]))
 
 
 def _forward_laid_out(module: nn.Module, copies: torch.Tensor) -> torch.Tensor:

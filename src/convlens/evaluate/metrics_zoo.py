@@ -23,7 +23,7 @@ its raw outputs (logits), as Quantus's ``softmax=False`` default. The model is b
 mode, no gradients) and handed back unchanged; inputs are never modified. ``batch_size``
 sets only how many perturbed images are built, and how many images an ``explain`` call
 gets, at once; on the CPU the model and ``explain`` get at most eight 224 x 224 images a
-call (`convlens.attribution.common.cpu_pass_rows`: per image, passes of a few images cost
+call (`convlens.models.devices.cpu_pass_rows`: per image, passes of a few images cost
 less there than passes of hundreds).
 """
 
@@ -38,11 +38,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from convlens.attribution.common import cpu_pass_rows, forward_copies
+from convlens.attribution.common import forward_copies
 from convlens.errors import MetricError
 from convlens.evaluate.sanity import spearman
 from convlens.layers.borrow import borrowed_model
-from convlens.models.devices import cpu_fast_format
+from convlens.models.devices import cpu_fast_format, cpu_pass_rows
 from convlens.models.loading import LoadedModel, as_module
 
 Explain = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

@@ -143,6 +143,21 @@ def cpu_fast_format(images: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
+# The most pixels a forward pass takes on the CPU where convlens builds the batch itself
+# (eight images of 224 x 224): per image, passes of a few images cost less there than
+# passes of many (cache, fresh allocations; docs/performance.md, "Passes of eight images").
+CPU_PASS_PIXELS = 8 * 224 * 224
+
+
+def cpu_pass_rows(images: torch.Tensor) -> int:
+    """Rows of ``images`` ``Tensor[N, C, H, W]`` per forward pass on the CPU: as many as
+    fit in `CPU_PASS_PIXELS`, at least one; all of them off the CPU or for a batch that is
+    not ``[N, C, H, W]``."""
+    if images.device.type != "cpu" or images.dim() != 4:
+        return len(images)
+    return max(1, CPU_PASS_PIXELS // max(1, images.shape[-2] * images.shape[-1]))
+
+
 def cpu_fast_layout(images: torch.Tensor) -> torch.Tensor:
     """A CPU batch ``Tensor[B, C, H, W]`` in channels-last layout (`cpu_fast_format`; the
     same values and shape, no copy when it already is); anything else unchanged."""
