@@ -192,3 +192,13 @@ def test_a_callable_target_keeps_the_batch_whole():
     net = CountingNet().eval()
     explain(net, _copies(11, 224), method="saliency", target=lambda out: out[:, 0] - out.mean(0)[0])
     assert [rows for rows, _ in net.calls] == [11]
+
+
+def test_noise_tunnel_copies_go_eight_224_pixel_images_a_pass_by_default():
+    torch.manual_seed(0)
+    net = CountingNet().eval()
+    x = _copies(11, 224)
+    maps = explain(net, x, method="smoothgrad", target=1, n_samples=2).maps
+    assert max(rows for rows, grad in net.calls if grad) == 8
+    alone = explain(net, x[9:10], method="smoothgrad", target=1, n_samples=2).maps
+    torch.testing.assert_close(maps[9:10], alone, rtol=1e-4, atol=1e-6)

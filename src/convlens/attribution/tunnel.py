@@ -36,6 +36,7 @@ from convlens.attribution.result import MethodResult
 from convlens.data.progress import progress_bar
 from convlens.errors import MethodError
 from convlens.layers.borrow import borrowed_model
+from convlens.models.devices import cpu_pass_rows
 from convlens.models.loading import LoadedModel
 
 NOISE_TUNNELS = ("smoothgrad", "smoothgrad_sq", "vargrad")
@@ -86,7 +87,8 @@ def run_noise_tunnel(
 ) -> MethodResult:
     """``compute`` (a method returning a `MethodResult`, called with ``**options``) through
     the noise tunnel ``kind`` (see the module docstring). ``batch_size``: noisy copies per
-    call (default: see `chunk_size`; never changes results). Per-row tensor extras are
+    call (default: see `chunk_size`, and on the CPU at most `cpu_pass_rows`; never changes
+    results). Per-row tensor extras are
     averaged over the copies. Returns maps ``Tensor[N, H, W]`` and the clean output."""
     if kind not in NOISE_TUNNELS:
         raise MethodError(
@@ -101,7 +103,10 @@ def run_noise_tunnel(
         unit, sigma = noise_draws(prepared.images, n_samples, noise, seed)
         sample_of, row_of = work_items(n_samples, rows)
         sums: dict[str, torch.Tensor] = {}
-        chunks = list(in_chunks(len(row_of), chunk_size(batch_size, rows)))
+        size = chunk_size(batch_size, rows)
+        if batch_size is None:  # the copies are scored by a callable: no later split
+            size = min(size, cpu_pass_rows(prepared.images))
+        chunks = list(in_chunks(len(row_of), size))
         for chunk in progress_bar(chunks, disable=not progress, desc=kind, leave=False):
             row, sample = row_of[chunk], sample_of[chunk]
             noisy = prepared.images[row] + sigma[row, None, None, None] * unit[sample]
