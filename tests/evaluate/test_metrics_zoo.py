@@ -18,6 +18,7 @@ import pytest
 import torch
 from tests.helpers.layouts import LayoutBlind, ViewNet
 from tests.helpers.networks import small_convnet, tiny_gap_classifier
+from torch import nn
 
 from convlens.attribution.common import _CONTIGUOUS_ONLY
 from convlens.errors import MetricError
@@ -55,9 +56,11 @@ def gradient_map(net):
 # ---------------------------------------------------------------- properties
 
 
-def test_explain_is_called_at_most_the_cpu_pass_rows_at_a_time():
-    """On the CPU the explain function gets at most `CPU_PASS_PIXELS` pixels a call, whatever
-    ``batch_size``; the maps (per image) are those of one call on the whole batch."""
+def test_explain_is_called_at_most_the_cpu_pass_rows_at_a_time_for_a_cpu_model():
+    """With the model on the CPU the explain function gets even calls of at most
+    `CPU_PASS_PIXELS` pixels, whatever ``batch_size``; the maps (per image) are those of one
+    call on the whole batch. Without a model, or with one elsewhere (here the meta device),
+    ``explain`` may run anywhere: ``batch_size`` as given."""
     torch.manual_seed(0)
     net = small_convnet().eval()
     images = torch.randn(11, 3, 224, 224)
@@ -69,12 +72,17 @@ def test_explain_is_called_at_most_the_cpu_pass_rows_at_a_time():
         calls.append(len(x))
         return explain(x, t)
 
-    found = zoo._explain_chunks(recorded, images, targets, batch_size=256)
-    assert calls == [8, 3]
+    found = zoo._explain_chunks(recorded, images, targets, batch_size=256, model=net)
+    assert calls == [6, 5]
     torch.testing.assert_close(found, explain(images, targets), rtol=1e-5, atol=1e-6)
+    for model, size, expected in [(net, 2, [2] * 5 + [1]), (None, 256, [11])]:
+        calls.clear()
+        zoo._explain_chunks(recorded, images, targets, batch_size=size, model=model)
+        assert calls == expected
     calls.clear()
-    zoo._explain_chunks(recorded, images, targets, batch_size=2)
-    assert calls == [2] * 5 + [1]
+    elsewhere = nn.Linear(1, 1).to("meta")
+    zoo._explain_chunks(recorded, images, targets, batch_size=256, model=elsewhere)
+    assert calls == [11]
 
 
 def test_gini_and_entropy_extremes():

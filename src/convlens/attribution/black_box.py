@@ -121,7 +121,7 @@ def rise(
     `rise_masks` (``cells`` x ``cells`` grids, cells kept with probability ``p = keep``,
     upsampled with a random shift), ``S`` the target score (the logit, or what the target
     selects). The masks come from ``seed`` and are the same for every image, so a batch equals
-    single-image calls. ``batch_size``: masked copies per forward pass (default: see
+    single-image calls. ``batch_size``: masked copies built at a time (default: see
     `chunk_size`; never changes results). Costs ``N * U + images`` forward passes (``U``
     distinct images: rows holding the same image share each masked copy, `SharedRows`)
     without autograd (a black box: TorchScript models run too). Returns ``Tensor[N, H, W]``.

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from convlens.detections import detach_output
+from convlens.detections import detach_output, is_detections
 from convlens.errors import ConvlensError, LayerError, MethodError, TargetError
 from convlens.layers.borrow import borrowed_model, require_autograd
 from convlens.layers.capture import capture
@@ -19,7 +19,7 @@ from convlens.layers.find import LayerSpec, default_cam_layer, resolve_layer_nam
 from convlens.models.devices import (
     CPU_PASS_PIXELS,
     cpu_fast_layout,
-    cpu_pass_rows,
+    cpu_passes,
     model_input,
 )
 from convlens.models.loading import LoadedModel, as_module
@@ -175,29 +175,44 @@ def _input_gradient_pass(
 
 
 def in_cpu_passes(images: torch.Tensor, targets: Targets | CopyTargets, run: Callable) -> tuple:
-    """``run(images, targets)`` (a tuple of ``Tensor[rows, ...]``) on the whole batch, or on
-    the CPU in passes of at most `cpu_pass_rows` rows joined in order: per image, saliency,
-    Grad-CAM and guided backprop on 32 images of 224 x 224 in one pass cost 1.2x to 1.4x
-    what they cost in passes of 8 there (docs/performance.md). Rows are independent, so the
-    results are the same up to float rounding. A batch stays whole where a pass could see
-    other rows: a callable target on the explained rows (`Targets.fn`: it gets the whole
-    batch's output) or any other scorer than `Targets` and `CopyTargets` (a method's own),
-    or a pass whose results are not tensors with one row per image (a detector's output, a
-    layer that reshapes the batch)."""
-    per_pass = cpu_pass_rows(images)
+    """``run(images, targets)`` (a tuple of per-row results) on the whole batch, or on the CPU
+    in even passes of at most `cpu_pass_rows` rows (`cpu_passes`) joined in order: per
+    image, saliency, Grad-CAM and guided backprop on 32 images of 224 x 224 in one pass cost
+    1.2x to 1.4x what they cost in passes of 8 there (docs/performance.md). Rows are taken
+    to be independent (as everywhere in convlens: a batch equals single-image calls), so
+    the results are the same up to float rounding. A batch stays whole where a pass could
+    see other rows: a callable target on the explained rows (`Targets.fn`: it gets the
+    whole batch's output) or any other scorer than `Targets` and `CopyTargets` (a method's
+    own); and when the first pass's results are not rows of that pass (`_joinable`: a
+    layer that reshapes the batch, say), the whole batch runs once more in one pass."""
+    passes = cpu_passes(images)
     splittable = isinstance(targets, CopyTargets) or (
         isinstance(targets, Targets) and targets.fn is None
     )
-    if per_pass >= len(images) or not splittable:
+    if len(passes) < 2 or not splittable:
         return run(images, targets)
     parts = []
-    for rows in in_chunks(len(images), per_pass):
+    for rows in passes:
         found = run(images[rows], targets.subset(rows))
-        count = rows.stop - rows.start
-        if not all(isinstance(t, torch.Tensor) and len(t) == count for t in found):
+        if not all(_joinable(t, rows.stop - rows.start) for t in found):
             return run(images, targets)
         parts.append(found)
-    return tuple(torch.cat(joined) for joined in zip(*parts, strict=True))
+    return tuple(_joined(list(pieces)) for pieces in zip(*parts, strict=True))
+
+
+def _joinable(output: object, rows: int) -> bool:
+    """Whether ``output`` holds one entry per row of its pass: a tensor ``[rows, ...]`` or a
+    detector's list of ``rows`` dicts."""
+    if isinstance(output, torch.Tensor):
+        return output.dim() >= 1 and len(output) == rows
+    return isinstance(output, list) and len(output) == rows and is_detections(output)
+
+
+def _joined(outputs: list):
+    """The outputs of consecutive passes (all `_joinable`) as one batch's."""
+    if isinstance(outputs[0], torch.Tensor):
+        return torch.cat(outputs)
+    return [item for out in outputs for item in out]
 
 
 def _shared_input_gradient(
@@ -380,19 +395,20 @@ MIN_CHUNK = 8
 
 
 def chunk_size(batch_size: int | None, rows: int, pixels: int | None = None) -> int:
-    """Rows per forward pass for methods that evaluate many perturbed copies.
+    """Copies built at a time (a chunk) for methods that evaluate many perturbed copies;
+    off the CPU each chunk is one forward pass, on the CPU the chunk then goes through the
+    model in even passes of at most `CPU_PASS_PIXELS` pixels (`forward_copies`,
+    `in_cpu_passes`).
 
     ``None`` (the default everywhere): as many as the explained batch has rows (for methods
     that share copies between rows of one image, `SharedRows`, its distinct images), but at
-    least ``MIN_CHUNK``, so each internal forward pass has the shape (and memory) of a
-    forward of the caller's own batch, and single images still run in efficient batches.
+    least ``MIN_CHUNK``, so each chunk has the shape (and memory) of the caller's own
+    batch, and single images still run in efficient batches.
     Given ``pixels`` (``H * W`` of the copies) larger than 224 x 224, as many copies as fit
     in ``CPU_PASS_PIXELS`` (at least one): 2 per pass at 448 x 448, 1 at 672 x 672. Per-image
     cost rises with batch size on CPU (memory bound: at 672 pixels a copy alone costs about
     half the CPU of one in a pass of nine), so larger fixed chunks are slower there. An
-    explicit ``batch_size`` is used as given; it never changes results. (It sets how many
-    copies are built at a time; on the CPU `forward_copies` still runs them through the
-    model at most `CPU_PASS_PIXELS` pixels a pass.)
+    explicit ``batch_size`` is used as given; it never changes results.
     """
     if batch_size is not None:
         return positive_int("batch_size", batch_size)
@@ -407,27 +423,31 @@ _CONTIGUOUS_ONLY: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 _LAYOUT_ERRORS = ("view size is not compatible", "contiguous", "stride", "memory format")
 
 
-def forward_copies(module: nn.Module, copies: torch.Tensor) -> torch.Tensor:
+def forward_copies(module: nn.Module, copies: torch.Tensor) -> torch.Tensor | list:
     """``module(copies)`` for a batch of perturbed copies ``Tensor[N, C, H, W]`` (RISE,
-    occlusion, Score-CAM, the superpixel methods, the metric zoo). On the CPU the copies go
-    through in passes of at most `CPU_PASS_PIXELS` pixels (8 images of 224 x 224), whatever
-    batch the caller built: per image a pass of 64 copies costs 1.2x to 1.8x one of 8
-    (cache and fresh allocations; docs/performance.md), and the outputs are concatenated.
+    occlusion, Score-CAM, the superpixel methods, the metric zoo, the deletion curves). On
+    the CPU the copies go through in even passes of at most `CPU_PASS_PIXELS` pixels (8
+    images of 224 x 224; `cpu_passes`), whatever batch the caller built: per image a pass
+    of 64 copies costs 1.2x to 1.8x one of 8 (cache and fresh allocations;
+    docs/performance.md), and the outputs are joined (tensors concatenated, a detector's
+    lists chained); an output that is not one entry per copy stops the split after the
+    first pass, and the whole batch runs in one pass.
     Each pass is handed over in channels-last layout (`cpu_fast_layout`; RISE through
     `explain`: 1.4x to 2.6x faster); the same values up to float rounding. A model whose
     forward cannot take that layout (a ``view`` of a convolution's output, say) raises on
     the first batch: that batch and every later one for this module go contiguous (also
     copies that came in channels-last, such as a metric's reused buffer). Any other error
     of the model is raised as it is, never retried."""
-    per_pass = cpu_pass_rows(copies)
-    if per_pass >= len(copies):
+    passes = cpu_passes(copies)
+    if len(passes) < 2:
         return _forward_laid_out(module, copies)
-    outputs = [_forward_laid_out(module, part) for part in copies.split(per_pass)]
-    if all(isinstance(out, torch.Tensor) for out in outputs):
-        return torch.cat(outputs)
-    if all(isinstance(out, list) for out in outputs):  # a detector's dicts, one per image
-        return [item for out in outputs for item in out]
-    return _forward_laid_out(module, copies)  # an output convlens cannot join: one pass
+    outputs = []
+    for rows in passes:
+        output = _forward_laid_out(module, copies[rows])
+        if not _joinable(output, rows.stop - rows.start):
+            return _forward_laid_out(module, copies)  # not one entry per copy: one pass
+        outputs.append(output)
+    return _joined(outputs)
 
 
 def _forward_laid_out(module: nn.Module, copies: torch.Tensor) -> torch.Tensor:

@@ -97,7 +97,7 @@ def smoothgrad(
     (max(x) - min(x))`` per image, ``R`` the saliency reduction ("max_abs" or "square").
     The class is pinned on the clean input. The noise draws ``e_k`` come from ``seed`` and
     are the same for every image, so a batch equals single-image calls. ``batch_size``:
-    noisy copies per forward pass (default: see `chunk_size`; never changes results);
+    noisy copies built at a time (default: see `chunk_size`; never changes results);
     ``progress``: a tqdm bar. The same as ``saliency`` with ``noise_tunnel="smoothgrad"``
     (`convlens.attribution.tunnel`).
     Returns ``Tensor[N, H, W]``.
@@ -183,7 +183,7 @@ def integrated_gradients(
     evaluations. ``baseline`` ``x'``: None (zeros), a name (``"black"``, ``"blur"``,
     ``"mean"``, ``"zero"``) or image file (`convlens.attribution.baselines`), or
     ``Tensor[C, H, W]``, ``[1, C, H, W]`` or ``[B, C, H, W]``. ``batch_size``: path points
-    per forward pass (default: see `chunk_size`; never changes results); ``progress``: a
+    built at a time (default: see `chunk_size`; never changes results); ``progress``: a
     tqdm bar.
     Returns ``(Tensor[N, H, W], {"completeness_error": Tensor[N]})`` with
     ``|sum(A) - (S(x) - S(x'))| / |S(x) - S(x')|`` (denominator floored at 1e-12).

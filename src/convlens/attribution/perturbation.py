@@ -85,7 +85,7 @@ def occlusion(
     covered; a ``stride`` larger than ``patch`` (on either axis) would leave pixels between
     patches uncovered and raises `MethodError`. ``fill``: a number (0 is the normalised
     mid-grey for mean-0.5 inputs) or "mean" (each image's per-channel mean).
-    ``batch_size``: occluded copies per forward pass (default: see `chunk_size`; never changes
+    ``batch_size``: occluded copies built at a time (default: see `chunk_size`; never changes
     results). Costs ``U * positions + N`` forward passes without autograd, ``U`` the
     distinct images (rows holding the same image, such as one image explained for several
     classes, share each copy: `SharedRows`). Returns ``Tensor[N, H, W]`` (positive where

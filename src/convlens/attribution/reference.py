@@ -136,7 +136,7 @@ def deeplift_shap(
     ``baseline``: the ``K`` baselines, text (names and image files or folders, comma
     separated) or ``Tensor[K, C, H, W]`` shared by every image; None (default): zero,
     black and blur (zero and blur for a bare module) (`convlens.attribution.baselines`).
-    ``batch_size``: (image, baseline) pairs per pass (default: see `chunk_size`; never
+    ``batch_size``: (image, baseline) pairs built at a time (default: see `chunk_size`; never
     changes results); ``progress``: a tqdm bar.
     Returns ``(Tensor[N, H, W], {"completeness_error": Tensor[N]})``.
     """
@@ -198,7 +198,7 @@ def gradient_shap(
     ``x~_k = x + sigma * e_k`` with ``sigma = noise * (max(x) - min(x))`` (default 0: no
     noise). The draws come from
     ``seed`` and are the same for every image, so a batch equals single-image calls.
-    ``batch_size``: samples per pass (default: see `chunk_size`; never changes results);
+    ``batch_size``: samples built at a time (default: see `chunk_size`; never changes results);
     ``progress``: a tqdm bar. Returns ``Tensor[N, H, W]``.
     """
     n_samples = positive_int("n_samples", n_samples)

@@ -86,7 +86,7 @@ def _coalition_scores(
     and the clean output. ``coalitions``: ``Tensor[N, S, M]`` of 0/1 (bits past a row's
     own superpixel count are ignored); a perturbed copy keeps pixel ``u`` where
     ``coalitions[n, s, segments[n, u]]`` is 1 and takes ``fill`` elsewhere. ``batch_size``:
-    copies per forward pass (None: `chunk_size`)."""
+    copies built at a time (None: `chunk_size`)."""
     x = prepared.images
     rows, samples = coalitions.shape[:2]
     fills = fill_values(x, fill)
@@ -146,7 +146,7 @@ def superpixel_ablation(
     `superpixels` (``n_segments``, ``compactness``). ``fill``: a number or "mean" (each
     image's channel mean). Costs ``sum_n M_n + N`` forward passes without autograd (the sum over
     distinct images: rows holding the same image share each copy, `SharedRows`);
-    ``batch_size``: copies per forward pass (never changes results). Returns ``Tensor[N, H,
+    ``batch_size``: copies built at a time (never changes results). Returns ``Tensor[N, H,
     W]`` (positive where removing the superpixel hurts the score).
     """
     prepared = prepare(model, images, target)

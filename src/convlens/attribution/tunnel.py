@@ -27,7 +27,6 @@ from torch import nn
 from convlens.attribution.common import (
     chunk_size,
     clean_pass,
-    in_chunks,
     positive_int,
     prepare,
     work_items,
@@ -36,7 +35,7 @@ from convlens.attribution.result import MethodResult
 from convlens.data.progress import progress_bar
 from convlens.errors import MethodError
 from convlens.layers.borrow import borrowed_model
-from convlens.models.devices import cpu_pass_rows
+from convlens.models.devices import cpu_pass_rows, cpu_passes
 from convlens.models.loading import LoadedModel
 
 NOISE_TUNNELS = ("smoothgrad", "smoothgrad_sq", "vargrad")
@@ -106,7 +105,7 @@ def run_noise_tunnel(
         size = chunk_size(batch_size, rows)
         if batch_size is None:  # the copies are scored by a callable: no later split
             size = min(size, cpu_pass_rows(prepared.images))
-        chunks = list(in_chunks(len(row_of), size))
+        chunks = cpu_passes(row_of, size)
         for chunk in progress_bar(chunks, disable=not progress, desc=kind, leave=False):
             row, sample = row_of[chunk], sample_of[chunk]
             noisy = prepared.images[row] + sigma[row, None, None, None] * unit[sample]

@@ -37,12 +37,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from convlens.attribution.common import forward_copies
 from convlens.errors import MetricError
 from convlens.evaluate.sanity import spearman
 from convlens.layers.borrow import borrowed_model
-from convlens.models.devices import cpu_fast_format, cpu_pass_rows
+from convlens.models.devices import cpu_fast_format, cpu_pass_rows, cpu_passes, model_device
 from convlens.models.loading import LoadedModel, as_module
 
 Explain = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -585,17 +586,21 @@ def random_logit(
     draws = torch.from_numpy(draws).long()
     other = draws + (draws >= targets).long()  # skip the explained class
     a = prepared(maps, normalise, absolute)
-    b = prepared(_explain_chunks(explain, images, other, batch_size), normalise, absolute)
+    b = prepared(_explain_chunks(explain, images, other, batch_size, model), normalise, absolute)
     return _ssim_1d(a, b)
 
 
-def _explain_chunks(explain: Explain, images, targets, batch_size: int) -> torch.Tensor:
+def _explain_chunks(explain: Explain, images, targets, batch_size: int, model=None) -> torch.Tensor:
     """``explain``'s maps ``Tensor[B, H, W]`` (float, CPU) of ``images``, ``batch_size`` at a
-    time and on the CPU at most `cpu_pass_rows` (the cost per image rises with the batch)."""
-    size = min(batch_size, cpu_pass_rows(images))
+    time; when ``model`` is on the CPU and so are ``images``, in even calls of at most
+    `cpu_pass_rows` (`cpu_passes`: the cost per image rises with the batch there). Without
+    a model (or with one elsewhere) ``explain`` may run anywhere: ``batch_size`` as given."""
+    module = model.module if isinstance(model, LoadedModel) else model
+    on_cpu = isinstance(module, nn.Module) and model_device(module).type == "cpu"
+    most = min(batch_size, cpu_pass_rows(images)) if on_cpu else batch_size
     out = [
-        torch.as_tensor(explain(x, t)).detach().float().cpu()
-        for x, t in zip(images.split(size), targets.split(size), strict=True)
+        torch.as_tensor(explain(images[rows], targets[rows])).detach().float().cpu()
+        for rows in cpu_passes(images, most)
     ]
     maps = out[0] if len(out) == 1 else torch.cat(out)
     if maps.shape != (len(images), *images.shape[-2:]):
@@ -645,7 +650,9 @@ def _sensitivities(
         else:
             work = images.new_empty(images.shape) if work is None else work
             perturbed = work.copy_(draw).add_(images)
-        prepared(_explain_chunks(explain, perturbed, targets, batch_size), normalise, absolute, b)
+        prepared(
+            _explain_chunks(explain, perturbed, targets, batch_size, model), normalise, absolute, b
+        )
         change = b.sub_(a).norm(dim=1)  # ||a - b||: the same squares
         if kind == "relative":
             out[:, s] = change / size
@@ -1286,7 +1293,7 @@ def _method_chunks(method: Method | None, model, images, targets, batch_size, me
             f"{metric} re-runs the method on a randomised model: pass "
             "method=callable(model, images, targets) -> Tensor[B, H, W]"
         )
-    return _explain_chunks(lambda x, t: method(model, x, t), images, targets, batch_size)
+    return _explain_chunks(lambda x, t: method(model, x, t), images, targets, batch_size, model)
 
 
 def mprt(

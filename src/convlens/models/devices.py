@@ -158,6 +158,20 @@ def cpu_pass_rows(images: torch.Tensor) -> int:
     return max(1, CPU_PASS_PIXELS // max(1, images.shape[-2] * images.shape[-1]))
 
 
+def cpu_passes(images: torch.Tensor, most: int | None = None) -> list[slice]:
+    """The row slices of ``images`` ``Tensor[N, C, H, W]``, in order, that run as separate
+    forward passes: at most ``most`` (default `cpu_pass_rows`) rows each, as even as
+    possible (9 rows at 224 px: 5 + 4, not 8 + 1). Even passes matter: on the CPU a row
+    computed alone can differ in the last bit from the same row in a batch, which would
+    break the exact zeros of a perturbation method whose clean pass and copies are split
+    alike, and a one-row pass reaches models that squeeze their output."""
+    count = len(images)
+    most = cpu_pass_rows(images) if most is None else most
+    passes = max(1, -(-count // max(1, most)))
+    size = -(-count // passes) if count else 0
+    return [slice(start, min(start + size, count)) for start in range(0, count, max(size, 1))]
+
+
 def cpu_fast_layout(images: torch.Tensor) -> torch.Tensor:
     """A CPU batch ``Tensor[B, C, H, W]`` in channels-last layout (`cpu_fast_format`; the
     same values and shape, no copy when it already is); anything else unchanged."""

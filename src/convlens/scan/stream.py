@@ -30,7 +30,7 @@ from convlens.files import write_bytes
 from convlens.layers import borrowed_model
 from convlens.layers.capture import Capture
 from convlens.layers.early_stop import run_until
-from convlens.models.devices import cpu_pass_rows
+from convlens.models.devices import cpu_passes
 from convlens.models.digest import weights_sha256
 from convlens.scan.distributed import gather_objects, rank_and_world, shard
 
@@ -84,10 +84,10 @@ def stream_pass(
 ) -> PassResult:
     """Run ``dataset`` (this rank's shard) through ``module`` in eval mode without autograd,
     as far as the captured layers (`convlens.layers.early_stop.run_until`), each batch on
-    the CPU in passes of at most `cpu_pass_rows` images (per image cheaper there than one
-    pass of the whole batch); after each pass, ``reducer.update(indices, {layer: output})``
-    with the outputs that ``open_capture(module)`` recorded. Returns when every rank is
-    done and merged.
+    the CPU in even passes of at most eight 224 px images (`cpu_passes`: per image cheaper
+    there than one pass of the whole batch); after each pass, ``reducer.update(indices,
+    {layer: output})`` with the outputs that ``open_capture(module)`` recorded. Returns
+    when every rank is done and merged.
 
     ``settings``: the options that change the results (plain values), saved with the state
     beside the model's weights and the items (`run_fingerprint`); resuming with any of them
@@ -95,12 +95,10 @@ def stream_pass(
     with borrowed_model(module), torch.no_grad(), open_capture(module) as cap:
 
         def step(indices: torch.Tensor, images: torch.Tensor) -> None:
-            per_pass = cpu_pass_rows(images)
-            for start in range(0, len(images), per_pass):
+            for rows in cpu_passes(images):
                 cap.clear()
-                run_until(module, cap.names, images[start : start + per_pass])
-                outputs = {name: cap.activation(name) for name in cap.names}
-                reducer.update(indices[start : start + per_pass], outputs)
+                run_until(module, cap.names, images[rows])
+                reducer.update(indices[rows], {name: cap.activation(name) for name in cap.names})
 
         return stream_batches(module, dataset, step, reducer, options, settings)
 

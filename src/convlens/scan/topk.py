@@ -126,7 +126,7 @@ def merge_top(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per row of ``Tensor[C, M]`` candidates, the k best: larger value first, ties to the
     lower image index (NaN counts as -inf). Returns three ``Tensor[C, min(k, M)]``."""
-    values = torch.nan_to_num(values, nan=-torch.inf)
+    values = values.masked_fill(values.isnan(), -torch.inf)  # -inf itself stays -inf
     order = torch.argsort(images, dim=1, stable=True)
     values, images, positions = (t.gather(1, order) for t in (values, images, positions))
     order = torch.argsort(values, dim=1, descending=True, stable=True)[:, :k]
