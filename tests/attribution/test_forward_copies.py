@@ -177,7 +177,13 @@ def test_an_output_convlens_cannot_join_is_recomputed_in_one_pass():
 
 @pytest.mark.parametrize(
     ("method", "options"),
-    [("saliency", {}), ("guided_backprop", {}), ("gradcam", {"layer": "net.3"})],
+    [
+        ("saliency", {}),
+        ("guided_backprop", {}),
+        ("gradcam", {"layer": "net.3"}),
+        ("lrp", {}),
+        ("lrp", {"relevance_layer": "net.2"}),
+    ],
 )
 def test_gradient_methods_explain_eight_224_pixel_rows_a_pass_with_per_image_maps(
     method, options, unchanged

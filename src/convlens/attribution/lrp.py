@@ -9,7 +9,13 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
-from convlens.attribution.common import SharedRows, per_row_backward, positive_int, prepare
+from convlens.attribution.common import (
+    SharedRows,
+    in_cpu_passes,
+    per_row_backward,
+    positive_int,
+    prepare,
+)
 from convlens.attribution.registry import MethodResult, register_method
 from convlens.data.preprocess import IMAGENET_PREPROCESS
 from convlens.errors import MethodError
@@ -80,8 +86,29 @@ def propagate_relevance(
     # largest group (`SharedRows`)
     shared = SharedRows.of(images.detach())
     # (not with a layer: it may run per cell)
-    sharing = share_rows and shared.pays_per_row_backward() and layer is None
-    pick = shared.first.to(images.device) if sharing else None
+    if share_rows and shared.pays_per_row_backward() and layer is None:
+        return _propagate(module, images, targets, composite, bounds, layer, shared)
+
+    def one_pass(x: torch.Tensor, t: Targets) -> tuple:
+        found = _propagate(module, x, t, composite, bounds, layer, None)
+        return found if found[1] is not None else (found[0], found[2])
+
+    found = in_cpu_passes(images, targets, one_pass)  # several CPU passes for a large batch
+    return (found[0], found[1], found[2]) if len(found) == 3 else (found[0], None, found[1])
+
+
+def _propagate(
+    module: nn.Module,
+    images: torch.Tensor,
+    targets: Targets,
+    composite: str | Composite,
+    bounds: tuple[torch.Tensor, torch.Tensor] | None,
+    layer: LayerSpec | None,
+    shared: SharedRows | None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """`propagate_relevance` in one forward pass: of every row, or with ``shared`` of each
+    group's first row (then one backward pass per row of the largest group)."""
+    pick = shared.first.to(images.device) if shared is not None else None
     inputs = (images if pick is None else images[pick]).detach().clone().requires_grad_(True)
     with borrowed_model(module), torch.enable_grad():
         watched = capture(module, layer, gradients=True) if layer is not None else nullcontext()
