@@ -185,8 +185,8 @@ def in_cpu_passes(images: torch.Tensor, targets: Targets | CopyTargets, run: Cal
     whole batch's output) or any other scorer than `Targets` and `CopyTargets` (a method's
     own); and when a pass's results are not rows of that pass (`_joinable`: a layer that
     reshapes the batch, say), the whole batch runs once more in one pass. Passes of one
-    row happen only where one 224 px-equivalent image fills `CPU_PASS_PIXELS` (633 px
-    and up): a model that squeezes its output fails there as it does on a single image."""
+    row happen only for images larger than 448 x 448 (half of `CPU_PASS_PIXELS`): a model
+    that squeezes its output fails there as it does on a single image."""
     passes = cpu_passes(images)
     splittable = isinstance(targets, CopyTargets) or (
         isinstance(targets, Targets) and targets.fn is None
