@@ -149,6 +149,33 @@ def test_drise_equals_the_weighted_mask_sum_by_hand(unchanged):
     assert torch.allclose(one, maps[1:], atol=1e-6)
 
 
+class CountingBoxDetector(BoxDetector):
+    """`BoxDetector` that records the number of images of each forward pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[int] = []
+
+    def forward(self, images):
+        self.batches.append(len(images))
+        return super().forward(images)
+
+
+def test_drise_copies_of_224_pixel_images_go_eight_a_pass_with_the_same_map():
+    """D-RISE's masked copies go through `forward_copies` like RISE's: at most eight
+    224 x 224 images a pass on the CPU (detectors' lists joined), the same map."""
+    model = CountingBoxDetector()
+    images = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    options = {"n_masks": 12, "cells": 4, "seed": 3}
+    maps = convlens.explain(model, images, "drise", target=detection(0), batch_size=24, **options)
+    assert max(model.batches) == 8 and sum(model.batches[1:]) == 24
+    masks = rise_masks(12, (224, 224), cells=4, seed=3)
+    masked = images[:, None] * masks[None, :, None]
+    weights = torch.sigmoid(3 * masked[:, :, :, 2:6, 1:5].mean((2, 3, 4)))
+    expected = (weights[:, :, None, None] * masks[None]).sum(1) / (12 * 0.5)
+    assert torch.allclose(maps.maps, expected, atol=1e-6)
+
+
 def test_drise_refuses_a_class_target():
     with pytest.raises(TargetError, match="detection"):
         convlens.explain(BoxDetector(), torch.rand(1, 3, 16, 16), "drise", target=1)

@@ -31,7 +31,14 @@ import torch
 from torch import nn
 
 from convlens.attribution.black_box import RiseDraws
-from convlens.attribution.common import chunk_size, clean_pass, in_chunks, prepare, work_items
+from convlens.attribution.common import (
+    chunk_size,
+    clean_pass,
+    forward_copies,
+    in_chunks,
+    prepare,
+    work_items,
+)
 from convlens.attribution.registry import MethodResult, register_method
 from convlens.data.progress import progress_bar
 from convlens.detections import Detection, box_iou, check_detections
@@ -85,7 +92,7 @@ def drise(
     objectness`` over the masked image's detections (the module docstring of
     `convlens.attribution.detection` says which output entries it reads). ``images``: what
     the detector takes (torchvision detectors: ``[0, 1]`` pixels; masking multiplies them,
-    so masked parts are black). ``batch_size``: masked copies per forward pass (never changes
+    so masked parts are black). ``batch_size``: masked copies built at a time (never changes
     results). Costs ``n_masks * images + images`` forward passes without autograd.
     Returns ``Tensor[N, H, W]``.
     """
@@ -110,7 +117,7 @@ def drise(
             masks = draws.masks(used).to(x.device)[position.to(x.device)]
             row = row_of[chunk]
             masked = x[row.to(x.device)] * masks[:, None].to(x.dtype)
-            detections = check_detections(prepared.module(masked))
+            detections = check_detections(forward_copies(prepared.module, masked))
             weights = torch.stack(
                 [
                     detection_similarity(item, boxes[r], int(labels[r])).to(total.device)
