@@ -87,8 +87,8 @@ def run_noise_tunnel(
     """``compute`` (a method returning a `MethodResult`, called with ``**options``) through
     the noise tunnel ``kind`` (see the module docstring). ``batch_size``: noisy copies per
     call (default: see `chunk_size`, and on the CPU at most `cpu_pass_rows`; never changes
-    results). Per-row tensor extras are
-    averaged over the copies. Returns maps ``Tensor[N, H, W]`` and the clean output."""
+    results). Per-row tensor extras are averaged over the copies. Returns maps ``Tensor[N,
+    H, W]`` and the clean output."""
     if kind not in NOISE_TUNNELS:
         raise MethodError(
             f"unknown noise_tunnel {kind!r}; use one of {', '.join(NOISE_TUNNELS)} (or none)"
