@@ -193,11 +193,19 @@ def in_cpu_passes(images: torch.Tensor, targets: Targets | CopyTargets, run: Cal
     )
     if len(passes) < 2 or not splittable:
         return run(images, targets)
+    joined = _joined_passes(passes, lambda rows: run(images[rows], targets.subset(rows)))
+    return run(images, targets) if joined is None else joined
+
+
+def _joined_passes(passes: list[slice], run: Callable[[slice], tuple]) -> tuple | None:
+    """``run(rows)`` (a tuple of per-row results) for each slice of ``passes``, each result
+    joined over the passes in order (`_joined`); None as soon as a pass's results are not
+    rows of that pass (`_joinable`), for the caller to run the whole batch instead."""
     parts = []
     for rows in passes:
-        found = run(images[rows], targets.subset(rows))
+        found = run(rows)
         if not all(_joinable(t, rows.stop - rows.start) for t in found):
-            return run(images, targets)
+            return None
         parts.append(found)
     return tuple(_joined(list(pieces)) for pieces in zip(*parts, strict=True))
 
@@ -443,13 +451,8 @@ def forward_copies(module: nn.Module, copies: torch.Tensor) -> torch.Tensor | li
     passes = cpu_passes(copies)
     if len(passes) < 2:
         return _forward_laid_out(module, copies)
-    outputs = []
-    for rows in passes:
-        output = _forward_laid_out(module, copies[rows])
-        if not _joinable(output, rows.stop - rows.start):
-            return _forward_laid_out(module, copies)  # not one entry per copy: one pass
-        outputs.append(output)
-    return _joined(outputs)
+    joined = _joined_passes(passes, lambda rows: (_forward_laid_out(module, copies[rows]),))
+    return _forward_laid_out(module, copies) if joined is None else joined[0]
 
 
 def _forward_laid_out(module: nn.Module, copies: torch.Tensor) -> torch.Tensor:

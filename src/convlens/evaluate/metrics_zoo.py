@@ -595,8 +595,8 @@ def _explain_chunks(explain: Explain, images, targets, batch_size: int, model=No
     time; when ``model`` is on the CPU and so are ``images``, in even calls of at most
     `cpu_pass_rows` (`cpu_passes`: the cost per image rises with the batch there). Without
     a model (or with one elsewhere) ``explain`` may run anywhere: ``batch_size`` as given."""
-    module = model.module if isinstance(model, LoadedModel) else model
-    on_cpu = isinstance(module, nn.Module) and model_device(module).type == "cpu"
+    known = isinstance(model, (nn.Module, LoadedModel))
+    on_cpu = known and model_device(as_module(model)).type == "cpu"
     most = min(batch_size, cpu_pass_rows(images)) if on_cpu else batch_size
     out = [
         torch.as_tensor(explain(images[rows], targets[rows])).detach().float().cpu()

@@ -160,8 +160,9 @@ def cpu_pass_rows(images: torch.Tensor) -> int:
 
 def cpu_passes(images: torch.Tensor, most: int | None = None) -> list[slice]:
     """The row slices of ``images`` ``Tensor[N, C, H, W]``, in order, that run as separate
-    forward passes: at most ``most`` (default `cpu_pass_rows`) rows each, as even as
-    possible (9 rows at 224 px: 5 + 4, not 8 + 1). Even passes matter: on the CPU a row
+    forward passes: at most ``most`` (default `cpu_pass_rows`; given, ``images`` may be any
+    tensor, only its length is read) rows each, as even as possible (9 rows at 224 px:
+    5 + 4, not 8 + 1). Even passes matter: on the CPU a row
     computed alone can differ in the last bit from the same row in a batch, which would
     break the exact zeros of a perturbation method whose clean pass and copies are split
     alike, and a one-row pass reaches models that squeeze their output."""
