@@ -12,8 +12,8 @@ import convlens
 from convlens.attribution.common import prepare
 from convlens.attribution.lrp import input_relevance, lrp
 from convlens.errors import MethodError
-from convlens.layers.relevance import Composite
-from convlens.layers.relevance_rules import Rule
+from convlens.layers.relevance import Composite, relevance_rules
+from convlens.layers.relevance_rules import LinearOp, Rule, propagate
 
 
 def two_layers() -> nn.Module:
@@ -364,3 +364,124 @@ def test_the_relevance_at_a_layer_is_what_the_layers_above_hand_down(unchanged):
     # the top layer (epsilon) hands R_h = [4, -2.5] to the ReLU's output (see HAND)
     torch.testing.assert_close(extras["channel_relevance"], torch.tensor([[4.0, -2.5]]))
     torch.testing.assert_close(maps, lrp(net, images, 0, composite="epsilon"), rtol=0, atol=0)
+
+
+# --- the cheaper forms of the flat rule, the residual split and the rectified-input check
+
+
+def _conv_op(stride: int, padding: int, groups: int, weight: torch.Tensor) -> LinearOp:
+    def apply(x, w, b):
+        return nn.functional.conv2d(x, w, b, stride, padding, 1, groups)
+
+    def transpose(s, x, w):
+        with torch.enable_grad():
+            leaf = x.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(apply(leaf, w, None), leaf, s)
+        return grad
+
+    return LinearOp(apply, transpose, weight, None)
+
+
+def _flat_by_definition(op: LinearOp, x: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
+    ones_w, ones_x = torch.ones_like(op.weight), torch.ones_like(x)
+    z = op.apply(ones_x, ones_w, None)
+    return op.transpose(relevance / (z + 1e-6), ones_x, ones_w)
+
+
+@pytest.mark.parametrize("stride,padding,groups", [(1, 1, 1), (2, 3, 1), (2, 1, 2)])
+def test_flat_rule_equals_its_definition_at_the_borders_and_per_row(stride, padding, groups):
+    # the fast form sums the output relevance over channels and broadcasts one row of
+    # counts; at padded borders the counts differ by position, and a grouped layer must
+    # not be summed across groups
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 4, 9, 9, generator=gen)
+    op = _conv_op(stride, padding, groups, torch.randn(6, 4 // groups, 5, 5, generator=gen))
+    relevance = torch.randn_like(op.apply(x, op.weight, None))
+    got = propagate(Rule("flat"), op, x, None, relevance)
+    torch.testing.assert_close(got, _flat_by_definition(op, x, relevance), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(got[0], got[1])  # each row its own relevance
+
+
+def test_flat_rule_on_a_linear_layer_of_a_sequence_is_not_summed_over_positions():
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 3, 3, generator=gen)  # [N, positions, features]
+    weight = torch.randn(4, 3, generator=gen)
+    op = LinearOp(
+        lambda x, w, b: nn.functional.linear(x, w, b), lambda s, x, w: s @ w, weight, None
+    )
+    relevance = torch.randn(2, 3, 4, generator=gen)
+    got = propagate(Rule("flat"), op, x, None, relevance)
+    # each of the 3 inputs of a position gets that position's relevance sum / 3
+    want = (relevance.sum(-1, keepdim=True) / (3 + 1e-6)).expand(2, 3, 3)
+    torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_a_residual_sum_splits_relevance_by_contribution(inplace):
+    # R_a = a R / stab(a + b), stab(z) = z + 1e-6 sign(z) with sign(0) = +1; a retained
+    # graph gives the same split twice (the saved terms are not overwritten)
+    a = torch.tensor([[1.0, -3.0, 2.0, 0.0]], requires_grad=True)
+    b = torch.tensor([[3.0, 1.0, -2.0, 0.0]], requires_grad=True)
+    relevance = torch.tensor([[2.0, 4.0, 1.0, 5.0]])
+    with relevance_rules(nn.Identity(), "epsilon"):
+        total = a.clone().add_(b) if inplace else a + b
+    z = torch.tensor([4.0, -2.0, 0.0, 0.0])
+    stab = z + 1e-6 * torch.where(z >= 0, 1.0, -1.0)
+    for _ in range(2):
+        r_a, r_b = torch.autograd.grad(total, (a, b), relevance, retain_graph=True)
+        torch.testing.assert_close(r_a[0], a.detach()[0] * relevance[0] / stab)
+        torch.testing.assert_close(r_b[0], b.detach()[0] * relevance[0] / stab)
+    assert r_a[0, 2].item() == pytest.approx(2.0 * 1.0 / 1e-6)  # a + b = 0: stab = +1e-6
+
+
+class _Rectified(nn.Module):
+    """An activation, then ``after`` (``"none"``; ``"shift_"``: ``- 1`` in place;
+    ``"shift"``: ``- 1`` out of place; ``"copy"``: ``* 1``), then a convolution."""
+
+    def __init__(self, activation: nn.Module, after: str) -> None:
+        super().__init__()
+        torch.manual_seed(5)
+        self.activation, self.after = activation, after
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.activation(x)
+        if self.after == "shift_":
+            x = x.sub_(1.0)
+        elif self.after == "shift":
+            x = x * 1.0 - 1.0
+        elif self.after == "copy":
+            x = x * 1.0  # a new tensor: never taken for a rectifier's output
+        return self.fc(self.conv(x).mean((2, 3)))
+
+
+ACTIVATIONS = {
+    "relu_": lambda: nn.ReLU(inplace=True),
+    "relu6": nn.ReLU6,
+    "hardtanh": nn.Hardtanh,
+    "hardtanh01": lambda: nn.Hardtanh(0.0, 1.0),
+}
+
+
+@pytest.mark.parametrize(
+    "activation,after,reference",
+    [
+        ("relu_", "shift_", "shift"),  # changed in place after the rectifier
+        ("relu6", "shift_", "shift"),
+        ("hardtanh", "none", "copy"),  # outputs down to -1
+        ("relu_", "none", "copy"),  # rectified: skipping the (zero) negative part is exact
+        ("hardtanh01", "none", "copy"),
+    ],
+)
+def test_the_negative_part_is_skipped_only_for_inputs_known_nonnegative(
+    activation, after, reference
+):
+    # z-plus keeps its negative-input terms wherever the input may be negative: the same
+    # relevance as for the same values made by an operation that is never trusted
+    images = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(6)) * 3
+    composite = Composite({"conv": "zplus", "linear": "epsilon"})
+    make = ACTIVATIONS[activation]
+    got = lrp(_Rectified(make(), after).eval(), images, 1, composite=composite)
+    want = lrp(_Rectified(make(), reference).eval(), images, 1, composite=composite)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

@@ -138,12 +138,13 @@ class RelevanceSession:
 
 class _LinearRelevance(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, compute, op, rule, bounds, saved_slot):  # noqa: ANN001
+    def forward(ctx, x, compute, op, rule, bounds, saved_slot, nonnegative):  # noqa: ANN001
         out = compute()
         if needs_output(rule, op):
             saved_slot.append(_Saved(out.detach(), out._version))
         ctx.save_for_backward(x)
         ctx.op, ctx.rule, ctx.bounds, ctx.slot = op, rule, bounds, saved_slot
+        ctx.nonnegative = nonnegative
         return out
 
     @staticmethod
@@ -158,8 +159,8 @@ class _LinearRelevance(torch.autograd.Function):
                     "not know; relevance cannot be computed for this model"
                 )
             z = saved.z
-        r_in = propagate(ctx.rule, ctx.op, x.detach(), z, relevance, ctx.bounds)
-        return r_in, None, None, None, None, None
+        r_in = propagate(ctx.rule, ctx.op, x.detach(), z, relevance, ctx.bounds, ctx.nonnegative)
+        return r_in, None, None, None, None, None, None
 
 
 class _PassThrough(torch.autograd.Function):
@@ -190,9 +191,14 @@ class _SumRelevance(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, relevance):  # noqa: ANN001
+        # Two new tensors instead of seven (on the CPU a fresh large tensor costs about as
+        # much as the arithmetic that fills it); the saved terms stay as they are, since a
+        # retained graph runs this again.
         a, b = ctx.terms
-        s = relevance / stabilize(a + b, 1e-6)
-        return a * s, b * s, None, None
+        total = torch.add(a, b)
+        ratio = stabilize(total, 1e-6)
+        ratio = torch.div(relevance, ratio, out=ratio)
+        return torch.mul(a, ratio, out=total), ratio.mul_(b), None, None
 
 
 def _autograd_transpose(apply):  # noqa: ANN001, ANN202
@@ -288,6 +294,17 @@ _PRODUCTS = (
 _DIVIDES = (torch.div, torch.Tensor.div, torch.Tensor.__truediv__)
 
 
+_RECTIFIERS = (F.relu, torch.relu, torch.Tensor.relu, torch.relu_, torch.Tensor.relu_, F.relu6)
+_HARDTANHS = (F.hardtanh, torch._C._nn.hardtanh_)
+
+
+def _rectifies(func, args: tuple, kwargs: dict) -> bool:  # noqa: ANN001
+    """Whether the activation ``func(*args, **kwargs)`` has no negative output."""
+    if func in _RECTIFIERS:
+        return True
+    return func in _HARDTANHS and float(_arg(args, kwargs, 1, "min_val", -1.0)) >= 0
+
+
 def _traced(t: object) -> bool:
     return isinstance(t, torch.Tensor) and t.requires_grad and t.is_floating_point()
 
@@ -298,6 +315,8 @@ class _RelevanceMode(TorchFunctionMode):
         self.session, self.owners, self.bounds = session, owners, bounds
         self.last: tuple[torch.Tensor, torch.Tensor, LinearOp, Rule] | None = None
         self.slots: dict[int, tuple[torch.Tensor, list]] = {}
+        # outputs of rectifiers (and max pooling of them): (tensor, its version then)
+        self.nonnegatives: dict[int, tuple[torch.Tensor, int]] = {}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         kwargs = kwargs or {}
@@ -312,7 +331,14 @@ class _RelevanceMode(TorchFunctionMode):
         if func in _ACTIVATIONS:
             position, default = _ACTIVATIONS[func]
             inplace = bool(_arg(args, kwargs, position, "inplace", default))
-            return self._pass(args[0], lambda: func(*args, **kwargs), inplace)
+            out = self._pass(args[0], lambda: func(*args, **kwargs), inplace)
+            if _rectifies(func, args, kwargs):
+                self._mark_nonnegative(out)
+            return out
+        if func is F.max_pool2d and self._nonnegative(args[0]):
+            out = func(*args, **kwargs)
+            self._mark_nonnegative(out)
+            return out
         if func in _POOLS:
             return self._apply_rule(
                 args[0], func, args, kwargs, _pool_op(func, args, kwargs), Rule("epsilon")
@@ -348,6 +374,15 @@ class _RelevanceMode(TorchFunctionMode):
             return func(*args, **kwargs)
         return _PassThrough.apply(x, lambda: func(*args, **kwargs), False)
 
+    def _mark_nonnegative(self, tensor: object) -> None:
+        if isinstance(tensor, torch.Tensor):
+            self.nonnegatives[id(tensor)] = (tensor, tensor._version)
+
+    def _nonnegative(self, tensor: torch.Tensor) -> bool:
+        """Whether ``tensor`` is a rectifier's output not changed in place since."""
+        entry = self.nonnegatives.get(id(tensor))
+        return entry is not None and entry[0] is tensor and entry[1] == tensor._version
+
     def _protect(self, tensor: torch.Tensor) -> None:
         """Before ``tensor`` changes in place: the rule that divides by it keeps a copy."""
         entry = self.slots.get(id(tensor))
@@ -373,7 +408,8 @@ class _RelevanceMode(TorchFunctionMode):
         slot: list = []
         compute = compute or (lambda: func(*args, **kwargs))
         bounds = self.bounds if rule.name == "zbox" else None
-        out = _LinearRelevance.apply(x, compute, op, rule, bounds, slot)
+        nonnegative = self._nonnegative(x)
+        out = _LinearRelevance.apply(x, compute, op, rule, bounds, slot, nonnegative)
         if slot:  # only a rule that reads the output keeps it (and copies it before in-place)
             self.slots[id(out)] = (out, slot)
         return out

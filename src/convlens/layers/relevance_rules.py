@@ -95,22 +95,20 @@ class LinearOp:
 
 
 def stabilize(z: torch.Tensor, epsilon: float) -> torch.Tensor:
-    """``z + epsilon * sign(z)`` with ``sign(0) = +1``: never zero for ``epsilon > 0``."""
-    return z + torch.where(z >= 0, z.new_tensor(epsilon), z.new_tensor(-epsilon))
+    """``z + epsilon * sign(z)`` with ``sign(0) = +1`` (a new tensor): never zero for
+    ``epsilon > 0``. One allocation: on the CPU a fresh large tensor costs about as much as
+    the arithmetic that fills it."""
+    return torch.copysign(z.new_tensor(epsilon), z).add_(z)
 
 
 def _divide(relevance: torch.Tensor, z: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """``relevance / stab(z)`` (``z`` may broadcast); ``0 / 0 = 0`` for ``epsilon = 0``."""
     if epsilon > 0:
-        return relevance / stabilize(z, epsilon)
+        stabilized = stabilize(z, epsilon)
+        if stabilized.shape != relevance.shape:
+            return relevance / stabilized
+        return torch.div(relevance, stabilized, out=stabilized)
     return torch.where(z == 0, torch.zeros_like(relevance), relevance / z)
-
-
-def _divide_nonnegative(relevance: torch.Tensor, z: torch.Tensor, epsilon: float) -> torch.Tensor:
-    """`_divide` for a ``z >= 0`` that the caller owns (overwritten): ``stab(z) = z + eps``
-    there, so one in-place add and divide replace the sign test."""
-    if epsilon <= 0:
-        return _divide(relevance, z, epsilon)
-    return torch.div(relevance, z.add_(epsilon), out=z)
 
 
 def needs_output(rule: Rule, op: LinearOp) -> bool:
@@ -134,50 +132,61 @@ def propagate(
     z: torch.Tensor | None,
     relevance: torch.Tensor,
     bounds: tuple[torch.Tensor, torch.Tensor] | None = None,
+    nonnegative: bool = False,
 ) -> torch.Tensor:
     """Relevance ``Tensor`` shaped like ``x`` from the output relevance ``relevance`` (shaped
     like the layer output ``z``) under ``rule`` (see the module docstring). ``z`` may be None
     where `needs_output` is false. ``bounds``: ``(low, high)`` broadcastable to ``x``, for
-    z^B."""
+    z^B. ``nonnegative``: ``x`` is known to hold no negative value (a rectifier's output),
+    so the alpha-beta rules skip the check for a negative part."""
     p, name = rule.params, rule.name
     if name in ("epsilon", "zero"):
         return op.transpose(_divide(relevance, z, p.get("epsilon", 0.0)), x, op.weight).mul_(x)
     if op.weight is None:  # pooling: only epsilon-type rules apply to fixed weights
         return op.transpose(_divide(relevance, z, 1e-6), x, None).mul_(x)
     if name in ("zplus", "alpha1_beta0"):
-        return _alpha_beta(op, x, relevance, 1.0, 0.0, p["stabilizer"])
+        return _alpha_beta(op, x, relevance, 1.0, 0.0, p["stabilizer"], nonnegative)
     if name == "alpha2_beta1":
-        return _alpha_beta(op, x, relevance, 2.0, 1.0, p["stabilizer"])
+        return _alpha_beta(op, x, relevance, 2.0, 1.0, p["stabilizer"], nonnegative)
     if name == "alpha_beta":
-        return _alpha_beta(op, x, relevance, p["alpha"], p["beta"], p["stabilizer"])
+        return _alpha_beta(op, x, relevance, p["alpha"], p["beta"], p["stabilizer"], nonnegative)
     if name == "gamma":
         return _gamma(op, x, z, relevance, p["gamma"], p["stabilizer"])
-    if name in ("flat", "wsquare"):
-        weight = torch.ones_like(op.weight) if name == "flat" else op.weight.square()
-        ones = torch.ones_like(x)
-        s = _divide(relevance, op.apply(ones, weight, None), p["stabilizer"])
-        return op.transpose(s, ones, weight)
+    if name == "flat":
+        return _flat(op, x, relevance, p["stabilizer"])
+    if name == "wsquare":
+        weight = op.weight.square()
+        s = _divide(relevance, op.apply(_one_row(x), weight, None), p["stabilizer"])
+        return op.transpose(s, x, weight)
     if name == "zbox":
         return _zbox(op, x, relevance, bounds, p["stabilizer"])
     raise MethodError(f"unknown LRP rule {name!r}")
 
 
 def _alpha_beta(
-    op: LinearOp, x: torch.Tensor, relevance: torch.Tensor, alpha: float, beta: float, eps: float
+    op: LinearOp,
+    x: torch.Tensor,
+    relevance: torch.Tensor,
+    alpha: float,
+    beta: float,
+    eps: float,
+    nonnegative: bool,
 ) -> torch.Tensor:
     # Inputs after a rectifier have no negative part: skip its (zero) terms.
-    has_negative = bool(x.amin() < 0) if x.numel() else False
+    has_negative = not nonnegative and (bool(x.amin() < 0) if x.numel() else False)
     xp, xn = (x.clamp(min=0), x.clamp(max=0)) if has_negative else (x, None)
     both = alpha != 1 or beta != 0
     wp = _pos(op.weight)
     wn = _neg(op.weight) if has_negative or both else None
 
     def part(w_pos_in, w_neg_in, bias, positive: bool) -> torch.Tensor:  # noqa: ANN001
-        z = op.apply(xp, w_pos_in, bias)
+        # The positive part's terms are all >= 0 (x+ W+, x- W-, b+), so z >= 0 and
+        # stab(z) = z + eps: the layer adds eps with its bias, and z is divided in place.
+        shifted = positive and eps > 0
+        z = op.apply(xp, w_pos_in, _plus_epsilon(bias, w_pos_in, eps) if shifted else bias)
         if has_negative:
             z = z.add_(op.apply(xn, w_neg_in, None))
-        # The positive part's terms are all >= 0 (x+ W+, x- W-, b+), so z >= 0.
-        s = _divide_nonnegative(relevance, z, eps) if positive else _divide(relevance, z, eps)
+        s = torch.div(relevance, z, out=z) if shifted else _divide(relevance, z, eps)
         out = op.transpose(s, xp, w_pos_in).mul_(xp)
         if has_negative:
             out = out.add_(op.transpose(s, xn, w_neg_in).mul_(xn))
@@ -187,6 +196,32 @@ def _alpha_beta(
     if both:
         result = alpha * result - beta * part(wn, wp, _neg(op.bias), False)
     return result
+
+
+def _one_row(x: torch.Tensor) -> torch.Tensor:
+    """Ones shaped like one row of ``x``: the input of a rule whose denominator does not
+    depend on the input (flat, w-square), computed once and broadcast over the rows."""
+    return x.new_ones((1,) + x.shape[1:])
+
+
+def _flat(op: LinearOp, x: torch.Tensor, relevance: torch.Tensor, eps: float) -> torch.Tensor:
+    """The flat rule. With every weight one and no grouping, each output channel counts the
+    same input terms (``op(1, 1)`` is equal across output channels), so the output relevance
+    is summed over channels first and goes down through a one-channel layer of ones: the
+    same values as ``T(R / stab(op(1, 1)), 1)``, without a full-size layer of ones."""
+    weight = op.weight
+    channels_first = x.dim() == weight.dim() and weight.dim() in (2, 4)  # conv2d or linear
+    if not channels_first or weight.shape[1] != x.shape[1]:  # grouped: channels differ
+        ones = torch.ones_like(weight)
+        return op.transpose(_divide(relevance, op.apply(_one_row(x), ones, None), eps), x, ones)
+    ones = weight.new_ones((1,) + weight.shape[1:])
+    counts = op.apply(_one_row(x), ones, None)
+    return op.transpose(_divide(relevance.sum(1, keepdim=True), counts, eps), x, ones)
+
+
+def _plus_epsilon(bias: torch.Tensor | None, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """``bias + eps`` per output (``eps`` alone without a bias)."""
+    return weight.new_full(weight.shape[:1], eps) if bias is None else bias + eps
 
 
 def _gamma(
