@@ -12,6 +12,7 @@ import convlens
 from convlens.attribution.common import prepare
 from convlens.attribution.lrp import input_relevance, lrp
 from convlens.errors import MethodError
+from convlens.layers import relevance as relevance_module
 from convlens.layers.relevance import Composite, relevance_rules
 from convlens.layers.relevance_rules import LinearOp, Rule, propagate
 
@@ -485,3 +486,38 @@ def test_the_negative_part_is_skipped_only_for_inputs_known_nonnegative(
     got = lrp(_Rectified(make(), after).eval(), images, 1, composite=composite)
     want = lrp(_Rectified(make(), reference).eval(), images, 1, composite=composite)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+class _Pointwise(nn.Module):
+    """1x1 convolutions (with and without bias, BatchNorm folded), a 3x3 one between."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(8)
+        self.a = nn.Conv2d(3, 8, 1, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+        self.b = nn.Conv2d(8, 8, 3, padding=1)
+        self.c = nn.Conv2d(8, 6, 1)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn(self.a(x)))
+        x = torch.relu(self.c(torch.relu(self.b(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+@pytest.mark.parametrize("composite", ["epsilon_plus_flat", "epsilon_alpha2_beta1_flat"])
+def test_1x1_layers_as_matrix_products_give_the_convolutions_relevance(composite, monkeypatch):
+    # on the CPU the rule terms of a large 1x1 convolution run as matrix products
+    # (`PRODUCT_PIXELS`); forced on and off they give the same relevance
+    net = _Pointwise()
+    with torch.no_grad():
+        net.bn.running_mean.uniform_(-0.3, 0.3)
+        net.bn.running_var.uniform_(0.5, 2.0)
+    images = torch.randn(2, 3, 10, 10, generator=torch.Generator().manual_seed(9))
+    monkeypatch.setattr(relevance_module, "PRODUCT_PIXELS", 10**9)
+    by_convolution = lrp(net.eval(), images, 1, composite=composite)
+    monkeypatch.setattr(relevance_module, "PRODUCT_PIXELS", 1)
+    by_product = lrp(net.eval(), images, 1, composite=composite)
+    torch.testing.assert_close(by_product, by_convolution, rtol=1e-4, atol=1e-6)
+    assert by_product.abs().sum() > 0

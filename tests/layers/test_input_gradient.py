@@ -8,7 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from convlens.layers.input_gradient import fold_batch_norm_scales, input_gradients_only
+from convlens.layers.input_gradient import (
+    channel_product,
+    fold_batch_norm_scales,
+    input_gradients_only,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -179,3 +183,16 @@ def test_weights_computed_from_the_input_and_mixed_precision_stay_native():
     with input_gradients_only(), torch.autocast("cpu", dtype=torch.bfloat16):
         mixed = conv(x)
     assert "_InputGradient" not in type(mixed.grad_fn).__name__
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_channel_product_is_a_1x1_convolution_in_either_layout(channels_last, with_bias):
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(3, 5, 4, 6, generator=gen)
+    weight, bias = torch.randn(7, 5, 1, 1, generator=gen), torch.randn(7, generator=gen)
+    laid = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    got = channel_product(laid, weight.view(7, 5).t(), bias if with_bias else None)
+    want = F.conv2d(x, weight, bias if with_bias else None)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert got.is_contiguous(memory_format=torch.channels_last) == channels_last

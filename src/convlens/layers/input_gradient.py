@@ -9,7 +9,7 @@ same forward values and a backward that computes the input gradient alone:
   three times as long on CPU for a large map);
 - ``F.conv2d`` with numeric padding: the input gradient is the transposed convolution of
   ``grad`` with the same weight (``conv_transpose2d``); a 1x1 convolution with stride 1 and
-  no padding is one matrix product on the channels-last layout, which stays channels-last;
+  no padding is one matrix product in the layout the gradient comes in (`channel_product`);
 - ``F.pad`` with a constant and no cropping: the gradient's view without the padding (the
   native backward copies it).
 
@@ -70,8 +70,8 @@ class _InputGradientConv(torch.autograd.Function):
     def backward(ctx, grad):  # noqa: ANN001
         weight = _backward_weight(ctx)
         stride, padding, dilation, groups = ctx.geometry
-        if _is_pointwise(weight, stride, padding, groups):
-            gradient = _pointwise_input_gradient(grad, weight)
+        if is_pointwise(weight, stride, padding, groups):
+            gradient = channel_product(grad, weight.reshape(weight.shape[0], -1))
         else:
             extra = _output_padding(
                 ctx.input_size, grad.shape[-2:], weight, stride, padding, dilation
@@ -110,22 +110,37 @@ def _backward_weight(ctx) -> torch.Tensor:  # noqa: ANN001
     return ctx.scaled_weight
 
 
-def _is_pointwise(weight: torch.Tensor, stride, padding, groups: int) -> bool:  # noqa: ANN001
+def is_pointwise(weight: torch.Tensor, stride, padding, groups: int) -> bool:  # noqa: ANN001
+    """Whether a convolution is 1x1, stride 1, unpadded and ungrouped: a matrix product
+    over the channels at every pixel."""
     return (
-        weight.shape[-2:] == (1, 1)
+        weight.dim() == 4
+        and weight.shape[-2:] == (1, 1)
         and groups == 1
+        and not isinstance(padding, str)
         and as_pair(stride) == (1, 1)
         and as_pair(padding) == (0, 0)
     )
 
 
-def _pointwise_input_gradient(grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``Tensor[B, C_in, H, W]`` input gradient of a 1x1 convolution from ``grad``
-    ``Tensor[B, C_out, H, W]``: ``grad`` as rows of pixels times the weight
-    ``[C_out, C_in]``; channels-last in, channels-last out, no copies."""
-    batch, channels, height, width = grad.shape
-    rows = grad.permute(0, 2, 3, 1).reshape(-1, channels)
-    product = rows @ weight.reshape(channels, -1)
+def channel_product(
+    t: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``Tensor[B, K, H, W]`` with ``out[b, k, y, x] = sum_c t[b, c, y, x] matrix[c, k]``
+    (``+ bias[k]``) for ``t`` ``Tensor[B, C, H, W]``, in ``t``'s layout and without copying
+    it: a contiguous batch as ``matrix^T`` times each image's ``[C, H*W]``, a channels-last
+    one as its rows of pixels times ``matrix``; the bias added by the same product."""
+    batch, channels, height, width = t.shape
+    if t.is_contiguous():
+        images = t.view(batch, channels, height * width)
+        if bias is None:
+            product = torch.matmul(matrix.t(), images)
+        else:
+            weights = matrix.t().expand(batch, -1, -1)
+            product = torch.baddbmm(bias.view(1, -1, 1), weights, images)
+        return product.view(batch, -1, height, width)
+    rows = t.permute(0, 2, 3, 1).reshape(-1, channels)
+    product = rows @ matrix if bias is None else torch.addmm(bias, rows, matrix)
     return product.view(batch, height, width, -1).permute(0, 3, 1, 2)
 
 
