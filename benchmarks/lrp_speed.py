@@ -3,7 +3,8 @@ through the same `explain`) and against zennit's same composite, in one run.
 
 Run: ``python benchmarks/lrp_speed.py [--arch resnet50] [--composite epsilon_plus_flat]
 [--batch 8] [--size 224] [--runs 3]``. The torchvision network has seeded random weights
-(no download). Each case is run once to warm up at the full size, then the cases are
+(no download); ``--arch default`` takes convlens's embedded EfficientNet-Lite0 instead (no
+zennit case: zennit has no canonizer for it). Each case is run once to warm up at the full size, then the cases are
 timed in turn for ``--runs`` rounds; the median and each round's ratio to saliency are
 reported with the 1-minute load average before and after (the machine may be shared).
 Targets (issue 21): LRP <= 1.3x forward + input gradient, and no slower than zennit.
@@ -78,7 +79,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     torch.manual_seed(0)
-    model = getattr(torchvision.models, args.arch)(weights=None).eval()
+    if args.arch == "default":  # the embedded EfficientNet-Lite0: zennit has no canonizer
+        model = convlens.load_model().module.eval()
+    else:
+        model = getattr(torchvision.models, args.arch)(weights=None).eval()
     images = torch.randn(args.batch, 3, args.size, args.size)
     classes = list(range(args.batch))
     load_before = os.getloadavg()[0]
@@ -88,8 +92,11 @@ def main() -> None:
         f"convlens lrp {args.composite}": lambda: convlens.explain(
             model, images, method="lrp", target=classes, composite=args.composite
         ),
-        f"zennit {args.composite}": zennit_call(model, images, classes, args.composite, args.arch),
     }
+    if args.arch != "default":
+        cases[f"zennit {args.composite}"] = zennit_call(
+            model, images, classes, args.composite, args.arch
+        )
     times = interleaved_seconds(cases, args.runs)
     load_after = os.getloadavg()[0]
     base = times[base_name]
