@@ -125,13 +125,17 @@ def test_relevance_is_conserved_through_bn_residual_gate_and_pooling(unchanged):
     torch.testing.assert_close(maps.sum((1, 2)), logits, rtol=1e-4, atol=1e-5)
 
 
-def test_batchnorm_is_folded_into_the_convolution():
+@pytest.mark.parametrize("negative_scales", [False, True])
+def test_batchnorm_is_folded_into_the_convolution(negative_scales):
     # z-plus on the folded weights differs from z-plus on the raw ones: compare with a
-    # network whose convolution already holds the folded weights
+    # network whose convolution already holds the folded weights (a negative BatchNorm
+    # scale turns negative weights into positive ones: W+ of the fold is not W+ folded)
     net = residual_gated()
     with torch.no_grad():
         net.bn.running_mean.uniform_(-0.3, 0.3)
         net.bn.bias.uniform_(-0.2, 0.2)
+        if negative_scales:
+            net.bn.weight[::2] *= -1
     folded = residual_gated()
     bn = net.bn
     scale = bn.weight / (bn.running_var + bn.eps).sqrt()

@@ -445,10 +445,7 @@ class _RelevanceMode(TorchFunctionMode):
             scale = scale * given["weight"]
         shift = -mean * scale + (given["bias"] if given.get("bias") is not None else 0)
         bias = shift if op.bias is None else op.bias * scale + shift
-        shape = (-1,) + (1,) * (op.weight.dim() - 1)
-        folded = LinearOp(
-            op.apply, op.transpose, (op.weight * scale.view(shape)).detach(), bias.detach()
-        )
+        folded = LinearOp(op.apply, op.transpose, op.stored.detach(), bias.detach(), scale.detach())
         self.session.folded += 1
         out = self._apply_rule(x, func, args, kwargs, folded, rule, compute)
         self.last = None

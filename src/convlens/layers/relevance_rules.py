@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 
@@ -86,12 +87,40 @@ def as_rule(rule: Rule | str) -> Rule:
 @dataclass(frozen=True)
 class LinearOp:
     """One evaluated linear layer: ``apply(x, weight, bias)`` recomputes it with other
-    weights (``weight`` None for pooling), ``transpose(s, x, weight)`` is ``T(s, weight)``."""
+    weights, ``transpose(s, x, weight)`` is ``T(s, weight)``. Its weight is ``stored``
+    (None for pooling), times ``scale`` per output channel where a BatchNorm was folded in:
+    made when a rule first asks for it, so a rule that needs only its positive part
+    (z-plus) never holds the folded weight itself."""
 
     apply: Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor | None], torch.Tensor]
     transpose: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
-    weight: torch.Tensor | None
+    stored: torch.Tensor | None
     bias: torch.Tensor | None
+    scale: torch.Tensor | None = None
+
+    @cached_property
+    def weight(self) -> torch.Tensor | None:
+        """The layer's weight (folded BatchNorm included); None for pooling."""
+        if self.stored is None or self.scale is None:
+            return self.stored
+        return self.stored * self._scale_per_output()
+
+    def positive_weight(self) -> torch.Tensor:
+        """``max(weight, 0)``, in one new tensor."""
+        return self._part_of_weight().clamp_(min=0)
+
+    def negative_weight(self) -> torch.Tensor:
+        """``min(weight, 0)``, in one new tensor."""
+        return self._part_of_weight().clamp_(max=0)
+
+    def _part_of_weight(self) -> torch.Tensor:
+        """A new tensor holding the weight, to be clamped in place."""
+        if self.scale is None or "weight" in self.__dict__:
+            return self.weight.clone()
+        return self.stored * self._scale_per_output()
+
+    def _scale_per_output(self) -> torch.Tensor:
+        return self.scale.view((-1,) + (1,) * (self.stored.dim() - 1))
 
 
 def stabilize(z: torch.Tensor, epsilon: float) -> torch.Tensor:
@@ -114,7 +143,7 @@ def _divide(relevance: torch.Tensor, z: torch.Tensor, epsilon: float) -> torch.T
 def needs_output(rule: Rule, op: LinearOp) -> bool:
     """Whether `propagate` reads the layer output ``z`` for ``rule`` (epsilon-type rules and
     pooling divide by it, gamma gates by its sign); the other rules recompute what they need."""
-    return rule.name in ("epsilon", "zero", "gamma") or op.weight is None
+    return rule.name in ("epsilon", "zero", "gamma") or op.stored is None
 
 
 def _pos(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -142,7 +171,7 @@ def propagate(
     p, name = rule.params, rule.name
     if name in ("epsilon", "zero"):
         return op.transpose(_divide(relevance, z, p.get("epsilon", 0.0)), x, op.weight).mul_(x)
-    if op.weight is None:  # pooling: only epsilon-type rules apply to fixed weights
+    if op.stored is None:  # pooling: only epsilon-type rules apply to fixed weights
         return op.transpose(_divide(relevance, z, 1e-6), x, None).mul_(x)
     if name in ("zplus", "alpha1_beta0"):
         return _alpha_beta(op, x, relevance, 1.0, 0.0, p["stabilizer"], nonnegative)
@@ -176,8 +205,8 @@ def _alpha_beta(
     has_negative = not nonnegative and (bool(x.amin() < 0) if x.numel() else False)
     xp, xn = (x.clamp(min=0), x.clamp(max=0)) if has_negative else (x, None)
     both = alpha != 1 or beta != 0
-    wp = _pos(op.weight)
-    wn = _neg(op.weight) if has_negative or both else None
+    wp = op.positive_weight()
+    wn = op.negative_weight() if has_negative or both else None
 
     def part(w_pos_in, w_neg_in, bias, positive: bool) -> torch.Tensor:  # noqa: ANN001
         # The positive part's terms are all >= 0 (x+ W+, x- W-, b+), so z >= 0 and
@@ -209,7 +238,7 @@ def _flat(op: LinearOp, x: torch.Tensor, relevance: torch.Tensor, eps: float) ->
     same input terms (``op(1, 1)`` is equal across output channels), so the output relevance
     is summed over channels first and goes down through a one-channel layer of ones: the
     same values as ``T(R / stab(op(1, 1)), 1)``, without a full-size layer of ones."""
-    weight = op.weight
+    weight = op.stored  # only its shape: every weight of the flat rule is one
     channels_first = x.dim() == weight.dim() and weight.dim() in (2, 4)  # conv2d or linear
     if not channels_first or weight.shape[1] != x.shape[1]:  # grouped: channels differ
         ones = torch.ones_like(weight)
@@ -258,7 +287,7 @@ def _zbox(
     if bounds is None:
         raise MethodError("the z^B rule needs input bounds (the model's preprocessing)")
     low, high = (bound.to(x).expand_as(x) for bound in bounds)
-    wp, wn = op.weight.clamp(min=0), op.weight.clamp(max=0)
+    wp, wn = op.positive_weight(), op.negative_weight()
     z = op.apply(x, op.weight, None) - op.apply(low, wp, None) - op.apply(high, wn, None)
     s = _divide(relevance, z, eps)
     return (
