@@ -5,8 +5,9 @@ Run: ``python benchmarks/lrp_speed.py [--arch resnet50] [--composite epsilon_plu
 [--batch 8] [--size 224] [--runs 3]``. The torchvision network has seeded random weights
 (no download); ``--arch default`` takes convlens's embedded EfficientNet-Lite0 instead (no
 zennit case: zennit has no canonizer for it). Each case is run once to warm up at the full
-size, then the cases are timed in turn for ``--runs`` rounds; the median and each round's ratio to saliency are
-reported with the 1-minute load average before and after (the machine may be shared).
+size, then the cases are timed in turn for ``--runs`` rounds; the median and each round's
+ratio to saliency are reported with the 1-minute load average before and after (the
+machine may be shared).
 Targets (issue 21): LRP <= 1.3x forward + input gradient, and no slower than zennit.
 zennit's canonizer for the architecture (VGG or ResNet) is applied on its side, as
 convlens applies its own canonizers.
