@@ -461,11 +461,29 @@ class _Rectified(nn.Module):
         return self.fc(self.conv(x).mean((2, 3)))
 
 
+class _ViewShifted(nn.Module):
+    """relu, max pooling, then ``- 2`` in place on a view of one channel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.max_pool2d(torch.relu(x), 2)
+        x[:, 0].sub_(2.0)
+        return x
+
+
+class _PositionalHardtanh(nn.Module):
+    """``F.hardtanh(x, -1.0, 1.0, True)``: bounds given by position, in place."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.hardtanh(x * 1.0, -1.0, 1.0, True)
+
+
 ACTIVATIONS = {
     "relu_": lambda: nn.ReLU(inplace=True),
     "relu6": nn.ReLU6,
     "hardtanh": nn.Hardtanh,
     "hardtanh01": lambda: nn.Hardtanh(0.0, 1.0),
+    "view_shifted": _ViewShifted,
+    "positional_hardtanh": _PositionalHardtanh,
 }
 
 
@@ -477,6 +495,8 @@ ACTIVATIONS = {
         ("hardtanh", "none", "copy"),  # outputs down to -1
         ("relu_", "none", "copy"),  # rectified: skipping the (zero) negative part is exact
         ("hardtanh01", "none", "copy"),
+        ("view_shifted", "none", "copy"),  # a view changed in place after max pooling
+        ("positional_hardtanh", "none", "copy"),
     ],
 )
 def test_the_negative_part_is_skipped_only_for_inputs_known_nonnegative(
@@ -525,3 +545,28 @@ def test_1x1_layers_as_matrix_products_give_the_convolutions_relevance(composite
     by_product = lrp(net.eval(), images, 1, composite=composite)
     torch.testing.assert_close(by_product, by_convolution, rtol=1e-4, atol=1e-6)
     assert by_product.abs().sum() > 0
+
+
+class _PerVector(nn.Module):
+    """A linear layer applied to one vector at a time (``Tensor[F]`` inputs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(10)
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.fc(v) for v in self.conv(x).mean((2, 3))])
+
+
+@pytest.mark.parametrize("rule", ["flat", "wsquare"])
+def test_flat_and_wsquare_on_a_linear_layer_of_single_vectors(rule):
+    # no row dimension to compute the counts on once: each vector is its own row
+    net = _PerVector().eval()
+    images = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(11))
+    composite = Composite({"linear": rule, "conv": "epsilon"})
+    got = lrp(net, images, 1, composite=composite)
+    per_image = [lrp(net, images[i : i + 1], 1, composite=composite)[0] for i in range(2)]
+    torch.testing.assert_close(got, torch.stack(per_image), rtol=1e-4, atol=1e-4)
+    assert torch.isfinite(got).all() and got.abs().sum() > 0

@@ -25,6 +25,7 @@ Relevance is conserved by the epsilon, zero, z-plus and flat rules up to what bi
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -333,7 +334,7 @@ class _RelevanceMode(TorchFunctionMode):
         self.last: tuple[torch.Tensor, torch.Tensor, LinearOp, Rule] | None = None
         self.slots: dict[int, tuple[torch.Tensor, list]] = {}
         # outputs of rectifiers (and max pooling of them): (tensor, its version then)
-        self.nonnegatives: dict[int, tuple[torch.Tensor, int]] = {}
+        self.nonnegatives: dict[int, tuple[weakref.ref, int]] = {}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         kwargs = kwargs or {}
@@ -393,12 +394,14 @@ class _RelevanceMode(TorchFunctionMode):
 
     def _mark_nonnegative(self, tensor: object) -> None:
         if isinstance(tensor, torch.Tensor):
-            self.nonnegatives[id(tensor)] = (tensor, tensor._version)
+            self.nonnegatives[id(tensor)] = (weakref.ref(tensor), tensor._version)
 
     def _nonnegative(self, tensor: torch.Tensor) -> bool:
-        """Whether ``tensor`` is a rectifier's output not changed in place since."""
+        """Whether ``tensor`` is a rectifier's output not changed in place since (by an
+        operation that counts versions: a write through ``.data`` or a NumPy view is not
+        seen, and would let z-plus skip a negative part that is there)."""
         entry = self.nonnegatives.get(id(tensor))
-        return entry is not None and entry[0] is tensor and entry[1] == tensor._version
+        return entry is not None and entry[0]() is tensor and entry[1] == tensor._version
 
     def _protect(self, tensor: torch.Tensor) -> None:
         """Before ``tensor`` changes in place: the rule that divides by it keeps a copy."""

@@ -125,8 +125,9 @@ class LinearOp:
 
 def stabilize(z: torch.Tensor, epsilon: float) -> torch.Tensor:
     """``z + epsilon * sign(z)`` with ``sign(0) = +1`` (a new tensor): never zero for
-    ``epsilon > 0``. One allocation: on the CPU a fresh large tensor costs about as much as
-    the arithmetic that fills it."""
+    ``epsilon > 0``. A negative zero counts as negative (``copysign``): it comes only from
+    terms that are all zero, whose shares of relevance are zero either way. One allocation:
+    on the CPU a fresh large tensor costs about as much as the arithmetic that fills it."""
     return torch.copysign(z.new_tensor(epsilon), z).add_(z)
 
 
@@ -229,8 +230,9 @@ def _alpha_beta(
 
 def _one_row(x: torch.Tensor) -> torch.Tensor:
     """Ones shaped like one row of ``x``: the input of a rule whose denominator does not
-    depend on the input (flat, w-square), computed once and broadcast over the rows."""
-    return x.new_ones((1,) + x.shape[1:])
+    depend on the input (flat, w-square), computed once and broadcast over the rows; all of
+    ``x`` where it has no row dimension (a linear layer applied to one vector)."""
+    return x.new_ones((1,) + x.shape[1:]) if x.dim() > 1 else torch.ones_like(x)
 
 
 def _flat(op: LinearOp, x: torch.Tensor, relevance: torch.Tensor, eps: float) -> torch.Tensor:
