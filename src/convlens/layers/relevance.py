@@ -48,6 +48,7 @@ from convlens.layers.relevance_rules import (
     propagate,
     stabilize,
 )
+from convlens.layers.rules import is_rectifier
 
 _KINDS = ("first", "conv", "linear")
 
@@ -312,17 +313,6 @@ _PRODUCTS = (
 _DIVIDES = (torch.div, torch.Tensor.div, torch.Tensor.__truediv__)
 
 
-_RECTIFIERS = (F.relu, torch.relu, torch.Tensor.relu, torch.relu_, torch.Tensor.relu_, F.relu6)
-_HARDTANHS = (F.hardtanh, torch._C._nn.hardtanh_)
-
-
-def _rectifies(func, args: tuple, kwargs: dict) -> bool:  # noqa: ANN001
-    """Whether the activation ``func(*args, **kwargs)`` has no negative output."""
-    if func in _RECTIFIERS:
-        return True
-    return func in _HARDTANHS and float(_arg(args, kwargs, 1, "min_val", -1.0)) >= 0
-
-
 def _traced(t: object) -> bool:
     return isinstance(t, torch.Tensor) and t.requires_grad and t.is_floating_point()
 
@@ -350,7 +340,7 @@ class _RelevanceMode(TorchFunctionMode):
             position, default = _ACTIVATIONS[func]
             inplace = bool(_arg(args, kwargs, position, "inplace", default))
             out = self._pass(args[0], lambda: func(*args, **kwargs), inplace)
-            if _rectifies(func, args, kwargs):
+            if is_rectifier(func, args, kwargs):
                 self._mark_nonnegative(out)
             return out
         if func is F.max_pool2d and self._nonnegative(args[0]):

@@ -123,6 +123,13 @@ _RECTIFIERS = {
 }
 
 
+def is_rectifier(func, args: tuple, kwargs: dict) -> bool:  # noqa: ANN001
+    """Whether ``func(*args, **kwargs)`` is a rectifier call (`_RECTIFIERS`: ReLU, ReLU6,
+    hardtanh from 0): its output is never negative."""
+    entry = _RECTIFIERS.get(func)
+    return entry is not None and entry[0](args, kwargs, entry[1]) is not None
+
+
 @dataclass
 class RuleSession:
     """What a `backward_rule` block did: ``calls`` counts rectifier calls that got the rule."""
