@@ -95,6 +95,9 @@ def test_convolution_input_gradient_equals_native(conv, shape, channels_last, un
     cheap, got, want = _cheap_and_native(conv, x, generator, unchanged)
     assert type(cheap.grad_fn).__name__ == "_InputGradientConvBackward"
     assert got.shape == x.shape
+    # in the input's layout though the upstream gradient is contiguous (a one-hot seed is):
+    # a scan's backward pass stays channels-last through every layer below the unit
+    assert got.is_contiguous(memory_format=torch.channels_last) == channels_last
     # the same sums in another order (transposed convolution or one matrix product)
     assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
 

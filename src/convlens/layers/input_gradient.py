@@ -63,6 +63,7 @@ class _InputGradientConv(torch.autograd.Function):
         ctx.save_for_backward(weight)
         ctx.geometry = (stride, padding, dilation, groups)
         ctx.input_size = tuple(x.shape[-2:])
+        ctx.channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
         ctx.scale, ctx.scaled_weight = None, None
         return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
 
@@ -70,6 +71,10 @@ class _InputGradientConv(torch.autograd.Function):
     def backward(ctx, grad):  # noqa: ANN001
         weight = _backward_weight(ctx)
         stride, padding, dilation, groups = ctx.geometry
+        if ctx.channels_last:
+            # the input's layout: a seed made contiguous (a one-hot unit) would otherwise
+            # take every layer below it out of channels-last, about 1.4x slower on CPU
+            grad = grad.contiguous(memory_format=torch.channels_last)
         if is_pointwise(weight, stride, padding, groups):
             gradient = channel_product(grad, weight.reshape(weight.shape[0], -1))
         else:
