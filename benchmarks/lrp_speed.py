@@ -1,13 +1,15 @@
 """Time of LRP through `convlens.explain` against a forward pass + input gradient (saliency
-through the same `explain`) and against zennit's same composite, in one run.
+through the same `explain`, and the same with plain autograd and nothing of convlens
+around it) and against zennit's same composite, in one run.
 
 Run: ``python benchmarks/lrp_speed.py [--arch resnet50] [--composite epsilon_plus_flat]
 [--batch 8] [--size 224] [--runs 3]``. The torchvision network has seeded random weights
 (no download); ``--arch default`` takes convlens's embedded EfficientNet-Lite0 instead (no
 zennit case: zennit has no canonizer for it). Each case is run once to warm up at the full
 size, then the cases are timed in turn for ``--runs`` rounds; the median and each round's
-ratio to saliency are reported with the 1-minute load average before and after (the
-machine may be shared).
+ratio to saliency are reported, then each case's median per-round ratio to the plain
+forward + input gradient, with the 1-minute load average before and after (the machine
+may be shared).
 Targets (issue 21): LRP <= 1.3x forward + input gradient, and no slower than zennit.
 zennit's canonizer for the architecture (VGG or ResNet) is applied on its side, as
 convlens applies its own canonizers.
@@ -71,6 +73,21 @@ def zennit_call(model, images, classes, composite_name: str, arch: str):
     return run
 
 
+def plain_gradient_call(model, images, classes):
+    """A function running the model forward and taking the input gradient of the target
+    logits with plain autograd: the issue's "forward + input gradient", with nothing of
+    convlens around it."""
+    rows = torch.arange(len(images))
+
+    def run() -> torch.Tensor:
+        inputs = images.clone().requires_grad_(True)
+        with torch.enable_grad():
+            (gradient,) = torch.autograd.grad(model(inputs)[rows, classes].sum(), inputs)
+        return gradient
+
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="resnet50")
@@ -87,9 +104,10 @@ def main() -> None:
     images = torch.randn(args.batch, 3, args.size, args.size)
     classes = list(range(args.batch))
     load_before = os.getloadavg()[0]
-    base_name = "forward + input gradient (saliency)"
+    base_name, plain_name = "forward + input gradient (saliency)", "plain forward + input gradient"
     cases = {
         base_name: lambda: convlens.explain(model, images, method="saliency", target=classes),
+        plain_name: plain_gradient_call(model, images, classes),
         f"convlens lrp {args.composite}": lambda: convlens.explain(
             model, images, method="lrp", target=classes, composite=args.composite
         ),
@@ -113,6 +131,11 @@ def main() -> None:
             f"{statistics.median(seconds) / statistics.median(base):9.2f}x  "
             f"{' '.join(f'{r:.2f}' for r in ratios)} ({statistics.median(ratios):.2f})"
         )
+    plain = times[plain_name]
+    print("  median per-round ratio to the plain forward + input gradient:")
+    for name, seconds in times.items():
+        ratios = [t / b for t, b in zip(seconds, plain, strict=True)]
+        print(f"  {name:40s} {statistics.median(ratios):.2f}x")
 
 
 if __name__ == "__main__":
