@@ -12,7 +12,7 @@ import convlens
 from convlens.attribution.common import prepare
 from convlens.attribution.lrp import input_relevance, lrp
 from convlens.errors import MethodError
-from convlens.layers import relevance as relevance_module
+from convlens.layers import input_gradient as input_gradient_module
 from convlens.layers.relevance import Composite, relevance_rules
 from convlens.layers.relevance_rules import LinearOp, Rule, propagate
 
@@ -539,9 +539,9 @@ def test_1x1_layers_as_matrix_products_give_the_convolutions_relevance(composite
         net.bn.running_mean.uniform_(-0.3, 0.3)
         net.bn.running_var.uniform_(0.5, 2.0)
     images = torch.randn(2, 3, 10, 10, generator=torch.Generator().manual_seed(9))
-    monkeypatch.setattr(relevance_module, "PRODUCT_PIXELS", 10**9)
+    monkeypatch.setattr(input_gradient_module, "PRODUCT_PIXELS", 10**9)
     by_convolution = lrp(net.eval(), images, 1, composite=composite)
-    monkeypatch.setattr(relevance_module, "PRODUCT_PIXELS", 1)
+    monkeypatch.setattr(input_gradient_module, "PRODUCT_PIXELS", 1)
     by_product = lrp(net.eval(), images, 1, composite=composite)
     torch.testing.assert_close(by_product, by_convolution, rtol=1e-4, atol=1e-6)
     assert by_product.abs().sum() > 0

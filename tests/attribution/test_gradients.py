@@ -180,3 +180,55 @@ def test_hygiene_train_mode_frozen_and_after_exception(method, unchanged):
         got = got[0] if isinstance(got, tuple) else got
         torch.testing.assert_close(got, reference[0] if isinstance(reference, tuple) else reference)
     assert model.training and model.drop.training
+
+
+class NormNet(nn.Module):
+    """Every path of the input-gradient-only backward that explain's gradient methods take
+    (`convlens.layers.input_gradient`): eval batch norms with negative scales, a 1x1
+    convolution on a map at or above `PRODUCT_PIXELS` (a matrix product) and one below it
+    (the transposed convolution), a strided padded 3x3 convolution, constant padding, a
+    residual sum."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(5)
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.wide = nn.Conv2d(8, 8, 1)  # 30 x 30 map: the matrix product
+        self.bn2 = nn.BatchNorm2d(8)
+        self.down = nn.Conv2d(8, 6, 3, stride=2, padding=1)
+        self.narrow = nn.Conv2d(6, 6, 1, bias=False)  # 15 x 15: the transposed convolution
+        self.bn3 = nn.BatchNorm2d(6)
+        self.head = nn.Linear(6, 4)
+        for norm in (self.bn1, self.bn2, self.bn3):
+            count = norm.num_features
+            norm.running_mean.copy_(torch.randn(count, generator=generator))
+            norm.running_var.copy_(torch.rand(count, generator=generator) + 0.5)
+            norm.weight.data.copy_(torch.randn(count, generator=generator))  # some negative
+            norm.bias.data.copy_(torch.randn(count, generator=generator))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.bn1(self.stem(nn.functional.pad(x, (1, 1, 1, 1), value=0.5))))
+        h = torch.relu(self.bn2(self.wide(h)) + h)
+        h = torch.relu(self.down(h))
+        h = torch.relu(self.bn3(self.narrow(h)))
+        return self.head(h.mean((2, 3)))
+
+
+@pytest.mark.parametrize("rows", ["distinct", "shared"])
+def test_input_gradient_equals_native_autograd_on_batch_norm_networks(rows, unchanged):
+    # explain's gradient methods run the forward pass inside `input_gradients_only`; the
+    # gradient must be the native one, for distinct rows and for rows sharing a forward pass
+    model = NormNet().eval()
+    torch.manual_seed(6)
+    images = torch.randn(3, 3, 28, 28)
+    if rows == "shared":  # one image explained for four classes: one forward pass
+        images = images[[0, 0, 0, 0]]
+    targets = [1, 3, 0, 2][: len(images)]
+    leaf = images.clone().requires_grad_(True)
+    scores = model(leaf)[torch.arange(len(images)), targets]
+    (native,) = torch.autograd.grad(scores.sum(), leaf)
+    with unchanged(model, images):
+        ixg = input_x_gradient(model, images, targets)
+    torch.testing.assert_close(ixg, (images * native).sum(1), rtol=1e-5, atol=1e-6)
+    assert ixg.abs().amax() > 0

@@ -16,6 +16,7 @@ from convlens.errors import ConvlensError, LayerError, MethodError, TargetError
 from convlens.layers.borrow import borrowed_model, require_autograd
 from convlens.layers.capture import capture
 from convlens.layers.find import LayerSpec, default_cam_layer, resolve_layer_names
+from convlens.layers.input_gradient import input_gradients_only
 from convlens.models.devices import (
     CPU_PASS_PIXELS,
     cpu_fast_layout,
@@ -145,9 +146,13 @@ def input_gradient(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradient of each row's target score w.r.t. its input: ``(Tensor[N, C, H, W], output)``.
 
-    Only the input gradient is computed (no parameter ``.grad``). Rows are independent, so
-    the gradient of the summed scores is each row's own gradient. ``targets``: `Targets`
-    for the explained rows themselves, `CopyTargets` for copies of them (noisy, path points).
+    Only the input gradient is computed (no parameter ``.grad``): the forward pass runs in
+    `input_gradients_only` (eval batch norms, convolutions and constant padding get an
+    input-gradient-only backward; the native gradient within float rounding, about a
+    tenth to a fifth less time on CPU for ResNet-50 and EfficientNet-Lite0). Rows are
+    independent, so the gradient of the summed scores is each row's own gradient.
+    ``targets``: `Targets` for the explained rows themselves, `CopyTargets` for copies of
+    them (noisy, path points).
     Rows holding the same input (`SharedRows`: a grid explained once per cell) share one
     forward pass, and each row's gradient comes from its own backward pass (one pass per
     row of the largest group, each covering one row of every group): the same gradients as
@@ -168,7 +173,8 @@ def _input_gradient_pass(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     inputs = images.detach().clone().requires_grad_(True)
     with torch.enable_grad():
-        output = module(inputs)
+        with input_gradients_only():
+            output = module(inputs)
         scores = targets.score(output)
         (gradient,) = torch.autograd.grad(scores.sum(), inputs)
     return gradient, detach_output(output)
@@ -233,7 +239,8 @@ def _shared_input_gradient(
     group = shared.group.to(images.device)
     inputs = images.detach()[shared.first.to(images.device)].clone().requires_grad_(True)
     with torch.enable_grad():
-        output = module(inputs)
+        with input_gradients_only():
+            output = module(inputs)
         if not isinstance(output, torch.Tensor):
             return None
         return per_row_gradients(output, targets, inputs, shared), detach_output(output)[group]

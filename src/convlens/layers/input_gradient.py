@@ -1,5 +1,6 @@
-"""Cheaper backward passes for when only the input gradient is asked for (a scan's
-projections: one forward pass per image, then one backward pass per unit through it).
+"""Cheaper backward passes for when only the input gradient is asked for (the gradient
+methods of `convlens.explain`; a scan's projections: one forward pass per image, then one
+backward pass per unit through it).
 
 Inside `input_gradients_only`, three kinds of call get a custom autograd function with the
 same forward values and a backward that computes the input gradient alone:
@@ -9,7 +10,9 @@ same forward values and a backward that computes the input gradient alone:
   three times as long on CPU for a large map);
 - ``F.conv2d`` with numeric padding: the input gradient is the transposed convolution of
   ``grad`` with the same weight (``conv_transpose2d``); a 1x1 convolution with stride 1 and
-  no padding is one matrix product in the layout the gradient comes in (`channel_product`);
+  no padding is one matrix product (`channel_product`) on a channels-last input, and on a
+  contiguous one where that pays (`product_pays`); the gradient comes back in the
+  input's layout;
 - ``F.pad`` with a constant and no cropping: the gradient's view without the padding (the
   native backward copies it).
 
@@ -75,7 +78,10 @@ class _InputGradientConv(torch.autograd.Function):
             # the input's layout: a seed made contiguous (a one-hot unit) would otherwise
             # take every layer below it out of channels-last, about 1.4x slower on CPU
             grad = grad.contiguous(memory_format=torch.channels_last)
-        if is_pointwise(weight, stride, padding, groups):
+        # channels-last rows (the scan's batches of one image): the product at any size
+        if is_pointwise(weight, stride, padding, groups) and (
+            ctx.channels_last or product_pays(grad)
+        ):
             gradient = channel_product(grad, weight.reshape(weight.shape[0], -1))
         else:
             extra = _output_padding(
@@ -128,6 +134,19 @@ def is_pointwise(weight: torch.Tensor, stride, padding, groups: int) -> bool:  #
     )
 
 
+# Pixels of a map from which a 1x1 convolution's input gradient (or an LRP rule's terms)
+# runs faster as a matrix product than through oneDNN on the CPU for a contiguous batch
+# (ResNet-50 at batch 8: 2-5x at 56 x 56, 1.3x at 28 x 28, even at 14 x 14, slower at
+# 7 x 7 with 2048 channels; docs/performance.md).
+PRODUCT_PIXELS = 28 * 28
+
+
+def product_pays(t: torch.Tensor) -> bool:
+    """Whether a 1x1 convolution's terms on ``t`` ``Tensor[B, C, H, W]`` are better computed
+    as a matrix product (`channel_product`) than by oneDNN: on the CPU, from `PRODUCT_PIXELS`."""
+    return t.device.type == "cpu" and t.shape[-2] * t.shape[-1] >= PRODUCT_PIXELS
+
+
 def channel_product(
     t: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -138,10 +157,12 @@ def channel_product(
     batch, channels, height, width = t.shape
     if t.is_contiguous():
         images = t.view(batch, channels, height * width)
+        # bmm of the expanded matrix: torch.matmul of a matrix and a batch would fold the
+        # batch into rows, copying it channels-last first
+        weights = matrix.t().expand(batch, -1, -1)
         if bias is None:
-            product = torch.matmul(matrix.t(), images)
+            product = torch.bmm(weights, images)
         else:
-            weights = matrix.t().expand(batch, -1, -1)
             product = torch.baddbmm(bias.view(1, -1, 1), weights, images)
         return product.view(batch, -1, height, width)
     rows = t.permute(0, 2, 3, 1).reshape(-1, channels)

@@ -38,7 +38,7 @@ from torch.overrides import TorchFunctionMode
 
 from convlens.errors import MethodError
 from convlens.layers.borrow import refuse_scripted
-from convlens.layers.input_gradient import channel_product, is_pointwise
+from convlens.layers.input_gradient import channel_product, is_pointwise, product_pays
 from convlens.layers.receptive import as_pair
 from convlens.layers.relevance_rules import (
     LinearOp,
@@ -214,16 +214,6 @@ def _autograd_transpose(apply):  # noqa: ANN001, ANN202
     return transpose
 
 
-# Pixels of a map from which a 1x1 convolution's rule terms run faster as matrix products
-# than through oneDNN on the CPU (ResNet-50 at batch 8: 2-5x at 56 x 56, 1.3x at 28 x 28,
-# even at 14 x 14, slower at 7 x 7 with 2048 channels; docs/performance.md).
-PRODUCT_PIXELS = 28 * 28
-
-
-def _product_pays(t: torch.Tensor) -> bool:
-    return t.device.type == "cpu" and t.shape[-2] * t.shape[-1] >= PRODUCT_PIXELS
-
-
 def _conv_op(args: tuple, kwargs: dict, weight: torch.Tensor, bias: torch.Tensor | None):  # noqa: ANN202
     names = ("stride", "padding", "dilation", "groups")
     given = dict(zip(names, args[3:], strict=False)) | {k: kwargs[k] for k in names if k in kwargs}
@@ -233,7 +223,7 @@ def _conv_op(args: tuple, kwargs: dict, weight: torch.Tensor, bias: torch.Tensor
     pointwise = is_pointwise(weight, stride, padding, groups)
 
     def apply(x, w, b):  # noqa: ANN001, ANN202
-        if pointwise and _product_pays(x):
+        if pointwise and product_pays(x):
             return channel_product(x, w.reshape(w.shape[0], -1).t(), b)
         return F.conv2d(x, w, b, stride, padding, dilation, groups)
 
@@ -242,7 +232,7 @@ def _conv_op(args: tuple, kwargs: dict, weight: torch.Tensor, bias: torch.Tensor
     else:
 
         def transpose(s, x, w):  # noqa: ANN001, ANN202
-            if pointwise and _product_pays(s):
+            if pointwise and product_pays(s):
                 return channel_product(s, w.reshape(w.shape[0], -1))
             return torch.ops.aten.convolution_backward(
                 s,
