@@ -199,3 +199,112 @@ def test_channel_product_is_a_1x1_convolution_in_either_layout(channels_last, wi
     want = F.conv2d(x, weight, bias if with_bias else None)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert got.is_contiguous(memory_format=torch.channels_last) == channels_last
+
+
+class _Adapting(nn.Module):
+    """Adapts its convolution and batch norm at test time: one gradient step on its own loss
+    inside ``forward`` (weight and batch-norm gradients, differentiable: ``create_graph``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(21)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.norm = _norm(nn.BatchNorm2d(4), 4)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            loss = self.norm(self.conv(x)).square().mean()
+            steps = torch.autograd.grad(
+                loss, (self.conv.weight, self.norm.weight), create_graph=True
+            )
+        weight = self.conv.weight - 0.1 * steps[0]
+        scale = self.norm.weight - 0.1 * steps[1]
+        h = F.batch_norm(
+            F.conv2d(x, weight, self.conv.bias, padding=1),
+            self.norm.running_mean,
+            self.norm.running_var,
+            scale,
+            self.norm.bias,
+        )
+        return self.head(torch.relu(h).mean((2, 3)))
+
+
+class _Ensemble(nn.Module):
+    """Two members run by ``torch.func.vmap`` over their stacked parameters."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(22)
+        self.members = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(3, 4, 3), _norm(nn.BatchNorm2d(4), 4)) for _ in range(2)
+        )
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        params, buffers = torch.func.stack_module_state(list(self.members))
+
+        def member(p, b, images):  # noqa: ANN001, ANN202
+            return torch.func.functional_call(self.members[0], (p, b), (images,))
+
+        out = torch.func.vmap(member, in_dims=(0, 0, None))(params, buffers, x)
+        return self.head(out.mean((0, 3, 4)))
+
+
+class _Pruning(torch.overrides.TorchFunctionMode):
+    """A user's mode that rewrites every convolution's weight (magnitude pruning)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        if func is F.conv2d:
+            args = (args[0], args[1] * (args[1].abs() > 0.1), *args[2:])
+        return func(*args, **(kwargs or {}))
+
+
+def _native_and_cheap(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The input gradient of the summed outputs, native and with the forward pass in
+    `input_gradients_only` (the backward pass after the block, as explain runs it)."""
+    leaf = x.clone().requires_grad_(True)
+    (native,) = torch.autograd.grad(model(leaf).sum(), leaf)
+    leaf = x.clone().requires_grad_(True)
+    with input_gradients_only():
+        output = model(leaf)
+    (cheap,) = torch.autograd.grad(output.sum(), leaf)
+    return native, cheap
+
+
+@pytest.mark.parametrize("model", [_Adapting, _Ensemble], ids=["test-time-step", "vmap"])
+def test_models_that_differentiate_inside_forward_get_the_native_gradient(model, unchanged):
+    # a backward pass inside the block gets every gradient (weights, batch-norm scales, as
+    # natively, differentiably); functorch transforms run natively
+    net = model().eval()
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(4))
+    with unchanged(net, x):
+        native, cheap = _native_and_cheap(net, x)
+    torch.testing.assert_close(cheap, native, rtol=1e-5, atol=1e-7)
+    assert native.abs().amax() > 0
+
+
+def test_a_users_function_mode_keeps_every_call_native():
+    # under a mode convlens did not open (it may rewrite the calls) nothing is changed: the
+    # gradient follows the rewritten weights, as natively
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 3)).eval()
+    torch.manual_seed(23)
+    x = torch.randn(2, 3, 9, 9)
+    with _Pruning():
+        native, cheap = _native_and_cheap(net, x)
+        with input_gradients_only():
+            output = net(x.clone().requires_grad_(True))
+    assert type(output.grad_fn).__name__ == "ConvolutionBackward0"
+    torch.testing.assert_close(cheap, native, rtol=1e-6, atol=1e-8)
+
+
+def test_weight_gradient_inside_the_block_refuses_an_input_changed_in_place():
+    # as natively: the weight's gradient needs the convolution's input as it was
+    conv = nn.Conv2d(3, 2, 3).eval()
+    x = torch.randn(1, 3, 6, 6, requires_grad=True)
+    with input_gradients_only():
+        t = x * 1.0
+        out = conv(t)
+        t.add_(1.0)
+        with pytest.raises(RuntimeError, match="inplace"):
+            torch.autograd.grad(out.sum(), conv.weight)

@@ -23,8 +23,11 @@ becomes the identity and the convolution's backward uses ``weight * scale`` (per
 channel), computed once per forward pass, so every backward pass through the graph skips
 a multiplication over the map. Without the call nothing is folded.
 
-No gradient reaches weights, biases or statistics: use this only where the input gradient
-is all that is asked for. The model is not touched; the mode is popped on exit.
+The backward passes after the block reach no weight, bias or statistics: use it only
+where the input gradient is all that is asked for. A backward pass inside the block (the
+model's own, during its forward pass: a test-time adaptation step) gets every gradient,
+as natively; functorch transforms (``vmap``, ``jacrev``) and calls under a function mode
+convlens did not open stay native. The model is not touched; the mode is popped on exit.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
+from torch.overrides import TorchFunctionMode, _get_current_function_mode_stack
 
 from convlens.layers.receptive import as_pair
 
@@ -47,10 +50,19 @@ class _EvalBatchNorm(torch.autograd.Function):
     def forward(ctx, x, mean, var, weight, bias, eps):  # noqa: ANN001
         ctx.scale = torch.rsqrt(var + eps) if weight is None else weight * torch.rsqrt(var + eps)
         ctx.producer, ctx.folded = None, False
+        ctx.full = (x, x._version, mean, var, weight, eps)  # for `_every_gradient`
         return F.batch_norm(x, mean, var, weight, bias, False, 0.0, eps)
 
     @staticmethod
     def backward(ctx, grad):  # noqa: ANN001
+        if _every_gradient(ctx):
+            x, version, mean, var, weight, eps = ctx.full
+            _require_version(x, version)
+            wanted = [ctx.needs_input_grad[0], ctx.needs_input_grad[3], ctx.needs_input_grad[4]]
+            found = torch.ops.aten.native_batch_norm_backward(
+                grad, x, weight, mean, var, None, None, False, eps, wanted
+            )
+            return found[0], None, None, found[1], found[2], None
         if ctx.folded:
             return grad, None, None, None, None, None
         shape = (1, -1) + (1,) * (grad.dim() - 2)
@@ -59,21 +71,41 @@ class _EvalBatchNorm(torch.autograd.Function):
 
 class _InputGradientConv(torch.autograd.Function):
     """``F.conv2d`` forward; the input gradient only backward (a transposed convolution, or
-    one matrix product for a 1x1 stride-1 unpadded convolution)."""
+    one matrix product for a 1x1 stride-1 unpadded convolution where `product_pays` or the
+    input is channels-last)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, stride, padding, dilation, groups):  # noqa: ANN001
         ctx.save_for_backward(weight)
         ctx.geometry = (stride, padding, dilation, groups)
         ctx.input_size = tuple(x.shape[-2:])
-        ctx.channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+        ctx.channels_last = _channels_last(x)
         ctx.scale, ctx.scaled_weight = None, None
+        ctx.full = (x, x._version, None if bias is None else bias.shape)  # `_every_gradient`
         return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
 
     @staticmethod
     def backward(ctx, grad):  # noqa: ANN001
-        weight = _backward_weight(ctx)
         stride, padding, dilation, groups = ctx.geometry
+        if _every_gradient(ctx) and ctx.scale is None:
+            x, version, bias_shape = ctx.full
+            _require_version(x, version)
+            (weight,) = ctx.saved_tensors
+            found = torch.ops.aten.convolution_backward(
+                grad,
+                x,
+                weight,
+                bias_shape,
+                as_pair(stride),
+                as_pair(padding),
+                as_pair(dilation),
+                False,
+                [0, 0],
+                groups,
+                list(ctx.needs_input_grad[:3]),
+            )
+            return found[0], found[1], found[2], None, None, None, None
+        weight = _backward_weight(ctx)
         if ctx.channels_last:
             # the input's layout: a seed made contiguous (a one-hot unit) would otherwise
             # take every layer below it out of channels-last, about 1.4x slower on CPU
@@ -108,6 +140,37 @@ class _InputGradientPad(torch.autograd.Function):
             dim = grad.dim() - 1 - pair
             grad = grad.narrow(dim, ctx.pad[2 * pair], ctx.size[dim])
         return grad, None, None
+
+
+# Modes of `input_gradients_only` open now, in any thread. A backward pass while one is
+# open runs inside a forward pass (a model adapting its weights at test time, a gradient
+# feature): it gets every gradient its inputs ask for, as natively. The passes after the
+# block (the ones it is for) compute the input gradient alone.
+_OPEN_MODES = [0]
+
+
+def _every_gradient(ctx) -> bool:  # noqa: ANN001
+    needs = ctx.needs_input_grad
+    return _OPEN_MODES[0] > 0 and any(needs[1:])
+
+
+def _require_version(x: torch.Tensor, version: int) -> None:
+    if x._version != version:
+        raise RuntimeError(
+            "one of the variables needed for gradient computation has been modified by an "
+            "inplace operation (an input of a convolution or batch norm, needed for the "
+            "gradients of its weights)"
+        )
+
+
+def _channels_last(x: torch.Tensor) -> bool:
+    """Whether ``x`` is laid out channels-last and not also plainly contiguous (one channel
+    or one pixel fits both)."""
+    return (
+        x.dim() == 4
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and not x.is_contiguous()
+    )
 
 
 def _backward_weight(ctx) -> torch.Tensor:  # noqa: ANN001
@@ -195,7 +258,10 @@ def _computed(t: object) -> bool:
 def _autocast() -> bool:
     """Whether mixed precision is on: the gradients would arrive in another dtype than the
     saved weights, so the calls stay native."""
-    return any(torch.is_autocast_enabled(device) for device in ("cpu", "cuda"))
+    return any(torch.is_autocast_enabled(device) for device in _AUTOCAST_DEVICES)
+
+
+_AUTOCAST_DEVICES = ("cpu", "cuda", "xpu", "mps", "hpu")
 
 
 def _eval_norm_args(args: tuple, kwargs: dict):
@@ -259,10 +325,17 @@ _CALLS = {
 
 
 class _InputGradientMode(TorchFunctionMode):
+    composes_with_input_gradients = True
+
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         kwargs = kwargs or {}
         entry = _CALLS.get(func)
-        if entry is not None and torch.is_grad_enabled() and not _autocast():
+        if (
+            entry is not None
+            and torch.is_grad_enabled()
+            and not _autocast()
+            and not torch._C._are_functorch_transforms_active()  # vmap, jacrev: native
+        ):
             parsed = entry[0](args, kwargs)
             if parsed is not None:
                 return entry[1](*parsed)
@@ -273,10 +346,24 @@ class _InputGradientMode(TorchFunctionMode):
 def input_gradients_only() -> Iterator[None]:
     """Inside the block, eval-mode batch normalisation, 2-D convolutions and constant
     padding keep their forward values and get an input-gradient-only backward (no weight,
-    bias or statistics gradients); see the module's docstring. The model is not touched;
-    the mode is popped on exit."""
-    with _InputGradientMode():
+    bias or statistics gradients) in the backward passes after the block; see the module's
+    docstring. A backward pass inside the block (the model's own, during its forward pass)
+    gets every gradient, as natively. Under a function mode that convlens did not open (a
+    user's pruning or fake-quantisation mode, which may rewrite the calls) nothing is
+    changed. The model is not touched; the mode is popped on exit."""
+    if any(not getattr(mode, "composes_with_input_gradients", False) for mode in _open_modes()):
         yield
+        return
+    _OPEN_MODES[0] += 1
+    try:
+        with _InputGradientMode():
+            yield
+    finally:
+        _OPEN_MODES[0] -= 1
+
+
+def _open_modes() -> list:
+    return list(_get_current_function_mode_stack())
 
 
 def _graph(root: torch.Tensor) -> tuple[list, dict[int, int]]:

@@ -153,6 +153,9 @@ class RuleSession:
 
 
 class _RuleMode(TorchFunctionMode):
+    # rewrites rectifiers only: `input_gradients_only` may run inside it
+    composes_with_input_gradients = True
+
     def __init__(self, session: RuleSession) -> None:
         super().__init__()
         self.session = session
