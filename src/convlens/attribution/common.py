@@ -16,7 +16,7 @@ from convlens.errors import ConvlensError, LayerError, MethodError, TargetError
 from convlens.layers.borrow import borrowed_model, require_autograd
 from convlens.layers.capture import capture
 from convlens.layers.find import LayerSpec, default_cam_layer, resolve_layer_names
-from convlens.layers.input_gradient import input_gradients_only
+from convlens.layers.input_gradient import input_gradient_forward
 from convlens.models.devices import (
     CPU_PASS_PIXELS,
     cpu_fast_layout,
@@ -147,7 +147,7 @@ def input_gradient(
     """Gradient of each row's target score w.r.t. its input: ``(Tensor[N, C, H, W], output)``.
 
     Only the input gradient is computed (no parameter ``.grad``): the forward pass runs in
-    `input_gradients_only` (eval batch norms, convolutions and constant padding get an
+    `input_gradient_forward` (eval batch norms, convolutions and constant padding get an
     input-gradient-only backward; the native gradient within float rounding, about a
     tenth to a fifth less time on CPU for ResNet-50 and EfficientNet-Lite0). Rows are
     independent, so the gradient of the summed scores is each row's own gradient.
@@ -173,8 +173,7 @@ def _input_gradient_pass(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     inputs = images.detach().clone().requires_grad_(True)
     with torch.enable_grad():
-        with input_gradients_only():
-            output = module(inputs)
+        output = input_gradient_forward(lambda: module(inputs))
         scores = targets.score(output)
         (gradient,) = torch.autograd.grad(scores.sum(), inputs)
     return gradient, detach_output(output)
@@ -239,8 +238,7 @@ def _shared_input_gradient(
     group = shared.group.to(images.device)
     inputs = images.detach()[shared.first.to(images.device)].clone().requires_grad_(True)
     with torch.enable_grad():
-        with input_gradients_only():
-            output = module(inputs)
+        output = input_gradient_forward(lambda: module(inputs))
         if not isinstance(output, torch.Tensor):
             return None
         return per_row_gradients(output, targets, inputs, shared), detach_output(output)[group]

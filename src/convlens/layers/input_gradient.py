@@ -23,23 +23,26 @@ becomes the identity and the convolution's backward uses ``weight * scale`` (per
 channel), computed once per forward pass, so every backward pass through the graph skips
 a multiplication over the map. Without the call nothing is folded.
 
-The backward passes after the block reach no weight, bias or statistics: use it only
-where the input gradient is all that is asked for. A backward pass inside the block (the
-model's own, during its forward pass: a test-time adaptation step) gets every gradient,
-as natively; functorch transforms (``vmap``, ``jacrev``) and calls under a function mode
-convlens did not open stay native. The model is not touched; the mode is popped on exit.
+No gradient reaches weights, biases or statistics: use this only where the input gradient
+is all that is asked for. A forward pass that takes a gradient itself (a test-time
+adaptation step) is run again natively by `input_gradient_forward`; functorch transforms
+(``vmap``, ``jacrev``) and calls under a function mode convlens did not open stay native.
+The model is not touched; the mode is popped on exit.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode, _get_current_function_mode_stack
 
 from convlens.layers.receptive import as_pair
+
+T = TypeVar("T")
 
 
 class _EvalBatchNorm(torch.autograd.Function):
@@ -50,19 +53,10 @@ class _EvalBatchNorm(torch.autograd.Function):
     def forward(ctx, x, mean, var, weight, bias, eps):  # noqa: ANN001
         ctx.scale = torch.rsqrt(var + eps) if weight is None else weight * torch.rsqrt(var + eps)
         ctx.producer, ctx.folded = None, False
-        ctx.full = (x, x._version, mean, var, weight, eps)  # for `_every_gradient`
         return F.batch_norm(x, mean, var, weight, bias, False, 0.0, eps)
 
     @staticmethod
     def backward(ctx, grad):  # noqa: ANN001
-        if _every_gradient(ctx):
-            x, version, mean, var, weight, eps = ctx.full
-            _require_version(x, version)
-            wanted = [ctx.needs_input_grad[0], ctx.needs_input_grad[3], ctx.needs_input_grad[4]]
-            found = torch.ops.aten.native_batch_norm_backward(
-                grad, x, weight, mean, var, None, None, False, eps, wanted
-            )
-            return found[0], None, None, found[1], found[2], None
         if ctx.folded:
             return grad, None, None, None, None, None
         shape = (1, -1) + (1,) * (grad.dim() - 2)
@@ -81,30 +75,11 @@ class _InputGradientConv(torch.autograd.Function):
         ctx.input_size = tuple(x.shape[-2:])
         ctx.channels_last = _channels_last(x)
         ctx.scale, ctx.scaled_weight = None, None
-        ctx.full = (x, x._version, None if bias is None else bias.shape)  # `_every_gradient`
         return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
 
     @staticmethod
     def backward(ctx, grad):  # noqa: ANN001
         stride, padding, dilation, groups = ctx.geometry
-        if _every_gradient(ctx) and ctx.scale is None:
-            x, version, bias_shape = ctx.full
-            _require_version(x, version)
-            (weight,) = ctx.saved_tensors
-            found = torch.ops.aten.convolution_backward(
-                grad,
-                x,
-                weight,
-                bias_shape,
-                as_pair(stride),
-                as_pair(padding),
-                as_pair(dilation),
-                False,
-                [0, 0],
-                groups,
-                list(ctx.needs_input_grad[:3]),
-            )
-            return found[0], found[1], found[2], None, None, None, None
         weight = _backward_weight(ctx)
         if ctx.channels_last:
             # the input's layout: a seed made contiguous (a one-hot unit) would otherwise
@@ -140,27 +115,6 @@ class _InputGradientPad(torch.autograd.Function):
             dim = grad.dim() - 1 - pair
             grad = grad.narrow(dim, ctx.pad[2 * pair], ctx.size[dim])
         return grad, None, None
-
-
-# Modes of `input_gradients_only` open now, in any thread. A backward pass while one is
-# open runs inside a forward pass (a model adapting its weights at test time, a gradient
-# feature): it gets every gradient its inputs ask for, as natively. The passes after the
-# block (the ones it is for) compute the input gradient alone.
-_OPEN_MODES = [0]
-
-
-def _every_gradient(ctx) -> bool:  # noqa: ANN001
-    needs = ctx.needs_input_grad
-    return _OPEN_MODES[0] > 0 and any(needs[1:])
-
-
-def _require_version(x: torch.Tensor, version: int) -> None:
-    if x._version != version:
-        raise RuntimeError(
-            "one of the variables needed for gradient computation has been modified by an "
-            "inplace operation (an input of a convolution or batch norm, needed for the "
-            "gradients of its weights)"
-        )
 
 
 def _channels_last(x: torch.Tensor) -> bool:
@@ -324,11 +278,24 @@ _CALLS = {
 }
 
 
+# Calls by which a forward pass differentiates something itself (a test-time adaptation
+# step, a gradient feature): its backward would need what the block does not keep.
+_DIFFERENTIATING = (torch.autograd.grad, torch.autograd.backward, torch.Tensor.backward)
+
+
+class GradientInForward(BaseException):
+    """Raised inside `input_gradients_only` when the forward pass takes a gradient itself;
+    `input_gradient_forward` then runs it again natively. A `BaseException`, so that a
+    model's own ``except Exception`` does not swallow it."""
+
+
 class _InputGradientMode(TorchFunctionMode):
     composes_with_input_gradients = True
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         kwargs = kwargs or {}
+        if func in _DIFFERENTIATING:
+            raise GradientInForward(func.__name__)
         entry = _CALLS.get(func)
         if (
             entry is not None
@@ -346,20 +313,28 @@ class _InputGradientMode(TorchFunctionMode):
 def input_gradients_only() -> Iterator[None]:
     """Inside the block, eval-mode batch normalisation, 2-D convolutions and constant
     padding keep their forward values and get an input-gradient-only backward (no weight,
-    bias or statistics gradients) in the backward passes after the block; see the module's
-    docstring. A backward pass inside the block (the model's own, during its forward pass)
-    gets every gradient, as natively. Under a function mode that convlens did not open (a
+    bias or statistics gradients); see the module's docstring. A gradient taken inside the
+    block raises `GradientInForward` (run the forward pass through `input_gradient_forward`,
+    which runs it again natively). Under a function mode that convlens did not open (a
     user's pruning or fake-quantisation mode, which may rewrite the calls) nothing is
     changed. The model is not touched; the mode is popped on exit."""
     if any(not getattr(mode, "composes_with_input_gradients", False) for mode in _open_modes()):
         yield
         return
-    _OPEN_MODES[0] += 1
+    with _InputGradientMode():
+        yield
+
+
+def input_gradient_forward(run: Callable[[], T]) -> T:
+    """``run()`` (a forward pass whose only gradient wanted afterwards is the input's) inside
+    `input_gradients_only`; a forward pass that takes a gradient itself (a test-time
+    adaptation step) is stopped there and run again natively, so whatever it did before
+    that gradient (state it changed) happens twice."""
     try:
-        with _InputGradientMode():
-            yield
-    finally:
-        _OPEN_MODES[0] -= 1
+        with input_gradients_only():
+            return run()
+    except GradientInForward:
+        return run()
 
 
 def _open_modes() -> list:

@@ -17,7 +17,7 @@ from convlens.data.datasets import ScanDataset
 from convlens.errors import DataError, ImageLoadError, LayerError
 from convlens.layers import Field, borrowed_model, capture, layer_table
 from convlens.layers.early_stop import run_until
-from convlens.layers.input_gradient import fold_batch_norm_scales, input_gradients_only
+from convlens.layers.input_gradient import fold_batch_norm_scales, input_gradient_forward
 from convlens.layers.rules import backward_rule
 from convlens.models.devices import placed_on
 
@@ -253,12 +253,12 @@ def unit_gradients(
     depthwise-convolution batching concatenates per-row results. The input is laid out
     channels-last, which the convolutions propagate (the weights are not touched): the same
     values, with about a tenth less time per unit on CPU. The forward pass runs inside
-    `input_gradients_only` and its batch-norm scales are folded into their convolutions
+    `input_gradient_forward` and its batch-norm scales are folded into their convolutions
     (`fold_batch_norm_scales`), so each backward pass computes the input gradient alone;
     under ``backward_rule(..., reused=True)`` each guided rectifier costs one kernel."""
     inputs = image[None].detach().clone(memory_format=torch.channels_last).requires_grad_(True)
-    with capture(module, layer, gradients=True) as cap, input_gradients_only():
-        run_until(module, [layer], inputs)
+    with capture(module, layer, gradients=True) as cap:
+        input_gradient_forward(lambda: run_until(module, [layer], inputs))
         activation = cap.activation(layer)
     fold_batch_norm_scales(activation)
     found = []
