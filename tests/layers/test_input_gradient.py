@@ -308,3 +308,26 @@ def test_a_gradient_taken_inside_the_block_stops_it():
             torch.autograd.grad(conv(x).sum(), conv.weight)
         except Exception:  # noqa: BLE001
             pytest.fail("the model's handler caught it")
+
+
+class _Checkpointed(nn.Module):
+    """A block run through non-reentrant ``torch.utils.checkpoint`` (timm's
+    ``set_grad_checkpointing``): its recomputation must save what the forward pass saved."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(24)
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.block = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), _norm(nn.BatchNorm2d(4), 4))
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.utils.checkpoint.checkpoint(self.block, self.stem(x), use_reentrant=False)
+        return self.head(torch.relu(h).mean((2, 3)))
+
+
+def test_checkpointed_blocks_stay_native():
+    net = _Checkpointed().eval()
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(5))
+    native, cheap = _native_and_cheap(net, x)
+    torch.testing.assert_close(cheap, native, rtol=1e-5, atol=1e-7)

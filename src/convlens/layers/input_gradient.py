@@ -301,7 +301,7 @@ class _InputGradientMode(TorchFunctionMode):
             entry is not None
             and torch.is_grad_enabled()
             and not _autocast()
-            and not torch._C._are_functorch_transforms_active()  # vmap, jacrev: native
+            and _plain_autograd()
         ):
             parsed = entry[0](args, kwargs)
             if parsed is not None:
@@ -329,12 +329,27 @@ def input_gradient_forward(run: Callable[[], T]) -> T:
     """``run()`` (a forward pass whose only gradient wanted afterwards is the input's) inside
     `input_gradients_only`; a forward pass that takes a gradient itself (a test-time
     adaptation step) is stopped there and run again natively, so whatever it did before
-    that gradient (state it changed) happens twice."""
+    that gradient (state it changed, random numbers drawn) happens twice. Not seen: a
+    gradient taken inside TorchScript or a C++ extension, and a model whose bare
+    ``except:`` swallows `GradientInForward`."""
     try:
         with input_gradients_only():
             return run()
     except GradientInForward:
-        return run()
+        pass
+    return run()  # outside the handler: an error of the native pass is reported alone
+
+
+def _plain_autograd() -> bool:
+    """Whether autograd records as usual here: not under functorch transforms (``vmap``,
+    ``jacrev``), saved-tensor hooks (non-reentrant ``torch.utils.checkpoint``, which
+    compares what the forward pass and its recomputation save) or a ``torch.compile``
+    trace; under those the calls stay native."""
+    return (
+        not torch._C._are_functorch_transforms_active()
+        and torch._C._autograd._top_saved_tensors_default_hooks(False) is None
+        and not torch.compiler.is_compiling()
+    )
 
 
 def _open_modes() -> list:
