@@ -15,6 +15,7 @@ from convlens.data.preprocess import Preprocess
 from convlens.features.projection import project_unit
 from convlens.layers import borrowed_model, capture
 from convlens.layers.rules import backward_rule
+from convlens.layers.tokens import register_reshape
 from convlens.models.loading import LoadedModel
 from convlens.scan import patches
 from convlens.scan.patches import padded_crop, unit_gradients
@@ -168,3 +169,41 @@ def test_torchvision_networks_projections_equal_units_alone(arch, layer, unchang
         assert got.abs().sum() > 0
         # float rounding of two evaluation orders, relative to the map's scale
         assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+
+
+class _Reshaped(nn.Module):
+    """A small CNN whose last layer gets a registered reshape (channels reversed), so a
+    unit's channel index refers to the recorded grid, not the raw output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(31)
+        self.c = nn.Conv2d(3, 6, 3, padding=1)
+        self.l = nn.Conv2d(6, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.l(torch.relu(self.c(x)))
+
+
+def test_projections_at_a_layer_with_a_registered_reshape(unchanged):
+    # the unit is an element of the reshaped grid, and its gradient reaches the input
+    # (capture's own grid is a leaf: right for gradients w.r.t. the grid, not for these)
+    net = _Reshaped().eval()
+    image = torch.randn(3, 12, 12, generator=torch.Generator().manual_seed(32))
+    units = [(1, 5, 5), (3, 2, 9)]
+    register_reshape(net.l, lambda o: o.flip(1))
+    try:
+        with unchanged(net, image), borrowed_model(net):
+            with backward_rule(net, "guided", reused=True):
+                found = unit_gradients(net, "l", image, units)
+            alone = project_unit(net, image, "l", 3, (2, 9), rule="guided", crop=False)
+        for (channel, y, x), got in zip(units, found, strict=True):
+            leaf = image[None].clone().requires_grad_(True)
+            with backward_rule(net, "guided"):
+                grid = net(leaf).flip(1)
+                (want,) = torch.autograd.grad(grid[0, channel, y, x], leaf)
+            torch.testing.assert_close(got, want[0], rtol=1e-5, atol=1e-7)
+            assert want.abs().amax() > 0
+        torch.testing.assert_close(alone.projection, found[1], rtol=1e-5, atol=1e-7)
+    finally:
+        register_reshape(net.l, None)

@@ -26,6 +26,7 @@ from convlens.layers import borrowed_model, capture, receptive_field, resolve_la
 from convlens.layers.borrow import require_autograd
 from convlens.layers.find import LayerSpec
 from convlens.layers.rules import backward_rule
+from convlens.layers.tokens import connected_grid
 from convlens.models.loading import LoadedModel, as_module
 
 
@@ -82,9 +83,10 @@ def project_unit(
     image = _batch_of_one(image).detach()
     inputs = image.clone().requires_grad_(True)
     with borrowed_model(module), backward_rule(module, rule) as session:
-        with capture(module, name, gradients=True) as cap:
+        with capture(module, name, gradients=True, reshape=None) as cap:
             module(inputs)
-            unit_map = channel_maps(cap.activation(name), name, channel)[0]
+            activation = connected_grid(module, name, cap.activation(name))
+            unit_map = channel_maps(activation, name, channel)[0]
             row, col = _unit_position(unit_map.detach(), position)
             unit = unit_map[row, col]
             (gradient,) = torch.autograd.grad(unit, inputs)

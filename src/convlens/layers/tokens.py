@@ -117,6 +117,16 @@ def auto_reshape(model: nn.Module, module: nn.Module, output, batch: int | None)
     return None
 
 
+def connected_grid(model: nn.Module, name: str, output: torch.Tensor) -> torch.Tensor:
+    """Layer ``name``'s raw ``output`` as the image grid ``Tensor[B, C, h, w]`` that
+    `convlens.layers.capture` records for it (`auto_reshape`), still connected to the
+    forward pass that made it: what a unit's gradient w.r.t. the input needs (capture's
+    recorded grid is a leaf, for gradients w.r.t. the grid itself). Capture the layer
+    with ``reshape=None`` to get the raw output."""
+    rule = auto_reshape(model, model.get_submodule(name), output, output.shape[0])
+    return output if rule is None else rule(output)
+
+
 def _square_grid(tokens: int, prefix: int) -> int | None:
     side = math.isqrt(max(tokens - prefix, 0))
     return side if side > 1 and side * side == tokens - prefix else None

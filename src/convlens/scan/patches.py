@@ -19,6 +19,7 @@ from convlens.layers import Field, borrowed_model, capture, layer_table
 from convlens.layers.early_stop import run_until
 from convlens.layers.input_gradient import fold_batch_norm_scales, input_gradient_forward
 from convlens.layers.rules import backward_rule
+from convlens.layers.tokens import connected_grid
 from convlens.models.devices import placed_on
 
 PAD_VALUE = 128  # grey display pixels where a receptive field reaches outside the image
@@ -257,9 +258,9 @@ def unit_gradients(
     (`fold_batch_norm_scales`), so each backward pass computes the input gradient alone;
     under ``backward_rule(..., reused=True)`` each guided rectifier costs one kernel."""
     inputs = image[None].detach().clone(memory_format=torch.channels_last).requires_grad_(True)
-    with capture(module, layer, gradients=True) as cap:
+    with capture(module, layer, gradients=True, reshape=None) as cap:
         input_gradient_forward(lambda: run_until(module, [layer], inputs))
-        activation = cap.activation(layer)
+        activation = connected_grid(module, layer, cap.activation(layer))
     fold_batch_norm_scales(activation)
     found = []
     for number, (channel, y, x) in enumerate(units, 1):
