@@ -209,13 +209,13 @@ def _computed(t: object) -> bool:
     return isinstance(t, torch.Tensor) and t.grad_fn is not None
 
 
+_AUTOCAST_DEVICES = ("cpu", "cuda", "xpu", "mps", "hpu")
+
+
 def _autocast() -> bool:
     """Whether mixed precision is on: the gradients would arrive in another dtype than the
     saved weights, so the calls stay native."""
     return any(torch.is_autocast_enabled(device) for device in _AUTOCAST_DEVICES)
-
-
-_AUTOCAST_DEVICES = ("cpu", "cuda", "xpu", "mps", "hpu")
 
 
 def _eval_norm_args(args: tuple, kwargs: dict):
@@ -318,7 +318,8 @@ def input_gradients_only() -> Iterator[None]:
     which runs it again natively). Under a function mode that convlens did not open (a
     user's pruning or fake-quantisation mode, which may rewrite the calls) nothing is
     changed. The model is not touched; the mode is popped on exit."""
-    if any(not getattr(mode, "composes_with_input_gradients", False) for mode in _open_modes()):
+    open_modes = _get_current_function_mode_stack()
+    if any(not getattr(mode, "composes_with_input_gradients", False) for mode in open_modes):
         yield
         return
     with _InputGradientMode():
@@ -350,10 +351,6 @@ def _plain_autograd() -> bool:
         and torch._C._autograd._top_saved_tensors_default_hooks(False) is None
         and not torch.compiler.is_compiling()
     )
-
-
-def _open_modes() -> list:
-    return list(_get_current_function_mode_stack())
 
 
 def _graph(root: torch.Tensor) -> tuple[list, dict[int, int]]:

@@ -265,9 +265,9 @@ def _gamma(
 ) -> torch.Tensor:
     xp, xn = x.clamp(min=0), x.clamp(max=0)
     w, b = op.weight, op.bias
-    up_w, down_w = w + gamma * w.clamp(min=0), w + gamma * w.clamp(max=0)
-    up_b = None if b is None else b + gamma * b.clamp(min=0)
-    down_b = None if b is None else b + gamma * b.clamp(max=0)
+    up_w, down_w = w + gamma * op.positive_weight(), w + gamma * op.negative_weight()
+    up_b = None if b is None else b + gamma * _pos(b)
+    down_b = None if b is None else b + gamma * _neg(b)
 
     def part(w_pos_in, w_neg_in, bias, gate):
         total = op.apply(xp, w_pos_in, bias) + op.apply(xn, w_neg_in, None)
