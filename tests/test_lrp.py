@@ -13,6 +13,7 @@ from convlens.attribution.common import prepare
 from convlens.attribution.lrp import input_relevance, lrp
 from convlens.errors import MethodError
 from convlens.layers import input_gradient as input_gradient_module
+from convlens.layers import relevance as relevance_module
 from convlens.layers.relevance import Composite, relevance_rules
 from convlens.layers.relevance_rules import LinearOp, Rule, propagate
 
@@ -543,6 +544,45 @@ def test_1x1_layers_as_matrix_products_give_the_convolutions_relevance(composite
     by_convolution = lrp(net.eval(), images, 1, composite=composite)
     monkeypatch.setattr(input_gradient_module, "PRODUCT_PIXELS", 1)
     by_product = lrp(net.eval(), images, 1, composite=composite)
+    torch.testing.assert_close(by_product, by_convolution, rtol=1e-4, atol=1e-6)
+    assert by_product.abs().sum() > 0
+
+
+class _Downsampling(nn.Module):
+    """A ResNet-like block whose shortcut is a strided 1x1 convolution, on an odd-sized map
+    with unequal strides (the last rows and columns are never read)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(12)
+        self.stem = nn.Conv2d(3, 6, 3, padding=1)
+        self.main = nn.Conv2d(6, 8, 3, stride=(2, 3), padding=1)
+        self.shortcut = nn.Conv2d(6, 8, 1, stride=(2, 3))
+        self.bn = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(x))
+        x = torch.relu(self.main(x) + self.bn(self.shortcut(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+@pytest.mark.parametrize(
+    "composite", ["epsilon_plus_flat", "epsilon_alpha2_beta1_flat", "epsilon_gamma_box", "epsilon"]
+)
+def test_strided_1x1_layers_as_placed_products_give_the_convolutions_relevance(
+    composite, monkeypatch
+):
+    # on the CPU a strided 1x1 layer's transposed terms are a matrix product placed every
+    # stride-th row and column of a zero map; oneDNN's transposed convolution gives the same
+    net = _Downsampling().eval()
+    with torch.no_grad():
+        net.bn.running_mean.uniform_(-0.3, 0.3)
+        net.bn.running_var.uniform_(0.5, 2.0)
+    images = torch.randn(2, 3, 11, 13, generator=torch.Generator().manual_seed(9))
+    by_product = lrp(net, images, 1, composite=composite)
+    monkeypatch.setattr(relevance_module, "pointwise_transpose", lambda *args: None)
+    by_convolution = lrp(net, images, 1, composite=composite)
     torch.testing.assert_close(by_product, by_convolution, rtol=1e-4, atol=1e-6)
     assert by_product.abs().sum() > 0
 

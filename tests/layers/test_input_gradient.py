@@ -82,7 +82,8 @@ CONVOLUTIONS = [
     (_conv((6, 6, 3), groups=6, stride=2), (1, 6, 9, 8)),  # depthwise, odd size: output padding
     (_conv((6, 4, 3), groups=2, padding=(1, 2), dilation=2), (1, 4, 10, 9)),
     (_conv((5, 3, 3), stride=(2, 3), padding=1), (2, 3, 11, 13)),
-    (_conv((4, 4, 1), stride=2), (1, 4, 6, 6)),  # strided 1x1: the transposed convolution
+    (_conv((4, 4, 1), stride=2), (1, 4, 6, 6)),  # strided 1x1: a product placed on a zero map
+    (_conv((5, 3, 1), stride=(2, 3)), (2, 3, 7, 8)),  # the last column never read
 ]
 
 

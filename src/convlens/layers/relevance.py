@@ -38,7 +38,12 @@ from torch.overrides import TorchFunctionMode
 
 from convlens.errors import MethodError
 from convlens.layers.borrow import refuse_scripted
-from convlens.layers.input_gradient import channel_product, is_pointwise, product_pays
+from convlens.layers.input_gradient import (
+    channel_product,
+    pointwise_stride,
+    pointwise_transpose,
+    product_pays,
+)
 from convlens.layers.receptive import as_pair
 from convlens.layers.relevance_rules import (
     LinearOp,
@@ -220,10 +225,10 @@ def _conv_op(args: tuple, kwargs: dict, weight: torch.Tensor, bias: torch.Tensor
     stride, padding = given.get("stride", 1), given.get("padding", 0)
     dilation, groups = given.get("dilation", 1), given.get("groups", 1)
 
-    pointwise = is_pointwise(weight, stride, padding, groups)
+    pointwise = pointwise_stride(weight, stride, padding, groups)
 
     def apply(x, w, b):  # noqa: ANN001, ANN202
-        if pointwise and product_pays(x):
+        if pointwise == (1, 1) and product_pays(x):
             return channel_product(x, w.reshape(w.shape[0], -1).t(), b)
         return F.conv2d(x, w, b, stride, padding, dilation, groups)
 
@@ -232,8 +237,10 @@ def _conv_op(args: tuple, kwargs: dict, weight: torch.Tensor, bias: torch.Tensor
     else:
 
         def transpose(s, x, w):  # noqa: ANN001, ANN202
-            if pointwise and product_pays(s):
-                return channel_product(s, w.reshape(w.shape[0], -1))
+            if pointwise is not None:
+                product = pointwise_transpose(s, w, pointwise, tuple(x.shape[-2:]))
+                if product is not None:
+                    return product
             return torch.ops.aten.convolution_backward(
                 s,
                 x,
