@@ -176,6 +176,28 @@ def test_bad_composites_and_rules_are_refused():
         Rule("alpha_beta", alpha=3, beta=1)
 
 
+class _SelfAdapting(nn.Module):
+    """Takes one gradient of its own inside ``forward`` (a test-time adaptation step)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(13)
+        self.conv, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            (step,) = torch.autograd.grad(self.conv(x).square().mean(), self.conv.weight)
+        h = nn.functional.conv2d(x, self.conv.weight - 0.1 * step, self.conv.bias)
+        return self.fc(torch.relu(h).mean((2, 3)))
+
+
+def test_a_gradient_inside_the_forward_pass_is_refused_by_name(unchanged):
+    net, images = _SelfAdapting().eval(), torch.randn(2, 3, 8, 8)
+    with unchanged(net, images), pytest.raises(MethodError, match="inside its forward pass"):
+        lrp(net, images, 0)
+    net(images)  # the model itself still runs
+
+
 def test_lrp_runs_through_explain_with_a_composite_option():
     net = residual_gated()
     images = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(3))

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from tests.helpers.networks import hand_net
 from torch import nn
 
+import convlens
 from convlens.attribution import cam as cams
 from convlens.errors import LayerError, TargetError
 from convlens.maps import normalize_maps
@@ -364,3 +365,31 @@ def test_scorecam_exact_on_tiny_net():
     logits = torch.tensor([[2.0, 1.0], [-1.0, 1.0]]) @ masked_gap
     w0 = torch.softmax(logits, 0)[0]
     assert torch.allclose(got[0], w0 * x[0, 0], atol=1e-6)  # w1 = 0: channel 1 is flat
+
+
+class _SideBranch(nn.Module):
+    """A layer whose output feeds only a side computation (a value the forward pass
+    computes and throws away), not the logits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(14)
+        self.conv, self.side, self.fc = nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 1), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv(x))
+        self.last_side = self.side(h).mean()
+        return self.fc(h.mean((2, 3)))
+
+
+@pytest.mark.parametrize(
+    "images", [torch.randn(2, 3, 8, 8), torch.randn(1, 3, 8, 8).repeat(2, 1, 1, 1)]
+)
+def test_a_layer_off_the_path_to_the_output_is_refused_by_name(images, unchanged):
+    # distinct rows and rows of one image (the shared forward pass) alike
+    net = _SideBranch().eval()
+    with unchanged(net, images), pytest.raises(LayerError, match="'side'.*convlens layers"):
+        convlens.explain(net, images, method="gradcam", target=[0, 1], layer="side")
+    assert convlens.explain(
+        net, images, method="gradcam", target=[0, 1], layer="conv"
+    ).maps.shape == (2, 8, 8)

@@ -245,14 +245,18 @@ def _shared_input_gradient(
 
 
 def per_row_gradients(
-    output: torch.Tensor, targets: Targets | CopyTargets, wrt: torch.Tensor, shared: SharedRows
-) -> torch.Tensor:
+    output: torch.Tensor,
+    targets: Targets | CopyTargets,
+    wrt: torch.Tensor,
+    shared: SharedRows,
+    allow_unused: bool = False,
+) -> torch.Tensor | None:
     """``Tensor[N, ...]``: the gradient of each row's target score on ``output[group]`` w.r.t.
     its group's row of ``wrt`` (``Tensor[U, ...]``), one backward pass per slot
-    (`group_slots`)."""
+    (`group_slots`). With ``allow_unused``, None where the scores do not depend on ``wrt``."""
 
-    def gradient(score: torch.Tensor, retain: bool) -> tuple[torch.Tensor, ...]:
-        return torch.autograd.grad(score, wrt, retain_graph=retain)
+    def gradient(score: torch.Tensor, retain: bool) -> tuple[torch.Tensor | None, ...]:
+        return torch.autograd.grad(score, wrt, retain_graph=retain, allow_unused=allow_unused)
 
     return per_row_backward(output, targets, shared, gradient)[0]
 
@@ -313,8 +317,29 @@ def _layer_gradient_pass(
         activation = cap.activation(layer)
         check_spatial(layer, activation)
         scores = targets.score(output)
-        (gradient,) = torch.autograd.grad(scores.sum(), activation)
-    return activation.detach(), gradient, detach_output(output)
+        require_recorded(scores, layer)
+        (gradient,) = torch.autograd.grad(scores.sum(), activation, allow_unused=True)
+    return activation.detach(), require_reached(gradient, layer), detach_output(output)
+
+
+def require_recorded(scores: torch.Tensor, layer: str) -> None:
+    """`LayerError` (`require_reached`) when ``scores``, computed with autograd recorded
+    only from ``layer`` on, record no graph at all."""
+    if not scores.requires_grad:
+        require_reached(None, layer)
+
+
+def require_reached(gradient: torch.Tensor | None, layer: str) -> torch.Tensor:
+    """``gradient``, the explained score's gradient at ``layer``'s output; `LayerError` when
+    it is None (``allow_unused``): the layer feeds only a side computation of the forward
+    pass, not the output."""
+    if gradient is None:
+        raise LayerError(
+            f"the explained score does not depend on layer {layer!r}: its output never "
+            "reaches the model's output (it feeds only a side computation); choose a layer "
+            "on the way to the output, see 'convlens layers'"
+        )
+    return gradient
 
 
 def _shared_layer_gradient(
@@ -329,7 +354,9 @@ def _shared_layer_gradient(
         check_spatial(layer, activation)
         if not isinstance(output, torch.Tensor) or len(activation) != len(shared):
             return None
-        gradient = per_row_gradients(output, targets, activation, shared)
+        require_recorded(output, layer)
+        gradient = per_row_gradients(output, targets, activation, shared, allow_unused=True)
+        gradient = require_reached(gradient, layer)
     return activation.detach()[group], gradient, detach_output(output)[group]
 
 

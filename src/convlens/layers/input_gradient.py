@@ -314,7 +314,7 @@ _CALLS = {
 
 # Calls by which a forward pass differentiates something itself (a test-time adaptation
 # step, a gradient feature): its backward would need what the block does not keep.
-_DIFFERENTIATING = (torch.autograd.grad, torch.autograd.backward, torch.Tensor.backward)
+DIFFERENTIATING = (torch.autograd.grad, torch.autograd.backward, torch.Tensor.backward)
 
 
 class GradientInForward(BaseException):
@@ -328,7 +328,7 @@ class _InputGradientMode(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         kwargs = kwargs or {}
-        if func in _DIFFERENTIATING:
+        if func in DIFFERENTIATING:
             raise GradientInForward(func.__name__)
         entry = _CALLS.get(func)
         if (

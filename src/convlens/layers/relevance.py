@@ -39,6 +39,7 @@ from torch.overrides import TorchFunctionMode
 from convlens.errors import MethodError
 from convlens.layers.borrow import refuse_scripted
 from convlens.layers.input_gradient import (
+    DIFFERENTIATING,
     channel_product,
     pointwise_stride,
     pointwise_transpose,
@@ -325,6 +326,13 @@ class _RelevanceMode(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         kwargs = kwargs or {}
+        if func in DIFFERENTIATING:
+            raise MethodError(
+                "lrp: the model takes a gradient inside its forward pass (a test-time "
+                "adaptation step, say); relevance rules replace the backward pass of every "
+                "layer, so that gradient cannot be taken: explain this model with saliency, "
+                "input_x_gradient or integrated_gradients"
+            )
         if not torch.is_grad_enabled() or not args or not _traced(args[0]):
             if func in _PRODUCTS and len(args) > 1 and _traced(args[1]):
                 return self._product(func, args, kwargs)
