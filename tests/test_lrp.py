@@ -16,6 +16,7 @@ from convlens.layers import input_gradient as input_gradient_module
 from convlens.layers import relevance as relevance_module
 from convlens.layers.relevance import Composite, relevance_rules
 from convlens.layers.relevance_rules import LinearOp, Rule, propagate
+from convlens.layers.tokens import register_reshape
 
 
 def two_layers() -> nn.Module:
@@ -394,6 +395,60 @@ def test_the_relevance_at_a_layer_is_what_the_layers_above_hand_down(unchanged):
     torch.testing.assert_close(maps, lrp(net, images, 0, composite="epsilon"), rtol=0, atol=0)
 
 
+def test_the_relevance_at_a_layer_with_a_registered_reshape(unchanged):
+    # reading the layer's grid takes a gradient inside the forward pass (convlens's own,
+    # through no rule); the input relevance stays plain LRP's, the layer's comes in its grid
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(6, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, 3),
+    ).eval()
+    images = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(4))
+    _, plain = lrp(net, images, 0, composite="epsilon", relevance_layer="1")
+    register_reshape(net[1], lambda output: output.flip(1))
+    try:
+        with unchanged(net, images):
+            maps, extras = lrp(net, images, 0, composite="epsilon", relevance_layer="1")
+    finally:
+        register_reshape(net[1], None)
+    # (the captured layer's output reaches the layers above as a copy: rounding)
+    plain_maps = lrp(net, images, 0, composite="epsilon")
+    torch.testing.assert_close(maps, plain_maps, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(extras["channel_relevance"], plain["channel_relevance"].flip(1))
+
+
+class _ParameterGradient(nn.Module):
+    """Takes, inside ``forward``, a gradient of its parameters alone (not of the input) and
+    uses it as a constant scale; ``scale`` given: the same scale, no gradient taken."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(15)
+        self.conv, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4, 2)
+        self.log_scale = nn.Parameter(torch.randn(4))
+        self.scale: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.scale
+        if scale is None:
+            with torch.enable_grad():
+                p = self.log_scale.detach().requires_grad_(True)
+                (scale,) = torch.autograd.grad(p.exp().sum(), p)
+        return self.fc((torch.relu(self.conv(x)) * scale.view(1, -1, 1, 1)).mean((2, 3)))
+
+
+def test_a_gradient_inside_the_forward_pass_through_no_rule_is_allowed():
+    net, images = _ParameterGradient().eval(), torch.randn(2, 3, 8, 8)
+    taken = lrp(net, images, 0, composite="epsilon")
+    net.scale = net.log_scale.detach().exp()
+    torch.testing.assert_close(taken, lrp(net, images, 0, composite="epsilon"), rtol=0, atol=0)
+
+
 # --- the cheaper forms of the flat rule, the residual split and the rectified-input check
 
 
@@ -607,6 +662,17 @@ def test_strided_1x1_layers_as_placed_products_give_the_convolutions_relevance(
     by_convolution = lrp(net, images, 1, composite=composite)
     torch.testing.assert_close(by_product, by_convolution, rtol=1e-4, atol=1e-6)
     assert by_product.abs().sum() > 0
+
+
+@pytest.mark.parametrize("method", ["lrp", "saliency"])
+def test_an_empty_batch_through_strided_1x1_layers(method):
+    # the matrix products spell out their channel count: nothing to infer -1 from
+    empty = torch.randn(0, 3, 11, 13)
+    assert convlens.explain(_Downsampling().eval(), empty, method, target=1).maps.shape == (
+        0,
+        11,
+        13,
+    )
 
 
 class _PerVector(nn.Module):

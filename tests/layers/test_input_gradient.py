@@ -202,6 +202,8 @@ def test_channel_product_is_a_1x1_convolution_in_either_layout(channels_last, wi
     want = F.conv2d(x, weight, bias if with_bias else None)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert got.is_contiguous(memory_format=torch.channels_last) == channels_last
+    empty = channel_product(laid[:0], weight.view(7, 5).t())  # no batch to infer sizes from
+    assert empty.shape == (0, 7, 4, 6)
 
 
 class _Adapting(nn.Module):

@@ -332,12 +332,13 @@ def require_recorded(scores: torch.Tensor, layer: str) -> None:
 def require_reached(gradient: torch.Tensor | None, layer: str) -> torch.Tensor:
     """``gradient``, the explained score's gradient at ``layer``'s output; `LayerError` when
     it is None (``allow_unused``): the layer feeds only a side computation of the forward
-    pass, not the output."""
+    pass, or what follows it runs without autograd."""
     if gradient is None:
         raise LayerError(
-            f"the explained score does not depend on layer {layer!r}: its output never "
-            "reaches the model's output (it feeds only a side computation); choose a layer "
-            "on the way to the output, see 'convlens layers'"
+            f"the explained score does not depend on layer {layer!r}: its output reaches the "
+            "model's output through no recorded gradient (it feeds only a side computation, "
+            "or the model runs what follows it under torch.no_grad); choose a layer on the "
+            "way to the output, see 'convlens layers'"
         )
     return gradient
 

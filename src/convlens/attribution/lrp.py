@@ -28,6 +28,7 @@ from convlens.layers.relevance import (
     relevance_rules,
     resolve_composite,
 )
+from convlens.layers.tokens import connected_grid
 from convlens.maps import channel_peaks
 from convlens.models.loading import LoadedModel
 from convlens.targets import Targets
@@ -73,8 +74,8 @@ def propagate_relevance(
     share_rows: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """`input_relevance`, and in the same backward pass the relevance arriving at the
-    output of ``layer`` (``Tensor[N, K, h, w]``, the layer's output shape; None without a
-    layer): ``(input relevance, layer relevance, output)``.
+    output of ``layer`` (``Tensor[N, K, h, w]``, in the layer's grid as `capture` records
+    it; None without a layer): ``(input relevance, layer relevance, output)``.
 
     The layer's output reaches the layers after it as a copy (`convlens.layers.capture`),
     so a BatchNorm right after ``layer`` is no longer folded into it: take an activation
@@ -111,7 +112,13 @@ def _propagate(
     pick = shared.first.to(images.device) if shared is not None else None
     inputs = (images if pick is None else images[pick]).detach().clone().requires_grad_(True)
     with borrowed_model(module), torch.enable_grad():
-        watched = capture(module, layer, gradients=True) if layer is not None else nullcontext()
+        # the raw output: a reshaped layer's recorded grid would reach the output through a
+        # residual sum of zero, which takes no relevance (its grid is made below)
+        watched = (
+            capture(module, layer, gradients=True, reshape=None)
+            if layer is not None
+            else nullcontext()
+        )
         with watched as captured, relevance_rules(module, composite, bounds) as session:
             output = module(inputs)
         session.require_layers()
@@ -130,6 +137,7 @@ def _propagate(
         at_layer = found[1]
         if at_layer is None:  # the output never reached the explained score
             at_layer = torch.zeros_like(captured.activation())
+        at_layer = connected_grid(module, captured.names[0], at_layer)  # the layer's grid
     return found[0], at_layer, output.detach()
 
 

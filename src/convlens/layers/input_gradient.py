@@ -215,10 +215,11 @@ def channel_product(
             product = torch.bmm(weights, images)
         else:
             product = torch.baddbmm(bias.view(1, -1, 1), weights, images)
-        return product.view(batch, -1, height, width)
+        return product.view(batch, matrix.shape[1], height, width)
     rows = t.permute(0, 2, 3, 1).reshape(-1, channels)
     product = rows @ matrix if bias is None else torch.addmm(bias, rows, matrix)
-    return product.view(batch, height, width, -1).permute(0, 3, 1, 2)
+    # the channel count spelled out: an empty batch has no size to infer -1 from
+    return product.view(batch, height, width, matrix.shape[1]).permute(0, 3, 1, 2)
 
 
 def _output_padding(input_size, output_size, weight, stride, padding, dilation):  # noqa: ANN001

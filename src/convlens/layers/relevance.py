@@ -315,6 +315,40 @@ def _traced(t: object) -> bool:
     return isinstance(t, torch.Tensor) and t.requires_grad and t.is_floating_point()
 
 
+_RULE_NODES = (
+    _LinearRelevance._backward_cls,
+    _PassThrough._backward_cls,
+    _SumRelevance._backward_cls,
+)
+
+
+class _RulesDifferentiated(BaseException):
+    """A gradient taken inside the forward pass through layers recorded with relevance
+    rules; `relevance_rules` reports it as a `MethodError`. A `BaseException`, so that a
+    model's own ``except Exception`` does not swallow it."""
+
+
+def _through_rules(differentiated: object) -> bool:
+    """Whether the graph behind ``differentiated`` (a tensor or a sequence of them: the
+    first argument of ``torch.autograd.grad`` / ``backward``) passes a layer recorded with a
+    relevance rule, whose backward pass is relevance, not a gradient. convlens's own
+    gradients inside the block (a registered reshape's grid) go through none."""
+    tensors = [differentiated] if isinstance(differentiated, torch.Tensor) else differentiated
+    if not isinstance(tensors, (list, tuple)):
+        return False
+    stack = [t.grad_fn for t in tensors if isinstance(t, torch.Tensor) and t.grad_fn is not None]
+    seen: set[int] = set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, _RULE_NODES):
+            return True
+        stack.extend(child for child, _ in node.next_functions if child is not None)
+    return False
+
+
 class _RelevanceMode(TorchFunctionMode):
     def __init__(self, session: RelevanceSession, owners: dict, bounds) -> None:  # noqa: ANN001
         super().__init__()
@@ -326,13 +360,8 @@ class _RelevanceMode(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         kwargs = kwargs or {}
-        if func in DIFFERENTIATING:
-            raise MethodError(
-                "lrp: the model takes a gradient inside its forward pass (a test-time "
-                "adaptation step, say); relevance rules replace the backward pass of every "
-                "layer, so that gradient cannot be taken: explain this model with saliency, "
-                "input_x_gradient or integrated_gradients"
-            )
+        if func in DIFFERENTIATING and _through_rules(args[0] if args else None):
+            raise _RulesDifferentiated(func.__name__)
         if not torch.is_grad_enabled() or not args or not _traced(args[0]):
             if func in _PRODUCTS and len(args) > 1 and _traced(args[1]):
                 return self._product(func, args, kwargs)
@@ -480,8 +509,16 @@ def relevance_rules(
             "see 'convlens layers' for its module names"
         )
     session = RelevanceSession(composite)
-    with _RelevanceMode(session, _owners(model), bounds):
-        yield session
+    try:
+        with _RelevanceMode(session, _owners(model), bounds):
+            yield session
+    except _RulesDifferentiated:
+        raise MethodError(
+            "lrp: the model takes a gradient inside its forward pass through layers that "
+            "carry relevance rules (a test-time adaptation step, say); the rules replace "
+            "their backward pass, so that gradient cannot be taken: explain this model with "
+            "saliency, input_x_gradient or integrated_gradients"
+        ) from None
 
 
 class _KeepChannels(torch.autograd.Function):
