@@ -127,6 +127,18 @@ def test_report_out_keeps_a_file_it_did_not_write(tmp_path, capsys, monkeypatch)
     assert notes.read_text() == "my notes"
 
 
+@pytest.mark.parametrize("out", ["pages/", "report.pdf", "report"])
+def test_report_out_must_name_an_html_file(out, tmp_path, capsys, monkeypatch):
+    # a trailing slash wrote the page as a file named after the folder; .pdf got HTML
+    import convlens.models as models
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("work was done"))
+    assert main(["report", "cat", "--out", out]) == 2
+    assert "NAME.html" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_force_replaces_a_picture_convlens_did_not_write(tmp_path, capsys):
     from convlens.files import owned
 

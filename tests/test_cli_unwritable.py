@@ -85,3 +85,12 @@ def test_read_only_folder_is_refused_before_work(tmp_path, capsys):
     finally:
         locked.chmod(0o700)
     assert "is not writable" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+@pytest.mark.usefixtures("no_model_loading")
+def test_a_folder_no_file_can_be_created_in_is_refused_even_for_root(capsys):
+    # the permission bits say yes to root everywhere: a probe file says no in /proc
+    assert main(["explain", "cat", "--out", "/proc/convlens-out"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "/proc is not writable" in err

@@ -45,6 +45,14 @@ def test_contrast_is_difference_of_scores():
     assert scores(contrast("top1", "top2"))[1].tolist() == [2.0, 2.0]
 
 
+def test_a_class_against_itself_is_refused():
+    # by name against id, by rank, and in one row of a per-image contrast
+    for same in (contrast("bee", 1), contrast("top1", "top1"), contrast([0, 2], [1, 2])):
+        with pytest.raises(TargetError, match="against itself"):
+            resolve_targets(same, 2, labels=LABELS)
+    resolve_targets(contrast("top1", 1), 2, labels=LABELS)  # may coincide; known only later
+
+
 def test_callable_target():
     targets, value = scores(lambda out: out[:, 0] * 2)
     assert value.tolist() == [2.0, 8.0]

@@ -132,9 +132,23 @@ def check_creatable(folder: str | Path, target: str | Path | None = None) -> Pat
         existing = existing.parent
     if not existing.is_dir():
         raise OutputError(f"cannot write {what}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
+    if not _can_create_in(existing):
         raise OutputError(f"cannot write {what}: the folder {existing} is not writable")
     return folder
+
+
+def _can_create_in(folder: Path) -> bool:
+    """Whether a file can be created in ``folder``: a probe file, removed at once (the
+    permission bits say yes to root on any folder, /proc and read-only mounts included)."""
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return False
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".convlens-probe-", dir=folder)
+    except OSError:
+        return False
+    os.close(handle)
+    os.unlink(probe)
+    return True
 
 
 def _pending_entry(path: Path) -> dict | None:

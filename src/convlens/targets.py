@@ -460,6 +460,12 @@ def resolve_targets(
     if isinstance(target, Contrast):
         positive = _selector(target.positive, batch_size, labels, num_classes)
         negative = _selector(target.negative, batch_size, labels, num_classes)
+        same = (positive.ids == negative.ids) & (positive.ranks == negative.ranks)
+        if bool(same.any()):
+            raise TargetError(
+                f"the contrast {target_text(target)} sets a class against itself (its logit "
+                "difference is 0 and every map is empty); contrast two different classes"
+            )
         return Targets(rows, positive, negative, spec=f"{target.positive}-{target.negative}")
     selector = _selector(target, batch_size, labels, num_classes)
     return Targets(rows, selector, spec="top1" if target is None else str(_plain(target)))

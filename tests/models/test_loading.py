@@ -35,6 +35,14 @@ def small_net() -> nn.Module:
     )
 
 
+def test_labels_of_another_count_than_the_models_are_refused():
+    # a header line (or a missing class) would shift every name by one
+    loaded = load_model(small_net(), labels=["no", "yes"])
+    with pytest.raises(ModelLoadError, match="3 class names .* 2 classes"):
+        load_model(loaded, labels=["name", "no", "yes"])
+    assert load_model(loaded, labels=["off", "on"]).label(1) == "on"
+
+
 def test_module_is_wrapped_not_copied_and_mode_kept():
     net = small_net().train()
     loaded = load_model(net, labels=["no", "yes"])

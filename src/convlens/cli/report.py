@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -44,6 +46,11 @@ def report_command(
     from convlens.report import DEFAULT_METHODS, build_report, write_report
 
     check_writable(out, force)  # before any work
+    if out.endswith(("/", os.sep)) or Path(out).suffix.lower() not in (".html", ".htm"):
+        raise typer.BadParameter(
+            f"{out} is not an HTML file name: the report is one page; give --out NAME.html",
+            param_hint="--out",
+        )
     loaded = load_model(model, device=device, trust_pickle=trust_pickle)
     page, skipped = build_report(
         loaded,

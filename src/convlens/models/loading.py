@@ -282,6 +282,12 @@ def load_model(
             f"cannot load a model from a {type(model).__name__}; "
             "pass a name, a path or an nn.Module"
         )
+    if labels is not None and loaded.labels is not None and len(labels) != len(loaded.labels):
+        raise ModelLoadError(
+            f"{len(labels)} class names (labels) for a model of {len(loaded.labels)} classes; "
+            "give one name per class, in id order (a header line or a missing class would "
+            "shift every name)"
+        )
     if preprocess is not None or labels is not None:
         loaded = LoadedModel(
             loaded.module,
