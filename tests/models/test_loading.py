@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from convlens import load_model
@@ -170,8 +171,14 @@ def test_torchvision_pretrained_brings_its_preprocessing_and_labels(no_network, 
 def test_file_that_is_not_a_model(tmp_path):
     path = tmp_path / "notes.pt"
     path.write_text("hello")
-    with pytest.raises(ModelLoadError, match="notes.pt"):
+    with pytest.raises(ModelLoadError, match="notes.pt is not a model file"):
         load_model(path)
+    # an image is no pickle: no advice to trust it and run its code
+    picture = tmp_path / "cat.png"
+    Image.new("RGB", (4, 4)).save(picture)
+    with pytest.raises(ModelLoadError, match="is not a model file") as caught:
+        load_model(picture)
+    assert "trust" not in str(caught.value)
     tensor_file = tmp_path / "tensor.pt"
     torch.save(torch.zeros(2), tensor_file)
     with pytest.raises(ModelLoadError, match="not an nn.Module"):

@@ -197,6 +197,8 @@ def _unpickled(file: Path, trust_pickle: bool):
         with _older_convlens_globals():
             return torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:  # what weights_only=True refuses
+        if not trust_pickle and "GLOBAL" not in str(error):  # not a pickle of objects at all
+            raise _unreadable(file, error) from error
         if not trust_pickle:
             raise ModelLoadError(
                 f"{file} needs full unpickling, which runs code from the file "
@@ -228,9 +230,14 @@ def _needed_global(error: Exception) -> str:
 
 
 def _unreadable(file: Path, error: Exception) -> ModelLoadError:
+    message = str(error)
+    # torch's weights-only refusal buries its reason ("Unsupported operand 73") in advice
+    message = message.split("WeightsUnpickler error:")[-1].split("Check the documentation")[0]
+    reason = " ".join(message.split())[:160]
     return ModelLoadError(
-        f"could not read {file}: {type(error).__name__}: {str(error)[:200]}. Save a whole "
-        "model with torch.jit.save(torch.jit.script(model), path) or torch.save(model, path)"
+        f"{file} is not a model file convlens can read (TorchScript, a convlens model file, or "
+        f"a torch.save pickle; {type(error).__name__}: {reason}). Save a whole model with "
+        "torch.jit.save(torch.jit.script(model), path) or torch.save(model, path)"
     )
 
 
