@@ -43,6 +43,13 @@ def test_chunked_nearest_equals_brute_force(metric):
     )
 
 
+def test_a_vector_is_at_cosine_distance_zero_from_itself_never_below():
+    # rounding put cos(x, x) a few ulps above 1: "cosine distance -0.0000" in the CLI
+    vectors = torch.randn(64, 33, generator=torch.Generator().manual_seed(5)).half().float()
+    _, dist = nearest(vectors, vectors, 1, "cosine", chunk=16)
+    assert bool((dist >= 0).all()) and float(dist.max()) < 1e-5
+
+
 def test_ties_go_to_the_lower_row():
     vectors = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 0.0]])
     rows, _ = nearest(vectors, torch.tensor([[2.0, 0.0]]), 3, "cosine", chunk=2)

@@ -49,8 +49,8 @@ def _prepared(vectors: torch.Tensor, metric: str) -> torch.Tensor:
 
 def _distances(queries: torch.Tensor, block: torch.Tensor, metric: str) -> torch.Tensor:
     products = queries @ block.T
-    if metric == "cosine":
-        return 1.0 - products
+    if metric == "cosine":  # >= 0: rounding puts cos(x, x) a few ulps above 1
+        return (1.0 - products).clamp_min(0)
     squared = (queries * queries).sum(1, keepdim=True) + (block * block).sum(1) - 2 * products
     return squared.clamp_min(0).sqrt()
 
@@ -132,7 +132,7 @@ def _faiss_nearest(vectors, queries, k, metric, exclude):
         np.ascontiguousarray(_prepared(queries, metric).numpy()), min(keep + extra, len(vectors))
     )
     found, rows = torch.from_numpy(found), torch.from_numpy(rows).long()
-    dist = 1.0 - found if metric == "cosine" else found.clamp_min(0).sqrt()
+    dist = (1.0 - found).clamp_min(0) if metric == "cosine" else found.clamp_min(0).sqrt()
     if exclude is not None:
         dist = dist.masked_fill(rows == exclude[:, None], torch.inf)
     dist, rows = _smallest(dist, rows, keep)
