@@ -60,7 +60,7 @@ def test_explain_options_contrast_and_labels_reach_the_record(tmp_path, capsys):
         logits = loaded.module(load_images(["cat"], preprocess=loaded.preprocess).tensor)[0]
     assert entry["score"] == pytest.approx(float(logits[1] - logits[2]), rel=1e-4, abs=1e-5)
     bad = main(args[:-1] + ["--option", "n_steps=3"])
-    assert bad == 1 and "no chosen method takes the option 'n_steps'" in capsys.readouterr().err
+    assert bad == 2 and "no chosen method takes the option 'n_steps'" in capsys.readouterr().err
 
 
 def test_pad_preprocessing_keeps_the_whole_image():
@@ -154,3 +154,13 @@ def test_method_summaries_are_whole_sentences_without_markup(capsys):
     assert main(["methods"]) == 0
     text = capsys.readouterr().out
     assert "explain() options" not in text and "--option KEY=VALUE for: patch, stride" in text
+
+
+@pytest.mark.parametrize("pair", ["patch", "n_stepz=3"])
+def test_a_bad_option_is_a_usage_error_before_the_model_loads(pair, monkeypatch, capsys):
+    import convlens.models.loading as loading
+    from convlens.cli import main
+
+    monkeypatch.setattr(loading, "_load_by_name", lambda *a, **k: pytest.fail("model was loaded"))
+    code = main(["explain", "cat", "--method", "integrated_gradients", "--option", pair])
+    assert code == 2 and "--option" in capsys.readouterr().err

@@ -32,7 +32,7 @@ from convlens.cli.options import (
     load_cli_model,
     parse_method_options,
 )
-from convlens.errors import DiskFullError, TargetError
+from convlens.errors import DiskFullError, MethodError, TargetError
 from convlens.package import DEFAULT_MODEL
 
 
@@ -135,6 +135,11 @@ def explain_command(
     # By name: typer may hand a context from its own copy of click, whose enum is another class.
     fmt_given = getattr(ctx.get_parameter_source("fmt"), "name", "DEFAULT") != "DEFAULT"
     folder, fmt, named = _panel_destination(out, fmt, force, fmt_given)
+    names = method_names(method)
+    try:  # a malformed or unknown option is a usage error, found before the model loads
+        method_options = parse_method_options(option, names)
+    except MethodError as error:
+        raise typer.BadParameter(str(error), param_hint="--option") from None
     loaded = load_cli_model(
         model,
         arch=arch,
@@ -145,8 +150,6 @@ def explain_command(
         labels=labels,
         device=device,
     )
-    names = method_names(method)
-    method_options = parse_method_options(option, names)
     explained = _with_region(
         parse_target(target, loaded.labels, rather_than=contrast_with), region_box
     )
