@@ -164,3 +164,16 @@ def test_a_bad_option_is_a_usage_error_before_the_model_loads(pair, monkeypatch,
     monkeypatch.setattr(loading, "_load_by_name", lambda *a, **k: pytest.fail("model was loaded"))
     code = main(["explain", "cat", "--method", "integrated_gradients", "--option", pair])
     assert code == 2 and "--option" in capsys.readouterr().err
+
+
+def test_a_run_whose_methods_all_fail_drops_its_earlier_panel(tmp_path, capsys):
+    # the new record says "panel": null; the earlier run's picture would contradict it
+    torch.save(small_convnet().eval(), tmp_path / "net.pt")
+    base = ["explain", "cat", "-m", str(tmp_path / "net.pt"), "--trust-pickle"]
+    base += ["-o", str(tmp_path / "o")]
+    assert main([*base, "--method", "saliency"]) == 0
+    assert (tmp_path / "o" / "cat.png").is_file()
+    assert main([*base, "--method", "smoothgrad", "--option", "n_samples=abc"]) == 1
+    record = json.loads((tmp_path / "o" / "cat.json").read_text())
+    assert record["panel"] is None and not (tmp_path / "o" / "cat.png").exists()
+    capsys.readouterr()
