@@ -177,3 +177,14 @@ def test_a_run_whose_methods_all_fail_drops_its_earlier_panel(tmp_path, capsys):
     record = json.loads((tmp_path / "o" / "cat.json").read_text())
     assert record["panel"] is None and not (tmp_path / "o" / "cat.png").exists()
     capsys.readouterr()
+
+
+def test_the_summary_names_every_explained_target_once():
+    from convlens.cli.explain_tiles import explained_text
+
+    tabby = {"class_name": "tabby", "class_id": 281}
+    cat = {"class_name": "tiger cat", "class_id": 282}
+    assert explained_text([cat, tabby, cat, tabby]) == "tiger cat (282), tabby (281)"
+    rather = {**tabby, "contrast": {"rather_than": "espresso"}}
+    assert explained_text([rather, rather]) == "tabby rather than espresso"
+    assert explained_text([]) == "nothing"

@@ -64,15 +64,24 @@ def pattern_note(correlation: float | None) -> str:
 
 def explained_text(methods: list[dict]) -> str:
     """What was explained, for the summary line: ``tabby (281)`` or ``tabby rather than
-    espresso``; ``nothing`` when every method failed."""
+    espresso``, each distinct target once in order (``top3``: three classes); ``nothing``
+    when every method failed."""
     if not methods:
         return "nothing"
-    first = methods[0]
-    if "contrast" in first:
-        return f"{first['class_name']} rather than {first['contrast']['rather_than']}"
-    if first.get("class_name") is None:
+    found: list[str] = []
+    for entry in methods:
+        text = _explained_one(entry)
+        if text not in found:
+            found.append(text)
+    return ", ".join(found)
+
+
+def _explained_one(entry: dict) -> str:
+    if "contrast" in entry:
+        return f"{entry['class_name']} rather than {entry['contrast']['rather_than']}"
+    if entry.get("class_name") is None:
         return "the given target"
-    return f"{first['class_name']} ({first['class_id']})"
+    return f"{entry['class_name']} ({entry['class_id']})"
 
 
 def prediction_text(top: dict, digits: int) -> str:
