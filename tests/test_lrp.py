@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests.helpers.networks import small_convnet
 from torch import nn
 
 import convlens
@@ -398,24 +399,15 @@ def test_the_relevance_at_a_layer_is_what_the_layers_above_hand_down(unchanged):
 def test_the_relevance_at_a_layer_with_a_registered_reshape(unchanged):
     # reading the layer's grid takes a gradient inside the forward pass (convlens's own,
     # through no rule); the input relevance stays plain LRP's, the layer's comes in its grid
-    torch.manual_seed(0)
-    net = nn.Sequential(
-        nn.Conv2d(3, 6, 3, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(6, 6, 3, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(6, 3),
-    ).eval()
+    net = small_convnet().eval()
     images = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(4))
-    _, plain = lrp(net, images, 0, composite="epsilon", relevance_layer="1")
-    register_reshape(net[1], lambda output: output.flip(1))
+    _, plain = lrp(net, images, 0, composite="epsilon", relevance_layer="2")
+    register_reshape(net[2], lambda output: output.flip(1))
     try:
         with unchanged(net, images):
-            maps, extras = lrp(net, images, 0, composite="epsilon", relevance_layer="1")
+            maps, extras = lrp(net, images, 0, composite="epsilon", relevance_layer="2")
     finally:
-        register_reshape(net[1], None)
+        register_reshape(net[2], None)
     # (the captured layer's output reaches the layers above as a copy: rounding)
     plain_maps = lrp(net, images, 0, composite="epsilon")
     torch.testing.assert_close(maps, plain_maps, rtol=1e-5, atol=1e-6)
