@@ -188,3 +188,19 @@ def test_the_summary_names_every_explained_target_once():
     rather = {**tabby, "contrast": {"rather_than": "espresso"}}
     assert explained_text([rather, rather]) == "tabby rather than espresso"
     assert explained_text([]) == "nothing"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["filters", "--reduce", "weird"],
+        ["filters", "--scaling", "x"],
+        ["features", "cat", "--layer", "bn2", "--top", "0"],
+    ],
+)
+def test_bad_feature_options_are_usage_errors_before_the_model_loads(args, monkeypatch):
+    import convlens.models.loading as loading
+    from convlens.cli import main
+
+    monkeypatch.setattr(loading, "_load_by_name", lambda *a, **k: pytest.fail("model was loaded"))
+    assert main(args) == 2

@@ -53,8 +53,15 @@ def filters_command(
 ) -> None:
     """Draw a convolution's filters as a grid of tiles (grey = 0), scaling stated on it;
     1x1 convolutions as a filters x input-channels matrix (bars for depthwise 1x1)."""
+    from convlens.features.filters import REDUCTIONS, SCALINGS
     from convlens.render.figures import check_output
 
+    for value, allowed, hint in (
+        (reduce, REDUCTIONS, "--reduce"),
+        (scaling, SCALINGS, "--scaling"),
+    ):
+        if value not in allowed:  # a usage error, before the model loads
+            raise typer.BadParameter(f"{value!r}; use one of {', '.join(allowed)}", param_hint=hint)
     check_output(out, force)
     loaded = _loaded_model(model, device, trust_pickle)
     from convlens.features.pointwise import filter_matrix, is_pointwise
@@ -120,7 +127,7 @@ def features_command(
         bool,
         typer.Option("--all-layers", help="Channel-mean map of each stage's output, in order."),
     ] = False,
-    top: Annotated[int, typer.Option(help="Channels shown, largest mean first.")] = 32,
+    top: Annotated[int, typer.Option(min=1, help="Channels shown, largest mean first.")] = 32,
     out: OutOption = None,
     force: ForceOption = False,
     dpi: DpiOption = None,
