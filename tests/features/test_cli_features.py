@@ -108,9 +108,6 @@ def test_class_visualisation_survives_an_8_bit_round_trip(tmp_path, capsys, clas
             "error: channel 999 out of range: layer 'blocks.1' has 24 channels (0..23)",
         ),
         (["--class", "espreso"], "error: no class named 'espreso'; did you mean 'espresso'"),
-        (["--class", "1", "--channel", "blocks.1:3"], "error: give exactly one of"),
-        (["--channel", "blocks.1"], "error: --channel takes LAYER:C"),
-        (["--class", "1", "--image", "cat"], "error: --method accentuate starts from a photo"),
     ],
 )
 def test_visualize_bad_options_print_one_line(capsys, default_model, argv, message):
@@ -119,6 +116,25 @@ def test_visualize_bad_options_print_one_line(capsys, default_model, argv, messa
     assert captured.out == ""
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(message), captured.err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--class", "1", "--channel", "blocks.1:3"], "give exactly one of"),
+        (["--channel", "blocks.1"], "--channel takes LAYER:C"),
+        (["--class", "1", "--image", "cat"], "--method accentuate starts from a photo"),
+        (["--class", "1", "--steps", "0"], "--steps"),
+    ],
+)
+def test_visualize_option_conflicts_are_usage_errors_before_the_model_loads(
+    capsys, monkeypatch, argv, message
+):
+    import convlens.models.loading as loading
+
+    monkeypatch.setattr(loading, "_load_by_name", lambda *a, **k: pytest.fail("model was loaded"))
+    assert main(["visualize", *argv]) == 2
+    assert message in capsys.readouterr().err
 
 
 def test_visualize_accentuates_a_photo_and_runs_the_fooling_check(tmp_path, capsys, monkeypatch):

@@ -183,7 +183,8 @@ def visualize_command(
     steps: Annotated[
         int | None,
         typer.Option(
-            help="Gradient-ascent steps (default: 256 for gradient and maco, 64 for accentuate)."
+            min=1,
+            help="Gradient-ascent steps (default: 256 for gradient and maco, 64 for accentuate).",
         ),
     ] = None,
     param: Annotated[
@@ -264,21 +265,29 @@ def visualize_command(
     from convlens.render.features import importance_panel, to_uint8
     from convlens.render.figures import check_output, output_path, save_image
 
+    # usage errors (exit 2), before the model loads
     if (class_ is None) == (channel is None):
-        raise MethodError("give exactly one of --class ID|NAME or --channel LAYER:C")
-    if (method == "accentuate") != (image is not None):
-        raise MethodError(
-            "--method accentuate starts from a photo: give it --image PATH (and --image only "
-            "with --method accentuate)"
+        raise typer.BadParameter(
+            "give exactly one of --class ID|NAME or --channel LAYER:C", param_hint="--class"
         )
+    if (method == "accentuate") != (image is not None):
+        raise typer.BadParameter(
+            "--method accentuate starts from a photo: give it --image PATH (and --image only "
+            "with --method accentuate)",
+            param_hint="--image",
+        )
+    if channel is not None:
+        layer, _, index = channel.rpartition(":")
+        if not layer or not index.isdigit():
+            raise typer.BadParameter(
+                f"--channel takes LAYER:C (e.g. blocks.4:7), got {channel!r}",
+                param_hint="--channel",
+            )
     check_output(out, force)
     loaded = load_model(model, device=device, trust_pickle=trust_pickle)
     if class_ is not None:
         objective, stem = objectives.class_logit(class_), f"class-{class_}"
     else:
-        layer, _, index = channel.rpartition(":")
-        if not layer or not index.isdigit():
-            raise MethodError(f"--channel takes LAYER:C (e.g. blocks.4:7), got {channel!r}")
         objective, stem = objectives.channel(layer, int(index)), f"channel-{layer}-{index}"
     unit_name = objective.name
     if diversity > 1:
