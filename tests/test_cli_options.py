@@ -167,6 +167,8 @@ def test_a_bad_option_is_a_usage_error_before_the_model_loads(pair, monkeypatch,
 
 
 def test_a_run_whose_methods_all_fail_drops_its_earlier_panel(tmp_path, capsys):
+    from convlens.files import ledger_entries
+
     # the new record says "panel": null; the earlier run's picture would contradict it
     torch.save(small_convnet().eval(), tmp_path / "net.pt")
     base = ["explain", "cat", "-m", str(tmp_path / "net.pt"), "--trust-pickle"]
@@ -176,6 +178,7 @@ def test_a_run_whose_methods_all_fail_drops_its_earlier_panel(tmp_path, capsys):
     assert main([*base, "--method", "smoothgrad", "--option", "n_samples=abc"]) == 1
     record = json.loads((tmp_path / "o" / "cat.json").read_text())
     assert record["panel"] is None and not (tmp_path / "o" / "cat.png").exists()
+    assert "cat.png" not in ledger_entries(tmp_path / "o")  # forgotten, not only deleted
     capsys.readouterr()
 
 

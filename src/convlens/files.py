@@ -77,6 +77,17 @@ def owned(path: str | Path, entries: dict[str, dict] | None = None) -> bool:
     return path.suffix.lower() in _MARKED and _carries_mark(path)
 
 
+def discard_output(path: str | Path) -> bool:
+    """Delete ``path`` when convlens wrote it and nobody changed it since (`owned`), and
+    forget it in its folder's ledger; anything else stays. True when it was deleted."""
+    path = Path(path)
+    if not owned(path):
+        return False
+    path.unlink()
+    _update_ledger(path.parent, {path.name: None})
+    return True
+
+
 def unique_name(stem: str, used: set[str], separator: str = "_") -> str:
     """``stem``, or ``stem{separator}2``, ``stem{separator}3`` ... : the first not in ``used``
     (file stems of one run, anchors of one page); it is added to ``used``."""

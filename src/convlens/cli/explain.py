@@ -287,7 +287,7 @@ def _explain_one_image(
         pattern_note,
         write_panel,
     )
-    from convlens.files import write_json
+    from convlens.files import discard_output, write_json
     from convlens.targets import target_text
 
     explanations, failures = explain_methods(
@@ -325,7 +325,7 @@ def _explain_one_image(
     elif tiles:
         panel_path = write_panel(batch.display[0], tiles, predictions[0], stem, picture)
     else:  # every method failed: an earlier run's panel would contradict the new record
-        _drop_earlier_panel(stem.with_name(f"{stem.name}.{picture.fmt}"))
+        discard_output(stem.with_name(f"{stem.name}.{picture.fmt}"))
     layers = sorted({m["layer"] for m in methods if m["layer"]})
     record = {
         "source": batch.sources[0],
@@ -340,15 +340,6 @@ def _explain_one_image(
     }
     write_json(stem.with_name(f"{stem.name}.json"), record)
     return record
-
-
-def _drop_earlier_panel(path) -> None:  # noqa: ANN001
-    """Delete ``path``, a panel an earlier run wrote for this image, when convlens wrote it
-    and it is unchanged since (`convlens.files.owned`); anything else stays."""
-    from convlens.files import owned
-
-    if path.is_file() and owned(path):
-        path.unlink()
 
 
 def _check_outputs(stem, fmt: str) -> None:

@@ -332,12 +332,7 @@ class _InputGradientMode(TorchFunctionMode):
         if func in DIFFERENTIATING:
             raise GradientInForward(func.__name__)
         entry = _CALLS.get(func)
-        if (
-            entry is not None
-            and torch.is_grad_enabled()
-            and not _autocast()
-            and _plain_autograd()
-        ):
+        if entry is not None and torch.is_grad_enabled() and not _autocast() and _plain_autograd():
             parsed = entry[0](args, kwargs)
             if parsed is not None:
                 return entry[1](*parsed)
@@ -388,12 +383,13 @@ def _plain_autograd() -> bool:
     )
 
 
-def _graph(root: torch.Tensor) -> tuple[list, dict[int, int]]:
-    """The nodes of the graph behind ``root`` and how many edges lead to each (by ``id``;
-    every node's Python object stays referenced meanwhile, so no ``id`` is reused)."""
+def recorded_graph(*roots: torch.Tensor) -> tuple[list, dict[int, int]]:
+    """The autograd nodes of the graph behind ``roots`` and how many edges lead to each (by
+    ``id``; every node's Python object stays referenced meanwhile, so no ``id`` is
+    reused)."""
     nodes: dict[int, object] = {}
     counts: dict[int, int] = {}
-    stack = [root.grad_fn] if root.grad_fn is not None else []
+    stack = [root.grad_fn for root in roots if root.grad_fn is not None]
     while stack:
         node = stack.pop()
         if id(node) in nodes:
@@ -414,7 +410,7 @@ def fold_batch_norm_scales(root: torch.Tensor) -> int:
     The fold is for good: a backward pass from another output of the same forward pass,
     or a hook on a folded convolution's output, would see the unscaled gradient (the
     scan's projections seed elements of ``root`` and hook nothing below it)."""
-    nodes, counts = _graph(root)
+    nodes, counts = recorded_graph(root)
     folded = 0
     for node in nodes:
         producer = getattr(node, "producer", None)

@@ -44,6 +44,7 @@ from convlens.layers.input_gradient import (
     pointwise_stride,
     pointwise_transpose,
     product_pays,
+    recorded_graph,
 )
 from convlens.layers.receptive import as_pair
 from convlens.layers.relevance_rules import (
@@ -336,17 +337,8 @@ def _through_rules(differentiated: object) -> bool:
     tensors = [differentiated] if isinstance(differentiated, torch.Tensor) else differentiated
     if not isinstance(tensors, (list, tuple)):
         return False
-    stack = [t.grad_fn for t in tensors if isinstance(t, torch.Tensor) and t.grad_fn is not None]
-    seen: set[int] = set()
-    while stack:
-        node = stack.pop()
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        if isinstance(node, _RULE_NODES):
-            return True
-        stack.extend(child for child, _ in node.next_functions if child is not None)
-    return False
+    nodes, _ = recorded_graph(*(t for t in tensors if isinstance(t, torch.Tensor)))
+    return any(isinstance(node, _RULE_NODES) for node in nodes)
 
 
 class _RelevanceMode(TorchFunctionMode):
