@@ -684,14 +684,66 @@ def test_linear_imputation_equals_quantus_on_three_channels(quantus):
     # each imputed value is the weighted mean of its neighbours (1/6 direct, 1/12 diagonal)
     filled = image.double().clone().view(3, -1)
     filled[:, removed] = got
-    filled = filled.view(1, 3, SIDE, SIDE)
-    kernel = torch.tensor([[1, 2, 1], [2, 0, 2], [1, 2, 1]], dtype=torch.float64) / 12
-    means = torch.nn.functional.conv2d(filled.transpose(0, 1), kernel[None, None], padding=1)
-    weight = torch.nn.functional.conv2d(
-        torch.ones(1, 1, SIDE, SIDE).double(), kernel[None, None], padding=1
-    )
-    means = (means / weight).view(3, -1)
+    means = _neighbour_means(filled.view(3, SIDE, SIDE))
     assert torch.allclose(means[:, removed], got, atol=1e-9)
+
+
+def _neighbour_means(image: torch.Tensor) -> torch.Tensor:
+    """``Tensor[C, H*W]``: each pixel's weighted mean of its neighbours inside the image
+    (1/6 direct, 1/12 diagonal, renormalised at the border)."""
+    channels, height, width = image.shape
+    kernel = torch.tensor([[1, 2, 1], [2, 0, 2], [1, 2, 1]], dtype=torch.float64) / 12
+    sums = torch.nn.functional.conv2d(image.double()[:, None], kernel[None, None], padding=1)
+    weight = torch.nn.functional.conv2d(
+        torch.ones(1, 1, height, width).double(), kernel[None, None], padding=1
+    )
+    return (sums / weight).view(channels, -1)
+
+
+@pytest.mark.parametrize("share", [0.9, 0.5, 1 / 2304, (2304 - 1) / 2304])
+def test_linear_imputation_fills_large_holes_exactly(share):
+    # smooth maps remove connected holes spanning the image: the dissection order splits
+    # them many times; the answer must not depend on the order of elimination
+    from scipy.sparse.linalg import spsolve
+
+    side = 48
+    generator = torch.Generator().manual_seed(3)
+    image = torch.rand(3, side, side, generator=generator)
+    smooth = torch.nn.functional.interpolate(
+        torch.rand(1, 1, 6, 6, generator=generator), size=side, mode="bicubic"
+    ).flatten()
+    removed = torch.sort(-smooth, stable=True).indices[: round(side * side * share)]
+    got = zoo.linear_imputation(image, removed)
+    assert got.shape == (3, len(removed)) and got.dtype == torch.float64
+    filled = image.double().clone().view(3, -1)
+    filled[:, removed] = got
+    assert torch.allclose(_neighbour_means(filled.view(3, side, side))[:, removed], got, atol=1e-9)
+    # the same system through SciPy's default solver (column minimum degree, pivoting)
+    k = len(removed)
+    rows = removed // side
+    cols = removed % side
+    index = {int(p): i for i, p in enumerate(removed)}
+    matrix = np.zeros((k, k))
+    rhs = np.zeros((k, 3))
+    flat = image.double().view(3, -1).numpy()
+    for i, (r, c) in enumerate(zip(rows.tolist(), cols.tolist(), strict=True)):
+        for dr in (-1, 0, 1):
+            for dc in (-1, 0, 1):
+                if (dr or dc) and 0 <= r + dr < side and 0 <= c + dc < side:
+                    weight = (1 / 12) if dr and dc else (1 / 6)
+                    matrix[i, i] -= weight
+                    neighbour = (r + dr) * side + c + dc
+                    if neighbour in index:
+                        matrix[i, index[neighbour]] += weight
+                    else:
+                        rhs[i] -= weight * flat[:, neighbour]
+    if k <= 300:
+        expected = np.linalg.solve(matrix, rhs)
+    else:
+        from scipy.sparse import csc_matrix
+
+        expected = spsolve(csc_matrix(matrix), rhs)
+    np.testing.assert_allclose(got.numpy(), np.asarray(expected).reshape(k, 3).T, atol=1e-9)
 
 
 def test_road_equals_quantus_on_shared_noise(quantus, monkeypatch, unchanged):

