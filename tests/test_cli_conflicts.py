@@ -132,3 +132,14 @@ def test_a_value_after_a_flag_is_not_read_as_an_image(command, tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     assert main([command, "cat", "--json", "false"]) == 2
     assert "flags such as --json take no value" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("no_model_loading")
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [("top0", "ranks count from 1"), ("top0-top1", "ranks count from 1"), ("similar:", "PATH")],
+)
+def test_explain_malformed_target_is_a_usage_error(target, message, tmp_path, capsys):
+    assert main(["explain", "cat", "--target", target, "--out", str(tmp_path / "o")]) == 2
+    assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -146,6 +146,19 @@ def test_progress_off_a_terminal_does_not_flood_the_log():
     assert counts == [*range(1, 10), *range(10, 100, 10), 100, 200]
 
 
+def test_progress_counter_reports_steps_it_passes_and_not_the_initial_count():
+    from convlens.data.progress import Progress
+
+    stream = io.StringIO()
+    with Progress(100, desc="pass", initial=20, stream=stream) as counter:
+        for _ in range(11):
+            counter.update(7)  # 27, 34, ... 97
+        counter.update(3)
+    counts = [int(line.split(": ")[1].split("/")[0]) for line in stream.getvalue().splitlines()]
+    assert counts == [34, 41, 55, 62, 76, 83, 90, 100]  # one line per tenth passed, and the end
+    assert "\r" not in stream.getvalue()
+
+
 def test_method_summaries_are_whole_sentences_without_markup(capsys):
     assert main(["methods", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)

@@ -155,6 +155,15 @@ def test_parse_target_forms_and_rather_than():
     assert isinstance(parse_target("1-2", one_image=True), Contrast)
 
 
+@pytest.mark.parametrize("one_image", [False, True])
+@pytest.mark.parametrize("text", ["top0", "top00", "top0-top1", "tabby-top0"])
+def test_parse_target_refuses_rank_zero_without_the_model(text, one_image):
+    with pytest.raises(TargetError, match="ranks count from 1"):
+        parse_target(text, ("tabby",), one_image=one_image)
+    with pytest.raises(TargetError, match="ranks count from 1"):
+        parse_target("tabby", ("tabby",), rather_than="top0")
+
+
 def test_parse_target_one_image_top_k_is_one_ranked_row():
     output = torch.tensor([[0.1, 3.0, 2.0, -1.0]])
     rows = resolve_targets(parse_target("top2", one_image=True), 1)

@@ -579,9 +579,10 @@ def parse_target(
     parts = _contrast_parts(text, labels)
     if parts is not None:
         return contrast(*parts)
+    single = _single_class(text)
     if one_image and _TOPK.match(text):
         return [text]
-    return _single_class(text)
+    return single
 
 
 def target_text(target: object) -> str:
@@ -597,8 +598,10 @@ def target_text(target: object) -> str:
 
 
 def _single_class(text: str) -> int | str:
-    """One class in words: an int for digits, else the text (a name or ``topK``)."""
+    """One class in words: an int for digits, else the text (a name or ``topK``, K >= 1)."""
     text = text.strip()
+    if (match := _TOPK.match(text)) and int(match[1]) < 1:
+        raise TargetError(f"{text!r}: ranks count from 1 (top1 is the most probable class)")
     return int(text) if text.isdigit() else text
 
 

@@ -50,6 +50,10 @@ def test_scan_writes_topk_json_panels_and_a_self_contained_atlas(tmp_path, capsy
     assert main(args) == 1  # the unreadable file is skipped, the rest scanned
     captured = capsys.readouterr()
     assert "skipped " in captured.err and "broken.png" in captured.err
+    # off a terminal: plain progress lines, none redrawn, none repeated
+    progress = [line for line in captured.err.splitlines() if line.startswith("features.2: ")]
+    assert progress and progress[-1] == "features.2: 16/16" and "\r" not in captured.err
+    assert len(set(progress)) == len(progress)
     doc = json.loads((out / "features.2" / "topk.json").read_text())
     assert set(doc) == {"layer", "k", "by", "channels"}
     assert (doc["layer"], doc["k"], doc["by"]) == ("features.2", 2, "max")

@@ -140,6 +140,10 @@ def explain_command(
         method_options = parse_method_options(option, names)
     except MethodError as error:
         raise typer.BadParameter(str(error), param_hint="--option") from None
+    try:  # a malformed target (top0, similar: without a path) too; names need the labels
+        parse_target(target, None, rather_than=contrast_with)
+    except TargetError as error:
+        raise typer.BadParameter(str(error), param_hint="--target") from None
     loaded = load_cli_model(
         model,
         arch=arch,

@@ -17,6 +17,54 @@ T = TypeVar("T")
 PLAIN_LINES = 10
 
 
+class Progress:
+    """A counter of ``total`` steps shown on ``stream`` (default stderr): a tqdm bar when it is
+    a terminal, else a line ``desc: i/total`` whenever the count passes a reported step
+    (`is_reported_step`); ``initial``: steps already done (not printed again). ``disable``:
+    no output. ``leave``: keep the finished bar on screen (terminals only). Use as a context
+    manager, or call `close`."""
+
+    def __init__(
+        self,
+        total: int | None = None,
+        *,
+        desc: str = "",
+        initial: int = 0,
+        unit: str = "it",
+        leave: bool = False,
+        disable: bool = False,
+        stream=None,
+    ) -> None:
+        self.total, self.desc, self.count, self.disable = total, desc, initial, disable
+        self.stream = sys.stderr if stream is None else stream
+        self.bar = None
+        if not disable and is_terminal(self.stream):
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=total, initial=initial, desc=desc, unit=unit, leave=leave, file=self.stream
+            )
+
+    def update(self, steps: int = 1) -> None:
+        """Count ``steps`` more done."""
+        before, self.count = self.count, self.count + steps
+        if self.bar is not None:
+            self.bar.update(steps)
+        elif not self.disable and _passes_reported_step(before, self.count, self.total):
+            of = f"/{self.total}" if self.total is not None else ""
+            print(f"{self.desc}: {self.count}{of}", file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def progress_bar(
     iterable: Iterable[T],
     *,
@@ -27,24 +75,26 @@ def progress_bar(
     stream=None,
 ) -> Iterator[T]:
     """Iterate over ``iterable`` showing progress on ``stream`` (default stderr): a tqdm bar
-    when it is a terminal, else a line ``desc: i/total`` after each step. ``disable``: no
-    output at all. ``leave``: keep the finished bar on screen (terminals only)."""
-    if disable:
-        yield from iterable
-        return
-    stream = sys.stderr if stream is None else stream
+    when it is a terminal, else a line ``desc: i/total`` after each reported step (`Progress`).
+    ``disable``: no output at all. ``leave``: keep the finished bar on screen (terminals
+    only)."""
     if total is None and hasattr(iterable, "__len__"):
         total = len(iterable)  # type: ignore[arg-type]
-    if is_terminal(stream):
-        from tqdm import tqdm
+    with Progress(total, desc=desc, leave=leave, disable=disable, stream=stream) as counter:
+        for item in iterable:
+            yield item
+            counter.update()
 
-        yield from tqdm(iterable, desc=desc, total=total, leave=leave, file=stream)
-        return
-    of = f"/{total}" if total is not None else ""
-    for step, item in enumerate(iterable, start=1):
-        yield item
-        if is_reported_step(step, total):
-            print(f"{desc}: {step}{of}", file=stream, flush=True)
+
+def _passes_reported_step(before: int, after: int, total: int | None) -> bool:
+    """Whether a step in ``(before, after]`` gets a line (`is_reported_step`)."""
+    if after <= before:
+        return False
+    if total is not None:
+        every = max(1, total // PLAIN_LINES)
+        return after // every > before // every or before < total <= after
+    every = 10 ** (len(str(after)) - 1)
+    return after // every > before // every
 
 
 def is_reported_step(step: int, total: int | None) -> bool:

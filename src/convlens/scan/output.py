@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from convlens.data.datasets import ScanDataset
+from convlens.data.progress import Progress
 from convlens.errors import ImageLoadError
 from convlens.files import flush_ledgers, keep_output, ledger_entries, owned, write_json
 from convlens.render.images import save_png
@@ -136,18 +136,17 @@ class _ChannelPainter:
         start = time.perf_counter()
         top = self.result.layers[layer]
         views = self.result.channel_views(layer, channels)
-        bar = tqdm(
-            views,
-            total=total or len(channels),
-            initial=done,
-            disable=not self.progress or not channels,
-            desc=layer,
-        )
-        for view in bar:
-            title = f"{layer} channel {view.channel}: top {len(view.units)} by {top.by}"
-            shown = view.projections[self.projection] if self.projection else None
-            panel = top_units_panel(view.patches, shown, title, inside=view.inside)
-            save_png(panel, self.out / layer / channel_png_name(view.channel))
+        total = total or len(channels)
+        last = done + len(channels) >= total  # the timed first group's bar is not kept
+        with Progress(
+            total, initial=done, desc=layer, leave=last, disable=not self.progress or not channels
+        ) as counter:
+            for view in views:
+                title = f"{layer} channel {view.channel}: top {len(view.units)} by {top.by}"
+                shown = view.projections[self.projection] if self.projection else None
+                panel = top_units_panel(view.patches, shown, title, inside=view.inside)
+                save_png(panel, self.out / layer / channel_png_name(view.channel))
+                counter.update()
         return time.perf_counter() - start
 
 
@@ -161,7 +160,7 @@ def print_estimate(timed: dict, firsts: dict, work: dict) -> float:
     left = {name: len(work[name]) - len(firsts[name]) for name in work}
     seconds = sum(timed[name] / len(firsts[name]) * left[name] for name in work if firsts[name])
     if seconds > ESTIMATE_SECONDS:
-        tqdm.write(
+        print(
             f"scan: {sum(left.values())} more channel pictures in {len(work)} "
             f"layer{'s' if len(work) > 1 else ''}, "
             f"about {_duration(seconds)} at the pace of the first "

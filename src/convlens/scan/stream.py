@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from convlens.data.datasets import ScanDataset, batch_loader
+from convlens.data.progress import Progress
 from convlens.errors import DataError
 from convlens.files import write_bytes
 from convlens.layers import borrowed_model
@@ -268,8 +269,4 @@ def _items_change(saved: dict, current: dict, sources: list[str]) -> str | None:
 
 def _progress(enabled: bool, total: int, initial: int, label: str):
     """The bar of a pass, labelled with its kind (``scan``, ``embed``, ``attribute``)."""
-    from tqdm.auto import tqdm
-
-    return tqdm(
-        total=total, initial=min(initial, total), disable=not enabled, unit="img", desc=label
-    )
+    return Progress(total, initial=min(initial, total), disable=not enabled, unit="img", desc=label)
