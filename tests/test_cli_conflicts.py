@@ -143,3 +143,28 @@ def test_explain_malformed_target_is_a_usage_error(target, message, tmp_path, ca
     assert main(["explain", "cat", "--target", target, "--out", str(tmp_path / "o")]) == 2
     assert message in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.usefixtures("no_model_loading")
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["explain", "cat", "--method", "nosuch"], "unknown method 'nosuch'"),
+        (["explain", "cat", "--method", " , "], "names no method"),
+        (["report", "cat", "--method", "nosuch", "--out", "r.html"], "unknown method 'nosuch'"),
+        (["evaluate", "--method", "nosuch"], "unknown method 'nosuch'"),
+        (["camcrop", "--method", "nosuch"], "unknown method 'nosuch'"),
+        (["attribute", "shapes:4", "--method", "nosuch"], "unknown method 'nosuch'"),
+        (["attribute", "shapes:4", "--method", "cam,saliency"], "takes one method"),
+        (["attribute", "shapes:4", "--option", "patch=3"], "no chosen method takes"),
+        (["attribute", "shapes:4", "--target", "top0"], "ranks count from 1"),
+    ],
+)
+def test_unknown_methods_options_and_targets_are_usage_errors(argv, message, tmp_path, capsys):
+    # the same mistake is the same exit status in every command, found before the model loads
+    out = ["--out", str(tmp_path / "out")] if argv[0] == "attribute" else []
+    if argv[0] == "report":
+        argv = [*argv[:-1], str(tmp_path / "r.html")]
+    assert main([*argv, *out]) == 2
+    assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -107,7 +107,7 @@ def test_version_and_evaluate_method_spelling(capsys):
     from convlens import __version__
 
     assert main(["--version"]) == 0 and capsys.readouterr().out.strip() == f"convlens {__version__}"
-    assert main(["evaluate", "--method", "nope", "--limit", "1"]) == 1
+    assert main(["evaluate", "--method", "nope", "--limit", "1"]) == 2
     assert "unknown method 'nope'" in capsys.readouterr().err
     assert main(["evaluate", "--data", "gt.json"]) == 2
     assert "--data needs --model" in capsys.readouterr().err

@@ -79,7 +79,9 @@ def test_report_cli_writes_the_page(tmp_path):
     page = out.read_text()
     assert page.startswith("<!DOCTYPE html>")
     assert "gradcam for" in page and "saliency for" not in page  # only the chosen method
-    assert main([*args[:-1], "nope", "--out", str(out)]) == 1
+    assert (
+        main([*args[:-1], "nope", "--out", str(out)]) == 2
+    )  # a usage error, before the model loads
 
 
 def test_report_takes_the_old_methods_spelling(tmp_path):

@@ -73,12 +73,20 @@ def attribute_command(
     relevance_layer=LAYER each image's LRP relevance per channel of LAYER is stored too
     (DIR/channels/), for 'spray --features channels'. Memory stays flat in the number of
     images; --resume continues a stopped run."""
-    from convlens.cli.options import parse_method_options
+    from convlens.cli.options import chosen_method_options, chosen_methods
+    from convlens.errors import TargetError
     from convlens.files import check_folder, writing
     from convlens.models import load_model
-    from convlens.scan.attribute import INDEX_FILE, attribute_dataset
+    from convlens.scan.attribute import INDEX_FILE, LABEL_TARGET, attribute_dataset
+    from convlens.targets import parse_target
 
-    options = next(iter(parse_method_options(option, [method]).values()), {})
+    (method,) = chosen_methods(method, one=True)
+    options = next(iter(chosen_method_options(option, [method]).values()), {})
+    if target.strip().lower() != LABEL_TARGET:
+        try:  # a malformed target (top0) too; class names need the model's labels
+            parse_target(target, None)
+        except TargetError as error:
+            raise typer.BadParameter(str(error), param_hint="--target") from None
     check_folder(out, (INDEX_FILE,), force)
     opened, rank = _start_group(device)
     try:

@@ -123,7 +123,7 @@ def evaluate_command(
     and the counterfactual ground truth of what the model relies on."""
     from pathlib import Path
 
-    from convlens.attribution.explain import method_names
+    from convlens.cli.options import chosen_methods
     from convlens.evaluate.benchmark import evaluate_on_source
     from convlens.files import check_folder
     from convlens.render.leaderboard import leaderboard_curves, leaderboard_note, leaderboard_table
@@ -135,7 +135,7 @@ def evaluate_command(
             param_hint="--model",
         )
     benchmark = _chosen_benchmark(benchmark, data)
-    names = method_names(methods_alias or method)
+    names = chosen_methods(methods_alias or method)
     chosen_metrics = _chosen_metrics(metrics, benchmark)
     if out is not None:  # before any work
         check_folder(out, ("leaderboard.json", "curves.png", "sanity.png"), force)

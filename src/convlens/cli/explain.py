@@ -29,10 +29,11 @@ from convlens.cli.options import (
     TrustPickleOption,
     WeightsOption,
     WidthOption,
+    chosen_method_options,
+    chosen_methods,
     load_cli_model,
-    parse_method_options,
 )
-from convlens.errors import DiskFullError, MethodError, TargetError
+from convlens.errors import DiskFullError, TargetError
 from convlens.package import DEFAULT_MODEL
 
 
@@ -117,7 +118,7 @@ def explain_command(
     """
     from pathlib import Path
 
-    from convlens.attribution.explain import check_layer_use, method_names
+    from convlens.attribution.explain import check_layer_use
     from convlens.attribution.methods import get_method
     from convlens.data.images import iter_batches
     from convlens.files import unique_name, writing
@@ -135,11 +136,8 @@ def explain_command(
     # By name: typer may hand a context from its own copy of click, whose enum is another class.
     fmt_given = getattr(ctx.get_parameter_source("fmt"), "name", "DEFAULT") != "DEFAULT"
     folder, fmt, named = _panel_destination(out, fmt, force, fmt_given)
-    names = method_names(method)
-    try:  # a malformed or unknown option is a usage error, found before the model loads
-        method_options = parse_method_options(option, names)
-    except MethodError as error:
-        raise typer.BadParameter(str(error), param_hint="--option") from None
+    names = chosen_methods(method)
+    method_options = chosen_method_options(option, names)
     try:  # a malformed target (top0, similar: without a path) too; names need the labels
         parse_target(target, None, rather_than=contrast_with)
     except TargetError as error:

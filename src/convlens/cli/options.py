@@ -140,6 +140,33 @@ def read_labels(path: str) -> tuple[str, ...]:
     return names
 
 
+def chosen_methods(spec: str, *, one: bool = False) -> list[str]:
+    """The registered names ``spec`` lists (`convlens.attribution.explain.method_names`) for
+    a command line: an unknown or empty name, or more than one where the command takes
+    ``one``, is a usage error (exit 2) found before any model loads."""
+    from convlens.attribution.explain import method_names
+    from convlens.errors import MethodError
+
+    try:
+        names = method_names(spec)
+    except MethodError as error:
+        raise typer.BadParameter(str(error), param_hint="--method") from None
+    if one and len(names) != 1:
+        raise typer.BadParameter(f"{spec!r}: this command takes one method", param_hint="--method")
+    return names
+
+
+def chosen_method_options(pairs: list[str] | None, methods: list[str]) -> dict[str, dict]:
+    """`parse_method_options` for a command line: a malformed option, or one no chosen
+    method takes, is a usage error (exit 2) found before any model loads."""
+    from convlens.errors import MethodError
+
+    try:
+        return parse_method_options(pairs, methods)
+    except MethodError as error:
+        raise typer.BadParameter(str(error), param_hint="--option") from None
+
+
 def parse_method_options(pairs: list[str] | None, methods: list[str]) -> dict[str, dict]:
     """``["patch=32", "n_steps=64"]`` to ``{method: {option: value}}`` for the ``methods``
     that take each option (values: int, float, true/false, none, else text). An option no

@@ -41,6 +41,7 @@ def report_command(
     top-5, methods for the top classes, CAM box, contrast, occlusion, stages, feature maps,
     and the first-layer filters. Unreadable inputs are skipped with a message (exit 1). An
     existing --out file that convlens did not write is refused unless --force."""
+    from convlens.cli.options import chosen_methods
     from convlens.files import check_writable
     from convlens.models import load_model
     from convlens.report import DEFAULT_METHODS, build_report, write_report
@@ -51,6 +52,7 @@ def report_command(
             f"{out} is not an HTML file name: the report is one page; give --out NAME.html",
             param_hint="--out",
         )
+    chosen_methods(methods_alias or method or DEFAULT_METHODS)
     loaded = load_model(model, device=device, trust_pickle=trust_pickle)
     page, skipped = build_report(
         loaded,

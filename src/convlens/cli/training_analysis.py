@@ -302,7 +302,9 @@ def camcrop_command(
     Example: convlens camcrop --data photos
     """
     from convlens.analysis.camcrop import cam_crops
+    from convlens.cli.options import chosen_methods
 
+    (method,) = chosen_methods(method, one=True)
     loaded = _load(model, device, trust_pickle)
     images = _images(loaded, data, limit)
     crops = cam_crops(
