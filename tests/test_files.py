@@ -225,6 +225,30 @@ def test_pictures_marked_by_an_older_convlens_still_count_as_its_own(tmp_path):
     assert owned(tmp_path / "old.png") and not owned(tmp_path / "photo.png")
 
 
+@pytest.mark.parametrize("suffix", [".png", ".pdf", ".svg"])
+def test_only_the_mark_field_convlens_writes_makes_a_picture_its_own(suffix, tmp_path):
+    # figures written outside any ledger folder carry the mark in their metadata field
+    from matplotlib.figure import Figure
+
+    from convlens.render.figures import save_figure
+
+    ours = save_figure(Figure(figsize=(1, 1)), tmp_path / f"ours{suffix}")
+    assert owned(ours) and not (tmp_path / files.LEDGER).exists()  # by its mark alone
+    # a user's picture that merely mentions convlens, in text or a comment, is not ours
+    theirs = tmp_path / f"theirs{suffix}"
+    if suffix == ".png":
+        from PIL import PngImagePlugin
+
+        info = PngImagePlugin.PngInfo()
+        info.add_text("Comment", "a photo for my convlens talk")
+        Image.new("RGB", (2, 2)).save(theirs, pnginfo=info)
+    elif suffix == ".svg":
+        theirs.write_text('<svg xmlns="http://www.w3.org/2000/svg"><text>convlens</text></svg>')
+    else:
+        theirs.write_bytes(b"%PDF-1.4\n% drawn for a convlens tutorial\n%%EOF\n")
+    assert not owned(theirs)
+
+
 def test_a_file_written_twice_in_one_run_is_its_own_before_the_ledger_is_flushed(tmp_path):
     with writing(tmp_path, "scan"):
         for step in range(3):  # a resume state rewritten every few batches
@@ -250,7 +274,12 @@ def test_a_rerun_removes_its_own_stale_outputs_and_keeps_everything_else(tmp_pat
         write_text(tmp_path / "scan.json", "2")
         write_text(tmp_path / "layer2" / "topk.json", "2")
     assert _names(tmp_path) == [
-        LEDGER, "edited.txt", "embeddings.npy", "layer1", "layer2", "scan.json"
+        LEDGER,
+        "edited.txt",
+        "embeddings.npy",
+        "layer1",
+        "layer2",
+        "scan.json",
     ]
     assert _names(tmp_path / "layer1") == ["mine.txt"]  # its topk.json went, the user's stays
     assert _names(tmp_path / "layer2") == [LEDGER, "topk.json"]

@@ -26,6 +26,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import tempfile
 import time
 from collections.abc import Iterator
@@ -175,7 +176,23 @@ def _forced(force: bool | None) -> bool:
     return run is not None and run.force
 
 
+# Where each format holds the mark: exactly the field convlens writes, so a user's own
+# picture that merely mentions convlens (a caption, a comment chunk) is not taken for ours.
+_MARK_FIELDS = {
+    ".png": re.compile(re.escape(b"\x00\x00\x00\x11tEXtSoftware\x00" + MARK.encode())),
+    ".pdf": re.compile(re.escape(b"/Creator (" + MARK.encode() + b")")),
+    ".svg": re.compile(
+        rb"<dc:creator>\s*<cc:Agent>\s*<dc:title>" + re.escape(MARK.encode()) + rb"</dc:title>"
+    ),
+}
+
+
 def _carries_mark(path: Path) -> bool:
+    """Whether the PNG/PDF/SVG at ``path`` has convlens's mark in the metadata field
+    convlens writes (`convlens.render.images`, `convlens.render.figures`)."""
+    field = _MARK_FIELDS.get(path.suffix.lower())
+    if field is None:
+        return False
     try:
         with open(path, "rb") as handle:
             head = handle.read(1 << 16)
@@ -183,7 +200,7 @@ def _carries_mark(path: Path) -> bool:
             tail = handle.read()
     except OSError:
         return False
-    return MARK.encode() in head or MARK.encode() in tail
+    return bool(field.search(head) or field.search(tail))
 
 
 def _digest(path: Path) -> str:
