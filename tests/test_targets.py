@@ -50,7 +50,12 @@ def test_a_class_against_itself_is_refused():
     for same in (contrast("bee", 1), contrast("top1", "top1"), contrast([0, 2], [1, 2])):
         with pytest.raises(TargetError, match="against itself"):
             resolve_targets(same, 2, labels=LABELS)
-    resolve_targets(contrast("top1", 1), 2, labels=LABELS)  # may coincide; known only later
+    later = resolve_targets(contrast("top1", 1), 2, labels=LABELS)  # known only with logits
+    with pytest.raises(TargetError, match="sets class 1 against itself \\(row 0"):
+        later.score(LOGITS)  # row 0's top class is 1 ("bee")
+    assert resolve_targets(contrast("top1", 2), 1).score(LOGITS[:1]).tolist() == [2.0]
+    with pytest.raises(TargetError, match="against itself"):
+        resolve_targets(contrast("top1", "cat"), 2, labels=LABELS).score(LOGITS)  # row 1
 
 
 def test_callable_target():

@@ -318,9 +318,12 @@ class Targets:
                 )
             return scores
         logits = self.class_scores(output)
-        scores = logits.gather(1, self.positive.resolve(logits)[:, None])[:, 0]
+        positive = self.positive.resolve(logits)
+        scores = logits.gather(1, positive[:, None])[:, 0]
         if self.negative is not None:
-            scores = scores - logits.gather(1, self.negative.resolve(logits)[:, None])[:, 0]
+            negative = self.negative.resolve(logits)
+            _refuse_self_contrast(positive, negative, self.spec)
+            scores = scores - logits.gather(1, negative[:, None])[:, 0]
         return scores
 
     def copies(self, rows: torch.Tensor, clean: torch.Tensor) -> CopyTargets:
@@ -343,6 +346,19 @@ class Targets:
             self.fn,
             self.spec,
             None if self.region is None else self.region.subset(rows),
+        )
+
+
+def _refuse_self_contrast(positive: torch.Tensor, negative: torch.Tensor, spec: str) -> None:
+    """A contrast whose two sides name one class in some row (``top1`` against the top
+    class by name, say) has a logit difference of 0 and an empty map: refused."""
+    same = positive == negative
+    if bool(same.any()):
+        row = int(same.nonzero()[0, 0])
+        raise TargetError(
+            f"the contrast {spec} sets class {int(positive[row])} against itself (row {row}: "
+            "both sides name it); its logit difference is 0 and every map is empty, so "
+            "contrast two different classes"
         )
 
 
