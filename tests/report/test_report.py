@@ -49,8 +49,8 @@ def test_every_toc_link_has_its_anchor_and_every_figure_a_caption(page):
     toc = html[html.index('<nav class="toc"') : html.index("</nav>")]
     links = re.findall(r'href="#([^"]+)"', toc)
     assert set(links) <= set(ids)
-    assert {"cat", "cat-methods", "cat-box", "cat-contrast", "cat-occlusion", "cat-stages",
-            "cat-features", "model-filters"} <= set(links)  # fmt: skip
+    assert {"cat", "cat.methods", "cat.box", "cat.contrast", "cat.occlusion", "cat.stages",
+            "cat.features", "model-filters"} <= set(links)  # fmt: skip
     figures = re.findall(r"<figure.*?</figure>", html, flags=re.S)
     assert figures and all(re.search(r"<figcaption>[^<]{10,}</figcaption>", f) for f in figures)
     assert "@media print" in html
@@ -143,7 +143,7 @@ def test_every_map_has_its_colour_bar_and_value_range(page):
 
 def test_maps_sit_in_a_grid_of_fixed_columns(page):
     html, _ = page
-    methods = html[html.index('id="cat-methods"') : html.index('id="cat-box"')]
+    methods = html[html.index('id="cat.methods"') : html.index('id="cat.box"')]
     grids = re.findall(r'<div class="grid" style="--columns: (\d+)">', methods)
     assert grids == ["2", "2"]  # one row per class, one column per method
     assert "grid-template-columns: repeat(var(--columns)" in html
@@ -187,3 +187,29 @@ def test_report_out_is_checked_before_any_work(tmp_path, monkeypatch, capsys, wh
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ") and str(out) in err
     assert (tmp_path / "file").read_text() == "mine"
+
+
+def test_section_ids_are_unique_whatever_the_images_are_called(shapes, tmp_path):
+    # an image named like another image's section or like the page's own ids
+    names = ["cat", "cat-methods", "top", "model-filters"]
+    for index, name in enumerate(names):
+        pixels = np.random.default_rng(index).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(tmp_path / f"{name}.png")
+    html, _ = build_report(shapes, [str(tmp_path / f"{n}.png") for n in names], "saliency", top=1)
+    ids = re.findall(r' id="([^"]*)"', html)
+    assert len(ids) == len(set(ids)) and {"top", "model-filters", "cat", "cat.methods"} <= set(ids)
+    links = re.findall(r'href="#([^"]*)"', html)
+    assert links and set(links) <= set(ids)  # every contents link lands on its own section
+
+
+def test_a_model_with_fewer_classes_than_top_gets_all_of_them():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4, 2),
+    )
+    html, _ = build_report(load_model(net, labels=["no", "yes"]), ["cat"], "saliency", top=3)
+    assert "Each row explains one of the 2 most probable classes" in html

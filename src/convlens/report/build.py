@@ -19,13 +19,23 @@ from convlens.layers import default_cam_layer
 from convlens.models.loading import LoadedModel
 from convlens.render.boxes import draw_boxes
 from convlens.render.features import feature_map_grid, filter_grid, layer_means_grid, to_uint8
-from convlens.report.page import Section, anchor_id, figure, grid, page_html, paragraph, table
+from convlens.report.page import (
+    PAGE_TOP,
+    Section,
+    anchor_id,
+    figure,
+    grid,
+    page_html,
+    paragraph,
+    table,
+)
 from convlens.report.views import BOX_FRACTION, map_view
 from convlens.targets import contrast
 
 DEFAULT_METHODS = "gradcam,gradcam_pp,layercam,saliency,guided_backprop"
 OCCLUSION = {"patch": 56, "stride": 28}  # 49 positions at 224 px (patch 32, stride 16: 169)
 FEATURE_CHANNELS = 16
+FILTERS_ANCHOR = "model-filters"
 METHOD_COLUMNS = 5  # at most this many maps side by side (a wider page is unreadable)
 MAP_COLUMNS = 3  # the columns of the single-map sections (box, contrast, occlusion)
 BROAD_BOX = 0.8  # a CAM box over more than this share of the image gets a note
@@ -51,7 +61,9 @@ def build_report(
     """
     names = method_names(methods)
     start = time.perf_counter()
-    sections, skipped, anchors = [], [], set()
+    # image anchors are [a-z0-9-] (`anchor_id`) and their sections' ids add ".part", so
+    # no image can take another's section id; the page's own ids are reserved
+    sections, skipped, anchors = [], [], {PAGE_TOP, FILTERS_ANCHOR}
     for batch in iter_batches(images, model.preprocess, batch_size=1):
         skipped.extend(batch.errors)
         if not len(batch):
@@ -90,12 +102,13 @@ def image_sections(
     occlusion, stages, feature maps and (``visualize``) the class visualisation."""
     source, display = batch.sources[0], batch.display[0]
     predictions = top_predictions(model, batch.tensor, k=max(5, top))[0]
+    top = min(top, len(predictions))  # a model with fewer classes than asked for
     overview = Section(source, anchor, 2, [_overview(display, predictions, source)])
     parts = [
         overview,
         _methods_section(model, batch, methods, top, predictions, anchor),
         _box_section(model, batch, anchor),
-        _contrast_section(model, batch, predictions, anchor),
+        *([_contrast_section(model, batch, predictions, anchor)] if len(predictions) > 1 else []),
         _occlusion_section(model, batch, anchor),
         _stages_section(model, batch, anchor),
         _feature_maps_section(model, batch, anchor),
@@ -117,7 +130,7 @@ def _overview(display, predictions: list[dict], source: str) -> str:
 
 def _methods_section(model, batch, methods, top, predictions, anchor) -> Section:
     """Each method's map for each of the ``top`` classes: one row of figures per class."""
-    section = Section("Attribution methods", f"{anchor}-methods", 3)
+    section = Section("Attribution methods", f"{anchor}.methods", 3)
     results, failures = explain_methods(model, batch, methods, target=f"top{top}", keep_going=True)
     section.blocks.append(
         paragraph(
@@ -151,7 +164,7 @@ def _methods_section(model, batch, methods, top, predictions, anchor) -> Section
 
 def _box_section(model, batch, anchor) -> Section:
     """The Grad-CAM map of the top class turned into a box, drawn on the image."""
-    section = Section("CAM box", f"{anchor}-box", 3)
+    section = Section("CAM box", f"{anchor}.box", 3)
     view = map_view(explain(model, batch, "gradcam"))
     caption = (
         f"Grad-CAM of {view.class_name} ({view.explanation.layer}) thresholded at "
@@ -189,7 +202,7 @@ def box_share(box: tuple[float, float, float, float], size: tuple[int, int]) -> 
 def _contrast_section(model, batch, predictions, anchor) -> Section:
     """Grad-CAM of the score difference top-1 minus top-2 ("why A rather than B")."""
     first, second = predictions[0]["label"], predictions[1]["label"]
-    section = Section(f"Why {first} rather than {second}", f"{anchor}-contrast", 3)
+    section = Section(f"Why {first} rather than {second}", f"{anchor}.contrast", 3)
     view = map_view(explain(model, batch, "gradcam", target=contrast("top1", "top2")))
     caption = (
         f"Grad-CAM of the logit difference {first} - {second}: red regions raise {first} "
@@ -200,7 +213,7 @@ def _contrast_section(model, batch, predictions, anchor) -> Section:
 
 
 def _occlusion_section(model, batch, anchor) -> Section:
-    section = Section("Occlusion", f"{anchor}-occlusion", 3)
+    section = Section("Occlusion", f"{anchor}.occlusion", 3)
     item = explain(model, batch, "occlusion", **OCCLUSION)
     view = map_view(item)
     caption = (
@@ -213,7 +226,7 @@ def _occlusion_section(model, batch, anchor) -> Section:
 
 
 def _stages_section(model, batch, anchor) -> Section:
-    section = Section("Every stage", f"{anchor}-stages", 3)
+    section = Section("Every stage", f"{anchor}.stages", 3)
     maps = layer_mean_maps(model, batch.tensor[0])
     section.blocks.append(
         figure(
@@ -234,7 +247,7 @@ def _stages_section(model, batch, anchor) -> Section:
 
 
 def _feature_maps_section(model, batch, anchor) -> Section:
-    section = Section("Last-stage feature maps", f"{anchor}-features", 3)
+    section = Section("Last-stage feature maps", f"{anchor}.features", 3)
     layer = default_cam_layer(model.module, batch.tensor)
     result = feature_maps(model, batch.tensor[0], layer, top=FEATURE_CHANNELS)
     section.blocks.append(
@@ -256,7 +269,7 @@ def _feature_maps_section(model, batch, anchor) -> Section:
 
 
 def _visualize_section(model, prediction: dict, steps: int, anchor: str) -> Section:
-    section = Section(f"Class visualisation: {prediction['label']}", f"{anchor}-visualize", 3)
+    section = Section(f"Class visualisation: {prediction['label']}", f"{anchor}.visualize", 3)
     result = optimize.visualize(model, objectives.class_logit(prediction["class_id"]), steps=steps)
     section.blocks.append(
         figure(
@@ -272,7 +285,7 @@ def _visualize_section(model, prediction: dict, steps: int, anchor: str) -> Sect
 def model_sections(model: LoadedModel) -> list[Section]:
     """The model's own section: its first convolution's filters (the same for every image)."""
     tiles = filter_tiles(model)
-    section = Section("Model: first-layer filters", "model-filters", 2)
+    section = Section("Model: first-layer filters", FILTERS_ANCHOR, 2)
     section.blocks.append(
         figure(
             filter_grid(tiles),

@@ -53,6 +53,9 @@ class Section:
     blocks: list[str] = field(default_factory=list)
 
 
+PAGE_TOP = "top"  # the id of the page's heading
+
+
 def anchor_id(*parts: str) -> str:
     """A stable, URL-safe anchor from words (``"cat", "Grad-CAM"`` -> ``"cat-grad-cam"``)."""
     text = "-".join(parts).lower()
@@ -116,7 +119,7 @@ def page_html(title: str, meta: str, sections: list[Section]) -> str:
         '<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>\n"
-        f'<h1 id="top">{html.escape(title)}</h1><p class="meta">{html.escape(meta)}</p>\n'
+        f'<h1 id="{PAGE_TOP}">{html.escape(title)}</h1><p class="meta">{html.escape(meta)}</p>\n'
         f'<nav class="toc" aria-label="Contents"><strong>Contents</strong>{toc}</nav>\n'
         f"{body}\n</body></html>\n"
     )
