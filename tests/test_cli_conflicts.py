@@ -151,6 +151,7 @@ def test_explain_malformed_target_is_a_usage_error(target, message, tmp_path, ca
     [
         (["explain", "cat", "--method", "nosuch"], "unknown method 'nosuch'"),
         (["explain", "cat", "--method", " , "], "names no method"),
+        (["explain", "cat", "--method", "saliency", "--layer", "bn2"], "does not use a layer"),
         (["report", "cat", "--method", "nosuch", "--out", "r.html"], "unknown method 'nosuch'"),
         (["evaluate", "--method", "nosuch"], "unknown method 'nosuch'"),
         (["camcrop", "--method", "nosuch"], "unknown method 'nosuch'"),

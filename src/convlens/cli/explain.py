@@ -33,7 +33,7 @@ from convlens.cli.options import (
     chosen_methods,
     load_cli_model,
 )
-from convlens.errors import DiskFullError, TargetError
+from convlens.errors import DiskFullError, MethodError, TargetError
 from convlens.package import DEFAULT_MODEL
 
 
@@ -142,6 +142,11 @@ def explain_command(
         parse_target(target, None, rather_than=contrast_with)
     except TargetError as error:
         raise typer.BadParameter(str(error), param_hint="--target") from None
+    if layer is not None:  # --layer with no method that uses one
+        try:
+            check_layer_use([get_method(name) for name in names], layer)
+        except MethodError as error:
+            raise typer.BadParameter(str(error), param_hint="--layer") from None
     loaded = load_cli_model(
         model,
         arch=arch,
@@ -155,8 +160,7 @@ def explain_command(
     explained = _with_region(
         parse_target(target, loaded.labels, rather_than=contrast_with), region_box
     )
-    if layer is not None:  # an unknown or unused layer stops before any work
-        check_layer_use([get_method(name) for name in names], layer)
+    if layer is not None:  # an unknown layer stops before any work
         resolve_layer_names(loaded.module, layer)
     skip_inapplicable = method.strip() == "all" and layer is None
     run = _ExplainRun(names, skip_inapplicable=skip_inapplicable)
