@@ -121,6 +121,19 @@ def test_header_declaring_too_many_bytes_is_refused_before_decoding():
     assert read_rgb(small, max_pixels=267).size == (20, 10)
 
 
+def test_max_pixels_above_pillows_own_guard_is_honoured():
+    # 14200 x 14200 (201.6 MP): past Pillow's decompression-bomb error (2 x MAX_IMAGE_PIXELS,
+    # about 179 MP). Header only: allowed, the open gets as far as the missing pixel data.
+    header = png_header(14200, 14200, 1, 0)
+    limit = Image.MAX_IMAGE_PIXELS
+    with pytest.raises(ImageTooLargeError):
+        read_rgb(header)  # the default limit (100 MP)
+    with pytest.raises(ImageLoadError, match="not a readable image") as refused:
+        read_rgb(header, max_pixels=500_000_000)
+    assert not isinstance(refused.value, ImageTooLargeError)
+    assert Image.MAX_IMAGE_PIXELS == limit  # Pillow's own setting is left as it was
+
+
 def test_large_16_bit_png_is_decoded_reduced_to_8_bit():
     width, height = 2048, 1536
     rows = np.tile((np.arange(width) * 32).astype(">u2"), (height, 1))  # a 16-bit ramp

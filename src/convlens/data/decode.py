@@ -15,6 +15,7 @@ read holds at most about twice the bound.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -80,7 +81,7 @@ def decode_file(
     where it can, others as soon as loaded), never below twice the size ``reduce_for``
     resizes it to, so the model sees nearly the same pixels; an image less than four
     times that size is decoded exactly as without it. Any decoding failure is `ImageLoadError`."""
-    with unreadable_as_error(name), Image.open(file, formats=ACCEPTED_FORMATS) as image:
+    with unreadable_as_error(name), _opened(file, max_pixels) as image:
         _check_declared_size(image, name, max_pixels)
         target = None if reduce_for is None else reduced_size(image.size, reduce_for)
         if target is not None and image.format in ("JPEG", "MPO"):
@@ -92,6 +93,30 @@ def decode_file(
         if target is not None:
             pixels = _reduced(pixels, target if image.size == loaded else target[::-1])
         return pixels if pixels is not image else image.copy()
+
+
+_PILLOW_LIMIT = threading.Lock()
+
+
+@contextmanager
+def _opened(file: str | Path | IO[bytes], max_pixels: int) -> Iterator[Image.Image]:
+    """``Image.open`` of ``file`` in the accepted formats. Pillow refuses images over twice
+    its own ``Image.MAX_IMAGE_PIXELS`` (about 179 MP) when it opens them; a ``max_pixels``
+    set above that is honoured by raising Pillow's limit for this open only (under a lock,
+    so concurrent opens do not restore each other's value), then putting it back."""
+    pillow = Image.MAX_IMAGE_PIXELS
+    if pillow is None or max_pixels <= 2 * pillow:
+        with Image.open(file, formats=ACCEPTED_FORMATS) as image:
+            yield image
+        return
+    with _PILLOW_LIMIT:
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, max_pixels
+        try:
+            image = Image.open(file, formats=ACCEPTED_FORMATS)
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+    with image:
+        yield image
 
 
 def reduced_size(size: tuple[int, int], preprocess: Preprocess) -> tuple[int, int] | None:
