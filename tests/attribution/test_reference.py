@@ -198,9 +198,7 @@ def test_gradient_shap_equals_captum_in_distribution():
     # The spread of a 100-sample mean, estimated from our own estimates in 10 groups.
     groups = torch.stack(
         [
-            gradient_shap(
-                model, x, 1, baseline=distribution, n_samples=100, seed=s, batch_size=100
-            )
+            gradient_shap(model, x, 1, baseline=distribution, n_samples=100, seed=s, batch_size=100)
             for s in range(1, 11)
         ]
     )
@@ -291,3 +289,20 @@ def test_bad_baselines_name_the_fix():
         deeplift(model, x, 0, baseline="zero,blur")
     with pytest.raises(MethodError, match="does not fit"):
         deeplift(model, x, 0, baseline=torch.zeros(3, 5, 5))
+
+
+@pytest.mark.parametrize("method", ["deeplift", "integrated_gradients"])
+def test_baselines_must_be_one_or_one_per_image(method):
+    from convlens.attribution.gradients import integrated_gradients
+
+    run = deeplift if method == "deeplift" else integrated_gradients
+    model = conv_net(nn.ReLU)
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    for count in (3, 4):  # more baselines than images: never silently cut to the first two
+        with pytest.raises(MethodError, match=f"got {count} baselines for 2 images"):
+            run(model, x, 0, baseline=torch.zeros(count, 3, 8, 8))
+    with pytest.raises(MethodError, match="got 1 baselines for 2 images|one per image"):
+        run(model, x, "top2", baseline=torch.zeros(3, 3, 8, 8))  # rows != images
+    one = run(model, x, 0, baseline=torch.zeros(1, 3, 8, 8))[0]
+    each = run(model, x, 0, baseline=torch.zeros(2, 3, 8, 8))[0]
+    assert torch.equal(one, each)

@@ -35,11 +35,13 @@ def baseline_rows(
     images: torch.Tensor,
     baseline: object,
     image_index: torch.Tensor,
+    inputs: int,
 ) -> torch.Tensor:
     """One baseline per explained row, ``Tensor[N, C, H, W]``, for ``images``
-    ``Tensor[N, C, H, W]`` (rows of input images ``image_index``). ``baseline``: None (zeros),
-    one name or path (see the module docstring), or a Tensor ``[C, H, W]``, ``[1, C, H, W]``
-    or one per input image ``[B, C, H, W]``."""
+    ``Tensor[N, C, H, W]`` (rows of the ``inputs`` input images, row ``n`` of input image
+    ``image_index[n]``). ``baseline``: None (zeros), one name or path (see the module
+    docstring), or a Tensor ``[C, H, W]``, ``[1, C, H, W]`` or one per input image
+    ``[inputs, C, H, W]``."""
     if isinstance(baseline, (str, Path)):
         distribution = baseline_distribution(model, images, baseline)
         if len(distribution) != 1:
@@ -65,10 +67,10 @@ def baseline_rows(
         )
     if len(base) == 1:
         return base.expand_as(images)
-    if len(base) <= int(image_index.max()):
+    if len(base) != inputs:
         raise MethodError(
-            f"got {len(base)} baselines for {int(image_index.max()) + 1} images; pass "
-            "[C, H, W], [1, C, H, W] or one per image"
+            f"got {len(base)} baselines for {inputs} images; pass [C, H, W], [1, C, H, W] "
+            "or one per image"
         )
     return base[image_index.to(base.device)]
 

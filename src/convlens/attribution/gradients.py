@@ -138,7 +138,7 @@ def integrated_gradients_attributions(
     x = prepared.images
     rows = len(x)
     size = chunk_size(batch_size, rows)
-    base = baseline_rows(model, x, baseline, prepared.targets.image_index)
+    base = baseline_rows(model, x, baseline, prepared.targets.image_index, len(images))
     with borrowed_model(prepared.module):
         clean, pinned = clean_pass(prepared)
         alphas = torch.linspace(0, 1, n_steps, dtype=torch.float64)

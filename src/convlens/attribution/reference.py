@@ -107,7 +107,7 @@ def deeplift(
     """
     prepared = prepare(model, images, target)
     x = prepared.images
-    references = baseline_rows(model, x, baseline, prepared.targets.image_index)
+    references = baseline_rows(model, x, baseline, prepared.targets.image_index, len(images))
     with borrowed_model(prepared.module):
         gradient, output, reference_output = deeplift_gradient(
             prepared.module, x, references, prepared.targets
