@@ -182,3 +182,18 @@ def test_target_text_writes_targets_back_in_the_grammar():
     assert target_text("top1") == "top1"
     for text in ("tabby-967", "top2", "5"):
         assert target_text(parse_target(text, ("tabby",))) == text
+
+
+@pytest.mark.parametrize(
+    ("fn", "message"),
+    [
+        (lambda o: o.argmax(1), "floating-point scores, got torch.int64"),
+        (lambda o: o[:, 0] > 0, "floating-point scores, got torch.bool"),
+        (lambda o: o[:, 0].detach(), "do not depend on the model output"),
+    ],
+)
+def test_a_callable_target_must_give_differentiable_real_scores(fn, message):
+    output = LOGITS.clone().requires_grad_(True)
+    with pytest.raises(TargetError, match=message):
+        resolve_targets(fn, 2).score(output)
+    assert resolve_targets(lambda o: o[:, 1], 2).score(output).requires_grad

@@ -316,6 +316,7 @@ class Targets:
                     f"a target callable must return one score per image, a Tensor of shape "
                     f"[{rows}], not {shape}"
                 )
+            _check_callable_score(scores, output)
             return scores
         logits = self.class_scores(output)
         positive = self.positive.resolve(logits)
@@ -346,6 +347,24 @@ class Targets:
             self.fn,
             self.spec,
             None if self.region is None else self.region.subset(rows),
+        )
+
+
+def _check_callable_score(scores: torch.Tensor, output: object) -> None:
+    """A callable target's scores must be real numbers computed from the output by
+    differentiable operations: a class index (argmax), a comparison or an integer cast has
+    no gradient, and a perturbation method could not average it."""
+    if not scores.is_floating_point():
+        raise TargetError(
+            f"a target callable must return floating-point scores, got {scores.dtype}; return "
+            "a logit or probability (output[:, k]), not a class index, a comparison or a cast"
+        )
+    tracked = isinstance(output, torch.Tensor) and output.requires_grad
+    if tracked and not scores.requires_grad:
+        raise TargetError(
+            "a target callable's scores do not depend on the model output through "
+            "differentiable operations (detached, or computed from an index); return "
+            "something like output[:, k] or output.softmax(1)[:, k]"
         )
 
 
