@@ -42,11 +42,19 @@ def resize_maps(
 
 
 def normalize_maps(maps: torch.Tensor) -> torch.Tensor:
-    """Scale each map of ``Tensor[N, H, W]`` to [0, 1] by its own min and max; a constant
-    map becomes zeros (never NaN). NaN in the input raises."""
-    if bool(torch.isnan(maps).any()):
-        raise ConvlensError("map contains NaN; check the model output for this input")
-    flat = maps.flatten(1)
+    """Scale each map of ``Tensor[N, H, W]`` (or one ``Tensor[H, W]``) to [0, 1] by its own
+    min and max; a constant map becomes zeros (never NaN). Integer maps come back as
+    float32. NaN or an infinite value in the input raises."""
+    if not isinstance(maps, torch.Tensor) or maps.dim() not in (2, 3):
+        shape = tuple(maps.shape) if isinstance(maps, torch.Tensor) else type(maps).__name__
+        raise ConvlensError(f"maps must be a Tensor[N, H, W] or one Tensor[H, W], got {shape}")
+    if not maps.is_floating_point():
+        maps = maps.float()
+    if not bool(torch.isfinite(maps).all()):
+        raise ConvlensError(
+            "map contains NaN or an infinite value; check the model output for this input"
+        )
+    flat = maps.reshape(1, -1) if maps.dim() == 2 else maps.flatten(1)
     low = flat.min(dim=1, keepdim=True).values
     span = flat.max(dim=1, keepdim=True).values - low
     scaled = torch.where(span > 0, (flat - low) / span.clamp_min(torch.finfo(maps.dtype).tiny), 0)

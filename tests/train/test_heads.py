@@ -67,6 +67,16 @@ def test_normalize_maps_and_acol_erasing_on_hand_values():
     torch.testing.assert_close(erased, expected)
 
 
+def test_normalize_maps_takes_one_map_integers_and_refuses_infinities():
+    one = torch.tensor([[0.0, 1.0], [2.0, 10.0]])  # one [H, W] map, not two rows
+    torch.testing.assert_close(normalize_maps(one), torch.tensor([[0, 0.1], [0.2, 1]]))
+    torch.testing.assert_close(normalize_maps(one.long()), normalize_maps(one))
+    with pytest.raises(ConvlensError, match="infinite"):
+        normalize_maps(torch.tensor([[[1.0, float("inf")]]]))
+    with pytest.raises(ConvlensError, match=r"Tensor\[N, H, W\]"):
+        normalize_maps(torch.zeros(1, 1, 2, 2))
+
+
 def test_acol_erasing_refuses_a_nan_map_instead_of_erasing_nothing():
     features = torch.ones(1, 2, 2, 2)
     class_map = torch.tensor([[[1.0, float("nan")], [2.0, 5.0]]])
