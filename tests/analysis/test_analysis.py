@@ -104,6 +104,24 @@ def test_invariance_after_a_full_turn_is_back_to_the_start():
         invariance_curves(net, images, labels, ["4"], "shear")
 
 
+@pytest.mark.parametrize(
+    "run",
+    [
+        lambda net, x, y: invariance_curves(net, x, y, ["4"], "rotate", [0]),
+        lambda net, x, y: ablate_layers(net, x, y, ["4"]),
+        lambda net, x, y: cam_crops(net, x, y, method="gradcam"),
+    ],
+    ids=["invariance", "ablation", "camcrop"],
+)
+def test_analyses_take_integer_labels_one_per_image(run):
+    net = small_convnet().eval()
+    images, labels = _images()
+    with pytest.raises(DataError, match=r"integer class ids, got torch.float32; pass labels.long"):
+        run(net, images, labels.float())
+    with pytest.raises(DataError, match="4 images but labels of shape"):
+        run(net, images, labels[:3])
+
+
 # --- ablation --------------------------------------------------------------------------
 
 

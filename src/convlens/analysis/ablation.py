@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from convlens.analysis.scores import class_scores
+from convlens.analysis.scores import class_scores, labelled_images
 from convlens.errors import DataError, LayerError
 from convlens.features.activations import stage_layers
 from convlens.layers import resolve_layer
@@ -190,8 +190,7 @@ def ablate_layers(
         [('features.3', 'zero')]
     """
     check_mode(mode)
-    if len(inputs) != len(labels) or len(inputs) == 0:
-        raise DataError(f"{len(inputs)} images but {len(labels)} labels; pass one label each")
+    labels = labelled_images(inputs, labels)
     module = as_module(model)
     names = (
         stage_layers(module, model_input(module, inputs[:1])[0])

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from convlens.analysis.scores import class_scores
+from convlens.analysis.scores import class_scores, labelled_images
 from convlens.attribution.explain import explain
 from convlens.errors import DataError
 from convlens.localize.boxes import maps_to_boxes
@@ -123,8 +123,7 @@ def cam_crops(
     """
     if box_class not in BOX_CLASSES:
         raise DataError(f"box_class must be one of {', '.join(BOX_CLASSES)}, got {box_class!r}")
-    if len(inputs) != len(labels) or len(inputs) == 0:
-        raise DataError(f"{len(inputs)} images but {len(labels)} labels; pass one label each")
+    labels = labelled_images(inputs, labels)
     module = as_module(model)
     before, predicted = class_scores(module, inputs, labels, batch_size)
     classes = predicted if box_class == "predicted" else labels

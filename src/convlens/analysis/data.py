@@ -29,9 +29,7 @@ class LabelledImages:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
-def labelled_images(
-    data: str, preprocess: Preprocess, limit: int | None = None
-) -> LabelledImages:
+def labelled_images(data: str, preprocess: Preprocess, limit: int | None = None) -> LabelledImages:
     """Read ``data`` at ``preprocess``'s size: ``"photos"`` (the package photos whose class
     is known, `convlens.data.photos`; ImageNet ids), ``"shapes-test:N"`` (the held-out synthetic
     shapes, seed 1; ``"shapes:N"`` is the training stream: `convlens.data.datasets`) or an

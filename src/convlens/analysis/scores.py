@@ -29,6 +29,22 @@ def class_scores(
     return torch.cat(probabilities), torch.cat(predicted)
 
 
+def labelled_images(inputs: torch.Tensor, labels: object) -> torch.Tensor:
+    """``labels`` as ``LongTensor[N]`` for ``inputs`` ``Tensor[N, ...]``: `DataError` unless
+    there is one integer class id per image and at least one image."""
+    labels = torch.as_tensor(labels)
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise DataError(
+            f"labels must be integer class ids, got {labels.dtype}; pass labels.long() "
+            "(or torch.tensor(ids))"
+        )
+    if labels.dim() != 1 or len(inputs) != len(labels) or len(inputs) == 0:
+        raise DataError(
+            f"{len(inputs)} images but labels of shape {tuple(labels.shape)}; pass one label each"
+        )
+    return labels.long()
+
+
 def true_class_probability(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Softmax probability of class ``labels[n]`` in row n of ``logits`` ``Tensor[B, C]``:
     ``Tensor[B]`` in [0, 1] on the CPU. `DataError` for an output that is not ``[B, C]`` or
