@@ -215,3 +215,14 @@ def test_digit_names_of_sequential_children_win_over_indices():
             resolve_layer(model, bad)
     with pytest.raises(LayerError, match="not a float"):
         resolve_layer(model, 1.0)
+
+
+def test_activation_of_a_layer_not_captured_or_a_call_that_did_not_happen_names_the_fix():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3))
+    with capture(net, "0") as cap:
+        net(torch.rand(1, 3, 8, 8))
+    assert cap.activation("0", call=0) is cap.activation("0", call=-1)
+    with pytest.raises(LayerError, match=r"'2' is not captured here \(captured: 0\)"):
+        cap.activation("2")  # it ran, but nobody asked for it
+    with pytest.raises(LayerError, match=r"ran 1 time\(s\).* got 1"):
+        cap.activation("0", call=1)

@@ -35,11 +35,21 @@ class Capture:
         """Output of ``name`` (default: the only/first captured layer) at call ``call``
         (default the last call, as a module reused in one forward is called more than once)."""
         name = self.names[0] if name is None else name
+        if name not in self.names:
+            raise LayerError(
+                f"layer {name!r} is not captured here (captured: {', '.join(self.names)}); "
+                "name it in capture(model, ...)"
+            )
         outputs = self.calls.get(name, [])
         if not outputs:
             raise LayerError(
                 f"layer {name!r} was not called during the forward pass; "
                 "choose a layer the forward pass uses (see 'convlens layers')"
+            )
+        if not -len(outputs) <= call < len(outputs):
+            raise LayerError(
+                f"layer {name!r} ran {len(outputs)} time(s) in this forward pass; call must "
+                f"be in {-len(outputs)} .. {len(outputs) - 1}, got {call}"
             )
         return outputs[call]
 
