@@ -62,6 +62,27 @@ def test_shapes_and_any_dataset_with_labels():
     assert torch.allclose(tensor, PRE.normalize(np.full((8, 8, 3), 128, np.uint8)))
 
 
+def test_in_memory_images_as_lists_and_tuples_of_any_length():
+    x = torch.stack([torch.full((3, 8, 8), i / 4) for i in range(3)])
+    expected = [PRE.normalize(np.full((8, 8, 3), round(255 * i / 4), np.uint8)) for i in range(3)]
+    cases = {
+        "tensors": (list(x), [-1, -1, -1]),
+        "pil": ([_pil(image) for image in x], [-1, -1, -1]),
+        "1-tuples": (torch.utils.data.TensorDataset(x), [-1, -1, -1]),
+        "3-tuples": (torch.utils.data.TensorDataset(x, torch.tensor([2, 0, 1]), x), [2, 0, 1]),
+        "vectors": (torch.utils.data.TensorDataset(x, x), [-1, -1, -1]),  # no one label
+    }
+    for name, (data, labels) in cases.items():
+        dataset = open_dataset(data, PRE)
+        items = [dataset[i] for i in range(3)]
+        assert [item[2] for item in items] == labels, name
+        assert all(item[3] is None for item in items), name
+        for item, image in zip(items, expected, strict=True):
+            assert torch.allclose(item[1], image, atol=1e-6), name
+    with pytest.raises(DataError, match="either paths or images"):
+        open_dataset(["a.png", x[0]], PRE)
+
+
 def _pil(image: torch.Tensor) -> Image.Image:
     return Image.fromarray((image * 255).round().byte().permute(1, 2, 0).numpy())
 

@@ -12,8 +12,10 @@
   held-out stream (seed 1, never trained on: use it to measure). ``N`` defaults to 1,000.
   Every command and function that takes data reads these names here, with this meaning;
   item ``i`` is named ``shapes:i`` (``shapes-test:i``);
-- any ``torch.utils.data.Dataset`` whose items are images (PIL, arrays, tensors in [0, 1])
-  or ``(image, label)`` pairs.
+- a list of paths, or a list of in-memory images (PIL, arrays, tensors in [0, 1]);
+- any ``torch.utils.data.Dataset`` whose items are images or tuples with the image first
+  and, when it is one whole number, the label second (``(image,)``, ``(image, label)``,
+  ``(image, label, index)``).
 
 Every item goes through the model's `Preprocess`. A file that cannot be read (empty,
 truncated, not an image, above ``max_pixels``) does not stop the pass: its item comes back
@@ -22,6 +24,7 @@ as an error, `collate_items` drops it from the batch and keeps its (source, mess
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -131,10 +134,21 @@ class WrappedDataset(ScanDataset):
         return None
 
     def _item(self, index: int) -> tuple[ImageSource, int]:
+        """``(image, label)`` of an item: an image, or a tuple whose first entry is the
+        image and whose second, when it is one integer, the label (``(image,)``,
+        ``(image, label, index)`` and the like); -1 where there is no label."""
         item = self.dataset[index]
-        if isinstance(item, (tuple, list)) and len(item) == 2:
-            return item[0], int(item[1])
-        return item, -1
+        if not isinstance(item, (tuple, list)) or not item:
+            return item, -1
+        label = item[1] if len(item) > 1 else None
+        if isinstance(label, torch.Tensor) and label.numel() == 1:
+            label = label.item()
+        elif isinstance(label, np.ndarray) and label.size == 1:
+            label = label.item()
+        whole = isinstance(label, numbers.Integral) or (
+            isinstance(label, float) and label.is_integer()
+        )
+        return item[0], int(label) if whole and not isinstance(label, bool) else -1
 
     def rgb(self, index: int) -> Image.Image:
         return read_rgb(self._item(index)[0], reduce_for=self.preprocess)
@@ -164,7 +178,14 @@ def open_dataset(
     if isinstance(data, Dataset):
         return WrappedDataset(data, preprocess)
     if isinstance(data, (list, tuple)):
-        return FileDataset([str(source) for source in data], preprocess, max_pixels=max_pixels)
+        if all(isinstance(source, (str, os.PathLike)) for source in data):
+            return FileDataset([str(source) for source in data], preprocess, max_pixels=max_pixels)
+        if any(isinstance(source, (str, os.PathLike)) for source in data):
+            raise DataError(
+                "a list to scan holds either paths or images (tensors, arrays, PIL images), "
+                "not both; split it"
+            )
+        return WrappedDataset(data, preprocess, name="list")  # in-memory images
     if not isinstance(data, (str, os.PathLike)):
         raise DataError(
             f"cannot scan a {type(data).__name__}; pass a folder, a .txt list of paths, "
