@@ -16,9 +16,7 @@ from convlens.render.panel import (
 )
 
 IMAGE = np.full((32, 32, 3), 128, np.uint8)
-LONG = tile_title(
-    "integrated_gradients", "Egyptian cat", 4.142, None, "features.12", "tiger cat"
-)
+LONG = tile_title("integrated_gradients", "Egyptian cat", 4.142, None, "features.12", "tiger cat")
 
 
 def test_wrapped_title_keeps_every_word_and_the_width():
@@ -58,8 +56,35 @@ def test_a_zero_map_gets_a_note_and_no_colourbar():
     tiles = [PanelTile(torch.zeros(32, 32), "region", "m"), PanelTile(torch.rand(32, 32), "b")]
     figure = explanation_figure(IMAGE, tiles)
     assert len(figure.axes) == 3 + 1  # input, two tiles, one colourbar (the varied map's)
-    texts = [text.get_text() for axes in figure.axes for text in axes.texts]
-    assert "map is 0 everywhere" in texts
+    captions = [axes.get_xlabel() for axes in figure.axes]
+    assert "map is 0 everywhere" in captions
+
+
+def _inside_the_picture(figure) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    figure.set_dpi(100)
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    figure.draw(renderer)  # the constrained layout runs on drawing
+    bounds = figure.bbox
+    texts = [text for axes in figure.axes for text in (axes.title, axes.xaxis.label, *axes.texts)]
+    shown = [text for text in texts if text.get_text() and text.get_visible()]
+    assert shown
+    for text in shown:
+        box = text.get_window_extent(renderer)
+        assert box.x0 >= bounds.x0 - 1 and box.x1 <= bounds.x1 + 1, text.get_text()
+        assert box.y0 >= bounds.y0 - 1 and box.y1 <= bounds.y1 + 1, text.get_text()
+
+
+def test_titles_and_notes_stay_inside_the_picture_when_no_tile_has_a_colourbar():
+    # every map constant: no colourbar takes width, so the images are taller than usual
+    image, zeros = np.full((224, 224, 3), 128, np.uint8), torch.zeros(224, 224)
+    title = "gradcam for tabby rather than espresso (logit difference 4.14)"  # two lines
+    note = "deconvnet on this network gives an image-independent pattern"
+    tiles = [PanelTile(zeros, title, "m"), PanelTile(zeros, "saliency", note=note)]
+    _inside_the_picture(explanation_figure(image, tiles, input_title="cat.jpg"))
+    mixed = [*tiles, PanelTile(torch.rand(224, 224), LONG, "m")] * 2
+    _inside_the_picture(explanation_figure(image, mixed, input_title=LONG, columns=3))
 
 
 def test_the_region_is_outlined_on_the_input_and_every_tile():

@@ -178,36 +178,37 @@ def explanation_figure(
     rows = math.ceil(count / columns)
     width = width or 2.4 * columns
     cell = width / columns
-    height_ratio = image.shape[0] / image.shape[1]
-    figure = Figure(
-        figsize=(width, rows * (cell * height_ratio * 0.86 + 0.62)), layout="constrained"
-    )
-    grid = figure.add_gridspec(rows, columns)
     size = max(5.0, min(8.0, cell * 3.2))
     characters = int(cell * 72 / (size * 0.6))  # a title line's room: tile width / glyph
+    titles = [wrapped_title(input_title, characters)]
+    titles += [wrapped_title(tile.title, characters) for tile in tiles]
+    notes = [""] + [wrapped_title(_tile_note(tile), int(characters / 0.9)) for tile in tiles]
+    height_ratio = image.shape[0] / image.shape[1]
+    # a row's image height: the cell's width less a colourbar's where the row has one
+    barred = [False] + [_has_colourbar(tile) for tile in tiles]
+    height = sum(
+        cell * height_ratio * (0.86 if any(barred[start : start + columns]) else 0.97)
+        + 0.3
+        + _text_height(titles[start : start + columns], size)
+        + _text_height(notes[start : start + columns], size * 0.9)
+        for start in range(0, count, columns)
+    )
+    figure = Figure(figsize=(width, height), layout="constrained")
+    grid = figure.add_gridspec(rows, columns)
     axes = figure.add_subplot(grid[0, 0])
     axes.imshow(image)
-    axes.set_title(wrapped_title(input_title, characters), fontsize=size)
+    axes.set_title(titles[0], fontsize=size)
     axes.set_axis_off()
     _outline(axes, region)
     for index, (tile, (low, high)) in enumerate(zip(tiles, limits, strict=True), start=1):
         axes = figure.add_subplot(grid[index // columns, index % columns])
         axes.set_axis_off()
-        axes.set_title(wrapped_title(tile.title, characters), fontsize=size)
-        flat = constant_note(tile.values) if tile.rgb is None else ""
-        if tile.rgb is not None or flat:
+        axes.set_title(titles[index], fontsize=size)
+        if not _has_colourbar(tile):
             axes.imshow(tile.rgb if tile.rgb is not None else image)
             _outline(axes, region)
-            note = "; ".join(text for text in (tile.note, flat) if text)
-            axes.text(
-                0.5,
-                -0.04,
-                wrapped_title(note, int(characters / 0.9)),
-                transform=axes.transAxes,
-                ha="center",
-                va="top",
-                fontsize=size * 0.9,
-            )
+            if notes[index]:
+                _caption(axes, notes[index], size * 0.9)
             continue
         axes.imshow(tile_pixels(image, tile.values, (low, high), alpha))
         _outline(axes, region)
@@ -220,6 +221,36 @@ def explanation_figure(
         bar.formatter.set_powerlimits((-2, 3))
         bar.ax.yaxis.get_offset_text().set_fontsize(size * 0.8)
     return figure
+
+
+def _tile_note(tile: PanelTile) -> str:
+    """What is written under a tile drawn as pixels or a constant map (instead of an
+    overlay with a colourbar): its note and, for a constant map, that it is constant."""
+    flat = constant_note(tile.values) if tile.rgb is None else ""
+    return "; ".join(text for text in (tile.note, flat) if text)
+
+
+def _has_colourbar(tile: PanelTile) -> bool:
+    """Whether ``tile`` is drawn as an overlay with a colourbar: a map that is not constant
+    (a constant one gets a note, ``rgb`` pixels are drawn as they are)."""
+    return tile.rgb is None and not constant_note(tile.values)
+
+
+def _text_height(texts: Sequence[str], size: float) -> float:
+    """Inches taken by the tallest of ``texts`` (lines of ``size`` points; 0 for none)."""
+    lines = max((text.count("\n") + 1 for text in texts if text), default=0)
+    return lines * size * 1.3 / 72
+
+
+def _caption(axes, text: str, size: float) -> None:
+    """``text`` under the image of ``axes``, as its x label: the constrained layout then
+    keeps it inside the figure (text placed below the axes by hand was cut off)."""
+    axes.set_axis_on()
+    axes.set_xticks([])
+    axes.set_yticks([])
+    for spine in axes.spines.values():
+        spine.set_visible(False)
+    axes.set_xlabel(text, fontsize=size)
 
 
 def _outline(axes, region: tuple[int, int, int, int] | None) -> None:
