@@ -403,5 +403,17 @@ def test_a_cancel_that_crosses_its_finished_job_is_not_an_error(client):
     url = f"/api/cancel/{job['job']}"
     late = client.post(url, data={"token": job["token"]})
     assert late.status_code == 200 and late.json() == {"job": job["job"], "cancelled": False}
-    assert client.post(url, data={"token": job["token"][:-1]}).status_code == 404
     assert client.post("/api/cancel/never-issued", data={"token": "x"}).status_code == 404
+
+
+def test_a_finished_job_keeps_its_token_and_its_id_is_not_reused(client):
+    job = client.post("/api/jobs").json()
+    assert client.post("/api/explain", data={"sample": "cat", "job": job["job"]}).status_code == 200
+    url = f"/api/cancel/{job['job']}"
+    for wrong in ({"token": job["token"][:-1]}, {}):
+        refused = client.post(url, data=wrong)
+        assert refused.status_code == 403 and "token" in refused.json()["error"]
+    again = client.post("/api/explain", data={"sample": "cat", "job": job["job"]})
+    assert again.status_code == 409 and "already used" in again.json()["error"]
+    unknown = client.post("/api/explain", data={"sample": "cat", "job": "never-issued"})
+    assert unknown.status_code == 400 and "unknown" in unknown.json()["error"]
