@@ -81,6 +81,20 @@ def atlas_server_url(tmp_path_factory):
     yield from _serve(create_app(load_model("synthetic-shapes"), atlas=atlas))
 
 
+@pytest.fixture(scope="module")
+def odd_layers_url():
+    """A net with a block named Conv2dNormActivation and a convolution that never runs."""
+    from tests.serve.test_app import BlockAndUnusedConvNet
+
+    from convlens import Preprocess, load_model
+    from convlens.serve import create_app
+
+    net = BlockAndUnusedConvNet()
+    yield from _serve(
+        create_app(load_model(net, labels=["a", "b", "c"], preprocess=Preprocess(size=32)))
+    )
+
+
 class PageWatch:
     """Console errors, failed requests (those the page aborts apart), 4xx/5xx answers and
     off-site requests of a page."""
@@ -285,4 +299,62 @@ def test_report_page_opens_without_failed_requests(browser, tmp_path):
     assert watch.errors == []
     page.evaluate("document.querySelector('h3').scrollIntoView()")  # the first image's maps
     _screenshot(page, "report.png", full_page=False)
+    page.close()
+
+
+def _open(browser, url: str):
+    """A page of the web view at ``url``, with its samples listed, and its `PageWatch`."""
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    watch = PageWatch(page, url)
+    page.goto(url + "/")
+    page.wait_for_function("document.querySelectorAll('#sample option').length > 1")
+    return page, watch
+
+
+def _explained(page, action) -> None:
+    """Do ``action()`` (which starts an explanation) and wait until it is done."""
+    page.evaluate("document.querySelector('#status').textContent = ''")
+    action()
+    page.wait_for_function(
+        "document.querySelector('#status').textContent.startsWith('Done')"
+        " && document.querySelector('#cancel-button').disabled"
+    )
+
+
+def _api_explain(page, fields: dict) -> dict:
+    """The answer of POST /api/explain with ``fields``, asked from the page."""
+    return page.evaluate(
+        "async (fields) => { const form = new FormData();"
+        " for (const [k, v] of Object.entries(fields)) form.append(k, v);"
+        " return (await fetch('/api/explain', {method: 'POST', body: form})).json(); }",
+        fields,
+    )
+
+
+def test_a_convolution_that_never_runs_leaves_the_page_working(browser, odd_layers_url):
+    page, watch = _open(browser, odd_layers_url)
+    page.wait_for_function("document.querySelector('#status').textContent !== ''")
+    assert page.text_content("#status") == "Upload an image or pick a sample."
+    assert "aux (5 filters)" in page.eval_on_selector_all(
+        "#filter-layer option", "items => items.map(o => o.textContent)"
+    )
+    page.select_option("#filter-layer", "aux")
+    page.click("#filters-button")
+    page.wait_for_function(
+        "document.querySelector('#browse-status').textContent === 'filters of aux'"
+    )
+    _explained(page, lambda: page.select_option("#sample", "cat"))
+    assert watch.errors == []
+    page.close()
+
+
+def test_the_filter_list_offers_only_convolutions(browser, odd_layers_url):
+    page, watch = _open(browser, odd_layers_url)
+    listed = page.eval_on_selector_all("#filter-layer option", "items => items.map(o => o.value)")
+    assert listed == ["stem.0", "body", "aux"]  # not the Conv2dNormActivation block "stem"
+    page.click("#filters-button")  # the first entry, chosen by default
+    page.wait_for_function(
+        "document.querySelector('#browse-status').textContent === 'filters of stem.0'"
+    )
+    assert watch.errors == []
     page.close()

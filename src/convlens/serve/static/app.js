@@ -46,8 +46,8 @@ async function init() {
   }
   state.layers = layers;
   fillLayerLists();
-  for (const layer of layers.layers.filter((l) => l.type.includes("Conv2d"))) {
-    option($("filter-layer"), layer.name, `${layer.name} (${layer.output_shape[1]} filters)`);
+  for (const layer of layers.layers.filter((l) => l.filters != null)) {  // the nn.Conv2d layers
+    option($("filter-layer"), layer.name, `${layer.name} (${layer.filters} filters)`);
   }
   for (const name of samples) option($("sample"), name, name);
   const list = $("class-list");
