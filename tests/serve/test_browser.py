@@ -331,6 +331,26 @@ def _api_explain(page, fields: dict) -> dict:
     )
 
 
+def test_unticking_all_layers_returns_an_unlisted_choice_to_the_default_layer(
+    browser, odd_layers_url
+):
+    page, watch = _open(browser, odd_layers_url)
+    default = page.evaluate("fetch('/api/layers').then(r => r.json())")["default"]
+    first = page.eval_on_selector_all("#layer option", "items => items[0].value")
+    assert default != first
+    page.check("#all-layers")
+    for select in ("#layer", "#browse-layer"):
+        page.select_option(select, "stem.1")  # a BatchNorm2d: only in the full list
+    page.uncheck("#all-layers")
+    assert page.input_value("#layer") == default == page.input_value("#browse-layer")
+    page.select_option("#layer", first)  # a listed choice is kept
+    page.check("#all-layers")
+    page.uncheck("#all-layers")
+    assert page.input_value("#layer") == first
+    assert watch.errors == []
+    page.close()
+
+
 def test_a_convolution_that_never_runs_leaves_the_page_working(browser, odd_layers_url):
     page, watch = _open(browser, odd_layers_url)
     page.wait_for_function("document.querySelector('#status').textContent !== ''")

@@ -57,13 +57,15 @@ async function init() {
 }
 
 // The spatial layers a user would pick (convolutions, pooling, blocks, stages), or with
-// "all layers" ticked every spatial layer; the current choices are kept where listed.
+// "all layers" ticked every spatial layer; the current choices are kept where listed,
+// others go back to the default CAM layer.
 function fillLayerLists() {
   const all = $("all-layers").checked;
   const rows = state.layers.layers.filter((l) => l.spatial && (all || l.pickable));
+  const listed = (name) => rows.some((layer) => layer.name === name);
   for (const id of ["layer", "browse-layer"]) {
     const select = $(id);
-    const chosen = select.value || state.layers.default;
+    const chosen = listed(select.value) ? select.value : state.layers.default;
     select.replaceChildren();
     for (const layer of rows) {
       option(select, layer.name, `${layer.name} ${layer.output_shape.slice(1).join("x")}`,
