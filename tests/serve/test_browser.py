@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -79,6 +80,41 @@ def atlas_server_url(tmp_path_factory):
 
     atlas = atlas_folder(tmp_path_factory.mktemp("atlas"))
     yield from _serve(create_app(load_model("synthetic-shapes"), atlas=atlas))
+
+
+PASS_SECONDS = 0.2  # each forward pass of `SlowWhenTold` while told to be slow
+
+
+class SlowWhenTold(torch.nn.Module):
+    """``net`` with its forward passes counted (``passes``), each waiting `PASS_SECONDS`
+    while ``slow`` is set: a method of many passes runs long enough to be interrupted."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net, self.slow, self.passes = net, threading.Event(), 0
+
+    def forward(self, x):
+        self.passes += 1
+        if self.slow.is_set():
+            time.sleep(PASS_SECONDS)
+        return self.net(x)
+
+
+@pytest.fixture(scope="module")
+def shapes_net():
+    from convlens import load_model
+
+    shapes = load_model("synthetic-shapes")
+    slowed = SlowWhenTold(shapes.module)
+    return load_model(slowed, preprocess=shapes.preprocess, labels=shapes.labels)
+
+
+@pytest.fixture(scope="module")
+def shapes_url(shapes_net):
+    """The shapes model (64 px), slowed down on demand (`SlowWhenTold`)."""
+    from convlens.serve import create_app
+
+    yield from _serve(create_app(shapes_net))
 
 
 @pytest.fixture(scope="module")
@@ -329,6 +365,40 @@ def _api_explain(page, fields: dict) -> dict:
         " return (await fetch('/api/explain', {method: 'POST', body: form})).json(); }",
         fields,
     )
+
+
+def _api_explain(page, fields: dict) -> dict:
+    """The answer of POST /api/explain with ``fields``, asked from the page."""
+    return page.evaluate(
+        "async (fields) => { const form = new FormData();"
+        " for (const [k, v] of Object.entries(fields)) form.append(k, v);"
+        " return (await fetch('/api/explain', {method: 'POST', body: form})).json(); }",
+        fields,
+    )
+
+
+def test_show_box_draws_the_current_maps_box_or_none(browser, shapes_url):
+    page, watch = _open(browser, shapes_url)
+    _explained(page, lambda: page.select_option("#sample", "cat"))
+    assert page.locator("#box").is_visible()
+    # the map of "circle" on the coins is constant: no box
+    page.evaluate("document.querySelector('#target').value = 'circle'")
+    _explained(page, lambda: page.select_option("#sample", "coins"))
+    assert page.get_attribute("#box", "data-box") == "" and page.locator("#box").is_hidden()
+    page.uncheck("#show-box")
+    page.check("#show-box")
+    assert page.locator("#box").is_hidden()
+    page.uncheck("#show-box")  # a new map while the box is not shown
+    _explained(page, lambda: page.select_option("#sample", "coffee"))
+    assert page.locator("#box").is_hidden()
+    page.check("#show-box")
+    box = _api_explain(page, {"sample": "coffee", "target": "circle"})["box"]
+    assert box is not None and page.locator("#box").is_visible()
+    assert page.get_attribute("#box", "data-box") == ",".join(str(round(v)) for v in box)
+    left = page.evaluate("document.querySelector('#box').style.left")
+    assert float(left.rstrip("%")) == pytest.approx(100 * box[0] / 64)
+    assert watch.errors == []
+    page.close()
 
 
 def test_unticking_all_layers_returns_an_unlisted_choice_to_the_default_layer(

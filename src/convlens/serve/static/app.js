@@ -182,16 +182,23 @@ function scoreText(result) {
 
 function fmt(value) { return Number(value).toPrecision(3); }
 
+// Places the result's box (null: none) whether or not "show box" is ticked, so that
+// ticking it shows this result's box, never an earlier one.
 function placeBox(box, size) {
   const element = $("box");
-  if (!box || !$("show-box").checked) { element.hidden = true; return; }
-  const [height, width] = size;
-  element.style.left = `${(100 * box[0]) / width}%`;
-  element.style.top = `${(100 * box[1]) / height}%`;
-  element.style.width = `${(100 * (box[2] - box[0])) / width}%`;
-  element.style.height = `${(100 * (box[3] - box[1])) / height}%`;
-  element.hidden = false;
-  element.dataset.box = box.map((v) => Math.round(v)).join(",");
+  element.dataset.box = box ? box.map((v) => Math.round(v)).join(",") : "";
+  if (box) {
+    const [height, width] = size;
+    element.style.left = `${(100 * box[0]) / width}%`;
+    element.style.top = `${(100 * box[1]) / height}%`;
+    element.style.width = `${(100 * (box[2] - box[0])) / width}%`;
+    element.style.height = `${(100 * (box[3] - box[1])) / height}%`;
+  }
+  showBoxIfTicked();
+}
+
+function showBoxIfTicked() {
+  $("box").hidden = !($("show-box").checked && $("box").dataset.box);
 }
 
 async function browse(kind) {
@@ -284,11 +291,7 @@ function wire() {
   }
   $("explain-button").addEventListener("click", explain);
   $("cancel-button").addEventListener("click", cancel);
-  $("show-box").addEventListener("change", () => {
-    const box = $("box").dataset.box;
-    if (!$("show-box").checked) $("box").hidden = true;
-    else if (box) $("box").hidden = false;
-  });
+  $("show-box").addEventListener("change", showBoxIfTicked);
   $("features-button").addEventListener("click", () => browse("features"));
   $("filters-button").addEventListener("click", () => browse("filters"));
 }
