@@ -367,14 +367,50 @@ def _api_explain(page, fields: dict) -> dict:
     )
 
 
-def _api_explain(page, fields: dict) -> dict:
-    """The answer of POST /api/explain with ``fields``, asked from the page."""
-    return page.evaluate(
-        "async (fields) => { const form = new FormData();"
-        " for (const [k, v] of Object.entries(fields)) form.append(k, v);"
-        " return (await fetch('/api/explain', {method: 'POST', body: form})).json(); }",
-        fields,
-    )
+DONE_SHOWN = """() => {
+  window.doneShown = [];  // [status, overlay] each time the status turns to "Done: ..."
+  const status = document.querySelector('#status');
+  new MutationObserver(() => {
+    if (status.textContent.startsWith('Done')) {
+      window.doneShown.push([status.textContent, document.querySelector('#overlay').src]);
+    }
+  }).observe(status, {childList: true, characterData: true, subtree: true});
+}"""
+
+
+def test_changing_the_image_cancels_the_slow_method_and_shows_only_the_new_image(
+    browser, shapes_url, shapes_net
+):
+    net = shapes_net.module
+    page, watch = _open(browser, shapes_url)
+    coffee = _api_explain(page, {"sample": "coffee", "method": "scorecam"})
+    page.select_option("#method", "scorecam")  # several passes, each slow while told
+    net.slow.set()  # also the new image's prediction: it would be answered after the old map
+    try:
+        page.select_option("#sample", "cat")
+        page.wait_for_function(
+            "document.querySelector('#status').textContent.startsWith('Running')"
+        )
+        started = net.passes
+        deadline = time.monotonic() + 30
+        while net.passes < started + 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        page.evaluate(DONE_SHOWN)
+        page.select_option("#sample", "coffee")
+        page.wait_for_function(
+            "(wanted) => window.doneShown.some(([_, overlay]) => overlay === wanted)",
+            arg=coffee["overlay"],
+        )
+    finally:
+        net.slow.clear()
+    shown = [
+        (status, overlay == coffee["overlay"])
+        for status, overlay in page.evaluate("window.doneShown")
+    ]
+    assert shown == [(f"Done: {coffee['title']}.", True)]  # never the cat's map
+    assert page.input_value("#sample") == "coffee"
+    assert watch.errors == []
+    page.close()
 
 
 def test_show_box_draws_the_current_maps_box_or_none(browser, shapes_url):
@@ -398,6 +434,27 @@ def test_show_box_draws_the_current_maps_box_or_none(browser, shapes_url):
     left = page.evaluate("document.querySelector('#box').style.left")
     assert float(left.rstrip("%")) == pytest.approx(100 * box[0] / 64)
     assert watch.errors == []
+    page.close()
+
+
+def test_a_failed_request_clears_the_earlier_result(browser, shapes_url):
+    page, watch = _open(browser, shapes_url)
+    _explained(page, lambda: page.select_option("#sample", "cat"))
+    assert page.locator("#overlay").is_visible() and page.locator("#box").is_visible()
+    text = {"name": "notes.png", "mimeType": "image/png", "buffer": b"not an image"}
+    with page.expect_response(lambda r: r.url.endswith("/api/explain")):
+        page.set_input_files("#image-file", files=[text])
+    page.wait_for_function(
+        "document.querySelector('#status').classList.contains('error')"
+        " && document.querySelector('#cancel-button').disabled"
+    )
+    for element in ("#overlay", "#colour-bar", "#box"):
+        assert page.locator(element).is_hidden(), element
+    for element in ("#class-name", "#explained", "#scale-text"):
+        assert page.text_content(element) == "", element
+    assert page.locator("#predictions li").count() == 0
+    assert page.text_content("#status")
+    assert [error for error in watch.errors if "400" not in error] == []
     page.close()
 
 

@@ -2,7 +2,11 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { file: null, sample: "", methods: {}, layers: null, running: null };
+// image and explanation count the image changes and explain() calls: an answer is shown
+// only while no newer one has started (see explain and predict).
+const state = {
+  file: null, sample: "", methods: {}, layers: null, running: null, image: 0, explanation: 0,
+};
 
 async function getJson(url, options, answered) {
   const response = await fetch(url, options);
@@ -82,22 +86,27 @@ function updateLayerChoice() {
 async function predict() {
   const form = imageForm();
   if (!form) return;
+  const image = state.image;
   form.append("top", "5");
   const list = $("predictions");
   list.replaceChildren();
   try {
     const result = await getJson("/api/predict", { method: "POST", body: form });
+    if (image !== state.image) return;  // the image changed meanwhile
     for (const p of result.predictions) {
       const item = document.createElement("li");
       item.textContent = `${p.label} (${p.class_id}) ${p.probability.toFixed(3)}`;
       list.appendChild(item);
     }
   } catch (error) {
-    setStatus($("status"), error.message, true);
+    if (image === state.image) setStatus($("status"), error.message, true);
   }
 }
 
 async function explain() {
+  const call = ++state.explanation;
+  const image = state.image;
+  const superseded = () => call !== state.explanation || image !== state.image;
   const form = imageForm();
   if (!form) { setStatus($("status"), "Choose an image first.", true); return; }
   if (state.running) await cancel();
@@ -110,9 +119,10 @@ async function explain() {
   try {
     job = await getJson("/api/jobs", { method: "POST" });  // its id, and the token cancelling it
   } catch (error) {
-    setStatus($("status"), error.message, true);
+    if (!superseded()) setStatus($("status"), error.message, true);
     return;
   }
+  if (superseded()) return;  // a newer explanation started while this one got its job id
   form.append("job", job.job);
   const controller = new AbortController();
   const running = { job: job.job, token: job.token, controller, answered: false };
@@ -122,10 +132,12 @@ async function explain() {
   try {
     const result = await getJson("/api/explain", { method: "POST", body: form,
       signal: controller.signal }, () => { running.answered = true; });
-    if (state.running === running) show(result);
+    if (state.running === running && !superseded()) show(result);
   } catch (error) {
-    if (state.running === running) {
-      setStatus($("status"), controller.signal.aborted ? "Cancelled." : error.message, true);
+    if (state.running === running && !superseded()) {
+      const aborted = controller.signal.aborted;
+      if (!aborted) clearResult();  // what is shown belongs to an earlier request
+      setStatus($("status"), aborted ? "Cancelled." : error.message, true);
     }
   } finally {
     if (state.running === running) {
@@ -165,6 +177,15 @@ function show(result) {
     : `${result.scale.cmap}: raw values ${fmt(result.scale.low)} (blue) .. ${fmt(result.scale.high)} (red)`;
   placeBox(result.box, result.size);
   setStatus($("status"), `Done: ${result.title ?? result.method}.`);
+}
+
+function clearResult() {
+  for (const id of ["overlay", "colour-bar"]) {
+    $(id).hidden = true;
+    $(id).removeAttribute("src");
+  }
+  for (const id of ["class-name", "explained", "scale-text"]) $(id).textContent = "";
+  placeBox(null);
 }
 
 function probabilityText(name, probability) {
@@ -270,6 +291,9 @@ async function initAtlas() {
 }
 
 async function imageChanged() {
+  state.image += 1;  // answers still due for the previous image are not shown
+  await cancel();  // first: predict() would wait for the model behind the old explanation
+  clearResult();
   await predict();
   await explain();
 }
