@@ -396,6 +396,43 @@ def test_pickable_layers_of_a_timm_style_network():
     assert kept == [True, True, False, False, False, True, False]
 
 
+class Conv2dNormActivation(torch.nn.Sequential):
+    """Named like torchvision's block (conv, norm, activation): not itself a convolution."""
+
+
+class BlockAndUnusedConvNet(torch.nn.Module):
+    """A seeded 3-class net whose first layer is a `Conv2dNormActivation` block and whose
+    ``aux`` convolution never runs (like Inception-v3's AuxLogits in eval mode), so the
+    layer table has no output shape for it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        nn = torch.nn
+        self.stem = Conv2dNormActivation(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4))
+        self.body = nn.Conv2d(4, 6, 3, padding=1)
+        self.aux = nn.Conv2d(6, 5, 1)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3))
+
+    def forward(self, x):
+        return self.head(self.body(self.stem(x)))
+
+
+def test_layer_list_counts_the_filters_of_each_convolution_only():
+    from convlens import Preprocess
+
+    net = load_model(
+        BlockAndUnusedConvNet(), labels=["a", "b", "c"], preprocess=Preprocess(size=32)
+    )
+    with TestClient(create_app(net), base_url=LOCAL) as odd:
+        rows = {row["name"]: row for row in odd.get("/api/layers").json()["layers"]}
+        counted = {name: row["filters"] for name, row in rows.items() if row["filters"]}
+        assert counted == {"stem.0": 4, "body": 6, "aux": 5}
+        assert rows["stem"]["type"] == "Conv2dNormActivation" and rows["stem"]["filters"] is None
+        assert rows["aux"]["output_shape"] is None
+        assert odd.get("/api/filters", params={"layer": "aux"}).json()["count"] == 5
+
+
 def test_a_cancel_that_crosses_its_finished_job_is_not_an_error(client):
     job = client.post("/api/jobs").json()
     done = client.post("/api/explain", data={"sample": "cat", "job": job["job"]})
@@ -403,5 +440,17 @@ def test_a_cancel_that_crosses_its_finished_job_is_not_an_error(client):
     url = f"/api/cancel/{job['job']}"
     late = client.post(url, data={"token": job["token"]})
     assert late.status_code == 200 and late.json() == {"job": job["job"], "cancelled": False}
-    assert client.post(url, data={"token": job["token"][:-1]}).status_code == 404
     assert client.post("/api/cancel/never-issued", data={"token": "x"}).status_code == 404
+
+
+def test_a_finished_job_keeps_its_token_and_its_id_is_not_reused(client):
+    job = client.post("/api/jobs").json()
+    assert client.post("/api/explain", data={"sample": "cat", "job": job["job"]}).status_code == 200
+    url = f"/api/cancel/{job['job']}"
+    for wrong in ({"token": job["token"][:-1]}, {}):
+        refused = client.post(url, data=wrong)
+        assert refused.status_code == 403 and "token" in refused.json()["error"]
+    again = client.post("/api/explain", data={"sample": "cat", "job": job["job"]})
+    assert again.status_code == 409 and "already used" in again.json()["error"]
+    unknown = client.post("/api/explain", data={"sample": "cat", "job": "never-issued"})
+    assert unknown.status_code == 400 and "unknown" in unknown.json()["error"]

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -79,6 +80,55 @@ def atlas_server_url(tmp_path_factory):
 
     atlas = atlas_folder(tmp_path_factory.mktemp("atlas"))
     yield from _serve(create_app(load_model("synthetic-shapes"), atlas=atlas))
+
+
+PASS_SECONDS = 0.2  # each forward pass of `SlowWhenTold` while told to be slow
+
+
+class SlowWhenTold(torch.nn.Module):
+    """``net`` with its forward passes counted (``passes``), each waiting `PASS_SECONDS`
+    while ``slow`` is set: a method of many passes runs long enough to be interrupted."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net, self.slow, self.passes = net, threading.Event(), 0
+
+    def forward(self, x):
+        self.passes += 1
+        if self.slow.is_set():
+            time.sleep(PASS_SECONDS)
+        return self.net(x)
+
+
+@pytest.fixture(scope="module")
+def shapes_net():
+    from convlens import load_model
+
+    shapes = load_model("synthetic-shapes")
+    slowed = SlowWhenTold(shapes.module)
+    return load_model(slowed, preprocess=shapes.preprocess, labels=shapes.labels)
+
+
+@pytest.fixture(scope="module")
+def shapes_url(shapes_net):
+    """The shapes model (64 px), slowed down on demand (`SlowWhenTold`)."""
+    from convlens.serve import create_app
+
+    yield from _serve(create_app(shapes_net))
+
+
+@pytest.fixture(scope="module")
+def odd_layers_url():
+    """A net with a block named Conv2dNormActivation and a convolution that never runs."""
+    from tests.serve.test_app import BlockAndUnusedConvNet
+
+    from convlens import Preprocess, load_model
+    from convlens.serve import create_app
+
+    net = BlockAndUnusedConvNet()
+    yield from _serve(
+        create_app(load_model(net, labels=["a", "b", "c"], preprocess=Preprocess(size=32)))
+    )
 
 
 class PageWatch:
@@ -285,4 +335,173 @@ def test_report_page_opens_without_failed_requests(browser, tmp_path):
     assert watch.errors == []
     page.evaluate("document.querySelector('h3').scrollIntoView()")  # the first image's maps
     _screenshot(page, "report.png", full_page=False)
+    page.close()
+
+
+def _open(browser, url: str):
+    """A page of the web view at ``url``, with its samples listed, and its `PageWatch`."""
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    watch = PageWatch(page, url)
+    page.goto(url + "/")
+    page.wait_for_function("document.querySelectorAll('#sample option').length > 1")
+    return page, watch
+
+
+def _explained(page, action) -> None:
+    """Do ``action()`` (which starts an explanation) and wait until it is done."""
+    page.evaluate("document.querySelector('#status').textContent = ''")
+    action()
+    page.wait_for_function(
+        "document.querySelector('#status').textContent.startsWith('Done')"
+        " && document.querySelector('#cancel-button').disabled"
+    )
+
+
+def _api_explain(page, fields: dict) -> dict:
+    """The answer of POST /api/explain with ``fields``, asked from the page."""
+    return page.evaluate(
+        "async (fields) => { const form = new FormData();"
+        " for (const [k, v] of Object.entries(fields)) form.append(k, v);"
+        " return (await fetch('/api/explain', {method: 'POST', body: form})).json(); }",
+        fields,
+    )
+
+
+DONE_SHOWN = """() => {
+  window.doneShown = [];  // [status, overlay] each time the status turns to "Done: ..."
+  const status = document.querySelector('#status');
+  new MutationObserver(() => {
+    if (status.textContent.startsWith('Done')) {
+      window.doneShown.push([status.textContent, document.querySelector('#overlay').src]);
+    }
+  }).observe(status, {childList: true, characterData: true, subtree: true});
+}"""
+
+
+def test_changing_the_image_cancels_the_slow_method_and_shows_only_the_new_image(
+    browser, shapes_url, shapes_net
+):
+    net = shapes_net.module
+    page, watch = _open(browser, shapes_url)
+    coffee = _api_explain(page, {"sample": "coffee", "method": "scorecam"})
+    page.select_option("#method", "scorecam")  # several passes, each slow while told
+    net.slow.set()  # also the new image's prediction: it would be answered after the old map
+    try:
+        page.select_option("#sample", "cat")
+        page.wait_for_function(
+            "document.querySelector('#status').textContent.startsWith('Running')"
+        )
+        started = net.passes
+        deadline = time.monotonic() + 30
+        while net.passes < started + 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        page.evaluate(DONE_SHOWN)
+        page.select_option("#sample", "coffee")
+        page.wait_for_function(
+            "(wanted) => window.doneShown.some(([_, overlay]) => overlay === wanted)",
+            arg=coffee["overlay"],
+        )
+    finally:
+        net.slow.clear()
+    shown = [
+        (status, overlay == coffee["overlay"])
+        for status, overlay in page.evaluate("window.doneShown")
+    ]
+    assert shown == [(f"Done: {coffee['title']}.", True)]  # never the cat's map
+    assert page.input_value("#sample") == "coffee"
+    assert watch.errors == []
+    page.close()
+
+
+def test_show_box_draws_the_current_maps_box_or_none(browser, shapes_url):
+    page, watch = _open(browser, shapes_url)
+    _explained(page, lambda: page.select_option("#sample", "cat"))
+    assert page.locator("#box").is_visible()
+    # the map of "circle" on the coins is constant: no box
+    page.evaluate("document.querySelector('#target').value = 'circle'")
+    _explained(page, lambda: page.select_option("#sample", "coins"))
+    assert page.get_attribute("#box", "data-box") == "" and page.locator("#box").is_hidden()
+    page.uncheck("#show-box")
+    page.check("#show-box")
+    assert page.locator("#box").is_hidden()
+    page.uncheck("#show-box")  # a new map while the box is not shown
+    _explained(page, lambda: page.select_option("#sample", "coffee"))
+    assert page.locator("#box").is_hidden()
+    page.check("#show-box")
+    box = _api_explain(page, {"sample": "coffee", "target": "circle"})["box"]
+    assert box is not None and page.locator("#box").is_visible()
+    assert page.get_attribute("#box", "data-box") == ",".join(str(round(v)) for v in box)
+    left = page.evaluate("document.querySelector('#box').style.left")
+    assert float(left.rstrip("%")) == pytest.approx(100 * box[0] / 64)
+    assert watch.errors == []
+    page.close()
+
+
+def test_a_failed_request_clears_the_earlier_result(browser, shapes_url):
+    page, watch = _open(browser, shapes_url)
+    _explained(page, lambda: page.select_option("#sample", "cat"))
+    assert page.locator("#overlay").is_visible() and page.locator("#box").is_visible()
+    text = {"name": "notes.png", "mimeType": "image/png", "buffer": b"not an image"}
+    with page.expect_response(lambda r: r.url.endswith("/api/explain")):
+        page.set_input_files("#image-file", files=[text])
+    page.wait_for_function(
+        "document.querySelector('#status').classList.contains('error')"
+        " && document.querySelector('#cancel-button').disabled"
+    )
+    for element in ("#overlay", "#colour-bar", "#box"):
+        assert page.locator(element).is_hidden(), element
+    for element in ("#class-name", "#explained", "#scale-text"):
+        assert page.text_content(element) == "", element
+    assert page.locator("#predictions li").count() == 0
+    assert page.text_content("#status")
+    assert [error for error in watch.errors if "400" not in error] == []
+    page.close()
+
+
+def test_unticking_all_layers_returns_an_unlisted_choice_to_the_default_layer(
+    browser, odd_layers_url
+):
+    page, watch = _open(browser, odd_layers_url)
+    default = page.evaluate("fetch('/api/layers').then(r => r.json())")["default"]
+    first = page.eval_on_selector_all("#layer option", "items => items[0].value")
+    assert default != first
+    page.check("#all-layers")
+    for select in ("#layer", "#browse-layer"):
+        page.select_option(select, "stem.1")  # a BatchNorm2d: only in the full list
+    page.uncheck("#all-layers")
+    assert page.input_value("#layer") == default == page.input_value("#browse-layer")
+    page.select_option("#layer", first)  # a listed choice is kept
+    page.check("#all-layers")
+    page.uncheck("#all-layers")
+    assert page.input_value("#layer") == first
+    assert watch.errors == []
+    page.close()
+
+
+def test_a_convolution_that_never_runs_leaves_the_page_working(browser, odd_layers_url):
+    page, watch = _open(browser, odd_layers_url)
+    page.wait_for_function("document.querySelector('#status').textContent !== ''")
+    assert page.text_content("#status") == "Upload an image or pick a sample."
+    assert "aux (5 filters)" in page.eval_on_selector_all(
+        "#filter-layer option", "items => items.map(o => o.textContent)"
+    )
+    page.select_option("#filter-layer", "aux")
+    page.click("#filters-button")
+    page.wait_for_function(
+        "document.querySelector('#browse-status').textContent === 'filters of aux'"
+    )
+    _explained(page, lambda: page.select_option("#sample", "cat"))
+    assert watch.errors == []
+    page.close()
+
+
+def test_the_filter_list_offers_only_convolutions(browser, odd_layers_url):
+    page, watch = _open(browser, odd_layers_url)
+    listed = page.eval_on_selector_all("#filter-layer option", "items => items.map(o => o.value)")
+    assert listed == ["stem.0", "body", "aux"]  # not the Conv2dNormActivation block "stem"
+    page.click("#filters-button")  # the first entry, chosen by default
+    page.wait_for_function(
+        "document.querySelector('#browse-status').textContent === 'filters of stem.0'"
+    )
+    assert watch.errors == []
     page.close()

@@ -183,7 +183,7 @@ def test_a_job_cancelled_before_its_request_never_runs():
         answer = counted.post("/api/explain", data={"sample": "cat", "job": job["job"]})
         assert answer.status_code == 409 and net.calls == 0
         again = counted.post("/api/explain", data={"sample": "cat", "job": job["job"]})
-        assert again.status_code == 400  # a finished job's id is not reused
+        assert again.status_code == 409  # a finished job's id is not reused
 
 
 @pytest.mark.parametrize(

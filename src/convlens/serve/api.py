@@ -4,6 +4,7 @@ library calls behind each answer. Each function here runs with the model lent to
 from __future__ import annotations
 
 from pydantic import BaseModel, Field
+from torch import nn
 
 from convlens.attribution.explain import Explanation, explain, top_predictions
 from convlens.attribution.methods import get_method, list_methods
@@ -50,6 +51,11 @@ class Layer(BaseModel):
     pickable: bool = Field(
         description="A convolution, pooling layer, block or stage, or the default layer (not "
         "normalization, activation, identity or dropout modules): the page lists these."
+    )
+    filters: int | None = Field(
+        description="How many filters an nn.Conv2d has (its out_channels): the layers "
+        "/api/filters takes. Null for any other layer, blocks such as torchvision's "
+        "Conv2dNormActivation included."
     )
 
 
@@ -164,9 +170,14 @@ def layer_rows(model: LoadedModel) -> Layers:
                 receptive_field=field,
                 spatial=spatial,
                 pickable=info.name == default or is_pickable_layer(modules[info.name]),
+                filters=_filter_count(modules[info.name]),
             )
         )
     return Layers(default=default, layers=rows)
+
+
+def _filter_count(module: nn.Module) -> int | None:
+    return module.out_channels if isinstance(module, nn.Conv2d) else None
 
 
 def predict(model: LoadedModel, batch: ImageBatch, top: int) -> Prediction:

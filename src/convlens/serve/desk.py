@@ -45,7 +45,8 @@ class JobConflict(ConvlensError):
 
 
 class UnknownJob(ConvlensError):
-    """A job id this server did not hand out, or one already finished."""
+    """A job id this server did not hand out (or forgot: unused for `RESERVATION_SECONDS`,
+    or finished before the last `MAX_RESERVATIONS`)."""
 
 
 class CancelRefused(ConvlensError):
@@ -114,7 +115,8 @@ class ModelDesk:
         self._state = threading.Lock()  # guards everything below
         self._jobs: dict[str, _Job] = {}
         # job id -> token of the last MAX_RESERVATIONS ended jobs, so that a cancel
-        # crossing its job's end is told "already ended" rather than "unknown"
+        # crossing its job's end is told "already ended" (or refused for a wrong token)
+        # and a reused id "already used", rather than "unknown"
         self._finished: OrderedDict[str, str] = OrderedDict()
         self._live: dict[int, Ticket] = {}
         self._admitted = 0
@@ -200,20 +202,21 @@ class ModelDesk:
     @contextmanager
     def job(self, job_id: str | None, ticket: Ticket) -> Iterator[Ticket]:
         """``ticket``, joined to job ``job_id`` (from `reserve_job`) so that `cancel` with
-        its token stops it; the job is forgotten on exit. `UnknownJob` for an id this desk
-        did not hand out, `JobConflict` for one already used."""
+        its token stops it; on exit it joins the finished jobs. `UnknownJob` for an id
+        this desk did not hand out, `JobConflict` for one already used (waiting, running or
+        one of the last `MAX_RESERVATIONS` finished)."""
         if job_id is None:
             yield ticket
             return
         with self._state:
             job = self._jobs.get(job_id)
+            if job_id in self._finished or (job is not None and job.started):
+                raise JobConflict(f"job {job_id[:80]!r} is already used; ask for a new id")
             if job is None:
                 raise UnknownJob(
-                    f"job {job_id[:80]!r} is unknown or finished; ask POST /api/jobs for a "
-                    "new id (or send no job)"
+                    f"job {job_id[:80]!r} is unknown; ask POST /api/jobs for a new id (or "
+                    "send no job)"
                 )
-            if job.started:
-                raise JobConflict(f"job {job_id[:80]!r} is already used; ask for a new id")
             job.started = True
             if job.ticket.stopped:  # cancelled before its request arrived
                 ticket.stop(CANCELLED)
@@ -230,26 +233,26 @@ class ModelDesk:
 
     def cancel(self, job_id: str, token: str) -> bool:
         """Stop job ``job_id`` (waiting, running, or not yet sent) when ``token`` is its
-        token; False when no such job is known, `CancelRefused` for a wrong token."""
+        token; False when no such job is waiting or running, `CancelRefused` for a wrong
+        token."""
         with self._state:  # held while stopping: the request may swap in its ticket
             job = self._jobs.get(job_id)
             if job is None:
                 return False
-            if not secrets.compare_digest(job.token.encode(), token.encode()):
-                raise CancelRefused(
-                    "wrong or missing cancel token: send the 'token' that POST /api/jobs "
-                    "returned with this job id"
-                )
+            _check_token(job.token, token)
             job.ticket.stop(CANCELLED)
         return True
 
     def finished(self, job_id: str, token: str) -> bool:
         """Whether job ``job_id``'s request ended lately (answered or stopped; one of the
-        last `MAX_RESERVATIONS`) and ``token`` is its token: a cancel that crossed its
-        answer, or came after the client had gone."""
+        last `MAX_RESERVATIONS`): a cancel that crossed its answer, or came after the
+        client had gone. `CancelRefused` when ``token`` is not its token."""
         with self._state:
             known = self._finished.get(job_id)
-        return known is not None and secrets.compare_digest(known.encode(), token.encode())
+        if known is None:
+            return False
+        _check_token(known, token)
+        return True
 
     def running_jobs(self) -> list[str]:
         """Ids of the jobs whose request is now waiting or running."""
@@ -275,6 +278,14 @@ class ModelDesk:
         self.stop_all()
         self._worker.shutdown(wait=True, cancel_futures=True)
         self._pixels.shutdown(wait=True, cancel_futures=True)
+
+
+def _check_token(known: str, token: str) -> None:
+    if not secrets.compare_digest(known.encode(), token.encode()):
+        raise CancelRefused(
+            "wrong or missing cancel token: send the 'token' that POST /api/jobs "
+            "returned with this job id"
+        )
 
 
 def _unless_stopped(work: Callable[[], T], ticket: Ticket) -> T:

@@ -2,7 +2,11 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { file: null, sample: "", methods: {}, layers: null, running: null };
+// image and explanation count the image changes and explain() calls: an answer is shown
+// only while no newer one has started (see explain and predict).
+const state = {
+  file: null, sample: "", methods: {}, layers: null, running: null, image: 0, explanation: 0,
+};
 
 async function getJson(url, options, answered) {
   const response = await fetch(url, options);
@@ -46,8 +50,8 @@ async function init() {
   }
   state.layers = layers;
   fillLayerLists();
-  for (const layer of layers.layers.filter((l) => l.type.includes("Conv2d"))) {
-    option($("filter-layer"), layer.name, `${layer.name} (${layer.output_shape[1]} filters)`);
+  for (const layer of layers.layers.filter((l) => l.filters != null)) {  // the nn.Conv2d layers
+    option($("filter-layer"), layer.name, `${layer.name} (${layer.filters} filters)`);
   }
   for (const name of samples) option($("sample"), name, name);
   const list = $("class-list");
@@ -57,13 +61,15 @@ async function init() {
 }
 
 // The spatial layers a user would pick (convolutions, pooling, blocks, stages), or with
-// "all layers" ticked every spatial layer; the current choices are kept where listed.
+// "all layers" ticked every spatial layer; the current choices are kept where listed,
+// others go back to the default CAM layer.
 function fillLayerLists() {
   const all = $("all-layers").checked;
   const rows = state.layers.layers.filter((l) => l.spatial && (all || l.pickable));
+  const listed = (name) => rows.some((layer) => layer.name === name);
   for (const id of ["layer", "browse-layer"]) {
     const select = $(id);
-    const chosen = select.value || state.layers.default;
+    const chosen = listed(select.value) ? select.value : state.layers.default;
     select.replaceChildren();
     for (const layer of rows) {
       option(select, layer.name, `${layer.name} ${layer.output_shape.slice(1).join("x")}`,
@@ -80,22 +86,27 @@ function updateLayerChoice() {
 async function predict() {
   const form = imageForm();
   if (!form) return;
+  const image = state.image;
   form.append("top", "5");
   const list = $("predictions");
   list.replaceChildren();
   try {
     const result = await getJson("/api/predict", { method: "POST", body: form });
+    if (image !== state.image) return;  // the image changed meanwhile
     for (const p of result.predictions) {
       const item = document.createElement("li");
       item.textContent = `${p.label} (${p.class_id}) ${p.probability.toFixed(3)}`;
       list.appendChild(item);
     }
   } catch (error) {
-    setStatus($("status"), error.message, true);
+    if (image === state.image) setStatus($("status"), error.message, true);
   }
 }
 
 async function explain() {
+  const call = ++state.explanation;
+  const image = state.image;
+  const superseded = () => call !== state.explanation || image !== state.image;
   const form = imageForm();
   if (!form) { setStatus($("status"), "Choose an image first.", true); return; }
   if (state.running) await cancel();
@@ -108,9 +119,10 @@ async function explain() {
   try {
     job = await getJson("/api/jobs", { method: "POST" });  // its id, and the token cancelling it
   } catch (error) {
-    setStatus($("status"), error.message, true);
+    if (!superseded()) setStatus($("status"), error.message, true);
     return;
   }
+  if (superseded()) return;  // a newer explanation started while this one got its job id
   form.append("job", job.job);
   const controller = new AbortController();
   const running = { job: job.job, token: job.token, controller, answered: false };
@@ -120,10 +132,12 @@ async function explain() {
   try {
     const result = await getJson("/api/explain", { method: "POST", body: form,
       signal: controller.signal }, () => { running.answered = true; });
-    if (state.running === running) show(result);
+    if (state.running === running && !superseded()) show(result);
   } catch (error) {
-    if (state.running === running) {
-      setStatus($("status"), controller.signal.aborted ? "Cancelled." : error.message, true);
+    if (state.running === running && !superseded()) {
+      const aborted = controller.signal.aborted;
+      if (!aborted) clearResult();  // what is shown belongs to an earlier request
+      setStatus($("status"), aborted ? "Cancelled." : error.message, true);
     }
   } finally {
     if (state.running === running) {
@@ -165,6 +179,15 @@ function show(result) {
   setStatus($("status"), `Done: ${result.title ?? result.method}.`);
 }
 
+function clearResult() {
+  for (const id of ["overlay", "colour-bar"]) {
+    $(id).hidden = true;
+    $(id).removeAttribute("src");
+  }
+  for (const id of ["class-name", "explained", "scale-text"]) $(id).textContent = "";
+  placeBox(null);
+}
+
 function probabilityText(name, probability) {
   return probability == null ? "" : `p(${name}) = ${probability.toFixed(3)}`;
 }
@@ -180,16 +203,23 @@ function scoreText(result) {
 
 function fmt(value) { return Number(value).toPrecision(3); }
 
+// Places the result's box (null: none) whether or not "show box" is ticked, so that
+// ticking it shows this result's box, never an earlier one.
 function placeBox(box, size) {
   const element = $("box");
-  if (!box || !$("show-box").checked) { element.hidden = true; return; }
-  const [height, width] = size;
-  element.style.left = `${(100 * box[0]) / width}%`;
-  element.style.top = `${(100 * box[1]) / height}%`;
-  element.style.width = `${(100 * (box[2] - box[0])) / width}%`;
-  element.style.height = `${(100 * (box[3] - box[1])) / height}%`;
-  element.hidden = false;
-  element.dataset.box = box.map((v) => Math.round(v)).join(",");
+  element.dataset.box = box ? box.map((v) => Math.round(v)).join(",") : "";
+  if (box) {
+    const [height, width] = size;
+    element.style.left = `${(100 * box[0]) / width}%`;
+    element.style.top = `${(100 * box[1]) / height}%`;
+    element.style.width = `${(100 * (box[2] - box[0])) / width}%`;
+    element.style.height = `${(100 * (box[3] - box[1])) / height}%`;
+  }
+  showBoxIfTicked();
+}
+
+function showBoxIfTicked() {
+  $("box").hidden = !($("show-box").checked && $("box").dataset.box);
 }
 
 async function browse(kind) {
@@ -261,6 +291,9 @@ async function initAtlas() {
 }
 
 async function imageChanged() {
+  state.image += 1;  // answers still due for the previous image are not shown
+  await cancel();  // first: predict() would wait for the model behind the old explanation
+  clearResult();
   await predict();
   await explain();
 }
@@ -282,11 +315,7 @@ function wire() {
   }
   $("explain-button").addEventListener("click", explain);
   $("cancel-button").addEventListener("click", cancel);
-  $("show-box").addEventListener("change", () => {
-    const box = $("box").dataset.box;
-    if (!$("show-box").checked) $("box").hidden = true;
-    else if (box) $("box").hidden = false;
-  });
+  $("show-box").addEventListener("change", showBoxIfTicked);
   $("features-button").addEventListener("click", () => browse("features"));
   $("filters-button").addEventListener("click", () => browse("filters"));
 }
