@@ -240,3 +240,17 @@ def test_an_unknown_layer_in_a_list_names_it():
         cams.gradcam(net, x, layer="3,nope")
     with pytest.raises(LayerError, match="no spatial"):
         ablationcam(net, x, layer="6")
+
+
+def test_ablationcam_runs_on_a_model_that_differentiates_through_the_layer_in_its_forward(
+    unchanged,
+):
+    # a test-time adaptation step takes a gradient through the layer's output: the ablated
+    # copies must keep that graph (a stored constant copy of the activation broke it)
+    from tests.test_lrp import _SelfAdapting
+
+    net, images = _SelfAdapting().eval(), torch.randn(2, 3, 8, 8)
+    with unchanged(net, images):
+        maps = ablationcam(net, images, 0, layer="conv")
+    assert maps.shape == (2, 8, 8)
+    assert bool(torch.isfinite(maps).all()) and float(maps.amax()) > 0

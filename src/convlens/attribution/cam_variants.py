@@ -92,9 +92,13 @@ def _ablated_scores(
     for chunk in progress_bar(chunks, disable=not progress, desc="ablationcam", leave=False):
         group, channel = groups[chunk].cpu(), channels[chunk]
         first = shared.first[group].to(activation.device)
-        ablated = activation[first].clone()
-        ablated[torch.arange(len(first), device=ablated.device), channel] = 0
-        with replaced_output(prepared.module, name, partial(_same_dtype, ablated)):
+        zeroed = torch.zeros(
+            (len(first), activation.shape[1]) + (1,) * (activation.dim() - 2),
+            dtype=torch.bool,
+            device=activation.device,
+        )
+        zeroed[torch.arange(len(first), device=zeroed.device), channel] = True
+        with replaced_output(prepared.module, name, partial(_channels_zeroed, zeroed)):
             with torch.no_grad():
                 output = prepared.module(images[first.to(images.device)])
         copy, row, score = shared.scores(targets, clean, output, group)  # targets: on CPU
@@ -102,8 +106,12 @@ def _ablated_scores(
     return scores
 
 
-def _same_dtype(replacement: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
-    return replacement.to(output.dtype)
+def _channels_zeroed(zeroed: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    """The layer's ``output`` with the channels ``zeroed`` (bool, broadcast over the rest)
+    set to 0. Made from the output itself, not from a stored copy of the clean activation:
+    a model that differentiates through the layer inside its own forward pass (a test-time
+    adaptation step) keeps its graph."""
+    return torch.where(zeroed.to(output.device), 0, output)
 
 
 # ---- FinerCAM ----------------------------------------------------------------------------
