@@ -505,3 +505,23 @@ def test_the_filter_list_offers_only_convolutions(browser, odd_layers_url):
     )
     assert watch.errors == []
     page.close()
+
+
+def test_a_new_image_takes_the_old_images_feature_maps_off_the_page(browser, shapes_url):
+    page, watch = _open(browser, shapes_url)
+    _explained(page, lambda: page.select_option("#sample", "cat"))
+    page.click("#features-button")
+    page.wait_for_function(
+        "document.querySelector('#browse-status').textContent.startsWith('features')"
+    )
+    assert page.locator("#browse-image").is_visible()
+    _explained(page, lambda: page.select_option("#sample", "coffee"))
+    assert page.locator("#browse-image").is_hidden()  # they were the cat's
+    page.click("#filters-button")  # filters belong to the model: they stay
+    page.wait_for_function(
+        "document.querySelector('#browse-status').textContent.startsWith('filters')"
+    )
+    _explained(page, lambda: page.select_option("#sample", "cat"))
+    assert page.locator("#browse-image").is_visible()
+    assert watch.errors == []
+    page.close()

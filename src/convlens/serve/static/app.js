@@ -179,6 +179,17 @@ function show(result) {
   setStatus($("status"), `Done: ${result.title ?? result.method}.`);
 }
 
+// Feature maps belong to the image they were computed for (filters do not): a new image
+// takes the old image's grid off the page.
+function clearImageFeatures() {
+  const grid = $("browse-image");
+  if (grid.dataset.kind !== "features") return;
+  grid.hidden = true;
+  grid.removeAttribute("src");
+  delete grid.dataset.kind;
+  setStatus($("browse-status"), "");
+}
+
 function clearResult() {
   for (const id of ["overlay", "colour-bar"]) {
     $(id).hidden = true;
@@ -224,6 +235,7 @@ function showBoxIfTicked() {
 
 async function browse(kind) {
   const layer = $(kind === "features" ? "browse-layer" : "filter-layer").value;
+  const image = state.image;
   setStatus($("browse-status"), `Loading ${kind}...`);
   try {
     let result;
@@ -235,8 +247,10 @@ async function browse(kind) {
     } else {
       result = await getJson(`/api/filters?layer=${encodeURIComponent(layer)}`);
     }
+    if (kind === "features" && image !== state.image) return;  // the image changed meanwhile
     $("browse-image").src = result.grid;
     $("browse-image").hidden = false;
+    $("browse-image").dataset.kind = kind;
     setStatus($("browse-status"), `${kind} of ${result.layer}`);
   } catch (error) {
     setStatus($("browse-status"), error.message, true);
@@ -294,6 +308,7 @@ async function imageChanged() {
   state.image += 1;  // answers still due for the previous image are not shown
   await cancel();  // first: predict() would wait for the model behind the old explanation
   clearResult();
+  clearImageFeatures();
   await predict();
   await explain();
 }
