@@ -690,3 +690,20 @@ def test_flat_and_wsquare_on_a_linear_layer_of_single_vectors(rule):
     per_image = [lrp(net, images[i : i + 1], 1, composite=composite)[0] for i in range(2)]
     torch.testing.assert_close(got, torch.stack(per_image), rtol=1e-4, atol=1e-4)
     assert torch.isfinite(got).all() and got.abs().sum() > 0
+
+
+def test_concept_relevance_on_a_token_layer_conditions_on_its_channel_axis(unchanged):
+    # tokens [B, prefix + h*w, C]: a channel is the last axis (of every token), not axis 1
+    from tests.layers.test_tokens import TinyTokens
+
+    net = TinyTokens().eval()
+    images = torch.randn(2, 3, 12, 8, generator=torch.Generator().manual_seed(6))
+    with unchanged(net, images):
+        concepts = convlens.concept_relevance(
+            net, images, 1, layer="block", channels=range(5), composite="epsilon"
+        )
+    assert concepts.shape == (2, 5, 12, 8)
+    whole = lrp(net, images, 1, composite="epsilon")
+    torch.testing.assert_close(concepts.sum(dim=1), whole, rtol=1e-4, atol=1e-6)
+    with pytest.raises(MethodError, match="5 channels"):
+        convlens.concept_relevance(net, images, 1, layer="block", channels=[5])

@@ -244,7 +244,7 @@ def concept_relevance(
             clean = prepared.module(prepared.images)
         targets = prepared.targets.copies(rows, clean)
     kept = torch.tensor([int(c) for c in channels]).repeat(n)
-    with keep_channels(layer_module, kept):
+    with keep_channels(prepared.module, layer_module, kept):
         # the rows of one image keep different channels in the backward: no shared rows
         relevance, _ = input_relevance(
             prepared.module, batch, targets, chosen, input_bounds(model), share_rows=False

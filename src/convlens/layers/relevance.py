@@ -56,6 +56,7 @@ from convlens.layers.relevance_rules import (
     stabilize,
 )
 from convlens.layers.rules import is_rectifier
+from convlens.layers.tokens import auto_reshape, channels_last, token_grid
 
 _KINDS = ("first", "conv", "linear")
 
@@ -515,38 +516,58 @@ def relevance_rules(
 
 class _KeepChannels(torch.autograd.Function):
     """Identity forward (a copy); the backward keeps, in row ``i``, only channel
-    ``channels[i]`` of the relevance: CRP's conditioning on one concept per row."""
+    ``channels[i]`` (along dimension ``dim``) of the relevance: CRP's conditioning on one
+    concept per row."""
 
     @staticmethod
-    def forward(ctx, x, channels):  # noqa: ANN001
-        ctx.channels = channels
+    def forward(ctx, x, channels, dim):  # noqa: ANN001
+        ctx.channels, ctx.dim = channels, dim
         return x.clone()
 
     @staticmethod
     def backward(ctx, relevance):  # noqa: ANN001
         rows = torch.arange(len(relevance), device=relevance.device)
-        kept = torch.zeros_like(relevance)
         channels = ctx.channels.to(relevance.device)
-        kept[rows, channels] = relevance[rows, channels]
-        return kept, None
+        moved = relevance.movedim(ctx.dim, 1)
+        kept = torch.zeros_like(moved)
+        kept[rows, channels] = moved[rows, channels]
+        return kept.movedim(1, ctx.dim), None, None
+
+
+def channel_dim(model: nn.Module, layer: nn.Module, output: torch.Tensor) -> int:
+    """The dimension of ``layer``'s raw ``output`` that holds its channels: 1, or the last
+    for a token layer or a channels-last one (`convlens.layers.tokens.auto_reshape`).
+    `MethodError` for a reshape registered by the user, whose channel axis is unknown."""
+    reshape = auto_reshape(model, layer, output, output.shape[0])
+    if reshape is None:
+        return 1
+    if reshape is channels_last or getattr(reshape, "func", None) is token_grid:
+        return output.dim() - 1
+    raise MethodError(
+        "concept relevance cannot tell the channel axis of a layer with a registered "
+        "reshape; condition on a layer whose output is [B, C, ...] or standard tokens"
+    )
 
 
 @contextmanager
-def keep_channels(layer: nn.Module, channels: torch.Tensor) -> Iterator[None]:
+def keep_channels(model: nn.Module, layer: nn.Module, channels: torch.Tensor) -> Iterator[None]:
     """For the block, the relevance passing back through ``layer``'s output keeps only
     channel ``channels[i]`` (``Tensor[B]`` of ints) in batch row ``i`` (a forward hook,
-    removed on exit, also after an exception). Its output is a copy, so a BatchNorm right
-    after ``layer`` is not folded into it: condition on the BatchNorm or the activation."""
+    removed on exit, also after an exception); channels are on `channel_dim` of the output
+    (tokens: every token's channel). Its output is a copy, so a BatchNorm right after
+    ``layer`` is not folded into it: condition on the BatchNorm or the activation."""
 
     def hook(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> torch.Tensor:
         if not isinstance(output, torch.Tensor) or output.dim() < 2:
             raise MethodError("concept relevance needs a layer whose output is a Tensor[B, C, ...]")
-        if int(channels.max()) >= output.shape[1] or int(channels.min()) < 0:
+        dim = channel_dim(model, layer, output)
+        count = output.shape[dim]
+        if int(channels.max()) >= count or int(channels.min()) < 0:
             raise MethodError(
-                f"channel out of range: the layer has {output.shape[1]} channels "
-                f"(0..{output.shape[1] - 1}), asked for {channels.tolist()}"
+                f"channel out of range: the layer has {count} channels "
+                f"(0..{count - 1}), asked for {channels.tolist()}"
             )
-        return _KeepChannels.apply(output, channels)
+        return _KeepChannels.apply(output, channels, dim)
 
     handle = layer.register_forward_hook(hook)
     try:
