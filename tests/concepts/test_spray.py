@@ -78,6 +78,24 @@ def test_the_partition_does_not_depend_on_the_order_of_the_maps():
     )
 
 
+@pytest.mark.parametrize("count", [8, 11])
+def test_a_small_class_at_the_default_neighbours_still_finds_its_groups(count):
+    # with k >= N - 1 the graph would be complete: every partition the same to it
+    maps = torch.zeros(count, 16, 16)
+    half = count // 2
+    maps[:half, :6, :6] = 1
+    maps[half:, 10:, 10:] = 1
+    maps += 0.01 * torch.rand(count, 16, 16, generator=torch.Generator().manual_seed(0))
+    expected = [list(range(half)), list(range(half, count))]
+    for order in (
+        torch.arange(count),
+        torch.randperm(count, generator=torch.Generator().manual_seed(1)),
+    ):
+        result = spray(maps[order], size=16)  # neighbours=10
+        groups = sorted(sorted(order[c.members].tolist()) for c in result.clusters)
+        assert groups == expected and result.eigengap > 0.5
+
+
 def test_sorted_features_ignore_where_the_relevance_is():
     blob = torch.zeros(2, 16, 16)
     blob[0, 0:4, 0:6] = torch.arange(24.0).view(4, 6)

@@ -20,8 +20,9 @@ Steps, for ``Tensor[N, H, W]`` maps of one class:
    window`` windows of the layer's map), divided by the row's sum: a small, strong pattern
    anywhere in the image (a watermark, a sticker) is not averaged away;
 2. affinity: the symmetric k-nearest-neighbour graph of the features (Euclidean, ``k =
-   neighbours``; an edge has weight 1, or 1/2 when only one end has the other among its
-   neighbours);
+   neighbours``, at most ``(N - 1) // 2``: with ``k`` near ``N - 1`` every map is every
+   other's neighbour, the graph is complete and its eigenvectors carry no structure; an
+   edge has weight 1, or 1/2 when only one end has the other among its neighbours);
 3. the eigenvalues ``0 = l_1 <= l_2 <= ...`` of the normalised Laplacian
    ``I - D^-1/2 A D^-1/2``; the count of clusters ``c`` in ``2 .. max_clusters`` is the
    one with the largest eigengap ``l_{c+1} - l_c`` (as in the paper);
@@ -286,13 +287,19 @@ def membership(features: torch.Tensor, labels: torch.Tensor, cluster: int) -> to
     return _relative_silhouettes(means, torch.full((len(labels),), column))
 
 
+def graph_neighbours(neighbours: int, count: int) -> int:
+    """The ``k`` of the affinity graph of ``count`` maps: ``neighbours``, at most half of
+    the other maps (a graph of nearly every pair is complete and clusters nothing)."""
+    return max(1, min(neighbours, (count - 1) // 2))
+
+
 def cluster_features(
     vectors: torch.Tensor, neighbours: int, max_clusters: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Steps 2 to 5 on ``Tensor[N, D]`` features: ``(labels LongTensor[N], silhouettes
     Tensor[N], eigenvalues, embedding)``; labels are k-means's, not yet ranked."""
     count = len(vectors)
-    affinity = knn_affinity(vectors, max(1, min(neighbours, count - 1)))
+    affinity = knn_affinity(vectors, graph_neighbours(neighbours, count))
     eigenvalues, embedding, clusters = spectral_embedding(affinity, min(max_clusters, count - 2))
     labels = kmeans(embedding, clusters)
     return labels, silhouettes(vectors, labels), eigenvalues, embedding
@@ -377,7 +384,7 @@ def spray(
             (each channel's largest windowed relevance, translation-invariant).
         window: side of the windows of ``"peaks"`` on a ``Tensor[N, K, h, w]``, in the
             layer's positions (about the side of the pattern sought, at that layer).
-        neighbours: k of the nearest-neighbour affinity graph.
+        neighbours: k of the nearest-neighbour affinity graph (at most ``(N - 1) // 2``).
         max_clusters: the largest count the eigengap may choose (at least 2).
         null_draws: how many one-cloud data sets the top score is compared with
             (`null_scores`: Gaussian, logistic normal for ``"peaks"``; 0: none,
