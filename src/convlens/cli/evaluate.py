@@ -135,6 +135,7 @@ def evaluate_command(
             param_hint="--model",
         )
     benchmark = _chosen_benchmark(benchmark, data)
+    _refuse_unused_options(benchmark, model, data, images_dir, curve_steps, no_faithfulness)
     names = chosen_methods(methods_alias or method)
     chosen_metrics = _chosen_metrics(metrics, benchmark)
     if out is not None:  # before any work
@@ -199,9 +200,17 @@ def evaluate_command(
 
 def _chosen_benchmark(benchmark: str | None, data: str | None) -> str:
     """``--benchmark``, or its default: ``shapes`` scores ``--data`` annotations, else
-    ``shapes-multi``. ``--data`` with another benchmark would be ignored: a usage error."""
+    ``shapes-multi``. An unknown name, or ``--data`` with another benchmark (it would be
+    ignored), is a usage error."""
+    from convlens.evaluate.benchmark import BENCHMARKS
+
     if benchmark is None:
         return "shapes-multi" if data is None else "shapes"
+    if benchmark not in BENCHMARKS:
+        raise typer.BadParameter(
+            f"unknown benchmark {benchmark!r}; use one of {', '.join(BENCHMARKS)}",
+            param_hint="--benchmark",
+        )
     if data is not None and benchmark != "shapes":
         raise typer.BadParameter(
             f"--data scores your annotations and is not used by --benchmark {benchmark}: "
@@ -209,6 +218,35 @@ def _chosen_benchmark(benchmark: str | None, data: str | None) -> str:
             param_hint="--benchmark",
         )
     return benchmark
+
+
+def _refuse_unused_options(
+    benchmark: str,
+    model: str | None,
+    data: str | None,
+    images_dir: str | None,
+    curve_steps: int | None,
+    no_faithfulness: bool,
+) -> None:
+    """Usage errors, before any model loads, for options ``benchmark`` would not use (they
+    would be silently ignored): the deletion/insertion settings outside the box benchmarks,
+    ``--images`` without annotations or grids, a ``--model`` for the shortcut benchmark."""
+    boxes = benchmark in ("shapes", "shapes-multi")
+    unused = [
+        ("--curve-steps", curve_steps is not None and not boxes),
+        ("--no-faithfulness", no_faithfulness and not boxes),
+        ("--images", images_dir is not None and not (benchmark == "gridpg" or data is not None)),
+        ("--model", model is not None and benchmark == "shortcut"),
+    ]
+    for option, refused in unused:
+        if refused:
+            why = {
+                "--images": "it reads the images of --data annotations, or gridpg's photos",
+                "--model": "the shortcut benchmark explains its own models shortcut-0.0 .. 1.0",
+            }.get(option, "the deletion/insertion curves belong to shapes and shapes-multi")
+            raise typer.BadParameter(
+                f"not used by --benchmark {benchmark} ({why}): drop it", param_hint=option
+            )
 
 
 def _chosen_metrics(spec: str | None, benchmark: str) -> list[str]:
