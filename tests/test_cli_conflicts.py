@@ -164,11 +164,21 @@ def test_explain_malformed_target_is_a_usage_error(target, message, tmp_path, ca
         (["attribute", "shapes:4", "--method", "cam,saliency"], "takes one method"),
         (["attribute", "shapes:4", "--option", "patch=3"], "no chosen method takes"),
         (["attribute", "shapes:4", "--target", "top0"], "ranks count from 1"),
+        (
+            ["tcav", "--concept", "shapes:9", "--random", "shapes:9", "--class", "0"]
+            + ["--layer", "features.3", "--data", "shapes:9", "--alpha", "3"],
+            "--alpha: must lie in (0, 1), got 3.0",
+        ),
+        (["dissect", "--layer", "l", "--quantile", "1.5"], "--quantile: must lie in (0, 1)"),
+        (["dissect", "--layer", "l", "--iou-threshold", "-1"], "must lie in [0, 1]"),
+        (["dissect", "--layer", "l", "--data", "d", "--label-maps", "m"], "not both"),
+        (["concepts", "shapes:9", "--class", "0", "--layer", "l", "--importance", "x"], "sobol"),
     ],
 )
 def test_unknown_methods_options_and_targets_are_usage_errors(argv, message, tmp_path, capsys):
     # the same mistake is the same exit status in every command, found before the model loads
-    out = ["--out", str(tmp_path / "out")] if argv[0] == "attribute" else []
+    takes_out = ("attribute", "dissect", "concepts")
+    out = ["--out", str(tmp_path / "out")] if argv[0] in takes_out else []
     if argv[0] == "report":
         argv = [*argv[:-1], str(tmp_path / "r.html")]
     assert main([*argv, *out]) == 2

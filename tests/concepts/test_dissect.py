@@ -189,5 +189,5 @@ def test_cli_writes_dissect_json_for_the_model_and_the_control(tmp_path, capsys)
     assert document["control"]["weights"] == "random" and document["control"]["seed"] == 0
     assert "features.5  random" in capsys.readouterr().out
     both = ["--data", "scenes:2", "--label-maps", str(tmp_path), "--out", str(out)]
-    assert main([*args, *both]) == 1
+    assert main([*args, *both]) == 2  # a usage error
     assert "not both" in capsys.readouterr().err

@@ -102,6 +102,9 @@ def test_every_test_is_reported_and_the_chosen_one_decides(tmp_path):
     assert len(results["runs"].null_cosines) == 4 and results["runs"].cosine > 0.5
     with pytest.raises(DataError, match="cosine, score, runs"):
         tcav(_red_reader(), red, noise[8:], noise[:8], 0, "1", runs=3, test="anova")
+    for alpha in (3.0, 0.0, -0.1):  # a p-value is always below 3: everything "significant"
+        with pytest.raises(DataError, match=r"alpha is a significance level in \(0, 1\)"):
+            tcav(_red_reader(), red, noise[8:], noise[:8], 0, "1", runs=3, alpha=alpha)
 
 
 def test_cli_prints_each_layer_and_refuses_an_unknown_test(capsys):

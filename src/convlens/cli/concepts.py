@@ -20,6 +20,7 @@ from convlens.cli.options import (
     OutFolderOption,
     TopAliasOption,
     TrustPickleOption,
+    check_share,
 )
 from convlens.cli.scan import (
     BatchOption,
@@ -156,6 +157,7 @@ def tcav_command(
 
     if test not in TESTS:
         raise typer.BadParameter(f"{test!r}; use one of {', '.join(TESTS)}", param_hint="--test")
+    check_share(alpha, "--alpha")
     results = tcav(
         load_model(model, trust_pickle=trust_pickle),
         concept,
@@ -333,12 +335,16 @@ def concepts_command(
     input) and the atlas page OUT/index.html."""
     from pathlib import Path
 
-    from convlens.concepts.craft import concept_maps, craft
+    from convlens.concepts.craft import IMPORTANCES, concept_maps, craft
     from convlens.concepts.sets import image_set
     from convlens.files import check_folder, write_json, writing
     from convlens.models import load_model
     from convlens.report.concepts import concepts_page, write_concepts_atlas
 
+    if importance not in IMPORTANCES:
+        raise typer.BadParameter(
+            f"{importance!r}; use one of {', '.join(IMPORTANCES)}", param_hint="--importance"
+        )
     folder = check_folder(out, ("concepts.json", "index.html"), force)
     loaded = load_model(model, trust_pickle=trust_pickle)
     images = image_set(data, loaded.preprocess)
@@ -429,12 +435,13 @@ def dissect_command(
     ({"channels": [{"channel", "concept", "iou"}], "unique_detectors", ...}, with the same
     for the architecture with random weights under "control") and prints a table."""
     from convlens.concepts.dissect import DEFAULT_DATA, RESULT_FILE, dissect, save_dissections
-    from convlens.errors import DataError
     from convlens.files import check_folder, writing
     from convlens.models import load_model
 
     if data is not None and label_maps is not None:
-        raise DataError("pass --data or --label-maps, not both")
+        raise typer.BadParameter("pass --data or --label-maps, not both", param_hint="--label-maps")
+    check_share(quantile, "--quantile")
+    check_share(iou_threshold, "--iou-threshold", closed=True)
     check_folder(out, (), force)
     layers = [name.strip() for entry in layer for name in entry.split(",") if name.strip()]
     results = dissect(

@@ -140,6 +140,16 @@ def read_labels(path: str) -> tuple[str, ...]:
     return names
 
 
+def check_share(value: float, option: str, *, closed: bool = False) -> float:
+    """``value`` of ``option`` when it lies in (0, 1) (``closed``: [0, 1]), else a usage
+    error (exit 2), raised before any model loads."""
+    inside = 0.0 <= value <= 1.0 if closed else 0.0 < value < 1.0
+    if not inside:
+        span = "[0, 1]" if closed else "(0, 1)"
+        raise typer.BadParameter(f"must lie in {span}, got {value}", param_hint=option)
+    return value
+
+
 def chosen_methods(spec: str, *, one: bool = False) -> list[str]:
     """The registered names ``spec`` lists (`convlens.attribution.explain.method_names`) for
     a command line: an unknown or empty name, or more than one where the command takes

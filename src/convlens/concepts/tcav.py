@@ -325,6 +325,8 @@ def tcav(
         raise DataError(f"runs must be >= 2 for a t-test (the paper uses 10 or more), got {runs}")
     if test not in TESTS:
         raise DataError(f"unknown TCAV test {test!r}: choose one of {', '.join(TESTS)}")
+    if not 0.0 < alpha < 1.0:
+        raise DataError(f"alpha is a significance level in (0, 1) (say 0.05), got {alpha}")
     loaded = load_model(model)
     module = loaded.module
     layer_list = layers if isinstance(layers, (list, tuple)) else [layers]
