@@ -262,6 +262,11 @@ def test_the_command_clusters_an_attribute_folder_as_the_function_does(tmp_path,
     assert all(f'src="{name}"' in page for name in pictures)
     assert f"{ranking[0]['source']} ({ranking[0]['membership']:.2f})" in page
     assert 'href="class-1.html"' in (atlas / "index.html").read_text()
+    # a file convlens did not write among the pictures: refused before anything is written
+    (tmp_path / "spray.json").unlink()
+    (atlas / f"class-1-cluster-{expected.clusters[-1].id}.png").write_bytes(b"mine")
+    assert main(["spray", str(tmp_path), "--size", "4", "--neighbours", "2"]) == 1
+    assert not (tmp_path / "spray.json").exists()
     with pytest.raises(DataError, match="no map explains class 4"):
         spray(tmp_path, class_id=4)
     with pytest.raises(DataError, match="relevance_layer=LAYER"):

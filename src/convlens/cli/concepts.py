@@ -260,6 +260,11 @@ def spray_command(
         null_draws=null_draws,
     )
     document = {"classes": [entry.record for entry in classes], "skipped": skipped}
+    if atlas and classes:  # every page and picture, before the first file is written
+        from convlens.files import check_folder
+        from convlens.report.atlas import spray_atlas_names
+
+        check_folder(folder / "spray", spray_atlas_names(classes), force)
     with writing(folder, "spray", force=force):
         write_json(folder / "spray.json", document)
         if atlas and classes:

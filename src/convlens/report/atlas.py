@@ -142,7 +142,7 @@ def write_spray_atlas(folder: str | Path, document: dict, pictures: dict, title:
     rows = []
     for entry in document["classes"]:
         name = _class_title(entry)
-        page = f"class-{entry['class']}.html"
+        page = _spray_page_name(entry["class"])
         write_text(folder / page, _spray_class_page(entry, pictures[entry["class"]], title))
         top = entry["clusters"][0]
         rows.append(
@@ -226,11 +226,35 @@ def write_spray_pictures(folder: str | Path, classes: list, seed: int = 0) -> di
         picture = class_map_picture(entry, seed)
         map_name = None
         if picture is not None:
-            map_name = f"class-{c}-map.png"
+            map_name = _spray_map_name(c)
             save_png(picture, folder / map_name)
         names = []
         for cluster in entry.result.clusters:
-            names.append(f"class-{c}-cluster-{cluster.id}.png")
+            names.append(_spray_cluster_name(c, cluster.id))
             save_png(cluster_picture(entry, cluster), folder / names[-1])
         pictures[c] = {"map": map_name, "clusters": names}
     return pictures
+
+
+def spray_atlas_names(classes: list) -> list[str]:
+    """Every file `write_spray_pictures` and `write_spray_atlas` may write for ``classes``
+    (`convlens.concepts.spray.SprayClass`), relative to the atlas folder: what a command
+    checks before it writes any of them."""
+    names = ["index.html"]
+    for entry in classes:
+        c = entry.record["class"]
+        names += [_spray_page_name(c), _spray_map_name(c)]
+        names += [_spray_cluster_name(c, cluster.id) for cluster in entry.result.clusters]
+    return names
+
+
+def _spray_page_name(c) -> str:
+    return f"class-{c}.html"
+
+
+def _spray_map_name(c) -> str:
+    return f"class-{c}-map.png"
+
+
+def _spray_cluster_name(c, cluster: int) -> str:
+    return f"class-{c}-cluster-{cluster}.png"
