@@ -272,6 +272,23 @@ def test_bad_annotation_files_raise(tmp_path):
         load_annotations(tmp_path / "y.json", Preprocess(size=32))
 
 
+def test_an_unreadable_annotated_image_is_skipped_and_named_the_rest_scored(tmp_path):
+    _write_rectangle_image(tmp_path, "a.png", (64, 64), (8, 8, 40, 40))
+    (tmp_path / "b.png").write_bytes(b"not a picture")
+    entries = [
+        {"file": name, "class": 0, "boxes": [[8, 8, 40, 40]]}
+        for name in ("a.png", "b.png", "c.png")
+    ]
+    truth = load_annotations(_simple_file(tmp_path, entries), Preprocess(size=32, mode="stretch"))
+    assert truth.sources == ["a.png"] and len(truth) == 1
+    assert [where for where, _ in truth.skipped] == [
+        "gt.json: image entry 1 (b.png)",
+        "gt.json: image entry 2 (c.png)",
+    ]
+    with pytest.raises(DataError, match="none of the annotated images could be read"):
+        load_annotations(_simple_file(tmp_path, entries[1:]), Preprocess(size=32))
+
+
 def _simple_file(folder, entries) -> str:
     path = folder / "gt.json"
     path.write_text(json.dumps({"images": entries}))

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from convlens.cli.app import DeviceOption, JsonOption, _echo_json, app
+from convlens.cli.app import DeviceOption, JsonOption, _echo_json, _report_skipped, app
 from convlens.cli.options import ForceOption, TrustPickleOption
 from convlens.package import DEFAULT_MODEL
 
@@ -192,9 +192,10 @@ def evaluate_command(
         typer.echo(leaderboard_note(board))
         if written:
             typer.echo("wrote " + ", ".join(str(path) for path in written))
+    _report_skipped(board.skipped)
     for name, message in board.errors.items():
         typer.echo(f"{name} failed: {message}", err=True)
-    if board.errors:
+    if board.errors or board.skipped:
         raise typer.Exit(1)
 
 

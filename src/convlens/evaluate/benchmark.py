@@ -442,7 +442,9 @@ def evaluate_on_source(
     else:
         truth = SyntheticShapes(limit, seed=seed, size=height)
     with placed_on(loaded.module, device):
-        return evaluate_methods(loaded, truth, methods, limit, progress=progress, **options)
+        board = evaluate_methods(loaded, truth, methods, limit, progress=progress, **options)
+    board.skipped = list(getattr(truth, "skipped", []))
+    return board
 
 
 def _check_metric_benchmark(benchmark: str, metrics) -> None:

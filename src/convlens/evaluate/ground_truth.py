@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +34,7 @@ from PIL import Image
 
 from convlens.data.decode import ACCEPTED_FORMATS, unreadable_as_error
 from convlens.data.preprocess import Preprocess
-from convlens.errors import DataError, MetricError
+from convlens.errors import DataError, ImageLoadError, MetricError
 from convlens.localize.boxes import check_boxes
 
 
@@ -53,6 +53,7 @@ class GroundTruth:
     masks: torch.Tensor | None
     sources: list[str]
     multilabel: bool = False
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (record, reason) unread
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -282,9 +283,13 @@ def _load_records(records: list[dict], folder: Path, preprocess: Preprocess) -> 
             f"{', ...' if len(missing) > 3 else ''}) while the others do; give every image a "
             "mask, or none (then mask_iou is not scored and the pointing game uses the boxes)"
         )
-    displays, labels, boxes, masks, sources = [], [], [], [], []
+    displays, labels, boxes, masks, sources, skipped = [], [], [], [], [], []
     for record in records:
-        image = _open(folder / record["file"])
+        try:
+            image = _open(folder / record["file"])
+        except ImageLoadError as error:  # one unreadable image is skipped, not the run
+            skipped.append((record["where"], str(error)))
+            continue
         displays.append(preprocess.display(image))
         labels.append(record["class"])
         boxes.append(_transform_boxes(record["boxes"], image.size, preprocess, record["where"]))
@@ -293,6 +298,9 @@ def _load_records(records: list[dict], folder: Path, preprocess: Preprocess) -> 
                 _read_mask(folder / record["mask"], image.size, preprocess, record["where"])
             )
         sources.append(record["file"])
+    if not displays:
+        reasons = "; ".join(f"{where}: {reason}" for where, reason in skipped[:3])
+        raise DataError(f"none of the annotated images could be read ({reasons})")
     display = np.stack(displays)
     return GroundTruth(
         tensor=preprocess.normalize(display),
@@ -301,6 +309,7 @@ def _load_records(records: list[dict], folder: Path, preprocess: Preprocess) -> 
         boxes=boxes,
         masks=torch.stack(masks) if masks else None,
         sources=sources,
+        skipped=skipped,
     )
 
 

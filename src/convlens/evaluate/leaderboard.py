@@ -20,7 +20,8 @@ class Leaderboard:
     `gridpg.GRIDPG_KEYS` or `counterfactual.CF_KEYS`), the mean deletion and
     insertion curves per method (``curves[name] = {"deletion": Tensor[S+1], "insertion": ...}``;
     empty when the run skipped faithfulness),
-    methods that failed (``errors[name] = message``) and the run's settings.
+    methods that failed (``errors[name] = message``), inputs that could not be read
+    (``skipped``: ``(where, reason)``, the others scored) and the run's settings.
 
     ``sanity_constant[name]``: of the ``settings["sanity_images"]`` maps of the sanity check,
     how many were constant before or after randomisation (no Spearman correlation; left out
@@ -36,6 +37,7 @@ class Leaderboard:
     settings: dict = field(default_factory=dict)
     sanity_constant: dict[str, int] = field(default_factory=dict)
     cascades: dict = field(default_factory=dict)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # unreadable inputs
 
     @property
     def headline(self) -> str:
