@@ -215,3 +215,23 @@ def test_cli_names_the_change_in_one_line_and_restart_starts_over(tmp_path, caps
     assert main(["scan", *args, "--k", "3", "--out", str(out), "--resume"]) == 1
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "is empty" in error and "aborted" not in error
+
+
+def test_each_saved_state_is_in_the_ledger_before_the_run_goes_on(tmp_path, monkeypatch):
+    # a run killed right after a save (no exit handler runs) must leave a state that --resume
+    # accepts as convlens's: its ledger entry cannot wait for the periodic flush
+    import convlens.files as files
+
+    monkeypatch.setattr(files, "_FLUSH_SECONDS", 1e9)
+    model, data = _model(), _pictures(tmp_path / "data")
+    state = tmp_path / "out" / ".state" / "scan"
+    owned_after_each_save = []
+
+    def check(_batch: int) -> None:  # what a new process would read: the ledger on disk
+        path = _state_file(state)
+        entry = files.ledger_entries(path.parent).get(path.name, {})
+        owned_after_each_save.append(entry.get("sha256") == files._digest(path))
+
+    with files.writing(tmp_path / "out", "scan"):
+        top_activating(model, data, ["3"], checkpoint=state, on_batch=check, **SETTINGS)
+    assert owned_after_each_save == [True, True, True]

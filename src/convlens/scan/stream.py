@@ -27,7 +27,7 @@ from torch import nn
 from convlens.data.datasets import ScanDataset, batch_loader
 from convlens.data.progress import Progress
 from convlens.errors import DataError
-from convlens.files import write_bytes
+from convlens.files import flush_ledgers, write_bytes
 from convlens.layers import borrowed_model
 from convlens.layers.capture import Capture
 from convlens.layers.early_stop import run_until
@@ -171,6 +171,9 @@ def _save(path: Path, reducer: Reducer, fingerprint, done, scanned, errors) -> N
     torch.save(state, buffer)
     payload = buffer.getvalue()
     write_bytes(path, STATE_MAGIC + hashlib.sha256(payload).digest() + payload)
+    # recorded in the folder's ledger now, not at the next periodic flush: a run killed in
+    # between would leave a state that --resume must refuse as not convlens's
+    flush_ledgers()
 
 
 def _restore(path: Path, reducer: Reducer, fingerprint, sources) -> tuple[int, int, list]:
