@@ -226,3 +226,17 @@ def test_activation_of_a_layer_not_captured_or_a_call_that_did_not_happen_names_
         cap.activation("2")  # it ran, but nobody asked for it
     with pytest.raises(LayerError, match=r"ran 1 time\(s\).* got 1"):
         cap.activation("0", call=1)
+
+
+def test_the_layer_functions_take_a_loaded_model_as_they_take_its_module():
+    from convlens.layers import layer_table
+    from convlens.models.loading import LoadedModel
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU())
+    loaded, images = LoadedModel(net, "tiny"), torch.rand(1, 3, 8, 8)
+    assert resolve_layer(loaded, "#2") == resolve_layer(net, "#2")
+    assert default_cam_layer(loaded, images) == default_cam_layer(net, images)
+    assert layer_table(loaded, images) == layer_table(net, images)
+    with capture(loaded, "2") as cap:
+        net(images)
+    assert cap.activation("2").shape == (1, 4, 4, 4)

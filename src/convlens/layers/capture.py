@@ -22,6 +22,7 @@ from convlens.errors import LayerError
 from convlens.layers.borrow import refuse_scripted
 from convlens.layers.find import LayerSpec, resolve_layer
 from convlens.layers.tokens import Reshape, auto_reshape, grid_output, is_grid_model
+from convlens.models.loading import LoadedModel, as_module
 
 
 @dataclass
@@ -66,7 +67,7 @@ class Capture:
 
 @contextmanager
 def capture(
-    model: nn.Module,
+    model: nn.Module | LoadedModel,
     layers: LayerSpec | Sequence[LayerSpec],
     *,
     gradients: bool = False,
@@ -94,6 +95,7 @@ def capture(
     gradient. Without ``gradients`` a detached copy is recorded and the forward pass (and
     any autograd graph through it) is exactly what it would be without the hook.
     """
+    model = as_module(model)
     specs = layers if isinstance(layers, (list, tuple)) else [layers]
     refuse_scripted(model, "capture a layer's output (CAM methods, feature maps)")
     resolved = [resolve_layer(model, spec) for spec in specs]
@@ -168,11 +170,14 @@ def _reshape_rule(
 
 @contextmanager
 def replaced_output(
-    model: nn.Module, layer: LayerSpec, replace: Callable[[torch.Tensor], torch.Tensor]
+    model: nn.Module | LoadedModel,
+    layer: LayerSpec,
+    replace: Callable[[torch.Tensor], torch.Tensor],
 ) -> Iterator[None]:
     """Inside the block, every forward pass continues from ``replace(output)`` instead of
     ``layer``'s own tensor output (to ablate channels, for instance); the hook is removed
     on exit, also after an exception."""
+    model = as_module(model)
     refuse_scripted(model, "replace a layer's output (Ablation-CAM)")
     name, module = resolve_layer(model, layer)
 

@@ -15,21 +15,23 @@ from convlens.errors import LayerError
 from convlens.layers.borrow import borrowed_model, refuse_scripted
 from convlens.layers.tokens import is_grid_model, last_grid_layer
 from convlens.models.devices import model_input
+from convlens.models.loading import LoadedModel, as_module
 
 LayerSpec = str | int | nn.Module
 
 
-def named_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+def named_layers(model: nn.Module | LoadedModel) -> list[tuple[str, nn.Module]]:
     """Every submodule with its dotted name, in ``named_modules()`` order, root excluded."""
-    return [(name, module) for name, module in model.named_modules() if name]
+    return [(name, module) for name, module in as_module(model).named_modules() if name]
 
 
-def resolve_layer(model: nn.Module, layer: LayerSpec) -> tuple[str, nn.Module]:
+def resolve_layer(model: nn.Module | LoadedModel, layer: LayerSpec) -> tuple[str, nn.Module]:
     """A layer given as a dotted name (``"layer4.1.conv2"``; ``nn.Sequential`` children are
     named ``"0"``, ``"1"``, ...), an index into `named_layers` as an ``int`` or as a string
     ``"#3"`` (the ``#`` column of ``convlens layers``; negative counts from the end: ``-1``,
     ``"#-1"``), or the module object itself. A string is a name unless it starts with ``#``:
     a digit string that names no layer is a `LayerError`, never an index."""
+    model = as_module(model)
     layers = named_layers(model)
     if isinstance(layer, nn.Module):
         for name, module in layers:
@@ -53,10 +55,11 @@ def resolve_layer(model: nn.Module, layer: LayerSpec) -> tuple[str, nn.Module]:
     )
 
 
-def resolve_layer_names(model: nn.Module, layer: LayerSpec | list | tuple) -> str:
+def resolve_layer_names(model: nn.Module | LoadedModel, layer: LayerSpec | list | tuple) -> str:
     """The name of ``layer`` (see `resolve_layer`), or of several layers, given as a list
     or as one string ``"blocks.4,blocks.5"`` (a string that names no layer is split at
     commas), joined by commas: what the CAM methods accept to fuse several layers."""
+    model = as_module(model)
     if isinstance(layer, str) and "," in layer and layer not in dict(named_layers(model)):
         layer = [part.strip() for part in layer.split(",") if part.strip()]
     if isinstance(layer, (list, tuple)):
@@ -99,9 +102,12 @@ def _name_hint(layer: str, names: list[str]) -> str:
     return "; " + "; ".join(hints)
 
 
-def spatial_outputs(model: nn.Module, images: torch.Tensor) -> list[tuple[str, tuple[int, ...]]]:
+def spatial_outputs(
+    model: nn.Module | LoadedModel, images: torch.Tensor
+) -> list[tuple[str, tuple[int, ...]]]:
     """(name, output shape) of every module whose output is a ``[B, C, H, W]`` tensor, in the
     order the forward pass finishes them (a container after its children)."""
+    model = as_module(model)
 
     refuse_scripted(model, "find the layers a forward pass uses")
     finished: list[tuple[str, tuple[int, ...]]] = []
@@ -175,7 +181,7 @@ def is_pickable_layer(module: nn.Module) -> bool:
     return any(True for _ in module.children())
 
 
-def default_cam_layer(model: nn.Module, images: torch.Tensor) -> str:
+def default_cam_layer(model: nn.Module | LoadedModel, images: torch.Tensor) -> str:
     """The output of the network's last convolution stage: the last module with a spatial
     output (H or W > 1), not counting pooling layers at the end of the spatial part (max,
     average or adaptive pooling, and blocks that end in one), which only shrink or resample
@@ -191,6 +197,7 @@ def default_cam_layer(model: nn.Module, images: torch.Tensor) -> str:
     own CAM layer in a string attribute ``cam_layer`` (the segmentation network names its
     decoder, as the last spatial layer there is the per-class logit map) gets that layer.
     """
+    model = as_module(model)
     declared = getattr(model, "cam_layer", None)
     if isinstance(declared, str):
         return resolve_layer(model, declared)[0]

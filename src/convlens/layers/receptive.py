@@ -22,6 +22,7 @@ from convlens.errors import LayerError
 from convlens.layers.borrow import borrowed_model
 from convlens.layers.find import named_layers, resolve_layer
 from convlens.models.devices import model_input
+from convlens.models.loading import LoadedModel, as_module
 
 _SPATIAL_OPS = {"conv2d", "max_pool2d", "max_pool2d_with_indices", "avg_pool2d"}
 
@@ -176,12 +177,13 @@ class LayerInfo:
     calls: int
 
 
-def layer_table(model: nn.Module, images: torch.Tensor) -> list[LayerInfo]:
+def layer_table(model: nn.Module | LoadedModel, images: torch.Tensor) -> list[LayerInfo]:
     """Every submodule with its output shape (last call) and receptive field.
 
     ``images``: ``Tensor[B, 3, H, W]`` (one image is enough). ``field`` is None where the
     output is not spatial or cannot be traced back to input pixels (e.g. interpolation).
     """
+    model = as_module(model)
 
     tracer = _FieldTracer()
     seen: dict[str, tuple[tuple[int, ...] | None, Field | None, int]] = {}
