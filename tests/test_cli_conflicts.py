@@ -155,6 +155,7 @@ def test_explain_malformed_target_is_a_usage_error(target, message, tmp_path, ca
         (["report", "cat", "--method", "nosuch", "--out", "r.html"], "unknown method 'nosuch'"),
         (["evaluate", "--method", "nosuch"], "unknown method 'nosuch'"),
         (["evaluate", "--benchmark", "nosuch"], "unknown benchmark 'nosuch'"),
+        (["embed", "shapes:4", "--map", "foo"], "map method must be one of auto, tsne, umap"),
         (["evaluate", "--benchmark", "shortcut", "--model", "m.pt"], "its own models"),
         (["evaluate", "--images", "photos/"], "not used by --benchmark shapes-multi"),
         (["evaluate", "--benchmark", "counterfactual", "--curve-steps", "3"], "deletion"),
@@ -177,7 +178,7 @@ def test_explain_malformed_target_is_a_usage_error(target, message, tmp_path, ca
 )
 def test_unknown_methods_options_and_targets_are_usage_errors(argv, message, tmp_path, capsys):
     # the same mistake is the same exit status in every command, found before the model loads
-    takes_out = ("attribute", "dissect", "concepts")
+    takes_out = ("attribute", "dissect", "concepts", "embed")
     out = ["--out", str(tmp_path / "out")] if argv[0] in takes_out else []
     if argv[0] == "report":
         argv = [*argv[:-1], str(tmp_path / "r.html")]

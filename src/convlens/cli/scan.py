@@ -181,7 +181,10 @@ def embed_command(
         typer.Option("--layer", help="Layer to pool (default: the input of the classifier)."),
     ] = None,
     map_method: Annotated[
-        str, typer.Option("--map", help="2-D map: auto (UMAP if installed, else t-SNE), none.")
+        str,
+        typer.Option(
+            "--map", help="2-D map: auto (UMAP if installed, else t-SNE), tsne, umap, none."
+        ),
     ] = "auto",
     device: DeviceOption = "cpu",
     trust_pickle: TrustPickleOption = False,
@@ -202,6 +205,14 @@ def embed_command(
     from convlens.scan.embed import embed, model_file_sha256
     from convlens.scan.output import write_embedding
 
+    if map_method != "none":  # before any work: an unknown method, umap not installed
+        from convlens.errors import DataError
+        from convlens.scan.knn import checked_map_method
+
+        try:
+            checked_map_method(map_method)
+        except DataError as error:
+            raise typer.BadParameter(str(error), param_hint="--map") from None
     check_folder(out, ("embeddings.npy", "index.json", "map.png", "index.html"), force)
     opened, rank = _start_group(device)
     try:

@@ -142,20 +142,32 @@ def _faiss_nearest(vectors, queries, k, metric, exclude):
 MAP_MIN_ITEMS = 5  # t-SNE's perplexity (N - 1) / 3 needs a few neighbours per point
 
 
+MAP_METHODS = ("auto", "tsne", "umap")
+
+
+def checked_map_method(method: str) -> str:
+    """``method`` when `map_2d` can run it: one of `MAP_METHODS`, and ``"umap"`` only with
+    umap-learn installed; else `DataError` naming the fix."""
+    if method not in MAP_METHODS:
+        raise DataError(f"map method must be one of {', '.join(MAP_METHODS)}, got {method!r}")
+    if method == "umap" and importlib.util.find_spec("umap") is None:
+        raise DataError("a UMAP map needs umap-learn: pip install umap-learn, or use tsne or auto")
+    return method
+
+
 def map_2d(vectors: torch.Tensor, method: str = "auto", seed: int = 0) -> np.ndarray:
     """``float[N, 2]`` positions: ``method`` ``"umap"``, ``"tsne"`` or ``"auto"`` (UMAP when
     umap-learn is installed, else t-SNE with perplexity ``min(30, (N - 1) / 3)``). Seeded."""
     data = vectors.float().numpy().astype(np.float64)
     if len(data) < MAP_MIN_ITEMS:
         raise DataError(f"a 2-D map needs at least {MAP_MIN_ITEMS} items, got {len(data)}")
+    checked_map_method(method)
     if method == "auto":
         method = "umap" if importlib.util.find_spec("umap") is not None else "tsne"
     if method == "umap":
         import umap
 
         return umap.UMAP(random_state=seed).fit_transform(data)
-    if method != "tsne":
-        raise DataError(f"map method must be tsne, umap or auto, got {method!r}")
     from openTSNE import TSNE
 
     perplexity = min(30.0, (len(data) - 1) / 3)
