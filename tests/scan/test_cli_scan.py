@@ -123,6 +123,22 @@ def test_embed_then_neighbors_finds_the_image_itself(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out) == found[:2]
 
 
+def test_neighbors_draws_from_another_folder_than_the_embeds(tmp_path, monkeypatch, capsys):
+    _shape_files(tmp_path / "work" / "imgs", 6)
+    (tmp_path / "work" / "imgs" / "broken.png").unlink()
+    monkeypatch.chdir(tmp_path / "work")
+    args = ["embed", "imgs", "--model", "synthetic-shapes", "--out", "emb", "--map", "none"]
+    assert main(args) == 0
+    index = json.loads((tmp_path / "work" / "emb" / "index.json").read_text())
+    assert index["data"] == str(tmp_path / "work" / "imgs")  # absolute, wherever it runs
+    monkeypatch.chdir(tmp_path)
+    query = str(tmp_path / "work" / "imgs" / "shape02.png")
+    strip = tmp_path / "near.png"
+    argv = ["neighbors", query, "--index", "work/emb", "--top", "2", "--out", str(strip)]
+    assert main(argv) == 0
+    assert strip.is_file() and "shape02.png" in capsys.readouterr().out
+
+
 def _without_values(doc: dict) -> dict:
     return {
         **doc,

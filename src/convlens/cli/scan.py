@@ -261,11 +261,19 @@ def _map_method(map_method: str, items: int) -> str | None:
 
 
 def _with_data(result, data: str, model: str, model_sha256: str | None):
-    """The embedding with the dataset and model named as the user wrote them, and the
-    model file's SHA-256 (so ``neighbors`` can reload both, the model only unchanged)."""
+    """The embedding with the dataset and model named as the user wrote them (a dataset or
+    model path made absolute, so ``neighbors`` finds them from any folder), and the model
+    file's SHA-256 (so ``neighbors`` can reload both, the model only unchanged)."""
     from dataclasses import replace
 
-    return replace(result, data=data, model=model, model_sha256=model_sha256)
+    return replace(result, data=_absolute(data), model=_absolute(model), model_sha256=model_sha256)
+
+
+def _absolute(name: str) -> str:
+    """``name`` as an absolute path when it names an existing file or folder, else as it
+    is (a model or data set name such as ``shapes:40``)."""
+    path = Path(name)
+    return str(path.resolve()) if path.exists() else name
 
 
 @app.command("neighbors")
