@@ -166,3 +166,14 @@ def test_visualize_accentuates_a_photo_and_runs_the_fooling_check(tmp_path, caps
     assert check["summary"].startswith("fooling check")
     width, height = Image.open(out).size
     assert width == 2 * height + 4  # the photo, a 4 px gap, the accentuated photo
+
+
+def test_visualize_says_when_the_objective_cannot_move_and_names_a_flat_layer(tmp_path, capsys):
+    # the shapes model's gradient at the grey start is exactly zero: say so, not silence
+    out = tmp_path / "v.png"
+    argv = ["visualize", "--model", "synthetic-shapes", "--class", "1", "--steps", "2"]
+    assert main([*argv, "--out", str(out)]) == 0
+    assert "did not move from its start" in capsys.readouterr().err
+    flat = ["--channel", "features.3:0", "--diversity", "2", "--diversity-layer", "classifier"]
+    assert main([*argv[:3], *flat, "--steps", "1", "--out", str(tmp_path / "w.png")]) == 1
+    assert "needs a layer with a spatial output" in capsys.readouterr().err

@@ -42,3 +42,13 @@ def test_ascending_the_diversity_term_makes_pictures_less_alike():
     (grad,) = torch.autograd.grad(before, activation)
     after = term(_seen(activation.detach() + 0.1 * grad)).sum()
     assert after > before
+
+
+def test_the_gram_of_a_flat_activation_is_refused_with_the_fix():
+    import pytest
+
+    from convlens.errors import LayerError
+    from convlens.features.gram import gram_from_activation
+
+    with pytest.raises(LayerError, match=r"spatial output \[B, C, h, w\], got \(2, 6\)"):
+        gram_from_activation(torch.rand(2, 6))

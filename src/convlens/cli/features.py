@@ -172,6 +172,7 @@ def features_command(
 
 @app.command("visualize")
 def visualize_command(
+    ctx: typer.Context,
     model: ModelOption = DEFAULT_MODEL,
     class_: Annotated[
         str | None, typer.Option("--class", help="Class id or name to visualise.")
@@ -259,7 +260,6 @@ def visualize_command(
     import numpy as np
     import torch
 
-    from convlens.errors import MethodError
     from convlens.features import objectives, optimize
     from convlens.models import load_model
     from convlens.render.features import importance_panel, to_uint8
@@ -276,6 +276,7 @@ def visualize_command(
             "with --method accentuate)",
             param_hint="--image",
         )
+    _refuse_other_methods_options(ctx, method, param)
     if channel is not None:
         layer, _, index = channel.rpartition(":")
         if not layer or not index.isdigit():
@@ -289,7 +290,7 @@ def visualize_command(
         objective, stem = objectives.class_logit(class_), f"class-{class_}"
     else:
         objective, stem = objectives.channel(layer, int(index)), f"channel-{layer}-{index}"
-    unit_name = objective.name
+    unit_name = objective.name + (" + diversity term" if diversity > 1 else "")
     if diversity > 1:
         if diversity_layer is None:
             from convlens.features.activations import stage_layers
@@ -332,9 +333,14 @@ def visualize_command(
         result = optimize.visualize(
             loaded, batch, steps=steps, param=param, seed=seed, progress=True
         )
-    else:
-        raise MethodError(f"unknown --method {method!r}; use gradient, maco or accentuate")
     stem = "-".join(stem.split())
+    if bool(torch.equal(result.final, result.history[0])):
+        typer.echo(
+            "warning: the objective did not move from its start: its gradient is zero there "
+            "(a plain grey start on this model, say); try --method maco, or accentuate "
+            "from a photo",
+            err=True,
+        )
     path = output_path(out, f"visualize-{stem}.png", force)
     rows = []
     for b in range(diversity):
@@ -384,6 +390,38 @@ def visualize_command(
         )
     for check in checks or []:
         typer.echo(check["summary"], err=True)
+
+
+VISUALIZE_METHODS = ("gradient", "maco", "accentuate")
+PARAMETRISATIONS = ("fourier", "pixels")
+# options that only one method reads: given with another, they would be ignored
+_METHOD_OPTIONS = {
+    "param": "gradient",
+    "crops": "maco",
+    "closeness": "accentuate",
+    "closeness_layer": "accentuate",
+}
+
+
+def _refuse_other_methods_options(ctx: typer.Context, method: str, param: str) -> None:
+    """Usage errors before the model loads: an unknown --method or --param, and an option
+    of another method (it would be silently ignored)."""
+    if method not in VISUALIZE_METHODS:
+        raise typer.BadParameter(
+            f"{method!r}; use one of {', '.join(VISUALIZE_METHODS)}", param_hint="--method"
+        )
+    if param not in PARAMETRISATIONS:
+        raise typer.BadParameter(
+            f"{param!r}; use one of {', '.join(PARAMETRISATIONS)}", param_hint="--param"
+        )
+    for name, owner in _METHOD_OPTIONS.items():
+        given = getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT"
+        if given and method != owner:
+            option = "--" + name.replace("_", "-")
+            raise typer.BadParameter(
+                f"{option} is a --method {owner} setting, not used by --method {method}: drop it",
+                param_hint=option,
+            )
 
 
 def _fooling_checks(loaded, images, class_: str) -> list[dict]:
