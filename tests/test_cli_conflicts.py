@@ -155,6 +155,15 @@ def test_explain_malformed_target_is_a_usage_error(target, message, tmp_path, ca
         (["report", "cat", "--method", "nosuch", "--out", "r.html"], "unknown method 'nosuch'"),
         (["evaluate", "--method", "nosuch"], "unknown method 'nosuch'"),
         (["evaluate", "--benchmark", "nosuch"], "unknown benchmark 'nosuch'"),
+        (["scan", "shapes:4", "--by", "median"], "use one of max, mean"),
+        (["scan", "shapes:4", "--projections", "guided,foo"], "use guided, deconvnet or none"),
+        (["scan", "shapes:4", "--batch-size", "0"], "--batch-size"),
+        (["scan", "shapes:4", "--save-every", "0"], "--save-every"),
+        (["scan", "shapes:4", "--workers", "-1"], "--workers"),
+        (["neighbors", "cat", "--index", "emb", "--metric", "foo"], "use one of cosine, l2"),
+        (["features", "cat", "--out", "x.jpg"], "written as .png, .pdf or .svg"),
+        (["filters", "--out", "x.jpg"], "written as .png, .pdf or .svg"),
+        (["visualize", "--class", "1", "--out", "x.jpg"], "written as .png, .pdf or .svg"),
         (["visualize", "--class", "1", "--method", "foo"], "use one of gradient, maco"),
         (["visualize", "--class", "1", "--param", "foo"], "use one of fourier, pixels"),
         (["visualize", "--class", "1", "--method", "maco", "--param", "pixels"], "gradient set"),
@@ -183,7 +192,7 @@ def test_explain_malformed_target_is_a_usage_error(target, message, tmp_path, ca
 )
 def test_unknown_methods_options_and_targets_are_usage_errors(argv, message, tmp_path, capsys):
     # the same mistake is the same exit status in every command, found before the model loads
-    takes_out = ("attribute", "dissect", "concepts", "embed")
+    takes_out = ("attribute", "dissect", "concepts", "embed", "scan")
     out = ["--out", str(tmp_path / "out")] if argv[0] in takes_out else []
     if argv[0] == "report":
         argv = [*argv[:-1], str(tmp_path / "r.html")]

@@ -54,7 +54,6 @@ def filters_command(
     """Draw a convolution's filters as a grid of tiles (grey = 0), scaling stated on it;
     1x1 convolutions as a filters x input-channels matrix (bars for depthwise 1x1)."""
     from convlens.features.filters import REDUCTIONS, SCALINGS
-    from convlens.render.figures import check_output
 
     for value, allowed, hint in (
         (reduce, REDUCTIONS, "--reduce"),
@@ -62,7 +61,7 @@ def filters_command(
     ):
         if value not in allowed:  # a usage error, before the model loads
             raise typer.BadParameter(f"{value!r}; use one of {', '.join(allowed)}", param_hint=hint)
-    check_output(out, force)
+    _checked_picture_out(out, force)
     loaded = _loaded_model(model, device, trust_pickle)
     from convlens.features.pointwise import filter_matrix, is_pointwise
 
@@ -142,7 +141,7 @@ def features_command(
     from convlens.features.activations import feature_maps, layer_mean_maps
     from convlens.layers import default_cam_layer
     from convlens.render.features import feature_map_grid, layer_means_grid
-    from convlens.render.figures import check_output, output_path, save_image
+    from convlens.render.figures import output_path, save_image
 
     if Path(image).is_dir():
         raise ImageLoadError(
@@ -154,7 +153,7 @@ def features_command(
             "--all-layers draws every stage, --layer one layer: give one of them",
             param_hint="--layer",
         )
-    check_output(out, force)
+    _checked_picture_out(out, force)
     loaded = _loaded_model(model, device, trust_pickle)
     tensor = load_images([image], preprocess=loaded.preprocess).tensor
     if all_layers:
@@ -263,7 +262,7 @@ def visualize_command(
     from convlens.features import objectives, optimize
     from convlens.models import load_model
     from convlens.render.features import importance_panel, to_uint8
-    from convlens.render.figures import check_output, output_path, save_image
+    from convlens.render.figures import output_path, save_image
 
     # usage errors (exit 2), before the model loads
     if (class_ is None) == (channel is None):
@@ -284,7 +283,7 @@ def visualize_command(
                 f"--channel takes LAYER:C (e.g. blocks.4:7), got {channel!r}",
                 param_hint="--channel",
             )
-    check_output(out, force)
+    _checked_picture_out(out, force)
     loaded = load_model(model, device=device, trust_pickle=trust_pickle)
     if class_ is not None:
         objective, stem = objectives.class_logit(class_), f"class-{class_}"
@@ -390,6 +389,23 @@ def visualize_command(
         )
     for check in checks or []:
         typer.echo(check["summary"], err=True)
+
+
+def _checked_picture_out(out: str | None, force: bool) -> None:
+    """`check_output` for a picture command: a file name without a picture suffix is a
+    usage error (exit 2), as in explain; other refusals keep their own errors."""
+    from pathlib import Path
+
+    from convlens.render.figures import FORMATS, check_output
+
+    file = out is not None and not out.endswith(("/", "\\")) and not Path(out).is_dir()
+    if file and Path(out).suffix.lower() not in FORMATS:
+        raise typer.BadParameter(
+            f"{out}: a picture is written as .png, .pdf or .svg; name the file so (or give a "
+            "folder, ending in /)",
+            param_hint="--out",
+        )
+    check_output(out, force)
 
 
 VISUALIZE_METHODS = ("gradient", "maco", "accentuate")

@@ -35,8 +35,10 @@ DataArgument = Annotated[
         "a .txt file of paths, or shapes:N (synthetic shapes)."
     ),
 ]
-BatchOption = Annotated[int, typer.Option("--batch-size", help="Images per batch.")]
-WorkersOption = Annotated[int, typer.Option("--workers", help="DataLoader worker processes.")]
+BatchOption = Annotated[int, typer.Option("--batch-size", min=1, help="Images per batch.")]
+WorkersOption = Annotated[
+    int, typer.Option("--workers", min=0, help="DataLoader worker processes.")
+]
 ResumeOption = Annotated[
     bool,
     typer.Option("--resume", help="Continue a stopped run from its saved state in --out."),
@@ -48,7 +50,9 @@ RestartOption = Annotated[
         help="Start over, ignoring the saved state of an earlier run (even with --resume).",
     ),
 ]
-SaveEveryOption = Annotated[int, typer.Option("--save-every", help="Save state every N batches.")]
+SaveEveryOption = Annotated[
+    int, typer.Option("--save-every", min=1, help="Save state every N batches.")
+]
 
 
 def _start_group(device: str) -> tuple[bool, int]:
@@ -82,9 +86,26 @@ def _checkpointing(
 
 
 def _rules(projections: str) -> tuple[str, ...]:
+    """``--projections`` as backward-rule names; an unknown one is a usage error."""
+    from convlens.layers.rules import RULES
+
     if projections.strip().lower() in ("", "none"):
         return ()
-    return tuple(rule.strip() for rule in projections.split(",") if rule.strip())
+    rules = tuple(rule.strip() for rule in projections.split(",") if rule.strip())
+    unknown = [rule for rule in rules if rule not in RULES]
+    if unknown:
+        raise typer.BadParameter(
+            f"{', '.join(map(repr, unknown))}; use {', '.join(RULES)} or none",
+            param_hint="--projections",
+        )
+    return rules
+
+
+def _checked_choice(value: str, choices: tuple[str, ...], option: str) -> str:
+    """``value`` when it is one of ``choices``, else a usage error (exit 2, before any work)."""
+    if value not in choices:
+        raise typer.BadParameter(f"{value!r}; use one of {', '.join(choices)}", param_hint=option)
+    return value
 
 
 @app.command("scan")
@@ -130,13 +151,14 @@ def scan_command(
     from convlens.models import load_model
     from convlens.report.atlas import write_scan_atlas
     from convlens.scan.output import write_scan
-    from convlens.scan.topk import top_activating
+    from convlens.scan.topk import BY, top_activating
 
+    _checked_choice(by, BY, "--by")
+    rules = _rules(projections)
     check_folder(out, ("scan.json", "index.html"), force)
     opened, rank = _start_group(device)
     try:
         with writing(out, "scan", force=force, remove_stale=rank == 0):
-            rules = _rules(projections)
             result = top_activating(
                 load_model(model, trust_pickle=trust_pickle),
                 data,
@@ -311,9 +333,10 @@ def neighbors_command(
     from convlens.render.images import save_png
     from convlens.render.scans import neighbours_strip
     from convlens.scan.embed import feature_capture, load_embeddings, model_spec, pooled
-    from convlens.scan.knn import nearest
+    from convlens.scan.knn import METRICS, nearest
     from convlens.scan.output import thumbnails
 
+    _checked_choice(metric, METRICS, "--metric")
     if out is not None:
         check_writable(out, force)
     stored = load_embeddings(index)
