@@ -41,6 +41,7 @@ from convlens.layers.borrow import require_autograd
 from convlens.models.devices import DeviceSpec, model_device, resolve_device
 from convlens.models.loading import LoadedModel, as_module
 
+_TIE_BREAK = 1.0  # grey levels of seeded noise between pictures that start alike
 _TINY = 1e-12
 _TRANSFORMS = Transforms()  # frozen: one shared default is safe
 
@@ -95,8 +96,15 @@ def accentuate(
     device = model_device(module) if device is None else resolve_device(device)
     gen = torch.Generator().manual_seed(seed)
     picture = FourierImage(len(items), height, width, device=device)
+    start = seeds
+    if len(items) > 1:
+        # pictures that start alike and share each step's transform stay alike, and the
+        # diversity term between equal pictures has no direction: a seeded nudge of about
+        # one grey level apart starts them apart (the photo they are compared with is not)
+        nudge = torch.randn(seeds.shape, generator=gen) * (_TIE_BREAK / 255)
+        start = (seeds + nudge).clamp(0, 1)
     seeds = seeds.to(device)
-    picture.set_image(seeds)
+    picture.set_image(start.to(device))
     picture.params[0].requires_grad_(True)
     optimizer = torch.optim.Adam(picture.params, lr=lr)
     mean = torch.tensor(prep.mean, device=device).view(1, 3, 1, 1)
