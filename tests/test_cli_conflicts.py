@@ -162,6 +162,7 @@ def test_explain_malformed_target_is_a_usage_error(target, message, tmp_path, ca
         (["scan", "shapes:4", "--workers", "-1"], "--workers"),
         (["neighbors", "cat", "--index", "emb", "--metric", "foo"], "use one of cosine, l2"),
         (["features", "cat", "--out", "x.jpg"], "written as .png, .pdf or .svg"),
+        (["features", "cat", "--all-layers", "--top", "4"], "drop --top"),
         (["filters", "--out", "x.jpg"], "written as .png, .pdf or .svg"),
         (["visualize", "--class", "1", "--out", "x.jpg"], "written as .png, .pdf or .svg"),
         (["visualize", "--class", "1", "--method", "foo"], "use one of gradient, maco"),

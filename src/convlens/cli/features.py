@@ -112,6 +112,7 @@ def _filter_tiles(loaded, layer, reduce, scaling, max_filters, out, force, dpi) 
 
 @app.command("features")
 def features_command(
+    ctx: typer.Context,
     image: Annotated[str, typer.Argument(help="Image file or sample name (cat, coffee, ...).")],
     model: ModelOption = DEFAULT_MODEL,
     layer: Annotated[
@@ -152,6 +153,12 @@ def features_command(
         raise typer.BadParameter(
             "--all-layers draws every stage, --layer one layer: give one of them",
             param_hint="--layer",
+        )
+    top_given = getattr(ctx.get_parameter_source("top"), "name", "DEFAULT") != "DEFAULT"
+    if all_layers and top_given:
+        raise typer.BadParameter(
+            "--all-layers draws each stage's channel mean, not its top channels: drop --top",
+            param_hint="--top",
         )
     _checked_picture_out(out, force)
     loaded = _loaded_model(model, device, trust_pickle)
