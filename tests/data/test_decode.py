@@ -134,6 +134,18 @@ def test_max_pixels_above_pillows_own_guard_is_honoured():
     assert Image.MAX_IMAGE_PIXELS == limit  # Pillow's own setting is left as it was
 
 
+@pytest.mark.parametrize("fmt", ACCEPTED_FORMATS)
+def test_pillows_guard_is_raised_for_the_open_and_the_load(fmt, monkeypatch):
+    # Pillow's guard scaled down (error above 2 x 1000 pixels) to keep the image small;
+    # TIFF checks it again when it loads, after the open
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    picture = encoded(Image.new("RGB", (60, 50), (10, 20, 30)), fmt)
+    with pytest.raises(ImageTooLargeError):
+        read_rgb(picture, max_pixels=2000)  # within Pillow's guard, below the image
+    assert read_rgb(picture, max_pixels=10_000).size == (60, 50)
+    assert Image.MAX_IMAGE_PIXELS == 1000
+
+
 def test_large_16_bit_png_is_decoded_reduced_to_8_bit():
     width, height = 2048, 1536
     rows = np.tile((np.arange(width) * 32).astype(">u2"), (height, 1))  # a 16-bit ramp

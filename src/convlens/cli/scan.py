@@ -86,26 +86,20 @@ def _checkpointing(
 
 
 def _rules(projections: str) -> tuple[str, ...]:
-    """``--projections`` as backward-rule names; an unknown one is a usage error."""
-    from convlens.layers.rules import RULES
-
     if projections.strip().lower() in ("", "none"):
         return ()
-    rules = tuple(rule.strip() for rule in projections.split(",") if rule.strip())
-    unknown = [rule for rule in rules if rule not in RULES]
-    if unknown:
-        raise typer.BadParameter(
-            f"{', '.join(map(repr, unknown))}; use {', '.join(RULES)} or none",
-            param_hint="--projections",
-        )
-    return rules
+    return tuple(rule.strip() for rule in projections.split(",") if rule.strip())
 
 
-def _checked_choice(value: str, choices: tuple[str, ...], option: str) -> str:
-    """``value`` when it is one of ``choices``, else a usage error (exit 2, before any work)."""
-    if value not in choices:
-        raise typer.BadParameter(f"{value!r}; use one of {', '.join(choices)}", param_hint=option)
-    return value
+def _usage(check, *args, hint: str | None = None):
+    """``check(*args)`` (a library's own check of its settings), its `ConvlensError` turned
+    into a usage error (exit 2), raised before any model loads."""
+    from convlens.errors import ConvlensError
+
+    try:
+        return check(*args)
+    except ConvlensError as error:
+        raise typer.BadParameter(str(error), param_hint=hint) from None
 
 
 @app.command("scan")
@@ -151,10 +145,10 @@ def scan_command(
     from convlens.models import load_model
     from convlens.report.atlas import write_scan_atlas
     from convlens.scan.output import write_scan
-    from convlens.scan.topk import BY, top_activating
+    from convlens.scan.topk import check_settings, top_activating
 
-    _checked_choice(by, BY, "--by")
     rules = _rules(projections)
+    _usage(check_settings, top if k_alias is None else k_alias, by, rules)
     check_folder(out, ("scan.json", "index.html"), force)
     opened, rank = _start_group(device)
     try:
@@ -228,13 +222,9 @@ def embed_command(
     from convlens.scan.output import write_embedding
 
     if map_method != "none":  # before any work: an unknown method, umap not installed
-        from convlens.errors import DataError
         from convlens.scan.knn import checked_map_method
 
-        try:
-            checked_map_method(map_method)
-        except DataError as error:
-            raise typer.BadParameter(str(error), param_hint="--map") from None
+        _usage(checked_map_method, map_method, hint="--map")
     check_folder(out, ("embeddings.npy", "index.json", "map.png", "index.html"), force)
     opened, rank = _start_group(device)
     try:
@@ -333,10 +323,10 @@ def neighbors_command(
     from convlens.render.images import save_png
     from convlens.render.scans import neighbours_strip
     from convlens.scan.embed import feature_capture, load_embeddings, model_spec, pooled
-    from convlens.scan.knn import METRICS, nearest
+    from convlens.scan.knn import check_metric, nearest
     from convlens.scan.output import thumbnails
 
-    _checked_choice(metric, METRICS, "--metric")
+    _usage(check_metric, metric, hint="--metric")
     if out is not None:
         check_writable(out, force)
     stored = load_embeddings(index)

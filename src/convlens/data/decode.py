@@ -101,22 +101,24 @@ _PILLOW_LIMIT = threading.Lock()
 @contextmanager
 def _opened(file: str | Path | IO[bytes], max_pixels: int) -> Iterator[Image.Image]:
     """``Image.open`` of ``file`` in the accepted formats. Pillow refuses images over twice
-    its own ``Image.MAX_IMAGE_PIXELS`` (about 179 MP) when it opens them; a ``max_pixels``
-    set above that is honoured by raising Pillow's limit for this open only (under a lock,
-    so concurrent opens do not restore each other's value), then putting it back."""
+    its own ``Image.MAX_IMAGE_PIXELS`` (about 179 MP) when it opens them, and TIFF again
+    when it loads them; a ``max_pixels`` set above that is honoured by raising Pillow's
+    limit for the whole block (open and load), under a lock that every decode takes to read
+    the limit, so concurrent decodes neither see nor restore each other's value."""
+    _PILLOW_LIMIT.acquire()
     pillow = Image.MAX_IMAGE_PIXELS
     if pillow is None or max_pixels <= 2 * pillow:
+        _PILLOW_LIMIT.release()
         with Image.open(file, formats=ACCEPTED_FORMATS) as image:
             yield image
         return
-    with _PILLOW_LIMIT:
-        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, max_pixels
-        try:
-            image = Image.open(file, formats=ACCEPTED_FORMATS)
-        finally:
-            Image.MAX_IMAGE_PIXELS = saved
-    with image:
-        yield image
+    try:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+        with Image.open(file, formats=ACCEPTED_FORMATS) as image:
+            yield image
+    finally:
+        Image.MAX_IMAGE_PIXELS = pillow
+        _PILLOW_LIMIT.release()
 
 
 def reduced_size(size: tuple[int, int], preprocess: Preprocess) -> tuple[int, int] | None:

@@ -55,9 +55,15 @@ def _distances(queries: torch.Tensor, block: torch.Tensor, metric: str) -> torch
     return squared.clamp_min(0).sqrt()
 
 
-def _check(vectors, queries, k: int, metric: str) -> None:
+def check_metric(metric: str) -> str:
+    """``metric`` when it is one of `METRICS`, else `DataError` naming them."""
     if metric not in METRICS:
         raise DataError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    return metric
+
+
+def _check(vectors, queries, k: int, metric: str) -> None:
+    check_metric(metric)
     if vectors.dim() != 2 or queries.dim() != 2 or vectors.shape[1] != queries.shape[1]:
         raise DataError(
             f"vectors {tuple(vectors.shape)} and queries {tuple(queries.shape)} must be "
