@@ -72,3 +72,14 @@ def test_several_pictures_of_one_unit_from_one_photo_come_apart_under_the_divers
         )
         apart.append(float((result.images[0] - result.images[1]).abs().mean()))
     assert apart[1] > 3 * apart[0] > 0  # pushed apart, not only nudged (0.020 -> 0.071)
+
+
+def test_a_batch_of_different_objectives_gives_what_each_gives_alone():
+    # only a repeated picture (same photo, same objective) is nudged apart
+    model, seed = small_convnet(), photo()
+    objectives = [class_logit(2), class_logit(0)]
+    batch = accentuate(model, objectives, seed, layer="1", steps=3, lr=0.1)
+    for b, objective in enumerate(objectives):
+        alone = accentuate(model, objective, seed, layer="1", steps=3, lr=0.1)
+        torch.testing.assert_close(batch.images[b], alone.images[0], rtol=0, atol=1e-6)
+        torch.testing.assert_close(batch.history[:, b], alone.history[:, 0], rtol=0, atol=1e-6)

@@ -68,7 +68,8 @@ def accentuate(
     relative feature distance (module docstring; 0: plain gradient ascent from the photo).
     Adam at ``lr`` on the Fourier coefficients. Returns a `Visualization` whose
     ``history[k]`` is each picture's objective in step ``k`` (transformed, before the
-    update; ``history[0]`` is the transformed photo's), ``final`` the result's objective
+    update; ``history[0]`` is the transformed start's: the photo, nudged for a repeated
+    picture (`_apart`)), ``final`` the result's objective
     and ``distance`` ``Tensor[B]`` its relative feature distance to the photo at ``layer``
     (both without a transform). Reproducible for a given ``seed``; the model is borrowed
     and left unchanged, ``image`` too."""
@@ -96,13 +97,7 @@ def accentuate(
     device = model_device(module) if device is None else resolve_device(device)
     gen = torch.Generator().manual_seed(seed)
     picture = FourierImage(len(items), height, width, device=device)
-    start = seeds
-    if len(items) > 1:
-        # pictures that start alike and share each step's transform stay alike, and the
-        # diversity term between equal pictures has no direction: a seeded nudge of about
-        # one grey level apart starts them apart (the photo they are compared with is not)
-        nudge = torch.randn(seeds.shape, generator=gen) * (_TIE_BREAK / 255)
-        start = (seeds + nudge).clamp(0, 1)
+    start = _apart(seeds, items, seed)
     seeds = seeds.to(device)
     picture.set_image(start.to(device))
     picture.params[0].requires_grad_(True)
@@ -146,3 +141,19 @@ def accentuate(
         [o.name for o in items],
         distance=distance.detach().cpu(),
     )
+
+
+def _apart(seeds: torch.Tensor, items: list, seed: int) -> torch.Tensor:
+    """The start pictures: ``seeds`` ``Tensor[B, 3, H, W]``, except that a picture with the
+    same photo and the same objective (the same object) as an earlier one is nudged by
+    seeded noise of about one grey level: pictures that start alike, share each step's
+    transform and ascend one objective stay alike (a diversity term between equal
+    pictures has no direction). Other pictures start from their photo exactly, so a batch
+    gives what each picture gives alone."""
+    start = seeds.clone()
+    noise = torch.Generator().manual_seed(seed + 1)  # not the transforms' generator
+    for b in range(1, len(items)):
+        if any(items[j] is items[b] and torch.equal(seeds[j], seeds[b]) for j in range(b)):
+            nudge = torch.randn(seeds[b].shape, generator=noise) * (_TIE_BREAK / 255)
+            start[b] = (seeds[b] + nudge).clamp(0, 1)
+    return start
