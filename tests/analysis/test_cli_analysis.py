@@ -31,6 +31,9 @@ def test_keep_epochs_then_evolution_shows_one_column_per_epoch(tmp_path, capsys)
         start = load_model(str(out / "epochs" / "epoch-000.pt")).module.backbone(images)
     assert torch.equal(last, final)  # the last epoch file is the trained model
     assert not torch.allclose(start, shipped)  # --random-backbone: not the shipped weights
+    # resuming the finished run keeps every epoch file (they are the run's own)
+    assert main([*args, "--resume"]) == 0
+    assert sorted(p.name for p in (out / "epochs").glob("*.pt")) == files
     capsys.readouterr()
     figure = tmp_path / "evolution.png"
     args = ["evolution", "--model", str(out), "--layer", "backbone.module.features.2"]

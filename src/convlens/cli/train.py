@@ -206,11 +206,12 @@ def train_segmentation_command(
 def _written_into(out: Path, force: bool, train, settings: Training) -> dict:
     """``train(settings)`` writing into ``out``: files there that convlens did not write are
     refused before any work (unless ``force``); what an earlier training run left there
-    and this one does not write is removed when it ends."""
+    and this one does not write is removed when it ends, except on ``--resume``: the run
+    resumed wrote them (the epochs kept before the interruption)."""
     from convlens.files import check_folder, writing
 
     check_folder(out, ("model.pt", "record.json", "checkpoint.pt"), force)
-    with writing(out, "train", force=force):
+    with writing(out, "train", force=force, remove_stale=not settings.resume):
         return train(settings)
 
 
