@@ -235,6 +235,33 @@ def test_resume_equals_uninterrupted_training(shapes32, tmp_path):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
 
 
+def test_resume_refuses_a_checkpoint_of_another_model_naming_what_changed(shapes32, tmp_path):
+    _, data = shapes32
+    small = TrainTestImages(
+        data.train_inputs[:16], data.train_labels[:16], *list(vars(data).values())[2:]
+    )
+
+    def stop(epoch, *_):
+        raise KeyboardInterrupt
+
+    checkpoint = tmp_path / "checkpoint.pt"
+    cam = {"head": "cam", "upsample": "bilinear"}
+    with pytest.raises(KeyboardInterrupt):
+        train_head(new_model("cam"), small, epochs=2, batch_size=16, checkpoint=checkpoint,
+                   on_epoch=stop, identity=cam)  # fmt: skip
+    for changed, message in (
+        ({**cam, "upsample": "nearest"}, "upsample: 'bilinear' -> 'nearest'"),
+        (cam | {"head": "nin"}, "head: 'cam' -> 'nin'"),
+    ):
+        with pytest.raises(DataError, match=message):
+            train_head(new_model(changed["head"]), small, epochs=2, batch_size=16,
+                       checkpoint=checkpoint, resume=True, identity=changed)  # fmt: skip
+    # the same settings but weights of another head: refused with the fix, not a raw error
+    with pytest.raises(DataError, match="holds weights of another model"):
+        train_head(new_model("nin"), small, epochs=2, batch_size=16, checkpoint=checkpoint,
+                   resume=True, identity=cam)  # fmt: skip
+
+
 def test_checkpoint_every_must_be_positive(shapes32):
     _, data = shapes32
     with pytest.raises(DataError, match="checkpoint_every"):

@@ -140,6 +140,7 @@ def train_head(
     progress: bool = False,
     on_epoch=None,
     checkpoint_every: int = 1,
+    identity: dict | None = None,
 ) -> TrainingLog:
     """Train ``model`` in place with its head's loss (cross-entropy; both classifiers for
     ACoL; plus the area loss for SCOUTER) through `train_epochs`."""
@@ -158,6 +159,7 @@ def train_head(
         progress=progress,
         on_epoch=on_epoch,
         checkpoint_every=checkpoint_every,
+        identity=identity,
     )
 
 

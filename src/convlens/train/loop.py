@@ -44,6 +44,7 @@ def train_epochs(
     resume: bool = False,
     progress: bool = False,
     checkpoint_every: int = 1,
+    identity: dict | None = None,
 ) -> TrainingLog:
     """Train ``model`` in place on ``(inputs, targets)`` with AdamW and a one-cycle schedule.
 
@@ -62,6 +63,8 @@ def train_epochs(
         checkpoint_every: write the checkpoint after every this many epochs (and after the
             last one); a resumed run still ends with the uninterrupted run's weights.
         progress: a tqdm bar over the steps (with the running loss).
+        identity: what else makes the model what it is (its head, backbone, data: plain
+            values), stored in the checkpoint; resuming with other values is refused.
 
     Leaves the model in eval mode. Returns a `TrainingLog` (all epochs, resumed ones too).
     """
@@ -87,7 +90,7 @@ def train_epochs(
         "learning_rate": learning_rate,
         "weight_decay": weight_decay,
         "seed": seed,
-    }
+    } | ({"model": identity} if identity is not None else {})
     log, first = TrainingLog(), 0
     if checkpoint is not None and resume and Path(checkpoint).is_file():
         first = _restore(Path(checkpoint), settings, model, optimizer, schedule, generator, log)
@@ -159,6 +162,21 @@ def _save_checkpoint(
     torch_save(state, path)
 
 
+def _changed_settings(stored: dict, given: dict) -> str:
+    """``"upsample: bilinear -> nearest, ..."``: the settings (the model's nested under
+    ``model``) that differ between a checkpoint's ``stored`` and this run's ``given``."""
+    flat = [
+        {**{k: v for k, v in d.items() if k != "model"}, **(d.get("model") or {})}
+        for d in (stored, given)
+    ]
+    keys = sorted(set(flat[0]) | set(flat[1]))
+    return ", ".join(
+        f"{k}: {flat[0].get(k)!r} -> {flat[1].get(k)!r}"
+        for k in keys
+        if flat[0].get(k) != flat[1].get(k)
+    )
+
+
 def _restore(path: Path, settings, model, optimizer, schedule, generator, log) -> int:
     """Load a checkpoint into the training objects; returns the epochs it had done."""
     try:
@@ -168,11 +186,18 @@ def _restore(path: Path, settings, model, optimizer, schedule, generator, log) -
             f"cannot read the checkpoint {path} ({error}); delete it to start afresh"
         ) from error
     if state.get("settings") != settings:
+        changed = _changed_settings(state.get("settings") or {}, settings)
         raise DataError(
-            f"the checkpoint {path} was written with {state.get('settings')}, not {settings}; "
-            "resume with the same settings, or delete it (or leave out --resume) to start afresh"
+            f"the checkpoint {path} was written with other settings ({changed}); resume "
+            "with the same settings, or delete it (or leave out --resume) to start afresh"
         )
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as error:  # another architecture than the one it was written for
+        raise DataError(
+            f"the checkpoint {path} holds weights of another model ({str(error)[:200]}); "
+            "resume with the settings it was written with, or leave out --resume"
+        ) from error
     optimizer.load_state_dict(state["optimizer"])
     schedule.load_state_dict(state["schedule"])
     generator.set_state(state["generator"])

@@ -79,6 +79,7 @@ def train_segmentation(
     progress: bool = False,
     on_epoch=None,
     checkpoint_every: int = 1,
+    identity: dict | None = None,
 ) -> TrainingLog:
     """Train ``model`` in place with per-pixel cross-entropy (pixels labelled
     `IGNORE_INDEX` count nowhere) through `train_epochs` (checkpoints, resume, progress bar).
@@ -112,6 +113,7 @@ def train_segmentation(
         resume=resume,
         progress=progress,
         checkpoint_every=checkpoint_every,
+        identity=identity,
     )
 
 

@@ -7,6 +7,7 @@ defaults. A value out of range raises `DataError` naming the option to change.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,10 @@ MASK_SOURCES = ("true", "cam")
 """Where segmentation training masks come from: the scenes' true masks, or CAM pseudo-masks."""
 SYNTHETIC_TRAIN_ITEMS = 2000
 """Training items of the synthetic shapes a head trains on when no ``limit`` is given."""
+
+
+# settings that do not change what is trained (where, how, whether it resumes)
+_NOT_IDENTITY = ("out", "resume", "threads", "trust_pickle", "keep_epochs", "checkpoint_every")
 
 
 @dataclass(frozen=True)
@@ -46,9 +51,20 @@ class Training:
         if not self.learning_rate > 0:
             raise DataError(f"--lr must be > 0, got {self.learning_rate}")
 
+    def identity(self) -> dict:
+        """The settings that make the trained model what it is (head, backbone, data,
+        masks, ... and the loop's): a checkpoint written with other ones is not resumed.
+        Where the files go, resuming, threads and trust are left out."""
+        return {
+            f.name: str(value) if isinstance(value, Path) else value
+            for f in dataclasses.fields(self)
+            if f.name not in _NOT_IDENTITY and (value := getattr(self, f.name)) is not None
+        }
+
     def loop_keywords(self) -> dict:
         """The keywords of `train_epochs` these settings give (epochs ... checkpoint)."""
         return {
+            "identity": self.identity(),
             "epochs": self.epochs,
             "batch_size": self.batch_size,
             "learning_rate": self.learning_rate,
