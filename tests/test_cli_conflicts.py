@@ -155,6 +155,8 @@ def test_explain_malformed_target_is_a_usage_error(target, message, tmp_path, ca
         (["report", "cat", "--method", "nosuch", "--out", "r.html"], "unknown method 'nosuch'"),
         (["evaluate", "--method", "nosuch"], "unknown method 'nosuch'"),
         (["evaluate", "--benchmark", "nosuch"], "unknown benchmark 'nosuch'"),
+        (["explain", "cat", "--option", "eigen_smooth=no"], "eigen_smooth must be true or false"),
+        (["explain", "cat", "--method", "rise", "--option", "seed=1.5"], "seed must be a whole"),
         (["scan", "shapes:4", "--by", "median"], "by must be one of max, mean"),
         (["scan", "shapes:4", "--projections", "guided,foo"], "use guided, deconvnet or none"),
         (["scan", "shapes:4", "--batch-size", "0"], "--batch-size"),

@@ -188,7 +188,7 @@ def test_a_run_whose_methods_all_fail_drops_its_earlier_panel(tmp_path, capsys):
     base += ["-o", str(tmp_path / "o")]
     assert main([*base, "--method", "saliency"]) == 0
     assert (tmp_path / "o" / "cat.png").is_file()
-    assert main([*base, "--method", "smoothgrad", "--option", "n_samples=abc"]) == 1
+    assert main([*base, "--method", "smoothgrad", "--option", "n_samples=0"]) == 1
     record = json.loads((tmp_path / "o" / "cat.json").read_text())
     assert record["panel"] is None and not (tmp_path / "o" / "cat.png").exists()
     assert "cat.png" not in ledger_entries(tmp_path / "o")  # forgotten, not only deleted

@@ -265,7 +265,12 @@ def test_batch_equals_per_image_and_chunks_never_change_results(method, unchange
         ("extremal_perturbation", {"areas": (0.1, 2)}, "each area must be"),
         ("extremal_perturbation", {"areas": "0.1,big"}, "separated by commas"),
         ("lime", {"kernel_width": 0}, "kernel_width must be > 0"),
-        ("kernel_shap", {"fill": "grey"}, "fill must be a number or 'mean'"),
+        ("kernel_shap", {"fill": "grey"}, "fill must be a finite number or 'mean'"),
+        ("occlusion", {"fill": float("nan"), "patch": 4, "stride": 4}, "finite number"),
+        ("finercam", {"alpha": "abc"}, "alpha must be a finite number"),
+        ("gradcam", {"eigen_smooth": "no"}, "eigen_smooth must be true or false"),
+        ("rise", {"seed": 1.5}, "seed must be a whole number"),
+        ("smoothgrad", {"seed": "abc"}, "seed must be a whole number"),
     ],
 )
 def test_bad_options_name_the_fix(method, options, message):

@@ -6,6 +6,8 @@ difference to the most similar classes). Like every CAM method they take several
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from functools import partial
 
 import torch
@@ -161,6 +163,8 @@ def finercam(
     are chosen here). Returns ``Tensor[N, H, W] >= 0``.
     """
     positive_int("n_similar", n_similar)
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not math.isfinite(alpha):
+        raise MethodError(f"alpha must be a finite number (1 in the paper), got {alpha!r}")
     base = gradient_layer_map(weigh_gradcam)
 
     def layer_map(prepared: Prepared, name: str, eigen: bool) -> MethodResult:

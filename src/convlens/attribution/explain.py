@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import difflib
+import inspect
+import numbers
 import re
 import time
 from contextlib import nullcontext
@@ -321,6 +323,7 @@ def check_method_options(info: MethodInfo, options: dict, layer: LayerSpec | Non
         raise MethodError(
             f"{info.name} does not take {', '.join(unknown)}{hint}; it accepts: {accepted}"
         )
+    _check_option_types(info, options)
     if layer is not None and not info.uses_layer:
         users = ", ".join(m.name for m in list_methods() if m.uses_layer)
         raise MethodError(
@@ -418,6 +421,28 @@ def method_names(spec: str) -> list[str]:
             "or 'all'"
         )
     return [get_method(name).name for name in names]
+
+
+def _check_option_types(info: MethodInfo, options: dict) -> None:
+    """MethodError for an option whose value is not of its default's kind: a switch takes
+    true or false (``eigen_smooth=no`` would be a true string), a count or seed a whole
+    number. Other values (pairs, tensors, names, numbers) stay the method's to check."""
+    defaults = inspect.signature(info.run).parameters
+    for key, value in options.items():
+        default = defaults[key].default if key in defaults else inspect.Parameter.empty
+        if default is inspect.Parameter.empty or default is None or value is None:
+            continue
+        if isinstance(default, bool):
+            wanted, fits = "true or false", isinstance(value, bool)
+        elif isinstance(default, numbers.Integral):
+            wanted = "a whole number"
+            fits = not isinstance(value, (bool, str)) and (
+                not isinstance(value, float) or value.is_integer()
+            )
+        else:  # numbers may also be names ("mean") or lists ("0.1,0.2"): the method checks
+            continue
+        if not fits:
+            raise MethodError(f"{info.name}: {key} must be {wanted}, got {value!r}")
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ output the method hands back, `MethodResult`). A callable target sees one row pe
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -60,9 +62,9 @@ def fill_values(images: torch.Tensor, fill: object) -> torch.Tensor:
     """``Tensor[N, C, 1, 1]``: a number for every pixel, or each image's channel mean."""
     if fill == "mean":
         return images.mean(dim=(2, 3), keepdim=True)
-    if isinstance(fill, (int, float)) and not isinstance(fill, bool):
+    if isinstance(fill, (int, float)) and not isinstance(fill, bool) and math.isfinite(fill):
         return torch.full_like(images[:, :, :1, :1], float(fill))
-    raise MethodError(f"fill must be a number or 'mean', got {fill!r}")
+    raise MethodError(f"fill must be a finite number or 'mean', got {fill!r}")
 
 
 @register_method("occlusion", "perturbation", slow=True)

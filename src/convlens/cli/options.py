@@ -169,12 +169,17 @@ def chosen_methods(spec: str, *, one: bool = False) -> list[str]:
 def chosen_method_options(pairs: list[str] | None, methods: list[str]) -> dict[str, dict]:
     """`parse_method_options` for a command line: a malformed option, or one no chosen
     method takes, is a usage error (exit 2) found before any model loads."""
+    from convlens.attribution.explain import check_method_options
+    from convlens.attribution.methods import get_method
     from convlens.errors import MethodError
 
     try:
-        return parse_method_options(pairs, methods)
+        chosen = parse_method_options(pairs, methods)
+        for name, options in chosen.items():  # the kinds of the values too (true/false, ...)
+            check_method_options(get_method(name), options, None)
     except MethodError as error:
         raise typer.BadParameter(str(error), param_hint="--option") from None
+    return chosen
 
 
 def parse_method_options(pairs: list[str] | None, methods: list[str]) -> dict[str, dict]:
