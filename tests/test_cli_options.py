@@ -167,6 +167,13 @@ def test_method_summaries_are_whole_sentences_without_markup(capsys):
     assert main(["methods"]) == 0
     text = capsys.readouterr().out
     assert "explain() options" not in text and "--option KEY=VALUE for: patch, stride" in text
+    # every registered method, those that need a trained head too, saying so
+    from convlens.attribution.registry import METHODS
+
+    assert {row["name"] for row in rows} == set(METHODS)
+    heads = {row["name"]: row["needs_head"] for row in rows if row["needs_head"]}
+    assert heads.keys() >= {"nin", "acol", "scouter", "drise"}
+    assert "only on a model with a trained nin head" in text
 
 
 @pytest.mark.parametrize("pair", ["patch", "n_stepz=3"])

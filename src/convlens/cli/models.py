@@ -45,7 +45,7 @@ def models_command(as_json: JsonOption = False, device: DeviceOption = "cpu") ->
 @app.command("layers")
 def layers_command(
     model: ModelOption = DEFAULT_MODEL,
-    size: Annotated[int | None, typer.Option(help="Input side in pixels.")] = None,
+    size: Annotated[int | None, typer.Option(min=1, help="Input side in pixels.")] = None,
     as_json: JsonOption = False,
     device: DeviceOption = "cpu",
     trust_pickle: TrustPickleOption = False,
@@ -169,14 +169,23 @@ def methods_command(as_json: JsonOption = False, device: DeviceOption = "cpu") -
             "uses_layer": m.uses_layer,
             "options": list(m.options),
             "summary": method_summary(m),
+            "needs_head": m.head,  # the trained head whose maps it reads, or None
         }
-        for m in list_methods()
+        for m in list_methods(include_head_methods=True)
     ]
     if as_json:
         _echo_json(rows)
         return
     for row in rows:
         typer.echo(f"{row['name']:<22} {row['family']:<13} {row['summary']}")
+        if row["needs_head"]:
+            head = row["needs_head"]
+            where = (
+                "a detection model"
+                if head == "detector"
+                else f"a model with a trained {head} head (convlens train head {head})"
+            )
+            typer.echo(f"{'':<22} {'':<13} only on {where}; left out of --method all")
         if row["options"]:
             options = [o for o in row["options"] if o != "progress"]
             if options:
