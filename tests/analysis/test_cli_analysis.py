@@ -85,11 +85,12 @@ def test_bad_input_is_one_clear_line(tiny, capsys):
         main(["ablate", "-m", tiny, "--trust-pickle", "--data", "shapes:2", "--mode", "drop"]) == 1
     )
     assert "ablation mode must be one of auto, identity, zero" in capsys.readouterr().err
-    assert (
-        main(["ablate", "-m", tiny, "--trust-pickle", "--data", "shapes:2", "--tune-epochs", "1"])
-        == 1
-    )
-    assert "--tune-epochs needs --tune-data" in capsys.readouterr().err
+    ablate = ["ablate", "-m", tiny, "--trust-pickle", "--data", "shapes:2"]
+    for half in (["--tune-epochs", "1"], ["--tune-data", "shapes:4"]):  # usage errors
+        assert main([*ablate, *half]) == 2
+        assert "--tune-epochs N and --tune-data DATA go together" in capsys.readouterr().err
+    assert main([*ablate, "--tune-epochs", "1", "--tune-data", "shapes:4", "--tune-lr", "-1"]) == 2
+    assert "must be > 0" in capsys.readouterr().err
     assert (
         main(
             [

@@ -35,6 +35,8 @@ def test_head_training_items_default_to_2000_synthetic_and_a_whole_folder(tmp_pa
         (lambda out: SegmentationTraining(out=out, checkpoint_every=0), "--checkpoint-every"),
         (lambda out: SegmentationTraining(out=out, masks="labels"), "--masks"),
         (lambda out: SegmentationTraining(out=out, upsample="cubic"), "--upsample"),
+        (lambda out: SegmentationTraining(out=out, threshold=1.5), "--threshold"),
+        (lambda out: SegmentationTraining(out=out, threshold=-1.0), "--threshold"),
     ],
 )
 def test_a_value_out_of_range_names_its_option(tmp_path, make, option):

@@ -151,9 +151,12 @@ def _channel_list(text: str | None) -> list[int] | None:
     if text is None:
         return None
     try:
-        return [int(part) for part in text.split(",") if part.strip()]
+        channels = [int(part) for part in text.split(",") if part.strip()]
     except ValueError as error:
         raise DataError(f"--channels takes numbers separated by commas, got {text!r}") from error
+    if not channels:
+        raise DataError(f"--channels names no channel, got {text!r}; give numbers like 0,3,7")
+    return channels
 
 
 @app.command("ablate")
@@ -188,17 +191,21 @@ def ablate_command(
     Example: convlens ablate --data photos --layer 'blocks.*.*' --out ablation.png
     """
     from convlens.analysis.ablation import FineTune, ablate_layers
-    from convlens.errors import DataError
     from convlens.render.analysis import ablation_figure
     from convlens.render.figures import save_figure
 
+    if bool(tune_epochs) != (tune_data is not None):  # usage errors, before any work
+        raise typer.BadParameter(
+            "--tune-epochs N and --tune-data DATA go together (e.g. shapes:2000 or a folder)",
+            param_hint="--tune-data",
+        )
+    if not tune_lr > 0:
+        raise typer.BadParameter(f"must be > 0, got {tune_lr}", param_hint="--tune-lr")
     path = _figure_out(out, "ablation.png", force)
     loaded = _load(model, device, trust_pickle)
     images = _images(loaded, data, limit)
     train = tune = None
     if tune_epochs:
-        if tune_data is None:
-            raise DataError("--tune-epochs needs --tune-data (e.g. shapes:2000 or a folder)")
         train = _images(loaded, tune_data, None)
         tune = FineTune(train.inputs, train.labels, tune_epochs, tune_lr)
     result = ablate_layers(loaded, images.inputs, images.labels, layer, mode, fine_tune=tune)

@@ -135,3 +135,8 @@ class SegmentationTraining(Training):
             raise DataError(f"--upsample must be one of {', '.join(UPSAMPLING)}")
         if self.refine_steps < 0:
             raise DataError(f"--refine-steps must be >= 0, got {self.refine_steps}")
+        if not 0.0 < self.threshold < 1.0:
+            raise DataError(
+                f"--threshold is a share of a CAM's maximum in (0, 1) (the default 0.3), got "
+                f"{self.threshold}"
+            )
