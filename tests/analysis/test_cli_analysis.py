@@ -113,3 +113,14 @@ def test_bad_input_is_one_clear_line(tiny, capsys):
     assert "pass images labelled with the model's classes" in capsys.readouterr().err
     assert main(["evolution", "--model", str(tiny), "--trust-pickle", "--data", "shapes:2"]) == 1
     assert "pass --layer" in capsys.readouterr().err
+
+
+def test_keep_epochs_refuses_a_foreign_epoch_file_before_training(tmp_path, capsys):
+    out = tmp_path / "run"
+    (out / "epochs").mkdir(parents=True)
+    (out / "epochs" / "epoch-002.pt").write_text("mine")
+    args = ["train", "head", "cam", "--random-backbone", "--keep-epochs", "--limit", "8"]
+    args += ["--test", "4", "--epochs", "2", "--batch-size", "8", "--threads", "1"]
+    assert main([*args, "--out", str(out)]) == 1
+    assert "epoch-002.pt exists and convlens did not write it" in capsys.readouterr().err
+    assert sorted(p.name for p in out.rglob("*")) == ["epoch-002.pt", "epochs"]  # no training

@@ -211,6 +211,9 @@ def _written_into(out: Path, force: bool, train, settings: Training) -> dict:
     from convlens.files import check_folder, writing
 
     check_folder(out, ("model.pt", "record.json", "checkpoint.pt"), force)
+    if getattr(settings, "keep_epochs", False):  # every epoch file, before any training
+        names = [f"epoch-{done:03d}.pt" for done in range(settings.epochs + 1)]
+        check_folder(out / "epochs", names, force)
     with writing(out, "train", force=force, remove_stale=not settings.resume):
         return train(settings)
 
