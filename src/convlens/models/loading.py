@@ -107,9 +107,9 @@ def _offline_hint(library: str, name: str, error: Exception) -> ModelLoadError:
     return ModelLoadError(
         f"could not get pretrained weights for {library}:{name} ({type(error).__name__}: "
         f"{error}). Weights are downloaded on first use: run once with network access to fill "
-        "the cache, use random weights (--random-weights; pretrained=False in Python), or "
-        "load a state_dict with --arch NAME --weights FILE, or save the model with "
-        "torch.save(model, 'model.pt') and load that path"
+        "the cache, use random weights (--random-weights; train head: --random-backbone; "
+        "pretrained=False in Python), or load a state_dict with --arch NAME --weights FILE, "
+        "or save the model with torch.save(model, 'model.pt') and load that path"
     )
 
 
