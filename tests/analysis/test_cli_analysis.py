@@ -82,9 +82,9 @@ def test_ablate_invariance_and_camcrop_commands(tiny, tmp_path, capsys):
 
 def test_bad_input_is_one_clear_line(tiny, capsys):
     assert (
-        main(["ablate", "-m", tiny, "--trust-pickle", "--data", "shapes:2", "--mode", "drop"]) == 1
-    )
-    assert "ablation mode must be one of auto, identity, zero" in capsys.readouterr().err
+        main(["ablate", "-m", tiny, "--trust-pickle", "--data", "shapes:2", "--mode", "drop"]) == 2
+    )  # usage errors (exit 2), found before the model loads
+    assert "'drop'; use one of auto, identity, zero" in capsys.readouterr().err
     ablate = ["ablate", "-m", tiny, "--trust-pickle", "--data", "shapes:2"]
     for half in (["--tune-epochs", "1"], ["--tune-data", "shapes:4"]):  # usage errors
         assert main([*ablate, *half]) == 2
@@ -104,15 +104,22 @@ def test_bad_input_is_one_clear_line(tiny, capsys):
                 "shear",
             ]
         )
-        == 1
+        == 2
     )
-    assert "unknown transform 'shear'" in capsys.readouterr().err
+    assert "'shear'; use one of translate, scale, rotate" in capsys.readouterr().err
     assert (
         main(["camcrop", "-m", tiny, "--trust-pickle", "--data", "shapes:7"]) == 1
     )  # label 5 of 5 classes
     assert "pass images labelled with the model's classes" in capsys.readouterr().err
-    assert main(["evolution", "--model", str(tiny), "--trust-pickle", "--data", "shapes:2"]) == 1
+    assert main(["evolution", "--model", str(tiny), "--trust-pickle", "--data", "shapes:2"]) == 2
     assert "pass --layer" in capsys.readouterr().err
+    for argv, message in (
+        (["camcrop", "--fraction", "2"], "must lie in (0, 1)"),
+        (["camcrop", "--box-class", "x"], "use one of predicted, true"),
+        (["evolution", "--layer", "1", "--rule", "x"], "use one of deconvnet, guided, none"),
+    ):
+        assert main([*argv, "-m", tiny, "--trust-pickle"]) == 2
+        assert message in capsys.readouterr().err
 
 
 def test_keep_epochs_refuses_a_foreign_epoch_file_before_training(tmp_path, capsys):

@@ -110,15 +110,18 @@ def evolution_command(
     from pathlib import Path
 
     from convlens.analysis.evolution import epoch_files, feature_evolution
-    from convlens.errors import DataError
     from convlens.models import load_model
     from convlens.render.analysis import evolution_figure
     from convlens.render.figures import save_figure
 
+    if not layer:
+        raise typer.BadParameter(
+            "pass --layer NAME (repeatable): the layers whose channels to follow",
+            param_hint="--layer",
+        )
+    _choice(rule, ("deconvnet", "guided", "none"), "--rule")
     path = _figure_out(out, "evolution.png", force)
     files = epoch_files(model[0]) if len(model) == 1 and Path(model[0]).is_dir() else model
-    if not layer:
-        raise DataError("pass --layer NAME (repeatable): the layers whose channels to follow")
     models = [load_model(str(f), device=device, trust_pickle=trust_pickle) for f in files]
     evolution = feature_evolution(
         models,
@@ -143,6 +146,13 @@ def _column(source) -> str:
     from convlens.analysis.evolution import epoch_label
 
     return epoch_label(source)
+
+
+def _choice(value: str, choices: tuple[str, ...], option: str) -> str:
+    """``value`` when it is one of ``choices``, else a usage error (exit 2, before any work)."""
+    if value not in choices:
+        raise typer.BadParameter(f"{value!r}; use one of {', '.join(choices)}", param_hint=option)
+    return value
 
 
 def _channel_list(text: str | None) -> list[int] | None:
@@ -201,6 +211,9 @@ def ablate_command(
         )
     if not tune_lr > 0:
         raise typer.BadParameter(f"must be > 0, got {tune_lr}", param_hint="--tune-lr")
+    from convlens.analysis.ablation import MODES
+
+    _choice(mode, MODES, "--mode")
     path = _figure_out(out, "ablation.png", force)
     loaded = _load(model, device, trust_pickle)
     images = _images(loaded, data, limit)
@@ -264,18 +277,20 @@ def invariance_command(
 
     Example: convlens invariance --data photos --limit 8 --out invariance.png
     """
-    from convlens.analysis.invariance import invariance_curves
+    from convlens.analysis.invariance import TRANSFORMS, invariance_curves
     from convlens.render.analysis import invariance_figure
     from convlens.render.figures import save_figure
 
+    kinds = [kind.strip() for kind in transforms.split(",") if kind.strip()]
+    if not kinds:
+        raise typer.BadParameter(
+            "names no transform; use translate, scale and/or rotate", param_hint="--transform"
+        )
+    for kind in kinds:
+        _choice(kind, TRANSFORMS, "--transform")
     path = _figure_out(out, "invariance.png", force)
     loaded = _load(model, device, trust_pickle)
     images = _images(loaded, data, limit)
-    kinds = [kind.strip() for kind in transforms.split(",") if kind.strip()]
-    if not kinds:
-        from convlens.errors import DataError
-
-        raise DataError("--transform names no transform; use translate, scale and/or rotate")
     curves = [
         invariance_curves(loaded, images.inputs, images.labels, layer, kind, sources=images.sources)
         for kind in kinds
@@ -308,10 +323,13 @@ def camcrop_command(
 
     Example: convlens camcrop --data photos
     """
-    from convlens.analysis.camcrop import cam_crops
+    from convlens.analysis.camcrop import BOX_CLASSES, cam_crops
     from convlens.cli.options import chosen_methods
 
     (method,) = chosen_methods(method, one=True)
+    _choice(box_class, BOX_CLASSES, "--box-class")
+    if not 0.0 < fraction < 1.0:
+        raise typer.BadParameter(f"must lie in (0, 1), got {fraction}", param_hint="--fraction")
     loaded = _load(model, device, trust_pickle)
     images = _images(loaded, data, limit)
     crops = cam_crops(
