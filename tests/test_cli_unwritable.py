@@ -26,7 +26,7 @@ CALLS = {
     "dissect": (["--layer", "features.16"], "out"),
     "embed": (["shapes:4"], "out"),
     "evaluate": ([], "out"),
-    "evolution": (["--model", "run.pt"], "out.png"),
+    "evolution": (["--model", "run.pt", "--layer", "1"], "out.png"),
     "explain": (["cat"], "out"),
     "features": (["cat"], "out.png"),
     "filters": ([], "out.png"),
