@@ -294,3 +294,22 @@ def test_cli_trains_a_head_and_every_command_loads_it(tmp_path, capsys):
     assert main([*evaluate, "--json"]) == 0
     board = json.loads(capsys.readouterr().out)
     assert {"nin", "gradcam"} <= board.keys()
+
+
+def test_a_folder_with_an_unreadable_file_trains_on_the_rest_and_names_it(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from convlens.data.preprocess import Preprocess
+    from convlens.train.heads import folder_data
+
+    for index in range(6):
+        folder = tmp_path / f"c{index % 2}"
+        folder.mkdir(exist_ok=True)
+        pixels = np.full((8, 8, 3), 40 * index, np.uint8)
+        Image.fromarray(pixels).save(folder / f"{index}.png")
+    (tmp_path / "c0" / "zz_bad.png").write_bytes(b"not a picture")
+    data = folder_data(tmp_path, Preprocess(size=8, mode="stretch"), None, seed=0)
+    assert len(data.train_inputs) + len(data.test_inputs) == 6
+    assert [source for source, _ in data.skipped] == [str(tmp_path / "c0" / "zz_bad.png")]
+    assert data.classes == ("c0", "c1")

@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from convlens.cli.app import DeviceOption, JsonOption, _echo_json, app
+from convlens.cli.app import DeviceOption, JsonOption, _echo_json, _report_skipped, app
 from convlens.cli.options import ForceOption, TrustPickleOption
 from convlens.train.settings import HeadTraining, SegmentationTraining, Training
 
@@ -27,7 +27,14 @@ app.add_typer(train_app, name="train")
 OutOption = Annotated[
     Path, typer.Option("--out", "-o", help="Folder for model.pt, checkpoint.pt and record.json.")
 ]
-TestOption = Annotated[int, typer.Option("--test", help="Held-out images (seed 1).")]
+TestOption = Annotated[
+    int,
+    typer.Option(
+        "--test",
+        help="Held-out images of the synthetic data (seed 1); a --data folder holds out a "
+        "fifth of its images.",
+    ),
+]
 EpochsOption = Annotated[int, typer.Option("--epochs")]
 BatchSizeOption = Annotated[int, typer.Option("--batch-size")]
 LearningRateOption = Annotated[float, typer.Option("--lr", help="Peak learning rate.")]
@@ -128,6 +135,10 @@ def train_head_command(
     record = _written_into(settings.out, force, _train_head, settings)
     if as_json:
         _echo_json(record)
+    skipped = [(entry["source"], entry["message"]) for entry in record.get("skipped", [])]
+    if skipped:
+        _report_skipped(skipped)
+        raise typer.Exit(1)
 
 
 @train_app.command("segmentation")
@@ -371,6 +382,8 @@ def _train_head(options: HeadTraining) -> dict:
         loop["on_epoch"] = _keeping_epochs(options, out, save, settings, loop["on_epoch"])
     log = heads.train_head(model, data, **loop)
     record = heads.head_record(log, model, data, **settings)
+    if data.skipped:  # left out of training; named in the record and on stderr
+        record["skipped"] = [{"source": s, "message": m} for s, m in data.skipped]
     path = save(out / "model.pt", record)
     write_json(out / "record.json", record)
     typer.echo(

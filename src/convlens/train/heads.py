@@ -39,6 +39,7 @@ class TrainTestImages:
     test_inputs: torch.Tensor
     test_labels: torch.Tensor
     classes: tuple[str, ...]
+    skipped: tuple[tuple[str, str], ...] = ()  # (source, reason) of unreadable files left out
 
 
 def synthetic_data(preprocess: Preprocess, limit: int, test: int) -> TrainTestImages:
@@ -59,7 +60,7 @@ def folder_data(
     folder: str | Path, preprocess: Preprocess, limit: int | None, seed: int, val_fraction=0.2
 ) -> TrainTestImages:
     """An ImageFolder tree, split by ``seed`` into training and validation images (at least
-    one of each); unreadable files raise `DataError` naming them."""
+    one of each); unreadable files are left out and listed in ``skipped``."""
     dataset = open_dataset(str(folder), preprocess)
     if dataset.labels is None or dataset.classes is None:
         raise DataError(
@@ -73,19 +74,31 @@ def folder_data(
     train_rows, test_rows = order[held:], order[:held]
     if limit is not None:
         train_rows = train_rows[:limit]
-    inputs, labels = _load_rows(dataset, train_rows)
-    test_inputs, test_labels = _load_rows(dataset, test_rows)
-    return TrainTestImages(inputs, labels, test_inputs, test_labels, dataset.classes)
+    skipped: list[tuple[str, str]] = []
+    inputs, labels = _load_rows(dataset, train_rows, skipped)
+    test_inputs, test_labels = _load_rows(dataset, test_rows, skipped)
+    return TrainTestImages(
+        inputs, labels, test_inputs, test_labels, dataset.classes, tuple(skipped)
+    )
 
 
-def _load_rows(dataset, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _load_rows(
+    dataset, rows: torch.Tensor, skipped: list[tuple[str, str]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The readable images of ``rows`` and their labels; each unreadable one is added to
+    ``skipped`` as ``(source, reason)``. `DataError` when none is readable."""
     images, labels = [], []
     for row in rows.tolist():
         _, tensor, label, error = dataset[row]
         if error is not None:
-            raise DataError(f"cannot train on {dataset.sources[row]}: {error}; remove the file")
+            skipped.append((dataset.sources[row], str(error)))
+            continue
         images.append(tensor)
         labels.append(label)
+    if not images:
+        raise DataError(
+            f"none of {len(rows)} images could be read ({skipped[-1][0]}: {skipped[-1][1]})"
+        )
     return torch.stack(images), torch.tensor(labels)
 
 
