@@ -111,7 +111,8 @@ def train_head_command(
     Example: convlens train head acol --data synthetic --epochs 4 --out acol
     """
     _check_cpu_only(device)
-    settings = HeadTraining(
+    settings = _usage_settings(
+        HeadTraining,
         out=out,
         head=head,
         data=data,
@@ -189,7 +190,8 @@ def train_segmentation_command(
     Example: convlens train segmentation --out seg --masks cam --upsample bilinear
     """
     _check_cpu_only(device)
-    settings = SegmentationTraining(
+    settings = _usage_settings(
+        SegmentationTraining,
         out=out,
         train=train,
         backbone_width=backbone_width,
@@ -212,6 +214,17 @@ def train_segmentation_command(
     record = _written_into(settings.out, force, _train_segmentation, settings)
     if as_json:
         _echo_json(record)
+
+
+def _usage_settings(kind, **values):
+    """``kind(**values)``: a setting out of range is a usage error (exit 2), before any
+    model loads (the settings check themselves: `convlens.train.settings`)."""
+    from convlens.errors import DataError
+
+    try:
+        return kind(**values)
+    except DataError as error:
+        raise typer.BadParameter(str(error)) from None
 
 
 def _written_into(out: Path, force: bool, train, settings: Training) -> dict:
@@ -325,14 +338,11 @@ def _train_head(options: HeadTraining) -> dict:
     default 2000; --test held out) or an ImageFolder tree."""
     import torch
 
-    from convlens.errors import DataError
     from convlens.files import write_json
     from convlens.models import load_model
-    from convlens.models.heads import HEADS, save_head_model
+    from convlens.models.heads import save_head_model
     from convlens.train import heads
 
-    if options.head not in HEADS:
-        raise DataError(f"unknown head {options.head!r}; use one of: {', '.join(HEADS)}")
     torch.set_num_threads(options.threads)
     backbone = load_model(
         options.backbone,

@@ -94,9 +94,13 @@ class HeadTraining(Training):
     keep_epochs: bool = False
 
     def __post_init__(self) -> None:
+        from convlens.models.heads import HEADS
+
         super().__post_init__()
         if self.limit is not None and self.limit < 1:
             raise DataError(f"--limit must be >= 1, got {self.limit}")
+        if self.head not in HEADS:
+            raise DataError(f"unknown head {self.head!r}; use one of: {', '.join(HEADS)}")
 
     @property
     def train_items(self) -> int | None:
