@@ -99,7 +99,7 @@ def test_arch_weights_load_a_state_dict_and_explain_mismatches(tmp_path, capsys)
         ]
     )
     assert code == 0 and capsys.readouterr().out.startswith("cat: ")
-    assert main(["predict", "cat", "--weights", str(tmp_path / "sq.pth")]) == 1
+    assert main(["predict", "cat", "--weights", str(tmp_path / "sq.pth")]) == 2
     assert "--arch and --weights go together" in capsys.readouterr().err
 
 

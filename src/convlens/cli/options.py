@@ -97,11 +97,12 @@ def load_cli_model(
     come together, ``--preprocess`` is one of crop|resize|pad, the labels file exists)."""
     import dataclasses
 
-    from convlens.errors import ModelLoadError
     from convlens.models import load_model
 
-    if (arch is None) != (weights is None):
-        raise ModelLoadError("--arch and --weights go together: --arch NAME --weights FILE")
+    if (arch is None) != (weights is None):  # a usage error, before anything loads
+        raise typer.BadParameter(
+            "--arch and --weights go together: --arch NAME --weights FILE", param_hint="--arch"
+        )
     mode = None
     if preprocess is not None:
         if preprocess not in PREPROCESS_MODES:
