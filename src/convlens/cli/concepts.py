@@ -20,6 +20,7 @@ from convlens.cli.options import (
     OutFolderOption,
     TopAliasOption,
     TrustPickleOption,
+    check_choice,
     check_share,
 )
 from convlens.cli.scan import (
@@ -74,8 +75,7 @@ def attribute_command(
     relevance_layer=LAYER each image's LRP relevance per channel of LAYER is stored too
     (DIR/channels/), for 'spray --features channels'. Memory stays flat in the number of
     images; --resume continues a stopped run."""
-    from convlens.cli.options import chosen_method_options, chosen_methods
-    from convlens.errors import TargetError
+    from convlens.cli.options import as_usage_error, chosen_method_options, chosen_methods
     from convlens.files import check_folder, writing
     from convlens.models import load_model
     from convlens.scan.attribute import INDEX_FILE, LABEL_TARGET, attribute_dataset
@@ -84,10 +84,8 @@ def attribute_command(
     (method,) = chosen_methods(method, one=True)
     options = next(iter(chosen_method_options(option, [method]).values()), {})
     if target.strip().lower() != LABEL_TARGET:
-        try:  # a malformed target (top0) too; class names need the model's labels
-            parse_target(target, None)
-        except TargetError as error:
-            raise typer.BadParameter(str(error), param_hint="--target") from None
+        # a malformed target (top0) too; class names need the model's labels
+        as_usage_error(parse_target, target, None, hint="--target")
     check_folder(out, (INDEX_FILE,), force)
     opened, rank = _start_group(device)
     try:
@@ -155,8 +153,7 @@ def tcav_command(
     from convlens.concepts.tcav import TESTS, tcav
     from convlens.models import load_model
 
-    if test not in TESTS:
-        raise typer.BadParameter(f"{test!r}; use one of {', '.join(TESTS)}", param_hint="--test")
+    check_choice(test, TESTS, "--test")
     check_share(alpha, "--alpha")
     results = tcav(
         load_model(model, trust_pickle=trust_pickle),
@@ -346,10 +343,7 @@ def concepts_command(
     from convlens.models import load_model
     from convlens.report.concepts import concepts_page, write_concepts_atlas
 
-    if importance not in IMPORTANCES:
-        raise typer.BadParameter(
-            f"{importance!r}; use one of {', '.join(IMPORTANCES)}", param_hint="--importance"
-        )
+    check_choice(importance, IMPORTANCES, "--importance")
     folder = check_folder(out, ("concepts.json", "index.html"), force)
     loaded = load_model(model, trust_pickle=trust_pickle)
     images = image_set(data, loaded.preprocess)

@@ -29,11 +29,12 @@ from convlens.cli.options import (
     TrustPickleOption,
     WeightsOption,
     WidthOption,
+    as_usage_error,
     chosen_method_options,
     chosen_methods,
     load_cli_model,
 )
-from convlens.errors import DiskFullError, MethodError, TargetError
+from convlens.errors import DiskFullError, TargetError
 from convlens.package import DEFAULT_MODEL
 
 
@@ -138,15 +139,11 @@ def explain_command(
     folder, fmt, named = _panel_destination(out, fmt, force, fmt_given)
     names = chosen_methods(method)
     method_options = chosen_method_options(option, names)
-    try:  # a malformed target (top0, similar: without a path) too; names need the labels
-        parse_target(target, None, rather_than=contrast_with)
-    except TargetError as error:
-        raise typer.BadParameter(str(error), param_hint="--target") from None
+    # a malformed target (top0, similar: without a path) too; names need the labels
+    as_usage_error(parse_target, target, None, rather_than=contrast_with, hint="--target")
     if layer is not None:  # --layer with no method that uses one
-        try:
-            check_layer_use([get_method(name) for name in names], layer)
-        except MethodError as error:
-            raise typer.BadParameter(str(error), param_hint="--layer") from None
+        infos = [get_method(name) for name in names]
+        as_usage_error(check_layer_use, infos, layer, hint="--layer")
     loaded = load_cli_model(
         model,
         arch=arch,

@@ -7,7 +7,13 @@ from typing import Annotated
 import typer
 
 from convlens.cli.app import DeviceOption, JsonOption, ModelOption, _echo_json, app
-from convlens.cli.options import DpiOption, ForceOption, TrustPickleOption, WidthOption
+from convlens.cli.options import (
+    DpiOption,
+    ForceOption,
+    TrustPickleOption,
+    WidthOption,
+    check_choice,
+)
 from convlens.package import DEFAULT_MODEL
 
 OutOption = Annotated[
@@ -55,12 +61,8 @@ def filters_command(
     1x1 convolutions as a filters x input-channels matrix (bars for depthwise 1x1)."""
     from convlens.features.filters import REDUCTIONS, SCALINGS
 
-    for value, allowed, hint in (
-        (reduce, REDUCTIONS, "--reduce"),
-        (scaling, SCALINGS, "--scaling"),
-    ):
-        if value not in allowed:  # a usage error, before the model loads
-            raise typer.BadParameter(f"{value!r}; use one of {', '.join(allowed)}", param_hint=hint)
+    check_choice(reduce, REDUCTIONS, "--reduce")  # usage errors, before the model loads
+    check_choice(scaling, SCALINGS, "--scaling")
     _checked_picture_out(out, force)
     loaded = _loaded_model(model, device, trust_pickle)
     from convlens.features.pointwise import filter_matrix, is_pointwise
@@ -429,14 +431,8 @@ _METHOD_OPTIONS = {
 def _refuse_other_methods_options(ctx: typer.Context, method: str, param: str) -> None:
     """Usage errors before the model loads: an unknown --method or --param, and an option
     of another method (it would be silently ignored)."""
-    if method not in VISUALIZE_METHODS:
-        raise typer.BadParameter(
-            f"{method!r}; use one of {', '.join(VISUALIZE_METHODS)}", param_hint="--method"
-        )
-    if param not in PARAMETRISATIONS:
-        raise typer.BadParameter(
-            f"{param!r}; use one of {', '.join(PARAMETRISATIONS)}", param_hint="--param"
-        )
+    check_choice(method, VISUALIZE_METHODS, "--method")
+    check_choice(param, PARAMETRISATIONS, "--param")
     for name, owner in _METHOD_OPTIONS.items():
         given = getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT"
         if given and method != owner:

@@ -141,6 +141,25 @@ def read_labels(path: str) -> tuple[str, ...]:
     return names
 
 
+def as_usage_error(check, *args, hint: str | None = None, **kwargs):
+    """``check(*args, **kwargs)`` (a library's own check of what the user gave: settings,
+    a target, a method name), its `ConvlensError` turned into a usage error (exit 2),
+    raised before any model loads. ``hint``: the option named in the message."""
+    from convlens.errors import ConvlensError
+
+    try:
+        return check(*args, **kwargs)
+    except ConvlensError as error:
+        raise typer.BadParameter(str(error), param_hint=hint) from None
+
+
+def check_choice(value: str, choices, option: str) -> str:
+    """``value`` when it is one of ``choices``, else a usage error (exit 2) naming them."""
+    if value not in choices:
+        raise typer.BadParameter(f"{value!r}; use one of {', '.join(choices)}", param_hint=option)
+    return value
+
+
 def check_share(value: float, option: str, *, closed: bool = False) -> float:
     """``value`` of ``option`` when it lies in (0, 1) (``closed``: [0, 1]), else a usage
     error (exit 2), raised before any model loads."""
@@ -156,12 +175,8 @@ def chosen_methods(spec: str, *, one: bool = False) -> list[str]:
     a command line: an unknown or empty name, or more than one where the command takes
     ``one``, is a usage error (exit 2) found before any model loads."""
     from convlens.attribution.explain import method_names
-    from convlens.errors import MethodError
 
-    try:
-        names = method_names(spec)
-    except MethodError as error:
-        raise typer.BadParameter(str(error), param_hint="--method") from None
+    names = as_usage_error(method_names, spec, hint="--method")
     if one and len(names) != 1:
         raise typer.BadParameter(f"{spec!r}: this command takes one method", param_hint="--method")
     return names
@@ -172,14 +187,10 @@ def chosen_method_options(pairs: list[str] | None, methods: list[str]) -> dict[s
     method takes, is a usage error (exit 2) found before any model loads."""
     from convlens.attribution.explain import check_method_options
     from convlens.attribution.methods import get_method
-    from convlens.errors import MethodError
 
-    try:
-        chosen = parse_method_options(pairs, methods)
-        for name, options in chosen.items():  # the kinds of the values too (true/false, ...)
-            check_method_options(get_method(name), options, None)
-    except MethodError as error:
-        raise typer.BadParameter(str(error), param_hint="--option") from None
+    chosen = as_usage_error(parse_method_options, pairs, methods, hint="--option")
+    for name, options in chosen.items():  # the kinds of the values too (true/false, ...)
+        as_usage_error(check_method_options, get_method(name), options, None, hint="--option")
     return chosen
 
 

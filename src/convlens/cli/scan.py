@@ -25,6 +25,7 @@ from convlens.cli.options import (
     OutFolderOption,
     TopAliasOption,
     TrustPickleOption,
+    as_usage_error,
 )
 from convlens.package import DEFAULT_MODEL
 
@@ -91,17 +92,6 @@ def _rules(projections: str) -> tuple[str, ...]:
     return tuple(rule.strip() for rule in projections.split(",") if rule.strip())
 
 
-def _usage(check, *args, hint: str | None = None):
-    """``check(*args)`` (a library's own check of its settings), its `ConvlensError` turned
-    into a usage error (exit 2), raised before any model loads."""
-    from convlens.errors import ConvlensError
-
-    try:
-        return check(*args)
-    except ConvlensError as error:
-        raise typer.BadParameter(str(error), param_hint=hint) from None
-
-
 @app.command("scan")
 def scan_command(
     data: DataArgument,
@@ -148,7 +138,7 @@ def scan_command(
     from convlens.scan.topk import check_settings, top_activating
 
     rules = _rules(projections)
-    _usage(check_settings, top if k_alias is None else k_alias, by, rules)
+    as_usage_error(check_settings, top if k_alias is None else k_alias, by, rules)
     check_folder(out, ("scan.json", "index.html"), force)
     opened, rank = _start_group(device)
     try:
@@ -224,7 +214,7 @@ def embed_command(
     if map_method != "none":  # before any work: an unknown method, umap not installed
         from convlens.scan.knn import checked_map_method
 
-        _usage(checked_map_method, map_method, hint="--map")
+        as_usage_error(checked_map_method, map_method, hint="--map")
     check_folder(out, ("embeddings.npy", "index.json", "map.png", "index.html"), force)
     opened, rank = _start_group(device)
     try:
@@ -326,7 +316,7 @@ def neighbors_command(
     from convlens.scan.knn import check_metric, nearest
     from convlens.scan.output import thumbnails
 
-    _usage(check_metric, metric, hint="--metric")
+    as_usage_error(check_metric, metric, hint="--metric")
     if out is not None:
         check_writable(out, force)
     stored = load_embeddings(index)

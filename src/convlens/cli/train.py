@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from convlens.cli.app import DeviceOption, JsonOption, _echo_json, _report_skipped, app
-from convlens.cli.options import ForceOption, TrustPickleOption
+from convlens.cli.options import ForceOption, TrustPickleOption, as_usage_error
 from convlens.train.settings import HeadTraining, SegmentationTraining, Training
 
 train_app = typer.Typer(
@@ -111,7 +111,7 @@ def train_head_command(
     Example: convlens train head acol --data synthetic --epochs 4 --out acol
     """
     _check_cpu_only(device)
-    settings = _usage_settings(
+    settings = as_usage_error(
         HeadTraining,
         out=out,
         head=head,
@@ -190,7 +190,7 @@ def train_segmentation_command(
     Example: convlens train segmentation --out seg --masks cam --upsample bilinear
     """
     _check_cpu_only(device)
-    settings = _usage_settings(
+    settings = as_usage_error(
         SegmentationTraining,
         out=out,
         train=train,
@@ -214,17 +214,6 @@ def train_segmentation_command(
     record = _written_into(settings.out, force, _train_segmentation, settings)
     if as_json:
         _echo_json(record)
-
-
-def _usage_settings(kind, **values):
-    """``kind(**values)``: a setting out of range is a usage error (exit 2), before any
-    model loads (the settings check themselves: `convlens.train.settings`)."""
-    from convlens.errors import DataError
-
-    try:
-        return kind(**values)
-    except DataError as error:
-        raise typer.BadParameter(str(error)) from None
 
 
 def _written_into(out: Path, force: bool, train, settings: Training) -> dict:

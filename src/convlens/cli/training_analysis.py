@@ -20,7 +20,13 @@ from convlens.cli.app import (
     _report_skipped,
     app,
 )
-from convlens.cli.options import DpiOption, ForceOption, TrustPickleOption
+from convlens.cli.options import (
+    DpiOption,
+    ForceOption,
+    TrustPickleOption,
+    check_choice,
+    check_share,
+)
 from convlens.package import DEFAULT_MODEL
 
 DataOption = Annotated[
@@ -110,6 +116,7 @@ def evolution_command(
     from pathlib import Path
 
     from convlens.analysis.evolution import epoch_files, feature_evolution
+    from convlens.layers.rules import RULES
     from convlens.models import load_model
     from convlens.render.analysis import evolution_figure
     from convlens.render.figures import save_figure
@@ -119,7 +126,7 @@ def evolution_command(
             "pass --layer NAME (repeatable): the layers whose channels to follow",
             param_hint="--layer",
         )
-    _choice(rule, ("deconvnet", "guided", "none"), "--rule")
+    check_choice(rule, (*sorted(RULES), "none"), "--rule")
     path = _figure_out(out, "evolution.png", force)
     files = epoch_files(model[0]) if len(model) == 1 and Path(model[0]).is_dir() else model
     models = [load_model(str(f), device=device, trust_pickle=trust_pickle) for f in files]
@@ -146,13 +153,6 @@ def _column(source) -> str:
     from convlens.analysis.evolution import epoch_label
 
     return epoch_label(source)
-
-
-def _choice(value: str, choices: tuple[str, ...], option: str) -> str:
-    """``value`` when it is one of ``choices``, else a usage error (exit 2, before any work)."""
-    if value not in choices:
-        raise typer.BadParameter(f"{value!r}; use one of {', '.join(choices)}", param_hint=option)
-    return value
 
 
 def _channel_list(text: str | None) -> list[int] | None:
@@ -200,7 +200,7 @@ def ablate_command(
 
     Example: convlens ablate --data photos --layer 'blocks.*.*' --out ablation.png
     """
-    from convlens.analysis.ablation import FineTune, ablate_layers
+    from convlens.analysis.ablation import MODES, FineTune, ablate_layers
     from convlens.render.analysis import ablation_figure
     from convlens.render.figures import save_figure
 
@@ -211,9 +211,7 @@ def ablate_command(
         )
     if not tune_lr > 0:
         raise typer.BadParameter(f"must be > 0, got {tune_lr}", param_hint="--tune-lr")
-    from convlens.analysis.ablation import MODES
-
-    _choice(mode, MODES, "--mode")
+    check_choice(mode, MODES, "--mode")
     path = _figure_out(out, "ablation.png", force)
     loaded = _load(model, device, trust_pickle)
     images = _images(loaded, data, limit)
@@ -287,7 +285,7 @@ def invariance_command(
             "names no transform; use translate, scale and/or rotate", param_hint="--transform"
         )
     for kind in kinds:
-        _choice(kind, TRANSFORMS, "--transform")
+        check_choice(kind, TRANSFORMS, "--transform")
     path = _figure_out(out, "invariance.png", force)
     loaded = _load(model, device, trust_pickle)
     images = _images(loaded, data, limit)
@@ -327,9 +325,8 @@ def camcrop_command(
     from convlens.cli.options import chosen_methods
 
     (method,) = chosen_methods(method, one=True)
-    _choice(box_class, BOX_CLASSES, "--box-class")
-    if not 0.0 < fraction < 1.0:
-        raise typer.BadParameter(f"must lie in (0, 1), got {fraction}", param_hint="--fraction")
+    check_choice(box_class, BOX_CLASSES, "--box-class")
+    check_share(fraction, "--fraction")
     loaded = _load(model, device, trust_pickle)
     images = _images(loaded, data, limit)
     crops = cam_crops(
