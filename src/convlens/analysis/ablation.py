@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from convlens.analysis.scores import class_scores, labelled_images
+from convlens.analysis.scores import checked_labels, class_scores
 from convlens.errors import DataError, LayerError
 from convlens.features.activations import stage_layers
 from convlens.layers import resolve_layer
@@ -190,7 +190,7 @@ def ablate_layers(
         [('features.3', 'zero')]
     """
     check_mode(mode)
-    labels = labelled_images(inputs, labels)
+    labels = checked_labels(inputs, labels)
     module = as_module(model)
     names = (
         stage_layers(module, model_input(module, inputs[:1])[0])

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from convlens.analysis.scores import class_scores, labelled_images
+from convlens.analysis.scores import checked_labels, class_scores
 from convlens.attribution.explain import explain
 from convlens.errors import DataError
 from convlens.localize.boxes import maps_to_boxes
@@ -123,7 +123,7 @@ def cam_crops(
     """
     if box_class not in BOX_CLASSES:
         raise DataError(f"box_class must be one of {', '.join(BOX_CLASSES)}, got {box_class!r}")
-    labels = labelled_images(inputs, labels)
+    labels = checked_labels(inputs, labels)
     module = as_module(model)
     before, predicted = class_scores(module, inputs, labels, batch_size)
     classes = predicted if box_class == "predicted" else labels

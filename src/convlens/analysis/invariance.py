@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from convlens.analysis.scores import labelled_images, true_class_probability
+from convlens.analysis.scores import checked_labels, true_class_probability
 from convlens.errors import DataError
 from convlens.features.activations import stage_layers
 from convlens.layers import borrowed_model, capture
@@ -140,7 +140,7 @@ def invariance_curves(
         >>> curves.probabilities.shape  # [amounts, images]
         torch.Size([9, 20])
     """
-    labels = labelled_images(inputs, labels)
+    labels = checked_labels(inputs, labels)
     if layers is not None and not layers:
         raise DataError("pass at least one layer to measure feature distances at")
     if batch_size < 1:

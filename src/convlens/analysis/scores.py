@@ -29,7 +29,7 @@ def class_scores(
     return torch.cat(probabilities), torch.cat(predicted)
 
 
-def labelled_images(inputs: torch.Tensor, labels: object) -> torch.Tensor:
+def checked_labels(inputs: torch.Tensor, labels: object) -> torch.Tensor:
     """``labels`` as ``LongTensor[N]`` for ``inputs`` ``Tensor[N, ...]``: `DataError` unless
     there is one integer class id per image and at least one image."""
     labels = torch.as_tensor(labels)
