@@ -101,10 +101,7 @@ def is_reported_step(step: int, total: int | None) -> bool:
     """Whether step ``step`` (1-based) of ``total`` gets a plain progress line: every
     ``total // PLAIN_LINES``-th step and the last; with no total, steps 1-9, then 10, 20,
     ... 90, then 100, 200, ... (about nine lines per power of ten)."""
-    if total is not None:
-        return step == total or step % max(1, total // PLAIN_LINES) == 0
-    every = 10 ** (len(str(step)) - 1)
-    return step % every == 0
+    return _passes_reported_step(step - 1, step, total)
 
 
 def is_terminal(stream) -> bool:
