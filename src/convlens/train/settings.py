@@ -19,8 +19,20 @@ SYNTHETIC_TRAIN_ITEMS = 2000
 """Training items of the synthetic shapes a head trains on when no ``limit`` is given."""
 
 
-# settings that do not change what is trained (where, how, whether it resumes)
-_NOT_IDENTITY = ("out", "resume", "threads", "trust_pickle", "keep_epochs", "checkpoint_every")
+# settings that do not change what is trained (where, how, whether it resumes), and the
+# loop's own, which `train_epochs` stores and compares itself
+_NOT_IDENTITY = (
+    "out",
+    "resume",
+    "threads",
+    "trust_pickle",
+    "keep_epochs",
+    "checkpoint_every",
+    "epochs",
+    "batch_size",
+    "learning_rate",
+    "seed",
+)
 
 
 @dataclass(frozen=True)
@@ -53,8 +65,9 @@ class Training:
 
     def identity(self) -> dict:
         """The settings that make the trained model what it is (head, backbone, data,
-        masks, ... and the loop's): a checkpoint written with other ones is not resumed.
-        Where the files go, resuming, threads and trust are left out."""
+        masks, held-out items, ...): a checkpoint written with other ones is not resumed.
+        Where the files go, resuming, threads and trust are left out, and so are the
+        loop's own settings (`train_epochs` compares those)."""
         return {
             f.name: str(value) if isinstance(value, Path) else value
             for f in dataclasses.fields(self)
