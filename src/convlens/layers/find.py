@@ -108,7 +108,6 @@ def spatial_outputs(
     """(name, output shape) of every module whose output is a ``[B, C, H, W]`` tensor, in the
     order the forward pass finishes them (a container after its children)."""
     model = as_module(model)
-
     refuse_scripted(model, "find the layers a forward pass uses")
     finished: list[tuple[str, tuple[int, ...]]] = []
     handles = []
